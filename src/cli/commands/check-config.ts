@@ -1,0 +1,19 @@
+import { loadConfig } from '../../config/load.js';
+import { ConfigError } from '../../errors.js';
+import { ExitCode, type CliIo } from '../io.js';
+
+/** Validates one file (with the defaults under it) and lists every problem. */
+export async function checkConfig(io: CliIo, file: string): Promise<number> {
+  try {
+    await loadConfig({ file });
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      io.stderr.write(`${file}: ${error.problems.length} problem(s)\n`);
+      for (const problem of error.problems) io.stderr.write(`  - ${problem}\n`);
+      return ExitCode.config;
+    }
+    throw error;
+  }
+  io.stdout.write(`${file}: ok\n`);
+  return ExitCode.ok;
+}

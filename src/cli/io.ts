@@ -1,0 +1,33 @@
+/**
+ * What the CLI needs from its process, passed in by `src/bin` so that no other
+ * module touches `process` and the CLI runs in tests as it runs for real.
+ */
+export type Signal = 'SIGTERM' | 'SIGINT' | 'SIGHUP';
+
+export interface CliIo {
+  /** Arguments after the program name. */
+  argv: string[];
+  env: Record<string, string | undefined>;
+  stdout: { write(text: string): unknown };
+  stderr: { write(text: string): unknown };
+  pid: number;
+  onSignal(signal: Signal, handler: () => void): void;
+}
+
+/** sysexits(3) codes, so supervisors can tell a bad config from a crash. */
+export const ExitCode = {
+  ok: 0,
+  failure: 1,
+  /** Wrong arguments. */
+  usage: 64,
+  /** A listener address is unavailable (port in use, permission). */
+  unavailable: 69,
+  /** Unexpected internal error. */
+  software: 70,
+  /** The data directory cannot be created or written. */
+  cantCreate: 73,
+  /** The configuration is invalid; systemd should not restart-loop on it. */
+  config: 78,
+  /** A second stop signal arrived before the graceful stop finished. */
+  forced: 130,
+} as const;

@@ -1,0 +1,149 @@
+/**
+ * Builds the effective config from its layers, lowest first:
+ * schema defaults < YAML file < `EDGEMQTT_*` environment < command-line flags.
+ * Every problem in every layer is collected, so one run shows them all.
+ */
+import { readFile } from 'node:fs/promises';
+import { parseDocument } from 'yaml';
+import { configSchema, type Config } from './schema.js';
+import { ENV_PREFIX, listConfigKeys, setPath, type ConfigKey } from './keys.js';
+import { ConfigError } from '../errors.js';
+
+/** Environment variables with the prefix that are not config keys. */
+export const NON_KEY_ENV = new Set([`${ENV_PREFIX}CONFIG`]);
+
+export interface ConfigSources {
+  /** Path of a YAML file; omitted = defaults only. */
+  file?: string;
+  env?: Record<string, string | undefined>;
+  /** Overrides by dotted key, e.g. `{ 'mqtt.port': 1884 }`. */
+  overrides?: Record<string, unknown>;
+}
+
+const configKeys = listConfigKeys(configSchema);
+const keysByEnv = new Map(configKeys.map((key) => [key.envName, key]));
+const keysByName = new Map(configKeys.map((key) => [key.name, key]));
+
+export async function loadConfig(sources: ConfigSources): Promise<Config> {
+  const problems: string[] = [];
+  const origin = new Map<string, string>();
+  let raw: Record<string, unknown> = {};
+
+  if (sources.file !== undefined) {
+    raw = await readConfigFile(sources.file, problems);
+  }
+  for (const [envName, text] of Object.entries(sources.env ?? {})) {
+    if (!envName.startsWith(ENV_PREFIX) || NON_KEY_ENV.has(envName) || text === undefined) continue;
+    const key = keysByEnv.get(envName);
+    if (!key) {
+      problems.push(`${envName}: not a configuration variable`);
+      continue;
+    }
+    const value = parseEnvValue(key, text);
+    if (value === undefined) {
+      problems.push(`${envName}: cannot read ${JSON.stringify(text)} as ${describeKind(key)}`);
+      continue;
+    }
+    setPath(raw, key.path, value);
+    origin.set(key.name, envName);
+  }
+  for (const [name, value] of Object.entries(sources.overrides ?? {})) {
+    if (value === undefined) continue;
+    const key = keysByName.get(name);
+    if (!key) throw new Error(`no config key ${name}`);
+    setPath(raw, key.path, value);
+    origin.set(key.name, 'command line');
+  }
+  return validateConfig(raw, { problems, origin, fileName: sources.file });
+}
+
+/**
+ * Checks a config object against the schema and fills in defaults. Throws a
+ * ConfigError listing every problem, including any passed in from earlier layers.
+ */
+export function validateConfig(
+  raw: unknown,
+  context: { problems?: string[]; origin?: Map<string, string>; fileName?: string | undefined } = {},
+): Config {
+  const problems = context.problems ?? [];
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      const at = issue.path.join('.');
+      if (issue.code === 'unrecognized_keys') {
+        for (const key of issue.keys) {
+          const name = at ? `${at}.${key}` : key;
+          problems.push(`${name}: unknown key${suggest(name)}`);
+        }
+        continue;
+      }
+      const from = context.origin?.get(at) ?? context.fileName;
+      problems.push(`${at || '(top level)'}: ${issue.message}${from ? ` (from ${from})` : ''}`);
+    }
+  }
+  if (problems.length > 0 || !result.success) throw new ConfigError(problems);
+  return result.data;
+}
+
+async function readConfigFile(file: string, problems: string[]): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? String(error);
+    problems.push(`${file}: cannot read the config file (${code})`);
+    return {};
+  }
+  const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (document.errors.length > 0) {
+    for (const error of document.errors) problems.push(`${file}: ${error.message.split('\n')[0]}`);
+    return {};
+  }
+  const value: unknown = document.toJS();
+  if (value === null || value === undefined) return {};
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    problems.push(`${file}: the top level must be a mapping of keys`);
+    return {};
+  }
+  return value as Record<string, unknown>;
+}
+
+function parseEnvValue(key: ConfigKey, text: string): unknown {
+  switch (key.kind) {
+    case 'number': {
+      const value = Number(text);
+      return text.trim() !== '' && Number.isFinite(value) ? value : undefined;
+    }
+    case 'boolean':
+      if (/^(true|1|yes|on)$/i.test(text)) return true;
+      if (/^(false|0|no|off)$/i.test(text)) return false;
+      return undefined;
+    case 'string-list':
+      return text
+        .split(',')
+        .map((item) => item.trim())
+        .filter((item) => item !== '');
+    default:
+      return text;
+  }
+}
+
+function describeKind(key: ConfigKey): string {
+  switch (key.kind) {
+    case 'number':
+      return 'a number';
+    case 'boolean':
+      return 'true or false';
+    default:
+      return key.kind;
+  }
+}
+
+/** Points at the intended key when an unknown one differs only in case or `_`. */
+function suggest(name: string): string {
+  const folded = name.toLowerCase().replace(/[_-]/g, '');
+  const match = configKeys.find((key) => key.name.toLowerCase() === folded);
+  return match ? ` (did you mean ${match.name}?)` : '';
+}
+
+export { configKeys };

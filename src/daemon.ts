@@ -1,0 +1,166 @@
+/**
+ * The composition root and the public embedding API. It builds every
+ * component from one validated config and owns the start order
+ * (data dir → broker → listeners → ready) and its reverse on stop.
+ * The CLI drives the daemon through exactly this API.
+ */
+import { mkdir, access, constants } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { validateConfig } from './config/load.js';
+import { configKeys } from './config/load.js';
+import { getPath } from './config/keys.js';
+import type { Config, ConfigInput } from './config/schema.js';
+import { EdgeMqttError } from './errors.js';
+import { createBroker, type Broker } from './broker/broker.js';
+import { createLogger, type Logger } from './observability/logger.js';
+import type { ReadinessReport } from './observability/health.js';
+import { createTcpListener } from './transports/tcp.js';
+import { createHttpListener } from './transports/http.js';
+import type { Listener } from './transports/listener.js';
+import { withDeadline } from './util/deadline.js';
+
+export type DaemonState = 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
+
+export interface DaemonAddresses {
+  /** MQTT over TCP, when enabled and listening. */
+  mqtt?: AddressInfo;
+  /** HTTP (health, MQTT over WebSocket), when enabled and listening. */
+  http?: AddressInfo;
+}
+
+export interface ReloadResult {
+  /** Keys whose new value is in effect. */
+  applied: string[];
+  /** Keys that changed but take effect only after a restart. */
+  needsRestart: string[];
+}
+
+export interface Daemon {
+  readonly config: Config;
+  readonly state: DaemonState;
+  readonly logger: Logger;
+  start(): Promise<void>;
+  /** Graceful stop; idempotent. Connections still open at the deadline are cut. */
+  stop(): Promise<void>;
+  addresses(): DaemonAddresses;
+  readiness(): ReadinessReport;
+  /** Applies what can change live (log level) and lists what needs a restart. */
+  reload(next: Config): ReloadResult;
+}
+
+export interface DaemonDeps {
+  /** Logger to use; by default a JSON logger on stdout at `config.log.level`. */
+  logger?: Logger;
+}
+
+/** Keys a running daemon applies on reload; every other change needs a restart. */
+const LIVE_KEYS = new Set(['log.level']);
+
+export async function createDaemon(input: ConfigInput | Config = {}, deps: DaemonDeps = {}): Promise<Daemon> {
+  let config = validateConfig(input);
+  const logger = deps.logger ?? createLogger({ level: config.log.level });
+  const log = logger.child({ component: 'daemon' });
+  const broker: Broker = createBroker(config, { logger });
+  const listeners: Listener[] = [];
+  let state: DaemonState = 'created';
+  let stopping: Promise<void> | undefined;
+
+  const readiness = (): ReadinessReport => {
+    const reasons: string[] = [];
+    if (state !== 'running') reasons.push(`daemon is ${state}`);
+    if (!broker.running) reasons.push('broker is not running');
+    for (const listener of listeners) {
+      if (listener.address() === null) reasons.push(`${listener.name} listener is not bound`);
+    }
+    return { ready: reasons.length === 0, reasons };
+  };
+
+  if (config.mqtt.enabled) listeners.push(createTcpListener(config, { broker, logger }));
+  if (config.http.enabled) listeners.push(createHttpListener(config, { broker, logger, readiness }));
+
+  async function prepareDataDir(): Promise<void> {
+    const dir = path.resolve(config.dataDir);
+    try {
+      await mkdir(dir, { recursive: true });
+      await access(dir, constants.R_OK | constants.W_OK);
+    } catch (cause) {
+      const reason = (cause as NodeJS.ErrnoException).code ?? String(cause);
+      throw new EdgeMqttError('EDGEMQTT_DATA_DIR', `data directory ${dir} is not usable: ${reason}`, { cause });
+    }
+  }
+
+  async function stopComponents(deadlineMs: number): Promise<void> {
+    for (const listener of listeners) listener.stopAccepting();
+    try {
+      await withDeadline(broker.stop(), deadlineMs, 'closing MQTT clients');
+    } catch (error) {
+      log.warn({ err: (error as Error).message }, 'cutting connections that did not close in time');
+    }
+    await Promise.all(listeners.map((listener) => listener.stop()));
+  }
+
+  const daemon: Daemon = {
+    get config() {
+      return config;
+    },
+    get state() {
+      return state;
+    },
+    logger,
+    async start() {
+      if (state !== 'created') throw new Error(`cannot start a daemon that is ${state}`);
+      state = 'starting';
+      const startedAt = performance.now();
+      try {
+        await prepareDataDir();
+        await broker.start();
+        for (const listener of listeners) await listener.start();
+      } catch (error) {
+        state = 'failed';
+        await stopComponents(config.shutdown.timeoutSec * 1000);
+        throw error;
+      }
+      state = 'running';
+      log.info({ addresses: daemon.addresses(), startMs: Math.round(performance.now() - startedAt) }, 'edgemqtt ready');
+    },
+    stop() {
+      stopping ??= (async () => {
+        if (state === 'created') {
+          state = 'stopped';
+          return;
+        }
+        state = 'stopping';
+        log.info('stopping');
+        await stopComponents(config.shutdown.timeoutSec * 1000);
+        state = 'stopped';
+        log.info('stopped');
+      })();
+      return stopping;
+    },
+    addresses() {
+      const result: DaemonAddresses = {};
+      for (const listener of listeners) {
+        const address = listener.address();
+        if (address) result[listener.name as keyof DaemonAddresses] = address;
+      }
+      return result;
+    },
+    readiness,
+    reload(next) {
+      const applied: string[] = [];
+      const needsRestart: string[] = [];
+      for (const key of configKeys) {
+        const before = getPath(config, key.path);
+        const after = getPath(next, key.path);
+        if (JSON.stringify(before) === JSON.stringify(after)) continue;
+        (LIVE_KEYS.has(key.name) ? applied : needsRestart).push(key.name);
+      }
+      if (applied.includes('log.level')) logger.level = next.log.level;
+      config = { ...config, log: next.log };
+      log.info({ applied, needsRestart }, 'configuration reloaded');
+      return { applied, needsRestart };
+    },
+  };
+  return daemon;
+}

@@ -1,0 +1,41 @@
+/**
+ * Every failure the daemon reports has a stable `code` that callers and tests
+ * match on (message text may change) and keeps the raw failure as `cause`.
+ */
+export type ErrorCode =
+  | 'EDGEMQTT_CONFIG_INVALID'
+  | 'EDGEMQTT_LISTEN_FAILED'
+  | 'EDGEMQTT_DATA_DIR'
+  | 'EDGEMQTT_START_FAILED'
+  | 'EDGEMQTT_STOP_TIMEOUT';
+
+export class EdgeMqttError extends Error {
+  override name = 'EdgeMqttError';
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** A configuration with one or more problems; `problems` lists each of them. */
+export class ConfigError extends EdgeMqttError {
+  override name = 'ConfigError';
+  readonly problems: readonly string[];
+
+  constructor(problems: readonly string[], options?: { cause?: unknown }) {
+    super('EDGEMQTT_CONFIG_INVALID', `invalid configuration:\n  - ${problems.join('\n  - ')}`, options);
+    this.problems = problems;
+  }
+}
+
+/** A listener could not bind its address (in use, no permission, bad host). */
+export class ListenError extends EdgeMqttError {
+  override name = 'ListenError';
+
+  constructor(listener: string, address: string, cause: unknown) {
+    const reason = (cause as NodeJS.ErrnoException | undefined)?.code ?? String(cause);
+    super('EDGEMQTT_LISTEN_FAILED', `${listener} listener cannot bind ${address}: ${reason}`, { cause });
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * MQTT over WebSocket [MQTT-6.0]: upgrades on one path only, picks the `mqtt`
+ * subprotocol, enforces the Origin allowlist, and hands aedes a byte stream.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, createWebSocketStream, type WebSocket } from 'ws';
+import type { Logger } from '../observability/logger.js';
+import { isOriginAllowed } from './origin-policy.js';
+
+export interface WebSocketUpgradeOptions {
+  path: string;
+  allowedOrigins: readonly string[];
+  /** Largest WebSocket message accepted; larger ones close the socket (1009). */
+  maxPayloadBytes: number;
+  logger: Logger;
+  /** Called with the MQTT byte stream of each accepted connection. */
+  onConnection(stream: Duplex, request: IncomingMessage): void;
+}
+
+export interface WebSocketUpgrade {
+  handleUpgrade(request: IncomingMessage, socket: Socket, head: Buffer): void;
+  /** Closes the WebSocket server; connections are cut by their listener. */
+  close(): Promise<void>;
+}
+
+/** Subprotocols in order of preference: `mqtt` for 3.1.1, `mqttv3.1` for older clients. */
+const SUBPROTOCOLS = ['mqtt', 'mqttv3.1'];
+
+export function createWebSocketUpgrade(options: WebSocketUpgradeOptions): WebSocketUpgrade {
+  const log = options.logger;
+  const server = new WebSocketServer({
+    noServer: true,
+    maxPayload: options.maxPayloadBytes,
+    // MQTT payloads are often already compact or encrypted; per-message
+    // deflate costs CPU and memory per connection (a zip-bomb vector too).
+    perMessageDeflate: false,
+    handleProtocols: (offered) => SUBPROTOCOLS.find((name) => offered.has(name)) ?? false,
+  });
+
+  function accept(ws: WebSocket, request: IncomingMessage): void {
+    const stream = createWebSocketStream(ws);
+    // MQTT control packets travel in binary frames; a text frame must close
+    // the connection [MQTT-6.0.0-1]. Registered before the stream's own
+    // listener so the text never reaches the broker.
+    ws.prependListener('message', (_data, isBinary) => {
+      if (!isBinary) {
+        log.info({ remote: request.socket.remoteAddress }, 'WebSocket closed: MQTT sent in a text frame');
+        stream.destroy();
+        ws.close(1003, 'MQTT requires binary frames');
+      }
+    });
+    options.onConnection(stream, request);
+  }
+
+  return {
+    handleUpgrade(request, socket, head) {
+      const url = new URL(request.url ?? '/', 'http://localhost');
+      if (url.pathname !== options.path) {
+        refuse(socket, 404, 'Not Found', `WebSocket upgrades are served on ${options.path} only`);
+        return;
+      }
+      const origin = request.headers.origin;
+      if (!isOriginAllowed(origin, request.headers.host, options.allowedOrigins)) {
+        log.warn({ origin, remote: request.socket.remoteAddress }, 'WebSocket refused: origin not allowed');
+        refuse(socket, 403, 'Forbidden', `origin ${origin ?? ''} is not allowed`);
+        return;
+      }
+      server.handleUpgrade(request, socket, head, (ws) => accept(ws, request));
+    },
+    close() {
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+function refuse(socket: Socket, status: number, statusText: string, reason: string): void {
+  const body = `${reason}\n`;
+  socket.end(
+    `HTTP/1.1 ${status} ${statusText}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
