@@ -4,7 +4,7 @@
  * Every problem in every layer is collected, so one run shows them all.
  */
 import { readFile } from 'node:fs/promises';
-import { parseDocument } from 'yaml';
+import { LineCounter, parseDocument } from 'yaml';
 import { configSchema, type Config } from './schema.js';
 import { ENV_PREFIX, listConfigKeys, setPath, type ConfigKey } from './keys.js';
 import { ConfigError } from '../errors.js';
@@ -28,9 +28,10 @@ export async function loadConfig(sources: ConfigSources): Promise<Config> {
   const problems: string[] = [];
   const origin = new Map<string, string>();
   let raw: Record<string, unknown> = {};
+  let lineOf: ((path: readonly PropertyKey[]) => number | undefined) | undefined;
 
   if (sources.file !== undefined) {
-    raw = await readConfigFile(sources.file, problems);
+    ({ raw, lineOf } = await readConfigFile(sources.file, problems));
   }
   for (const [envName, text] of Object.entries(sources.env ?? {})) {
     if (!envName.startsWith(ENV_PREFIX) || NON_KEY_ENV.has(envName) || text === undefined) continue;
@@ -54,7 +55,7 @@ export async function loadConfig(sources: ConfigSources): Promise<Config> {
     setPath(raw, key.path, value);
     origin.set(key.name, 'command line');
   }
-  return validateConfig(raw, { problems, origin, fileName: sources.file });
+  return validateConfig(raw, { problems, origin, fileName: sources.file, lineOf });
 }
 
 /**
@@ -63,49 +64,71 @@ export async function loadConfig(sources: ConfigSources): Promise<Config> {
  */
 export function validateConfig(
   raw: unknown,
-  context: { problems?: string[]; origin?: Map<string, string>; fileName?: string | undefined } = {},
+  context: {
+    problems?: string[];
+    /** Which layer set a key, by dotted name, when not the file. */
+    origin?: Map<string, string>;
+    fileName?: string | undefined;
+    /** Line of a key in the file, for pointing at it. */
+    lineOf?: ((path: readonly PropertyKey[]) => number | undefined) | undefined;
+  } = {},
 ): Config {
   const problems = context.problems ?? [];
   const result = configSchema.safeParse(raw);
   if (!result.success) {
     for (const issue of result.error.issues) {
       const at = issue.path.join('.');
+      const where = (path: readonly PropertyKey[], name: string) => {
+        const from = context.origin?.get(name);
+        if (from) return ` (from ${from})`;
+        const line = context.lineOf?.(path);
+        return context.fileName ? ` (${context.fileName}${line ? ` line ${line}` : ''})` : '';
+      };
       if (issue.code === 'unrecognized_keys') {
         for (const key of issue.keys) {
           const name = at ? `${at}.${key}` : key;
-          problems.push(`${name}: unknown key${suggest(name)}`);
+          problems.push(`${name}: unknown key${suggest(name)}${where([...issue.path, key], name)}`);
         }
         continue;
       }
-      const from = context.origin?.get(at) ?? context.fileName;
-      problems.push(`${at || '(top level)'}: ${issue.message}${from ? ` (from ${from})` : ''}`);
+      problems.push(`${at || '(top level)'}: ${issue.message}${where(issue.path, at)}`);
     }
   }
   if (problems.length > 0 || !result.success) throw new ConfigError(problems);
   return result.data;
 }
 
-async function readConfigFile(file: string, problems: string[]): Promise<Record<string, unknown>> {
+interface ConfigFile {
+  raw: Record<string, unknown>;
+  lineOf?: (path: readonly PropertyKey[]) => number | undefined;
+}
+
+async function readConfigFile(file: string, problems: string[]): Promise<ConfigFile> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? String(error);
     problems.push(`${file}: cannot read the config file (${code})`);
-    return {};
+    return { raw: {} };
   }
-  const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  const lineCounter = new LineCounter();
+  const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true, lineCounter });
   if (document.errors.length > 0) {
     for (const error of document.errors) problems.push(`${file}: ${error.message.split('\n')[0]}`);
-    return {};
+    return { raw: {} };
   }
   const value: unknown = document.toJS();
-  if (value === null || value === undefined) return {};
+  if (value === null || value === undefined) return { raw: {} };
   if (typeof value !== 'object' || Array.isArray(value)) {
     problems.push(`${file}: the top level must be a mapping of keys`);
-    return {};
+    return { raw: {} };
   }
-  return value as Record<string, unknown>;
+  const lineOf = (path: readonly PropertyKey[]) => {
+    const node = document.getIn(path.map(String), true) as { range?: [number, number, number] } | undefined;
+    return node?.range ? lineCounter.linePos(node.range[0]).line : undefined;
+  };
+  return { raw: value as Record<string, unknown>, lineOf };
 }
 
 function parseEnvValue(key: ConfigKey, text: string): unknown {
