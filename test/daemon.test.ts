@@ -23,7 +23,7 @@ t.test('embedding: createDaemon → start → addresses → stop', async (t) => 
   t.ok(mqttPort > 0 && httpPort > 0, 'both listeners report their bound ports');
   t.same(daemon.readiness(), { ready: true, reasons: [] });
   const client = await connectClient(t, mqttUrl);
-  const closed = new Promise((resolve) => client.once('close', resolve));
+  const closed = new Promise<void>((resolve) => client.once('close', () => resolve()));
 
   await daemon.stop();
   t.equal(daemon.state, 'stopped');

@@ -6,6 +6,7 @@ import { Aedes, type AedesOptions, type Client } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { checkConnect, PendingRejections } from './connect-rules.js';
+import { installDeliveryFixes } from './delivery-fixes.js';
 
 export interface Broker {
   /** The running Aedes instance; only valid between start() and stop(). */
@@ -79,6 +80,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       const instance = new Aedes(options);
       attachLogging(instance);
       await instance.listen();
+      installDeliveryFixes(instance, deps.logger);
       aedes = instance;
       log.info({ brokerId: instance.id }, 'broker started');
     },

@@ -9,7 +9,7 @@ import { handleHealthRequest, sendJson, type ReadinessCheck } from '../observabi
 import type { Listener } from './listener.js';
 import { ServerLifecycle } from './server-lifecycle.js';
 import { guardPacketSize } from './packet-size-guard.js';
-import { createWebSocketUpgrade } from './websocket.js';
+import { createWebSocketUpgrade, refuseUpgrade } from './websocket.js';
 
 export interface HttpListenerDeps {
   broker: Broker;
@@ -45,7 +45,7 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
   });
   server.on('upgrade', (request, socket, head) => {
     if (!websocket.enabled) {
-      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      refuseUpgrade(socket as import('node:net').Socket, 404, 'Not Found', 'MQTT over WebSocket is disabled');
       return;
     }
     upgrade.handleUpgrade(request, socket as import('node:net').Socket, head);

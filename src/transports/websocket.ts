@@ -47,8 +47,12 @@ export function createWebSocketUpgrade(options: WebSocketUpgradeOptions): WebSoc
     ws.prependListener('message', (_data, isBinary) => {
       if (!isBinary) {
         log.info({ remote: request.socket.remoteAddress }, 'WebSocket closed: MQTT sent in a text frame');
-        stream.destroy();
+        // Close frame first: destroying the stream terminates the WebSocket,
+        // after which close() is a no-op and the peer would only see 1006.
+        // Then destroy the stream, so that the stream's own 'message'
+        // listener, which runs next, drops this frame instead of pushing it.
         ws.close(1003, 'MQTT requires binary frames');
+        stream.destroy();
       }
     });
     options.onConnection(stream, request);
@@ -58,13 +62,13 @@ export function createWebSocketUpgrade(options: WebSocketUpgradeOptions): WebSoc
     handleUpgrade(request, socket, head) {
       const url = new URL(request.url ?? '/', 'http://localhost');
       if (url.pathname !== options.path) {
-        refuse(socket, 404, 'Not Found', `WebSocket upgrades are served on ${options.path} only`);
+        refuseUpgrade(socket, 404, 'Not Found', `WebSocket upgrades are served on ${options.path} only`);
         return;
       }
       const origin = request.headers.origin;
       if (!isOriginAllowed(origin, request.headers.host, options.allowedOrigins)) {
         log.warn({ origin, remote: request.socket.remoteAddress }, 'WebSocket refused: origin not allowed');
-        refuse(socket, 403, 'Forbidden', `origin ${origin ?? ''} is not allowed`);
+        refuseUpgrade(socket, 403, 'Forbidden', `origin ${origin ?? ''} is not allowed`);
         return;
       }
       server.handleUpgrade(request, socket, head, (ws) => accept(ws, request));
@@ -75,7 +79,19 @@ export function createWebSocketUpgrade(options: WebSocketUpgradeOptions): WebSoc
   };
 }
 
-function refuse(socket: Socket, status: number, statusText: string, reason: string): void {
+/**
+ * Answers an upgrade request with an HTTP error and closes its socket.
+ *
+ * Node's HTTP server removes its own 'error' listener from a socket it hands
+ * to 'upgrade', so the socket is ours to guard: without a listener a peer
+ * that resets the connection (ECONNRESET, EPIPE) raises an uncaught exception
+ * and takes the daemon down. The socket is destroyed once the answer is
+ * flushed, as ws does for the handshakes it refuses, so a peer that never
+ * closes its half cannot hold it open.
+ */
+export function refuseUpgrade(socket: Socket, status: number, statusText: string, reason: string): void {
+  socket.on('error', () => socket.destroy());
+  socket.once('finish', () => socket.destroy());
   const body = `${reason}\n`;
   socket.end(
     `HTTP/1.1 ${status} ${statusText}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n` +

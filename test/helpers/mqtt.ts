@@ -2,7 +2,11 @@
  * Real mqtt.js clients for tests, with bounded waits instead of sleeps.
  */
 import type { Test } from 'tap';
-import mqtt, { type IClientOptions, type MqttClient, type IPublishPacket } from 'mqtt';
+import net from 'node:net';
+import mqtt, { type IClientOptions, type MqttClient, type IPublishPacket, type IConnackPacket } from 'mqtt';
+import * as mqttPacket from 'mqtt-packet';
+import type { Packet } from 'mqtt-packet';
+import WebSocket from 'ws';
 
 export interface ReceivedMessage {
   topic: string;
@@ -66,4 +70,159 @@ export async function eventually(condition: () => boolean | Promise<boolean>, ti
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+/** A client with its MessageLog attached before CONNECT, and the CONNACK it got. */
+export interface OpenedClient {
+  client: MqttClient;
+  log: MessageLog;
+  connack: IConnackPacket;
+}
+
+/**
+ * Like connectClient, but attaches a MessageLog before CONNECT and returns the
+ * CONNACK: a resumed session's queued messages follow the CONNACK at once
+ * [MQTT-3.2.2-2] and would be missed by a log attached afterwards.
+ */
+export async function openClient(t: Test, url: string, options: IClientOptions = {}): Promise<OpenedClient> {
+  const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 5000, ...options });
+  t.teardown(() => client.endAsync(true));
+  const log = new MessageLog(client);
+  const connack = await new Promise<IConnackPacket>((resolve, reject) => {
+    client.once('connect', resolve);
+    client.once('error', reject);
+    client.once('close', () => reject(new Error(`connection to ${url} closed before CONNACK`)));
+  });
+  return { client, log, connack };
+}
+
+/**
+ * A byte-level MQTT client over TCP (`mqtt://`) or WebSocket (`ws://`, binary
+ * frames, `mqtt` subprotocol), for what mqtt.js will not send: malformed
+ * packets, a CONNECT and then silence, an empty client id with clean=0.
+ */
+export interface RawClient {
+  /** Every packet parsed from the broker's bytes, in order. */
+  readonly packets: Packet[];
+  /** Parse errors in the broker's bytes (none expected). */
+  readonly parseErrors: Error[];
+  readonly isClosed: boolean;
+  /** performance.now() at close, when closed. */
+  readonly closedAt: number | undefined;
+  /** The WebSocket close code received (1006 when the socket just dropped); undefined for TCP. */
+  readonly closeCode: number | undefined;
+  /** Sends a packet (encoded with mqtt-packet) or raw bytes, in one write / one binary frame. */
+  send(data: Packet | Uint8Array): void;
+  /** Resolves with the first received packet of that type; rejects after `timeoutMs`. */
+  waitForPacket<C extends Packet['cmd']>(cmd: C, timeoutMs?: number): Promise<Extract<Packet, { cmd: C }>>;
+  /** Resolves once `predicate` holds for the packets so far; rejects after `timeoutMs`. */
+  waitFor(predicate: (packets: Packet[]) => boolean, timeoutMs?: number, what?: string): Promise<void>;
+  /** Resolves once the broker has closed the connection; rejects after `timeoutMs`. */
+  waitForClose(timeoutMs?: number): Promise<void>;
+}
+
+export interface RawClientOptions {
+  /** WebSocket only: the Origin header to send. */
+  origin?: string;
+}
+
+export async function connectRaw(t: Test, url: string, options: RawClientOptions = {}): Promise<RawClient> {
+  const target = new URL(url);
+  const parser = mqttPacket.parser({ protocolVersion: 4 });
+  const packets: Packet[] = [];
+  const parseErrors: Error[] = [];
+  const wakers = new Set<() => void>();
+  let isClosed = false;
+  let closedAt: number | undefined;
+  let closeCode: number | undefined;
+  const wakeAll = () => {
+    for (const wake of [...wakers]) wake();
+  };
+  parser.on('packet', (packet: Packet) => {
+    packets.push(packet);
+    wakeAll();
+  });
+  parser.on('error', (error: Error) => parseErrors.push(error));
+  const onClose = (code?: number) => {
+    if (isClosed) return;
+    isClosed = true;
+    closedAt = performance.now();
+    closeCode = code;
+    wakeAll();
+  };
+
+  let write: (bytes: Buffer) => void;
+  if (target.protocol === 'ws:' || target.protocol === 'wss:') {
+    const ws = new WebSocket(url, ['mqtt'], options.origin === undefined ? {} : { origin: options.origin });
+    t.teardown(() => ws.terminate());
+    ws.on('message', (data: Buffer) => parser.parse(data));
+    ws.on('close', (code) => onClose(code));
+    ws.on('error', () => onClose(1006));
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    write = (bytes) => ws.send(bytes, { binary: true });
+  } else {
+    const socket = net.connect({ host: target.hostname, port: Number(target.port), noDelay: true });
+    t.teardown(() => void socket.destroy());
+    socket.on('data', (data) => parser.parse(data));
+    // A reset socket is one of the outcomes tests look for, not a failure.
+    socket.on('error', () => undefined);
+    socket.on('close', () => onClose());
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', () => resolve());
+      socket.once('error', reject);
+    });
+    write = (bytes) => void socket.write(bytes);
+  }
+
+  function waitUntil<T>(probe: () => T | undefined, timeoutMs: number, what: string): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const value = probe();
+        if (value === undefined) return false;
+        clearTimeout(timer);
+        wakers.delete(wake);
+        resolve(value);
+        return true;
+      };
+      const wake = () => void check();
+      const timer = setTimeout(() => {
+        wakers.delete(wake);
+        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; got ${JSON.stringify(packets.map((p) => p.cmd))}`));
+      }, timeoutMs);
+      if (!check()) wakers.add(wake);
+    });
+  }
+
+  return {
+    packets,
+    parseErrors,
+    get isClosed() {
+      return isClosed;
+    },
+    get closedAt() {
+      return closedAt;
+    },
+    get closeCode() {
+      return closeCode;
+    },
+    send(data) {
+      write(data instanceof Uint8Array ? Buffer.from(data) : mqttPacket.generate(data));
+    },
+    waitForPacket(cmd, timeoutMs = 5000) {
+      return waitUntil(
+        () => packets.find((packet): packet is Extract<Packet, { cmd: typeof cmd }> => packet.cmd === cmd),
+        timeoutMs,
+        `a ${cmd} packet`,
+      );
+    },
+    async waitFor(predicate, timeoutMs = 5000, what = 'packets') {
+      await waitUntil(() => (predicate(packets) ? true : undefined), timeoutMs, what);
+    },
+    async waitForClose(timeoutMs = 5000) {
+      await waitUntil(() => (isClosed ? true : undefined), timeoutMs, 'the broker to close the connection');
+    },
+  };
 }

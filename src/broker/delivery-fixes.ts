@@ -1,0 +1,192 @@
+/**
+ * Corrections to how aedes 1.2 delivers messages to subscribers, applied as
+ * hooks on its instance, its clients and its persistence (node_modules stays
+ * untouched). Each one is proven by test/mqtt-behaviour.test.ts.
+ *
+ * 1. Lost messages. aedes drops a message for a client when a message
+ *    published later reached that client first (lib/client.js `dedupe`: a
+ *    message counts as a duplicate unless its broker counter is higher than
+ *    the last one delivered). Messages do overtake each other: QoS 0 skips the
+ *    offline-queue write that QoS 1/2 waits for, non-retained skips the
+ *    retained-store write (aedes.js publishFuncs). So a QoS 1 message, or the
+ *    will of a dropped client (which races its own $SYS disconnect notice),
+ *    silently never reaches a subscriber that also receives the overtaking
+ *    message. The dedupe exists for overlapping subscriptions, whose copies of
+ *    one message reach a client back to back within a single emit; it is
+ *    replaced by one that recognises exactly that.
+ * 2. Delivery QoS. aedes downgrades to the subscription's QoS only when the
+ *    filter equals the topic, so `a/#` granted QoS 1 receives QoS 2
+ *    [MQTT-3.8.4-6]; with overlapping subscriptions the first one matched
+ *    decides the QoS, not the highest [MQTT-3.3.5-1]; offline queues keep the
+ *    published QoS whatever was granted. Here every delivery, live, retained or
+ *    queued, goes out once at min(published QoS, highest matching grant).
+ * 3. aedes #1003. A retained QoS 2 message sent to a persistent session is not
+ *    stored in its outgoing queue, so the client's PUBREC finds nothing to
+ *    update and aedes drops the connection. The PUBREL is due either way
+ *    [MQTT-4.3.3-1]; nothing is lost by sending it.
+ */
+import type { Aedes, Client } from 'aedes';
+import type { Logger } from '../observability/logger.js';
+
+type QoS = 0 | 1 | 2;
+
+/** The parts of an aedes publish packet the hooks read or change. */
+interface DeliveredPacket {
+  topic: string;
+  qos: QoS;
+  brokerId?: string | null;
+  brokerCounter?: number;
+}
+
+type Deliver = (packet: DeliveredPacket, callback: () => void) => void;
+
+/** aedes Client internals used here (lib/client.js); not in its typings. */
+interface ClientInternals {
+  deliver0: Deliver;
+  deliverQoS: Deliver;
+  duplicates: Record<string, number>;
+  subscriptions: Record<string, { qos: QoS }>;
+}
+
+/** A subscription as aedes persistence returns it from subscriptionsByTopic. */
+interface StoredSubscription {
+  clientId: string;
+  qos: QoS;
+}
+
+interface PersistenceInternals {
+  outgoingEnqueueCombi(subs: StoredSubscription[], packet: DeliveredPacket): Promise<void>;
+  outgoingUpdate(client: Client, packet: { cmd: string; messageId?: number }): Promise<void>;
+}
+
+/**
+ * Whether an MQTT topic filter matches a topic name [MQTT-4.7]: `+` is one
+ * level (possibly empty), `#` is the rest including the parent level, and a
+ * filter starting with a wildcard does not match a `$` topic [MQTT-4.7.2-1].
+ */
+export function topicMatches(filter: string, topic: string): boolean {
+  const filterLevels = filter.split('/');
+  const topicLevels = topic.split('/');
+  if ((filterLevels[0] === '#' || filterLevels[0] === '+') && topic.startsWith('$')) return false;
+  for (let i = 0; i < filterLevels.length; i++) {
+    const level = filterLevels[i];
+    if (level === '#') return true;
+    if (i >= topicLevels.length) return false;
+    if (level !== '+' && level !== topicLevels[i]) return false;
+  }
+  return filterLevels.length === topicLevels.length;
+}
+
+/** The highest QoS granted to any of the client's subscriptions matching `topic`, if any. */
+export function grantedQoS(subscriptions: Record<string, { qos: QoS }>, topic: string): QoS | undefined {
+  let granted: QoS | undefined;
+  for (const filter in subscriptions) {
+    const qos = subscriptions[filter]?.qos ?? 0;
+    if ((granted === undefined || qos > granted) && topicMatches(filter, topic)) granted = qos;
+  }
+  return granted;
+}
+
+/** Installs the fixes; call after `listen()` (the persistence exists then) and before any client connects. */
+export function installDeliveryFixes(aedes: Aedes, logger: Logger): void {
+  const handle = aedes.handle;
+  aedes.handle = (stream, request) => {
+    const client = handle(stream, request);
+    fixClientDelivery(client);
+    return client;
+  };
+  const broker = aedes as unknown as { persistence: PersistenceInternals };
+  broker.persistence = fixPersistence(broker.persistence, logger);
+}
+
+function fixClientDelivery(client: Client): void {
+  const internals = client as unknown as ClientInternals;
+  // aedes' dedupe compares against this map; reading 0 makes every message
+  // new to it, the wrapper below having already dropped the real copies.
+  internals.duplicates = new Proxy(Object.create(null) as Record<string, number>, {
+    get: () => 0,
+    set: () => true,
+  });
+  const deliver0 = internals.deliver0;
+  const deliverQoS = internals.deliverQoS;
+  let lastMessage: string | undefined;
+  let inside = false;
+
+  const wrap =
+    (invoked: Deliver): Deliver =>
+    (packet, callback) => {
+      // aedes' deliverQoS hands QoS 0 packets to deliver0: already decided.
+      if (inside) return invoked(packet, callback);
+      if (packet.brokerId && packet.brokerCounter) {
+        // Overlapping subscriptions: mqemitter calls every matching handler
+        // of one message synchronously, so a copy is always the very next
+        // delivery to this client; anything else is a different message.
+        // (Retained messages carry no brokerId: never copies, as in aedes.)
+        const message = `${packet.brokerId}\u0000${packet.brokerCounter}`;
+        if (message === lastMessage) {
+          setImmediate(callback);
+          return;
+        }
+        lastMessage = message;
+      }
+      // QoS 0 stays QoS 0: skip the scan of the client's subscriptions.
+      if (packet.qos > 0) {
+        const granted = grantedQoS(internals.subscriptions, packet.topic);
+        if (granted !== undefined && granted < packet.qos) packet.qos = granted;
+      }
+      inside = true;
+      try {
+        (packet.qos > 0 ? deliverQoS : deliver0)(packet, callback);
+      } finally {
+        inside = false;
+      }
+    };
+  // Subscription handlers capture these at SUBSCRIBE time (handlers/subscribe.js),
+  // after this runs; retained and queued deliveries look them up per call.
+  internals.deliver0 = wrap(deliver0);
+  internals.deliverQoS = wrap(deliverQoS);
+}
+
+function fixPersistence(persistence: PersistenceInternals, logger: Logger): PersistenceInternals {
+  const log = logger.child({ component: 'broker' });
+  const overrides: Partial<PersistenceInternals> = {
+    // One queued copy per client, at min(published QoS, highest matching
+    // grant), like a live delivery; aedes queues one per matching
+    // subscription at the published QoS and clears the extras as it delivers.
+    async outgoingEnqueueCombi(subs, packet) {
+      const perClient = new Map<string, StoredSubscription>();
+      for (const sub of subs) {
+        const seen = perClient.get(sub.clientId);
+        if (!seen || sub.qos > seen.qos) perClient.set(sub.clientId, sub);
+      }
+      const byQoS = new Map<QoS, StoredSubscription[]>();
+      for (const sub of perClient.values()) {
+        const qos = Math.min(sub.qos, packet.qos) as QoS;
+        byQoS.set(qos, [...(byQoS.get(qos) ?? []), sub]);
+      }
+      await Promise.all(
+        [...byQoS].map(([qos, group]) =>
+          persistence.outgoingEnqueueCombi(group, qos === packet.qos ? packet : { ...packet, qos }),
+        ),
+      );
+    },
+    // See 3. above: a PUBREC for a message that was never stored still gets
+    // its PUBREL instead of costing the client its connection.
+    async outgoingUpdate(client, packet) {
+      try {
+        await persistence.outgoingUpdate(client, packet);
+      } catch (error) {
+        if (packet.cmd !== 'pubrel') throw error;
+        log.debug({ clientId: client.id, messageId: packet.messageId, err: (error as Error).message }, 'PUBREC for an unstored message');
+      }
+    },
+  };
+  return new Proxy(persistence, {
+    get(target, property) {
+      if (property in overrides) return overrides[property as keyof PersistenceInternals];
+      const value: unknown = Reflect.get(target, property);
+      // Persistence classes keep state in #private fields: call with the real `this`.
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+}

@@ -1,0 +1,34 @@
+/** Topic matching used by src/broker/delivery-fixes.ts to find a client's grant for a topic [MQTT-4.7]. */
+import t from 'tap';
+import { grantedQoS, topicMatches } from '../src/broker/delivery-fixes.js';
+
+t.test('topicMatches follows MQTT 3.1.1 topic filter rules', async (t) => {
+  const cases: [filter: string, topic: string, matches: boolean][] = [
+    ['a/b', 'a/b', true],
+    ['a/b', 'a/c', false],
+    ['a/+', 'a/b', true],
+    ['a/+', 'a/b/c', false],
+    ['a/+', 'a', false],
+    ['a/+', 'a/', true], // + matches an empty level [MQTT-4.7.1-3]
+    ['+/+', '/x', true],
+    ['a/+/c', 'a//c', true],
+    ['a/#', 'a', true], // # matches the parent level [MQTT-4.7.1-2]
+    ['a/#', 'a/b/c', true],
+    ['a/#', 'ab', false],
+    ['#', 'a/b', true],
+    ['#', '$SYS/x', false], // [MQTT-4.7.2-1]
+    ['+/x', '$SYS/x', false],
+    ['$SYS/#', '$SYS/x/y', true],
+    ['$SYS/+/y', '$SYS/x/y', true],
+    ['a/b', 'a/b/', false],
+  ];
+  for (const [filter, topic, matches] of cases) t.equal(topicMatches(filter, topic), matches, `${filter} vs ${topic}`);
+});
+
+t.test('grantedQoS is the highest grant among matching subscriptions', async (t) => {
+  const subscriptions = { 'a/#': { qos: 0 as const }, 'a/b': { qos: 2 as const }, 'a/+': { qos: 1 as const } };
+  t.equal(grantedQoS(subscriptions, 'a/b'), 2);
+  t.equal(grantedQoS(subscriptions, 'a/c'), 1);
+  t.equal(grantedQoS(subscriptions, 'a/c/d'), 0);
+  t.equal(grantedQoS(subscriptions, 'b'), undefined);
+});
