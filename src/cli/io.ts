@@ -11,6 +11,13 @@ export interface CliIo {
   stdout: { write(text: string): unknown };
   stderr: { write(text: string): unknown };
   pid: number;
+  /**
+   * True when standard output is the journal's stream: `$JOURNAL_STREAM`
+   * names the device and inode of fd 1. The variable alone is not enough, as
+   * it is inherited by every child of a service, whatever their stdout is.
+   * Log lines then carry `<N>` priority prefixes. Defaults to false.
+   */
+  stdoutIsJournal?: boolean;
   onSignal(signal: Signal, handler: () => void): void;
 }
 

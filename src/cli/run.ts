@@ -11,9 +11,18 @@ import { printConfig } from './commands/print-config.js';
 import { start, exitCodeFor } from './commands/start.js';
 import { ExitCode, type CliIo } from './io.js';
 
+/**
+ * Thrown from yargs' fail handler. Throwing (rather than noting the message
+ * and returning) is what stops yargs: otherwise it still runs the command's
+ * handler, and `start --mqtt-prot 1884` would start a broker on the default
+ * port and report the typo only after it stopped.
+ */
+class UsageError extends Error {
+  override name = 'UsageError';
+}
+
 export async function runCli(io: CliIo): Promise<number> {
   let exitCode: number = ExitCode.ok;
-  let usageError: string | undefined;
 
   const cli = yargs(io.argv)
     .scriptName('edgemqtt')
@@ -64,13 +73,16 @@ export async function runCli(io: CliIo): Promise<number> {
     .wrap(Math.min(100, 120))
     .exitProcess(false)
     .fail((message, error) => {
-      if (error) throw error;
-      usageError = message;
+      throw error ?? new UsageError(message);
     });
 
   try {
     await cli.parseAsync();
   } catch (error) {
+    if (error instanceof UsageError) {
+      io.stderr.write(`${await cli.getHelp()}\n\n${error.message}\n`);
+      return ExitCode.usage;
+    }
     if (error instanceof ConfigError) {
       io.stderr.write(`edgemqtt: invalid configuration\n`);
       for (const problem of error.problems) io.stderr.write(`  - ${problem}\n`);
@@ -78,10 +90,6 @@ export async function runCli(io: CliIo): Promise<number> {
     }
     io.stderr.write(`edgemqtt: ${error instanceof Error ? error.message : String(error)}\n`);
     return exitCodeFor(error);
-  }
-  if (usageError !== undefined) {
-    io.stderr.write(`${await cli.getHelp()}\n\n${usageError}\n`);
-    return ExitCode.usage;
   }
   return exitCode;
 }

@@ -68,8 +68,14 @@ export function startWatchdog(
   const usec = Number(env.WATCHDOG_USEC);
   if (!notifier.enabled || !Number.isFinite(usec) || usec <= 0) return null;
   if (env.WATCHDOG_PID !== undefined && Number(env.WATCHDOG_PID) !== pid) return null;
+  // A ping still being sent (systemd-notify waits for the manager to read
+  // it) is not doubled up: under load, pings would otherwise pile up as
+  // processes.
+  let inFlight = false;
   const timer = setInterval(() => {
-    if (healthy()) void notifier.notify('WATCHDOG=1');
+    if (inFlight || !healthy()) return;
+    inFlight = true;
+    void notifier.notify('WATCHDOG=1').then(() => (inFlight = false));
   }, Math.max(1, Math.floor(usec / 2000)));
   timer.unref();
   return { stop: () => clearInterval(timer) };

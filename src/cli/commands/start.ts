@@ -7,15 +7,22 @@ import { loadConfig, type ConfigSources } from '../../config/load.js';
 import { createDaemon } from '../../daemon.js';
 import { ConfigError, EdgeMqttError } from '../../errors.js';
 import { createLogger } from '../../observability/logger.js';
-import { createNotifier, startWatchdog } from '../../systemd/notify.js';
-import { ExitCode, type CliIo } from '../io.js';
+import { createNotifier, startWatchdog, type Watchdog } from '../../systemd/notify.js';
+import { ExitCode, type CliIo, type Signal } from '../io.js';
 
-/** Extra time past shutdown.timeoutSec before a stuck stop is abandoned. */
-const STOP_GRACE_MS = 2000;
+/**
+ * Extra time past shutdown.timeoutSec before a stuck stop is abandoned
+ * (exit 70). The unit's TimeoutStopSec must exceed the sum.
+ */
+export const STOP_GRACE_MS = 2000;
+/** Longest the exit waits for STOPPING=1 to be handed to the service manager. */
+const STOPPING_NOTIFY_WAIT_MS = 1000;
+
+const STATUS_RUNNING = 'accepting MQTT connections';
 
 export async function start(io: CliIo, sources: ConfigSources): Promise<number> {
   const config = await loadConfig(sources);
-  const logger = createLogger({ level: config.log.level, journald: Boolean(io.env.JOURNAL_STREAM) });
+  const logger = createLogger({ level: config.log.level, journald: io.stdoutIsJournal ?? false });
   const log = logger.child({ component: 'cli' });
   const notifier = createNotifier({
     env: io.env,
@@ -23,66 +30,117 @@ export async function start(io: CliIo, sources: ConfigSources): Promise<number> 
   });
   const daemon = await createDaemon(config, { logger });
 
-  let watchdog: ReturnType<typeof startWatchdog> = null;
-  // Signals that arrive while starting are honoured once start settles.
-  let stopRequested: (code: number) => void = () => {};
-  const stopped = new Promise<number>((resolve) => (stopRequested = resolve));
+  // 'starting' until daemon.start() settles; a stop signal in that window is
+  // remembered and acted on once start settles (the daemon cannot stop
+  // half-started components), unless a second signal forces the exit.
+  let phase: 'starting' | 'running' | 'stopping' = 'starting';
+  let watchdog: Watchdog | null = null;
   let stopSignals = 0;
-  const onStopSignal = (signal: string) => {
-    stopSignals += 1;
-    if (stopSignals > 1) {
-      log.warn({ signal }, 'second stop signal: exiting now');
-      stopRequested(ExitCode.forced);
-      return;
-    }
-    log.info({ signal }, 'stop requested');
-    void notifier.notify('STOPPING=1');
-    watchdog?.stop();
+  let stoppingSent: Promise<void> = Promise.resolve();
+  let finish: (code: number) => void = () => {};
+  const finished = new Promise<number>((resolve) => (finish = resolve));
+
+  const beginStop = () => {
+    phase = 'stopping';
     const deadline = setTimeout(() => {
       log.error('graceful stop did not finish in time: exiting');
-      stopRequested(ExitCode.software);
+      finish(ExitCode.software);
     }, config.shutdown.timeoutSec * 1000 + STOP_GRACE_MS);
-    deadline.unref();
+    // Not unref'd: if a stuck stop leaves no other handle open, this timer
+    // still ends the process with a code instead of Node's exit 13
+    // (unsettled top-level await).
     daemon.stop().then(
-      () => stopRequested(ExitCode.ok),
+      async () => {
+        clearTimeout(deadline);
+        // STOPPING=1 comes from a child process; let it finish (briefly) so
+        // the manager hears it before it sees the main process exit.
+        await Promise.race([stoppingSent, delay(STOPPING_NOTIFY_WAIT_MS)]);
+        finish(ExitCode.ok);
+      },
       (error: unknown) => {
+        clearTimeout(deadline);
         log.error({ err: error }, 'stop failed');
-        stopRequested(ExitCode.software);
+        finish(ExitCode.software);
       },
     );
   };
-  io.onSignal('SIGTERM', () => onStopSignal('SIGTERM'));
-  io.onSignal('SIGINT', () => onStopSignal('SIGINT'));
-  io.onSignal('SIGHUP', () => void reload());
+
+  const onStopSignal = (signal: Signal) => {
+    stopSignals += 1;
+    if (stopSignals > 1) {
+      log.warn({ signal }, 'second stop signal: exiting now');
+      finish(ExitCode.forced);
+      return;
+    }
+    log.info({ signal, during: phase }, 'stop requested');
+    stoppingSent = notifier.notify('STOPPING=1');
+    watchdog?.stop();
+    if (phase === 'running') beginStop();
+  };
+
+  // Reloads run one at a time, so RELOADING=1/READY=1 pairs never interleave.
+  let reloads: Promise<void> = Promise.resolve();
+  let reloadWhenRunning = false;
+  const queueReload = () => {
+    reloads = reloads.then(reload).catch((error: unknown) => log.error({ err: error }, 'reload failed'));
+  };
+  const onReloadSignal = () => {
+    if (phase === 'starting') {
+      // The file may have changed after start read it: reload once running.
+      reloadWhenRunning = true;
+      return;
+    }
+    queueReload();
+  };
 
   async function reload(): Promise<void> {
-    if (daemon.state !== 'running') return;
+    if (phase !== 'running') return;
     await notifier.notify('RELOADING=1');
+    let status = STATUS_RUNNING;
     try {
       const next = await loadConfig(sources);
-      daemon.reload(next);
+      const { needsRestart } = daemon.reload(next);
+      if (needsRestart.length > 0) {
+        log.warn({ needsRestart }, `restart needed to apply ${needsRestart.join(', ')}`);
+        status = `${STATUS_RUNNING}; restart to apply ${needsRestart.join(', ')}`;
+      }
     } catch (error) {
       const problems = error instanceof ConfigError ? error.problems : [String(error)];
       log.error({ problems }, 'reload refused: keeping the running configuration');
+      status = `${STATUS_RUNNING}; last reload refused (invalid configuration)`;
     }
-    await notifier.notify('READY=1');
+    if (phase === 'running') await notifier.notify('READY=1', `STATUS=${status}`);
   }
 
-  try {
-    await daemon.start();
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    log.fatal({ err: error }, 'start failed');
+  io.onSignal('SIGTERM', () => onStopSignal('SIGTERM'));
+  io.onSignal('SIGINT', () => onStopSignal('SIGINT'));
+  io.onSignal('SIGHUP', onReloadSignal);
+
+  const started = daemon.start().then(
+    () => ({ ok: true as const }),
+    (error: unknown) => ({ ok: false as const, error }),
+  );
+  // A second stop signal while starting ends the wait (and the process).
+  const outcome = await Promise.race([started, finished]);
+  if (typeof outcome === 'number') return outcome;
+  if (!outcome.ok) {
+    const message = outcome.error instanceof Error ? outcome.error.message : String(outcome.error);
+    log.fatal({ err: outcome.error }, 'start failed');
     io.stderr.write(`edgemqtt: ${message}\n`);
-    return exitCodeFor(error);
+    return exitCodeFor(outcome.error);
   }
-  if (stopSignals === 0) {
-    await notifier.notify('READY=1', `MAINPID=${io.pid}`, 'STATUS=accepting MQTT connections');
+  phase = 'running';
+  if (stopSignals > 0) {
+    beginStop();
+    return finished;
+  }
+  await notifier.notify('READY=1', `MAINPID=${io.pid}`, `STATUS=${STATUS_RUNNING}`);
+  // A stop signal may have arrived while READY=1 was being sent.
+  if (phase === 'running') {
     watchdog = startWatchdog(notifier, io.env, io.pid, () => daemon.readiness().ready);
-  } else {
-    onStopSignal('(during start)');
+    if (reloadWhenRunning) queueReload();
   }
-  return stopped;
+  return finished;
 }
 
 export function exitCodeFor(error: unknown): number {
@@ -99,4 +157,8 @@ export function exitCodeFor(error: unknown): number {
     }
   }
   return ExitCode.software;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
