@@ -115,7 +115,7 @@ async function readConfigFile(file: string, problems: string[]): Promise<ConfigF
   const lineCounter = new LineCounter();
   const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true, lineCounter });
   if (document.errors.length > 0) {
-    for (const error of document.errors) problems.push(`${file}: ${error.message.split('\n')[0]}`);
+    for (const error of document.errors) problems.push(`${file}: ${(error.message.split('\n')[0] ?? '').replace(/:$/, '')}`);
     return { raw: {} };
   }
   const value: unknown = document.toJS();
