@@ -7,7 +7,17 @@ export type ErrorCode =
   | 'EDGEMQTT_LISTEN_FAILED'
   | 'EDGEMQTT_DATA_DIR'
   | 'EDGEMQTT_START_FAILED'
-  | 'EDGEMQTT_STOP_TIMEOUT';
+  | 'EDGEMQTT_STOP_TIMEOUT'
+  | 'EDGEMQTT_STORE_LOCKED'
+  | 'EDGEMQTT_STORE_CORRUPT'
+  | 'EDGEMQTT_STORE_UNREADABLE'
+  | 'EDGEMQTT_STORE_INCOMPATIBLE'
+  | 'EDGEMQTT_STORE_WRITE_FAILED'
+  | 'EDGEMQTT_STORE_CLOSED'
+  // Security (src/auth, src/transports/tls*): a file the daemon relies on is unusable.
+  | 'EDGEMQTT_PASSWORD_FILE_INVALID'
+  | 'EDGEMQTT_ACL_FILE_INVALID'
+  | 'EDGEMQTT_TLS_INVALID';
 
 export class EdgeMqttError extends Error {
   override name = 'EdgeMqttError';

@@ -1,0 +1,195 @@
+/**
+ * Value encodings. A record is a MessagePack array (msgpackr):
+ *
+ *   [kind, presentMask, ...values of the present fields in table order, extras?]
+ *
+ * The field table is fixed per kind, so field names are not repeated in every
+ * record (a queued QoS 1 message costs its topic, payload and ~50 bytes). The
+ * mask records which fields the object had, so a decoded packet has exactly
+ * the keys it was stored with (aedes and its conformance suite compare packets
+ * key by key). Properties outside the table (rare: custom fields, MQTT 5
+ * additions) go into one trailing map flagged by the bit after the table.
+ *
+ * Compatibility rule: fields are only ever appended to a table; a new kind
+ * gets a new number. A record whose kind or shape is unknown fails to decode,
+ * and the caller quarantines it (see level-persistence.ts).
+ */
+import { Packr } from 'msgpackr';
+
+/** A packet as aedes hands it to the persistence: plain data, maybe class instances. */
+export type PacketLike = Record<string, unknown>;
+
+export class RecordDecodeError extends Error {
+  override name = 'RecordDecodeError';
+}
+
+const KIND_PACKET = 1;
+const KIND_SUBSCRIPTION = 2;
+
+// Order follows aedes-packet's constructor so decoded packets read naturally in logs.
+const PACKET_FIELDS = [
+  'clientId',
+  'nl',
+  'properties',
+  'messageExpiry',
+  'cmd',
+  'brokerId',
+  'brokerCounter',
+  'topic',
+  'payload',
+  'qos',
+  'retain',
+  'dup',
+  'messageId',
+] as const;
+
+const SUBSCRIPTION_FIELDS = ['qos', 'rh', 'rap', 'nl', 'subscriptionIdentifier'] as const;
+
+// Keys never copied from stored data onto a fresh object (prototype pollution).
+const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
+// Stateless configuration: maps as plain objects, no msgpackr record extension
+// (its structures would have to be stored next to the data).
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+interface RecordCodec {
+  encode(value: PacketLike): Buffer;
+  decode(buffer: Buffer): PacketLike;
+}
+
+function createRecordCodec(kind: number, fields: readonly string[], validate: (value: PacketLike) => void): RecordCodec {
+  if (fields.length > 30) throw new RangeError('field table too large for a 31-bit mask');
+  const extrasBit = 2 ** fields.length;
+  const known = new Set(fields);
+  return {
+    encode(value) {
+      const out: unknown[] = [kind, 0];
+      let mask = 0;
+      for (let i = 0; i < fields.length; i++) {
+        const field = fields[i]!;
+        if (!Object.hasOwn(value, field)) continue;
+        mask |= 1 << i;
+        out.push(value[field]);
+      }
+      let extras: Record<string, unknown> | undefined;
+      for (const key of Object.keys(value)) {
+        if (known.has(key) || FORBIDDEN_KEYS.has(key)) continue;
+        const item = value[key];
+        // A QoSPacket carries its write callback; functions are behaviour, not data.
+        if (typeof item === 'function') continue;
+        (extras ??= {})[key] = item;
+      }
+      if (extras) {
+        mask += extrasBit;
+        out.push(extras);
+      }
+      out[1] = mask;
+      return packr.pack(out);
+    },
+    decode(buffer) {
+      let raw: unknown;
+      try {
+        raw = packr.unpack(buffer);
+      } catch (error) {
+        throw new RecordDecodeError(`not MessagePack: ${(error as Error).message}`);
+      }
+      if (!Array.isArray(raw) || raw[0] !== kind || typeof raw[1] !== 'number') {
+        throw new RecordDecodeError(`not a record of kind ${kind}`);
+      }
+      const mask = raw[1];
+      if (!Number.isInteger(mask) || mask < 0 || mask >= extrasBit * 2) {
+        throw new RecordDecodeError(`invalid field mask ${mask}`);
+      }
+      const value: PacketLike = {};
+      let index = 2;
+      for (let i = 0; i < fields.length; i++) {
+        if ((mask & (1 << i)) === 0) continue;
+        if (index >= raw.length) throw new RecordDecodeError('record shorter than its field mask');
+        value[fields[i]!] = raw[index++];
+      }
+      if (mask >= extrasBit) {
+        const extras: unknown = raw[index++];
+        if (extras === null || typeof extras !== 'object' || Array.isArray(extras)) {
+          throw new RecordDecodeError('extras slot is not a map');
+        }
+        for (const [key, item] of Object.entries(extras)) {
+          if (!FORBIDDEN_KEYS.has(key)) value[key] = item;
+        }
+      }
+      if (index !== raw.length) throw new RecordDecodeError('record longer than its field mask');
+      validate(value);
+      return value;
+    },
+  };
+}
+
+function validatePacket(value: PacketLike): void {
+  if (value.cmd !== undefined && typeof value.cmd !== 'string') throw new RecordDecodeError('cmd is not a string');
+  if (value.topic !== undefined && typeof value.topic !== 'string') throw new RecordDecodeError('topic is not a string');
+  const payload = value.payload;
+  if (payload !== undefined && typeof payload !== 'string' && !Buffer.isBuffer(payload)) {
+    throw new RecordDecodeError('payload is neither bytes nor a string');
+  }
+  const messageId = value.messageId;
+  if (messageId !== undefined && messageId !== null && typeof messageId !== 'number') {
+    throw new RecordDecodeError('messageId is not a number');
+  }
+}
+
+function validateSubscription(value: PacketLike): void {
+  if (value.qos !== 0 && value.qos !== 1 && value.qos !== 2) throw new RecordDecodeError('qos is not 0, 1 or 2');
+}
+
+const packetCodec = createRecordCodec(KIND_PACKET, PACKET_FIELDS, validatePacket);
+const subscriptionCodec = createRecordCodec(KIND_SUBSCRIPTION, SUBSCRIPTION_FIELDS, validateSubscription);
+
+export const encodePacket = packetCodec.encode;
+export const decodePacket = packetCodec.decode;
+
+export interface SubscriptionRecord {
+  qos: 0 | 1 | 2;
+  rh?: number | undefined;
+  rap?: boolean | undefined;
+  nl?: boolean | undefined;
+  subscriptionIdentifier?: number;
+}
+
+export function encodeSubscription(record: SubscriptionRecord): Buffer {
+  return subscriptionCodec.encode(record as unknown as PacketLike);
+}
+
+export function decodeSubscription(buffer: Buffer): SubscriptionRecord {
+  return subscriptionCodec.decode(buffer) as unknown as SubscriptionRecord;
+}
+
+/** Own enumerable data properties of a packet, without functions: what gets stored. */
+export function packetData(packet: object): PacketLike {
+  const data: PacketLike = {};
+  for (const [key, value] of Object.entries(packet)) {
+    if (typeof value !== 'function' && !FORBIDDEN_KEYS.has(key)) data[key] = value;
+  }
+  return data;
+}
+
+/**
+ * The shape aedes-packet's `new Packet(original)` gives a message queued for a
+ * subscriber (mirrored here rather than importing a transitive dependency): the
+ * packet identifier is cleared for QoS > 0 because each subscriber's session
+ * assigns its own [MQTT-2.3.1-2].
+ */
+export function queuedPacket(original: PacketLike): PacketLike {
+  const packet: PacketLike = {};
+  for (const key of ['clientId', 'nl', 'properties', 'messageExpiry'] as const) {
+    if (Object.hasOwn(original, key)) packet[key] = original[key];
+  }
+  packet.cmd = original.cmd || 'publish';
+  packet.brokerId = original.brokerId;
+  packet.brokerCounter = original.brokerCounter || 0;
+  packet.topic = original.topic;
+  packet.payload = original.payload || Buffer.alloc(0);
+  packet.qos = original.qos || 0;
+  packet.retain = original.retain || false;
+  packet.dup = original.dup || false;
+  if ((packet.qos as number) > 0 || packet.cmd !== 'publish') packet.messageId = undefined;
+  return packet;
+}

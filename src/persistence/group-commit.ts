@@ -1,0 +1,232 @@
+/**
+ * Group commit: many small durable writes share one LevelDB batch and one
+ * fsync. Writers call `write(ops)` and await it; ops written in the same
+ * event-loop turn (or within `maxDelayMs`) land in one `batch(ops, { sync })`,
+ * and while that batch is being written the next one fills up, so under load
+ * each fsync carries everything that arrived during the previous one.
+ *
+ * Guarantees:
+ * - The ops of one `write()` call are never split across batches (atomic).
+ * - Batches are written one at a time, in order: a later write never lands
+ *   before an earlier one.
+ * - `pending(key)` answers with the value a key will have once queued writes
+ *   land, so readers see their own writes before the commit.
+ * - A failed batch rejects every writer of that batch with StoreWriteError;
+ *   later batches are still attempted.
+ *
+ * This is also the extension point for other components (the NATS bridge
+ * outbox): they call `write()` with keys under their `componentPrefix()`, and
+ * their records share the batch, and the fsync, of whatever the broker writes
+ * in the same turn.
+ */
+import { StoreClosedError, StoreWriteError } from './errors.js';
+
+/**
+ * When a write counts as done:
+ * - `always`: each write() is its own batch, fsync'd before it resolves.
+ * - `batch`: writes of one turn (plus maxDelayMs) share one fsync'd batch.
+ * - `os`: like `batch` but without fsync: done once LevelDB handed the batch
+ *   to the kernel (write(2)); survives a process crash, not a power cut.
+ */
+export type SyncPolicy = 'always' | 'batch' | 'os';
+
+export type BatchOp = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
+
+/** The part of a LevelDB (classic-level) the group commit needs. */
+export interface BatchTarget {
+  batch(ops: BatchOp[], options: { sync: boolean }): Promise<void>;
+}
+
+export interface GroupCommitOptions {
+  policy: SyncPolicy;
+  /**
+   * How long a batch waits for more writes after its first one, in ms.
+   * 0 (default) commits at the end of the current event-loop turn.
+   */
+  maxDelayMs?: number;
+  /** Monotonic clock in ms, for latency figures. */
+  now?: () => number;
+}
+
+/** Upper bounds (ms) of the commit latency histogram buckets; the last bucket is +Inf. */
+export const COMMIT_LATENCY_BUCKETS_MS = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500] as const;
+
+export interface GroupCommitStats {
+  /** write() calls that carried ops. */
+  writes: number;
+  ops: number;
+  batches: number;
+  /** Batches written with fsync. */
+  syncs: number;
+  failedBatches: number;
+  /** Keys with a write waiting for, or in, a batch not yet committed. */
+  pendingKeys: number;
+  largestBatchOps: number;
+  /** Time from a batch's start to its completion (the fsync cost), in ms. */
+  commitMs: { last: number; max: number; sum: number; count: number; buckets: number[] };
+}
+
+export interface GroupCommit {
+  readonly policy: SyncPolicy;
+  /** Resolves once `ops` are written per the policy; rejects with StoreWriteError. */
+  write(ops: readonly BatchOp[]): Promise<void>;
+  /**
+   * The value `key` will hold when queued writes land: a Buffer, `null` for a
+   * queued delete, or `undefined` when no queued write touches the key.
+   */
+  pending(key: Buffer): Buffer | null | undefined;
+  /** Resolves once everything written so far has settled (committed or failed). */
+  flush(): Promise<void>;
+  /** Flushes, then refuses further writes with StoreClosedError. Idempotent. */
+  close(): Promise<void>;
+  stats(): GroupCommitStats;
+}
+
+interface Batch {
+  readonly generation: number;
+  readonly ops: BatchOp[];
+  ready: boolean;
+  readonly promise: Promise<void>;
+  resolve(): void;
+  reject(error: Error): void;
+}
+
+export function createGroupCommit(target: BatchTarget, options: GroupCommitOptions): GroupCommit {
+  const { policy } = options;
+  const maxDelayMs = options.maxDelayMs ?? 0;
+  const now = options.now ?? (() => performance.now());
+  const sync = policy !== 'os';
+  // Batches not yet started, oldest first; only the last one accepts new ops.
+  const queue: Batch[] = [];
+  let running: Batch | undefined;
+  let generation = 0;
+  let closed = false;
+  // Latest queued value per key (latin1 string: one char per byte) and the
+  // batch that carries it; removed when that batch settles.
+  const overlay = new Map<string, { value: Buffer | null; generation: number }>();
+  const counters = {
+    writes: 0,
+    ops: 0,
+    batches: 0,
+    syncs: 0,
+    failedBatches: 0,
+    largestBatchOps: 0,
+  };
+  const commitMs = { last: 0, max: 0, sum: 0, count: 0, buckets: COMMIT_LATENCY_BUCKETS_MS.map(() => 0).concat(0) };
+
+  function newBatch(): Batch {
+    let resolve!: () => void;
+    let reject!: (error: Error) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    const batch: Batch = { generation: ++generation, ops: [], ready: false, promise, resolve, reject };
+    queue.push(batch);
+    const markReady = () => {
+      batch.ready = true;
+      pump();
+    };
+    if (policy === 'always') batch.ready = true;
+    else if (maxDelayMs > 0) setTimeout(markReady, maxDelayMs);
+    // setImmediate runs after this turn's I/O callbacks, so every write made
+    // while handling one poll phase (a socket read, a timer) joins this batch.
+    else setImmediate(markReady);
+    return batch;
+  }
+
+  function record(ms: number): void {
+    commitMs.last = ms;
+    commitMs.max = Math.max(commitMs.max, ms);
+    commitMs.sum += ms;
+    commitMs.count++;
+    let bucket = COMMIT_LATENCY_BUCKETS_MS.findIndex((bound) => ms <= bound);
+    if (bucket === -1) bucket = COMMIT_LATENCY_BUCKETS_MS.length;
+    commitMs.buckets[bucket]! += 1;
+  }
+
+  function settle(batch: Batch): void {
+    for (const op of batch.ops) {
+      const id = op.key.toString('latin1');
+      if (overlay.get(id)?.generation === batch.generation) overlay.delete(id);
+    }
+  }
+
+  function pump(): void {
+    if (running) return;
+    const batch = queue[0];
+    if (!batch?.ready) return;
+    queue.shift();
+    running = batch;
+    counters.batches++;
+    if (sync) counters.syncs++;
+    counters.largestBatchOps = Math.max(counters.largestBatchOps, batch.ops.length);
+    const started = now();
+    let outcome: Promise<void>;
+    try {
+      outcome = target.batch(batch.ops, { sync });
+    } catch (error) {
+      outcome = Promise.reject(error);
+    }
+    outcome.then(
+      () => {
+        record(now() - started);
+        settle(batch);
+        batch.resolve();
+      },
+      (error: unknown) => {
+        counters.failedBatches++;
+        settle(batch);
+        batch.reject(new StoreWriteError(error));
+      },
+    ).finally(() => {
+      running = undefined;
+      pump();
+    });
+  }
+
+  function lastPromise(): Promise<void> | undefined {
+    return queue.at(-1)?.promise ?? running?.promise;
+  }
+
+  return {
+    policy,
+    write(ops) {
+      if (closed) return Promise.reject(new StoreClosedError('group commit'));
+      if (ops.length === 0) return Promise.resolve();
+      let batch = queue.at(-1);
+      if (!batch || policy === 'always') batch = newBatch();
+      for (const op of ops) {
+        batch.ops.push(op);
+        overlay.set(op.key.toString('latin1'), {
+          value: op.type === 'put' ? op.value : null,
+          generation: batch.generation,
+        });
+      }
+      counters.writes++;
+      counters.ops += ops.length;
+      pump();
+      return batch.promise;
+    },
+    pending(key) {
+      return overlay.get(key.toString('latin1'))?.value;
+    },
+    async flush() {
+      const last = lastPromise();
+      if (last) await last.catch(() => undefined);
+    },
+    async close() {
+      closed = true;
+      // Batches settle in order, so waiting for the last one covers all.
+      const last = lastPromise();
+      if (last) await last.catch(() => undefined);
+    },
+    stats() {
+      return {
+        ...counters,
+        pendingKeys: overlay.size,
+        commitMs: { ...commitMs, buckets: [...commitMs.buckets] },
+      };
+    },
+  };
+}

@@ -1,0 +1,18 @@
+/**
+ * The LevelDB persistence for aedes: values and types of its public surface.
+ */
+export { createLevelPersistence, LevelPersistence } from './level-persistence.js';
+export type { BrokerLike, ClientLike, PersistenceState, PersistenceStats } from './level-persistence.js';
+export { persistenceDefaults } from './options.js';
+export type { LevelPersistenceDeps, LevelPersistenceOptions, SyncPolicy } from './options.js';
+export { createGroupCommit, COMMIT_LATENCY_BUCKETS_MS } from './group-commit.js';
+export type { BatchOp, BatchTarget, GroupCommit, GroupCommitOptions, GroupCommitStats } from './group-commit.js';
+export { componentPrefix, prefixRange } from './keys.js';
+export {
+  StoreClosedError,
+  StoreCorruptError,
+  StoreIncompatibleError,
+  StoreLockedError,
+  StoreUnreadableError,
+  StoreWriteError,
+} from './errors.js';

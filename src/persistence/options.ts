@@ -1,0 +1,104 @@
+/**
+ * Options of the LevelDB persistence, with their defaults written once here so
+ * the config schema can reuse them (`persistence.*` keys).
+ */
+import type { Logger } from '../observability/logger.js';
+import type { SyncPolicy } from './group-commit.js';
+
+export type { SyncPolicy };
+
+export interface LevelPersistenceOptions {
+  /** Directory of the LevelDB store, created when missing (e.g. `<dataDir>/store`). */
+  path: string;
+  /**
+   * When a write that gates an acknowledgement counts as done. Loss bound on a
+   * crash or power cut:
+   * - `always`: nothing acknowledged is lost. Each write is its own fsync'd
+   *   batch, so throughput is one fsync per write (a baseline, rarely worth it).
+   * - `batch` (default): nothing acknowledged is lost. Writes made in the same
+   *   event-loop turn (plus `commitDelayMs`) share one fsync'd batch; what a
+   *   crash can lose is only messages whose acknowledgement had not been sent.
+   * - `os`: no fsync. A process crash (kill -9, OOM) loses nothing, since each
+   *   batch reaches the kernel before it counts as done; a power cut or kernel
+   *   panic loses what the kernel had not written back yet (on Linux up to
+   *   `vm.dirty_expire_centisecs`, 30 s by default, plus the writeback
+   *   interval), acknowledged messages included.
+   */
+  sync?: SyncPolicy;
+  /**
+   * Extra time in ms a group commit waits for more writes after its first;
+   * 0 = commit at the end of the event-loop turn. A few ms trade latency for
+   * fewer fsyncs on slow storage (SD cards).
+   */
+  commitDelayMs?: number;
+  /**
+   * Messages (QoS 1/2 PUBLISH) an offline persistent session may hold; 0 =
+   * unlimited. Overflow policy: the oldest queued message of that client is
+   * dropped to make room (fresh data wins on a sensor network), counted in
+   * stats().queueDroppedMessages and logged (at most once per 10 s per client).
+   * PUBREL entries (QoS 2 handshakes in progress) are never dropped. Online
+   * clients are not trimmed: their queue is aedes' in-flight window, and
+   * dropping a message under aedes' feet would break its delivery; the next
+   * message queued after they go offline trims the queue back to the limit.
+   */
+  maxQueuedMessagesPerClient?: number;
+  /** Bytes (encoded records) an offline persistent session may hold; 0 = unlimited. Same overflow policy. */
+  maxQueuedBytesPerClient?: number;
+  /**
+   * A persistent session whose client has not been connected for this long is
+   * removed with its subscriptions, queue and pending QoS 2 packets (like
+   * Mosquitto's persistent_client_expiration); 0 = never. Time the broker was
+   * not running does not count.
+   */
+  sessionExpirySec?: number;
+  /** How often expired sessions are looked for, in seconds. */
+  expiryCheckIntervalSec?: number;
+  /** Recovery logs progress every this many records. */
+  recoveryProgressEvery?: number;
+}
+
+export interface LevelPersistenceDeps {
+  logger: Logger;
+  /** Wall clock in ms since the epoch (session expiry); Date.now when omitted. */
+  now?: () => number;
+}
+
+export const persistenceDefaults = {
+  sync: 'batch' as SyncPolicy,
+  commitDelayMs: 0,
+  // Mosquitto's max_queued_messages default.
+  maxQueuedMessagesPerClient: 1000,
+  // 16 MiB: a thousand 16 KiB messages; bounds one client's share of the disk.
+  maxQueuedBytesPerClient: 16 * 1024 * 1024,
+  // A week: covers a device off over a long weekend plus a repair.
+  sessionExpirySec: 7 * 24 * 3600,
+  expiryCheckIntervalSec: 300,
+  recoveryProgressEvery: 100_000,
+} as const;
+
+export type ResolvedOptions = Required<LevelPersistenceOptions>;
+
+export function resolveOptions(options: LevelPersistenceOptions): ResolvedOptions {
+  const resolved: ResolvedOptions = {
+    path: options.path,
+    sync: options.sync ?? persistenceDefaults.sync,
+    commitDelayMs: options.commitDelayMs ?? persistenceDefaults.commitDelayMs,
+    maxQueuedMessagesPerClient: options.maxQueuedMessagesPerClient ?? persistenceDefaults.maxQueuedMessagesPerClient,
+    maxQueuedBytesPerClient: options.maxQueuedBytesPerClient ?? persistenceDefaults.maxQueuedBytesPerClient,
+    sessionExpirySec: options.sessionExpirySec ?? persistenceDefaults.sessionExpirySec,
+    expiryCheckIntervalSec: options.expiryCheckIntervalSec ?? persistenceDefaults.expiryCheckIntervalSec,
+    recoveryProgressEvery: options.recoveryProgressEvery ?? persistenceDefaults.recoveryProgressEvery,
+  };
+  if (!['always', 'batch', 'os'].includes(resolved.sync)) throw new RangeError(`unknown sync policy ${resolved.sync}`);
+  for (const key of [
+    'commitDelayMs',
+    'maxQueuedMessagesPerClient',
+    'maxQueuedBytesPerClient',
+    'sessionExpirySec',
+  ] as const) {
+    if (!(resolved[key] >= 0)) throw new RangeError(`${key} must be >= 0`);
+  }
+  if (!(resolved.expiryCheckIntervalSec > 0)) throw new RangeError('expiryCheckIntervalSec must be > 0');
+  if (!(resolved.recoveryProgressEvery > 0)) throw new RangeError('recoveryProgressEvery must be > 0');
+  return resolved;
+}

@@ -1,0 +1,184 @@
+/**
+ * The in-memory index of every client's outgoing queue: per entry its
+ * sequence number (the LevelDB key), the fields aedes looks entries up by, and
+ * its size. Payloads stay in LevelDB, except a copy of the encoded record while
+ * the client is online, so a PUBACK does not cost a disk read.
+ *
+ * Lookups mirror aedes-persistence's reference queue (a list searched front to
+ * back), without the linear search:
+ * - outgoingUpdate: the first entry with the same brokerId and brokerCounter
+ *   (the message got its packet identifier), or with another brokerId and the
+ *   same messageId (a PUBREL replacing its PUBLISH);
+ * - outgoingClearMessageId: the first entry with that messageId.
+ */
+
+export interface QueueEntry {
+  readonly seq: number;
+  cmd: string;
+  brokerId: unknown;
+  brokerCounter: unknown;
+  messageId: unknown;
+  /** Size of the encoded record in LevelDB. */
+  bytes: number;
+  /** The encoded record, kept while the client is online; undefined otherwise. */
+  value: Buffer | undefined;
+}
+
+export type EntryFields = Pick<QueueEntry, 'cmd' | 'brokerId' | 'brokerCounter' | 'messageId' | 'bytes'>;
+
+function counterKey(brokerId: unknown, brokerCounter: unknown): string {
+  // typeof keeps undefined apart from the string 'undefined'.
+  return `${typeof brokerId}:${String(brokerId)}\u0000${typeof brokerCounter}:${String(brokerCounter)}`;
+}
+
+function addTo<K>(map: Map<K, Set<QueueEntry>>, key: K, entry: QueueEntry): void {
+  let set = map.get(key);
+  if (!set) {
+    set = new Set();
+    map.set(key, set);
+  }
+  set.add(entry);
+}
+
+function removeFrom<K>(map: Map<K, Set<QueueEntry>>, key: K, entry: QueueEntry): void {
+  const set = map.get(key);
+  if (!set) return;
+  set.delete(entry);
+  if (set.size === 0) map.delete(key);
+}
+
+function oldest(entries: Iterable<QueueEntry> | undefined, accept: (entry: QueueEntry) => boolean): QueueEntry | undefined {
+  let found: QueueEntry | undefined;
+  for (const entry of entries ?? []) {
+    if (accept(entry) && (!found || entry.seq < found.seq)) found = entry;
+  }
+  return found;
+}
+
+export class ClientQueue {
+  // Insertion order is sequence order: entries are appended with rising seq.
+  readonly #entries = new Map<number, QueueEntry>();
+  readonly #byCounter = new Map<string, Set<QueueEntry>>();
+  readonly #byMessageId = new Map<unknown, Set<QueueEntry>>();
+  /** PUBLISH entries and their bytes: what the per-client limits count. */
+  publishCount = 0;
+  publishBytes = 0;
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  entries(): IterableIterator<QueueEntry> {
+    return this.#entries.values();
+  }
+
+  /** Whether `entry` is still queued (not acknowledged, dropped or replaced). */
+  holds(entry: QueueEntry): boolean {
+    return this.#entries.get(entry.seq) === entry;
+  }
+
+  append(entry: QueueEntry): void {
+    this.#entries.set(entry.seq, entry);
+    this.#index(entry);
+  }
+
+  remove(entry: QueueEntry): void {
+    if (!this.#entries.delete(entry.seq)) return;
+    this.#unindex(entry);
+  }
+
+  /** Changes the looked-up fields of an entry in place. */
+  update(entry: QueueEntry, fields: EntryFields): void {
+    this.#unindex(entry);
+    Object.assign(entry, fields);
+    this.#index(entry);
+  }
+
+  findForUpdate(packet: { brokerId?: unknown; brokerCounter?: unknown; messageId?: unknown }): QueueEntry | undefined {
+    const sameMessage = oldest(this.#byCounter.get(counterKey(packet.brokerId, packet.brokerCounter)), () => true);
+    const replaced = oldest(this.#byMessageId.get(packet.messageId), (entry) => entry.brokerId !== packet.brokerId);
+    if (!sameMessage) return replaced;
+    if (!replaced) return sameMessage;
+    return sameMessage.seq < replaced.seq ? sameMessage : replaced;
+  }
+
+  findForClear(messageId: unknown): QueueEntry | undefined {
+    return oldest(this.#byMessageId.get(messageId), () => true);
+  }
+
+  /** The oldest PUBLISH entry: what the overflow policy drops first. */
+  oldestPublish(): QueueEntry | undefined {
+    for (const entry of this.#entries.values()) if (entry.cmd === 'publish') return entry;
+    return undefined;
+  }
+
+  /** Forgets cached records (the client went offline). */
+  dropCachedValues(): void {
+    for (const entry of this.#entries.values()) entry.value = undefined;
+  }
+
+  #index(entry: QueueEntry): void {
+    addTo(this.#byCounter, counterKey(entry.brokerId, entry.brokerCounter), entry);
+    addTo(this.#byMessageId, entry.messageId, entry);
+    if (entry.cmd === 'publish') {
+      this.publishCount++;
+      this.publishBytes += entry.bytes;
+    }
+  }
+
+  #unindex(entry: QueueEntry): void {
+    removeFrom(this.#byCounter, counterKey(entry.brokerId, entry.brokerCounter), entry);
+    removeFrom(this.#byMessageId, entry.messageId, entry);
+    if (entry.cmd === 'publish') {
+      this.publishCount--;
+      this.publishBytes -= entry.bytes;
+    }
+  }
+}
+
+/** All clients' queues plus store-wide totals. */
+export class OutgoingQueues {
+  readonly #queues = new Map<string, ClientQueue>();
+
+  get(clientId: string): ClientQueue | undefined {
+    return this.#queues.get(clientId);
+  }
+
+  getOrCreate(clientId: string): ClientQueue {
+    let queue = this.#queues.get(clientId);
+    if (!queue) {
+      queue = new ClientQueue();
+      this.#queues.set(clientId, queue);
+    }
+    return queue;
+  }
+
+  /** Drops the client's queue object once it is empty. */
+  release(clientId: string): void {
+    if (this.#queues.get(clientId)?.size === 0) this.#queues.delete(clientId);
+  }
+
+  delete(clientId: string): ClientQueue | undefined {
+    const queue = this.#queues.get(clientId);
+    this.#queues.delete(clientId);
+    return queue;
+  }
+
+  has(clientId: string): boolean {
+    return this.#queues.has(clientId);
+  }
+
+  clients(): IterableIterator<[string, ClientQueue]> {
+    return this.#queues.entries();
+  }
+
+  totals(): { clients: number; entries: number; publishBytes: number } {
+    let entries = 0;
+    let publishBytes = 0;
+    for (const queue of this.#queues.values()) {
+      entries += queue.size;
+      publishBytes += queue.publishBytes;
+    }
+    return { clients: this.#queues.size, entries, publishBytes };
+  }
+}

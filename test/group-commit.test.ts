@@ -1,0 +1,222 @@
+/**
+ * The group commit: batching per turn, ordering, sync policies, failure
+ * propagation, read-your-writes, against a scripted batch target (so each
+ * batch's completion is under the test's control) and against real LevelDB.
+ */
+import t from 'tap';
+import path from 'node:path';
+import { Level } from 'level';
+import { createGroupCommit, type BatchOp, type BatchTarget } from '../src/persistence/group-commit.js';
+import { tempDir } from './helpers/daemon.js';
+import { eventually } from './helpers/mqtt.js';
+
+interface Call {
+  keys: string[];
+  sync: boolean;
+  resolve(): void;
+  reject(error: Error): void;
+}
+
+/** A batch target whose batches finish only when the test says so. */
+function scriptedTarget(): BatchTarget & { calls: Call[] } {
+  const calls: Call[] = [];
+  return {
+    calls,
+    batch(ops, options) {
+      return new Promise<void>((resolve, reject) => {
+        calls.push({ keys: ops.map((op) => `${op.type}:${op.key.toString()}`), sync: options.sync, resolve, reject });
+      });
+    },
+  };
+}
+
+const put = (key: string, value = 'v'): BatchOp => ({ type: 'put', key: Buffer.from(key), value: Buffer.from(value) });
+const del = (key: string): BatchOp => ({ type: 'del', key: Buffer.from(key) });
+/** The end of the current event-loop turn: batches scheduled in it have started. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+t.test('writes made in one turn share one batch, in order', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'batch' });
+  const writes = [commit.write([put('a')]), commit.write([put('b'), put('c')]), commit.write([del('d')])];
+  t.equal(target.calls.length, 0, 'nothing is written before the turn ends');
+  await nextTurn();
+  t.equal(target.calls.length, 1, 'one batch');
+  t.same(target.calls[0]!.keys, ['put:a', 'put:b', 'put:c', 'del:d']);
+  t.equal(target.calls[0]!.sync, true, 'batch policy fsyncs');
+  target.calls[0]!.resolve();
+  await Promise.all(writes);
+  t.match(commit.stats(), { writes: 3, ops: 4, batches: 1, syncs: 1, largestBatchOps: 4 });
+});
+
+t.test('writes arriving while a batch is written form the next batch', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'batch' });
+  const first = commit.write([put('a')]);
+  await nextTurn();
+  t.equal(target.calls.length, 1);
+  const second = [commit.write([put('b')]), commit.write([put('c')])];
+  await nextTurn();
+  t.equal(target.calls.length, 1, 'the next batch waits for the one in flight');
+  let secondDone = false;
+  void Promise.all(second).then(() => (secondDone = true));
+  target.calls[0]!.resolve();
+  await first;
+  await eventually(() => target.calls.length === 2, 2000, 'the second batch');
+  t.same(target.calls[1]!.keys, ['put:b', 'put:c'], 'everything that arrived meanwhile, in one batch');
+  t.equal(secondDone, false, 'its writers wait for their own batch');
+  target.calls[1]!.resolve();
+  await Promise.all(second);
+});
+
+t.test('always: every write is its own fsync, one at a time', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'always' });
+  const writes = [commit.write([put('a')]), commit.write([put('b')]), commit.write([put('c')])];
+  t.equal(target.calls.length, 1, 'the first starts at once');
+  for (let i = 0; i < 3; i++) {
+    await eventually(() => target.calls.length === i + 1, 2000, `batch ${i + 1}`);
+    t.equal(target.calls.length, i + 1, 'never two in flight');
+    t.equal(target.calls[i]!.sync, true);
+    target.calls[i]!.resolve();
+    await writes[i];
+  }
+  t.same(
+    target.calls.map((call) => call.keys),
+    [['put:a'], ['put:b'], ['put:c']],
+  );
+  t.match(commit.stats(), { batches: 3, syncs: 3 });
+});
+
+t.test('os: batched like batch, without fsync', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'os' });
+  const writes = [commit.write([put('a')]), commit.write([put('b')])];
+  await nextTurn();
+  t.equal(target.calls.length, 1);
+  t.equal(target.calls[0]!.sync, false);
+  target.calls[0]!.resolve();
+  await Promise.all(writes);
+  t.match(commit.stats(), { batches: 1, syncs: 0 });
+});
+
+t.test('a failing batch rejects every writer of that batch, and only those', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'batch' });
+  const failing = [commit.write([put('a')]), commit.write([put('b')])];
+  await nextTurn();
+  const later = commit.write([put('c')]);
+  const cause = new Error('disk full');
+  target.calls[0]!.reject(cause);
+  for (const write of failing) {
+    await t.rejects(write, { code: 'EDGEMQTT_STORE_WRITE_FAILED', cause });
+  }
+  t.equal(commit.pending(Buffer.from('a')), undefined, 'failed writes leave the overlay');
+  await eventually(() => target.calls.length === 2, 2000, 'the next batch');
+  target.calls[1]!.resolve();
+  await t.resolves(later, 'the next batch is still written');
+  t.match(commit.stats(), { failedBatches: 1, batches: 2 });
+});
+
+t.test('a target that throws synchronously rejects the batch as well', async (t) => {
+  const commit = createGroupCommit(
+    {
+      batch() {
+        throw new Error('not open');
+      },
+    },
+    { policy: 'batch' },
+  );
+  await t.rejects(commit.write([put('a')]), { code: 'EDGEMQTT_STORE_WRITE_FAILED' });
+});
+
+t.test('pending() shows queued writes until their batch lands', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'batch' });
+  const key = Buffer.from('k');
+  t.equal(commit.pending(key), undefined, 'no queued write');
+  const first = commit.write([put('k', 'one')]);
+  t.equal(commit.pending(key)?.toString(), 'one');
+  await nextTurn();
+  const second = commit.write([put('k', 'two')]);
+  t.equal(commit.pending(key)?.toString(), 'two', 'the latest queued value wins');
+  target.calls[0]!.resolve();
+  await first;
+  t.equal(commit.pending(key)?.toString(), 'two', 'an older batch landing does not hide a newer write');
+  const third = commit.write([del('k')]);
+  t.equal(commit.pending(key), null, 'a queued delete reads as null');
+  await eventually(() => target.calls.length === 2, 2000, 'the second batch');
+  target.calls[1]!.resolve();
+  await Promise.all([second, third]);
+  t.equal(commit.pending(key), undefined, 'nothing queued once all landed');
+});
+
+t.test('maxDelayMs lets writes of later turns join the batch', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'batch', maxDelayMs: 200 });
+  const first = commit.write([put('a')]);
+  await nextTurn();
+  await nextTurn();
+  t.equal(target.calls.length, 0, 'still collecting after two turns');
+  const second = commit.write([put('b')]);
+  await eventually(() => target.calls.length === 1, 5000, 'the delayed batch');
+  t.same(target.calls[0]!.keys, ['put:a', 'put:b']);
+  target.calls[0]!.resolve();
+  await Promise.all([first, second]);
+});
+
+t.test('close() waits for queued writes and refuses new ones', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'batch' });
+  const write = commit.write([put('a')]);
+  let closed = false;
+  const closing = commit.close().then(() => (closed = true));
+  await t.rejects(commit.write([put('b')]), { code: 'EDGEMQTT_STORE_CLOSED' });
+  await eventually(() => target.calls.length === 1, 2000, 'the queued batch');
+  t.equal(closed, false, 'close waits for the batch in flight');
+  target.calls[0]!.resolve();
+  await write;
+  await closing;
+  t.equal(closed, true);
+  await t.resolves(commit.close(), 'idempotent');
+});
+
+t.test('flush() resolves once earlier writes settled, failed ones included', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'batch' });
+  await t.resolves(commit.flush(), 'nothing to wait for');
+  const write = commit.write([put('a')]);
+  write.catch(() => undefined);
+  let flushed = false;
+  const flushing = commit.flush().then(() => (flushed = true));
+  await eventually(() => target.calls.length === 1, 2000, 'the batch');
+  t.equal(flushed, false);
+  target.calls[0]!.reject(new Error('io'));
+  await flushing;
+  t.equal(flushed, true);
+});
+
+t.test('on LevelDB: concurrent writers share fsyncs and every write lands', async (t) => {
+  const db = new Level<Buffer, Buffer>(path.join(tempDir(t), 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  await db.open();
+  t.teardown(() => db.close());
+  const commit = createGroupCommit(db, { policy: 'batch' });
+  const writers = 200;
+  await Promise.all(
+    Array.from({ length: writers }, (_, i) => commit.write([put(`key-${String(i).padStart(3, '0')}`, `value-${i}`)])),
+  );
+  const stats = commit.stats();
+  t.equal(stats.writes, writers);
+  t.ok(stats.batches < writers, `${writers} writes took ${stats.batches} fsync'd batches`);
+  t.equal(stats.syncs, stats.batches);
+  t.equal(stats.commitMs.count, stats.batches, 'each commit is timed');
+  t.equal(
+    stats.commitMs.buckets.reduce((sum, n) => sum + n, 0),
+    stats.batches,
+    'the latency histogram counts every batch',
+  );
+  const values = await db.values().all();
+  t.equal(values.length, writers);
+  t.equal((await db.get(Buffer.from('key-123')))?.toString(), 'value-123');
+  await commit.close();
+});

@@ -1,0 +1,135 @@
+/**
+ * The persistence's building blocks on their own: key layout, record codec,
+ * retained topic tree, outgoing queue index.
+ */
+import t from 'tap';
+import {
+  decodePacket,
+  decodeSubscription,
+  encodePacket,
+  encodeSubscription,
+  RecordDecodeError,
+} from '../src/persistence/codec.js';
+import {
+  componentPrefix,
+  incomingKey,
+  KeyFormatError,
+  outgoingKey,
+  parseIncomingKey,
+  parseOutgoingKey,
+  parseSubscriptionKey,
+  prefixRange,
+  subscriptionKey,
+} from '../src/persistence/keys.js';
+import { ClientQueue, type QueueEntry } from '../src/persistence/outgoing-queues.js';
+import { TopicTree } from '../src/persistence/topic-tree.js';
+
+t.test('keys: one client range never contains another client', async (t) => {
+  const { gte, lt } = prefixRange(subscriptionKey('abc', ''));
+  const inside = (key: Buffer) => Buffer.compare(key, gte) >= 0 && Buffer.compare(key, lt) < 0;
+  t.ok(inside(subscriptionKey('abc', 'any/topic')));
+  t.notOk(inside(subscriptionKey('abcd', 'x')), 'a longer id sharing the prefix is outside');
+  t.notOk(inside(subscriptionKey('ab', 'cx')), 'a shorter id whose topic continues the bytes is outside');
+  t.same(parseSubscriptionKey(subscriptionKey('dev/ü', 'a/b')), { clientId: 'dev/ü', topic: 'a/b' });
+});
+
+t.test('keys: queue sequence numbers sort numerically and round-trip', async (t) => {
+  const seqs = [1, 255, 256, 65_536, 2 ** 32, 2 ** 32 + 1, Number.MAX_SAFE_INTEGER];
+  const keys = seqs.map((seq) => outgoingKey('c', seq));
+  const sorted = [...keys].sort(Buffer.compare);
+  t.same(sorted, keys, 'byte order is numeric order');
+  t.same(keys.map((key) => parseOutgoingKey(key).seq), seqs);
+  t.same(parseIncomingKey(incomingKey('c', 65_535)), { clientId: 'c', messageId: 65_535 });
+  t.throws(() => incomingKey('c', 65_536), RangeError);
+  t.throws(() => parseOutgoingKey(Buffer.from([0x4f, 0x00, 0x09, 0x61])), KeyFormatError);
+  t.throws(() => componentPrefix('Bad Name'), RangeError);
+  t.not(componentPrefix('bridge')[0], subscriptionKey('a', 'b')[0], 'components live in their own namespace');
+});
+
+t.test('codec: packets come back with exactly the keys they had', async (t) => {
+  const packet = {
+    cmd: 'publish',
+    topic: 'a/b',
+    payload: Buffer.from([0, 1, 2, 255]),
+    qos: 1,
+    retain: false,
+    dup: false,
+    messageId: undefined,
+    brokerId: 'b',
+    brokerCounter: 2 ** 40,
+    id: 'an extra field',
+    writeCallback: () => undefined,
+  };
+  const decoded = decodePacket(encodePacket(packet));
+  const { writeCallback: _dropped, ...data } = packet;
+  t.same(Object.keys(decoded).sort(), Object.keys(data).sort(), 'functions are not stored; extras and undefined are');
+  t.same(decoded, data);
+  t.ok(Buffer.isBuffer(decoded.payload));
+  t.equal(decodePacket(encodePacket({ cmd: 'publish', payload: 'text' })).payload, 'text', 'a string payload stays a string');
+  const hostile = decodePacket(encodePacket(JSON.parse('{"cmd":"publish","__proto__":{"polluted":true}}') as Record<string, unknown>));
+  t.equal(({} as Record<string, unknown>).polluted, undefined);
+  t.equal(Object.getPrototypeOf(hostile), Object.prototype);
+  t.same(decodeSubscription(encodeSubscription({ qos: 2, rh: 0, rap: true, nl: false })), { qos: 2, rh: 0, rap: true, nl: false });
+});
+
+t.test('codec: records of the wrong kind or shape fail to decode', async (t) => {
+  t.throws(() => decodePacket(encodeSubscription({ qos: 1 })), RecordDecodeError);
+  t.throws(() => decodeSubscription(encodePacket({ cmd: 'publish' })), RecordDecodeError);
+  t.throws(() => decodePacket(Buffer.from('garbage')), RecordDecodeError);
+  t.throws(() => decodePacket(Buffer.alloc(0)), RecordDecodeError);
+  t.throws(() => decodePacket(encodePacket({ cmd: 'publish', topic: 42 })), RecordDecodeError);
+});
+
+t.test('topic tree: MQTT 3.1.1 matching', async (t) => {
+  const tree = new TopicTree();
+  for (const topic of ['a', 'a/b', 'a/b/c', 'a//c', '/x', 'b/b', '$SYS/up']) tree.add(topic);
+  const match = (filter: string) => {
+    const found: string[] = [];
+    tree.match(filter, (topic) => found.push(topic));
+    return found.sort();
+  };
+  t.same(match('a/#'), ['a', 'a//c', 'a/b', 'a/b/c'], '# matches the parent level too');
+  t.same(match('a/+/c'), ['a//c', 'a/b/c'], '+ matches an empty level');
+  t.same(match('+/b'), ['a/b', 'b/b']);
+  t.same(match('+/x'), ['/x'], 'a leading / makes an empty first level');
+  t.same(match('#'), ['/x', 'a', 'a//c', 'a/b', 'a/b/c', 'b/b'], 'no $ topics for a leading wildcard');
+  t.same(match('$SYS/#'), ['$SYS/up']);
+  t.same(match('a/b'), ['a/b']);
+  t.same(match('nope/#'), []);
+  t.equal(tree.size, 7);
+  t.equal(tree.add('a/b'), false, 'adding twice is a no-op');
+  t.equal(tree.delete('a/b/c'), true);
+  t.equal(tree.delete('a/b/c'), false);
+  t.ok(tree.has('a/b'), 'deleting a child keeps the parent topic');
+  t.same(match('a/#'), ['a', 'a//c', 'a/b']);
+  t.equal(tree.size, 6);
+});
+
+t.test('queue index: lookups follow the reference queue semantics', async (t) => {
+  const queue = new ClientQueue();
+  const entry = (seq: number, fields: Partial<QueueEntry>): QueueEntry => ({
+    seq,
+    cmd: 'publish',
+    brokerId: 'b1',
+    brokerCounter: seq,
+    messageId: undefined,
+    bytes: 10,
+    value: undefined,
+    ...fields,
+  });
+  const first = entry(1, {});
+  const second = entry(2, { messageId: 7 });
+  const third = entry(3, { brokerId: 'b2', messageId: 7 });
+  for (const e of [first, second, third]) queue.append(e);
+  t.equal(queue.findForUpdate({ brokerId: 'b1', brokerCounter: 1, messageId: 5 }), first, 'same broker and counter');
+  t.equal(queue.findForUpdate({ cmd: 'pubrel', messageId: 7 } as never), second, 'the oldest entry with that id from another broker');
+  t.equal(queue.findForUpdate({ brokerId: 'b1', brokerCounter: 99, messageId: 7 }), third, 'same broker, other counter: keeps searching');
+  t.equal(queue.findForClear(7), second);
+  queue.update(second, { cmd: 'pubrel', brokerId: undefined, brokerCounter: undefined, messageId: 7, bytes: 4 });
+  t.equal(queue.oldestPublish(), first);
+  t.equal(queue.publishCount, 2, 'a PUBREL is not a queued message');
+  t.equal(queue.publishBytes, 20);
+  queue.remove(first);
+  t.equal(queue.oldestPublish(), third, 'the PUBREL is skipped');
+  t.notOk(queue.holds(first));
+});
