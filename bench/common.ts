@@ -1,0 +1,324 @@
+/**
+ * What the benchmark's processes share: the scenario and result shapes sent
+ * between the orchestrator (run.ts) and the load generator (loadgen.ts), CPU
+ * accounting from /proc, and the small amount of MQTT and WebSocket framing
+ * the load generator needs to talk to a broker over raw sockets.
+ *
+ * The load generator does not use mqtt.js on the hot path: packets are
+ * generated once with mqtt-packet and written as pre-built buffers, and the
+ * receive side only walks fixed headers (and reads a timestamp for latency).
+ */
+import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { generate } from 'mqtt-packet';
+
+export type Transport = 'tcp' | 'ws';
+
+/** Where a broker under test listens, and its process id for CPU accounting. */
+export interface BrokerEndpoint {
+  name: string;
+  host: string;
+  tcpPort: number;
+  wsPort: number;
+  wsPath: string;
+  pid: number;
+}
+
+export interface ThroughputSpec {
+  kind: 'throughput';
+  endpoint: BrokerEndpoint;
+  /** Subscriber connections; every one receives every message. */
+  subscribers: number;
+  subTransport: Transport;
+  /** Messages published before the measurement starts (JIT warm-up). */
+  warmupMessages: number;
+  /** Messages published while measuring. */
+  messages: number;
+  /**
+   * Published messages not yet received by the slowest subscriber. The
+   * publisher keeps the broker saturated but never further ahead than this,
+   * so no broker has to queue (or may drop) an unbounded backlog.
+   */
+  window: number;
+  /**
+   * 0: subscribers read as soon as data arrives. N > 0: after a read a
+   * subscriber socket pauses until the next N ms tick, so each read takes a
+   * batch. Reading every tiny segment costs the load generator a syscall and
+   * a wake-up each, mostly kernel time that a 2-core machine takes from the
+   * broker under test.
+   */
+  readPacingMs: number;
+  payloadBytes: number;
+  timeoutMs: number;
+}
+
+export interface LatencySpec {
+  kind: 'latency';
+  endpoint: BrokerEndpoint;
+  subTransport: Transport;
+  /** Messages per second, open loop. */
+  rate: number;
+  seconds: number;
+  /** Sent at the same rate before recording starts. */
+  warmupSeconds: number;
+  payloadBytes: number;
+  timeoutMs: number;
+}
+
+export type LoadSpec = ThroughputSpec | LatencySpec;
+
+export interface LatencyStats {
+  count: number;
+  lost: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
+
+export interface LoadResult {
+  kind: LoadSpec['kind'];
+  /** Messages published in the measured interval. */
+  published: number;
+  /** Deliveries (message × subscriber) in the measured interval. */
+  delivered: number;
+  expectedDeliveries: number;
+  elapsedMs: number;
+  /** CPU time of the broker process (all threads) in the measured interval. */
+  brokerCpuMs: number;
+  /** CPU time of the load generator process (all threads) in the measured interval. */
+  loadgenCpuMs: number;
+  brokerRssKb: number;
+  /** Socket reads by the subscribers in the measured interval (deliveries per read shows batching). */
+  subscriberReads: number;
+  /** Deliveries that never arrived (timed out), over the whole run. */
+  lost: number;
+  timedOut: boolean;
+  latency?: LatencyStats;
+}
+
+export const TOPIC = 'bench/line1/temp';
+export const FILTER = 'bench/#';
+
+// ---------------------------------------------------------------- /proc CPU
+
+const CLOCK_TICKS_PER_SEC = 100; // USER_HZ; `getconf CLK_TCK` is 100 on Linux x86-64 and arm64.
+
+/** User + system CPU time of a whole process (all its threads), in ms; 10 ms resolution. */
+export function processCpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  // Field 2 (comm) may contain spaces: count fields after its closing paren.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const utime = Number(fields[11]);
+  const stime = Number(fields[12]);
+  return ((utime + stime) * 1000) / CLOCK_TICKS_PER_SEC;
+}
+
+/** Resident set size of a process in KiB, or 0 if it cannot be read. */
+export function processRssKb(pid: number): number {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'latin1');
+    const match = /^VmRSS:\s+(\d+) kB/m.exec(status);
+    return match ? Number(match[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+// ---------------------------------------------------------------- MQTT packets
+
+export function connectPacket(clientId: string): Buffer {
+  return generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId, keepalive: 0 });
+}
+
+export function subscribePacket(filter: string): Buffer {
+  return generate({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: filter, qos: 0 }] });
+}
+
+export function publishPacket(topic: string, payload: Buffer): Buffer {
+  return generate({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false });
+}
+
+export function disconnectPacket(): Buffer {
+  return generate({ cmd: 'disconnect' });
+}
+
+export const PACKET_CONNACK = 2;
+export const PACKET_PUBLISH = 3;
+export const PACKET_SUBACK = 9;
+
+/** Called per MQTT packet with its type and where its body lies in `buf` (valid only during the call). */
+export type PacketHandler = (type: number, buf: Buffer, bodyStart: number, bodyEnd: number) => void;
+
+/**
+ * Splits an MQTT byte stream into packets by their fixed headers. Bytes of a
+ * packet cut by a read boundary are copied aside until the rest arrives, so
+ * it works with reused read buffers (`onread`).
+ */
+export class PacketReader {
+  #pending = Buffer.allocUnsafe(64 * 1024);
+  #pendingLength = 0;
+  readonly #onPacket: PacketHandler;
+
+  constructor(onPacket: PacketHandler) {
+    this.#onPacket = onPacket;
+  }
+
+  push(chunk: Buffer, start: number, end: number): void {
+    let buf = chunk;
+    let index = start;
+    let length = end;
+    if (this.#pendingLength > 0) {
+      this.#reserve(this.#pendingLength + (end - start));
+      chunk.copy(this.#pending, this.#pendingLength, start, end);
+      buf = this.#pending;
+      index = 0;
+      length = this.#pendingLength + (end - start);
+    }
+    while (index < length) {
+      // Fixed header: type/flags byte, then a 1–4 byte Remaining Length.
+      let remaining = 0;
+      let multiplier = 1;
+      let cursor = index + 1;
+      let complete = false;
+      while (cursor < length) {
+        const byte = buf[cursor++] as number;
+        remaining += (byte & 0x7f) * multiplier;
+        multiplier *= 128;
+        if ((byte & 0x80) === 0) {
+          complete = true;
+          break;
+        }
+      }
+      if (!complete || cursor + remaining > length) break;
+      this.#onPacket((buf[index] as number) >> 4, buf, cursor, cursor + remaining);
+      index = cursor + remaining;
+    }
+    const rest = length - index;
+    if (rest > 0) {
+      if (buf === this.#pending) {
+        this.#pending.copyWithin(0, index, length);
+      } else {
+        this.#reserve(rest);
+        buf.copy(this.#pending, 0, index, length);
+      }
+    }
+    this.#pendingLength = rest;
+  }
+
+  #reserve(size: number): void {
+    if (size <= this.#pending.length) return;
+    const grown = Buffer.allocUnsafe(Math.max(size, this.#pending.length * 2));
+    this.#pending.copy(grown, 0, 0, this.#pendingLength);
+    this.#pending = grown;
+  }
+}
+
+// ---------------------------------------------------------------- WebSocket
+
+/** The HTTP upgrade request for MQTT over WebSocket (no Origin: a device, not a page). */
+export function webSocketUpgradeRequest(host: string, port: number, path: string): string {
+  const key = randomBytes(16).toString('base64');
+  return (
+    `GET ${path} HTTP/1.1\r\nHost: ${host}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+    `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n`
+  );
+}
+
+/** One masked binary frame, as a client must send [RFC 6455 5.3]. */
+export function webSocketFrame(payload: Buffer): Buffer {
+  const mask = randomBytes(4);
+  let header: Buffer;
+  if (payload.length < 126) {
+    header = Buffer.from([0x82, 0x80 | payload.length]);
+  } else if (payload.length < 65536) {
+    header = Buffer.alloc(4);
+    header[0] = 0x82;
+    header[1] = 0x80 | 126;
+    header.writeUInt16BE(payload.length, 2);
+  } else {
+    header = Buffer.alloc(10);
+    header[0] = 0x82;
+    header[1] = 0x80 | 127;
+    header.writeBigUInt64BE(BigInt(payload.length), 2);
+  }
+  const masked = Buffer.allocUnsafe(payload.length);
+  for (let i = 0; i < payload.length; i++) masked[i] = (payload[i] as number) ^ (mask[i & 3] as number);
+  return Buffer.concat([header, mask, masked]);
+}
+
+/**
+ * Reads a server's WebSocket byte stream: skips the HTTP 101 response, then
+ * passes the payload bytes of data frames on (a server's frames are not
+ * masked), ignoring control frames.
+ */
+export class WebSocketReader {
+  readonly #sink: (buf: Buffer, start: number, end: number) => void;
+  readonly #onUpgrade: () => void;
+  #handshake = '';
+  #upgraded = false;
+  readonly #header = Buffer.alloc(14);
+  #headerLength = 0;
+  #payloadLeft = 0;
+  #isData = false;
+
+  constructor(sink: (buf: Buffer, start: number, end: number) => void, onUpgrade: () => void) {
+    this.#sink = sink;
+    this.#onUpgrade = onUpgrade;
+  }
+
+  push(buf: Buffer, start: number, end: number): void {
+    let index = start;
+    if (!this.#upgraded) {
+      const text = this.#handshake + buf.toString('latin1', start, end);
+      const headerEnd = text.indexOf('\r\n\r\n');
+      if (headerEnd === -1) {
+        this.#handshake = text;
+        return;
+      }
+      if (!/^HTTP\/1\.1 101 /.test(text)) throw new Error(`WebSocket upgrade refused: ${text.split('\r\n')[0]}`);
+      this.#upgraded = true;
+      index = start + (headerEnd + 4 - this.#handshake.length);
+      this.#handshake = '';
+      this.#onUpgrade();
+    }
+    while (index < end) {
+      if (this.#payloadLeft > 0) {
+        const take = Math.min(this.#payloadLeft, end - index);
+        if (this.#isData) this.#sink(buf, index, index + take);
+        index += take;
+        this.#payloadLeft -= take;
+        continue;
+      }
+      this.#header[this.#headerLength++] = buf[index++] as number;
+      if (this.#headerLength < 2) continue;
+      const b1 = this.#header[1] as number;
+      const shortLength = b1 & 0x7f;
+      const needed = 2 + (shortLength === 126 ? 2 : shortLength === 127 ? 8 : 0) + (b1 & 0x80 ? 4 : 0);
+      if (this.#headerLength < needed) continue;
+      const opcode = (this.#header[0] as number) & 0x0f;
+      let payloadLength = shortLength;
+      if (shortLength === 126) payloadLength = this.#header.readUInt16BE(2);
+      else if (shortLength === 127) payloadLength = Number(this.#header.readBigUInt64BE(2));
+      // Continuation (0), text (1) and binary (2) frames carry MQTT bytes.
+      this.#isData = opcode <= 2;
+      this.#payloadLeft = payloadLength;
+      this.#headerLength = 0;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- statistics
+
+export function percentile(sorted: Float64Array, fraction: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(fraction * sorted.length) - 1));
+  return sorted[index] as number;
+}
+
+export function median(values: number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? (sorted[middle] as number) : ((sorted[middle - 1] as number) + (sorted[middle] as number)) / 2;
+}

@@ -1,0 +1,66 @@
+/**
+ * The broker process for the benchmark: edgemqtt through its public embedding
+ * API (`createDaemon`, exactly what the CLI runs), on loopback with OS-chosen
+ * ports. Run by run.ts as a child process, like mosquitto, so that the broker
+ * has its own event loop and its CPU time is measured apart from the load
+ * generator's. With a variant other than `daemon` it runs one of the
+ * experiments in variants.ts instead.
+ *
+ * IPC: sends {type:'ready', tcpPort, wsPort, wsPath} once listening; on
+ * {type:'stop'} (or SIGTERM) stops gracefully and exits, which also writes
+ * the CPU profile when started with --cpu-prof.
+ */
+import { createDaemon } from '../src/index.js';
+import { applyPatches, startBareAedes, variantOf, type BenchServer } from './variants.js';
+
+interface ServerOptions {
+  dataDir: string;
+  /** A key of VARIANTS; `daemon` (default) is edgemqtt as shipped. */
+  variant?: string;
+}
+
+async function startDaemon(dataDir: string): Promise<BenchServer> {
+  const daemon = await createDaemon({
+    dataDir,
+    log: { level: 'warn' },
+    mqtt: { host: '127.0.0.1', port: 0 },
+    http: { host: '127.0.0.1', port: 0 },
+    // The load generator opens 100+ connections at once from one address,
+    // scenario after scenario; everything else stays at its default.
+    limits: { connectRatePerAddressPerSec: 0 },
+  });
+  await daemon.start();
+  const { mqtt, http } = daemon.addresses();
+  return {
+    tcpPort: mqtt?.port ?? 0,
+    wsPort: http?.port ?? 0,
+    wsPath: daemon.config.http.websocket.path,
+    stop: () => daemon.stop(),
+  };
+}
+
+async function main(): Promise<void> {
+  const options = JSON.parse(process.argv[2] ?? '{}') as ServerOptions;
+  const variant = variantOf(options.variant ?? 'daemon');
+  applyPatches(variant);
+  const server = variant.base === 'daemon' ? await startDaemon(options.dataDir) : await startBareAedes();
+
+  let stopping = false;
+  const stop = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    await server.stop();
+    process.exit(0);
+  };
+  process.on('message', (message: { type?: string }) => {
+    if (message.type === 'stop') void stop();
+  });
+  process.on('SIGTERM', () => void stop());
+  process.on('disconnect', () => void stop());
+  process.send?.({ type: 'ready', tcpPort: server.tcpPort, wsPort: server.wsPort, wsPath: server.wsPath });
+}
+
+main().catch((error: unknown) => {
+  console.error('bench broker failed:', error);
+  process.exit(1);
+});

@@ -1,0 +1,354 @@
+/**
+ * `npm run bench`: edgemqtt against mosquitto on this machine, same load,
+ * same run.
+ *
+ * Both brokers run as child processes (edgemqtt through createDaemon, as the
+ * CLI runs it; mosquitto with a temp config): each has its own process and
+ * event loop, as in production, and the load generator (loadgen.ts, another
+ * child) neither shares an event loop with edgemqtt nor hides its own CPU
+ * time in the broker's. Every figure comes with the broker's and the load
+ * generator's CPU over the same interval.
+ *
+ * Scenarios:
+ *   tcp-tcp  QoS 0 throughput, 1 TCP publisher → 1 TCP subscriber
+ *   tcp-ws   QoS 0 throughput, 1 TCP publisher → 1 WebSocket subscriber
+ *   fanout   QoS 0, 1 TCP publisher → N TCP subscribers, deliveries/s
+ *   latency  TCP publisher → WebSocket subscriber at a fixed rate, p50/p99
+ *
+ * Options (arguments after `npm run bench --`):
+ *   --profile[=SCENARIO]  run one scenario (default tcp-tcp) against edgemqtt
+ *                         under `node --cpu-prof` and print where the time went
+ *   --brokers=a,b,…       columns: edgemqtt, mosquitto, or a variant from
+ *                         variants.ts (default edgemqtt,mosquitto)
+ *
+ * Environment (all optional):
+ *   BENCH_SCENARIOS=tcp-tcp,tcp-ws,fanout,latency   BENCH_ROUNDS=3 (the table shows medians)
+ *   BENCH_MESSAGES=150000 BENCH_WARMUP=15000 BENCH_WINDOW=1000 (tcp-tcp, tcp-ws)
+ *   BENCH_FANOUT_SUBSCRIBERS=100 BENCH_FANOUT_MESSAGES=4000 BENCH_FANOUT_WARMUP=400 BENCH_FANOUT_WINDOW=100
+ *   BENCH_READ_PACING_MS=1 BENCH_FANOUT_READ_PACING_MS=5 (0: subscribers read every segment at once)
+ *   BENCH_LATENCY_RATE=1000 BENCH_LATENCY_SECONDS=10 BENCH_LATENCY_WARMUP_SECONDS=1
+ *   BENCH_PAYLOAD_BYTES=32 BENCH_TIMEOUT_SEC=60
+ *   BENCH_MOSQUITTO=/path/to/mosquitto BENCH_MOSQUITTO_NODELAY=1 (0: keep mosquitto's Nagle default)
+ */
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { median, type BrokerEndpoint, type LoadResult, type LoadSpec } from './common.js';
+import { findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
+import { formatProfile, summarizeProfile } from './profile.js';
+
+function envInt(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number, got ${raw}`);
+  return Math.floor(value);
+}
+
+const settings = {
+  rounds: Math.max(1, envInt('BENCH_ROUNDS', 3)),
+  messages: envInt('BENCH_MESSAGES', 150_000),
+  warmup: envInt('BENCH_WARMUP', 15_000),
+  window: Math.max(1, envInt('BENCH_WINDOW', 1000)),
+  readPacingMs: envInt('BENCH_READ_PACING_MS', 1),
+  fanoutReadPacingMs: envInt('BENCH_FANOUT_READ_PACING_MS', 5),
+  fanoutSubscribers: Math.max(1, envInt('BENCH_FANOUT_SUBSCRIBERS', 100)),
+  fanoutMessages: envInt('BENCH_FANOUT_MESSAGES', 4000),
+  fanoutWarmup: envInt('BENCH_FANOUT_WARMUP', 400),
+  fanoutWindow: Math.max(1, envInt('BENCH_FANOUT_WINDOW', 100)),
+  latencyRate: Math.max(1, envInt('BENCH_LATENCY_RATE', 1000)),
+  latencySeconds: Math.max(1, envInt('BENCH_LATENCY_SECONDS', 10)),
+  latencyWarmupSeconds: envInt('BENCH_LATENCY_WARMUP_SECONDS', 1),
+  payloadBytes: Math.max(12, envInt('BENCH_PAYLOAD_BYTES', 32)),
+  timeoutMs: envInt('BENCH_TIMEOUT_SEC', 60) * 1000,
+};
+
+interface Scenario {
+  id: string;
+  title: string;
+  unit: string;
+  spec(endpoint: BrokerEndpoint): LoadSpec;
+}
+
+const SCENARIOS: Scenario[] = [
+  {
+    id: 'tcp-tcp',
+    title: '(a) QoS 0 throughput TCP → TCP',
+    unit: 'msg/s',
+    spec: (endpoint) => ({
+      kind: 'throughput',
+      endpoint,
+      subscribers: 1,
+      subTransport: 'tcp',
+      warmupMessages: settings.warmup,
+      messages: settings.messages,
+      window: settings.window,
+      readPacingMs: settings.readPacingMs,
+      payloadBytes: settings.payloadBytes,
+      timeoutMs: settings.timeoutMs,
+    }),
+  },
+  {
+    id: 'tcp-ws',
+    title: '(a) QoS 0 throughput TCP → WebSocket',
+    unit: 'msg/s',
+    spec: (endpoint) => ({
+      kind: 'throughput',
+      endpoint,
+      subscribers: 1,
+      subTransport: 'ws',
+      warmupMessages: settings.warmup,
+      messages: settings.messages,
+      window: settings.window,
+      readPacingMs: settings.readPacingMs,
+      payloadBytes: settings.payloadBytes,
+      timeoutMs: settings.timeoutMs,
+    }),
+  },
+  {
+    id: 'fanout',
+    title: `(b) QoS 0 fan-out 1 → ${settings.fanoutSubscribers} (TCP)`,
+    unit: 'deliveries/s',
+    spec: (endpoint) => ({
+      kind: 'throughput',
+      endpoint,
+      subscribers: settings.fanoutSubscribers,
+      subTransport: 'tcp',
+      warmupMessages: settings.fanoutWarmup,
+      messages: settings.fanoutMessages,
+      window: settings.fanoutWindow,
+      readPacingMs: settings.fanoutReadPacingMs,
+      payloadBytes: settings.payloadBytes,
+      timeoutMs: settings.timeoutMs,
+    }),
+  },
+  {
+    id: 'latency',
+    title: `(c) latency TCP → WebSocket @ ${settings.latencyRate} msg/s`,
+    unit: 'ms',
+    spec: (endpoint) => ({
+      kind: 'latency',
+      endpoint,
+      subTransport: 'ws',
+      rate: settings.latencyRate,
+      seconds: settings.latencySeconds,
+      warmupSeconds: settings.latencyWarmupSeconds,
+      payloadBytes: settings.payloadBytes,
+      timeoutMs: settings.timeoutMs + settings.latencySeconds * 1000,
+    }),
+  },
+];
+
+function runLoad(spec: LoadSpec): Promise<LoadResult> {
+  const child = forkScript('loadgen.js', [JSON.stringify(spec)]);
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    child.on('message', (message: { result?: LoadResult; error?: string }) => {
+      settled = true;
+      if (message.result) resolve(message.result);
+      else reject(new Error(`load generator against ${spec.endpoint.name}: ${message.error ?? 'unknown error'}`));
+    });
+    child.once('exit', (code) => {
+      if (!settled) reject(new Error(`load generator against ${spec.endpoint.name} exited with ${code}`));
+    });
+  });
+}
+
+// ---------------------------------------------------------------- formatting
+
+const number = (value: number, digits = 0) =>
+  Number.isFinite(value) ? value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }) : 'n/a';
+
+function throughputOf(result: LoadResult): number {
+  return result.elapsedMs > 0 ? (result.delivered * 1000) / result.elapsedMs : Number.NaN;
+}
+function cpuPercent(ms: number, result: LoadResult): number {
+  return result.elapsedMs > 0 ? (ms / result.elapsedMs) * 100 : Number.NaN;
+}
+
+interface Row {
+  metric: string;
+  values: string[];
+  ratio: string;
+}
+
+function table(headers: string[], rows: Row[]): string {
+  const cells = [headers, ...rows.map((row) => [row.metric, ...row.values, row.ratio])];
+  const widths = headers.map((_, column) => Math.max(...cells.map((line) => (line[column] ?? '').length)));
+  const render = (line: string[]) =>
+    line.map((cell, column) => (column === 0 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0))).join('   ');
+  return [render(headers), widths.map((width) => '-'.repeat(width)).join('   '), ...rows.map((row) => render([row.metric, ...row.values, row.ratio]))].join('\n');
+}
+
+function describe(result: LoadResult, scenario: Scenario): string {
+  const cpu = `broker CPU ${number(cpuPercent(result.brokerCpuMs, result))}%, load gen CPU ${number(cpuPercent(result.loadgenCpuMs, result))}%`;
+  if (result.latency) {
+    const l = result.latency;
+    return `p50 ${number(l.p50Ms, 3)} ms, p99 ${number(l.p99Ms, 3)} ms, max ${number(l.maxMs, 3)} ms, lost ${l.lost}; ${cpu}`;
+  }
+  const lost = result.lost > 0 ? `, ${result.lost} deliveries missing` : '';
+  const batching = `${number(result.delivered / Math.max(1, result.subscriberReads), 1)} deliveries/read`;
+  return `${number(throughputOf(result))} ${scenario.unit}${lost}${result.timedOut ? ' (TIMED OUT)' : ''}; ${cpu}; ${batching}`;
+}
+
+// ---------------------------------------------------------------- main
+
+function parseArgs(argv: string[]): { profile?: string; brokers: string[] } {
+  let profile: string | undefined;
+  let brokers = (process.env.BENCH_BROKERS ?? 'edgemqtt,mosquitto').split(',');
+  for (const arg of argv) {
+    if (arg === '--profile') profile = 'tcp-tcp';
+    else if (arg.startsWith('--profile=')) profile = arg.slice('--profile='.length);
+    else if (arg.startsWith('--brokers=')) brokers = arg.slice('--brokers='.length).split(',');
+    else throw new Error(`unknown argument ${arg}; see the header of bench/run.ts`);
+  }
+  return { profile, brokers: brokers.map((name) => name.trim()).filter(Boolean) };
+}
+
+async function startBroker(name: string, tempDir: string, execArgv: string[] = []): Promise<RunningBroker | null> {
+  if (name === 'mosquitto') {
+    const binary = findMosquitto();
+    if (!binary) {
+      console.log('mosquitto is not installed: its column stays empty (install the Debian package "mosquitto")');
+      return null;
+    }
+    return startMosquitto(binary, tempDir, process.env.BENCH_MOSQUITTO_NODELAY !== '0');
+  }
+  const variant = name === 'edgemqtt' ? 'daemon' : name;
+  const dataDir = mkdtempSync(path.join(tempDir, `${name}-`));
+  const broker = await startEdgemqtt({ dataDir, variant, execArgv });
+  if (variant !== 'daemon') broker.endpoint.name = name;
+  return broker;
+}
+
+async function profileRun(scenarioId: string, brokerName: string, tempDir: string): Promise<void> {
+  const scenario = SCENARIOS.find((candidate) => candidate.id === scenarioId);
+  if (!scenario) throw new Error(`unknown scenario ${scenarioId}; known: ${SCENARIOS.map((s) => s.id).join(', ')}`);
+  const profileDir = path.join(tempDir, 'profile');
+  const broker = await startBroker(brokerName, tempDir, ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-interval=250']);
+  if (!broker) throw new Error('cannot profile mosquitto');
+  console.log(`profiling ${broker.version}: ${scenario.title} under node --cpu-prof (250 µs sampling)`);
+  const result = await runLoad(scenario.spec(broker.endpoint));
+  console.log(`  ${describe(result, scenario)}`);
+  await broker.stop();
+  const file = readdirSync(profileDir).find((name) => name.endsWith('.cpuprofile'));
+  if (!file) throw new Error('the broker wrote no .cpuprofile');
+  const keepDir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'profiles');
+  mkdirSync(keepDir, { recursive: true });
+  const kept = path.join(keepDir, `${brokerName}-${scenario.id}-${new Date().toISOString().replace(/[:.]/g, '-')}.cpuprofile`);
+  copyFileSync(path.join(profileDir, file), kept);
+  console.log(`profile saved to ${kept} (open in Chrome DevTools → Performance, or: node dist-bench/bench/profile.js FILE)\n`);
+  console.log(formatProfile(summarizeProfile(kept), Number(process.env.BENCH_PROFILE_TOP ?? 30)));
+}
+
+async function benchmark(brokerNames: string[], tempDir: string): Promise<void> {
+  const selected = (process.env.BENCH_SCENARIOS ?? SCENARIOS.map((s) => s.id).join(',')).split(',').map((id) => id.trim());
+  const scenarios = selected.map((id) => {
+    const scenario = SCENARIOS.find((candidate) => candidate.id === id);
+    if (!scenario) throw new Error(`unknown scenario ${id}; known: ${SCENARIOS.map((s) => s.id).join(', ')}`);
+    return scenario;
+  });
+  const brokers: Array<RunningBroker | null> = [];
+  for (const name of brokerNames) brokers.push(await startBroker(name, tempDir));
+
+  console.log(
+    `edgemqtt bench: ${cpus().length} × ${cpus()[0]?.model ?? 'CPU'}, load average ${loadavg().map((n) => n.toFixed(2)).join(' ')}, node ${process.version}`,
+  );
+  console.log(`brokers: ${brokers.map((b, i) => b?.version ?? `${brokerNames[i]} (absent)`).join(' | ')}`);
+  console.log(`settings: ${JSON.stringify(settings)}\n`);
+
+  const results = new Map<string, LoadResult[][]>(); // scenario → broker index → rounds
+  for (const scenario of scenarios) results.set(scenario.id, brokerNames.map(() => []));
+  for (let round = 1; round <= settings.rounds; round++) {
+    for (const scenario of scenarios) {
+      // Alternate the order between rounds so neither broker always runs second.
+      const order = brokers.map((_, index) => index);
+      if (round % 2 === 0) order.reverse();
+      for (const index of order) {
+        const broker = brokers[index];
+        if (!broker) continue;
+        const result = await runLoad(scenario.spec(broker.endpoint));
+        results.get(scenario.id)?.[index]?.push(result);
+        console.log(`[round ${round}] ${scenario.id.padEnd(7)} ${broker.endpoint.name.padEnd(9)} ${describe(result, scenario)}`);
+      }
+    }
+  }
+  for (const broker of brokers) await broker?.stop();
+
+  // The table: medians over rounds; ratio = first edgemqtt column / mosquitto.
+  const mosquittoIndex = brokerNames.indexOf('mosquitto');
+  const rows: Row[] = [];
+  let saturated = false;
+  let currentScenario = '';
+  const push = (metric: string, pick: (result: LoadResult) => number, format: (value: number) => string, withRatio = true) => {
+    const values = brokerNames.map((_, index) => {
+      const runs = results.get(currentScenario)?.[index] ?? [];
+      return runs.length ? median(runs.map(pick)) : Number.NaN;
+    });
+    const base = values[mosquittoIndex];
+    const ratios = brokerNames
+      .map((name, index) => (name === 'mosquitto' || !withRatio || base === undefined ? '' : number((values[index] as number) / base, 2)))
+      .filter((text, index) => brokerNames[index] !== 'mosquitto' && text !== '');
+    rows.push({ metric, values: values.map((value) => (Number.isFinite(value) ? format(value) : '—')), ratio: ratios.join(' | ') || '' });
+  };
+  for (const scenario of scenarios) {
+    currentScenario = scenario.id;
+    if (scenario.id === 'latency') {
+      push(`${scenario.title}: p50 ms`, (r) => r.latency?.p50Ms ?? Number.NaN, (v) => number(v, 3));
+      push('    p99 ms', (r) => r.latency?.p99Ms ?? Number.NaN, (v) => number(v, 3));
+      push('    max ms', (r) => r.latency?.maxMs ?? Number.NaN, (v) => number(v, 3));
+      push('    lost messages', (r) => r.latency?.lost ?? Number.NaN, (v) => number(v), false);
+    } else {
+      push(`${scenario.title}: ${scenario.unit}`, throughputOf, (v) => number(v));
+      push('    broker CPU µs per delivery', (r) => (r.brokerCpuMs * 1000) / Math.max(1, r.delivered), (v) => number(v, 2));
+    }
+    push('    CPU % of a core: broker', (r) => cpuPercent(r.brokerCpuMs, r), (v) => number(v), false);
+    push('    CPU % of a core: load generator', (r) => cpuPercent(r.loadgenCpuMs, r), (v) => number(v), false);
+    push('    broker RSS at the end, MB', (r) => r.brokerRssKb / 1024, (v) => number(v), false);
+    for (const runs of results.get(scenario.id) ?? []) {
+      if (scenario.id !== 'latency' && runs.some((r) => cpuPercent(r.loadgenCpuMs, r) > 85)) saturated = true;
+    }
+  }
+  const ratioHeader = brokerNames
+    .filter((name) => name !== 'mosquitto')
+    .map((name) => `${name}/mosquitto`)
+    .join(' | ');
+  console.log('');
+  console.log(table(['metric', ...brokerNames, mosquittoIndex === -1 ? '' : `ratio ${ratioHeader}`], rows));
+  console.log(
+    `\n${settings.rounds > 1 ? `medians of ${settings.rounds} rounds; ` : ''}` +
+      'throughput is measured at the subscriber(s) after warm-up, with a bounded window of messages in flight (lossless); ' +
+      'CPU is user+system time of the whole process over the measured interval (100% = one core).',
+  );
+  if (saturated) console.log('WARNING: the load generator used >85% of a core in a run: that figure may be limited by the load generator.');
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  const tempDir = mkdtempSync(path.join(tmpdir(), 'edgemqtt-bench-'));
+  const cleanup = async () => {
+    await killChildren();
+    rmSync(tempDir, { recursive: true, force: true, maxRetries: 3 });
+  };
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      console.error(`\n${signal}: stopping the brokers and load generators`);
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+  try {
+    if (args.profile) await profileRun(args.profile, args.brokers[0] ?? 'edgemqtt', tempDir);
+    else await benchmark(args.brokers, tempDir);
+  } finally {
+    await cleanup();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (error: unknown) => {
+    console.error(error instanceof Error ? error.message : error);
+    process.exit(1);
+  },
+);

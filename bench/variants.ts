@@ -1,0 +1,234 @@
+/**
+ * Experimental broker set-ups for `npm run bench -- --brokers=edgemqtt,NAME,mosquitto`,
+ * used to measure what an optimisation would gain before anyone changes src/.
+ * Each is edgemqtt (or bare aedes) with one thing changed; none is shipped.
+ * Patches act on shared module objects at run time (node_modules and src/
+ * stay untouched).
+ */
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Writable } from 'node:stream';
+import { Aedes } from 'aedes';
+import mqttPacket from 'mqtt-packet';
+import { WebSocketServer, createWebSocketStream } from 'ws';
+
+export interface BenchServer {
+  tcpPort: number;
+  wsPort: number;
+  wsPath: string;
+  stop(): Promise<void>;
+}
+
+export interface Variant {
+  /** What runs: edgemqtt's createDaemon, or bare aedes on net + ws as its README wires it. */
+  base: 'daemon' | 'aedes';
+  /** Cork each socket on its first MQTT write in an event-loop turn and uncork once, in setImmediate. */
+  batchWrites?: boolean;
+  /** Serialise each outgoing packet into one buffer (mqtt-packet generate) instead of 3–5 stream writes. */
+  singleBuffer?: boolean;
+  /** Copy every write on a connection into one buffer, written once per event-loop turn (coalesceWrites). */
+  coalesce?: boolean;
+  /** Extra node flags for the broker process. */
+  nodeFlags?: string[];
+  description: string;
+}
+
+export const VARIANTS: Record<string, Variant> = {
+  daemon: { base: 'daemon', description: 'edgemqtt as shipped (createDaemon)' },
+  aedes: {
+    base: 'aedes',
+    description: 'bare aedes 1.2 on net + ws: no packet-size guard, no delivery fixes, no hooks',
+  },
+  batch: {
+    base: 'daemon',
+    batchWrites: true,
+    description: 'edgemqtt + one writev per socket per event-loop turn instead of one per packet',
+  },
+  'batch-1buf': {
+    base: 'daemon',
+    batchWrites: true,
+    singleBuffer: true,
+    description: 'edgemqtt + batched writes + each packet serialised into one buffer',
+  },
+  coalesce: {
+    base: 'daemon',
+    coalesce: true,
+    description: 'edgemqtt + writes copied into one buffer per connection, one write (one WebSocket frame) per event-loop turn',
+  },
+  'aedes-coalesce': {
+    base: 'aedes',
+    coalesce: true,
+    description: 'bare aedes + coalesced writes',
+  },
+  'coalesce-semi32': {
+    base: 'daemon',
+    coalesce: true,
+    nodeFlags: ['--max-semi-space-size=32'],
+    description: 'coalesce + node --max-semi-space-size=32',
+  },
+  'coalesce-semi64': {
+    base: 'daemon',
+    coalesce: true,
+    nodeFlags: ['--max-semi-space-size=64'],
+    description: 'coalesce + node --max-semi-space-size=64',
+  },
+  semi64: {
+    base: 'daemon',
+    nodeFlags: ['--max-semi-space-size=64'],
+    description: 'edgemqtt with node --max-semi-space-size=64 (fewer young-generation GCs)',
+  },
+};
+
+export function variantOf(name: string): Variant {
+  const variant = VARIANTS[name];
+  if (!variant) throw new Error(`unknown variant ${name}; known: ${Object.keys(VARIANTS).join(', ')}`);
+  return variant;
+}
+
+type WriteToStream = (packet: mqttPacket.Packet, stream: NodeJS.WritableStream, options?: object) => boolean;
+
+/** Applies a variant's run-time patches; call before the broker starts. */
+export function applyPatches(variant: Variant): void {
+  const packets = mqttPacket as unknown as { writeToStream: WriteToStream };
+  const original = packets.writeToStream;
+  let write: WriteToStream = original;
+  if (variant.singleBuffer) {
+    write = (packet, stream) => stream.write(mqttPacket.generate(packet));
+  }
+  if (variant.coalesce) {
+    const inner = write;
+    const wrapped = new WeakSet<object>();
+    write = (packet, stream, options) => {
+      if (!wrapped.has(stream)) {
+        wrapped.add(stream);
+        coalesceWrites(stream as unknown as Writable);
+      }
+      return inner(packet, stream, options);
+    };
+  }
+  if (variant.batchWrites) {
+    const inner = write;
+    const corked = new Set<Writable>();
+    let scheduled = false;
+    const flush = (): void => {
+      scheduled = false;
+      for (const stream of corked) stream.uncork();
+      corked.clear();
+    };
+    write = (packet, stream, options) => {
+      const writable = stream as unknown as Writable;
+      if (typeof writable.cork === 'function' && !corked.has(writable)) {
+        writable.cork();
+        corked.add(writable);
+        if (!scheduled) {
+          scheduled = true;
+          setImmediate(flush);
+        }
+      }
+      return inner(packet, stream, options);
+    };
+  }
+  packets.writeToStream = write;
+}
+
+/** A connection's pending output beyond this is written at once rather than at the end of the turn. */
+const COALESCE_LIMIT_BYTES = 64 * 1024;
+let pendingFlushes: Array<() => void> = [];
+
+function flushAll(): void {
+  const flushes = pendingFlushes;
+  pendingFlushes = [];
+  for (const flush of flushes) flush();
+}
+
+/**
+ * Coalesces a connection's writes: write() only collects the chunk, and once
+ * per event-loop turn (one setImmediate shared by all connections), or as soon
+ * as 64 KiB are pending, the chunks go to the real write() as one buffer.
+ * aedes delivers every message in its own setImmediate and mqtt-packet writes
+ * a PUBLISH as five pieces; unbatched that is one writev syscall per message
+ * on TCP, and five WebSocket frames per message on ws (createWebSocketStream
+ * sends one frame per write()). Nothing is held between turns, so an idle
+ * connection costs no memory. The return value stays honest for aedes'
+ * backpressure: false only when the real write() said so.
+ *
+ * The same shape as guardPacketSize (an own-property override on one
+ * connection), so it could move to src/transports as it is.
+ */
+export function coalesceWrites(stream: Writable): void {
+  const originalWrite = stream.write as (chunk: unknown, encoding?: unknown, callback?: unknown) => boolean;
+  const originalEnd = stream.end as (...args: unknown[]) => Writable;
+  let chunks: Buffer[] = [];
+  let pendingBytes = 0;
+  let scheduled = false;
+  const flush = (): boolean => {
+    scheduled = false;
+    if (pendingBytes === 0) return true;
+    const out = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, pendingBytes);
+    chunks = [];
+    pendingBytes = 0;
+    return stream.destroyed ? false : originalWrite.call(stream, out);
+  };
+  stream.write = ((chunk: Buffer | string, encoding?: unknown, callback?: unknown): boolean => {
+    if (typeof encoding === 'function' || typeof callback === 'function') {
+      // Callers that wait for a write's callback (none in aedes' data path) keep exact semantics.
+      flush();
+      return originalWrite.call(stream, chunk, encoding, callback);
+    }
+    const buffer = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
+    chunks.push(buffer);
+    pendingBytes += buffer.length;
+    if (pendingBytes >= COALESCE_LIMIT_BYTES) return flush();
+    if (!scheduled) {
+      scheduled = true;
+      if (pendingFlushes.length === 0) setImmediate(flushAll);
+      pendingFlushes.push(flush);
+    }
+    return true;
+  }) as Writable['write'];
+  stream.end = ((...args: unknown[]) => {
+    flush();
+    return originalEnd.apply(stream, args);
+  }) as Writable['end'];
+}
+
+function listen(server: NetServer): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
+  });
+}
+
+/** Bare aedes on loopback: TCP via net, WebSocket via ws on any path. */
+export async function startBareAedes(): Promise<BenchServer> {
+  const aedes = await Aedes.createBroker();
+  const sockets = new Set<Socket>();
+  const tcp = createNetServer({ noDelay: true }, (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    aedes.handle(socket);
+  });
+  const http = createHttpServer();
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+  http.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  http.on('upgrade', (request, socket, head) => {
+    wss.handleUpgrade(request, socket, head, (ws) => aedes.handle(createWebSocketStream(ws), request));
+  });
+  const tcpPort = await listen(tcp);
+  const wsPort = await listen(http);
+  return {
+    tcpPort,
+    wsPort,
+    wsPath: '/mqtt',
+    async stop() {
+      tcp.close();
+      http.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    },
+  };
+}
