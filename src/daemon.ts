@@ -1,7 +1,7 @@
 /**
  * The composition root and the public embedding API. It builds every
  * component from one validated config and owns the start order
- * (data dir → broker → listeners → ready) and its reverse on stop.
+ * (data dir → store → broker → listeners → ready) and its reverse on stop.
  * The CLI drives the daemon through exactly this API.
  */
 import { mkdir, access, constants } from 'node:fs/promises';
@@ -13,9 +13,16 @@ import { getPath } from './config/keys.js';
 import type { Config, ConfigInput } from './config/schema.js';
 import { EdgeMqttError } from './errors.js';
 import { createBroker, type Broker } from './broker/broker.js';
+import type { LimitsStats } from './broker/limits.js';
+import { createLevelPersistence, type LevelPersistence } from './persistence/index.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import type { ReadinessReport } from './observability/health.js';
 import { createTcpListener } from './transports/tcp.js';
+import { createTlsListener } from './transports/tls.js';
+import type { CertificateReloadable } from './transports/tls-context.js';
+import { createAuthorizer, type AuthStats, type ReloadFailure } from './auth/authorizer.js';
+import { CertIdentities } from './auth/cert-identity.js';
+import { reloadSecurity } from './auth/security-reload.js';
 import { createHttpListener } from './transports/http.js';
 import type { Listener } from './transports/listener.js';
 import { withDeadline } from './util/deadline.js';
@@ -25,6 +32,8 @@ export type DaemonState = 'created' | 'starting' | 'running' | 'stopping' | 'sto
 export interface DaemonAddresses {
   /** MQTT over TCP, when enabled and listening. */
   mqtt?: AddressInfo;
+  /** MQTT over TLS, when enabled and listening. */
+  tls?: AddressInfo;
   /** HTTP (health, MQTT over WebSocket), when enabled and listening. */
   http?: AddressInfo;
 }
@@ -34,6 +43,11 @@ export interface ReloadResult {
   applied: string[];
   /** Keys that changed but take effect only after a restart. */
   needsRestart: string[];
+  /**
+   * Password, ACL or certificate files that could not be used, each with its
+   * problems; the one in use before stays in use. Present only when one failed.
+   */
+  failed?: ReloadFailure[];
 }
 
 export interface Daemon {
@@ -45,8 +59,15 @@ export interface Daemon {
   stop(): Promise<void>;
   addresses(): DaemonAddresses;
   readiness(): ReadinessReport;
-  /** Applies what can change live (log level) and lists what needs a restart. */
+  /**
+   * Applies what can change live (log level, auth settings; password, ACL and
+   * certificate files are re-read) and lists what needs a restart.
+   */
   reload(next: Config): ReloadResult;
+  /** Login, publish and subscribe decisions since start. */
+  authStats(): AuthStats;
+  /** Open connections, limit hits, protocol violations and slow-client counters since start. */
+  limitsStats(): LimitsStats;
 }
 
 export interface DaemonDeps {
@@ -61,7 +82,20 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
   let config = validateConfig(input);
   const logger = deps.logger ?? createLogger({ level: config.log.level });
   const log = logger.child({ component: 'daemon' });
-  const broker: Broker = createBroker(config, { logger });
+  const persistence: LevelPersistence = createLevelPersistence(
+    { path: path.join(path.resolve(config.dataDir), 'store'), ...config.persistence },
+    { logger },
+  );
+  // Client certificates name users on listeners with useCnAsUsername.
+  const identities = new CertIdentities();
+  const authorizer = createAuthorizer(config, {
+    logger,
+    identities,
+    certificateUsers:
+      (config.tls.enabled && config.tls.useCnAsUsername) ||
+      (config.http.enabled && config.http.tls.enabled && config.http.tls.useCnAsUsername),
+  });
+  const broker: Broker = createBroker(config, { logger, persistence, access: authorizer.hooks });
   const listeners: Listener[] = [];
   let state: DaemonState = 'created';
   let stopping: Promise<void> | undefined;
@@ -69,6 +103,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
   const readiness = (): ReadinessReport => {
     const reasons: string[] = [];
     if (state !== 'running') reasons.push(`daemon is ${state}`);
+    if (persistence.state !== 'running') reasons.push(`store is ${persistence.state}`);
     if (!broker.running) reasons.push('broker is not running');
     for (const listener of listeners) {
       if (listener.address() === null) reasons.push(`${listener.name} listener is not bound`);
@@ -77,7 +112,19 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
   };
 
   if (config.mqtt.enabled) listeners.push(createTcpListener(config, { broker, logger }));
-  if (config.http.enabled) listeners.push(createHttpListener(config, { broker, logger, readiness }));
+  const certificates: CertificateReloadable[] = [];
+  if (config.tls.enabled) {
+    const tlsListener = createTlsListener(config, { broker, logger, identities });
+    listeners.push(tlsListener);
+    certificates.push(tlsListener);
+  }
+  if (config.http.enabled) {
+    const httpListener = createHttpListener(config, { broker, logger, readiness, identities });
+    listeners.push(httpListener);
+    if (httpListener.reloadCertificates && httpListener.tlsConfigKey) {
+      certificates.push(httpListener as typeof httpListener & CertificateReloadable);
+    }
+  }
 
   async function prepareDataDir(): Promise<void> {
     const dir = path.resolve(config.dataDir);
@@ -98,6 +145,8 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       log.warn({ err: (error as Error).message }, 'cutting connections that did not close in time');
     }
     await Promise.all(listeners.map((listener) => listener.stop()));
+    // Last: writes made while clients closed (wills, session times) land first.
+    await persistence.stop();
   }
 
   const daemon: Daemon = {
@@ -114,7 +163,10 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       const startedAt = performance.now();
       try {
         await prepareDataDir();
+        await persistence.start();
         await broker.start();
+        authorizer.load();
+        log.info(authorizer.describe(), 'authentication ready');
         for (const listener of listeners) await listener.start();
       } catch (error) {
         state = 'failed';
@@ -122,6 +174,13 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
         throw error;
       }
       state = 'running';
+      authorizer.warnAboutExposure(
+        [
+          ...(config.mqtt.enabled ? [{ name: 'mqtt', host: config.mqtt.host }] : []),
+          ...(config.tls.enabled ? [{ name: 'tls', host: config.tls.host }] : []),
+          ...(config.http.enabled && config.http.websocket.enabled ? [{ name: 'http', host: config.http.host }] : []),
+        ],
+      );
       log.info({ addresses: daemon.addresses(), startMs: Math.round(performance.now() - startedAt) }, 'edgemqtt ready');
     },
     stop() {
@@ -150,17 +209,27 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     reload(next) {
       const applied: string[] = [];
       const needsRestart: string[] = [];
+      // Before start, there are no files in use to fall back on: nothing to re-read.
+      const security = state === 'created' ? undefined : reloadSecurity(config, next, { authorizer, certificates });
       for (const key of configKeys) {
         const before = getPath(config, key.path);
         const after = getPath(next, key.path);
         if (JSON.stringify(before) === JSON.stringify(after)) continue;
-        (LIVE_KEYS.has(key.name) ? applied : needsRestart).push(key.name);
+        if (LIVE_KEYS.has(key.name)) applied.push(key.name);
+        else if (!security?.handled.has(key.name)) needsRestart.push(key.name);
       }
+      for (const key of security?.applied ?? []) if (!applied.includes(key)) applied.push(key);
       if (applied.includes('log.level')) logger.level = next.log.level;
-      config = { ...config, log: next.log };
-      log.info({ applied, needsRestart }, 'configuration reloaded');
-      return { applied, needsRestart };
+      config = { ...(security?.config ?? config), log: next.log };
+      const failed = security?.failed ?? [];
+      for (const failure of failed) {
+        log.error(failure, `reload: ${failure.key} refused, the one in use stays`);
+      }
+      log.info({ applied, needsRestart, ...(failed.length > 0 ? { failed: failed.map((f) => f.key) } : {}) }, 'configuration reloaded');
+      return failed.length > 0 ? { applied, needsRestart, failed } : { applied, needsRestart };
     },
+    authStats: () => authorizer.stats(),
+    limitsStats: () => broker.limits.stats(),
   };
   return daemon;
 }

@@ -9,3 +9,7 @@ export { configJsonSchema } from './config/json-schema.js';
 export { EdgeMqttError, ConfigError, ListenError } from './errors.js';
 export type { ErrorCode } from './errors.js';
 export type { ReadinessReport } from './observability/health.js';
+export type { AuthStats, ReloadFailure } from './auth/authorizer.js';
+export { SecurityFileError } from './auth/errors.js';
+export type { LimitsStats, LimitName } from './broker/limits.js';
+export type { FlowControlStats } from './broker/flow-control.js';

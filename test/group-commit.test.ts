@@ -69,23 +69,57 @@ t.test('writes arriving while a batch is written form the next batch', async (t)
   await Promise.all(second);
 });
 
-t.test('always: every write is its own fsync, one at a time', async (t) => {
+t.test('always: one turn\'s writes are one fsync\'d batch, never joined by a later turn', async (t) => {
   const target = scriptedTarget();
   const commit = createGroupCommit(target, { policy: 'always' });
-  const writes = [commit.write([put('a')]), commit.write([put('b')]), commit.write([put('c')])];
-  t.equal(target.calls.length, 1, 'the first starts at once');
-  for (let i = 0; i < 3; i++) {
-    await eventually(() => target.calls.length === i + 1, 2000, `batch ${i + 1}`);
-    t.equal(target.calls.length, i + 1, 'never two in flight');
-    t.equal(target.calls[i]!.sync, true);
-    target.calls[i]!.resolve();
-    await writes[i];
-  }
-  t.same(
-    target.calls.map((call) => call.keys),
-    [['put:a'], ['put:b'], ['put:c']],
-  );
+  // One turn: e.g. the stored QoS 2 packet, the retained message and the queued copies of one PUBLISH.
+  const firstTurn = [commit.write([put('a')]), commit.write([put('b')])];
+  t.equal(target.calls.length, 0, 'the batch waits for the end of its turn');
+  await nextTurn();
+  t.equal(target.calls.length, 1);
+  t.same(target.calls[0]!.keys, ['put:a', 'put:b'], 'the writes of one turn are never split');
+  const secondTurn = commit.write([put('c')]);
+  await nextTurn();
+  const thirdTurn = commit.write([put('d')]);
+  await nextTurn();
+  t.equal(target.calls.length, 1, 'never two in flight');
+  target.calls[0]!.resolve();
+  await Promise.all(firstTurn);
+  await eventually(() => target.calls.length === 2, 2000, 'the second batch');
+  t.same(target.calls[1]!.keys, ['put:c'], 'a sealed batch takes no writes of later turns (batch would merge c and d)');
+  target.calls[1]!.resolve();
+  await secondTurn;
+  await eventually(() => target.calls.length === 3, 2000, 'the third batch');
+  t.same(target.calls[2]!.keys, ['put:d']);
+  t.ok(target.calls.every((call) => call.sync), 'every batch is fsynced');
+  target.calls[2]!.resolve();
+  await thirdTurn;
   t.match(commit.stats(), { batches: 3, syncs: 3 });
+});
+
+t.test('barrier() and whenWritten() follow the batch of the latest write', async (t) => {
+  for (const policy of ['batch', 'always', 'os'] as const) {
+    const target = scriptedTarget();
+    const commit = createGroupCommit(target, { policy });
+    await t.resolves(commit.barrier(), `${policy}: nothing written, nothing to wait for`);
+    t.equal(commit.whenWritten(Buffer.from('a')), undefined);
+    const write = commit.write([put('a')]);
+    let barrierDone = false;
+    const barrier = commit.barrier().then(() => (barrierDone = true));
+    const written = commit.whenWritten(Buffer.from('a'));
+    t.ok(written, 'a queued key has a batch');
+    await nextTurn();
+    t.equal(barrierDone, false, `${policy}: the barrier waits for the batch`);
+    target.calls[0]!.resolve();
+    await Promise.all([write, barrier, written]);
+    t.equal(commit.whenWritten(Buffer.from('a')), undefined, 'a landed key has none');
+
+    commit.write([put('b')]).catch(() => undefined);
+    const failed = commit.barrier();
+    await nextTurn();
+    target.calls[1]!.reject(new Error('io'));
+    await t.rejects(failed, { code: 'EDGEMQTT_STORE_WRITE_FAILED' }, `${policy}: the barrier reports a failed batch`);
+  }
 });
 
 t.test('os: batched like batch, without fsync', async (t) => {

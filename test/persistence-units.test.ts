@@ -81,8 +81,8 @@ t.test('codec: records of the wrong kind or shape fail to decode', async (t) => 
 });
 
 t.test('topic tree: MQTT 3.1.1 matching', async (t) => {
-  const tree = new TopicTree();
-  for (const topic of ['a', 'a/b', 'a/b/c', 'a//c', '/x', 'b/b', '$SYS/up']) tree.add(topic);
+  const tree = new TopicTree<string>();
+  for (const topic of ['a', 'a/b', 'a/b/c', 'a//c', '/x', 'b/b', '$SYS/up']) tree.add(topic, `value of ${topic}`);
   const match = (filter: string) => {
     const found: string[] = [];
     tree.match(filter, (topic) => found.push(topic));
@@ -97,12 +97,44 @@ t.test('topic tree: MQTT 3.1.1 matching', async (t) => {
   t.same(match('a/b'), ['a/b']);
   t.same(match('nope/#'), []);
   t.equal(tree.size, 7);
-  t.equal(tree.add('a/b'), false, 'adding twice is a no-op');
+  t.equal(tree.add('a/b', 'replaced'), false, 'adding twice replaces the value');
+  t.equal(tree.get('a/b'), 'replaced');
+  t.equal(tree.size, 7, 'and does not count twice');
+  const pairs: string[] = [];
+  tree.match('a/b', (topic, value) => pairs.push(`${topic}=${value}`));
+  t.same(pairs, ['a/b=replaced'], 'matches carry their values');
   t.equal(tree.delete('a/b/c'), true);
   t.equal(tree.delete('a/b/c'), false);
   t.ok(tree.has('a/b'), 'deleting a child keeps the parent topic');
   t.same(match('a/#'), ['a', 'a//c', 'a/b']);
   t.equal(tree.size, 6);
+});
+
+t.test('queue index: each PUBREL replaces its own PUBLISH, with others in flight', async (t) => {
+  const queue = new ClientQueue();
+  const publish = (seq: number, messageId: number): QueueEntry => ({
+    seq,
+    cmd: 'publish',
+    brokerId: 'b1',
+    brokerCounter: seq,
+    messageId,
+    bytes: 10,
+    value: undefined,
+  });
+  const first = publish(1, 7);
+  const second = publish(2, 8);
+  queue.append(first);
+  queue.append(second);
+  const pubrel = (messageId: number) => ({ cmd: 'pubrel', messageId });
+  const rel = { cmd: 'pubrel', brokerId: undefined, brokerCounter: undefined, bytes: 4 };
+  t.equal(queue.findForUpdate(pubrel(7)), first);
+  queue.update(first, { ...rel, messageId: 7 });
+  // The reference persistence matches the queued PUBREL here (same undefined
+  // broker id and counter) and leaves the second PUBLISH to be sent again.
+  t.equal(queue.findForUpdate(pubrel(8)), second, 'the second PUBREC finds the second PUBLISH, not the first PUBREL');
+  queue.update(second, { ...rel, messageId: 8 });
+  t.equal(queue.findForUpdate(pubrel(7)), first, 'a repeated PUBREC finds its own PUBREL');
+  t.equal(queue.findForClear(8), second);
 });
 
 t.test('queue index: lookups follow the reference queue semantics', async (t) => {

@@ -26,6 +26,10 @@ const exitCode = await runCli({
   pid: process.pid,
   stdoutIsJournal: stdoutIsJournal(process.env.JOURNAL_STREAM),
   onSignal: (signal: Signal, handler: () => void) => process.on(signal, handler),
+  // A getter: Node opens standard input on first access, and only `passwd` reads it.
+  get stdin() {
+    return process.stdin;
+  },
 });
 // Let stdout drain, then exit even if a stray handle (a client socket being
 // torn down) would keep the loop alive.

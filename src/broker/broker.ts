@@ -7,11 +7,17 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { checkConnect, PendingRejections } from './connect-rules.js';
 import { installDeliveryFixes } from './delivery-fixes.js';
+import { installDurableAck } from './durable-ack.js';
+import { withholdWills } from './planned-stop.js';
+import { createLimits, type Limits } from './limits.js';
+import type { AccessHooks } from '../auth/authorizer.js';
 
 export interface Broker {
   /** The running Aedes instance; only valid between start() and stop(). */
   readonly aedes: Aedes;
   readonly running: boolean;
+  /** Connection admission, limit counters and per-client flow control (src/broker/limits.ts). */
+  readonly limits: Limits;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -20,35 +26,53 @@ export interface BrokerDeps {
   logger: Logger;
   /** aedes persistence instance; memory when omitted. */
   persistence?: unknown;
+  /** Authentication and ACL hooks (src/auth/authorizer.ts); without them every client may do anything but publish to $SYS. */
+  access?: AccessHooks;
 }
 
 export function createBroker(config: Config, deps: BrokerDeps): Broker {
   const log = deps.logger.child({ component: 'broker' });
   const rejections = new PendingRejections();
+  const limits = createLimits(config, { logger: deps.logger });
   let aedes: Aedes | undefined;
 
   const options: AedesOptions = {
     id: config.broker.id || undefined,
     persistence: deps.persistence,
-    connectTimeout: config.broker.connectTimeoutSec * 1000,
+    // limits.ts closes a connection without CONNECT at connectTimeoutSec, and
+    // counts it; aedes' own timer is only the backstop.
+    connectTimeout: config.broker.connectTimeoutSec * 1000 + 1000,
     heartbeatInterval: config.broker.heartbeatIntervalSec * 1000,
-    keepaliveLimit: config.broker.maxKeepaliveSec,
     maxClientsIdLength: config.broker.maxClientIdLength,
-    drainTimeout: config.broker.drainTimeoutSec * 1000,
+    // "Forever" is 2^31-1 ms (24.8 days), so that aedes keeps coalescing a
+    // full socket's waiting writes on one timer instead of one 'drain'
+    // listener per write.
+    drainTimeout: config.broker.drainTimeoutSec > 0 ? config.broker.drainTimeoutSec * 1000 : 2 ** 31 - 1,
     preConnect(client, packet, done) {
-      const rejection = checkConnect(packet);
-      if (rejection) rejections.remember(client, rejection);
+      const rejection = checkConnect(packet, { minKeepaliveSec: config.broker.minKeepaliveSec, maxKeepaliveSec: config.broker.maxKeepaliveSec });
+      if (rejection) {
+        rejections.remember(client, rejection);
+        if (rejection.limit) limits.hit(rejection.limit, { clientId: packet.clientId, remote: remoteOf(client), reason: rejection.reason });
+      }
       done(null, true);
     },
-    authenticate(client, _username, _password, done) {
+    authenticate(client, username, password, done) {
       const rejection = rejections.take(client);
       if (rejection) {
         log.info({ reason: rejection.reason, remote: remoteOf(client) }, 'connect refused');
         done(Object.assign(new Error(rejection.reason), { returnCode: rejection.returnCode }), false);
         return;
       }
-      done(null, true);
+      if (deps.access) deps.access.authenticate(client, username, password, done);
+      else done(null, true);
     },
+    ...(deps.access
+      ? {
+          authorizePublish: deps.access.authorizePublish,
+          authorizeSubscribe: deps.access.authorizeSubscribe,
+          authorizeForward: deps.access.authorizeForward,
+        }
+      : {}),
   };
 
   function attachLogging(instance: Aedes): void {
@@ -75,18 +99,25 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     get running() {
       return aedes !== undefined && !aedes.closed;
     },
+    limits,
     async start() {
       if (aedes) return;
       const instance = new Aedes(options);
       attachLogging(instance);
       await instance.listen();
+      // Before the delivery fixes: their per-client wrappers must run on top of the flow control's.
+      limits.install(instance);
       installDeliveryFixes(instance, deps.logger);
+      deps.access?.install(instance);
+      installDurableAck(instance);
       aedes = instance;
       log.info({ brokerId: instance.id }, 'broker started');
     },
     async stop() {
       const instance = aedes;
       if (!instance) return;
+      const withheld = withholdWills(instance);
+      if (withheld > 0) log.info({ withheld }, 'planned stop: the wills of connected clients are not published');
       await new Promise<void>((resolve) => instance.close(() => resolve()));
       aedes = undefined;
       log.info('broker stopped');

@@ -11,16 +11,45 @@ export const IDENTIFIER_REJECTED = 2;
 export interface ConnectRejection {
   returnCode: number;
   reason: string;
+  /** Set when a configured limit, not the protocol, refused it. */
+  limit?: 'minKeepalive' | 'maxKeepalive';
+}
+
+export interface ConnectRules {
+  /** broker.minKeepaliveSec; 0 = none. */
+  minKeepaliveSec: number;
+  /** broker.maxKeepaliveSec; 0 = none. */
+  maxKeepaliveSec: number;
 }
 
 /**
- * aedes invents an id for an empty client id whatever the clean-session flag,
- * but a zero-length id with CleanSession=0 must be answered with CONNACK 0x02
- * and the connection closed [MQTT-3.1.3-8].
+ * - aedes invents an id for an empty client id whatever the clean-session
+ *   flag, but a zero-length id with CleanSession=0 must be answered with
+ *   CONNACK 0x02 and the connection closed [MQTT-3.1.3-8].
+ * - Keep-alive bounds (broker.minKeepaliveSec, maxKeepaliveSec; with a
+ *   maximum, 0 = none is refused too). MQTT 3.1.1 has neither a return code
+ *   for them nor a way to impose another value; like Mosquitto's
+ *   max_keepalive for 3.1.1 clients, the CONNECT gets 0x02. (aedes' own
+ *   keepaliveLimit answers 6, which table 3.1 reserves.)
  */
-export function checkConnect(packet: ConnectPacket): ConnectRejection | null {
+export function checkConnect(packet: ConnectPacket, rules: ConnectRules = { minKeepaliveSec: 0, maxKeepaliveSec: 0 }): ConnectRejection | null {
   if ((packet.clientId ?? '') === '' && packet.clean === false) {
     return { returnCode: IDENTIFIER_REJECTED, reason: 'empty client id with clean session 0 [MQTT-3.1.3-8]' };
+  }
+  const keepalive = packet.keepalive ?? 0;
+  if (rules.maxKeepaliveSec > 0 && (keepalive === 0 || keepalive > rules.maxKeepaliveSec)) {
+    return {
+      returnCode: IDENTIFIER_REJECTED,
+      reason: `keep-alive of ${keepalive} s${keepalive === 0 ? ' (none)' : ''} is not within broker.maxKeepaliveSec (${rules.maxKeepaliveSec} s)`,
+      limit: 'maxKeepalive',
+    };
+  }
+  if (rules.minKeepaliveSec > 0 && keepalive > 0 && keepalive < rules.minKeepaliveSec) {
+    return {
+      returnCode: IDENTIFIER_REJECTED,
+      reason: `keep-alive of ${keepalive} s is below broker.minKeepaliveSec (${rules.minKeepaliveSec} s)`,
+      limit: 'minKeepalive',
+    };
   }
   return null;
 }

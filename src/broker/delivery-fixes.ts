@@ -159,6 +159,9 @@ function fixPersistence(persistence: PersistenceInternals, logger: Logger): Pers
         const seen = perClient.get(sub.clientId);
         if (!seen || sub.qos > seen.qos) perClient.set(sub.clientId, sub);
       }
+      // Called through even with nobody to queue for: the persistence waits
+      // here for the earlier records of this PUBLISH (level-persistence.ts).
+      if (perClient.size === 0) return persistence.outgoingEnqueueCombi([], packet);
       const byQoS = new Map<QoS, StoredSubscription[]>();
       for (const sub of perClient.values()) {
         const qos = Math.min(sub.qos, packet.qos) as QoS;

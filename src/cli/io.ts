@@ -19,7 +19,12 @@ export interface CliIo {
    */
   stdoutIsJournal?: boolean;
   onSignal(signal: Signal, handler: () => void): void;
+  /** Standard input, for commands that read a secret from it (`passwd add`); absent = nothing to read. */
+  stdin?: CliInput;
 }
+
+/** Standard input as the CLI uses it: a byte stream, with raw mode when it is a terminal. */
+export type CliInput = NodeJS.ReadableStream & { isTTY?: boolean; setRawMode?(mode: boolean): unknown };
 
 /** sysexits(3) codes, so supervisors can tell a bad config from a crash. */
 export const ExitCode = {
@@ -27,12 +32,18 @@ export const ExitCode = {
   failure: 1,
   /** Wrong arguments. */
   usage: 64,
+  /** The store is corrupt, or not one this version can read: restarting cannot help. */
+  dataError: 65,
   /** A listener address is unavailable (port in use, permission). */
   unavailable: 69,
   /** Unexpected internal error. */
   software: 70,
   /** The data directory cannot be created or written. */
   cantCreate: 73,
+  /** The store cannot be read (I/O error, permissions). */
+  ioError: 74,
+  /** The store is locked by another process (another instance on the same data directory). */
+  tempFail: 75,
   /** The configuration is invalid; systemd should not restart-loop on it. */
   config: 78,
   /** A second stop signal arrived before the graceful stop finished. */

@@ -9,6 +9,7 @@ import { configSourcesFrom, withConfigOptions } from './config-options.js';
 import { checkConfig } from './commands/check-config.js';
 import { printConfig } from './commands/print-config.js';
 import { start, exitCodeFor } from './commands/start.js';
+import { withPasswdCommands } from './commands/passwd.js';
 import { ExitCode, type CliIo } from './io.js';
 
 /**
@@ -52,6 +53,11 @@ export async function runCli(io: CliIo): Promise<number> {
       },
     )
     .command(
+      'passwd',
+      'Manage the password file (auth.passwordFile): add, rm, list users',
+      (y) => withPasswdCommands(y, io, (code) => (exitCode = code)),
+    )
+    .command(
       'schema',
       'Print the JSON Schema of the config file (for editor completion)',
       (y) => y,
@@ -65,7 +71,7 @@ export async function runCli(io: CliIo): Promise<number> {
         'EDGEMQTT_BROKER_MAX_PACKET_SIZE_BYTES. Exit codes: 0 ok, 64 usage, 69 address unavailable,\n' +
         '70 internal error, 73 data directory unusable, 78 invalid config, 130 forced stop.',
     )
-    .demandCommand(1, 'Name a command: start, check-config, print-config or schema')
+    .demandCommand(1, 'Name a command: start, check-config, print-config, passwd or schema')
     .strict()
     .help()
     .alias('help', 'h')

@@ -8,6 +8,8 @@
  * example in `config/edgemqtt.yaml` must document every key; a test enforces it.
  */
 import { z } from 'zod';
+import { secret } from './keys.js';
+import { persistenceDefaults } from '../persistence/options.js';
 
 const port = (what: string) =>
   z.number().int().min(0).max(65535).describe(`${what} TCP port (0 picks a free port)`);
@@ -36,6 +38,117 @@ const mqttListener = z
   })
   .prefault({});
 
+// ---- TLS (src/transports/tls*.ts): shared by the MQTT-over-TLS listener and HTTPS.
+const tlsVersion = z.enum(['TLSv1.2', 'TLSv1.3']);
+
+/** Certificate and client-certificate settings; file contents reload on SIGHUP. */
+const tlsSettingsShape = {
+  certFile: z
+    .string()
+    .default('')
+    .describe('PEM certificate chain, server certificate first; re-read on SIGHUP'),
+  keyFile: z.string().default('').describe('PEM private key of certFile; re-read on SIGHUP'),
+  keyPassphrase: secret(z.string().default('').describe('Passphrase of an encrypted keyFile; empty = not encrypted')),
+  caFile: z
+    .string()
+    .default('')
+    .describe('PEM CA certificate(s) that sign client certificates; empty = no client certificates asked for'),
+  requireClientCert: z
+    .boolean()
+    .default(false)
+    .describe('Refuse TLS handshakes without a client certificate signed by caFile'),
+  useCnAsUsername: z
+    .boolean()
+    .default(false)
+    .describe("A verified client certificate's subject CN is the MQTT user name; CONNECT's user name and password are ignored"),
+  minVersion: tlsVersion.default('TLSv1.2').describe('Oldest TLS version accepted'),
+};
+
+interface TlsSettingsInput {
+  enabled: boolean;
+  certFile: string;
+  keyFile: string;
+  caFile: string;
+  requireClientCert: boolean;
+  useCnAsUsername: boolean;
+}
+
+/** Cross-key rules of a TLS section: what an enabled one needs. */
+function checkTlsSettings(value: TlsSettingsInput, ctx: z.RefinementCtx): void {
+  if (!value.enabled) return;
+  for (const key of ['certFile', 'keyFile'] as const) {
+    if (value[key] === '') ctx.addIssue({ code: 'custom', path: [key], message: 'required when TLS is enabled' });
+  }
+  for (const key of ['requireClientCert', 'useCnAsUsername'] as const) {
+    if (value[key] && value.caFile === '') {
+      ctx.addIssue({ code: 'custom', path: ['caFile'], message: `required by ${key}: the CA that signs client certificates` });
+    }
+  }
+}
+
+const tlsListener = z
+  .strictObject({
+    enabled: z.boolean().default(false).describe('Accept MQTT over TLS'),
+    host: host.default('0.0.0.0'),
+    port: port('MQTT over TLS').default(8883),
+    maxConnections: z
+      .number()
+      .int()
+      .min(0)
+      .default(0)
+      .describe('Connections this listener accepts at once; 0 = unlimited'),
+    ...tlsSettingsShape,
+  })
+  .superRefine(checkTlsSettings)
+  .prefault({});
+
+const httpTls = z
+  .strictObject({
+    enabled: z.boolean().default(false).describe('Serve HTTPS (and WSS) instead of HTTP on the HTTP listener'),
+    ...tlsSettingsShape,
+  })
+  .superRefine(checkTlsSettings)
+  .prefault({});
+
+// ---- Authentication and authorization (src/auth).
+const auth = z
+  .strictObject({
+    allowAnonymous: z
+      .boolean()
+      .default(true)
+      .describe('Accept clients that send no user name; on by default so the quick start works, logged as a warning'),
+    passwordFile: z
+      .string()
+      .default('')
+      .describe('Users and scrypt hashes (edgemqtt passwd); empty = user names are not verified; re-read on SIGHUP'),
+    aclFile: z
+      .string()
+      .default('')
+      .describe('Mosquitto-style topic ACL file; empty = every client may use every topic but $SYS; re-read on SIGHUP'),
+    failedLogins: z
+      .strictObject({
+        burst: z
+          .number()
+          .int()
+          .min(0)
+          .default(5)
+          .describe('Failed logins one source address (IPv6: /64) may make in a row; 0 = no limit'),
+        refillSec: z
+          .number()
+          .min(0.001)
+          .default(30)
+          .describe('Seconds after which a source may fail one more login'),
+        maxSources: z
+          .number()
+          .int()
+          .min(1)
+          .default(10_000)
+          .describe('Source addresses remembered at once; the longest idle is forgotten first'),
+      })
+      .prefault({}),
+  })
+  .prefault({});
+
 const websocket = z
   .strictObject({
     enabled: z.boolean().default(true).describe('Accept MQTT over WebSocket on the HTTP listener'),
@@ -51,6 +164,12 @@ const websocket = z
         'Origins (scheme://host[:port]) whose pages may connect. Empty: same-origin pages and ' +
           'clients that send no Origin (devices, servers). "*" allows any origin.',
       ),
+    maxConnections: z
+      .number()
+      .int()
+      .min(0)
+      .default(0)
+      .describe('MQTT-over-WebSocket connections accepted at once; further upgrades get HTTP 503; 0 = unlimited'),
   })
   .prefault({});
 
@@ -62,7 +181,71 @@ const httpListener = z
       .describe('Serve /healthz, /readyz and MQTT over WebSocket'),
     host: host.default('0.0.0.0'),
     port: port('HTTP').default(8080),
+    tls: httpTls,
     websocket,
+  })
+  .prefault({});
+
+// ---- Limits (src/broker/limits.ts, flow-control.ts, protocol-guard.ts): what
+// one client, or one source address, may cost the others. Each hit is counted
+// and logged (at most one line per limit per 10 s).
+/** aedes and qlobber cannot match topics of more levels than this. */
+export const MAX_TOPIC_LEVELS = 100;
+
+const limits = z
+  .strictObject({
+    maxConnections: z
+      .number()
+      .int()
+      .min(0)
+      .default(0)
+      .describe('MQTT connections open at once over all listeners (TCP, TLS, WebSocket); further ones are closed at once; 0 = unlimited'),
+    connectRatePerAddressPerSec: z
+      .number()
+      .min(0)
+      .default(20)
+      .describe('New connections per second one source address may open, sustained; beyond it they are closed at once; 0 = unlimited'),
+    connectBurstPerAddress: z
+      .number()
+      .int()
+      .min(1)
+      .default(100)
+      .describe('New connections one source address may open in a burst before connectRatePerAddressPerSec applies'),
+    maxTopicLengthBytes: z
+      .number()
+      .int()
+      .min(0)
+      .max(65535)
+      .default(1024)
+      .describe('Longest topic name or filter in UTF-8 bytes; a PUBLISH or will over it closes the connection, a SUBSCRIBE filter over it is refused (0x80); 0 = the protocol maximum, 65535'),
+    maxTopicLevels: z
+      .number()
+      .int()
+      .min(1)
+      .max(MAX_TOPIC_LEVELS)
+      .default(MAX_TOPIC_LEVELS)
+      .describe(`Most levels in a topic name or filter; treated like maxTopicLengthBytes; at most ${MAX_TOPIC_LEVELS}`),
+    maxSubscriptionsPerClient: z
+      .number()
+      .int()
+      .min(0)
+      .default(1000)
+      .describe('Topic filters one client may hold; a SUBSCRIBE beyond it is refused for that filter (0x80); 0 = unlimited'),
+    maxInflightMessages: z
+      .number()
+      .int()
+      .min(0)
+      .default(20)
+      .describe('QoS 1/2 messages sent to one client and not yet acknowledged; further ones wait in its queue; 0 = unlimited'),
+    maxOutgoingBufferBytes: z
+      .number()
+      .int()
+      .min(0)
+      .default(1_048_576)
+      .describe(
+        'Bytes waiting to be sent to one client; beyond it QoS 0 messages for it are dropped and QoS 1/2 wait in its ' +
+          'queue (up to persistence.maxQueuedMessagesPerClient and maxQueuedBytesPerClient); 0 = unlimited',
+      ),
   })
   .prefault({});
 
@@ -73,13 +256,51 @@ export const configSchema = z
       .min(1)
       .default('./data')
       .describe('Directory for persistent state; relative paths resolve from the working directory'),
+    persistence: z
+      .strictObject({
+        sync: z
+          .enum(['always', 'batch', 'os'])
+          .default(persistenceDefaults.sync)
+          .describe(
+            'When a write that gates an acknowledgement counts as done: always (an fsync per event-loop turn, ' +
+              'never shared with later writes), batch (writes share fsyncs: while one batch is written the next ' +
+              'collects), os (no fsync; a power cut can lose about 30 s of acknowledged messages)',
+          ),
+        commitDelayMs: z
+          .number()
+          .min(0)
+          .max(1000)
+          .default(persistenceDefaults.commitDelayMs)
+          .describe('Extra wait for more writes before a group commit; 0 = end of the event-loop turn'),
+        maxQueuedMessagesPerClient: z
+          .number()
+          .int()
+          .min(0)
+          .default(persistenceDefaults.maxQueuedMessagesPerClient)
+          .describe('QoS 1/2 messages an offline persistent session may hold; the oldest is dropped beyond it; 0 = unlimited'),
+        maxQueuedBytesPerClient: z
+          .number()
+          .int()
+          .min(0)
+          .default(persistenceDefaults.maxQueuedBytesPerClient)
+          .describe('Bytes an offline persistent session may hold; the oldest is dropped beyond it; 0 = unlimited'),
+        sessionExpirySec: z
+          .number()
+          .int()
+          .min(0)
+          .default(persistenceDefaults.sessionExpirySec)
+          .describe('A persistent session unused this long is removed; time the broker was stopped does not count; 0 = never'),
+      })
+      .prefault({}),
     log: z
       .strictObject({
         level: logLevel.default('info').describe('Least severe log level written; reloads on SIGHUP'),
       })
       .prefault({}),
     mqtt: mqttListener,
+    tls: tlsListener,
     http: httpListener,
+    auth,
     broker: z
       .strictObject({
         id: z
@@ -104,7 +325,14 @@ export const configSchema = z
           .min(0)
           .max(65535)
           .default(0)
-          .describe('Refuse CONNECTs asking for a longer keep-alive (or none); 0 = accept any'),
+          .describe('Refuse CONNECTs (return code 2) asking for a longer keep-alive, or none; 0 = accept any'),
+        minKeepaliveSec: z
+          .number()
+          .int()
+          .min(0)
+          .max(65535)
+          .default(0)
+          .describe('Refuse CONNECTs asking for a shorter keep-alive than this (0, none, is left to maxKeepaliveSec); 0 = accept any'),
         maxClientIdLength: z
           .number()
           .int()
@@ -124,6 +352,7 @@ export const configSchema = z
           .describe('A client whose socket stays full this long is disconnected; 0 = wait forever'),
       })
       .prefault({}),
+    limits,
     shutdown: z
       .strictObject({
         timeoutSec: z

@@ -7,6 +7,11 @@
  *
  * Guarantees:
  * - The ops of one `write()` call are never split across batches (atomic).
+ * - Writes made in one event-loop turn (one I/O callback and the microtasks
+ *   it queues) land in one batch, under every policy: no batch is started
+ *   before the turn that opened it has ended. The broker relies on this to
+ *   store an incoming QoS 2 packet, the retained message and the offline
+ *   queue entries of one PUBLISH atomically (see level-persistence.ts).
  * - Batches are written one at a time, in order: a later write never lands
  *   before an earlier one.
  * - `pending(key)` answers with the value a key will have once queued writes
@@ -23,8 +28,13 @@ import { StoreClosedError, StoreWriteError } from './errors.js';
 
 /**
  * When a write counts as done:
- * - `always`: each write() is its own batch, fsync'd before it resolves.
- * - `batch`: writes of one turn (plus maxDelayMs) share one fsync'd batch.
+ * - `always`: the writes of one event-loop turn are one fsync'd batch, and a
+ *   batch never takes writes from a later turn: no write waits to share an
+ *   fsync with writes that arrive after it. (Not one fsync per write() call:
+ *   that would split one PUBLISH's records across batches; see above.)
+ * - `batch`: writes of one turn (plus maxDelayMs) share one fsync'd batch,
+ *   and while a batch is being written the next one collects every turn's
+ *   writes, so each fsync carries everything that arrived during the last.
  * - `os`: like `batch` but without fsync: done once LevelDB handed the batch
  *   to the kernel (write(2)); survives a process crash, not a power cut.
  */
@@ -71,6 +81,17 @@ export interface GroupCommit {
   /** Resolves once `ops` are written per the policy; rejects with StoreWriteError. */
   write(ops: readonly BatchOp[]): Promise<void>;
   /**
+   * Resolves once every write made so far is written per the policy; rejects
+   * with StoreWriteError when the batch holding the latest of them failed.
+   * Batches land in order, so this is the promise of the newest batch.
+   */
+  barrier(): Promise<void>;
+  /**
+   * The promise of the batch that carries the latest queued write to `key`,
+   * or undefined when no queued write touches it.
+   */
+  whenWritten(key: Buffer): Promise<void> | undefined;
+  /**
    * The value `key` will hold when queued writes land: a Buffer, `null` for a
    * queued delete, or `undefined` when no queued write touches the key.
    */
@@ -103,7 +124,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
   let closed = false;
   // Latest queued value per key (latin1 string: one char per byte) and the
   // batch that carries it; removed when that batch settles.
-  const overlay = new Map<string, { value: Buffer | null; generation: number }>();
+  const overlay = new Map<string, { value: Buffer | null; batch: Batch }>();
   const counters = {
     writes: 0,
     ops: 0,
@@ -127,8 +148,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
       batch.ready = true;
       pump();
     };
-    if (policy === 'always') batch.ready = true;
-    else if (maxDelayMs > 0) setTimeout(markReady, maxDelayMs);
+    if (maxDelayMs > 0 && policy !== 'always') setTimeout(markReady, maxDelayMs);
     // setImmediate runs after this turn's I/O callbacks, so every write made
     // while handling one poll phase (a socket read, a timer) joins this batch.
     else setImmediate(markReady);
@@ -148,7 +168,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
   function settle(batch: Batch): void {
     for (const op of batch.ops) {
       const id = op.key.toString('latin1');
-      if (overlay.get(id)?.generation === batch.generation) overlay.delete(id);
+      if (overlay.get(id)?.batch === batch) overlay.delete(id);
     }
   }
 
@@ -195,18 +215,22 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
       if (closed) return Promise.reject(new StoreClosedError('group commit'));
       if (ops.length === 0) return Promise.resolve();
       let batch = queue.at(-1);
-      if (!batch || policy === 'always') batch = newBatch();
+      // `always`: a sealed batch (its turn has ended) takes no more writes.
+      if (!batch || (policy === 'always' && batch.ready)) batch = newBatch();
       for (const op of ops) {
         batch.ops.push(op);
-        overlay.set(op.key.toString('latin1'), {
-          value: op.type === 'put' ? op.value : null,
-          generation: batch.generation,
-        });
+        overlay.set(op.key.toString('latin1'), { value: op.type === 'put' ? op.value : null, batch });
       }
       counters.writes++;
       counters.ops += ops.length;
       pump();
       return batch.promise;
+    },
+    barrier() {
+      return lastPromise() ?? Promise.resolve();
+    },
+    whenWritten(key) {
+      return overlay.get(key.toString('latin1'))?.batch.promise;
     },
     pending(key) {
       return overlay.get(key.toString('latin1'))?.value;

@@ -5,7 +5,11 @@
  * LevelDB is the truth; memory holds what matching and lookups need, so no
  * hot-path operation scans the store:
  * - subscriptions in a qlobber trie (subscription-index.ts),
- * - retained topics in a topic tree, payloads on disk (topic-tree.ts),
+ * - retained messages, payloads included, in a topic tree (topic-tree.ts):
+ *   a SUBSCRIBE gets its retained messages without waiting for the disk, so
+ *   they are queued for delivery before any message published after the
+ *   SUBACK [MQTT-4.6.0-6] (Mosquitto keeps them all in memory too; the cost
+ *   is measured in bench/persistence-retained.ts),
  * - per-client queue indexes, payloads on disk (outgoing-queues.ts),
  * - packet identifiers of stored incoming QoS 2 packets, will owners and
  *   session last-seen times.
@@ -13,6 +17,23 @@
  * the group commit; the returned promise resolves once they are durable per
  * the sync policy. Reads of values consult the group commit's queued writes
  * first, so a read never misses a write made before it.
+ *
+ * One PUBLISH, one batch. aedes handles a PUBLISH as a chain of persistence
+ * calls, each awaited before the next (lib/handlers/publish.js, aedes.js
+ * publishFuncs): incomingStorePacket (QoS 2) → storeRetained (retain) →
+ * subscriptionsByTopic → outgoingEnqueueCombi → deliver → PUBREC (QoS 2; the
+ * QoS 1 PUBACK is held back by src/broker/durable-ack.ts). If each call waited
+ * for its own fsync, the records would land in separate batches, and a crash
+ * between them could keep the stored QoS 2 packet without the queued copies:
+ * the publisher resends, aedes finds the packet stored and acknowledges
+ * without publishing, and an acknowledged message is lost. So the first two
+ * resolve as soon as their ops are queued (write-behind), and
+ * outgoingEnqueueCombi, the last step before anything is delivered or
+ * acknowledged, waits for the batch holding all of them. The chain runs in
+ * one event-loop turn (promise callbacks only, no timers or I/O between the
+ * calls), and the group commit puts one turn's writes in one batch, so the
+ * records of one PUBLISH become durable together or not at all
+ * (test/persistence-durable-ack.test.ts checks this on real aedes).
  *
  * Lifecycle: start() opens and recovers the store, stop() flushes and closes
  * it. aedes calls setup(broker) (which starts the store if needed, and hooks
@@ -32,7 +53,7 @@ import {
 } from './codec.js';
 import { StoreClosedError } from './errors.js';
 import { createGroupCommit, type BatchOp, type GroupCommit, type GroupCommitStats } from './group-commit.js';
-import { incomingKey, outgoingKey, parseRetainedKey, retainedKey, subscriptionKey, willKey } from './keys.js';
+import { incomingKey, outgoingKey, retainedKey, subscriptionKey, willKey } from './keys.js';
 import { openStore, type Store } from './open-store.js';
 import {
   resolveOptions,
@@ -61,6 +82,8 @@ export interface BrokerLike {
 export interface ClientLike {
   id: string;
   clean?: boolean;
+  /** Only in aedes' delWill calls after it published a will; see delWill. */
+  brokerId?: unknown;
 }
 
 export type PersistenceState = 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
@@ -69,6 +92,8 @@ export type PersistenceState = 'created' | 'starting' | 'running' | 'stopping' |
 export interface PersistenceStats {
   state: PersistenceState;
   retainedMessages: number;
+  /** Encoded bytes of the retained messages held in memory (and on disk). */
+  retainedBytes: number;
   /** Subscriptions with QoS > 0 (aedes' countOffline subsCount). */
   subscriptions: number;
   subscribedClients: number;
@@ -91,14 +116,21 @@ export interface PersistenceStats {
   retainedLookups: number;
   /** Topic-tree nodes visited by retained lookups; small unless the filters are broad. */
   retainedNodesVisited: number;
-  /** Retained records read from the store by lookups. */
-  retainedRecordsRead: number;
   recovery: { records: number; durationMs: number };
   commit: GroupCommitStats | undefined;
 }
 
 // Values fetched per LevelDB getMany while streaming.
 const STREAM_CHUNK = 64;
+
+/**
+ * The broker id streamWill reports for a will stored by an earlier run of the
+ * broker. That broker instance is gone even when the id is configured to stay
+ * the same, so aedes treats the will as one of a dead broker and publishes it
+ * (aedes.js _clearWills, every 4 heartbeat intervals) unless its client has
+ * reconnected meanwhile, which replaces or deletes it.
+ */
+export const PREVIOUS_RUN_BROKER_ID = 'edgemqtt:previous-run';
 
 export class LevelPersistence {
   readonly #options: ResolvedOptions;
@@ -114,7 +146,8 @@ export class LevelPersistence {
   #expiryTimer: NodeJS.Timeout | undefined;
 
   #subscriptions = new SubscriptionIndex();
-  #retained = new TopicTree();
+  #retained = new TopicTree<Buffer>();
+  #retainedBytes = 0;
   #queues = new OutgoingQueues();
   #incoming = new Map<string, Set<number>>();
   #wills = new Map<string, unknown>();
@@ -130,7 +163,6 @@ export class LevelPersistence {
     decodeErrors: 0,
     quarantinedRecords: 0,
     retainedLookups: 0,
-    retainedRecordsRead: 0,
     recoveryRecords: 0,
     recoveryMs: 0,
   };
@@ -200,9 +232,11 @@ export class LevelPersistence {
       const recovered = await recover(db, path, this.#log, this.#options.recoveryProgressEvery);
       this.#subscriptions = recovered.subscriptions;
       this.#retained = recovered.retained;
+      this.#retainedBytes = recovered.retainedBytes;
       this.#queues = recovered.queues;
       this.#incoming = recovered.incoming;
-      this.#wills = recovered.wills;
+      // Every will on disk was left by an earlier run (see PREVIOUS_RUN_BROKER_ID).
+      this.#wills = new Map([...recovered.wills.keys()].map((clientId) => [clientId, PREVIOUS_RUN_BROKER_ID]));
       this.#sessions = new SessionClock(recovered.sessions);
       this.#nextSeq = recovered.nextSeq;
       this.#maxCounters = recovered.maxCounters;
@@ -317,32 +351,58 @@ export class LevelPersistence {
 
   // --------------------------------------------------------------- retained
 
+  /**
+   * Write-behind (see the header): resolves once the retained message is in
+   * memory and its write is queued. A QoS 1/2 PUBLISH waits for that write in
+   * outgoingEnqueueCombi; a QoS 0 one, which nobody acknowledges, is
+   * delivered without waiting for the disk.
+   */
   async storeRetained(packet: PacketLike): Promise<void> {
     this.#ready();
     const topic = packet.topic as string;
     const key = retainedKey(topic);
     const payload = packet.payload as { length: number } | undefined;
+    const previous = this.#retained.get(topic);
     // An empty payload clears the retained message [MQTT-3.3.1-10].
     if (!payload || payload.length === 0) {
-      if (this.#retained.delete(topic)) await this.#write([{ type: 'del', key }]);
+      if (!this.#retained.delete(topic)) return;
+      this.#retainedBytes -= previous?.length ?? 0;
+      this.#writeBehind([{ type: 'del', key }], 'retained message');
       return;
     }
-    this.#retained.add(topic);
-    await this.#write([{ type: 'put', key, value: encodePacket(packetData(packet)) }]);
+    const value = detached(encodePacket(packetData(packet)));
+    this.#retained.add(topic, value);
+    this.#retainedBytes += value.length - (previous?.length ?? 0);
+    this.#writeBehind([{ type: 'put', key, value }], 'retained message');
   }
 
   createRetainedStream(pattern: string): Readable {
     return this.createRetainedStreamCombi([pattern]);
   }
 
+  /**
+   * The retained messages matching `patterns`, from memory: the set is taken
+   * synchronously (a message stored or cleared later is not in it), and the
+   * stream never waits for the disk. Records are decoded as they are read.
+   */
   createRetainedStreamCombi(patterns: readonly string[]): Readable {
     this.#ready();
-    // A Set: a topic matched by two of the filters is sent once.
-    const topics = new Set<string>();
-    for (const pattern of patterns) this.#retained.match(pattern, (topic) => topics.add(topic));
+    // A Map: a topic matched by two of the filters is sent once.
+    const matches = new Map<string, Buffer>();
+    for (const pattern of patterns) this.#retained.match(pattern, (topic, value) => matches.set(topic, value));
     this.#counters.retainedLookups++;
-    const keys = [...topics].map(retainedKey);
-    return this.#streamKeys(keys, 'retained', (key) => this.#retained.delete(parseRetainedKey(key)));
+    const persistence = this;
+    function* generate(): Generator<PacketLike> {
+      for (const [topic, value] of matches) {
+        const packet = persistence.#decode(retainedKey(topic), value, () => {
+          if (persistence.#retained.get(topic) !== value) return;
+          persistence.#retained.delete(topic);
+          persistence.#retainedBytes -= value.length;
+        });
+        if (packet) yield packet;
+      }
+    }
+    return Readable.from(generate());
   }
 
   // ---------------------------------------------------------- subscriptions
@@ -402,10 +462,21 @@ export class LevelPersistence {
     await this.outgoingEnqueueCombi([sub], packet);
   }
 
+  /**
+   * Queues `packet` for each subscriber and resolves once that is durable.
+   * aedes calls this for every QoS 1/2 PUBLISH (usually with nobody offline)
+   * as the last persistence step before it delivers the message: the barrier
+   * of the write-behind records of the same PUBLISH (see the header). Its own
+   * write goes into the newest batch, which holds them; without one, a
+   * PUBLISH that wrote something before (a retained message, a QoS 2 packet)
+   * waits for the newest batch.
+   */
   async outgoingEnqueueCombi(subs: ReadonlyArray<{ clientId: string }>, packet: PacketLike): Promise<void> {
-    this.#ready();
-    // aedes calls this for every QoS > 0 publish, usually with nobody offline.
-    if (subs.length === 0) return;
+    const { commit } = this.#ready();
+    if (subs.length === 0) {
+      if (packet.retain === true || packet.qos === 2) await commit.barrier();
+      return;
+    }
     const stored = queuedPacket(packet);
     const value = encodePacket(stored);
     const ops: BatchOp[] = [];
@@ -439,6 +510,14 @@ export class LevelPersistence {
    * a PUBLISH by its PUBREL. The passed packet is what gets stored: it is what
    * went on the wire (the granted QoS, the identifier), so a resend after a
    * restart repeats exactly that [MQTT-4.4.0-1].
+   *
+   * aedes sends the packet once this resolves. A PUBREL, and a QoS 2 PUBLISH,
+   * wait for the disk: a QoS 2 message resent under another identifier after
+   * a crash could be delivered twice by a receiver that delivers on PUBLISH.
+   * A QoS 1 PUBLISH does not (write-behind): resent after a crash it may be
+   * delivered twice anyway, and aedes resends a reconnecting client's queue
+   * one message at a time, so an fsync per message would pace the whole
+   * backlog. A resend that changes nothing writes nothing.
    */
   async outgoingUpdate(client: ClientLike, packet: PacketLike): Promise<void> {
     this.#ready();
@@ -447,15 +526,19 @@ export class LevelPersistence {
     if (!queue || !entry) throw new Error('no such packet');
     const data = packetData(packet);
     const value = encodePacket(data);
+    if (entry.value?.equals(value)) return;
+    const cmd = typeof data.cmd === 'string' ? data.cmd : 'publish';
     queue.update(entry, {
-      cmd: typeof data.cmd === 'string' ? data.cmd : 'publish',
+      cmd,
       brokerId: data.brokerId,
       brokerCounter: data.brokerCounter,
       messageId: data.messageId,
       bytes: value.length,
     });
     entry.value = this.#isOnline(client.id) ? detached(value) : undefined;
-    await this.#write([{ type: 'put', key: outgoingKey(client.id, entry.seq), value }]);
+    const ops: BatchOp[] = [{ type: 'put', key: outgoingKey(client.id, entry.seq), value }];
+    if (cmd === 'publish' && data.qos === 1) this.#writeBehind(ops, 'queued message identifier');
+    else await this.#write(ops);
   }
 
   /** Removes the entry a PUBACK/PUBCOMP acknowledges and returns its packet. */
@@ -504,7 +587,10 @@ export class LevelPersistence {
             continue;
           }
           const packet = persistence.#decode(keys[i]!, value, () => persistence.#dropEntry(clientId, chunk[i]!));
-          if (packet) packets.push(packet);
+          if (!packet) continue;
+          packets.push(packet);
+          // aedes resends it next (outgoingUpdate): an unchanged resend then writes nothing.
+          if (persistence.#isOnline(clientId)) chunk[i]!.value = value;
         }
         yield* packets;
       }
@@ -514,6 +600,11 @@ export class LevelPersistence {
 
   // ------------------------------------------------------- incoming (QoS 2)
 
+  /**
+   * Write-behind (see the header): resolves once the packet identifier is
+   * known and the record is queued; the PUBLISH's outgoingEnqueueCombi waits
+   * for the batch holding it, before aedes sends the PUBREC.
+   */
   async incomingStorePacket(client: ClientLike, packet: PacketLike): Promise<void> {
     this.#ready();
     const messageId = packet.messageId as number;
@@ -528,15 +619,27 @@ export class LevelPersistence {
     ids.add(messageId);
     const ops: BatchOp[] = [{ type: 'put', key, value: encodePacket(stored) }];
     this.#sessions.start(client.id, this.#now(), ops);
-    await this.#write(ops);
+    this.#writeBehind(ops, 'incoming QoS 2 packet', () => {
+      // Not stored: a resend of the PUBLISH is a new message again (unless a
+      // newer write to the key is queued).
+      if (this.#commit?.pending(key) === undefined) this.#forgetIncoming(client.id, messageId);
+    });
   }
 
   async incomingGetPacket(client: ClientLike, packet: { messageId?: unknown }): Promise<PacketLike> {
-    this.#ready();
+    const { commit } = this.#ready();
     const messageId = packet.messageId as number;
     // Most lookups are for a new packet identifier: answered from memory.
     if (!this.#incoming.get(client.id)?.has(messageId)) throw new Error('no such packet');
     const key = incomingKey(client.id, messageId);
+    // A resent PUBLISH (DUP) of a packet whose record is not durable yet
+    // would get its PUBREC (aedes: "already stored") before the original's
+    // batch lands: wait for that batch; if it failed, the packet is unknown.
+    const written = commit.whenWritten(key);
+    if (written) {
+      await written.catch(() => undefined);
+      if (!this.#incoming.get(client.id)?.has(messageId)) throw new Error('no such packet');
+    }
     const value = await this.read(key);
     const stored = value && this.#decode(key, value, () => this.#forgetIncoming(client.id, messageId));
     if (!stored) throw new Error('no such packet');
@@ -583,6 +686,11 @@ export class LevelPersistence {
     return value ? this.#decode(key, value, () => this.#wills.delete(client.id)) : undefined;
   }
 
+  /**
+   * With `client.brokerId` (aedes passes it when it deletes a will it has just
+   * published) only a will stored by that broker is deleted: one that the
+   * client's newer connection put in the meantime stays.
+   */
   delWill(client: ClientLike): Promise<PacketLike | undefined> {
     try {
       this.#ready();
@@ -590,6 +698,7 @@ export class LevelPersistence {
       return Promise.reject(error);
     }
     if (!this.#wills.has(client.id)) return Promise.resolve(undefined);
+    if (client.brokerId !== undefined && this.#wills.get(client.id) !== client.brokerId) return Promise.resolve(undefined);
     this.#wills.delete(client.id);
     const key = willKey(client.id);
     return this.#track(async () => {
@@ -598,14 +707,23 @@ export class LevelPersistence {
     });
   }
 
-  /** Wills whose broker is not in `brokers` (aedes publishes those of dead brokers). */
+  /**
+   * Wills whose broker is not in `brokers` (aedes publishes those of dead
+   * brokers), those of an earlier run included, which carry
+   * PREVIOUS_RUN_BROKER_ID as their brokerId.
+   */
   streamWill(brokers: Record<string, unknown> = {}): Readable {
     this.#ready();
     const keys: Buffer[] = [];
+    const previousRun = new Set<string>();
     for (const [clientId, brokerId] of this.#wills) {
-      if (!brokers[String(brokerId)]) keys.push(willKey(clientId));
+      if (brokers[String(brokerId)]) continue;
+      keys.push(willKey(clientId));
+      if (brokerId === PREVIOUS_RUN_BROKER_ID) previousRun.add(clientId);
     }
-    return this.#streamKeys(keys, 'will', undefined);
+    return this.#streamKeys(keys, (packet) => {
+      if (typeof packet.clientId === 'string' && previousRun.has(packet.clientId)) packet.brokerId = PREVIOUS_RUN_BROKER_ID;
+    });
   }
 
   // --------------------------------------------------------------- sessions
@@ -685,6 +803,18 @@ export class LevelPersistence {
   #write(ops: readonly BatchOp[]): Promise<void> {
     if (ops.length === 0) return Promise.resolve();
     return this.#ready().commit.write(ops);
+  }
+
+  /**
+   * Queues `ops` without waiting for them (see the header). A failure is
+   * logged and `failed` runs; whoever waits on the batch (a barrier in
+   * outgoingEnqueueCombi) gets the error too, so nothing is acknowledged.
+   */
+  #writeBehind(ops: readonly BatchOp[], what: string, failed?: () => void): void {
+    this.#write(ops).catch((error: unknown) => {
+      this.#log.warn({ err: error }, `could not store a ${what}`);
+      failed?.();
+    });
   }
 
   #track<T>(operation: () => Promise<T>): Promise<T> {
@@ -776,7 +906,7 @@ export class LevelPersistence {
     }
   }
 
-  #streamKeys(keys: readonly Buffer[], kind: 'retained' | 'will', forget: ((key: Buffer) => void) | undefined): Readable {
+  #streamKeys(keys: readonly Buffer[], amend: (packet: PacketLike) => void): Readable {
     const persistence = this;
     async function* generate(): AsyncGenerator<PacketLike> {
       for (let start = 0; start < keys.length; start += STREAM_CHUNK) {
@@ -785,10 +915,10 @@ export class LevelPersistence {
         const packets: PacketLike[] = [];
         values.forEach((value, i) => {
           if (!value) return;
-          if (kind === 'retained') persistence.#counters.retainedRecordsRead++;
-          const key = chunk[i]!;
-          const packet = persistence.#decode(key, value, forget && (() => forget(key)));
-          if (packet) packets.push(packet);
+          const packet = persistence.#decode(chunk[i]!, value, undefined);
+          if (!packet) return;
+          amend(packet);
+          packets.push(packet);
         });
         yield* packets;
       }
@@ -804,6 +934,7 @@ export class LevelPersistence {
     return {
       state: this.#state,
       retainedMessages: this.#retained.size,
+      retainedBytes: this.#retainedBytes,
       subscriptions: this.#subscriptions.matchableCount,
       subscribedClients: this.#subscriptions.clientCount,
       sessions: this.#sessions.size,
@@ -819,7 +950,6 @@ export class LevelPersistence {
       quarantinedRecords: c.quarantinedRecords,
       retainedLookups: c.retainedLookups,
       retainedNodesVisited: this.#retained.nodesVisited,
-      retainedRecordsRead: c.retainedRecordsRead,
       recovery: { records: c.recoveryRecords, durationMs: c.recoveryMs },
       commit: this.#commit?.stats(),
     };

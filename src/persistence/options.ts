@@ -13,8 +13,11 @@ export interface LevelPersistenceOptions {
   /**
    * When a write that gates an acknowledgement counts as done. Loss bound on a
    * crash or power cut:
-   * - `always`: nothing acknowledged is lost. Each write is its own fsync'd
-   *   batch, so throughput is one fsync per write (a baseline, rarely worth it).
+   * - `always`: nothing acknowledged is lost. The writes of one event-loop
+   *   turn are their own fsync'd batch and never wait to share it with later
+   *   writes, so throughput is about one fsync per socket read (a baseline,
+   *   rarely worth it). (Not one per write call: the records of one PUBLISH
+   *   must land together; see group-commit.ts.)
    * - `batch` (default): nothing acknowledged is lost. Writes made in the same
    *   event-loop turn (plus `commitDelayMs`) share one fsync'd batch; what a
    *   crash can lose is only messages whose acknowledgement had not been sent.

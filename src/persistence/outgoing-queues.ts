@@ -95,6 +95,16 @@ export class ClientQueue {
   }
 
   findForUpdate(packet: { brokerId?: unknown; brokerCounter?: unknown; messageId?: unknown }): QueueEntry | undefined {
+    // A PUBREL (no broker id or counter) replaces the entry holding its packet
+    // identifier. The reference persistence (and aedes-persistence-level) also
+    // takes an entry with the same (undefined) broker id and counter, i.e. any
+    // PUBREL still queued: with two QoS 2 flows in flight to a persistent
+    // session, the second PUBREC then renumbers the first PUBREL and leaves its
+    // own PUBLISH queued, which is sent again, and delivered twice, on the
+    // next connection (test/crash.test.ts caught this).
+    if (packet.brokerId === undefined && packet.brokerCounter === undefined) {
+      return oldest(this.#byMessageId.get(packet.messageId), () => true);
+    }
     const sameMessage = oldest(this.#byCounter.get(counterKey(packet.brokerId, packet.brokerCounter)), () => true);
     const replaced = oldest(this.#byMessageId.get(packet.messageId), (entry) => entry.brokerId !== packet.brokerId);
     if (!sameMessage) return replaced;

@@ -1,8 +1,8 @@
 /**
  * Start-up recovery: reads the store once, range by range, and rebuilds the
  * in-memory indexes (subscriptions, retained topics, queues, pending QoS 2
- * packets, wills, session times). Retained payloads are not read, only their
- * keys. Progress is logged every `progressEvery` records and the total with its
+ * packets, wills, session times, retained messages with their payloads).
+ * Progress is logged every `progressEvery` records and the total with its
  * duration at the end.
  *
  * A record that fails to decode is logged, counted and moved to the
@@ -43,11 +43,13 @@ const SCAN_CHUNK = 1000;
 
 export interface Recovered {
   subscriptions: SubscriptionIndex;
-  retained: TopicTree;
+  /** Retained topic → its encoded record. */
+  retained: TopicTree<Buffer>;
+  retainedBytes: number;
   queues: OutgoingQueues;
   /** clientId → packet identifiers of stored incoming QoS 2 packets. */
   incoming: Map<string, Set<number>>;
-  /** clientId → brokerId of its stored will. */
+  /** clientId → brokerId of its stored will (written by an earlier run). */
   wills: Map<string, unknown>;
   /** clientId → last seen (ms since epoch) of each persistent session. */
   sessions: Map<string, number>;
@@ -75,7 +77,8 @@ export async function recover(db: Store, location: string, log: Logger, progress
   const started = performance.now();
   const result: Recovered = {
     subscriptions: new SubscriptionIndex(),
-    retained: new TopicTree(),
+    retained: new TopicTree<Buffer>(),
+    retainedBytes: 0,
     queues: new OutgoingQueues(),
     incoming: new Map(),
     wills: new Map(),
@@ -171,8 +174,11 @@ export async function recover(db: Store, location: string, log: Logger, progress
     await scan('session', true, (key, value) => {
       result.sessions.set(parseClientOnlyKey(key), decodeTime(value!));
     });
-    await scan('retained', false, (key) => {
-      result.retained.add(parseRetainedKey(key));
+    await scan('retained', true, (key, value) => {
+      // Decoded once here so a bad record is quarantined now, not on a SUBSCRIBE.
+      decodePacket(value!);
+      result.retained.add(parseRetainedKey(key), value!);
+      result.retainedBytes += value!.length;
     });
     await scan('quarantine', false, () => {
       result.quarantined++;

@@ -1,10 +1,10 @@
 /**
- * The in-memory index of retained topics: a tree with one node per topic
- * level. Matching a filter walks only the branches the filter can match, so
- * `room/+/temp` visits the `room` subtree's second level and nothing else, no
- * matter how many other retained topics exist (a full scan is what the
- * classic aedes persistences do). Payloads stay in LevelDB; the tree holds
- * topic names only.
+ * The in-memory index of retained messages: a tree with one node per topic
+ * level, each topic holding a value (the persistence keeps the encoded
+ * retained record there). Matching a filter walks only the branches the
+ * filter can match, so `room/+/temp` visits the `room` subtree's second level
+ * and nothing else, no matter how many other retained topics exist (a full
+ * scan is what the classic aedes persistences do).
  *
  * Matching follows MQTT 3.1.1 §4.7: `+` matches one level (an empty one too),
  * `#` matches the level it stands for and everything below, including the
@@ -12,18 +12,19 @@
  * wildcard does not match topics starting with `$` [MQTT-4.7.2-1].
  */
 
-interface TopicNode {
-  children: Map<string, TopicNode> | undefined;
+interface TopicNode<V> {
+  children: Map<string, TopicNode<V>> | undefined;
   /** The full topic when a retained message exists at exactly this node. */
   topic: string | undefined;
+  value: V | undefined;
 }
 
 const SEPARATOR = '/';
 const WILDCARD_ONE = '+';
 const WILDCARD_SOME = '#';
 
-export class TopicTree {
-  readonly #root: TopicNode = { children: undefined, topic: undefined };
+export class TopicTree<V> {
+  readonly #root: TopicNode<V> = { children: undefined, topic: undefined, value: undefined };
   #size = 0;
   #visited = 0;
 
@@ -37,18 +38,19 @@ export class TopicTree {
     return this.#visited;
   }
 
-  /** Adds `topic`; false when it was already present. */
-  add(topic: string): boolean {
+  /** Sets the value of `topic`; false when the topic was already present (its value is replaced). */
+  add(topic: string, value: V): boolean {
     let node = this.#root;
     for (const level of topic.split(SEPARATOR)) {
       node.children ??= new Map();
       let child = node.children.get(level);
       if (!child) {
-        child = { children: undefined, topic: undefined };
+        child = { children: undefined, topic: undefined, value: undefined };
         node.children.set(level, child);
       }
       node = child;
     }
+    node.value = value;
     if (node.topic !== undefined) return false;
     node.topic = topic;
     this.#size++;
@@ -57,7 +59,7 @@ export class TopicTree {
 
   /** Removes `topic` and prunes branches left empty; false when it was absent. */
   delete(topic: string): boolean {
-    const path: Array<[TopicNode, string]> = [];
+    const path: Array<[TopicNode<V>, string]> = [];
     let node = this.#root;
     for (const level of topic.split(SEPARATOR)) {
       const child = node.children?.get(level);
@@ -67,6 +69,7 @@ export class TopicTree {
     }
     if (node.topic === undefined) return false;
     node.topic = undefined;
+    node.value = undefined;
     this.#size--;
     for (let i = path.length - 1; i >= 0; i--) {
       const [parent, level] = path[i]!;
@@ -78,30 +81,39 @@ export class TopicTree {
   }
 
   has(topic: string): boolean {
-    let node: TopicNode | undefined = this.#root;
-    for (const level of topic.split(SEPARATOR)) {
-      node = node.children?.get(level);
-      if (!node) return false;
-    }
-    return node.topic !== undefined;
+    return this.#find(topic)?.topic !== undefined;
   }
 
-  /** Calls `emit` once for each held topic that `filter` matches. */
-  match(filter: string, emit: (topic: string) => void): void {
+  /** The value of `topic`, or undefined when it is not held. */
+  get(topic: string): V | undefined {
+    return this.#find(topic)?.value;
+  }
+
+  #find(topic: string): TopicNode<V> | undefined {
+    let node: TopicNode<V> | undefined = this.#root;
+    for (const level of topic.split(SEPARATOR)) {
+      node = node.children?.get(level);
+      if (!node) return undefined;
+    }
+    return node;
+  }
+
+  /** Calls `emit` once for each held topic that `filter` matches, with its value. */
+  match(filter: string, emit: (topic: string, value: V) => void): void {
     this.#walk(this.#root, filter.split(SEPARATOR), 0, emit);
   }
 
-  #walk(node: TopicNode, levels: readonly string[], depth: number, emit: (topic: string) => void): void {
+  #walk(node: TopicNode<V>, levels: readonly string[], depth: number, emit: (topic: string, value: V) => void): void {
     this.#visited++;
     if (depth === levels.length) {
-      if (node.topic !== undefined) emit(node.topic);
+      if (node.topic !== undefined) emit(node.topic, node.value as V);
       return;
     }
     const level = levels[depth]!;
     const atRoot = depth === 0;
     if (level === WILDCARD_SOME) {
       // `a/#` also matches `a` itself [MQTT-4.7.1-2]; the root is no topic.
-      if (!atRoot && node.topic !== undefined) emit(node.topic);
+      if (!atRoot && node.topic !== undefined) emit(node.topic, node.value as V);
       this.#emitSubtree(node, atRoot, emit);
       return;
     }
@@ -117,9 +129,9 @@ export class TopicTree {
     if (child) this.#walk(child, levels, depth + 1, emit);
   }
 
-  #emitSubtree(start: TopicNode, skipDollar: boolean, emit: (topic: string) => void): void {
+  #emitSubtree(start: TopicNode<V>, skipDollar: boolean, emit: (topic: string, value: V) => void): void {
     // Iterative so a deep topic cannot overflow the stack.
-    const stack: TopicNode[] = [];
+    const stack: TopicNode<V>[] = [];
     for (const [name, child] of start.children ?? []) {
       if (skipDollar && name.startsWith('$')) continue;
       stack.push(child);
@@ -127,7 +139,7 @@ export class TopicTree {
     while (stack.length > 0) {
       const node = stack.pop()!;
       this.#visited++;
-      if (node.topic !== undefined) emit(node.topic);
+      if (node.topic !== undefined) emit(node.topic, node.value as V);
       if (node.children) for (const child of node.children.values()) stack.push(child);
     }
   }

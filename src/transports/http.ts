@@ -1,51 +1,104 @@
 /**
  * The HTTP listener: health endpoints, and MQTT over WebSocket on its path.
+ * With `http.tls` it is an HTTPS listener (and WebSocket becomes WSS).
  */
-import { createServer } from 'node:http';
+import { createServer, type RequestListener } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { createServer as createHttpsServer } from 'node:https';
+import type { Server as TlsServer, TLSSocket } from 'node:tls';
+import type { CertIdentities } from '../auth/cert-identity.js';
+import { ServerCertificate, tlsServerOptions, type CertificateReloadable, type TlsSettings } from './tls-context.js';
 import type { Config } from '../config/schema.js';
 import type { Broker } from '../broker/broker.js';
 import type { Logger } from '../observability/logger.js';
 import { handleHealthRequest, sendJson, type ReadinessCheck } from '../observability/health.js';
 import type { Listener } from './listener.js';
 import { ServerLifecycle } from './server-lifecycle.js';
-import { guardPacketSize } from './packet-size-guard.js';
 import { createWebSocketUpgrade, refuseUpgrade } from './websocket.js';
 
 export interface HttpListenerDeps {
   broker: Broker;
   logger: Logger;
   readiness: ReadinessCheck;
+  /** Where client-certificate user names go (http.tls.useCnAsUsername). */
+  identities?: CertIdentities;
 }
 
-export function createHttpListener(config: Config, deps: HttpListenerDeps): Listener {
-  const { host, port, websocket } = config.http;
+export function createHttpListener(config: Config, deps: HttpListenerDeps): Listener & Partial<CertificateReloadable> {
+  const { host, port, websocket, tls } = config.http;
   const log = deps.logger.child({ component: 'listener', listener: 'http' });
-  const server = createServer((request, response) => {
+  const handleRequest: RequestListener = (request, response) => {
     if (handleHealthRequest(request, response, deps.readiness)) return;
     if (websocket.enabled && new URL(request.url ?? '/', 'http://localhost').pathname === websocket.path) {
       sendJson(response, 426, { error: 'this path speaks MQTT over WebSocket only' }, { Upgrade: 'websocket' });
       return;
     }
     sendJson(response, 404, { error: 'not found' });
-  });
+  };
+  const server = tls.enabled
+    ? createHttpsServer(tlsServerOptions(tls, config.broker.connectTimeoutSec * 1000), handleRequest)
+    : createServer(handleRequest);
+  const certificate = tls.enabled ? new ServerCertificate(server as TlsServer, tls, log) : undefined;
   const lifecycle = new ServerLifecycle('http', server);
   server.on('connection', (socket) => lifecycle.track(socket));
+
+  // Slowloris: a connection must complete its first request (a WebSocket
+  // handshake, a health check) within broker.connectTimeoutSec; Node's own
+  // headersTimeout is checked only every 30 s. With TLS the clock starts
+  // after the handshake (bounded by the TLS handshake timeout), on the
+  // socket that requests then arrive on.
+  server.on(tls.enabled ? 'secureConnection' : 'connection', (socket: Socket) => limitFirstRequest(socket));
+  const firstRequestMs = config.broker.connectTimeoutSec * 1000;
+  const firstRequestTimers = new WeakMap<Duplex, NodeJS.Timeout>();
+  function limitFirstRequest(socket: Socket): void {
+    const timer = setTimeout(() => {
+      deps.broker.limits.hit('connectTimeout', { listener: 'http', remote: socket.remoteAddress, connectTimeoutSec: config.broker.connectTimeoutSec });
+      socket.destroy();
+    }, firstRequestMs);
+    timer.unref();
+    firstRequestTimers.set(socket, timer);
+    socket.once('close', () => clearTimeout(timer));
+  }
+  const firstRequestDone = (socket: Duplex) => clearTimeout(firstRequestTimers.get(socket));
+  server.on('request', (request) => firstRequestDone(request.socket));
+
+  // MQTT-over-WebSocket connections open now, for http.websocket.maxConnections.
+  let openWebSockets = 0;
 
   const upgrade = createWebSocketUpgrade({
     path: websocket.path,
     allowedOrigins: websocket.allowedOrigins,
     maxPayloadBytes: config.broker.maxPacketSizeBytes,
     logger: log,
+    onOversize(request) {
+      deps.broker.limits.hit('maxPacketSize', { listener: 'http', remote: request.socket.remoteAddress, maxPacketSizeBytes: config.broker.maxPacketSizeBytes });
+    },
     onConnection(stream, request) {
-      guardPacketSize(stream, config.broker.maxPacketSizeBytes, (reason) =>
-        log.info({ remote: request.socket.remoteAddress, reason }, 'WebSocket closed: packet too large'),
-      );
+      openWebSockets++;
+      stream.once('close', () => openWebSockets--);
+      // The broker guards every connection it handles: packet size, MQTT
+      // 3.1.1 conformance, CONNECT timeout, bounded output (src/broker/limits.ts).
+      if (tls.enabled && tls.useCnAsUsername) deps.identities?.record(stream, request.socket as TLSSocket);
       deps.broker.aedes.handle(stream, request);
     },
   });
   server.on('upgrade', (request, socket, head) => {
+    firstRequestDone(socket);
     if (!websocket.enabled) {
       refuseUpgrade(socket as import('node:net').Socket, 404, 'Not Found', 'MQTT over WebSocket is disabled');
+      return;
+    }
+    // Refused before the handshake and before aedes builds any state for it.
+    if (websocket.maxConnections > 0 && openWebSockets >= websocket.maxConnections) {
+      deps.broker.limits.hit('listenerMaxConnections', { listener: 'http', remote: request.socket.remoteAddress, maxConnections: websocket.maxConnections });
+      refuseUpgrade(socket as Socket, 503, 'Service Unavailable', 'too many MQTT-over-WebSocket connections');
+      return;
+    }
+    const refusal = deps.broker.limits.admit('http', request.socket.remoteAddress);
+    if (refusal) {
+      const [status, text] = refusal.limit === 'connectRate' ? [429, 'Too Many Requests'] : [503, 'Service Unavailable'];
+      refuseUpgrade(socket as Socket, status, text, refusal.reason);
       return;
     }
     upgrade.handleUpgrade(request, socket as import('node:net').Socket, head);
@@ -54,8 +107,12 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
   return {
     name: 'http',
     async start() {
+      const summary = certificate?.load();
       await lifecycle.listen(host, port);
-      log.info({ address: lifecycle.address(), websocketPath: websocket.enabled ? websocket.path : null }, 'listening for HTTP');
+      log.info(
+        { address: lifecycle.address(), websocketPath: websocket.enabled ? websocket.path : null, ...(summary ? { certificate: summary } : {}) },
+        tls.enabled ? 'listening for HTTPS' : 'listening for HTTP',
+      );
     },
     stopAccepting: () => lifecycle.stopAccepting(),
     async stop() {
@@ -63,5 +120,15 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
       await upgrade.close();
     },
     address: () => lifecycle.address(),
+    ...(certificate
+      ? {
+          tlsConfigKey: 'http.tls',
+          reloadCertificates(next: TlsSettings) {
+            const reloaded = certificate.load(next);
+            log.info({ certificate: reloaded }, 'TLS certificate reloaded');
+            return certificate.keys('http.tls');
+          },
+        }
+      : {}),
   };
 }

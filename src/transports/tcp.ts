@@ -5,7 +5,6 @@ import type { Broker } from '../broker/broker.js';
 import type { Logger } from '../observability/logger.js';
 import type { Listener } from './listener.js';
 import { ServerLifecycle } from './server-lifecycle.js';
-import { guardPacketSize } from './packet-size-guard.js';
 
 export interface TcpListenerDeps {
   broker: Broker;
@@ -19,12 +18,18 @@ export function createTcpListener(config: Config, deps: TcpListenerDeps): Listen
   const server = createServer({ noDelay: true });
   const lifecycle = new ServerLifecycle('mqtt', server);
   if (maxConnections > 0) server.maxConnections = maxConnections;
-  server.on('drop', (info) => log.warn({ remote: info?.remoteAddress, maxConnections }, 'connection refused: listener full'));
+  server.on('drop', (info) =>
+    deps.broker.limits.hit('listenerMaxConnections', { listener: 'mqtt', remote: info?.remoteAddress, maxConnections }),
+  );
   server.on('connection', (socket) => {
     lifecycle.track(socket);
-    guardPacketSize(socket, config.broker.maxPacketSizeBytes, (reason) =>
-      log.info({ remote: `${socket.remoteAddress}:${socket.remotePort}`, reason }, 'connection closed: packet too large'),
-    );
+    // Refused before aedes builds any state for it (counted and logged there).
+    if (deps.broker.limits.admit('mqtt', socket.remoteAddress) !== null) {
+      socket.destroy();
+      return;
+    }
+    // The broker guards every connection it handles: packet size, MQTT
+    // 3.1.1 conformance, CONNECT timeout, bounded output (src/broker/limits.ts).
     deps.broker.aedes.handle(socket);
   });
 

@@ -17,6 +17,8 @@ export interface WebSocketUpgradeOptions {
   logger: Logger;
   /** Called with the MQTT byte stream of each accepted connection. */
   onConnection(stream: Duplex, request: IncomingMessage): void;
+  /** Called when a connection is closed for a message over maxPayloadBytes. */
+  onOversize?(request: IncomingMessage): void;
 }
 
 export interface WebSocketUpgrade {
@@ -54,6 +56,9 @@ export function createWebSocketUpgrade(options: WebSocketUpgradeOptions): WebSoc
         ws.close(1003, 'MQTT requires binary frames');
         stream.destroy();
       }
+    });
+    ws.on('error', (error: Error & { code?: string }) => {
+      if (error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') options.onOversize?.(request);
     });
     options.onConnection(stream, request);
   }

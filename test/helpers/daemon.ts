@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Test } from 'tap';
-import { createDaemon, type Daemon } from '../../src/index.js';
+import { createDaemon, type Daemon, type DaemonDeps } from '../../src/index.js';
 import type { ConfigInput } from '../../src/config/schema.js';
 
 export interface RunningDaemon {
@@ -42,8 +42,8 @@ export function testConfig(t: Test, overrides: DeepPartial<ConfigInput> = {}): C
   return deepMerge(base, overrides) as ConfigInput;
 }
 
-export async function startDaemon(t: Test, overrides: DeepPartial<ConfigInput> = {}): Promise<RunningDaemon> {
-  const daemon = await createDaemon(testConfig(t, overrides));
+export async function startDaemon(t: Test, overrides: DeepPartial<ConfigInput> = {}, deps: DaemonDeps = {}): Promise<RunningDaemon> {
+  const daemon = await createDaemon(testConfig(t, overrides), deps);
   t.teardown(() => daemon.stop());
   await daemon.start();
   const { mqtt, http } = daemon.addresses();

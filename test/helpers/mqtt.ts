@@ -113,6 +113,9 @@ export interface RawClient {
   readonly closeCode: number | undefined;
   /** Sends a packet (encoded with mqtt-packet) or raw bytes, in one write / one binary frame. */
   send(data: Packet | Uint8Array): void;
+  /** Stops reading the socket (a frozen tab, a phone in a tunnel): the broker's bytes pile up in the kernel, then in the broker. */
+  pauseReading(): void;
+  resumeReading(): void;
   /** Resolves with the first received packet of that type; rejects after `timeoutMs`. */
   waitForPacket<C extends Packet['cmd']>(cmd: C, timeoutMs?: number): Promise<Extract<Packet, { cmd: C }>>;
   /** Resolves once `predicate` holds for the packets so far; rejects after `timeoutMs`. */
@@ -152,6 +155,7 @@ export async function connectRaw(t: Test, url: string, options: RawClientOptions
   };
 
   let write: (bytes: Buffer) => void;
+  let socketOf: () => net.Socket;
   if (target.protocol === 'ws:' || target.protocol === 'wss:') {
     const ws = new WebSocket(url, ['mqtt'], options.origin === undefined ? {} : { origin: options.origin });
     t.teardown(() => ws.terminate());
@@ -163,6 +167,7 @@ export async function connectRaw(t: Test, url: string, options: RawClientOptions
       ws.once('error', reject);
     });
     write = (bytes) => ws.send(bytes, { binary: true });
+    socketOf = () => (ws as unknown as { _socket: net.Socket })._socket;
   } else {
     const socket = net.connect({ host: target.hostname, port: Number(target.port), noDelay: true });
     t.teardown(() => void socket.destroy());
@@ -175,6 +180,7 @@ export async function connectRaw(t: Test, url: string, options: RawClientOptions
       socket.once('error', reject);
     });
     write = (bytes) => void socket.write(bytes);
+    socketOf = () => socket;
   }
 
   function waitUntil<T>(probe: () => T | undefined, timeoutMs: number, what: string): Promise<T> {
@@ -210,6 +216,12 @@ export async function connectRaw(t: Test, url: string, options: RawClientOptions
     },
     send(data) {
       write(data instanceof Uint8Array ? Buffer.from(data) : mqttPacket.generate(data));
+    },
+    pauseReading() {
+      socketOf().pause();
+    },
+    resumeReading() {
+      socketOf().resume();
     },
     waitForPacket(cmd, timeoutMs = 5000) {
       return waitUntil(

@@ -99,11 +99,13 @@ export async function start(io: CliIo, sources: ConfigSources): Promise<number> 
     let status = STATUS_RUNNING;
     try {
       const next = await loadConfig(sources);
-      const { needsRestart } = daemon.reload(next);
+      const { needsRestart, failed } = daemon.reload(next);
       if (needsRestart.length > 0) {
         log.warn({ needsRestart }, `restart needed to apply ${needsRestart.join(', ')}`);
         status = `${STATUS_RUNNING}; restart to apply ${needsRestart.join(', ')}`;
       }
+      // The daemon has logged each refused file with its problems.
+      if (failed && failed.length > 0) status = `${status}; kept the previous ${failed.map((f) => f.key).join(', ')} (see log)`;
     } catch (error) {
       const problems = error instanceof ConfigError ? error.problems : [String(error)];
       log.error({ problems }, 'reload refused: keeping the running configuration');
@@ -147,11 +149,24 @@ export function exitCodeFor(error: unknown): number {
   if (error instanceof EdgeMqttError) {
     switch (error.code) {
       case 'EDGEMQTT_CONFIG_INVALID':
+      // A password, ACL or certificate file the config names is unusable:
+      // a configuration problem too, that a restart would not fix.
+      case 'EDGEMQTT_PASSWORD_FILE_INVALID':
+      case 'EDGEMQTT_ACL_FILE_INVALID':
+      case 'EDGEMQTT_TLS_INVALID':
         return ExitCode.config;
       case 'EDGEMQTT_LISTEN_FAILED':
         return ExitCode.unavailable;
       case 'EDGEMQTT_DATA_DIR':
         return ExitCode.cantCreate;
+      // Store failures at start-up (src/persistence/errors.ts).
+      case 'EDGEMQTT_STORE_LOCKED':
+        return ExitCode.tempFail;
+      case 'EDGEMQTT_STORE_CORRUPT':
+      case 'EDGEMQTT_STORE_INCOMPATIBLE':
+        return ExitCode.dataError;
+      case 'EDGEMQTT_STORE_UNREADABLE':
+        return ExitCode.ioError;
       default:
         return ExitCode.software;
     }

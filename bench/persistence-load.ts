@@ -1,0 +1,240 @@
+/**
+ * What the persistence benchmarks share: MQTT clients over raw sockets
+ * (mqtt-packet, no mqtt.js on the hot path), the brokers they compare
+ * (edgemqtt as the CLI runs it, mosquitto, aedes with aedes-persistence-level
+ * when that package is installed), and process memory from /proc.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { generate, parser as packetParser, type Packet } from 'mqtt-packet';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** The built CLI, relative to dist-bench/bench/. */
+const cli = path.resolve(here, '..', '..', 'dist', 'bin', 'edgemqtt.js');
+
+export interface BenchBroker {
+  name: string;
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+const children = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+});
+
+function track(child: ChildProcess): ChildProcess {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+
+function stopChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill(signal);
+  });
+}
+
+/** edgemqtt through its CLI (`npm run build` first), on loopback, with `config` merged into a bench config. */
+export async function startEdgemqtt(dataDir: string, config: Record<string, unknown> = {}): Promise<BenchBroker & { startMs: number; recovery?: Record<string, unknown> }> {
+  await mkdir(dataDir, { recursive: true });
+  const configPath = path.join(dataDir, 'edgemqtt.json.yaml');
+  // YAML is a superset of JSON.
+  await writeFile(
+    configPath,
+    JSON.stringify({ dataDir, log: { level: 'info' }, mqtt: { host: '127.0.0.1', port: 0 }, http: { enabled: false }, ...config }),
+  );
+  const started = performance.now();
+  const child = track(spawn(process.execPath, [cli, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  let recovery: Record<string, unknown> | undefined;
+  const ready = await new Promise<{ port: number }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('edgemqtt did not start within 600 s')), 600_000);
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      let entry: { msg?: string; addresses?: { mqtt?: { port: number } } } & Record<string, unknown>;
+      try {
+        entry = JSON.parse(line) as typeof entry;
+      } catch {
+        return;
+      }
+      if (entry.msg === 'store recovered') recovery = entry;
+      if (entry.msg === 'edgemqtt ready') {
+        clearTimeout(timer);
+        resolve({ port: entry.addresses!.mqtt!.port });
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`edgemqtt exited with ${code}`)));
+  });
+  const startMs = performance.now() - started;
+  return { name: 'edgemqtt', port: ready.port, pid: child.pid!, startMs, recovery, stop: () => stopChild(child) };
+}
+
+export function findMosquitto(): string | undefined {
+  for (const candidate of [process.env.BENCH_MOSQUITTO, '/usr/sbin/mosquitto', '/usr/local/sbin/mosquitto']) {
+    if (!candidate) continue;
+    try {
+      readFileSync(candidate);
+      return candidate;
+    } catch {
+      // next
+    }
+  }
+  return undefined;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess): Promise<void> {
+  for (const deadline = Date.now() + 15_000; ; ) {
+    if (child.exitCode !== null) throw new Error(`broker exited with ${child.exitCode}`);
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/**
+ * Mosquitto with its defaults (persistence off: what it acknowledges lives in
+ * memory until its next autosave, none by default), on loopback, TCP_NODELAY
+ * on like edgemqtt, and no queue limits so it keeps what edgemqtt keeps.
+ */
+export async function startMosquitto(binary: string, dir: string): Promise<BenchBroker> {
+  const port = await freePort();
+  await mkdir(dir, { recursive: true });
+  const configFile = path.join(dir, 'mosquitto.conf');
+  await writeFile(
+    configFile,
+    [
+      `listener ${port} 127.0.0.1`,
+      'allow_anonymous true',
+      'persistence false',
+      'set_tcp_nodelay true',
+      'max_queued_messages 0',
+      'max_inflight_messages 0',
+      'log_dest stderr',
+      'log_type error',
+      '',
+    ].join('\n'),
+  );
+  const child = track(spawn(binary, ['-c', configFile], { stdio: ['ignore', 'ignore', 'inherit'] }));
+  await waitForPort(port, child);
+  return { name: 'mosquitto', port, pid: child.pid!, stop: () => stopChild(child) };
+}
+
+/** Whether aedes-persistence-level is installed (it is not a dependency of edgemqtt). */
+export function hasAedesPersistenceLevel(): boolean {
+  try {
+    createRequire(import.meta.url).resolve('aedes-persistence-level');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Bare aedes 1.2 with aedes-persistence-level (as the issue's reporter ran it), in a child process. */
+export async function startAedesLevel(dir: string): Promise<BenchBroker> {
+  const child = track(
+    spawn(process.execPath, [path.join(here, 'persistence-aedes-level-server.js'), dir], { stdio: ['ignore', 'pipe', 'inherit'] }),
+  );
+  const port = await new Promise<number>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).once('line', (line) => resolve(Number(line)));
+    child.once('exit', (code) => reject(new Error(`aedes exited with ${code}`)));
+  });
+  return { name: 'aedes+level', port, pid: child.pid!, stop: () => stopChild(child) };
+}
+
+/** Resident set size of a process in MiB. */
+export function rssMiB(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'latin1');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+}
+
+/** A raw MQTT 3.1.1 connection: packets out as buffers, packets in as parsed objects. */
+export class RawConnection {
+  readonly #socket: net.Socket;
+  #onPacket: (packet: Packet) => void = () => undefined;
+
+  private constructor(socket: net.Socket) {
+    this.#socket = socket;
+    const parser = packetParser({ protocolVersion: 4 });
+    parser.on('packet', (packet: Packet) => this.#onPacket(packet));
+    socket.on('data', (data) => parser.parse(data));
+    socket.on('error', () => undefined);
+  }
+
+  static async open(port: number, clientId: string, clean = true): Promise<RawConnection> {
+    const socket = net.connect({ host: '127.0.0.1', port, noDelay: true });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    const connection = new RawConnection(socket);
+    await connection.request({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId, clean, keepalive: 0 }, 'connack');
+    return connection;
+  }
+
+  onPacket(handler: (packet: Packet) => void): void {
+    this.#onPacket = handler;
+  }
+
+  send(packet: Packet | Buffer): boolean {
+    return this.#socket.write(Buffer.isBuffer(packet) ? packet : generate(packet));
+  }
+
+  /** Sends `packet` and resolves with the first packet of type `cmd` that comes back. */
+  request(packet: Packet, cmd: Packet['cmd']): Promise<Packet> {
+    return new Promise((resolve) => {
+      const previous = this.#onPacket;
+      this.#onPacket = (reply) => {
+        if (reply.cmd !== cmd) return previous(reply);
+        this.#onPacket = previous;
+        resolve(reply);
+      };
+      this.send(packet);
+    });
+  }
+
+  close(): void {
+    this.#socket.destroy();
+  }
+}
+
+/** Median of numbers. */
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+export function ratio(a: number, b: number): string {
+  return b > 0 ? `${(a / b).toFixed(2)}×` : 'n/a';
+}

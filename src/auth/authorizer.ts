@@ -1,0 +1,433 @@
+/**
+ * Authentication and topic authorization as aedes hooks: who may connect
+ * (password file, TLS client certificate, anonymous), what each client may
+ * publish and subscribe to (ACL file), with the files re-read on reload.
+ *
+ * - CONNECT: a verified client certificate on a `useCnAsUsername` listener
+ *   names the user; otherwise a user name must come with its password from
+ *   the password file (CONNACK 4 when not), and no user name means anonymous
+ *   (CONNACK 5 unless `allowAnonymous`). A source with too many recent
+ *   failures is refused (CONNACK 5) before any hashing. A will the client
+ *   could not publish itself is refused at CONNECT (CONNACK 5), as in
+ *   Mosquitto 2.
+ * - PUBLISH to a topic the ACL does not grant, or to `$SYS` (read-only for
+ *   clients): dropped and counted, the connection kept. MQTT 3.1.1 has no
+ *   negative acknowledgement, so QoS 1/2 are still acknowledged; otherwise
+ *   the client would resend forever. aedes disconnects a client whose
+ *   publish its hook refuses, so the hook lets it through marked, and the
+ *   wrapped `aedes.publish` drops what is marked.
+ * - SUBSCRIBE: granted only if a read rule covers the whole filter; else
+ *   0x80 in the SUBACK [MQTT-3.9.3]. Each delivery is checked again, so a
+ *   reloaded ACL applies to subscriptions made before it.
+ */
+import type { Aedes, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
+import type { Config } from '../config/schema.js';
+import type { ErrorCode } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import { Acl, type ClientAcl } from './acl.js';
+import type { CertIdentities } from './cert-identity.js';
+import { SecurityFileError } from './errors.js';
+import { LoginLimiter, sourceKey } from './login-limiter.js';
+import { PasswordFile } from './password-file.js';
+import { RateLimitedLog } from '../util/rate-limited-log.js';
+
+export type AuthConfig = Config['auth'];
+
+/** CONNACK return codes [MQTT-3.2.2.3]. */
+const BAD_USERNAME_OR_PASSWORD = 4;
+const NOT_AUTHORIZED = 5;
+
+export interface AuthStats {
+  loginsSucceeded: number;
+  /** Wrong password or unknown user. */
+  loginsFailed: number;
+  /** Refused without checking: the source had too many recent failures. */
+  loginsRateLimited: number;
+  /** No user name while anonymous access is off (or no password file to check one). */
+  anonymousRefused: number;
+  /** PUBLISHes (and wills) dropped: ACL or $SYS. */
+  publishesDenied: number;
+  /** SUBSCRIBE filters answered with 0x80. */
+  subscriptionsDenied: number;
+  /** Messages withheld from a subscriber the ACL no longer lets read them. */
+  deliveriesDenied: number;
+  /** Sources currently tracked by the failed-login limiter. */
+  limitedSources: number;
+}
+
+export interface ReloadFailure {
+  /** Config key of the file, e.g. `auth.aclFile`. */
+  key: string;
+  code: ErrorCode;
+  file: string;
+  problems: readonly string[];
+}
+
+export interface AuthReloadResult {
+  /** Config keys now in effect (files re-read, settings applied). */
+  applied: string[];
+  /** Files that could not be used; the previous one stays in effect. */
+  failed: ReloadFailure[];
+  /** The auth settings now in effect: `next`, except the path of a failed file. */
+  effective: AuthConfig;
+}
+
+/** The hooks createBroker installs on aedes. */
+export interface AccessHooks {
+  authenticate(
+    client: Client,
+    username: Readonly<string | undefined>,
+    password: Readonly<Buffer | undefined>,
+    done: (error: AuthenticateError | null, success: boolean | null) => void,
+  ): void;
+  authorizePublish(client: Client | null, packet: PublishPacket, done: (error?: Error | null) => void): void;
+  authorizeSubscribe(client: Client, sub: Subscription, done: (error: Error | null, sub?: Subscription | null) => void): void;
+  authorizeForward<P extends { topic: string }>(client: Client, packet: P): P | null;
+  /** Wraps the running instance's publish() to drop the publishes denied above; call after listen(). */
+  install(aedes: Aedes): void;
+}
+
+export interface Authorizer {
+  readonly hooks: AccessHooks;
+  /** Reads the password and ACL files; throws a SecurityFileError. Call before listeners start. */
+  load(): void;
+  /** Re-reads the files and applies `next`; a file that fails keeps its predecessor. */
+  reload(next: AuthConfig): AuthReloadResult;
+  stats(): AuthStats;
+  /** Summary for the start-up log. */
+  describe(): Record<string, unknown>;
+  /**
+   * Logs what is open or cannot work: anonymous access on a listener other
+   * than loopback, ACL user sections that no verified user can reach,
+   * anonymous access off with no way to log in.
+   */
+  warnAboutExposure(listeners: ReadonlyArray<{ name: string; host: string }>): void;
+}
+
+/** Whether a bind address only accepts connections from this machine. */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+}
+
+export interface AuthorizerDeps {
+  logger: Logger;
+  identities: CertIdentities;
+  /** Whether a listener maps client certificates to user names. */
+  certificateUsers: boolean;
+  /** Milliseconds clock for the login limiter. */
+  now?: () => number;
+}
+
+interface ClientState {
+  /** Verified user name; null = anonymous. */
+  username: string | null;
+  acl: ClientAcl | undefined;
+  /** The ACL generation `acl` was built from. */
+  aclGeneration: number;
+  /** A denied publish has been logged at info for this client (later ones at debug). */
+  denialLogged: boolean;
+  /** The same for denied subscriptions. */
+  subscriptionDenialLogged: boolean;
+}
+
+const SYS_PREFIX = '$SYS/';
+
+function isSysTopic(topic: string): boolean {
+  return topic === '$SYS' || topic.startsWith(SYS_PREFIX);
+}
+
+function refusal(returnCode: number, message: string): AuthenticateError {
+  return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
+}
+
+function remoteAddress(client: Client): string | undefined {
+  const conn = client.conn as { remoteAddress?: string };
+  return conn.remoteAddress ?? client.req?.socket?.remoteAddress;
+}
+
+export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authorizer {
+  const log = deps.logger.child({ component: 'auth' });
+  let settings: AuthConfig = config.auth;
+  let passwords: PasswordFile | null = null;
+  let acl: Acl | null = null;
+  /** Bumped on every ACL change; client ACLs are rebuilt lazily when stale. */
+  let aclGeneration = 0;
+  let limiter = newLimiter(settings);
+  const clients = new WeakMap<Client, ClientState>();
+  const denied = new WeakSet<object>();
+  // CONNECTs refused before any password check cost a client nothing to
+  // repeat: one line per kind every 10 s, with a count of the rest.
+  const refusals = new RateLimitedLog(log);
+  const counters = {
+    loginsSucceeded: 0,
+    loginsFailed: 0,
+    loginsRateLimited: 0,
+    anonymousRefused: 0,
+    publishesDenied: 0,
+    subscriptionsDenied: 0,
+    deliveriesDenied: 0,
+  };
+
+  function newLimiter(auth: AuthConfig): LoginLimiter {
+    const { burst, refillSec, maxSources } = auth.failedLogins;
+    return new LoginLimiter({ burst, refillSec, maxSources, ...(deps.now ? { now: deps.now } : {}) });
+  }
+
+  function loadFiles(auth: AuthConfig): { passwords: PasswordFile | null; acl: Acl | null } {
+    return {
+      passwords: auth.passwordFile !== '' ? PasswordFile.load(auth.passwordFile) : null,
+      acl: auth.aclFile !== '' ? Acl.load(auth.aclFile) : null,
+    };
+  }
+
+  function stateOf(client: Client): ClientState {
+    let state = clients.get(client);
+    if (!state) {
+      // Not authenticated by this authorizer (cannot happen through CONNECT): anonymous.
+      state = { username: null, acl: undefined, aclGeneration: -1, denialLogged: false, subscriptionDenialLogged: false };
+      clients.set(client, state);
+    }
+    return state;
+  }
+
+  function clientAcl(client: Client, state: ClientState, current: Acl): ClientAcl {
+    if (state.acl === undefined || state.aclGeneration !== aclGeneration) {
+      state.acl = current.forClient(state.username, client.id);
+      state.aclGeneration = aclGeneration;
+      if (state.acl.patternsSkipped) {
+        log.warn(
+          { clientId: client.id, user: state.username },
+          'ACL patterns do not apply to this client: its user name or client id contains +, # or /',
+        );
+      }
+    }
+    return state.acl;
+  }
+
+  function accept(
+    client: Client,
+    username: string | null,
+    done: (error: AuthenticateError | null, success: boolean | null) => void,
+    how: string,
+  ): void {
+    const will = (client as unknown as { _will?: { topic?: string } | null })._will;
+    const state: ClientState = { username, acl: undefined, aclGeneration: -1, denialLogged: false, subscriptionDenialLogged: false };
+    clients.set(client, state);
+    if (will?.topic !== undefined && !mayPublish(client, state, will.topic)) {
+      clients.delete(client);
+      refusals.info('will', { clientId: client.id, user: username, willTopic: will.topic, remote: remoteAddress(client) }, 'connect refused: will topic not allowed');
+      done(refusal(NOT_AUTHORIZED, 'will topic not allowed'), false);
+      return;
+    }
+    if (username !== null) counters.loginsSucceeded += 1;
+    log.debug({ clientId: client.id, user: username, how }, 'client authenticated');
+    done(null, true);
+  }
+
+  function mayPublish(client: Client, state: ClientState, topic: string): boolean {
+    if (isSysTopic(topic)) return false;
+    const current = acl;
+    return current === null || clientAcl(client, state, current).canWrite(topic);
+  }
+
+  const hooks: AccessHooks = {
+    authenticate(client, username, password, done) {
+      const remote = remoteAddress(client);
+      const refuse = (returnCode: number, message: string) => done(refusal(returnCode, message), false);
+      const cert = deps.identities.get(client.conn);
+      if (cert) {
+        if (cert.username === null) {
+          refusals.info('certificate', { clientId: client.id, remote }, 'connect refused: client certificate has no (single) CN');
+          refuse(NOT_AUTHORIZED, 'client certificate has no CN');
+          return;
+        }
+        accept(client, cert.username, done, 'certificate');
+        return;
+      }
+      const current = passwords;
+      if (username === undefined || current === null) {
+        // No user name, or none can be checked (no password file): anonymous.
+        if (settings.allowAnonymous) {
+          if (username !== undefined) log.debug({ clientId: client.id, user: username }, 'no password file: user name not verified, client is anonymous');
+          accept(client, null, done, 'anonymous');
+          return;
+        }
+        counters.anonymousRefused += 1;
+        refusals.info('anonymous', { clientId: client.id, remote, user: username }, 'connect refused: anonymous access is off');
+        refuse(NOT_AUTHORIZED, 'anonymous access is off');
+        return;
+      }
+      const source = sourceKey(remote);
+      if (!limiter.allows(source)) {
+        counters.loginsRateLimited += 1;
+        log.debug({ clientId: client.id, user: username, source }, 'connect refused: too many failed logins from this source');
+        refuse(NOT_AUTHORIZED, 'too many failed logins');
+        return;
+      }
+      current.verify(username, password ?? Buffer.alloc(0)).then(
+        (ok) => {
+          if (ok) {
+            accept(client, username, done, 'password');
+            return;
+          }
+          counters.loginsFailed += 1;
+          // The user name is logged (sshd does too), the password never.
+          log.warn(
+            { clientId: client.id, user: username, remote, reason: current.has(username) ? 'wrong password' : 'unknown user' },
+            'login failed',
+          );
+          const outcome = limiter.recordFailure(source);
+          if (outcome.blocked) {
+            log.warn({ source, retryAfterSec: outcome.retryAfterSec }, 'too many failed logins: refusing this source for now');
+          }
+          refuse(BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
+        },
+        (error: unknown) => {
+          log.error({ err: error, clientId: client.id }, 'password check failed');
+          refuse(NOT_AUTHORIZED, 'password check failed');
+        },
+      );
+    },
+
+    authorizePublish(client, packet, done) {
+      if (client === null) {
+        // A will left by a previous run of the broker, published on its
+        // owner's behalf; it passed the checks at its CONNECT.
+        if (isSysTopic(packet.topic)) markDenied(null, packet, '$SYS is read-only');
+        done(null);
+        return;
+      }
+      const state = stateOf(client);
+      if (!mayPublish(client, state, packet.topic)) {
+        markDenied(client, packet, isSysTopic(packet.topic) ? '$SYS is read-only' : 'not allowed by the ACL', state);
+      }
+      done(null);
+    },
+
+    authorizeSubscribe(client, sub, done) {
+      const current = acl;
+      const state = stateOf(client);
+      if (current !== null && !clientAcl(client, state, current).canSubscribe(sub.topic)) {
+        counters.subscriptionsDenied += 1;
+        // At info once per connection, then at debug, as for publishes.
+        const level = state.subscriptionDenialLogged ? 'debug' : 'info';
+        state.subscriptionDenialLogged = true;
+        log[level]({ clientId: client.id, user: state.username, filter: sub.topic }, 'subscription denied');
+        done(null, null);
+        return;
+      }
+      done(null, sub);
+    },
+
+    authorizeForward(client, packet) {
+      const current = acl;
+      if (current === null) return packet;
+      if (clientAcl(client, stateOf(client), current).canRead(packet.topic)) return packet;
+      counters.deliveriesDenied += 1;
+      return null;
+    },
+
+    install(aedes) {
+      type Publish = (packet: object, client?: unknown, done?: (error?: Error) => void) => void;
+      const instance = aedes as unknown as { publish: Publish };
+      const publish = instance.publish.bind(aedes) as Publish;
+      instance.publish = (packet, client, done) => {
+        if (denied.has(packet)) {
+          denied.delete(packet);
+          const callback = typeof client === 'function' ? (client as () => void) : done;
+          callback?.();
+          return;
+        }
+        publish(packet, client, done);
+      };
+    },
+  };
+
+  function markDenied(client: Client | null, packet: PublishPacket, reason: string, state?: ClientState): void {
+    denied.add(packet);
+    counters.publishesDenied += 1;
+    const fields = { clientId: client?.id, user: state?.username, topic: packet.topic, qos: packet.qos, reason };
+    // One line at info per connection; the rest at debug (a misconfigured
+    // sensor publishing every second must not flood the journal).
+    if (state && !state.denialLogged) {
+      state.denialLogged = true;
+      log.info(fields, 'publish denied (dropped; later denials for this client are logged at debug)');
+    } else {
+      log.debug(fields, 'publish denied');
+    }
+  }
+
+  return {
+    hooks,
+    load() {
+      ({ passwords, acl } = loadFiles(settings));
+      aclGeneration += 1;
+    },
+    reload(next) {
+      const applied: string[] = [];
+      const failed: ReloadFailure[] = [];
+      const effective: AuthConfig = { ...next };
+      const attempt = <T>(key: 'passwordFile' | 'aclFile', load: () => T, apply: (value: T) => void) => {
+        try {
+          apply(load());
+          if (next[key] !== '' || settings[key] !== '') applied.push(`auth.${key}`);
+        } catch (error) {
+          if (!(error instanceof SecurityFileError)) throw error;
+          failed.push({ key: `auth.${key}`, code: error.code, file: error.file, problems: error.problems });
+          effective[key] = settings[key];
+        }
+      };
+      attempt(
+        'passwordFile',
+        () => (next.passwordFile !== '' ? PasswordFile.load(next.passwordFile) : null),
+        (value) => (passwords = value),
+      );
+      attempt(
+        'aclFile',
+        () => (next.aclFile !== '' ? Acl.load(next.aclFile) : null),
+        (value) => {
+          acl = value;
+          aclGeneration += 1;
+        },
+      );
+      if (next.allowAnonymous !== settings.allowAnonymous) applied.push('auth.allowAnonymous');
+      if (JSON.stringify(next.failedLogins) !== JSON.stringify(settings.failedLogins)) {
+        limiter = newLimiter(next);
+        for (const key of Object.keys(next.failedLogins)) {
+          const name = key as keyof AuthConfig['failedLogins'];
+          if (next.failedLogins[name] !== settings.failedLogins[name]) applied.push(`auth.failedLogins.${key}`);
+        }
+      }
+      settings = effective;
+      return { applied, failed, effective };
+    },
+    stats() {
+      return { ...counters, limitedSources: limiter.trackedSources };
+    },
+    warnAboutExposure(listeners) {
+      const open = listeners.filter((listener) => !isLoopbackHost(listener.host));
+      if (settings.allowAnonymous && open.length > 0) {
+        log.warn(
+          { listeners: open.map((listener) => `${listener.name} on ${listener.host}`) },
+          'anonymous access is on for listeners reachable from the network: set auth.allowAnonymous=false and a passwordFile to require logins',
+        );
+      }
+      const verifies = passwords !== null || deps.certificateUsers;
+      if (acl !== null && acl.userCount > 0 && !verifies) {
+        log.warn('the ACL file has user sections, but no user name can be verified (no passwordFile, no useCnAsUsername): they never apply');
+      }
+      if (!settings.allowAnonymous && !verifies) {
+        log.warn('anonymous access is off and no user name can be verified (no passwordFile, no useCnAsUsername): no client can connect');
+      }
+    },
+    describe() {
+      return {
+        allowAnonymous: settings.allowAnonymous,
+        users: passwords?.size ?? null,
+        aclRules: acl?.ruleCount ?? null,
+        aclUsers: acl?.userCount ?? null,
+        certificateUsers: deps.certificateUsers,
+      };
+    },
+  };
+}

@@ -1,0 +1,363 @@
+/**
+ * Slow consumers never hold up anyone else.
+ *
+ * Why aedes 1.2 stalls everyone: each publish is one mqemitter emit, and an
+ * emit holds one of `concurrency` (100) slots until the delivery callback of
+ * every matching subscriber has returned. A delivery's callback returns only
+ * once its bytes are written, and when the socket is full that means after
+ * 'drain' (lib/write.js → client.waitForDrain, up to `drainTimeout`, 60 s).
+ * So a subscriber that stops reading pins one slot per message it matches;
+ * a hundred messages later every slot is pinned and every emit, to every
+ * client, waits in mqemitter's queue until aedes cuts the slow client off.
+ * The publisher is held too: aedes reads its next packet only when its
+ * publish has completed.
+ *
+ * Here every delivery callback returns within one event-loop turn, whatever
+ * the subscriber's socket does, and each client's output is bounded instead:
+ *
+ * - Outgoing buffer (`maxOutgoingBufferBytes`): bytes handed to the client's
+ *   stream and not yet taken by the network. A message that does not fit is
+ *   not written: QoS 0 is dropped (counted); QoS 1/2 waits in the client's
+ *   queue. An empty buffer always takes one message, however large.
+ * - Inflight window (`maxInflightMessages`): QoS 1/2 messages sent and not
+ *   yet acknowledged (PUBACK, or PUBCOMP for QoS 2). Further ones wait in the
+ *   queue; aedes itself sends without limit.
+ * - Queue (`maxQueuedMessagesPerClient`, `maxQueuedBytesPerClient`): QoS 1/2
+ *   messages waiting for room, in order. When full the oldest is dropped
+ *   (fresh data wins, as in the persistent offline queue). For a persistent
+ *   session nothing is lost by that: aedes stored every QoS 1/2 message in
+ *   the session's queue before delivering it, and the copy left there
+ *   (counted as deferred) goes out when the client reconnects.
+ * - A client whose socket stays full for `drainTimeout` is disconnected by
+ *   aedes' own timer, which this counts and logs.
+ *
+ * Retained messages sent on SUBSCRIBE come from a stream that waits for each
+ * callback: those wait for room instead of being dropped, which paces the
+ * stream to the client without holding anyone else.
+ */
+import type { Client } from 'aedes';
+import type { Duplex } from 'node:stream';
+
+export interface FlowControlOptions {
+  /** Per client; 0 = unlimited. */
+  maxOutgoingBufferBytes: number;
+  /** Per client; 0 = unlimited. */
+  maxInflightMessages: number;
+  /** Per client; 0 = unlimited. */
+  maxQueuedMessagesPerClient: number;
+  /** Per client; 0 = unlimited. */
+  maxQueuedBytesPerClient: number;
+  /** aedes' drainTimeout, for the log line when it cuts a client off. */
+  drainTimeoutMs: number;
+}
+
+export interface FlowControlStats {
+  /** QoS 0 messages not sent because the client's outgoing buffer was full. */
+  droppedQos0Messages: number;
+  /** QoS 1/2 messages dropped from a full queue of a clean session (lost). */
+  droppedQueuedMessages: number;
+  /** QoS 1/2 messages dropped from a full queue of a persistent session: still in its session store, sent on reconnect. */
+  deferredQueuedMessages: number;
+  /** Deliveries that had to wait because the client's outgoing buffer was full. */
+  bufferFullWaits: number;
+  /** Deliveries that had to wait because the client's inflight window was full. */
+  inflightWaits: number;
+  /** Clients disconnected because their socket stayed full for the drain timeout. */
+  slowClientDisconnects: number;
+  /** Messages waiting in clients' queues now. */
+  queuedMessages: number;
+  /** Bytes of those messages. */
+  queuedBytes: number;
+}
+
+/** Events worth a counter and a (rate-limited) log line, reported to the owner. */
+export type FlowEvent = 'outgoingBufferFull' | 'maxInflight' | 'outgoingQueueFull' | 'slowClient';
+
+export type FlowEventSink = (event: FlowEvent, fields: Record<string, unknown>) => void;
+
+type QoS = 0 | 1 | 2;
+
+type Counter = Exclude<keyof FlowControlStats, 'queuedMessages' | 'queuedBytes'>;
+
+interface DeliveredPacket {
+  topic: string;
+  payload?: Uint8Array | string;
+  qos: QoS;
+  brokerId?: string | null;
+}
+
+type Deliver = (packet: DeliveredPacket, callback: () => void) => void;
+
+/** aedes Client internals used here (lib/client.js); not in its typings. */
+interface ClientInternals {
+  id: string | null;
+  clean: boolean;
+  closed: boolean;
+  /** Set once the CONNECT sequence, queued messages included, is done (handlers/connect.js). */
+  connected: boolean;
+  deliver0: Deliver;
+  deliverQoS: Deliver;
+  _handleDrainTimeout: () => void;
+}
+
+interface Entry {
+  packet: DeliveredPacket;
+  /** aedes' own deliver0 or deliverQoS. */
+  deliver: Deliver;
+  bytes: number;
+  qos: QoS;
+  /** For paced deliveries (retained), the caller's callback, due once the message is written or dropped. */
+  callback: (() => void) | undefined;
+}
+
+/** Encoded size of a PUBLISH [MQTT-3.3]: fixed header, topic, packet id, payload. */
+export function publishBytes(packet: DeliveredPacket): number {
+  const payload = packet.payload === undefined ? 0 : typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
+  const remaining = 2 + Buffer.byteLength(packet.topic) + (packet.qos > 0 ? 2 : 0) + payload;
+  const lengthBytes = remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4;
+  return 1 + lengthBytes + remaining;
+}
+
+/** Whether aedes' write callback was called by writeQoS (as `packet.writeCallback()`), i.e. the PUBLISH went out. */
+function isWrittenPublish(self: unknown): boolean {
+  return typeof self === 'object' && self !== null && (self as { cmd?: unknown }).cmd === 'publish';
+}
+
+export class FlowControl {
+  readonly #options: FlowControlOptions;
+  readonly #report: FlowEventSink;
+  readonly #stats: Record<Counter, number> = {
+    droppedQos0Messages: 0,
+    droppedQueuedMessages: 0,
+    deferredQueuedMessages: 0,
+    bufferFullWaits: 0,
+    inflightWaits: 0,
+    slowClientDisconnects: 0,
+  };
+  #queuedMessages = 0;
+  #queuedBytes = 0;
+
+  constructor(options: FlowControlOptions, report: FlowEventSink) {
+    this.#options = options;
+    this.#report = report;
+  }
+
+  get options(): FlowControlOptions {
+    return this.#options;
+  }
+
+  stats(): FlowControlStats {
+    return { ...this.#stats, queuedMessages: this.#queuedMessages, queuedBytes: this.#queuedBytes };
+  }
+
+  /** For ClientFlow: one more of `key`. */
+  count(key: Counter): void {
+    this.#stats[key]++;
+  }
+
+  /** For ClientFlow: a message entered (+1) or left (-1) a client's queue. */
+  queued(messages: 1 | -1, bytes: number): void {
+    this.#queuedMessages += messages;
+    this.#queuedBytes += messages * bytes;
+  }
+
+  /** For ClientFlow: an event worth a counter and a log line. */
+  report(event: FlowEvent, fields: Record<string, unknown>): void {
+    this.#report(event, fields);
+  }
+
+  /**
+   * Takes over a new client's deliveries. Call right after aedes created it
+   * and before anything wraps deliver0/deliverQoS again (subscriptions
+   * capture them at SUBSCRIBE time). Returns the hook for acknowledgements.
+   */
+  attach(client: Client, conn: Duplex): ClientFlow {
+    return new ClientFlow(this, client as unknown as ClientInternals, conn);
+  }
+}
+
+export class ClientFlow {
+  readonly #owner: FlowControl;
+  readonly #client: ClientInternals;
+  readonly #conn: Duplex;
+  /** Bytes handed to aedes whose write has not completed yet (see #usage). */
+  #reservedBytes = 0;
+  #inflight = 0;
+  readonly #queue: Entry[] = [];
+  #head = 0;
+  #queueBytes = 0;
+  #closed = false;
+
+  constructor(owner: FlowControl, client: ClientInternals, conn: Duplex) {
+    this.#owner = owner;
+    this.#client = client;
+    this.#conn = conn;
+    const deliver0 = client.deliver0;
+    const deliverQoS = client.deliverQoS;
+    client.deliver0 = (packet, callback) => this.#deliver(deliver0, packet, 0, callback);
+    // aedes' deliverQoS hands QoS 0 packets to deliver0; do that here, once.
+    client.deliverQoS = (packet, callback) =>
+      packet.qos > 0 ? this.#deliver(deliverQoS, packet, packet.qos, callback) : this.#deliver(deliver0, packet, 0, callback);
+
+    const handleDrainTimeout = client._handleDrainTimeout;
+    client._handleDrainTimeout = () => {
+      owner.count('slowClientDisconnects');
+      owner.report('slowClient', {
+        clientId: client.id,
+        drainTimeoutMs: owner.options.drainTimeoutMs,
+        bufferedBytes: conn.writableLength,
+      });
+      handleDrainTimeout.call(client);
+    };
+    conn.on('drain', () => this.#pump());
+    conn.once('close', () => this.#close());
+  }
+
+  /** The client acknowledged a QoS 1 (PUBACK) or QoS 2 (PUBCOMP) message: its window has room again. */
+  acknowledged(): void {
+    // A client acking what it never got only widens its own window, still
+    // bounded by its outgoing buffer.
+    if (this.#inflight > 0) this.#inflight--;
+    this.#pump();
+  }
+
+  #deliver(deliver: Deliver, packet: DeliveredPacket, qos: QoS, callback: () => void): void {
+    if (this.#closed || this.#client.closed) {
+      deliver(packet, callback);
+      return;
+    }
+    // Live messages carry the id of the broker that published them; the
+    // retained ones sent on SUBSCRIBE have none (handlers/subscribe.js), and
+    // their stream waits for each callback: those can be paced.
+    const paced = !packet.brokerId;
+    const entry: Entry = { packet, deliver, bytes: publishBytes(packet), qos, callback: paced ? callback : undefined };
+    if (qos === 0 && !paced) {
+      // QoS 0 never waits, not even behind queued QoS 1/2 messages.
+      if (this.#fits(entry.bytes)) {
+        this.#send(entry);
+      } else {
+        this.#owner.count('droppedQos0Messages');
+        this.#owner.report('outgoingBufferFull', this.#fields({ qos: 0, dropped: true }));
+      }
+    } else if ((this.#queue.length === this.#head && this.#canSend(entry)) || this.#resumingSession(qos)) {
+      this.#send(entry);
+    } else {
+      this.#enqueue(entry);
+    }
+    if (!paced) setImmediate(callback);
+  }
+
+  /**
+   * While a persistent session's stored messages are being sent after
+   * CONNECT (aedes' emptyQueue), live QoS 1/2 deliveries go straight through,
+   * as in aedes. Each is already in the session store, and that stream may
+   * pick it up too: aedes then sends it twice with one packet id, which the
+   * client recognises [MQTT-4.3.3-2]; had it waited here, the stream would
+   * give it one id and the later send another, and the client would deliver
+   * it twice. The stream itself is paced by the socket.
+   */
+  #resumingSession(qos: QoS): boolean {
+    return qos > 0 && !this.#client.clean && !this.#client.connected;
+  }
+
+  /** Output not yet taken by the network: the stream's buffer, or the bytes in flight to it, whichever is larger. */
+  #usage(): number {
+    return Math.max(this.#conn.writableLength, this.#reservedBytes);
+  }
+
+  #fits(bytes: number): boolean {
+    const max = this.#owner.options.maxOutgoingBufferBytes;
+    if (max === 0) return true;
+    const used = this.#usage();
+    return used === 0 || used + bytes <= max;
+  }
+
+  #windowOpen(entry: Entry): boolean {
+    const max = this.#owner.options.maxInflightMessages;
+    return entry.qos === 0 || max === 0 || this.#inflight < max;
+  }
+
+  #canSend(entry: Entry): boolean {
+    return this.#fits(entry.bytes) && this.#windowOpen(entry);
+  }
+
+  #send(entry: Entry): void {
+    this.#reservedBytes += entry.bytes;
+    if (entry.qos > 0) this.#inflight++;
+    // aedes calls this once the bytes are in the stream (at once when it had
+    // room, after 'drain' when full), or when it decided not to send.
+    const flow = this;
+    entry.deliver(entry.packet, function written(this: unknown) {
+      flow.#reservedBytes -= entry.bytes;
+      if (entry.qos > 0 && !isWrittenPublish(this) && flow.#inflight > 0) flow.#inflight--;
+      entry.callback?.();
+      flow.#pump();
+    });
+  }
+
+  #enqueue(entry: Entry): void {
+    if (!this.#fits(entry.bytes)) {
+      this.#owner.count('bufferFullWaits');
+      this.#owner.report('outgoingBufferFull', this.#fields({ qos: entry.qos, dropped: false }));
+    } else {
+      this.#owner.count('inflightWaits');
+      this.#owner.report('maxInflight', this.#fields({ maxInflightMessages: this.#owner.options.maxInflightMessages }));
+    }
+    this.#queue.push(entry);
+    this.#queueBytes += entry.bytes;
+    this.#owner.queued(1, entry.bytes);
+    const { maxQueuedMessagesPerClient: maxMessages, maxQueuedBytesPerClient: maxBytes } = this.#owner.options;
+    let dropped = 0;
+    while (
+      (maxMessages > 0 && this.#queue.length - this.#head > maxMessages) ||
+      (maxBytes > 0 && this.#queueBytes > maxBytes && this.#queue.length > this.#head)
+    ) {
+      const victim = this.#shift();
+      // A persistent session's QoS 1/2 message stays in its session store;
+      // a retained one sent on SUBSCRIBE was never stored there (see #1003).
+      this.#owner.count(this.#client.clean || victim.callback ? 'droppedQueuedMessages' : 'deferredQueuedMessages');
+      if (victim.callback) setImmediate(victim.callback);
+      dropped++;
+    }
+    if (dropped > 0) {
+      this.#owner.report('outgoingQueueFull', this.#fields({ maxQueuedMessagesPerClient: maxMessages, maxQueuedBytesPerClient: maxBytes, persistent: !this.#client.clean }));
+    }
+  }
+
+  #shift(): Entry {
+    const entry = this.#queue[this.#head] as Entry;
+    this.#queue[this.#head] = undefined as unknown as Entry;
+    this.#head++;
+    this.#queueBytes -= entry.bytes;
+    this.#owner.queued(-1, entry.bytes);
+    // Compact once the consumed prefix dominates, so shifting stays O(1) amortized.
+    if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
+      this.#queue.splice(0, this.#head);
+      this.#head = 0;
+    }
+    return entry;
+  }
+
+  #pump(): void {
+    while (!this.#closed && this.#queue.length > this.#head) {
+      const entry = this.#queue[this.#head] as Entry;
+      if (!this.#canSend(entry)) return;
+      this.#shift();
+      this.#send(entry);
+    }
+  }
+
+  #close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    while (this.#queue.length > this.#head) {
+      const entry = this.#shift();
+      // Paced streams must finish; the message goes nowhere, like any other for a closed client.
+      if (entry.callback) setImmediate(entry.callback);
+    }
+  }
+
+  #fields(extra: Record<string, unknown>): Record<string, unknown> {
+    return { clientId: this.#client.id, bufferedBytes: this.#usage(), queued: this.#queue.length - this.#head, ...extra };
+  }
+}

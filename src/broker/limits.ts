@@ -1,0 +1,307 @@
+/**
+ * What one client, or one source address, may cost everyone else: connection
+ * admission (total, rate per address), the protocol guard in front of each
+ * connection, per-client output bounds (flow-control.ts), and the limits on
+ * subscriptions. Every limit hit is counted in stats() and logged, at most one
+ * line per limit per 10 s, so an attacker cannot flood the journal.
+ *
+ * Installed on the aedes instance by the broker: every connection aedes
+ * handles (TCP, TLS, WebSocket) passes through here, whichever listener calls
+ * `aedes.handle`. Admission is the listeners' call (`admit`), so that a
+ * refused connection costs no MQTT state at all.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Aedes, Client, Subscription } from 'aedes';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../observability/logger.js';
+import { RateLimitedLog } from '../util/rate-limited-log.js';
+import { FlowControl, type FlowControlStats, type FlowEvent } from './flow-control.js';
+import { guardConnection, MQTT_MAX_STRING_BYTES, type Violation } from './protocol-guard.js';
+
+export type LimitName =
+  /** limits.maxConnections */
+  | 'maxConnections'
+  /** mqtt.maxConnections, tls.maxConnections, http.websocket.maxConnections */
+  | 'listenerMaxConnections'
+  /** limits.connectRatePerAddressPerSec / connectBurstPerAddress */
+  | 'connectRate'
+  /** broker.connectTimeoutSec */
+  | 'connectTimeout'
+  /** broker.minKeepaliveSec */
+  | 'minKeepalive'
+  /** broker.maxKeepaliveSec */
+  | 'maxKeepalive'
+  /** broker.maxPacketSizeBytes */
+  | 'maxPacketSize'
+  | 'maxTopicLength'
+  | 'maxTopicLevels'
+  | 'maxSubscriptions'
+  /** limits.maxInflightMessages: a delivery waited for the client's window */
+  | 'maxInflight'
+  /** limits.maxOutgoingBufferBytes: a QoS 0 delivery dropped or a QoS 1/2 one queued */
+  | 'outgoingBufferFull'
+  /** persistence.maxQueued*PerClient reached by a connected client's queue */
+  | 'outgoingQueueFull'
+  /** broker.drainTimeoutSec: a client whose socket stayed full was disconnected */
+  | 'slowClient';
+
+const LIMIT_NAMES: readonly LimitName[] = [
+  'maxConnections', 'listenerMaxConnections', 'connectRate', 'connectTimeout', 'minKeepalive', 'maxKeepalive', 'maxPacketSize',
+  'maxTopicLength', 'maxTopicLevels', 'maxSubscriptions', 'maxInflight', 'outgoingBufferFull', 'outgoingQueueFull', 'slowClient',
+];
+
+const LIMIT_MESSAGES: Record<LimitName, string> = {
+  maxConnections: 'connection refused: limits.maxConnections reached',
+  listenerMaxConnections: 'connection refused: listener full',
+  connectRate: 'connection refused: source address over limits.connectRatePerAddressPerSec',
+  connectTimeout: 'connection closed: no CONNECT within broker.connectTimeoutSec',
+  minKeepalive: 'connect refused: keep-alive below broker.minKeepaliveSec',
+  maxKeepalive: 'connect refused: keep-alive above broker.maxKeepaliveSec, or none',
+  maxPacketSize: 'connection closed: packet over broker.maxPacketSizeBytes',
+  maxTopicLength: 'topic over limits.maxTopicLengthBytes',
+  maxTopicLevels: 'topic over limits.maxTopicLevels',
+  maxSubscriptions: 'subscription refused: limits.maxSubscriptionsPerClient reached',
+  maxInflight: 'delivery waits: client inflight window (limits.maxInflightMessages) full',
+  outgoingBufferFull: 'slow client: outgoing buffer (limits.maxOutgoingBufferBytes) full',
+  outgoingQueueFull: 'slow client: queue full, oldest messages dropped',
+  slowClient: 'slow client disconnected: socket full for broker.drainTimeoutSec',
+};
+
+/** Flow events that are routine back-pressure rather than a client misbehaving: info, not warn. */
+const INFO_LIMITS = new Set<LimitName>(['maxInflight']);
+
+/** Addresses whose connection rate is tracked at once; the least recently seen is forgotten first. */
+const MAX_TRACKED_ADDRESSES = 10_000;
+
+// Packet types the limits react to [MQTT-2.2.1].
+const CONNECT = 1;
+const PUBACK = 4;
+const PUBCOMP = 7;
+
+export interface LimitsStats {
+  /** MQTT connections open now (every listener). */
+  openConnections: number;
+  /** Hits per limit since start. */
+  limitHits: Record<LimitName, number>;
+  /** Connections closed for breaking MQTT 3.1.1. */
+  protocolViolations: number;
+  /** The same, per clause (e.g. `MQTT-2.3.1-1`). */
+  protocolViolationsByRule: Record<string, number>;
+  flow: FlowControlStats;
+}
+
+export interface Limits {
+  /**
+   * Whether a new connection from `remoteAddress` may proceed to MQTT
+   * (limits.maxConnections, connection rate per address). Returns why not, or
+   * null. Listeners call it before any MQTT state exists for the connection.
+   */
+  admit(listener: string, remoteAddress: string | undefined): Refusal | null;
+  /** Counts and logs a limit hit found elsewhere (a listener's own maxConnections, a refused CONNECT). */
+  hit(limit: LimitName, fields: Record<string, unknown>): void;
+  /** Wraps aedes.handle and the subscribe hook; call once, after listen(), before installDeliveryFixes. */
+  install(aedes: Aedes): void;
+  stats(): LimitsStats;
+}
+
+export interface Refusal {
+  limit: 'maxConnections' | 'connectRate';
+  reason: string;
+}
+
+interface Bucket {
+  tokens: number;
+  at: number;
+}
+
+export interface LimitsDeps {
+  logger: Logger;
+  /** Monotonic clock in ms; performance.now by default. */
+  now?: () => number;
+}
+
+export function createLimits(config: Config, deps: LimitsDeps): Limits {
+  const log = deps.logger.child({ component: 'limits' });
+  const now = deps.now ?? (() => performance.now());
+  const rateLimited = new RateLimitedLog(log, undefined, now);
+  const settings = config.limits;
+  const hits = Object.fromEntries(LIMIT_NAMES.map((name) => [name, 0])) as Record<LimitName, number>;
+  const violationsByRule: Record<string, number> = Object.create(null) as Record<string, number>;
+  let violations = 0;
+  let openConnections = 0;
+  const buckets = new Map<string, Bucket>();
+  // Subscriptions granted but maybe not yet in client.subscriptions (aedes adds them asynchronously).
+  const reservedFilters = new WeakMap<Client, Set<string>>();
+
+  function hit(limit: LimitName, fields: Record<string, unknown>): void {
+    hits[limit]++;
+    const message = LIMIT_MESSAGES[limit];
+    if (INFO_LIMITS.has(limit)) rateLimited.info(limit, { limit, ...fields }, message);
+    else rateLimited.warn(limit, { limit, ...fields }, message);
+  }
+
+  const flow = new FlowControl(
+    {
+      maxOutgoingBufferBytes: settings.maxOutgoingBufferBytes,
+      maxInflightMessages: settings.maxInflightMessages,
+      maxQueuedMessagesPerClient: config.persistence.maxQueuedMessagesPerClient,
+      maxQueuedBytesPerClient: config.persistence.maxQueuedBytesPerClient,
+      drainTimeoutMs: config.broker.drainTimeoutSec * 1000,
+    },
+    (event: FlowEvent, fields) => hit(event, fields),
+  );
+
+  /** Token bucket per source address: `connectBurstPerAddress` at once, refilled at `connectRatePerAddressPerSec`. */
+  function takeConnectToken(address: string): boolean {
+    const rate = settings.connectRatePerAddressPerSec;
+    if (rate === 0) return true;
+    const burst = settings.connectBurstPerAddress;
+    const at = now();
+    const bucket = buckets.get(address) ?? { tokens: burst, at };
+    bucket.tokens = Math.min(burst, bucket.tokens + ((at - bucket.at) / 1000) * rate);
+    bucket.at = at;
+    // Re-inserting keeps the map in least-recently-seen order.
+    buckets.delete(address);
+    buckets.set(address, bucket);
+    if (buckets.size > MAX_TRACKED_ADDRESSES) buckets.delete(buckets.keys().next().value as string);
+    if (bucket.tokens < 1) return false;
+    bucket.tokens -= 1;
+    return true;
+  }
+
+  function onViolation(violation: Violation, remote: string | undefined): void {
+    if (violation.kind === 'limit') {
+      hit(violation.limit, { remote, reason: violation.reason });
+      return;
+    }
+    violations++;
+    violationsByRule[violation.rule] = (violationsByRule[violation.rule] ?? 0) + 1;
+    // Rule ids come from the guard's fixed set, so the keys stay bounded.
+    rateLimited.info(`protocol:${violation.rule}`, { remote, rule: violation.rule, reason: violation.reason }, 'connection closed: MQTT protocol violation');
+  }
+
+  /** A reason to refuse a topic filter in SUBSCRIBE, or null. */
+  function filterLimit(filter: string): { limit: LimitName; reason: string } | null {
+    const maxBytes = settings.maxTopicLengthBytes || MQTT_MAX_STRING_BYTES;
+    const bytes = Buffer.byteLength(filter);
+    if (bytes > maxBytes) return { limit: 'maxTopicLength', reason: `topic filter of ${bytes} bytes exceeds the limit of ${maxBytes}` };
+    const levels = filter.split('/').length;
+    if (levels > settings.maxTopicLevels) {
+      return { limit: 'maxTopicLevels', reason: `topic filter of ${levels} levels exceeds the limit of ${settings.maxTopicLevels}` };
+    }
+    return null;
+  }
+
+  /** Reserves a place for `filter` among the client's subscriptions; false when it is full. */
+  function reserveSubscription(client: Client, filter: string): boolean {
+    const max = settings.maxSubscriptionsPerClient;
+    if (max === 0) return true;
+    const current = (client as unknown as { subscriptions: Record<string, unknown> }).subscriptions;
+    if (filter in current) return true;
+    let reserved = reservedFilters.get(client);
+    if (!reserved) {
+      reserved = new Set();
+      reservedFilters.set(client, reserved);
+    }
+    for (const pending of reserved) if (pending in current) reserved.delete(pending);
+    if (reserved.has(filter)) return true;
+    if (Object.keys(current).length + reserved.size >= max) return false;
+    reserved.add(filter);
+    return true;
+  }
+
+  function install(aedes: Aedes): void {
+    const guardLimits = {
+      maxPacketBytes: config.broker.maxPacketSizeBytes,
+      maxTopicLengthBytes: settings.maxTopicLengthBytes,
+      maxTopicLevels: settings.maxTopicLevels,
+    };
+    const connectTimeoutMs = config.broker.connectTimeoutSec * 1000;
+    const handle = aedes.handle;
+    aedes.handle = (conn: Duplex, request?: IncomingMessage) => {
+      const remote = remoteAddressOf(conn, request);
+      openConnections++;
+      // The guard sees bytes from the first one; aedes' Client only starts reading on 'readable'.
+      const guard = guardConnection(conn, guardLimits, (violation) => onViolation(violation, remote));
+      // Slowloris: the whole CONNECT must be in within the time allowed,
+      // however slowly it trickles in. (aedes' own timer is the backstop.)
+      const connectTimer = setTimeout(() => {
+        if (conn.destroyed) return;
+        hit('connectTimeout', { remote, connectTimeoutSec: config.broker.connectTimeoutSec });
+        conn.destroy();
+      }, connectTimeoutMs);
+      connectTimer.unref();
+      conn.once('close', () => {
+        openConnections--;
+        clearTimeout(connectTimer);
+      });
+      const client = handle(conn, request);
+      const clientFlow = flow.attach(client, conn);
+      guard.onPacket = (type) => {
+        if (type === CONNECT) clearTimeout(connectTimer);
+        else if (type === PUBACK || type === PUBCOMP) clientFlow.acknowledged();
+      };
+      return client;
+    };
+
+    // Composes with whatever authorizeSubscribe the broker was built with
+    // (the ACL): the ACL decides first, then the limits.
+    const authorizeSubscribe = aedes.authorizeSubscribe;
+    aedes.authorizeSubscribe = function limitSubscribe(this: Aedes, client, subscription: Subscription, done) {
+      const problem = filterLimit(subscription.topic);
+      if (problem) {
+        hit(problem.limit, { clientId: client.id, reason: problem.reason });
+        done(null, null);
+        return;
+      }
+      authorizeSubscribe.call(this, client, subscription, (error: Error | null, granted?: Subscription | null) => {
+        if (error || !granted) {
+          done(error, granted);
+          return;
+        }
+        if (!reserveSubscription(client, subscription.topic)) {
+          hit('maxSubscriptions', { clientId: client.id, maxSubscriptionsPerClient: settings.maxSubscriptionsPerClient });
+          done(null, null);
+          return;
+        }
+        done(null, granted);
+      });
+    };
+  }
+
+  return {
+    admit(listener, remoteAddress) {
+      if (settings.maxConnections > 0 && openConnections >= settings.maxConnections) {
+        hit('maxConnections', { listener, remote: remoteAddress, maxConnections: settings.maxConnections });
+        return { limit: 'maxConnections', reason: `the broker holds limits.maxConnections (${settings.maxConnections}) connections` };
+      }
+      if (!takeConnectToken(remoteAddress ?? 'unknown')) {
+        hit('connectRate', {
+          listener,
+          remote: remoteAddress,
+          connectRatePerAddressPerSec: settings.connectRatePerAddressPerSec,
+          connectBurstPerAddress: settings.connectBurstPerAddress,
+        });
+        return { limit: 'connectRate', reason: `${remoteAddress ?? 'this address'} opens connections faster than limits.connectRatePerAddressPerSec` };
+      }
+      return null;
+    },
+    hit,
+    install,
+    stats() {
+      return {
+        openConnections,
+        limitHits: { ...hits },
+        protocolViolations: violations,
+        protocolViolationsByRule: { ...violationsByRule },
+        flow: flow.stats(),
+      };
+    },
+  };
+}
+
+function remoteAddressOf(conn: Duplex, request: IncomingMessage | undefined): string | undefined {
+  const socket = (request?.socket ?? conn) as { remoteAddress?: string; remotePort?: number };
+  return socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort ?? '?'}` : undefined;
+}

@@ -1,0 +1,35 @@
+/**
+ * What a planned stop (SIGTERM, systemctl restart, daemon.stop()) does with
+ * the wills of the clients still connected: it does not publish them.
+ *
+ * aedes' close() closes every client as if its connection had failed, which
+ * publishes every will (lib/client.js close → finish). But those clients did
+ * not fail: the broker went away, and they reconnect once it is back. A
+ * restart announcing every device "offline" (and, for retained wills,
+ * leaving that state behind until each device publishes again) would be a
+ * false alarm on every upgrade.
+ *
+ * The wills stay stored. After the restart, a client that reconnects
+ * replaces or deletes its will with its CONNECT [MQTT-3.1.2-8]. A client
+ * that does not come back within about four heartbeat intervals
+ * (broker.heartbeatIntervalSec, 60 s by default) has its will published
+ * then: aedes publishes the stored wills of dead broker instances every four
+ * heartbeat intervals, and the persistence reports a will left by an earlier
+ * run as one (src/persistence/level-persistence.ts, PREVIOUS_RUN_BROKER_ID).
+ * The same holds after a crash, where nothing could be published anyway.
+ */
+import type { Aedes } from 'aedes';
+
+/** Makes the coming close() skip the wills of connected clients; returns how many it skipped. */
+export function withholdWills(aedes: Aedes): number {
+  let withheld = 0;
+  // Connected clients by id (aedes.js registerClient); not in aedes' typings.
+  const { clients } = aedes as unknown as { clients: Record<string, unknown> };
+  for (const client of Object.values(clients)) {
+    // aedes reads `will` when the connection closes (lib/client.js close).
+    const state = client as unknown as { will: unknown };
+    if (state.will) withheld++;
+    state.will = null;
+  }
+  return withheld;
+}

@@ -1,0 +1,317 @@
+/**
+ * Nothing acknowledged is lost: the built daemon runs as a child process and
+ * is killed with SIGKILL at random moments under QoS 1 and QoS 2 load, then
+ * restarted on the same data directory, several times. Two persistent
+ * sessions subscribe: one stays connected (and reconnects after each crash),
+ * one is offline throughout and connects only at the end. Every message whose
+ * PUBACK (QoS 1) or PUBREC (QoS 2) reached its publisher must reach both, and
+ * no QoS 2 message may reach either twice.
+ *
+ * The publishers speak MQTT byte by byte (mqtt-packet over a socket), so an
+ * acknowledgement is recorded exactly when the PUBACK or PUBREC arrives, and
+ * after a reconnect they resend what was not acknowledged as MQTT 3.1.1
+ * requires [MQTT-4.4.0-1]: a PUBLISH with DUP set, or the PUBREL. The
+ * subscribers are mqtt.js clients with clean: false that keep their incoming
+ * QoS 2 store across connections, as a device's client would.
+ *
+ * CRASH_SEED=<n> replays the kill moments of a run (printed as a comment).
+ * A SIGKILL tests process crashes; a power cut additionally needs the fsync
+ * of each batch, which the group-commit tests check is requested.
+ */
+import t, { type Test } from 'tap';
+import net from 'node:net';
+import mqtt, { Store, type MqttClient } from 'mqtt';
+import { generate, parser as packetParser, type Packet } from 'mqtt-packet';
+import { CliProcess, staleBuildNote, writeConfig } from './helpers/process.js';
+import { tempDir } from './helpers/daemon.js';
+import { eventually } from './helpers/mqtt.js';
+
+const KILLS = 4;
+/** Each load phase lasts a random time in this range (ms) before the SIGKILL. */
+const PHASE_MS = [250, 1500] as const;
+const WINDOW = 12;
+/**
+ * Messages per second per publisher. QoS 2 is slower on purpose: aedes resends
+ * a reconnecting client's queue one message at a time, and a QoS 2 message
+ * waits for its packet identifier to be durable before it is sent (see
+ * outgoingUpdate in level-persistence.ts), so the offline subscriber's
+ * backlog drains at about one fsync per QoS 2 message.
+ */
+const RATE_PER_SEC = { 1: 400, 2: 100 } as const;
+
+/** A small deterministic PRNG (mulberry32), so a failing run can be replayed. */
+function random(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let x = state;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * A QoS 1 or QoS 2 publisher with a persistent session, sending
+ * sequence-numbered messages, at most WINDOW unacknowledged at once.
+ */
+class Publisher {
+  /** Sequence numbers whose PUBACK (QoS 1) or PUBREC (QoS 2) arrived. */
+  readonly acked = new Set<number>();
+  readonly topic: string;
+  #nextSeq = 1;
+  #nextId = 1;
+  readonly #inflight = new Map<number, { seq: number; phase: 'publish' | 'pubrel' }>();
+  #socket: net.Socket | undefined;
+  #sending = false;
+  #startedAt = 0;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly clientId: string,
+    readonly qos: 1 | 2,
+  ) {
+    this.topic = `crash/q${qos}`;
+  }
+
+  get sent(): number {
+    return this.#nextSeq - 1;
+  }
+
+  get inflight(): number {
+    return this.#inflight.size;
+  }
+
+  /** Connects (clean: false), resends what is unacknowledged, and goes on sending if started. */
+  connect(port: number): Promise<void> {
+    const socket = net.connect({ host: '127.0.0.1', port, noDelay: true });
+    const parser = packetParser({ protocolVersion: 4 });
+    return new Promise((resolve, reject) => {
+      socket.on('error', () => undefined);
+      socket.on('close', () => {
+        if (this.#socket === socket) this.#socket = undefined;
+        reject(new Error(`${this.clientId}: connection closed before CONNACK`));
+      });
+      socket.on('data', (data) => parser.parse(data));
+      socket.on('connect', () =>
+        socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: this.clientId, clean: false, keepalive: 0 })),
+      );
+      parser.on('packet', (packet: Packet) => {
+        if (packet.cmd === 'connack') {
+          if (packet.returnCode !== 0) {
+            reject(new Error(`${this.clientId}: CONNACK ${packet.returnCode}`));
+            return;
+          }
+          this.#socket = socket;
+          // In the original order, PUBLISH with DUP or PUBREL [MQTT-4.4.0-1].
+          for (const [messageId, entry] of this.#inflight) {
+            socket.write(entry.phase === 'publish' ? this.#publish(messageId, entry.seq, true) : generate({ cmd: 'pubrel', messageId }));
+          }
+          resolve();
+          this.#pump();
+          return;
+        }
+        this.#onAck(packet, socket);
+      });
+    });
+  }
+
+  start(): void {
+    if (this.#sending) return;
+    this.#sending = true;
+    this.#startedAt = performance.now() - (this.sent * 1000) / RATE_PER_SEC[this.qos];
+    this.#timer = setInterval(() => this.#pump(), 5);
+  }
+
+  stop(): void {
+    this.#sending = false;
+    clearInterval(this.#timer);
+  }
+
+  close(): void {
+    this.stop();
+    this.#socket?.destroy();
+  }
+
+  #onAck(packet: Packet, socket: net.Socket): void {
+    const messageId = 'messageId' in packet ? packet.messageId : undefined;
+    const entry = messageId === undefined ? undefined : this.#inflight.get(messageId);
+    if (!entry || messageId === undefined) return;
+    if (packet.cmd === 'puback' && this.qos === 1) {
+      this.acked.add(entry.seq);
+      this.#inflight.delete(messageId);
+    } else if (packet.cmd === 'pubrec' && this.qos === 2) {
+      this.acked.add(entry.seq);
+      entry.phase = 'pubrel';
+      socket.write(generate({ cmd: 'pubrel', messageId }));
+    } else if (packet.cmd === 'pubcomp' && entry.phase === 'pubrel') {
+      this.#inflight.delete(messageId);
+    }
+    this.#pump();
+  }
+
+  #pump(): void {
+    const socket = this.#socket;
+    if (!socket || !this.#sending) return;
+    const budget = ((performance.now() - this.#startedAt) * RATE_PER_SEC[this.qos]) / 1000;
+    while (this.#inflight.size < WINDOW && this.sent < budget) {
+      const seq = this.#nextSeq++;
+      let messageId = this.#nextId;
+      while (this.#inflight.has(messageId)) messageId = (messageId % 65535) + 1;
+      this.#nextId = (messageId % 65535) + 1;
+      this.#inflight.set(messageId, { seq, phase: 'publish' });
+      socket.write(this.#publish(messageId, seq, false));
+    }
+  }
+
+  #publish(messageId: number, seq: number, dup: boolean): Buffer {
+    return generate({ cmd: 'publish', topic: this.topic, payload: Buffer.from(String(seq)), qos: this.qos, messageId, dup, retain: false });
+  }
+}
+
+/** mqtt.js closes its stores when a client ends; this one outlives its client, like a device's stored state. */
+class KeptStore extends Store {
+  override close(callback?: () => void): this {
+    callback?.();
+    return this;
+  }
+}
+
+/** A persistent-session subscriber whose deliveries are counted per message across connections. */
+class Subscriber {
+  /** `${qos}:${seq}` → times delivered to the application. */
+  readonly deliveries = new Map<string, number>();
+  /** mqtt.js delivers a QoS 2 message at PUBREL; its store of received PUBLISHes outlives a connection. */
+  readonly #incomingStore = new KeptStore();
+  #client: MqttClient | undefined;
+
+  constructor(readonly clientId: string) {}
+
+  async connect(t: Test, port: number): Promise<{ sessionPresent: boolean }> {
+    const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, {
+      clientId: this.clientId,
+      clean: false,
+      reconnectPeriod: 0,
+      connectTimeout: 10_000,
+      keepalive: 0,
+      incomingStore: this.#incomingStore,
+    });
+    this.#client = client;
+    t.teardown(() => client.endAsync(true));
+    client.on('error', () => undefined);
+    client.on('message', (topic, payload) => {
+      const key = `${topic === 'crash/q2' ? 2 : 1}:${payload.toString()}`;
+      this.deliveries.set(key, (this.deliveries.get(key) ?? 0) + 1);
+    });
+    const connack = await new Promise<{ sessionPresent: boolean }>((resolve, reject) => {
+      client.once('connect', resolve);
+      client.once('close', () => reject(new Error(`${this.clientId}: closed before CONNACK`)));
+    });
+    return connack;
+  }
+
+  async subscribe(): Promise<void> {
+    await this.#client!.subscribeAsync({ 'crash/q1': { qos: 1 }, 'crash/q2': { qos: 2 } });
+  }
+
+  async disconnect(): Promise<void> {
+    await this.#client?.endAsync();
+  }
+
+  missing(publisher: Publisher): number[] {
+    return [...publisher.acked].filter((seq) => !this.deliveries.has(`${publisher.qos}:${seq}`)).sort((a, b) => a - b);
+  }
+
+  duplicates(qos: 1 | 2): string[] {
+    return [...this.deliveries].filter(([key, n]) => key.startsWith(`${qos}:`) && n > 1).map(([key, n]) => `${key}×${n}`);
+  }
+}
+
+t.test('SIGKILL under QoS 1/2 load loses no acknowledged message and duplicates no QoS 2 message', async (t) => {
+  const stale = staleBuildNote();
+  if (stale) t.comment(`warning: ${stale}`);
+  const seed = Number(process.env.CRASH_SEED ?? Date.now() % 2 ** 31);
+  const rand = random(seed);
+  t.comment(`CRASH_SEED=${seed}`);
+
+  const dir = tempDir(t, 'edgemqtt-crash-');
+  const configPath = await writeConfig(dir, {
+    dataDir: `${dir}/data`,
+    log: { level: 'info' },
+    mqtt: { host: '127.0.0.1', port: 0 },
+    http: { enabled: false },
+    // Every acknowledged message must be kept: no queue limit drops any.
+    persistence: { sync: 'batch', maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0 },
+  });
+  const startBroker = async (): Promise<{ cli: CliProcess; port: number }> => {
+    const cli = new CliProcess(t, ['start', '--config', configPath], { cwd: dir });
+    const ready = await cli.waitForLog('edgemqtt ready', { timeoutMs: 30_000 });
+    const port = (ready.addresses as { mqtt?: { port: number } }).mqtt?.port;
+    if (!port) throw new Error(`no MQTT port in ${JSON.stringify(ready)}`);
+    return { cli, port };
+  };
+
+  const publishers = [new Publisher('crash-pub-q1', 1), new Publisher('crash-pub-q2', 2)];
+  const online = new Subscriber('crash-sub-online');
+  const offline = new Subscriber('crash-sub-offline');
+  t.teardown(() => publishers.forEach((publisher) => publisher.close()));
+
+  let broker = await startBroker();
+  await offline.connect(t, broker.port);
+  await offline.subscribe();
+  await offline.disconnect();
+  await online.connect(t, broker.port);
+  await online.subscribe();
+
+  const phases: string[] = [];
+  for (let kill = 1; kill <= KILLS; kill++) {
+    for (const publisher of publishers) await publisher.connect(broker.port);
+    for (const publisher of publishers) publisher.start();
+    const loadMs = Math.round(PHASE_MS[0] + rand() * (PHASE_MS[1] - PHASE_MS[0]));
+    const ackedBefore = publishers.map((p) => p.acked.size);
+    await new Promise((resolve) => setTimeout(resolve, loadMs));
+    const inflight = publishers.map((p) => p.inflight);
+    broker.cli.signal('SIGKILL');
+    const exit = await broker.cli.waitForExit();
+    t.equal(exit.signal, 'SIGKILL', `crash ${kill}: killed after ${loadMs} ms of load`);
+    phases.push(
+      `crash ${kill} after ${loadMs} ms: acked ${publishers.map((p, i) => p.acked.size - ackedBefore[i]!).join('+')}, in flight ${inflight.join('+')}`,
+    );
+    for (const publisher of publishers) publisher.stop();
+    broker = await startBroker();
+    const { sessionPresent } = await online.connect(t, broker.port);
+    t.ok(sessionPresent, `crash ${kill}: the connected subscriber's session survived`);
+  }
+
+  // The last run is not killed: publishers finish what is in flight.
+  for (const publisher of publishers) await publisher.connect(broker.port);
+  for (const publisher of publishers) publisher.start();
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  for (const publisher of publishers) publisher.stop();
+  await eventually(() => publishers.every((p) => p.inflight === 0), 20_000, 'the publishers to finish their handshakes');
+  const { sessionPresent } = await offline.connect(t, broker.port);
+  t.ok(sessionPresent, 'the offline subscriber kept its session through every crash');
+
+  const complete = (subscriber: Subscriber) => publishers.every((p) => subscriber.missing(p).length === 0);
+  await eventually(() => complete(online) && complete(offline), 30_000, 'every acknowledged message at both subscribers').catch(
+    () => undefined,
+  );
+  for (const line of phases) t.comment(line);
+  for (const subscriber of [online, offline]) {
+    for (const publisher of publishers) {
+      const missing = subscriber.missing(publisher);
+      t.same(
+        missing.slice(0, 20),
+        [],
+        `${subscriber.clientId}: all ${publisher.acked.size} acknowledged QoS ${publisher.qos} messages delivered` +
+          (missing.length > 0 ? ` (${missing.length} missing)` : ''),
+      );
+    }
+    t.same(subscriber.duplicates(2), [], `${subscriber.clientId}: no QoS 2 message delivered twice`);
+    t.comment(`${subscriber.clientId}: QoS 1 duplicates (allowed): ${subscriber.duplicates(1).length}`);
+  }
+  t.ok(
+    publishers.every((p) => p.acked.size === p.sent),
+    `every message sent was acknowledged in the end (${publishers.map((p) => p.sent).join(' + ')})`,
+  );
+});

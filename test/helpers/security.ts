@@ -1,0 +1,76 @@
+/**
+ * A daemon for the security tests: like startDaemon, plus the TLS listener's
+ * address and every log line it writes (to check what is and is not logged).
+ */
+import { Writable } from 'node:stream';
+import type { Test } from 'tap';
+import { createDaemon, type Daemon } from '../../src/index.js';
+import type { ConfigInput } from '../../src/config/schema.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { testConfig } from './daemon.js';
+
+export interface LogRecord {
+  level: number;
+  msg: string;
+  [key: string]: unknown;
+}
+
+export class LogCapture {
+  readonly records: LogRecord[] = [];
+  /** Every line exactly as written, to search for what must never appear. */
+  raw = '';
+  readonly stream = new Writable({
+    write: (chunk: Buffer, _encoding, callback) => {
+      const text = chunk.toString('utf8');
+      this.raw += text;
+      for (const line of text.split('\n')) if (line.trim() !== '') this.records.push(JSON.parse(line) as LogRecord);
+      callback();
+    },
+  });
+
+  find(msg: string | RegExp, predicate: (record: LogRecord) => boolean = () => true): LogRecord | undefined {
+    return this.records.find((record) => (typeof msg === 'string' ? record.msg === msg : msg.test(record.msg)) && predicate(record));
+  }
+}
+
+export interface SecureDaemon {
+  daemon: Daemon;
+  log: LogCapture;
+  mqttUrl: string;
+  mqttsUrl: string;
+  wsUrl: string;
+  wssUrl: string;
+  httpUrl: string;
+  httpsUrl: string;
+  tlsPort: number;
+  httpPort: number;
+}
+
+type Overrides = Parameters<typeof testConfig>[1];
+
+/** Builds (and by default starts) a daemon on loopback, port 0, logging at debug into a LogCapture. */
+export async function startSecureDaemon(t: Test, overrides: Overrides = {}, options: { start?: boolean } = {}): Promise<SecureDaemon> {
+  const log = new LogCapture();
+  const config = testConfig(t, {
+    ...overrides,
+    tls: { host: '127.0.0.1', port: 0, ...overrides.tls },
+  } as Overrides) as ConfigInput;
+  const logger = createLogger({ level: 'debug', destination: log.stream as never });
+  const daemon = await createDaemon(config, { logger });
+  t.teardown(() => daemon.stop());
+  if (options.start !== false) await daemon.start();
+  const { mqtt, tls, http } = daemon.addresses();
+  const path = daemon.config.http.websocket.path;
+  return {
+    daemon,
+    log,
+    mqttUrl: `mqtt://127.0.0.1:${mqtt?.port ?? 0}`,
+    mqttsUrl: `mqtts://127.0.0.1:${tls?.port ?? 0}`,
+    wsUrl: `ws://127.0.0.1:${http?.port ?? 0}${path}`,
+    wssUrl: `wss://127.0.0.1:${http?.port ?? 0}${path}`,
+    httpUrl: `http://127.0.0.1:${http?.port ?? 0}`,
+    httpsUrl: `https://127.0.0.1:${http?.port ?? 0}`,
+    tlsPort: tls?.port ?? 0,
+    httpPort: http?.port ?? 0,
+  };
+}

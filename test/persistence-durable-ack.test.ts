@@ -1,0 +1,260 @@
+/**
+ * Acknowledge after durable, on real aedes over TCP with the LevelDB store:
+ * a PUBACK or PUBREC leaves only once the records of its PUBLISH are written
+ * (src/broker/durable-ack.ts, level-persistence.ts), those records land in
+ * one batch, a failed write acknowledges nothing, and wills still publish
+ * exactly once. The store's batch() is wrapped so a test can hold a batch
+ * (the fsync "takes" as long as the test wants), fail one, or see its keys.
+ */
+import t, { type Test } from 'tap';
+import path from 'node:path';
+import { Aedes, type PublishPacket } from 'aedes';
+import type { Packet } from 'mqtt-packet';
+import { createBroker } from '../src/broker/broker.js';
+import { installDurableAck } from '../src/broker/durable-ack.js';
+import { validateConfig } from '../src/config/load.js';
+import { createLogger } from '../src/observability/logger.js';
+import { createLevelPersistence, type SyncPolicy } from '../src/persistence/index.js';
+import type { BatchOp } from '../src/persistence/group-commit.js';
+import { createTcpListener } from '../src/transports/tcp.js';
+import { testConfig } from './helpers/daemon.js';
+import { connectRaw, eventually, openClient, type RawClient } from './helpers/mqtt.js';
+
+interface Harness {
+  url: string;
+  /** Namespace letters of the ops of each batch handed to LevelDB, in order. */
+  batches: string[][];
+  /** Batches handed to LevelDB from now on wait until release(). */
+  hold(): void;
+  release(): void;
+  /** The next batch fails. */
+  failNext(): void;
+}
+
+const logger = createLogger({ level: (process.env.EDGEMQTT_TEST_LOG as 'debug' | undefined) ?? 'silent' });
+
+/** Broker, LevelDB persistence and TCP listener as the daemon wires them, with a wrapped batch(). */
+async function start(t: Test, sync: SyncPolicy = 'batch'): Promise<Harness> {
+  const config = validateConfig(testConfig(t, { persistence: { sync } }));
+  const persistence = createLevelPersistence({ path: path.join(config.dataDir, 'store'), ...config.persistence }, { logger });
+  await persistence.start();
+  const batches: string[][] = [];
+  let gate: { promise: Promise<void>; open(): void } | undefined;
+  let failNext = false;
+  const db = persistence.db as unknown as { batch(ops: BatchOp[], options: { sync: boolean }): Promise<void> };
+  const batch = db.batch.bind(db);
+  db.batch = async (ops, options) => {
+    batches.push(ops.map((op) => String.fromCharCode(op.key[0]!)));
+    if (gate) await gate.promise;
+    if (failNext) {
+      failNext = false;
+      throw new Error('injected write failure');
+    }
+    return batch(ops, options);
+  };
+  const broker = createBroker(config, { logger, persistence });
+  await broker.start();
+  const listener = createTcpListener(config, { broker, logger });
+  await listener.start();
+  t.teardown(async () => {
+    gate?.open();
+    listener.stopAccepting();
+    await broker.stop();
+    await listener.stop();
+    await persistence.stop();
+  });
+  return {
+    url: `mqtt://127.0.0.1:${listener.address()!.port}`,
+    batches,
+    hold() {
+      let open!: () => void;
+      const promise = new Promise<void>((resolve) => (open = resolve));
+      gate = { promise, open };
+    },
+    release() {
+      gate?.open();
+      gate = undefined;
+    },
+    failNext() {
+      failNext = true;
+    },
+  };
+}
+
+function connectPacket(clientId: string, clean = false): Packet {
+  return { cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId, clean, keepalive: 0 };
+}
+
+function publishPacket(topic: string, payload: string, qos: 1 | 2, messageId: number, extra: Partial<PublishPacket> = {}): Packet {
+  return { cmd: 'publish', topic, payload: Buffer.from(payload), qos, messageId, retain: false, dup: false, ...extra };
+}
+
+async function rawSession(t: Test, url: string, clientId: string): Promise<RawClient> {
+  const raw = await connectRaw(t, url);
+  raw.send(connectPacket(clientId));
+  await raw.waitForPacket('connack');
+  return raw;
+}
+
+/** Sends `packets` and a PINGREQ in one write: aedes handles them as one batch, so the PINGRESP shows they were all read. */
+async function sendThenPing(raw: RawClient, packets: Packet[]): Promise<void> {
+  const pings = raw.packets.filter((p) => p.cmd === 'pingresp').length;
+  const { generate } = await import('mqtt-packet');
+  raw.send(Buffer.concat([...packets.map((p) => generate(p)), generate({ cmd: 'pingreq' })]));
+  await raw.waitFor((all) => all.filter((p) => p.cmd === 'pingresp').length > pings, 5000, 'PINGRESP');
+}
+
+const count = (raw: RawClient, cmd: Packet['cmd']) => raw.packets.filter((p) => p.cmd === cmd).length;
+
+/** A persistent session subscribed to `filter` that then goes offline. */
+async function offlineSubscriber(t: Test, url: string, clientId: string, filter: string, qos: 1 | 2): Promise<void> {
+  const { client } = await openClient(t, url, { clientId, clean: false });
+  await client.subscribeAsync(filter, { qos });
+  await client.endAsync();
+}
+
+t.test('the records of one QoS 2 PUBLISH land in one batch, under every sync policy', async (t) => {
+  for (const sync of ['batch', 'always', 'os'] as const) {
+    await t.test(sync, async (t) => {
+      const h = await start(t, sync);
+      await offlineSubscriber(t, h.url, 'offline', 'plant/#', 2);
+      const online = await openClient(t, h.url, { clientId: 'online', clean: false });
+      await online.client.subscribeAsync('plant/#', { qos: 2 });
+      const publisher = await rawSession(t, h.url, 'publisher');
+
+      const from = h.batches.length;
+      publisher.send(publishPacket('plant/state', 'running', 2, 1, { retain: true }));
+      await publisher.waitForPacket('pubrec');
+      const withIncoming = h.batches.slice(from).filter((ops) => ops.includes('I'));
+      t.equal(withIncoming.length, 1, 'the QoS 2 packet is written once');
+      const batch = withIncoming[0] ?? [];
+      t.ok(batch.includes('R'), `its retained message is in the same batch (${batch.join('')})`);
+      t.equal(batch.filter((ns) => ns === 'O').length, 2, 'and the queue entries of both persistent sessions');
+
+      publisher.send({ cmd: 'pubrel', messageId: 1 });
+      await publisher.waitForPacket('pubcomp');
+      await online.log.waitForCount(1);
+      t.same(online.log.messages.map((m) => m.payload), ['running']);
+    });
+  }
+});
+
+t.test('a QoS 1 PUBACK waits for the batch holding its records', async (t) => {
+  const h = await start(t);
+  await offlineSubscriber(t, h.url, 'offline', 'hold/#', 1);
+  const publisher = await rawSession(t, h.url, 'publisher');
+  const from = h.batches.length;
+  h.hold();
+  await sendThenPing(publisher, [publishPacket('hold/a', 'one', 1, 1)]);
+  await eventually(() => h.batches.slice(from).some((ops) => ops.includes('O')), 5000, 'the queue write to reach LevelDB');
+  // aedes as shipped writes the PUBACK before it publishes: it would be here by now.
+  t.equal(count(publisher, 'puback'), 0, 'no PUBACK while the write is in flight');
+  h.release();
+  const puback = await publisher.waitForPacket('puback');
+  t.equal(puback.messageId, 1, 'the PUBACK follows the durable write');
+
+  const { log } = await openClient(t, h.url, { clientId: 'offline', clean: false });
+  await log.waitForCount(1);
+  t.same(log.messages.map((m) => m.payload), ['one'], 'and the message was queued exactly once');
+});
+
+t.test('a QoS 2 PUBREC waits for the batch, also for a resend on a new connection', async (t) => {
+  const h = await start(t);
+  await offlineSubscriber(t, h.url, 'offline', 'hold/#', 2);
+  const first = await rawSession(t, h.url, 'publisher');
+  const from = h.batches.length;
+  h.hold();
+  await sendThenPing(first, [publishPacket('hold/b', 'two', 2, 7)]);
+  await eventually(() => h.batches.slice(from).some((ops) => ops.includes('I')), 5000, 'the QoS 2 records to reach LevelDB');
+  t.equal(count(first, 'pubrec'), 0, 'no PUBREC while the write is in flight');
+
+  // The publisher gives up on that connection and resends on a new one
+  // [MQTT-4.4.0-1] (the new CONNECT closes the old connection [MQTT-3.1.4-2]).
+  // The packet is known, but not durable yet: no early PUBREC.
+  const second = await rawSession(t, h.url, 'publisher');
+  await first.waitForClose();
+  await sendThenPing(second, [publishPacket('hold/b', 'two', 2, 7, { dup: true })]);
+  t.equal(count(second, 'pubrec'), 0, 'the resend gets no PUBREC before the original is durable');
+  h.release();
+  const pubrec = await second.waitForPacket('pubrec');
+  t.equal(pubrec.messageId, 7);
+  second.send({ cmd: 'pubrel', messageId: 7 });
+  await second.waitForPacket('pubcomp');
+
+  const { client, log } = await openClient(t, h.url, { clientId: 'offline', clean: false });
+  await log.waitForCount(1);
+  await client.publishAsync('hold/marker', 'marker', { qos: 1 });
+  await log.waitFor((m) => m.some((x) => x.topic === 'hold/marker'), 5000, 'the marker');
+  t.same(log.messages.map((m) => m.payload), ['two', 'marker'], 'delivered once');
+});
+
+t.test('a failed write acknowledges nothing; the resend is stored and delivered once', async (t) => {
+  const h = await start(t);
+  await offlineSubscriber(t, h.url, 'offline', 'fail/#', 2);
+  for (const qos of [1, 2] as const) {
+    const first = await rawSession(t, h.url, `publisher-${qos}`);
+    h.failNext();
+    first.send(publishPacket(`fail/${qos}`, `qos${qos}`, qos, 3));
+    await first.waitForClose();
+    t.equal(count(first, qos === 1 ? 'puback' : 'pubrec'), 0, `QoS ${qos}: no acknowledgement, the connection is closed`);
+    const second = await rawSession(t, h.url, `publisher-${qos}`);
+    second.send(publishPacket(`fail/${qos}`, `qos${qos}`, qos, 3, { dup: true }));
+    await second.waitForPacket(qos === 1 ? 'puback' : 'pubrec');
+    if (qos === 2) {
+      second.send({ cmd: 'pubrel', messageId: 3 });
+      await second.waitForPacket('pubcomp');
+    }
+  }
+  const { client, log } = await openClient(t, h.url, { clientId: 'offline', clean: false });
+  await log.waitFor((m) => m.some((x) => x.payload === 'qos2'), 5000, 'the QoS 2 message');
+  // A QoS 2 marker: mqtt.js hands QoS 2 messages over at PUBREL, in order.
+  await client.publishAsync('fail/marker', 'marker', { qos: 2 });
+  await log.waitFor((m) => m.some((x) => x.topic === 'fail/marker'), 5000, 'the marker');
+  t.same(log.messages.map((m) => m.payload).sort(), ['marker', 'qos1', 'qos2'], 'each message once, the failed attempts nowhere');
+});
+
+t.test('wills still publish exactly once, live and into offline queues', async (t) => {
+  const h = await start(t);
+  await offlineSubscriber(t, h.url, 'offline', 'will/#', 1);
+  const watcher = await openClient(t, h.url, { clientId: 'watcher' });
+  await watcher.client.subscribeAsync('will/#', { qos: 1 });
+  const dropped = await openClient(t, h.url, {
+    clientId: 'dropped',
+    will: { topic: 'will/dropped', payload: Buffer.from('offline'), qos: 1, retain: false },
+  });
+  dropped.client.stream.destroy();
+  await watcher.log.waitForCount(1);
+  await watcher.client.publishAsync('will/marker', 'marker', { qos: 1 });
+  await watcher.log.waitFor((m) => m.some((x) => x.topic === 'will/marker'), 5000, 'the marker');
+  t.same(watcher.log.messages.map((m) => m.topic), ['will/dropped', 'will/marker'], 'live: once');
+
+  const offline = await openClient(t, h.url, { clientId: 'offline', clean: false });
+  await offline.log.waitForCount(2);
+  await offline.client.publishAsync('will/marker', 'second marker', { qos: 1 });
+  await offline.log.waitFor((m) => m.some((x) => x.payload === 'second marker'), 5000, 'the second marker');
+  t.same(
+    offline.log.messages.map((m) => m.payload),
+    ['offline', 'marker', 'second marker'],
+    'queued: once',
+  );
+});
+
+t.test('suppress(): the next publish of that packet object is a no-op', async (t) => {
+  const aedes = await Aedes.createBroker();
+  t.teardown(() => new Promise<void>((resolve) => aedes.close(() => resolve())));
+  const gate = installDurableAck(aedes);
+  const seen: string[] = [];
+  await new Promise<void>((resolve) =>
+    aedes.subscribe('gate/#', (packet, done) => {
+      seen.push(packet.payload.toString());
+      done();
+    }, resolve),
+  );
+  const publish = (packet: PublishPacket) => new Promise<void>((resolve, reject) => aedes.publish(packet, (error) => (error ? reject(error) : resolve())));
+  const dropped = publishPacket('gate/a', 'dropped', 1, 1) as PublishPacket;
+  gate.suppress(dropped);
+  await publish(dropped);
+  await publish(publishPacket('gate/a', 'kept', 1, 2) as PublishPacket);
+  await publish(dropped);
+  t.same(seen, ['kept', 'dropped'], 'suppressed once, then published as usual');
+});

@@ -1,0 +1,152 @@
+/**
+ * ProtocolGuard follows packet boundaries in a raw client byte stream and
+ * judges each packet before aedes' parser can see all of it. It must never
+ * lose sync whatever the chunking, must reach the same verdict however the
+ * bytes are split, must never throw on any input, and anything it lets
+ * through must parse cleanly with mqtt-packet (aedes' parser).
+ */
+import t from 'tap';
+import * as mqttPacket from 'mqtt-packet';
+import { ProtocolGuard, type Verdict } from '../src/broker/protocol-guard.js';
+import { random } from './helpers/random.js';
+import { connect, publish, subscribe, unsubscribe, puback, pubrec, pubrel, pubcomp, pingreq, disconnect } from './helpers/packets.js';
+
+const limits = { maxPacketBytes: 1_048_576, maxTopicLengthBytes: 0, maxTopicLevels: 100 };
+
+const valid: Buffer[] = [
+  connect({ clientId: 'guard-ü', will: { topic: 'w/€', qos: 1, retain: true }, username: 'user', password: Buffer.from([0, 0xff, 0]) }),
+  publish('a/b', { qos: 0 }),
+  publish('a/ü/𝄞', { qos: 1, id: 7, payload: Buffer.alloc(300, 0x30) }),
+  publish('a', { qos: 2, id: 65535, payload: Buffer.alloc(20_000, 0xff) }),
+  // A payload that looks like a huge fixed header and like invalid UTF-8: payloads are never judged.
+  publish('decoy', { qos: 1, id: 1, payload: Buffer.from([0x30, 0xff, 0xff, 0xff, 0x7f, 0xed, 0xa0, 0x80, 0x00]) }),
+  subscribe(2, ['a/#', '+/b/+', '#', '+', '$SYS/#', 'x//y'], 2),
+  unsubscribe(3, ['a/#', '+']),
+  puback(1),
+  pubrec(2),
+  pubrel(2),
+  pubcomp(2),
+  pingreq(),
+  disconnect(),
+];
+const stream = Buffer.concat(valid);
+
+function feed(guard: ProtocolGuard, chunks: Uint8Array[]): { at: number; verdict: Verdict } | null {
+  for (let i = 0; i < chunks.length; i++) {
+    const verdict = guard.inspect(chunks[i] as Uint8Array);
+    if (verdict !== null) return { at: i, verdict };
+  }
+  return null;
+}
+
+t.test('a valid stream passes whole, split anywhere in two, and byte by byte', async (t) => {
+  const whole = new ProtocolGuard(limits);
+  let packets = 0;
+  whole.onPacket = () => packets++;
+  t.equal(feed(whole, [stream]), null);
+  t.equal(packets, valid.length, 'every packet seen once');
+  for (let split = 1; split < stream.length; split += split < 400 ? 1 : 97) {
+    const guard = new ProtocolGuard(limits);
+    const verdict = feed(guard, [stream.subarray(0, split), stream.subarray(split)]);
+    if (verdict !== null) {
+      t.fail(`split at ${split}: ${JSON.stringify(verdict)}`);
+      return;
+    }
+  }
+  const bytewise = new ProtocolGuard(limits);
+  let seen = 0;
+  bytewise.onPacket = () => seen++;
+  t.equal(feed(bytewise, [...stream].map((byte) => Uint8Array.of(byte))), null, 'byte by byte');
+  t.equal(seen, valid.length);
+});
+
+t.test('a violation is found wherever the stream is split, and the valid packets before it are handed over', async (t) => {
+  const prefix = Buffer.concat(valid.slice(0, 4));
+  const bad = publish(Buffer.from([0x61, 0xed, 0xa0, 0x80]), { qos: 1, id: 9 });
+  const all = Buffer.concat([prefix, bad, pingreq()]);
+  for (let split = 0; split <= all.length; split++) {
+    const guard = new ProtocolGuard(limits);
+    const chunks = split === 0 ? [all] : [all.subarray(0, split), all.subarray(split)];
+    const result = feed(guard, chunks);
+    if (!result || result.verdict.kind !== 'protocol' || result.verdict.rule !== 'MQTT-1.5.3-1') {
+      t.fail(`split at ${split}: ${JSON.stringify(result)}`);
+      return;
+    }
+    // Bytes handed to the parser: earlier chunks in full, plus validBytes of the verdict's chunk.
+    const handedOver = chunks.slice(0, result.at).reduce((sum, chunk) => sum + chunk.length, 0) + result.verdict.validBytes;
+    if (handedOver > prefix.length + bad.length - 1 || handedOver < Math.min(prefix.length, split || prefix.length)) {
+      t.fail(`split at ${split}: handed over ${handedOver} bytes; the bad packet ends at ${prefix.length + bad.length}`);
+      return;
+    }
+  }
+  t.pass('same verdict at every split; the bad packet is never handed over whole');
+});
+
+t.test('limits: packet size from the header alone, topic length and levels', async (t) => {
+  const small = new ProtocolGuard({ maxPacketBytes: 100, maxTopicLengthBytes: 8, maxTopicLevels: 3 });
+  t.equal(small.inspect(connect()), null);
+  // Header of a 2 MiB PUBLISH, no body: refused at once.
+  t.match(small.inspect(Uint8Array.of(0x30, 0x80, 0x80, 0x80, 0x01)), { kind: 'limit', limit: 'maxPacketSize' });
+  const topics = new ProtocolGuard({ maxPacketBytes: 100, maxTopicLengthBytes: 8, maxTopicLevels: 3 });
+  topics.inspect(connect());
+  t.equal(topics.inspect(publish('a/b/c')), null, 'within both limits');
+  t.match(topics.inspect(publish('abcdefghi')), { kind: 'limit', limit: 'maxTopicLength' });
+  const levels = new ProtocolGuard({ maxPacketBytes: 100, maxTopicLengthBytes: 8, maxTopicLevels: 3 });
+  levels.inspect(connect());
+  t.match(levels.inspect(publish('a/b/c/d')), { kind: 'limit', limit: 'maxTopicLevels' });
+  const will = new ProtocolGuard({ maxPacketBytes: 100, maxTopicLengthBytes: 8, maxTopicLevels: 3 });
+  t.match(will.inspect(connect({ will: { topic: 'a/b/c/d' } })), { kind: 'limit', limit: 'maxTopicLevels' }, 'a will topic too');
+});
+
+t.test('a CONNECT for another protocol level is left to aedes (CONNACK 0x01), and the bytes after it withheld', async (t) => {
+  const guard = new ProtocolGuard(limits);
+  const v5 = connect({ protocolLevel: 5 });
+  const verdict = guard.inspect(Buffer.concat([v5, Buffer.from([0xf0, 0x00])]));
+  t.same(verdict, { kind: 'withhold', validBytes: v5.length });
+});
+
+t.test('fuzz: never throws, and whatever it lets through parses cleanly with mqtt-packet', async (t) => {
+  const next = random(0xed9e);
+  const runs = 20_000;
+  let accepted = 0;
+  let refused = 0;
+  for (let run = 0; run < runs; run++) {
+    const bytes = Buffer.from(Buffer.concat([valid[0] as Buffer, ...valid.slice(1).filter(() => next() < 0.5)]));
+    // Flip, insert or truncate a few bytes.
+    const edits = 1 + Math.floor(next() * 4);
+    let mutated = bytes;
+    for (let e = 0; e < edits; e++) {
+      const at = Math.floor(next() * mutated.length);
+      const kind = next();
+      if (kind < 0.6) mutated[at] = Math.floor(next() * 256);
+      else if (kind < 0.8) mutated = Buffer.concat([mutated.subarray(0, at), Buffer.from([Math.floor(next() * 256)]), mutated.subarray(at)]);
+      else mutated = mutated.subarray(0, at);
+    }
+    const guard = new ProtocolGuard(limits);
+    const split = Math.floor(next() * mutated.length);
+    const chunks = [mutated.subarray(0, split), mutated.subarray(split)];
+    let result: ReturnType<typeof feed>;
+    try {
+      result = feed(guard, chunks);
+    } catch (error) {
+      t.fail(`run ${run} threw ${String(error)} on ${mutated.toString('hex')}`);
+      return;
+    }
+    // Left to aedes, which answers CONNACK 0x01 or (mqtt-packet) refuses the level.
+    if (guard.unsupportedLevel) continue;
+    const handedOver = result
+      ? Buffer.concat([...chunks.slice(0, result.at), chunks[result.at]!.subarray(0, result.verdict.validBytes)])
+      : mutated;
+    if (result) refused++;
+    else accepted++;
+    const parser = mqttPacket.parser({ protocolVersion: 4 });
+    const errors: string[] = [];
+    parser.on('error', (error: Error) => errors.push(error.message));
+    parser.parse(handedOver);
+    if (errors.length > 0) {
+      t.fail(`run ${run}: guard passed bytes mqtt-packet rejects (${errors.join('; ')}): ${handedOver.toString('hex')}`);
+      return;
+    }
+  }
+  t.ok(accepted > runs / 20 && refused > runs / 20, `both outcomes exercised (${accepted} passed, ${refused} refused)`);
+});
