@@ -25,6 +25,7 @@ import { generate, parser as packetParser, type Packet } from 'mqtt-packet';
 import { CliProcess, staleBuildNote, writeConfig } from './helpers/process.js';
 import { tempDir } from './helpers/daemon.js';
 import { eventually } from './helpers/mqtt.js';
+import { random } from './helpers/random.js';
 
 const KILLS = 4;
 /** Each load phase lasts a random time in this range (ms) before the SIGKILL. */
@@ -39,17 +40,6 @@ const WINDOW = 12;
  */
 const RATE_PER_SEC = { 1: 400, 2: 100 } as const;
 
-/** A small deterministic PRNG (mulberry32), so a failing run can be replayed. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let x = state;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * A QoS 1 or QoS 2 publisher with a persistent session, sending

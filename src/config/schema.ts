@@ -24,17 +24,19 @@ const logLevel = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'si
 /** Larger than this cannot be encoded in MQTT 3.1.1's Remaining Length [MQTT-2.2.3]. */
 export const MQTT_MAX_REMAINING_LENGTH = 268_435_455;
 
+const listenerMaxConnections = z
+  .number()
+  .int()
+  .min(0)
+  .default(0)
+  .describe('Connections this listener accepts at once; 0 = unlimited');
+
 const mqttListener = z
   .strictObject({
     enabled: z.boolean().default(true).describe('Accept MQTT over plain TCP'),
     host: host.default('0.0.0.0'),
     port: port('MQTT').default(1883),
-    maxConnections: z
-      .number()
-      .int()
-      .min(0)
-      .default(0)
-      .describe('Connections this listener accepts at once; 0 = unlimited'),
+    maxConnections: listenerMaxConnections,
   })
   .prefault({});
 
@@ -91,12 +93,7 @@ const tlsListener = z
     enabled: z.boolean().default(false).describe('Accept MQTT over TLS'),
     host: host.default('0.0.0.0'),
     port: port('MQTT over TLS').default(8883),
-    maxConnections: z
-      .number()
-      .int()
-      .min(0)
-      .default(0)
-      .describe('Connections this listener accepts at once; 0 = unlimited'),
+    maxConnections: listenerMaxConnections,
     ...tlsSettingsShape,
   })
   .superRefine(checkTlsSettings)
