@@ -12,6 +12,7 @@ import type { Writable } from 'node:stream';
 import { Aedes } from 'aedes';
 import mqttPacket from 'mqtt-packet';
 import { WebSocketServer, createWebSocketStream } from 'ws';
+import { coalesceWrites } from '../src/transports/write-coalescer.js';
 
 export interface BenchServer {
   tcpPort: number;
@@ -130,67 +131,6 @@ export function applyPatches(variant: Variant): void {
     };
   }
   packets.writeToStream = write;
-}
-
-/** A connection's pending output beyond this is written at once rather than at the end of the turn. */
-const COALESCE_LIMIT_BYTES = 64 * 1024;
-let pendingFlushes: Array<() => void> = [];
-
-function flushAll(): void {
-  const flushes = pendingFlushes;
-  pendingFlushes = [];
-  for (const flush of flushes) flush();
-}
-
-/**
- * Coalesces a connection's writes: write() only collects the chunk, and once
- * per event-loop turn (one setImmediate shared by all connections), or as soon
- * as 64 KiB are pending, the chunks go to the real write() as one buffer.
- * aedes delivers every message in its own setImmediate and mqtt-packet writes
- * a PUBLISH as five pieces; unbatched that is one writev syscall per message
- * on TCP, and five WebSocket frames per message on ws (createWebSocketStream
- * sends one frame per write()). Nothing is held between turns, so an idle
- * connection costs no memory. The return value stays honest for aedes'
- * backpressure: false only when the real write() said so.
- *
- * The same shape as guardPacketSize (an own-property override on one
- * connection), so it could move to src/transports as it is.
- */
-export function coalesceWrites(stream: Writable): void {
-  const originalWrite = stream.write as (chunk: unknown, encoding?: unknown, callback?: unknown) => boolean;
-  const originalEnd = stream.end as (...args: unknown[]) => Writable;
-  let chunks: Buffer[] = [];
-  let pendingBytes = 0;
-  let scheduled = false;
-  const flush = (): boolean => {
-    scheduled = false;
-    if (pendingBytes === 0) return true;
-    const out = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, pendingBytes);
-    chunks = [];
-    pendingBytes = 0;
-    return stream.destroyed ? false : originalWrite.call(stream, out);
-  };
-  stream.write = ((chunk: Buffer | string, encoding?: unknown, callback?: unknown): boolean => {
-    if (typeof encoding === 'function' || typeof callback === 'function') {
-      // Callers that wait for a write's callback (none in aedes' data path) keep exact semantics.
-      flush();
-      return originalWrite.call(stream, chunk, encoding, callback);
-    }
-    const buffer = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
-    chunks.push(buffer);
-    pendingBytes += buffer.length;
-    if (pendingBytes >= COALESCE_LIMIT_BYTES) return flush();
-    if (!scheduled) {
-      scheduled = true;
-      if (pendingFlushes.length === 0) setImmediate(flushAll);
-      pendingFlushes.push(flush);
-    }
-    return true;
-  }) as Writable['write'];
-  stream.end = ((...args: unknown[]) => {
-    flush();
-    return originalEnd.apply(stream, args);
-  }) as Writable['end'];
 }
 
 function listen(server: NetServer): Promise<number> {

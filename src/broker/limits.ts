@@ -1,7 +1,8 @@
 /**
  * What one client, or one source address, may cost everyone else: connection
  * admission (total, rate per address), the protocol guard in front of each
- * connection, per-client output bounds (flow-control.ts), and the limits on
+ * connection, one coalesced write per connection per event-loop turn
+ * (write-coalescer.ts), per-client output bounds (flow-control.ts), and the limits on
  * subscriptions. Every limit hit is counted in stats() and logged, at most one
  * line per limit per 10 s, so an attacker cannot flood the journal.
  *
@@ -18,6 +19,7 @@ import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { FlowControl, type FlowControlStats, type FlowEvent } from './flow-control.js';
 import { guardConnection, MQTT_MAX_STRING_BYTES, type Violation } from './protocol-guard.js';
+import { coalesceWrites } from '../transports/write-coalescer.js';
 
 export type LimitName =
   /** limits.maxConnections */
@@ -222,6 +224,11 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
     aedes.handle = (conn: Duplex, request?: IncomingMessage) => {
       const remote = remoteAddressOf(conn, request);
       openConnections++;
+      // One write (one syscall, one TLS record, one WebSocket frame) per
+      // connection per event-loop turn instead of one per packet piece: see
+      // write-coalescer.ts. Before aedes or flow control touch the stream, so
+      // both see the coalesced write() and writableLength.
+      coalesceWrites(conn);
       // The guard sees bytes from the first one; aedes' Client only starts reading on 'readable'.
       const guard = guardConnection(conn, guardLimits, (violation) => onViolation(violation, remote));
       // Slowloris: the whole CONNECT must be in within the time allowed,
