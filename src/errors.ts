@@ -12,12 +12,14 @@ export type ErrorCode =
   | 'EDGEMQTT_STORE_CORRUPT'
   | 'EDGEMQTT_STORE_UNREADABLE'
   | 'EDGEMQTT_STORE_INCOMPATIBLE'
+  | 'EDGEMQTT_STORE_FULL'
   | 'EDGEMQTT_STORE_WRITE_FAILED'
   | 'EDGEMQTT_STORE_CLOSED'
   // Security (src/auth, src/transports/tls*): a file the daemon relies on is unusable.
   | 'EDGEMQTT_PASSWORD_FILE_INVALID'
   | 'EDGEMQTT_ACL_FILE_INVALID'
-  | 'EDGEMQTT_TLS_INVALID';
+  | 'EDGEMQTT_TLS_INVALID'
+  | 'EDGEMQTT_LOGIN_BUSY';
 
 export class EdgeMqttError extends Error {
   override name = 'EdgeMqttError';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import * as mqttPacket from 'mqtt-packet';
 import type { IConnackPacket } from 'mqtt-packet';
-import { PasswordFile, hashPassword, parseHash } from '../src/auth/password-file.js';
+import { PasswordFile, hashPassword, parseHash, MAX_WAITING_HASHES } from '../src/auth/password-file.js';
 import { LoginLimiter, sourceKey } from '../src/auth/login-limiter.js';
 import { tempDir } from './helpers/daemon.js';
 import { connectRaw } from './helpers/mqtt.js';
@@ -96,6 +96,19 @@ t.test('password file: scrypt hashes with their parameters, verified in constant
   const known = await time('alice');
   const unknown = await time('nobody');
   t.ok(unknown > known * 0.1, `an unknown user costs a hash like a known one (${unknown.toFixed(1)} ms vs ${known.toFixed(1)} ms)`);
+});
+
+t.test('password checks wait in a bounded line: a burst beyond it is refused at once, not queued', async (t) => {
+  const file = PasswordFile.parse(`alice:${await hashPassword('s3cret', { N: 1024, r: 8, p: 1 })}\n`);
+  const burst = MAX_WAITING_HASHES + 40;
+  const outcomes = await Promise.allSettled(Array.from({ length: burst }, () => file.verify('alice', 's3cret')));
+  const refused = outcomes.filter((o) => o.status === 'rejected');
+  const checked = outcomes.filter((o) => o.status === 'fulfilled');
+  t.ok(refused.length > 0, `${refused.length} of ${burst} refused`);
+  t.ok(refused.every((o) => (o as PromiseRejectedResult).reason?.code === 'EDGEMQTT_LOGIN_BUSY'), 'with EDGEMQTT_LOGIN_BUSY');
+  t.ok(checked.length >= MAX_WAITING_HASHES, `at least the line's length were checked (${checked.length})`);
+  t.ok(checked.every((o) => (o as PromiseFulfilledResult<boolean>).value === true), 'those that waited were checked correctly');
+  t.equal(await file.verify('alice', 's3cret'), true, 'once the burst is over, logins are checked again');
 });
 
 t.test('password file: every bad line is reported with its code, none is guessed at', async (t) => {

@@ -28,12 +28,13 @@ import { Acl, type ClientAcl } from './acl.js';
 import type { CertIdentities } from './cert-identity.js';
 import { SecurityFileError } from './errors.js';
 import { LoginLimiter, sourceKey } from './login-limiter.js';
-import { PasswordFile } from './password-file.js';
+import { LoginBusyError, PasswordFile } from './password-file.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 
 export type AuthConfig = Config['auth'];
 
 /** CONNACK return codes [MQTT-3.2.2.3]. */
+const SERVER_UNAVAILABLE = 3;
 const BAD_USERNAME_OR_PASSWORD = 4;
 const NOT_AUTHORIZED = 5;
 
@@ -41,6 +42,8 @@ export interface AuthStats {
   loginsSucceeded: number;
   /** Wrong password or unknown user. */
   loginsFailed: number;
+  /** Logins refused because too many were waiting for a password hash. */
+  loginsBusy: number;
   /** Refused without checking: the source had too many recent failures. */
   loginsRateLimited: number;
   /** No user name while anonymous access is off (or no password file to check one). */
@@ -161,6 +164,7 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
   const counters = {
     loginsSucceeded: 0,
     loginsFailed: 0,
+    loginsBusy: 0,
     loginsRateLimited: 0,
     anonymousRefused: 0,
     publishesDenied: 0,
@@ -283,6 +287,12 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
           refuse(BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
         },
         (error: unknown) => {
+          if (error instanceof LoginBusyError) {
+            counters.loginsBusy += 1;
+            refusals.info('loginBusy', { clientId: client.id, remote }, 'connect refused: too many logins waiting for a password check');
+            refuse(SERVER_UNAVAILABLE, 'too many logins waiting');
+            return;
+          }
           log.error({ err: error, clientId: client.id }, 'password check failed');
           refuse(NOT_AUTHORIZED, 'password check failed');
         },
