@@ -108,6 +108,15 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     for (const listener of listeners) {
       if (listener.address() === null) reasons.push(`${listener.name} listener is not bound`);
     }
+    // Not ready while store writes fail (a full disk): QoS 1/2 publishes get
+    // no acknowledgement, so a load balancer should send publishers elsewhere.
+    // The persistence reopens the store by itself once it can (level-persistence.ts #halt).
+    const writeFailure = persistence.state === 'running' ? persistence.writeFailure : undefined;
+    if (writeFailure) {
+      const recovering = reasons.length === 0;
+      reasons.push(`store writes are failing (${writeFailure.code}): ${writeFailure.message}`);
+      return { ready: false, reasons, recovering };
+    }
     return { ready: reasons.length === 0, reasons };
   };
 

@@ -29,6 +29,8 @@ interface Harness {
   release(): void;
   /** The next batch fails. */
   failNext(): void;
+  /** Resolves once the store has reopened after a failed write (writes are refused until then). */
+  writable(): Promise<void>;
 }
 
 const logger = createLogger({ level: (process.env.EDGEMQTT_TEST_LOG as 'debug' | undefined) ?? 'silent' });
@@ -70,6 +72,9 @@ async function start(t: Test, sync: SyncPolicy = 'batch'): Promise<Harness> {
       let open!: () => void;
       const promise = new Promise<void>((resolve) => (open = resolve));
       gate = { promise, open };
+    },
+    writable() {
+      return eventually(() => persistence.writeFailure === undefined, 5000, 'the store to reopen');
     },
     release() {
       gate?.open();
@@ -197,6 +202,8 @@ t.test('a failed write acknowledges nothing; the resend is stored and delivered 
     first.send(publishPacket(`fail/${qos}`, `qos${qos}`, qos, 3));
     await first.waitForClose();
     t.equal(count(first, qos === 1 ? 'puback' : 'pubrec'), 0, `QoS ${qos}: no acknowledgement, the connection is closed`);
+    // A failed write stops all writes until the store reopens (level-persistence.ts #halt).
+    await h.writable();
     const second = await rawSession(t, h.url, `publisher-${qos}`);
     second.send(publishPacket(`fail/${qos}`, `qos${qos}`, qos, 3, { dup: true }));
     await second.waitForPacket(qos === 1 ? 'puback' : 'pubrec');

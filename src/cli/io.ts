@@ -38,6 +38,8 @@ export const ExitCode = {
   unavailable: 69,
   /** Unexpected internal error. */
   software: 70,
+  /** The store's file system is full (ENOSPC/EDQUOT) at start-up: free some space. */
+  storeFull: 71,
   /** The data directory cannot be created or written. */
   cantCreate: 73,
   /** The store cannot be read (I/O error, permissions). */

@@ -9,6 +9,13 @@ export interface ReadinessReport {
   ready: boolean;
   /** Why the daemon is not ready; empty when ready. */
   reasons: string[];
+  /**
+   * True when every reason is one the daemon recovers from by itself (store
+   * writes failing: it reopens the store once it can). A load balancer should
+   * still avoid the daemon, but a watchdog need not restart it: a restart
+   * would drop every client and, on a full disk, fail to start anyway.
+   */
+  recovering?: boolean;
 }
 
 export type ReadinessCheck = () => ReadinessReport;

@@ -48,6 +48,35 @@ export class StoreIncompatibleError extends EdgeMqttError {
   }
 }
 
+/**
+ * The file system holding the store is full (ENOSPC, or EDQUOT: a quota). At
+ * start-up it is its own error (and exit code): freeing space fixes it, while
+ * an unreadable store needs an operator to look at it.
+ */
+export class StoreFullError extends EdgeMqttError {
+  override name = 'StoreFullError';
+
+  constructor(location: string, cause: unknown) {
+    super('EDGEMQTT_STORE_FULL', `store ${location} cannot be written: no space left on its file system (${describe(cause)}); free some space`, { cause });
+  }
+}
+
+/**
+ * True when `error` (or one of its causes) is an out-of-space failure. LevelDB
+ * reports it as LEVEL_IO_ERROR with strerror's text ("IO error: <file>: No
+ * space left on device"), Node's fs with the errno code.
+ */
+export function isNoSpace(error: unknown): boolean {
+  let current: unknown = error;
+  for (let depth = 0; current && depth < 5; depth++) {
+    const code = (current as { code?: unknown }).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') return true;
+    if (current instanceof Error && /No space left on device|Disk quota exceeded/i.test(current.message)) return true;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
 /** A group commit failed; every writer of that batch gets this error. */
 export class StoreWriteError extends EdgeMqttError {
   override name = 'StoreWriteError';
@@ -76,6 +105,8 @@ export function classifyStoreError(location: string, error: unknown): EdgeMqttEr
   const codes = levelCodes(error);
   if (codes.includes('LEVEL_LOCKED')) return new StoreLockedError(location, error);
   if (codes.includes('LEVEL_CORRUPTION')) return new StoreCorruptError(location, innermostMessage(error), error);
+  // LevelDB writes while opening (a new MANIFEST, the recovered log as a table).
+  if (isNoSpace(error)) return new StoreFullError(location, error);
   return new StoreUnreadableError(location, error);
 }
 

@@ -41,6 +41,7 @@
  * daemon owns the lifecycle. A stopped instance is not restarted: build a new
  * one on the same path.
  */
+import { statfs } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger.js';
 import {
@@ -51,7 +52,7 @@ import {
   queuedPacket,
   type PacketLike,
 } from './codec.js';
-import { StoreClosedError } from './errors.js';
+import { isNoSpace, StoreClosedError, StoreFullError } from './errors.js';
 import { createGroupCommit, type BatchOp, type GroupCommit, type GroupCommitStats } from './group-commit.js';
 import { incomingKey, outgoingKey, retainedKey, subscriptionKey, willKey } from './keys.js';
 import { openStore, type Store } from './open-store.js';
@@ -124,6 +125,26 @@ export interface PersistenceStats {
 const STREAM_CHUNK = 64;
 
 /**
+ * After a failed write (see #halt) the store is reopened every this many ms
+ * until that works, once at least REOPEN_MIN_FREE_BYTES are free on its file
+ * system (reopening flushes the recovered log into a table: it needs room,
+ * and a failed attempt leaves the store closed, so reads fail too, until the
+ * next attempt).
+ */
+const REOPEN_RETRY_MS = 1000;
+const REOPEN_MIN_FREE_BYTES = 1024 * 1024;
+
+/** Why writes are refused: the first failed write since the store was last (re)opened. */
+export interface StoreWriteFailure {
+  /** EDGEMQTT_STORE_FULL when the file system is full, else EDGEMQTT_STORE_WRITE_FAILED. */
+  code: 'EDGEMQTT_STORE_FULL' | 'EDGEMQTT_STORE_WRITE_FAILED';
+  message: string;
+  /** Wall-clock ms when the write failed. */
+  since: number;
+  cause: unknown;
+}
+
+/**
  * The broker id streamWill reports for a will stored by an earlier run of the
  * broker. That broker instance is gone even when the id is configured to stay
  * the same, so aedes treats the will as one of a dead broker and publishes it
@@ -144,6 +165,9 @@ export class LevelPersistence {
   #broker: BrokerLike | undefined;
   #detachBroker: (() => void) | undefined;
   #expiryTimer: NodeJS.Timeout | undefined;
+  #writeFailure: StoreWriteFailure | undefined;
+  #reopenTimer: NodeJS.Timeout | undefined;
+  #reopening: Promise<void> | undefined;
 
   #subscriptions = new SubscriptionIndex();
   #retained = new TopicTree<Buffer>();
@@ -180,6 +204,11 @@ export class LevelPersistence {
 
   get state(): PersistenceState {
     return this.#state;
+  }
+
+  /** Set while writes are refused after a failed one (see #halt); readiness reports it. */
+  get writeFailure(): StoreWriteFailure | undefined {
+    return this.#writeFailure;
   }
 
   /** The broker passed to setup() (aedes-persistence's conformance suite reads it). */
@@ -246,7 +275,10 @@ export class LevelPersistence {
       this.#counters.recoveryMs = recovered.durationMs;
 
       this.#db = db;
-      this.#commit = createGroupCommit(db, { policy: this.#options.sync, maxDelayMs: this.#options.commitDelayMs });
+      this.#commit = createGroupCommit(
+        { batch: (ops, options) => this.#batch(db, ops, options) },
+        { policy: this.#options.sync, maxDelayMs: this.#options.commitDelayMs },
+      );
       this.#state = 'running';
       const ops = [...recovered.repairOps];
       const now = this.#now();
@@ -287,12 +319,103 @@ export class LevelPersistence {
       }
     } catch (error) {
       this.#state = 'failed';
+      clearTimeout(this.#reopenTimer);
       this.#db = undefined;
       await this.#commit?.close();
       this.#commit = undefined;
       await db.close().catch(() => undefined);
+      // The first write (recovery repairs, the alive stamp) on a full disk:
+      // the same clear error as a full disk while opening.
+      if (isNoSpace(error)) throw new StoreFullError(path, error);
       throw error;
     }
+  }
+
+  // ------------------------------------------------------ failed writes
+
+  /**
+   * The group commit's only way to LevelDB. Once a write has failed, every
+   * later one is refused without touching LevelDB until the store has been
+   * reopened (#halt explains why), so nothing is acknowledged meanwhile.
+   */
+  async #batch(db: Store, ops: BatchOp[], options: { sync: boolean }): Promise<void> {
+    if (this.#writeFailure) throw this.#writeFailure.cause;
+    try {
+      await db.batch(ops, options);
+    } catch (error) {
+      this.#halt(error);
+      throw error;
+    }
+  }
+
+  /**
+   * What LevelDB (1.23, classic-level 3) does when a write fails, e.g. on
+   * ENOSPC: the batch is not applied, and the next write is attempted as
+   * usual (no sticky error for a failed append; a failed fsync or compaction
+   * does make every later write fail until reopen). But the failed append
+   * can leave part of its record in the write-ahead log while the log writer
+   * counts it as written: records appended after it are misaligned, and when
+   * the log is replayed at the next open they are dropped as corruption with
+   * it. Writes that succeed after space is freed would be acknowledged and
+   * then lost on restart (test/full-disk.test.ts shows it). So the first
+   * failed write stops all writing until the store is reopened, which replays
+   * the log up to the torn record (everything written before the failure)
+   * into a table and starts a fresh log. Reopening is retried every
+   * REOPEN_RETRY_MS in the background; meanwhile writes fail fast (QoS 1/2
+   * publishers get no acknowledgement, see durable-ack.ts) and readiness
+   * reports the failure.
+   */
+  #halt(error: unknown): void {
+    if (this.#writeFailure) return;
+    const full = isNoSpace(error);
+    const message = error instanceof Error ? error.message : String(error);
+    this.#writeFailure = {
+      code: full ? 'EDGEMQTT_STORE_FULL' : 'EDGEMQTT_STORE_WRITE_FAILED',
+      message,
+      since: this.#now(),
+      cause: error,
+    };
+    this.#log.error(
+      { code: this.#writeFailure.code, err: error, retryMs: REOPEN_RETRY_MS },
+      full
+        ? 'store is full: writes are refused and nothing is acknowledged until space is freed and the store reopens'
+        : 'store write failed: writes are refused and nothing is acknowledged until the store reopens',
+    );
+    this.#scheduleReopen();
+  }
+
+  #scheduleReopen(): void {
+    if (this.#state !== 'running' || this.#reopenTimer) return;
+    this.#reopenTimer = setTimeout(() => {
+      this.#reopenTimer = undefined;
+      this.#reopening = this.#reopen().finally(() => (this.#reopening = undefined));
+    }, REOPEN_RETRY_MS);
+    this.#reopenTimer.unref();
+  }
+
+  async #reopen(): Promise<void> {
+    const db = this.#db;
+    if (this.#state !== 'running' || !this.#writeFailure || !db) return;
+    const free = await statfs(this.#options.path).then(
+      (stats) => stats.bavail * stats.bsize,
+      () => Infinity, // cannot tell: try
+    );
+    if (free >= REOPEN_MIN_FREE_BYTES) {
+      try {
+        // The group commit writes nothing meanwhile (#batch refuses); reads
+        // made while closed fail, those made while opening wait for it.
+        await db.close();
+        await db.open();
+        if (this.#state !== 'running') return;
+        const failedFor = this.#now() - this.#writeFailure.since;
+        this.#writeFailure = undefined;
+        this.#log.warn({ failedForMs: failedFor }, 'store reopened: writes are accepted again');
+        return;
+      } catch (error) {
+        this.#log.warn({ err: error }, 'store could not be reopened yet');
+      }
+    }
+    this.#scheduleReopen();
   }
 
   /** Flushes queued writes and closes the store. Idempotent. */
@@ -309,6 +432,8 @@ export class LevelPersistence {
     }
     this.#state = 'stopping';
     clearInterval(this.#expiryTimer);
+    clearTimeout(this.#reopenTimer);
+    await this.#reopening;
     this.#detachBroker?.();
     await Promise.allSettled([...this.#inflight]);
     const commit = this.#commit!;

@@ -139,7 +139,12 @@ export async function start(io: CliIo, sources: ConfigSources): Promise<number> 
   await notifier.notify('READY=1', `MAINPID=${io.pid}`, `STATUS=${STATUS_RUNNING}`);
   // A stop signal may have arrived while READY=1 was being sent.
   if (phase === 'running') {
-    watchdog = startWatchdog(notifier, io.env, io.pid, () => daemon.readiness().ready);
+    // Not for a store that cannot be written (a full disk): the daemon
+    // recovers from that by itself, a restart would only drop every client.
+    watchdog = startWatchdog(notifier, io.env, io.pid, () => {
+      const report = daemon.readiness();
+      return report.ready || report.recovering === true;
+    });
     if (reloadWhenRunning) queueReload();
   }
   return finished;
@@ -167,6 +172,9 @@ export function exitCodeFor(error: unknown): number {
         return ExitCode.dataError;
       case 'EDGEMQTT_STORE_UNREADABLE':
         return ExitCode.ioError;
+      // The file system is full: freeing space fixes it (a restart alone does not).
+      case 'EDGEMQTT_STORE_FULL':
+        return ExitCode.storeFull;
       default:
         return ExitCode.software;
     }
