@@ -98,6 +98,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
   const broker: Broker = createBroker(config, { logger, persistence, access: authorizer.hooks });
   const listeners: Listener[] = [];
   let state: DaemonState = 'created';
+  let starting: Promise<void> | undefined;
   let stopping: Promise<void> | undefined;
 
   const readiness = (): ReadinessReport => {
@@ -158,6 +159,32 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     await persistence.stop();
   }
 
+  async function startComponents(): Promise<void> {
+    state = 'starting';
+    const startedAt = performance.now();
+    try {
+      await prepareDataDir();
+      await persistence.start();
+      await broker.start();
+      authorizer.load();
+      log.info(authorizer.describe(), 'authentication ready');
+      for (const listener of listeners) await listener.start();
+    } catch (error) {
+      state = 'failed';
+      await stopComponents(config.shutdown.timeoutSec * 1000);
+      throw error;
+    }
+    state = 'running';
+    authorizer.warnAboutExposure(
+      [
+        ...(config.mqtt.enabled ? [{ name: 'mqtt', host: config.mqtt.host }] : []),
+        ...(config.tls.enabled ? [{ name: 'tls', host: config.tls.host }] : []),
+        ...(config.http.enabled && config.http.websocket.enabled ? [{ name: 'http', host: config.http.host }] : []),
+      ],
+    );
+    log.info({ addresses: daemon.addresses(), startMs: Math.round(performance.now() - startedAt) }, 'edgemqtt ready');
+  }
+
   const daemon: Daemon = {
     get config() {
       return config;
@@ -166,35 +193,17 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       return state;
     },
     logger,
-    async start() {
-      if (state !== 'created') throw new Error(`cannot start a daemon that is ${state}`);
-      state = 'starting';
-      const startedAt = performance.now();
-      try {
-        await prepareDataDir();
-        await persistence.start();
-        await broker.start();
-        authorizer.load();
-        log.info(authorizer.describe(), 'authentication ready');
-        for (const listener of listeners) await listener.start();
-      } catch (error) {
-        state = 'failed';
-        await stopComponents(config.shutdown.timeoutSec * 1000);
-        throw error;
-      }
-      state = 'running';
-      authorizer.warnAboutExposure(
-        [
-          ...(config.mqtt.enabled ? [{ name: 'mqtt', host: config.mqtt.host }] : []),
-          ...(config.tls.enabled ? [{ name: 'tls', host: config.tls.host }] : []),
-          ...(config.http.enabled && config.http.websocket.enabled ? [{ name: 'http', host: config.http.host }] : []),
-        ],
-      );
-      log.info({ addresses: daemon.addresses(), startMs: Math.round(performance.now() - startedAt) }, 'edgemqtt ready');
+    start() {
+      if (state !== 'created') return Promise.reject(new Error(`cannot start a daemon that is ${state}`));
+      starting = startComponents();
+      return starting;
     },
     stop() {
       stopping ??= (async () => {
-        if (state === 'created') {
+        // A stop during start waits for start to settle; otherwise start
+        // would bind listeners after stop had released everything.
+        if (starting) await starting.catch(() => undefined);
+        if (state === 'created' || state === 'stopped') {
           state = 'stopped';
           return;
         }
@@ -205,8 +214,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
         log.info('stopped');
       })();
       return stopping;
-    },
-    addresses() {
+    },    addresses() {
       const result: DaemonAddresses = {};
       for (const listener of listeners) {
         const address = listener.address();

@@ -36,6 +36,17 @@ t.test('embedding: createDaemon → start → addresses → stop', async (t) => 
   t.pass('stop() is idempotent');
 });
 
+t.test('stop() during start() waits for start, then releases everything', async (t) => {
+  const daemon = await createDaemon(testConfig(t));
+  const started = daemon.start();
+  // Called while start() is still opening the store, before any listener is bound.
+  const stopped = daemon.stop();
+  await started;
+  await stopped;
+  t.equal(daemon.state, 'stopped');
+  t.same(daemon.addresses(), {}, 'no listener is left bound after stop resolves');
+});
+
 t.test('/healthz and /readyz answer with JSON', async (t) => {
   const { httpUrl } = await startDaemon(t);
   const health = await fetch(`${httpUrl}/healthz`);
