@@ -206,6 +206,25 @@ t.test('with a password file and anonymous access off: CONNACK 0, 4 or 5, over T
   t.notOk(log.raw.includes('correct horse') || log.raw.includes('battery staple'), 'no password is ever logged');
 });
 
+t.test('without an ACL file, $SYS (every client id and subscription) is readable only after a login', async (t) => {
+  const passwordFilePath = await passwordFile(t, { ops: 'monitor' });
+  const { mqttUrl } = await startSecureDaemon(t, { auth: { passwordFile: passwordFilePath } });
+  const subackFor = async (login: { username?: string; password?: string }) => {
+    const raw = await connectRaw(t, mqttUrl);
+    raw.send({
+      cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 30,
+      clientId: `sys-${Math.random().toString(36).slice(2)}`,
+      ...(login.username !== undefined ? { username: login.username } : {}),
+      ...(login.password !== undefined ? { password: Buffer.from(login.password) } : {}),
+    });
+    t.equal((await raw.waitForPacket('connack')).returnCode, ACCEPTED);
+    raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: '$SYS/#', qos: 0 }, { topic: 'plant/#', qos: 0 }] });
+    return (await raw.waitForPacket('suback')).granted;
+  };
+  t.same(await subackFor({}), [128, 0], 'anonymous: $SYS refused with 0x80, other filters granted');
+  t.same(await subackFor({ username: 'ops', password: 'monitor' }), [0, 0], 'a logged-in user may read $SYS');
+});
+
 t.test('failed logins are rate-limited per source: even the right password waits', async (t) => {
   const passwordFilePath = await passwordFile(t, { alice: 'right' });
   const { daemon, log, mqttUrl } = await startSecureDaemon(t, {

@@ -10,7 +10,9 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { generate } from 'mqtt-packet';
-import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import path from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { startDaemon, tempDir, type RunningDaemon } from './helpers/daemon.js';
 import { connectRaw, openClient, type RawClient } from './helpers/mqtt.js';
 
 const transports = ['tcp', 'ws'] as const;
@@ -23,12 +25,16 @@ interface Context {
   daemon: RunningDaemon;
 }
 
-/** Runs `body` once per transport, each time against a fresh daemon. */
-function eachTransport(name: string, body: (t: Test, context: Context) => Promise<void>): void {
+/** Runs `body` once per transport, each time against a fresh daemon (with `config(t)` if given). */
+function eachTransport(
+  name: string,
+  body: (t: Test, context: Context) => Promise<void>,
+  config?: (t: Test) => Promise<Parameters<typeof startDaemon>[1]>,
+): void {
   t.test(name, async (t) => {
     for (const transport of transports) {
       await t.test(transport, async (t) => {
-        const daemon = await startDaemon(t);
+        const daemon = await startDaemon(t, config ? await config(t) : {});
         await body(t, { transport, url: transport === 'tcp' ? daemon.mqttUrl : daemon.wsUrl, daemon });
       });
     }
@@ -249,6 +255,12 @@ eachTransport('a will is published when the connection drops, not after DISCONNE
     ['will/dropped', 'will/marker'],
     'no will after a clean DISCONNECT [MQTT-3.14.4-3]',
   );
+}, async (t) => {
+  // The watcher reads aedes' $SYS disconnect notices, which anonymous clients
+  // may read only where an ACL file grants it.
+  const aclFile = path.join(tempDir(t), 'acl');
+  await writeFile(aclFile, 'topic readwrite #\ntopic read $SYS/#\n');
+  return { auth: { aclFile } };
 });
 
 eachTransport('a persistent session keeps subscriptions and queues QoS 1 while offline [MQTT-3.1.2-4] [MQTT-3.2.2-2]', async (t, { url, transport }) => {

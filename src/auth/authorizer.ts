@@ -317,7 +317,12 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
     authorizeSubscribe(client, sub, done) {
       const current = acl;
       const state = stateOf(client);
-      if (current !== null && !clientAcl(client, state, current).canSubscribe(sub.topic)) {
+      // Without an ACL file, $SYS is readable only by clients that proved a
+      // user name: aedes publishes every client id and every subscription
+      // there ($SYS/<id>/new/clients, /new/subscribes), which an anonymous
+      // visitor must not be able to list. With an ACL file, its rules decide.
+      const anonymousSys = current === null && state.username === null && isSysTopic(sub.topic);
+      if (anonymousSys || (current !== null && !clientAcl(client, state, current).canSubscribe(sub.topic))) {
         counters.subscriptionsDenied += 1;
         // At info once per connection, then at debug, as for publishes.
         const level = state.subscriptionDenialLogged ? 'debug' : 'info';
