@@ -14,7 +14,7 @@ import type { Config, ConfigInput } from './config/schema.js';
 import { EdgeMqttError } from './errors.js';
 import { createBroker, type Broker } from './broker/broker.js';
 import type { LimitsStats } from './broker/limits.js';
-import { createLevelPersistence, type LevelPersistence } from './persistence/index.js';
+import { createLevelPersistence, type LevelPersistence, type PersistenceStats } from './persistence/index.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import type { ReadinessReport } from './observability/health.js';
 import { createTcpListener } from './transports/tcp.js';
@@ -68,6 +68,8 @@ export interface Daemon {
   authStats(): AuthStats;
   /** Open connections, limit hits, protocol violations and slow-client counters since start. */
   limitsStats(): LimitsStats;
+  /** The session store's sizes and counters (queued entries, drops by the queue limits, ...). */
+  storeStats(): PersistenceStats;
 }
 
 export interface DaemonDeps {
@@ -247,6 +249,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     },
     authStats: () => authorizer.stats(),
     limitsStats: () => broker.limits.stats(),
+    storeStats: () => persistence.stats(),
   };
   return daemon;
 }

@@ -331,7 +331,7 @@ t.test('an offline queue over its byte limit drops the oldest messages', async (
   t.equal(persistence.stats().queueDroppedMessages, 2);
 });
 
-t.test('queue limits spare online clients and PUBREL entries', async (t) => {
+t.test('queue limits spare messages in flight to online clients and PUBREL entries', async (t) => {
   const h = harness(t);
   const persistence = await h.open({ maxQueuedMessagesPerClient: 2 });
   const broker = fakeBroker();
@@ -342,17 +342,30 @@ t.test('queue limits spare online clients and PUBREL entries', async (t) => {
   await persistence.outgoingUpdate({ id: 'dev1' }, { cmd: 'pubrel', messageId: 1 });
 
   broker.clients.dev1 = {};
-  for (let i = 1; i <= 4; i++) {
-    await persistence.outgoingEnqueueCombi([{ clientId: 'dev1' }], publish('t', `m${i}`, { brokerId: broker.id, brokerCounter: i + 1 }));
-  }
-  t.equal((await collect(persistence.outgoingStream({ id: 'dev1' }))).length, 5, 'an online client keeps its in-flight window');
+  const message = (i: number) => publish('t', `m${i}`, { brokerId: broker.id, brokerCounter: i + 1 });
+  for (let i = 1; i <= 4; i++) await persistence.outgoingEnqueueCombi([{ clientId: 'dev1' }], message(i));
+  let queue = await collect(persistence.outgoingStream({ id: 'dev1' }));
+  t.match(queue, [{ cmd: 'pubrel', messageId: 1 }, { payload: Buffer.from('m3') }, { payload: Buffer.from('m4') }]);
+  t.equal(queue.length, 3, 'online too, the oldest messages not sent yet are dropped; the PUBREL stays');
+  t.equal(persistence.stats().queueDroppedMessages, 2);
+
+  // aedes sends what the stream gave it: m3 and m4 get packet identifiers.
+  await persistence.outgoingUpdate({ id: 'dev1' }, { ...message(3), messageId: 2 });
+  await persistence.outgoingUpdate({ id: 'dev1' }, { ...message(4), messageId: 3 });
+  await persistence.outgoingEnqueueCombi([{ clientId: 'dev1' }], message(5));
+  queue = await collect(persistence.outgoingStream({ id: 'dev1' }));
+  t.match(queue, [{ cmd: 'pubrel' }, { messageId: 2 }, { messageId: 3 }], 'messages in flight are never dropped: the unsent one went');
+  t.equal(queue.length, 3);
+  t.equal(persistence.claimOutgoing('dev1', broker.id, 6), false, 'the dropped message is not to be sent');
+  t.equal(persistence.claimOutgoing('dev1', broker.id, 5), true, 'one still queued is');
+  t.equal(persistence.stats().queueDroppedMessages, 3);
 
   delete broker.clients.dev1;
   broker.emit('clientDisconnect', { id: 'dev1', clean: false });
-  await persistence.outgoingEnqueueCombi([{ clientId: 'dev1' }], publish('t', 'm5', { brokerId: broker.id, brokerCounter: 6 }));
-  const queue = await collect(persistence.outgoingStream({ id: 'dev1' }));
-  t.match(queue, [{ cmd: 'pubrel', messageId: 1 }, { payload: Buffer.from('m4') }, { payload: Buffer.from('m5') }]);
-  t.equal(queue.length, 3, 'trimmed once offline; the PUBREL stays');
+  await persistence.outgoingEnqueueCombi([{ clientId: 'dev1' }], message(6));
+  queue = await collect(persistence.outgoingStream({ id: 'dev1' }));
+  t.match(queue, [{ cmd: 'pubrel', messageId: 1 }, { payload: Buffer.from('m4') }, { payload: Buffer.from('m6') }]);
+  t.equal(queue.length, 3, 'offline, sent messages are dropped too; the PUBREL stays');
 });
 
 t.test('abandoned persistent sessions expire; connected ones do not', async (t) => {

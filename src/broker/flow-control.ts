@@ -25,9 +25,15 @@
  * - Queue (`maxQueuedMessagesPerClient`, `maxQueuedBytesPerClient`): QoS 1/2
  *   messages waiting for room, in order. When full the oldest is dropped
  *   (fresh data wins, as in the persistent offline queue). For a persistent
- *   session nothing is lost by that: aedes stored every QoS 1/2 message in
- *   the session's queue before delivering it, and the copy left there
- *   (counted as deferred) goes out when the client reconnects.
+ *   session this is the store's decision: aedes stored every QoS 1/2 message
+ *   in the session's queue before delivering it, and that queue has the same
+ *   limits, also while the client is connected, its messages in flight
+ *   included: it drops its oldest messages not sent yet (level-persistence.ts).
+ *   So what this queue drops (counted as deferred) the store has normally
+ *   dropped already; a copy still there goes out on reconnect. Before sending
+ *   a persistent session's message this asks the store (claimOutgoing)
+ *   whether it is still queued, and skips it if not: aedes would find nothing
+ *   to update and drop the connection.
  * - A client whose socket stays full for `drainTimeout` is disconnected by
  *   aedes' own timer, which this counts and logs.
  *
@@ -56,7 +62,7 @@ export interface FlowControlStats {
   droppedQos0Messages: number;
   /** QoS 1/2 messages dropped from a full queue of a clean session (lost). */
   droppedQueuedMessages: number;
-  /** QoS 1/2 messages dropped from a full queue of a persistent session: still in its session store, sent on reconnect. */
+  /** QoS 1/2 messages dropped from a full queue of a persistent session: the session store decides (it has the same limits); one still there is sent on reconnect. */
   deferredQueuedMessages: number;
   /** Deliveries that had to wait because the client's outgoing buffer was full. */
   bufferFullWaits: number;
@@ -84,6 +90,7 @@ interface DeliveredPacket {
   payload?: Uint8Array | string;
   qos: QoS;
   brokerId?: string | null;
+  brokerCounter?: number;
 }
 
 type Deliver = (packet: DeliveredPacket, callback: () => void) => void;
@@ -98,6 +105,12 @@ interface ClientInternals {
   deliver0: Deliver;
   deliverQoS: Deliver;
   _handleDrainTimeout: () => void;
+  broker: { persistence?: OutgoingClaims };
+}
+
+/** Implemented by LevelPersistence; aedes' memory persistence has no limits to claim against. */
+interface OutgoingClaims {
+  claimOutgoing?(clientId: string, brokerId: unknown, brokerCounter: unknown): boolean;
 }
 
 interface Entry {
@@ -240,7 +253,7 @@ export class ClientFlow {
         this.#owner.report('outgoingBufferFull', this.#fields({ qos: 0, dropped: true }));
       }
     } else if ((this.#queue.length === this.#head && this.#canSend(entry)) || this.#resumingSession(qos)) {
-      this.#send(entry);
+      if (this.#stillStored(entry)) this.#send(entry);
     } else {
       this.#enqueue(entry);
     }
@@ -279,6 +292,19 @@ export class ClientFlow {
 
   #canSend(entry: Entry): boolean {
     return this.#fits(entry.bytes) && this.#windowOpen(entry);
+  }
+
+  /**
+   * Whether a persistent session's live QoS 1/2 message is still in its
+   * session store (not dropped by the store's queue limits); claims it there
+   * so it stays until aedes has given it its packet identifier.
+   */
+  #stillStored(entry: Entry): boolean {
+    const { packet } = entry;
+    if (entry.qos === 0 || !packet.brokerId || this.#client.clean || this.#client.id === null) return true;
+    const claims = this.#client.broker.persistence;
+    if (typeof claims?.claimOutgoing !== 'function') return true;
+    return claims.claimOutgoing(this.#client.id, packet.brokerId, packet.brokerCounter);
   }
 
   #send(entry: Entry): void {
@@ -343,7 +369,8 @@ export class ClientFlow {
       const entry = this.#queue[this.#head] as Entry;
       if (!this.#canSend(entry)) return;
       this.#shift();
-      this.#send(entry);
+      // Dropped from the session store meanwhile (its limits): skipped, counted there.
+      if (this.#stillStored(entry)) this.#send(entry);
     }
   }
 

@@ -274,13 +274,13 @@ export const configSchema = z
           .int()
           .min(0)
           .default(persistenceDefaults.maxQueuedMessagesPerClient)
-          .describe('QoS 1/2 messages an offline persistent session may hold; the oldest is dropped beyond it; 0 = unlimited'),
+          .describe('QoS 1/2 messages a persistent session may hold, connected or not; the oldest not yet sent is dropped beyond it; 0 = unlimited'),
         maxQueuedBytesPerClient: z
           .number()
           .int()
           .min(0)
           .default(persistenceDefaults.maxQueuedBytesPerClient)
-          .describe('Bytes an offline persistent session may hold; the oldest is dropped beyond it; 0 = unlimited'),
+          .describe('Bytes a persistent session may hold, connected or not; the oldest not yet sent is dropped beyond it; 0 = unlimited'),
         sessionExpirySec: z
           .number()
           .int()

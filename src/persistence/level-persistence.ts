@@ -622,12 +622,35 @@ export class LevelPersistence {
       brokerCounter: stored.brokerCounter,
       messageId: stored.messageId,
       bytes: value.length,
-      value: online ? cacheable() : undefined,
+      // Not cached even for a connected client: aedes sends it under a new
+      // packet identifier, and outgoingUpdate caches that record instead.
+      // A stalled client's backlog thus stays on disk, not in RAM.
+      value: undefined,
     });
     ops.push({ type: 'put', key: outgoingKey(clientId, seq), value });
     this.#sessions.start(clientId, this.#now(), ops);
-    // A message larger than maxQueuedBytesPerClient drops itself: release an emptied queue.
-    if (!online && this.#limiter.enforce(clientId, queue, ops) > 0) this.#queues.release(clientId);
+    // Bounded whether the client is connected or not: a stalled persistent
+    // subscriber would otherwise grow the store without limit. Online, only
+    // messages not sent yet are dropped (see queue-limits.ts); aedes or the
+    // flow control skip them (claimOutgoing). A message larger than
+    // maxQueuedBytesPerClient drops itself: release an emptied queue.
+    if (this.#limiter.enforce(clientId, queue, ops, online) > 0) this.#queues.release(clientId);
+  }
+
+  /**
+   * Called by the flow control (src/broker/flow-control.ts) right before it
+   * hands a live QoS 1/2 message for a connected persistent session to aedes'
+   * deliverQoS, which will call outgoingUpdate for it. Returns false when the
+   * message is no longer queued (dropped by the queue limits, or already
+   * acknowledged): it must not be sent, aedes would find nothing to update and
+   * drop the connection. Otherwise marks the entry so the limits keep it.
+   */
+  claimOutgoing(clientId: string, brokerId: unknown, brokerCounter: unknown): boolean {
+    if (this.#state !== 'running') return true;
+    const entry = this.#queues.get(clientId)?.findByCounter(brokerId, brokerCounter);
+    if (!entry) return false;
+    entry.claimed = true;
+    return true;
   }
 
   /**
@@ -698,6 +721,8 @@ export class LevelPersistence {
     async function* generate(): AsyncGenerator<PacketLike> {
       for (let start = 0; start < entries.length; start += STREAM_CHUNK) {
         const chunk = entries.slice(start, start + STREAM_CHUNK).filter((entry) => persistence.#holds(clientId, entry));
+        // aedes calls outgoingUpdate for each packet yielded: the queue limits must keep them until then.
+        for (const entry of chunk) entry.claimed = true;
         const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
         const cached = chunk.map((entry) => entry.value);
         const missing = keys.filter((_, i) => cached[i] === undefined);

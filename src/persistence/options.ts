@@ -35,17 +35,20 @@ export interface LevelPersistenceOptions {
    */
   commitDelayMs?: number;
   /**
-   * Messages (QoS 1/2 PUBLISH) an offline persistent session may hold; 0 =
-   * unlimited. Overflow policy: the oldest queued message of that client is
-   * dropped to make room (fresh data wins on a sensor network), counted in
-   * stats().queueDroppedMessages and logged (at most once per 10 s per client).
-   * PUBREL entries (QoS 2 handshakes in progress) are never dropped. Online
-   * clients are not trimmed: their queue is aedes' in-flight window, and
-   * dropping a message under aedes' feet would break its delivery; the next
-   * message queued after they go offline trims the queue back to the limit.
+   * Messages (QoS 1/2 PUBLISH) a persistent session may hold, its client
+   * connected or not; 0 = unlimited. Overflow policy: the oldest queued
+   * message of that client is dropped to make room (fresh data wins on a
+   * sensor network), counted in stats().queueDroppedMessages and logged (at
+   * most once per 10 s per client). PUBREL entries (QoS 2 handshakes in
+   * progress) are never dropped. While the client is connected only messages
+   * not sent yet are dropped: one in flight (it has its packet identifier),
+   * or handed to aedes for sending (it will call outgoingUpdate, which must
+   * find it or aedes drops the connection), stays; the flow control skips a
+   * dropped one (claimOutgoing). So a connected queue may exceed the limit by
+   * its in-flight window, never more.
    */
   maxQueuedMessagesPerClient?: number;
-  /** Bytes (encoded records) an offline persistent session may hold; 0 = unlimited. Same overflow policy. */
+  /** Bytes (encoded records) a persistent session may hold, connected or not; 0 = unlimited. Same overflow policy. */
   maxQueuedBytesPerClient?: number;
   /**
    * A persistent session whose client has not been connected for this long is

@@ -1,8 +1,10 @@
 /**
  * The in-memory index of every client's outgoing queue: per entry its
  * sequence number (the LevelDB key), the fields aedes looks entries up by, and
- * its size. Payloads stay in LevelDB, except a copy of the encoded record while
- * the client is online, so a PUBACK does not cost a disk read.
+ * its size. Payloads stay in LevelDB, except a copy of the encoded record of
+ * an entry sent to the connected client (in flight: it has its packet
+ * identifier), so a PUBACK does not cost a disk read. Entries not sent yet
+ * are not cached: a stalled client's backlog stays on disk.
  *
  * Lookups mirror aedes-persistence's reference queue (a list searched front to
  * back), without the linear search:
@@ -20,8 +22,15 @@ export interface QueueEntry {
   messageId: unknown;
   /** Size of the encoded record in LevelDB. */
   bytes: number;
-  /** The encoded record, kept while the client is online; undefined otherwise. */
+  /** The encoded record, kept while the client is online and the entry is in flight; undefined otherwise. */
   value: Buffer | undefined;
+  /**
+   * Handed to aedes for sending on the current connection (a live delivery
+   * or the resend stream after CONNECT), which will call outgoingUpdate for
+   * it: it must not be dropped meanwhile, or aedes' outgoingUpdate fails and
+   * aedes drops the connection.
+   */
+  claimed?: boolean;
 }
 
 export type EntryFields = Pick<QueueEntry, 'cmd' | 'brokerId' | 'brokerCounter' | 'messageId' | 'bytes'>;
@@ -122,9 +131,29 @@ export class ClientQueue {
     return undefined;
   }
 
-  /** Forgets cached records (the client went offline). */
+  /**
+   * The oldest PUBLISH a connected client has not been sent: no packet
+   * identifier yet, not handed to aedes. What the overflow policy drops first
+   * while the client is online; entries in flight and PUBRELs stay.
+   */
+  oldestUnsentPublish(): QueueEntry | undefined {
+    for (const entry of this.#entries.values()) {
+      if (entry.cmd === 'publish' && entry.messageId === undefined && entry.claimed !== true) return entry;
+    }
+    return undefined;
+  }
+
+  /** The entry aedes queued for a message (by broker id and counter), if still queued. */
+  findByCounter(brokerId: unknown, brokerCounter: unknown): QueueEntry | undefined {
+    return oldest(this.#byCounter.get(counterKey(brokerId, brokerCounter)), () => true);
+  }
+
+  /** Forgets cached records and claims (the client went offline). */
   dropCachedValues(): void {
-    for (const entry of this.#entries.values()) entry.value = undefined;
+    for (const entry of this.#entries.values()) {
+      entry.value = undefined;
+      entry.claimed = undefined;
+    }
   }
 
   #index(entry: QueueEntry): void {

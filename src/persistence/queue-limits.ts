@@ -1,7 +1,11 @@
 /**
- * Per-client bounds on offline queues. Overflow policy: drop the client's
- * oldest queued PUBLISH until the queue fits (fresh data wins on a sensor
- * network); PUBREL entries, QoS 2 handshakes in progress, are never dropped.
+ * Per-client bounds on persistent sessions' queues, the client connected or
+ * not. Overflow policy: drop the client's oldest queued PUBLISH until the
+ * queue fits (fresh data wins on a sensor network); PUBREL entries, QoS 2
+ * handshakes in progress, are never dropped. While the client is connected
+ * only messages not sent yet are dropped (ClientQueue.oldestUnsentPublish):
+ * one in flight keeps its packet identifier until acknowledged, and one aedes
+ * is about to send must still be there when it calls outgoingUpdate.
  * Each drop is counted; a warning is logged at most once per 10 s per client.
  */
 import type { Logger } from '../observability/logger.js';
@@ -33,18 +37,22 @@ export class QueueLimiter {
     this.#now = now;
   }
 
-  /** Drops the oldest messages of an over-limit queue; returns how many. */
-  enforce(clientId: string, queue: ClientQueue, ops: BatchOp[]): number {
+  /**
+   * Drops the oldest messages of an over-limit queue; returns how many. With
+   * `online`, only messages not sent yet: the queue may stay over its limit
+   * by the messages in flight.
+   */
+  enforce(clientId: string, queue: ClientQueue, ops: BatchOp[], online = false): number {
     const { maxMessages, maxBytes } = this.#limits;
     let dropped = 0;
     while ((maxMessages > 0 && queue.publishCount > maxMessages) || (maxBytes > 0 && queue.publishBytes > maxBytes)) {
-      const victim = queue.oldestPublish();
+      const victim = online ? queue.oldestUnsentPublish() : queue.oldestPublish();
       if (!victim) break;
       queue.remove(victim);
       ops.push({ type: 'del', key: outgoingKey(clientId, victim.seq) });
       dropped++;
     }
-    if (dropped > 0) this.#report(clientId, dropped, queue.publishCount);
+    if (dropped > 0) this.#report(clientId, dropped, queue.publishCount, online);
     return dropped;
   }
 
@@ -53,7 +61,7 @@ export class QueueLimiter {
     this.#unreported.delete(clientId);
   }
 
-  #report(clientId: string, dropped: number, queued: number): void {
+  #report(clientId: string, dropped: number, queued: number, online: boolean): void {
     this.droppedMessages += dropped;
     this.overflows++;
     const now = this.#now();
@@ -61,8 +69,8 @@ export class QueueLimiter {
     state.dropped += dropped;
     if (state.loggedAt === undefined || now - state.loggedAt >= LOG_INTERVAL_MS) {
       this.#log.warn(
-        { clientId, dropped: state.dropped, maxMessages: this.#limits.maxMessages, maxBytes: this.#limits.maxBytes, queued },
-        'offline queue full: dropped the oldest messages',
+        { clientId, online, dropped: state.dropped, maxMessages: this.#limits.maxMessages, maxBytes: this.#limits.maxBytes, queued },
+        online ? 'session queue full: dropped the oldest messages not sent yet' : 'offline queue full: dropped the oldest messages',
       );
       state.dropped = 0;
       state.loggedAt = now;
