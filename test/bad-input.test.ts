@@ -4,15 +4,12 @@
  * answering /healthz [MQTT-4.8.0-1].
  */
 import t from 'tap';
-import type { Test } from 'tap';
 import type { MqttClient } from 'mqtt';
-import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
-import { connectRaw, openClient, type OpenedClient } from './helpers/mqtt.js';
+import { startDaemon } from './helpers/daemon.js';
+import { bystanders, transports, urlOf } from './helpers/bystanders.js';
+import { connectRaw, openClient } from './helpers/mqtt.js';
 
-const transports = ['tcp', 'ws'] as const;
-type Transport = (typeof transports)[number];
 
-const urlOf = (daemon: RunningDaemon, transport: Transport) => (transport === 'tcp' ? daemon.mqttUrl : daemon.wsUrl);
 
 /** A valid CONNECT (clean session, keep-alive 60 s) for a given client id. */
 function connectBytes(clientId: string, protocolName = 'MQTT', flags = 0x02): Buffer {
@@ -24,30 +21,6 @@ function connectBytes(clientId: string, protocolName = 'MQTT', flags = 0x02): Bu
   return Buffer.concat([Buffer.from([0x10, body.length]), body]);
 }
 
-/**
- * A client on each transport that must be unaffected by what others send:
- * it never closes, and still publishes to itself and receives afterwards.
- */
-async function bystanders(t: Test, daemon: RunningDaemon): Promise<() => Promise<void>> {
-  const clients: { transport: Transport; opened: OpenedClient; closes: number }[] = [];
-  for (const transport of transports) {
-    const opened = await openClient(t, urlOf(daemon, transport), { clientId: `bystander-${transport}` });
-    await opened.client.subscribeAsync(`bystander/${transport}`, { qos: 1 });
-    const entry = { transport, opened, closes: 0 };
-    opened.client.on('close', () => entry.closes++);
-    clients.push(entry);
-  }
-  return async () => {
-    for (const { transport, opened, closes } of clients) {
-      t.equal(closes, 0, `the ${transport} bystander was never disconnected`);
-      await opened.client.publishAsync(`bystander/${transport}`, 'still here', { qos: 1 });
-      await opened.log.waitFor((m) => m.some((x) => x.payload === 'still here'), 5000, `the ${transport} bystander's message`);
-      t.pass(`the ${transport} bystander still publishes and receives`);
-    }
-    const health = await fetch(`${daemon.httpUrl}/healthz`);
-    t.equal(health.status, 200, '/healthz still answers');
-  };
-}
 
 function closed(client: MqttClient, timeoutMs = 5000): Promise<void> {
   return new Promise((resolve, reject) => {

@@ -7,16 +7,13 @@
  * websocket.test.ts; malformed framing and packet types in bad-input.test.ts.)
  */
 import t from 'tap';
-import type { Test } from 'tap';
 import type { Packet } from 'mqtt-packet';
-import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
-import { connectRaw, openClient, type OpenedClient } from './helpers/mqtt.js';
+import { startDaemon } from './helpers/daemon.js';
+import { bystanders, transports, urlOf } from './helpers/bystanders.js';
+import { connectRaw, openClient } from './helpers/mqtt.js';
 import { captureLogs } from './helpers/logs.js';
 import { connect, publish, subscribe, unsubscribe, packet, u16 } from './helpers/packets.js';
 
-const transports = ['tcp', 'ws'] as const;
-type Transport = (typeof transports)[number];
-const urlOf = (daemon: RunningDaemon, transport: Transport) => (transport === 'tcp' ? daemon.mqttUrl : daemon.wsUrl);
 
 interface Rule {
   name: string;
@@ -177,24 +174,6 @@ const rules: Rule[] = [
   },
 ];
 
-/** Clients on both transports that must not notice any of it. */
-async function bystanders(t: Test, daemon: RunningDaemon): Promise<() => Promise<void>> {
-  const clients: { transport: Transport; opened: OpenedClient; closes: number }[] = [];
-  for (const transport of transports) {
-    const opened = await openClient(t, urlOf(daemon, transport), { clientId: `bystander-${transport}` });
-    await opened.client.subscribeAsync(`bystander/${transport}`, { qos: 1 });
-    const entry = { transport, opened, closes: 0 };
-    opened.client.on('close', () => entry.closes++);
-    clients.push(entry);
-  }
-  return async () => {
-    for (const { transport, opened, closes } of clients) {
-      t.equal(closes, 0, `the ${transport} bystander was never disconnected`);
-      await opened.client.publishAsync(`bystander/${transport}`, 'still here', { qos: 1 });
-      await opened.log.waitFor((m) => m.some((x) => x.payload === 'still here'), 5000, `the ${transport} bystander's message`);
-    }
-  };
-}
 
 for (const transport of transports) {
   t.test(`${transport}: each violation closes only the offending connection`, async (t) => {
