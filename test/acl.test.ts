@@ -10,7 +10,7 @@ import { writeFile } from 'node:fs/promises';
 import { Acl, filterCovers, parseAclRules } from '../src/auth/acl.js';
 import { hashPassword } from '../src/auth/password-file.js';
 import { tempDir } from './helpers/daemon.js';
-import { MessageLog, connectClient, connectRaw, eventually } from './helpers/mqtt.js';
+import { MessageLog, connectClient, connectRaw, connectWithLogin, eventually } from './helpers/mqtt.js';
 import { startSecureDaemon } from './helpers/security.js';
 
 const DENIED = 128;
@@ -37,18 +37,8 @@ pattern write clients/%c/status
  * (mqtt.js turns a 0x80 into an error and hides the others).
  */
 async function granted(t: Parameters<typeof connectRaw>[0], url: string, user: string | null, filters: string[]): Promise<number[]> {
-  const raw = await connectRaw(t, url);
-  raw.send({
-    cmd: 'connect',
-    protocolId: 'MQTT',
-    protocolVersion: 4,
-    clean: true,
-    keepalive: 30,
-    clientId: `sub-${Math.random().toString(36).slice(2)}`,
-    ...(user !== null ? { username: user, password: Buffer.from(`${user}-pw`) } : {}),
-  });
-  const connack = await raw.waitForPacket('connack');
-  if (connack.returnCode !== 0) throw new Error(`CONNACK ${connack.returnCode}`);
+  const { raw, returnCode } = await connectWithLogin(t, url, user !== null ? { username: user, password: `${user}-pw` } : {});
+  if (returnCode !== 0) throw new Error(`CONNACK ${returnCode}`);
   raw.send({ cmd: 'subscribe', messageId: 7, subscriptions: filters.map((topic) => ({ topic, qos: 1 })) });
   const suback = await raw.waitForPacket('suback');
   t.equal(raw.isClosed, false, 'the connection stays open after the SUBACK');

@@ -13,25 +13,12 @@ import type { IConnackPacket } from 'mqtt-packet';
 import { PasswordFile, hashPassword, parseHash, MAX_WAITING_HASHES } from '../src/auth/password-file.js';
 import { LoginLimiter, sourceKey } from '../src/auth/login-limiter.js';
 import { tempDir } from './helpers/daemon.js';
-import { connectRaw } from './helpers/mqtt.js';
+import { connectRaw, connectWithLogin, type RawLogin } from './helpers/mqtt.js';
 import { startSecureDaemon } from './helpers/security.js';
 
 /** Sends a CONNECT and returns the CONNACK's return code. */
-async function connack(t: Parameters<typeof connectRaw>[0], url: string, connect: { clientId?: string; username?: string; password?: string; will?: { topic: string } } = {}): Promise<number> {
-  const raw = await connectRaw(t, url);
-  raw.send({
-    cmd: 'connect',
-    protocolId: 'MQTT',
-    protocolVersion: 4,
-    clean: true,
-    keepalive: 30,
-    clientId: connect.clientId ?? `c-${Math.random().toString(36).slice(2)}`,
-    ...(connect.username !== undefined ? { username: connect.username } : {}),
-    ...(connect.password !== undefined ? { password: Buffer.from(connect.password) } : {}),
-    ...(connect.will ? { will: { topic: connect.will.topic, payload: Buffer.from('bye'), qos: 0, retain: false } } : {}),
-  });
-  const packet = await raw.waitForPacket('connack');
-  return packet.returnCode ?? -1;
+async function connack(t: Parameters<typeof connectRaw>[0], url: string, login: RawLogin = {}): Promise<number> {
+  return (await connectWithLogin(t, url, login)).returnCode;
 }
 
 /** A CONNECT from a chosen loopback source address (127.0.0.0/8 all reaches lo on Linux). */
@@ -209,15 +196,9 @@ t.test('with a password file and anonymous access off: CONNACK 0, 4 or 5, over T
 t.test('without an ACL file, $SYS (every client id and subscription) is readable only after a login', async (t) => {
   const passwordFilePath = await passwordFile(t, { ops: 'monitor' });
   const { mqttUrl } = await startSecureDaemon(t, { auth: { passwordFile: passwordFilePath } });
-  const subackFor = async (login: { username?: string; password?: string }) => {
-    const raw = await connectRaw(t, mqttUrl);
-    raw.send({
-      cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 30,
-      clientId: `sys-${Math.random().toString(36).slice(2)}`,
-      ...(login.username !== undefined ? { username: login.username } : {}),
-      ...(login.password !== undefined ? { password: Buffer.from(login.password) } : {}),
-    });
-    t.equal((await raw.waitForPacket('connack')).returnCode, ACCEPTED);
+  const subackFor = async (login: RawLogin) => {
+    const { raw, returnCode } = await connectWithLogin(t, mqttUrl, login);
+    t.equal(returnCode, ACCEPTED);
     raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: '$SYS/#', qos: 0 }, { topic: 'plant/#', qos: 0 }] });
     return (await raw.waitForPacket('suback')).granted;
   };

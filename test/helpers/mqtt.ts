@@ -238,3 +238,32 @@ export async function connectRaw(t: Test, url: string, options: RawClientOptions
     },
   };
 }
+
+export interface RawLogin {
+  clientId?: string;
+  username?: string;
+  password?: string;
+  will?: { topic: string };
+}
+
+/**
+ * Opens a raw connection and sends a clean-session CONNECT (keep-alive 30 s);
+ * returns the client and the CONNACK's return code, so tests can see refusals
+ * and SUBACK codes that mqtt.js turns into errors.
+ */
+export async function connectWithLogin(t: Test, url: string, login: RawLogin = {}): Promise<{ raw: RawClient; returnCode: number }> {
+  const raw = await connectRaw(t, url);
+  raw.send({
+    cmd: 'connect',
+    protocolId: 'MQTT',
+    protocolVersion: 4,
+    clean: true,
+    keepalive: 30,
+    clientId: login.clientId ?? `c-${Math.random().toString(36).slice(2)}`,
+    ...(login.username !== undefined ? { username: login.username } : {}),
+    ...(login.password !== undefined ? { password: Buffer.from(login.password) } : {}),
+    ...(login.will ? { will: { topic: login.will.topic, payload: Buffer.from('bye'), qos: 0, retain: false } } : {}),
+  });
+  const connack = await raw.waitForPacket('connack');
+  return { raw, returnCode: connack.returnCode ?? -1 };
+}
