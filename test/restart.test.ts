@@ -12,7 +12,7 @@ import { createDaemon, type Daemon } from '../src/index.js';
 import type { ConfigInput } from '../src/config/schema.js';
 import { ExitCode } from '../src/cli/io.js';
 import { tempDir, testConfig } from './helpers/daemon.js';
-import { connectRaw, openClient, type RawClient } from './helpers/mqtt.js';
+import { connectRaw, eventually, openClient, type RawClient } from './helpers/mqtt.js';
 import { CliProcess, execCli, repoRoot, writeConfig } from './helpers/process.js';
 
 /** Starts a daemon on `config`; stop it with the returned function (teardown stops it otherwise). */
@@ -154,6 +154,26 @@ t.test('a planned stop publishes no wills; after the restart only a client that 
   await watching.client.publishAsync('will/marker', 'marker', { qos: 1 });
   await watching.log.waitFor((m) => m.some((x) => x.topic === 'will/marker'), 5000, 'the marker');
   t.equal(watching.log.messages.length, 2, 'and only once');
+});
+
+t.test('a will from an earlier run is checked against the ACL in force now, as its owner', async (t) => {
+  // Wills of earlier runs are published every 4 heartbeat intervals: 4 s here.
+  const aclFile = path.join(tempDir(t), 'acl');
+  await writeFile(aclFile, 'topic readwrite will/#\n');
+  const config = testConfig(t, { broker: { heartbeatIntervalSec: 1 }, auth: { aclFile } });
+  const first = await run(t, config);
+  const ghost = await connectRaw(t, first.url);
+  ghost.send(connectPacket('ghost', true, { topic: 'will/ghost', payload: 'ghost is offline' }));
+  await ghost.waitForPacket('connack');
+  await first.daemon.stop();
+
+  // The device is revoked while the gateway is down: it may read, not write.
+  await writeFile(aclFile, 'topic read will/#\n');
+  const second = await run(t, config);
+  const watcher = await openClient(t, second.url, { clientId: 'watcher' });
+  await watcher.client.subscribeAsync('will/#', { qos: 1 });
+  await eventually(() => second.daemon.authStats().publishesDenied >= 1, 15_000, 'the will sweep to refuse the stored will');
+  t.same(watcher.log.messages, [], 'the revoked client\'s will is not published');
 });
 
 t.test('the offline queue limit applies across a restart (the oldest are dropped)', async (t) => {

@@ -135,6 +135,13 @@ interface ClientState {
 
 const SYS_PREFIX = '$SYS/';
 
+/** A will as stored: the owner's user name travels with it (null: anonymous). */
+interface StoredWill {
+  topic?: string;
+  clientId?: string;
+  ownerUsername?: string | null;
+}
+
 function isSysTopic(topic: string): boolean {
   return topic === '$SYS' || topic.startsWith(SYS_PREFIX);
 }
@@ -214,8 +221,12 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
     done: (error: AuthenticateError | null, success: boolean | null) => void,
     how: string,
   ): void {
-    const will = (client as unknown as { _will?: { topic?: string } | null })._will;
+    const will = (client as unknown as { _will?: StoredWill | null })._will;
     const state: ClientState = { username, acl: undefined, aclGeneration: -1, denialLogged: false, subscriptionDenialLogged: false };
+    // Stored with the will (the store keeps extra keys; aedes-packet drops them
+    // before delivery), so that a will published by a later run is checked as
+    // its owner against the ACL then in force.
+    if (will) will.ownerUsername = username;
     clients.set(client, state);
     if (will?.topic !== undefined && !mayPublish(client, state, will.topic)) {
       clients.delete(client);
@@ -302,8 +313,15 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
     authorizePublish(client, packet, done) {
       if (client === null) {
         // A will left by a previous run of the broker, published on its
-        // owner's behalf; it passed the checks at its CONNECT.
+        // owner's behalf. It passed the checks at its CONNECT, but the ACL may
+        // have been narrowed since (a revoked device): check it again, as its
+        // owner, against the rules in force now.
+        const current = acl;
+        const will = packet as PublishPacket & StoredWill;
         if (isSysTopic(packet.topic)) markDenied(null, packet, '$SYS is read-only');
+        else if (current !== null && !current.forClient(will.ownerUsername ?? null, will.clientId ?? '').canWrite(packet.topic)) {
+          markDenied(null, packet, 'will not allowed by the ACL now in force');
+        }
         done(null);
         return;
       }
