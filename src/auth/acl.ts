@@ -20,8 +20,7 @@
  * walk down the topic's levels per rule set, however many rules there are.
  */
 import { createRequire } from 'node:module';
-import { readFileSync } from 'node:fs';
-import { SecurityFileError, readFailure } from './errors.js';
+import { SecurityFileError, readSecurityFile } from './errors.js';
 
 /** Most levels a filter may have: qlobber's limit, and aedes' maxTopicLevels. */
 const MAX_LEVELS = 100;
@@ -188,15 +187,9 @@ export class Acl {
     return new Acl(parseAclRules(text, file));
   }
 
-  /** Reads and parses a file (synchronously: a small local file, read at start and on SIGHUP). */
+  /** Reads and parses a file. */
   static load(file: string): Acl {
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (cause) {
-      throw new SecurityFileError('EDGEMQTT_ACL_FILE_INVALID', file, [readFailure(cause)], { cause });
-    }
-    return Acl.parse(text, file);
+    return Acl.parse(readSecurityFile('EDGEMQTT_ACL_FILE_INVALID', file).toString('utf8'), file);
   }
 
   /** Whether a `user` section names this user. */

@@ -3,6 +3,7 @@
  * start-up it stops the start (exit 78, like a bad config: restarting will
  * not help); on reload the file in use is kept and the problems are logged.
  */
+import { readFileSync } from 'node:fs';
 import { EdgeMqttError, type ErrorCode } from '../errors.js';
 
 export type SecurityFileCode = Extract<
@@ -24,8 +25,20 @@ export class SecurityFileError extends EdgeMqttError {
   }
 }
 
-/** Reads why a file could not be read: its errno code when there is one. */
-export function readFailure(error: unknown): string {
+/** Why a file could not be read: its errno code when there is one. */
+function readFailure(error: unknown): string {
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   return code ? `cannot read the file (${code})` : `cannot read the file (${String(error)})`;
+}
+
+/**
+ * Reads a password, ACL or certificate file, or throws a SecurityFileError
+ * with `code`. Synchronous: small local files, read at start and on SIGHUP.
+ */
+export function readSecurityFile(code: SecurityFileCode, file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (cause) {
+    throw new SecurityFileError(code, file, [readFailure(cause)], { cause });
+  }
 }

@@ -9,8 +9,7 @@
  * src/cli/commands/passwd.ts.
  */
 import { randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { SecurityFileError, readFailure } from './errors.js';
+import { SecurityFileError, readSecurityFile } from './errors.js';
 import { EdgeMqttError } from '../errors.js';
 
 export interface ScryptParams {
@@ -197,15 +196,9 @@ export class PasswordFile {
     return new PasswordFile(users);
   }
 
-  /** Reads and parses a file (synchronously: a small local file, read at start and on SIGHUP). */
+  /** Reads and parses a file. */
   static load(file: string): PasswordFile {
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (cause) {
-      throw new SecurityFileError('EDGEMQTT_PASSWORD_FILE_INVALID', file, [readFailure(cause)], { cause });
-    }
-    return PasswordFile.parse(text, file);
+    return PasswordFile.parse(readSecurityFile('EDGEMQTT_PASSWORD_FILE_INVALID', file).toString('utf8'), file);
   }
 
   get size(): number {

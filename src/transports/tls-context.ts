@@ -5,9 +5,8 @@
  * for new connections while established ones keep theirs.
  */
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { createSecureContext, type SecureContextOptions, type Server as TlsServer, type TlsOptions } from 'node:tls';
-import { SecurityFileError, readFailure } from '../auth/errors.js';
+import { SecurityFileError, readSecurityFile } from '../auth/errors.js';
 import type { Logger } from '../observability/logger.js';
 
 export interface TlsSettings {
@@ -44,11 +43,7 @@ export function tlsServerOptions(settings: TlsSettings, handshakeTimeoutMs: numb
 }
 
 function readPem(file: string): Buffer {
-  try {
-    return readFileSync(file);
-  } catch (cause) {
-    throw new SecurityFileError('EDGEMQTT_TLS_INVALID', file, [readFailure(cause)], { cause });
-  }
+  return readSecurityFile('EDGEMQTT_TLS_INVALID', file);
 }
 
 /**
