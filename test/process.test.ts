@@ -8,7 +8,7 @@
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { connectClient, eventually } from './helpers/mqtt.js';
 import {
   CliProcess,
@@ -281,7 +281,8 @@ t.test('a hung stop is cut at shutdown.timeoutSec and still exits 0', async (t) 
   t.pass('the client still connected at the deadline was cut');
 });
 
-t.test('a stop signal during start-up stops once start settles, without READY=1', async (t) => {
+/** Starts the CLI with listen() held by the fault preload, and waits until start-up hangs there. */
+async function startHeldAtListen(t: Test): Promise<{ cli: CliProcess; notify: NotifySocket }> {
   const dir = t.testdir();
   const notify = await NotifySocket.open(t);
   const configPath = await writeConfig(dir, configFor(dir));
@@ -292,6 +293,11 @@ t.test('a stop signal during start-up stops once start settles, without READY=1'
   });
   await cli.waitForLog('broker started');
   await eventually(() => cli.stderr.includes('fault: listen() held'), 10_000, 'the held listen');
+  return { cli, notify };
+}
+
+t.test('a stop signal during start-up stops once start settles, without READY=1', async (t) => {
+  const { cli, notify } = await startHeldAtListen(t);
 
   cli.signal('SIGTERM'); // as systemd does when TimeoutStartSec expires
   await cli.waitForLog('stop requested', { predicate: (line) => line.during === 'starting' });
@@ -307,16 +313,7 @@ t.test('a stop signal during start-up stops once start settles, without READY=1'
 });
 
 t.test('a second stop signal during a hung start-up exits at once with 130', async (t) => {
-  const dir = t.testdir();
-  const notify = await NotifySocket.open(t);
-  const configPath = await writeConfig(dir, configFor(dir));
-  const cli = new CliProcess(t, ['start', '--config', configPath], {
-    cwd: dir,
-    env: { NOTIFY_SOCKET: notify.path },
-    nodeArgs: ['--import', faultHoldListen],
-  });
-  await cli.waitForLog('broker started');
-  await eventually(() => cli.stderr.includes('fault: listen() held'), 10_000, 'the held listen');
+  const { cli, notify } = await startHeldAtListen(t);
   cli.signal('SIGTERM');
   await cli.waitForLog('stop requested');
   cli.signal('SIGTERM');
