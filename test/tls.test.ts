@@ -30,18 +30,23 @@ interface TlsClientOptions {
   ciphers?: string;
 }
 
+/** A TLS connection to the daemon on loopback with the given client settings. */
+function connectTls(port: number, options: TlsClientOptions): tls.TLSSocket {
+  return tls.connect({
+    host: '127.0.0.1',
+    port,
+    ca: options.ca,
+    ...(options.cert ? { cert: options.cert.cert, key: options.cert.key } : {}),
+    ...(options.minVersion ? { minVersion: options.minVersion } : {}),
+    ...(options.maxVersion ? { maxVersion: options.maxVersion } : {}),
+    ...(options.ciphers ? { ciphers: options.ciphers } : {}),
+  });
+}
+
 /** Opens a TLS connection; resolves with the negotiated protocol and the server's certificate fingerprint. */
 function handshake(port: number, options: TlsClientOptions): Promise<{ protocol: string | null; fingerprint: string; socket: tls.TLSSocket }> {
   return new Promise((resolve, reject) => {
-    const socket = tls.connect({
-      host: '127.0.0.1',
-      port,
-      ca: options.ca,
-      ...(options.cert ? { cert: options.cert.cert, key: options.cert.key } : {}),
-      ...(options.minVersion ? { minVersion: options.minVersion } : {}),
-      ...(options.maxVersion ? { maxVersion: options.maxVersion } : {}),
-      ...(options.ciphers ? { ciphers: options.ciphers } : {}),
-    });
+    const socket = connectTls(port, options);
     socket.once('secureConnect', () => resolve({ protocol: socket.getProtocol(), fingerprint: socket.getPeerCertificate().fingerprint256, socket }));
     socket.once('error', reject);
   });
@@ -55,12 +60,7 @@ function handshake(port: number, options: TlsClientOptions): Promise<{ protocol:
  */
 function connackOverTls(port: number, options: TlsClientOptions & { username?: string; password?: string }): Promise<number> {
   return new Promise((resolve, reject) => {
-    const socket = tls.connect({
-      host: '127.0.0.1',
-      port,
-      ca: options.ca,
-      ...(options.cert ? { cert: options.cert.cert, key: options.cert.key } : {}),
-    });
+    const socket = connectTls(port, options);
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new Error('no CONNACK and no error within 5 s'));
