@@ -24,6 +24,17 @@
  *    stored in its outgoing queue, so the client's PUBREC finds nothing to
  *    update and aedes drops the connection. The PUBREL is due either way
  *    [MQTT-4.3.3-1]; nothing is lost by sending it.
+ * 4. Duplicates after a reconnect. aedes resends a persistent session's
+ *    stored messages after CONNECT (handlers/connect.js emptyQueue) from a
+ *    snapshot read ahead of the socket, while the restored subscriptions
+ *    already deliver live, and numbers each connection's messages from a
+ *    random start without checking which identifiers the client still holds.
+ *    So one message went out twice, or under two identifiers, or a new
+ *    message took the identifier of one awaiting its PUBREL: QoS 2 delivered
+ *    twice, or completed for the wrong message and lost. The store hands out
+ *    the identifiers instead (claimOutgoing for live deliveries, in
+ *    flow-control.ts; outgoingResendStream for the resend), each message once
+ *    per connection (test/reconnect-race.test.ts).
  */
 import type { Aedes, Client } from 'aedes';
 import type { Logger } from '../observability/logger.js';
@@ -57,6 +68,9 @@ interface StoredSubscription {
 interface PersistenceInternals {
   outgoingEnqueueCombi(subs: StoredSubscription[], packet: DeliveredPacket): Promise<void>;
   outgoingUpdate(client: Client, packet: { cmd: string; messageId?: number }): Promise<void>;
+  outgoingStream(client: Client): NodeJS.ReadableStream;
+  /** LevelPersistence's resend after CONNECT (see 4. above); aedes' memory persistence has none. */
+  outgoingResendStream?(client: Client): NodeJS.ReadableStream;
 }
 
 /**
@@ -172,6 +186,11 @@ function fixPersistence(persistence: PersistenceInternals, logger: Logger): Pers
           persistence.outgoingEnqueueCombi(group, qos === packet.qos ? packet : { ...packet, qos }),
         ),
       );
+    },
+    // See 4. above. aedes 1.2 calls outgoingStream only for this resend
+    // (Client#emptyOutgoingQueue, the other caller, is not used by aedes).
+    outgoingStream(client) {
+      return persistence.outgoingResendStream ? persistence.outgoingResendStream(client) : persistence.outgoingStream(client);
     },
     // See 3. above: a PUBREC for a message that was never stored still gets
     // its PUBREL instead of costing the client its connection.

@@ -32,8 +32,11 @@
  *   So what this queue drops (counted as deferred) the store has normally
  *   dropped already; a copy still there goes out on reconnect. Before sending
  *   a persistent session's message this asks the store (claimOutgoing)
- *   whether it is still queued, and skips it if not: aedes would find nothing
- *   to update and drop the connection.
+ *   whether to send it and under which packet identifier: the store owns the
+ *   identifiers of a session's messages (see #claim).
+ * - While a persistent session resumes (aedes sends its stored messages after
+ *   CONNECT), its live QoS 1/2 messages wait here, and go once aedes is done
+ *   (see #resuming).
  * - A client whose socket stays full for `drainTimeout` is disconnected by
  *   aedes' own timer, which this counts and logs.
  *
@@ -68,6 +71,8 @@ export interface FlowControlStats {
   bufferFullWaits: number;
   /** Deliveries that had to wait because the client's inflight window was full. */
   inflightWaits: number;
+  /** Live messages of a persistent session that waited for its stored messages to be resent after CONNECT. */
+  resumeWaits: number;
   /** Clients disconnected because their socket stayed full for the drain timeout. */
   slowClientDisconnects: number;
   /** Messages waiting in clients' queues now. */
@@ -91,6 +96,9 @@ interface DeliveredPacket {
   qos: QoS;
   brokerId?: string | null;
   brokerCounter?: number;
+  /** Set here for a persistent session's message (#claim); aedes keeps a set one (lib/qos-packet.js). */
+  messageId?: number;
+  dup?: boolean;
 }
 
 type Deliver = (packet: DeliveredPacket, callback: () => void) => void;
@@ -106,11 +114,13 @@ interface ClientInternals {
   deliverQoS: Deliver;
   _handleDrainTimeout: () => void;
   broker: { persistence?: OutgoingClaims };
+  /** aedes emits 'connected' once the CONNECT sequence, queued messages included, is done. */
+  once(event: 'connected', listener: () => void): unknown;
 }
 
-/** Implemented by LevelPersistence; aedes' memory persistence has no limits to claim against. */
+/** Implemented by LevelPersistence (see claimOutgoing there); aedes' memory persistence has none. */
 interface OutgoingClaims {
-  claimOutgoing?(clientId: string, brokerId: unknown, brokerCounter: unknown): boolean;
+  claimOutgoing?(client: object, brokerId: unknown, brokerCounter: unknown): { messageId?: number; resend?: boolean } | undefined;
 }
 
 interface Entry {
@@ -145,6 +155,7 @@ export class FlowControl {
     deferredQueuedMessages: 0,
     bufferFullWaits: 0,
     inflightWaits: 0,
+    resumeWaits: 0,
     slowClientDisconnects: 0,
   };
   #queuedMessages = 0;
@@ -224,6 +235,7 @@ export class ClientFlow {
     };
     conn.on('drain', () => this.#pump());
     conn.once('close', () => this.#close());
+    client.once('connected', () => this.#pump());
   }
 
   /** The client acknowledged a QoS 1 (PUBACK) or QoS 2 (PUBCOMP) message: its window has room again. */
@@ -236,7 +248,11 @@ export class ClientFlow {
 
   #deliver(deliver: Deliver, packet: DeliveredPacket, qos: QoS, callback: () => void): void {
     if (this.#closed || this.#client.closed) {
-      deliver(packet, callback);
+      // Nothing can be written any more. A persistent session's QoS 1/2
+      // message stays in its store for the next connection; handed to aedes,
+      // it would be numbered and "sent" to the dead connection.
+      if (qos > 0 && !this.#client.clean) setImmediate(callback);
+      else deliver(packet, callback);
       return;
     }
     // Live messages carry the id of the broker that published them; the
@@ -252,8 +268,8 @@ export class ClientFlow {
         this.#owner.count('droppedQos0Messages');
         this.#owner.report('outgoingBufferFull', this.#fields({ qos: 0, dropped: true }));
       }
-    } else if ((this.#queue.length === this.#head && this.#canSend(entry)) || this.#resumingSession(qos)) {
-      if (this.#stillStored(entry)) this.#send(entry);
+    } else if (this.#queue.length === this.#head && this.#canSend(entry)) {
+      if (this.#claim(entry)) this.#send(entry);
     } else {
       this.#enqueue(entry);
     }
@@ -261,16 +277,15 @@ export class ClientFlow {
   }
 
   /**
-   * While a persistent session's stored messages are being sent after
-   * CONNECT (aedes' emptyQueue), live QoS 1/2 deliveries go straight through,
-   * as in aedes. Each is already in the session store, and that stream may
-   * pick it up too: aedes then sends it twice with one packet id, which the
-   * client recognises [MQTT-4.3.3-2]; had it waited here, the stream would
-   * give it one id and the later send another, and the client would deliver
-   * it twice. The stream itself is paced by the socket.
+   * Whether `entry` is a persistent session's live QoS 1/2 message that
+   * arrived while aedes is still sending the session's stored messages after
+   * CONNECT (handlers/connect.js emptyQueue; `connected` is set when it is
+   * done). It waits until then: the stored messages go first, in order
+   * [MQTT-4.6.0-2], and the store knows which of the waiting ones that
+   * stream has sent already (#claim skips them).
    */
-  #resumingSession(qos: QoS): boolean {
-    return qos > 0 && !this.#client.clean && !this.#client.connected;
+  #resuming(entry: Entry): boolean {
+    return entry.qos > 0 && entry.callback === undefined && !this.#client.clean && !this.#client.connected;
   }
 
   /** Output not yet taken by the network: the stream's buffer, or the bytes in flight to it, whichever is larger. */
@@ -291,20 +306,30 @@ export class ClientFlow {
   }
 
   #canSend(entry: Entry): boolean {
-    return this.#fits(entry.bytes) && this.#windowOpen(entry);
+    return this.#fits(entry.bytes) && this.#windowOpen(entry) && !this.#resuming(entry);
   }
 
   /**
-   * Whether a persistent session's live QoS 1/2 message is still in its
-   * session store (not dropped by the store's queue limits); claims it there
-   * so it stays until aedes has given it its packet identifier.
+   * Asks the session store whether to send a persistent session's live QoS
+   * 1/2 message, and under which packet identifier; false when it must not
+   * go (dropped by the store's queue limits, acknowledged, or already sent
+   * on this connection by the resend after CONNECT). The identifier is the
+   * store's: one a message already had on an earlier connection, else one no
+   * queued message holds. aedes keeps an identifier the packet carries
+   * (lib/qos-packet.js) instead of numbering it itself, which could repeat
+   * one the client still holds from the earlier connection.
    */
-  #stillStored(entry: Entry): boolean {
+  #claim(entry: Entry): boolean {
     const { packet } = entry;
     if (entry.qos === 0 || !packet.brokerId || this.#client.clean || this.#client.id === null) return true;
     const claims = this.#client.broker.persistence;
     if (typeof claims?.claimOutgoing !== 'function') return true;
-    return claims.claimOutgoing(this.#client.id, packet.brokerId, packet.brokerCounter);
+    const claim = claims.claimOutgoing(this.#client, packet.brokerId, packet.brokerCounter);
+    if (!claim) return false;
+    if (claim.messageId !== undefined) packet.messageId = claim.messageId;
+    // [MQTT-3.3.1-1]: a message sent on an earlier connection goes again as a duplicate.
+    if (claim.resend === true) packet.dup = true;
+    return true;
   }
 
   #send(entry: Entry): void {
@@ -322,7 +347,9 @@ export class ClientFlow {
   }
 
   #enqueue(entry: Entry): void {
-    if (!this.#fits(entry.bytes)) {
+    if (this.#resuming(entry)) {
+      this.#owner.count('resumeWaits');
+    } else if (!this.#fits(entry.bytes)) {
       this.#owner.count('bufferFullWaits');
       this.#owner.report('outgoingBufferFull', this.#fields({ qos: entry.qos, dropped: false }));
     } else {
@@ -369,8 +396,9 @@ export class ClientFlow {
       const entry = this.#queue[this.#head] as Entry;
       if (!this.#canSend(entry)) return;
       this.#shift();
-      // Dropped from the session store meanwhile (its limits): skipped, counted there.
-      if (this.#stillStored(entry)) this.#send(entry);
+      // Dropped from the session store meanwhile (its limits), or sent by
+      // the resend after CONNECT: skipped, counted there.
+      if (this.#claim(entry)) this.#send(entry);
     }
   }
 

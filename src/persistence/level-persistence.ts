@@ -62,7 +62,7 @@ import {
   type LevelPersistenceOptions,
   type ResolvedOptions,
 } from './options.js';
-import { OutgoingQueues, type QueueEntry } from './outgoing-queues.js';
+import { OutgoingQueues, type ClientQueue, type QueueEntry } from './outgoing-queues.js';
 import { QueueLimiter } from './queue-limits.js';
 import { aliveOp, quarantineOps, recover } from './recover.js';
 import { SessionClock } from './session-clock.js';
@@ -78,6 +78,12 @@ export interface BrokerLike {
   clients?: Record<string, unknown>;
   on?(event: string, listener: (client: ClientLike) => void): unknown;
   removeListener?(event: string, listener: (client: ClientLike) => void): unknown;
+}
+
+/** What claimOutgoing answers for a message that may be sent: the packet identifier to use, and whether it is a resend. Empty while the store is not running (aedes decides). */
+export interface OutgoingClaim {
+  messageId?: number;
+  resend?: boolean;
 }
 
 export interface ClientLike {
@@ -107,6 +113,14 @@ export interface PersistenceStats {
   wills: number;
   /** Messages dropped by the per-client queue limits. */
   queueDroppedMessages: number;
+  /** Stored messages sent again on a later connection, under the packet identifier they had, DUP set. */
+  resentMessages: number;
+  /** Times a stored message already handed out on a connection was not sent on it again (a live delivery racing the resend after CONNECT). */
+  repeatSendsAvoided: number;
+  /** Times aedes offered a stored message under a second packet identifier and the first was kept; above 0 means a delivery path bypassed claimOutgoing. */
+  packetIdConflicts: number;
+  /** Times a message had to wait for the next connection because all 65,535 packet identifiers of its session were in use. */
+  packetIdsExhausted: number;
   /** Times a client's queue hit a limit (one per enqueue that dropped something). */
   queueOverflows: number;
   sessionsExpired: number;
@@ -178,6 +192,9 @@ export class LevelPersistence {
   #sessions = new SessionClock(new Map());
   #nextSeq = 1;
   #maxCounters = new Map<string, number>();
+  /** A number per aedes client object: which connection a queued message was handed out on. */
+  readonly #connections = new WeakMap<ClientLike, number>();
+  #nextConnection = 1;
 
   // Reads of values being deleted (acknowledged messages, wills); stop() waits for them.
   readonly #inflight = new Set<Promise<unknown>>();
@@ -187,6 +204,10 @@ export class LevelPersistence {
     decodeErrors: 0,
     quarantinedRecords: 0,
     retainedLookups: 0,
+    resentMessages: 0,
+    repeatSendsAvoided: 0,
+    packetIdConflicts: 0,
+    packetIdsExhausted: 0,
     recoveryRecords: 0,
     recoveryMs: 0,
   };
@@ -640,17 +661,51 @@ export class LevelPersistence {
   /**
    * Called by the flow control (src/broker/flow-control.ts) right before it
    * hands a live QoS 1/2 message for a connected persistent session to aedes'
-   * deliverQoS, which will call outgoingUpdate for it. Returns false when the
-   * message is no longer queued (dropped by the queue limits, or already
-   * acknowledged): it must not be sent, aedes would find nothing to update and
-   * drop the connection. Otherwise marks the entry so the limits keep it.
+   * deliverQoS, which will call outgoingUpdate for it. Answers with the
+   * packet identifier to send it under, or undefined when it must not be
+   * sent: no longer queued (dropped by the queue limits, or acknowledged),
+   * already past PUBREC, or already handed out on this connection (by the
+   * resend stream after CONNECT, see outgoingResendStream). A message handed out
+   * on an earlier connection keeps its identifier and is a resend (DUP)
+   * [MQTT-4.3.3-1]; a new one gets a free identifier (allocateMessageId).
    */
-  claimOutgoing(clientId: string, brokerId: unknown, brokerCounter: unknown): boolean {
-    if (this.#state !== 'running') return true;
-    const entry = this.#queues.get(clientId)?.findByCounter(brokerId, brokerCounter);
-    if (!entry) return false;
-    entry.claimed = true;
+  claimOutgoing(client: ClientLike, brokerId: unknown, brokerCounter: unknown): OutgoingClaim | undefined {
+    if (this.#state !== 'running') return {};
+    const queue = this.#queues.get(client.id);
+    const entry = queue?.findByCounter(brokerId, brokerCounter);
+    if (!queue || !entry || entry.cmd !== 'publish') return undefined;
+    const connection = this.#connectionOf(client);
+    if (entry.sentOn === connection) {
+      this.#counters.repeatSendsAvoided++;
+      return undefined;
+    }
+    const resend = entry.messageId !== undefined;
+    if (!resend && !this.#numberEntry(client.id, queue, entry)) return undefined;
+    if (resend) this.#counters.resentMessages++;
+    entry.sentOn = connection;
+    return { messageId: entry.messageId as number, resend };
+  }
+
+  /** Gives a queued message its packet identifier (in memory; outgoingUpdate stores it with the record). */
+  #numberEntry(clientId: string, queue: ClientQueue, entry: QueueEntry): boolean {
+    const messageId = queue.allocateMessageId();
+    if (messageId === undefined) {
+      this.#counters.packetIdsExhausted++;
+      this.#log.warn({ clientId }, 'all 65535 packet identifiers of this session are in use: the message waits for the next connection');
+      return false;
+    }
+    queue.update(entry, { cmd: entry.cmd, brokerId: entry.brokerId, brokerCounter: entry.brokerCounter, messageId, bytes: entry.bytes });
     return true;
+  }
+
+  /** A number for each aedes client object, i.e. each connection. */
+  #connectionOf(client: ClientLike): number {
+    let connection = this.#connections.get(client);
+    if (connection === undefined) {
+      connection = this.#nextConnection++;
+      this.#connections.set(client, connection);
+    }
+    return connection;
   }
 
   /**
@@ -672,6 +727,16 @@ export class LevelPersistence {
     const queue = this.#queues.get(client.id);
     const entry = queue?.findForUpdate(packet);
     if (!queue || !entry) throw new Error('no such packet');
+    if (packet.cmd === 'publish' && entry.cmd === 'publish' && entry.messageId !== undefined && packet.messageId !== entry.messageId) {
+      // A message already sent under one identifier must never be sent
+      // under another: a receiver that completed the first would deliver it
+      // twice. claimOutgoing and outgoingResendStream hand out the identifier, so
+      // this means aedes numbered it itself; `packet` is what aedes writes
+      // next, so it goes out under the identifier already given.
+      this.#counters.packetIdConflicts++;
+      this.#log.warn({ clientId: client.id, kept: entry.messageId, offered: packet.messageId }, 'queued message offered under a second packet identifier; the first is kept');
+      packet.messageId = entry.messageId;
+    }
     const data = packetData(packet);
     const value = encodePacket(data);
     if (entry.value?.equals(value)) return;
@@ -711,41 +776,136 @@ export class LevelPersistence {
     });
   }
 
+  /**
+   * aedes-persistence's outgoingStream: the queue as stored, packet
+   * identifiers as they are (none for a message never sent). The broker
+   * resends through outgoingResendStream instead, which decides what each
+   * message is at the moment it goes out.
+   */
   outgoingStream(client: ClientLike): Readable {
     this.#ready();
     const clientId = client.id;
-    // A snapshot of the queue, like the reference implementation; entries
-    // removed while streaming (acknowledged, dropped) are skipped.
     const entries = [...(this.#queues.get(clientId)?.entries() ?? [])];
     const persistence = this;
     async function* generate(): AsyncGenerator<PacketLike> {
       for (let start = 0; start < entries.length; start += STREAM_CHUNK) {
         const chunk = entries.slice(start, start + STREAM_CHUNK).filter((entry) => persistence.#holds(clientId, entry));
-        // aedes calls outgoingUpdate for each packet yielded: the queue limits must keep them until then.
-        for (const entry of chunk) entry.claimed = true;
         const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
-        const cached = chunk.map((entry) => entry.value);
-        const missing = keys.filter((_, i) => cached[i] === undefined);
-        const read = missing.length > 0 ? await persistence.#readMany(missing) : [];
-        let next = 0;
+        const values = await persistence.#readValues(chunk, keys);
         const packets: PacketLike[] = [];
-        for (let i = 0; i < chunk.length; i++) {
-          const value = cached[i] ?? read[next++];
-          if (!value) {
-            // Indexed but not stored: its write failed. Drop it so limits and counts stay true.
-            if (persistence.#holds(clientId, chunk[i]!)) persistence.#dropEntry(clientId, chunk[i]!);
-            continue;
-          }
-          const packet = persistence.#decode(keys[i]!, value, () => persistence.#dropEntry(clientId, chunk[i]!));
-          if (!packet) continue;
-          packets.push(packet);
-          // aedes resends it next (outgoingUpdate): an unchanged resend then writes nothing.
-          if (persistence.#isOnline(clientId)) chunk[i]!.value = value;
+        chunk.forEach((entry, i) => {
+          const packet = persistence.#storedPacket(clientId, entry, keys[i]!, values[i]);
+          if (packet) packets.push(packet);
+        });
+        yield* packets;
+      }
+    }
+    return Readable.from(generate());
+  }
+
+  /**
+   * The stored messages aedes sends after CONNECT (handlers/connect.js
+   * emptyQueue), in queue order. Each is decided when its chunk has been
+   * read, from the in-memory index, the truth for what a message is now:
+   * - a PUBREL stays a PUBREL: the PUBLISH is never sent again once the
+   *   client's PUBREC arrived [MQTT-4.3.3-1];
+   * - a PUBLISH that has a packet identifier is sent again under it, with
+   *   DUP set [MQTT-3.3.1-1], [MQTT-4.4.0-1];
+   * - a PUBLISH without one gets a free one (allocateMessageId);
+   * - one already handed out on this connection (a live delivery that went
+   *   first) is skipped, and the ones handed out here are skipped by live
+   *   deliveries (claimOutgoing): each message leaves once per connection.
+   * The identifiers given here are stored with one write per chunk, which a
+   * QoS 2 message waits for before it is sent (see outgoingUpdate); aedes'
+   * outgoingUpdate then finds the record unchanged and writes nothing. So a
+   * backlog costs one fsync per chunk, not one per message.
+   */
+  outgoingResendStream(client: ClientLike): Readable {
+    this.#ready();
+    const clientId = client.id;
+    const connection = this.#connectionOf(client);
+    // A snapshot of the queue, like the reference implementation: what is
+    // queued later reaches the client live. Entries removed meanwhile
+    // (acknowledged, dropped) are skipped.
+    const entries = [...(this.#queues.get(clientId)?.entries() ?? [])];
+    const persistence = this;
+    async function* generate(): AsyncGenerator<PacketLike> {
+      for (let start = 0; start < entries.length; start += STREAM_CHUNK) {
+        const chunk = entries.slice(start, start + STREAM_CHUNK).filter((entry) => persistence.#holds(clientId, entry));
+        const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
+        const values = await persistence.#readValues(chunk, keys);
+        const { packets, ops, durable } = persistence.#resends(client, connection, chunk, keys, values);
+        if (ops.length > 0) {
+          if (durable) await persistence.#write(ops);
+          else persistence.#writeBehind(ops, 'resent message identifier');
         }
         yield* packets;
       }
     }
     return Readable.from(generate());
+  }
+
+  /** Decides, in one synchronous step, what outgoingResendStream sends of one chunk (see there). */
+  #resends(
+    client: ClientLike,
+    connection: number,
+    chunk: readonly QueueEntry[],
+    keys: readonly Buffer[],
+    values: ReadonlyArray<Buffer | undefined>,
+  ): { packets: PacketLike[]; ops: BatchOp[]; durable: boolean } {
+    const clientId = client.id;
+    const queue = this.#queues.get(clientId);
+    const online = this.#isOnline(clientId);
+    const packets: PacketLike[] = [];
+    const ops: BatchOp[] = [];
+    let durable = false;
+    chunk.forEach((entry, i) => {
+      // Acknowledged, dropped or sent live while the chunk was read.
+      if (!queue || !this.#holds(clientId, entry) || entry.sentOn === connection) return;
+      const value = values[i];
+      const stored = this.#storedPacket(clientId, entry, keys[i]!, value);
+      if (!stored || !value) return;
+      let packet: PacketLike;
+      if (entry.cmd !== 'publish') {
+        packet = stored.cmd === entry.cmd ? stored : { cmd: entry.cmd, messageId: entry.messageId };
+      } else if (entry.messageId !== undefined) {
+        packet = { ...stored, cmd: 'publish', messageId: entry.messageId, dup: true };
+        this.#counters.resentMessages++;
+      } else {
+        if (!this.#numberEntry(clientId, queue, entry)) return;
+        packet = { ...stored, cmd: 'publish', messageId: entry.messageId };
+      }
+      entry.sentOn = connection;
+      const encoded = encodePacket(packetData(packet));
+      if (!encoded.equals(value)) {
+        ops.push({ type: 'put', key: keys[i]!, value: encoded });
+        queue.update(entry, { cmd: entry.cmd, brokerId: entry.brokerId, brokerCounter: entry.brokerCounter, messageId: entry.messageId, bytes: encoded.length });
+        if (packet.cmd !== 'publish' || packet.qos === 2) durable = true;
+      }
+      // aedes resends it next (outgoingUpdate): an unchanged resend then writes nothing.
+      entry.value = online ? detached(encoded) : undefined;
+      packets.push(packet);
+    });
+    return { packets, ops, durable };
+  }
+
+  /** The records of queued entries: the cached copy where there is one, else the group commit's queued write or the disk. */
+  async #readValues(chunk: readonly QueueEntry[], keys: readonly Buffer[]): Promise<Array<Buffer | undefined>> {
+    const cached = chunk.map((entry) => entry.value);
+    const missing = keys.filter((_, i) => cached[i] === undefined);
+    const read = missing.length > 0 ? await this.#readMany(missing) : [];
+    let next = 0;
+    return chunk.map((_, i) => cached[i] ?? read[next++]);
+  }
+
+  /** Decodes a queued entry's record; undefined (and the entry dropped) when it is missing or undecodable. */
+  #storedPacket(clientId: string, entry: QueueEntry, key: Buffer, value: Buffer | undefined): PacketLike | undefined {
+    if (!value) {
+      // Indexed but not stored: its write failed. Drop it so limits and counts stay true.
+      if (this.#holds(clientId, entry)) this.#dropEntry(clientId, entry);
+      return undefined;
+    }
+    return this.#decode(key, value, () => this.#dropEntry(clientId, entry));
   }
 
   // ------------------------------------------------------- incoming (QoS 2)
@@ -1095,6 +1255,10 @@ export class LevelPersistence {
       wills: this.#wills.size,
       queueDroppedMessages: this.#limiter.droppedMessages,
       queueOverflows: this.#limiter.overflows,
+      resentMessages: c.resentMessages,
+      repeatSendsAvoided: c.repeatSendsAvoided,
+      packetIdConflicts: c.packetIdConflicts,
+      packetIdsExhausted: c.packetIdsExhausted,
       sessionsExpired: c.sessionsExpired,
       decodeErrors: c.decodeErrors,
       quarantinedRecords: c.quarantinedRecords,

@@ -25,12 +25,13 @@ export interface QueueEntry {
   /** The encoded record, kept while the client is online and the entry is in flight; undefined otherwise. */
   value: Buffer | undefined;
   /**
-   * Handed to aedes for sending on the current connection (a live delivery
-   * or the resend stream after CONNECT), which will call outgoingUpdate for
-   * it: it must not be dropped meanwhile, or aedes' outgoingUpdate fails and
-   * aedes drops the connection.
+   * The connection (a number per aedes client object) this entry was last
+   * handed out on, by a live delivery or by the resend stream after CONNECT:
+   * it is not handed out again on that connection. An entry handed out also
+   * has its packet identifier, kept until acknowledged, so the queue limits
+   * never drop it (oldestUnsentPublish).
    */
-  claimed?: boolean;
+  sentOn?: number;
 }
 
 export type EntryFields = Pick<QueueEntry, 'cmd' | 'brokerId' | 'brokerCounter' | 'messageId' | 'bytes'>;
@@ -72,6 +73,8 @@ export class ClientQueue {
   /** PUBLISH entries and their bytes: what the per-client limits count. */
   publishCount = 0;
   publishBytes = 0;
+  /** Where the search for a free packet identifier starts (allocateMessageId). */
+  #nextMessageId = 1;
 
   get size(): number {
     return this.#entries.size;
@@ -125,6 +128,24 @@ export class ClientQueue {
     return oldest(this.#byMessageId.get(messageId), () => true);
   }
 
+  /**
+   * A packet identifier no entry of this queue holds [MQTT-2.3.1-2]: a PUBLISH
+   * in flight or a PUBREL awaiting its PUBCOMP, whichever connection it was
+   * first sent on. aedes numbers each connection's messages from a random
+   * start and never checks, so after a reconnect a new message could take the
+   * identifier of one the client still holds: the client's PUBREC then
+   * completes the wrong message, and one is lost while the other arrives
+   * twice. Undefined when all 65,535 are in use.
+   */
+  allocateMessageId(): number | undefined {
+    for (let tried = 0; tried < 65_535; tried++) {
+      const id = this.#nextMessageId;
+      this.#nextMessageId = id >= 65_535 ? 1 : id + 1;
+      if (!this.#byMessageId.has(id)) return id;
+    }
+    return undefined;
+  }
+
   /** The oldest PUBLISH entry: what the overflow policy drops first. */
   oldestPublish(): QueueEntry | undefined {
     for (const entry of this.#entries.values()) if (entry.cmd === 'publish') return entry;
@@ -133,12 +154,13 @@ export class ClientQueue {
 
   /**
    * The oldest PUBLISH a connected client has not been sent: no packet
-   * identifier yet, not handed to aedes. What the overflow policy drops first
-   * while the client is online; entries in flight and PUBRELs stay.
+   * identifier yet (one is given when it is handed to aedes). What the
+   * overflow policy drops first while the client is online; entries in
+   * flight and PUBRELs stay.
    */
   oldestUnsentPublish(): QueueEntry | undefined {
     for (const entry of this.#entries.values()) {
-      if (entry.cmd === 'publish' && entry.messageId === undefined && entry.claimed !== true) return entry;
+      if (entry.cmd === 'publish' && entry.messageId === undefined) return entry;
     }
     return undefined;
   }
@@ -148,12 +170,9 @@ export class ClientQueue {
     return oldest(this.#byCounter.get(counterKey(brokerId, brokerCounter)), () => true);
   }
 
-  /** Forgets cached records and claims (the client went offline). */
+  /** Forgets cached records (the client went offline). */
   dropCachedValues(): void {
-    for (const entry of this.#entries.values()) {
-      entry.value = undefined;
-      entry.claimed = undefined;
-    }
+    for (const entry of this.#entries.values()) entry.value = undefined;
   }
 
   #index(entry: QueueEntry): void {
