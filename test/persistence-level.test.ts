@@ -3,87 +3,18 @@
  * restart, what a bad store does at start-up, decode failures, queue limits,
  * session expiry, retained lookups that do not scan, and aedes on top of it.
  */
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { spawn } from 'node:child_process';
-import { EventEmitter, once } from 'node:events';
+import { once } from 'node:events';
 import { readdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Aedes } from 'aedes';
 import { Level } from 'level';
-import { createLogger } from '../src/observability/logger.js';
-import {
-  createLevelPersistence,
-  type LevelPersistence,
-  type LevelPersistenceOptions,
-} from '../src/persistence/index.js';
 import { outgoingKey, retainedKey, subscriptionKey, willKey } from '../src/persistence/keys.js';
-import { tempDir } from './helpers/daemon.js';
+import { capturingLogger, collect, fakeBroker, harness, publish } from './helpers/store.js';
+import { createLevelPersistence } from '../src/persistence/index.js';
 import { eventually, openClient } from './helpers/mqtt.js';
-
-interface LogRecord {
-  level: number;
-  msg: string;
-  [key: string]: unknown;
-}
-
-/** A logger whose lines the test can read. */
-function capturingLogger() {
-  const lines: LogRecord[] = [];
-  const logger = createLogger({
-    level: 'debug',
-    destination: { write: (line: string) => void lines.push(JSON.parse(line) as LogRecord) },
-  });
-  return { logger, lines, messages: (msg: string) => lines.filter((line) => line.msg === msg) };
-}
-
-interface Harness {
-  dir: string;
-  lines: LogRecord[];
-  messages(msg: string): LogRecord[];
-  clock: { now: number };
-  /** A persistence on the harness' store, stopped by the test's teardown. */
-  create(options?: Partial<LevelPersistenceOptions>): LevelPersistence;
-  open(options?: Partial<LevelPersistenceOptions>): Promise<LevelPersistence>;
-}
-
-function harness(t: Test): Harness {
-  const dir = path.join(tempDir(t, 'edgemqtt-store-'), 'store');
-  const { logger, lines, messages } = capturingLogger();
-  const clock = { now: Date.UTC(2025, 0, 1) };
-  const create = (options: Partial<LevelPersistenceOptions> = {}) => {
-    const persistence = createLevelPersistence({ path: dir, ...options }, { logger, now: () => clock.now });
-    t.teardown(() => persistence.stop());
-    return persistence;
-  };
-  return {
-    dir,
-    lines,
-    messages,
-    clock,
-    create,
-    async open(options) {
-      const persistence = create(options);
-      await persistence.start();
-      return persistence;
-    },
-  };
-}
-
-/** The parts of an aedes broker the persistence looks at. */
-function fakeBroker(id = 'broker-1') {
-  return Object.assign(new EventEmitter(), { id, counter: 0, clients: Object.create(null) as Record<string, unknown> });
-}
-
-function publish(topic: string, payload: string, extra: Record<string, unknown> = {}) {
-  return { cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: false, dup: false, ...extra };
-}
-
-async function collect<T>(stream: AsyncIterable<T>): Promise<T[]> {
-  const items: T[] = [];
-  for await (const item of stream) items.push(item);
-  return items;
-}
 
 const payloads = (packets: Array<Record<string, unknown>>) => packets.map((p) => String(p.payload));
 

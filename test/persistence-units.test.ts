@@ -165,3 +165,25 @@ t.test('queue index: lookups follow the reference queue semantics', async (t) =>
   t.equal(queue.oldestPublish(), third, 'the PUBREL is skipped');
   t.notOk(queue.holds(first));
 });
+
+t.test('queue index: packet identifiers are given round the 16-bit space, skipping those held', async (t) => {
+  const queue = new ClientQueue();
+  const entry = (seq: number, messageId: number | undefined): QueueEntry => ({
+    seq,
+    cmd: 'publish',
+    brokerId: 'b1',
+    brokerCounter: seq,
+    messageId,
+    bytes: 10,
+    value: undefined,
+  });
+  queue.append(entry(1, 2));
+  queue.append(entry(2, 65_535));
+  t.same([queue.allocateMessageId(), queue.allocateMessageId()], [1, 3], '2 is held');
+  for (let id = 4; id < 65_534; id++) queue.allocateMessageId();
+  t.equal(queue.allocateMessageId(), 65_534);
+  t.equal(queue.allocateMessageId(), 1, '65535 is held: round to 1, never 0 [MQTT-2.3.1-1]');
+  const full = new ClientQueue();
+  for (let id = 1; id <= 65_535; id++) full.append(entry(id, id));
+  t.equal(full.allocateMessageId(), undefined, 'none free');
+});
