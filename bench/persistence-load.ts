@@ -191,13 +191,20 @@ export class RawConnection {
     socket.on('error', () => undefined);
   }
 
-  static async open(port: number, clientId: string, clean = true): Promise<RawConnection> {
+  /** `onPacket`, when given, is in place before the CONNECT: a resumed session's messages follow the CONNACK at once. */
+  static async open(
+    port: number,
+    clientId: string,
+    clean = true,
+    onPacket?: (packet: Packet, connection: RawConnection) => void,
+  ): Promise<RawConnection> {
     const socket = net.connect({ host: '127.0.0.1', port, noDelay: true });
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);
     });
     const connection = new RawConnection(socket);
+    if (onPacket) connection.onPacket((packet) => onPacket(packet, connection));
     await connection.request({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId, clean, keepalive: 0 }, 'connack');
     return connection;
   }

@@ -110,17 +110,14 @@ t.test('topic tree: MQTT 3.1.1 matching', async (t) => {
   t.equal(tree.size, 6);
 });
 
+/** A queued PUBLISH of broker b1 as the queue index holds it. */
+function queuedPublish(seq: number, messageId: number | undefined): QueueEntry {
+  return { seq, cmd: 'publish', brokerId: 'b1', brokerCounter: seq, messageId, bytes: 10, value: undefined };
+}
+
 t.test('queue index: each PUBREL replaces its own PUBLISH, with others in flight', async (t) => {
   const queue = new ClientQueue();
-  const publish = (seq: number, messageId: number): QueueEntry => ({
-    seq,
-    cmd: 'publish',
-    brokerId: 'b1',
-    brokerCounter: seq,
-    messageId,
-    bytes: 10,
-    value: undefined,
-  });
+  const publish = queuedPublish;
   const first = publish(1, 7);
   const second = publish(2, 8);
   queue.append(first);
@@ -168,15 +165,7 @@ t.test('queue index: lookups follow the reference queue semantics', async (t) =>
 
 t.test('queue index: packet identifiers are given round the 16-bit space, skipping those held', async (t) => {
   const queue = new ClientQueue();
-  const entry = (seq: number, messageId: number | undefined): QueueEntry => ({
-    seq,
-    cmd: 'publish',
-    brokerId: 'b1',
-    brokerCounter: seq,
-    messageId,
-    bytes: 10,
-    value: undefined,
-  });
+  const entry = queuedPublish;
   queue.append(entry(1, 2));
   queue.append(entry(2, 65_535));
   t.same([queue.allocateMessageId(), queue.allocateMessageId()], [1, 3], '2 is held');

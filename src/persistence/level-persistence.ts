@@ -784,23 +784,12 @@ export class LevelPersistence {
    */
   outgoingStream(client: ClientLike): Readable {
     this.#ready();
-    const clientId = client.id;
-    const entries = [...(this.#queues.get(clientId)?.entries() ?? [])];
-    const persistence = this;
-    async function* generate(): AsyncGenerator<PacketLike> {
-      for (let start = 0; start < entries.length; start += STREAM_CHUNK) {
-        const chunk = entries.slice(start, start + STREAM_CHUNK).filter((entry) => persistence.#holds(clientId, entry));
-        const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
-        const values = await persistence.#readValues(chunk, keys);
-        const packets: PacketLike[] = [];
-        chunk.forEach((entry, i) => {
-          const packet = persistence.#storedPacket(clientId, entry, keys[i]!, values[i]);
-          if (packet) packets.push(packet);
-        });
-        yield* packets;
-      }
-    }
-    return Readable.from(generate());
+    return this.#queueStream(client.id, (chunk, keys, values) =>
+      chunk.flatMap((entry, i): PacketLike[] => {
+        const packet = this.#storedPacket(client.id, entry, keys[i]!, values[i]);
+        return packet ? [packet] : [];
+      }),
+    );
   }
 
   /**
@@ -822,11 +811,27 @@ export class LevelPersistence {
    */
   outgoingResendStream(client: ClientLike): Readable {
     this.#ready();
-    const clientId = client.id;
     const connection = this.#connectionOf(client);
-    // A snapshot of the queue, like the reference implementation: what is
-    // queued later reaches the client live. Entries removed meanwhile
-    // (acknowledged, dropped) are skipped.
+    return this.#queueStream(client.id, async (chunk, keys, values) => {
+      const { packets, ops, durable } = this.#resends(client, connection, chunk, keys, values);
+      if (ops.length > 0) {
+        if (durable) await this.#write(ops);
+        else this.#writeBehind(ops, 'resent message identifier');
+      }
+      return packets;
+    });
+  }
+
+  /**
+   * A client's queue as it is now (like the reference implementation: what
+   * is queued later reaches the client live), read a chunk at a time;
+   * `decide` turns each chunk, right after it was read, into what to yield.
+   * Entries removed meanwhile (acknowledged, dropped) are skipped.
+   */
+  #queueStream(
+    clientId: string,
+    decide: (chunk: QueueEntry[], keys: Buffer[], values: Array<Buffer | undefined>) => PacketLike[] | Promise<PacketLike[]>,
+  ): Readable {
     const entries = [...(this.#queues.get(clientId)?.entries() ?? [])];
     const persistence = this;
     async function* generate(): AsyncGenerator<PacketLike> {
@@ -834,12 +839,7 @@ export class LevelPersistence {
         const chunk = entries.slice(start, start + STREAM_CHUNK).filter((entry) => persistence.#holds(clientId, entry));
         const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
         const values = await persistence.#readValues(chunk, keys);
-        const { packets, ops, durable } = persistence.#resends(client, connection, chunk, keys, values);
-        if (ops.length > 0) {
-          if (durable) await persistence.#write(ops);
-          else persistence.#writeBehind(ops, 'resent message identifier');
-        }
-        yield* packets;
+        yield* await decide(chunk, keys, values);
       }
     }
     return Readable.from(generate());

@@ -33,11 +33,15 @@ export class DeliveryAudit {
   readonly #holding = new Map<number, string>();
   readonly #waiters = new Set<() => void>();
 
-  constructor(client: MqttClient) {
+  readonly #keyOf: (topic: string, payload: Buffer) => string;
+
+  /** `keyOf` names a message; by default its payload, which the tests keep unique. */
+  constructor(client: MqttClient, keyOf = (_topic: string, payload: Buffer) => payload.toString()) {
+    this.#keyOf = keyOf;
     client.on('connect', () => this.connections++);
     client.on('packetreceive', (packet: Packet) => this.#received(packet));
-    client.on('message', (_topic, payload) => {
-      const key = payload.toString();
+    client.on('message', (topic, payload) => {
+      const key = keyOf(topic, payload);
       this.delivered.set(key, (this.delivered.get(key) ?? 0) + 1);
       this.order.push(key);
       for (const wake of this.#waiters) wake();
@@ -50,7 +54,7 @@ export class DeliveryAudit {
       return;
     }
     if (packet.cmd !== 'publish' || packet.qos === 0) return;
-    const key = packet.payload.toString();
+    const key = this.#keyOf(packet.topic, Buffer.from(packet.payload));
     const messageId = packet.messageId!;
     const earlier = this.sent.get(key) ?? [];
     const first = earlier[0];
