@@ -5,7 +5,8 @@
  */
 import type { z } from 'zod';
 
-export type LeafKind = 'number' | 'boolean' | 'string' | 'enum' | 'string-list';
+/** `json`: a list of objects (such as bridge.export), one key whose environment variable holds a JSON array. */
+export type LeafKind = 'number' | 'boolean' | 'string' | 'enum' | 'string-list' | 'json';
 
 export interface ConfigKey {
   /** Path of the key in the config object, e.g. `['mqtt', 'port']`. */
@@ -95,6 +96,7 @@ function leafKind(type: string, element: z.ZodType | undefined): LeafKind {
       return 'enum';
     case 'array':
       if (element && internals(element)._zod.def.type === 'string') return 'string-list';
+      if (element && internals(element)._zod.def.type === 'object') return 'json';
       break;
   }
   throw new Error(`config schema: unsupported leaf type ${type}`);

@@ -40,12 +40,13 @@ export async function loadConfig(sources: ConfigSources): Promise<Config> {
       problems.push(`${envName}: not a configuration variable`);
       continue;
     }
-    const value = parseEnvValue(key, text);
-    if (value === undefined) {
-      problems.push(`${envName}: cannot read ${JSON.stringify(text)} as ${describeKind(key)}`);
+    const parsed = parseEnvValue(key, text);
+    if (!parsed.ok) {
+      const reason = parsed.reason ? ` (${parsed.reason})` : '';
+      problems.push(`${envName}: cannot read ${JSON.stringify(text)} as ${describeKind(key)}${reason}`);
       continue;
     }
-    setPath(raw, key.path, value);
+    setPath(raw, key.path, parsed.value);
     origin.set(key.name, envName);
   }
   for (const [name, value] of Object.entries(sources.overrides ?? {})) {
@@ -78,20 +79,26 @@ export function validateConfig(
   if (!result.success) {
     for (const issue of result.error.issues) {
       const at = issue.path.join('.');
-      const where = (path: readonly PropertyKey[], name: string) => {
-        const from = context.origin?.get(name);
-        if (from) return ` (from ${from})`;
-        const line = context.lineOf?.(path);
+      // A problem inside a key (an entry of a rule list) came from where the key
+      // was set; one about a key the file leaves out points at its closest
+      // enclosing section in the file.
+      const where = (path: readonly PropertyKey[]) => {
+        for (let length = path.length; length > 0; length--) {
+          const from = context.origin?.get(path.slice(0, length).join('.'));
+          if (from) return ` (from ${from})`;
+        }
+        let line: number | undefined;
+        for (let length = path.length; length > 0 && line === undefined; length--) line = context.lineOf?.(path.slice(0, length));
         return context.fileName ? ` (${context.fileName}${line ? ` line ${line}` : ''})` : '';
       };
       if (issue.code === 'unrecognized_keys') {
         for (const key of issue.keys) {
           const name = at ? `${at}.${key}` : key;
-          problems.push(`${name}: unknown key${suggest(name)}${where([...issue.path, key], name)}`);
+          problems.push(`${name}: unknown key${suggest(name)}${where([...issue.path, key])}`);
         }
         continue;
       }
-      problems.push(`${at || '(top level)'}: ${issue.message}${where(issue.path, at)}`);
+      problems.push(`${at || '(top level)'}: ${issue.message}${where(issue.path)}`);
     }
   }
   if (problems.length > 0 || !result.success) throw new ConfigError(problems);
@@ -131,23 +138,37 @@ async function readConfigFile(file: string, problems: string[]): Promise<ConfigF
   return { raw: value as Record<string, unknown>, lineOf };
 }
 
-function parseEnvValue(key: ConfigKey, text: string): unknown {
+type ParsedEnvValue = { ok: true; value: unknown } | { ok: false; reason?: string };
+
+function parseEnvValue(key: ConfigKey, text: string): ParsedEnvValue {
+  const ok = (value: unknown): ParsedEnvValue => ({ ok: true, value });
   switch (key.kind) {
     case 'number': {
       const value = Number(text);
-      return text.trim() !== '' && Number.isFinite(value) ? value : undefined;
+      return text.trim() !== '' && Number.isFinite(value) ? ok(value) : { ok: false };
     }
     case 'boolean':
-      if (/^(true|1|yes|on)$/i.test(text)) return true;
-      if (/^(false|0|no|off)$/i.test(text)) return false;
-      return undefined;
+      if (/^(true|1|yes|on)$/i.test(text)) return ok(true);
+      if (/^(false|0|no|off)$/i.test(text)) return ok(false);
+      return { ok: false };
     case 'string-list':
-      return text
-        .split(',')
-        .map((item) => item.trim())
-        .filter((item) => item !== '');
+      return ok(
+        text
+          .split(',')
+          .map((item) => item.trim())
+          .filter((item) => item !== ''),
+      );
+    case 'json': {
+      let value: unknown;
+      try {
+        value = JSON.parse(text);
+      } catch (error) {
+        return { ok: false, reason: `not valid JSON: ${(error as Error).message}` };
+      }
+      return Array.isArray(value) ? ok(value) : { ok: false, reason: 'not an array' };
+    }
     default:
-      return text;
+      return ok(text);
   }
 }
 
@@ -157,6 +178,8 @@ function describeKind(key: ConfigKey): string {
       return 'a number';
     case 'boolean':
       return 'true or false';
+    case 'json':
+      return 'a JSON array of objects, e.g. [{"filter":"plant/#"}]';
     default:
       return key.kind;
   }

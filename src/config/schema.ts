@@ -10,6 +10,7 @@
 import { z } from 'zod';
 import { secret } from './keys.js';
 import { persistenceDefaults } from '../persistence/options.js';
+import { bridgeSchema } from './bridge-schema.js';
 
 const port = (what: string) =>
   z.number().int().min(0).max(65535).describe(`${what} TCP port (0 picks a free port)`);
@@ -359,6 +360,7 @@ export const configSchema = z
           .describe('Longest a graceful stop may take before remaining connections are cut'),
       })
       .prefault({}),
+    bridge: bridgeSchema,
   })
   .describe('edgemqtt configuration');
 
@@ -367,3 +369,4 @@ export type Config = z.output<typeof configSchema>;
 /** The config as a user may write it: every key optional. */
 export type ConfigInput = z.input<typeof configSchema>;
 export type LogLevel = z.output<typeof logLevel>;
+export type { BridgeConfig, BridgeExportRule, BridgeImportRule } from './bridge-schema.js';
