@@ -38,6 +38,9 @@
  */
 import type { Aedes, Client } from 'aedes';
 import type { Logger } from '../observability/logger.js';
+import { topicMatches } from '../config/topic-filter.js';
+
+export { topicMatches };
 
 type QoS = 0 | 1 | 2;
 
@@ -71,24 +74,6 @@ interface PersistenceInternals {
   outgoingStream(client: Client): NodeJS.ReadableStream;
   /** LevelPersistence's resend after CONNECT (see 4. above); aedes' memory persistence has none. */
   outgoingResendStream?(client: Client): NodeJS.ReadableStream;
-}
-
-/**
- * Whether an MQTT topic filter matches a topic name [MQTT-4.7]: `+` is one
- * level (possibly empty), `#` is the rest including the parent level, and a
- * filter starting with a wildcard does not match a `$` topic [MQTT-4.7.2-1].
- */
-export function topicMatches(filter: string, topic: string): boolean {
-  const filterLevels = filter.split('/');
-  const topicLevels = topic.split('/');
-  if ((filterLevels[0] === '#' || filterLevels[0] === '+') && topic.startsWith('$')) return false;
-  for (let i = 0; i < filterLevels.length; i++) {
-    const level = filterLevels[i];
-    if (level === '#') return true;
-    if (i >= topicLevels.length) return false;
-    if (level !== '+' && level !== topicLevels[i]) return false;
-  }
-  return filterLevels.length === topicLevels.length;
 }
 
 /** The highest QoS granted to any of the client's subscriptions matching `topic`, if any. */
@@ -173,10 +158,11 @@ function fixPersistence(persistence: PersistenceInternals, logger: Logger): Pers
         const seen = perClient.get(sub.clientId);
         if (!seen || sub.qos > seen.qos) perClient.set(sub.clientId, sub);
       }
-      // Called through even with nobody to queue for: the persistence waits
-      // here for the earlier records of this PUBLISH (level-persistence.ts).
-      if (perClient.size === 0) return persistence.outgoingEnqueueCombi([], packet);
-      const byQoS = new Map<QoS, StoredSubscription[]>();
+      // The published QoS first, called through even with nobody to queue
+      // for: the persistence waits here for the earlier records of this
+      // PUBLISH, and its publish taps see the message as published
+      // (level-persistence.ts).
+      const byQoS = new Map<QoS, StoredSubscription[]>([[packet.qos, []]]);
       for (const sub of perClient.values()) {
         const qos = Math.min(sub.qos, packet.qos) as QoS;
         byQoS.set(qos, [...(byQoS.get(qos) ?? []), sub]);

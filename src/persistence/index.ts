@@ -2,7 +2,8 @@
  * The LevelDB persistence for aedes: values and types of its public surface.
  */
 export { createLevelPersistence, LevelPersistence } from './level-persistence.js';
-export type { BrokerLike, ClientLike, PersistenceState, PersistenceStats, StoreWriteFailure } from './level-persistence.js';
+export type { BrokerLike, ClientLike, PersistenceState, PersistenceStats, PublishTap, StoreWriteFailure } from './level-persistence.js';
+export type { PacketLike } from './codec.js';
 export { persistenceDefaults } from './options.js';
 export type { LevelPersistenceDeps, LevelPersistenceOptions, SyncPolicy } from './options.js';
 export { createGroupCommit, COMMIT_LATENCY_BUCKETS_MS } from './group-commit.js';

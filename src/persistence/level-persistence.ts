@@ -80,6 +80,9 @@ export interface BrokerLike {
   removeListener?(event: string, listener: (client: ClientLike) => void): unknown;
 }
 
+/** A component riding on each PUBLISH's durable batch (addPublishTap): the ops to add, if any. */
+export type PublishTap = (packet: PacketLike) => BatchOp[] | undefined;
+
 /** What claimOutgoing answers for a message that may be sent: the packet identifier to use, and whether it is a resend. Empty while the store is not running (aedes decides). */
 export interface OutgoingClaim {
   messageId?: number;
@@ -192,6 +195,8 @@ export class LevelPersistence {
   #sessions = new SessionClock(new Map());
   #nextSeq = 1;
   #maxCounters = new Map<string, number>();
+  #taps: PublishTap[] = [];
+  #lastTapped: string | undefined;
   /** A number per aedes client object: which connection a queued message was handed out on. */
   readonly #connections = new WeakMap<ClientLike, number>();
   #nextConnection = 1;
@@ -619,13 +624,15 @@ export class LevelPersistence {
    */
   async outgoingEnqueueCombi(subs: ReadonlyArray<{ clientId: string }>, packet: PacketLike): Promise<void> {
     const { commit } = this.#ready();
+    const ops: BatchOp[] = [];
+    this.#tap(packet, ops);
     if (subs.length === 0) {
-      if (packet.retain === true || packet.qos === 2) await commit.barrier();
+      if (ops.length > 0) await this.#write(ops);
+      else if (packet.retain === true || packet.qos === 2) await commit.barrier();
       return;
     }
     const stored = queuedPacket(packet);
     const value = encodePacket(stored);
-    const ops: BatchOp[] = [];
     let owned: Buffer | undefined;
     const cacheable = () => (owned ??= detached(value));
     for (const sub of subs) this.#enqueue(sub.clientId, stored, value, cacheable, ops);
@@ -656,6 +663,45 @@ export class LevelPersistence {
     // flow control skip them (claimOutgoing). A message larger than
     // maxQueuedBytesPerClient drops itself: release an emptied queue.
     if (this.#limiter.enforce(clientId, queue, ops, online) > 0) this.#queues.release(clientId);
+  }
+
+  /**
+   * Adds a component's records to the durable batch of every QoS 1/2
+   * PUBLISH (the one its PUBACK or PUBREC waits for), so that they commit
+   * together with the message's session records or not at all. Called
+   * once per PUBLISH, as published, from outgoingEnqueueCombi (the broker
+   * calls that for every QoS 1/2 PUBLISH, the published QoS first; see
+   * src/broker/delivery-fixes.ts). Returns the function that removes it.
+   */
+  addPublishTap(tap: PublishTap): () => void {
+    this.#taps.push(tap);
+    return () => {
+      this.#taps = this.#taps.filter((other) => other !== tap);
+    };
+  }
+
+  /**
+   * A QoS 0 PUBLISH for the taps: nothing waits for it (there is no
+   * acknowledgement), so their records are written behind.
+   */
+  tapUngated(packet: PacketLike): void {
+    if (this.#state !== 'running') return;
+    const ops: BatchOp[] = [];
+    this.#tap(packet, ops);
+    if (ops.length > 0) this.#writeBehind(ops, 'record of a QoS 0 message');
+  }
+
+  #tap(packet: PacketLike, ops: BatchOp[]): void {
+    if (this.#taps.length === 0) return;
+    // The broker may enqueue one PUBLISH in several calls (a group per
+    // granted QoS), back to back: tap it once.
+    const message = `${String(packet.brokerId)}\u0000${String(packet.brokerCounter)}`;
+    if (packet.brokerCounter !== undefined && message === this.#lastTapped) return;
+    this.#lastTapped = message;
+    for (const tap of this.#taps) {
+      const extra = tap(packet);
+      if (extra) ops.push(...extra);
+    }
   }
 
   /**
