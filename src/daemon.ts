@@ -14,7 +14,8 @@ import type { Config, ConfigInput } from './config/schema.js';
 import { EdgeMqttError } from './errors.js';
 import { createBroker, type Broker } from './broker/broker.js';
 import type { LimitsStats } from './broker/limits.js';
-import { createLevelPersistence, type LevelPersistence, type PersistenceStats } from './persistence/index.js';
+import { createLevelPersistence, type LevelPersistence, type PacketLike, type PersistenceStats } from './persistence/index.js';
+import { createBridge, type Bridge, type BridgeStats } from './bridge/bridge.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import type { ReadinessReport } from './observability/health.js';
 import { createTcpListener } from './transports/tcp.js';
@@ -70,6 +71,8 @@ export interface Daemon {
   limitsStats(): LimitsStats;
   /** The session store's sizes and counters (queued entries, drops by the queue limits, ...). */
   storeStats(): PersistenceStats;
+  /** The NATS JetStream bridge: state, outbox, exports (state `disabled` unless configured). */
+  bridgeStats(): BridgeStats;
 }
 
 export interface DaemonDeps {
@@ -98,6 +101,8 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       (config.http.enabled && config.http.tls.enabled && config.http.tls.useCnAsUsername),
   });
   const broker: Broker = createBroker(config, { logger, persistence, access: authorizer.hooks });
+  // Never part of readiness: the broker serves local clients whatever NATS does.
+  const bridge: Bridge = createBridge(config.bridge, { logger, store: persistence });
   const listeners: Listener[] = [];
   let state: DaemonState = 'created';
   let starting: Promise<void> | undefined;
@@ -151,6 +156,8 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
 
   async function stopComponents(deadlineMs: number): Promise<void> {
     for (const listener of listeners) listener.stopAccepting();
+    // Half the deadline to send what waits; the rest stays on disk for the next start.
+    await bridge.stop(performance.now() + deadlineMs / 2);
     try {
       await withDeadline(broker.stop(), deadlineMs, 'closing MQTT clients');
     } catch (error) {
@@ -171,6 +178,9 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       authorizer.load();
       log.info(authorizer.describe(), 'authentication ready');
       for (const listener of listeners) await listener.start();
+      await bridge.start();
+      // QoS 0 PUBLISHes write nothing the store is asked for: hand them to its publish taps here.
+      if (config.bridge.enabled) broker.aedes.on('publish', (packet) => packet.qos === 0 && persistence.tapUngated(packet as unknown as PacketLike));
     } catch (error) {
       state = 'failed';
       await stopComponents(config.shutdown.timeoutSec * 1000);
@@ -250,6 +260,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     authStats: () => authorizer.stats(),
     limitsStats: () => broker.limits.stats(),
     storeStats: () => persistence.stats(),
+    bridgeStats: () => bridge.stats(),
   };
   return daemon;
 }

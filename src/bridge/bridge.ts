@@ -1,0 +1,288 @@
+/**
+ * The NATS JetStream bridge as a component: exports the messages that match
+ * the export rules through the durable outbox (outbox.ts) and the sender
+ * (sender.ts), over one NATS connection kept up forever.
+ *
+ * It never holds up the broker: start() returns once the outbox is ready,
+ * whether NATS answers or not; an unreachable or misconfigured NATS shows in
+ * the state, the stats and one log line per change, and messages wait on
+ * disk. A planned stop drains what it can within its deadline; the rest
+ * waits on disk for the next start.
+ */
+import { readFile } from 'node:fs/promises';
+import {
+  connect,
+  credsAuthenticator,
+  nkeyAuthenticator,
+  type NatsConnection,
+  type NodeConnectionOptions,
+} from '@nats-io/transport-node';
+import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import type { Logger } from '../observability/logger.js';
+import type { BatchOp, GroupCommit, PacketLike, PublishTap } from '../persistence/index.js';
+import { topicMatches } from '../config/topic-filter.js';
+import { Outbox, type OutboxStats, type OutboxStore, type OverflowPolicy, type QoS } from './outbox.js';
+import { Sender, type SenderStats } from './sender.js';
+import { topicToSubject } from './subjects.js';
+
+export interface BridgeConfig {
+  enabled: boolean;
+  siteId: string;
+  subjectPrefix: string;
+  nats: {
+    servers: string[];
+    user: string;
+    passwordFile: string;
+    tokenFile: string;
+    nkeySeedFile: string;
+    credsFile: string;
+    tls: { enabled: boolean; caFile: string; certFile: string; keyFile: string };
+    jetstreamDomain: string;
+  };
+  stream: { name: string; create: boolean; replicas: number; maxAgeSec: number; duplicateWindowSec: number };
+  export: Array<{ filter: string; qos: number[]; retained: boolean }>;
+  outbox: { maxMessages: number; maxBytes: number; overflow: OverflowPolicy };
+  sender: { window: number; publishTimeoutMs: number };
+}
+
+export type BridgeState = 'disabled' | 'connecting' | 'connected' | 'disconnected' | 'misconfigured' | 'stopped';
+
+export interface BridgeStats extends SenderStats {
+  state: BridgeState;
+  /** Why the bridge is not connected, when it is not. */
+  problem: string | undefined;
+  outbox: OutboxStats;
+  /** Messages matching an export rule whose topic has no reversible subject (never exported). */
+  unmappable: number;
+}
+
+/** The parts of the store the bridge uses. */
+export interface BridgeStore extends OutboxStore {
+  readonly commit: GroupCommit;
+  addPublishTap(tap: PublishTap): () => void;
+}
+
+export interface Bridge {
+  readonly state: BridgeState;
+  start(): Promise<void>;
+  /** Drains the outbox until `deadline` (performance.now() ms), then closes the connection. */
+  stop(deadline?: number): Promise<void>;
+  stats(): BridgeStats;
+}
+
+const RECONNECT_WAIT_MS = 1000;
+const STREAM_RETRY_MAX_MS = 30_000;
+
+export function createBridge(config: BridgeConfig, deps: { logger: Logger; store: BridgeStore }): Bridge {
+  const log = deps.logger.child({ component: 'bridge' });
+  let state: BridgeState = config.enabled ? 'connecting' : 'disabled';
+  let problem: string | undefined;
+  let outbox: Outbox | undefined;
+  let sender: Sender | undefined;
+  let removeTap: (() => void) | undefined;
+  let connection: NatsConnection | undefined;
+  let stopping = false;
+  let running: Promise<void> | undefined;
+  let unmappable = 0;
+  let lastUnmappableLog = 0;
+
+  function setState(next: BridgeState, why?: string, fields: Record<string, unknown> = {}): void {
+    if (next === state && why === problem) return;
+    state = next;
+    problem = why;
+    const line = { state: next, ...(why ? { problem: why } : {}), ...fields };
+    if (next === 'connected') log.info(line, 'bridge connected to NATS JetStream');
+    else if (next === 'misconfigured') log.error(line, `bridge: ${why}`);
+    else if (why) log.warn(line, `bridge ${next}: ${why}`);
+    else log.info(line, `bridge ${next}`);
+  }
+
+  /** The export tap: which PUBLISHes enter the outbox (see Outbox). */
+  function exportOps(packet: PacketLike): BatchOp[] | undefined {
+    const topic = packet.topic;
+    // $SYS and other broker topics are never exported.
+    if (typeof topic !== 'string' || topic.startsWith('$') || !outbox) return undefined;
+    const qos = (packet.qos ?? 0) as QoS;
+    const retain = packet.retain === true;
+    const rule = config.export.find((r) => r.qos.includes(qos) && (r.retained || !retain) && topicMatches(r.filter, topic));
+    if (!rule) return undefined;
+    const mapped = topicToSubject(config.subjectPrefix, topic);
+    if (!mapped.ok) {
+      unmappable++;
+      const now = Date.now();
+      if (now - lastUnmappableLog >= 10_000) {
+        lastUnmappableLog = now;
+        log.warn({ topic: topic.slice(0, 200), reason: mapped.reason, unmappable }, 'not exported: the topic has no reversible NATS subject');
+      }
+      return undefined;
+    }
+    return outbox.add(packet);
+  }
+
+  async function connectOptions(): Promise<NodeConnectionOptions> {
+    const { nats } = config;
+    const options: NodeConnectionOptions = {
+      servers: nats.servers,
+      name: `edgemqtt ${config.siteId}`,
+      // nats.js gives up after 10 attempts by default; the outbox waits forever.
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: RECONNECT_WAIT_MS,
+      reconnectJitter: RECONNECT_WAIT_MS,
+      pingInterval: 10_000,
+    };
+    const secret = async (file: string) => (await readFile(file, 'utf8')).trim();
+    if (nats.credsFile) options.authenticator = credsAuthenticator(await readFile(nats.credsFile));
+    else if (nats.nkeySeedFile) options.authenticator = nkeyAuthenticator(new TextEncoder().encode(await secret(nats.nkeySeedFile)));
+    else if (nats.tokenFile) options.token = await secret(nats.tokenFile);
+    else if (nats.user) {
+      options.user = nats.user;
+      if (nats.passwordFile) options.pass = await secret(nats.passwordFile);
+    }
+    if (nats.tls.enabled) {
+      options.tls = {
+        ...(nats.tls.caFile ? { caFile: nats.tls.caFile } : {}),
+        ...(nats.tls.certFile ? { certFile: nats.tls.certFile, keyFile: nats.tls.keyFile } : {}),
+      };
+    }
+    return options;
+  }
+
+  /** Creates the stream if missing (and allowed), or checks that an existing one takes our subjects. */
+  async function ensureStream(jsm: JetStreamManager): Promise<string | undefined> {
+    const { stream } = config;
+    const wanted = config.subjectPrefix ? `${config.subjectPrefix}.>` : '>';
+    try {
+      const info = await jsm.streams.info(stream.name);
+      const subjects = info.config.subjects ?? [];
+      if (!subjects.includes(wanted) && !subjects.includes('>')) {
+        return `stream ${stream.name} exists with subjects ${JSON.stringify(subjects)}; it must take ${wanted}`;
+      }
+      return undefined;
+    } catch (error) {
+      if (!isStreamNotFound(error)) throw error;
+      if (!stream.create) return `stream ${stream.name} does not exist and bridge.stream.create is false`;
+      await jsm.streams.add({
+        name: stream.name,
+        subjects: [wanted],
+        num_replicas: stream.replicas,
+        max_age: stream.maxAgeSec * 1e9,
+        duplicate_window: stream.duplicateWindowSec * 1e9,
+      });
+      log.info({ stream: stream.name, subjects: [wanted], replicas: stream.replicas }, 'created the JetStream stream');
+      return undefined;
+    }
+  }
+
+  /** Keeps the connection and the stream, forever, until stop. */
+  async function run(): Promise<void> {
+    let options: NodeConnectionOptions;
+    try {
+      options = await connectOptions();
+    } catch (error) {
+      setState('misconfigured', `cannot read a NATS credential file: ${(error as Error).message}`);
+      return;
+    }
+    let waitMs = RECONNECT_WAIT_MS;
+    while (!stopping && !connection) {
+      try {
+        connection = await connect(options);
+      } catch (error) {
+        const message = (error as Error).message;
+        const refused = /authoriz|authenticat|permission/i.test(message);
+        setState(refused ? 'misconfigured' : 'disconnected', refused ? `NATS refused the credentials (${message})` : `NATS unreachable (${message})`, {
+          servers: config.nats.servers,
+        });
+        await sleep(jittered(waitMs));
+        waitMs = Math.min(STREAM_RETRY_MAX_MS, waitMs * 2);
+      }
+    }
+    const nc = connection;
+    if (!nc) return;
+    void watchStatus(nc);
+    await attach(nc);
+  }
+
+  /** Makes sure the stream is there, then lets the sender go; retried until it works or the bridge stops. */
+  async function attach(nc: NatsConnection): Promise<void> {
+    const domain = config.nats.jetstreamDomain || undefined;
+    let waitMs = 250;
+    while (!stopping && !nc.isClosed()) {
+      try {
+        const jsm = await jetstreamManager(nc, { domain, checkAPI: false });
+        const misconfigured = await ensureStream(jsm);
+        if (misconfigured) {
+          setState('misconfigured', misconfigured);
+        } else {
+          sender?.attach(jetstream(nc, { domain, timeout: config.sender.publishTimeoutMs }));
+          setState('connected', undefined, { server: nc.getServer(), stream: config.stream.name });
+          return;
+        }
+      } catch (error) {
+        // A fresh cluster answers on its JetStream API seconds after it listens; a stream
+        // electing a leader answers "no responders": both mean wait and ask again.
+        setState('connecting', `JetStream not ready (${(error as Error).message})`);
+      }
+      await sleep(jittered(waitMs));
+      waitMs = Math.min(STREAM_RETRY_MAX_MS, waitMs * 2);
+    }
+  }
+
+  async function watchStatus(nc: NatsConnection): Promise<void> {
+    for await (const status of nc.status()) {
+      if (stopping) return;
+      if (status.type === 'disconnect') {
+        sender?.detach();
+        setState('disconnected', 'connection to NATS lost; reconnecting');
+      } else if (status.type === 'reconnect') {
+        void attach(nc);
+      }
+    }
+  }
+
+  return {
+    get state() {
+      return state;
+    },
+    async start() {
+      if (!config.enabled) return;
+      outbox = new Outbox(deps.store, config.outbox, { logger: deps.logger });
+      await outbox.recover();
+      sender = new Sender(outbox, deps.store.commit, { siteId: config.siteId, subjectPrefix: config.subjectPrefix, ...config.sender }, deps.logger);
+      const wake = sender;
+      outbox.onAdded = () => wake.wake();
+      removeTap = deps.store.addPublishTap(exportOps);
+      if (outbox.depth > 0) log.info({ depth: outbox.depth }, 'outbox holds messages from an earlier run; they are sent once NATS answers');
+      setState('connecting', undefined, { servers: config.nats.servers, siteId: config.siteId });
+      running = run();
+    },
+    async stop(deadline = performance.now() + 5000) {
+      if (!config.enabled || state === 'stopped') return;
+      removeTap?.();
+      if (sender && state === 'connected') await sender.drain(deadline);
+      stopping = true;
+      sender?.stop();
+      await connection?.close().catch(() => undefined);
+      await running?.catch(() => undefined);
+      const left = outbox?.depth ?? 0;
+      setState('stopped', undefined, left > 0 ? { outboxDepth: left } : {});
+    },
+    stats() {
+      const none: SenderStats = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0, inflight: 0 };
+      const emptyOutbox: OutboxStats = { depth: 0, bytes: 0, oldestAgeMs: 0, added: 0, removed: 0, droppedOldest: 0, droppedNew: 0 };
+      return { state, problem, ...(sender?.stats() ?? none), outbox: outbox?.stats() ?? emptyOutbox, unmappable };
+    },
+  };
+}
+
+function isStreamNotFound(error: unknown): boolean {
+  const e = error as { code?: unknown; api_error?: { err_code?: number }; message?: string };
+  return e?.api_error?.err_code === 10059 || /stream not found/i.test(e?.message ?? '');
+}
+
+function jittered(ms: number): number {
+  return Math.round(ms * (0.5 + Math.random()));
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,287 @@
+/**
+ * The bridge's outbox: messages to export, on disk in the store's key range
+ * of the bridge (componentPrefix('bridge')), ordered by a persisted sequence.
+ * It is the only buffer between the broker and JetStream: the nats.js client
+ * keeps nothing across a reconnect.
+ *
+ * A QoS 1/2 message enters in the same durable batch as its session records,
+ * the one its PUBACK or PUBREC waits for (a publish tap of the store, see
+ * LevelPersistence.addPublishTap), so an acknowledged message is in the
+ * outbox or nowhere; a QoS 0 one is written behind. An entry leaves only when
+ * JetStream acknowledged it.
+ *
+ * Memory per entry is 12 bytes (its size and time, for the limits and the
+ * age of the oldest entry); topics and payloads stay on disk, so an outage
+ * of a million messages keeps the heap flat.
+ */
+import { pack, unpack } from 'msgpackr';
+import type { Logger } from '../observability/logger.js';
+import type { BatchOp, GroupCommit, PacketLike } from '../persistence/index.js';
+import { componentPrefix } from '../persistence/index.js';
+
+export type QoS = 0 | 1 | 2;
+export type OverflowPolicy = 'drop-oldest' | 'drop-new';
+
+export interface OutboxRecord {
+  seq: number;
+  topic: string;
+  payload: Buffer;
+  qos: QoS;
+  retain: boolean;
+  /** When the broker took the message (ms since the epoch). */
+  time: number;
+}
+
+export interface OutboxLimits {
+  /** 0 = unlimited. */
+  maxMessages: number;
+  /** Encoded bytes; 0 = unlimited. */
+  maxBytes: number;
+  overflow: OverflowPolicy;
+}
+
+export interface OutboxStats {
+  depth: number;
+  bytes: number;
+  /** Age of the oldest entry in ms; 0 when empty. */
+  oldestAgeMs: number;
+  added: number;
+  removed: number;
+  /** Entries dropped to make room (drop-oldest). */
+  droppedOldest: number;
+  /** Messages not taken because the outbox was full (drop-new). */
+  droppedNew: number;
+}
+
+/** What the outbox needs of the store: its group commit and a reader of its key range. */
+export interface OutboxStore {
+  readonly commit: GroupCommit;
+  readonly db: {
+    iterator(options: { gte: Buffer; lt: Buffer; limit?: number; keys?: boolean; values?: boolean }): AsyncIterable<[Buffer, Buffer]>;
+  };
+}
+
+const PREFIX = Buffer.concat([componentPrefix('bridge'), Buffer.from('o')]);
+const RANGE_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('p')]);
+
+export function outboxKey(seq: number): Buffer {
+  const key = Buffer.alloc(PREFIX.length + 8);
+  PREFIX.copy(key);
+  key.writeBigUInt64BE(BigInt(seq), PREFIX.length);
+  return key;
+}
+
+function seqOf(key: Buffer): number {
+  return Number(key.readBigUInt64BE(PREFIX.length));
+}
+
+/**
+ * Sizes and times of the entries from `head` on, in typed arrays (12 bytes
+ * an entry) used as a queue: `#start` is where `head` sits; the consumed
+ * front is reclaimed when it is most of the array. Size 0 = gone.
+ */
+class EntryLog {
+  head = 1;
+  next = 1;
+  #start = 0;
+  #sizes = new Uint32Array(1024);
+  #times = new Float64Array(1024);
+
+  #index(seq: number): number {
+    return this.#start + seq - this.head;
+  }
+
+  add(seq: number, size: number, time: number): void {
+    if (this.next === this.head) {
+      this.head = this.next = seq;
+      this.#start = 0;
+    }
+    const index = this.#index(seq);
+    if (index >= this.#sizes.length) this.#makeRoom(index + 1);
+    this.#sizes[this.#index(seq)] = Math.max(1, size);
+    this.#times[this.#index(seq)] = time;
+    this.next = seq + 1;
+  }
+
+  sizeOf(seq: number): number {
+    if (seq < this.head || seq >= this.next) return 0;
+    return this.#sizes[this.#index(seq)]!;
+  }
+
+  /** Marks `seq` gone; returns its size (0 if it was not there). */
+  remove(seq: number): number {
+    const size = this.sizeOf(seq);
+    if (size === 0) return 0;
+    this.#sizes[this.#index(seq)] = 0;
+    while (this.head < this.next && this.#sizes[this.#start] === 0) {
+      this.head++;
+      this.#start++;
+    }
+    return size;
+  }
+
+  oldestTime(): number | undefined {
+    return this.head < this.next ? this.#times[this.#start] : undefined;
+  }
+
+  #makeRoom(length: number): void {
+    const used = this.next - this.head;
+    let size = this.#sizes.length;
+    // Reclaim the consumed front first; grow only when the live part needs it.
+    while (size < length - this.#start) size *= 2;
+    const sizes = new Uint32Array(size);
+    sizes.set(this.#sizes.subarray(this.#start, this.#start + used));
+    const times = new Float64Array(size);
+    times.set(this.#times.subarray(this.#start, this.#start + used));
+    this.#sizes = sizes;
+    this.#times = times;
+    this.#start = 0;
+  }
+}
+
+export class Outbox {
+  readonly #store: OutboxStore;
+  readonly #limits: OutboxLimits;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #log_ = new EntryLog();
+  #depth = 0;
+  #bytes = 0;
+  readonly #counters = { added: 0, removed: 0, droppedOldest: 0, droppedNew: 0 };
+  #lastOverflowLog = 0;
+  /** Called after each add, once its batch may have landed: the sender reads from the store. */
+  onAdded: () => void = () => undefined;
+
+  constructor(store: OutboxStore, limits: OutboxLimits, deps: { logger: Logger; now?: () => number }) {
+    this.#store = store;
+    this.#limits = limits;
+    this.#log = deps.logger.child({ component: 'bridge' });
+    this.#now = deps.now ?? Date.now;
+  }
+
+  /** Rebuilds the index of sizes from the store (after a restart, what waits on disk). */
+  async recover(): Promise<void> {
+    for await (const [key, value] of this.#store.db.iterator({ gte: PREFIX, lt: RANGE_END })) {
+      const record = decode(value);
+      this.#log_.add(seqOf(key), value.length, record.time);
+      this.#depth++;
+      this.#bytes += value.length;
+    }
+  }
+
+  get depth(): number {
+    return this.#depth;
+  }
+
+  /** The oldest entry's sequence, or the next one when empty. */
+  get head(): number {
+    return this.#log_.head;
+  }
+
+  /**
+   * The ops that put a message into the outbox, for the batch of the PUBLISH
+   * it came with; the limits apply here (see OverflowPolicy).
+   */
+  add(packet: PacketLike): BatchOp[] {
+    const payload = toBuffer(packet.payload);
+    const time = this.#now();
+    const value = encode({ topic: String(packet.topic), payload, qos: (packet.qos ?? 0) as QoS, retain: packet.retain === true, time });
+    const ops: BatchOp[] = [];
+    while (this.#full(value.length)) {
+      if (this.#limits.overflow === 'drop-new' || this.#depth === 0) {
+        this.#counters.droppedNew++;
+        this.#overflowed('outbox full: a new message was not taken (overflow: drop-new)');
+        return [];
+      }
+      const oldest = this.#log_.head;
+      this.#forget(oldest);
+      ops.push({ type: 'del', key: outboxKey(oldest) });
+      this.#counters.droppedOldest++;
+      this.#overflowed('outbox full: the oldest message was dropped (overflow: drop-oldest)');
+    }
+    const seq = this.#log_.next;
+    this.#log_.add(seq, value.length, time);
+    this.#depth++;
+    this.#bytes += value.length;
+    this.#counters.added++;
+    ops.push({ type: 'put', key: outboxKey(seq), value });
+    queueMicrotask(() => this.onAdded());
+    return ops;
+  }
+
+  /** Up to `limit` entries from `fromSeq` on, as stored (what the store has committed). */
+  async read(fromSeq: number, limit: number): Promise<OutboxRecord[]> {
+    const records: OutboxRecord[] = [];
+    const gte = outboxKey(Math.max(fromSeq, this.#log_.head));
+    for await (const [key, value] of this.#store.db.iterator({ gte, lt: RANGE_END, limit })) {
+      const seq = seqOf(key);
+      if (this.#log_.sizeOf(seq) === 0) continue;
+      records.push({ seq, ...decode(value) });
+    }
+    return records;
+  }
+
+  /** JetStream has the entry: it leaves the outbox. */
+  remove(seq: number): void {
+    if (!this.#forget(seq)) return;
+    this.#counters.removed++;
+    this.#store.commit.write([{ type: 'del', key: outboxKey(seq) }]).catch((error: unknown) => {
+      // Left on disk: sent again after a restart, and dropped there by JetStream's duplicate check.
+      this.#log.warn({ err: error, seq }, 'could not remove an exported message from the outbox');
+    });
+  }
+
+  stats(): OutboxStats {
+    const oldest = this.#log_.oldestTime();
+    return {
+      depth: this.#depth,
+      bytes: this.#bytes,
+      oldestAgeMs: oldest === undefined ? 0 : Math.max(0, this.#now() - oldest),
+      ...this.#counters,
+    };
+  }
+
+  #forget(seq: number): boolean {
+    const size = this.#log_.remove(seq);
+    if (size === 0) return false;
+    this.#depth--;
+    this.#bytes -= size;
+    return true;
+  }
+
+  #full(adding: number): boolean {
+    const { maxMessages, maxBytes } = this.#limits;
+    return (maxMessages > 0 && this.#depth + 1 > maxMessages) || (maxBytes > 0 && this.#bytes + adding > maxBytes);
+  }
+
+  #overflowed(message: string): void {
+    const now = this.#now();
+    if (now - this.#lastOverflowLog < 10_000) return;
+    this.#lastOverflowLog = now;
+    this.#log.warn({ depth: this.#depth, bytes: this.#bytes, ...this.#limits, ...this.#counters }, message);
+  }
+}
+
+interface StoredMessage {
+  topic: string;
+  payload: Buffer;
+  qos: QoS;
+  retain: boolean;
+  time: number;
+}
+
+function encode(message: StoredMessage): Buffer {
+  return pack([message.topic, message.payload, message.qos, message.retain, message.time]);
+}
+
+function decode(value: Buffer): StoredMessage {
+  const [topic, payload, qos, retain, time] = unpack(value) as [string, Uint8Array, QoS, boolean, number];
+  return { topic, payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), qos, retain, time };
+}
+
+function toBuffer(payload: unknown): Buffer {
+  if (Buffer.isBuffer(payload)) return payload;
+  if (typeof payload === 'string') return Buffer.from(payload);
+  if (payload instanceof Uint8Array) return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  return Buffer.alloc(0);
+}

@@ -1,0 +1,212 @@
+/**
+ * Sends the outbox to JetStream: a window of publishes in flight (a
+ * JetStream publish is a request, so throughput comes from the window), in
+ * outbox order, each with `Nats-Msg-Id: <site>:<outbox sequence>` so that a
+ * resend is dropped by the stream as a duplicate [JetStream duplicate
+ * window]. An entry leaves the outbox only on its PubAck (one flagged
+ * duplicate counts: the stream has it).
+ *
+ * Any failure, a time-out, "no responders" while a stream elects a leader
+ * (nats.js reports JetStreamNotEnabled), a dropped connection, means the
+ * outcome is unknown: nothing is given up. The sender stops taking new
+ * entries, lets what is in flight settle, then starts again from the oldest
+ * entry still in the outbox after a jittered, growing pause, so order per
+ * publisher holds and each unacknowledged entry goes again under its id.
+ */
+import { headers, type MsgHdrs } from '@nats-io/transport-node';
+import type { JetStreamClient } from '@nats-io/jetstream';
+import type { Logger } from '../observability/logger.js';
+import type { GroupCommit } from '../persistence/index.js';
+import type { Outbox, OutboxRecord } from './outbox.js';
+import { topicToSubject } from './subjects.js';
+
+export interface SenderOptions {
+  siteId: string;
+  subjectPrefix: string;
+  window: number;
+  publishTimeoutMs: number;
+}
+
+export interface SenderStats {
+  exported: number;
+  /** PubAcks flagged duplicate: the stream already had the message (a resend after an unknown outcome). */
+  duplicates: number;
+  /** Entries sent again after a failure or a reconnect. */
+  resent: number;
+  publishFailures: number;
+  inflight: number;
+}
+
+/** Headers every exported message carries: who published it and how, for the importing sites. */
+export const HEADER = {
+  origin: 'Edgemqtt-Origin',
+  qos: 'Edgemqtt-Qos',
+  retain: 'Edgemqtt-Retain',
+  time: 'Edgemqtt-Time',
+} as const;
+
+const RETRY_MIN_MS = 100;
+const RETRY_MAX_MS = 5000;
+
+export class Sender {
+  readonly #outbox: Outbox;
+  readonly #commit: GroupCommit;
+  readonly #options: SenderOptions;
+  readonly #log: Logger;
+  #js: JetStreamClient | undefined;
+  #cursor: number;
+  /** Highest sequence ever handed to JetStream: what is at or below it is a resend. */
+  #highestSent = 0;
+  readonly #inflight = new Set<number>();
+  #reading = false;
+  #rewinding = false;
+  #retryMs = RETRY_MIN_MS;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  readonly #counters = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0 };
+  readonly #idle = new Set<() => void>();
+
+  constructor(outbox: Outbox, commit: GroupCommit, options: SenderOptions, logger: Logger) {
+    this.#outbox = outbox;
+    this.#commit = commit;
+    this.#options = options;
+    this.#log = logger.child({ component: 'bridge' });
+    this.#cursor = outbox.head;
+  }
+
+  /** JetStream is reachable (again): send from the oldest entry on. */
+  attach(js: JetStreamClient): void {
+    this.#js = js;
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#rewinding = false;
+    this.#cursor = this.#outbox.head;
+    void this.#pump();
+  }
+
+  /** The connection is gone: nothing new goes out until attach(). */
+  detach(): void {
+    this.#js = undefined;
+  }
+
+  /** New entries may be in the outbox. */
+  wake(): void {
+    void this.#pump();
+  }
+
+  stats(): SenderStats {
+    return { ...this.#counters, inflight: this.#inflight.size };
+  }
+
+  /** Resolves once nothing is in flight and the outbox is empty, or when `deadline` (ms, performance.now()) passes. */
+  async drain(deadline: number): Promise<void> {
+    while (performance.now() < deadline && (this.#inflight.size > 0 || (this.#js !== undefined && this.#outbox.depth > 0))) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, Math.max(1, deadline - performance.now()));
+        function done() {
+          clearTimeout(timer);
+          resolve();
+        }
+        this.#idle.add(done);
+      });
+    }
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#js = undefined;
+    clearTimeout(this.#retryTimer);
+  }
+
+  async #pump(): Promise<void> {
+    if (this.#reading) return;
+    this.#reading = true;
+    try {
+      while (this.#js && !this.#rewinding && !this.#stopped && this.#inflight.size < this.#options.window) {
+        // The entries added in this turn are in the batch being written: read after it.
+        await this.#commit.barrier().catch(() => undefined);
+        const records = await this.#outbox.read(this.#cursor, this.#options.window - this.#inflight.size);
+        if (records.length === 0) break;
+        for (const record of records) {
+          const js = this.#js;
+          if (!js || this.#rewinding || this.#stopped) break;
+          this.#cursor = record.seq + 1;
+          this.#send(js, record);
+        }
+      }
+    } catch (error) {
+      this.#log.warn({ err: error }, 'could not read the outbox; retrying');
+      this.#failed();
+    } finally {
+      this.#reading = false;
+      this.#settled();
+    }
+  }
+
+  #send(js: JetStreamClient, record: OutboxRecord): void {
+    const mapped = topicToSubject(this.#options.subjectPrefix, record.topic);
+    if (!mapped.ok) {
+      // Checked when the message entered; a prefix changed since would end here.
+      this.#log.warn({ topic: record.topic, reason: mapped.reason }, 'outbox entry has no subject; dropped');
+      this.#outbox.remove(record.seq);
+      return;
+    }
+    if (record.seq <= this.#highestSent) this.#counters.resent++;
+    else this.#highestSent = record.seq;
+    this.#inflight.add(record.seq);
+    js.publish(mapped.subject, record.payload, {
+      msgID: `${this.#options.siteId}:${record.seq}`,
+      headers: this.#headers(record),
+      timeout: this.#options.publishTimeoutMs,
+    }).then(
+      (ack) => {
+        this.#inflight.delete(record.seq);
+        this.#outbox.remove(record.seq);
+        this.#counters.exported++;
+        if (ack.duplicate) this.#counters.duplicates++;
+        this.#retryMs = RETRY_MIN_MS;
+        this.#settled();
+        void this.#pump();
+      },
+      (error: unknown) => {
+        this.#inflight.delete(record.seq);
+        this.#counters.publishFailures++;
+        if (!this.#rewinding) this.#log.warn({ err: (error as Error).message, seq: record.seq }, 'JetStream publish failed; resending from the oldest unacknowledged message');
+        this.#failed();
+      },
+    );
+  }
+
+  #headers(record: OutboxRecord): MsgHdrs {
+    const h = headers();
+    h.set(HEADER.origin, this.#options.siteId);
+    h.set(HEADER.qos, String(record.qos));
+    h.set(HEADER.retain, record.retain ? '1' : '0');
+    h.set(HEADER.time, String(record.time));
+    return h;
+  }
+
+  /** An outcome is unknown: stop, let the window settle, start again from the oldest entry. */
+  #failed(): void {
+    this.#rewinding = true;
+    this.#settled();
+  }
+
+  /** Called whenever something in flight settled: finishes a rewind once nothing is. */
+  #settled(): void {
+    if (this.#rewinding && this.#inflight.size === 0 && !this.#reading && this.#retryTimer === undefined && !this.#stopped) {
+      const delay = Math.round(this.#retryMs * (0.5 + Math.random()));
+      this.#retryMs = Math.min(RETRY_MAX_MS, this.#retryMs * 2);
+      this.#retryTimer = setTimeout(() => {
+        this.#retryTimer = undefined;
+        this.#cursor = this.#outbox.head;
+        this.#rewinding = false;
+        void this.#pump();
+      }, delay);
+    }
+    if (this.#inflight.size === 0 && (this.#outbox.depth === 0 || !this.#js)) {
+      for (const wake of this.#idle) wake();
+      this.#idle.clear();
+    }
+  }
+}

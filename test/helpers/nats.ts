@@ -1,0 +1,74 @@
+/**
+ * Real `nats-server -js` children for the bridge tests: loopback only, a
+ * temporary store directory, a port the server picks (kept across a restart,
+ * so that clients find it again), killed with SIGKILL to make outages.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import type { Test } from 'tap';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { tempDir } from './daemon.js';
+
+export const natsServerBinary = process.env.NATS_SERVER ?? 'nats-server';
+
+/** Why nats-server cannot run here, or undefined when it can. */
+export function natsUnavailable(): string | undefined {
+  const probe = spawnSync(natsServerBinary, ['--version'], { encoding: 'utf8' });
+  return probe.status === 0 ? undefined : `${natsServerBinary} not found (apt-get install nats-server)`;
+}
+
+export class NatsServer {
+  port = -1;
+  readonly #storeDir: string;
+  #child: ChildProcess | undefined;
+
+  constructor(t: Test) {
+    this.#storeDir = tempDir(t, 'edgemqtt-nats-');
+    t.teardown(() => this.kill());
+  }
+
+  get url(): string {
+    return `nats://127.0.0.1:${this.port}`;
+  }
+
+  /** Starts the server (on the port it had before, after a restart) and resolves once it accepts clients. */
+  async start(): Promise<void> {
+    const child = spawn(natsServerBinary, ['-a', '127.0.0.1', '-p', String(this.port), '-js', '-sd', this.#storeDir], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    this.#child = child;
+    let log = '';
+    this.port = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`nats-server did not listen within 10 s:\n${log}`)), 10_000);
+      child.stderr!.setEncoding('utf8');
+      child.stderr!.on('data', (chunk: string) => {
+        log += chunk;
+        const match = /Listening for client connections on [\d.]+:(\d+)/.exec(log);
+        if (match) {
+          clearTimeout(timer);
+          resolve(Number(match[1]));
+        }
+      });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`nats-server exited with ${code}:\n${log}`));
+      });
+    });
+  }
+
+  /** SIGKILL: an outage, or a crash, as abrupt as they come. */
+  async kill(): Promise<void> {
+    const child = this.#child;
+    this.#child = undefined;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGKILL');
+    await exited;
+  }
+}
+
+/** A plain nats.js client for the test's own look at the JetStream side. */
+export async function natsClient(t: Test, server: NatsServer): Promise<NatsConnection> {
+  const nc = await connect({ servers: server.url });
+  t.teardown(() => nc.close());
+  return nc;
+}
