@@ -102,7 +102,19 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
   });
   const broker: Broker = createBroker(config, { logger, persistence, access: authorizer.hooks });
   // Never part of readiness: the broker serves local clients whatever NATS does.
-  const bridge: Bridge = createBridge(config.bridge, { logger, store: persistence });
+  const bridge: Bridge = createBridge(config.bridge, {
+    logger,
+    store: persistence,
+    // Imported messages enter as the broker's own publishes; aedes numbers
+    // each synchronously (brokerCounter), which names it in the store's taps.
+    publish(packet) {
+      const aedes = broker.aedes;
+      const done = new Promise<void>((resolve, reject) =>
+        aedes.publish({ cmd: 'publish', dup: false, ...packet }, (error) => (error ? reject(error) : resolve())),
+      );
+      return { brokerCounter: (aedes as unknown as { counter: number }).counter, done };
+    },
+  });
   const listeners: Listener[] = [];
   let state: DaemonState = 'created';
   let starting: Promise<void> | undefined;

@@ -24,6 +24,7 @@ import { topicMatches } from '../config/topic-filter.js';
 import { Outbox, type OutboxStats, type OutboxStore, type OverflowPolicy, type QoS } from './outbox.js';
 import { Sender, type SenderStats } from './sender.js';
 import { topicToSubject } from './subjects.js';
+import { Importer, type ImporterStats, type ImportRule, type ImporterStore, type LocalPublish } from './importer.js';
 
 export interface BridgeConfig {
   enabled: boolean;
@@ -41,13 +42,14 @@ export interface BridgeConfig {
   };
   stream: { name: string; create: boolean; replicas: number; maxAgeSec: number; duplicateWindowSec: number };
   export: Array<{ filter: string; qos: number[]; retained: boolean }>;
+  import: ImportRule[];
   outbox: { maxMessages: number; maxBytes: number; overflow: OverflowPolicy };
   sender: { window: number; publishTimeoutMs: number };
 }
 
 export type BridgeState = 'disabled' | 'connecting' | 'connected' | 'disconnected' | 'misconfigured' | 'stopped';
 
-export interface BridgeStats extends SenderStats {
+export interface BridgeStats extends SenderStats, ImporterStats {
   state: BridgeState;
   /** Why the bridge is not connected, when it is not. */
   problem: string | undefined;
@@ -57,7 +59,7 @@ export interface BridgeStats extends SenderStats {
 }
 
 /** The parts of the store the bridge uses. */
-export interface BridgeStore extends OutboxStore {
+export interface BridgeStore extends OutboxStore, ImporterStore {
   readonly commit: GroupCommit;
   addPublishTap(tap: PublishTap): () => void;
 }
@@ -73,12 +75,14 @@ export interface Bridge {
 const RECONNECT_WAIT_MS = 1000;
 const STREAM_RETRY_MAX_MS = 30_000;
 
-export function createBridge(config: BridgeConfig, deps: { logger: Logger; store: BridgeStore }): Bridge {
+export function createBridge(config: BridgeConfig, deps: { logger: Logger; store: BridgeStore; publish: LocalPublish }): Bridge {
   const log = deps.logger.child({ component: 'bridge' });
   let state: BridgeState = config.enabled ? 'connecting' : 'disabled';
   let problem: string | undefined;
   let outbox: Outbox | undefined;
   let sender: Sender | undefined;
+  let importer: Importer | undefined;
+  let importing = false;
   let removeTap: (() => void) | undefined;
   let connection: NatsConnection | undefined;
   let stopping = false;
@@ -95,6 +99,29 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     else if (next === 'misconfigured') log.error(line, `bridge: ${why}`);
     else if (why) log.warn(line, `bridge ${next}: ${why}`);
     else log.info(line, `bridge ${next}`);
+  }
+
+  /** The store's publish tap: the importer's record of what it applied, or the outbox entry of a message to export. */
+  function tap(packet: PacketLike): BatchOp[] | undefined {
+    if (importer?.isImported(packet)) return importer.tap(packet);
+    return exportOps(packet);
+  }
+
+  /** Keeps the import consumer running (consume() rides through reconnects; a deleted consumer is made again). */
+  async function runImporter(nc: NatsConnection, jsm: JetStreamManager): Promise<void> {
+    if (!importer || importing) return;
+    importing = true;
+    const domain = config.nats.jetstreamDomain || undefined;
+    while (!stopping && !nc.isClosed()) {
+      try {
+        await importer.ensureConsumer(jsm);
+        await importer.run(jetstream(nc, { domain }));
+      } catch (error) {
+        if (!stopping) log.warn({ err: (error as Error).message }, 'import consumer stopped; starting it again');
+      }
+      if (!stopping) await sleep(jittered(1000));
+    }
+    importing = false;
   }
 
   /** The export tap: which PUBLISHes enter the outbox (see Outbox). */
@@ -215,6 +242,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
         } else {
           sender?.attach(jetstream(nc, { domain, timeout: config.sender.publishTimeoutMs }));
           setState('connected', undefined, { server: nc.getServer(), stream: config.stream.name });
+          void runImporter(nc, jsm);
           return;
         }
       } catch (error) {
@@ -250,7 +278,14 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       sender = new Sender(outbox, deps.store.commit, { siteId: config.siteId, subjectPrefix: config.subjectPrefix, ...config.sender }, deps.logger);
       const wake = sender;
       outbox.onAdded = () => wake.wake();
-      removeTap = deps.store.addPublishTap(exportOps);
+      if (config.import.length > 0) {
+        importer = new Importer(
+          { rules: config.import, siteId: config.siteId, subjectPrefix: config.subjectPrefix, stream: config.stream.name },
+          { publish: deps.publish, logger: deps.logger, store: deps.store },
+        );
+        await importer.recover();
+      }
+      removeTap = deps.store.addPublishTap(tap);
       if (outbox.depth > 0) log.info({ depth: outbox.depth }, 'outbox holds messages from an earlier run; they are sent once NATS answers');
       setState('connecting', undefined, { servers: config.nats.servers, siteId: config.siteId });
       running = run();
@@ -261,6 +296,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       if (sender && state === 'connected') await sender.drain(deadline);
       stopping = true;
       sender?.stop();
+      importer?.stop();
       await connection?.close().catch(() => undefined);
       await running?.catch(() => undefined);
       const left = outbox?.depth ?? 0;
@@ -269,7 +305,8 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     stats() {
       const none: SenderStats = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0, inflight: 0 };
       const emptyOutbox: OutboxStats = { depth: 0, bytes: 0, oldestAgeMs: 0, added: 0, removed: 0, droppedOldest: 0, droppedNew: 0 };
-      return { state, problem, ...(sender?.stats() ?? none), outbox: outbox?.stats() ?? emptyOutbox, unmappable };
+      const noImports: ImporterStats = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0 };
+      return { state, problem, ...(sender?.stats() ?? none), ...(importer?.stats() ?? noImports), outbox: outbox?.stats() ?? emptyOutbox, unmappable };
     },
   };
 }

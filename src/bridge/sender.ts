@@ -59,6 +59,7 @@ export class Sender {
   #highestSent = 0;
   readonly #inflight = new Set<number>();
   #reading = false;
+  #again = false;
   #rewinding = false;
   #retryMs = RETRY_MIN_MS;
   #retryTimer: NodeJS.Timeout | undefined;
@@ -119,8 +120,13 @@ export class Sender {
   }
 
   async #pump(): Promise<void> {
-    if (this.#reading) return;
+    if (this.#reading) {
+      // The loop running now may have read before this entry landed: it goes round once more.
+      this.#again = true;
+      return;
+    }
     this.#reading = true;
+    this.#again = false;
     try {
       while (this.#js && !this.#rewinding && !this.#stopped && this.#inflight.size < this.#options.window) {
         // The entries added in this turn are in the batch being written: read after it.
@@ -141,6 +147,7 @@ export class Sender {
       this.#reading = false;
       this.#settled();
     }
+    if (this.#again) void this.#pump();
   }
 
   #send(js: JetStreamClient, record: OutboxRecord): void {

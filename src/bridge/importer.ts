@@ -1,0 +1,228 @@
+/**
+ * Imports what the other sites exported: one durable JetStream consumer per
+ * site (`edgemqtt-<site>`, file-backed like its stream, no inactivity
+ * threshold, recreated if it disappears), each message published to the
+ * local broker with the retain flag it was published with and the QoS of the
+ * import rule (never above the one it was published with), and acknowledged
+ * to JetStream only once that local publish is durable.
+ *
+ * Exactly once: the stream sequence of the last message applied is stored
+ * in the same durable batch as the local publish (a publish tap, see
+ * LevelPersistence.addPublishTap); a redelivery at or below it, after a
+ * crash between the local publish and the ack, is acknowledged and skipped.
+ * Local publishes complete in the order they were made (their batches commit
+ * in order), so the stored sequence only grows.
+ *
+ * Loops: a message whose origin header names this site is skipped, and an
+ * imported message is never exported again (isImported, used by the export
+ * tap).
+ */
+import { AckPolicy, DeliverPolicy, type Consumer, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import type { JsMsg } from '@nats-io/jetstream';
+import type { Logger } from '../observability/logger.js';
+import type { BatchOp, PacketLike } from '../persistence/index.js';
+import { componentPrefix } from '../persistence/index.js';
+import { topicMatches } from '../config/topic-filter.js';
+import { HEADER } from './sender.js';
+import { filterToSubjects, subjectToTopic } from './subjects.js';
+import type { QoS } from './outbox.js';
+
+export interface ImportRule {
+  filter: string;
+  qos: number;
+}
+
+/** Publishes to the local broker; `brokerCounter` names the message in the store's publish taps. */
+export type LocalPublish = (packet: { topic: string; payload: Buffer; qos: QoS; retain: boolean }) => {
+  brokerCounter: number;
+  done: Promise<void>;
+};
+
+export interface ImporterStore {
+  read(key: Buffer): Promise<Buffer | undefined>;
+  readonly commit: { write(ops: readonly BatchOp[]): Promise<void> };
+}
+
+export interface ImporterStats {
+  imported: number;
+  /** Redeliveries of messages already applied (a crash between the local publish and the ack). */
+  redeliveries: number;
+  /** Messages of this site's own, come back through the stream. */
+  loopSkipped: number;
+  /** Subjects with no MQTT topic, or matching no import rule. */
+  skipped: number;
+}
+
+const LAST_APPLIED = Buffer.concat([componentPrefix('bridge'), Buffer.from('i')]);
+/** The stream's last sequence when the consumer was made: up to it, only retained messages are applied (the retained state of the other sites). */
+const SNAPSHOT_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('s')]);
+/** Local publishes in flight at once: their batches share fsyncs. */
+const PIPELINE = 256;
+
+export class Importer {
+  readonly #rules: ImportRule[];
+  readonly #siteId: string;
+  readonly #prefix: string;
+  readonly #stream: string;
+  readonly #publish: LocalPublish;
+  readonly #log: Logger;
+  readonly #store: ImporterStore;
+  #snapshotEnd = 0;
+  /** brokerCounter → stream sequence, for the publish tap, until the local publish is done. */
+  readonly #pending = new Map<number, number>();
+  #lastApplied = 0;
+  #stopped = false;
+  #messages: { stop(): void } | undefined;
+  readonly #counters = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0 };
+
+  constructor(
+    options: { rules: ImportRule[]; siteId: string; subjectPrefix: string; stream: string },
+    deps: { publish: LocalPublish; logger: Logger; store: ImporterStore },
+  ) {
+    this.#rules = options.rules;
+    this.#siteId = options.siteId;
+    this.#prefix = options.subjectPrefix;
+    this.#stream = options.stream;
+    this.#publish = deps.publish;
+    this.#log = deps.logger.child({ component: 'bridge' });
+    this.#store = deps.store;
+  }
+
+  get durableName(): string {
+    return `edgemqtt-${this.#siteId}`;
+  }
+
+  async recover(): Promise<void> {
+    const value = await this.#store.read(LAST_APPLIED);
+    this.#lastApplied = value ? Number(value.readBigUInt64BE(0)) : 0;
+    const snapshot = await this.#store.read(SNAPSHOT_END);
+    this.#snapshotEnd = snapshot ? Number(snapshot.readBigUInt64BE(0)) : 0;
+  }
+
+  /** Whether a PUBLISH the store sees is one this importer made (never exported again). */
+  isImported(packet: PacketLike): boolean {
+    return typeof packet.brokerCounter === 'number' && this.#pending.has(packet.brokerCounter);
+  }
+
+  /** The publish tap: the last applied stream sequence rides on the local publish's batch. */
+  tap(packet: PacketLike): BatchOp[] | undefined {
+    const seq = typeof packet.brokerCounter === 'number' ? this.#pending.get(packet.brokerCounter) : undefined;
+    if (seq === undefined) return undefined;
+    return [{ type: 'put', key: LAST_APPLIED, value: u64(seq) }];
+  }
+
+  stats(): ImporterStats {
+    return { ...this.#counters };
+  }
+
+  /** The one subject the consumer filters on: the rules' own when there is one, else the whole prefix (checked here per message). */
+  #filterSubject(): string {
+    const subjects = this.#rules.flatMap((rule) => {
+      const mapped = filterToSubjects(this.#prefix, rule.filter);
+      return mapped.ok ? mapped.subjects : [];
+    });
+    if (subjects.length === 1) return subjects[0]!;
+    return this.#prefix ? `${this.#prefix}.>` : '>';
+  }
+
+  /** Creates the durable consumer if missing; a site that starts for the first time begins with the last message of each subject (the retained state). */
+  async ensureConsumer(jsm: JetStreamManager): Promise<void> {
+    try {
+      await jsm.consumers.info(this.#stream, this.durableName);
+      return;
+    } catch (error) {
+      if (!/consumer not found/i.test((error as Error).message)) throw error;
+    }
+    if (this.#lastApplied === 0) {
+      // A site new to the stream starts from the last message of each subject; of those it
+      // applies only the retained ones: the others were news before it existed.
+      this.#snapshotEnd = (await jsm.streams.info(this.#stream)).state.last_seq;
+      await this.#store.commit.write([{ type: 'put', key: SNAPSHOT_END, value: u64(this.#snapshotEnd) }]);
+    }
+    await jsm.consumers.add(this.#stream, {
+      durable_name: this.durableName,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: this.#lastApplied === 0 ? DeliverPolicy.LastPerSubject : DeliverPolicy.All,
+      filter_subject: this.#filterSubject(),
+      max_ack_pending: 4 * PIPELINE,
+      ack_wait: 30e9,
+    });
+    this.#log.info({ stream: this.#stream, consumer: this.durableName, filter: this.#filterSubject() }, 'created the import consumer');
+  }
+
+  /** Consumes until stop() or the connection closes; consume() itself rides through reconnects. */
+  async run(js: JetStreamClient): Promise<void> {
+    const consumer: Consumer = await js.consumers.get(this.#stream, this.durableName);
+    const messages = await consumer.consume({ max_messages: PIPELINE });
+    this.#messages = messages;
+    const inflight = new Set<Promise<void>>();
+    for await (const message of messages) {
+      if (this.#stopped) break;
+      const applied = this.#apply(message);
+      if (!applied) continue;
+      inflight.add(applied);
+      void applied.finally(() => inflight.delete(applied));
+      if (inflight.size >= PIPELINE) await Promise.race(inflight);
+    }
+    await Promise.allSettled(inflight);
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#messages?.stop();
+  }
+
+  /** Applies one message; returns the local publish to wait for, if any. */
+  #apply(message: JsMsg): Promise<void> | undefined {
+    const origin = message.headers?.get(HEADER.origin);
+    if (origin === this.#siteId) {
+      this.#counters.loopSkipped++;
+      message.ack();
+      return undefined;
+    }
+    if (message.seq <= this.#lastApplied) {
+      this.#counters.redeliveries++;
+      message.ack();
+      return undefined;
+    }
+    const mapped = subjectToTopic(this.#prefix, message.subject);
+    const rule = mapped.ok ? this.#rules.find((r) => topicMatches(r.filter, mapped.topic)) : undefined;
+    if (!mapped.ok || !rule) {
+      this.#counters.skipped++;
+      message.ack();
+      return undefined;
+    }
+    const published = Number(message.headers?.get(HEADER.qos) ?? '1');
+    const qos = Math.min(rule.qos, Number.isInteger(published) ? published : 1) as QoS;
+    const retain = message.headers?.get(HEADER.retain) === '1';
+    if (message.seq <= this.#snapshotEnd && !retain) {
+      this.#counters.skipped++;
+      message.ack();
+      return undefined;
+    }
+    const seq = message.seq;
+    const payload = Buffer.from(message.data);
+    const { brokerCounter, done } = this.#publish({ topic: mapped.topic, payload, qos, retain });
+    this.#pending.set(brokerCounter, seq);
+    return done.then(
+      () => {
+        this.#pending.delete(brokerCounter);
+        this.#lastApplied = Math.max(this.#lastApplied, seq);
+        this.#counters.imported++;
+        message.ack();
+      },
+      (error: unknown) => {
+        this.#pending.delete(brokerCounter);
+        // Not acknowledged: JetStream delivers it again after ack_wait.
+        this.#log.warn({ err: (error as Error).message, subject: message.subject, seq }, 'could not publish an imported message locally; it comes again');
+        message.nak(1000);
+      },
+    );
+  }
+}
+
+function u64(value: number): Buffer {
+  const buffer = Buffer.alloc(8);
+  buffer.writeBigUInt64BE(BigInt(value));
+  return buffer;
+}

@@ -1,0 +1,92 @@
+/**
+ * Several sites on one NATS system act as one broker for bridged topics:
+ * daemons in-process, each with its own store, one real `nats-server -js`.
+ * A message published at one site reaches subscribers at the others exactly
+ * once and never loops; the retained state is shared, also with a site that
+ * starts later; a retained clear at one site clears it everywhere.
+ */
+import t, { type Test } from 'tap';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { connectClient, eventually, openClient, type OpenedClient } from './helpers/mqtt.js';
+import { NatsServer, natsClient, natsUnavailable } from './helpers/nats.js';
+
+const unavailable = natsUnavailable();
+
+async function site(t: Test, nats: NatsServer, siteId: string): Promise<RunningDaemon> {
+  const daemon = await startDaemon(t, {
+    bridge: {
+      enabled: true,
+      siteId,
+      nats: { servers: [nats.url] },
+      export: [{ filter: 'plant/#' }],
+      import: [{ filter: 'plant/#', qos: 1 }],
+    },
+  });
+  await eventually(() => daemon.daemon.bridgeStats().state === 'connected', 10_000, `${siteId} to connect`);
+  return daemon;
+}
+
+async function subscriber(t: Test, url: string, clientId: string): Promise<OpenedClient> {
+  const opened = await openClient(t, url, { clientId });
+  await opened.client.subscribeAsync('plant/#', { qos: 1 });
+  return opened;
+}
+
+t.test('a sensor at A reaches subscribers at B (WebSocket) and C exactly once; nothing loops', { skip: unavailable }, async (t) => {
+  const nats = new NatsServer(t);
+  await nats.start();
+  const [a, b, c] = [await site(t, nats, 'a'), await site(t, nats, 'b'), await site(t, nats, 'c')];
+  const atA = await subscriber(t, a.mqttUrl, 'local-a');
+  const atB = await subscriber(t, b.wsUrl, 'browser-b');
+  const atC = await subscriber(t, c.mqttUrl, 'panel-c');
+  const sensor = await connectClient(t, a.mqttUrl, { clientId: 'sensor' });
+  const COUNT = 50;
+  for (let i = 0; i < COUNT; i++) await sensor.publishAsync('plant/line1/temp', String(i), { qos: 1 });
+  const all = Array.from({ length: COUNT }, (_, i) => String(i));
+  for (const [name, sub] of [['A', atA], ['B', atB], ['C', atC]] as const) {
+    await sub.log.waitForCount(COUNT, 15_000);
+  }
+  // A marker after them proves nothing more is on its way.
+  await sensor.publishAsync('plant/marker', 'end', { qos: 1 });
+  for (const sub of [atA, atB, atC]) await sub.log.waitFor((m) => m.some((x) => x.payload === 'end'), 15_000, 'the marker');
+  for (const [name, sub] of [['A', atA], ['B', atB], ['C', atC]] as const) {
+    t.same(sub.log.messages.filter((m) => m.topic === 'plant/line1/temp').map((m) => m.payload), all, `${name}: each once, in order`);
+  }
+  await eventually(() => a.daemon.bridgeStats().loopSkipped >= COUNT + 1, 10_000, 'A to see its own messages come back');
+  t.equal(a.daemon.bridgeStats().imported, 0, 'A imported nothing of its own');
+  t.equal(b.daemon.bridgeStats().outbox.added, 0, 'B exported nothing it imported');
+  t.equal(c.daemon.bridgeStats().outbox.added, 0, 'C exported nothing it imported');
+  const jsm = await jetstreamManager(await natsClient(t, nats));
+  t.equal((await jsm.streams.info('EDGEMQTT')).state.messages, COUNT + 1, 'the stream holds each message once');
+});
+
+t.test('retained state is shared, also with a site started later; a clear at one site clears it everywhere', { skip: unavailable }, async (t) => {
+  const nats = new NatsServer(t);
+  await nats.start();
+  const [a, b] = [await site(t, nats, 'a'), await site(t, nats, 'b')];
+  const sensor = await connectClient(t, a.mqttUrl, { clientId: 'sensor' });
+  await sensor.publishAsync('plant/line1/setpoint', '22', { qos: 1, retain: true });
+  await sensor.publishAsync('plant/line1/temp', 'old news', { qos: 1 });
+  await eventually(() => b.daemon.bridgeStats().imported >= 2, 10_000, 'B to import both');
+  const atB = await subscriber(t, b.mqttUrl, 'late-b');
+  await atB.log.waitFor((m) => m.some((x) => x.payload === '22' && x.packet.retain), 5000, 'the retained setpoint at B');
+
+  // C starts after all of that: it gets the retained value, not the old news.
+  const c = await site(t, nats, 'c');
+  await eventually(() => c.daemon.bridgeStats().imported >= 1, 10_000, 'C to load the retained state');
+  const atC = await subscriber(t, c.mqttUrl, 'late-c');
+  await atC.log.waitFor((m) => m.some((x) => x.payload === '22' && x.packet.retain), 5000, 'the retained setpoint at C');
+  t.notOk(atC.log.messages.some((m) => m.payload === 'old news'), 'a non-retained message from before C existed is not replayed there');
+
+  // A retained clear (empty payload) at B clears it at A and C.
+  const operator = await connectClient(t, b.mqttUrl, { clientId: 'operator' });
+  await operator.publishAsync('plant/line1/setpoint', '', { qos: 1, retain: true });
+  await eventually(() => a.daemon.bridgeStats().imported >= 1 && c.daemon.bridgeStats().imported >= 2, 10_000, 'the clear to arrive');
+  for (const [name, daemon] of [['A', a], ['C', c]] as const) {
+    const fresh = await subscriber(t, daemon.mqttUrl, `check-${name}`);
+    await sensor.publishAsync('plant/marker', name, { qos: 1 });
+    await fresh.log.waitFor((m) => m.some((x) => x.payload === name), 10_000, 'the marker');
+    t.notOk(fresh.log.messages.some((m) => m.topic === 'plant/line1/setpoint' && m.packet.retain), `${name}: no retained setpoint any more`);
+  }
+});
