@@ -17,7 +17,8 @@ import {
   type NatsConnection,
   type NodeConnectionOptions,
 } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { storedSince, WINDOW_MARGIN_MS } from './reconcile.js';
 import type { Logger } from '../observability/logger.js';
 import type { BatchOp, GroupCommit, PacketLike, PublishTap } from '../persistence/index.js';
 import { topicMatches } from '../config/topic-filter.js';
@@ -56,6 +57,8 @@ export interface BridgeStats extends SenderStats, ImporterStats {
   outbox: OutboxStats;
   /** Messages matching an export rule whose topic has no reversible subject (never exported). */
   unmappable: number;
+  /** Outbox entries found already in the stream beyond its duplicate window, removed without a resend. */
+  reconciled: number;
 }
 
 /** The parts of the store the bridge uses. */
@@ -88,6 +91,8 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
   let stopping = false;
   let running: Promise<void> | undefined;
   let unmappable = 0;
+  let reconciled = 0;
+  let duplicateWindowMs = config.stream.duplicateWindowSec * 1000;
   let lastUnmappableLog = 0;
 
   function setState(next: BridgeState, why?: string, fields: Record<string, unknown> = {}): void {
@@ -174,7 +179,10 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     return options;
   }
 
-  /** Creates the stream if missing (and allowed), or checks that an existing one takes our subjects. */
+  /**
+   * Creates the stream if missing (and allowed), or checks that an existing
+   * one takes our subjects; notes its duplicate window (see reconcile.ts).
+   */
   async function ensureStream(jsm: JetStreamManager): Promise<string | undefined> {
     const { stream } = config;
     const wanted = config.subjectPrefix ? `${config.subjectPrefix}.>` : '>';
@@ -184,6 +192,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       if (!subjects.includes(wanted) && !subjects.includes('>')) {
         return `stream ${stream.name} exists with subjects ${JSON.stringify(subjects)}; it must take ${wanted}`;
       }
+      duplicateWindowMs = info.config.duplicate_window / 1e6;
       return undefined;
     } catch (error) {
       if (!isStreamNotFound(error)) throw error;
@@ -195,9 +204,26 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
         max_age: stream.maxAgeSec * 1e9,
         duplicate_window: stream.duplicateWindowSec * 1e9,
       });
+      duplicateWindowMs = stream.duplicateWindowSec * 1000;
       log.info({ stream: stream.name, subjects: [wanted], replicas: stream.replicas }, 'created the JetStream stream');
       return undefined;
     }
+  }
+
+  /** Before resending entries the stream's duplicate check no longer covers: drop those it holds (reconcile.ts). */
+  async function reconcile(js: JetStreamClient, jsm: JetStreamManager): Promise<void> {
+    if (!outbox || outbox.depth === 0) return;
+    const oldestAgeMs = outbox.stats().oldestAgeMs;
+    if (oldestAgeMs < duplicateWindowMs - WINDOW_MARGIN_MS) return;
+    const found = await storedSince(js, jsm, {
+      stream: config.stream.name,
+      siteId: config.siteId,
+      sinceMs: Date.now() - oldestAgeMs - WINDOW_MARGIN_MS,
+      fromSeq: outbox.head,
+    });
+    for (const seq of found) outbox.remove(seq);
+    reconciled += found.size;
+    log.info({ checkedFrom: outbox.head, alreadyStored: found.size }, 'outbox checked against the stream beyond its duplicate window');
   }
 
   /** Keeps the connection and the stream, forever, until stop. */
@@ -240,7 +266,9 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
         if (misconfigured) {
           setState('misconfigured', misconfigured);
         } else {
-          sender?.attach(jetstream(nc, { domain, timeout: config.sender.publishTimeoutMs }));
+          const js = jetstream(nc, { domain, timeout: config.sender.publishTimeoutMs });
+          await reconcile(js, jsm);
+          sender?.attach(js);
           setState('connected', undefined, { server: nc.getServer(), stream: config.stream.name });
           void runImporter(nc, jsm);
           return;
@@ -306,7 +334,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       const none: SenderStats = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0, inflight: 0 };
       const emptyOutbox: OutboxStats = { depth: 0, bytes: 0, oldestAgeMs: 0, added: 0, removed: 0, droppedOldest: 0, droppedNew: 0 };
       const noImports: ImporterStats = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0 };
-      return { state, problem, ...(sender?.stats() ?? none), ...(importer?.stats() ?? noImports), outbox: outbox?.stats() ?? emptyOutbox, unmappable };
+      return { state, problem, ...(sender?.stats() ?? none), ...(importer?.stats() ?? noImports), outbox: outbox?.stats() ?? emptyOutbox, unmappable, reconciled };
     },
   };
 }

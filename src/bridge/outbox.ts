@@ -56,12 +56,21 @@ export interface OutboxStats {
 /** What the outbox needs of the store: its group commit and a reader of its key range. */
 export interface OutboxStore {
   readonly commit: GroupCommit;
+  read(key: Buffer): Promise<Buffer | undefined>;
   readonly db: {
     iterator(options: { gte: Buffer; lt: Buffer; limit?: number; keys?: boolean; values?: boolean }): AsyncIterable<[Buffer, Buffer]>;
   };
 }
 
 const PREFIX = Buffer.concat([componentPrefix('bridge'), Buffer.from('o')]);
+/**
+ * The highest sequence ever given, written with every entry: sequences are
+ * never reused after the outbox empties and the daemon restarts (a reused
+ * `<site>:<seq>` would be dropped by JetStream as a duplicate of an old
+ * message). A new store starts from the clock in microseconds, so a site
+ * whose data directory was wiped does not reuse the ids of its former life.
+ */
+const HIGH_WATER = Buffer.concat([componentPrefix('bridge'), Buffer.from('h')]);
 const RANGE_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('p')]);
 
 export function outboxKey(seq: number): Buffer {
@@ -120,6 +129,20 @@ class EntryLog {
     return size;
   }
 
+  /** Where the next sequence starts (recovery); only forward, and only over an empty tail. */
+  startAt(seq: number): void {
+    if (seq <= this.next) return;
+    if (this.head === this.next) {
+      this.head = this.next = seq;
+      this.#start = 0;
+      return;
+    }
+    // The tail was sent and removed before the restart: its slots stay empty (size 0).
+    const index = this.#index(seq - 1);
+    if (index >= this.#sizes.length) this.#makeRoom(index + 1);
+    this.next = seq;
+  }
+
   oldestTime(): number | undefined {
     return this.head < this.next ? this.#times[this.#start] : undefined;
   }
@@ -167,6 +190,9 @@ export class Outbox {
       this.#depth++;
       this.#bytes += value.length;
     }
+    const highWater = await this.#store.read(HIGH_WATER);
+    const next = highWater ? Number(highWater.readBigUInt64BE(0)) + 1 : this.#depth > 0 ? this.#log_.next : this.#now() * 1000;
+    this.#log_.startAt(Math.max(next, this.#log_.next));
   }
 
   get depth(): number {
@@ -204,7 +230,7 @@ export class Outbox {
     this.#depth++;
     this.#bytes += value.length;
     this.#counters.added++;
-    ops.push({ type: 'put', key: outboxKey(seq), value });
+    ops.push({ type: 'put', key: outboxKey(seq), value }, { type: 'put', key: HIGH_WATER, value: u64(seq) });
     queueMicrotask(() => this.onAdded());
     return ops;
   }
@@ -284,4 +310,10 @@ function toBuffer(payload: unknown): Buffer {
   if (typeof payload === 'string') return Buffer.from(payload);
   if (payload instanceof Uint8Array) return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
   return Buffer.alloc(0);
+}
+
+function u64(value: number): Buffer {
+  const buffer = Buffer.alloc(8);
+  buffer.writeBigUInt64BE(BigInt(value));
+  return buffer;
 }
