@@ -7,24 +7,34 @@
  */
 import t, { type Test } from 'tap';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { startDaemon, tempDir, type RunningDaemon } from './helpers/daemon.js';
 import { connectClient, eventually, openClient, type OpenedClient } from './helpers/mqtt.js';
 import { NatsServer, natsClient, natsUnavailable } from './helpers/nats.js';
 
 const unavailable = natsUnavailable();
 
-async function site(t: Test, nats: NatsServer, siteId: string): Promise<RunningDaemon> {
+async function site(t: Test, nats: NatsServer | string, siteId: string, dataDir?: string): Promise<RunningDaemon> {
   const daemon = await startDaemon(t, {
+    ...(dataDir ? { dataDir } : {}),
     bridge: {
       enabled: true,
       siteId,
-      nats: { servers: [nats.url] },
+      nats: { servers: [typeof nats === 'string' ? nats : nats.url] },
       export: [{ filter: 'plant/#' }],
       import: [{ filter: 'plant/#', qos: 1 }],
     },
   });
-  await eventually(() => daemon.daemon.bridgeStats().state === 'connected', 10_000, `${siteId} to connect`);
+  if (typeof nats !== 'string') await eventually(() => daemon.daemon.bridgeStats().state === 'connected', 10_000, `${siteId} to connect`);
   return daemon;
+}
+
+/** The retained value of `topic` a new subscriber at `daemon` gets, proven complete by a marker published after. */
+async function retainedAt(t: Test, daemon: RunningDaemon, topic: string, name: string): Promise<string | undefined> {
+  const probe = await openClient(t, daemon.mqttUrl, { clientId: `probe-${name}` });
+  await probe.client.subscribeAsync([topic, 'probe/marker'], { qos: 1 });
+  await probe.client.publishAsync('probe/marker', name, { qos: 1 });
+  await probe.log.waitFor((m) => m.some((x) => x.topic === 'probe/marker'), 5000, 'the marker');
+  return probe.log.messages.find((m) => m.topic === topic && m.packet.retain)?.payload;
 }
 
 async function subscriber(t: Test, url: string, clientId: string): Promise<OpenedClient> {
@@ -89,4 +99,34 @@ t.test('retained state is shared, also with a site started later; a clear at one
     await fresh.log.waitFor((m) => m.some((x) => x.payload === name), 10_000, 'the marker');
     t.notOk(fresh.log.messages.some((m) => m.topic === 'plant/line1/setpoint' && m.packet.retain), `${name}: no retained setpoint any more`);
   }
+});
+
+t.test('a backlog replayed after an outage does not overwrite a newer retained value set elsewhere', { skip: unavailable }, async (t) => {
+  const nats = new NatsServer(t);
+  await nats.start();
+  const b = await site(t, nats, 'b');
+  // A is cut off from NATS (a dead address) when it sets the value: it waits in A's outbox.
+  const aDir = tempDir(t);
+  const dead = new NatsServer(t);
+  await dead.start();
+  const deadUrl = dead.url;
+  await dead.kill();
+  const offline = await site(t, deadUrl, 'a', aDir);
+  const sensorA = await connectClient(t, offline.mqttUrl, { clientId: 'sensor-a' });
+  await sensorA.publishAsync('plant/setpoint', 'old', { qos: 1, retain: true });
+  t.equal(offline.daemon.bridgeStats().outbox.depth, 1);
+  await sensorA.endAsync();
+  await offline.daemon.stop();
+
+  // Meanwhile B sets a newer value.
+  const sensorB = await connectClient(t, b.mqttUrl, { clientId: 'sensor-b' });
+  await sensorB.publishAsync('plant/setpoint', 'new', { qos: 1, retain: true });
+  await eventually(() => b.daemon.bridgeStats().outbox.depth === 0 && b.daemon.bridgeStats().exported === 1, 10_000, 'B to export');
+
+  // A comes back: its old value reaches B after the new one.
+  const a = await site(t, nats, 'a', aDir);
+  await eventually(() => b.daemon.bridgeStats().staleRetained === 1, 10_000, 'B to see the stale value');
+  await eventually(() => a.daemon.bridgeStats().imported >= 1, 10_000, 'A to import the newer value');
+  t.equal(await retainedAt(t, b, 'plant/setpoint', 'b'), 'new', 'B keeps the newer value');
+  t.equal(await retainedAt(t, a, 'plant/setpoint', 'a'), 'new', 'A takes the newer value: both agree');
 });

@@ -19,6 +19,7 @@ import {
 } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { storedSince, WINDOW_MARGIN_MS } from './reconcile.js';
+import { RetainedVersions } from './retained.js';
 import type { Logger } from '../observability/logger.js';
 import type { BatchOp, GroupCommit, PacketLike, PublishTap } from '../persistence/index.js';
 import { topicMatches } from '../config/topic-filter.js';
@@ -90,6 +91,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
   let connection: NatsConnection | undefined;
   let stopping = false;
   let running: Promise<void> | undefined;
+  const retained = new RetainedVersions();
   let unmappable = 0;
   let reconciled = 0;
   let duplicateWindowMs = config.stream.duplicateWindowSec * 1000;
@@ -148,7 +150,10 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       }
       return undefined;
     }
-    return outbox.add(packet);
+    const ops = outbox.add(packet);
+    // A retained value set here is the newest one, for what other sites replay later (retained.ts).
+    if (retain && ops.length > 0) ops.push(...retained.set(topic, Date.now()));
+    return ops;
   }
 
   async function connectOptions(): Promise<NodeConnectionOptions> {
@@ -267,6 +272,9 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
           setState('misconfigured', misconfigured);
         } else {
           const js = jetstream(nc, { domain, timeout: config.sender.publishTimeoutMs });
+          // Before this site's own backlog lands: a new site's consumer starts from
+          // the last message of each subject, which must be the other sites'.
+          await importer?.ensureConsumer(jsm);
           await reconcile(js, jsm);
           sender?.attach(js);
           setState('connected', undefined, { server: nc.getServer(), stream: config.stream.name });
@@ -306,10 +314,11 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       sender = new Sender(outbox, deps.store.commit, { siteId: config.siteId, subjectPrefix: config.subjectPrefix, ...config.sender }, deps.logger);
       const wake = sender;
       outbox.onAdded = () => wake.wake();
+      await retained.load(deps.store);
       if (config.import.length > 0) {
         importer = new Importer(
           { rules: config.import, siteId: config.siteId, subjectPrefix: config.subjectPrefix, stream: config.stream.name },
-          { publish: deps.publish, logger: deps.logger, store: deps.store },
+          { publish: deps.publish, logger: deps.logger, store: deps.store, retained },
         );
         await importer.recover();
       }
@@ -333,7 +342,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     stats() {
       const none: SenderStats = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0, inflight: 0 };
       const emptyOutbox: OutboxStats = { depth: 0, bytes: 0, oldestAgeMs: 0, added: 0, removed: 0, droppedOldest: 0, droppedNew: 0 };
-      const noImports: ImporterStats = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0 };
+      const noImports: ImporterStats = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0, staleRetained: 0 };
       return { state, problem, ...(sender?.stats() ?? none), ...(importer?.stats() ?? noImports), outbox: outbox?.stats() ?? emptyOutbox, unmappable, reconciled };
     },
   };

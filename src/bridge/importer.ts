@@ -26,6 +26,7 @@ import { topicMatches } from '../config/topic-filter.js';
 import { HEADER } from './sender.js';
 import { filterToSubjects, subjectToTopic } from './subjects.js';
 import type { QoS } from './outbox.js';
+import type { RetainedVersions } from './retained.js';
 
 export interface ImportRule {
   filter: string;
@@ -51,6 +52,8 @@ export interface ImporterStats {
   loopSkipped: number;
   /** Subjects with no MQTT topic, or matching no import rule. */
   skipped: number;
+  /** Retained messages older than the retained value in force here: delivered, not retained. */
+  staleRetained: number;
 }
 
 const LAST_APPLIED = Buffer.concat([componentPrefix('bridge'), Buffer.from('i')]);
@@ -68,17 +71,19 @@ export class Importer {
   readonly #log: Logger;
   readonly #store: ImporterStore;
   #snapshotEnd = 0;
-  /** brokerCounter → stream sequence, for the publish tap, until the local publish is done. */
-  readonly #pending = new Map<number, number>();
+  /** brokerCounter → stream sequence (and the retained value's time), for the publish tap, until the local publish is done. */
+  readonly #pending = new Map<number, { seq: number; topic: string; retainedAt: number | undefined }>();
+  readonly #retained: RetainedVersions;
   #lastApplied = 0;
   #stopped = false;
   #messages: { stop(): void } | undefined;
-  readonly #counters = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0 };
+  readonly #counters = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0, staleRetained: 0 };
 
   constructor(
     options: { rules: ImportRule[]; siteId: string; subjectPrefix: string; stream: string },
-    deps: { publish: LocalPublish; logger: Logger; store: ImporterStore },
+    deps: { publish: LocalPublish; logger: Logger; store: ImporterStore; retained: RetainedVersions },
   ) {
+    this.#retained = deps.retained;
     this.#rules = options.rules;
     this.#siteId = options.siteId;
     this.#prefix = options.subjectPrefix;
@@ -106,9 +111,11 @@ export class Importer {
 
   /** The publish tap: the last applied stream sequence rides on the local publish's batch. */
   tap(packet: PacketLike): BatchOp[] | undefined {
-    const seq = typeof packet.brokerCounter === 'number' ? this.#pending.get(packet.brokerCounter) : undefined;
-    if (seq === undefined) return undefined;
-    return [{ type: 'put', key: LAST_APPLIED, value: u64(seq) }];
+    const pending = typeof packet.brokerCounter === 'number' ? this.#pending.get(packet.brokerCounter) : undefined;
+    if (pending === undefined) return undefined;
+    const ops: BatchOp[] = [{ type: 'put', key: LAST_APPLIED, value: u64(pending.seq) }];
+    if (pending.retainedAt !== undefined) ops.push(...this.#retained.set(pending.topic, pending.retainedAt));
+    return ops;
   }
 
   stats(): ImporterStats {
@@ -194,16 +201,22 @@ export class Importer {
     }
     const published = Number(message.headers?.get(HEADER.qos) ?? '1');
     const qos = Math.min(rule.qos, Number.isInteger(published) ? published : 1) as QoS;
-    const retain = message.headers?.get(HEADER.retain) === '1';
+    let retain = message.headers?.get(HEADER.retain) === '1';
     if (message.seq <= this.#snapshotEnd && !retain) {
       this.#counters.skipped++;
       message.ack();
       return undefined;
     }
+    const time = Number(message.headers?.get(HEADER.time) ?? 0);
+    if (retain && !this.#retained.current(mapped.topic, time)) {
+      // Older than the retained value in force here (a backlog replayed after an outage): delivered, not retained.
+      retain = false;
+      this.#counters.staleRetained++;
+    }
     const seq = message.seq;
     const payload = Buffer.from(message.data);
     const { brokerCounter, done } = this.#publish({ topic: mapped.topic, payload, qos, retain });
-    this.#pending.set(brokerCounter, seq);
+    this.#pending.set(brokerCounter, { seq, topic: mapped.topic, retainedAt: retain ? time : undefined });
     return done.then(
       () => {
         this.#pending.delete(brokerCounter);

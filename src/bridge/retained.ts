@@ -1,0 +1,48 @@
+/**
+ * Versions of the bridged retained messages: for each topic, the time (at
+ * the site that published it, ms since the epoch) of the retained value in
+ * force here. A retained message imported from another site is applied as
+ * retained only if it is not older than that, so a site replaying its
+ * backlog after a long outage does not overwrite a newer value set elsewhere
+ * meanwhile; it is still delivered, as a message that is no longer current.
+ * Written in the batch of the message that set it; read back at start.
+ *
+ * Times come from the sites' clocks: keep them in step (NTP). Equal times
+ * are applied (the later arrival wins).
+ */
+import type { BatchOp } from '../persistence/index.js';
+import { componentPrefix } from '../persistence/index.js';
+
+const PREFIX = Buffer.concat([componentPrefix('bridge'), Buffer.from('r')]);
+const RANGE_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('s')]);
+
+export interface RetainedVersionsStore {
+  readonly db: { iterator(options: { gte: Buffer; lt: Buffer }): AsyncIterable<[Buffer, Buffer]> };
+}
+
+export class RetainedVersions {
+  readonly #times = new Map<string, number>();
+
+  async load(store: RetainedVersionsStore): Promise<void> {
+    for await (const [key, value] of store.db.iterator({ gte: PREFIX, lt: RANGE_END })) {
+      this.#times.set(key.subarray(PREFIX.length).toString('utf8'), Number(value.readBigUInt64BE(0)));
+    }
+  }
+
+  /** Whether a retained value from `time` may replace the one in force for `topic`. */
+  current(topic: string, time: number): boolean {
+    return time >= (this.#times.get(topic) ?? 0);
+  }
+
+  /** Records that the retained value of `topic` is now the one from `time`; the ops go into its message's batch. */
+  set(topic: string, time: number): BatchOp[] {
+    this.#times.set(topic, time);
+    const value = Buffer.alloc(8);
+    value.writeBigUInt64BE(BigInt(Math.max(0, Math.round(time))));
+    return [{ type: 'put', key: Buffer.concat([PREFIX, Buffer.from(topic, 'utf8')]), value }];
+  }
+
+  get size(): number {
+    return this.#times.size;
+  }
+}
