@@ -8,7 +8,9 @@
  */
 import t, { type Test } from 'tap';
 import { jetstreamManager, type JetStreamManager, type StoredMsg } from '@nats-io/jetstream';
-import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { startDaemon, tempDir, type RunningDaemon } from './helpers/daemon.js';
 import { connectClient, eventually, openClient } from './helpers/mqtt.js';
 import { NatsServer, natsClient, natsUnavailable } from './helpers/nats.js';
 import type { ConfigInput } from '../src/config/schema.js';
@@ -52,7 +54,10 @@ async function exported(t: Test, daemon: RunningDaemon, count: number): Promise<
 t.test('QoS 0, 1, 2 and retained messages reach the stream with their subjects and headers', { skip: unavailable }, async (t) => {
   const nats = new NatsServer(t);
   await nats.start();
-  const daemon = await startDaemon(t, bridgeConfig(nats));
+  // $SYS is readable only where an ACL grants it (or by clients with a password).
+  const aclFile = path.join(tempDir(t), 'acl');
+  await writeFile(aclFile, 'topic readwrite #\ntopic read $SYS/#\n');
+  const daemon = await startDaemon(t, { ...bridgeConfig(nats), auth: { aclFile } });
   await eventually(() => daemon.daemon.bridgeStats().state === 'connected', 10_000, 'the bridge to connect');
   const publisher = await connectClient(t, daemon.mqttUrl, { clientId: 'sensor-1' });
   await publisher.publishAsync('plant/line1/temp', '21.5', { qos: 0 });
@@ -84,6 +89,12 @@ t.test('QoS 0, 1, 2 and retained messages reach the stream with their subjects a
   const stats = daemon.daemon.bridgeStats();
   t.equal(stats.duplicates, 0);
   t.equal(stats.outbox.added, 5);
+
+  // The state for MQTT dashboards: a retained $SYS message.
+  const dashboard = await openClient(t, daemon.mqttUrl, { clientId: 'dashboard' });
+  await dashboard.client.subscribeAsync('$SYS/edgemqtt/bridge', { qos: 0 });
+  const [status] = await dashboard.log.waitForCount(1);
+  t.match(JSON.parse(status!.payload), { state: 'connected' }, 'the bridge status is retained under $SYS/edgemqtt/bridge');
 });
 
 t.test('an outage of NATS loses nothing and doubles nothing; order per publisher holds', { skip: unavailable }, async (t) => {

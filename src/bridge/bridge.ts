@@ -77,6 +77,9 @@ export interface Bridge {
 }
 
 const RECONNECT_WAIT_MS = 1000;
+/** Retained, QoS 0: the bridge's state and counters as JSON, like mosquitto's $SYS tree. */
+export const STATUS_TOPIC = '$SYS/edgemqtt/bridge';
+const STATUS_INTERVAL_MS = 10_000;
 const STREAM_RETRY_MAX_MS = 30_000;
 
 export function createBridge(config: BridgeConfig, deps: { logger: Logger; store: BridgeStore; publish: LocalPublish }): Bridge {
@@ -91,16 +94,32 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
   let connection: NatsConnection | undefined;
   let stopping = false;
   let running: Promise<void> | undefined;
+  let statusTimer: NodeJS.Timeout | undefined;
   const retained = new RetainedVersions();
   let unmappable = 0;
   let reconciled = 0;
   let duplicateWindowMs = config.stream.duplicateWindowSec * 1000;
   let lastUnmappableLog = 0;
 
+  /** The status as a retained message on STATUS_TOPIC, for MQTT dashboards; published when it changed. */
+  let lastStatus = '';
+  function publishStatus(): void {
+    const { state: current, problem: why, outbox: box, exported, imported, resent, duplicates } = bridge.stats();
+    const status = JSON.stringify({ state: current, problem: why, outboxDepth: box.depth, oldestAgeMs: box.oldestAgeMs, exported, imported, resent, duplicates });
+    if (status === lastStatus) return;
+    lastStatus = status;
+    try {
+      deps.publish({ topic: STATUS_TOPIC, payload: Buffer.from(status), qos: 0, retain: true }).done.catch(() => undefined);
+    } catch {
+      // The broker is not running (start-up failed, or it stopped first): nobody to tell.
+    }
+  }
+
   function setState(next: BridgeState, why?: string, fields: Record<string, unknown> = {}): void {
     if (next === state && why === problem) return;
     state = next;
     problem = why;
+    if (config.enabled) queueMicrotask(publishStatus);
     const line = { state: next, ...(why ? { problem: why } : {}), ...fields };
     if (next === 'connected') log.info(line, 'bridge connected to NATS JetStream');
     else if (next === 'misconfigured') log.error(line, `bridge: ${why}`);
@@ -303,7 +322,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     }
   }
 
-  return {
+  const bridge: Bridge = {
     get state() {
       return state;
     },
@@ -325,11 +344,14 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       removeTap = deps.store.addPublishTap(tap);
       if (outbox.depth > 0) log.info({ depth: outbox.depth }, 'outbox holds messages from an earlier run; they are sent once NATS answers');
       setState('connecting', undefined, { servers: config.nats.servers, siteId: config.siteId });
+      statusTimer = setInterval(publishStatus, STATUS_INTERVAL_MS);
+      statusTimer.unref();
       running = run();
     },
     async stop(deadline = performance.now() + 5000) {
       if (!config.enabled || state === 'stopped') return;
       removeTap?.();
+      clearInterval(statusTimer);
       if (sender && state === 'connected') await sender.drain(deadline);
       stopping = true;
       sender?.stop();
@@ -346,6 +368,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       return { state, problem, ...(sender?.stats() ?? none), ...(importer?.stats() ?? noImports), outbox: outbox?.stats() ?? emptyOutbox, unmappable, reconciled };
     },
   };
+  return bridge;
 }
 
 function isStreamNotFound(error: unknown): boolean {
