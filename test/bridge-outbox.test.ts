@@ -1,0 +1,83 @@
+/**
+ * The bridge outbox on a real store: a QoS 1/2 message's outbox record is in
+ * the same durable batch as its session records (the one its PUBACK or
+ * PUBREC waits for); limits and overflow policies; what survives a restart.
+ */
+import t from 'tap';
+import type { BatchOp } from '../src/persistence/index.js';
+import { Outbox, outboxKey } from '../src/bridge/outbox.js';
+import { outgoingKey } from '../src/persistence/keys.js';
+import { eventually } from './helpers/mqtt.js';
+import { capturingLogger, fakeBroker, harness, publish } from './helpers/store.js';
+
+const limits = { maxMessages: 0, maxBytes: 0, overflow: 'drop-oldest' as const };
+
+t.test('the outbox record commits in the batch of the PUBLISH it rides on, which its acknowledgement waits for', async (t) => {
+  const h = harness(t);
+  const persistence = await h.open();
+  const broker = fakeBroker();
+  await persistence.setup(broker);
+  const outbox = new Outbox(persistence, limits, { logger: capturingLogger().logger });
+  await outbox.recover();
+  persistence.addPublishTap((packet) => outbox.add(packet));
+
+  // Hold LevelDB's batches: what is in one commits together or not at all.
+  const db = persistence.db as unknown as { batch(ops: BatchOp[], options: unknown): Promise<void> };
+  const write = db.batch.bind(db);
+  const held: Array<{ ops: BatchOp[]; release(): void }> = [];
+  db.batch = (ops, options) => new Promise((resolve, reject) => held.push({ ops, release: () => void write(ops, options).then(resolve, reject) }));
+
+  const packet = publish('plant/a', 'x', { qos: 1, brokerId: broker.id, brokerCounter: 1 });
+  let acknowledged = false;
+  const stored = persistence.outgoingEnqueueCombi([{ clientId: 'dev' }], packet).then(() => (acknowledged = true));
+  await eventually(() => held.length === 1, 2000, 'the batch');
+  const keys = held[0]!.ops.map((op) => op.key.toString('hex'));
+  const seq = outbox.head;
+  t.ok(keys.includes(outboxKey(seq).toString('hex')), 'the outbox record is in the batch');
+  t.ok(keys.some((key) => key.startsWith(outgoingKey('dev', 0).subarray(0, -8).toString('hex'))), 'with the subscriber queue entry');
+  t.equal(held.length, 1, 'one batch');
+  t.notOk(acknowledged, 'nothing is acknowledged while the batch is held');
+  held[0]!.release();
+  db.batch = write;
+  await stored;
+  t.equal((await outbox.read(seq, 10)).length, 1, 'once committed, the sender can read it');
+});
+
+t.test('limits: drop-oldest keeps the newest; drop-new keeps the oldest; both count', async (t) => {
+  for (const overflow of ['drop-oldest', 'drop-new'] as const) {
+    const h = harness(t);
+    const persistence = await h.open();
+    const outbox = new Outbox(persistence, { maxMessages: 3, maxBytes: 0, overflow }, { logger: capturingLogger().logger });
+    await outbox.recover();
+    for (let i = 0; i < 5; i++) await persistence.commit.write(outbox.add(publish('plant/a', String(i), { qos: 1 })));
+    const kept = (await outbox.read(0, 10)).map((record) => record.payload.toString());
+    t.same(kept, overflow === 'drop-oldest' ? ['2', '3', '4'] : ['0', '1', '2'], overflow);
+    const stats = outbox.stats();
+    t.equal(stats.depth, 3);
+    t.equal(overflow === 'drop-oldest' ? stats.droppedOldest : stats.droppedNew, 2);
+  }
+});
+
+t.test('after a restart: what waits is there in order, and sequences go on without reuse', async (t) => {
+  const h = harness(t);
+  const first = await h.open();
+  const outbox = new Outbox(first, limits, { logger: capturingLogger().logger });
+  await outbox.recover();
+  const seqs: number[] = [];
+  for (let i = 0; i < 6; i++) {
+    seqs.push(outbox.head + outbox.depth);
+    await first.commit.write(outbox.add(publish('plant/a', String(i), { qos: 1 })));
+  }
+  // Acknowledged out of order, and the newest two: only 0, 2, 3 wait.
+  for (const i of [1, 4, 5]) outbox.remove(seqs[i]!);
+  await first.stop();
+
+  const second = await h.open();
+  const again = new Outbox(second, limits, { logger: capturingLogger().logger });
+  await again.recover();
+  t.equal(again.depth, 3);
+  t.same((await again.read(0, 10)).map((r) => [r.seq, r.payload.toString()]), [[seqs[0], '0'], [seqs[2], '2'], [seqs[3], '3']]);
+  await second.commit.write(again.add(publish('plant/a', 'new', { qos: 1 })));
+  const [last] = (await again.read(seqs[3]! + 1, 10)).map((r) => r.seq);
+  t.equal(last, seqs[5]! + 1, 'the next sequence follows the highest ever given, not the highest still waiting');
+});
