@@ -70,7 +70,7 @@ const exportRule = z.strictObject({
 
 const importRule = z.strictObject({
   filter: topicFilter("MQTT topic filter of the other sites' messages to import, e.g. plant/# ('+' and '#' wildcards)"),
-  qos: qosLevel.default(1).describe('QoS the imported messages are published with locally: 0, 1 or 2'),
+  qos: qosLevel.default(1).describe('QoS the imported messages are published with locally: 0, 1 or 2, never above the QoS they were published with'),
 });
 
 /** Secret-holding file; the path itself is not a secret. */
