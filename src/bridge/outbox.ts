@@ -172,6 +172,7 @@ export class Outbox {
   #bytes = 0;
   readonly #counters = { added: 0, removed: 0, droppedOldest: 0, droppedNew: 0 };
   #lastOverflowLog = 0;
+  #removals: BatchOp[] = [];
   /** Called after each add, once its batch may have landed: the sender reads from the store. */
   onAdded: () => void = () => undefined;
 
@@ -247,13 +248,20 @@ export class Outbox {
     return records;
   }
 
-  /** JetStream has the entry: it leaves the outbox. */
+  /** JetStream has the entry: it leaves the outbox (the deletes of one turn in one write). */
   remove(seq: number): void {
     if (!this.#forget(seq)) return;
     this.#counters.removed++;
-    this.#store.commit.write([{ type: 'del', key: outboxKey(seq) }]).catch((error: unknown) => {
-      // Left on disk: sent again after a restart, and dropped there by JetStream's duplicate check.
-      this.#log.warn({ err: error, seq }, 'could not remove an exported message from the outbox');
+    this.#removals.push({ type: 'del', key: outboxKey(seq) });
+    if (this.#removals.length === 1) queueMicrotask(() => this.#flushRemovals());
+  }
+
+  #flushRemovals(): void {
+    const ops = this.#removals;
+    this.#removals = [];
+    this.#store.commit.write(ops).catch((error: unknown) => {
+      // Left on disk: sent again after a restart, and found in the stream there (reconcile.ts).
+      this.#log.warn({ err: error, entries: ops.length }, 'could not remove exported messages from the outbox');
     });
   }
 
