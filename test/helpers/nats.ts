@@ -6,6 +6,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import type { Test } from 'tap';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { JetStreamManager } from '@nats-io/jetstream';
 import { tempDir } from './daemon.js';
 
 export const natsServerBinary = process.env.NATS_SERVER ?? 'nats-server';
@@ -71,4 +72,38 @@ export async function natsClient(t: Test, server: NatsServer): Promise<NatsConne
   const nc = await connect({ servers: server.url });
   t.teardown(() => nc.close());
   return nc;
+}
+
+/** One message of a stream as the tests look at it. */
+export interface StreamEntry {
+  seq: number;
+  subject: string;
+  /** The payload as UTF-8 text. */
+  data: string;
+  msgId: string | undefined;
+  origin: string | undefined;
+}
+
+/** Every message a stream holds now, in stream order (fetched by sequence, a few requests at a time). */
+export async function readStream(jsm: JetStreamManager, stream: string): Promise<StreamEntry[]> {
+  const { state } = await jsm.streams.info(stream);
+  if (state.messages === 0) return [];
+  const decoder = new TextDecoder();
+  const entries: StreamEntry[] = [];
+  const CONCURRENCY = 32;
+  for (let from = state.first_seq; from <= state.last_seq; from += CONCURRENCY) {
+    const seqs = Array.from({ length: Math.min(CONCURRENCY, state.last_seq - from + 1) }, (_, i) => from + i);
+    const batch = await Promise.all(seqs.map((seq) => jsm.streams.getMessage(stream, { seq })));
+    for (const message of batch) {
+      if (!message) continue;
+      entries.push({
+        seq: message.seq,
+        subject: message.subject,
+        data: decoder.decode(message.data),
+        msgId: message.header?.get('Nats-Msg-Id') || undefined,
+        origin: message.header?.get('Edgemqtt-Origin') || undefined,
+      });
+    }
+  }
+  return entries;
 }
