@@ -7,6 +7,7 @@
  * misconfigured never holds up local traffic.
  */
 import t, { type Test } from 'tap';
+import { connect } from '@nats-io/transport-node';
 import { jetstreamManager, type JetStreamManager, type StoredMsg } from '@nats-io/jetstream';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -185,4 +186,28 @@ t.test('a full outbox (drop-new): the message is acknowledged locally, not expor
   await exported(t, daemon, 3);
   const jsm = await jetstreamManager(await natsClient(t, nats));
   t.same((await streamMessages(jsm)).map((m) => new TextDecoder().decode(m.data)), ['0', '1', '2'], 'the oldest three went');
+});
+
+t.test('wrong NATS credentials: one clear error, the state says so, local traffic flows; right ones connect', { skip: unavailable }, async (t) => {
+  const nats = new NatsServer(t, ['--user', 'bridge', '--pass', 'right-secret']);
+  await nats.start();
+  const dir = tempDir(t);
+  const passwordFile = path.join(dir, 'nats-password');
+  await writeFile(passwordFile, 'wrong-secret\n');
+  const wrong = await startDaemon(t, bridgeConfig(nats, { nats: { servers: [nats.url], user: 'bridge', passwordFile } }));
+  await eventually(() => wrong.daemon.bridgeStats().state === 'misconfigured', 10_000, 'the bridge to report the refusal');
+  t.match(wrong.daemon.bridgeStats().problem, /NATS refused the credentials/);
+  t.notMatch(wrong.daemon.bridgeStats().problem, /wrong-secret/, 'the password is not shown');
+  const publisher = await connectClient(t, wrong.mqttUrl, { clientId: 'sensor' });
+  await publisher.publishAsync('plant/a', 'kept', { qos: 1 });
+  t.equal(wrong.daemon.bridgeStats().outbox.depth, 1, 'the message waits in the outbox');
+  await wrong.daemon.stop();
+
+  await writeFile(passwordFile, 'right-secret\n');
+  const right = await startDaemon(t, { dataDir: wrong.daemon.config.dataDir, ...bridgeConfig(nats, { nats: { servers: [nats.url], user: 'bridge', passwordFile } }) });
+  await exported(t, right, 1);
+  const nc = await connect({ servers: nats.url, user: 'bridge', pass: 'right-secret' });
+  t.teardown(() => nc.close());
+  const jsm = await jetstreamManager(nc);
+  t.same((await streamMessages(jsm)).map((m) => new TextDecoder().decode(m.data)), ['kept'], 'what waited went once the credentials were fixed');
 });

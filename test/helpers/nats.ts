@@ -22,7 +22,11 @@ export class NatsServer {
   readonly #storeDir: string;
   #child: ChildProcess | undefined;
 
-  constructor(t: Test) {
+  /** `args`: more nats-server flags, e.g. `['--user', 'u', '--pass', 'p']`. */
+  constructor(
+    t: Test,
+    readonly args: string[] = [],
+  ) {
     this.#storeDir = tempDir(t, 'edgemqtt-nats-');
     t.teardown(() => this.kill());
   }
@@ -33,7 +37,7 @@ export class NatsServer {
 
   /** Starts the server (on the port it had before, after a restart) and resolves once it accepts clients. */
   async start(): Promise<void> {
-    const child = spawn(natsServerBinary, ['-a', '127.0.0.1', '-p', String(this.port), '-js', '-sd', this.#storeDir], {
+    const child = spawn(natsServerBinary, ['-a', '127.0.0.1', '-p', String(this.port), '-js', '-sd', this.#storeDir, ...this.args], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     this.#child = child;
