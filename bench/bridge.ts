@@ -32,7 +32,9 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { generate } from 'mqtt-packet';
 import { connect } from '@nats-io/transport-node';
-import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { headers } from '@nats-io/transport-node';
+import mqtt from 'mqtt';
 import { median, ratio, RawConnection, rssMiB, startEdgemqtt } from './persistence-load.js';
 import { processCpuMs } from './common.js';
 
@@ -264,6 +266,63 @@ async function roundNatsMqtt(dir: string): Promise<number> {
   }
 }
 
+/**
+ * Import: MESSAGES QoS 1 messages published into the stream by another
+ * "site" (nats.js, 256 publishes in flight), imported by edgemqtt and
+ * delivered to a local MQTT-over-WebSocket subscriber (mqtt.js); msgs/s
+ * from the first publish to the last delivery.
+ */
+async function roundImport(dir: string): Promise<number> {
+  const nats = await startNats(path.join(dir, 'nats'), await freePort());
+  const nc = await connect({ servers: nats.url });
+  const httpPort = await freePort();
+  try {
+    const broker = await startEdgemqtt(path.join(dir, 'edgemqtt'), {
+      http: { host: '127.0.0.1', port: httpPort },
+      bridge: { enabled: true, siteId: 'bench-b', nats: { servers: [nats.url] }, import: [{ filter: 'bench/#', qos: 1 }], stream: { name: EDGE_STREAM } },
+    });
+    const subscriber = mqtt.connect(`ws://127.0.0.1:${httpPort}/mqtt`, { clientId: 'bench-ws', reconnectPeriod: 0 });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        subscriber.once('connect', () => resolve());
+        subscriber.once('error', reject);
+      });
+      await subscriber.subscribeAsync('bench/#', { qos: 1 });
+      const jsm = await jetstreamManager(nc);
+      await waitForStream(jsm, EDGE_STREAM, 0, 'edgemqtt: bridge creating its stream');
+      // The import consumer exists once the bridge is connected; give it the first message and wait for it.
+      const js = jetstream(nc);
+      const h = headers();
+      h.set('Edgemqtt-Origin', 'bench-a');
+      h.set('Edgemqtt-Qos', '1');
+      h.set('Edgemqtt-Retain', '0');
+      let received = 0;
+      let all!: () => void;
+      const done = new Promise<void>((resolve) => (all = resolve));
+      subscriber.on('message', () => {
+        if (++received === MESSAGES + 1) all();
+      });
+      await js.publish(`mqtt.${TOPIC.replace('/', '.')}`, PAYLOAD, { headers: h });
+      while (received === 0) await sleep(20);
+      const cpu = cpuMeter({ edgemqtt: broker.pid, 'nats-server': nats.pid });
+      const started = performance.now();
+      for (let sent = 0; sent < MESSAGES; sent += 256) {
+        await Promise.all(Array.from({ length: Math.min(256, MESSAGES - sent) }, () => js.publish(`mqtt.${TOPIC.replace('/', '.')}`, PAYLOAD, { headers: h })));
+      }
+      await done;
+      const seconds = (performance.now() - started) / 1000;
+      console.log(`  JetStream → edgemqtt → WebSocket: ${Math.round(MESSAGES / seconds)} msg/s; ${cpu(seconds)}`);
+      return MESSAGES / seconds;
+    } finally {
+      subscriber.end(true);
+      await broker.stop();
+    }
+  } finally {
+    await nc.close();
+    await nats.stop();
+  }
+}
+
 interface DrainResult {
   ingest: number;
   drain: number;
@@ -323,6 +382,7 @@ async function main(): Promise<void> {
   const edge: number[] = [];
   const natsMqtt: number[] = [];
   const drains: DrainResult[] = [];
+  const imports: number[] = [];
   try {
     for (let round = 1; round <= ROUNDS; round++) {
       console.log(`round ${round}`);
@@ -330,6 +390,7 @@ async function main(): Promise<void> {
         ['edgemqtt', async (dir: string) => edge.push(await roundEdgemqtt(dir))],
         ['nats-mqtt', async (dir: string) => natsMqtt.push(await roundNatsMqtt(dir))],
         ['drain', async (dir: string) => drains.push(await roundDrain(dir))],
+        ['import', async (dir: string) => imports.push(await roundImport(dir))],
       ] as const) {
         const dir = path.join(root, `${name}-${round}`);
         await run(dir);
@@ -348,6 +409,8 @@ async function main(): Promise<void> {
   console.log(`  drain                ${String(Math.round(m((d) => d.drain))).padStart(7)} msg/s   (goal ≥ 50000: ${m((d) => d.drain) >= 50_000 ? 'met' : 'NOT met'})`);
   console.log(`  reconnect delay      ${(m((d) => d.reconnectMs) / 1000).toFixed(1).padStart(7)} s (bridge backoff, not in the drain rate)`);
   console.log(`  edgemqtt RSS         before ${m((d) => d.rssBefore).toFixed(0)} MiB, outage peak ${m((d) => d.rssOutagePeak).toFixed(0)} MiB, drain peak ${m((d) => d.rssDrainPeak).toFixed(0)} MiB`);
+  console.log(`\n3. Import, JetStream → edgemqtt → a WebSocket subscriber, ${MESSAGES} messages (median of ${ROUNDS})`);
+  console.log(`  import               ${String(Math.round(median(imports))).padStart(7)} msg/s`);
 }
 
 main().catch((error: unknown) => {

@@ -142,7 +142,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     while (!stopping && !nc.isClosed()) {
       try {
         await importer.ensureConsumer(jsm);
-        await importer.run(jetstream(nc, { domain }));
+        await importer.run(jetstream(nc, { domain }), jsm);
       } catch (error) {
         if (!stopping) log.warn({ err: (error as Error).message }, 'import consumer stopped; starting it again');
       }

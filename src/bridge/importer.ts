@@ -6,26 +6,31 @@
  * import rule (never above the one it was published with), and acknowledged
  * to JetStream only once that local publish is durable.
  *
- * Exactly once: the stream sequence of the last message applied is stored
- * in the same durable batch as the local publish (a publish tap, see
- * LevelPersistence.addPublishTap); a redelivery at or below it, after a
- * crash between the local publish and the ack, is acknowledged and skipped.
- * Local publishes complete in the order they were made (their batches commit
- * in order), so the stored sequence only grows.
+ * Exactly once: each message applied leaves a record of its stream
+ * sequence in the same durable batch as its local publish (a publish tap,
+ * see LevelPersistence.addPublishTap), removed once the consumer's ack floor
+ * has passed it. A redelivery that finds its record (a crash between the
+ * local publish and the ack) is acknowledged and skipped.
+ *
+ * In order, also across a crash: JetStream redelivers the messages a dead
+ * process left unacknowledged only after ack_wait, after newer ones. So
+ * before consuming, the messages between the consumer's ack floor and its
+ * last delivery that have no record are read from the stream and applied, in
+ * order; their redeliveries later find their records.
  *
  * Loops: a message whose origin header names this site is skipped, and an
  * imported message is never exported again (isImported, used by the export
  * tap).
  */
 import { AckPolicy, DeliverPolicy, type Consumer, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
-import type { JsMsg } from '@nats-io/jetstream';
+import type { MsgHdrs } from '@nats-io/transport-node';
 import type { Logger } from '../observability/logger.js';
 import type { BatchOp, PacketLike } from '../persistence/index.js';
 import { componentPrefix } from '../persistence/index.js';
 import { topicMatches } from '../config/topic-filter.js';
 import { HEADER } from './sender.js';
 import { filterToSubjects, subjectToTopic } from './subjects.js';
-import type { QoS } from './outbox.js';
+import type { QoS, RangeReader } from './outbox.js';
 import type { RetainedVersions } from './retained.js';
 
 export interface ImportRule {
@@ -42,6 +47,7 @@ export type LocalPublish = (packet: { topic: string; payload: Buffer; qos: QoS; 
 export interface ImporterStore {
   read(key: Buffer): Promise<Buffer | undefined>;
   readonly commit: { write(ops: readonly BatchOp[]): Promise<void> };
+  readonly db: RangeReader;
 }
 
 export interface ImporterStats {
@@ -56,9 +62,27 @@ export interface ImporterStats {
   staleRetained: number;
 }
 
+/** The highest stream sequence applied: where a consumer made again starts. */
 const LAST_APPLIED = Buffer.concat([componentPrefix('bridge'), Buffer.from('i')]);
+/** `a` + sequence: applied, its ack not yet confirmed by JetStream. */
+const APPLIED = Buffer.concat([componentPrefix('bridge'), Buffer.from('a')]);
+const APPLIED_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('b')]);
 /** The stream's last sequence when the consumer was made: up to it, only retained messages are applied (the retained state of the other sites). */
 const SNAPSHOT_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('s')]);
+/** A message to apply: from the consumer, or read from the stream while catching up (no ack then). */
+interface Delivery {
+  seq: number;
+  subject: string;
+  data: Uint8Array;
+  headers: MsgHdrs | undefined;
+  ack(): void;
+  nak(millis: number): void;
+}
+
+const noop = () => undefined;
+/** How often records the ack floor has passed are dropped. */
+const SWEEP_MS = 5000;
+
 /** Local publishes in flight at once: their batches share fsyncs. */
 const PIPELINE = 256;
 
@@ -75,6 +99,10 @@ export class Importer {
   readonly #pending = new Map<number, { seq: number; topic: string; retainedAt: number | undefined }>();
   readonly #retained: RetainedVersions;
   #lastApplied = 0;
+  /** Applied, ack not confirmed yet (records on disk). */
+  readonly #applied = new Set<number>();
+  /** Being applied now (a redelivery meanwhile waits for this one's ack). */
+  readonly #inProgress = new Set<number>();
   #stopped = false;
   #messages: { stop(): void } | undefined;
   readonly #counters = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0, staleRetained: 0 };
@@ -102,6 +130,9 @@ export class Importer {
     this.#lastApplied = value ? Number(value.readBigUInt64BE(0)) : 0;
     const snapshot = await this.#store.read(SNAPSHOT_END);
     this.#snapshotEnd = snapshot ? Number(snapshot.readBigUInt64BE(0)) : 0;
+    for await (const [key] of this.#store.db.iterator({ gte: APPLIED, lt: APPLIED_END })) {
+      this.#applied.add(Number(key.readBigUInt64BE(APPLIED.length)));
+    }
   }
 
   /** Whether a PUBLISH the store sees is one this importer made (never exported again). */
@@ -113,7 +144,11 @@ export class Importer {
   tap(packet: PacketLike): BatchOp[] | undefined {
     const pending = typeof packet.brokerCounter === 'number' ? this.#pending.get(packet.brokerCounter) : undefined;
     if (pending === undefined) return undefined;
-    const ops: BatchOp[] = [{ type: 'put', key: LAST_APPLIED, value: u64(pending.seq) }];
+    this.#lastApplied = Math.max(this.#lastApplied, pending.seq);
+    const ops: BatchOp[] = [
+      { type: 'put', key: appliedKey(pending.seq), value: Buffer.alloc(0) },
+      { type: 'put', key: LAST_APPLIED, value: u64(this.#lastApplied) },
+    ];
     if (pending.retainedAt !== undefined) ops.push(...this.#retained.set(pending.topic, pending.retainedAt));
     return ops;
   }
@@ -136,6 +171,7 @@ export class Importer {
   async ensureConsumer(jsm: JetStreamManager): Promise<void> {
     try {
       await jsm.consumers.info(this.#stream, this.durableName);
+      await this.#sweep(jsm);
       return;
     } catch (error) {
       if (!/consumer not found/i.test((error as Error).message)) throw error;
@@ -149,7 +185,10 @@ export class Importer {
     await jsm.consumers.add(this.#stream, {
       durable_name: this.durableName,
       ack_policy: AckPolicy.Explicit,
-      deliver_policy: this.#lastApplied === 0 ? DeliverPolicy.LastPerSubject : DeliverPolicy.All,
+      // Made again after it disappeared: from after the last message applied.
+      ...(this.#lastApplied === 0
+        ? { deliver_policy: DeliverPolicy.LastPerSubject }
+        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.#lastApplied + 1 }),
       filter_subject: this.#filterSubject(),
       max_ack_pending: 4 * PIPELINE,
       ack_wait: 30e9,
@@ -158,14 +197,50 @@ export class Importer {
   }
 
   /** Consumes until stop() or the connection closes; consume() itself rides through reconnects. */
-  async run(js: JetStreamClient): Promise<void> {
+  async run(js: JetStreamClient, jsm: JetStreamManager): Promise<void> {
+    await this.#catchUp(jsm);
     const consumer: Consumer = await js.consumers.get(this.#stream, this.durableName);
+    const sweeper = setInterval(() => void this.#sweep(jsm).catch(() => undefined), SWEEP_MS);
+    try {
+      await this.#consume(consumer);
+    } finally {
+      clearInterval(sweeper);
+    }
+  }
+
+  /** Applies, in order, what the consumer delivered before and nobody applied (see the header). */
+  async #catchUp(jsm: JetStreamManager): Promise<void> {
+    const info = await jsm.consumers.info(this.#stream, this.durableName);
+    for (let seq = info.ack_floor.stream_seq + 1; seq <= info.delivered.stream_seq && !this.#stopped; seq++) {
+      if (this.#applied.has(seq)) continue;
+      const stored = await jsm.streams.getMessage(this.#stream, { seq }).catch(() => null);
+      if (!stored) continue;
+      await this.#apply({ seq, subject: stored.subject, data: stored.data, headers: stored.header, ack: noop, nak: noop });
+    }
+  }
+
+  /** Forgets the records the ack floor has passed: JetStream never delivers those again. */
+  async #sweep(jsm: JetStreamManager): Promise<void> {
+    const floor = (await jsm.consumers.info(this.#stream, this.durableName)).ack_floor.stream_seq;
+    const settled = [...this.#applied].filter((seq) => seq <= floor);
+    for (const seq of settled) this.#applied.delete(seq);
+    if (settled.length > 0) await this.#store.commit.write(settled.map((seq) => ({ type: 'del' as const, key: appliedKey(seq) })));
+  }
+
+  async #consume(consumer: Consumer): Promise<void> {
     const messages = await consumer.consume({ max_messages: PIPELINE });
     this.#messages = messages;
     const inflight = new Set<Promise<void>>();
     for await (const message of messages) {
       if (this.#stopped) break;
-      const applied = this.#apply(message);
+      const applied = this.#apply({
+        seq: message.seq,
+        subject: message.subject,
+        data: message.data,
+        headers: message.headers,
+        ack: () => message.ack(),
+        nak: (ms) => message.nak(ms),
+      });
       if (!applied) continue;
       inflight.add(applied);
       void applied.finally(() => inflight.delete(applied));
@@ -180,14 +255,15 @@ export class Importer {
   }
 
   /** Applies one message; returns the local publish to wait for, if any. */
-  #apply(message: JsMsg): Promise<void> | undefined {
+  #apply(message: Delivery): Promise<void> | undefined {
     const origin = message.headers?.get(HEADER.origin);
     if (origin === this.#siteId) {
       this.#counters.loopSkipped++;
       message.ack();
       return undefined;
     }
-    if (message.seq <= this.#lastApplied) {
+    if (this.#inProgress.has(message.seq)) return undefined;
+    if (this.#applied.has(message.seq)) {
       this.#counters.redeliveries++;
       message.ack();
       return undefined;
@@ -215,17 +291,20 @@ export class Importer {
     }
     const seq = message.seq;
     const payload = Buffer.from(message.data);
+    this.#inProgress.add(seq);
     const { brokerCounter, done } = this.#publish({ topic: mapped.topic, payload, qos, retain });
     this.#pending.set(brokerCounter, { seq, topic: mapped.topic, retainedAt: retain ? time : undefined });
     return done.then(
       () => {
         this.#pending.delete(brokerCounter);
-        this.#lastApplied = Math.max(this.#lastApplied, seq);
+        this.#inProgress.delete(seq);
+        this.#applied.add(seq);
         this.#counters.imported++;
         message.ack();
       },
       (error: unknown) => {
         this.#pending.delete(brokerCounter);
+        this.#inProgress.delete(seq);
         // Not acknowledged: JetStream delivers it again after ack_wait.
         this.#log.warn({ err: (error as Error).message, subject: message.subject, seq }, 'could not publish an imported message locally; it comes again');
         message.nak(1000);
@@ -238,4 +317,8 @@ function u64(value: number): Buffer {
   const buffer = Buffer.alloc(8);
   buffer.writeBigUInt64BE(BigInt(value));
   return buffer;
+}
+
+function appliedKey(seq: number): Buffer {
+  return Buffer.concat([APPLIED, u64(seq)]);
 }

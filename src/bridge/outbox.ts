@@ -53,13 +53,16 @@ export interface OutboxStats {
   droppedNew: number;
 }
 
+/** A reader of a key range of the store. */
+export interface RangeReader {
+  iterator(options: { gte: Buffer; lt: Buffer; limit?: number }): AsyncIterable<[Buffer, Buffer]>;
+}
+
 /** What the outbox needs of the store: its group commit and a reader of its key range. */
 export interface OutboxStore {
   readonly commit: GroupCommit;
   read(key: Buffer): Promise<Buffer | undefined>;
-  readonly db: {
-    iterator(options: { gte: Buffer; lt: Buffer; limit?: number; keys?: boolean; values?: boolean }): AsyncIterable<[Buffer, Buffer]>;
-  };
+  readonly db: RangeReader;
 }
 
 const PREFIX = Buffer.concat([componentPrefix('bridge'), Buffer.from('o')]);

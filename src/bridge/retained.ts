@@ -12,12 +12,13 @@
  */
 import type { BatchOp } from '../persistence/index.js';
 import { componentPrefix } from '../persistence/index.js';
+import type { RangeReader } from './outbox.js';
 
 const PREFIX = Buffer.concat([componentPrefix('bridge'), Buffer.from('r')]);
 const RANGE_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('s')]);
 
 export interface RetainedVersionsStore {
-  readonly db: { iterator(options: { gte: Buffer; lt: Buffer }): AsyncIterable<[Buffer, Buffer]> };
+  readonly db: RangeReader;
 }
 
 export class RetainedVersions {
