@@ -26,7 +26,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -35,7 +34,7 @@ import { connect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { headers } from '@nats-io/transport-node';
 import mqtt from 'mqtt';
-import { median, ratio, RawConnection, rssMiB, startEdgemqtt } from './persistence-load.js';
+import { freePort, median, ratio, RawConnection, rssMiB, startEdgemqtt } from './persistence-load.js';
 import { processCpuMs } from './common.js';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -63,17 +62,6 @@ process.on('exit', () => {
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => process.exit(130));
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 interface NatsServer {
   url: string;

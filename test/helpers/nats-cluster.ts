@@ -12,7 +12,7 @@ import type { Test } from 'tap';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { tempDir } from './daemon.js';
-import { natsServerBinary } from './nats.js';
+import { killNow, natsServerBinary } from './nats.js';
 
 /** Generous for a loaded 2-core machine; every wait ends as soon as its condition holds. */
 const LISTEN_TIMEOUT_MS = 15_000;
@@ -77,10 +77,7 @@ export class NatsNode {
   async kill(): Promise<void> {
     const child = this.#child;
     this.#child = undefined;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGKILL');
-    await exited;
+    await killNow(child);
   }
 }
 

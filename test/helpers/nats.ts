@@ -64,11 +64,16 @@ export class NatsServer {
   async kill(): Promise<void> {
     const child = this.#child;
     this.#child = undefined;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGKILL');
-    await exited;
+    await killNow(child);
   }
+}
+
+/** SIGKILLs a child (if it still runs) and resolves once it has exited. */
+export async function killNow(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
 }
 
 /** A plain nats.js client for the test's own look at the JetStream side. */
