@@ -267,6 +267,9 @@ async function roundImport(dir: string): Promise<number> {
   try {
     const broker = await startEdgemqtt(path.join(dir, 'edgemqtt'), {
       http: { host: '127.0.0.1', port: httpPort },
+      // One subscriber takes everything: no inflight window or queue limit drops what it has not taken yet.
+      limits: { maxInflightMessages: 0 },
+      persistence: { maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0 },
       bridge: { enabled: true, siteId: 'bench-b', nats: { servers: [nats.url] }, import: [{ filter: 'bench/#', qos: 1 }], stream: { name: EDGE_STREAM } },
     });
     const subscriber = mqtt.connect(`ws://127.0.0.1:${httpPort}/mqtt`, { clientId: 'bench-ws', reconnectPeriod: 0 });
@@ -278,7 +281,11 @@ async function roundImport(dir: string): Promise<number> {
       await subscriber.subscribeAsync('bench/#', { qos: 1 });
       const jsm = await jetstreamManager(nc);
       await waitForStream(jsm, EDGE_STREAM, 0, 'edgemqtt: bridge creating its stream');
-      // The import consumer exists once the bridge is connected; give it the first message and wait for it.
+      // Messages stored before a new site's consumer exists are history it does not replay: wait for it.
+      for (const deadline = Date.now() + 30_000; ; await sleep(20)) {
+        if (await jsm.consumers.info(EDGE_STREAM, 'edgemqtt-bench-b').then(() => true, () => false)) break;
+        if (Date.now() > deadline) throw new Error('edgemqtt made no import consumer within 30 s');
+      }
       const js = jetstream(nc);
       const h = headers();
       h.set('Edgemqtt-Origin', 'bench-a');
@@ -291,7 +298,9 @@ async function roundImport(dir: string): Promise<number> {
         if (++received === MESSAGES + 1) all();
       });
       await js.publish(`mqtt.${TOPIC.replace('/', '.')}`, PAYLOAD, { headers: h });
-      while (received === 0) await sleep(20);
+      for (const deadline = Date.now() + 30_000; received === 0; await sleep(20)) {
+        if (Date.now() > deadline) throw new Error('the first imported message did not arrive within 30 s');
+      }
       const cpu = cpuMeter({ edgemqtt: broker.pid, 'nats-server': nats.pid });
       const started = performance.now();
       for (let sent = 0; sent < MESSAGES; sent += 256) {

@@ -203,6 +203,11 @@ export class Outbox {
     return this.#depth;
   }
 
+  /** The newest sequence given (its entry may be gone). */
+  get lastAdded(): number {
+    return this.#log_.next - 1;
+  }
+
   /** The oldest entry's sequence, or the next one when empty. */
   get head(): number {
     return this.#log_.head;

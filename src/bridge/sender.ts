@@ -60,6 +60,8 @@ export class Sender {
   readonly #inflight = new Set<number>();
   #reading = false;
   #again = false;
+  /** Entries up to this sequence are known to be on disk (recovered, or added before a barrier passed). */
+  #committed: number;
   #rewinding = false;
   #retryMs = RETRY_MIN_MS;
   #retryTimer: NodeJS.Timeout | undefined;
@@ -73,6 +75,7 @@ export class Sender {
     this.#options = options;
     this.#log = logger.child({ component: 'bridge' });
     this.#cursor = outbox.head;
+    this.#committed = outbox.lastAdded;
   }
 
   /** JetStream is reachable (again): send from the oldest entry on. */
@@ -129,8 +132,12 @@ export class Sender {
     this.#again = false;
     try {
       while (this.#js && !this.#rewinding && !this.#stopped && this.#inflight.size < this.#options.window) {
-        // The entries added in this turn are in the batch being written: read after it.
-        await this.#commit.barrier().catch(() => undefined);
+        if (this.#cursor > this.#committed) {
+          // Entries added since the last look may be in a batch being written: read after it.
+          const added = this.#outbox.lastAdded;
+          await this.#commit.barrier().catch(() => undefined);
+          this.#committed = added;
+        }
         const records = await this.#outbox.read(this.#cursor, this.#options.window - this.#inflight.size);
         if (records.length === 0) break;
         for (const record of records) {
