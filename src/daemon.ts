@@ -12,6 +12,7 @@ import { configKeys } from './config/load.js';
 import { getPath } from './config/keys.js';
 import type { Config, ConfigInput } from './config/schema.js';
 import { EdgeMqttError } from './errors.js';
+import type { Aedes } from 'aedes';
 import { createBroker, type Broker } from './broker/broker.js';
 import type { LimitsStats } from './broker/limits.js';
 import { createLevelPersistence, type LevelPersistence, type PacketLike, type PersistenceStats } from './persistence/index.js';
@@ -105,14 +106,18 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
   const bridge: Bridge = createBridge(config.bridge, {
     logger,
     store: persistence,
-    // Imported messages enter as the broker's own publishes; aedes numbers
-    // each synchronously (brokerCounter), which names it in the store's taps.
-    publish(packet) {
-      const aedes = broker.aedes;
-      const done = new Promise<void>((resolve, reject) =>
-        aedes.publish({ cmd: 'publish', dup: false, ...packet }, (error) => (error ? reject(error) : resolve())),
+    // Imported messages enter as the broker's own publishes, numbered here
+    // (aedes keeps a packet's brokerId and brokerCounter): the store's taps
+    // and the QoS 0 publish event below see which message it is.
+    publish(packet, register) {
+      const aedes = broker.aedes as unknown as Aedes & { counter: number };
+      const brokerCounter = ++aedes.counter;
+      register(brokerCounter);
+      return new Promise<void>((resolve, reject) =>
+        aedes.publish({ cmd: 'publish', dup: false, brokerId: aedes.id, brokerCounter, ...packet } as never, (error?: Error) =>
+          error ? reject(error) : resolve(),
+        ),
       );
-      return { brokerCounter: (aedes as unknown as { counter: number }).counter, done };
     },
   });
   const listeners: Listener[] = [];
@@ -189,10 +194,11 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       await broker.start();
       authorizer.load();
       log.info(authorizer.describe(), 'authentication ready');
-      for (const listener of listeners) await listener.start();
+      // Before the listeners: every message a client can publish passes the bridge's tap.
       await bridge.start();
       // QoS 0 PUBLISHes write nothing the store is asked for: hand them to its publish taps here.
       if (config.bridge.enabled) broker.aedes.on('publish', (packet) => packet.qos === 0 && persistence.tapUngated(packet as unknown as PacketLike));
+      for (const listener of listeners) await listener.start();
     } catch (error) {
       state = 'failed';
       await stopComponents(config.shutdown.timeoutSec * 1000);

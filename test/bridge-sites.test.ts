@@ -57,18 +57,23 @@ t.test('a sensor at A reaches subscribers at B (WebSocket) and C exactly once; n
   for (const [name, sub] of [['A', atA], ['B', atB], ['C', atC]] as const) {
     await sub.log.waitForCount(COUNT, 15_000);
   }
+  // QoS 0 takes another path through the broker (no store write): imported, it must not be exported again either.
+  for (let i = 0; i < 5; i++) await sensor.publishAsync('plant/line1/q0', `q0-${i}`, { qos: 0 });
   // A marker after them proves nothing more is on its way.
   await sensor.publishAsync('plant/marker', 'end', { qos: 1 });
   for (const sub of [atA, atB, atC]) await sub.log.waitFor((m) => m.some((x) => x.payload === 'end'), 15_000, 'the marker');
   for (const [name, sub] of [['A', atA], ['B', atB], ['C', atC]] as const) {
     t.same(sub.log.messages.filter((m) => m.topic === 'plant/line1/temp').map((m) => m.payload), all, `${name}: each once, in order`);
   }
-  await eventually(() => a.daemon.bridgeStats().loopSkipped >= COUNT + 1, 10_000, 'A to see its own messages come back');
+  await eventually(() => a.daemon.bridgeStats().loopSkipped >= COUNT + 5 + 1, 10_000, 'A to see its own messages come back');
   t.equal(a.daemon.bridgeStats().imported, 0, 'A imported nothing of its own');
+  for (const [name, sub] of [['B', atB], ['C', atC]] as const) {
+    t.same(sub.log.messages.filter((m) => m.topic === 'plant/line1/q0').map((m) => m.payload), ['q0-0', 'q0-1', 'q0-2', 'q0-3', 'q0-4'], `${name}: QoS 0 too, once each`);
+  }
   t.equal(b.daemon.bridgeStats().outbox.added, 0, 'B exported nothing it imported');
   t.equal(c.daemon.bridgeStats().outbox.added, 0, 'C exported nothing it imported');
   const jsm = await jetstreamManager(await natsClient(t, nats));
-  t.equal((await jsm.streams.info('EDGEMQTT')).state.messages, COUNT + 1, 'the stream holds each message once');
+  t.equal((await jsm.streams.info('EDGEMQTT')).state.messages, COUNT + 5 + 1, 'the stream holds each message once');
 });
 
 t.test('retained state is shared, also with a site started later; a clear at one site clears it everywhere', { skip: unavailable }, async (t) => {

@@ -91,9 +91,11 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
   let sender: Sender | undefined;
   let importer: Importer | undefined;
   let importing = false;
-  let removeTap: (() => void) | undefined;
+  let attachGeneration = 0;
   let connection: NatsConnection | undefined;
   let stopping = false;
+  let stop!: () => void;
+  const stopped = new Promise<void>((resolve) => (stop = resolve));
   let running: Promise<void> | undefined;
   let statusTimer: NodeJS.Timeout | undefined;
   const retained = new RetainedVersions();
@@ -110,7 +112,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     if (status === lastStatus) return;
     lastStatus = status;
     try {
-      deps.publish({ topic: STATUS_TOPIC, payload: Buffer.from(status), qos: 0, retain: true }).done.catch(() => undefined);
+      deps.publish({ topic: STATUS_TOPIC, payload: Buffer.from(status), qos: 0, retain: true }, () => undefined).catch(() => undefined);
     } catch {
       // The broker is not running (start-up failed, or it stopped first): nobody to tell.
     }
@@ -146,7 +148,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       } catch (error) {
         if (!stopping) log.warn({ err: (error as Error).message }, 'import consumer stopped; starting it again');
       }
-      if (!stopping) await sleep(jittered(1000));
+      if (!stopping) await sleep(jittered(1000), stopped);
     }
     importing = false;
   }
@@ -266,14 +268,19 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     let waitMs = RECONNECT_WAIT_MS;
     while (!stopping && !connection) {
       try {
-        connection = await connect(options);
+        const nc = await connect(options);
+        if (stopping) {
+          await nc.close().catch(() => undefined);
+          return;
+        }
+        connection = nc;
       } catch (error) {
         const message = (error as Error).message;
         const refused = /authoriz|authenticat|permission/i.test(message);
         setState(refused ? 'misconfigured' : 'disconnected', refused ? `NATS refused the credentials (${message})` : `NATS unreachable (${message})`, {
           servers: config.nats.servers,
         });
-        await sleep(jittered(waitMs));
+        await sleep(jittered(waitMs), stopped);
         // A server back after a long outage is found within seconds.
         waitMs = Math.min(CONNECT_RETRY_MAX_MS, waitMs * 2);
       }
@@ -286,9 +293,11 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
 
   /** Makes sure the stream is there, then lets the sender go; retried until it works or the bridge stops. */
   async function attach(nc: NatsConnection): Promise<void> {
+    // One loop at a time: a reconnect while one retries starts it over.
+    const generation = ++attachGeneration;
     const domain = config.nats.jetstreamDomain || undefined;
     let waitMs = 250;
-    while (!stopping && !nc.isClosed()) {
+    while (!stopping && !nc.isClosed() && generation === attachGeneration) {
       try {
         const jsm = await jetstreamManager(nc, { domain, checkAPI: false });
         const misconfigured = await ensureStream(jsm);
@@ -300,6 +309,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
           // the last message of each subject, which must be the other sites'.
           await importer?.ensureConsumer(jsm);
           await reconcile(js, jsm);
+          if (generation !== attachGeneration || stopping) return;
           sender?.attach(js);
           setState('connected', undefined, { server: nc.getServer(), stream: config.stream.name });
           void runImporter(nc, jsm);
@@ -310,7 +320,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
         // electing a leader answers "no responders": both mean wait and ask again.
         setState('connecting', `JetStream not ready (${(error as Error).message})`);
       }
-      await sleep(jittered(waitMs));
+      await sleep(jittered(waitMs), stopped);
       waitMs = Math.min(STREAM_RETRY_MAX_MS, waitMs * 2);
     }
   }
@@ -346,7 +356,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
         );
         await importer.recover();
       }
-      removeTap = deps.store.addPublishTap(tap);
+      deps.store.addPublishTap(tap);
       if (outbox.depth > 0) log.info({ depth: outbox.depth }, 'outbox holds messages from an earlier run; they are sent once NATS answers');
       setState('connecting', undefined, { servers: config.nats.servers, siteId: config.siteId });
       statusTimer = setInterval(publishStatus, STATUS_INTERVAL_MS);
@@ -355,10 +365,12 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     },
     async stop(deadline = performance.now() + 5000) {
       if (!config.enabled || state === 'stopped') return;
-      removeTap?.();
+      // The tap stays: clients still connected keep publishing until the broker stops, and
+      // what they are acknowledged for must reach the outbox (it waits there for the next start).
       clearInterval(statusTimer);
       if (sender && state === 'connected') await sender.drain(deadline);
       stopping = true;
+      stop();
       sender?.stop();
       importer?.stop();
       await connection?.close().catch(() => undefined);
@@ -368,7 +380,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     },
     stats() {
       const none: SenderStats = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0, inflight: 0 };
-      const emptyOutbox: OutboxStats = { depth: 0, bytes: 0, oldestAgeMs: 0, added: 0, removed: 0, droppedOldest: 0, droppedNew: 0 };
+      const emptyOutbox: OutboxStats = { depth: 0, bytes: 0, oldestAgeMs: 0, added: 0, removed: 0, droppedOldest: 0, droppedNew: 0, failedWrites: 0 };
       const noImports: ImporterStats = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0, staleRetained: 0 };
       return { state, problem, ...(sender?.stats() ?? none), ...(importer?.stats() ?? noImports), outbox: outbox?.stats() ?? emptyOutbox, unmappable, reconciled };
     },
@@ -385,6 +397,8 @@ function jittered(ms: number): number {
   return Math.round(ms * (0.5 + Math.random()));
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+/** Resolves after `ms`, or at once when `cancelled` settles first (a stop). */
+function sleep(ms: number, cancelled: Promise<void>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([new Promise<void>((resolve) => (timer = setTimeout(resolve, ms))), cancelled]).finally(() => clearTimeout(timer));
 }

@@ -38,11 +38,16 @@ export interface ImportRule {
   qos: number;
 }
 
-/** Publishes to the local broker; `brokerCounter` names the message in the store's publish taps. */
-export type LocalPublish = (packet: { topic: string; payload: Buffer; qos: QoS; retain: boolean }) => {
-  brokerCounter: number;
-  done: Promise<void>;
-};
+/**
+ * Publishes to the local broker. The message gets its broker counter first
+ * and `register` hears it before anything is published: the store's publish
+ * taps (QoS 1/2) and the broker's publish event (QoS 0) name the message by
+ * it, so the importer can tell its own messages from the others.
+ */
+export type LocalPublish = (
+  packet: { topic: string; payload: Buffer; qos: QoS; retain: boolean },
+  register: (brokerCounter: number) => void,
+) => Promise<void>;
 
 export interface ImporterStore {
   read(key: Buffer): Promise<Buffer | undefined>;
@@ -149,7 +154,7 @@ export class Importer {
       { type: 'put', key: appliedKey(pending.seq), value: Buffer.alloc(0) },
       { type: 'put', key: LAST_APPLIED, value: u64(this.#lastApplied) },
     ];
-    if (pending.retainedAt !== undefined) ops.push(...this.#retained.set(pending.topic, pending.retainedAt));
+    if (pending.retainedAt !== undefined) ops.push(...this.#retained.persist(pending.topic));
     return ops;
   }
 
@@ -213,7 +218,8 @@ export class Importer {
     const info = await jsm.consumers.info(this.#stream, this.durableName);
     for (let seq = info.ack_floor.stream_seq + 1; seq <= info.delivered.stream_seq && !this.#stopped; seq++) {
       if (this.#applied.has(seq)) continue;
-      const stored = await jsm.streams.getMessage(this.#stream, { seq }).catch(() => null);
+      // null: gone from the stream (expired, deleted); any other error stops here and the run is retried.
+      const stored = await jsm.streams.getMessage(this.#stream, { seq });
       if (!stored) continue;
       await this.#apply({ seq, subject: stored.subject, data: stored.data, headers: stored.header, ack: noop, nak: noop });
     }
@@ -228,7 +234,8 @@ export class Importer {
   }
 
   async #consume(consumer: Consumer): Promise<void> {
-    const messages = await consumer.consume({ max_messages: PIPELINE });
+    // A consumer deleted meanwhile ends the iteration, and run()'s caller makes it again.
+    const messages = await consumer.consume({ max_messages: PIPELINE, abort_on_missing_resource: true });
     this.#messages = messages;
     const inflight = new Set<Promise<void>>();
     for await (const message of messages) {
@@ -284,7 +291,7 @@ export class Importer {
       return undefined;
     }
     const time = Number(message.headers?.get(HEADER.time) ?? 0);
-    if (retain && !this.#retained.current(mapped.topic, time)) {
+    if (retain && !this.#retained.claim(mapped.topic, time)) {
       // Older than the retained value in force here (a backlog replayed after an outage): delivered, not retained.
       retain = false;
       this.#counters.staleRetained++;
@@ -292,8 +299,11 @@ export class Importer {
     const seq = message.seq;
     const payload = Buffer.from(message.data);
     this.#inProgress.add(seq);
-    const { brokerCounter, done } = this.#publish({ topic: mapped.topic, payload, qos, retain });
-    this.#pending.set(brokerCounter, { seq, topic: mapped.topic, retainedAt: retain ? time : undefined });
+    let brokerCounter = -1;
+    const done = this.#publish({ topic: mapped.topic, payload, qos, retain }, (counter) => {
+      brokerCounter = counter;
+      this.#pending.set(counter, { seq, topic: mapped.topic, retainedAt: retain ? time : undefined });
+    });
     return done.then(
       () => {
         this.#pending.delete(brokerCounter);

@@ -51,6 +51,8 @@ export interface OutboxStats {
   droppedOldest: number;
   /** Messages not taken because the outbox was full (drop-new). */
   droppedNew: number;
+  /** Entries whose batch failed (nothing on disk, nothing acknowledged): forgotten. */
+  failedWrites: number;
 }
 
 /** A reader of a key range of the store. */
@@ -173,7 +175,7 @@ export class Outbox {
   readonly #log_ = new EntryLog();
   #depth = 0;
   #bytes = 0;
-  readonly #counters = { added: 0, removed: 0, droppedOldest: 0, droppedNew: 0 };
+  readonly #counters = { added: 0, removed: 0, droppedOldest: 0, droppedNew: 0, failedWrites: 0 };
   #lastOverflowLog = 0;
   #removals: BatchOp[] = [];
   /** Called after each add, once its batch may have landed: the sender reads from the store. */
@@ -240,7 +242,14 @@ export class Outbox {
     this.#bytes += value.length;
     this.#counters.added++;
     ops.push({ type: 'put', key: outboxKey(seq), value }, { type: 'put', key: HIGH_WATER, value: u64(seq) });
-    queueMicrotask(() => this.onAdded());
+    queueMicrotask(() => {
+      // The caller has queued the ops by now. A batch that fails (a full disk) leaves nothing on
+      // disk: forget the entry, or head would wait for it forever (its PUBLISH was not acknowledged).
+      this.#store.commit.whenWritten(outboxKey(seq))?.catch(() => {
+        if (this.#forget(seq)) this.#counters.failedWrites++;
+      });
+      this.onAdded();
+    });
     return ops;
   }
 

@@ -39,13 +39,14 @@ export async function storedSince(
   });
   const prefix = `${options.siteId}:`;
   const messages = await consumer.consume({ max_messages: 1000 });
-  // A stream trimmed meanwhile (max age) may end the scan short of `end`: stop when it goes quiet.
+  // Should the stream stop delivering short of `end` (trimmed meanwhile by its max age), the scan ends when it goes quiet.
   let quiet: NodeJS.Timeout | undefined;
   const idle = () => {
     clearTimeout(quiet);
     quiet = setTimeout(() => messages.stop(), QUIET_MS);
   };
   idle();
+  let reached = false;
   try {
     for await (const message of messages) {
       idle();
@@ -54,11 +55,16 @@ export async function storedSince(
         const seq = Number(id.slice(prefix.length));
         if (Number.isInteger(seq) && seq >= options.fromSeq) found.add(seq);
       }
-      if (message.seq >= end) break;
+      if (message.seq >= end) {
+        reached = true;
+        break;
+      }
     }
   } finally {
     clearTimeout(quiet);
     messages.stop();
   }
+  // A scan cut short (the connection dropped, the stream went quiet) proves nothing: check again later.
+  if (!reached) throw new Error(`the check of the stream stopped before its sequence ${end}`);
   return found;
 }

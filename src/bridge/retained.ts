@@ -30,16 +30,27 @@ export class RetainedVersions {
     }
   }
 
-  /** Whether a retained value from `time` may replace the one in force for `topic`. */
-  current(topic: string, time: number): boolean {
-    return time >= (this.#times.get(topic) ?? 0);
+  /**
+   * Whether a retained value from `time` may replace the one in force for
+   * `topic`; if so it is in force from now on (decided here, at once, so
+   * that of two imports in flight together the older cannot win).
+   */
+  claim(topic: string, time: number): boolean {
+    if (time < (this.#times.get(topic) ?? 0)) return false;
+    this.#times.set(topic, time);
+    return true;
   }
 
-  /** Records that the retained value of `topic` is now the one from `time`; the ops go into its message's batch. */
+  /** A retained value set here now: in force, newest by definition; the ops go into its message's batch. */
   set(topic: string, time: number): BatchOp[] {
-    this.#times.set(topic, time);
+    this.#times.set(topic, Math.max(time, this.#times.get(topic) ?? 0));
+    return this.persist(topic);
+  }
+
+  /** The ops that store the time in force for `topic`. */
+  persist(topic: string): BatchOp[] {
     const value = Buffer.alloc(8);
-    value.writeBigUInt64BE(BigInt(Math.max(0, Math.round(time))));
+    value.writeBigUInt64BE(BigInt(Math.max(0, Math.round(this.#times.get(topic) ?? 0))));
     return [{ type: 'put', key: Buffer.concat([PREFIX, Buffer.from(topic, 'utf8')]), value }];
   }
 

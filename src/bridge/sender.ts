@@ -60,6 +60,7 @@ export class Sender {
   readonly #inflight = new Set<number>();
   #reading = false;
   #again = false;
+  #generation = 0;
   /** Entries up to this sequence are known to be on disk (recovered, or added before a barrier passed). */
   #committed: number;
   #rewinding = false;
@@ -80,6 +81,7 @@ export class Sender {
 
   /** JetStream is reachable (again): send from the oldest entry on. */
   attach(js: JetStreamClient): void {
+    this.#generation++;
     this.#js = js;
     clearTimeout(this.#retryTimer);
     this.#retryTimer = undefined;
@@ -138,7 +140,10 @@ export class Sender {
           await this.#commit.barrier().catch(() => undefined);
           this.#committed = added;
         }
+        const generation = this.#generation;
         const records = await this.#outbox.read(this.#cursor, this.#options.window - this.#inflight.size);
+        // attach() reset the cursor while this read ran: what it read may skip entries; read again.
+        if (generation !== this.#generation) continue;
         if (records.length === 0) break;
         for (const record of records) {
           const js = this.#js;
