@@ -92,6 +92,8 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
   let importer: Importer | undefined;
   let importing = false;
   let attachGeneration = 0;
+  /** The JetStream handles of the current connection, once the stream is known good. */
+  let attached: { js: JetStreamClient; jsm: JetStreamManager } | undefined;
   let connection: NatsConnection | undefined;
   let stopping = false;
   let stop!: () => void;
@@ -310,6 +312,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
           await importer?.ensureConsumer(jsm);
           await reconcile(js, jsm);
           if (generation !== attachGeneration || stopping) return;
+          attached = { js, jsm };
           sender?.attach(js);
           setState('connected', undefined, { server: nc.getServer(), stream: config.stream.name });
           void runImporter(nc, jsm);
@@ -330,6 +333,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       if (stopping) return;
       if (status.type === 'disconnect') {
         sender?.detach();
+        attached = undefined;
         setState('disconnected', 'connection to NATS lost; reconnecting');
       } else if (status.type === 'reconnect') {
         void attach(nc);
@@ -345,7 +349,20 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       if (!config.enabled) return;
       outbox = new Outbox(deps.store, config.outbox, { logger: deps.logger });
       await outbox.recover();
-      sender = new Sender(outbox, deps.store.commit, { siteId: config.siteId, subjectPrefix: config.subjectPrefix, ...config.sender }, deps.logger);
+      sender = new Sender(
+        outbox,
+        deps.store.commit,
+        {
+          siteId: config.siteId,
+          subjectPrefix: config.subjectPrefix,
+          ...config.sender,
+          // A failure within one connection (a stream without a leader for long) can outlast the window too.
+          beforeResend: async () => {
+            if (attached) await reconcile(attached.js, attached.jsm);
+          },
+        },
+        deps.logger,
+      );
       const wake = sender;
       outbox.onAdded = () => wake.wake();
       await retained.load(deps.store);

@@ -25,6 +25,8 @@ export interface SenderOptions {
   subjectPrefix: string;
   window: number;
   publishTimeoutMs: number;
+  /** Awaited before entries are sent again after a failure (the bridge checks the stream there). */
+  beforeResend?: () => Promise<void>;
 }
 
 export interface SenderStats {
@@ -217,10 +219,23 @@ export class Sender {
       const delay = Math.round(this.#retryMs * (0.5 + Math.random()));
       this.#retryMs = Math.min(RETRY_MAX_MS, this.#retryMs * 2);
       this.#retryTimer = setTimeout(() => {
-        this.#retryTimer = undefined;
-        this.#cursor = this.#outbox.head;
-        this.#rewinding = false;
-        void this.#pump();
+        const generation = this.#generation;
+        // Entries older than the stream's duplicate window are checked against it first (reconcile.ts).
+        (this.#options.beforeResend?.() ?? Promise.resolve()).then(
+          () => {
+            this.#retryTimer = undefined;
+            if (generation !== this.#generation || this.#stopped) return;
+            this.#cursor = this.#outbox.head;
+            this.#rewinding = false;
+            void this.#pump();
+          },
+          (error: unknown) => {
+            // Not checked: resending could store twice; try again after the next pause.
+            this.#retryTimer = undefined;
+            this.#log.warn({ err: (error as Error).message }, 'could not check the stream before resending; retrying');
+            this.#settled();
+          },
+        );
       }, delay);
     }
     if (this.#inflight.size === 0 && (this.#outbox.depth === 0 || !this.#js)) {
