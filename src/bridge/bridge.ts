@@ -23,8 +23,9 @@ import { RetainedVersions } from './retained.js';
 import type { Logger } from '../observability/logger.js';
 import type { BatchOp, GroupCommit, PacketLike, PublishTap } from '../persistence/index.js';
 import { topicMatches } from '../config/topic-filter.js';
+import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { Outbox, type OutboxStats, type OutboxStore, type OverflowPolicy, type QoS } from './outbox.js';
-import { Sender, type SenderStats } from './sender.js';
+import { jittered, Sender, type SenderStats } from './sender.js';
 import { topicToSubject } from './subjects.js';
 import { Importer, type ImporterStats, type ImportRule, type ImporterStore, type LocalPublish } from './importer.js';
 
@@ -104,7 +105,8 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
   let unmappable = 0;
   let reconciled = 0;
   let duplicateWindowMs = config.stream.duplicateWindowSec * 1000;
-  let lastUnmappableLog = 0;
+  // A client can publish unmappable topics at will: one line per 10 s.
+  const rateLimited = new RateLimitedLog(log);
 
   /** The status as a retained message on STATUS_TOPIC, for MQTT dashboards; published when it changed. */
   let lastStatus = '';
@@ -167,11 +169,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     const mapped = topicToSubject(config.subjectPrefix, topic);
     if (!mapped.ok) {
       unmappable++;
-      const now = Date.now();
-      if (now - lastUnmappableLog >= 10_000) {
-        lastUnmappableLog = now;
-        log.warn({ topic: topic.slice(0, 200), reason: mapped.reason, unmappable }, 'not exported: the topic has no reversible NATS subject');
-      }
+      rateLimited.warn('unmappable', { topic: topic.slice(0, 200), reason: mapped.reason, unmappable }, 'not exported: the topic has no reversible NATS subject');
       return undefined;
     }
     const ops = outbox.add(packet);
@@ -408,10 +406,6 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
 function isStreamNotFound(error: unknown): boolean {
   const e = error as { code?: unknown; api_error?: { err_code?: number }; message?: string };
   return e?.api_error?.err_code === 10059 || /stream not found/i.test(e?.message ?? '');
-}
-
-function jittered(ms: number): number {
-  return Math.round(ms * (0.5 + Math.random()));
 }
 
 /** Resolves after `ms`, or at once when `cancelled` settles first (a stop). */

@@ -30,7 +30,7 @@ import { componentPrefix } from '../persistence/index.js';
 import { topicMatches } from '../config/topic-filter.js';
 import { HEADER } from './sender.js';
 import { filterToSubjects, subjectToTopic } from './subjects.js';
-import type { QoS, RangeReader } from './outbox.js';
+import { u64, type QoS, type RangeReader } from './outbox.js';
 import type { RetainedVersions } from './retained.js';
 
 export interface ImportRule {
@@ -321,12 +321,6 @@ export class Importer {
       },
     );
   }
-}
-
-function u64(value: number): Buffer {
-  const buffer = Buffer.alloc(8);
-  buffer.writeBigUInt64BE(BigInt(value));
-  return buffer;
 }
 
 function appliedKey(seq: number): Buffer {

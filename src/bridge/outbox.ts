@@ -18,6 +18,7 @@ import { pack, unpack } from 'msgpackr';
 import type { Logger } from '../observability/logger.js';
 import type { BatchOp, GroupCommit, PacketLike } from '../persistence/index.js';
 import { componentPrefix } from '../persistence/index.js';
+import { RateLimitedLog } from '../util/rate-limited-log.js';
 
 export type QoS = 0 | 1 | 2;
 export type OverflowPolicy = 'drop-oldest' | 'drop-new';
@@ -171,12 +172,13 @@ export class Outbox {
   readonly #store: OutboxStore;
   readonly #limits: OutboxLimits;
   readonly #log: Logger;
+  /** A full outbox is logged once per 10 s, not once per message. */
+  readonly #rateLimited: RateLimitedLog;
   readonly #now: () => number;
-  readonly #log_ = new EntryLog();
+  readonly #entries = new EntryLog();
   #depth = 0;
   #bytes = 0;
   readonly #counters = { added: 0, removed: 0, droppedOldest: 0, droppedNew: 0, failedWrites: 0 };
-  #lastOverflowLog = 0;
   #removals: BatchOp[] = [];
   /** Called after each add, once its batch may have landed: the sender reads from the store. */
   onAdded: () => void = () => undefined;
@@ -185,6 +187,7 @@ export class Outbox {
     this.#store = store;
     this.#limits = limits;
     this.#log = deps.logger.child({ component: 'bridge' });
+    this.#rateLimited = new RateLimitedLog(this.#log);
     this.#now = deps.now ?? Date.now;
   }
 
@@ -192,13 +195,13 @@ export class Outbox {
   async recover(): Promise<void> {
     for await (const [key, value] of this.#store.db.iterator({ gte: PREFIX, lt: RANGE_END })) {
       const record = decode(value);
-      this.#log_.add(seqOf(key), value.length, record.time);
+      this.#entries.add(seqOf(key), value.length, record.time);
       this.#depth++;
       this.#bytes += value.length;
     }
     const highWater = await this.#store.read(HIGH_WATER);
-    const next = highWater ? Number(highWater.readBigUInt64BE(0)) + 1 : this.#depth > 0 ? this.#log_.next : this.#now() * 1000;
-    this.#log_.startAt(Math.max(next, this.#log_.next));
+    const next = highWater ? Number(highWater.readBigUInt64BE(0)) + 1 : this.#depth > 0 ? this.#entries.next : this.#now() * 1000;
+    this.#entries.startAt(Math.max(next, this.#entries.next));
   }
 
   get depth(): number {
@@ -207,12 +210,12 @@ export class Outbox {
 
   /** The newest sequence given (its entry may be gone). */
   get lastAdded(): number {
-    return this.#log_.next - 1;
+    return this.#entries.next - 1;
   }
 
   /** The oldest entry's sequence, or the next one when empty. */
   get head(): number {
-    return this.#log_.head;
+    return this.#entries.head;
   }
 
   /**
@@ -227,17 +230,17 @@ export class Outbox {
     while (this.#full(value.length)) {
       if (this.#limits.overflow === 'drop-new' || this.#depth === 0) {
         this.#counters.droppedNew++;
-        this.#overflowed('outbox full: a new message was not taken (overflow: drop-new)');
+        this.#overflowed('drop-new', 'outbox full: a new message was not taken (overflow: drop-new)');
         return [];
       }
-      const oldest = this.#log_.head;
+      const oldest = this.#entries.head;
       this.#forget(oldest);
       ops.push({ type: 'del', key: outboxKey(oldest) });
       this.#counters.droppedOldest++;
-      this.#overflowed('outbox full: the oldest message was dropped (overflow: drop-oldest)');
+      this.#overflowed('drop-oldest', 'outbox full: the oldest message was dropped (overflow: drop-oldest)');
     }
-    const seq = this.#log_.next;
-    this.#log_.add(seq, value.length, time);
+    const seq = this.#entries.next;
+    this.#entries.add(seq, value.length, time);
     this.#depth++;
     this.#bytes += value.length;
     this.#counters.added++;
@@ -256,10 +259,10 @@ export class Outbox {
   /** Up to `limit` entries from `fromSeq` on, as stored (what the store has committed). */
   async read(fromSeq: number, limit: number): Promise<OutboxRecord[]> {
     const records: OutboxRecord[] = [];
-    const gte = outboxKey(Math.max(fromSeq, this.#log_.head));
+    const gte = outboxKey(Math.max(fromSeq, this.#entries.head));
     for await (const [key, value] of this.#store.db.iterator({ gte, lt: RANGE_END, limit })) {
       const seq = seqOf(key);
-      if (this.#log_.sizeOf(seq) === 0) continue;
+      if (this.#entries.sizeOf(seq) === 0) continue;
       records.push({ seq, ...decode(value) });
     }
     return records;
@@ -283,7 +286,7 @@ export class Outbox {
   }
 
   stats(): OutboxStats {
-    const oldest = this.#log_.oldestTime();
+    const oldest = this.#entries.oldestTime();
     return {
       depth: this.#depth,
       bytes: this.#bytes,
@@ -293,7 +296,7 @@ export class Outbox {
   }
 
   #forget(seq: number): boolean {
-    const size = this.#log_.remove(seq);
+    const size = this.#entries.remove(seq);
     if (size === 0) return false;
     this.#depth--;
     this.#bytes -= size;
@@ -305,12 +308,10 @@ export class Outbox {
     return (maxMessages > 0 && this.#depth + 1 > maxMessages) || (maxBytes > 0 && this.#bytes + adding > maxBytes);
   }
 
-  #overflowed(message: string): void {
-    const now = this.#now();
-    if (now - this.#lastOverflowLog < 10_000) return;
-    this.#lastOverflowLog = now;
-    this.#log.warn({ depth: this.#depth, bytes: this.#bytes, ...this.#limits, ...this.#counters }, message);
+  #overflowed(key: 'drop-new' | 'drop-oldest', message: string): void {
+    this.#rateLimited.warn(key, { depth: this.#depth, bytes: this.#bytes, ...this.#limits, ...this.#counters }, message);
   }
+
 }
 
 interface StoredMessage {
@@ -337,7 +338,8 @@ function toBuffer(payload: unknown): Buffer {
   return Buffer.alloc(0);
 }
 
-function u64(value: number): Buffer {
+/** `value` as 8 bytes, big-endian: the bridge's sequences and times on disk. */
+export function u64(value: number): Buffer {
   const buffer = Buffer.alloc(8);
   buffer.writeBigUInt64BE(BigInt(value));
   return buffer;

@@ -12,7 +12,7 @@
  */
 import type { BatchOp } from '../persistence/index.js';
 import { componentPrefix } from '../persistence/index.js';
-import type { RangeReader } from './outbox.js';
+import { u64, type RangeReader } from './outbox.js';
 
 const PREFIX = Buffer.concat([componentPrefix('bridge'), Buffer.from('r')]);
 const RANGE_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('s')]);
@@ -49,8 +49,7 @@ export class RetainedVersions {
 
   /** The ops that store the time in force for `topic`. */
   persist(topic: string): BatchOp[] {
-    const value = Buffer.alloc(8);
-    value.writeBigUInt64BE(BigInt(Math.max(0, Math.round(this.#times.get(topic) ?? 0))));
+    const value = u64(Math.max(0, Math.round(this.#times.get(topic) ?? 0)));
     return [{ type: 'put', key: Buffer.concat([PREFIX, Buffer.from(topic, 'utf8')]), value }];
   }
 

@@ -216,7 +216,7 @@ export class Sender {
   /** Called whenever something in flight settled: finishes a rewind once nothing is. */
   #settled(): void {
     if (this.#rewinding && this.#inflight.size === 0 && !this.#reading && this.#retryTimer === undefined && !this.#stopped) {
-      const delay = Math.round(this.#retryMs * (0.5 + Math.random()));
+      const delay = jittered(this.#retryMs);
       this.#retryMs = Math.min(RETRY_MAX_MS, this.#retryMs * 2);
       this.#retryTimer = setTimeout(() => {
         const generation = this.#generation;
@@ -243,4 +243,9 @@ export class Sender {
       this.#idle.clear();
     }
   }
+}
+
+/** `ms` spread over half to one and a half times itself, so that sites do not retry in step. */
+export function jittered(ms: number): number {
+  return Math.round(ms * (0.5 + Math.random()));
 }

@@ -740,7 +740,7 @@ export class LevelPersistence {
       this.#log.warn({ clientId }, 'all 65535 packet identifiers of this session are in use: the message waits for the next connection');
       return false;
     }
-    queue.update(entry, { cmd: entry.cmd, brokerId: entry.brokerId, brokerCounter: entry.brokerCounter, messageId, bytes: entry.bytes });
+    queue.update(entry, { messageId });
     return true;
   }
 
@@ -925,7 +925,7 @@ export class LevelPersistence {
       const encoded = encodePacket(packetData(packet));
       if (!encoded.equals(value)) {
         ops.push({ type: 'put', key: keys[i]!, value: encoded });
-        queue.update(entry, { cmd: entry.cmd, brokerId: entry.brokerId, brokerCounter: entry.brokerCounter, messageId: entry.messageId, bytes: encoded.length });
+        queue.update(entry, { bytes: encoded.length });
         if (packet.cmd !== 'publish' || packet.qos === 2) durable = true;
       }
       // aedes resends it next (outgoingUpdate): an unchanged resend then writes nothing.

@@ -99,8 +99,8 @@ export class ClientQueue {
     this.#unindex(entry);
   }
 
-  /** Changes the looked-up fields of an entry in place. */
-  update(entry: QueueEntry, fields: EntryFields): void {
+  /** Changes looked-up fields of an entry in place (those given). */
+  update(entry: QueueEntry, fields: Partial<EntryFields>): void {
     this.#unindex(entry);
     Object.assign(entry, fields);
     this.#index(entry);
