@@ -145,7 +145,7 @@ export class Importer {
     return typeof packet.brokerCounter === 'number' && this.#pending.has(packet.brokerCounter);
   }
 
-  /** The publish tap: the last applied stream sequence rides on the local publish's batch. */
+  /** The publish tap: the record of the applied stream sequence (and a retained value's time) rides on the local publish's batch. */
   tap(packet: PacketLike): BatchOp[] | undefined {
     const pending = typeof packet.brokerCounter === 'number' ? this.#pending.get(packet.brokerCounter) : undefined;
     if (pending === undefined) return undefined;
@@ -175,8 +175,8 @@ export class Importer {
   /** Creates the durable consumer if missing; a site that starts for the first time begins with the last message of each subject (the retained state). */
   async ensureConsumer(jsm: JetStreamManager): Promise<void> {
     try {
-      await jsm.consumers.info(this.#stream, this.durableName);
-      await this.#sweep(jsm);
+      const info = await jsm.consumers.info(this.#stream, this.durableName);
+      await this.#sweep(info.ack_floor.stream_seq);
       return;
     } catch (error) {
       if (!/consumer not found/i.test((error as Error).message)) throw error;
@@ -205,7 +205,8 @@ export class Importer {
   async run(js: JetStreamClient, jsm: JetStreamManager): Promise<void> {
     await this.#catchUp(jsm);
     const consumer: Consumer = await js.consumers.get(this.#stream, this.durableName);
-    const sweeper = setInterval(() => void this.#sweep(jsm).catch(() => undefined), SWEEP_MS);
+    const sweep = async () => this.#sweep((await jsm.consumers.info(this.#stream, this.durableName)).ack_floor.stream_seq);
+    const sweeper = setInterval(() => void sweep().catch(() => undefined), SWEEP_MS);
     try {
       await this.#consume(consumer);
     } finally {
@@ -225,9 +226,8 @@ export class Importer {
     }
   }
 
-  /** Forgets the records the ack floor has passed: JetStream never delivers those again. */
-  async #sweep(jsm: JetStreamManager): Promise<void> {
-    const floor = (await jsm.consumers.info(this.#stream, this.durableName)).ack_floor.stream_seq;
+  /** Forgets the records the ack floor (`floor`) has passed: JetStream never delivers those again. */
+  async #sweep(floor: number): Promise<void> {
     const settled = [...this.#applied].filter((seq) => seq <= floor);
     for (const seq of settled) this.#applied.delete(seq);
     if (settled.length > 0) await this.#store.commit.write(settled.map((seq) => ({ type: 'del' as const, key: appliedKey(seq) })));
