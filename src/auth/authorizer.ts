@@ -26,7 +26,7 @@ import type { ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { Acl, type ClientAcl } from './acl.js';
 import type { CertIdentities } from './cert-identity.js';
-import { SecurityFileError } from './errors.js';
+import { SecurityFileError } from '../errors.js';
 import { LoginLimiter, sourceKey } from './login-limiter.js';
 import { LoginBusyError, PasswordFile } from './password-file.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';

@@ -6,7 +6,7 @@
 import type { Config } from '../config/schema.js';
 import { loadSecureContextOptions } from '../transports/tls-context.js';
 import { Acl } from './acl.js';
-import { SecurityFileError } from './errors.js';
+import { SecurityFileError } from '../errors.js';
 import { PasswordFile } from './password-file.js';
 
 export function checkSecurityFiles(config: Config): string[] {

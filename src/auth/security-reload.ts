@@ -11,7 +11,7 @@ import { getPath, setPath } from '../config/keys.js';
 import type { Config } from '../config/schema.js';
 import type { CertificateReloadable, TlsSettings } from '../transports/tls-context.js';
 import type { Authorizer, ReloadFailure } from './authorizer.js';
-import { SecurityFileError } from './errors.js';
+import { SecurityFileError } from '../errors.js';
 
 /** TLS keys a running listener applies (the rest are fixed for its lifetime). */
 const LIVE_TLS_KEYS = ['certFile', 'keyFile', 'keyPassphrase', 'minVersion', 'caFile'] as const;
