@@ -23,7 +23,7 @@ import { createTcpListener } from './transports/tcp.js';
 import { createTlsListener } from './transports/tls.js';
 import type { CertificateReloadable } from './transports/tls-context.js';
 import { createAuthorizer, type AuthStats, type ReloadFailure } from './auth/authorizer.js';
-import { CertIdentities } from './auth/cert-identity.js';
+import { CertIdentities } from './transports/cert-identity.js';
 import { reloadSecurity } from './auth/security-reload.js';
 import { createHttpListener } from './transports/http.js';
 import type { Listener } from './transports/listener.js';

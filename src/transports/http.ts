@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
-import type { CertIdentities } from '../auth/cert-identity.js';
+import type { CertIdentities } from './cert-identity.js';
 import { ServerCertificate, tlsServerOptions, type CertificateReloadable, type TlsSettings } from './tls-context.js';
 import type { Config } from '../config/schema.js';
 import type { Broker } from '../broker/broker.js';
