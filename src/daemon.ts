@@ -24,7 +24,7 @@ import { createTlsListener } from './transports/tls.js';
 import type { CertificateReloadable } from './transports/tls-context.js';
 import { createAuthorizer, type AuthStats, type ReloadFailure } from './auth/authorizer.js';
 import { CertIdentities } from './transports/cert-identity.js';
-import { reloadSecurity } from './auth/security-reload.js';
+import { reloadSecurity } from './daemon/security-reload.js';
 import { createHttpListener } from './transports/http.js';
 import type { Listener } from './transports/listener.js';
 import { withDeadline } from './util/deadline.js';
