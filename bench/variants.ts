@@ -12,7 +12,7 @@ import type { Writable } from 'node:stream';
 import { Aedes } from 'aedes';
 import mqttPacket from 'mqtt-packet';
 import { WebSocketServer, createWebSocketStream } from 'ws';
-import { coalesceWrites } from '../src/transports/write-coalescer.js';
+import { coalesceWrites } from '../src/broker/write-coalescer.js';
 
 export interface BenchServer {
   tcpPort: number;

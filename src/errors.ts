@@ -51,3 +51,29 @@ export class ListenError extends EdgeMqttError {
     super('EDGEMQTT_LISTEN_FAILED', `${listener} listener cannot bind ${address}: ${reason}`, { cause });
   }
 }
+
+export type SecurityFileCode = Extract<
+  ErrorCode,
+  'EDGEMQTT_PASSWORD_FILE_INVALID' | 'EDGEMQTT_ACL_FILE_INVALID' | 'EDGEMQTT_TLS_INVALID'
+>;
+
+/**
+ * A password file, ACL file or TLS certificate the daemon cannot use. At
+ * start-up it stops the start (exit 78, like a bad config: restarting will
+ * not help); on reload the file in use is kept and the problems are logged.
+ * Here rather than in src/auth because the TLS listeners (src/transports)
+ * refuse their certificate files with it too.
+ */
+export class SecurityFileError extends EdgeMqttError {
+  override name = 'SecurityFileError';
+  /** The file that failed. */
+  readonly file: string;
+  /** Each problem, with its line number where there is one. */
+  readonly problems: readonly string[];
+
+  constructor(code: SecurityFileCode, file: string, problems: readonly string[], options?: { cause?: unknown }) {
+    super(code, `${file}: ${problems.join('; ')}`, options);
+    this.file = file;
+    this.problems = problems;
+  }
+}

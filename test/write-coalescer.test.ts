@@ -1,5 +1,5 @@
 /**
- * The write coalescer (src/transports/write-coalescer.ts): one write per
+ * The write coalescer (src/broker/write-coalescer.ts): one write per
  * connection per event-loop turn, with order, backpressure and graceful
  * closes as the stream itself would have them; end to end, fewer WebSocket
  * frames than messages.
@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import type { Test } from 'tap';
 import WebSocket from 'ws';
 import mqttPacket, { type Packet } from 'mqtt-packet';
-import { COALESCE_LIMIT_BYTES, coalesceWrites } from '../src/transports/write-coalescer.js';
+import { COALESCE_LIMIT_BYTES, coalesceWrites } from '../src/broker/write-coalescer.js';
 import { startDaemon } from './helpers/daemon.js';
 import { connectRaw, eventually } from './helpers/mqtt.js';
 import { connect, publish, subscribe } from './helpers/packets.js';

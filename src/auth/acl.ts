@@ -20,7 +20,8 @@
  * walk down the topic's levels per rule set, however many rules there are.
  */
 import { createRequire } from 'node:module';
-import { SecurityFileError, readSecurityFile } from './errors.js';
+import { SecurityFileError } from '../errors.js';
+import { readSecurityFile } from '../util/read-security-file.js';
 
 /** Most levels a filter may have: qlobber's limit, and aedes' maxTopicLevels. */
 const MAX_LEVELS = 100;

@@ -25,8 +25,7 @@ import type { Config } from '../config/schema.js';
 import type { ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { Acl, type ClientAcl } from './acl.js';
-import type { CertIdentities } from './cert-identity.js';
-import { SecurityFileError } from './errors.js';
+import { SecurityFileError } from '../errors.js';
 import { LoginLimiter, sourceKey } from './login-limiter.js';
 import { LoginBusyError, PasswordFile } from './password-file.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
@@ -112,9 +111,18 @@ export function isLoopbackHost(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\./.test(host);
 }
 
+/**
+ * The user each connection's verified client certificate names, as the TLS
+ * listeners recorded it (CertIdentities, src/transports/cert-identity.ts,
+ * which the daemon passes in); null = a certificate without a (single) CN.
+ */
+export interface CertUsernames {
+  get(connection: object): { username: string | null } | undefined;
+}
+
 export interface AuthorizerDeps {
   logger: Logger;
-  identities: CertIdentities;
+  identities: CertUsernames;
   /** Whether a listener maps client certificates to user names. */
   certificateUsers: boolean;
   /** Milliseconds clock for the login limiter. */

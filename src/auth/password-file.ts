@@ -9,8 +9,8 @@
  * src/cli/commands/passwd.ts.
  */
 import { randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto';
-import { SecurityFileError, readSecurityFile } from './errors.js';
-import { EdgeMqttError } from '../errors.js';
+import { EdgeMqttError, SecurityFileError } from '../errors.js';
+import { readSecurityFile } from '../util/read-security-file.js';
 
 export interface ScryptParams {
   /** CPU/memory cost, a power of two. */

@@ -19,7 +19,7 @@ import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { FlowControl, type FlowControlStats, type FlowEvent } from './flow-control.js';
 import { guardConnection, MQTT_MAX_STRING_BYTES, type Violation } from './protocol-guard.js';
-import { coalesceWrites } from '../transports/write-coalescer.js';
+import { coalesceWrites } from './write-coalescer.js';
 
 export type LimitName =
   /** limits.maxConnections */

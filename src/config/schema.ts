@@ -10,6 +10,7 @@
 import { z } from 'zod';
 import { secret } from './keys.js';
 import { persistenceDefaults } from '../persistence/options.js';
+import { LOG_LEVELS } from '../observability/logger.js';
 import { bridgeSchema } from './bridge-schema.js';
 
 const port = (what: string) =>
@@ -20,7 +21,7 @@ const host = z
   .min(1)
   .describe('Address to bind; 0.0.0.0 for all IPv4 interfaces, :: for all interfaces');
 
-const logLevel = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+const logLevel = z.enum(LOG_LEVELS);
 
 /** Larger than this cannot be encoded in MQTT 3.1.1's Remaining Length [MQTT-2.2.3]. */
 export const MQTT_MAX_REMAINING_LENGTH = 268_435_455;
@@ -368,5 +369,4 @@ export const configSchema = z
 export type Config = z.output<typeof configSchema>;
 /** The config as a user may write it: every key optional. */
 export type ConfigInput = z.input<typeof configSchema>;
-export type LogLevel = z.output<typeof logLevel>;
 export type { BridgeConfig, BridgeExportRule, BridgeImportRule } from './bridge-schema.js';

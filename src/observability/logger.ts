@@ -4,9 +4,16 @@
  * stores as the entry's PRIORITY, so `journalctl -p warning` works.
  */
 import { pino, type Logger, type DestinationStream } from 'pino';
-import type { LogLevel } from '../config/schema.js';
 
 export type { Logger };
+
+/**
+ * pino's levels, most severe first, and `silent`. Declared here, not in the
+ * config schema (which takes its `log.level` values from it): every layer
+ * logs, so the logger sits below config and imports nothing of ours.
+ */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export interface LoggerOptions {
   level: LogLevel;

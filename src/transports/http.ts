@@ -7,18 +7,17 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
-import type { CertIdentities } from '../auth/cert-identity.js';
+import type { CertIdentities } from './cert-identity.js';
 import { ServerCertificate, tlsServerOptions, type CertificateReloadable, type TlsSettings } from './tls-context.js';
 import type { Config } from '../config/schema.js';
-import type { Broker } from '../broker/broker.js';
 import type { Logger } from '../observability/logger.js';
 import { handleHealthRequest, sendJson, type ReadinessCheck } from '../observability/health.js';
-import type { Listener } from './listener.js';
+import type { ConnectionBroker, Listener } from './listener.js';
 import { ServerLifecycle } from './server-lifecycle.js';
 import { createWebSocketUpgrade, refuseUpgrade } from './websocket.js';
 
 export interface HttpListenerDeps {
-  broker: Broker;
+  broker: ConnectionBroker;
   logger: Logger;
   readiness: ReadinessCheck;
   /** Where client-certificate user names go (http.tls.useCnAsUsername). */

@@ -1,13 +1,12 @@
 /** MQTT over plain TCP [MQTT-4.2]. */
 import { createServer } from 'node:net';
 import type { Config } from '../config/schema.js';
-import type { Broker } from '../broker/broker.js';
 import type { Logger } from '../observability/logger.js';
-import type { Listener } from './listener.js';
+import type { ConnectionBroker, Listener } from './listener.js';
 import { ServerLifecycle } from './server-lifecycle.js';
 
 export interface TcpListenerDeps {
-  broker: Broker;
+  broker: ConnectionBroker;
   logger: Logger;
 }
 

@@ -6,7 +6,8 @@
  */
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
 import { createSecureContext, type SecureContextOptions, type Server as TlsServer, type TlsOptions } from 'node:tls';
-import { SecurityFileError, readSecurityFile } from '../auth/errors.js';
+import { SecurityFileError } from '../errors.js';
+import { readSecurityFile } from '../util/read-security-file.js';
 import type { Logger } from '../observability/logger.js';
 
 export interface TlsSettings {

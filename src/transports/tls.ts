@@ -7,15 +7,14 @@
 import type { Socket } from 'node:net';
 import { createServer, type TLSSocket } from 'node:tls';
 import type { Config } from '../config/schema.js';
-import type { Broker } from '../broker/broker.js';
 import type { Logger } from '../observability/logger.js';
-import type { CertIdentities } from '../auth/cert-identity.js';
-import type { Listener } from './listener.js';
+import type { CertIdentities } from './cert-identity.js';
+import type { ConnectionBroker, Listener } from './listener.js';
 import { ServerLifecycle } from './server-lifecycle.js';
 import { ServerCertificate, tlsServerOptions, type CertificateReloadable, type TlsSettings } from './tls-context.js';
 
 export interface TlsListenerDeps {
-  broker: Broker;
+  broker: ConnectionBroker;
   logger: Logger;
   identities: CertIdentities;
 }

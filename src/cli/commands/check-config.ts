@@ -1,6 +1,6 @@
 import { loadConfig } from '../../config/load.js';
 import { ConfigError } from '../../errors.js';
-import { checkSecurityFiles } from '../../auth/check-files.js';
+import { checkSecurityFiles } from '../check-security-files.js';
 import { ExitCode, type CliIo } from '../io.js';
 
 /**

@@ -19,7 +19,7 @@ import { chmod, chown, open, readFile, rename, stat, unlink } from 'node:fs/prom
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Argv } from 'yargs';
-import { SecurityFileError } from '../../auth/errors.js';
+import { SecurityFileError } from '../../errors.js';
 import { DEFAULT_SCRYPT, PasswordFile, hashPassword, removeUserLine, setUserLine, usernameProblem } from '../../auth/password-file.js';
 import { ExitCode, type CliInput, type CliIo } from '../io.js';
 

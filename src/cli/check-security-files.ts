@@ -2,12 +2,14 @@
  * Reads every password, ACL and certificate file a config names, as start
  * and reload would, and lists what is wrong with them: `edgemqtt
  * check-config` runs it, so a file can be checked before `systemctl reload`.
+ * In the CLI because it asks both src/auth (password and ACL files) and
+ * src/transports (certificates), which do not import each other.
  */
 import type { Config } from '../config/schema.js';
 import { loadSecureContextOptions } from '../transports/tls-context.js';
-import { Acl } from './acl.js';
-import { SecurityFileError } from './errors.js';
-import { PasswordFile } from './password-file.js';
+import { Acl } from '../auth/acl.js';
+import { SecurityFileError } from '../errors.js';
+import { PasswordFile } from '../auth/password-file.js';
 
 export function checkSecurityFiles(config: Config): string[] {
   const problems: string[] = [];

@@ -3,7 +3,9 @@
  * that terminated TLS to the authenticate hook. Listeners with
  * `useCnAsUsername` record it for the stream they give aedes (the TLS socket
  * itself, or the WebSocket stream over an HTTPS socket); the hook looks the
- * CONNECT's connection up here.
+ * CONNECT's connection up here. It lives with the listeners, which read the
+ * certificates; the authorizer (src/auth) only declares the lookup it needs
+ * (CertUsernames) and the daemon hands it this one.
  */
 import type { TLSSocket } from 'node:tls';
 

@@ -34,7 +34,9 @@
  *   SUBACK written just before a close still goes out.
  *
  * Like the packet-size and protocol guards, it overrides methods on the one
- * connection object (no extra stream stage).
+ * connection object (no extra stream stage), and like them it lives in
+ * src/broker, which applies it to every connection it handles (limits.ts):
+ * it answers how aedes writes, whatever transport carries the bytes.
  */
 import type { Duplex, Writable } from 'node:stream';
 

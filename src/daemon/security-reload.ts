@@ -4,14 +4,16 @@
  * renewed certificate or an added user keeps its path), and applies each one
  * that is usable. One that is not keeps its predecessor in use and is
  * reported with its problems, so a typo in the ACL never opens or closes the
- * broker by accident.
+ * broker by accident. Part of the daemon's reload: it drives both the
+ * authorizer (src/auth) and the TLS listeners (src/transports), which do not
+ * import each other.
  */
 import { configKeys } from '../config/load.js';
 import { getPath, setPath } from '../config/keys.js';
 import type { Config } from '../config/schema.js';
 import type { CertificateReloadable, TlsSettings } from '../transports/tls-context.js';
-import type { Authorizer, ReloadFailure } from './authorizer.js';
-import { SecurityFileError } from './errors.js';
+import type { Authorizer, ReloadFailure } from '../auth/authorizer.js';
+import { SecurityFileError } from '../errors.js';
 
 /** TLS keys a running listener applies (the rest are fixed for its lifetime). */
 const LIVE_TLS_KEYS = ['certFile', 'keyFile', 'keyPassphrase', 'minVersion', 'caFile'] as const;
