@@ -7,7 +7,7 @@
  */
 import t from 'tap';
 import * as mqttPacket from 'mqtt-packet';
-import { ProtocolGuard, type Verdict } from '../src/broker/protocol-guard.js';
+import { ProtocolGuard, type Verdict } from '../src/broker/protocol-guard/index.js';
 import { random } from './helpers/random.js';
 import { connect, publish, subscribe, unsubscribe, puback, pubrec, pubrel, pubcomp, pingreq, disconnect } from './helpers/packets.js';
 
