@@ -129,7 +129,7 @@ export function checkProperties(reader: FieldReader, owner: number, facts: Prope
   const ownerName = OWNER_NAMES[owner] ?? String(owner);
   const length = reader.varint();
   if (length === VARINT_NOT_MINIMAL) return malformedAs('MQTT-1.5.5-1', `Property Length of ${ownerName} not in the fewest bytes`);
-  if (length === VARINT_TRUNCATED) return malformed(`${ownerName} too short for its Property Length`);
+  if (length === VARINT_TRUNCATED) return malformed(`Property Length of ${ownerName} runs past the packet or past four bytes`);
   if (length > reader.left) return malformed(`Property Length ${length} of ${ownerName} runs past the packet`);
   const outer = reader.narrow(reader.position + length);
   const problem = checkPropertyList(reader, owner, facts);
