@@ -3,13 +3,15 @@
  * judges each packet before aedes' parser can see all of it. It must never
  * lose sync whatever the chunking, must reach the same verdict however the
  * bytes are split, must never throw on any input, and anything it lets
- * through must parse cleanly with mqtt-packet (aedes' parser).
+ * through must parse cleanly with mqtt-packet (aedes' parser). MQTT 5.0
+ * (the mqtt5 option) is in protocol-guard-mqtt5.test.ts.
  */
 import t from 'tap';
 import * as mqttPacket from 'mqtt-packet';
-import { ProtocolGuard, type Verdict } from '../src/broker/protocol-guard.js';
+import { ProtocolGuard } from '../src/broker/protocol-guard/index.js';
 import { random } from './helpers/random.js';
 import { connect, publish, subscribe, unsubscribe, puback, pubrec, pubrel, pubcomp, pingreq, disconnect } from './helpers/packets.js';
+import { feed } from './helpers/guard.js';
 
 const limits = { maxPacketBytes: 1_048_576, maxTopicLengthBytes: 0, maxTopicLevels: 100 };
 
@@ -31,13 +33,6 @@ const valid: Buffer[] = [
 ];
 const stream = Buffer.concat(valid);
 
-function feed(guard: ProtocolGuard, chunks: Uint8Array[]): { at: number; verdict: Verdict } | null {
-  for (let i = 0; i < chunks.length; i++) {
-    const verdict = guard.inspect(chunks[i] as Uint8Array);
-    if (verdict !== null) return { at: i, verdict };
-  }
-  return null;
-}
 
 t.test('a valid stream passes whole, split anywhere in two, and byte by byte', async (t) => {
   const whole = new ProtocolGuard(limits);
@@ -103,6 +98,18 @@ t.test('a CONNECT for another protocol level is left to aedes (CONNACK 0x01), an
   const v5 = connect({ protocolLevel: 5 });
   const verdict = guard.inspect(Buffer.concat([v5, Buffer.from([0xf0, 0x00])]));
   t.same(verdict, { kind: 'withhold', validBytes: v5.length });
+  const v6 = new ProtocolGuard({ ...limits, mqtt5: true });
+  const level6 = connect({ protocolLevel: 6 });
+  t.same(v6.inspect(Buffer.concat([level6, pingreq()])), { kind: 'withhold', validBytes: level6.length }, 'level 6 even with mqtt5 on');
+});
+
+t.test('3.1.1 verdicts carry no MQTT 5 Reason Code', async (t) => {
+  const guard = new ProtocolGuard({ ...limits, mqtt5: true });
+  t.equal(guard.inspect(connect()), null);
+  const verdict = guard.inspect(publish('a', { qos: 1, id: 0 }));
+  t.match(verdict, { kind: 'protocol', rule: 'MQTT-2.3.1-1' });
+  t.notOk(verdict && 'reasonCode' in verdict, 'no reasonCode on a level-4 connection');
+  t.equal(guard.protocolLevel, 4);
 });
 
 t.test('fuzz: never throws, and whatever it lets through parses cleanly with mqtt-packet', async (t) => {

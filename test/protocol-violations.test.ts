@@ -5,6 +5,8 @@
  * on a fresh connection, so it is the rule, not the packet's shape, that
  * closes. (MQTT in a WebSocket text frame [MQTT-6.0.0-1] is in
  * websocket.test.ts; malformed framing and packet types in bad-input.test.ts.)
+ * MQTT 5.0 connections get the same treatment once aedes 2 is installed;
+ * the broker may then say why with a CONNACK or DISCONNECT Reason Code.
  */
 import t from 'tap';
 import type { Packet } from 'mqtt-packet';
@@ -13,6 +15,8 @@ import { bystanders, transports, urlOf } from './helpers/bystanders.js';
 import { connectRaw, openClient } from './helpers/mqtt.js';
 import { captureLogs } from './helpers/logs.js';
 import { connect, publish, subscribe, unsubscribe, packet, u16 } from './helpers/packets.js';
+import { connect5, publish5, ack5, subscribe5, unsubscribe5, disconnect5, pingreq, property, P } from './helpers/packets.js';
+import { mqtt5Unavailable } from './helpers/aedes-version.js';
 
 
 interface Rule {
@@ -237,4 +241,209 @@ t.test('packets before the offending one in the same write are still handled', a
     ['order/first', 'order/marker'],
     'the valid PUBLISH before it was delivered, nothing after it',
   );
+});
+
+// ---- MQTT 5.0: run once aedes 2 is installed (aedes 1 refuses level-5 CONNECTs). ----
+
+interface Rule5 extends Rule {
+  /** 0x81 Malformed Packet or 0x82 Protocol Error: what a CONNACK or DISCONNECT refusing it must say, if one is sent. */
+  reasonCode: number;
+}
+
+const MALFORMED = 0x81;
+const PROTOCOL = 0x82;
+
+const rules5: Rule5[] = [
+  {
+    name: 'MQTT 5 PUBLISH topic with an encoded UTF-16 surrogate',
+    rule: 'MQTT-1.5.4-1', reasonCode: MALFORMED, afterConnect: true,
+    bad: publish5(SURROGATE, { qos: 1, id: 1 }),
+    good: publish5(EURO, { qos: 1, id: 1 }),
+    answer: 'puback',
+  },
+  {
+    name: 'MQTT 5 PUBLISH with Topic Alias 0',
+    rule: 'MQTT-3.3.2-8', reasonCode: PROTOCOL, afterConnect: true,
+    bad: publish5('a', { qos: 1, id: 1, properties: [property.u16(P.topicAlias, 0)] }),
+    good: publish5('a', { qos: 1, id: 1, properties: [property.u32(P.messageExpiryInterval, 60)] }),
+    answer: 'puback',
+  },
+  {
+    name: 'MQTT 5 PUBLISH from a client with a Subscription Identifier',
+    rule: 'MQTT-3.3.4-6', reasonCode: PROTOCOL, afterConnect: true,
+    bad: publish5('a', { qos: 1, id: 1, properties: [property.varint(P.subscriptionIdentifier, 1)] }),
+    good: publish5('a', { qos: 1, id: 1, properties: [property.pair('k', 'v')] }),
+    answer: 'puback',
+  },
+  {
+    name: 'MQTT 5 PUBLISH with an empty topic and no Topic Alias',
+    rule: 'MQTT-3.3.2.1', reasonCode: PROTOCOL, afterConnect: true,
+    bad: publish5('', { qos: 1, id: 1 }),
+    good: publish5('a', { qos: 1, id: 1 }),
+    answer: 'puback',
+  },
+  {
+    name: 'MQTT 5 PUBLISH with a wildcard in the Response Topic',
+    rule: 'MQTT-3.3.2-14', reasonCode: PROTOCOL, afterConnect: true,
+    bad: publish5('a', { qos: 1, id: 1, properties: [property.string(P.responseTopic, 'reply/#')] }),
+    good: publish5('a', { qos: 1, id: 1, properties: [property.string(P.responseTopic, 'reply/a')] }),
+    answer: 'puback',
+  },
+  {
+    name: 'MQTT 5 PUBLISH with a property not valid for it (Session Expiry Interval)',
+    rule: 'MQTT-2.2.2.2', reasonCode: MALFORMED, afterConnect: true,
+    bad: publish5('a', { qos: 1, id: 1, properties: [property.u32(P.sessionExpiryInterval, 1)] }),
+    good: publish5('a', { qos: 1, id: 1, properties: [property.u32(P.messageExpiryInterval, 1)] }),
+    answer: 'puback',
+  },
+  {
+    name: 'MQTT 5 PUBACK with a PUBREL Reason Code',
+    rule: 'MQTT-3.4.2-1', reasonCode: PROTOCOL, afterConnect: true,
+    bad: ack5(0x40, 1, 0x92),
+    // The broker has nothing in flight: a valid PUBACK is dropped, and the PINGREQ after it answered.
+    good: Buffer.concat([ack5(0x40, 1, 0x10), pingreq()]),
+    answer: 'pingresp',
+  },
+  {
+    name: 'MQTT 5 SUBSCRIBE options with reserved bits set',
+    rule: 'MQTT-3.8.3-5', reasonCode: MALFORMED, afterConnect: true,
+    bad: subscribe5(1, [{ filter: 'a', options: 0x81 }]),
+    good: subscribe5(1, [{ filter: 'a', options: 0x01 }]),
+    answer: 'suback',
+  },
+  {
+    name: 'MQTT 5 SUBSCRIBE with Retain Handling 3',
+    rule: 'MQTT-3.8.3.1', reasonCode: PROTOCOL, afterConnect: true,
+    bad: subscribe5(1, [{ filter: 'a', options: 0x30 }]),
+    good: subscribe5(1, [{ filter: 'a', options: 0x20 }]),
+    answer: 'suback',
+  },
+  {
+    name: 'MQTT 5 No Local on a Shared Subscription',
+    rule: 'MQTT-3.8.3-4', reasonCode: PROTOCOL, afterConnect: true,
+    bad: subscribe5(1, [{ filter: '$share/g/a', options: 0x04 }]),
+    good: subscribe5(1, [{ filter: '$share/g/a' }]),
+    answer: 'suback',
+  },
+  {
+    name: 'MQTT 5 Shared Subscription with an empty ShareName',
+    rule: 'MQTT-4.8.2-1', reasonCode: PROTOCOL, afterConnect: true,
+    bad: subscribe5(1, [{ filter: '$share//a' }]),
+    good: subscribe5(1, [{ filter: '$share/g/a' }]),
+    answer: 'suback',
+  },
+  {
+    name: 'MQTT 5 SUBSCRIBE with Subscription Identifier 0',
+    rule: 'MQTT-3.8.2.1.2', reasonCode: PROTOCOL, afterConnect: true,
+    bad: subscribe5(1, [{ filter: 'a' }], [property.varint(P.subscriptionIdentifier, 0)]),
+    good: subscribe5(1, [{ filter: 'a' }], [property.varint(P.subscriptionIdentifier, 7)]),
+    answer: 'suback',
+  },
+  {
+    name: 'MQTT 5 UNSUBSCRIBE without a topic filter',
+    rule: 'MQTT-3.10.3-2', reasonCode: PROTOCOL, afterConnect: true,
+    bad: unsubscribe5(1, []),
+    good: unsubscribe5(1, ['a']),
+    answer: 'unsuback',
+  },
+  {
+    name: 'MQTT 5 CONNECT with Receive Maximum 0',
+    rule: 'MQTT-3.1.2.11.3', reasonCode: PROTOCOL, afterConnect: false,
+    bad: connect5({ clientId: 'receive-max-0', properties: [property.u16(P.receiveMaximum, 0)] }),
+    good: connect5({ clientId: 'receive-max-1', properties: [property.u16(P.receiveMaximum, 1)] }),
+    answer: 'connack',
+  },
+  {
+    name: 'MQTT 5 CONNECT with Authentication Data and no Authentication Method',
+    rule: 'MQTT-3.1.2.11.10', reasonCode: PROTOCOL, afterConnect: false,
+    bad: connect5({ clientId: 'auth-data-only', properties: [property.string(P.authenticationData, Buffer.from([1]))] }),
+    good: connect5({ clientId: 'no-auth-data' }),
+    answer: 'connack',
+  },
+  {
+    name: 'MQTT 5 CONNECT with a property twice (Session Expiry Interval)',
+    rule: 'MQTT-2.2.2.2', reasonCode: PROTOCOL, afterConnect: false,
+    bad: connect5({ clientId: 'twice', properties: [property.u32(P.sessionExpiryInterval, 1), property.u32(P.sessionExpiryInterval, 1)] }),
+    good: connect5({ clientId: 'once', properties: [property.u32(P.sessionExpiryInterval, 1)] }),
+    answer: 'connack',
+  },
+  {
+    name: 'MQTT 5 CONNECT with Will QoS 3',
+    rule: 'MQTT-3.1.2-12', reasonCode: MALFORMED, afterConnect: false,
+    bad: connect5({ clientId: 'will5-qos-3', will: { topic: 'w', qos: 3 } }),
+    good: connect5({ clientId: 'will5-qos-2', will: { topic: 'w', qos: 2 } }),
+    answer: 'connack',
+  },
+];
+
+/** Refusals the broker may send before closing: a CONNACK or DISCONNECT with a Reason Code of 0x80 or more. */
+const reasonCodeOf = (p: Packet): number => ('reasonCode' in p ? (p.reasonCode ?? 0) : 0);
+const isRefusal = (p: Packet) => (p.cmd === 'connack' || p.cmd === 'disconnect') && reasonCodeOf(p) >= 0x80;
+
+for (const transport of transports) {
+  t.test(`${transport}: each MQTT 5 violation closes only the offending connection`, { skip: mqtt5Unavailable() }, async (t) => {
+    const daemon = await startDaemon(t);
+    const check = await bystanders(t, daemon);
+    const expected: Record<string, number> = {};
+    let index = 0;
+    for (const rule of rules5) {
+      index++;
+      await t.test(`${rule.name} [${rule.rule}]`, async (t) => {
+        const control = await connectRaw(t, urlOf(daemon, transport), { protocolVersion: 5 });
+        if (rule.afterConnect) control.send(connect5({ clientId: `control5-${index}` }));
+        control.send(rule.good);
+        const answer = await control.waitForPacket(rule.answer);
+        if (answer.cmd === 'connack') t.equal(answer.reasonCode, 0, 'control: CONNACK 0x00');
+        t.notOk(control.isClosed, 'control: the valid packet is answered and the connection stays open');
+
+        const offender = await connectRaw(t, urlOf(daemon, transport), { protocolVersion: 5 });
+        if (rule.afterConnect) {
+          offender.send(connect5({ clientId: `offender5-${index}` }));
+          t.equal((await offender.waitForPacket('connack')).reasonCode, 0, 'connected first');
+        }
+        offender.send(rule.bad);
+        await offender.waitForClose();
+        t.same(
+          offender.packets.filter((p) => !isRefusal(p)).map((p) => p.cmd),
+          rule.afterConnect ? ['connack'] : [],
+          'the connection is closed and the packet never answered',
+        );
+        for (const refusal of offender.packets.filter(isRefusal)) {
+          t.equal(reasonCodeOf(refusal), rule.reasonCode, `the ${refusal.cmd} says 0x${rule.reasonCode.toString(16)}`);
+        }
+        t.same(offender.parseErrors, [], 'the broker sent only well-formed bytes');
+        expected[rule.rule] = (expected[rule.rule] ?? 0) + 1;
+        t.equal(daemon.daemon.limitsStats().protocolViolationsByRule[rule.rule], expected[rule.rule], `counted under ${rule.rule}`);
+      });
+    }
+    await check();
+  });
+}
+
+t.test('MQTT 5: a non-zero Session Expiry Interval on DISCONNECT after a CONNECT with 0 is refused, and the session not kept', { skip: mqtt5Unavailable() }, async (t) => {
+  const daemon = await startDaemon(t);
+  // Positive control: a CONNECT with a Session Expiry Interval may change it on DISCONNECT.
+  const keeper = await connectRaw(t, daemon.mqttUrl, { protocolVersion: 5 });
+  keeper.send(connect5({ clientId: 'expiry-kept', flags: 0x00, properties: [property.u32(P.sessionExpiryInterval, 60)] }));
+  t.equal((await keeper.waitForPacket('connack')).reasonCode, 0);
+  keeper.send(subscribe5(1, [{ filter: 'expiry/kept', options: 1 }]));
+  await keeper.waitForPacket('suback');
+  keeper.send(disconnect5(0x00, [property.u32(P.sessionExpiryInterval, 120)]));
+  await keeper.waitForClose();
+  t.equal(daemon.daemon.limitsStats().protocolViolationsByRule['MQTT-3.14.2.2.2'], undefined, 'the control is no violation');
+
+  const offender = await connectRaw(t, daemon.mqttUrl, { protocolVersion: 5 });
+  offender.send(connect5({ clientId: 'expiry-zero', flags: 0x00 }));
+  t.equal((await offender.waitForPacket('connack')).reasonCode, 0);
+  offender.send(disconnect5(0x00, [property.u32(P.sessionExpiryInterval, 120)]));
+  await offender.waitForClose();
+  t.equal(daemon.daemon.limitsStats().protocolViolationsByRule['MQTT-3.14.2.2.2'], 1, 'counted under MQTT-3.14.2.2.2');
+
+  // The ephemeral session ended with the connection: a reconnect finds none, the kept one is there.
+  const again = await connectRaw(t, daemon.mqttUrl, { protocolVersion: 5 });
+  again.send(connect5({ clientId: 'expiry-zero', flags: 0x00 }));
+  t.equal((await again.waitForPacket('connack')).sessionPresent, false, 'no session kept for the offender');
+  const kept = await connectRaw(t, daemon.mqttUrl, { protocolVersion: 5 });
+  kept.send(connect5({ clientId: 'expiry-kept', flags: 0x00, properties: [property.u32(P.sessionExpiryInterval, 60)] }));
+  t.equal((await kept.waitForPacket('connack')).sessionPresent, true, 'the control kept its session');
 });

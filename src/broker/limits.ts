@@ -18,7 +18,7 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { FlowControl, type FlowControlStats, type FlowEvent } from './flow-control.js';
-import { guardConnection, MQTT_MAX_STRING_BYTES, type Violation } from './protocol-guard.js';
+import { guardConnection, MQTT_MAX_STRING_BYTES, type Violation } from './protocol-guard/index.js';
 import { coalesceWrites } from './write-coalescer.js';
 
 export type LimitName =

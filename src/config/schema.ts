@@ -185,7 +185,7 @@ const httpListener = z
   })
   .prefault({});
 
-// ---- Limits (src/broker/limits.ts, flow-control.ts, protocol-guard.ts): what
+// ---- Limits (src/broker/limits.ts, flow-control.ts, protocol-guard/): what
 // one client, or one source address, may cost the others. Each hit is counted
 // and logged (at most one line per limit per 10 s).
 /** aedes and qlobber cannot match topics of more levels than this. */

@@ -127,11 +127,13 @@ export interface RawClient {
 export interface RawClientOptions {
   /** WebSocket only: the Origin header to send. */
   origin?: string;
+  /** The protocol version to parse what the broker sends as (4 by default; 5 after a level-5 CONNECT). */
+  protocolVersion?: 4 | 5;
 }
 
 export async function connectRaw(t: Test, url: string, options: RawClientOptions = {}): Promise<RawClient> {
   const target = new URL(url);
-  const parser = mqttPacket.parser({ protocolVersion: 4 });
+  const parser = mqttPacket.parser({ protocolVersion: options.protocolVersion ?? 4 });
   const packets: Packet[] = [];
   const parseErrors: Error[] = [];
   const wakers = new Set<() => void>();

@@ -1,0 +1,38 @@
+/**
+ * Puts a guard in front of aedes on one connection. aedes pulls bytes with
+ * `conn.read()` on 'readable' (lib/client.js) and never uses 'data', so
+ * wrapping that instance's read() sees every byte without an extra stream
+ * stage. On a violation the complete packets before the offending one are
+ * still handed over (the client sent them first), the rest is withheld and
+ * the connection destroyed; `onViolation` is told why (with, on an MQTT 5
+ * connection, the Reason Code to send: see Violation).
+ */
+import type { Duplex } from 'node:stream';
+import { ProtocolGuard } from './guard.js';
+import type { ProtocolGuardOptions, Violation } from './verdict.js';
+
+export function guardConnection(
+  conn: Duplex,
+  options: ProtocolGuardOptions,
+  onViolation: (violation: Violation) => void,
+): ProtocolGuard {
+  const guard = new ProtocolGuard(options);
+  const read = conn.read.bind(conn);
+  let closed = false;
+  conn.read = (size?: number) => {
+    if (closed) return null;
+    const chunk: unknown = read(size);
+    if (!(chunk instanceof Uint8Array)) return chunk;
+    const verdict = guard.inspect(chunk);
+    if (verdict === null) return chunk;
+    const { validBytes } = verdict;
+    if (verdict.kind !== 'withhold') {
+      closed = true;
+      const { validBytes: _handedOver, ...violation } = verdict;
+      onViolation(violation);
+      conn.destroy();
+    }
+    return validBytes > 0 ? chunk.subarray(0, validBytes) : null;
+  };
+  return guard;
+}
