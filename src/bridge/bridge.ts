@@ -396,7 +396,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     stats() {
       const none: SenderStats = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0, inflight: 0 };
       const emptyOutbox: OutboxStats = { depth: 0, bytes: 0, oldestAgeMs: 0, added: 0, removed: 0, droppedOldest: 0, droppedNew: 0, failedWrites: 0 };
-      const noImports: ImporterStats = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0, staleRetained: 0 };
+      const noImports: ImporterStats = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0, staleRetained: 0, expired: 0 };
       return { state, problem, ...(sender?.stats() ?? none), ...(importer?.stats() ?? noImports), outbox: outbox?.stats() ?? emptyOutbox, unmappable, reconciled };
     },
   };

@@ -4,7 +4,10 @@
  * threshold, recreated if it disappears), each message published to the
  * local broker with the retain flag it was published with and the QoS of the
  * import rule (never above the one it was published with), and acknowledged
- * to JetStream only once that local publish is durable.
+ * to JetStream only once that local publish is durable. Its MQTT 5.0
+ * metadata goes with it as the PUBLISH's properties (metadata.ts), the
+ * expiry interval less the time it waited since its site took it; one that
+ * expired on the way is acknowledged and dropped (stats: expired).
  *
  * Exactly once: each message applied leaves a record of its stream
  * sequence in the same durable batch as its local publish (a publish tap,
@@ -28,7 +31,7 @@ import type { Logger } from '../observability/logger.js';
 import type { BatchOp, PacketLike } from '../persistence/index.js';
 import { componentPrefix } from '../persistence/index.js';
 import { topicMatches } from '../config/topic-filter.js';
-import { HEADER } from './sender.js';
+import { HEADER, readMetadataHeaders, remainingExpiry, toPublishProperties, type PublishProperties } from './metadata.js';
 import { filterToSubjects, subjectToTopic } from './subjects.js';
 import { u64, type QoS, type RangeReader } from './outbox.js';
 import type { RetainedVersions } from './retained.js';
@@ -45,7 +48,7 @@ export interface ImportRule {
  * it, so the importer can tell its own messages from the others.
  */
 export type LocalPublish = (
-  packet: { topic: string; payload: Buffer; qos: QoS; retain: boolean },
+  packet: { topic: string; payload: Buffer; qos: QoS; retain: boolean; properties?: PublishProperties },
   register: (brokerCounter: number) => void,
 ) => Promise<void>;
 
@@ -65,6 +68,8 @@ export interface ImporterStats {
   skipped: number;
   /** Retained messages older than the retained value in force here: delivered, not retained. */
   staleRetained: number;
+  /** Messages whose Message Expiry Interval had passed when they arrived: not published [MQTT-3.3.2-5]. */
+  expired: number;
 }
 
 /** The highest stream sequence applied: where a consumer made again starts. */
@@ -110,7 +115,7 @@ export class Importer {
   readonly #inProgress = new Set<number>();
   #stopped = false;
   #messages: { stop(): void } | undefined;
-  readonly #counters = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0, staleRetained: 0 };
+  readonly #counters = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0, staleRetained: 0, expired: 0 };
 
   constructor(
     options: { rules: ImportRule[]; siteId: string; subjectPrefix: string; stream: string },
@@ -291,6 +296,15 @@ export class Importer {
       return undefined;
     }
     const time = Number(message.headers?.get(HEADER.time) ?? 0);
+    const metadata = readMetadataHeaders(message.headers);
+    // The time it waited, at its site, in the stream and here, counts against its expiry interval [MQTT-3.3.2-6].
+    const expiryLeft = remainingExpiry(metadata?.expiryInterval, time, Date.now());
+    if (expiryLeft === 0) {
+      // Expired on its way: delivered to nobody [MQTT-3.3.2-5], and not a retained value either.
+      this.#counters.expired++;
+      message.ack();
+      return undefined;
+    }
     if (retain && !this.#retained.claim(mapped.topic, time)) {
       // Older than the retained value in force here (a backlog replayed after an outage): delivered, not retained.
       retain = false;
@@ -300,7 +314,8 @@ export class Importer {
     const payload = Buffer.from(message.data);
     this.#inProgress.add(seq);
     let brokerCounter = -1;
-    const done = this.#publish({ topic: mapped.topic, payload, qos, retain }, (counter) => {
+    const packet = { topic: mapped.topic, payload, qos, retain, ...(metadata ? { properties: toPublishProperties(metadata, expiryLeft) } : {}) };
+    const done = this.#publish(packet, (counter) => {
       brokerCounter = counter;
       this.#pending.set(counter, { seq, topic: mapped.topic, retainedAt: retain ? time : undefined });
     });

@@ -19,6 +19,7 @@ import type { Logger } from '../observability/logger.js';
 import type { BatchOp, GroupCommit, PacketLike } from '../persistence/index.js';
 import { componentPrefix } from '../persistence/index.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
+import { metadataOfPacket, packMetadata, unpackMetadata, type MessageMetadata } from './metadata.js';
 
 export type QoS = 0 | 1 | 2;
 export type OverflowPolicy = 'drop-oldest' | 'drop-new';
@@ -31,6 +32,8 @@ export interface OutboxRecord {
   retain: boolean;
   /** When the broker took the message (ms since the epoch). */
   time: number;
+  /** Its MQTT 5.0 metadata (properties), if it had any. */
+  metadata?: MessageMetadata;
 }
 
 export interface OutboxLimits {
@@ -225,7 +228,14 @@ export class Outbox {
   add(packet: PacketLike): BatchOp[] {
     const payload = toBuffer(packet.payload);
     const time = this.#now();
-    const value = encode({ topic: String(packet.topic), payload, qos: (packet.qos ?? 0) as QoS, retain: packet.retain === true, time });
+    const value = encode({
+      topic: String(packet.topic),
+      payload,
+      qos: (packet.qos ?? 0) as QoS,
+      retain: packet.retain === true,
+      time,
+      metadata: metadataOfPacket(packet),
+    });
     const ops: BatchOp[] = [];
     while (this.#full(value.length)) {
       if (this.#limits.overflow === 'drop-new' || this.#depth === 0) {
@@ -314,21 +324,30 @@ export class Outbox {
 
 }
 
-interface StoredMessage {
-  topic: string;
-  payload: Buffer;
-  qos: QoS;
-  retain: boolean;
-  time: number;
+type StoredMessage = Omit<OutboxRecord, 'seq'>;
+
+/**
+ * An entry on disk is a MessagePack array whose fields are only ever
+ * appended, so that what one version wrote the next one reads (an outbox
+ * left by an upgrade, or a downgrade, is still sent):
+ *   version 1: [topic, payload, qos, retain, time]
+ *   version 2: [topic, payload, qos, retain, time, metadata] (packMetadata),
+ *              the sixth field written only when the message has metadata:
+ *              an MQTT 3.1.1 message is stored exactly as in version 1.
+ * A version 1 reader ignores the sixth field (the metadata is lost, the message is not).
+ */
+export function encode(message: StoredMessage): Buffer {
+  const fields: unknown[] = [message.topic, message.payload, message.qos, message.retain, message.time];
+  if (message.metadata) fields.push(packMetadata(message.metadata));
+  return pack(fields);
 }
 
-function encode(message: StoredMessage): Buffer {
-  return pack([message.topic, message.payload, message.qos, message.retain, message.time]);
-}
-
-function decode(value: Buffer): StoredMessage {
-  const [topic, payload, qos, retain, time] = unpack(value) as [string, Uint8Array, QoS, boolean, number];
-  return { topic, payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), qos, retain, time };
+export function decode(value: Buffer): StoredMessage {
+  const [topic, payload, qos, retain, time, metadata] = unpack(value) as [string, Uint8Array, QoS, boolean, number, unknown];
+  const message: StoredMessage = { topic, payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), qos, retain, time };
+  const unpacked = unpackMetadata(metadata);
+  if (unpacked) message.metadata = unpacked;
+  return message;
 }
 
 function toBuffer(payload: unknown): Buffer {

@@ -18,6 +18,7 @@ import type { JetStreamClient } from '@nats-io/jetstream';
 import type { Logger } from '../observability/logger.js';
 import type { GroupCommit } from '../persistence/index.js';
 import type { Outbox, OutboxRecord } from './outbox.js';
+import { HEADER, writeMetadataHeaders } from './metadata.js';
 import { topicToSubject } from './subjects.js';
 
 export interface SenderOptions {
@@ -38,14 +39,6 @@ export interface SenderStats {
   publishFailures: number;
   inflight: number;
 }
-
-/** Headers every exported message carries: who published it and how, for the importing sites. */
-export const HEADER = {
-  origin: 'Edgemqtt-Origin',
-  qos: 'Edgemqtt-Qos',
-  retain: 'Edgemqtt-Retain',
-  time: 'Edgemqtt-Time',
-} as const;
 
 const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 5000;
@@ -198,12 +191,14 @@ export class Sender {
     );
   }
 
+  /** Who published it and how, for the importing sites (the names and their encoding: metadata.ts). */
   #headers(record: OutboxRecord): MsgHdrs {
     const h = headers();
     h.set(HEADER.origin, this.#options.siteId);
     h.set(HEADER.qos, String(record.qos));
     h.set(HEADER.retain, record.retain ? '1' : '0');
     h.set(HEADER.time, String(record.time));
+    if (record.metadata) writeMetadataHeaders(h, record.metadata);
     return h;
   }
 
