@@ -202,7 +202,9 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
   function stateOf(client: Client): ClientState {
     let state = clients.get(client);
     if (!state) {
-      // Not authenticated by this authorizer (cannot happen through CONNECT): anonymous.
+      // Not authenticated by this authorizer: anonymous. Cannot happen through
+      // CONNECT because src/broker/connect-hold.ts keeps every packet after it
+      // from aedes until it is accepted; aedes alone handles some before.
       state = { username: null, acl: undefined, aclGeneration: -1, denialLogged: false, subscriptionDenialLogged: false };
       clients.set(client, state);
     }

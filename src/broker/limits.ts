@@ -1,7 +1,8 @@
 /**
  * What one client, or one source address, may cost everyone else: connection
  * admission (total, rate per address), the protocol guard in front of each
- * connection, one coalesced write per connection per event-loop turn
+ * connection, nothing after a CONNECT handled before it is accepted
+ * (connect-hold.ts), one coalesced write per connection per event-loop turn
  * (write-coalescer.ts), per-client output bounds (flow-control.ts), and the limits on
  * subscriptions. Every limit hit is counted in stats() and logged, at most one
  * line per limit per 10 s, so an attacker cannot flood the journal.
@@ -19,6 +20,7 @@ import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { FlowControl, type FlowControlStats, type FlowEvent } from './flow-control.js';
 import { guardConnection, MQTT_MAX_STRING_BYTES, type Violation } from './protocol-guard/index.js';
+import { holdUntilConnack } from './connect-hold.js';
 import { coalesceWrites } from './write-coalescer.js';
 
 export type LimitName =
@@ -244,6 +246,8 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
         clearTimeout(connectTimer);
       });
       const client = handle(conn, request);
+      // Over the guard's read hook: nothing after the CONNECT reaches aedes before it accepts it [MQTT-3.1.4-5].
+      holdUntilConnack(conn, client);
       const clientFlow = flow.attach(client, conn);
       guard.onPacket = (type) => {
         if (type === CONNECT) clearTimeout(connectTimer);
