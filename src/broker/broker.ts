@@ -6,7 +6,7 @@ import { Aedes, type AedesOptions, type Client } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { checkConnect, PendingRejections } from './connect-rules.js';
-import { installDeliveryFixes } from './delivery-fixes.js';
+import { installDeliveryFixes } from './delivery-rules.js';
 import { installDurableAck } from './durable-ack.js';
 import { withholdWills } from './planned-stop.js';
 import { createLimits, type Limits } from './limits.js';
