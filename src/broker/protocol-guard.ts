@@ -17,6 +17,7 @@
  */
 import { isUtf8 } from 'node:buffer';
 import type { Duplex } from 'node:stream';
+import { interceptReads } from './aedes-seam.js';
 
 /** The protocol's own ceiling for a UTF-8 string [MQTT-1.5.3]. */
 export const MQTT_MAX_STRING_BYTES = 65_535;
@@ -453,9 +454,8 @@ class FieldReader {
 }
 
 /**
- * Puts a guard in front of aedes on one connection. aedes pulls bytes with
- * `conn.read()` on 'readable' (lib/client.js) and never uses 'data', so
- * wrapping that instance's read() sees every byte without an extra stream
+ * Puts a guard in front of aedes on one connection: every chunk aedes reads
+ * passes it first (interceptReads in aedes-seam.ts), without an extra stream
  * stage. On a violation the complete packets before the offending one are
  * still handed over (the client sent them first), the rest is withheld and
  * the connection destroyed; `onViolation` is told why.
@@ -466,25 +466,25 @@ export function guardConnection(
   onViolation: (violation: Violation) => void,
 ): ProtocolGuard {
   const guard = new ProtocolGuard(limits);
-  const read = conn.read.bind(conn);
   let closed = false;
-  conn.read = (size?: number) => {
-    if (closed) return null;
-    const chunk: unknown = read(size);
-    if (!(chunk instanceof Uint8Array)) return chunk;
-    const verdict = guard.inspect(chunk);
-    if (verdict === null) return chunk;
-    const { validBytes } = verdict;
-    if (verdict.kind !== 'withhold') {
-      closed = true;
-      onViolation(
-        verdict.kind === 'protocol'
-          ? { kind: 'protocol', rule: verdict.rule, reason: verdict.reason }
-          : { kind: 'limit', limit: verdict.limit, reason: verdict.reason },
-      );
-      conn.destroy();
-    }
-    return validBytes > 0 ? chunk.subarray(0, validBytes) : null;
-  };
+  interceptReads(
+    conn,
+    (chunk) => {
+      const verdict = guard.inspect(chunk);
+      if (verdict === null) return chunk;
+      const { validBytes } = verdict;
+      if (verdict.kind !== 'withhold') {
+        closed = true;
+        onViolation(
+          verdict.kind === 'protocol'
+            ? { kind: 'protocol', rule: verdict.rule, reason: verdict.reason }
+            : { kind: 'limit', limit: verdict.limit, reason: verdict.reason },
+        );
+        conn.destroy();
+      }
+      return validBytes > 0 ? chunk.subarray(0, validBytes) : null;
+    },
+    () => closed,
+  );
   return guard;
 }
