@@ -73,7 +73,7 @@ export function componentOf(frame: CallFrame): string {
     return rest[0]?.startsWith('@') ? `${rest[0]}/${rest[1]}` : (rest[0] ?? url);
   }
   if (/\/src\/(transports\/packet-size-guard|broker\/protocol-guard\/[a-z0-9-]+)\.js$/.test(url)) return 'edgemqtt guards (protocol, packet size)';
-  if (/\/src\/broker\/(flow-control|delivery-fixes)\.js$/.test(url)) return 'edgemqtt delivery wrappers (flow control, delivery fixes)';
+  if (/\/src\/broker\/(flow-control|delivery-rules|aedes-seam)\.js$/.test(url)) return 'edgemqtt delivery wrappers (flow control, delivery rules, aedes seam)';
   if (/\/(dist|dist-bench)\/src\//.test(url)) return 'edgemqtt (other)';
   if (url.includes('/bench/')) return 'bench harness';
   if (url.startsWith('node:')) {

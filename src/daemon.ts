@@ -12,7 +12,6 @@ import { configKeys } from './config/load.js';
 import { getPath } from './config/keys.js';
 import type { Config, ConfigInput } from './config/schema.js';
 import { EdgeMqttError } from './errors.js';
-import type { Aedes } from 'aedes';
 import { createBroker, type Broker } from './broker/broker.js';
 import type { LimitsStats } from './broker/limits.js';
 import { createLevelPersistence, type LevelPersistence, type PacketLike, type PersistenceStats } from './persistence/index.js';
@@ -106,19 +105,10 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
   const bridge: Bridge = createBridge(config.bridge, {
     logger,
     store: persistence,
-    // Imported messages enter as the broker's own publishes, numbered here
-    // (aedes keeps a packet's brokerId and brokerCounter): the store's taps
-    // and the QoS 0 publish event below see which message it is.
-    publish(packet, register) {
-      const aedes = broker.aedes as unknown as Aedes & { counter: number };
-      const brokerCounter = ++aedes.counter;
-      register(brokerCounter);
-      return new Promise<void>((resolve, reject) =>
-        aedes.publish({ cmd: 'publish', dup: false, brokerId: aedes.id, brokerCounter, ...packet } as never, (error?: Error) =>
-          error ? reject(error) : resolve(),
-        ),
-      );
-    },
+    // Imported messages enter as the broker's own publishes, numbered
+    // first: the store's taps and the QoS 0 publish event below see which
+    // message it is.
+    publish: (packet, register) => broker.publishOwn(packet, register),
   });
   const listeners: Listener[] = [];
   let state: DaemonState = 'created';

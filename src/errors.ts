@@ -15,6 +15,8 @@ export type ErrorCode =
   | 'EDGEMQTT_STORE_FULL'
   | 'EDGEMQTT_STORE_WRITE_FAILED'
   | 'EDGEMQTT_STORE_CLOSED'
+  // The installed aedes is not the release src/broker/aedes-seam.ts was written for.
+  | 'EDGEMQTT_AEDES_VERSION'
   // Security (src/auth, src/transports/tls*): a file the daemon relies on is unusable.
   | 'EDGEMQTT_PASSWORD_FILE_INVALID'
   | 'EDGEMQTT_ACL_FILE_INVALID'

@@ -84,7 +84,7 @@ eachTransport('QoS 0, 1 and 2 are delivered at the published QoS, QoS 2 exactly 
 
 eachTransport('delivery QoS with wildcard and overlapping subscriptions [MQTT-3.8.4-6] [MQTT-3.3.5-1]', async (t, { url }) => {
   // aedes 1.2 downgrades only when the filter equals the topic, and lets the
-  // first matching subscription decide; src/broker/delivery-fixes.ts corrects both.
+  // first matching subscription decide; src/broker/delivery-rules.ts corrects both.
   const wildcard = await openClient(t, url);
   await wildcard.client.subscribeAsync('grant/#', { qos: 1 });
   const overlapping = await openClient(t, url);
@@ -226,7 +226,7 @@ eachTransport('a will is published when the connection drops, not after DISCONNE
   });
   // The network connection ends without a DISCONNECT packet. (The watcher
   // also hears the $SYS disconnect notice, a QoS 0 message that overtakes the
-  // QoS 1 will inside aedes: without src/broker/delivery-fixes.ts the will
+  // QoS 1 will inside aedes: without src/broker/delivery-rules.ts the will
   // is dropped as a "duplicate".)
   dropped.client.stream.destroy();
   await watcher.log.waitFor((m) => m.some((x) => x.topic === 'will/dropped'), 5000, 'the will of the dropped client');

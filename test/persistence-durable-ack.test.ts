@@ -1,17 +1,16 @@
 /**
  * Acknowledge after durable, on real aedes over TCP with the LevelDB store:
  * a PUBACK or PUBREC leaves only once the records of its PUBLISH are written
- * (src/broker/durable-ack.ts, level-persistence.ts), those records land in
+ * (the publish path in src/broker/aedes-seam.ts, level-persistence.ts), those records land in
  * one batch, a failed write acknowledges nothing, and wills still publish
  * exactly once. The store's batch() is wrapped so a test can hold a batch
  * (the fsync "takes" as long as the test wants), fail one, or see its keys.
  */
 import t, { type Test } from 'tap';
 import path from 'node:path';
-import { Aedes, type PublishPacket } from 'aedes';
+import type { PublishPacket } from 'aedes';
 import type { Packet } from 'mqtt-packet';
 import { createBroker } from '../src/broker/broker.js';
-import { installDurableAck } from '../src/broker/durable-ack.js';
 import { validateConfig } from '../src/config/load.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createLevelPersistence, type SyncPolicy } from '../src/persistence/index.js';
@@ -244,24 +243,4 @@ t.test('wills still publish exactly once, live and into offline queues', async (
     ['offline', 'marker', 'second marker'],
     'queued: once',
   );
-});
-
-t.test('suppress(): the next publish of that packet object is a no-op', async (t) => {
-  const aedes = await Aedes.createBroker();
-  t.teardown(() => new Promise<void>((resolve) => aedes.close(() => resolve())));
-  const gate = installDurableAck(aedes);
-  const seen: string[] = [];
-  await new Promise<void>((resolve) =>
-    aedes.subscribe('gate/#', (packet, done) => {
-      seen.push(packet.payload.toString());
-      done();
-    }, resolve),
-  );
-  const publish = (packet: PublishPacket) => new Promise<void>((resolve, reject) => aedes.publish(packet, (error) => (error ? reject(error) : resolve())));
-  const dropped = publishPacket('gate/a', 'dropped', 1, 1) as PublishPacket;
-  gate.suppress(dropped);
-  await publish(dropped);
-  await publish(publishPacket('gate/a', 'kept', 1, 2) as PublishPacket);
-  await publish(dropped);
-  t.same(seen, ['kept', 'dropped'], 'suppressed once, then published as usual');
 });

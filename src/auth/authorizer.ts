@@ -13,14 +13,13 @@
  * - PUBLISH to a topic the ACL does not grant, or to `$SYS` (read-only for
  *   clients): dropped and counted, the connection kept. MQTT 3.1.1 has no
  *   negative acknowledgement, so QoS 1/2 are still acknowledged; otherwise
- *   the client would resend forever. aedes disconnects a client whose
- *   publish its hook refuses, so the hook lets it through marked, and the
- *   wrapped `aedes.publish` drops what is marked.
+ *   the client would resend forever. `checkPublish` answers allow or drop,
+ *   and the broker acts on it (src/broker/aedes-seam.ts).
  * - SUBSCRIBE: granted only if a read rule covers the whole filter; else
  *   0x80 in the SUBACK [MQTT-3.9.3]. Each delivery is checked again, so a
  *   reloaded ACL applies to subscriptions made before it.
  */
-import type { Aedes, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
+import type { AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
@@ -74,19 +73,30 @@ export interface AuthReloadResult {
   effective: AuthConfig;
 }
 
+/**
+ * What to do with a PUBLISH or a will: publish it, or acknowledge it as
+ * usual and drop it, keeping the connection (MQTT 3.1.1 has no negative
+ * acknowledgement).
+ */
+export type PublishDecision = 'allow' | 'drop';
+
 /** The hooks createBroker installs on aedes. */
 export interface AccessHooks {
+  /**
+   * `will` is the will of the CONNECT, the very object aedes stores: the
+   * owner's user name is added to it, so that a later run checks it as its owner.
+   */
   authenticate(
     client: Client,
     username: Readonly<string | undefined>,
     password: Readonly<Buffer | undefined>,
+    will: StoredWill | null,
     done: (error: AuthenticateError | null, success: boolean | null) => void,
   ): void;
-  authorizePublish(client: Client | null, packet: PublishPacket, done: (error?: Error | null) => void): void;
+  /** Decides a PUBLISH from `client`, or a will (`client` null: a will left by an earlier run); counts and logs what it drops. */
+  checkPublish(client: Client | null, packet: PublishPacket): PublishDecision;
   authorizeSubscribe(client: Client, sub: Subscription, done: (error: Error | null, sub?: Subscription | null) => void): void;
   authorizeForward<P extends { topic: string }>(client: Client, packet: P): P | null;
-  /** Wraps the running instance's publish() to drop the publishes denied above; call after listen(). */
-  install(aedes: Aedes): void;
 }
 
 export interface Authorizer {
@@ -144,7 +154,7 @@ interface ClientState {
 const SYS_PREFIX = '$SYS/';
 
 /** A will as stored: the owner's user name travels with it (null: anonymous). */
-interface StoredWill {
+export interface StoredWill {
   topic?: string;
   clientId?: string;
   ownerUsername?: string | null;
@@ -172,7 +182,6 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
   let aclGeneration = 0;
   let limiter = newLimiter(settings);
   const clients = new WeakMap<Client, ClientState>();
-  const denied = new WeakSet<object>();
   // CONNECTs refused before any password check cost a client nothing to
   // repeat: one line per kind every 10 s, with a count of the rest.
   const refusals = new RateLimitedLog(log);
@@ -228,10 +237,10 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
   function accept(
     client: Client,
     username: string | null,
+    will: StoredWill | null,
     done: (error: AuthenticateError | null, success: boolean | null) => void,
     how: string,
   ): void {
-    const will = (client as unknown as { _will?: StoredWill | null })._will;
     const state: ClientState = { username, acl: undefined, aclGeneration: -1, denialLogged: false, subscriptionDenialLogged: false };
     // Stored with the will (the store keeps extra keys; aedes-packet drops them
     // before delivery), so that a will published by a later run is checked as
@@ -256,7 +265,7 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
   }
 
   const hooks: AccessHooks = {
-    authenticate(client, username, password, done) {
+    authenticate(client, username, password, will, done) {
       const remote = remoteAddress(client);
       const refuse = (returnCode: number, message: string) => done(refusal(returnCode, message), false);
       const cert = deps.identities.get(client.conn);
@@ -266,7 +275,7 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
           refuse(NOT_AUTHORIZED, 'client certificate has no CN');
           return;
         }
-        accept(client, cert.username, done, 'certificate');
+        accept(client, cert.username, will, done, 'certificate');
         return;
       }
       const current = passwords;
@@ -274,7 +283,7 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
         // No user name, or none can be checked (no password file): anonymous.
         if (settings.allowAnonymous) {
           if (username !== undefined) log.debug({ clientId: client.id, user: username }, 'no password file: user name not verified, client is anonymous');
-          accept(client, null, done, 'anonymous');
+          accept(client, null, will, done, 'anonymous');
           return;
         }
         counters.anonymousRefused += 1;
@@ -292,7 +301,7 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
       current.verify(username, password ?? Buffer.alloc(0)).then(
         (ok) => {
           if (ok) {
-            accept(client, username, done, 'password');
+            accept(client, username, will, done, 'password');
             return;
           }
           counters.loginsFailed += 1;
@@ -320,7 +329,7 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
       );
     },
 
-    authorizePublish(client, packet, done) {
+    checkPublish(client, packet) {
       if (client === null) {
         // A will left by a previous run of the broker, published on its
         // owner's behalf. It passed the checks at its CONNECT, but the ACL may
@@ -328,18 +337,17 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
         // owner, against the rules in force now.
         const current = acl;
         const will = packet as PublishPacket & StoredWill;
-        if (isSysTopic(packet.topic)) markDenied(null, packet, '$SYS is read-only');
-        else if (current !== null && !current.forClient(will.ownerUsername ?? null, will.clientId ?? '').canWrite(packet.topic)) {
-          markDenied(null, packet, 'will not allowed by the ACL now in force');
+        if (isSysTopic(packet.topic)) return drop(null, packet, '$SYS is read-only');
+        if (current !== null && !current.forClient(will.ownerUsername ?? null, will.clientId ?? '').canWrite(packet.topic)) {
+          return drop(null, packet, 'will not allowed by the ACL now in force');
         }
-        done(null);
-        return;
+        return 'allow';
       }
       const state = stateOf(client);
       if (!mayPublish(client, state, packet.topic)) {
-        markDenied(client, packet, isSysTopic(packet.topic) ? '$SYS is read-only' : 'not allowed by the ACL', state);
+        return drop(client, packet, isSysTopic(packet.topic) ? '$SYS is read-only' : 'not allowed by the ACL', state);
       }
-      done(null);
+      return 'allow';
     },
 
     authorizeSubscribe(client, sub, done) {
@@ -369,25 +377,10 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
       counters.deliveriesDenied += 1;
       return null;
     },
-
-    install(aedes) {
-      type Publish = (packet: object, client?: unknown, done?: (error?: Error) => void) => void;
-      const instance = aedes as unknown as { publish: Publish };
-      const publish = instance.publish.bind(aedes) as Publish;
-      instance.publish = (packet, client, done) => {
-        if (denied.has(packet)) {
-          denied.delete(packet);
-          const callback = typeof client === 'function' ? (client as () => void) : done;
-          callback?.();
-          return;
-        }
-        publish(packet, client, done);
-      };
-    },
   };
 
-  function markDenied(client: Client | null, packet: PublishPacket, reason: string, state?: ClientState): void {
-    denied.add(packet);
+  /** Counts and logs a denied publish; the broker acknowledges it and publishes nothing. */
+  function drop(client: Client | null, packet: PublishPacket, reason: string, state?: ClientState): PublishDecision {
     counters.publishesDenied += 1;
     const fields = { clientId: client?.id, user: state?.username, topic: packet.topic, qos: packet.qos, reason };
     // One line at info per connection; the rest at debug (a misconfigured
@@ -398,6 +391,7 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
     } else {
       log.debug(fields, 'publish denied');
     }
+    return 'drop';
   }
 
   return {

@@ -1,13 +1,15 @@
 /**
- * The Aedes broker as a component: builds it from config, wires the hooks,
- * logs client lifecycle, and closes it on stop.
+ * The Aedes broker as a component: builds it from config, wires the hooks
+ * through the seam to aedes (aedes-seam.ts), logs client lifecycle, and
+ * closes it on stop.
  */
-import { Aedes, type AedesOptions, type Client } from 'aedes';
+import type { Aedes, AedesOptions, Client, PublishPacket } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
+import { AedesSeam, connectWill, type PublishPolicy, type QoS } from './aedes-seam.js';
 import { checkConnect, PendingRejections } from './connect-rules.js';
-import { installDeliveryFixes } from './delivery-fixes.js';
-import { installDurableAck } from './durable-ack.js';
+import { installDeliveryRules } from './delivery-rules.js';
+import type { ClaimOutgoing } from './flow-control.js';
 import { withholdWills } from './planned-stop.js';
 import { createLimits, type Limits } from './limits.js';
 import type { AccessHooks } from '../auth/authorizer.js';
@@ -20,21 +22,47 @@ export interface Broker {
   readonly limits: Limits;
   start(): Promise<void>;
   stop(): Promise<void>;
+  /**
+   * Publishes a message as the broker's own (the bridge's imports). It is
+   * numbered with the broker's counter first, and `register` hears the
+   * number before anything is published.
+   */
+  publishOwn(packet: OwnMessage, register: (brokerCounter: number) => void): Promise<void>;
+}
+
+export interface OwnMessage {
+  topic: string;
+  payload: Buffer;
+  qos: QoS;
+  retain: boolean;
+}
+
+/** An aedes persistence; when it numbers a session's messages itself (LevelPersistence), the flow control asks it. */
+export interface BrokerPersistence {
+  claimOutgoing?: ClaimOutgoing;
 }
 
 export interface BrokerDeps {
   logger: Logger;
   /** aedes persistence instance; memory when omitted. */
-  persistence?: unknown;
+  persistence?: BrokerPersistence;
   /** Authentication and ACL hooks (src/auth/authorizer.ts); without them every client may do anything but publish to $SYS. */
   access?: AccessHooks;
 }
 
+/** aedes' own rule without an ACL (aedes.js defaultAuthorizePublish): clients do not publish to $SYS. */
+const refuseSys: PublishPolicy = (_client, packet) => (packet.topic.startsWith('$SYS/') ? 'refuse' : 'allow');
+
 export function createBroker(config: Config, deps: BrokerDeps): Broker {
   const log = deps.logger.child({ component: 'broker' });
   const rejections = new PendingRejections();
-  const limits = createLimits(config, { logger: deps.logger });
-  let aedes: Aedes | undefined;
+  const persistence = deps.persistence;
+  const claimOutgoing = persistence?.claimOutgoing;
+  const limits = createLimits(config, {
+    logger: deps.logger,
+    ...(claimOutgoing ? { claimOutgoing: claimOutgoing.bind(persistence) } : {}),
+  });
+  let seam: AedesSeam | undefined;
 
   const options: AedesOptions = {
     id: config.broker.id || undefined,
@@ -63,17 +91,13 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
         done(Object.assign(new Error(rejection.reason), { returnCode: rejection.returnCode }), false);
         return;
       }
-      if (deps.access) deps.access.authenticate(client, username, password, done);
+      if (deps.access) deps.access.authenticate(client, username, password, connectWill(client), done);
       else done(null, true);
     },
-    ...(deps.access
-      ? {
-          authorizePublish: deps.access.authorizePublish,
-          authorizeSubscribe: deps.access.authorizeSubscribe,
-          authorizeForward: deps.access.authorizeForward,
-        }
-      : {}),
+    authorizeSubscribe: limits.authorizeSubscribe(deps.access?.authorizeSubscribe),
+    ...(deps.access ? { authorizeForward: deps.access.authorizeForward } : {}),
   };
+  const publishPolicy: PublishPolicy = deps.access?.checkPublish ?? refuseSys;
 
   function attachLogging(instance: Aedes): void {
     instance.on('client', (client) => log.debug({ clientId: client.id, remote: remoteOf(client) }, 'client connected'));
@@ -93,34 +117,43 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
 
   return {
     get aedes() {
-      if (!aedes) throw new Error('broker is not running');
-      return aedes;
+      if (!seam) throw new Error('broker is not running');
+      return seam.aedes;
     },
     get running() {
-      return aedes !== undefined && !aedes.closed;
+      return seam !== undefined && !seam.aedes.closed;
     },
     limits,
     async start() {
-      if (aedes) return;
-      const instance = new Aedes(options);
+      if (seam) return;
+      // Refuses to start on an aedes release other than the one it was written for.
+      const started = new AedesSeam(options, publishPolicy);
+      const instance = started.aedes;
       attachLogging(instance);
       await instance.listen();
-      // Before the delivery fixes: their per-client wrappers must run on top of the flow control's.
-      limits.install(instance);
-      installDeliveryFixes(instance, deps.logger);
-      deps.access?.install(instance);
-      installDurableAck(instance);
-      aedes = instance;
+      // Before the delivery rules: their per-client wrappers must run on top of the flow control's.
+      limits.install(started);
+      installDeliveryRules(started, deps.logger);
+      seam = started;
       log.info({ brokerId: instance.id }, 'broker started');
     },
     async stop() {
-      const instance = aedes;
-      if (!instance) return;
-      const withheld = withholdWills(instance);
+      const stopping = seam;
+      if (!stopping) return;
+      const withheld = withholdWills(stopping);
       if (withheld > 0) log.info({ withheld }, 'planned stop: the wills of connected clients are not published');
-      await new Promise<void>((resolve) => instance.close(() => resolve()));
-      aedes = undefined;
+      await new Promise<void>((resolve) => stopping.aedes.close(() => resolve()));
+      seam = undefined;
       log.info('broker stopped');
+    },
+    publishOwn(message, register) {
+      if (!seam) return Promise.reject(new Error('broker is not running'));
+      const { aedes } = seam;
+      // aedes keeps a packet's brokerId and brokerCounter (aedes-packet).
+      const brokerCounter = seam.nextBrokerCounter();
+      register(brokerCounter);
+      const packet = { cmd: 'publish', dup: false, brokerId: aedes.id, brokerCounter, ...message } as PublishPacket;
+      return new Promise<void>((resolve, reject) => aedes.publish(packet, (error?: Error) => (error ? reject(error) : resolve())));
     },
   };
 }

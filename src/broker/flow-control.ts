@@ -46,6 +46,7 @@
  */
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
+import { onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam.js';
 
 export interface FlowControlOptions {
   /** Per client; 0 = unlimited. */
@@ -86,42 +87,20 @@ export type FlowEvent = 'outgoingBufferFull' | 'maxInflight' | 'outgoingQueueFul
 
 export type FlowEventSink = (event: FlowEvent, fields: Record<string, unknown>) => void;
 
-type QoS = 0 | 1 | 2;
-
 type Counter = Exclude<keyof FlowControlStats, 'queuedMessages' | 'queuedBytes'>;
 
-interface DeliveredPacket {
-  topic: string;
-  payload?: Uint8Array | string;
-  qos: QoS;
-  brokerId?: string | null;
-  brokerCounter?: number;
-  /** Set here for a persistent session's message (#claim); aedes keeps a set one (lib/qos-packet.js). */
-  messageId?: number;
-  dup?: boolean;
-}
-
-type Deliver = (packet: DeliveredPacket, callback: () => void) => void;
-
-/** aedes Client internals used here (lib/client.js); not in its typings. */
-interface ClientInternals {
-  id: string | null;
-  clean: boolean;
-  closed: boolean;
-  /** Set once the CONNECT sequence, queued messages included, is done (handlers/connect.js). */
-  connected: boolean;
-  deliver0: Deliver;
-  deliverQoS: Deliver;
-  _handleDrainTimeout: () => void;
-  broker: { persistence?: OutgoingClaims };
-  /** aedes emits 'connected' once the CONNECT sequence, queued messages included, is done. */
-  once(event: 'connected', listener: () => void): unknown;
-}
-
-/** Implemented by LevelPersistence (see claimOutgoing there); aedes' memory persistence has none. */
-interface OutgoingClaims {
-  claimOutgoing?(client: object, brokerId: unknown, brokerCounter: unknown): { messageId?: number; resend?: boolean } | undefined;
-}
+/**
+ * The session store's answer for a persistent session's live QoS 1/2
+ * message (LevelPersistence claimOutgoing): undefined when it must not be
+ * sent, else the packet identifier to send it under and whether it is a
+ * resend. Without a store that numbers messages (aedes' memory
+ * persistence), there is no lookup and aedes decides.
+ */
+export type ClaimOutgoing = (
+  client: Client,
+  brokerId: string,
+  brokerCounter: number | undefined,
+) => { messageId?: number; resend?: boolean } | undefined;
 
 interface Entry {
   packet: DeliveredPacket;
@@ -160,14 +139,21 @@ export class FlowControl {
   };
   #queuedMessages = 0;
   #queuedBytes = 0;
+  readonly #claimOutgoing: ClaimOutgoing | undefined;
 
-  constructor(options: FlowControlOptions, report: FlowEventSink) {
+  constructor(options: FlowControlOptions, report: FlowEventSink, claimOutgoing?: ClaimOutgoing) {
     this.#options = options;
     this.#report = report;
+    this.#claimOutgoing = claimOutgoing;
   }
 
   get options(): FlowControlOptions {
     return this.#options;
+  }
+
+  /** For ClientFlow: the session store's lookup, if there is one. */
+  get claimOutgoing(): ClaimOutgoing | undefined {
+    return this.#claimOutgoing;
   }
 
   stats(): FlowControlStats {
@@ -196,13 +182,13 @@ export class FlowControl {
    * capture them at SUBSCRIBE time). Returns the hook for acknowledgements.
    */
   attach(client: Client, conn: Duplex): ClientFlow {
-    return new ClientFlow(this, client as unknown as ClientInternals, conn);
+    return new ClientFlow(this, client, conn);
   }
 }
 
 export class ClientFlow {
   readonly #owner: FlowControl;
-  readonly #client: ClientInternals;
+  readonly #client: Client;
   readonly #conn: Duplex;
   /** Bytes handed to aedes whose write has not completed yet (see #usage). */
   #reservedBytes = 0;
@@ -212,27 +198,24 @@ export class ClientFlow {
   #queueBytes = 0;
   #closed = false;
 
-  constructor(owner: FlowControl, client: ClientInternals, conn: Duplex) {
+  constructor(owner: FlowControl, client: Client, conn: Duplex) {
     this.#owner = owner;
     this.#client = client;
     this.#conn = conn;
-    const deliver0 = client.deliver0;
-    const deliverQoS = client.deliverQoS;
-    client.deliver0 = (packet, callback) => this.#deliver(deliver0, packet, 0, callback);
-    // aedes' deliverQoS hands QoS 0 packets to deliver0; do that here, once.
-    client.deliverQoS = (packet, callback) =>
-      packet.qos > 0 ? this.#deliver(deliverQoS, packet, packet.qos, callback) : this.#deliver(deliver0, packet, 0, callback);
-
-    const handleDrainTimeout = client._handleDrainTimeout;
-    client._handleDrainTimeout = () => {
+    wrapDeliveries(client, ({ deliver0, deliverQoS }) => ({
+      deliver0: (packet, callback) => this.#deliver(deliver0, packet, 0, callback),
+      // aedes' deliverQoS hands QoS 0 packets to deliver0; do that here, once.
+      deliverQoS: (packet, callback) =>
+        packet.qos > 0 ? this.#deliver(deliverQoS, packet, packet.qos, callback) : this.#deliver(deliver0, packet, 0, callback),
+    }));
+    onDrainTimeout(client, () => {
       owner.count('slowClientDisconnects');
       owner.report('slowClient', {
         clientId: client.id,
         drainTimeoutMs: owner.options.drainTimeoutMs,
         bufferedBytes: conn.writableLength,
       });
-      handleDrainTimeout.call(client);
-    };
+    });
     conn.on('drain', () => this.#pump());
     conn.once('close', () => this.#close());
     client.once('connected', () => this.#pump());
@@ -322,9 +305,9 @@ export class ClientFlow {
   #claim(entry: Entry): boolean {
     const { packet } = entry;
     if (entry.qos === 0 || !packet.brokerId || this.#client.clean || this.#client.id === null) return true;
-    const claims = this.#client.broker.persistence;
-    if (typeof claims?.claimOutgoing !== 'function') return true;
-    const claim = claims.claimOutgoing(this.#client, packet.brokerId, packet.brokerCounter);
+    const claimOutgoing = this.#owner.claimOutgoing;
+    if (claimOutgoing === undefined) return true;
+    const claim = claimOutgoing(this.#client, packet.brokerId, packet.brokerCounter);
     if (!claim) return false;
     if (claim.messageId !== undefined) packet.messageId = claim.messageId;
     // [MQTT-3.3.1-1]: a message sent on an earlier connection goes again as a duplicate.

@@ -7,18 +7,19 @@
  * subscriptions. Every limit hit is counted in stats() and logged, at most one
  * line per limit per 10 s, so an attacker cannot flood the journal.
  *
- * Installed on the aedes instance by the broker: every connection aedes
- * handles (TCP, TLS, WebSocket) passes through here, whichever listener calls
- * `aedes.handle`. Admission is the listeners' call (`admit`), so that a
+ * Installed through the seam to aedes (aedes-seam.ts) by the broker: every
+ * connection aedes handles (TCP, TLS, WebSocket) passes through here,
+ * whichever listener calls `aedes.handle`. Admission is the listeners' call (`admit`), so that a
  * refused connection costs no MQTT state at all.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { Aedes, Client, Subscription } from 'aedes';
+import type { AedesOptions, Client, Subscription } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
-import { FlowControl, type FlowControlStats, type FlowEvent } from './flow-control.js';
+import { subscriptionsOf, type AedesSeam } from './aedes-seam.js';
+import { FlowControl, type ClaimOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
 import { guardConnection, MQTT_MAX_STRING_BYTES, type Violation } from './protocol-guard/index.js';
 import { holdUntilConnack } from './connect-hold.js';
 import { coalesceWrites } from './write-coalescer.js';
@@ -104,10 +105,20 @@ export interface Limits {
   admit(listener: string, remoteAddress: string | undefined): Refusal | null;
   /** Counts and logs a limit hit found elsewhere (a listener's own maxConnections, a refused CONNECT). */
   hit(limit: LimitName, fields: Record<string, unknown>): void;
-  /** Wraps aedes.handle and the subscribe hook; call once, after listen(), before installDeliveryFixes. */
-  install(aedes: Aedes): void;
+  /**
+   * Guards and bounds every connection aedes handles from now on; call once,
+   * after listen(), before installDeliveryRules.
+   */
+  install(seam: AedesSeam): void;
+  /**
+   * The subscribe hook for aedes' options: topic filter limits first, then
+   * `inner` (the ACL) decides, then the limit on subscriptions per client.
+   */
+  authorizeSubscribe(inner: AuthorizeSubscribe | undefined): AuthorizeSubscribe;
   stats(): LimitsStats;
 }
+
+type AuthorizeSubscribe = NonNullable<AedesOptions['authorizeSubscribe']>;
 
 export interface Refusal {
   limit: 'maxConnections' | 'connectRate';
@@ -123,6 +134,8 @@ export interface LimitsDeps {
   logger: Logger;
   /** Monotonic clock in ms; performance.now by default. */
   now?: () => number;
+  /** The session store's lookup for a persistent session's live messages (flow-control.ts #claim); none with aedes' memory persistence. */
+  claimOutgoing?: ClaimOutgoing;
 }
 
 export function createLimits(config: Config, deps: LimitsDeps): Limits {
@@ -154,6 +167,7 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
       drainTimeoutMs: config.broker.drainTimeoutSec * 1000,
     },
     (event: FlowEvent, fields) => hit(event, fields),
+    deps.claimOutgoing,
   );
 
   /** Token bucket per source address: `connectBurstPerAddress` at once, refilled at `connectRatePerAddressPerSec`. */
@@ -201,7 +215,7 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
   function reserveSubscription(client: Client, filter: string): boolean {
     const max = settings.maxSubscriptionsPerClient;
     if (max === 0) return true;
-    const current = (client as unknown as { subscriptions: Record<string, unknown> }).subscriptions;
+    const current = subscriptionsOf(client);
     if (filter in current) return true;
     let reserved = reservedFilters.get(client);
     if (!reserved) {
@@ -215,15 +229,14 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
     return true;
   }
 
-  function install(aedes: Aedes): void {
+  function install(seam: AedesSeam): void {
     const guardLimits = {
       maxPacketBytes: config.broker.maxPacketSizeBytes,
       maxTopicLengthBytes: settings.maxTopicLengthBytes,
       maxTopicLevels: settings.maxTopicLevels,
     };
     const connectTimeoutMs = config.broker.connectTimeoutSec * 1000;
-    const handle = aedes.handle;
-    aedes.handle = (conn: Duplex, request?: IncomingMessage) => {
+    seam.onConnection((conn: Duplex, request?: IncomingMessage) => {
       const remote = remoteAddressOf(conn, request);
       openConnections++;
       // One write (one syscall, one TLS record, one WebSocket frame) per
@@ -245,30 +258,29 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
         openConnections--;
         clearTimeout(connectTimer);
       });
-      const client = handle(conn, request);
-      // Over the guard's read hook: nothing after the CONNECT reaches aedes before it accepts it [MQTT-3.1.4-5].
-      holdUntilConnack(conn, client);
-      const clientFlow = flow.attach(client, conn);
-      guard.onPacket = (type) => {
-        if (type === CONNECT) clearTimeout(connectTimer);
-        else if (type === PUBACK || type === PUBCOMP) clientFlow.acknowledged();
+      return (client: Client) => {
+        // Over the guard's read hook: nothing after the CONNECT reaches aedes before it accepts it [MQTT-3.1.4-5].
+        holdUntilConnack(conn, client);
+        const clientFlow = flow.attach(client, conn);
+        guard.onPacket = (type) => {
+          if (type === CONNECT) clearTimeout(connectTimer);
+          else if (type === PUBACK || type === PUBCOMP) clientFlow.acknowledged();
+        };
       };
-      return client;
-    };
+    });
+  }
 
-    // Composes with whatever authorizeSubscribe the broker was built with
-    // (the ACL): the ACL decides first, then the limits.
-    const authorizeSubscribe = aedes.authorizeSubscribe;
-    aedes.authorizeSubscribe = function limitSubscribe(this: Aedes, client, subscription: Subscription, done) {
+  function authorizeSubscribe(inner: AuthorizeSubscribe | undefined): AuthorizeSubscribe {
+    return function limitSubscribe(client, subscription: Subscription, done) {
       const problem = filterLimit(subscription.topic);
       if (problem) {
         hit(problem.limit, { clientId: client.id, reason: problem.reason });
         done(null, null);
         return;
       }
-      authorizeSubscribe.call(this, client, subscription, (error: Error | null, granted?: Subscription | null) => {
-        if (error || !granted) {
-          done(error, granted);
+      const granted = (error: Error | null, sub?: Subscription | null) => {
+        if (error || !sub) {
+          done(error, sub);
           return;
         }
         if (!reserveSubscription(client, subscription.topic)) {
@@ -276,8 +288,10 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
           done(null, null);
           return;
         }
-        done(null, granted);
-      });
+        done(null, sub);
+      };
+      if (inner) inner(client, subscription, granted);
+      else granted(null, subscription);
     };
   }
 
@@ -300,6 +314,7 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
     },
     hit,
     install,
+    authorizeSubscribe,
     stats() {
       return {
         openConnections,

@@ -18,18 +18,11 @@
  * run as one (src/persistence/level-persistence.ts, PREVIOUS_RUN_BROKER_ID).
  * The same holds after a crash, where nothing could be published anyway.
  */
-import type { Aedes } from 'aedes';
+import { withholdWill, type AedesSeam } from './aedes-seam.js';
 
 /** Makes the coming close() skip the wills of connected clients; returns how many it skipped. */
-export function withholdWills(aedes: Aedes): number {
+export function withholdWills(seam: AedesSeam): number {
   let withheld = 0;
-  // Connected clients by id (aedes.js registerClient); not in aedes' typings.
-  const { clients } = aedes as unknown as { clients: Record<string, unknown> };
-  for (const client of Object.values(clients)) {
-    // aedes reads `will` when the connection closes (lib/client.js close).
-    const state = client as unknown as { will: unknown };
-    if (state.will) withheld++;
-    state.will = null;
-  }
+  for (const client of seam.connectedClients()) if (withholdWill(client)) withheld++;
   return withheld;
 }

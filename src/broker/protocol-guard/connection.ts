@@ -1,13 +1,13 @@
 /**
- * Puts a guard in front of aedes on one connection. aedes pulls bytes with
- * `conn.read()` on 'readable' (lib/client.js) and never uses 'data', so
- * wrapping that instance's read() sees every byte without an extra stream
+ * Puts a guard in front of aedes on one connection: every chunk aedes reads
+ * passes it first (interceptReads in aedes-seam.ts), without an extra stream
  * stage. On a violation the complete packets before the offending one are
  * still handed over (the client sent them first), the rest is withheld and
  * the connection destroyed; `onViolation` is told why (with, on an MQTT 5
  * connection, the Reason Code to send: see Violation).
  */
 import type { Duplex } from 'node:stream';
+import { interceptReads } from '../aedes-seam.js';
 import { ProtocolGuard } from './guard.js';
 import type { ProtocolGuardOptions, Violation } from './verdict.js';
 
@@ -17,22 +17,22 @@ export function guardConnection(
   onViolation: (violation: Violation) => void,
 ): ProtocolGuard {
   const guard = new ProtocolGuard(options);
-  const read = conn.read.bind(conn);
   let closed = false;
-  conn.read = (size?: number) => {
-    if (closed) return null;
-    const chunk: unknown = read(size);
-    if (!(chunk instanceof Uint8Array)) return chunk;
-    const verdict = guard.inspect(chunk);
-    if (verdict === null) return chunk;
-    const { validBytes } = verdict;
-    if (verdict.kind !== 'withhold') {
-      closed = true;
-      const { validBytes: _handedOver, ...violation } = verdict;
-      onViolation(violation);
-      conn.destroy();
-    }
-    return validBytes > 0 ? chunk.subarray(0, validBytes) : null;
-  };
+  interceptReads(
+    conn,
+    (chunk) => {
+      const verdict = guard.inspect(chunk);
+      if (verdict === null) return chunk;
+      const { validBytes } = verdict;
+      if (verdict.kind !== 'withhold') {
+        closed = true;
+        const { validBytes: _handedOver, ...violation } = verdict;
+        onViolation(violation);
+        conn.destroy();
+      }
+      return validBytes > 0 ? chunk.subarray(0, validBytes) : null;
+    },
+    () => closed,
+  );
   return guard;
 }

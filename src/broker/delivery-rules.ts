@@ -1,7 +1,8 @@
 /**
- * Corrections to how aedes 1.2 delivers messages to subscribers, applied as
- * hooks on its instance, its clients and its persistence (node_modules stays
- * untouched). Each one is proven by test/mqtt-behaviour.test.ts.
+ * The rules of delivery to subscribers where aedes 1.2 breaks them, applied
+ * through the seam (aedes-seam.ts) to its clients and its persistence
+ * (node_modules stays untouched). Each one is proven by
+ * test/mqtt-behaviour.test.ts.
  *
  * 1. Lost messages. aedes drops a message for a client when a message
  *    published later reached that client first (lib/client.js `dedupe`: a
@@ -36,31 +37,12 @@
  *    flow-control.ts; outgoingResendStream for the resend), each message once
  *    per connection (test/reconnect-race.test.ts).
  */
-import type { Aedes, Client } from 'aedes';
+import type { Client } from 'aedes';
 import type { Logger } from '../observability/logger.js';
 import { topicMatches } from '../config/topic-filter.js';
+import { disableAedesDedupe, subscriptionsOf, wrapDeliveries, type AedesSeam, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam.js';
 
 export { topicMatches };
-
-type QoS = 0 | 1 | 2;
-
-/** The parts of an aedes publish packet the hooks read or change. */
-interface DeliveredPacket {
-  topic: string;
-  qos: QoS;
-  brokerId?: string | null;
-  brokerCounter?: number;
-}
-
-type Deliver = (packet: DeliveredPacket, callback: () => void) => void;
-
-/** aedes Client internals used here (lib/client.js); not in its typings. */
-interface ClientInternals {
-  deliver0: Deliver;
-  deliverQoS: Deliver;
-  duplicates: Record<string, number>;
-  subscriptions: Record<string, { qos: QoS }>;
-}
 
 /** A subscription as aedes persistence returns it from subscriptionsByTopic. */
 interface StoredSubscription {
@@ -77,7 +59,7 @@ interface PersistenceInternals {
 }
 
 /** The highest QoS granted to any of the client's subscriptions matching `topic`, if any. */
-export function grantedQoS(subscriptions: Record<string, { qos: QoS }>, topic: string): QoS | undefined {
+export function grantedQoS(subscriptions: Readonly<Record<string, { qos: QoS }>>, topic: string): QoS | undefined {
   let granted: QoS | undefined;
   for (const filter in subscriptions) {
     const qos = subscriptions[filter]?.qos ?? 0;
@@ -86,64 +68,58 @@ export function grantedQoS(subscriptions: Record<string, { qos: QoS }>, topic: s
   return granted;
 }
 
-/** Installs the fixes; call after `listen()` (the persistence exists then) and before any client connects. */
-export function installDeliveryFixes(aedes: Aedes, logger: Logger): void {
-  const handle = aedes.handle;
-  aedes.handle = (stream, request) => {
-    const client = handle(stream, request);
-    fixClientDelivery(client);
-    return client;
-  };
-  const broker = aedes as unknown as { persistence: PersistenceInternals };
-  broker.persistence = fixPersistence(broker.persistence, logger);
+/**
+ * Installs the rules on every client aedes makes from now on; call after
+ * `listen()` (the persistence exists then) and before any client connects.
+ * Register it after the flow control: its wrappers must run on top of the
+ * flow control's.
+ */
+export function installDeliveryRules(seam: AedesSeam, logger: Logger): void {
+  seam.onConnection(() => applyClientRules);
+  seam.wrapPersistence((persistence: PersistenceInternals) => fixPersistence(persistence, logger));
 }
 
-function fixClientDelivery(client: Client): void {
-  const internals = client as unknown as ClientInternals;
-  // aedes' dedupe compares against this map; reading 0 makes every message
-  // new to it, the wrapper below having already dropped the real copies.
-  internals.duplicates = new Proxy(Object.create(null) as Record<string, number>, {
-    get: () => 0,
-    set: () => true,
-  });
-  const deliver0 = internals.deliver0;
-  const deliverQoS = internals.deliverQoS;
+function applyClientRules(client: Client): void {
+  // aedes' dedupe reads 0 for every message from now on, the wrapper below
+  // having already dropped the real copies.
+  disableAedesDedupe(client);
   let lastMessage: string | undefined;
   let inside = false;
 
-  const wrap =
-    (invoked: Deliver): Deliver =>
-    (packet, callback) => {
-      // aedes' deliverQoS hands QoS 0 packets to deliver0: already decided.
-      if (inside) return invoked(packet, callback);
-      if (packet.brokerId && packet.brokerCounter) {
-        // Overlapping subscriptions: mqemitter calls every matching handler
-        // of one message synchronously, so a copy is always the very next
-        // delivery to this client; anything else is a different message.
-        // (Retained messages carry no brokerId: never copies, as in aedes.)
-        const message = `${packet.brokerId}\u0000${packet.brokerCounter}`;
-        if (message === lastMessage) {
-          setImmediate(callback);
-          return;
+  wrapDeliveries(client, ({ deliver0, deliverQoS }) => {
+    const wrap =
+      (invoked: Deliver): Deliver =>
+      (packet, callback) => {
+        // aedes' deliverQoS hands QoS 0 packets to deliver0: already decided.
+        if (inside) return invoked(packet, callback);
+        if (packet.brokerId && packet.brokerCounter) {
+          // Overlapping subscriptions: mqemitter calls every matching handler
+          // of one message synchronously, so a copy is always the very next
+          // delivery to this client; anything else is a different message.
+          // (Retained messages carry no brokerId: never copies, as in aedes.)
+          const message = `${packet.brokerId}\u0000${packet.brokerCounter}`;
+          if (message === lastMessage) {
+            setImmediate(callback);
+            return;
+          }
+          lastMessage = message;
         }
-        lastMessage = message;
-      }
-      // QoS 0 stays QoS 0: skip the scan of the client's subscriptions.
-      if (packet.qos > 0) {
-        const granted = grantedQoS(internals.subscriptions, packet.topic);
-        if (granted !== undefined && granted < packet.qos) packet.qos = granted;
-      }
-      inside = true;
-      try {
-        (packet.qos > 0 ? deliverQoS : deliver0)(packet, callback);
-      } finally {
-        inside = false;
-      }
-    };
-  // Subscription handlers capture these at SUBSCRIBE time (handlers/subscribe.js),
-  // after this runs; retained and queued deliveries look them up per call.
-  internals.deliver0 = wrap(deliver0);
-  internals.deliverQoS = wrap(deliverQoS);
+        // QoS 0 stays QoS 0: skip the scan of the client's subscriptions.
+        if (packet.qos > 0) {
+          const granted = grantedQoS(subscriptionsOf(client), packet.topic);
+          if (granted !== undefined && granted < packet.qos) packet.qos = granted;
+        }
+        inside = true;
+        try {
+          (packet.qos > 0 ? deliverQoS : deliver0)(packet, callback);
+        } finally {
+          inside = false;
+        }
+      };
+    // Subscription handlers capture these at SUBSCRIBE time (handlers/subscribe.js),
+    // after this runs; retained and queued deliveries look them up per call.
+    return { deliver0: wrap(deliver0), deliverQoS: wrap(deliverQoS) };
+  });
 }
 
 function fixPersistence(persistence: PersistenceInternals, logger: Logger): PersistenceInternals {
