@@ -10,7 +10,10 @@
  *   the write coalescer see each connection before aedes makes its Client,
  *   the delivery hooks see the Client right after (onConnection).
  * - `conn.read` (lib/client.js: aedes pulls bytes with read() on 'readable'
- *   and never uses 'data'): the protocol guard's filter (interceptReads).
+ *   and never uses 'data'): the protocol guard's filter (interceptReads);
+ *   and connect-hold.ts, which stands in for read() itself until aedes has
+ *   accepted the CONNECT (connackAccepted: `connackSent`, `closed`), relying
+ *   on the same rule.
  * - Client `deliver0`/`deliverQoS` (lib/client.js; subscription handlers
  *   capture them at SUBSCRIBE time, handlers/subscribe.js), `duplicates`
  *   (lib/client.js dedupe), `subscriptions`, `_handleDrainTimeout`
@@ -158,6 +161,10 @@ interface ClientInternals {
   _will: ConnectWill | null;
   /** ... and the one published when the connection fails (lib/client.js close). */
   will: ConnectWill | null;
+  /** Set when aedes has written a CONNACK, accepting or refusing (handlers/connect.js). */
+  connackSent?: boolean;
+  /** Set when the connection closes; a refusing CONNACK closes it in the same callback that set `connackSent`. */
+  closed: boolean;
 }
 
 /** aedes instance internals (aedes.js); not in its typings. */
@@ -203,6 +210,12 @@ export function onDrainTimeout(client: Client, listener: () => void): void {
     listener();
     handleDrainTimeout.call(client);
   };
+}
+
+/** Whether aedes has written a CONNACK that accepts the client (see connect-hold.ts). */
+export function connackAccepted(client: Client): boolean {
+  const state = internals(client);
+  return state.connackSent === true && !state.closed;
 }
 
 /** The will a connecting client sent, while aedes authenticates it (null: none). The same object is stored. */

@@ -25,20 +25,7 @@
  */
 import type { Duplex } from 'node:stream';
 import type { Client } from 'aedes';
-
-/** aedes Client state read here (lib/client.js, handlers/connect.js); `connackSent` is not in its typings. */
-interface ConnackState {
-  /** Set when aedes has written a CONNACK, accepting or refusing. */
-  connackSent?: boolean;
-  /** Set when the connection closes; a refusing CONNACK closes it in the same callback that set `connackSent`. */
-  closed: boolean;
-}
-
-/** Whether aedes has written a CONNACK that accepts the client. */
-function accepted(client: Client): boolean {
-  const state = client as unknown as ConnackState;
-  return state.connackSent === true && !state.closed;
-}
+import { connackAccepted as accepted } from './aedes-seam.js';
 
 type Read = (size?: number) => unknown;
 
