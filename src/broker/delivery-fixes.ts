@@ -62,20 +62,6 @@ interface ClientInternals {
   subscriptions: Record<string, { qos: QoS }>;
 }
 
-/** A subscription as aedes persistence returns it from subscriptionsByTopic. */
-interface StoredSubscription {
-  clientId: string;
-  qos: QoS;
-}
-
-interface PersistenceInternals {
-  outgoingEnqueueCombi(subs: StoredSubscription[], packet: DeliveredPacket): Promise<void>;
-  outgoingUpdate(client: Client, packet: { cmd: string; messageId?: number }): Promise<void>;
-  outgoingStream(client: Client): NodeJS.ReadableStream;
-  /** LevelPersistence's resend after CONNECT (see 4. above); aedes' memory persistence has none. */
-  outgoingResendStream?(client: Client): NodeJS.ReadableStream;
-}
-
 /** The highest QoS granted to any of the client's subscriptions matching `topic`, if any. */
 export function grantedQoS(subscriptions: Record<string, { qos: QoS }>, topic: string): QoS | undefined {
   let granted: QoS | undefined;
@@ -94,8 +80,6 @@ export function installDeliveryFixes(aedes: Aedes, logger: Logger): void {
     fixClientDelivery(client);
     return client;
   };
-  const broker = aedes as unknown as { persistence: PersistenceInternals };
-  broker.persistence = fixPersistence(broker.persistence, logger);
 }
 
 function fixClientDelivery(client: Client): void {
@@ -144,57 +128,4 @@ function fixClientDelivery(client: Client): void {
   // after this runs; retained and queued deliveries look them up per call.
   internals.deliver0 = wrap(deliver0);
   internals.deliverQoS = wrap(deliverQoS);
-}
-
-function fixPersistence(persistence: PersistenceInternals, logger: Logger): PersistenceInternals {
-  const log = logger.child({ component: 'broker' });
-  const overrides: Partial<PersistenceInternals> = {
-    // One queued copy per client, at min(published QoS, highest matching
-    // grant), like a live delivery; aedes queues one per matching
-    // subscription at the published QoS and clears the extras as it delivers.
-    async outgoingEnqueueCombi(subs, packet) {
-      const perClient = new Map<string, StoredSubscription>();
-      for (const sub of subs) {
-        const seen = perClient.get(sub.clientId);
-        if (!seen || sub.qos > seen.qos) perClient.set(sub.clientId, sub);
-      }
-      // The published QoS first, called through even with nobody to queue
-      // for: the persistence waits here for the earlier records of this
-      // PUBLISH, and its publish taps see the message as published
-      // (level-persistence.ts).
-      const byQoS = new Map<QoS, StoredSubscription[]>([[packet.qos, []]]);
-      for (const sub of perClient.values()) {
-        const qos = Math.min(sub.qos, packet.qos) as QoS;
-        byQoS.set(qos, [...(byQoS.get(qos) ?? []), sub]);
-      }
-      await Promise.all(
-        [...byQoS].map(([qos, group]) =>
-          persistence.outgoingEnqueueCombi(group, qos === packet.qos ? packet : { ...packet, qos }),
-        ),
-      );
-    },
-    // See 4. above. aedes 1.2 calls outgoingStream only for this resend
-    // (Client#emptyOutgoingQueue, the other caller, is not used by aedes).
-    outgoingStream(client) {
-      return persistence.outgoingResendStream ? persistence.outgoingResendStream(client) : persistence.outgoingStream(client);
-    },
-    // See 3. above: a PUBREC for a message that was never stored still gets
-    // its PUBREL instead of costing the client its connection.
-    async outgoingUpdate(client, packet) {
-      try {
-        await persistence.outgoingUpdate(client, packet);
-      } catch (error) {
-        if (packet.cmd !== 'pubrel') throw error;
-        log.debug({ clientId: client.id, messageId: packet.messageId, err: (error as Error).message }, 'PUBREC for an unstored message');
-      }
-    },
-  };
-  return new Proxy(persistence, {
-    get(target, property) {
-      if (property in overrides) return overrides[property as keyof PersistenceInternals];
-      const value: unknown = Reflect.get(target, property);
-      // Persistence classes keep state in #private fields: call with the real `this`.
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
-  });
 }
