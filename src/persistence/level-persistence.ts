@@ -72,7 +72,7 @@ import type {
   StoreWriteFailure,
 } from './types.js';
 
-export { PREVIOUS_RUN_BROKER_ID } from './store.js';
+export { PREVIOUS_RUN_BROKER_ID } from './types.js';
 export type {
   BrokerLike,
   ClientLike,
@@ -182,9 +182,15 @@ export class LevelPersistence {
     return this.#store.sweepExpiredSessions();
   }
 
-  /** See LevelStore.addPublishTap: called once per QoS 1/2 PUBLISH, from outgoingEnqueueCombi. */
+  /**
+   * Adds a component's records to the durable batch of every QoS 1/2
+   * PUBLISH (the one its PUBACK or PUBREC waits for), so that they commit
+   * together with the message's session records or not at all. Called once
+   * per PUBLISH, as published, from outgoingEnqueueCombi (aedes calls that
+   * for every QoS 1/2 PUBLISH). Returns the function that removes it.
+   */
   addPublishTap(tap: PublishTap): () => void {
-    return this.#store.addPublishTap(tap);
+    return this.#store.taps.add(tap);
   }
 
   /** See LevelStore.tapUngated: the broker calls it for each QoS 0 PUBLISH. */

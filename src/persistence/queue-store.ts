@@ -4,11 +4,11 @@
  * each message goes out under.
  */
 import { Readable } from 'node:stream';
-import { encodePacket, packetData, queuedPacket, type PacketLike } from './codec.js';
+import { detached, encodePacket, packetData, queuedPacket, type PacketLike } from './codec.js';
 import type { BatchOp } from './group-commit.js';
 import { outgoingKey } from './keys.js';
 import type { ClientQueue, QueueEntry } from './outgoing-queues.js';
-import { detached, STREAM_CHUNK, type LevelStore } from './store.js';
+import { STREAM_CHUNK, type LevelStore } from './store.js';
 import type { ClientLike, OutgoingClaim } from './types.js';
 
 /** Who a message is queued for, and the QoS granted to them (the published QoS when absent). */
@@ -52,7 +52,7 @@ export class QueueStore {
     const store = this.#store;
     const { commit } = store.ready();
     const ops: BatchOp[] = [];
-    store.tap(packet, ops);
+    store.taps.collect(packet, ops);
     if (recipients.length === 0) {
       if (ops.length > 0) await store.write(ops);
       else if (packet.retain === true || packet.qos === 2) await commit.barrier();

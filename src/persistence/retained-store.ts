@@ -3,9 +3,9 @@
  * (store.ts explains why), each also a LevelDB record.
  */
 import { Readable } from 'node:stream';
-import { encodePacket, packetData, type PacketLike } from './codec.js';
+import { detached, encodePacket, packetData, type PacketLike } from './codec.js';
 import { retainedKey } from './keys.js';
-import { detached, type LevelStore } from './store.js';
+import type { LevelStore } from './store.js';
 
 export class RetainedStore {
   readonly #store: LevelStore;

@@ -6,7 +6,8 @@ import { Readable } from 'node:stream';
 import { encodePacket, encodeSubscription, packetData, queuedPacket, type PacketLike } from './codec.js';
 import type { BatchOp } from './group-commit.js';
 import { incomingKey, subscriptionKey, willKey } from './keys.js';
-import { PREVIOUS_RUN_BROKER_ID, type LevelStore } from './store.js';
+import type { LevelStore } from './store.js';
+import { PREVIOUS_RUN_BROKER_ID } from './types.js';
 import type { MatchedSubscription, SubscriptionInput } from './subscription-index.js';
 
 export class SessionRecords {

@@ -41,20 +41,12 @@ import { aliveOp, quarantineOps, recover } from './recover.js';
 import { SessionClock } from './session-clock.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { TopicTree } from './topic-tree.js';
-import type { BrokerLike, PersistenceState, PersistenceStats, PublishTap, StoreWriteFailure } from './types.js';
+import { PublishTaps } from './publish-taps.js';
+import { PREVIOUS_RUN_BROKER_ID, type BrokerLike, type PersistenceState, type PersistenceStats, type StoreWriteFailure } from './types.js';
 import { WriteFailures } from './write-failures.js';
 
 // Values fetched per LevelDB getMany while streaming.
 export const STREAM_CHUNK = 64;
-
-/**
- * The broker id streamWill reports for a will stored by an earlier run of the
- * broker. That broker instance is gone even when the id is configured to stay
- * the same, so aedes treats the will as one of a dead broker and publishes it
- * (aedes.js _clearWills, every 4 heartbeat intervals) unless its client has
- * reconnected meanwhile, which replaces or deletes it.
- */
-export const PREVIOUS_RUN_BROKER_ID = 'edgemqtt:previous-run';
 
 export class LevelStore {
   readonly options: ResolvedOptions;
@@ -67,10 +59,10 @@ export class LevelStore {
   #commit: GroupCommit | undefined;
   #writes: WriteFailures | undefined;
   #expiryTimer: NodeJS.Timeout | undefined;
-  #taps: PublishTap[] = [];
   // Reads of values being deleted (acknowledged messages, wills); stop() waits for them.
   readonly #inflight = new Set<Promise<unknown>>();
 
+  readonly taps = new PublishTaps();
   /** The broker whose clients are online (set by the adapter's setup); for the parts. */
   broker: BrokerLike | undefined;
   // The in-memory state, replaced by what recovery finds on start; for the parts.
@@ -254,36 +246,15 @@ export class LevelStore {
   // -------------------------------------------------------------- publish taps
 
   /**
-   * Adds a component's records to the durable batch of every QoS 1/2
-   * PUBLISH (the one its PUBACK or PUBREC waits for), so that they commit
-   * together with the message's session records or not at all. Called once
-   * per PUBLISH, as published, when the message is queued (queue-store.ts).
-   * Returns the function that removes it.
-   */
-  addPublishTap(tap: PublishTap): () => void {
-    this.#taps.push(tap);
-    return () => {
-      this.#taps = this.#taps.filter((other) => other !== tap);
-    };
-  }
-
-  /**
    * A QoS 0 PUBLISH for the taps: nothing waits for it (there is no
-   * acknowledgement), so their records are written behind.
+   * acknowledgement), so their records are written behind. QoS 1/2 messages
+   * reach the taps when they are queued (queue-store.ts enqueue).
    */
   tapUngated(packet: PacketLike): void {
     if (this.#state !== 'running') return;
     const ops: BatchOp[] = [];
-    this.tap(packet, ops);
+    this.taps.collect(packet, ops);
     if (ops.length > 0) this.writeBehind(ops, 'record of a QoS 0 message');
-  }
-
-  /** Adds the taps' records for `packet` to `ops`; for the parts. */
-  tap(packet: PacketLike, ops: BatchOp[]): void {
-    for (const tap of this.#taps) {
-      const extra = tap(packet);
-      if (extra) ops.push(...extra);
-    }
   }
 
   // --------------------------------------------------------------- sessions
@@ -524,12 +495,4 @@ export class LevelStore {
       commit: this.#commit?.stats(),
     };
   }
-}
-
-/**
- * A buffer that owns its memory. msgpackr packs into a shared 8 KiB slab, so
- * keeping one small record alive would keep the whole slab alive.
- */
-export function detached(value: Buffer): Buffer {
-  return value.byteOffset === 0 && value.byteLength === value.buffer.byteLength ? value : Buffer.from(value);
 }

@@ -1,9 +1,19 @@
 /**
  * The shapes the store and its aedes adapter share with their callers: the
- * parts of aedes they look at, the publish taps, and the figures they report.
+ * parts of aedes they look at, the publish taps, the figures they report,
+ * and the broker id given to wills left by an earlier run.
  */
 import type { BatchOp, GroupCommitStats } from './group-commit.js';
 import type { PacketLike } from './codec.js';
+
+/**
+ * The broker id streamWill reports for a will stored by an earlier run of the
+ * broker. That broker instance is gone even when the id is configured to stay
+ * the same, so aedes treats the will as one of a dead broker and publishes it
+ * (aedes.js _clearWills, every 4 heartbeat intervals) unless its client has
+ * reconnected meanwhile, which replaces or deletes it.
+ */
+export const PREVIOUS_RUN_BROKER_ID = 'edgemqtt:previous-run';
 
 /** The parts of an aedes broker the persistence uses. */
 export interface BrokerLike {
