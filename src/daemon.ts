@@ -125,7 +125,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     }
     // Not ready while store writes fail (a full disk): QoS 1/2 publishes get
     // no acknowledgement, so a load balancer should send publishers elsewhere.
-    // The persistence reopens the store by itself once it can (level-persistence.ts #halt).
+    // The persistence reopens the store by itself once it can (persistence/write-failures.ts).
     const writeFailure = persistence.state === 'running' ? persistence.writeFailure : undefined;
     if (writeFailure) {
       const recovering = reasons.length === 0;

@@ -40,8 +40,8 @@ const payloads = (packets: Packet[]): string[] => published(packets).map((p) => 
 
 // ---------------------------------------------------------------- delivery
 
-t.test(`aedes ${V} still drops a message overtaken by a later one as a duplicate (corrected in src/broker/delivery-fixes.ts)`, async (t) => {
-  // When this fails after an aedes upgrade, remove correction 1 (the dedupe) in src/broker/delivery-fixes.ts.
+t.test(`aedes ${V} still drops a message overtaken by a later one as a duplicate (corrected in src/broker/delivery-rules.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, remove correction 1 (the dedupe) in src/broker/delivery-rules.ts.
   // lib/client.js dedupe: a message whose brokerCounter is not above the last
   // one delivered is dropped. A retained message waits for storeRetained
   // (aedes.js publishFuncs); held here until the later plain one is out.
@@ -66,8 +66,8 @@ t.test(`aedes ${V} still drops a message overtaken by a later one as a duplicate
   t.same(messages.map((m) => m.topic), ['overtake/event', 'overtake/marker'], 'the overtaken retained message never reaches the live subscriber');
 });
 
-t.test(`aedes ${V} still delivers QoS 2 to a wildcard subscription granted QoS 1 (corrected in src/broker/delivery-fixes.ts)`, async (t) => {
-  // When this fails after an aedes upgrade, remove correction 2 (delivery QoS) in src/broker/delivery-fixes.ts.
+t.test(`aedes ${V} still delivers QoS 2 to a wildcard subscription granted QoS 1 (corrected in src/broker/delivery-rules.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, remove correction 2 (delivery QoS) in src/broker/delivery-rules.ts.
   // lib/client.js deliverQoS downgrades only when subscriptions[topic] exists, i.e. the filter equals the topic [MQTT-3.8.4-6].
   const { url } = await startPlainAedes(t);
   const subscriber = await openClient(t, url);
@@ -78,8 +78,8 @@ t.test(`aedes ${V} still delivers QoS 2 to a wildcard subscription granted QoS 1
   t.equal(message?.packet.qos, 2, 'delivered at QoS 2 although granted QoS 1');
 });
 
-t.test(`aedes ${V} still lets one of overlapping subscriptions decide the QoS, not the highest grant (corrected in src/broker/delivery-fixes.ts)`, async (t) => {
-  // When this fails after an aedes upgrade, remove correction 2 (delivery QoS) in src/broker/delivery-fixes.ts.
+t.test(`aedes ${V} still lets one of overlapping subscriptions decide the QoS, not the highest grant (corrected in src/broker/delivery-rules.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, remove correction 2 (delivery QoS) in src/broker/delivery-rules.ts.
   // Each subscription delivers through its own deliver0/deliverQoS (handlers/subscribe.js); the first copy wins the dedupe [MQTT-3.3.5-1].
   const { url } = await startPlainAedes(t);
   const subscriber = await openClient(t, url);
@@ -94,8 +94,8 @@ t.test(`aedes ${V} still lets one of overlapping subscriptions decide the QoS, n
   t.equal(copies[0]?.packet.qos, 0, 'at QoS 0, though a matching subscription was granted QoS 2');
 });
 
-t.test(`aedes ${V} still sends a persistent session's queued messages at the published QoS, not the granted one (corrected in src/broker/delivery-fixes.ts)`, async (t) => {
-  // When this fails after an aedes upgrade, remove correction 2 for queues (outgoingEnqueueCombi's regrouping) in src/broker/delivery-fixes.ts.
+t.test(`aedes ${V} still sends a persistent session's queued messages at the published QoS, not the granted one (corrected in src/persistence/level-persistence.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, remove outgoingEnqueueCombi's regrouping in src/persistence/level-persistence.ts.
   // handlers/connect.js emptyQueue writes the stored packet as it is [MQTT-3.8.4-6].
   const { aedes, url } = await startPlainAedes(t);
   const first = await openClient(t, url, { clientId: 'queued-qos', clean: false });
@@ -107,8 +107,8 @@ t.test(`aedes ${V} still sends a persistent session's queued messages at the pub
   t.same([message?.payload, message?.packet.qos], ['qos 2 while offline', 2], 'the queued message arrives at QoS 2 although granted QoS 1');
 });
 
-t.test(`aedes ${V} still queues one copy per matching subscription for an offline session (corrected in src/broker/delivery-fixes.ts)`, async (t) => {
-  // When this fails after an aedes upgrade, remove the per-client grouping of outgoingEnqueueCombi in src/broker/delivery-fixes.ts.
+t.test(`aedes ${V} still queues one copy per matching subscription for an offline session (corrected in src/persistence/level-persistence.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, remove the per-client grouping of outgoingEnqueueCombi in src/persistence/level-persistence.ts.
   // aedes.js enqueueOffline passes every matching subscription; the memory persistence queues one packet for each.
   const { aedes, url } = await startPlainAedes(t);
   const first = await openClient(t, url, { clientId: 'overlap-offline', clean: false });
@@ -122,8 +122,8 @@ t.test(`aedes ${V} still queues one copy per matching subscription for an offlin
   t.same(queued, ['overlap/x', 'overlap/x'], 'two queued copies of one message');
 });
 
-t.test(`aedes ${V} still drops a persistent session that answers a retained QoS 2 message with PUBREC, aedes #1003 (corrected in src/broker/delivery-fixes.ts)`, async (t) => {
-  // When this fails after an aedes upgrade, remove correction 3 (outgoingUpdate's tolerance of an unstored PUBREC) in src/broker/delivery-fixes.ts.
+t.test(`aedes ${V} still drops a persistent session that answers a retained QoS 2 message with PUBREC, aedes #1003 (corrected in src/persistence/level-persistence.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, remove outgoingUpdate's tolerance of an unstored PUBREC in src/persistence/level-persistence.ts.
   // lib/client.js deliverQoS skips outgoingUpdate for retained packets; the PUBREC then finds nothing (handlers/pubrec.js).
   const { url, port } = await startPlainAedes(t);
   const publisher = await openClient(t, url);
@@ -137,8 +137,8 @@ t.test(`aedes ${V} still drops a persistent session that answers a retained QoS 
   t.notOk(raw.packets.some((p) => p.cmd === 'pubrel'), 'closed instead of answering with PUBREL [MQTT-4.3.3-1]');
 });
 
-t.test(`aedes ${V} still sends a message twice when it arrives while a persistent session resumes (corrected in src/broker/delivery-fixes.ts and src/broker/flow-control.ts)`, async (t) => {
-  // When this fails after an aedes upgrade, remove correction 4 (outgoingResendStream, claimOutgoing, the resume wait) in src/broker/delivery-fixes.ts and src/broker/flow-control.ts.
+t.test(`aedes ${V} still sends a message twice when it arrives while a persistent session resumes (corrected in src/broker/delivery-rules.ts and src/broker/flow-control.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, remove correction 4 (outgoingStream's resend and claimOutgoing in src/persistence/level-persistence.ts, the resume wait in src/broker/flow-control.ts).
   // handlers/connect.js: restoreSubs delivers live before emptyQueue reads the
   // queue. The read is held here until a message has gone out live: the
   // window a slow store leaves open.
@@ -190,8 +190,8 @@ t.test(`aedes ${V} still renumbers a stored PUBREL on the next PUBREC and resend
 
 // ---------------------------------------------------------------- acknowledgement, stop, flow
 
-t.test(`aedes ${V} still writes the QoS 1 PUBACK before the message is stored for subscribers (corrected in src/broker/durable-ack.ts)`, async (t) => {
-  // When this fails after an aedes upgrade, remove src/broker/durable-ack.ts.
+t.test(`aedes ${V} still writes the QoS 1 PUBACK before the message is stored for subscribers (corrected in src/broker/aedes-seam.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, remove the publish inside authorizePublish in src/broker/aedes-seam.ts.
   // handlers/publish.js enqueuePublish, case 1: write(PubAck), then broker.publish.
   const held = gate();
   let enqueueCalled = false;

@@ -40,7 +40,7 @@ const WINDOW = 12;
  * Messages per second per publisher. QoS 2 is slower on purpose: aedes resends
  * a reconnecting client's queue one message at a time, and a QoS 2 message
  * waits for its packet identifier to be durable before it is sent (see
- * outgoingUpdate in level-persistence.ts), so the offline subscriber's
+ * record in src/persistence/queue-store.ts), so the offline subscriber's
  * backlog drains at about one fsync per QoS 2 message.
  */
 const RATE_PER_SEC = { 1: 400, 2: 100 } as const;
@@ -317,8 +317,8 @@ t.test('SIGKILL under QoS 1/2 load loses no acknowledged message and duplicates 
     }
     t.same(subscriber.duplicates(2), [], `${subscriber.clientId}: no QoS 2 message delivered twice`);
     if (subscriber.audit) {
-      // A QoS 1 identifier is stored behind the send (level-persistence.ts
-      // outgoingUpdate): after a crash the message may go again under
+      // A QoS 1 identifier is stored behind the send (queue-store.ts
+      // record): after a crash the message may go again under
       // another, a duplicate QoS 1 allows. A QoS 2 one is stored first.
       const q2 = subscriber.audit.renumbered.filter((line) => line.startsWith('crash/q2:'));
       t.same(q2.slice(0, 5), [], `${subscriber.clientId}: every QoS 2 message kept one packet identifier through the crashes`);

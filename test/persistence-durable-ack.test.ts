@@ -201,7 +201,7 @@ t.test('a failed write acknowledges nothing; the resend is stored and delivered 
     first.send(publishPacket(`fail/${qos}`, `qos${qos}`, qos, 3));
     await first.waitForClose();
     t.equal(count(first, qos === 1 ? 'puback' : 'pubrec'), 0, `QoS ${qos}: no acknowledgement, the connection is closed`);
-    // A failed write stops all writes until the store reopens (level-persistence.ts #halt).
+    // A failed write stops all writes until the store reopens (src/persistence/write-failures.ts).
     await h.writable();
     const second = await rawSession(t, h.url, `publisher-${qos}`);
     second.send(publishPacket(`fail/${qos}`, `qos${qos}`, qos, 3, { dup: true }));

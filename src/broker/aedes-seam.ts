@@ -344,12 +344,4 @@ export class AedesSeam {
   nextBrokerCounter(): number {
     return ++this.#instance.counter;
   }
-
-  /**
-   * Replaces the persistence aedes uses with what `wrap` makes of it. Call
-   * after listen() (which sets it up) and before any client connects.
-   */
-  wrapPersistence<P extends object>(wrap: (persistence: P) => P): void {
-    this.#instance.persistence = wrap(this.#instance.persistence as P);
-  }
 }

@@ -133,7 +133,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       await instance.listen();
       // Before the delivery rules: their per-client wrappers must run on top of the flow control's.
       limits.install(started);
-      installDeliveryRules(started, deps.logger);
+      installDeliveryRules(started);
       seam = started;
       log.info({ brokerId: instance.id }, 'broker started');
     },

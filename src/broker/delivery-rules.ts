@@ -1,8 +1,10 @@
 /**
  * The rules of delivery to subscribers where aedes 1.2 breaks them, applied
- * through the seam (aedes-seam.ts) to its clients and its persistence
- * (node_modules stays untouched). Each one is proven by
- * test/mqtt-behaviour.test.ts.
+ * through the seam (aedes-seam.ts) to its clients; the parts that concern
+ * queued messages (2, 3 and the resend of 4) are the persistence's own
+ * behaviour (src/persistence/level-persistence.ts, the aedes adapter). Each
+ * one is proven by test/mqtt-behaviour.test.ts; test/aedes-canaries.test.ts
+ * shows each aedes fault is still there.
  *
  * 1. Lost messages. aedes drops a message for a client when a message
  *    published later reached that client first (lib/client.js `dedupe`: a
@@ -38,25 +40,10 @@
  *    per connection (test/reconnect-race.test.ts).
  */
 import type { Client } from 'aedes';
-import type { Logger } from '../observability/logger.js';
 import { topicMatches } from '../config/topic-filter.js';
 import { disableAedesDedupe, subscriptionsOf, wrapDeliveries, type AedesSeam, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam.js';
 
 export { topicMatches };
-
-/** A subscription as aedes persistence returns it from subscriptionsByTopic. */
-interface StoredSubscription {
-  clientId: string;
-  qos: QoS;
-}
-
-interface PersistenceInternals {
-  outgoingEnqueueCombi(subs: StoredSubscription[], packet: DeliveredPacket): Promise<void>;
-  outgoingUpdate(client: Client, packet: { cmd: string; messageId?: number }): Promise<void>;
-  outgoingStream(client: Client): NodeJS.ReadableStream;
-  /** LevelPersistence's resend after CONNECT (see 4. above); aedes' memory persistence has none. */
-  outgoingResendStream?(client: Client): NodeJS.ReadableStream;
-}
 
 /** The highest QoS granted to any of the client's subscriptions matching `topic`, if any. */
 export function grantedQoS(subscriptions: Readonly<Record<string, { qos: QoS }>>, topic: string): QoS | undefined {
@@ -74,9 +61,8 @@ export function grantedQoS(subscriptions: Readonly<Record<string, { qos: QoS }>>
  * Register it after the flow control: its wrappers must run on top of the
  * flow control's.
  */
-export function installDeliveryRules(seam: AedesSeam, logger: Logger): void {
+export function installDeliveryRules(seam: AedesSeam): void {
   seam.onConnection(() => applyClientRules);
-  seam.wrapPersistence((persistence: PersistenceInternals) => fixPersistence(persistence, logger));
 }
 
 function applyClientRules(client: Client): void {
@@ -119,58 +105,5 @@ function applyClientRules(client: Client): void {
     // Subscription handlers capture these at SUBSCRIBE time (handlers/subscribe.js),
     // after this runs; retained and queued deliveries look them up per call.
     return { deliver0: wrap(deliver0), deliverQoS: wrap(deliverQoS) };
-  });
-}
-
-function fixPersistence(persistence: PersistenceInternals, logger: Logger): PersistenceInternals {
-  const log = logger.child({ component: 'broker' });
-  const overrides: Partial<PersistenceInternals> = {
-    // One queued copy per client, at min(published QoS, highest matching
-    // grant), like a live delivery; aedes queues one per matching
-    // subscription at the published QoS and clears the extras as it delivers.
-    async outgoingEnqueueCombi(subs, packet) {
-      const perClient = new Map<string, StoredSubscription>();
-      for (const sub of subs) {
-        const seen = perClient.get(sub.clientId);
-        if (!seen || sub.qos > seen.qos) perClient.set(sub.clientId, sub);
-      }
-      // The published QoS first, called through even with nobody to queue
-      // for: the persistence waits here for the earlier records of this
-      // PUBLISH, and its publish taps see the message as published
-      // (level-persistence.ts).
-      const byQoS = new Map<QoS, StoredSubscription[]>([[packet.qos, []]]);
-      for (const sub of perClient.values()) {
-        const qos = Math.min(sub.qos, packet.qos) as QoS;
-        byQoS.set(qos, [...(byQoS.get(qos) ?? []), sub]);
-      }
-      await Promise.all(
-        [...byQoS].map(([qos, group]) =>
-          persistence.outgoingEnqueueCombi(group, qos === packet.qos ? packet : { ...packet, qos }),
-        ),
-      );
-    },
-    // See 4. above. aedes 1.2 calls outgoingStream only for this resend
-    // (Client#emptyOutgoingQueue, the other caller, is not used by aedes).
-    outgoingStream(client) {
-      return persistence.outgoingResendStream ? persistence.outgoingResendStream(client) : persistence.outgoingStream(client);
-    },
-    // See 3. above: a PUBREC for a message that was never stored still gets
-    // its PUBREL instead of costing the client its connection.
-    async outgoingUpdate(client, packet) {
-      try {
-        await persistence.outgoingUpdate(client, packet);
-      } catch (error) {
-        if (packet.cmd !== 'pubrel') throw error;
-        log.debug({ clientId: client.id, messageId: packet.messageId, err: (error as Error).message }, 'PUBREC for an unstored message');
-      }
-    },
-  };
-  return new Proxy(persistence, {
-    get(target, property) {
-      if (property in overrides) return overrides[property as keyof PersistenceInternals];
-      const value: unknown = Reflect.get(target, property);
-      // Persistence classes keep state in #private fields: call with the real `this`.
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
   });
 }

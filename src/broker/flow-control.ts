@@ -28,7 +28,7 @@
  *   session this is the store's decision: aedes stored every QoS 1/2 message
  *   in the session's queue before delivering it, and that queue has the same
  *   limits, also while the client is connected, its messages in flight
- *   included: it drops its oldest messages not sent yet (level-persistence.ts).
+ *   included: it drops its oldest messages not sent yet (queue-store.ts, queue-limits.ts).
  *   So what this queue drops (counted as deferred) the store has normally
  *   dropped already; a copy still there goes out on reconnect. Before sending
  *   a persistent session's message this asks the store (claimOutgoing)

@@ -12,7 +12,7 @@
  *
  * Compatibility rule: fields are only ever appended to a table; a new kind
  * gets a new number. A record whose kind or shape is unknown fails to decode,
- * and the caller quarantines it (see level-persistence.ts).
+ * and the caller quarantines it (see store.ts decode).
  */
 import { Packr } from 'msgpackr';
 
@@ -192,4 +192,12 @@ export function queuedPacket(original: PacketLike): PacketLike {
   packet.dup = original.dup || false;
   if ((packet.qos as number) > 0 || packet.cmd !== 'publish') packet.messageId = undefined;
   return packet;
+}
+
+/**
+ * A buffer that owns its memory. msgpackr packs into a shared 8 KiB slab, so
+ * keeping one small record alive would keep the whole slab alive.
+ */
+export function detached(value: Buffer): Buffer {
+  return value.byteOffset === 0 && value.byteLength === value.buffer.byteLength ? value : Buffer.from(value);
 }

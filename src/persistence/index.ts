@@ -1,8 +1,10 @@
 /**
  * The LevelDB persistence for aedes: values and types of its public surface.
+ * LevelPersistence (level-persistence.ts) is the aedes adapter on the store
+ * core (store.ts), which stays inside this directory.
  */
 export { createLevelPersistence, LevelPersistence } from './level-persistence.js';
-export type { BrokerLike, ClientLike, PersistenceState, PersistenceStats, PublishTap, StoreWriteFailure } from './level-persistence.js';
+export type { BrokerLike, ClientLike, PersistenceState, PersistenceStats, PublishTap, StoreWriteFailure } from './types.js';
 export type { PacketLike } from './codec.js';
 export { persistenceDefaults } from './options.js';
 export type { LevelPersistenceDeps, LevelPersistenceOptions, SyncPolicy } from './options.js';

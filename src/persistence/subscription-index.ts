@@ -1,6 +1,6 @@
 /**
  * Subscriptions of persistent sessions, in memory for matching (LevelDB holds
- * the truth; see level-persistence.ts). The matcher is qlobber's QlobberSub,
+ * the truth; see store.ts). The matcher is qlobber's QlobberSub,
  * the same one aedes' in-memory persistence uses, so results and their order
  * are what aedes expects. Semantics follow aedes-persistence's reference:
  * QoS 0 subscriptions are kept per client (restored on reconnect) but not in

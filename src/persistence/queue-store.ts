@@ -1,0 +1,363 @@
+/**
+ * The store's outgoing queues: the QoS 1/2 messages (and PUBRELs) each
+ * persistent session still owes its client, and which packet identifier
+ * each message goes out under.
+ */
+import { Readable } from 'node:stream';
+import { detached, encodePacket, packetData, queuedPacket, type PacketLike } from './codec.js';
+import type { BatchOp } from './group-commit.js';
+import { outgoingKey } from './keys.js';
+import type { ClientQueue, QueueEntry } from './outgoing-queues.js';
+import { STREAM_CHUNK, type LevelStore } from './store.js';
+import type { ClientLike, OutgoingClaim } from './types.js';
+
+/** Who a message is queued for, and the QoS granted to them (the published QoS when absent). */
+export interface Recipient {
+  clientId: string;
+  qos?: number;
+}
+
+/** One encoding of a message, shared by every recipient queued at the same QoS. */
+interface QueuedCopy {
+  stored: PacketLike;
+  value: Buffer;
+}
+
+function queuedCopy(packet: PacketLike): QueuedCopy {
+  const stored = queuedPacket(packet);
+  return { stored, value: encodePacket(stored) };
+}
+
+export class QueueStore {
+  readonly #store: LevelStore;
+  /** A number per aedes client object: which connection a queued message was handed out on. */
+  readonly #connections = new WeakMap<ClientLike, number>();
+  #nextConnection = 1;
+
+  constructor(store: LevelStore) {
+    this.#store = store;
+  }
+
+  /**
+   * Queues `packet` for each recipient, at min(published QoS, granted QoS)
+   * [MQTT-3.8.4-6], and resolves once that is durable. The publish taps see
+   * the message as published, once. This is the last persistence step of a
+   * QoS 1/2 PUBLISH before anything is delivered or acknowledged, usually
+   * with nobody offline: the barrier of the write-behind records of the same
+   * PUBLISH (see the adapter's header). Its own write goes into the newest
+   * batch, which holds them; without one, a PUBLISH that wrote something
+   * before (a retained message, a QoS 2 packet) waits for the newest batch.
+   */
+  async enqueue(packet: PacketLike, recipients: readonly Recipient[]): Promise<void> {
+    const store = this.#store;
+    const { commit } = store.ready();
+    const ops: BatchOp[] = [];
+    store.taps.collect(packet, ops);
+    if (recipients.length === 0) {
+      if (ops.length > 0) await store.write(ops);
+      else if (packet.retain === true || packet.qos === 2) await commit.barrier();
+      return;
+    }
+    let asPublished: QueuedCopy | undefined;
+    let downgraded: Array<QueuedCopy | undefined> | undefined;
+    for (const { clientId, qos } of recipients) {
+      let copy: QueuedCopy;
+      if (qos !== undefined && qos < (packet.qos as number)) {
+        downgraded ??= [];
+        copy = downgraded[qos] ??= queuedCopy({ ...packet, qos });
+      } else {
+        copy = asPublished ??= queuedCopy(packet);
+      }
+      this.#append(clientId, copy, ops);
+    }
+    await store.write(ops);
+  }
+
+  #append(clientId: string, { stored, value }: QueuedCopy, ops: BatchOp[]): void {
+    const store = this.#store;
+    const online = store.isOnline(clientId);
+    const queue = store.queues.getOrCreate(clientId);
+    const seq = store.nextSeq();
+    queue.append({
+      seq,
+      cmd: stored.cmd as string,
+      brokerId: stored.brokerId,
+      brokerCounter: stored.brokerCounter,
+      messageId: stored.messageId,
+      bytes: value.length,
+      // Not cached even for a connected client: aedes sends it under a new
+      // packet identifier, and record() caches that record instead. A
+      // stalled client's backlog thus stays on disk, not in RAM.
+      value: undefined,
+    });
+    ops.push({ type: 'put', key: outgoingKey(clientId, seq), value });
+    store.sessions.start(clientId, store.now(), ops);
+    // Bounded whether the client is connected or not: a stalled persistent
+    // subscriber would otherwise grow the store without limit. Online, only
+    // messages not sent yet are dropped (see queue-limits.ts); aedes or the
+    // flow control skip them (claim). A message larger than
+    // maxQueuedBytesPerClient drops itself: release an emptied queue.
+    if (store.limiter.enforce(clientId, queue, ops, online) > 0) store.queues.release(clientId);
+  }
+
+  /**
+   * Called (through the adapter's claimOutgoing) by the flow control
+   * (src/broker/flow-control.ts) right before it hands a live QoS 1/2
+   * message for a connected persistent session to aedes' deliverQoS, which
+   * will call outgoingUpdate for it. Answers with the packet identifier to
+   * send it under, or undefined when it must not be sent: no longer queued
+   * (dropped by the queue limits, or acknowledged), already past PUBREC, or
+   * already handed out on this connection (by the resend stream after
+   * CONNECT, see resendStream). A message handed out on an earlier
+   * connection keeps its identifier and is a resend (DUP) [MQTT-4.3.3-1]; a
+   * new one gets a free identifier (allocateMessageId).
+   */
+  claim(client: ClientLike, brokerId: unknown, brokerCounter: unknown): OutgoingClaim | undefined {
+    const store = this.#store;
+    if (store.state !== 'running') return {};
+    const queue = store.queues.get(client.id);
+    const entry = queue?.findByCounter(brokerId, brokerCounter);
+    if (!queue || !entry || entry.cmd !== 'publish') return undefined;
+    const connection = this.#connectionOf(client);
+    if (entry.sentOn === connection) {
+      store.counters.repeatSendsAvoided++;
+      return undefined;
+    }
+    const resend = entry.messageId !== undefined;
+    if (!resend && !this.#numberEntry(client.id, queue, entry)) return undefined;
+    if (resend) store.counters.resentMessages++;
+    entry.sentOn = connection;
+    return { messageId: entry.messageId as number, resend };
+  }
+
+  /** Gives a queued message its packet identifier (in memory; record() stores it with the record). */
+  #numberEntry(clientId: string, queue: ClientQueue, entry: QueueEntry): boolean {
+    const messageId = queue.allocateMessageId();
+    if (messageId === undefined) {
+      this.#store.counters.packetIdsExhausted++;
+      this.#store.log.warn({ clientId }, 'all 65535 packet identifiers of this session are in use: the message waits for the next connection');
+      return false;
+    }
+    queue.update(entry, { messageId });
+    return true;
+  }
+
+  /** A number for each aedes client object, i.e. each connection. */
+  #connectionOf(client: ClientLike): number {
+    let connection = this.#connections.get(client);
+    if (connection === undefined) {
+      connection = this.#nextConnection++;
+      this.#connections.set(client, connection);
+    }
+    return connection;
+  }
+
+  /**
+   * Records the packet identifier a queued message was sent with, or replaces
+   * a PUBLISH by its PUBREL; false when no queued entry matches. The passed
+   * packet is what gets stored: it is what went on the wire (the granted
+   * QoS, the identifier), so a resend after a restart repeats exactly that
+   * [MQTT-4.4.0-1].
+   *
+   * aedes sends the packet once this resolves. A PUBREL, and a QoS 2 PUBLISH,
+   * wait for the disk: a QoS 2 message resent under another identifier after
+   * a crash could be delivered twice by a receiver that delivers on PUBLISH.
+   * A QoS 1 PUBLISH does not (write-behind): resent after a crash it may be
+   * delivered twice anyway, and aedes resends a reconnecting client's queue
+   * one message at a time, so an fsync per message would pace the whole
+   * backlog. A resend that changes nothing writes nothing.
+   */
+  async record(client: ClientLike, packet: PacketLike): Promise<boolean> {
+    const store = this.#store;
+    store.ready();
+    const queue = store.queues.get(client.id);
+    const entry = queue?.findForUpdate(packet);
+    if (!queue || !entry) return false;
+    if (packet.cmd === 'publish' && entry.cmd === 'publish' && entry.messageId !== undefined && packet.messageId !== entry.messageId) {
+      // A message already sent under one identifier must never be sent
+      // under another: a receiver that completed the first would deliver it
+      // twice. claim and resendStream hand out the identifier, so this means
+      // aedes numbered it itself; `packet` is what aedes writes next, so it
+      // goes out under the identifier already given.
+      store.counters.packetIdConflicts++;
+      store.log.warn({ clientId: client.id, kept: entry.messageId, offered: packet.messageId }, 'queued message offered under a second packet identifier; the first is kept');
+      packet.messageId = entry.messageId;
+    }
+    const data = packetData(packet);
+    const value = encodePacket(data);
+    if (entry.value?.equals(value)) return true;
+    const cmd = typeof data.cmd === 'string' ? data.cmd : 'publish';
+    queue.update(entry, {
+      cmd,
+      brokerId: data.brokerId,
+      brokerCounter: data.brokerCounter,
+      messageId: data.messageId,
+      bytes: value.length,
+    });
+    entry.value = store.isOnline(client.id) ? detached(value) : undefined;
+    const ops: BatchOp[] = [{ type: 'put', key: outgoingKey(client.id, entry.seq), value }];
+    if (cmd === 'publish' && data.qos === 1) store.writeBehind(ops, 'queued message identifier');
+    else await store.write(ops);
+    return true;
+  }
+
+  /** Removes the entry a PUBACK/PUBCOMP acknowledges and returns its packet. */
+  acknowledge(clientId: string, messageId: unknown): Promise<PacketLike | undefined> {
+    const store = this.#store;
+    try {
+      store.ready();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const queue = store.queues.get(clientId);
+    const entry = queue?.findForClear(messageId);
+    if (!queue || !entry) return Promise.resolve(undefined);
+    queue.remove(entry);
+    store.queues.release(clientId);
+    const key = outgoingKey(clientId, entry.seq);
+    const ops: BatchOp[] = [];
+    store.forgetIfStateless(clientId, ops);
+    return store.track(async () => {
+      const value = await store.readAndDelete(key, ops, entry.value);
+      return value ? store.decode(key, value, undefined) : undefined;
+    });
+  }
+
+  /** The queue as stored, packet identifiers as they are (none for a message never sent). */
+  storedStream(clientId: string): Readable {
+    this.#store.ready();
+    return this.#queueStream(clientId, (chunk, keys, values) =>
+      chunk.flatMap((entry, i): PacketLike[] => {
+        const packet = this.#storedPacket(clientId, entry, keys[i]!, values[i]);
+        return packet ? [packet] : [];
+      }),
+    );
+  }
+
+  /**
+   * The stored messages to send again on a new connection, in queue order.
+   * Each is decided when its chunk has been read, from the in-memory index,
+   * the truth for what a message is now:
+   * - a PUBREL stays a PUBREL: the PUBLISH is never sent again once the
+   *   client's PUBREC arrived [MQTT-4.3.3-1];
+   * - a PUBLISH that has a packet identifier is sent again under it, with
+   *   DUP set [MQTT-3.3.1-1], [MQTT-4.4.0-1];
+   * - a PUBLISH without one gets a free one (allocateMessageId);
+   * - one already handed out on this connection (a live delivery that went
+   *   first) is skipped, and the ones handed out here are skipped by live
+   *   deliveries (claim): each message leaves once per connection.
+   * The identifiers given here are stored with one write per chunk, which a
+   * QoS 2 message waits for before it is sent (see record); aedes'
+   * outgoingUpdate then finds the record unchanged and writes nothing. So a
+   * backlog costs one fsync per chunk, not one per message.
+   */
+  resendStream(client: ClientLike): Readable {
+    const store = this.#store;
+    store.ready();
+    const connection = this.#connectionOf(client);
+    return this.#queueStream(client.id, async (chunk, keys, values) => {
+      const { packets, ops, durable } = this.#resends(client, connection, chunk, keys, values);
+      if (ops.length > 0) {
+        if (durable) await store.write(ops);
+        else store.writeBehind(ops, 'resent message identifier');
+      }
+      return packets;
+    });
+  }
+
+  /**
+   * A client's queue as it is now (like the reference implementation: what
+   * is queued later reaches the client live), read a chunk at a time;
+   * `decide` turns each chunk, right after it was read, into what to yield.
+   * Entries removed meanwhile (acknowledged, dropped) are skipped.
+   */
+  #queueStream(
+    clientId: string,
+    decide: (chunk: QueueEntry[], keys: Buffer[], values: Array<Buffer | undefined>) => PacketLike[] | Promise<PacketLike[]>,
+  ): Readable {
+    const entries = [...(this.#store.queues.get(clientId)?.entries() ?? [])];
+    const queues = this;
+    async function* generate(): AsyncGenerator<PacketLike> {
+      for (let start = 0; start < entries.length; start += STREAM_CHUNK) {
+        const chunk = entries.slice(start, start + STREAM_CHUNK).filter((entry) => queues.#holds(clientId, entry));
+        const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
+        const values = await queues.#readValues(chunk, keys);
+        yield* await decide(chunk, keys, values);
+      }
+    }
+    return Readable.from(generate());
+  }
+
+  /** Decides, in one synchronous step, what resendStream sends of one chunk (see there). */
+  #resends(
+    client: ClientLike,
+    connection: number,
+    chunk: readonly QueueEntry[],
+    keys: readonly Buffer[],
+    values: ReadonlyArray<Buffer | undefined>,
+  ): { packets: PacketLike[]; ops: BatchOp[]; durable: boolean } {
+    const store = this.#store;
+    const clientId = client.id;
+    const queue = store.queues.get(clientId);
+    const online = store.isOnline(clientId);
+    const packets: PacketLike[] = [];
+    const ops: BatchOp[] = [];
+    let durable = false;
+    chunk.forEach((entry, i) => {
+      // Acknowledged, dropped or sent live while the chunk was read.
+      if (!queue || !this.#holds(clientId, entry) || entry.sentOn === connection) return;
+      const value = values[i];
+      const stored = this.#storedPacket(clientId, entry, keys[i]!, value);
+      if (!stored || !value) return;
+      let packet: PacketLike;
+      if (entry.cmd !== 'publish') {
+        packet = stored.cmd === entry.cmd ? stored : { cmd: entry.cmd, messageId: entry.messageId };
+      } else if (entry.messageId !== undefined) {
+        packet = { ...stored, cmd: 'publish', messageId: entry.messageId, dup: true };
+        store.counters.resentMessages++;
+      } else {
+        if (!this.#numberEntry(clientId, queue, entry)) return;
+        packet = { ...stored, cmd: 'publish', messageId: entry.messageId };
+      }
+      entry.sentOn = connection;
+      const encoded = encodePacket(packetData(packet));
+      if (!encoded.equals(value)) {
+        ops.push({ type: 'put', key: keys[i]!, value: encoded });
+        queue.update(entry, { bytes: encoded.length });
+        if (packet.cmd !== 'publish' || packet.qos === 2) durable = true;
+      }
+      // aedes resends it next (outgoingUpdate): an unchanged resend then writes nothing.
+      entry.value = online ? detached(encoded) : undefined;
+      packets.push(packet);
+    });
+    return { packets, ops, durable };
+  }
+
+  /** The records of queued entries: the cached copy where there is one, else the group commit's queued write or the disk. */
+  async #readValues(chunk: readonly QueueEntry[], keys: readonly Buffer[]): Promise<Array<Buffer | undefined>> {
+    const cached = chunk.map((entry) => entry.value);
+    const missing = keys.filter((_, i) => cached[i] === undefined);
+    const read = missing.length > 0 ? await this.#store.readMany(missing) : [];
+    let next = 0;
+    return chunk.map((_, i) => cached[i] ?? read[next++]);
+  }
+
+  /** Decodes a queued entry's record; undefined (and the entry dropped) when it is missing or undecodable. */
+  #storedPacket(clientId: string, entry: QueueEntry, key: Buffer, value: Buffer | undefined): PacketLike | undefined {
+    if (!value) {
+      // Indexed but not stored: its write failed. Drop it so limits and counts stay true.
+      if (this.#holds(clientId, entry)) this.#dropEntry(clientId, entry);
+      return undefined;
+    }
+    return this.#store.decode(key, value, () => this.#dropEntry(clientId, entry));
+  }
+
+  #holds(clientId: string, entry: QueueEntry): boolean {
+    return this.#store.queues.get(clientId)?.holds(entry) ?? false;
+  }
+
+  #dropEntry(clientId: string, entry: QueueEntry): void {
+    this.#store.queues.get(clientId)?.remove(entry);
+    this.#store.queues.release(clientId);
+  }
+}

@@ -1,0 +1,65 @@
+/**
+ * The store's retained messages: all of them in memory, payloads included
+ * (store.ts explains why), each also a LevelDB record.
+ */
+import { Readable } from 'node:stream';
+import { detached, encodePacket, packetData, type PacketLike } from './codec.js';
+import { retainedKey } from './keys.js';
+import type { LevelStore } from './store.js';
+
+export class RetainedStore {
+  readonly #store: LevelStore;
+
+  constructor(store: LevelStore) {
+    this.#store = store;
+  }
+
+  /**
+   * Stores `packet` as its topic's retained message, or clears it when the
+   * payload is empty [MQTT-3.3.1-10]. Write-behind: returns once memory holds
+   * it and its write is queued (the adapter's header says why).
+   */
+  retain(packet: PacketLike): void {
+    const store = this.#store;
+    store.ready();
+    const topic = packet.topic as string;
+    const key = retainedKey(topic);
+    const payload = packet.payload as { length: number } | undefined;
+    const previous = store.retained.get(topic);
+    if (!payload || payload.length === 0) {
+      if (!store.retained.delete(topic)) return;
+      store.retainedBytes -= previous?.length ?? 0;
+      store.writeBehind([{ type: 'del', key }], 'retained message');
+      return;
+    }
+    const value = detached(encodePacket(packetData(packet)));
+    store.retained.add(topic, value);
+    store.retainedBytes += value.length - (previous?.length ?? 0);
+    store.writeBehind([{ type: 'put', key, value }], 'retained message');
+  }
+
+  /**
+   * The retained messages matching `patterns`, from memory: the set is taken
+   * synchronously (a message stored or cleared later is not in it), and the
+   * stream never waits for the disk. Records are decoded as they are read.
+   */
+  matching(patterns: readonly string[]): Readable {
+    const store = this.#store;
+    store.ready();
+    // A Map: a topic matched by two of the filters is sent once.
+    const matches = new Map<string, Buffer>();
+    for (const pattern of patterns) store.retained.match(pattern, (topic, value) => matches.set(topic, value));
+    store.counters.retainedLookups++;
+    function* generate(): Generator<PacketLike> {
+      for (const [topic, value] of matches) {
+        const packet = store.decode(retainedKey(topic), value, () => {
+          if (store.retained.get(topic) !== value) return;
+          store.retained.delete(topic);
+          store.retainedBytes -= value.length;
+        });
+        if (packet) yield packet;
+      }
+    }
+    return Readable.from(generate());
+  }
+}

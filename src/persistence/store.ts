@@ -1,0 +1,498 @@
+/**
+ * The store core: edgemqtt's broker state on LevelDB, independent of how
+ * aedes asks for it (aedes-persistence.ts adapts it to aedes).
+ *
+ * LevelDB is the truth; memory holds what matching and lookups need, so no
+ * hot-path operation scans the store:
+ * - subscriptions in a qlobber trie (subscription-index.ts),
+ * - retained messages, payloads included, in a topic tree (topic-tree.ts):
+ *   a SUBSCRIBE gets its retained messages without waiting for the disk, so
+ *   they are queued for delivery before any message published after the
+ *   SUBACK [MQTT-4.6.0-6] (Mosquitto keeps them all in memory too; the cost
+ *   is measured in bench/persistence-retained.ts),
+ * - per-client queue indexes, payloads on disk (outgoing-queues.ts),
+ * - packet identifiers of stored incoming QoS 2 packets, will owners and
+ *   session last-seen times.
+ * Every mutation updates memory synchronously and queues its LevelDB ops in
+ * the group commit; the returned promise resolves once they are durable per
+ * the sync policy. Reads of values consult the group commit's queued writes
+ * first, so a read never misses a write made before it.
+ *
+ * This class owns the lifecycle, the in-memory state, the reads and writes
+ * and the session bookkeeping; the records of each kind are kept by its
+ * parts (retained-store.ts, session-records.ts, queue-store.ts), which use
+ * the members below marked "for the parts". Nothing outside this directory
+ * sees the class (index.ts exports the adapter).
+ *
+ * Lifecycle: start() opens and recovers the store, stop() flushes and closes
+ * it. A stopped instance is not restarted: build a new one on the same path.
+ */
+import { Readable } from 'node:stream';
+import type { Logger } from '../observability/logger.js';
+import { decodePacket, type PacketLike } from './codec.js';
+import { isNoSpace, StoreClosedError, StoreFullError } from './errors.js';
+import { createGroupCommit, type BatchOp, type GroupCommit } from './group-commit.js';
+import { incomingKey, outgoingKey, subscriptionKey } from './keys.js';
+import { openStore, type Store } from './open-store.js';
+import { resolveOptions, type LevelPersistenceDeps, type LevelPersistenceOptions, type ResolvedOptions } from './options.js';
+import { OutgoingQueues } from './outgoing-queues.js';
+import { QueueLimiter } from './queue-limits.js';
+import { aliveOp, quarantineOps, recover } from './recover.js';
+import { SessionClock } from './session-clock.js';
+import { SubscriptionIndex } from './subscription-index.js';
+import { TopicTree } from './topic-tree.js';
+import { PublishTaps } from './publish-taps.js';
+import { PREVIOUS_RUN_BROKER_ID, type BrokerLike, type PersistenceState, type PersistenceStats, type StoreWriteFailure } from './types.js';
+import { WriteFailures } from './write-failures.js';
+
+// Values fetched per LevelDB getMany while streaming.
+export const STREAM_CHUNK = 64;
+
+export class LevelStore {
+  readonly options: ResolvedOptions;
+  readonly log: Logger;
+  readonly now: () => number;
+  #state: PersistenceState = 'created';
+  #starting: Promise<void> | undefined;
+  #stopping: Promise<void> | undefined;
+  #db: Store | undefined;
+  #commit: GroupCommit | undefined;
+  #writes: WriteFailures | undefined;
+  #expiryTimer: NodeJS.Timeout | undefined;
+  // Reads of values being deleted (acknowledged messages, wills); stop() waits for them.
+  readonly #inflight = new Set<Promise<unknown>>();
+
+  readonly taps = new PublishTaps();
+  /** The broker whose clients are online (set by the adapter's setup); for the parts. */
+  broker: BrokerLike | undefined;
+  // The in-memory state, replaced by what recovery finds on start; for the parts.
+  subscriptions = new SubscriptionIndex();
+  retained = new TopicTree<Buffer>();
+  retainedBytes = 0;
+  queues = new OutgoingQueues();
+  incoming = new Map<string, Set<number>>();
+  /** Will owners: client id → the id of the broker that stored the will. */
+  wills = new Map<string, unknown>();
+  sessions = new SessionClock(new Map());
+  /** The highest broker counter queued per broker id (see the adapter's setup). */
+  maxCounters = new Map<string, number>();
+  #nextSeq = 1;
+  readonly limiter: QueueLimiter;
+  readonly counters = {
+    sessionsExpired: 0,
+    decodeErrors: 0,
+    quarantinedRecords: 0,
+    retainedLookups: 0,
+    resentMessages: 0,
+    repeatSendsAvoided: 0,
+    packetIdConflicts: 0,
+    packetIdsExhausted: 0,
+    recoveryRecords: 0,
+    recoveryMs: 0,
+  };
+
+  constructor(options: LevelPersistenceOptions, deps: LevelPersistenceDeps) {
+    this.options = resolveOptions(options);
+    this.log = deps.logger.child({ component: 'persistence' });
+    this.now = deps.now ?? Date.now;
+    this.limiter = new QueueLimiter(
+      { maxMessages: this.options.maxQueuedMessagesPerClient, maxBytes: this.options.maxQueuedBytesPerClient },
+      this.log,
+      this.now,
+    );
+  }
+
+  get state(): PersistenceState {
+    return this.#state;
+  }
+
+  /** Set while writes are refused after a failed one (write-failures.ts); readiness reports it. */
+  get writeFailure(): StoreWriteFailure | undefined {
+    return this.#writes?.failure;
+  }
+
+  /** The group commit, for components that add their own records (keys under `componentPrefix(name)`). */
+  get commit(): GroupCommit {
+    return this.ready().commit;
+  }
+
+  /** The LevelDB handle, for components reading their own key range. */
+  get db(): Store {
+    return this.ready().db;
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  /** Opens and recovers the store. Idempotent; rejects with a StoreError subclass. */
+  start(): Promise<void> {
+    if (this.#state === 'stopping' || this.#state === 'stopped') {
+      return Promise.reject(new StoreClosedError('persistence'));
+    }
+    this.#starting ??= this.#start();
+    return this.#starting;
+  }
+
+  async #start(): Promise<void> {
+    this.#state = 'starting';
+    const { path } = this.options;
+    this.log.info({ path, sync: this.options.sync }, 'opening store');
+    let db: Store;
+    try {
+      db = await openStore(path);
+    } catch (error) {
+      this.#state = 'failed';
+      throw error;
+    }
+    try {
+      const recovered = await recover(db, path, this.log, this.options.recoveryProgressEvery);
+      this.subscriptions = recovered.subscriptions;
+      this.retained = recovered.retained;
+      this.retainedBytes = recovered.retainedBytes;
+      this.queues = recovered.queues;
+      this.incoming = recovered.incoming;
+      // Every will on disk was left by an earlier run (see PREVIOUS_RUN_BROKER_ID).
+      this.wills = new Map([...recovered.wills.keys()].map((clientId) => [clientId, PREVIOUS_RUN_BROKER_ID]));
+      this.sessions = new SessionClock(recovered.sessions);
+      this.#nextSeq = recovered.nextSeq;
+      this.maxCounters = recovered.maxCounters;
+      this.counters.decodeErrors += recovered.decodeErrors;
+      this.counters.quarantinedRecords = recovered.quarantined;
+      this.counters.recoveryRecords = recovered.records;
+      this.counters.recoveryMs = recovered.durationMs;
+
+      this.#db = db;
+      const writes = new WriteFailures(db, path, this.log, this.now, () => this.#state === 'running');
+      this.#writes = writes;
+      this.#commit = createGroupCommit(
+        { batch: (ops, options) => writes.batch(ops, options) },
+        { policy: this.options.sync, maxDelayMs: this.options.commitDelayMs },
+      );
+      this.#state = 'running';
+      const ops = [...recovered.repairOps];
+      const now = this.now();
+      this.sessions.reconcile(
+        now,
+        recovered.aliveAt === undefined ? 0 : now - recovered.aliveAt,
+        this.options.expiryCheckIntervalSec * 1000,
+        this.#clientsWithState(),
+        ops,
+      );
+      ops.push(aliveOp(now));
+      // Every client is offline at start: a lowered limit applies now.
+      for (const [clientId, queue] of this.queues.clients()) this.limiter.enforce(clientId, queue, ops);
+      for (const [clientId] of [...this.queues.clients()]) this.queues.release(clientId);
+      await this.write(ops);
+      await this.sweepExpiredSessions();
+
+      const totals = this.queues.totals();
+      this.log.info(
+        {
+          durationMs: recovered.durationMs,
+          records: recovered.records,
+          retained: this.retained.size,
+          sessions: this.sessions.size,
+          subscriptions: this.subscriptions.matchableCount,
+          queuedEntries: totals.entries,
+          decodeErrors: recovered.decodeErrors,
+        },
+        'store recovered',
+      );
+      if (this.options.sessionExpirySec > 0) {
+        this.#expiryTimer = setInterval(() => {
+          this.sweepExpiredSessions().catch((error: unknown) => this.log.warn({ err: error }, 'session expiry sweep failed'));
+        }, this.options.expiryCheckIntervalSec * 1000);
+        this.#expiryTimer.unref();
+      }
+    } catch (error) {
+      this.#state = 'failed';
+      await this.#writes?.stop();
+      this.#db = undefined;
+      await this.#commit?.close();
+      this.#commit = undefined;
+      await db.close().catch(() => undefined);
+      // The first write (recovery repairs, the alive stamp) on a full disk:
+      // the same clear error as a full disk while opening.
+      if (isNoSpace(error)) throw new StoreFullError(path, error);
+      throw error;
+    }
+  }
+
+  /** Flushes queued writes and closes the store. Idempotent. */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
+    if (this.#starting) await this.#starting.catch(() => undefined);
+    if (this.#state !== 'running') {
+      this.#state = 'stopped';
+      return;
+    }
+    this.#state = 'stopping';
+    clearInterval(this.#expiryTimer);
+    await this.#writes?.stop();
+    await Promise.allSettled([...this.#inflight]);
+    const commit = this.#commit!;
+    await commit.write([aliveOp(this.now())]).catch((error: unknown) => {
+      this.log.warn({ err: error }, 'could not record the stop time');
+    });
+    await commit.close();
+    await this.#db!.close();
+    this.#state = 'stopped';
+    this.log.info('store closed');
+  }
+
+  // -------------------------------------------------------------- publish taps
+
+  /**
+   * A QoS 0 PUBLISH for the taps: nothing waits for it (there is no
+   * acknowledgement), so their records are written behind. QoS 1/2 messages
+   * reach the taps when they are queued (queue-store.ts enqueue).
+   */
+  tapUngated(packet: PacketLike): void {
+    if (this.#state !== 'running') return;
+    const ops: BatchOp[] = [];
+    this.taps.collect(packet, ops);
+    if (ops.length > 0) this.writeBehind(ops, 'record of a QoS 0 message');
+  }
+
+  // --------------------------------------------------------------- sessions
+
+  /**
+   * Removes persistent sessions whose client has been away longer than
+   * sessionExpirySec; returns how many. Runs on a timer; callable directly.
+   */
+  async sweepExpiredSessions(): Promise<number> {
+    this.ready();
+    const now = this.now();
+    const ops: BatchOp[] = [aliveOp(now)];
+    const due = this.sessions.expired(
+      now,
+      this.options.sessionExpirySec * 1000,
+      this.options.expiryCheckIntervalSec * 1000,
+      (clientId) => this.isOnline(clientId),
+      ops,
+    );
+    for (const [clientId, idleMs] of due) {
+      this.#dropSession(clientId, ops);
+      this.log.info({ clientId, idleSec: Math.round(idleMs / 1000) }, 'expired an abandoned persistent session');
+    }
+    this.counters.sessionsExpired += due.length;
+    await this.write(ops);
+    return due.length;
+  }
+
+  /** A client connected or disconnected: its session's last-seen time moves on. */
+  clientSeen(clientId: string, connected: boolean): void {
+    if (!connected) this.queues.get(clientId)?.dropCachedValues();
+    if (this.#state !== 'running' || !this.sessions.has(clientId)) return;
+    const ops: BatchOp[] = [];
+    this.sessions.set(clientId, this.now(), ops);
+    this.write(ops).catch((error: unknown) => this.log.warn({ err: error, clientId }, 'could not record session time'));
+  }
+
+  /** A client with no subscriptions, queue or QoS 2 state has no session to expire; for the parts. */
+  forgetIfStateless(clientId: string, ops: BatchOp[]): void {
+    if (!this.sessions.has(clientId) || this.#hasState(clientId)) return;
+    this.sessions.forget(clientId, ops);
+    this.limiter.forget(clientId);
+  }
+
+  #hasState(clientId: string): boolean {
+    return this.subscriptions.has(clientId) || this.queues.has(clientId) || this.incoming.has(clientId);
+  }
+
+  #clientsWithState(): Set<string> {
+    const clients = new Set<string>(this.subscriptions.clients());
+    for (const [clientId] of this.queues.clients()) clients.add(clientId);
+    for (const clientId of this.incoming.keys()) clients.add(clientId);
+    return clients;
+  }
+
+  #dropSession(clientId: string, ops: BatchOp[]): void {
+    for (const topic of this.subscriptions.clear(clientId)) ops.push({ type: 'del', key: subscriptionKey(clientId, topic) });
+    for (const entry of this.queues.delete(clientId)?.entries() ?? []) {
+      ops.push({ type: 'del', key: outgoingKey(clientId, entry.seq) });
+    }
+    for (const id of this.incoming.get(clientId) ?? []) ops.push({ type: 'del', key: incomingKey(clientId, id) });
+    this.incoming.delete(clientId);
+    this.sessions.forget(clientId, ops);
+    this.limiter.forget(clientId);
+  }
+
+  // ------------------------------------------------- reads and writes (for the parts)
+
+  /** Throws StoreClosedError unless the store takes reads and writes. */
+  ready(): { db: Store; commit: GroupCommit } {
+    // 'stopping' still accepts: aedes' last fire-and-forget writes (wills of
+    // closing clients) land before the group commit closes.
+    if ((this.#state !== 'running' && this.#state !== 'stopping') || !this.#db || !this.#commit) {
+      throw new StoreClosedError(`persistence (${this.#state})`);
+    }
+    return { db: this.#db, commit: this.#commit };
+  }
+
+  /** The value `key` will have once queued writes land (see GroupCommit.pending); undefined also when closed. */
+  pending(key: Buffer): Buffer | null | undefined {
+    return this.#commit?.pending(key);
+  }
+
+  /** The sequence number (the key) of the next queued entry. */
+  nextSeq(): number {
+    return this.#nextSeq++;
+  }
+
+  isOnline(clientId: string): boolean {
+    const clients = this.broker?.clients;
+    return clients !== undefined && clients[clientId] !== undefined;
+  }
+
+  write(ops: readonly BatchOp[]): Promise<void> {
+    if (ops.length === 0) return Promise.resolve();
+    return this.ready().commit.write(ops);
+  }
+
+  /**
+   * Queues `ops` without waiting for them (write-behind, see the adapter's
+   * header). A failure is logged and `failed` runs; whoever waits on the
+   * batch (the barrier of queue-store.ts enqueue) gets the error too, so
+   * nothing is acknowledged.
+   */
+  writeBehind(ops: readonly BatchOp[], what: string, failed?: () => void): void {
+    this.write(ops).catch((error: unknown) => {
+      this.log.warn({ err: error }, `could not store a ${what}`);
+      failed?.();
+    });
+  }
+
+  /** Runs a read of values being deleted; stop() waits for it. */
+  track<T>(operation: () => Promise<T>): Promise<T> {
+    const promise = operation();
+    this.#inflight.add(promise);
+    const forget = () => this.#inflight.delete(promise);
+    promise.then(forget, forget);
+    return promise;
+  }
+
+  /** A value as it will be once queued writes land; undefined when absent. */
+  async read(key: Buffer): Promise<Buffer | undefined> {
+    const [value] = await this.readMany([key]);
+    return value;
+  }
+
+  /**
+   * Reads `key` as it is now and queues its delete (with `ops`) in the same
+   * synchronous step, so a write to the key made after this call always lands
+   * after the delete. The read uses a LevelDB snapshot taken before the delete
+   * is queued; `known` skips the read when the caller has the value.
+   */
+  async readAndDelete(key: Buffer, ops: readonly BatchOp[], known: Buffer | undefined): Promise<Buffer | undefined> {
+    const { db, commit } = this.ready();
+    let read: Promise<Buffer | undefined>;
+    const queued = known ?? commit.pending(key);
+    if (queued !== undefined) {
+      read = Promise.resolve(queued ?? undefined);
+    } else {
+      const snapshot = db.snapshot();
+      read = db.get(key, { snapshot }).finally(() => snapshot.close());
+    }
+    const written = this.write([{ type: 'del', key }, ...ops]);
+    const [value] = await Promise.all([read, written]);
+    return value;
+  }
+
+  async readMany(keys: readonly Buffer[]): Promise<Array<Buffer | undefined>> {
+    const { db, commit } = this.ready();
+    const values: Array<Buffer | undefined> = new Array(keys.length);
+    const fromDisk: number[] = [];
+    keys.forEach((key, i) => {
+      const queued = commit.pending(key);
+      if (queued === undefined) fromDisk.push(i);
+      else values[i] = queued ?? undefined;
+    });
+    if (fromDisk.length > 0) {
+      const read = await db.getMany(fromDisk.map((i) => keys[i]!));
+      fromDisk.forEach((i, j) => (values[i] = read[j] ?? undefined));
+    }
+    return values;
+  }
+
+  /**
+   * Decodes a stored packet. One that fails is logged, counted and skipped:
+   * `forget` drops it from the in-memory index, and unless a newer write to
+   * the key is queued it moves to the quarantine range.
+   */
+  decode(key: Buffer, value: Buffer, forget: (() => void) | undefined): PacketLike | undefined {
+    try {
+      return decodePacket(value);
+    } catch (error) {
+      this.counters.decodeErrors++;
+      this.log.warn({ key: key.toString('hex'), err: (error as Error).message }, 'skipping a record that fails to decode');
+      if (forget) {
+        forget();
+        if (this.pending(key) === undefined) {
+          this.counters.quarantinedRecords++;
+          this.write(quarantineOps(key, value)).catch((writeError: unknown) =>
+            this.log.warn({ err: writeError }, 'could not quarantine a record'),
+          );
+        }
+      }
+      return undefined;
+    }
+  }
+
+  /** The packets stored under `keys`, read a chunk at a time; `amend` adjusts each before it is yielded. */
+  streamKeys(keys: readonly Buffer[], amend: (packet: PacketLike) => void): Readable {
+    const store = this;
+    async function* generate(): AsyncGenerator<PacketLike> {
+      for (let start = 0; start < keys.length; start += STREAM_CHUNK) {
+        const chunk = keys.slice(start, start + STREAM_CHUNK);
+        const values = await store.readMany(chunk);
+        const packets: PacketLike[] = [];
+        values.forEach((value, i) => {
+          if (!value) return;
+          const packet = store.decode(chunk[i]!, value, undefined);
+          if (!packet) return;
+          amend(packet);
+          packets.push(packet);
+        });
+        yield* packets;
+      }
+    }
+    return Readable.from(generate());
+  }
+
+  stats(): PersistenceStats {
+    const totals = this.queues.totals();
+    let incomingPackets = 0;
+    for (const ids of this.incoming.values()) incomingPackets += ids.size;
+    const c = this.counters;
+    return {
+      state: this.#state,
+      retainedMessages: this.retained.size,
+      retainedBytes: this.retainedBytes,
+      subscriptions: this.subscriptions.matchableCount,
+      subscribedClients: this.subscriptions.clientCount,
+      sessions: this.sessions.size,
+      queuedClients: totals.clients,
+      queuedEntries: totals.entries,
+      queuedBytes: totals.publishBytes,
+      incomingPackets,
+      wills: this.wills.size,
+      queueDroppedMessages: this.limiter.droppedMessages,
+      queueOverflows: this.limiter.overflows,
+      resentMessages: c.resentMessages,
+      repeatSendsAvoided: c.repeatSendsAvoided,
+      packetIdConflicts: c.packetIdConflicts,
+      packetIdsExhausted: c.packetIdsExhausted,
+      sessionsExpired: c.sessionsExpired,
+      decodeErrors: c.decodeErrors,
+      quarantinedRecords: c.quarantinedRecords,
+      retainedLookups: c.retainedLookups,
+      retainedNodesVisited: this.retained.nodesVisited,
+      recovery: { records: c.recoveryRecords, durationMs: c.recoveryMs },
+      commit: this.#commit?.stats(),
+    };
+  }
+}

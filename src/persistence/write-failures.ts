@@ -1,0 +1,135 @@
+/**
+ * What the store does after a failed write: refuse every later one until
+ * LevelDB has been reopened, and reopen it in the background.
+ *
+ * What LevelDB (1.23, classic-level 3) does when a write fails, e.g. on
+ * ENOSPC: the batch is not applied, and the next write is attempted as
+ * usual (no sticky error for a failed append; a failed fsync or compaction
+ * does make every later write fail until reopen). But the failed append can
+ * leave part of its record in the write-ahead log while the log writer
+ * counts it as written: records appended after it are misaligned, and when
+ * the log is replayed at the next open they are dropped as corruption with
+ * it. Writes that succeed after space is freed would be acknowledged and
+ * then lost on restart (test/full-disk.test.ts shows it). So the first
+ * failed write stops all writing until the store is reopened, which replays
+ * the log up to the torn record (everything written before the failure) into
+ * a table and starts a fresh log. Reopening is retried every REOPEN_RETRY_MS
+ * in the background; meanwhile writes fail fast (QoS 1/2 publishers get no
+ * acknowledgement, see src/broker/aedes-seam.ts, the publish path) and readiness reports the
+ * failure.
+ */
+import { statfs } from 'node:fs/promises';
+import type { Logger } from '../observability/logger.js';
+import { isNoSpace } from './errors.js';
+import type { BatchOp } from './group-commit.js';
+import type { Store } from './open-store.js';
+import type { StoreWriteFailure } from './types.js';
+
+/**
+ * After a failed write the store is reopened every this many ms until that
+ * works, once at least REOPEN_MIN_FREE_BYTES are free on its file system
+ * (reopening flushes the recovered log into a table: it needs room, and a
+ * failed attempt leaves the store closed, so reads fail too, until the next
+ * attempt).
+ */
+const REOPEN_RETRY_MS = 1000;
+const REOPEN_MIN_FREE_BYTES = 1024 * 1024;
+
+export class WriteFailures {
+  readonly #db: Store;
+  readonly #path: string;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  /** False once the store is stopping: no reopen is started or finished then. */
+  readonly #running: () => boolean;
+  #failure: StoreWriteFailure | undefined;
+  #reopenTimer: NodeJS.Timeout | undefined;
+  #reopening: Promise<void> | undefined;
+
+  constructor(db: Store, path: string, log: Logger, now: () => number, running: () => boolean) {
+    this.#db = db;
+    this.#path = path;
+    this.#log = log;
+    this.#now = now;
+    this.#running = running;
+  }
+
+  /** Set while writes are refused; readiness reports it. */
+  get failure(): StoreWriteFailure | undefined {
+    return this.#failure;
+  }
+
+  /**
+   * The group commit's only way to LevelDB. Once a write has failed, every
+   * later one is refused without touching LevelDB until the store has been
+   * reopened, so nothing is acknowledged meanwhile.
+   */
+  async batch(ops: BatchOp[], options: { sync: boolean }): Promise<void> {
+    if (this.#failure) throw this.#failure.cause;
+    try {
+      await this.#db.batch(ops, options);
+    } catch (error) {
+      this.#halt(error);
+      throw error;
+    }
+  }
+
+  /** Stops reopening; resolves once an attempt under way has ended. */
+  async stop(): Promise<void> {
+    clearTimeout(this.#reopenTimer);
+    this.#reopenTimer = undefined;
+    await this.#reopening;
+  }
+
+  #halt(error: unknown): void {
+    if (this.#failure) return;
+    const full = isNoSpace(error);
+    const message = error instanceof Error ? error.message : String(error);
+    this.#failure = {
+      code: full ? 'EDGEMQTT_STORE_FULL' : 'EDGEMQTT_STORE_WRITE_FAILED',
+      message,
+      since: this.#now(),
+      cause: error,
+    };
+    this.#log.error(
+      { code: this.#failure.code, err: error, retryMs: REOPEN_RETRY_MS },
+      full
+        ? 'store is full: writes are refused and nothing is acknowledged until space is freed and the store reopens'
+        : 'store write failed: writes are refused and nothing is acknowledged until the store reopens',
+    );
+    this.#scheduleReopen();
+  }
+
+  #scheduleReopen(): void {
+    if (!this.#running() || this.#reopenTimer) return;
+    this.#reopenTimer = setTimeout(() => {
+      this.#reopenTimer = undefined;
+      this.#reopening = this.#reopen().finally(() => (this.#reopening = undefined));
+    }, REOPEN_RETRY_MS);
+    this.#reopenTimer.unref();
+  }
+
+  async #reopen(): Promise<void> {
+    if (!this.#running() || !this.#failure) return;
+    const free = await statfs(this.#path).then(
+      (stats) => stats.bavail * stats.bsize,
+      () => Infinity, // cannot tell: try
+    );
+    if (free >= REOPEN_MIN_FREE_BYTES) {
+      try {
+        // The group commit writes nothing meanwhile (batch refuses); reads
+        // made while closed fail, those made while opening wait for it.
+        await this.#db.close();
+        await this.#db.open();
+        if (!this.#running()) return;
+        const failedFor = this.#now() - this.#failure.since;
+        this.#failure = undefined;
+        this.#log.warn({ failedForMs: failedFor }, 'store reopened: writes are accepted again');
+        return;
+      } catch (error) {
+        this.#log.warn({ err: error }, 'store could not be reopened yet');
+      }
+    }
+    this.#scheduleReopen();
+  }
+}
