@@ -55,16 +55,6 @@ t.test(`aedes ${V} still sends a client packets over its Maximum Packet Size`, {
   t.equal(message.payload.length, 1024, 'a PUBLISH of more than 1 KiB reached a client that allows 256 bytes');
 });
 
-t.test(`aedes ${V} still sends no Server Keep Alive for a keep-alive over keepaliveLimit`, { skip: v5 }, async (t) => {
-  // When this fails after an aedes upgrade, broker.maxKeepaliveSec for v5 clients can be aedes' keepaliveLimit (Server Keep Alive [MQTT-3.2.2-21]).
-  const { port } = await startPlainAedes(t, { keepaliveLimit: 30 });
-  const raw = await rawClient(t, port, 5);
-  raw.send(connectPacket('long-keepalive-v5', 5, { keepalive: 120 }));
-  const connack = await raw.next('connack');
-  t.equal(connack.reasonCode, 0, 'accepted');
-  t.equal(connack.properties?.serverKeepAlive, undefined, 'with no Server Keep Alive, so the client keeps its 120 s');
-});
-
 t.test(`aedes ${V} still carries one Subscription Identifier when several subscriptions match, aedes #1090`, { skip: v5 }, async (t) => {
   // When this fails after an aedes upgrade, edgemqtt need not add the identifiers of every matching subscription [MQTT-3.3.4-3].
   const { aedes, port } = await startPlainAedes(t);

@@ -7,7 +7,7 @@ import t, { type Test } from 'tap';
 import { readFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import type { PublishPacket } from 'aedes';
-import { AEDES_VERSION, AedesSeam, checkAedesVersion, installedAedesVersion, type PublishPolicy } from '../src/broker/aedes-seam.js';
+import { AEDES_VERSION, AedesSeam, checkAedesVersion, installedAedesVersion, type PublishPolicy } from '../src/broker/aedes-seam/index.js';
 import { EdgeMqttError } from '../src/errors.js';
 import { startDaemon } from './helpers/daemon.js';
 import { eventually, openClient } from './helpers/mqtt.js';
@@ -20,7 +20,7 @@ t.test('aedes is pinned to the version the seam was written for', async (t) => {
 });
 
 t.test('another aedes version is refused, naming both', async (t) => {
-  for (const found of ['1.2.1', '2.0.0-beta.1', '1.1.0']) {
+  for (const found of ['1.2.0', '2.0.0-beta.2', '2.0.0']) {
     const error = t.throws(() => checkAedesVersion(found)) as EdgeMqttError;
     t.ok(error instanceof EdgeMqttError, `${found}: an EdgeMqttError`);
     t.equal(error.code, 'EDGEMQTT_AEDES_VERSION');

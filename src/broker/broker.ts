@@ -6,7 +6,7 @@
 import type { Aedes, AedesOptions, Client, PublishPacket } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
-import { AedesSeam, connectWill, type PublishPolicy, type QoS } from './aedes-seam.js';
+import { AedesSeam, connectWill, installIncomingCleanup, type PublishPolicy, type QoS } from './aedes-seam/index.js';
 import { checkConnect, PendingRejections } from './connect-rules.js';
 import { installDeliveryRules } from './delivery-rules.js';
 import type { ClaimOutgoing } from './flow-control.js';
@@ -134,6 +134,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       // Before the delivery rules: their per-client wrappers must run on top of the flow control's.
       limits.install(started);
       installDeliveryRules(started);
+      installIncomingCleanup(instance, deps.logger);
       seam = started;
       log.info({ brokerId: instance.id }, 'broker started');
     },

@@ -25,7 +25,7 @@
  */
 import type { Duplex } from 'node:stream';
 import type { Client } from 'aedes';
-import { connackAccepted as accepted } from './aedes-seam.js';
+import { connackAccepted as accepted } from './aedes-seam/index.js';
 
 type Read = (size?: number) => unknown;
 

@@ -1,5 +1,5 @@
 /**
- * CONNECT checks that aedes 1.2 leaves out, applied through its
+ * CONNECT checks that aedes leaves out, applied through its
  * preConnect/authenticate hooks so the client still receives a CONNACK with
  * the right return code.
  */
@@ -23,9 +23,9 @@ export interface ConnectRules {
 }
 
 /**
- * - aedes invents an id for an empty client id whatever the clean-session
- *   flag, but a zero-length id with CleanSession=0 must be answered with
- *   CONNACK 0x02 and the connection closed [MQTT-3.1.3-8].
+ * (aedes 2 answers a zero-length client id with CleanSession=0 with CONNACK
+ * 0x02 itself [MQTT-3.1.3-8], and assigns an MQTT 5 client one
+ * [MQTT-3.1.3-6].)
  * - Keep-alive bounds (broker.minKeepaliveSec, maxKeepaliveSec; with a
  *   maximum, 0 = none is refused too). MQTT 3.1.1 has neither a return code
  *   for them nor a way to impose another value; like Mosquitto's
@@ -33,9 +33,6 @@ export interface ConnectRules {
  *   keepaliveLimit answers 6, which table 3.1 reserves.)
  */
 export function checkConnect(packet: ConnectPacket, rules: ConnectRules = { minKeepaliveSec: 0, maxKeepaliveSec: 0 }): ConnectRejection | null {
-  if ((packet.clientId ?? '') === '' && packet.clean === false) {
-    return { returnCode: IDENTIFIER_REJECTED, reason: 'empty client id with clean session 0 [MQTT-3.1.3-8]' };
-  }
   const keepalive = packet.keepalive ?? 0;
   if (rules.maxKeepaliveSec > 0 && (keepalive === 0 || keepalive > rules.maxKeepaliveSec)) {
     return {

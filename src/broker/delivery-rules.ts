@@ -41,7 +41,7 @@
  */
 import type { Client } from 'aedes';
 import { topicMatches } from '../config/topic-filter.js';
-import { disableAedesDedupe, subscriptionsOf, wrapDeliveries, type AedesSeam, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam.js';
+import { disableAedesDedupe, subscriptionsOf, wrapDeliveries, type AedesSeam, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam/index.js';
 
 export { topicMatches };
 

@@ -46,7 +46,7 @@
  */
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
-import { onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam.js';
+import { onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam/index.js';
 
 export interface FlowControlOptions {
   /** Per client; 0 = unlimited. */

@@ -18,7 +18,7 @@ import type { AedesOptions, Client, Subscription } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
-import { subscriptionsOf, type AedesSeam } from './aedes-seam.js';
+import { subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
 import { FlowControl, type ClaimOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
 import { guardConnection, MQTT_MAX_STRING_BYTES, type Violation } from './protocol-guard/index.js';
 import { holdUntilConnack } from './connect-hold.js';
@@ -234,6 +234,8 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
       maxPacketBytes: config.broker.maxPacketSizeBytes,
       maxTopicLengthBytes: settings.maxTopicLengthBytes,
       maxTopicLevels: settings.maxTopicLevels,
+      // aedes 2 speaks MQTT 5: the guard follows and checks its packets too.
+      mqtt5: true,
     };
     const connectTimeoutMs = config.broker.connectTimeoutSec * 1000;
     seam.onConnection((conn: Duplex, request?: IncomingMessage) => {

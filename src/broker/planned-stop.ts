@@ -18,7 +18,7 @@
  * run as one (src/persistence/level-persistence.ts, PREVIOUS_RUN_BROKER_ID).
  * The same holds after a crash, where nothing could be published anyway.
  */
-import { withholdWill, type AedesSeam } from './aedes-seam.js';
+import { withholdWill, type AedesSeam } from './aedes-seam/index.js';
 
 /** Makes the coming close() skip the wills of connected clients; returns how many it skipped. */
 export function withholdWills(seam: AedesSeam): number {

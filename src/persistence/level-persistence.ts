@@ -325,8 +325,15 @@ export class LevelPersistence {
     return stored;
   }
 
+  /**
+   * Resolves also when there is nothing to delete: a PUBREL repeated within
+   * one read finds the packet twice (aedes handles a read's packets
+   * concurrently) and the second delete finds nothing; PUBCOMP is owed either
+   * way [MQTT-4.3.3-2]. aedes 2.0.0-beta.1 passes a rejection here on to no
+   * one (lib/handlers/pubrel.js, `.finally()`), which would end the process.
+   */
   async incomingDelPacket(client: ClientLike, packet: { messageId?: unknown }): Promise<void> {
-    if (!(await this.#records.deleteIncoming(client.id, packet.messageId as number))) throw new Error('no such packet');
+    await this.#records.deleteIncoming(client.id, packet.messageId as number);
   }
 
   /** Drops every stored incoming QoS 2 packet of a client whose session ends [MQTT-3.1.2-6]. */

@@ -7,7 +7,7 @@
  * connection, the Reason Code to send: see Violation).
  */
 import type { Duplex } from 'node:stream';
-import { interceptReads } from '../aedes-seam.js';
+import { interceptReads } from '../aedes-seam/index.js';
 import { ProtocolGuard } from './guard.js';
 import type { ProtocolGuardOptions, Violation } from './verdict.js';
 

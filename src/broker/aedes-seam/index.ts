@@ -1,0 +1,67 @@
+/**
+ * The one place that reaches past aedes' public typings (this folder). Everything else in
+ * the broker (and the authorizer, through the broker) uses the surface here;
+ * each touch names the aedes 1.2 file and function it relies on, so that an
+ * upgrade is one module to read. aedes is pinned (AEDES_VERSION) and the
+ * broker refuses to start on another version (checkAedesVersion).
+ *
+ * What is hooked, and why:
+ * - `aedes.handle` (aedes.js constructor): the limits, the protocol guard and
+ *   the write coalescer see each connection before aedes makes its Client,
+ *   the delivery hooks see the Client right after (onConnection).
+ * - `conn.read` (lib/client.js: aedes pulls bytes with read() on 'readable'
+ *   and never uses 'data'): the protocol guard's filter (interceptReads);
+ *   and connect-hold.ts, which stands in for read() itself until aedes has
+ *   accepted the CONNECT (connackAccepted: `connackSent`, `closed`), relying
+ *   on the same rule.
+ * - Client `deliver0`/`deliverQoS` (lib/client.js; subscription handlers
+ *   capture them at SUBSCRIBE time, handlers/subscribe.js), `duplicates`
+ *   (lib/client.js dedupe), `subscriptions`, `_handleDrainTimeout`
+ *   (lib/client.js waitForDrain), `_will` and `will` (handlers/connect.js,
+ *   lib/client.js close).
+ * - `aedes.authorizePublish` and `aedes.publish`: the publish path below.
+ * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
+ *   by aedes-packet for each new message), `aedes.persistence` (set by
+ *   listen()).
+ *
+ * The publish path. aedes 1.2.0 answers a QoS 1 PUBLISH in this order
+ * (lib/handlers/publish.js, enqueuePublish): authorizePublish → write PUBACK
+ * → broker.publish(packet), and only that publish stores the retained
+ * message and queues the copies for offline persistent sessions. A crash
+ * between the PUBACK and the end of the publish would lose a message the
+ * publisher was told is safe (DESIGN.md, the data path, step 2). So the
+ * publish runs inside authorizePublish instead, and aedes' own call after
+ * the PUBACK is answered at once. A QoS 1 PUBLISH, from socket to PUBACK:
+ *
+ *  1. aedes reads the bytes (conn.read, through the protocol guard's filter)
+ *     and parses the packet (lib/client.js → lib/handlers/publish.js).
+ *  2. aedes calls broker.authorizePublish: `authorizePublish` below asks the
+ *     access policy, which answers synchronously: allow, drop or refuse.
+ *  3. Allowed: aedes' own publish (Aedes.prototype.publish) runs, once:
+ *     storeRetained; enqueueOffline, whose outgoingEnqueueCombi the
+ *     persistence resolves only once the batch holding this PUBLISH's
+ *     records is written per `persistence.sync`; emitPacket, which calls each
+ *     matching subscriber's deliverQoS (delivery-rules.ts, then
+ *     flow-control.ts, then aedes'); callPublished.
+ *  4. Its callback marks the packet as published and lets aedes go on: aedes
+ *     writes the PUBACK (lib/write.js).
+ *  5. aedes calls broker.publish(packet): `publish` below finds the mark and
+ *     calls back without publishing again.
+ * A publish that fails (a store write failed) is reported to aedes as an
+ * authorization error: aedes closes the connection without a PUBACK, and the
+ * client resends the message on its next connection.
+ *
+ * QoS 0 and QoS 2 keep aedes' order (QoS 2 is durable already: the PUBREC
+ * follows the publish, and the persistence makes that publish's records
+ * durable together): step 2 allows, step 5 publishes. A dropped PUBLISH (the
+ * ACL denies it: MQTT 3.1.1 has no negative acknowledgement, so it is
+ * acknowledged and dropped, the connection kept) is marked at step 2 and
+ * never published. Wills have no packet identifier: aedes calls
+ * authorizePublish and then publish for them (lib/client.js close, aedes.js
+ * _clearWills); a dropped will is not published, but aedes still deletes it
+ * from the store, as for one published.
+ */
+export * from './version.js';
+export * from './client.js';
+export { AedesSeam } from './seam.js';
+export { installIncomingCleanup } from './incoming-cleanup.js';

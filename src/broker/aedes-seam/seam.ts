@@ -1,0 +1,148 @@
+/**
+ * The aedes instance with the seam's hooks: `handle`, `authorizePublish`,
+ * `publish` (the publish path described in index.ts), the connected clients
+ * and the broker counter.
+ */
+import type { Duplex } from 'node:stream';
+import { Aedes, type AedesOptions, type Client, type PublishPacket } from 'aedes';
+import { checkAedesVersion, installedAedesVersion } from './version.js';
+import { freeSubscriptionMap, type ConnectionHook, type PublishPolicy } from './client.js';
+
+type Callback = (error?: Error | null) => void;
+type Publish = (packet: object, client?: Client | null | Callback, done?: Callback) => void;
+
+/** aedes instance internals (aedes.js); not in its typings. */
+interface AedesInternals {
+  publish: Publish;
+  counter: number;
+  clients: Record<string, Client>;
+  /** Other brokers' ids from their $SYS heartbeats (aedes.js). */
+  brokers: Record<string, unknown>;
+  persistence: object;
+}
+
+/** A QoS 1 PUBLISH from the wire: it carries a packet identifier, wills do not. */
+function isWireQoS1(packet: PublishPacket): boolean {
+  return packet.cmd === 'publish' && packet.qos === 1 && typeof packet.messageId === 'number';
+}
+
+/** aedes' answer to a refused publish; for a will, aedes then skips it (lib/client.js close). */
+const REFUSED = 'publish not authorized';
+
+/** The reason aedes' MQTT 5 path carries in its 0x87 acknowledgement (a Reason String when the client asked for problem information). */
+const NOT_AUTHORIZED = 'not allowed by the ACL';
+
+/**
+ * One aedes instance with the hooks above installed. Construct it instead of
+ * `new Aedes()`; then `listen()` it as usual through `aedes`.
+ */
+export class AedesSeam {
+  readonly aedes: Aedes;
+  readonly #instance: AedesInternals;
+  readonly #connectionHooks: ConnectionHook[] = [];
+  /** Packets already published, or dropped, whose next broker.publish is answered at once. */
+  readonly #published = new WeakSet<object>();
+
+  /** Checks the installed aedes version first (checkAedesVersion). */
+  constructor(options: AedesOptions, policy: PublishPolicy, version: string = installedAedesVersion()) {
+    checkAedesVersion(version);
+    const published = this.#published;
+    // aedes calls it as broker.publish (handlers, wills, $SYS); replaced below.
+    const publish = Aedes.prototype.publish as unknown as Publish;
+    const aedes = new Aedes({
+      ...options,
+      authorizePublish(client, packet, done) {
+        const verdict = policy(client, packet);
+        if (verdict === 'refuse') {
+          done(new Error(REFUSED));
+          return;
+        }
+        if (verdict === 'drop') {
+          // MQTT 5: aedes answers an authorization error with PUBACK/PUBREC
+          // 0x87 Not authorized, keeps the connection and does not publish
+          // (lib/handlers/publish.js) [MQTT-3.4.2.1]. MQTT 3.1.1 has no
+          // negative acknowledgement: acknowledged, and dropped at step 5.
+          if (client?.version === 5) {
+            done(new Error(NOT_AUTHORIZED));
+            return;
+          }
+          published.add(packet);
+          done(null);
+          return;
+        }
+        if (!isWireQoS1(packet)) {
+          done(null);
+          return;
+        }
+        // Step 3 of the path above: aedes' own publish, not the hook below.
+        publish.call(aedes, packet, client, (error) => {
+          if (error) {
+            // The message is not stored: no acknowledgement may go out. For
+            // MQTT 5 aedes would answer the error with PUBACK 0x87 and keep
+            // the connection, telling the publisher to drop the message;
+            // closing first leaves the client to resend it on its next
+            // connection, as for 3.1.1 [MQTT-4.4.0-1].
+            client?.conn.destroy();
+            done(error);
+            return;
+          }
+          published.add(packet);
+          done(null);
+        });
+      },
+    });
+    this.aedes = aedes;
+    const instance = aedes as unknown as AedesInternals;
+    this.#instance = instance;
+    // GHSA-52qw-whmv-87c5, fixed in aedes 1.2.0 and missing from
+    // 2.0.0-beta.1 (aedes.js constructor): maps keyed by strings from the wire
+    // must not inherit Object's names, or a client id `constructor` makes
+    // registerClient call .disconnect() on Object's constructor and end the
+    // process. A client's subscriptions likewise (freeSubscriptionMap below).
+    instance.clients = Object.assign(Object.create(null) as Record<string, Client>, instance.clients);
+    instance.brokers = Object.assign(Object.create(null) as Record<string, unknown>, instance.brokers);
+
+    instance.publish = function publishOnce(packet, client, done) {
+      if (published.delete(packet)) {
+        const callback = typeof client === 'function' ? client : done;
+        callback?.();
+        return;
+      }
+      publish.call(aedes, packet, client, done);
+    };
+
+    const hooks = this.#connectionHooks;
+    const handle = aedes.handle;
+    aedes.handle = (conn, request) => {
+      const stream = conn as Duplex;
+      let after: Array<(client: Client) => void> | undefined;
+      for (const hook of hooks) {
+        const then = hook(stream, request);
+        if (then) (after ??= []).push(then);
+      }
+      const client = handle(conn, request);
+      freeSubscriptionMap(client);
+      if (after) for (const then of after) then(client);
+      return client;
+    };
+  }
+
+  /** Adds a hook for every connection aedes handles from now on, run after the ones added before it. */
+  onConnection(hook: ConnectionHook): void {
+    this.#connectionHooks.push(hook);
+  }
+
+  /** The clients connected now (aedes.js registerClient keeps them by id). */
+  connectedClients(): Client[] {
+    return Object.values(this.#instance.clients);
+  }
+
+  /**
+   * The broker counter for a message the broker publishes on its own behalf:
+   * aedes numbers messages from this counter (aedes-packet), and keeps a
+   * number a packet already carries.
+   */
+  nextBrokerCounter(): number {
+    return ++this.#instance.counter;
+  }
+}
