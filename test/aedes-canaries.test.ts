@@ -355,6 +355,26 @@ t.test(`aedes ${V} still disconnects a client whose PUBLISH the publish hook den
   t.notOk(raw.packets.some((p) => p.cmd === 'puback'), 'closed without a PUBACK');
 });
 
+t.test(`aedes ${V} still acts on a PUBLISH read after a CONNECT it then refuses [MQTT-3.1.4-5] (corrected in src/broker/connect-hold.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, remove src/broker/connect-hold.ts.
+  // lib/client.js queues the packets parsed with the CONNECT, but a packet
+  // completed by a later read in the same turn (here: after a 96 KiB
+  // payload, more than one 64 KiB read) goes to the handlers at once.
+  const { port } = await startPlainAedes(t, {
+    authenticate: (_client: unknown, _user: unknown, _password: unknown, done: (error: Error | null, ok: boolean) => void) =>
+      done(Object.assign(new Error('bad password'), { returnCode: 4 }), false),
+  });
+  const raw = await rawClient(t, port);
+  raw.send(
+    connect({ clientId: 'refused', username: 'alice', password: 'wrong' }),
+    publish('early/publish', { qos: 1, id: 7, payload: Buffer.alloc(96 * 1024, 0x61) }),
+  );
+  await raw.waitForClose();
+  const commands = raw.packets.map((p) => p.cmd);
+  t.ok(commands.includes('puback'), `a PUBACK came back before the connection closed (${commands.join(', ')})`);
+  t.ok(commands.includes('connack'), 'and the CONNACK refused it');
+});
+
 t.test(`aedes ${V} still accepts a CONNECT whose will the client may not publish (corrected in src/auth/authorizer.ts)`, async (t) => {
   // When this fails after an aedes upgrade, remove the will check at CONNECT in src/auth/authorizer.ts.
   const { port } = await startPlainAedes(t, {
