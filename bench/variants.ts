@@ -95,7 +95,8 @@ export function applyPatches(variant: Variant): void {
   const original = packets.writeToStream;
   let write: WriteToStream = original;
   if (variant.singleBuffer) {
-    write = (packet, stream) => stream.write(mqttPacket.generate(packet));
+    // The options carry the connection's protocolVersion: v5 packets differ on the wire.
+    write = (packet, stream, options) => stream.write(mqttPacket.generate(packet, options));
   }
   if (variant.coalesce) {
     const inner = write;
