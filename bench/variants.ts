@@ -39,7 +39,7 @@ export const VARIANTS: Record<string, Variant> = {
   daemon: { base: 'daemon', description: 'edgemqtt as shipped (createDaemon)' },
   aedes: {
     base: 'aedes',
-    description: 'bare aedes 1.2 on net + ws: no packet-size guard, no delivery fixes, no hooks',
+    description: 'bare aedes on net + ws: no packet-size guard, no delivery fixes, no hooks',
   },
   batch: {
     base: 'daemon',
