@@ -55,6 +55,13 @@ interface Client {
 
 let finishing = false;
 
+/**
+ * How long a client may wait for its CONNACK (or SUBACK). A broker that takes
+ * the CONNECT but never answers (say, one that does not follow a level-5
+ * client past its CONNECT) fails the run instead of hanging it.
+ */
+const HANDSHAKE_TIMEOUT_MS = 15_000;
+
 /** Reports the error to the orchestrator and exits. */
 function fail(error: unknown): void {
   if (finishing) return;
@@ -95,6 +102,9 @@ function openClient(
   return new Promise((resolve, reject) => {
     const awaited = filter ? PACKET_SUBACK : PACKET_CONNACK;
     let ready = false;
+    const handshakeTimer = setTimeout(() => {
+      reject(new Error(`${clientId}: no ${filter ? 'SUBACK' : 'CONNACK'} within ${HANDSHAKE_TIMEOUT_MS / 1000} s (MQTT level ${level})`));
+    }, HANDSHAKE_TIMEOUT_MS);
     const handler: PacketHandler = (type, buf, start, end) => {
       if (ready) onPacket(type, buf, start, end);
       else if (type === PACKET_CONNACK && buf[start + 1] !== 0) {
@@ -104,6 +114,7 @@ function openClient(
         reject(new Error(`${clientId}: SUBACK refused ${filter} with code 0x${subackCode(buf, end).toString(16)}`));
       } else if (type === awaited) {
         ready = true;
+        clearTimeout(handshakeTimer);
         resolve(client);
       } else if (type !== PACKET_CONNACK) {
         reject(new Error(`${clientId}: unexpected packet type ${type} before ${filter ? 'SUBACK' : 'CONNACK'}`));

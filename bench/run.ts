@@ -355,6 +355,7 @@ async function benchmark(brokerNames: string[], protocols: Protocol[], tempDir: 
   console.log(`settings: ${JSON.stringify(settings)}\n`);
 
   const results = new Map<string, LoadResult[][]>(); // case key → broker index → rounds
+  const failures: string[] = [];
   for (const scenario of scenarios) for (const c of casesOf(scenario)) results.set(c.key, brokerNames.map(() => []));
   for (let round = 1; round <= settings.rounds; round++) {
     for (const scenario of scenarios) {
@@ -376,7 +377,17 @@ async function benchmark(brokerNames: string[], protocols: Protocol[], tempDir: 
             if (round === 1) console.log(`${label} ${broker.endpoint.name.padEnd(9)} ${missing}`);
             continue;
           }
-          const result = await runLoad(scenario.spec(broker.endpoint, clientProtocol(c.protocol)));
+          // A failed run (say, a broker that refuses level-5 CONNECTs) costs
+          // its own cells, not the rest of the table.
+          let result: LoadResult;
+          try {
+            result = await runLoad(scenario.spec(broker.endpoint, clientProtocol(c.protocol)));
+          } catch (error) {
+            const message = error instanceof Error ? error.message : String(error);
+            failures.push(`${c.key} ${broker.endpoint.name}: ${message}`);
+            console.log(`${label} ${broker.endpoint.name.padEnd(9)} FAILED: ${message}`);
+            continue;
+          }
           results.get(c.key)?.[index]?.push(result);
           console.log(`${label} ${broker.endpoint.name.padEnd(9)} ${describe(result, scenario)}`);
         }
@@ -458,6 +469,10 @@ async function benchmark(brokerNames: string[], protocols: Protocol[], tempDir: 
     );
   }
   if (saturated) console.log('WARNING: the load generator used >85% of a core in a run: that figure may be limited by the load generator.');
+  if (failures.length) {
+    // Cells without a run show —; the whole benchmark still fails.
+    throw new Error(`${failures.length} run(s) failed:\n  ${failures.join('\n  ')}`);
+  }
 }
 
 async function main(): Promise<void> {
