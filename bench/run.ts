@@ -43,7 +43,8 @@ import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { median, type BrokerEndpoint, type ClientProtocol, type LoadResult, type LoadSpec } from './common.js';
-import { aedesVersion, findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
+import { findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
+import { clientProtocol, mqtt5Gap, parseProtocols, type Protocol } from './protocols.js';
 import { formatProfile, summarizeProfile } from './profile.js';
 
 function envInt(name: string, fallback: number): number {
@@ -71,28 +72,6 @@ const settings = {
   payloadBytes: Math.max(12, envInt('BENCH_PAYLOAD_BYTES', 32)),
   timeoutMs: envInt('BENCH_TIMEOUT_SEC', 60) * 1000,
 };
-
-/** A client protocol as named on the command line and in the table's MQTT column. */
-interface Protocol {
-  name: '3.1.1' | '5';
-  level: ClientProtocol['level'];
-}
-
-const PROTOCOLS: Protocol[] = [
-  { name: '3.1.1', level: 4 },
-  { name: '5', level: 5 },
-];
-
-function parseProtocols(list: string): Protocol[] {
-  const names = list.split(',').map((name) => name.trim()).filter(Boolean);
-  const chosen = names.map((name) => {
-    const protocol = PROTOCOLS.find((candidate) => candidate.name === name || (name === '5.0' && candidate.level === 5));
-    if (!protocol) throw new Error(`unknown protocol ${name}; known: ${PROTOCOLS.map((p) => p.name).join(', ')}`);
-    return protocol;
-  });
-  if (chosen.length === 0) throw new Error('no protocol chosen');
-  return [...new Set(chosen)];
-}
 
 interface Scenario {
   id: string;
@@ -265,13 +244,6 @@ function parseArgs(argv: string[]): Args {
   return { profile, brokers: brokers.map((name) => name.trim()).filter(Boolean), protocols: parseProtocols(protocols) };
 }
 
-/** aedes' major version decides whether edgemqtt (and every variant) can take MQTT 5 clients. */
-function mqtt5Gap(): string | undefined {
-  const version = aedesVersion();
-  const major = Number(version.split('.')[0]);
-  return major >= 2 ? undefined : `n/a (aedes ${Number.isFinite(major) ? major : '?'}.x has no MQTT 5)`;
-}
-
 function scenarioById(id: string): Scenario {
   const scenario = SCENARIOS.find((candidate) => candidate.id === id);
   if (!scenario) throw new Error(`unknown scenario ${id}; known: ${SCENARIOS.map((s) => s.id).join(', ')}`);
@@ -282,8 +254,6 @@ function scenarioById(id: string): Scenario {
 function protocolsOf(scenario: Scenario, protocols: Protocol[]): Protocol[] {
   return scenario.v5Only ? protocols.filter((protocol) => protocol.level === 5) : protocols;
 }
-
-const clientProtocol = (protocol: Protocol): ClientProtocol => ({ level: protocol.level, properties: false });
 
 async function startBroker(name: string, tempDir: string, execArgv: string[] = []): Promise<RunningBroker | null> {
   if (name === 'mosquitto') {
