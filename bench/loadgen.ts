@@ -7,6 +7,9 @@
  * Publisher and subscribers live in this one process on raw sockets: the
  * publisher writes slices of one pre-generated buffer of PUBLISH packets, the
  * subscribers read into a reused buffer (`onread`) and only walk fixed headers.
+ * Clients speak MQTT 3.1.1 or 5.0 as the spec says; the per-message work is
+ * the same for both (v5 only adds a property length to skip when the latency
+ * run reads its timestamp), so v5 rows do not measure a slower load generator.
  * Keeping both ends in one process lets the throughput runs keep a bounded
  * window of messages in flight (lossless, no unbounded broker queues) and the
  * latency run compare timestamps on one clock. Its CPU time is reported next
@@ -23,15 +26,18 @@ import {
   PACKET_SUBACK,
   PacketReader,
   percentile,
+  publishPayloadStart,
   processCpuMs,
   processRssKb,
   publishPacket,
+  subackCode,
   subscribePacket,
   TOPIC,
   WebSocketReader,
   webSocketFrame,
   webSocketUpgradeRequest,
   type BrokerEndpoint,
+  type ClientProtocol,
   type LatencySpec,
   type LoadResult,
   type LoadSpec,
@@ -42,11 +48,19 @@ import {
 
 interface Client {
   socket: net.Socket;
+  level: ClientProtocol['level'];
   /** Sends MQTT bytes, framed for WebSocket when needed. */
   send(bytes: Buffer): void;
 }
 
 let finishing = false;
+
+/**
+ * How long a client may wait for its CONNACK (or SUBACK). A broker that takes
+ * the CONNECT but never answers (say, one that does not follow a level-5
+ * client past its CONNECT) fails the run instead of hanging it.
+ */
+const HANDSHAKE_TIMEOUT_MS = 15_000;
 
 /** Reports the error to the orchestrator and exits. */
 function fail(error: unknown): void {
@@ -70,14 +84,16 @@ function startPacing(intervalMs: number): void {
 }
 
 /**
- * Connects, sends CONNECT (and SUBSCRIBE when `filter` is given) and resolves
- * once CONNACK (or SUBACK) arrives. `onPacket` sees every later packet;
- * `afterRead` runs once per socket read, after its packets.
+ * Connects, sends CONNECT (and SUBSCRIBE when `filter` is given) at protocol
+ * `level` and resolves once CONNACK (or a granting SUBACK) arrives.
+ * `onPacket` sees every later packet; `afterRead` runs once per socket read,
+ * after its packets.
  */
 function openClient(
   endpoint: BrokerEndpoint,
   transport: Transport,
   clientId: string,
+  level: ClientProtocol['level'],
   onPacket: PacketHandler,
   afterRead: () => void,
   filter?: string,
@@ -86,19 +102,28 @@ function openClient(
   return new Promise((resolve, reject) => {
     const awaited = filter ? PACKET_SUBACK : PACKET_CONNACK;
     let ready = false;
+    const handshakeTimer = setTimeout(() => {
+      reject(new Error(`${clientId}: no ${filter ? 'SUBACK' : 'CONNACK'} within ${HANDSHAKE_TIMEOUT_MS / 1000} s (MQTT level ${level})`));
+    }, HANDSHAKE_TIMEOUT_MS);
     const handler: PacketHandler = (type, buf, start, end) => {
       if (ready) onPacket(type, buf, start, end);
       else if (type === PACKET_CONNACK && buf[start + 1] !== 0) {
-        reject(new Error(`${clientId}: CONNACK return code ${buf[start + 1]}`));
+        // The second byte is the return code (3.1.1) or the reason code (v5).
+        reject(new Error(`${clientId}: CONNACK ${level === 5 ? 'reason' : 'return'} code 0x${(buf[start + 1] as number).toString(16)}`));
+      } else if (type === PACKET_SUBACK && subackCode(buf, end) >= 0x80) {
+        reject(new Error(`${clientId}: SUBACK refused ${filter} with code 0x${subackCode(buf, end).toString(16)}`));
       } else if (type === awaited) {
         ready = true;
+        clearTimeout(handshakeTimer);
         resolve(client);
       } else if (type !== PACKET_CONNACK) {
         reject(new Error(`${clientId}: unexpected packet type ${type} before ${filter ? 'SUBACK' : 'CONNACK'}`));
       }
     };
     const mqttReader = new PacketReader(handler);
-    const hello = filter ? Buffer.concat([connectPacket(clientId), subscribePacket(filter)]) : connectPacket(clientId);
+    const hello = filter
+      ? Buffer.concat([connectPacket(clientId, level), subscribePacket(filter, level)])
+      : connectPacket(clientId, level);
     const wsReader =
       transport === 'ws'
         ? new WebSocketReader(
@@ -134,6 +159,7 @@ function openClient(
     });
     const client: Client = {
       socket,
+      level,
       send: transport === 'tcp' ? (bytes) => socket.write(bytes) : (bytes) => socket.write(webSocketFrame(bytes)),
     };
     socket.once('connect', () => {
@@ -150,9 +176,9 @@ function openClient(
 function closeAll(clients: Client[]): void {
   finishing = true;
   clearInterval(pacingTimer);
-  const bye = disconnectPacket();
+  const bye = { 4: disconnectPacket(4), 5: disconnectPacket(5) };
   for (const client of clients) {
-    client.send(bye);
+    client.send(bye[client.level]);
     client.socket.end();
   }
 }
@@ -163,7 +189,7 @@ function cpuSnapshot(brokerPid: number): { wall: number; broker: number; loadgen
 }
 
 async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
-  const { endpoint, subscribers: count, window } = spec;
+  const { endpoint, subscribers: count, window, protocol } = spec;
   const total = spec.warmupMessages + spec.messages;
   const startMark = spec.warmupMessages * count;
   const endMark = total * count;
@@ -180,7 +206,7 @@ async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
   const finished = new Promise<boolean>((resolve) => (done = resolve));
 
   const payload = Buffer.alloc(spec.payloadBytes, 0x5a);
-  const packet = publishPacket(TOPIC, payload);
+  const packet = publishPacket(TOPIC, payload, protocol);
   const batch = Buffer.concat(new Array<Buffer>(window).fill(packet));
   // Refill only once a quarter of the window is free, so writes stay large.
   const lowWater = Math.max(1, Math.floor(window / 4));
@@ -224,6 +250,7 @@ async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
         endpoint,
         spec.subTransport,
         `bench-sub-${process.pid}-${index}`,
+        protocol.level,
         (type) => {
           if (type === PACKET_PUBLISH) {
             received[index] = (received[index] as number) + 1;
@@ -235,7 +262,7 @@ async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
       ),
     ),
   );
-  publisher = await openClient(endpoint, 'tcp', `bench-pub-${process.pid}`, () => {}, () => {}, undefined, 4096);
+  publisher = await openClient(endpoint, 'tcp', `bench-pub-${process.pid}`, protocol.level, () => {}, () => {}, undefined, 4096);
   const timer = setTimeout(() => done(true), spec.timeoutMs);
   if (spec.readPacingMs > 0) startPacing(spec.readPacingMs);
   if (startMark === 0) afterRead();
@@ -262,7 +289,8 @@ async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
 }
 
 async function runLatency(spec: LatencySpec): Promise<LoadResult> {
-  const { endpoint, rate } = spec;
+  const { endpoint, rate, protocol } = spec;
+  const { level } = protocol;
   const warmup = Math.round(rate * spec.warmupSeconds);
   const measured = Math.round(rate * spec.seconds);
   const total = warmup + measured;
@@ -275,17 +303,18 @@ async function runLatency(spec: LatencySpec): Promise<LoadResult> {
   const finished = new Promise<boolean>((resolve) => (done = resolve));
 
   // Payload: send time (float64, ms on this process's performance clock), sequence number, padding.
-  const template = publishPacket(TOPIC, Buffer.alloc(Math.max(12, spec.payloadBytes), 0x5a));
+  const template = publishPacket(TOPIC, Buffer.alloc(Math.max(12, spec.payloadBytes), 0x5a), protocol);
   const payloadOffset = template.length - Math.max(12, spec.payloadBytes);
 
   const subscriber = await openClient(
     endpoint,
     spec.subTransport,
     `bench-lat-sub-${process.pid}`,
+    level,
     (type, buf, bodyStart) => {
       if (type !== PACKET_PUBLISH) return;
       const now = performance.now();
-      const payloadStart = bodyStart + 2 + buf.readUInt16BE(bodyStart);
+      const payloadStart = publishPayloadStart(buf, bodyStart, level);
       const sentAt = buf.readDoubleLE(payloadStart);
       const sequence = buf.readUInt32LE(payloadStart + 8);
       received++;
@@ -295,7 +324,7 @@ async function runLatency(spec: LatencySpec): Promise<LoadResult> {
     () => reads++,
     FILTER,
   );
-  const publisher = await openClient(endpoint, 'tcp', `bench-lat-pub-${process.pid}`, () => {}, () => {}, undefined, 4096);
+  const publisher = await openClient(endpoint, 'tcp', `bench-lat-pub-${process.pid}`, level, () => {}, () => {}, undefined, 4096);
 
   let sent = 0;
   const sendStart = performance.now();

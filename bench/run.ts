@@ -14,15 +14,23 @@
  *   tcp-ws   QoS 0 throughput, 1 TCP publisher → 1 WebSocket subscriber
  *   fanout   QoS 0, 1 TCP publisher → N TCP subscribers, deliveries/s
  *   latency  TCP publisher → WebSocket subscriber at a fixed rate, p50/p99
+ *   tcp-tcp-props  tcp-tcp with MQTT 5 clients whose every PUBLISH carries a
+ *            content type and a user property (MQTT 5 rows only)
+ *
+ * Each scenario runs once per client protocol: MQTT 3.1.1 and MQTT 5.0 rows
+ * side by side, each with its own edgemqtt/mosquitto ratio. An edgemqtt on
+ * aedes 1.x cannot speak MQTT 5: its v5 rows say so and mosquitto's still run.
  *
  * Options (arguments after `npm run bench --`):
  *   --profile[=SCENARIO]  run one scenario (default tcp-tcp) against edgemqtt
  *                         under `node --cpu-prof` and print where the time went
  *   --brokers=a,b,…       columns: edgemqtt, mosquitto, or a variant from
  *                         variants.ts (default edgemqtt,mosquitto)
+ *   --protocols=3.1.1,5   client protocols, one set of rows each (default both;
+ *                         also BENCH_PROTOCOLS); --profile uses the first
  *
  * Environment (all optional):
- *   BENCH_SCENARIOS=tcp-tcp,tcp-ws,fanout,latency   BENCH_ROUNDS=3 (the table shows medians)
+ *   BENCH_SCENARIOS=tcp-tcp,tcp-ws,fanout,latency,tcp-tcp-props   BENCH_ROUNDS=3 (the table shows medians)
  *   BENCH_MESSAGES=150000 BENCH_WARMUP=15000 BENCH_WINDOW=1000 (tcp-tcp, tcp-ws)
  *   BENCH_FANOUT_SUBSCRIBERS=100 BENCH_FANOUT_MESSAGES=4000 BENCH_FANOUT_WARMUP=400 BENCH_FANOUT_WINDOW=100
  *   BENCH_READ_PACING_MS=1 BENCH_FANOUT_READ_PACING_MS=5 (0: subscribers read every segment at once)
@@ -34,8 +42,9 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { median, type BrokerEndpoint, type LoadResult, type LoadSpec } from './common.js';
+import { median, type BrokerEndpoint, type ClientProtocol, type LoadResult, type LoadSpec } from './common.js';
 import { findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
+import { clientProtocol, mqtt5Gap, parseProtocols, type Protocol } from './protocols.js';
 import { formatProfile, summarizeProfile } from './profile.js';
 
 function envInt(name: string, fallback: number): number {
@@ -68,7 +77,9 @@ interface Scenario {
   id: string;
   title: string;
   unit: string;
-  spec(endpoint: BrokerEndpoint): LoadSpec;
+  /** Only MQTT 5 clients can send it (PUBLISH properties): no 3.1.1 row. */
+  v5Only?: boolean;
+  spec(endpoint: BrokerEndpoint, protocol: ClientProtocol): LoadSpec;
 }
 
 const SCENARIOS: Scenario[] = [
@@ -76,9 +87,10 @@ const SCENARIOS: Scenario[] = [
     id: 'tcp-tcp',
     title: '(a) QoS 0 throughput TCP → TCP',
     unit: 'msg/s',
-    spec: (endpoint) => ({
+    spec: (endpoint, protocol) => ({
       kind: 'throughput',
       endpoint,
+      protocol,
       subscribers: 1,
       subTransport: 'tcp',
       warmupMessages: settings.warmup,
@@ -93,9 +105,10 @@ const SCENARIOS: Scenario[] = [
     id: 'tcp-ws',
     title: '(a) QoS 0 throughput TCP → WebSocket',
     unit: 'msg/s',
-    spec: (endpoint) => ({
+    spec: (endpoint, protocol) => ({
       kind: 'throughput',
       endpoint,
+      protocol,
       subscribers: 1,
       subTransport: 'ws',
       warmupMessages: settings.warmup,
@@ -110,9 +123,10 @@ const SCENARIOS: Scenario[] = [
     id: 'fanout',
     title: `(b) QoS 0 fan-out 1 → ${settings.fanoutSubscribers} (TCP)`,
     unit: 'deliveries/s',
-    spec: (endpoint) => ({
+    spec: (endpoint, protocol) => ({
       kind: 'throughput',
       endpoint,
+      protocol,
       subscribers: settings.fanoutSubscribers,
       subTransport: 'tcp',
       warmupMessages: settings.fanoutWarmup,
@@ -127,15 +141,35 @@ const SCENARIOS: Scenario[] = [
     id: 'latency',
     title: `(c) latency TCP → WebSocket @ ${settings.latencyRate} msg/s`,
     unit: 'ms',
-    spec: (endpoint) => ({
+    spec: (endpoint, protocol) => ({
       kind: 'latency',
       endpoint,
+      protocol,
       subTransport: 'ws',
       rate: settings.latencyRate,
       seconds: settings.latencySeconds,
       warmupSeconds: settings.latencyWarmupSeconds,
       payloadBytes: settings.payloadBytes,
       timeoutMs: settings.timeoutMs + settings.latencySeconds * 1000,
+    }),
+  },
+  {
+    id: 'tcp-tcp-props',
+    title: '(a) QoS 0 throughput TCP → TCP, PUBLISH with content type + user property',
+    unit: 'msg/s',
+    v5Only: true,
+    spec: (endpoint, protocol) => ({
+      kind: 'throughput',
+      endpoint,
+      protocol: { ...protocol, properties: true },
+      subscribers: 1,
+      subTransport: 'tcp',
+      warmupMessages: settings.warmup,
+      messages: settings.messages,
+      window: settings.window,
+      readPacingMs: settings.readPacingMs,
+      payloadBytes: settings.payloadBytes,
+      timeoutMs: settings.timeoutMs,
     }),
   },
 ];
@@ -167,18 +201,13 @@ function cpuPercent(ms: number, result: LoadResult): number {
   return result.elapsedMs > 0 ? (ms / result.elapsedMs) * 100 : Number.NaN;
 }
 
-interface Row {
-  metric: string;
-  values: string[];
-  ratio: string;
-}
-
-function table(headers: string[], rows: Row[]): string {
-  const cells = [headers, ...rows.map((row) => [row.metric, ...row.values, row.ratio])];
+/** Left-aligned first column, right-aligned others, three spaces apart. */
+function table(headers: string[], rows: string[][]): string {
+  const cells = [headers, ...rows];
   const widths = headers.map((_, column) => Math.max(...cells.map((line) => (line[column] ?? '').length)));
   const render = (line: string[]) =>
     line.map((cell, column) => (column === 0 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0))).join('   ');
-  return [render(headers), widths.map((width) => '-'.repeat(width)).join('   '), ...rows.map((row) => render([row.metric, ...row.values, row.ratio]))].join('\n');
+  return [render(headers), widths.map((width) => '-'.repeat(width)).join('   '), ...rows.map(render)].join('\n');
 }
 
 function describe(result: LoadResult, scenario: Scenario): string {
@@ -189,21 +218,41 @@ function describe(result: LoadResult, scenario: Scenario): string {
   }
   const lost = result.lost > 0 ? `, ${result.lost} deliveries missing` : '';
   const batching = `${number(result.delivered / Math.max(1, result.subscriberReads), 1)} deliveries/read`;
-  return `${number(throughputOf(result))} ${scenario.unit}${lost}${result.timedOut ? ' (TIMED OUT)' : ''}; ${cpu}; ${batching}`;
+  const loadgenPerDelivery = `load gen ${number((result.loadgenCpuMs * 1000) / Math.max(1, result.delivered), 2)} µs/delivery`;
+  return `${number(throughputOf(result))} ${scenario.unit}${lost}${result.timedOut ? ' (TIMED OUT)' : ''}; ${cpu}; ${loadgenPerDelivery}; ${batching}`;
 }
 
 // ---------------------------------------------------------------- main
 
-function parseArgs(argv: string[]): { profile?: string; brokers: string[] } {
+interface Args {
+  profile?: string;
+  brokers: string[];
+  protocols: Protocol[];
+}
+
+function parseArgs(argv: string[]): Args {
   let profile: string | undefined;
   let brokers = (process.env.BENCH_BROKERS ?? 'edgemqtt,mosquitto').split(',');
+  let protocols = process.env.BENCH_PROTOCOLS || '3.1.1,5';
   for (const arg of argv) {
     if (arg === '--profile') profile = 'tcp-tcp';
     else if (arg.startsWith('--profile=')) profile = arg.slice('--profile='.length);
     else if (arg.startsWith('--brokers=')) brokers = arg.slice('--brokers='.length).split(',');
+    else if (arg.startsWith('--protocols=')) protocols = arg.slice('--protocols='.length);
     else throw new Error(`unknown argument ${arg}; see the header of bench/run.ts`);
   }
-  return { profile, brokers: brokers.map((name) => name.trim()).filter(Boolean) };
+  return { profile, brokers: brokers.map((name) => name.trim()).filter(Boolean), protocols: parseProtocols(protocols) };
+}
+
+function scenarioById(id: string): Scenario {
+  const scenario = SCENARIOS.find((candidate) => candidate.id === id);
+  if (!scenario) throw new Error(`unknown scenario ${id}; known: ${SCENARIOS.map((s) => s.id).join(', ')}`);
+  return scenario;
+}
+
+/** The protocols a scenario runs with, in the order asked for. */
+function protocolsOf(scenario: Scenario, protocols: Protocol[]): Protocol[] {
+  return scenario.v5Only ? protocols.filter((protocol) => protocol.level === 5) : protocols;
 }
 
 async function startBroker(name: string, tempDir: string, execArgv: string[] = []): Promise<RunningBroker | null> {
@@ -222,33 +271,49 @@ async function startBroker(name: string, tempDir: string, execArgv: string[] = [
   return broker;
 }
 
-async function profileRun(scenarioId: string, brokerName: string, tempDir: string): Promise<void> {
-  const scenario = SCENARIOS.find((candidate) => candidate.id === scenarioId);
-  if (!scenario) throw new Error(`unknown scenario ${scenarioId}; known: ${SCENARIOS.map((s) => s.id).join(', ')}`);
+async function profileRun(scenarioId: string, brokerName: string, protocol: Protocol, tempDir: string): Promise<void> {
+  const scenario = scenarioById(scenarioId);
+  if (!protocolsOf(scenario, [protocol]).length) throw new Error(`${scenario.id} needs MQTT 5: add --protocols=5`);
+  const gap = protocol.level === 5 ? mqtt5Gap() : undefined;
+  if (gap) throw new Error(`cannot profile MQTT 5 clients: ${gap}`);
   const profileDir = path.join(tempDir, 'profile');
   const broker = await startBroker(brokerName, tempDir, ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-interval=250']);
   if (!broker) throw new Error('cannot profile mosquitto');
-  console.log(`profiling ${broker.version}: ${scenario.title} under node --cpu-prof (250 µs sampling)`);
-  const result = await runLoad(scenario.spec(broker.endpoint));
+  console.log(`profiling ${broker.version}: ${scenario.title}, MQTT ${protocol.name} clients, under node --cpu-prof (250 µs sampling)`);
+  const result = await runLoad(scenario.spec(broker.endpoint, clientProtocol(protocol)));
   console.log(`  ${describe(result, scenario)}`);
   await broker.stop();
   const file = readdirSync(profileDir).find((name) => name.endsWith('.cpuprofile'));
   if (!file) throw new Error('the broker wrote no .cpuprofile');
   const keepDir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'profiles');
   mkdirSync(keepDir, { recursive: true });
-  const kept = path.join(keepDir, `${brokerName}-${scenario.id}-${new Date().toISOString().replace(/[:.]/g, '-')}.cpuprofile`);
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const kept = path.join(keepDir, `${brokerName}-${scenario.id}-mqtt${protocol.name}-${stamp}.cpuprofile`);
   copyFileSync(path.join(profileDir, file), kept);
   console.log(`profile saved to ${kept} (open in Chrome DevTools → Performance, or: node dist-bench/bench/profile.js FILE)\n`);
   console.log(formatProfile(summarizeProfile(kept), Number(process.env.BENCH_PROFILE_TOP ?? 30)));
 }
 
-async function benchmark(brokerNames: string[], tempDir: string): Promise<void> {
+/** One set of table rows: a scenario run with one client protocol. */
+interface Case {
+  key: string;
+  scenario: Scenario;
+  protocol: Protocol;
+}
+
+async function benchmark(brokerNames: string[], protocols: Protocol[], tempDir: string): Promise<void> {
   const selected = (process.env.BENCH_SCENARIOS ?? SCENARIOS.map((s) => s.id).join(',')).split(',').map((id) => id.trim());
-  const scenarios = selected.map((id) => {
-    const scenario = SCENARIOS.find((candidate) => candidate.id === id);
-    if (!scenario) throw new Error(`unknown scenario ${id}; known: ${SCENARIOS.map((s) => s.id).join(', ')}`);
-    return scenario;
-  });
+  const scenarios = selected.map(scenarioById);
+  for (const scenario of scenarios) {
+    if (!protocolsOf(scenario, protocols).length) console.log(`${scenario.id}: skipped, it needs MQTT 5 clients (--protocols=…,5)`);
+  }
+  const casesOf = (scenario: Scenario): Case[] =>
+    protocolsOf(scenario, protocols).map((protocol) => ({ key: `${scenario.id}@${protocol.name}`, scenario, protocol }));
+  const gap = mqtt5Gap();
+  // Whether broker `index` cannot take this case's clients: the reason, or undefined.
+  const gapOf = (index: number, protocol: Protocol): string | undefined =>
+    protocol.level === 5 && brokerNames[index] !== 'mosquitto' ? gap : undefined;
+
   const brokers: Array<RunningBroker | null> = [];
   for (const name of brokerNames) brokers.push(await startBroker(name, tempDir));
 
@@ -256,58 +321,104 @@ async function benchmark(brokerNames: string[], tempDir: string): Promise<void> 
     `edgemqtt bench: ${cpus().length} × ${cpus()[0]?.model ?? 'CPU'}, load average ${loadavg().map((n) => n.toFixed(2)).join(' ')}, node ${process.version}`,
   );
   console.log(`brokers: ${brokers.map((b, i) => b?.version ?? `${brokerNames[i]} (absent)`).join(' | ')}`);
+  console.log(`client protocols: ${protocols.map((p) => `MQTT ${p.name}`).join(', ')}`);
   console.log(`settings: ${JSON.stringify(settings)}\n`);
 
-  const results = new Map<string, LoadResult[][]>(); // scenario → broker index → rounds
-  for (const scenario of scenarios) results.set(scenario.id, brokerNames.map(() => []));
+  const results = new Map<string, LoadResult[][]>(); // case key → broker index → rounds
+  const failures: string[] = [];
+  for (const scenario of scenarios) for (const c of casesOf(scenario)) results.set(c.key, brokerNames.map(() => []));
   for (let round = 1; round <= settings.rounds; round++) {
     for (const scenario of scenarios) {
-      // Alternate the order between rounds so neither broker always runs second.
+      // Alternate the order between rounds so neither broker, and neither
+      // protocol, always runs second.
+      const cases = casesOf(scenario);
       const order = brokers.map((_, index) => index);
-      if (round % 2 === 0) order.reverse();
-      for (const index of order) {
-        const broker = brokers[index];
-        if (!broker) continue;
-        const result = await runLoad(scenario.spec(broker.endpoint));
-        results.get(scenario.id)?.[index]?.push(result);
-        console.log(`[round ${round}] ${scenario.id.padEnd(7)} ${broker.endpoint.name.padEnd(9)} ${describe(result, scenario)}`);
+      if (round % 2 === 0) {
+        order.reverse();
+        cases.reverse();
+      }
+      for (const c of cases) {
+        const label = `[round ${round}] ${scenario.id.padEnd(13)} MQTT ${c.protocol.name.padEnd(5)}`;
+        for (const index of order) {
+          const broker = brokers[index];
+          if (!broker) continue;
+          const missing = gapOf(index, c.protocol);
+          if (missing) {
+            if (round === 1) console.log(`${label} ${broker.endpoint.name.padEnd(9)} ${missing}`);
+            continue;
+          }
+          // A failed run (say, a broker that refuses level-5 CONNECTs) costs
+          // its own cells, not the rest of the table.
+          let result: LoadResult;
+          try {
+            result = await runLoad(scenario.spec(broker.endpoint, clientProtocol(c.protocol)));
+          } catch (error) {
+            const message = error instanceof Error ? error.message : String(error);
+            failures.push(`${c.key} ${broker.endpoint.name}: ${message}`);
+            console.log(`${label} ${broker.endpoint.name.padEnd(9)} FAILED: ${message}`);
+            continue;
+          }
+          results.get(c.key)?.[index]?.push(result);
+          console.log(`${label} ${broker.endpoint.name.padEnd(9)} ${describe(result, scenario)}`);
+        }
       }
     }
   }
   for (const broker of brokers) await broker?.stop();
 
-  // The table: medians over rounds; ratio = first edgemqtt column / mosquitto.
+  // The table: medians over rounds; ratio = each edgemqtt column / mosquitto.
+  // Each metric has one line per protocol, the MQTT 5 line right under the
+  // 3.1.1 one, each with its own ratio.
   const mosquittoIndex = brokerNames.indexOf('mosquitto');
-  const rows: Row[] = [];
+  const rows: string[][] = [];
   let saturated = false;
-  let currentScenario = '';
-  const push = (metric: string, pick: (result: LoadResult) => number, format: (value: number) => string, withRatio = true) => {
-    const values = brokerNames.map((_, index) => {
-      const runs = results.get(currentScenario)?.[index] ?? [];
-      return runs.length ? median(runs.map(pick)) : Number.NaN;
+  let currentCases: Case[] = [];
+  const push = (
+    metric: string,
+    pick: (result: LoadResult) => number,
+    format: (value: number) => string,
+    ratioKind: 'headline' | 'ratio' | 'none' = 'ratio',
+  ) => {
+    currentCases.forEach((c, line) => {
+      const values = brokerNames.map((_, index) => {
+        const runs = results.get(c.key)?.[index] ?? [];
+        return runs.length ? median(runs.map(pick)) : Number.NaN;
+      });
+      const base = values[mosquittoIndex];
+      const ratios = brokerNames.flatMap((name, index) => {
+        if (name === 'mosquitto' || ratioKind === 'none' || base === undefined) return [];
+        const missing = gapOf(index, c.protocol);
+        if (missing) return [ratioKind === 'headline' ? missing : 'n/a'];
+        return [number((values[index] as number) / base, 2)];
+      });
+      rows.push([
+        line === 0 ? metric : '',
+        c.protocol.name,
+        ...values.map((value, index) => (gapOf(index, c.protocol) ? 'n/a' : Number.isFinite(value) ? format(value) : '—')),
+        ratios.join(' | '),
+      ]);
     });
-    const base = values[mosquittoIndex];
-    const ratios = brokerNames
-      .map((name, index) => (name === 'mosquitto' || !withRatio || base === undefined ? '' : number((values[index] as number) / base, 2)))
-      .filter((text, index) => brokerNames[index] !== 'mosquitto' && text !== '');
-    rows.push({ metric, values: values.map((value) => (Number.isFinite(value) ? format(value) : '—')), ratio: ratios.join(' | ') || '' });
   };
   for (const scenario of scenarios) {
-    currentScenario = scenario.id;
+    currentCases = casesOf(scenario);
+    if (currentCases.length === 0) continue;
     if (scenario.id === 'latency') {
-      push(`${scenario.title}: p50 ms`, (r) => r.latency?.p50Ms ?? Number.NaN, (v) => number(v, 3));
+      push(`${scenario.title}: p50 ms`, (r) => r.latency?.p50Ms ?? Number.NaN, (v) => number(v, 3), 'headline');
       push('    p99 ms', (r) => r.latency?.p99Ms ?? Number.NaN, (v) => number(v, 3));
       push('    max ms', (r) => r.latency?.maxMs ?? Number.NaN, (v) => number(v, 3));
-      push('    lost messages', (r) => r.latency?.lost ?? Number.NaN, (v) => number(v), false);
+      push('    lost messages', (r) => r.latency?.lost ?? Number.NaN, (v) => number(v), 'none');
     } else {
-      push(`${scenario.title}: ${scenario.unit}`, throughputOf, (v) => number(v));
+      push(`${scenario.title}: ${scenario.unit}`, throughputOf, (v) => number(v), 'headline');
       push('    broker CPU µs per delivery', (r) => (r.brokerCpuMs * 1000) / Math.max(1, r.delivered), (v) => number(v, 2));
+      push('    load generator CPU µs per delivery', (r) => (r.loadgenCpuMs * 1000) / Math.max(1, r.delivered), (v) => number(v, 2), 'none');
     }
-    push('    CPU % of a core: broker', (r) => cpuPercent(r.brokerCpuMs, r), (v) => number(v), false);
-    push('    CPU % of a core: load generator', (r) => cpuPercent(r.loadgenCpuMs, r), (v) => number(v), false);
-    push('    broker RSS at the end, MB', (r) => r.brokerRssKb / 1024, (v) => number(v), false);
-    for (const runs of results.get(scenario.id) ?? []) {
-      if (scenario.id !== 'latency' && runs.some((r) => cpuPercent(r.loadgenCpuMs, r) > 85)) saturated = true;
+    push('    CPU % of a core: broker', (r) => cpuPercent(r.brokerCpuMs, r), (v) => number(v), 'none');
+    push('    CPU % of a core: load generator', (r) => cpuPercent(r.loadgenCpuMs, r), (v) => number(v), 'none');
+    push('    broker RSS at the end, MB', (r) => r.brokerRssKb / 1024, (v) => number(v), 'none');
+    for (const c of currentCases) {
+      for (const runs of results.get(c.key) ?? []) {
+        if (scenario.id !== 'latency' && runs.some((r) => cpuPercent(r.loadgenCpuMs, r) > 85)) saturated = true;
+      }
     }
   }
   const ratioHeader = brokerNames
@@ -315,13 +426,23 @@ async function benchmark(brokerNames: string[], tempDir: string): Promise<void> 
     .map((name) => `${name}/mosquitto`)
     .join(' | ');
   console.log('');
-  console.log(table(['metric', ...brokerNames, mosquittoIndex === -1 ? '' : `ratio ${ratioHeader}`], rows));
+  console.log(table(['metric', 'MQTT', ...brokerNames, mosquittoIndex === -1 ? '' : `ratio ${ratioHeader}`], rows));
   console.log(
     `\n${settings.rounds > 1 ? `medians of ${settings.rounds} rounds; ` : ''}` +
       'throughput is measured at the subscriber(s) after warm-up, with a bounded window of messages in flight (lossless); ' +
       'CPU is user+system time of the whole process over the measured interval (100% = one core).',
   );
+  if (protocols.some((protocol) => protocol.level === 5)) {
+    console.log(
+      'MQTT 5 rows: every client connects at protocol level 5 and subscribes with subscription options; ' +
+        'PUBLISH carries an empty property set (tcp-tcp-props: a content type and one user property).',
+    );
+  }
   if (saturated) console.log('WARNING: the load generator used >85% of a core in a run: that figure may be limited by the load generator.');
+  if (failures.length) {
+    // Cells without a run show —; the whole benchmark still fails.
+    throw new Error(`${failures.length} run(s) failed:\n  ${failures.join('\n  ')}`);
+  }
 }
 
 async function main(): Promise<void> {
@@ -338,8 +459,8 @@ async function main(): Promise<void> {
     });
   }
   try {
-    if (args.profile) await profileRun(args.profile, args.brokers[0] ?? 'edgemqtt', tempDir);
-    else await benchmark(args.brokers, tempDir);
+    if (args.profile) await profileRun(args.profile, args.brokers[0] ?? 'edgemqtt', args.protocols[0] as Protocol, tempDir);
+    else await benchmark(args.brokers, args.protocols, tempDir);
   } finally {
     await cleanup();
   }

@@ -39,7 +39,7 @@ export const VARIANTS: Record<string, Variant> = {
   daemon: { base: 'daemon', description: 'edgemqtt as shipped (createDaemon)' },
   aedes: {
     base: 'aedes',
-    description: 'bare aedes 1.2 on net + ws: no packet-size guard, no delivery fixes, no hooks',
+    description: 'bare aedes on net + ws: no packet-size guard, no delivery fixes, no hooks',
   },
   batch: {
     base: 'daemon',
@@ -95,7 +95,8 @@ export function applyPatches(variant: Variant): void {
   const original = packets.writeToStream;
   let write: WriteToStream = original;
   if (variant.singleBuffer) {
-    write = (packet, stream) => stream.write(mqttPacket.generate(packet));
+    // The options carry the connection's protocolVersion: v5 packets differ on the wire.
+    write = (packet, stream, options) => stream.write(mqttPacket.generate(packet, options));
   }
   if (variant.coalesce) {
     const inner = write;
