@@ -1,6 +1,6 @@
 /**
- * The rules of delivery to subscribers where aedes 1.2 breaks them, applied
- * through the seam (aedes-seam.ts) to its clients; the parts that concern
+ * The rules of delivery to subscribers where aedes breaks them (1.2.0 and
+ * 2.0.0-beta.1 alike), applied through the seam (aedes-seam/) to its clients; the parts that concern
  * queued messages (2, 3 and the resend of 4) are the persistence's own
  * behaviour (src/persistence/level-persistence.ts, the aedes adapter). Each
  * one is proven by test/mqtt-behaviour.test.ts; test/aedes-canaries.test.ts

@@ -1,7 +1,7 @@
 /**
  * Slow consumers never hold up anyone else.
  *
- * Why aedes 1.2 stalls everyone: each publish is one mqemitter emit, and an
+ * Why aedes stalls everyone: each publish is one mqemitter emit, and an
  * emit holds one of `concurrency` (100) slots until the delivery callback of
  * every matching subscriber has returned. A delivery's callback returns only
  * once its bytes are written, and when the socket is full that means after

@@ -1,6 +1,6 @@
 /**
  * The LevelDB persistence for aedes: aedes-persistence 11's async interface
- * (the one aedes 1.x calls), cleanIncoming included, on top of the store
+ * (the one aedes calls), cleanIncoming included, on top of the store
  * core (store.ts and its parts). This class speaks aedes: its method names
  * and argument shapes, the broker events it hooks, and three corrections to
  * what aedes asks for (below); the records themselves are the store's.

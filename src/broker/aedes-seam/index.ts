@@ -1,7 +1,7 @@
 /**
  * The one place that reaches past aedes' public typings (this folder). Everything else in
  * the broker (and the authorizer, through the broker) uses the surface here;
- * each touch names the aedes 1.2 file and function it relies on, so that an
+ * each touch names the aedes file and function it relies on, so that an
  * upgrade is one module to read. aedes is pinned (AEDES_VERSION) and the
  * broker refuses to start on another version (checkAedesVersion).
  *
@@ -24,8 +24,8 @@
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).
  *
- * The publish path. aedes 1.2.0 answers a QoS 1 PUBLISH in this order
- * (lib/handlers/publish.js, enqueuePublish): authorizePublish → write PUBACK
+ * The publish path. aedes (1.2.0 and 2.0.0-beta.1 alike) answers a QoS 1
+ * PUBLISH in this order (lib/handlers/publish.js, enqueuePublish): authorizePublish → write PUBACK
  * → broker.publish(packet), and only that publish stores the retained
  * message and queues the copies for offline persistent sessions. A crash
  * between the PUBACK and the end of the publish would lose a message the
