@@ -4,8 +4,11 @@
  * client parses the broker's packets as level 5). Each test names its row.
  */
 import t, { type Test } from 'tap';
+import path from 'node:path';
+import { writeFile } from 'node:fs/promises';
 import { generate, type Packet } from 'mqtt-packet';
-import { startDaemon } from './helpers/daemon.js';
+import { hashPassword } from '../src/auth/password-file.js';
+import { startDaemon, tempDir } from './helpers/daemon.js';
 import { connectRaw, openClient, type RawClient } from './helpers/mqtt.js';
 
 const encode = (packet: Record<string, unknown>): Buffer => generate(packet as unknown as Packet, { protocolVersion: 5 });
@@ -16,6 +19,22 @@ async function raw5(t: Test, url: string, clientId: string, connect: Record<stri
   raw.send(encode({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, keepalive: 30, clientId, ...connect }));
   return { raw, connack: await raw.waitForPacket('connack') };
 }
+
+t.test('reason codes: CONNACK 0x86 for a wrong password, PUBREC 0x87 for a QoS 2 PUBLISH the ACL denies (MQTT 5.0 §3.5.2.1)', async (t) => {
+  const dir = tempDir(t);
+  const passwordFile = path.join(dir, 'passwd');
+  const aclFile = path.join(dir, 'acl');
+  await writeFile(passwordFile, `reader:${await hashPassword('right', { N: 1024, r: 8, p: 1 })}\n`);
+  await writeFile(aclFile, 'user reader\ntopic read ro/#\n');
+  const { mqttUrl } = await startDaemon(t, { auth: { passwordFile, aclFile } });
+  const wrong = await raw5(t, mqttUrl, 'wrong', { username: 'reader', password: Buffer.from('wrong') });
+  t.equal(wrong.connack.reasonCode, 0x86, 'CONNACK 0x86 Bad User Name or Password');
+  const { raw } = await raw5(t, mqttUrl, 'reader', { username: 'reader', password: Buffer.from('right') });
+  raw.send(encode({ cmd: 'publish', topic: 'ro/x', payload: 'x', qos: 2, messageId: 7, retain: false, dup: false }));
+  const pubrec = await raw.waitForPacket('pubrec');
+  t.same([pubrec.messageId, pubrec.reasonCode], [7, 0x87], 'PUBREC 0x87 Not authorized: the flow ends there, no PUBREL expected');
+  t.notOk(raw.isClosed, 'the connection stays open');
+});
 
 t.test('reason codes: UNSUBACK 0x00 Success and 0x11 No subscription existed [MQTT-3.11.3-1]', async (t) => {
   const { mqttUrl } = await startDaemon(t);
