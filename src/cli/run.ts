@@ -27,7 +27,7 @@ export async function runCli(io: CliIo): Promise<number> {
 
   const cli = yargs(io.argv)
     .scriptName('edgemqtt')
-    .usage('$0 <command> [options]\n\nAn MQTT 3.1.1 broker for edge gateways: TCP and WebSocket clients, durable sessions.')
+    .usage('$0 <command> [options]\n\nAn MQTT 3.1.1 and 5.0 broker for edge gateways: TCP and WebSocket clients, durable sessions.')
     .command(
       'start',
       'Run the broker until SIGTERM or SIGINT (SIGHUP reloads the config)',
