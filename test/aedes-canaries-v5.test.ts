@@ -33,7 +33,7 @@ const payloads = (packets: Packet[]): string[] => published(packets).map((p) => 
 
 // ---------------------------------------------------------------- MQTT 5 gaps
 
-t.test(`aedes ${V} still ignores the client's Receive Maximum, aedes #829`, { skip: v5 }, async (t) => {
+t.test(`aedes ${V} still ignores the client's Receive Maximum, aedes #829 (corrected in src/broker/flow-control.ts)`, { skip: v5 }, async (t) => {
   // When this fails after an aedes upgrade, edgemqtt's flow control need not cap a v5 client's inflight window at its Receive Maximum [MQTT-3.3.4-9].
   const { aedes, port } = await startPlainAedes(t);
   const raw = await rawConnected(t, port, 'receive-max-2', 5, { properties: { receiveMaximum: 2 } });
@@ -44,7 +44,7 @@ t.test(`aedes ${V} still ignores the client's Receive Maximum, aedes #829`, { sk
   t.pass('five QoS 1 messages in flight to a client whose Receive Maximum is 2');
 });
 
-t.test(`aedes ${V} still sends a client packets over its Maximum Packet Size`, { skip: v5 }, async (t) => {
+t.test(`aedes ${V} still sends a client packets over its Maximum Packet Size (corrected in src/broker/flow-control.ts)`, { skip: v5 }, async (t) => {
   // When this fails after an aedes upgrade, edgemqtt need not drop deliveries over a v5 client's Maximum Packet Size [MQTT-3.1.2-24].
   const { aedes, port } = await startPlainAedes(t);
   const raw = await rawConnected(t, port, 'max-packet-256', 5, { properties: { maximumPacketSize: 256 } });
@@ -170,7 +170,7 @@ t.test(`aedes ${V} still keys clients and subscriptions in plain objects, where 
   t.ok(client && '__proto__' in client.subscriptions && 'toString' in client.duplicates, "and so do a client's subscriptions and duplicates");
 });
 
-t.test(`aedes ${V} still stores any number of incoming QoS 2 messages awaiting PUBREL (GHSA-5jvp, maxInflightInbound)`, { skip: regression }, async (t) => {
+t.test(`aedes ${V} still stores any number of incoming QoS 2 messages awaiting PUBREL (GHSA-5jvp, maxInflightInbound) (corrected in src/broker/protocol-guard/guard.ts, limits.maxIncomingAwaitingRelease)`, { skip: regression }, async (t) => {
   // When this fails after an aedes upgrade, edgemqtt need not bound a client's incoming QoS 2 messages awaiting PUBREL.
   const { port } = await startPlainAedes(t, { maxInflightInbound: 2 });
   const raw = await rawConnected(t, port, 'qos2-flood');

@@ -77,17 +77,26 @@ async function fill(file: string): Promise<void> {
   }
 }
 
-function connectPacket(clientId: string): Packet {
-  return { cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId, clean: false, keepalive: 0 };
+type Version = 4 | 5;
+
+function connectPacket(clientId: string, protocolVersion: Version): Packet {
+  return { cmd: 'connect', protocolId: 'MQTT', protocolVersion, clientId, clean: false, keepalive: 0 };
 }
 
-async function publisher(t: Test, url: string): Promise<RawClient> {
-  const raw = await connectRaw(t, url);
-  raw.send(connectPacket('publisher'));
+/**
+ * A publisher at either protocol level. MQTT 5 matters here: aedes 2 answers
+ * a failed publish on a level-5 connection with PUBACK 0x87 and keeps the
+ * connection, which tells the publisher to drop the message; the broker must
+ * close instead, with no PUBACK at all (aedes-seam/seam.ts).
+ */
+async function publisher(t: Test, url: string, protocolVersion: Version = 4): Promise<RawClient> {
+  const raw = await connectRaw(t, url, { protocolVersion });
+  raw.send(connectPacket('publisher', protocolVersion));
   await raw.waitForPacket('connack');
   return raw;
 }
 
+/** Any PUBACK for `messageId`, whatever its Reason Code: a 0x87 one counts too. */
 function pubacked(raw: RawClient, messageId: number): boolean {
   return raw.packets.some((packet) => packet.cmd === 'puback' && packet.messageId === messageId);
 }
@@ -111,70 +120,73 @@ async function runDaemon(t: Test, dataDir: string, logs: CapturedLogs): Promise<
   return { daemon, url: `mqtt://127.0.0.1:${mqtt!.port}`, httpUrl: `http://127.0.0.1:${http!.port}` };
 }
 
-t.test('at runtime: no PUBACK while the disk is full, writes resume once space is freed, nothing acknowledged is lost', { skip: cannotMount }, async (t) => {
-  const dir = mountTmpfs(t);
-  const filler = path.join(dir, 'filler');
-  const logs = captureLogs();
-  const first = await runDaemon(t, dir, logs);
+for (const version of [4, 5] as const) {
+  const level = version === 5 ? 'MQTT 5' : 'MQTT 3.1.1';
+  t.test(`at runtime (${level} publishers): no PUBACK while the disk is full, writes resume once space is freed, nothing acknowledged is lost`, { skip: cannotMount }, async (t) => {
+    const dir = mountTmpfs(t);
+    const filler = path.join(dir, 'filler');
+    const logs = captureLogs();
+    const first = await runDaemon(t, dir, logs);
 
-  // Two persistent sessions: one offline until after a restart (what is
-  // published is queued on disk for it), one connected throughout.
-  const subscriber = await openClient(t, first.url, { clientId: 'device', clean: false });
-  await subscriber.client.subscribeAsync('fd/t', { qos: 1 });
-  await subscriber.client.endAsync();
-  const live = await openClient(t, first.url, { clientId: 'live', clean: false });
-  await live.client.subscribeAsync('fd/t', { qos: 1 });
+    // Two persistent sessions: one offline until after a restart (what is
+    // published is queued on disk for it), one connected throughout.
+    const subscriber = await openClient(t, first.url, { clientId: 'device', clean: false });
+    await subscriber.client.subscribeAsync('fd/t', { qos: 1 });
+    await subscriber.client.endAsync();
+    const live = await openClient(t, first.url, { clientId: 'live', clean: false });
+    await live.client.subscribeAsync('fd/t', { qos: 1 });
 
-  const before = await publisher(t, first.url);
-  await publishAcked(before, 1, 'acked-before');
+    const before = await publisher(t, first.url, version);
+    await publishAcked(before, 1, 'acked-before');
 
-  await fill(filler);
-  // Larger than the slack left in the write-ahead log's last page.
-  const big = Buffer.alloc(64 * 1024, 0x42);
-  before.send({ cmd: 'publish', topic: 'fd/t', qos: 1, messageId: 2, payload: big, retain: false, dup: false });
-  await before.waitForClose(5000);
-  t.notOk(pubacked(before, 2), 'no PUBACK for the publish the store could not take');
+    await fill(filler);
+    // Larger than the slack left in the write-ahead log's last page.
+    const big = Buffer.alloc(64 * 1024, 0x42);
+    before.send({ cmd: 'publish', topic: 'fd/t', qos: 1, messageId: 2, payload: big, retain: false, dup: false });
+    await before.waitForClose(5000);
+    t.notOk(pubacked(before, 2), 'no PUBACK for the publish the store could not take');
 
-  const logged = logs.lines.filter((line) => line.level === ERROR && line.code === 'EDGEMQTT_STORE_FULL');
-  t.equal(logged.length, 1, 'one error line with a stable code');
-  t.match(logged[0]?.msg, /store is full/);
-  t.equal((await http(`${first.httpUrl}/healthz`)).status, 200, 'alive');
-  const notReady = await http(`${first.httpUrl}/readyz`);
-  t.equal(notReady.status, 503, 'not ready while store writes fail');
-  t.match(notReady.body, /store writes are failing \(EDGEMQTT_STORE_FULL\)/);
+    const logged = logs.lines.filter((line) => line.level === ERROR && line.code === 'EDGEMQTT_STORE_FULL');
+    t.equal(logged.length, 1, 'one error line with a stable code');
+    t.match(logged[0]?.msg, /store is full/);
+    t.equal((await http(`${first.httpUrl}/healthz`)).status, 200, 'alive');
+    const notReady = await http(`${first.httpUrl}/readyz`);
+    t.equal(notReady.status, 503, 'not ready while store writes fail');
+    t.match(notReady.body, /store writes are failing \(EDGEMQTT_STORE_FULL\)/);
 
-  // Still full: a retry is refused too, the connection closed, nothing acknowledged.
-  const retry = await publisher(t, first.url);
-  retry.send({ cmd: 'publish', topic: 'fd/t', qos: 1, messageId: 3, payload: 'while-full', retain: false, dup: false });
-  await retry.waitForClose(5000);
-  t.notOk(pubacked(retry, 3), 'no PUBACK while the disk is still full');
+    // Still full: a retry is refused too, the connection closed, nothing acknowledged.
+    const retry = await publisher(t, first.url, version);
+    retry.send({ cmd: 'publish', topic: 'fd/t', qos: 1, messageId: 3, payload: 'while-full', retain: false, dup: false });
+    await retry.waitForClose(5000);
+    t.notOk(pubacked(retry, 3), 'no PUBACK while the disk is still full');
 
-  await rm(filler);
-  await eventually(async () => (await http(`${first.httpUrl}/readyz`)).status === 200, 10_000, '/readyz 200 after space is freed');
-  t.ok(logs.find('store reopened').length > 0, 'the store reopened by itself');
+    await rm(filler);
+    await eventually(async () => (await http(`${first.httpUrl}/readyz`)).status === 200, 10_000, '/readyz 200 after space is freed');
+    t.ok(logs.find('store reopened').length > 0, 'the store reopened by itself');
 
-  const after = await publisher(t, first.url);
-  await publishAcked(after, 4, 'acked-after');
-  await publishAcked(after, 5, 'acked-after-2');
+    const after = await publisher(t, first.url, version);
+    await publishAcked(after, 4, 'acked-after');
+    await publishAcked(after, 5, 'acked-after-2');
 
-  await live.log.waitFor((m) => m.some((x) => x.payload === 'acked-after-2'), 5000, 'acked-after-2, live');
-  const livePayloads = live.log.messages.map((m) => m.payload);
-  for (const acked of ['acked-before', 'acked-after']) t.ok(livePayloads.includes(acked), `${acked} delivered live`);
-  await live.client.endAsync();
-  await first.daemon.stop();
+    await live.log.waitFor((m) => m.some((x) => x.payload === 'acked-after-2'), 5000, 'acked-after-2, live');
+    const livePayloads = live.log.messages.map((m) => m.payload);
+    for (const acked of ['acked-before', 'acked-after']) t.ok(livePayloads.includes(acked), `${acked} delivered live`);
+    await live.client.endAsync();
+    await first.daemon.stop();
 
-  // Across a restart: every acknowledged message is still queued (the failed
-  // write left a torn record in LevelDB's log; appending after it would lose
-  // what follows when the log is replayed).
-  const second = await runDaemon(t, dir, captureLogs());
-  const back = await openClient(t, second.url, { clientId: 'device', clean: false });
-  await back.client.subscribeAsync('fd/t', { qos: 1 });
-  const fresh = await publisher(t, second.url);
-  await publishAcked(fresh, 6, 'marker');
-  await back.log.waitFor((m) => m.some((x) => x.payload === 'marker'), 5000, 'the marker');
-  const payloads = back.log.messages.map((m) => m.payload);
-  for (const acked of ['acked-before', 'acked-after', 'acked-after-2']) t.ok(payloads.includes(acked), `${acked} survived`);
-});
+    // Across a restart: every acknowledged message is still queued (the failed
+    // write left a torn record in LevelDB's log; appending after it would lose
+    // what follows when the log is replayed).
+    const second = await runDaemon(t, dir, captureLogs());
+    const back = await openClient(t, second.url, { clientId: 'device', clean: false });
+    await back.client.subscribeAsync('fd/t', { qos: 1 });
+    const fresh = await publisher(t, second.url, version);
+    await publishAcked(fresh, 6, 'marker');
+    await back.log.waitFor((m) => m.some((x) => x.payload === 'marker'), 5000, 'the marker');
+    const payloads = back.log.messages.map((m) => m.payload);
+    for (const acked of ['acked-before', 'acked-after', 'acked-after-2']) t.ok(payloads.includes(acked), `${acked} survived`);
+  });
+}
 
 t.test('at start-up: a full disk is one clear line and exit 71, never a silent empty start', { skip: cannotMount }, async (t) => {
   const note = staleBuildNote();

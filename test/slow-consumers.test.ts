@@ -12,17 +12,31 @@ import type { MqttClient } from 'mqtt';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
 import { connectRaw, openClient, eventually, type RawClient } from './helpers/mqtt.js';
 import { captureLogs } from './helpers/logs.js';
-import { connect, subscribe, puback, publish } from './helpers/packets.js';
+import type { Packet } from 'mqtt-packet';
+import { publish } from './helpers/packets.js';
 
 const transports = ['tcp', 'ws'] as const;
 type Transport = (typeof transports)[number];
 const urlOf = (daemon: RunningDaemon, transport: Transport) => (transport === 'tcp' ? daemon.mqttUrl : daemon.wsUrl);
 
+/** Subscribers speak MQTT 3.1.1 or 5: aedes 2 writes to them through the same paths, which the flow control wraps. */
+const versions = [4, 5] as const;
+type Version = (typeof versions)[number];
+const levelName = (version: Version) => (version === 5 ? 'MQTT 5' : 'MQTT 3.1.1');
+
+/** A CONNECT; an MQTT 5 persistent session asks for a Session Expiry Interval, else it would end with the connection. */
+function connectPacket(clientId: string, clean: boolean, version: Version, keepalive = 60): Packet {
+  const session = version === 5 && !clean ? { properties: { sessionExpiryInterval: 3600 } } : {};
+  return { cmd: 'connect', protocolId: 'MQTT', protocolVersion: version, clientId, clean, keepalive, ...session };
+}
+
+const subscribePacket = (filter: string, qos: 0 | 1): Packet => ({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: filter, qos }] });
+
 /** A subscriber that stops reading right after its SUBACK. */
-async function nonReader(t: Test, url: string, clientId: string, qos: 0 | 1, clean = true): Promise<RawClient> {
-  const raw = await connectRaw(t, url);
-  raw.send(connect({ clientId, flags: clean ? 0x02 : 0x00, keepalive: 0 }));
-  raw.send(subscribe(1, ['#'], qos));
+async function nonReader(t: Test, url: string, clientId: string, qos: 0 | 1, clean = true, version: Version = 4): Promise<RawClient> {
+  const raw = await connectRaw(t, url, { protocolVersion: version });
+  raw.send(connectPacket(clientId, clean, version, 0));
+  raw.send(subscribePacket('#', qos));
   await raw.waitForPacket('suback');
   raw.pauseReading();
   return raw;
@@ -65,11 +79,12 @@ t.test('subscribers that stop reading do not delay healthy TCP and WebSocket sub
   const logs = captureLogs();
   const daemon = await startDaemon(t, {}, { logger: logs.logger });
 
-  // Four non-readers on each transport, on `#`: half QoS 0, half QoS 1, one of those a persistent session.
+  // Four non-readers on each transport, on `#`: half QoS 0, half QoS 1, one of those a persistent session;
+  // half MQTT 3.1.1, half MQTT 5 (one of each QoS).
   const slow: RawClient[] = [];
   for (const transport of transports) {
     for (let i = 0; i < 4; i++) {
-      slow.push(await nonReader(t, urlOf(daemon, transport), `slow-${transport}-${i}`, i < 2 ? 0 : 1, i !== 3));
+      slow.push(await nonReader(t, urlOf(daemon, transport), `slow-${transport}-${i}`, i < 2 ? 0 : 1, i !== 3, i % 2 === 0 ? 4 : 5));
     }
   }
   const healthy = new Map<Transport, GapMeter>();
@@ -128,10 +143,10 @@ t.test('subscribers that stop reading do not delay healthy TCP and WebSocket sub
   t.equal(stats.openConnections, slow.length + 3, 'every connection still open');
 });
 
-t.test('a client stuck longer than broker.drainTimeoutSec is disconnected, counted and logged', async (t) => {
+for (const version of versions) t.test(`${levelName(version)}: a client stuck longer than broker.drainTimeoutSec is disconnected, counted and logged`, async (t) => {
   const logs = captureLogs();
   const daemon = await startDaemon(t, { broker: { drainTimeoutSec: 1 }, limits: { maxOutgoingBufferBytes: 65_536 } }, { logger: logs.logger });
-  const stuck = await Promise.all(transports.map((transport) => nonReader(t, urlOf(daemon, transport), `stuck-${transport}`, 0)));
+  const stuck = await Promise.all(transports.map((transport) => nonReader(t, urlOf(daemon, transport), `stuck-${transport}`, 0, true, version)));
   const { client: healthy } = await openClient(t, daemon.wsUrl, { clientId: 'healthy' });
   let healthyCloses = 0;
   healthy.on('close', () => healthyCloses++);
@@ -159,19 +174,19 @@ t.test('a client stuck longer than broker.drainTimeoutSec is disconnected, count
   t.equal(logs.find('slow client disconnected').length, 1, 'logged (rate-limited: once in 10 s)');
 });
 
-for (const transport of transports) {
+for (const version of versions) for (const transport of transports) {
   for (const clean of [false, true]) {
     const session = clean ? 'clean' : 'persistent';
-    t.test(`${transport}, ${session} session: QoS 1 beyond the inflight window waits in a bounded queue`, async (t) => {
+    t.test(`${levelName(version)}, ${transport}, ${session} session: QoS 1 beyond the inflight window waits in a bounded queue`, async (t) => {
       const daemon = await startDaemon(t, { limits: { maxInflightMessages: 5 }, persistence: { maxQueuedMessagesPerClient: 10 } });
       const url = urlOf(daemon, transport);
       // Reads everything, acknowledges nothing (yet).
-      const consumer = await connectRaw(t, url);
-      consumer.send(connect({ clientId: `window-${session}`, flags: clean ? 0x02 : 0x00 }));
-      consumer.send(subscribe(1, ['q/#'], 1));
+      const consumer = await connectRaw(t, url, { protocolVersion: version });
+      consumer.send(connectPacket(`window-${session}`, clean, version));
+      consumer.send(subscribePacket('q/#', 1));
       await consumer.waitForPacket('suback');
       const publisher = await connectRaw(t, daemon.mqttUrl);
-      publisher.send(connect({ clientId: 'publisher' }));
+      publisher.send(connectPacket('publisher', true, 4));
       await publisher.waitForPacket('connack');
       // One at a time: a burst is handled concurrently by aedes, and the
       // session store would drop its oldest before any of it is sent.
@@ -201,19 +216,19 @@ for (const transport of transports) {
       const sentIds = () => consumer.packets.flatMap((p) => (p.cmd === 'publish' && p.qos === 1 ? [p.messageId as number] : []));
       let acked = 0;
       await eventually(() => {
-        for (const id of sentIds().slice(acked)) consumer.send(puback(id));
+        for (const id of sentIds().slice(acked)) consumer.send({ cmd: 'puback', messageId: id });
         acked = sentIds().length;
         return topics().length === (clean ? 16 : 11);
       }, 5000, 'the queued messages');
       const newest = clean ? 10 : 5;
       t.same(topics().slice(6), Array.from({ length: newest }, (_, i) => `q/${31 - newest + i}`), 'then the newest queued, in order');
-      for (const id of sentIds().slice(acked)) consumer.send(puback(id));
+      for (const id of sentIds().slice(acked)) consumer.send({ cmd: 'puback', messageId: id });
       await eventually(() => daemon.daemon.limitsStats().flow.queuedMessages === 0, 5000, 'an empty queue');
 
       // A persistent session's store had dropped what the full queue dropped: nothing is left for a reconnect.
       if (!clean) await eventually(() => daemon.daemon.storeStats().queuedEntries === 0, 5000, 'an empty session store');
-      const again = await connectRaw(t, url);
-      again.send(connect({ clientId: `window-${session}`, flags: clean ? 0x02 : 0x00 }));
+      const again = await connectRaw(t, url, { protocolVersion: version });
+      again.send(connectPacket(`window-${session}`, clean, version));
       const connack = await again.waitForPacket('connack');
       if (clean) {
         t.equal(connack.sessionPresent, false);

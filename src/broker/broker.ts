@@ -6,10 +6,18 @@
 import type { Aedes, AedesOptions, Client, PublishPacket } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
-import { AedesSeam, connectWill, installIncomingCleanup, type PublishPolicy, type QoS } from './aedes-seam/index.js';
-import { checkConnect, PendingRejections } from './connect-rules.js';
+import {
+  AedesSeam,
+  connectWill,
+  disconnectWithReason,
+  imposeServerKeepAlive,
+  installIncomingCleanup,
+  type PublishPolicy,
+  type QoS,
+} from './aedes-seam/index.js';
+import { checkConnect, PendingRejections, serverKeepAlive } from './connect-rules.js';
 import { installDeliveryRules } from './delivery-rules.js';
-import type { ClaimOutgoing } from './flow-control.js';
+import type { ClaimOutgoing, DiscardOutgoing } from './flow-control.js';
 import { withholdWills } from './planned-stop.js';
 import { createLimits, type Limits } from './limits.js';
 import type { AccessHooks } from '../auth/authorizer.js';
@@ -40,7 +48,12 @@ export interface OwnMessage {
 /** An aedes persistence; when it numbers a session's messages itself (LevelPersistence), the flow control asks it. */
 export interface BrokerPersistence {
   claimOutgoing?: ClaimOutgoing;
+  /** aedes' persistence API: removes the queued message sent under a packet identifier. */
+  outgoingClearMessageId?(client: Client, packet: { messageId: number }): Promise<unknown>;
 }
+
+/** MQTT 5 DISCONNECT Reason Code 0x8D Keep Alive timeout (3.14.2.1). */
+const KEEP_ALIVE_TIMEOUT = 0x8d;
 
 export interface BrokerDeps {
   logger: Logger;
@@ -58,9 +71,13 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
   const rejections = new PendingRejections();
   const persistence = deps.persistence;
   const claimOutgoing = persistence?.claimOutgoing;
+  const discardOutgoing: DiscardOutgoing | undefined = persistence?.outgoingClearMessageId
+    ? (client, messageId) => persistence.outgoingClearMessageId!(client, { messageId })
+    : undefined;
   const limits = createLimits(config, {
     logger: deps.logger,
     ...(claimOutgoing ? { claimOutgoing: claimOutgoing.bind(persistence) } : {}),
+    ...(claimOutgoing && discardOutgoing ? { discardOutgoing } : {}),
   });
   let seam: AedesSeam | undefined;
 
@@ -76,8 +93,22 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     // full socket's waiting writes on one timer instead of one 'drain'
     // listener per write.
     drainTimeout: config.broker.drainTimeoutSec > 0 ? config.broker.drainTimeoutSec * 1000 : 2 ** 31 - 1,
+    // What MQTT 5 clients are told in CONNACK (3.2.2.3) besides aedes' own
+    // Shared Subscription Available 0: the Topic Alias Maximum the broker
+    // accepts; the Maximum Packet Size the protocol guard enforces (limits.ts,
+    // before aedes' own check of the same bound); as Receive Maximum, the bound
+    // on incoming QoS 2 messages awaiting PUBREL, which the guard enforces too
+    // (QoS 1 is acknowledged once durable and never waits on the client).
+    // Maximum QoS 2, Retain, Wildcard and Subscription Identifiers Available
+    // are all true, the defaults, so not announced.
+    topicAliasMaximum: config.broker.topicAliasMaximum,
+    maximumPacketSize: config.broker.maxPacketSizeBytes,
+    receiveMaximum: config.limits.maxIncomingAwaitingRelease,
     preConnect(client, packet, done) {
-      const rejection = checkConnect(packet, { minKeepaliveSec: config.broker.minKeepaliveSec, maxKeepaliveSec: config.broker.maxKeepaliveSec });
+      const keepaliveRules = { minKeepaliveSec: config.broker.minKeepaliveSec, maxKeepaliveSec: config.broker.maxKeepaliveSec };
+      const imposed = serverKeepAlive(packet, keepaliveRules);
+      if (imposed !== undefined) imposeServerKeepAlive(client, imposed);
+      const rejection = checkConnect(packet, keepaliveRules);
       if (rejection) {
         rejections.remember(client, rejection);
         if (rejection.limit) limits.hit(rejection.limit, { clientId: packet.clientId, remote: remoteOf(client), reason: rejection.reason });
@@ -102,7 +133,12 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
   function attachLogging(instance: Aedes): void {
     instance.on('client', (client) => log.debug({ clientId: client.id, remote: remoteOf(client) }, 'client connected'));
     instance.on('clientDisconnect', (client) => log.debug({ clientId: client.id }, 'client disconnected'));
-    instance.on('keepaliveTimeout', (client) => log.info({ clientId: client.id }, 'keep-alive timeout'));
+    instance.on('keepaliveTimeout', (client) => {
+      log.info({ clientId: client.id }, 'keep-alive timeout');
+      // aedes closes the connection right after (an 'error'); an MQTT 5 client
+      // is told why first [MQTT-3.14.2-1]: the coalesced write is flushed before the close.
+      if (client.version === 5) disconnectWithReason(client, KEEP_ALIVE_TIMEOUT);
+    });
     // A protocol error or a reset socket ends that one connection; aedes
     // has already closed it. Logged at info: a flaky sensor is no daemon fault.
     instance.on('clientError', (client, error) =>

@@ -30,9 +30,11 @@ export interface ConnectRules {
  *   maximum, 0 = none is refused too). MQTT 3.1.1 has neither a return code
  *   for them nor a way to impose another value; like Mosquitto's
  *   max_keepalive for 3.1.1 clients, the CONNECT gets 0x02. (aedes' own
- *   keepaliveLimit answers 6, which table 3.1 reserves.)
+ *   keepaliveLimit answers 6, which table 3.1 reserves.) An MQTT 5 CONNECT
+ *   is not refused for it: see serverKeepAlive.
  */
 export function checkConnect(packet: ConnectPacket, rules: ConnectRules = { minKeepaliveSec: 0, maxKeepaliveSec: 0 }): ConnectRejection | null {
+  if (packet.protocolVersion === 5) return null;
   const keepalive = packet.keepalive ?? 0;
   if (rules.maxKeepaliveSec > 0 && (keepalive === 0 || keepalive > rules.maxKeepaliveSec)) {
     return {
@@ -67,4 +69,18 @@ export class PendingRejections {
     this.#byClient.delete(client);
     return rejection;
   }
+}
+
+/**
+ * MQTT 5: the keep-alive the broker imposes on a client whose own is outside
+ * broker.minKeepaliveSec/maxKeepaliveSec (none, 0, counting as above the
+ * maximum), announced as Server Keep Alive in the CONNACK, which the client
+ * MUST then use [MQTT-3.2.2-21]; undefined when the client's own stands.
+ */
+export function serverKeepAlive(packet: ConnectPacket, rules: ConnectRules): number | undefined {
+  if (packet.protocolVersion !== 5) return undefined;
+  const keepalive = packet.keepalive ?? 0;
+  if (rules.maxKeepaliveSec > 0 && (keepalive === 0 || keepalive > rules.maxKeepaliveSec)) return rules.maxKeepaliveSec;
+  if (rules.minKeepaliveSec > 0 && keepalive > 0 && keepalive < rules.minKeepaliveSec) return rules.minKeepaliveSec;
+  return undefined;
 }

@@ -20,8 +20,15 @@
  *   not written: QoS 0 is dropped (counted); QoS 1/2 waits in the client's
  *   queue. An empty buffer always takes one message, however large.
  * - Inflight window (`maxInflightMessages`): QoS 1/2 messages sent and not
- *   yet acknowledged (PUBACK, or PUBCOMP for QoS 2). Further ones wait in the
- *   queue; aedes itself sends without limit.
+ *   yet acknowledged (PUBACK, or PUBCOMP for QoS 2, or an MQTT 5 PUBREC with
+ *   an error Reason Code, which ends the flow: 4.9). For an MQTT 5
+ *   client the window is at most its Receive Maximum [MQTT-3.3.4-9] (aedes
+ *   2 ignores it, #829). Further ones wait in the queue; aedes itself sends
+ *   without limit.
+ * - An MQTT 5 client's Maximum Packet Size: a PUBLISH larger than it is not
+ *   sent to that client [MQTT-3.1.2-24], and for a persistent session is
+ *   removed from its queue, as it never can be sent [MQTT-3.1.2-25]; counted
+ *   (aedes 2 sends it, and the client disconnects).
  * - Queue (`maxQueuedMessagesPerClient`, `maxQueuedBytesPerClient`): QoS 1/2
  *   messages waiting for room, in order. When full the oldest is dropped
  *   (fresh data wins, as in the persistent offline queue). For a persistent
@@ -46,7 +53,10 @@
  */
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
-import { onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam/index.js';
+import { clientLimits, onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam/index.js';
+import { publishBytes } from './publish-size.js';
+
+export { publishBytes };
 
 export interface FlowControlOptions {
   /** Per client; 0 = unlimited. */
@@ -76,6 +86,8 @@ export interface FlowControlStats {
   resumeWaits: number;
   /** Clients disconnected because their socket stayed full for the drain timeout. */
   slowClientDisconnects: number;
+  /** Messages not sent to an MQTT 5 client because they exceed its Maximum Packet Size (that client's copy only). */
+  oversizeDrops: number;
   /** Messages waiting in clients' queues now. */
   queuedMessages: number;
   /** Bytes of those messages. */
@@ -83,7 +95,7 @@ export interface FlowControlStats {
 }
 
 /** Events worth a counter and a (rate-limited) log line, reported to the owner. */
-export type FlowEvent = 'outgoingBufferFull' | 'maxInflight' | 'outgoingQueueFull' | 'slowClient';
+export type FlowEvent = 'outgoingBufferFull' | 'maxInflight' | 'outgoingQueueFull' | 'slowClient' | 'clientMaxPacketSize';
 
 export type FlowEventSink = (event: FlowEvent, fields: Record<string, unknown>) => void;
 
@@ -102,6 +114,9 @@ export type ClaimOutgoing = (
   brokerCounter: number | undefined,
 ) => { messageId?: number; resend?: boolean } | undefined;
 
+/** Removes a persistent session's queued message, claimed under `messageId`, that can never be sent to it. */
+export type DiscardOutgoing = (client: Client, messageId: number) => Promise<unknown>;
+
 interface Entry {
   packet: DeliveredPacket;
   /** aedes' own deliver0 or deliverQoS. */
@@ -110,14 +125,6 @@ interface Entry {
   qos: QoS;
   /** For paced deliveries (retained), the caller's callback, due once the message is written or dropped. */
   callback: (() => void) | undefined;
-}
-
-/** Encoded size of a PUBLISH [MQTT-3.3]: fixed header, topic, packet id, payload. */
-export function publishBytes(packet: DeliveredPacket): number {
-  const payload = packet.payload === undefined ? 0 : typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
-  const remaining = 2 + Buffer.byteLength(packet.topic) + (packet.qos > 0 ? 2 : 0) + payload;
-  const lengthBytes = remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4;
-  return 1 + lengthBytes + remaining;
 }
 
 /** Whether aedes' write callback was called by writeQoS (as `packet.writeCallback()`), i.e. the PUBLISH went out. */
@@ -136,15 +143,23 @@ export class FlowControl {
     inflightWaits: 0,
     resumeWaits: 0,
     slowClientDisconnects: 0,
+    oversizeDrops: 0,
   };
   #queuedMessages = 0;
   #queuedBytes = 0;
   readonly #claimOutgoing: ClaimOutgoing | undefined;
+  readonly #discardOutgoing: DiscardOutgoing | undefined;
 
-  constructor(options: FlowControlOptions, report: FlowEventSink, claimOutgoing?: ClaimOutgoing) {
+  constructor(options: FlowControlOptions, report: FlowEventSink, claimOutgoing?: ClaimOutgoing, discardOutgoing?: DiscardOutgoing) {
     this.#options = options;
     this.#report = report;
     this.#claimOutgoing = claimOutgoing;
+    this.#discardOutgoing = discardOutgoing;
+  }
+
+  /** For ClientFlow: the session store's removal of a message, if there is a store. */
+  get discardOutgoing(): DiscardOutgoing | undefined {
+    return this.#discardOutgoing;
   }
 
   get options(): FlowControlOptions {
@@ -221,7 +236,11 @@ export class ClientFlow {
     client.once('connected', () => this.#pump());
   }
 
-  /** The client acknowledged a QoS 1 (PUBACK) or QoS 2 (PUBCOMP) message: its window has room again. */
+  /**
+   * The client ended the flow of a QoS 1/2 message: PUBACK, PUBCOMP, or an
+   * MQTT 5 PUBREC with a Reason Code of 0x80 or more, after which no PUBREL
+   * and no PUBCOMP follow (4.3.3, 4.13). Its window has room again.
+   */
   acknowledged(): void {
     // A client acking what it never got only widens its own window, still
     // bounded by its outgoing buffer.
@@ -242,7 +261,13 @@ export class ClientFlow {
     // retained ones sent on SUBSCRIBE have none (handlers/subscribe.js), and
     // their stream waits for each callback: those can be paced.
     const paced = !packet.brokerId;
-    const entry: Entry = { packet, deliver, bytes: publishBytes(packet), qos, callback: paced ? callback : undefined };
+    const limits = clientLimits(this.#client);
+    const entry: Entry = { packet, deliver, bytes: publishBytes(packet, limits.version === 5), qos, callback: paced ? callback : undefined };
+    if (limits.maximumPacketSize !== undefined && entry.bytes > limits.maximumPacketSize) {
+      this.#dropOversize(entry, limits.maximumPacketSize);
+      setImmediate(callback);
+      return;
+    }
     if (qos === 0 && !paced) {
       // QoS 0 never waits, not even behind queued QoS 1/2 messages.
       if (this.#fits(entry.bytes)) {
@@ -283,9 +308,37 @@ export class ClientFlow {
     return used === 0 || used + bytes <= max;
   }
 
+  /** The inflight window: limits.maxInflightMessages, for an MQTT 5 client at most its Receive Maximum [MQTT-3.3.4-9]; 0 = none. */
+  #window(): number {
+    const configured = this.#owner.options.maxInflightMessages;
+    const { receiveMaximum } = clientLimits(this.#client);
+    if (receiveMaximum === undefined) return configured;
+    return configured === 0 ? receiveMaximum : Math.min(configured, receiveMaximum);
+  }
+
   #windowOpen(entry: Entry): boolean {
-    const max = this.#owner.options.maxInflightMessages;
-    return entry.qos === 0 || max === 0 || this.#inflight < max;
+    if (entry.qos === 0) return true;
+    const max = this.#window();
+    return max === 0 || this.#inflight < max;
+  }
+
+  /**
+   * A message larger than the client's Maximum Packet Size: the server MUST
+   * NOT send it to this client, and discards it as if sent [MQTT-3.1.2-24]
+   * [MQTT-3.1.2-25]; other subscribers are not concerned. A persistent
+   * session's copy leaves its queue too (claimed first, which numbers it,
+   * then acknowledged in the client's stead): left there, it would be
+   * resent, and refused again, on every connection.
+   */
+  #dropOversize(entry: Entry, maximumPacketSize: number): void {
+    this.#owner.count('oversizeDrops');
+    this.#owner.report('clientMaxPacketSize', this.#fields({ qos: entry.qos, bytes: entry.bytes, maximumPacketSize }));
+    const discard = this.#owner.discardOutgoing;
+    if (entry.qos === 0 || !entry.packet.brokerId || this.#client.clean || discard === undefined) return;
+    if (!this.#claim(entry) || entry.packet.messageId === undefined) return;
+    discard(this.#client, entry.packet.messageId).catch(() => {
+      // The store reports its own write failures; the copy is then resent on the next connection and dropped again.
+    });
   }
 
   #canSend(entry: Entry): boolean {
@@ -337,7 +390,7 @@ export class ClientFlow {
       this.#owner.report('outgoingBufferFull', this.#fields({ qos: entry.qos, dropped: false }));
     } else {
       this.#owner.count('inflightWaits');
-      this.#owner.report('maxInflight', this.#fields({ maxInflightMessages: this.#owner.options.maxInflightMessages }));
+      this.#owner.report('maxInflight', this.#fields({ maxInflightMessages: this.#owner.options.maxInflightMessages, window: this.#window() }));
     }
     this.#queue.push(entry);
     this.#queueBytes += entry.bytes;

@@ -18,9 +18,9 @@ import type { AedesOptions, Client, Subscription } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
-import { subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
-import { FlowControl, type ClaimOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
-import { guardConnection, MQTT_MAX_STRING_BYTES, type Violation } from './protocol-guard/index.js';
+import { connackAccepted, disconnectWithReason, subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
+import { FlowControl, type ClaimOutgoing, type DiscardOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
+import { guardConnection, MQTT_MAX_STRING_BYTES, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
 import { holdUntilConnack } from './connect-hold.js';
 import { coalesceWrites } from './write-coalescer.js';
 
@@ -49,11 +49,16 @@ export type LimitName =
   /** persistence.maxQueued*PerClient reached by a connected client's queue */
   | 'outgoingQueueFull'
   /** broker.drainTimeoutSec: a client whose socket stayed full was disconnected */
-  | 'slowClient';
+  | 'slowClient'
+  /** an MQTT 5 client's Maximum Packet Size: a message too large for it was not sent to it */
+  | 'clientMaxPacketSize'
+  /** limits.maxIncomingAwaitingRelease: too many incoming QoS 2 messages awaiting PUBREL */
+  | 'maxAwaitingRelease';
 
 const LIMIT_NAMES: readonly LimitName[] = [
   'maxConnections', 'listenerMaxConnections', 'connectRate', 'connectTimeout', 'minKeepalive', 'maxKeepalive', 'maxPacketSize',
   'maxTopicLength', 'maxTopicLevels', 'maxSubscriptions', 'maxInflight', 'outgoingBufferFull', 'outgoingQueueFull', 'slowClient',
+  'clientMaxPacketSize', 'maxAwaitingRelease',
 ];
 
 const LIMIT_MESSAGES: Record<LimitName, string> = {
@@ -71,6 +76,8 @@ const LIMIT_MESSAGES: Record<LimitName, string> = {
   outgoingBufferFull: 'slow client: outgoing buffer (limits.maxOutgoingBufferBytes) full',
   outgoingQueueFull: 'slow client: queue full, oldest messages dropped',
   slowClient: 'slow client disconnected: socket full for broker.drainTimeoutSec',
+  clientMaxPacketSize: "message not sent: larger than the client's Maximum Packet Size",
+  maxAwaitingRelease: 'connection closed: incoming QoS 2 messages awaiting PUBREL over limits.maxIncomingAwaitingRelease',
 };
 
 /** Flow events that are routine back-pressure rather than a client misbehaving: info, not warn. */
@@ -82,14 +89,18 @@ const MAX_TRACKED_ADDRESSES = 10_000;
 // Packet types the limits react to [MQTT-2.2.1].
 const CONNECT = 1;
 const PUBACK = 4;
+const PUBREC = 5;
 const PUBCOMP = 7;
+
+/** MQTT 5 Reason Codes of 0x80 and above report a failure [MQTT-2.4]. */
+const FAILURE = 0x80;
 
 export interface LimitsStats {
   /** MQTT connections open now (every listener). */
   openConnections: number;
   /** Hits per limit since start. */
   limitHits: Record<LimitName, number>;
-  /** Connections closed for breaking MQTT 3.1.1. */
+  /** Connections closed for breaking MQTT 3.1.1 or 5.0. */
   protocolViolations: number;
   /** The same, per clause (e.g. `MQTT-2.3.1-1`). */
   protocolViolationsByRule: Record<string, number>;
@@ -136,6 +147,8 @@ export interface LimitsDeps {
   now?: () => number;
   /** The session store's lookup for a persistent session's live messages (flow-control.ts #claim); none with aedes' memory persistence. */
   claimOutgoing?: ClaimOutgoing;
+  /** The session store's removal of a queued message that can never be sent (flow-control.ts #dropOversize). */
+  discardOutgoing?: DiscardOutgoing;
 }
 
 export function createLimits(config: Config, deps: LimitsDeps): Limits {
@@ -168,6 +181,7 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
     },
     (event: FlowEvent, fields) => hit(event, fields),
     deps.claimOutgoing,
+    deps.discardOutgoing,
   );
 
   /** Token bucket per source address: `connectBurstPerAddress` at once, refilled at `connectRatePerAddressPerSec`. */
@@ -234,6 +248,7 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
       maxPacketBytes: config.broker.maxPacketSizeBytes,
       maxTopicLengthBytes: settings.maxTopicLengthBytes,
       maxTopicLevels: settings.maxTopicLevels,
+      maxAwaitingRelease: settings.maxIncomingAwaitingRelease,
       // aedes 2 speaks MQTT 5: the guard follows and checks its packets too.
       mqtt5: true,
     };
@@ -246,8 +261,14 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
       // write-coalescer.ts. Before aedes or flow control touch the stream, so
       // both see the coalesced write() and writableLength.
       coalesceWrites(conn);
+      let client: Client | undefined;
       // The guard sees bytes from the first one; aedes' Client only starts reading on 'readable'.
-      const guard = guardConnection(conn, guardLimits, (violation) => onViolation(violation, remote));
+      const guard: ProtocolGuard = guardConnection(
+        conn,
+        guardLimits,
+        (violation) => onViolation(violation, remote),
+        (violation) => closeFor(violation, conn, guard, client),
+      );
       // Slowloris: the whole CONNECT must be in within the time allowed,
       // however slowly it trickles in. (aedes' own timer is the backstop.)
       const connectTimer = setTimeout(() => {
@@ -260,16 +281,39 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
         openConnections--;
         clearTimeout(connectTimer);
       });
-      return (client: Client) => {
+      return (made: Client) => {
+        client = made;
         // Over the guard's read hook: nothing after the CONNECT reaches aedes before it accepts it [MQTT-3.1.4-5].
-        holdUntilConnack(conn, client);
-        const clientFlow = flow.attach(client, conn);
-        guard.onPacket = (type) => {
+        holdUntilConnack(conn, made);
+        const clientFlow = flow.attach(made, conn);
+        guard.onPacket = (type, reasonCode) => {
           if (type === CONNECT) clearTimeout(connectTimer);
-          else if (type === PUBACK || type === PUBCOMP) clientFlow.acknowledged();
+          // An MQTT 5 PUBREC of 0x80 or more ends the QoS 2 flow: no PUBREL, no PUBCOMP (4.3.3, 4.9).
+          else if (type === PUBACK || type === PUBCOMP || (type === PUBREC && reasonCode >= FAILURE)) clientFlow.acknowledged();
         };
       };
     });
+  }
+
+  /**
+   * Closes a connection the guard found at fault. An MQTT 5 client is told
+   * why first [MQTT-4.13.1-1]: in a CONNACK when the fault is in its CONNECT
+   * (aedes never saw that CONNECT, so the guard's own CONNACK is the only
+   * one), in a DISCONNECT once aedes has accepted it [MQTT-3.14.2-1]. Between
+   * the two (a packet pipelined behind a CONNECT aedes is still
+   * authenticating) a DISCONNECT may not precede the CONNACK
+   * [MQTT-3.14.0-1]: it just closes, as for 3.1.1, which has no way to say
+   * why (the guard gives a 3.1.1 violation no Reason Code).
+   */
+  function closeFor(violation: Violation, conn: Duplex, guard: ProtocolGuard, client: Client | undefined): void {
+    const { reasonCode } = violation;
+    if (reasonCode !== undefined && client !== undefined && connackAccepted(client)) {
+      disconnectWithReason(client, reasonCode);
+      return;
+    }
+    // CONNACK: Session Present 0, the Reason Code, no properties (3.2.2); the coalescer flushes it before the close.
+    if (reasonCode !== undefined && !guard.connectRead) conn.write(Buffer.from([0x20, 0x03, 0x00, reasonCode, 0x00]));
+    conn.destroy();
   }
 
   function authorizeSubscribe(inner: AuthorizeSubscribe | undefined): AuthorizeSubscribe {

@@ -235,7 +235,20 @@ const limits = z
       .int()
       .min(0)
       .default(20)
-      .describe('QoS 1/2 messages sent to one client and not yet acknowledged; further ones wait in its queue; 0 = unlimited'),
+      .describe(
+        'QoS 1/2 messages sent to one client and not yet acknowledged; further ones wait in its queue; an MQTT 5 ' +
+          "client's Receive Maximum lowers it for that client; 0 = unlimited",
+      ),
+    maxIncomingAwaitingRelease: z
+      .number()
+      .int()
+      .min(0)
+      .max(65535)
+      .default(1000)
+      .describe(
+        'Incoming QoS 2 messages one connection may leave awaiting PUBREL; one more closes it (MQTT 5: DISCONNECT ' +
+          '0x93), and MQTT 5 clients are told it as Receive Maximum; 0 = unlimited',
+      ),
     maxOutgoingBufferBytes: z
       .number()
       .int()
@@ -324,14 +337,27 @@ export const configSchema = z
           .min(0)
           .max(65535)
           .default(0)
-          .describe('Refuse CONNECTs (return code 2) asking for a longer keep-alive, or none; 0 = accept any'),
+          .describe(
+            'Refuse MQTT 3.1.1 CONNECTs (return code 2) asking for a longer keep-alive, or none; MQTT 5 clients are ' +
+              'accepted and told this as Server Keep Alive; 0 = accept any',
+          ),
         minKeepaliveSec: z
           .number()
           .int()
           .min(0)
           .max(65535)
           .default(0)
-          .describe('Refuse CONNECTs asking for a shorter keep-alive than this (0, none, is left to maxKeepaliveSec); 0 = accept any'),
+          .describe(
+            'Refuse MQTT 3.1.1 CONNECTs asking for a shorter keep-alive than this (0, none, is left to maxKeepaliveSec); ' +
+              'MQTT 5 clients are accepted and told this as Server Keep Alive; 0 = accept any',
+          ),
+        topicAliasMaximum: z
+          .number()
+          .int()
+          .min(0)
+          .max(65535)
+          .default(10)
+          .describe('MQTT 5: the highest Topic Alias a client may use in its PUBLISHes, announced in CONNACK; 0 = none'),
         maxClientIdLength: z
           .number()
           .int()

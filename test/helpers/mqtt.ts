@@ -127,7 +127,7 @@ export interface RawClient {
 export interface RawClientOptions {
   /** WebSocket only: the Origin header to send. */
   origin?: string;
-  /** The protocol version to parse what the broker sends as (4 by default; 5 after a level-5 CONNECT). */
+  /** The protocol version to parse what the broker sends as, and to encode packets given to send() at (4 by default; 5 for a level-5 CONNECT). */
   protocolVersion?: 4 | 5;
 }
 
@@ -217,7 +217,7 @@ export async function connectRaw(t: Test, url: string, options: RawClientOptions
       return closeCode;
     },
     send(data) {
-      write(data instanceof Uint8Array ? Buffer.from(data) : mqttPacket.generate(data));
+      write(data instanceof Uint8Array ? Buffer.from(data) : mqttPacket.generate(data, { protocolVersion: options.protocolVersion ?? 4 }));
     },
     pauseReading() {
       socketOf().pause();

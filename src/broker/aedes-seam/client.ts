@@ -21,6 +21,8 @@ export interface DeliveredPacket {
   /** aedes keeps one a packet carries instead of numbering it itself (lib/qos-packet.js). */
   messageId?: number;
   dup?: boolean;
+  /** MQTT 5 PUBLISH properties (mqtt-packet's names), encoded only for a level-5 subscriber. */
+  properties?: Readonly<Record<string, unknown>>;
 }
 
 /** aedes' callback to a delivery is sometimes called with the written packet as `this` (lib/write.js). */

@@ -18,7 +18,12 @@
  *   The session starts clean on Clean Session 1 (3.1.1), Clean Start 1 (5.0).
  * - 'clientDisconnect': a session that ends with its connection, i.e. Clean
  *   Session 1 (3.1.1) or Session Expiry Interval 0 (5.0; aedes 2 sets
- *   `client.clean` from it).
+ *   `client.clean` from it). Not when a new connection with the same client
+ *   id takes the session over (aedes.js registerClient marks the id in
+ *   `_takingOver` while it closes the old one, and keeps the session for the
+ *   same reason): an MQTT 5 client that reconnects with Clean Start 0 resumes
+ *   it [MQTT-3.1.2-5], and the QoS 2 message it resends must be found as
+ *   received, not published a second time (4.3.3).
  * - 'sessionExpired' (aedes 2, MQTT 5.0): the Session Expiry Interval ran out.
  */
 import type { Aedes, Client } from 'aedes';
@@ -26,6 +31,11 @@ import type { Logger } from '../../observability/logger.js';
 
 interface IncomingCleanup {
   cleanIncoming?(client: Client): Promise<void>;
+}
+
+/** aedes 2 instance internals (aedes.js registerClient); not in its typings. */
+interface TakeoverState {
+  _takingOver: Set<string>;
 }
 
 /** Client fields aedes sets at CONNECT (lib/handlers/connect.js init); not in its typings. */
@@ -52,8 +62,9 @@ export function installIncomingCleanup(aedes: Aedes, logger: Logger): void {
     const { version, clean: ephemeral, _cleanStart } = state(client);
     if (version === 5 ? _cleanStart === true : ephemeral) clean(client);
   });
+  const takingOver = (aedes as unknown as TakeoverState)._takingOver;
   aedes.on('clientDisconnect', (client) => {
-    if (state(client).clean) clean(client);
+    if (state(client).clean && !takingOver.has(client.id)) clean(client);
   });
   (aedes as unknown as NodeJS.EventEmitter).on('sessionExpired', clean);
 }

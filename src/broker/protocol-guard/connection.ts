@@ -3,8 +3,9 @@
  * passes it first (interceptReads in aedes-seam.ts), without an extra stream
  * stage. On a violation the complete packets before the offending one are
  * still handed over (the client sent them first), the rest is withheld and
- * the connection destroyed; `onViolation` is told why (with, on an MQTT 5
- * connection, the Reason Code to send: see Violation).
+ * the connection closed by `close` (by default destroyed at once: the owner
+ * may first tell an MQTT 5 client why, with the violation's Reason Code);
+ * `onViolation` is told why before.
  */
 import type { Duplex } from 'node:stream';
 import { interceptReads } from '../aedes-seam/index.js';
@@ -15,6 +16,7 @@ export function guardConnection(
   conn: Duplex,
   options: ProtocolGuardOptions,
   onViolation: (violation: Violation) => void,
+  close: (violation: Violation) => void = () => conn.destroy(),
 ): ProtocolGuard {
   const guard = new ProtocolGuard(options);
   let closed = false;
@@ -28,7 +30,7 @@ export function guardConnection(
         closed = true;
         const { validBytes: _handedOver, ...violation } = verdict;
         onViolation(violation);
-        conn.destroy();
+        close(violation);
       }
       return validBytes > 0 ? chunk.subarray(0, validBytes) : null;
     },

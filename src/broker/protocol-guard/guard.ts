@@ -66,8 +66,11 @@ function asReported(violation: Violation, level: number): Violation {
  */
 export class ProtocolGuard {
   readonly #limits: ProtocolGuardOptions;
-  /** Called once per complete, accepted packet with its type. */
-  onPacket: ((type: number) => void) | undefined;
+  /**
+   * Called once per complete, accepted packet with its type and, for an
+   * MQTT 5 PUBACK, PUBREC, PUBREL or PUBCOMP, its Reason Code (else 0).
+   */
+  onPacket: ((type: number, reasonCode: number) => void) | undefined;
 
   #state = HEADER;
   #first = 0;
@@ -99,6 +102,14 @@ export class ProtocolGuard {
   readonly #facts = new PropertyFacts();
   readonly #session: Session5 = { sessionExpiryZero: true, authenticationMethod: false };
   readonly #topics: TopicChecks;
+  /**
+   * Packet identifiers of the incoming QoS 2 messages whose PUBREL has not
+   * come yet. aedes 1.2.0 bounded them (maxInflightInbound, GHSA-5jvp);
+   * 2.0.0-beta.1 stores any number, up to 65,535 per client id.
+   */
+  readonly #awaitingRelease = new Set<number>();
+  /** The Reason Code of the acknowledgement being read (MQTT 5; 0 when it has none). */
+  #ackReasonCode = 0;
 
   constructor(options: ProtocolGuardOptions) {
     this.#limits = options;
@@ -117,6 +128,11 @@ export class ProtocolGuard {
    */
   get unsupportedLevel(): boolean {
     return this.#connect === 'unsupported';
+  }
+
+  /** Whether the client's CONNECT has been read whole (and accepted by the guard). */
+  get connectRead(): boolean {
+    return this.#connect !== 'awaiting';
   }
 
   /** The protocol level of the client's CONNECT (3, 4 or 5) once the guard has read it, else 0. */
@@ -193,7 +209,7 @@ export class ProtocolGuard {
         if (type === CONNECT && this.#connect === 'awaiting') this.#connect = 'connected';
         // After its DISCONNECT a client sends nothing more [MQTT-3.14.4-1].
         else if (type === DISCONNECT && this.#level === 5) this.#connect = 'disconnected';
-        this.onPacket?.(type);
+        this.onPacket?.(type, this.#ackReasonCode);
       }
     }
     return null;
@@ -274,10 +290,12 @@ export class ProtocolGuard {
       case PUBREC:
       case PUBREL:
       case PUBCOMP:
+        this.#ackReasonCode = 0;
         // A packet identifier; MQTT 5 may add a Reason Code and properties (3.4.2).
         if (v5 && this.#length > 2) return this.#collect(this.#length);
-        if (v5 && this.#length === 2) return null;
-        return this.#length === 2 ? null : this.#malformed(`${name} with Remaining Length ${this.#length} instead of 2`);
+        if (this.#length !== 2) return this.#malformed(`${name} with Remaining Length ${this.#length} instead of 2`);
+        // A PUBREL's identifier releases an incoming QoS 2 message (#awaitingRelease).
+        return type === PUBREL ? this.#collect(2) : null;
       case PINGREQ:
         return this.#length === 0 ? null : this.#malformed(`${name} with Remaining Length ${this.#length} instead of 0`);
       case DISCONNECT:
@@ -311,6 +329,11 @@ export class ProtocolGuard {
     if (type === PUBLISH) return this.#checkPublish();
     const reader = this.#reader.reset(this.#buffer, this.#filled);
     if (type === CONNECT) return this.#checkConnect(reader);
+    if (type >= PUBACK && type <= PUBCOMP) {
+      if (type === PUBREL) this.#awaitingRelease.delete(this.#buffer.readUInt16BE(0));
+      if (this.#filled === 2) return null;
+      this.#ackReasonCode = this.#buffer[2] as number;
+    }
     if (this.#level !== 5) return checkSubscriptions311(reader, type === SUBSCRIBE);
     switch (type) {
       case SUBSCRIBE:
@@ -358,6 +381,10 @@ export class ProtocolGuard {
           if (problem) return problem;
         }
         if (qos > 0 && buffer.readUInt16BE(topicLength) === 0) return protocol(this.#clauses.packetId, `QoS ${qos} PUBLISH with packet identifier 0`);
+        if (qos === 2) {
+          const problem = this.#awaitRelease(buffer.readUInt16BE(topicLength));
+          if (problem) return problem;
+        }
         if (!v5) return null;
         this.#propertyLength = 0;
         this.#propertyMultiplier = 1;
@@ -377,6 +404,25 @@ export class ProtocolGuard {
         return null;
       }
     }
+  }
+
+  /**
+   * Counts an incoming QoS 2 message until its PUBREL; past
+   * maxAwaitingRelease the connection closes (MQTT 5: DISCONNECT 0x93
+   * Receive Maximum exceeded [MQTT-3.3.4-9], the broker announcing the bound
+   * as its Receive Maximum). A resend under an identifier already counted is
+   * the same message, acknowledged again and not delivered twice (4.3.3): not
+   * counted again.
+   */
+  #awaitRelease(packetId: number): Violation | null {
+    const awaiting = this.#awaitingRelease;
+    if (awaiting.has(packetId)) return null;
+    const max = this.#limits.maxAwaitingRelease ?? 0;
+    if (max > 0 && awaiting.size >= max) {
+      return limit('maxAwaitingRelease', `more than ${max} incoming QoS 2 messages awaiting PUBREL`);
+    }
+    awaiting.add(packetId);
+    return null;
   }
 
   /** One byte of a PUBLISH's Property Length, a Variable Byte Integer [MQTT-1.5.5-1]. */

@@ -10,6 +10,7 @@ export {
   MALFORMED_PACKET,
   PACKET_TOO_LARGE,
   PROTOCOL_ERROR,
+  RECEIVE_MAXIMUM_EXCEEDED,
   TOPIC_NAME_INVALID,
   type GuardLimit,
   type ProtocolGuardLimits,

@@ -11,6 +11,12 @@ export interface ProtocolGuardLimits {
   maxTopicLengthBytes: number;
   /** Most levels in a topic name; 0 = no limit here. */
   maxTopicLevels: number;
+  /**
+   * Most incoming QoS 2 messages on one connection whose PUBREL has not come
+   * yet (distinct packet identifiers); one more closes the connection. 0 or
+   * absent = no limit here.
+   */
+  maxAwaitingRelease?: number;
 }
 
 export interface ProtocolGuardOptions extends ProtocolGuardLimits {
@@ -24,7 +30,7 @@ export interface ProtocolGuardOptions extends ProtocolGuardLimits {
 }
 
 /** A limit this guard enforces by closing the connection. */
-export type GuardLimit = 'maxPacketSize' | 'maxTopicLength' | 'maxTopicLevels';
+export type GuardLimit = 'maxPacketSize' | 'maxTopicLength' | 'maxTopicLevels' | 'maxAwaitingRelease';
 
 export type Violation =
   /** Breaks the protocol; `rule` cites the clause, e.g. `MQTT-2.3.1-1`. */
@@ -49,6 +55,14 @@ export const MALFORMED_PACKET = 0x81;
 export const PROTOCOL_ERROR = 0x82;
 export const TOPIC_NAME_INVALID = 0x90;
 export const PACKET_TOO_LARGE = 0x95;
+export const RECEIVE_MAXIMUM_EXCEEDED = 0x93;
+
+const LIMIT_REASON_CODES: Record<GuardLimit, number> = {
+  maxPacketSize: PACKET_TOO_LARGE,
+  maxTopicLength: TOPIC_NAME_INVALID,
+  maxTopicLevels: TOPIC_NAME_INVALID,
+  maxAwaitingRelease: RECEIVE_MAXIMUM_EXCEEDED,
+};
 
 /** A Protocol Error: well-formed bytes the protocol does not allow (v5: 0x82). */
 export const protocol = (rule: string, reason: string): Violation => ({ kind: 'protocol', rule, reason, reasonCode: PROTOCOL_ERROR });
@@ -60,7 +74,7 @@ export const limit = (which: GuardLimit, reason: string): Violation => ({
   kind: 'limit',
   limit: which,
   reason,
-  reasonCode: which === 'maxPacketSize' ? PACKET_TOO_LARGE : TOPIC_NAME_INVALID,
+  reasonCode: LIMIT_REASON_CODES[which],
 });
 
 /** Checks of a topic name that need the configured limits (the guard's). */
