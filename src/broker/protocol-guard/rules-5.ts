@@ -5,6 +5,7 @@
  * and Authentication Method — is kept in a Session5.
  */
 import { CLAUSES_5 } from './clauses.js';
+import { readConnectFlags } from './connect-flags.js';
 import type { FieldReader } from './field-reader.js';
 import { checkProperties, WILL, type PropertyFacts } from './properties.js';
 import { isSharedFilter, sharedFilterProblem, topicFilterProblem, utf8StringProblem } from './strings.js';
@@ -22,15 +23,11 @@ const malformed = (reason: string): Violation => malformedAs(CLAUSES_5.malformed
 
 /** The rest of a level-5 CONNECT, from its Connect Flags on (3.1.2.3 onwards). */
 export function checkConnect5(reader: FieldReader, facts: PropertyFacts, session: Session5, topics: TopicChecks): Violation | null {
-  const flags = reader.byte();
-  if (flags === null || reader.uint16() === null) return malformed('CONNECT too short for its flags and keep-alive');
-  const will = (flags & 0x04) !== 0;
-  const willQoS = (flags >> 3) & 0x03;
-  const willRetain = (flags & 0x20) !== 0;
-  const password = (flags & 0x40) !== 0;
-  const username = (flags & 0x80) !== 0;
+  const flags = readConnectFlags(reader);
+  if (flags === null) return malformed('CONNECT too short for its flags and keep-alive');
+  const { will, willQoS, willRetain, password, username } = flags;
   // Unlike 3.1.1 [MQTT-3.1.2-22], MQTT 5 allows a password without a user name (3.1.2.9).
-  if (flags & 0x01) return malformedAs('MQTT-3.1.2-3', 'CONNECT reserved flag set');
+  if (flags.reserved) return malformedAs('MQTT-3.1.2-3', 'CONNECT reserved flag set');
   if (!will && willQoS !== 0) return malformedAs('MQTT-3.1.2-11', 'Will QoS set without the Will Flag');
   if (will && willQoS === 3) return malformedAs('MQTT-3.1.2-12', 'Will QoS 3');
   if (!will && willRetain) return malformedAs('MQTT-3.1.2-13', 'Will Retain set without the Will Flag');
