@@ -94,14 +94,31 @@ export function checkAck5(type: number, reader: FieldReader, facts: PropertyFact
   return reader.done ? null : malformed(`${reader.left} unexpected bytes at the end of ${ack.name}`);
 }
 
+const SUBSCRIBE = 8;
+const UNSUBSCRIBE = 10;
+
+/**
+ * What SUBSCRIBE and UNSUBSCRIBE begin with: a non-zero packet identifier
+ * [MQTT-2.2.1-3], properties, and at least one topic filter after them —
+ * [MQTT-3.8.3-2] for SUBSCRIBE, [MQTT-3.10.3-2] for UNSUBSCRIBE.
+ */
+function checkFilterListHead(reader: FieldReader, facts: PropertyFacts, type: typeof SUBSCRIBE | typeof UNSUBSCRIBE): Violation | null {
+  const name = type === SUBSCRIBE ? 'SUBSCRIBE' : 'UNSUBSCRIBE';
+  const packetId = reader.uint16();
+  if (packetId === null) return malformed(`${name} too short for its packet identifier`);
+  if (packetId === 0) return protocol(CLAUSES_5.packetId, `${name} with packet identifier 0`);
+  const propertyProblem = checkProperties(reader, type, facts);
+  if (propertyProblem) return propertyProblem;
+  if (!reader.done) return null;
+  return type === SUBSCRIBE
+    ? protocol(CLAUSES_5.noFilter, 'SUBSCRIBE without a topic filter')
+    : protocol('MQTT-3.10.3-2', 'UNSUBSCRIBE without a topic filter');
+}
+
 /** SUBSCRIBE (3.8): packet identifier, properties, then topic filters with their Subscription Options. */
 export function checkSubscribe5(reader: FieldReader, facts: PropertyFacts): Violation | null {
-  const packetId = reader.uint16();
-  if (packetId === null) return malformed('SUBSCRIBE too short for its packet identifier');
-  if (packetId === 0) return protocol(CLAUSES_5.packetId, 'SUBSCRIBE with packet identifier 0');
-  const propertyProblem = checkProperties(reader, 8, facts);
-  if (propertyProblem) return propertyProblem;
-  if (reader.done) return protocol(CLAUSES_5.noFilter, 'SUBSCRIBE without a topic filter');
+  const headProblem = checkFilterListHead(reader, facts, SUBSCRIBE);
+  if (headProblem) return headProblem;
   while (!reader.done) {
     const filter = reader.string();
     if (filter === null) return malformed('SUBSCRIBE topic filter runs past the packet');
@@ -121,12 +138,8 @@ export function checkSubscribe5(reader: FieldReader, facts: PropertyFacts): Viol
 
 /** UNSUBSCRIBE (3.10): packet identifier, properties, at least one topic filter [MQTT-3.10.3-2]. */
 export function checkUnsubscribe5(reader: FieldReader, facts: PropertyFacts): Violation | null {
-  const packetId = reader.uint16();
-  if (packetId === null) return malformed('UNSUBSCRIBE too short for its packet identifier');
-  if (packetId === 0) return protocol(CLAUSES_5.packetId, 'UNSUBSCRIBE with packet identifier 0');
-  const propertyProblem = checkProperties(reader, 10, facts);
-  if (propertyProblem) return propertyProblem;
-  if (reader.done) return protocol('MQTT-3.10.3-2', 'UNSUBSCRIBE without a topic filter');
+  const headProblem = checkFilterListHead(reader, facts, UNSUBSCRIBE);
+  if (headProblem) return headProblem;
   while (!reader.done) {
     const filter = reader.string();
     if (filter === null) return malformed('UNSUBSCRIBE topic filter runs past the packet');
