@@ -42,7 +42,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { median, type BrokerEndpoint, type ClientProtocol, type LoadResult, type LoadSpec } from './common.js';
+import { median, type BrokerEndpoint, type ClientProtocol, type LoadResult, type LoadSpec, type Transport } from './common.js';
 import { findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
 import { clientProtocol, mqtt5Gap, parseProtocols, type Protocol } from './protocols.js';
 import { formatProfile, summarizeProfile } from './profile.js';
@@ -82,42 +82,33 @@ interface Scenario {
   spec(endpoint: BrokerEndpoint, protocol: ClientProtocol): LoadSpec;
 }
 
+/** QoS 0 throughput, one TCP publisher to one subscriber on `subTransport` (tcp-tcp, tcp-ws, tcp-tcp-props). */
+const oneToOne = (endpoint: BrokerEndpoint, protocol: ClientProtocol, subTransport: Transport): LoadSpec => ({
+  kind: 'throughput',
+  endpoint,
+  protocol,
+  subscribers: 1,
+  subTransport,
+  warmupMessages: settings.warmup,
+  messages: settings.messages,
+  window: settings.window,
+  readPacingMs: settings.readPacingMs,
+  payloadBytes: settings.payloadBytes,
+  timeoutMs: settings.timeoutMs,
+});
+
 const SCENARIOS: Scenario[] = [
   {
     id: 'tcp-tcp',
     title: '(a) QoS 0 throughput TCP → TCP',
     unit: 'msg/s',
-    spec: (endpoint, protocol) => ({
-      kind: 'throughput',
-      endpoint,
-      protocol,
-      subscribers: 1,
-      subTransport: 'tcp',
-      warmupMessages: settings.warmup,
-      messages: settings.messages,
-      window: settings.window,
-      readPacingMs: settings.readPacingMs,
-      payloadBytes: settings.payloadBytes,
-      timeoutMs: settings.timeoutMs,
-    }),
+    spec: (endpoint, protocol) => oneToOne(endpoint, protocol, 'tcp'),
   },
   {
     id: 'tcp-ws',
     title: '(a) QoS 0 throughput TCP → WebSocket',
     unit: 'msg/s',
-    spec: (endpoint, protocol) => ({
-      kind: 'throughput',
-      endpoint,
-      protocol,
-      subscribers: 1,
-      subTransport: 'ws',
-      warmupMessages: settings.warmup,
-      messages: settings.messages,
-      window: settings.window,
-      readPacingMs: settings.readPacingMs,
-      payloadBytes: settings.payloadBytes,
-      timeoutMs: settings.timeoutMs,
-    }),
+    spec: (endpoint, protocol) => oneToOne(endpoint, protocol, 'ws'),
   },
   {
     id: 'fanout',
@@ -158,19 +149,7 @@ const SCENARIOS: Scenario[] = [
     title: '(a) QoS 0 throughput TCP → TCP, PUBLISH with content type + user property',
     unit: 'msg/s',
     v5Only: true,
-    spec: (endpoint, protocol) => ({
-      kind: 'throughput',
-      endpoint,
-      protocol: { ...protocol, properties: true },
-      subscribers: 1,
-      subTransport: 'tcp',
-      warmupMessages: settings.warmup,
-      messages: settings.messages,
-      window: settings.window,
-      readPacingMs: settings.readPacingMs,
-      payloadBytes: settings.payloadBytes,
-      timeoutMs: settings.timeoutMs,
-    }),
+    spec: (endpoint, protocol) => oneToOne(endpoint, { ...protocol, properties: true }, 'tcp'),
   },
 ];
 

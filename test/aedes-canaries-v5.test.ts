@@ -15,6 +15,8 @@ import {
   connectPacket,
   installedAedesVersion,
   interceptPersistence,
+  payloads,
+  published,
   publishVia,
   rawClient,
   rawConnected,
@@ -27,9 +29,6 @@ const major = Number(V.split('.')[0]);
 const v5 = major >= 2 ? false : `aedes ${V} speaks no MQTT 5; this gap is one of the 2.0 line`;
 const regression = major >= 2 ? false : `aedes ${V} has this fix (1.1.2–1.2.0); only the 2.0 beta lacks it`;
 
-type Publish = Extract<Packet, { cmd: 'publish' }>;
-const published = (packets: Packet[]): Publish[] => packets.filter((p): p is Publish => p.cmd === 'publish');
-const payloads = (packets: Packet[]): string[] => published(packets).map((p) => p.payload.toString());
 
 // ---------------------------------------------------------------- MQTT 5 gaps
 

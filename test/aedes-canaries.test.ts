@@ -25,6 +25,8 @@ import {
   gate,
   installedAedesVersion,
   interceptPersistence,
+  payloads,
+  published,
   publishVia,
   rawClient,
   rawConnected,
@@ -33,10 +35,6 @@ import {
 } from './helpers/plain-aedes.js';
 
 const V = installedAedesVersion();
-
-type Message = { topic: string; payload: Buffer | string; qos: number; messageId?: number };
-const published = (packets: Packet[]): Message[] => packets.filter((p): p is Extract<Packet, { cmd: 'publish' }> => p.cmd === 'publish');
-const payloads = (packets: Packet[]): string[] => published(packets).map((p) => p.payload.toString());
 
 // ---------------------------------------------------------------- delivery
 

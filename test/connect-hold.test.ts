@@ -148,34 +148,18 @@ for (const transport of transports) {
     const daemon = await daemonWith(t);
     const watching = await watcher(t, daemon, 'pipe/#');
     const big = Buffer.alloc(96_000, 0x64);
+    // What both cases send: alice's CONNECT, a SUBSCRIBE, three PUBLISHes (the middle one larger than a 64 KiB read), a PINGREQ.
+    const pipeline = (clientId: string, topic: string): Buffer[] => [
+      bytes.connect({ clientId, username: 'alice', password: 'alice-pw' }),
+      bytes.subscribe(1, [`${topic}/own`], 1),
+      bytes.publish(`${topic}/1`, { qos: 1, id: 2, payload: '1' }),
+      bytes.publish(`${topic}/2`, { qos: 1, id: 3, payload: big }),
+      bytes.publish(`${topic}/3`, { qos: 1, id: 4, payload: '3' }),
+      bytes.pingreq(),
+    ];
     const cases: Array<{ name: string; send: (raw: RawClient, clientId: string, topic: string) => void }> = [
-      {
-        name: 'one write',
-        send: (raw, clientId, topic) =>
-          raw.send(
-            Buffer.concat([
-              bytes.connect({ clientId, username: 'alice', password: 'alice-pw' }),
-              bytes.subscribe(1, [`${topic}/own`], 1),
-              bytes.publish(`${topic}/1`, { qos: 1, id: 2, payload: '1' }),
-              bytes.publish(`${topic}/2`, { qos: 1, id: 3, payload: big }),
-              bytes.publish(`${topic}/3`, { qos: 1, id: 4, payload: '3' }),
-              bytes.pingreq(),
-            ]),
-          ),
-      },
-      {
-        name: 'separate writes',
-        send: (raw, clientId, topic) =>
-          sendSeparately(
-            raw,
-            bytes.connect({ clientId, username: 'alice', password: 'alice-pw' }),
-            bytes.subscribe(1, [`${topic}/own`], 1),
-            bytes.publish(`${topic}/1`, { qos: 1, id: 2, payload: '1' }),
-            bytes.publish(`${topic}/2`, { qos: 1, id: 3, payload: big }),
-            bytes.publish(`${topic}/3`, { qos: 1, id: 4, payload: '3' }),
-            bytes.pingreq(),
-          ),
-      },
+      { name: 'one write', send: (raw, clientId, topic) => raw.send(Buffer.concat(pipeline(clientId, topic))) },
+      { name: 'separate writes', send: (raw, clientId, topic) => sendSeparately(raw, ...pipeline(clientId, topic)) },
     ];
     for (const [index, { name, send }] of cases.entries()) {
       const topic = `pipe/${index}`;

@@ -9,8 +9,7 @@
 import t from 'tap';
 import * as mqttPacket from 'mqtt-packet';
 import { ProtocolGuard } from '../src/broker/protocol-guard/index.js';
-import { random } from './helpers/random.js';
-import { feed } from './helpers/guard.js';
+import { fuzzAgainstParser, passesHoweverSplit, refusedHoweverSplit } from './helpers/guard.js';
 import { connect5, publish5, ack5, auth5, pingreq, property, P } from './helpers/packets.js';
 
 const limits5 = { maxPacketBytes: 1_048_576, maxTopicLengthBytes: 0, maxTopicLevels: 100, mqtt5: true };
@@ -70,24 +69,8 @@ t.test('MQTT 5: a valid stream passes whole, split anywhere in two, and byte by 
   parser.parse(stream5);
   t.equal(parsed.length, valid5.length, 'the stream is valid as mqtt-packet sees it');
 
-  const whole = new ProtocolGuard(limits5);
-  let packets = 0;
-  whole.onPacket = () => packets++;
-  t.equal(feed(whole, [stream5]), null);
-  t.equal(packets, valid5.length, 'every packet seen once');
+  const whole = passesHoweverSplit(t, limits5, stream5, valid5.length, { denseUpTo: 600, step: 37 });
   t.equal(whole.protocolLevel, 5);
-  for (let split = 1; split < stream5.length; split += split < 600 ? 1 : 37) {
-    const verdict = feed(new ProtocolGuard(limits5), [stream5.subarray(0, split), stream5.subarray(split)]);
-    if (verdict !== null) {
-      t.fail(`split at ${split}: ${JSON.stringify(verdict)}`);
-      return;
-    }
-  }
-  const bytewise = new ProtocolGuard(limits5);
-  let seen = 0;
-  bytewise.onPacket = () => seen++;
-  t.equal(feed(bytewise, [...stream5].map((byte) => Uint8Array.of(byte))), null, 'byte by byte');
-  t.equal(seen, valid5.length);
 });
 
 t.test('MQTT 5: limits carry their Reason Codes (0x95 Packet too large, 0x90 Topic Name invalid)', async (t) => {
@@ -105,69 +88,21 @@ t.test('MQTT 5: limits carry their Reason Codes (0x95 Packet too large, 0x90 Top
 });
 
 t.test('MQTT 5: a violation is found wherever the stream is split, the packets before it handed over', async (t) => {
-  const prefix = Buffer.concat(valid5.slice(0, 6));
   const bad = publish5('a', { qos: 1, id: 9, properties: [property.pair('k', 'v'), property.u16(P.topicAlias, 0)] });
-  const all = Buffer.concat([prefix, bad, pingreq()]);
-  for (let split = 0; split <= all.length; split++) {
-    const guard = new ProtocolGuard(limits5);
-    const chunks = split === 0 ? [all] : [all.subarray(0, split), all.subarray(split)];
-    const result = feed(guard, chunks);
-    if (!result || result.verdict.kind !== 'protocol' || result.verdict.rule !== 'MQTT-3.3.2-8') {
-      t.fail(`split at ${split}: ${JSON.stringify(result)}`);
-      return;
-    }
-    const handedOver = chunks.slice(0, result.at).reduce((sum, chunk) => sum + chunk.length, 0) + result.verdict.validBytes;
-    if (handedOver > prefix.length + bad.length - 1 || handedOver < Math.min(prefix.length, split || prefix.length)) {
-      t.fail(`split at ${split}: handed over ${handedOver} bytes; the bad packet ends at ${prefix.length + bad.length}`);
-      return;
-    }
-  }
-  t.pass('same verdict at every split; the bad packet is never handed over whole');
+  refusedHoweverSplit(t, limits5, Buffer.concat(valid5.slice(0, 6)), bad, 'MQTT-3.3.2-8');
 });
 
 t.test('MQTT 5 fuzz: never throws, and whatever it lets through parses cleanly with mqtt-packet (protocol version 5)', async (t) => {
-  const next = random(0x5e5e);
-  const runs = 20_000;
-  let accepted = 0;
-  let refused = 0;
-  for (let run = 0; run < runs; run++) {
+  fuzzAgainstParser(t, {
+    seed: 0x5e5e,
+    runs: 20_000,
+    options: limits5,
     // The CONNECT first (it may carry the Authentication Method AUTH needs), DISCONNECT last if at all.
-    const middle = valid5.slice(1, -1).filter(() => next() < 0.5);
-    const bytes = Buffer.from(Buffer.concat([valid5[0] as Buffer, ...middle, ...(next() < 0.3 ? [valid5.at(-1) as Buffer] : [])]));
-    const edits = 1 + Math.floor(next() * 4);
-    let mutated = bytes;
-    for (let e = 0; e < edits; e++) {
-      const at = Math.floor(next() * mutated.length);
-      const kind = next();
-      if (kind < 0.6) mutated[at] = Math.floor(next() * 256);
-      else if (kind < 0.8) mutated = Buffer.concat([mutated.subarray(0, at), Buffer.from([Math.floor(next() * 256)]), mutated.subarray(at)]);
-      else mutated = mutated.subarray(0, at);
-    }
-    const guard = new ProtocolGuard(limits5);
-    const split = Math.floor(next() * mutated.length);
-    const chunks = [mutated.subarray(0, split), mutated.subarray(split)];
-    let result: ReturnType<typeof feed>;
-    try {
-      result = feed(guard, chunks);
-    } catch (error) {
-      t.fail(`run ${run} threw ${String(error)} on ${mutated.toString('hex')}`);
-      return;
-    }
-    if (guard.unsupportedLevel) continue;
-    const handedOver = result
-      ? Buffer.concat([...chunks.slice(0, result.at), chunks[result.at]!.subarray(0, result.verdict.validBytes)])
-      : mutated;
-    if (result) refused++;
-    else accepted++;
+    stream: (next) => {
+      const middle = valid5.slice(1, -1).filter(() => next() < 0.5);
+      return Buffer.concat([valid5[0] as Buffer, ...middle, ...(next() < 0.3 ? [valid5.at(-1) as Buffer] : [])]);
+    },
     // A mutated level byte may make it a 3.1.1 connection: parse as the guard followed it.
-    const parser = mqttPacket.parser({ protocolVersion: guard.protocolLevel === 5 ? 5 : 4 });
-    const errors: string[] = [];
-    parser.on('error', (error: Error) => errors.push(error.message));
-    parser.parse(handedOver);
-    if (errors.length > 0) {
-      t.fail(`run ${run}: guard passed bytes mqtt-packet rejects (${errors.join('; ')}): ${handedOver.toString('hex')}`);
-      return;
-    }
-  }
-  t.ok(accepted > runs / 20 && refused > runs / 20, `both outcomes exercised (${accepted} passed, ${refused} refused)`);
+    parseAs: (guard) => (guard.protocolLevel === 5 ? 5 : 4),
+  });
 });

@@ -7,11 +7,9 @@
  * (the mqtt5 option) is in protocol-guard-mqtt5.test.ts.
  */
 import t from 'tap';
-import * as mqttPacket from 'mqtt-packet';
 import { ProtocolGuard } from '../src/broker/protocol-guard/index.js';
-import { random } from './helpers/random.js';
 import { connect, publish, subscribe, unsubscribe, puback, pubrec, pubrel, pubcomp, pingreq, disconnect } from './helpers/packets.js';
-import { feed } from './helpers/guard.js';
+import { fuzzAgainstParser, passesHoweverSplit, refusedHoweverSplit } from './helpers/guard.js';
 
 const limits = { maxPacketBytes: 1_048_576, maxTopicLengthBytes: 0, maxTopicLevels: 100 };
 
@@ -35,46 +33,12 @@ const stream = Buffer.concat(valid);
 
 
 t.test('a valid stream passes whole, split anywhere in two, and byte by byte', async (t) => {
-  const whole = new ProtocolGuard(limits);
-  let packets = 0;
-  whole.onPacket = () => packets++;
-  t.equal(feed(whole, [stream]), null);
-  t.equal(packets, valid.length, 'every packet seen once');
-  for (let split = 1; split < stream.length; split += split < 400 ? 1 : 97) {
-    const guard = new ProtocolGuard(limits);
-    const verdict = feed(guard, [stream.subarray(0, split), stream.subarray(split)]);
-    if (verdict !== null) {
-      t.fail(`split at ${split}: ${JSON.stringify(verdict)}`);
-      return;
-    }
-  }
-  const bytewise = new ProtocolGuard(limits);
-  let seen = 0;
-  bytewise.onPacket = () => seen++;
-  t.equal(feed(bytewise, [...stream].map((byte) => Uint8Array.of(byte))), null, 'byte by byte');
-  t.equal(seen, valid.length);
+  passesHoweverSplit(t, limits, stream, valid.length, { denseUpTo: 400, step: 97 });
 });
 
 t.test('a violation is found wherever the stream is split, and the valid packets before it are handed over', async (t) => {
-  const prefix = Buffer.concat(valid.slice(0, 4));
   const bad = publish(Buffer.from([0x61, 0xed, 0xa0, 0x80]), { qos: 1, id: 9 });
-  const all = Buffer.concat([prefix, bad, pingreq()]);
-  for (let split = 0; split <= all.length; split++) {
-    const guard = new ProtocolGuard(limits);
-    const chunks = split === 0 ? [all] : [all.subarray(0, split), all.subarray(split)];
-    const result = feed(guard, chunks);
-    if (!result || result.verdict.kind !== 'protocol' || result.verdict.rule !== 'MQTT-1.5.3-1') {
-      t.fail(`split at ${split}: ${JSON.stringify(result)}`);
-      return;
-    }
-    // Bytes handed to the parser: earlier chunks in full, plus validBytes of the verdict's chunk.
-    const handedOver = chunks.slice(0, result.at).reduce((sum, chunk) => sum + chunk.length, 0) + result.verdict.validBytes;
-    if (handedOver > prefix.length + bad.length - 1 || handedOver < Math.min(prefix.length, split || prefix.length)) {
-      t.fail(`split at ${split}: handed over ${handedOver} bytes; the bad packet ends at ${prefix.length + bad.length}`);
-      return;
-    }
-  }
-  t.pass('same verdict at every split; the bad packet is never handed over whole');
+  refusedHoweverSplit(t, limits, Buffer.concat(valid.slice(0, 4)), bad, 'MQTT-1.5.3-1');
 });
 
 t.test('limits: packet size from the header alone, topic length and levels', async (t) => {
@@ -113,47 +77,12 @@ t.test('3.1.1 verdicts carry no MQTT 5 Reason Code', async (t) => {
 });
 
 t.test('fuzz: never throws, and whatever it lets through parses cleanly with mqtt-packet', async (t) => {
-  const next = random(0xed9e);
-  const runs = 20_000;
-  let accepted = 0;
-  let refused = 0;
-  for (let run = 0; run < runs; run++) {
-    const bytes = Buffer.from(Buffer.concat([valid[0] as Buffer, ...valid.slice(1).filter(() => next() < 0.5)]));
-    // Flip, insert or truncate a few bytes.
-    const edits = 1 + Math.floor(next() * 4);
-    let mutated = bytes;
-    for (let e = 0; e < edits; e++) {
-      const at = Math.floor(next() * mutated.length);
-      const kind = next();
-      if (kind < 0.6) mutated[at] = Math.floor(next() * 256);
-      else if (kind < 0.8) mutated = Buffer.concat([mutated.subarray(0, at), Buffer.from([Math.floor(next() * 256)]), mutated.subarray(at)]);
-      else mutated = mutated.subarray(0, at);
-    }
-    const guard = new ProtocolGuard(limits);
-    const split = Math.floor(next() * mutated.length);
-    const chunks = [mutated.subarray(0, split), mutated.subarray(split)];
-    let result: ReturnType<typeof feed>;
-    try {
-      result = feed(guard, chunks);
-    } catch (error) {
-      t.fail(`run ${run} threw ${String(error)} on ${mutated.toString('hex')}`);
-      return;
-    }
-    // Left to aedes, which answers CONNACK 0x01 or (mqtt-packet) refuses the level.
-    if (guard.unsupportedLevel) continue;
-    const handedOver = result
-      ? Buffer.concat([...chunks.slice(0, result.at), chunks[result.at]!.subarray(0, result.verdict.validBytes)])
-      : mutated;
-    if (result) refused++;
-    else accepted++;
-    const parser = mqttPacket.parser({ protocolVersion: 4 });
-    const errors: string[] = [];
-    parser.on('error', (error: Error) => errors.push(error.message));
-    parser.parse(handedOver);
-    if (errors.length > 0) {
-      t.fail(`run ${run}: guard passed bytes mqtt-packet rejects (${errors.join('; ')}): ${handedOver.toString('hex')}`);
-      return;
-    }
-  }
-  t.ok(accepted > runs / 20 && refused > runs / 20, `both outcomes exercised (${accepted} passed, ${refused} refused)`);
+  fuzzAgainstParser(t, {
+    seed: 0xed9e,
+    runs: 20_000,
+    options: limits,
+    // The CONNECT first, then any of the others.
+    stream: (next) => Buffer.concat([valid[0] as Buffer, ...valid.slice(1).filter(() => next() < 0.5)]),
+    parseAs: () => 4,
+  });
 });

@@ -9,9 +9,10 @@
  * the broker may then say why with a CONNACK or DISCONNECT Reason Code.
  */
 import t from 'tap';
+import type { Test } from 'tap';
 import type { Packet } from 'mqtt-packet';
-import { startDaemon } from './helpers/daemon.js';
-import { bystanders, transports, urlOf } from './helpers/bystanders.js';
+import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { bystanders, transports, urlOf, type Transport } from './helpers/bystanders.js';
 import { connectRaw, openClient } from './helpers/mqtt.js';
 import { captureLogs } from './helpers/logs.js';
 import { connect, publish, subscribe, unsubscribe, packet, u16 } from './helpers/packets.js';
@@ -178,6 +179,59 @@ const rules: Rule[] = [
   },
 ];
 
+/** Refusals the broker may send before closing: a CONNACK or DISCONNECT with a Reason Code of 0x80 or more. */
+const reasonCodeOf = (p: Packet): number => ('reasonCode' in p ? (p.reasonCode ?? 0) : 0);
+const isRefusal = (p: Packet) => (p.cmd === 'connack' || p.cmd === 'disconnect') && reasonCodeOf(p) >= 0x80;
+
+/**
+ * One rule on one transport: a positive control first (the valid twin is
+ * answered, the connection stays), then the offender, closed without an
+ * answer and counted under the rule. An MQTT 5 rule (with `reasonCode`) may
+ * be refused with a CONNACK or DISCONNECT first, which must carry that code.
+ */
+async function closesOnlyTheOffender(
+  t: Test,
+  daemon: RunningDaemon,
+  transport: Transport,
+  rule: Rule | Rule5,
+  index: number,
+  protocolVersion: 4 | 5,
+  expected: Record<string, number>,
+): Promise<void> {
+  const v5 = protocolVersion === 5;
+  const hello = (clientId: string): Buffer => (v5 ? connect5({ clientId }) : connect({ clientId }));
+  // CONNACK's Reason Code (5.0) or Connect Return Code (3.1.1); the client ids differ so that the versions never share one.
+  const code = (connack: Extract<Packet, { cmd: 'connack' }>) => (v5 ? connack.reasonCode : connack.returnCode);
+  const prefix = v5 ? '5' : '';
+  const control = await connectRaw(t, urlOf(daemon, transport), { protocolVersion });
+  if (rule.afterConnect) control.send(hello(`control${prefix}-${index}`));
+  control.send(rule.good);
+  const answer = await control.waitForPacket(rule.answer);
+  if (answer.cmd === 'connack') t.equal(code(answer), 0, `control: CONNACK ${v5 ? '0x00' : '0'}`);
+  t.notOk(control.isClosed, 'control: the valid packet is answered and the connection stays open');
+
+  const offender = await connectRaw(t, urlOf(daemon, transport), { protocolVersion });
+  if (rule.afterConnect) {
+    offender.send(hello(`offender${prefix}-${index}`));
+    t.equal(code(await offender.waitForPacket('connack')), 0, 'connected first');
+  }
+  offender.send(rule.bad);
+  await offender.waitForClose();
+  const reasonCode = 'reasonCode' in rule ? rule.reasonCode : undefined;
+  t.same(
+    offender.packets.filter((p) => reasonCode === undefined || !isRefusal(p)).map((p) => p.cmd),
+    rule.afterConnect ? ['connack'] : [],
+    'the connection is closed and the packet never answered',
+  );
+  if (reasonCode !== undefined) {
+    for (const refusal of offender.packets.filter(isRefusal)) {
+      t.equal(reasonCodeOf(refusal), reasonCode, `the ${refusal.cmd} says 0x${reasonCode.toString(16)}`);
+    }
+  }
+  t.same(offender.parseErrors, [], 'the broker sent only well-formed bytes');
+  expected[rule.rule] = (expected[rule.rule] ?? 0) + 1;
+  t.equal(daemon.daemon.limitsStats().protocolViolationsByRule[rule.rule], expected[rule.rule], `counted under ${rule.rule}`);
+}
 
 for (const transport of transports) {
   t.test(`${transport}: each violation closes only the offending connection`, async (t) => {
@@ -188,31 +242,7 @@ for (const transport of transports) {
     let index = 0;
     for (const rule of rules) {
       index++;
-      await t.test(`${rule.name} [${rule.rule}]`, async (t) => {
-        // Positive control first: the valid twin is answered, the connection stays.
-        const control = await connectRaw(t, urlOf(daemon, transport));
-        if (rule.afterConnect) control.send(connect({ clientId: `control-${index}` }));
-        control.send(rule.good);
-        const answer = await control.waitForPacket(rule.answer);
-        if (answer.cmd === 'connack') t.equal(answer.returnCode, 0, 'control: CONNACK 0');
-        t.notOk(control.isClosed, 'control: the valid packet is answered and the connection stays open');
-
-        const offender = await connectRaw(t, urlOf(daemon, transport));
-        if (rule.afterConnect) {
-          offender.send(connect({ clientId: `offender-${index}` }));
-          t.equal((await offender.waitForPacket('connack')).returnCode, 0, 'connected first');
-        }
-        offender.send(rule.bad);
-        await offender.waitForClose();
-        t.same(
-          offender.packets.map((p) => p.cmd),
-          rule.afterConnect ? ['connack'] : [],
-          'the connection is closed and the packet never answered',
-        );
-        t.same(offender.parseErrors, [], 'the broker sent only well-formed bytes');
-        expected[rule.rule] = (expected[rule.rule] ?? 0) + 1;
-        t.equal(daemon.daemon.limitsStats().protocolViolationsByRule[rule.rule], expected[rule.rule], `counted under ${rule.rule}`);
-      });
+      await t.test(`${rule.name} [${rule.rule}]`, (t) => closesOnlyTheOffender(t, daemon, transport, rule, index, 4, expected));
     }
     const total = Object.values(expected).reduce((sum, n) => sum + n, 0);
     t.equal(daemon.daemon.limitsStats().protocolViolations, total, 'every violation counted once');
@@ -376,10 +406,6 @@ const rules5: Rule5[] = [
   },
 ];
 
-/** Refusals the broker may send before closing: a CONNACK or DISCONNECT with a Reason Code of 0x80 or more. */
-const reasonCodeOf = (p: Packet): number => ('reasonCode' in p ? (p.reasonCode ?? 0) : 0);
-const isRefusal = (p: Packet) => (p.cmd === 'connack' || p.cmd === 'disconnect') && reasonCodeOf(p) >= 0x80;
-
 for (const transport of transports) {
   t.test(`${transport}: each MQTT 5 violation closes only the offending connection`, { skip: mqtt5Unavailable() }, async (t) => {
     const daemon = await startDaemon(t);
@@ -388,33 +414,7 @@ for (const transport of transports) {
     let index = 0;
     for (const rule of rules5) {
       index++;
-      await t.test(`${rule.name} [${rule.rule}]`, async (t) => {
-        const control = await connectRaw(t, urlOf(daemon, transport), { protocolVersion: 5 });
-        if (rule.afterConnect) control.send(connect5({ clientId: `control5-${index}` }));
-        control.send(rule.good);
-        const answer = await control.waitForPacket(rule.answer);
-        if (answer.cmd === 'connack') t.equal(answer.reasonCode, 0, 'control: CONNACK 0x00');
-        t.notOk(control.isClosed, 'control: the valid packet is answered and the connection stays open');
-
-        const offender = await connectRaw(t, urlOf(daemon, transport), { protocolVersion: 5 });
-        if (rule.afterConnect) {
-          offender.send(connect5({ clientId: `offender5-${index}` }));
-          t.equal((await offender.waitForPacket('connack')).reasonCode, 0, 'connected first');
-        }
-        offender.send(rule.bad);
-        await offender.waitForClose();
-        t.same(
-          offender.packets.filter((p) => !isRefusal(p)).map((p) => p.cmd),
-          rule.afterConnect ? ['connack'] : [],
-          'the connection is closed and the packet never answered',
-        );
-        for (const refusal of offender.packets.filter(isRefusal)) {
-          t.equal(reasonCodeOf(refusal), rule.reasonCode, `the ${refusal.cmd} says 0x${rule.reasonCode.toString(16)}`);
-        }
-        t.same(offender.parseErrors, [], 'the broker sent only well-formed bytes');
-        expected[rule.rule] = (expected[rule.rule] ?? 0) + 1;
-        t.equal(daemon.daemon.limitsStats().protocolViolationsByRule[rule.rule], expected[rule.rule], `counted under ${rule.rule}`);
-      });
+      await t.test(`${rule.name} [${rule.rule}]`, (t) => closesOnlyTheOffender(t, daemon, transport, rule, index, 5, expected));
     }
     await check();
   });

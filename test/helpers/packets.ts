@@ -42,10 +42,20 @@ export interface ConnectFields {
 }
 
 export function connect(fields: ConnectFields = {}): Buffer {
+  return connectOf(fields, fields.protocolLevel ?? 4, 'raw');
+}
+
+/**
+ * A CONNECT of either version. MQTT 5 (`v5`) adds the CONNECT's properties
+ * after the Keep Alive (3.1.2.11) and the Will Properties before the Will
+ * Topic (3.1.3.2); the rest is laid out alike.
+ */
+function connectOf(fields: ConnectFields, level: number, clientId: string, v5?: { properties: Buffer[]; willProperties: Buffer[] }): Buffer {
   let flags = fields.flags ?? 0x02;
-  const payload: Buffer[] = [field(fields.clientId ?? 'raw')];
+  const payload: Buffer[] = [field(fields.clientId ?? clientId)];
   if (fields.will) {
     flags |= 0x04 | ((fields.will.qos ?? 0) << 3) | (fields.will.retain ? 0x20 : 0);
+    if (v5) payload.push(properties(...v5.willProperties));
     payload.push(field(fields.will.topic), field(fields.will.payload ?? 'gone'));
   }
   if (fields.username !== undefined) {
@@ -59,8 +69,9 @@ export function connect(fields: ConnectFields = {}): Buffer {
   return packet(
     0x10,
     field(fields.protocolName ?? 'MQTT'),
-    Buffer.from([fields.protocolLevel ?? 4, flags]),
+    Buffer.from([level, flags]),
     u16(fields.keepalive ?? 60),
+    ...(v5 ? [properties(...v5.properties)] : []),
     ...payload,
   );
 }
@@ -145,28 +156,7 @@ export interface Connect5Fields extends Omit<ConnectFields, 'protocolLevel'> {
 }
 
 export function connect5(fields: Connect5Fields = {}): Buffer {
-  let flags = fields.flags ?? 0x02;
-  const payload: Buffer[] = [field(fields.clientId ?? 'raw5')];
-  if (fields.will) {
-    flags |= 0x04 | ((fields.will.qos ?? 0) << 3) | (fields.will.retain ? 0x20 : 0);
-    payload.push(properties(...(fields.willProperties ?? [])), field(fields.will.topic), field(fields.will.payload ?? 'gone'));
-  }
-  if (fields.username !== undefined) {
-    flags |= 0x80;
-    payload.push(field(fields.username));
-  }
-  if (fields.password !== undefined) {
-    flags |= 0x40;
-    payload.push(field(fields.password));
-  }
-  return packet(
-    0x10,
-    field(fields.protocolName ?? 'MQTT'),
-    Buffer.from([5, flags]),
-    u16(fields.keepalive ?? 60),
-    properties(...(fields.properties ?? [])),
-    ...payload,
-  );
+  return connectOf(fields, 5, 'raw5', { properties: fields.properties ?? [], willProperties: fields.willProperties ?? [] });
 }
 
 export function publish5(
@@ -188,10 +178,15 @@ export function publish5(
  * byte: the short form without a reason code; with one, and with properties.
  */
 export function ack5(first: number, id: number, reasonCode?: number, props?: Buffer[]): Buffer {
-  const parts = [u16(id)];
+  return packet(first, u16(id), ...reasonAndProperties(reasonCode, props));
+}
+
+/** The optional tail of an MQTT 5 acknowledgement, DISCONNECT or AUTH: a Reason Code, then properties. */
+function reasonAndProperties(reasonCode?: number, props?: Buffer[]): Buffer[] {
+  const parts: Buffer[] = [];
   if (reasonCode !== undefined) parts.push(Buffer.from([reasonCode]));
   if (props !== undefined) parts.push(properties(...props));
-  return packet(first, ...parts);
+  return parts;
 }
 
 /** SUBSCRIBE: each filter with its Subscription Options byte (QoS, No Local 0x04, RAP 0x08, Retain Handling << 4). */
@@ -205,16 +200,10 @@ export function unsubscribe5(id: number, filters: (string | Uint8Array)[], props
 
 /** DISCONNECT: no body (Reason Code 0x00), a Reason Code alone, or with properties. */
 export function disconnect5(reasonCode?: number, props?: Buffer[]): Buffer {
-  const parts: Buffer[] = [];
-  if (reasonCode !== undefined) parts.push(Buffer.from([reasonCode]));
-  if (props !== undefined) parts.push(properties(...props));
-  return packet(0xe0, ...parts);
+  return packet(0xe0, ...reasonAndProperties(reasonCode, props));
 }
 
 /** AUTH (type 15): a Reason Code and properties, or no body at all. */
 export function auth5(reasonCode?: number, props?: Buffer[]): Buffer {
-  const parts: Buffer[] = [];
-  if (reasonCode !== undefined) parts.push(Buffer.from([reasonCode]));
-  if (props !== undefined) parts.push(properties(...props));
-  return packet(0xf0, ...parts);
+  return packet(0xf0, ...reasonAndProperties(reasonCode, props));
 }

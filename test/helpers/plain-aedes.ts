@@ -240,6 +240,14 @@ export async function rawClient(t: Test, port: number, protocolVersion: 4 | 5 = 
   return raw;
 }
 
+export type Publish = Extract<Packet, { cmd: 'publish' }>;
+
+/** The PUBLISH packets among those a raw client received, in order. */
+export const published = (packets: Packet[]): Publish[] => packets.filter((p): p is Publish => p.cmd === 'publish');
+
+/** Their payloads as strings, in order. */
+export const payloads = (packets: Packet[]): string[] => published(packets).map((p) => p.payload.toString());
+
 /** A CONNECT at the given level; clean session unless `clean: false`. */
 export function connectPacket(clientId: string, protocolVersion: 4 | 5 = 4, extra: AnyOptions = {}): Packet {
   return { cmd: 'connect', protocolId: 'MQTT', protocolVersion, clientId, clean: true, keepalive: 60, ...extra } as Packet;

@@ -3,6 +3,7 @@
  * collected body of one packet (guard.ts does the framing and PUBLISH).
  */
 import { CLAUSES_3_1_1 } from './clauses.js';
+import { readConnectFlags } from './connect-flags.js';
 import type { FieldReader } from './field-reader.js';
 import { topicFilterProblem, utf8StringProblem } from './strings.js';
 import { malformedAs, protocol, within, type TopicChecks, type Violation } from './verdict.js';
@@ -12,14 +13,10 @@ const malformed = (reason: string): Violation => malformedAs(CLAUSES_3_1_1.malfo
 
 /** The rest of a level 3 or 4 CONNECT, from its Connect Flags on (3.1.2.3 onwards). */
 export function checkConnect311(reader: FieldReader, topics: TopicChecks): Violation | null {
-  const flags = reader.byte();
-  if (flags === null || reader.uint16() === null) return malformed('CONNECT too short for its flags and keep-alive');
-  const will = (flags & 0x04) !== 0;
-  const willQoS = (flags >> 3) & 0x03;
-  const willRetain = (flags & 0x20) !== 0;
-  const password = (flags & 0x40) !== 0;
-  const username = (flags & 0x80) !== 0;
-  if (flags & 0x01) return protocol('MQTT-3.1.2-3', 'CONNECT reserved flag set');
+  const flags = readConnectFlags(reader);
+  if (flags === null) return malformed('CONNECT too short for its flags and keep-alive');
+  const { will, willQoS, willRetain, password, username } = flags;
+  if (flags.reserved) return protocol('MQTT-3.1.2-3', 'CONNECT reserved flag set');
   if (!will && willQoS !== 0) return protocol('MQTT-3.1.2-13', 'Will QoS set without the Will Flag');
   if (!will && willRetain) return protocol('MQTT-3.1.2-15', 'Will Retain set without the Will Flag');
   if (will && willQoS === 3) return protocol('MQTT-3.1.2-14', 'Will QoS 3');

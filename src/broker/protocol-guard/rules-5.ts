@@ -5,6 +5,7 @@
  * and Authentication Method — is kept in a Session5.
  */
 import { CLAUSES_5 } from './clauses.js';
+import { readConnectFlags } from './connect-flags.js';
 import type { FieldReader } from './field-reader.js';
 import { checkProperties, WILL, type PropertyFacts } from './properties.js';
 import { isSharedFilter, sharedFilterProblem, topicFilterProblem, utf8StringProblem } from './strings.js';
@@ -22,15 +23,11 @@ const malformed = (reason: string): Violation => malformedAs(CLAUSES_5.malformed
 
 /** The rest of a level-5 CONNECT, from its Connect Flags on (3.1.2.3 onwards). */
 export function checkConnect5(reader: FieldReader, facts: PropertyFacts, session: Session5, topics: TopicChecks): Violation | null {
-  const flags = reader.byte();
-  if (flags === null || reader.uint16() === null) return malformed('CONNECT too short for its flags and keep-alive');
-  const will = (flags & 0x04) !== 0;
-  const willQoS = (flags >> 3) & 0x03;
-  const willRetain = (flags & 0x20) !== 0;
-  const password = (flags & 0x40) !== 0;
-  const username = (flags & 0x80) !== 0;
+  const flags = readConnectFlags(reader);
+  if (flags === null) return malformed('CONNECT too short for its flags and keep-alive');
+  const { will, willQoS, willRetain, password, username } = flags;
   // Unlike 3.1.1 [MQTT-3.1.2-22], MQTT 5 allows a password without a user name (3.1.2.9).
-  if (flags & 0x01) return malformedAs('MQTT-3.1.2-3', 'CONNECT reserved flag set');
+  if (flags.reserved) return malformedAs('MQTT-3.1.2-3', 'CONNECT reserved flag set');
   if (!will && willQoS !== 0) return malformedAs('MQTT-3.1.2-11', 'Will QoS set without the Will Flag');
   if (will && willQoS === 3) return malformedAs('MQTT-3.1.2-12', 'Will QoS 3');
   if (!will && willRetain) return malformedAs('MQTT-3.1.2-13', 'Will Retain set without the Will Flag');
@@ -97,14 +94,31 @@ export function checkAck5(type: number, reader: FieldReader, facts: PropertyFact
   return reader.done ? null : malformed(`${reader.left} unexpected bytes at the end of ${ack.name}`);
 }
 
+const SUBSCRIBE = 8;
+const UNSUBSCRIBE = 10;
+
+/**
+ * What SUBSCRIBE and UNSUBSCRIBE begin with: a non-zero packet identifier
+ * [MQTT-2.2.1-3], properties, and at least one topic filter after them —
+ * [MQTT-3.8.3-2] for SUBSCRIBE, [MQTT-3.10.3-2] for UNSUBSCRIBE.
+ */
+function checkFilterListHead(reader: FieldReader, facts: PropertyFacts, type: typeof SUBSCRIBE | typeof UNSUBSCRIBE): Violation | null {
+  const name = type === SUBSCRIBE ? 'SUBSCRIBE' : 'UNSUBSCRIBE';
+  const packetId = reader.uint16();
+  if (packetId === null) return malformed(`${name} too short for its packet identifier`);
+  if (packetId === 0) return protocol(CLAUSES_5.packetId, `${name} with packet identifier 0`);
+  const propertyProblem = checkProperties(reader, type, facts);
+  if (propertyProblem) return propertyProblem;
+  if (!reader.done) return null;
+  return type === SUBSCRIBE
+    ? protocol(CLAUSES_5.noFilter, 'SUBSCRIBE without a topic filter')
+    : protocol('MQTT-3.10.3-2', 'UNSUBSCRIBE without a topic filter');
+}
+
 /** SUBSCRIBE (3.8): packet identifier, properties, then topic filters with their Subscription Options. */
 export function checkSubscribe5(reader: FieldReader, facts: PropertyFacts): Violation | null {
-  const packetId = reader.uint16();
-  if (packetId === null) return malformed('SUBSCRIBE too short for its packet identifier');
-  if (packetId === 0) return protocol(CLAUSES_5.packetId, 'SUBSCRIBE with packet identifier 0');
-  const propertyProblem = checkProperties(reader, 8, facts);
-  if (propertyProblem) return propertyProblem;
-  if (reader.done) return protocol(CLAUSES_5.noFilter, 'SUBSCRIBE without a topic filter');
+  const headProblem = checkFilterListHead(reader, facts, SUBSCRIBE);
+  if (headProblem) return headProblem;
   while (!reader.done) {
     const filter = reader.string();
     if (filter === null) return malformed('SUBSCRIBE topic filter runs past the packet');
@@ -124,12 +138,8 @@ export function checkSubscribe5(reader: FieldReader, facts: PropertyFacts): Viol
 
 /** UNSUBSCRIBE (3.10): packet identifier, properties, at least one topic filter [MQTT-3.10.3-2]. */
 export function checkUnsubscribe5(reader: FieldReader, facts: PropertyFacts): Violation | null {
-  const packetId = reader.uint16();
-  if (packetId === null) return malformed('UNSUBSCRIBE too short for its packet identifier');
-  if (packetId === 0) return protocol(CLAUSES_5.packetId, 'UNSUBSCRIBE with packet identifier 0');
-  const propertyProblem = checkProperties(reader, 10, facts);
-  if (propertyProblem) return propertyProblem;
-  if (reader.done) return protocol('MQTT-3.10.3-2', 'UNSUBSCRIBE without a topic filter');
+  const headProblem = checkFilterListHead(reader, facts, UNSUBSCRIBE);
+  if (headProblem) return headProblem;
   while (!reader.done) {
     const filter = reader.string();
     if (filter === null) return malformed('UNSUBSCRIBE topic filter runs past the packet');
