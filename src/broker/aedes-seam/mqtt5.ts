@@ -28,13 +28,19 @@ interface Mqtt5Internals {
 
 const internals = (client: Client) => client as unknown as Mqtt5Internals;
 
+/** The answer for protocol levels without MQTT 5 limits, by level (0: before CONNECT). */
+const BEFORE_V5: Readonly<Record<number, Readonly<ClientLimits>>> = Object.fromEntries(
+  [0, 3, 4].map((version) => [version, Object.freeze({ version, receiveMaximum: undefined, maximumPacketSize: undefined })]),
+);
+
 /** aedes' default when the CONNECT has no Receive Maximum (lib/constants.js RECEIVE_MAXIMUM_DEFAULT). */
 const RECEIVE_MAXIMUM_DEFAULT = 65_535;
 
 export function clientLimits(client: Client): ClientLimits {
   const state = internals(client);
   const version = state.version ?? 0;
-  if (version !== 5) return { version, receiveMaximum: undefined, maximumPacketSize: undefined };
+  // Every delivery asks: no allocation for the clients without such limits.
+  if (version !== 5) return BEFORE_V5[version] ?? { version, receiveMaximum: undefined, maximumPacketSize: undefined };
   // aedes fills in 65,535 when the CONNECT had none: the same as no bound in practice.
   const receiveMaximum = state.receiveMaximum === RECEIVE_MAXIMUM_DEFAULT ? undefined : state.receiveMaximum;
   return { version, receiveMaximum, maximumPacketSize: state.maximumPacketSize };
