@@ -12,6 +12,7 @@ import { installDeliveryRules } from './delivery-rules.js';
 import type { ClaimOutgoing } from './flow-control.js';
 import { withholdWills } from './planned-stop.js';
 import { createLimits, type Limits } from './limits.js';
+import { SharedSubscriptions } from './shared-subscriptions.js';
 import type { AccessHooks } from '../auth/authorizer.js';
 
 export interface Broker {
@@ -63,6 +64,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     ...(claimOutgoing ? { claimOutgoing: claimOutgoing.bind(persistence) } : {}),
   });
   let seam: AedesSeam | undefined;
+  const shared = new SharedSubscriptions(deps.logger);
 
   const options: AedesOptions = {
     id: config.broker.id || undefined,
@@ -94,7 +96,8 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       if (deps.access) deps.access.authenticate(client, username, password, connectWill(client), done);
       else done(null, true);
     },
-    authorizeSubscribe: limits.authorizeSubscribe(deps.access?.authorizeSubscribe),
+    // Membership of a shared group is taken once every check allowed the subscription.
+    authorizeSubscribe: shared.track(limits.authorizeSubscribe(shared.aclView(deps.access?.authorizeSubscribe))),
     ...(deps.access ? { authorizeForward: deps.access.authorizeForward } : {}),
   };
   const publishPolicy: PublishPolicy = deps.access?.checkPublish ?? refuseSys;
@@ -132,6 +135,9 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       attachLogging(instance);
       await instance.listen();
       // Before the delivery rules: their per-client wrappers must run on top of the flow control's.
+      // First: the CONNACK correction sees aedes' bytes, and the renaming of
+      // `$share/` filters runs before aedes' handlers.
+      shared.install(started);
       limits.install(started);
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);

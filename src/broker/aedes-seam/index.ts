@@ -65,3 +65,4 @@ export * from './version.js';
 export * from './client.js';
 export { AedesSeam } from './seam.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
+export * from './shared.js';
