@@ -10,7 +10,8 @@ import type { IClientOptions } from 'mqtt';
 import { createDaemon } from '../src/index.js';
 import { hashPassword } from '../src/auth/password-file.js';
 import { startDaemon, tempDir, testConfig } from './helpers/daemon.js';
-import { connectRaw, eventually, openClient, type OpenedClient } from './helpers/mqtt.js';
+import { connectRaw, eventually, openClient, type OpenedClient, type RawClient } from './helpers/mqtt.js';
+import { connectPacket } from './helpers/plain-aedes.js';
 import { startSecureDaemon } from './helpers/security.js';
 
 const v5 = (options: IClientOptions = {}): IClientOptions => ({ protocolVersion: 5, ...options });
@@ -161,4 +162,69 @@ t.test('a malformed $share filter from an MQTT 5 client is a Protocol Error (the
     await eventually(() => raw.isClosed, 5000, `the connection closed after ${filter}`);
     t.notOk(raw.packets.some((p) => p.cmd === 'suback'), `${filter}: no SUBACK`);
   }
+});
+
+/** A 3.1.1 member that never acknowledges: its QoS 1 messages stay in flight. */
+async function silentMember(t: Test, url: string, clientId: string, clean: boolean, filter: string): Promise<RawClient> {
+  const raw = await connectRaw(t, url);
+  raw.send(connectPacket(clientId, 4, { clean }));
+  await raw.waitForPacket('connack');
+  raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: filter, qos: 1 }] } as never);
+  await raw.waitForPacket('suback');
+  return raw;
+}
+
+function rawPayloads(raw: RawClient): string[] {
+  return raw.packets.filter((p) => p.cmd === 'publish').map((p) => String((p as { payload: Buffer }).payload));
+}
+
+for (const clean of [true, false]) {
+  t.test(`a ${clean ? 'clean' : 'persistent'} member that leaves with unacknowledged QoS 1 messages: another member gets them, once`, async (t) => {
+    const { mqttUrl } = await startDaemon(t);
+    const lazy = await silentMember(t, mqttUrl, 'lazy', clean, '$share/w/jobs');
+    const busy = await openClient(t, mqttUrl, v5({ clientId: 'busy' }));
+    await busy.client.subscribeAsync('$share/w/jobs', { qos: 1 });
+    const publisher = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+    const sent = await publishMany(publisher, 'jobs', 6, 1);
+    await eventually(() => rawPayloads(lazy).length + payloads(busy).length >= 6, 5000, 'six deliveries');
+    const stranded = rawPayloads(lazy);
+    t.ok(stranded.length > 0, `the silent member holds ${stranded.length} unacknowledged`);
+    lazy.send({ cmd: 'disconnect' } as never);
+    await lazy.waitForClose();
+    await eventually(() => payloads(busy).length >= 6, 5000, 'the stranded messages at the other member');
+    t.same(payloads(busy).sort(), [...sent].sort(), 'the other member has every message exactly once');
+    if (clean) return;
+    // Back again: what moved is not sent to it a second time. A non-shared
+    // marker after the resend (which goes first [MQTT-4.6.0-2]) proves it.
+    const back = await openClient(t, mqttUrl, v4({ clientId: 'lazy', clean: false }));
+    await back.client.subscribeAsync('marker', { qos: 1 });
+    await publisher.client.publishAsync('marker', 'm', { qos: 1 });
+    await back.log.waitFor((messages) => messages.some((m) => m.topic === 'marker'));
+    t.same(payloads(back, 'jobs'), [], 'nothing resent to the member that left');
+  });
+}
+
+t.test('no member connected: QoS 1 messages are queued for a persistent member, across a restart, and delivered when it returns', async (t) => {
+  const config = testConfig(t);
+  let daemon = await createDaemon(config);
+  await daemon.start();
+  t.teardown(() => daemon.stop());
+  const urlOf = () => `mqtt://127.0.0.1:${daemon.addresses().mqtt!.port}`;
+  const member = await openClient(t, urlOf(), v4({ clientId: 'away', clean: false }));
+  await member.client.subscribeAsync('$share/g/q/#', { qos: 1 });
+  await member.client.endAsync();
+  const publisher = await openClient(t, urlOf(), v5({ clientId: 'pub' }));
+  const before = await publishMany(publisher, 'q/1', 3, 1);
+  const dropped = await publishMany(publisher, 'q/0', 2, 0);
+  await publisher.client.endAsync();
+  await daemon.stop();
+
+  daemon = await createDaemon(config);
+  await daemon.start();
+  const publisher2 = await openClient(t, urlOf(), v5({ clientId: 'pub2' }));
+  const after = (await publishMany(publisher2, 'q/2', 2, 1)).map((p) => `${p}`);
+  const back = await openClient(t, urlOf(), v4({ clientId: 'away', clean: false }));
+  await back.log.waitForCount(5);
+  t.same(back.log.messages.map((m) => `${m.topic}:${m.payload}`), [...before.map((p) => `q/1:${p}`), ...after.map((p) => `q/2:${p}`)], 'every QoS 1 message, in order');
+  t.same(payloads(back, 'q/0'), [], `QoS 0 messages with nobody connected are not kept (${dropped.length} published)`);
 });

@@ -12,7 +12,7 @@ import { installDeliveryRules } from './delivery-rules.js';
 import type { ClaimOutgoing } from './flow-control.js';
 import { withholdWills } from './planned-stop.js';
 import { createLimits, type Limits } from './limits.js';
-import { SharedSubscriptions } from './shared-subscriptions.js';
+import { SharedSubscriptions, type SharedSubscriptionStore } from './shared-subscriptions.js';
 import type { AccessHooks } from '../auth/authorizer.js';
 
 export interface Broker {
@@ -38,9 +38,18 @@ export interface OwnMessage {
   retain: boolean;
 }
 
-/** An aedes persistence; when it numbers a session's messages itself (LevelPersistence), the flow control asks it. */
-export interface BrokerPersistence {
+/**
+ * An aedes persistence; when it numbers a session's messages itself
+ * (LevelPersistence), the flow control asks it, and shared subscriptions
+ * queue and move messages through it.
+ */
+export interface BrokerPersistence extends Partial<SharedSubscriptionStore> {
   claimOutgoing?: ClaimOutgoing;
+}
+
+function sharedStoreOf(persistence: BrokerPersistence | undefined): SharedSubscriptionStore | undefined {
+  if (!persistence?.subscriptionsWithPrefix || !persistence.holdsSubscription || !persistence.outgoingMove) return undefined;
+  return persistence as SharedSubscriptionStore;
 }
 
 export interface BrokerDeps {
@@ -64,7 +73,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     ...(claimOutgoing ? { claimOutgoing: claimOutgoing.bind(persistence) } : {}),
   });
   let seam: AedesSeam | undefined;
-  const shared = new SharedSubscriptions(deps.logger);
+  const shared = new SharedSubscriptions(deps.logger, sharedStoreOf(persistence));
 
   const options: AedesOptions = {
     id: config.broker.id || undefined,

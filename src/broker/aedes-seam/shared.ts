@@ -22,7 +22,7 @@
  */
 import type { Duplex } from 'node:stream';
 import type { Client } from 'aedes';
-import type { Deliver, DeliveredPacket } from './client.js';
+import { wrapDeliveries, type Deliver, type DeliveredPacket } from './client.js';
 
 /** The prefix clients write [MQTT-4.8.2-1]. */
 export const SHARE_PREFIX = '$share/';
@@ -84,6 +84,45 @@ export function renameSharedFilters(client: Client): void {
       for (const sub of packet.subscriptions) sub.topic = renamed(sub.topic);
     } else if (packet.cmd === 'unsubscribe' && packet.unsubscriptions) {
       packet.unsubscriptions = packet.unsubscriptions.map(renamed);
+    }
+  });
+}
+
+/**
+ * Tells `written` the packet identifier each watched QoS 1/2 delivery went
+ * out under, once aedes has written it (lib/client.js writeQoS calls the
+ * callback with the written QoSPacket as `this`), or undefined when aedes
+ * did not send it (authorizeForward refused it, the connection closed).
+ * Call right after aedes made the client, before anything else wraps its
+ * deliveries: this must see the packet aedes numbers, under the flow control.
+ */
+export function watchDeliveries(
+  client: Client,
+  watched: (packet: DeliveredPacket) => boolean,
+  written: (packet: DeliveredPacket, messageId: number | undefined) => void,
+): void {
+  wrapDeliveries(client, ({ deliver0, deliverQoS }) => ({
+    deliver0,
+    deliverQoS: (packet, callback) => {
+      if (packet.qos === 0 || !watched(packet)) {
+        deliverQoS(packet, callback);
+        return;
+      }
+      deliverQoS(packet, function afterWrite(this: unknown, ...args: unknown[]) {
+        const sent = typeof this === 'object' && this !== null && (this as { cmd?: unknown }).cmd === 'publish' ? (this as { messageId?: number }).messageId : undefined;
+        written(packet, sent);
+        (callback as (...rest: unknown[]) => void).apply(this, args);
+      });
+    },
+  }));
+}
+
+/** Calls `listener` for each PUBACK, PUBREC and PUBCOMP the client sends, as aedes parses it (lib/client.js). */
+export function onAcknowledgement(client: Client, listener: (cmd: 'puback' | 'pubrec' | 'pubcomp', messageId: number) => void): void {
+  const parser = (client as unknown as ParserInternals)._parser;
+  parser.on('packet', (packet: { cmd?: string; messageId?: number }) => {
+    if ((packet.cmd === 'puback' || packet.cmd === 'pubrec' || packet.cmd === 'pubcomp') && typeof packet.messageId === 'number') {
+      listener(packet.cmd, packet.messageId);
     }
   });
 }
