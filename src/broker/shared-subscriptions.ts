@@ -88,6 +88,15 @@ import {
 
 type AuthorizeSubscribeHandler = NonNullable<AedesOptions['authorizeSubscribe']>;
 
+/**
+ * In-flight records kept per connection. A connection cannot hold more
+ * messages awaiting acknowledgement than it has packet identifiers
+ * (65535); records beyond that are of messages the flow control never sent
+ * (dropped from a clean session's full queue), forgotten oldest first so a
+ * stalled member cannot grow memory without bound.
+ */
+const MAX_IN_FLIGHT_PER_MEMBER = 65_535;
+
 /** What the session store offers shared subscriptions (LevelPersistence); without it, no offline queueing or moves. */
 export interface SharedSubscriptionStore {
   subscriptionsWithPrefix(prefix: string): Array<{ clientId: string; topic: string; qos: number }>;
@@ -401,6 +410,7 @@ export class SharedSubscriptions {
       }
       const key = `${group.name}\u0000${String(packet.brokerId)}\u0000${String(packet.brokerCounter)}`;
       ledger.byKey.set(key, { group: group.name, source: packet, queued });
+      if (ledger.byKey.size > MAX_IN_FLIGHT_PER_MEMBER) this.#forgetOldest(ledger);
       this.#copies.set(copy, key);
     }
     deliverToClient(member.client, copy, () => undefined);
@@ -420,6 +430,12 @@ export class SharedSubscriptions {
       entry.messageId = messageId;
       ledger.byMessageId.set(messageId, key);
     }
+  }
+
+  #forgetOldest(ledger: Ledger): void {
+    const [key, entry] = ledger.byKey.entries().next().value as [string, InFlight];
+    ledger.byKey.delete(key);
+    if (entry.messageId !== undefined && ledger.byMessageId.get(entry.messageId) === key) ledger.byMessageId.delete(entry.messageId);
   }
 
   /** PUBACK ends a QoS 1 message, PUBREC a QoS 2 one: the member has it [MQTT-4.3.3]. */

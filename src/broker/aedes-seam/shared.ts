@@ -14,6 +14,8 @@
  *   unsubscribes it like any filter; it matches no topic, so aedes itself
  *   delivers nothing and sends no retained message on it. The broker's
  *   authorizeSubscribe and the shared-subscription module recognise the name.
+ *   aedes' 'subscribe'/'unsubscribe' events and $SYS/.../new/subscribes
+ *   notices carry this name too (wireSharedFilter gives the client's form).
  * - The CONNACK's Shared Subscription Available property is set to 1 in the
  *   bytes aedes writes (see announceSharedSubscriptions).
  * - A message is copied per subscriber as aedes does (aedes-packet), and
