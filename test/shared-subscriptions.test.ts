@@ -165,11 +165,11 @@ t.test('a malformed $share filter from an MQTT 5 client is a Protocol Error (the
 });
 
 /** A 3.1.1 member that never acknowledges: its QoS 1 messages stay in flight. */
-async function silentMember(t: Test, url: string, clientId: string, clean: boolean, filter: string): Promise<RawClient> {
+async function silentMember(t: Test, url: string, clientId: string, clean: boolean, filter: string, qos: 1 | 2 = 1): Promise<RawClient> {
   const raw = await connectRaw(t, url);
   raw.send(connectPacket(clientId, 4, { clean }));
   await raw.waitForPacket('connack');
-  raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: filter, qos: 1 }] } as never);
+  raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: filter, qos }] } as never);
   await raw.waitForPacket('suback');
   return raw;
 }
@@ -228,3 +228,30 @@ t.test('no member connected: QoS 1 messages are queued for a persistent member, 
   t.same(back.log.messages.map((m) => `${m.topic}:${m.payload}`), [...before.map((p) => `q/1:${p}`), ...after.map((p) => `q/2:${p}`)], 'every QoS 1 message, in order');
   t.same(payloads(back, 'q/0'), [], `QoS 0 messages with nobody connected are not kept (${dropped.length} published)`);
 });
+
+for (const clean of [true, false]) {
+  t.test(`QoS 2, ${clean ? 'clean' : 'persistent'} member: a message the leaving member answered with PUBREC is its own; the others go to another member`, async (t) => {
+    const { mqttUrl } = await startDaemon(t);
+    const lazy = await silentMember(t, mqttUrl, 'lazy2', clean, '$share/w/q2', 2);
+    const busy = await openClient(t, mqttUrl, v5({ clientId: 'busy2' }));
+    await busy.client.subscribeAsync('$share/w/q2', { qos: 2 });
+    const publisher = await openClient(t, mqttUrl, v5({ clientId: 'pub2' }));
+    const sent = await publishMany(publisher, 'q2', 6, 2);
+    await eventually(() => rawPayloads(lazy).length + payloads(busy).length >= 6, 5000, 'six deliveries');
+    const first = lazy.packets.find((p) => p.cmd === 'publish') as { messageId: number; payload: Buffer; qos: number };
+    t.equal(first.qos, 2, 'the silent member got QoS 2');
+    // The receiver owns the message once it sent PUBREC [MQTT-4.3.3]: it must not go elsewhere.
+    lazy.send({ cmd: 'pubrec', messageId: first.messageId } as never);
+    await lazy.waitForPacket('pubrel');
+    const kept = String(first.payload);
+    lazy.send({ cmd: 'disconnect' } as never);
+    await lazy.waitForClose();
+    const expected = sent.filter((p) => p !== kept).sort();
+    await eventually(() => payloads(busy).length >= expected.length, 5000, 'the unanswered messages at the other member');
+    // A marker on a non-shared subscription, published after, proves nothing more comes.
+    await busy.client.subscribeAsync('marker2', { qos: 1 });
+    await publisher.client.publishAsync('marker2', 'm', { qos: 1 });
+    await busy.log.waitFor((messages) => messages.some((m) => m.topic === 'marker2'));
+    t.same(payloads(busy, 'q2').sort(), expected, `every message but the one answered with PUBREC (${kept}), once`);
+  });
+}
