@@ -122,7 +122,7 @@ t.test(`aedes ${V} still refuses enhanced authentication (AUTH), aedes #1119`, {
   t.equal((await raw.next('connack')).reasonCode, 0x8c, 'CONNACK 0x8C Bad authentication method');
 });
 
-t.test(`aedes ${V} still has no shared subscriptions, aedes #841`, { skip: v5 }, async (t) => {
+t.test(`aedes ${V} still has no shared subscriptions, aedes #841 (corrected: src/broker/shared-subscriptions.ts)`, { skip: v5 }, async (t) => {
   // When this fails after an aedes upgrade, shared subscriptions need not be edgemqtt's [MQTT-4.8.2].
   const { port } = await startPlainAedes(t);
   const raw = await rawClient(t, port, 5);

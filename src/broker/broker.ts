@@ -20,6 +20,7 @@ import { installDeliveryRules } from './delivery-rules.js';
 import type { ClaimOutgoing, DiscardOutgoing } from './flow-control.js';
 import { withholdWills } from './planned-stop.js';
 import { createLimits, type Limits } from './limits.js';
+import { SharedSubscriptions, type SharedSubscriptionStore } from './shared-subscriptions.js';
 import type { AccessHooks } from '../auth/authorizer.js';
 
 export interface Broker {
@@ -45,8 +46,12 @@ export interface OwnMessage {
   retain: boolean;
 }
 
-/** An aedes persistence; when it numbers a session's messages itself (LevelPersistence), the flow control asks it. */
-export interface BrokerPersistence {
+/**
+ * An aedes persistence; when it numbers a session's messages itself
+ * (LevelPersistence), the flow control asks it, and shared subscriptions
+ * queue and move messages through it.
+ */
+export interface BrokerPersistence extends Partial<SharedSubscriptionStore> {
   claimOutgoing?: ClaimOutgoing;
   /** aedes' persistence API: removes the queued message sent under a packet identifier. */
   outgoingClearMessageId?(client: Client, packet: { messageId: number }): Promise<unknown>;
@@ -54,6 +59,11 @@ export interface BrokerPersistence {
 
 /** MQTT 5 DISCONNECT Reason Code 0x8D Keep Alive timeout (3.14.2.1). */
 const KEEP_ALIVE_TIMEOUT = 0x8d;
+
+function sharedStoreOf(persistence: BrokerPersistence | undefined): SharedSubscriptionStore | undefined {
+  if (!persistence?.subscriptionsWithPrefix || !persistence.holdsSubscription || !persistence.outgoingMove) return undefined;
+  return persistence as SharedSubscriptionStore;
+}
 
 export interface BrokerDeps {
   logger: Logger;
@@ -80,6 +90,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     ...(claimOutgoing && discardOutgoing ? { discardOutgoing } : {}),
   });
   let seam: AedesSeam | undefined;
+  const shared = new SharedSubscriptions(deps.logger, sharedStoreOf(persistence));
 
   const options: AedesOptions = {
     id: config.broker.id || undefined,
@@ -125,7 +136,8 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       if (deps.access) deps.access.authenticate(client, username, password, connectWill(client), done);
       else done(null, true);
     },
-    authorizeSubscribe: limits.authorizeSubscribe(deps.access?.authorizeSubscribe),
+    // Membership of a shared group is taken once every check allowed the subscription.
+    authorizeSubscribe: shared.track(limits.authorizeSubscribe(shared.aclView(deps.access?.authorizeSubscribe))),
     ...(deps.access ? { authorizeForward: deps.access.authorizeForward } : {}),
   };
   const publishPolicy: PublishPolicy = deps.access?.checkPublish ?? refuseSys;
@@ -168,6 +180,9 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       attachLogging(instance);
       await instance.listen();
       // Before the delivery rules: their per-client wrappers must run on top of the flow control's.
+      // First: the CONNACK correction sees aedes' bytes, and the renaming of
+      // `$share/` filters runs before aedes' handlers.
+      shared.install(started);
       limits.install(started);
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);

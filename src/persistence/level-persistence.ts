@@ -240,6 +240,16 @@ export class LevelPersistence {
     return this.#records.subscribersOf(topic);
   }
 
+  /** Stored subscriptions whose filter starts with `prefix`, of every session (a scan; the broker's shared subscriptions). */
+  subscriptionsWithPrefix(prefix: string): MatchedSubscription[] {
+    return this.#records.subscriptionsWithPrefix(prefix);
+  }
+
+  /** Whether the session of `clientId` holds a subscription to exactly `topic` (in memory, at once). */
+  holdsSubscription(clientId: string, topic: string): boolean {
+    return this.#records.holds(clientId, topic);
+  }
+
   cleanSubscriptions(client: ClientLike): Promise<void> {
     return this.#records.unsubscribe(client.id, undefined);
   }
@@ -264,6 +274,25 @@ export class LevelPersistence {
    */
   async outgoingEnqueueCombi(subs: readonly MatchingSubscription[], packet: PacketLike): Promise<void> {
     await this.#queues.enqueue(packet, subs.length > 1 ? highestGrantPerClient(subs) : subs);
+  }
+
+  /**
+   * Moves a queued message from one session to another (the broker's shared
+   * subscriptions, when a member leaves): removed from `from`'s queue unless
+   * already acknowledged or past PUBREC (then false, and nothing is queued),
+   * and queued for `to` at `qos`, when given, in the same batch. The publish
+   * taps do not see it again. Resolves once durable.
+   */
+  async outgoingMove(from: string | undefined, to: MatchingSubscription | undefined, packet: PacketLike): Promise<boolean> {
+    let removal: Promise<void> | undefined;
+    if (from !== undefined) {
+      const taken = this.#queues.take(from, packet.brokerId, packet.brokerCounter);
+      if (!taken.removed) return false;
+      removal = taken.written;
+    }
+    const added = to ? this.#queues.enqueue(packet, [to], false) : undefined;
+    await Promise.all([removal, added]);
+    return true;
   }
 
   /** See the store's claim (queue-store.ts); the flow control calls it for each live delivery. */

@@ -48,11 +48,11 @@ export class QueueStore {
    * batch, which holds them; without one, a PUBLISH that wrote something
    * before (a retained message, a QoS 2 packet) waits for the newest batch.
    */
-  async enqueue(packet: PacketLike, recipients: readonly Recipient[]): Promise<void> {
+  async enqueue(packet: PacketLike, recipients: readonly Recipient[], tap = true): Promise<void> {
     const store = this.#store;
     const { commit } = store.ready();
     const ops: BatchOp[] = [];
-    store.taps.collect(packet, ops);
+    if (tap) store.taps.collect(packet, ops);
     if (recipients.length === 0) {
       if (ops.length > 0) await store.write(ops);
       else if (packet.retain === true || packet.qos === 2) await commit.barrier();
@@ -199,6 +199,24 @@ export class QueueStore {
     if (cmd === 'publish' && data.qos === 1) store.writeBehind(ops, 'queued message identifier');
     else await store.write(ops);
     return true;
+  }
+
+  /**
+   * Removes a queued message not yet past PUBREC, found by its broker id and
+   * counter; false when there is none. The delete is queued in this call, so
+   * it lands in the same batch as writes made in the same turn.
+   */
+  take(clientId: string, brokerId: unknown, brokerCounter: unknown): { removed: boolean; written: Promise<void> } {
+    const store = this.#store;
+    store.ready();
+    const queue = store.queues.get(clientId);
+    const entry = queue?.findByCounter(brokerId, brokerCounter);
+    if (!queue || !entry || entry.cmd !== 'publish') return { removed: false, written: Promise.resolve() };
+    queue.remove(entry);
+    store.queues.release(clientId);
+    const ops: BatchOp[] = [{ type: 'del', key: outgoingKey(clientId, entry.seq) }];
+    store.forgetIfStateless(clientId, ops);
+    return { removed: true, written: store.write(ops) };
   }
 
   /** Removes the entry a PUBACK/PUBCOMP acknowledges and returns its packet. */

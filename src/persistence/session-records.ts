@@ -53,6 +53,17 @@ export class SessionRecords {
     return this.#store.subscriptions.match(topic);
   }
 
+  /** Every stored subscription whose filter starts with `prefix` (a scan). */
+  subscriptionsWithPrefix(prefix: string): MatchedSubscription[] {
+    this.#store.ready();
+    return this.#store.subscriptions.withPrefix(prefix);
+  }
+
+  /** Whether the session of `clientId` holds a subscription to exactly `topic`. */
+  holds(clientId: string, topic: string): boolean {
+    return this.#store.state === 'running' && this.#store.subscriptions.holds(clientId, topic);
+  }
+
   /** The clients subscribed with exactly the filter `topic`. */
   clientsSubscribedTo(topic: string): Iterable<string> {
     this.#store.ready();

@@ -142,6 +142,20 @@ export class SubscriptionIndex {
     return [...stored].map(([topic, record]) => ({ topic, ...record }));
   }
 
+  /** Whether the client holds a subscription to exactly `topic`. */
+  holds(clientId: string, topic: string): boolean {
+    return this.#byClient.get(clientId)?.has(topic) ?? false;
+  }
+
+  /** Every subscription whose filter starts with `prefix`; a scan of all subscriptions. */
+  withPrefix(prefix: string): MatchedSubscription[] {
+    const found: MatchedSubscription[] = [];
+    for (const [clientId, stored] of this.#byClient) {
+      for (const [topic, record] of stored) if (topic.startsWith(prefix)) found.push({ clientId, topic, qos: record.qos, rap: record.rap });
+    }
+    return found;
+  }
+
   match(topic: string): MatchedSubscription[] {
     return this.#trie.match(topic);
   }

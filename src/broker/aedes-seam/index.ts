@@ -19,6 +19,12 @@
  *   (lib/client.js dedupe), `subscriptions`, `_handleDrainTimeout`
  *   (lib/client.js waitForDrain), `_will` and `will` (handlers/connect.js,
  *   lib/client.js close).
+ * - Shared subscriptions (shared.ts): the client's parser ('packet'
+ *   listeners ahead of aedes' and beside it) to rename `$share/` filters and
+ *   see acknowledgements, the CONNACK bytes (Shared Subscription
+ *   Available), `aedes.persistence.outgoingEnqueueCombi` to queue a group's
+ *   copy with the publish, and the innermost deliverQoS to learn the packet
+ *   identifier a copy went out under.
  * - `aedes.authorizePublish` and `aedes.publish`: the publish path below.
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
@@ -66,3 +72,4 @@ export * from './client.js';
 export { AedesSeam } from './seam.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
 export * from './mqtt5.js';
+export * from './shared.js';

@@ -1,0 +1,266 @@
+/**
+ * What shared subscriptions (src/broker/shared-subscriptions.ts) need from
+ * aedes internals. aedes 2.0.0-beta.1 has none (#841): its SUBSCRIBE handler
+ * answers a v5 `$share/` filter with 0x9E before any hook runs
+ * (handlers/subscribe.js doSubscribe), subscribes a 3.1.1 one literally, and
+ * its CONNACK says Shared Subscription Available 0 (handlers/connect.js
+ * connackProperties) [MQTT-3.2.2-13].
+ *
+ * - A `$share/{group}/{filter}` filter in a SUBSCRIBE or UNSUBSCRIBE is
+ *   renamed, before aedes' handler sees the packet (a 'packet' listener put
+ *   ahead of aedes' on the client's parser, lib/client.js), to a name that
+ *   starts with U+0000, which no client can send (the protocol guard refuses
+ *   it, [MQTT-1.5.4-2]). aedes then subscribes, stores, restores and
+ *   unsubscribes it like any filter; it matches no topic, so aedes itself
+ *   delivers nothing and sends no retained message on it. The broker's
+ *   authorizeSubscribe and the shared-subscription module recognise the name.
+ *   aedes' 'subscribe'/'unsubscribe' events and $SYS/.../new/subscribes
+ *   notices carry this name too (wireSharedFilter gives the client's form).
+ * - The CONNACK's Shared Subscription Available property is set to 1 in the
+ *   bytes aedes writes (see announceSharedSubscriptions).
+ * - A message is copied per subscriber as aedes does (aedes-packet), and
+ *   handed to a client's current deliverQoS (lib/client.js), i.e. through the
+ *   flow control and the delivery rules wrapped around it.
+ */
+import type { Duplex } from 'node:stream';
+import type { Client } from 'aedes';
+import { wrapDeliveries, type Deliver, type DeliveredPacket } from './client.js';
+
+/** The prefix clients write [MQTT-4.8.2-1]. */
+export const SHARE_PREFIX = '$share/';
+
+/** What aedes sees instead of SHARE_PREFIX; U+0000 never comes from the wire. */
+export const SHARED_FILTER_PREFIX = '\u0000share/';
+
+/** A shared subscription's parts; `name` is the filter as aedes keeps it. */
+export interface SharedFilter {
+  name: string;
+  group: string;
+  filter: string;
+}
+
+/** The parts of an aedes-side shared filter name, or undefined for any other filter. */
+export function parseSharedFilter(name: string): SharedFilter | undefined {
+  if (!name.startsWith(SHARED_FILTER_PREFIX)) return undefined;
+  const rest = name.slice(SHARED_FILTER_PREFIX.length);
+  const slash = rest.indexOf('/');
+  if (slash <= 0 || slash === rest.length - 1) return undefined;
+  return { name, group: rest.slice(0, slash), filter: rest.slice(slash + 1) };
+}
+
+/** The `$share/...` form a client wrote, for logs. */
+export function wireSharedFilter(name: string): string {
+  return name.startsWith(SHARED_FILTER_PREFIX) ? SHARE_PREFIX + name.slice(SHARED_FILTER_PREFIX.length) : name;
+}
+
+/**
+ * A well-formed `$share/{group}/{filter}` [MQTT-4.8.2-1/2] under its aedes
+ * name; anything else unchanged. The v5 guard already refused malformed ones;
+ * a 3.1.1 client's malformed one stays literal and matches nothing.
+ */
+function renamed(topic: string): string {
+  if (!topic.startsWith(SHARE_PREFIX)) return topic;
+  const rest = topic.slice(SHARE_PREFIX.length);
+  const slash = rest.indexOf('/');
+  if (slash <= 0 || slash === rest.length - 1) return topic;
+  const group = rest.slice(0, slash);
+  if (group.includes('+') || group.includes('#')) return topic;
+  return SHARED_FILTER_PREFIX + rest;
+}
+
+interface ParserInternals {
+  _parser: NodeJS.EventEmitter;
+}
+
+interface WirePacket {
+  cmd?: string;
+  subscriptions?: Array<{ topic: string }>;
+  unsubscriptions?: string[];
+}
+
+/** Renames the client's `$share/` filters (see the header); call right after aedes made the client. */
+export function renameSharedFilters(client: Client): void {
+  const parser = (client as unknown as ParserInternals)._parser;
+  parser.prependListener('packet', (packet: WirePacket) => {
+    if (packet.cmd === 'subscribe' && packet.subscriptions) {
+      for (const sub of packet.subscriptions) sub.topic = renamed(sub.topic);
+    } else if (packet.cmd === 'unsubscribe' && packet.unsubscriptions) {
+      packet.unsubscriptions = packet.unsubscriptions.map(renamed);
+    }
+  });
+}
+
+/**
+ * Tells `written` the packet identifier each watched QoS 1/2 delivery went
+ * out under, once aedes has written it (lib/client.js writeQoS calls the
+ * callback with the written QoSPacket as `this`), or undefined when aedes
+ * did not send it (authorizeForward refused it, the connection closed).
+ * Call right after aedes made the client, before anything else wraps its
+ * deliveries: this must see the packet aedes numbers, under the flow control.
+ */
+export function watchDeliveries(
+  client: Client,
+  watched: (packet: DeliveredPacket) => boolean,
+  written: (packet: DeliveredPacket, messageId: number | undefined) => void,
+): void {
+  wrapDeliveries(client, ({ deliver0, deliverQoS }) => ({
+    deliver0,
+    deliverQoS: (packet, callback) => {
+      if (packet.qos === 0 || !watched(packet)) {
+        deliverQoS(packet, callback);
+        return;
+      }
+      deliverQoS(packet, function afterWrite(this: unknown, ...args: unknown[]) {
+        const sent = typeof this === 'object' && this !== null && (this as { cmd?: unknown }).cmd === 'publish' ? (this as { messageId?: number }).messageId : undefined;
+        written(packet, sent);
+        (callback as (...rest: unknown[]) => void).apply(this, args);
+      });
+    },
+  }));
+}
+
+/** Calls `listener` for each PUBACK, PUBREC and PUBCOMP the client sends, as aedes parses it (lib/client.js). */
+export function onAcknowledgement(client: Client, listener: (cmd: 'puback' | 'pubrec' | 'pubcomp', messageId: number) => void): void {
+  const parser = (client as unknown as ParserInternals)._parser;
+  parser.on('packet', (packet: { cmd?: string; messageId?: number }) => {
+    if ((packet.cmd === 'puback' || packet.cmd === 'pubrec' || packet.cmd === 'pubcomp') && typeof packet.messageId === 'number') {
+      listener(packet.cmd, packet.messageId);
+    }
+  });
+}
+
+/** aedes' Client internals used to deliver (lib/client.js). */
+interface DeliveryInternals {
+  deliverQoS: Deliver;
+}
+
+/**
+ * Hands `packet` to the client's deliverQoS as it is now (the flow control
+ * and delivery rules are wrapped around aedes' own); QoS 0 packets go to
+ * deliver0 from there.
+ */
+export function deliverToClient(client: Client, packet: DeliveredPacket, callback: () => void): void {
+  (client as unknown as DeliveryInternals).deliverQoS(packet, callback);
+}
+
+/**
+ * A subscriber's own copy of a message, the fields aedes-packet copies for
+ * each subscription (handlers/subscribe.js): the broker id and counter kept,
+ * no packet identifier (the subscriber's session numbers it).
+ */
+export function copyForSubscriber(packet: DeliveredPacket): DeliveredPacket {
+  const source = packet as DeliveredPacket & Record<string, unknown>;
+  const copy: DeliveredPacket & Record<string, unknown> = {
+    cmd: 'publish',
+    brokerId: packet.brokerId,
+    brokerCounter: packet.brokerCounter,
+    topic: packet.topic,
+    payload: packet.payload ?? Buffer.alloc(0),
+    qos: packet.qos,
+    retain: packet.retain ?? false,
+    dup: false,
+    messageId: undefined,
+  };
+  for (const key of ['clientId', 'properties', 'messageExpiry']) if (Object.hasOwn(source, key)) copy[key] = source[key];
+  return copy;
+}
+
+const CONNACK = 0x20;
+const SHARED_SUBSCRIPTION_AVAILABLE = 0x2a;
+
+/**
+ * Sets Shared Subscription Available to 1 in the CONNACK aedes writes on
+ * `conn`. aedes builds the properties in handlers/connect.js
+ * connackProperties, which sets sharedSubscriptionAvailable first, so an
+ * accepting v5 CONNACK's first property is that one; mqtt-packet writes the
+ * packet in pieces, so the bytes are followed one by one until that property
+ * (or anything else) is past. The CONNACK is the first packet aedes writes
+ * on a connection. Once past it, every write passes unchanged (the wrapper
+ * stays: others may have wrapped it since).
+ */
+export function announceSharedSubscriptions(conn: Duplex): void {
+  const write = conn.write;
+  type Step = 'header' | 'length' | 'flags' | 'reason' | 'propertiesLength' | 'property' | 'value';
+  let step: Step = 'header';
+  let multiplier = 1;
+  let left = 0;
+  let done = false;
+  // Returns the byte to write in its place, if it changes.
+  const next = (byte: number): number | undefined => {
+    if (step === 'header') {
+      if (byte !== CONNACK) done = true;
+      step = 'length';
+      return undefined;
+    }
+    if (step === 'length') {
+      left += (byte & 0x7f) * multiplier;
+      multiplier *= 128;
+      if ((byte & 0x80) === 0) step = 'flags';
+      return undefined;
+    }
+    left--;
+    if (step === 'flags') step = 'reason';
+    else if (step === 'reason') {
+      // Only an accepting CONNACK announces capabilities; 3.1.1 has no properties.
+      if (byte !== 0 || left <= 0) done = true;
+      step = 'propertiesLength';
+      multiplier = 1;
+    } else if (step === 'propertiesLength') {
+      if ((byte & 0x80) === 0) {
+        if (byte === 0 && multiplier === 1) done = true;
+        step = 'property';
+      }
+      multiplier *= 128;
+    } else if (step === 'property') {
+      if (byte !== SHARED_SUBSCRIPTION_AVAILABLE) done = true;
+      step = 'value';
+    } else {
+      done = true;
+      if (byte === 0) return 1;
+    }
+    if (left <= 0) done = true;
+    return undefined;
+  };
+  conn.write = function writeConnack(this: Duplex, chunk: unknown, ...rest: unknown[]): boolean {
+    if (!done && chunk instanceof Uint8Array) {
+      let out: Uint8Array = chunk;
+      for (let i = 0; i < chunk.length && !done; i++) {
+        const replacement = next(chunk[i]!);
+        if (replacement !== undefined) {
+          // Chunks may be buffers mqtt-packet shares between packets: change a copy.
+          out = Buffer.from(chunk);
+          out[i] = replacement;
+        }
+      }
+      return (write as (...args: unknown[]) => boolean).call(this, out, ...rest);
+    }
+    return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest);
+  } as Duplex['write'];
+}
+
+/** Who aedes queues a QoS 1/2 message for (aedes.js enqueueOffline → persistence.outgoingEnqueueCombi). */
+export interface QueueRecipient {
+  clientId: string;
+  topic: string;
+  qos: number;
+}
+
+type EnqueueCombi = (subs: QueueRecipient[], packet: DeliveredPacket) => Promise<void>;
+
+/**
+ * Lets `add` name more recipients of each QoS 1/2 message aedes queues for
+ * persistent sessions. aedes calls outgoingEnqueueCombi once per QoS 1/2
+ * publish, before it emits the message to the live subscribers (aedes.js
+ * publishFuncsQoS), with the packet object it then emits, and the publisher's
+ * acknowledgement waits for it: what is queued here is as durable as the
+ * message's other copies. Call after listen() (the persistence exists then).
+ */
+export function addQueueRecipients(aedes: unknown, add: (packet: DeliveredPacket) => QueueRecipient[]): void {
+  const persistence = (aedes as { persistence: { outgoingEnqueueCombi?: EnqueueCombi } }).persistence;
+  const enqueue = persistence.outgoingEnqueueCombi;
+  if (typeof enqueue !== 'function') return;
+  persistence.outgoingEnqueueCombi = function enqueueWithShared(subs, packet) {
+    const extra = add(packet);
+    return enqueue.call(persistence, extra.length > 0 ? [...subs, ...extra] : subs, packet);
+  };
+}

@@ -1,0 +1,479 @@
+/**
+ * Shared subscriptions, `$share/{group}/{filter}` [MQTT-4.8.2], for MQTT 5
+ * and 3.1.1 clients alike (as Mosquitto, EMQX and HiveMQ accept them from
+ * 3.1.1 clients). aedes 2.0.0-beta.1 has none (#841); the seam
+ * (aedes-seam/shared.ts) renames such a filter before aedes' SUBSCRIBE
+ * handler sees it, so aedes keeps it as an ordinary subscription of the
+ * client (granted QoS in the SUBACK, stored with a persistent session,
+ * restored on reconnect and after a restart, removed by UNSUBSCRIBE) that
+ * matches no topic: aedes itself never delivers on it, and sends no retained
+ * message when it is made (MQTT 5.0 §3.3.1.3 sends the retained messages
+ * when a new Non-shared Subscription is made; Mosquitto sends none to a
+ * shared one either).
+ *
+ * The design:
+ * - Membership. Every SUBSCRIBE (or restore) of a shared filter passes
+ *   authorizeSubscribe: the ACL is asked about the filter after the group
+ *   name (`canSubscribe('a/b')` for `$share/g/a/b`), and once every check has
+ *   allowed it the connection becomes a member of the group for that filter.
+ *   It leaves on UNSUBSCRIBE and when its connection closes.
+ * - Delivery. Each group (a group name and a filter) is subscribed once to
+ *   the broker's emitter; each message that matches goes to ONE member,
+ *   chosen round-robin among the connected members: cheap, fair over time,
+ *   and a slow member does not stall the group, since the flow control
+ *   queues its share (and bounds it) like any other delivery. The member's
+ *   copy has min(published QoS, its granted QoS) [MQTT-3.8.4-6] and goes
+ *   through the member's delivery functions, i.e. the delivery rules, the
+ *   flow control and aedes' authorizeForward (ACL read rules). Several
+ *   groups each get a copy, and a member's non-shared subscriptions get
+ *   theirs as usual (when the chosen member also gets the message through a
+ *   non-shared subscription it receives one copy: the delivery rules' overlap
+ *   rule, which the spec allows, §4.8.2).
+ * - Durability. A persistent member's QoS 1/2 messages must be in its
+ *   session store before they are sent (the flow control sends a persistent
+ *   session nothing else). So for a QoS 1/2 message the member is chosen when
+ *   aedes queues the message for persistent sessions, which the publisher's
+ *   acknowledgement waits for, and queued for it there when its session is
+ *   persistent (addQueueRecipients); the live delivery then goes to the same
+ *   member. Where a member is chosen later (the chosen one left meanwhile, a
+ *   member that left), the message is queued for a persistent one first and
+ *   the emitter's callback (hence the publisher's acknowledgement) waits.
+ * - No member connected: a QoS 1/2 message is queued for one of the group's
+ *   persistent sessions, round-robin (as Mosquitto does; the sessions are
+ *   read from the store at start, so this holds across a restart), and sent
+ *   when its client returns; a QoS 0 message is dropped (counted).
+ * - A member that leaves. Each QoS 1/2 message sent to a connected member is
+ *   kept (in memory) until the member acknowledges it: PUBACK, or PUBREC for
+ *   QoS 2, after which the member has it [MQTT-4.3.3-1]; the packet
+ *   identifier it went out under is learnt from aedes' write
+ *   (watchDeliveries). When the member's connection closes, each one left is
+ *   sent to another connected member (MQTT 5.0 §4.8.2 allows it; the issue
+ *   requires it), moved out of the leaving member's persistent session in the
+ *   same batch that queues it for the next (outgoingMove), so it is neither
+ *   lost nor sent to the leaving member again. With no other member
+ *   connected, a persistent member's messages wait in its session; a clean
+ *   member's go to a persistent session of the group, or are lost (counted)
+ *   like any clean session's.
+ *   An UNSUBSCRIBE does not move anything: the server completes the QoS 1/2
+ *   deliveries it started [MQTT-3.10.4-3].
+ *
+ * Not done: messages queued for a persistent member that stays away are
+ * not moved to a member that connects later, nor when its session expires
+ * (they are lost with it), nor after a restart (the in-flight record is in
+ * memory). A PUBACK read before aedes reports the write (a full socket) is
+ * not matched, and the message may be sent to a second member when the
+ * first leaves. A member chosen by two groups for one message, or chosen for
+ * a message it also receives through a non-shared subscription, gets one
+ * copy (the delivery rules' overlap rule; §4.8.2 allows either).
+ */
+import type { Aedes, AedesOptions, Client, Subscription } from 'aedes';
+import { topicMatches } from '../config/topic-filter.js';
+import type { Logger } from '../observability/logger.js';
+import {
+  addQueueRecipients,
+  announceSharedSubscriptions,
+  copyForSubscriber,
+  deliverToClient,
+  onAcknowledgement,
+  parseSharedFilter,
+  renameSharedFilters,
+  SHARED_FILTER_PREFIX,
+  watchDeliveries,
+  wireSharedFilter,
+  type AedesSeam,
+  type DeliveredPacket,
+  type QoS,
+  type QueueRecipient,
+} from './aedes-seam/index.js';
+
+type AuthorizeSubscribeHandler = NonNullable<AedesOptions['authorizeSubscribe']>;
+
+/**
+ * In-flight records kept per connection. A connection cannot hold more
+ * messages awaiting acknowledgement than it has packet identifiers
+ * (65535); records beyond that are of messages the flow control never sent
+ * (dropped from a clean session's full queue), forgotten oldest first so a
+ * stalled member cannot grow memory without bound.
+ */
+const MAX_IN_FLIGHT_PER_MEMBER = 65_535;
+
+/** What the session store offers shared subscriptions (LevelPersistence); without it, no offline queueing or moves. */
+export interface SharedSubscriptionStore {
+  subscriptionsWithPrefix(prefix: string): Array<{ clientId: string; topic: string; qos: number }>;
+  holdsSubscription(clientId: string, topic: string): boolean;
+  outgoingMove(from: string | undefined, to: { clientId: string; qos: number } | undefined, packet: DeliveredPacket & Record<string, unknown>): Promise<boolean>;
+}
+
+interface Member {
+  client: Client;
+  qos: QoS;
+  /** MQTT 5 Retain As Published [MQTT-3.3.1-12]. */
+  rap: boolean;
+}
+
+interface Group {
+  name: string;
+  group: string;
+  filter: string;
+  /** Connected members by client id. */
+  members: Map<string, Member>;
+  /** Persistent sessions holding the subscription, connected or not: client id → granted QoS. */
+  sessions: Map<string, QoS>;
+  turn: number;
+  offlineTurn: number;
+  listener: (packet: DeliveredPacket, done: () => void) => void;
+}
+
+/** A QoS 1/2 message sent to a connected member and not yet acknowledged (PUBACK, or PUBREC for QoS 2). */
+interface InFlight {
+  group: string;
+  /** The message as published (shared with other subscribers: never changed). */
+  source: DeliveredPacket;
+  /** In the member's session store too. */
+  queued: boolean;
+  messageId?: number;
+}
+
+interface Ledger {
+  byKey: Map<string, InFlight>;
+  byMessageId: Map<number, string>;
+}
+
+export interface SharedSubscriptionStats {
+  groups: number;
+  members: number;
+  /** Messages that matched a group with no member to take them. */
+  undelivered: number;
+  /** Messages of a member that left sent to another member. */
+  redelivered: number;
+}
+
+export class SharedSubscriptions {
+  readonly #log: Logger;
+  readonly #store: SharedSubscriptionStore | undefined;
+  /** By the filter name aedes keeps (parseSharedFilter). */
+  readonly #groups = new Map<string, Group>();
+  /** The member chosen for a QoS 1/2 message when aedes queued it, per group, for its live delivery. */
+  readonly #chosen = new WeakMap<object, Map<string, { clientId: string; queued: boolean }>>();
+  readonly #ledgers = new Map<Client, Ledger>();
+  /** A member's copy → its in-flight entry's key. */
+  readonly #copies = new WeakMap<object, string>();
+  #aedes: Aedes | undefined;
+  #undelivered = 0;
+  #redelivered = 0;
+
+  constructor(logger: Logger, store?: SharedSubscriptionStore) {
+    this.#log = logger.child({ component: 'shared-subscriptions' });
+    this.#store = store;
+  }
+
+  /**
+   * Wraps the ACL's authorizeSubscribe: for a shared filter it is asked
+   * about the filter after the group name, the one a message's topic is
+   * matched against.
+   */
+  aclView(inner: AuthorizeSubscribeHandler | undefined): AuthorizeSubscribeHandler | undefined {
+    if (!inner) return undefined;
+    return (client, sub, done) => {
+      const shared = parseSharedFilter(sub.topic);
+      if (!shared) {
+        inner(client, sub, done);
+        return;
+      }
+      inner(client, { ...sub, topic: shared.filter }, (error, allowed) => done(error, error || !allowed ? allowed : sub));
+    };
+  }
+
+  /** Wraps the whole authorizeSubscribe chain: a shared subscription it allows makes the client a member. */
+  track(inner: AuthorizeSubscribeHandler): AuthorizeSubscribeHandler {
+    return (client, sub, done) => {
+      inner(client, sub, (error, allowed) => {
+        if (!error && allowed && !client.closed && parseSharedFilter(sub.topic)) this.#join(client, allowed);
+        done(error, allowed);
+      });
+    };
+  }
+
+  /**
+   * Installs the hooks; call after listen() and before any client connects,
+   * before the flow control (see watchDeliveries).
+   */
+  install(seam: AedesSeam): void {
+    const aedes = seam.aedes;
+    this.#aedes = aedes;
+    // Persistent members of an earlier run, offline until they reconnect.
+    for (const sub of this.#store?.subscriptionsWithPrefix(SHARED_FILTER_PREFIX) ?? []) {
+      const group = this.#group(sub.topic);
+      group?.sessions.set(sub.clientId, Math.min(2, sub.qos) as QoS);
+    }
+    seam.onConnection((conn) => {
+      announceSharedSubscriptions(conn);
+      return (client) => {
+        renameSharedFilters(client);
+        watchDeliveries(
+          client,
+          (packet) => this.#copies.has(packet),
+          (packet, messageId) => this.#written(client, packet, messageId),
+        );
+        onAcknowledgement(client, (cmd, messageId) => this.#acknowledged(client, cmd, messageId));
+      };
+    });
+    aedes.on('unsubscribe', (topics, client) => {
+      for (const topic of topics) this.#leave(topic, client, true);
+    });
+    aedes.on('clientDisconnect', (client) => {
+      for (const name of [...this.#groups.keys()]) this.#leave(name, client, client.clean);
+      this.#redeliver(client);
+    });
+    addQueueRecipients(aedes, (packet) => this.#queueRecipients(packet));
+  }
+
+  stats(): SharedSubscriptionStats {
+    let members = 0;
+    for (const group of this.#groups.values()) members += group.members.size;
+    return { groups: this.#groups.size, members, undelivered: this.#undelivered, redelivered: this.#redelivered };
+  }
+
+  // ------------------------------------------------------------ membership
+
+  /** The group of an aedes-side shared filter name, made (and subscribed to the emitter) on first use. */
+  #group(name: string): Group | undefined {
+    const existing = this.#groups.get(name);
+    if (existing) return existing;
+    const shared = parseSharedFilter(name);
+    const aedes = this.#aedes;
+    if (!shared || !aedes) return undefined;
+    const group: Group = {
+      ...shared,
+      members: new Map(),
+      sessions: new Map(),
+      turn: 0,
+      offlineTurn: 0,
+      listener: (packet, done) => this.#deliver(group, packet, done),
+    };
+    this.#groups.set(name, group);
+    aedes.subscribe(shared.filter, group.listener as never, () => undefined);
+    return group;
+  }
+
+  #join(client: Client, sub: Subscription): void {
+    if (client.id === null) return;
+    const group = this.#group(sub.topic);
+    if (!group) return;
+    const qos = Math.min(2, sub.qos) as QoS;
+    group.members.set(client.id, { client, qos, rap: (sub as Subscription & { rap?: boolean }).rap === true });
+    if (client.clean) group.sessions.delete(client.id);
+    else group.sessions.set(client.id, qos);
+    this.#log.debug({ clientId: client.id, filter: wireSharedFilter(group.name) }, 'joined a shared subscription');
+  }
+
+  /** The connection left the group; with `sessionToo`, its session (if any) holds the subscription no more. */
+  #leave(name: string, client: Client, sessionToo: boolean): void {
+    const group = this.#groups.get(name);
+    // A newer connection with the same client id took the membership over.
+    if (!group || group.members.get(client.id)?.client !== client) return;
+    group.members.delete(client.id);
+    if (sessionToo) group.sessions.delete(client.id);
+    this.#dropIfEmpty(group);
+  }
+
+  #dropIfEmpty(group: Group): void {
+    if (group.members.size > 0 || group.sessions.size > 0) return;
+    this.#groups.delete(group.name);
+    this.#aedes?.unsubscribe(group.filter, group.listener as never, () => undefined);
+  }
+
+  // ------------------------------------------------------------- choosing
+
+  /** Whether the group takes a message on `topic` (a filter starting with a wildcard skips `$` topics [MQTT-4.7.2-1]). */
+  #takes(group: Group, topic: string): boolean {
+    if (topic.startsWith('$') && (group.filter.startsWith('+') || group.filter.startsWith('#'))) return false;
+    return topicMatches(group.filter, topic);
+  }
+
+  /** The next connected member, round-robin. */
+  #pick(group: Group): Member | undefined {
+    const connected = [...group.members.values()].filter((member) => !member.client.closed);
+    if (connected.length === 0) return undefined;
+    group.turn = (group.turn + 1) % connected.length;
+    return connected[group.turn];
+  }
+
+  /** The next persistent session of the group whose client is offline, round-robin; sessions gone from the store are forgotten. */
+  #pickOffline(group: Group): { clientId: string; qos: QoS } | undefined {
+    const store = this.#store;
+    if (!store) return undefined;
+    const offline: Array<{ clientId: string; qos: QoS }> = [];
+    for (const [clientId, qos] of group.sessions) {
+      if (!store.holdsSubscription(clientId, group.name)) group.sessions.delete(clientId);
+      else if (!group.members.has(clientId)) offline.push({ clientId, qos });
+    }
+    if (offline.length === 0) return undefined;
+    group.offlineTurn = (group.offlineTurn + 1) % offline.length;
+    return offline[group.offlineTurn];
+  }
+
+  /**
+   * For a QoS 1/2 message aedes is about to queue for persistent sessions: a
+   * member per matching group, queued for when its session is persistent;
+   * with no member connected, a persistent session of the group's (as
+   * Mosquitto does), which gets it when its client comes back.
+   */
+  #queueRecipients(packet: DeliveredPacket): QueueRecipient[] {
+    const recipients: QueueRecipient[] = [];
+    for (const group of this.#groups.values()) {
+      if (!this.#takes(group, packet.topic)) continue;
+      const member = this.#pick(group);
+      const target = member ? { clientId: member.client.id, qos: member.qos } : this.#pickOffline(group);
+      if (!target) continue;
+      const queued = member ? !member.client.clean && this.#store !== undefined : true;
+      let chosen = this.#chosen.get(packet);
+      if (!chosen) {
+        chosen = new Map();
+        this.#chosen.set(packet, chosen);
+      }
+      chosen.set(group.name, { clientId: target.clientId, queued });
+      if (queued) recipients.push({ clientId: target.clientId, topic: group.name, qos: target.qos });
+    }
+    return recipients;
+  }
+
+  // ------------------------------------------------------------- delivery
+
+  /** The group's emitter listener: the message goes to one member. */
+  #deliver(group: Group, packet: DeliveredPacket, done: () => void): void {
+    if (!this.#takes(group, packet.topic)) {
+      done();
+      return;
+    }
+    const chosen = this.#chosen.get(packet)?.get(group.name);
+    if (chosen !== undefined) {
+      const member = group.members.get(chosen.clientId);
+      if (member && !member.client.closed) {
+        this.#send(group, member, packet, chosen.queued);
+        done();
+        return;
+      }
+      // Queued for a persistent session whose client is away: it waits there.
+      if (chosen.queued) {
+        done();
+        return;
+      }
+    }
+    this.#place(group, packet, undefined, done);
+  }
+
+  /**
+   * Sends a message that is in no member's session store to a connected
+   * member (queued first when its session is persistent: the flow control
+   * sends a persistent session nothing else), else, QoS 1/2, queues it for
+   * an offline persistent session; `from` is the session it is taken from.
+   * `done` runs once it is placed (durably, where it is queued).
+   */
+  #place(group: Group, packet: DeliveredPacket, from: string | undefined, done: () => void): void {
+    const member = this.#pick(group);
+    const store = this.#store;
+    if (member && (packet.qos === 0 || member.client.clean || !store) && from === undefined) {
+      this.#send(group, member, packet, false);
+      done();
+      return;
+    }
+    const target = member ? { clientId: member.client.id, qos: member.qos } : packet.qos > 0 ? this.#pickOffline(group) : undefined;
+    if (!target || !store) {
+      // From a persistent session: it stays there. Else nobody can take it.
+      if (from === undefined) this.#undelivered++;
+      done();
+      return;
+    }
+    const persistentTarget = member ? !member.client.clean : true;
+    store
+      .outgoingMove(from, persistentTarget ? target : undefined, packet as DeliveredPacket & Record<string, unknown>)
+      .then(
+        (moved) => {
+          if (moved && member) this.#send(group, member, packet, persistentTarget);
+        },
+        (error: unknown) => this.#log.warn({ err: error, filter: wireSharedFilter(group.name) }, 'could not queue a shared subscription message'),
+      )
+      .finally(done);
+  }
+
+  /** The member's own copy, at min(published, granted) QoS [MQTT-3.8.4-6], through its delivery functions. */
+  #send(group: Group, member: Member, packet: DeliveredPacket, queued: boolean): void {
+    const copy = copyForSubscriber(packet);
+    if (member.qos < copy.qos) copy.qos = member.qos;
+    if (!member.rap) copy.retain = false;
+    if (copy.qos > 0) {
+      let ledger = this.#ledgers.get(member.client);
+      if (!ledger) {
+        ledger = { byKey: new Map(), byMessageId: new Map() };
+        this.#ledgers.set(member.client, ledger);
+      }
+      const key = `${group.name}\u0000${String(packet.brokerId)}\u0000${String(packet.brokerCounter)}`;
+      ledger.byKey.set(key, { group: group.name, source: packet, queued });
+      if (ledger.byKey.size > MAX_IN_FLIGHT_PER_MEMBER) this.#forgetOldest(ledger);
+      this.#copies.set(copy, key);
+    }
+    deliverToClient(member.client, copy, () => undefined);
+  }
+
+  // --------------------------------------------- acknowledgements and leaving
+
+  /** aedes wrote a member's copy under `messageId`, or decided not to send it (undefined: the ACL, a duplicate). */
+  #written(client: Client, copy: DeliveredPacket, messageId: number | undefined): void {
+    const ledger = this.#ledgers.get(client);
+    const key = this.#copies.get(copy);
+    if (!ledger || key === undefined) return;
+    const entry = ledger.byKey.get(key);
+    if (!entry) return;
+    if (messageId === undefined) ledger.byKey.delete(key);
+    else {
+      entry.messageId = messageId;
+      ledger.byMessageId.set(messageId, key);
+    }
+  }
+
+  #forgetOldest(ledger: Ledger): void {
+    const [key, entry] = ledger.byKey.entries().next().value as [string, InFlight];
+    ledger.byKey.delete(key);
+    if (entry.messageId !== undefined && ledger.byMessageId.get(entry.messageId) === key) ledger.byMessageId.delete(entry.messageId);
+  }
+
+  /** PUBACK ends a QoS 1 message, PUBREC a QoS 2 one: the member has it [MQTT-4.3.3]. */
+  #acknowledged(client: Client, cmd: 'puback' | 'pubrec' | 'pubcomp', messageId: number): void {
+    if (cmd === 'pubcomp') return;
+    const ledger = this.#ledgers.get(client);
+    const key = ledger?.byMessageId.get(messageId);
+    if (!ledger || key === undefined) return;
+    ledger.byMessageId.delete(messageId);
+    ledger.byKey.delete(key);
+  }
+
+  /**
+   * A member's connection closed with shared messages unacknowledged: each
+   * goes to another member of its group [MQTT-4.8.2: the Server MAY send it
+   * to another]. One queued in the member's persistent session is moved out
+   * of it (unless the session was resumed by a newer connection, which
+   * resends it, or no other member is connected: it waits there).
+   */
+  #redeliver(client: Client): void {
+    const ledger = this.#ledgers.get(client);
+    if (!ledger) return;
+    this.#ledgers.delete(client);
+    for (const entry of ledger.byKey.values()) {
+      const group = this.#groups.get(entry.group);
+      if (!group) continue;
+      if (entry.queued) {
+        const resumed = group.members.get(client.id);
+        if (resumed && resumed.client !== client) continue;
+        if (!this.#hasConnectedMember(group)) continue;
+      }
+      this.#redelivered++;
+      this.#place(group, entry.source, entry.queued ? client.id : undefined, () => undefined);
+    }
+  }
+
+  #hasConnectedMember(group: Group): boolean {
+    for (const member of group.members.values()) if (!member.client.closed) return true;
+    return false;
+  }
+}
