@@ -46,14 +46,25 @@ t.test('reason codes: UNSUBACK 0x00 Success and 0x11 No subscription existed [MQ
   t.same(unsuback.granted, [0x00, 0x11], 'one Reason Code per filter, in order');
 });
 
-t.test('Topic Alias inbound: none is announced, so a PUBLISH using one gets DISCONNECT 0x94 [MQTT-3.3.2-9]', async (t) => {
+t.test('Topic Alias inbound: up to the announced maximum; one beyond it gets DISCONNECT 0x94 [MQTT-3.3.2-9]', async (t) => {
   const { mqttUrl } = await startDaemon(t);
+  const subscriber = await openClient(t, mqttUrl, { protocolVersion: 5, clientId: 'alias-reader' });
+  await subscriber.client.subscribeAsync('x/#', { qos: 0 });
   const { raw, connack } = await raw5(t, mqttUrl, 'aliaser');
-  t.equal(connack.properties?.topicAliasMaximum, undefined, 'CONNACK has no Topic Alias Maximum: 0, aliases not accepted');
-  raw.send(encode({ cmd: 'publish', topic: 'x/y', payload: 'p', qos: 0, retain: false, dup: false, properties: { topicAlias: 1 } }));
+  t.equal(connack.properties?.topicAliasMaximum, 10, 'CONNACK announces Topic Alias Maximum 10 (broker.topicAliasMaximum)');
+  // The alias is set with its topic, then used alone [MQTT-3.3.2-12].
+  raw.send(encode({ cmd: 'publish', topic: 'x/y', payload: 'first', qos: 0, retain: false, dup: false, properties: { topicAlias: 1 } }));
+  raw.send(encode({ cmd: 'publish', topic: '', payload: 'second', qos: 0, retain: false, dup: false, properties: { topicAlias: 1 } }));
+  await subscriber.log.waitForCount(2);
+  t.same(
+    subscriber.log.messages.map((m) => [m.topic, m.payload]),
+    [['x/y', 'first'], ['x/y', 'second']],
+    'both reach the subscriber under the topic the alias stands for',
+  );
+  raw.send(encode({ cmd: 'publish', topic: 'x/z', payload: 'p', qos: 0, retain: false, dup: false, properties: { topicAlias: 11 } }));
   await raw.waitForClose();
   const disconnect = raw.packets.find((p): p is Extract<Packet, { cmd: 'disconnect' }> => p.cmd === 'disconnect');
-  t.equal(disconnect?.reasonCode, 0x94, 'DISCONNECT 0x94 Topic Alias invalid, then the connection closes');
+  t.equal(disconnect?.reasonCode, 0x94, 'alias 11: DISCONNECT 0x94 Topic Alias invalid, then the connection closes');
 });
 
 t.test('Retain Handling: 1 sends retained messages only for a new subscription, 2 never [MQTT-3.3.1-10] [MQTT-3.3.1-11]', async (t) => {

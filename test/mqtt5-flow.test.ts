@@ -111,7 +111,7 @@ t.test('CONNACK tells a v5 client the broker limits (3.2.2.3)', async (t) => {
   t.equal(announced.topicAliasMaximum, 10, 'Topic Alias Maximum: broker.topicAliasMaximum, 10 by default');
   t.equal(announced.maximumPacketSize, 65536, 'Maximum Packet Size: broker.maxPacketSizeBytes');
   t.equal(announced.receiveMaximum, 50, 'Receive Maximum: limits.maxIncomingAwaitingRelease');
-  t.equal(announced.sharedSubscriptionAvailable, false, 'no shared subscriptions');
+  t.equal(announced.sharedSubscriptionAvailable, true, 'shared subscriptions available (src/broker/shared-subscriptions.ts)');
   for (const unsaid of ['maximumQoS', 'retainAvailable', 'wildcardSubscriptionAvailable', 'subscriptionIdentifiersAvailable'] as const) {
     t.equal(announced[unsaid], undefined, `${unsaid} not announced: available, the default`);
   }
@@ -240,7 +240,7 @@ t.test('SUBACK and UNSUBACK carry MQTT 5 Reason Codes', async (t) => {
   const raw = await rawConnected(t, portOf(mqttUrl), 'codes', 5);
   raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'ok/#', qos: 1 }, { topic: '$share/g/t', qos: 0 }] });
   const suback = await raw.next('suback');
-  t.same(suback.granted, [1, 0x9e], 'granted QoS 1; 0x9E Shared Subscriptions not supported');
+  t.same(suback.granted, [1, 0], 'granted QoS 1, and QoS 0 for the shared subscription');
   raw.send({ cmd: 'unsubscribe', messageId: 2, unsubscriptions: ['ok/#', 'never/#'] });
   const unsuback = await raw.next('unsuback');
   t.same(unsuback.granted, [0, 0x11], 'Success; 0x11 No subscription existed');
