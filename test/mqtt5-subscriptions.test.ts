@@ -1,0 +1,231 @@
+/**
+ * MQTT 5 subscriptions end to end, with real mqtt.js v5 clients: the
+ * subscription options (No Local, Retain As Published, Retain Handling),
+ * every matching Subscription Identifier on the one delivery, live, queued
+ * and retained, and through a daemon restart where the store is involved.
+ */
+import t, { type Test } from 'tap';
+import type { IClientOptions, IPublishPacket } from 'mqtt';
+import { createDaemon, type Daemon } from '../src/index.js';
+import type { ConfigInput } from '../src/config/schema.js';
+import { startDaemon, testConfig } from './helpers/daemon.js';
+import { openClient, type OpenedClient } from './helpers/mqtt.js';
+
+const v5 = (options: IClientOptions = {}): IClientOptions => ({ protocolVersion: 5, ...options });
+
+async function run(t: Test, config: ConfigInput): Promise<{ daemon: Daemon; url: string }> {
+  const daemon = await createDaemon(config);
+  t.teardown(() => daemon.stop());
+  await daemon.start();
+  return { daemon, url: `mqtt://127.0.0.1:${daemon.addresses().mqtt!.port}` };
+}
+
+/** The Subscription Identifiers a delivered PUBLISH carries, sorted. */
+function identifiers(packet: IPublishPacket | undefined): number[] {
+  const id = packet?.properties?.subscriptionIdentifier;
+  return (id === undefined ? [] : [id].flat()).sort((a, b) => a - b);
+}
+
+/** Publishes a marker on `topic` and waits for it: every message published before it on the same path has been delivered. */
+async function marker(publisher: OpenedClient, subscriber: OpenedClient, topic: string): Promise<void> {
+  await publisher.client.publishAsync(topic, 'marker', { qos: 1 });
+  await subscriber.log.waitFor((m) => m.some((x) => x.topic === topic), 5000, `the marker on ${topic}`);
+}
+
+for (const transport of ['TCP', 'WebSocket'] as const) {
+  t.test(`${transport}: one delivery carries the identifiers of every matching subscription [MQTT-3.3.4-3/4]`, async (t) => {
+    const { mqttUrl, wsUrl } = await startDaemon(t);
+    const url = transport === 'TCP' ? mqttUrl : wsUrl;
+    const sub = await openClient(t, url, v5({ clientId: 'ids' }));
+    await sub.client.subscribeAsync('si/#', { qos: 1, properties: { subscriptionIdentifier: 1 } });
+    await sub.client.subscribeAsync('si/+/x', { qos: 0, properties: { subscriptionIdentifier: 2 } });
+    await sub.client.subscribeAsync('si/a/x', { qos: 1 });
+    await sub.client.subscribeAsync('si/marker', { qos: 1 });
+    const pub = await openClient(t, url, v5({ clientId: 'pub' }));
+    await pub.client.publishAsync('si/a/x', 'three match', { qos: 1, properties: { userProperties: { k: 'v' } } });
+    await pub.client.publishAsync('si/b', 'one matches', { qos: 1 });
+    await marker(pub, sub, 'si/marker');
+    const byTopic = (topic: string) => sub.log.messages.filter((m) => m.topic === topic);
+    t.equal(byTopic('si/a/x').length, 1, 'one copy of a message matching three subscriptions [MQTT-3.3.4-2]');
+    t.same(identifiers(byTopic('si/a/x')[0]?.packet), [1, 2], 'carrying both identifiers, the subscription without one adding none');
+    t.equal(byTopic('si/a/x')[0]?.packet.qos, 1, 'at the highest granted QoS [MQTT-3.3.5-1]');
+    t.same(byTopic('si/a/x')[0]?.packet.properties?.userProperties, { k: 'v' }, 'its user properties kept');
+    t.same(identifiers(byTopic('si/b')[0]?.packet), [1], 'one matching subscription: its identifier alone');
+    t.same(identifiers(byTopic('si/marker')[0]?.packet), [1], 'si/# matches the marker too; si/marker has no identifier');
+  });
+}
+
+t.test('No Local is judged per subscription: another matching subscription still delivers the own message [MQTT-3.8.3-3]', async (t) => {
+  const { mqttUrl } = await startDaemon(t);
+  const self = await openClient(t, mqttUrl, v5({ clientId: 'self' }));
+  // The No Local subscription is made first, so its copy comes first.
+  await self.client.subscribeAsync('nl/#', { qos: 1, nl: true, properties: { subscriptionIdentifier: 5 } });
+  await self.client.subscribeAsync('nl/both', { qos: 1, properties: { subscriptionIdentifier: 6 } });
+  await self.client.subscribeAsync('nl/marker', { qos: 1 });
+  await self.client.publishAsync('nl/only', 'own, No Local only', { qos: 1 });
+  await self.client.publishAsync('nl/both', 'own, also without No Local', { qos: 1 });
+  const other = await openClient(t, mqttUrl, v5({ clientId: 'other' }));
+  await other.client.publishAsync('nl/only', 'from another client', { qos: 1 });
+  await marker(self, self, 'nl/marker');
+  const got = self.log.messages.filter((m) => m.topic !== 'nl/marker');
+  t.same(
+    got.map((m) => m.payload),
+    ['own, also without No Local', 'from another client'],
+    'its own message only through the subscription without No Local; others through both',
+  );
+  t.same(identifiers(got[0]?.packet), [6], 'the own message carries only the identifier of the subscription that counts');
+  t.same(identifiers(got[1]?.packet), [5], "another client's message: the No Local subscription counts");
+});
+
+t.test('Retain As Published with overlapping subscriptions: RETAIN kept when one of them asks [MQTT-3.3.1-12/13]', async (t) => {
+  const { mqttUrl } = await startDaemon(t);
+  const sub = await openClient(t, mqttUrl, v5({ clientId: 'rap' }));
+  await sub.client.subscribeAsync('rap/x', { qos: 1, rap: false });
+  await sub.client.subscribeAsync('rap/#', { qos: 1, rap: true });
+  await sub.client.subscribeAsync('plain/#', { qos: 1 });
+  const pub = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+  await pub.client.publishAsync('rap/x', 'kept', { qos: 1, retain: true });
+  await pub.client.publishAsync('plain/x', 'cleared', { qos: 1, retain: true });
+  await pub.client.publishAsync('rap/y', 'not retained', { qos: 1 });
+  const messages = await sub.log.waitForCount(3);
+  t.same(
+    messages.map((m) => [m.topic, m.packet.retain]),
+    [
+      ['rap/x', true],
+      ['plain/x', false],
+      ['rap/y', false],
+    ],
+    'RETAIN as published where one matching subscription has Retain As Published, cleared where none has',
+  );
+});
+
+t.test('Retain Handling 0, 1 and 2 on SUBSCRIBE [MQTT-3.3.1-9/10/11]', async (t) => {
+  const { mqttUrl } = await startDaemon(t);
+  const pub = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+  await pub.client.publishAsync('rh/state', 'retained', { qos: 1, retain: true });
+  const sub = await openClient(t, mqttUrl, v5({ clientId: 'rh' }));
+  const retainedFor = async (topic: string, rh: 0 | 1 | 2) => {
+    const before = sub.log.messages.length;
+    await sub.client.subscribeAsync(topic, { qos: 1, rh });
+    // A marker published after the SUBACK arrives after any retained message of this SUBSCRIBE.
+    await sub.client.subscribeAsync('rh/marker', { qos: 1 });
+    await marker(pub, sub, 'rh/marker');
+    const got = sub.log.messages.slice(before).filter((m) => m.topic === 'rh/state').length;
+    sub.log.messages.splice(before);
+    return got;
+  };
+  t.equal(await retainedFor('rh/state', 2), 0, 'rh 2: no retained message');
+  t.equal(await retainedFor('rh/+', 1), 1, 'rh 1, a new subscription: sent');
+  t.equal(await retainedFor('rh/+', 1), 0, 'rh 1, the subscription existed: not sent');
+  t.equal(await retainedFor('rh/+', 0), 1, 'rh 0: sent on every SUBSCRIBE');
+});
+
+t.test('a persistent session keeps its subscription options and identifiers through a restart, live and queued', async (t) => {
+  const config = testConfig(t);
+  const first = await run(t, config);
+  const session = v5({ clientId: 'keeper', clean: false, properties: { sessionExpiryInterval: 3600 } });
+  const keeper = await openClient(t, first.url, session);
+  await keeper.client.subscribeAsync('k/#', { qos: 1, properties: { subscriptionIdentifier: 11 } });
+  await keeper.client.subscribeAsync('k/+/own', { qos: 1, nl: true, rap: true, properties: { subscriptionIdentifier: 12 } });
+  await keeper.client.subscribeAsync('k/state', { qos: 1, rap: true, rh: 1, properties: { subscriptionIdentifier: 13 } });
+  await keeper.client.subscribeAsync('self/#', { qos: 1, nl: true, properties: { subscriptionIdentifier: 14 } });
+  // Its own message on a No Local topic, sent while online: neither delivered nor queued for later.
+  await keeper.client.publishAsync('self/a', 'own', { qos: 1 });
+  await keeper.client.publishAsync('k/marker', 'm', { qos: 1 });
+  await keeper.log.waitFor((m) => m.some((x) => x.topic === 'k/marker'), 5000, 'the marker');
+  t.same(keeper.log.messages.map((m) => m.topic), ['k/marker'], 'its own message is not delivered live');
+  t.same(identifiers(keeper.log.messages[0]?.packet), [11]);
+  await keeper.client.endAsync();
+
+  const pub = await openClient(t, first.url, v5({ clientId: 'pub' }));
+  const properties = {
+    userProperties: { a: ['1', '2'], b: '3' },
+    contentType: 'text/plain',
+    payloadFormatIndicator: true,
+    responseTopic: 'k/reply',
+    correlationData: Buffer.from([1, 2, 3]),
+    messageExpiryInterval: 3600,
+  };
+  await pub.client.publishAsync('k/b/own', 'queued, two identifiers', { qos: 1, retain: true, properties });
+  await pub.client.publishAsync('k/state', 'queued, retained kept', { qos: 1, retain: true });
+  await pub.client.publishAsync('k/other', 'queued, retain cleared', { qos: 1, retain: true });
+  await pub.client.endAsync();
+  await first.daemon.stop();
+
+  const second = await run(t, config);
+  const back = await openClient(t, second.url, session);
+  t.equal(back.connack.sessionPresent, true, 'the session is back');
+  const queued = await back.log.waitForCount(3);
+  t.equal(queued.length, 3, 'its own message was not queued for it [MQTT-3.8.3-3]');
+  const byPayload = (payload: string) => queued.find((m) => m.payload === payload)?.packet;
+  t.same(identifiers(byPayload('queued, two identifiers')), [11, 12], 'a queued copy carries the identifiers of all its matching subscriptions [MQTT-3.3.4-3]');
+  t.equal(byPayload('queued, two identifiers')?.retain, true, 'and RETAIN, one of them having Retain As Published');
+  t.same(identifiers(byPayload('queued, retained kept')), [11, 13]);
+  t.equal(byPayload('queued, retained kept')?.retain, true, 'Retain As Published on k/state');
+  t.same(identifiers(byPayload('queued, retain cleared')), [11]);
+  t.equal(byPayload('queued, retain cleared')?.retain, false, 'no subscription with Retain As Published: RETAIN cleared [MQTT-3.3.1-12]');
+  const kept = byPayload('queued, two identifiers')?.properties;
+  t.same(kept?.userProperties, { a: ['1', '2'], b: '3' }, 'user properties, repeats in order, kept through the store [MQTT-3.3.2-17/18]');
+  t.equal(kept?.contentType, 'text/plain', 'content type');
+  t.equal(kept?.payloadFormatIndicator, true, 'payload format indicator');
+  t.equal(kept?.responseTopic, 'k/reply', 'response topic');
+  t.same(kept?.correlationData, Buffer.from([1, 2, 3]), 'correlation data');
+  const expiry = kept?.messageExpiryInterval ?? 0;
+  t.ok(expiry > 0 && expiry <= 3600, `the remaining message expiry (${expiry} s) [MQTT-3.3.2-6]`);
+
+  // The restored subscriptions, live: options and identifiers as subscribed.
+  back.log.messages.splice(0);
+  const pub2 = await openClient(t, second.url, v5({ clientId: 'pub' }));
+  await back.client.publishAsync('self/b', 'own again', { qos: 1 });
+  await pub2.client.publishAsync('k/c/own', 'live, two identifiers', { qos: 1, retain: true });
+  await marker(pub2, back, 'k/marker');
+  const live = back.log.messages.filter((m) => m.topic !== 'k/marker');
+  t.same(live.map((m) => m.payload), ['live, two identifiers'], 'No Local still applies after the restart');
+  t.same(identifiers(live[0]?.packet), [11, 12], 'with both identifiers');
+  t.equal(live[0]?.packet.retain, true, 'and RETAIN as published');
+
+  // Retain Handling 1: the restored subscription exists, so no retained message is sent.
+  back.log.messages.splice(0);
+  await back.client.subscribeAsync('k/state', { qos: 1, rap: true, rh: 1, properties: { subscriptionIdentifier: 13 } });
+  await marker(pub2, back, 'k/marker');
+  t.same(back.log.messages.map((m) => m.topic), ['k/marker'], 'rh 1 on a restored subscription sends no retained message [MQTT-3.3.1-10]');
+});
+
+t.test('retained messages keep their properties through a restart, and carry the SUBSCRIBE identifier', async (t) => {
+  const config = testConfig(t);
+  const first = await run(t, config);
+  const pub = await openClient(t, first.url, v5({ clientId: 'pub' }));
+  await pub.client.publishAsync('r/door', 'open', {
+    qos: 1,
+    retain: true,
+    properties: { userProperties: { z: '1', a: ['2', '3'] }, contentType: 'application/json', correlationData: Buffer.from('c'), responseTopic: 'r/ack' },
+  });
+  await pub.client.endAsync();
+  await first.daemon.stop();
+  const second = await run(t, config);
+  const sub = await openClient(t, second.url, v5({ clientId: 'sub' }));
+  await sub.client.subscribeAsync('r/#', { qos: 1, properties: { subscriptionIdentifier: 42 } });
+  const [retained] = await sub.log.waitForCount(1);
+  t.equal(retained?.packet.retain, true);
+  t.same(retained?.packet.properties?.userProperties, { z: '1', a: ['2', '3'] }, 'user properties');
+  t.equal(retained?.packet.properties?.contentType, 'application/json', 'content type');
+  t.same(retained?.packet.properties?.correlationData, Buffer.from('c'), 'correlation data');
+  t.equal(retained?.packet.properties?.responseTopic, 'r/ack', 'response topic');
+  t.same(identifiers(retained?.packet), [42], 'the identifier of the SUBSCRIBE that sent it');
+});
+
+t.test('properties between MQTT 5 and 3.1.1 clients: none reach a 3.1.1 subscriber, none appear for a 3.1.1 publisher', async (t) => {
+  const { mqttUrl } = await startDaemon(t);
+  const old = await openClient(t, mqttUrl, { clientId: 'v4', protocolVersion: 4 });
+  const fresh = await openClient(t, mqttUrl, v5({ clientId: 'v5' }));
+  await old.client.subscribeAsync('mix/#', { qos: 1 });
+  await fresh.client.subscribeAsync('mix/#', { qos: 1 });
+  await fresh.client.publishAsync('mix/from5', 'a', { qos: 1, properties: { userProperties: { k: 'v' }, contentType: 'text/plain' } });
+  await old.client.publishAsync('mix/from4', 'b', { qos: 1 });
+  const toOld = await old.log.waitForCount(2);
+  const toFresh = await fresh.log.waitForCount(2);
+  t.same(toOld.map((m) => [m.topic, m.packet.properties]), [['mix/from5', undefined], ['mix/from4', undefined]], 'the 3.1.1 subscriber gets no properties');
+  const fromOld = toFresh.find((m) => m.topic === 'mix/from4');
+  t.same(fromOld?.packet.properties ?? {}, {}, "the 3.1.1 client's message reaches the MQTT 5 subscriber with no properties");
+  t.same(toFresh.find((m) => m.topic === 'mix/from5')?.packet.properties?.userProperties, { k: 'v' }, 'and the MQTT 5 one with its own');
+});
