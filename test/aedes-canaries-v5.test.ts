@@ -105,8 +105,9 @@ t.test(`aedes ${V} still drops the queued messages of a session resumed with Cle
   t.notOk(payloads(resumed).includes('queued while away'), 'but its queued message is not delivered');
 });
 
-t.test(`aedes ${V} still assigns no topic aliases to outgoing messages, aedes #1117`, { skip: v5 }, async (t) => {
-  // When this fails after an aedes upgrade, broker-assigned topic aliases need not be edgemqtt's [MQTT-3.3.2-8].
+t.test(`aedes ${V} still assigns no topic aliases to outgoing messages, aedes #1117 (corrected: broker.outgoingTopicAliases, aedes-seam/outgoing-aliases.ts)`, { skip: v5 }, async (t) => {
+  // When this fails after an aedes upgrade, broker-assigned topic aliases need not be edgemqtt's [MQTT-3.3.2-8]
+  // (src/broker/aedes-seam/outgoing-aliases.ts, switched on by broker.outgoingTopicAliases).
   const { aedes, port } = await startPlainAedes(t);
   const raw = await rawConnected(t, port, 'alias-taker', 5, { properties: { topicAliasMaximum: 10 } });
   raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'alias/a/rather/long/topic/name', qos: 0 }] });

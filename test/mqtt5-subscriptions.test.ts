@@ -6,10 +6,12 @@
  */
 import t, { type Test } from 'tap';
 import type { IClientOptions, IPublishPacket } from 'mqtt';
+import * as mqttPacket from 'mqtt-packet';
+import type { Packet } from 'mqtt-packet';
 import { createDaemon, type Daemon } from '../src/index.js';
 import type { ConfigInput } from '../src/config/schema.js';
 import { startDaemon, testConfig } from './helpers/daemon.js';
-import { openClient, type OpenedClient } from './helpers/mqtt.js';
+import { connectRaw, openClient, type OpenedClient, type RawClient } from './helpers/mqtt.js';
 
 const v5 = (options: IClientOptions = {}): IClientOptions => ({ protocolVersion: 5, ...options });
 
@@ -228,4 +230,121 @@ t.test('properties between MQTT 5 and 3.1.1 clients: none reach a 3.1.1 subscrib
   const fromOld = toFresh.find((m) => m.topic === 'mix/from4');
   t.same(fromOld?.packet.properties ?? {}, {}, "the 3.1.1 client's message reaches the MQTT 5 subscriber with no properties");
   t.same(toFresh.find((m) => m.topic === 'mix/from5')?.packet.properties?.userProperties, { k: 'v' }, 'and the MQTT 5 one with its own');
+});
+
+// ------------------------------------------------------------ Topic Aliases
+
+const LONG = 'alias/a/rather/long/topic/name';
+
+/** A raw MQTT 5 connection (to see the wire), CONNECTed with the given properties and subscribed to `filter`. */
+async function rawSubscriber(t: Test, url: string, clientId: string, properties: Record<string, unknown>, filter: string, extra: Partial<{ clean: boolean }> = {}): Promise<RawClient> {
+  const raw = await connectRaw(t, url, { protocolVersion: 5 });
+  raw.send(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clientId, clean: extra.clean ?? true, keepalive: 60, properties }, { protocolVersion: 5 }));
+  await raw.waitForPacket('connack');
+  raw.send(mqttPacket.generate({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: filter, qos: 1 }] }, { protocolVersion: 5 }));
+  await raw.waitForPacket('suback');
+  return raw;
+}
+
+type Publish = Extract<Packet, { cmd: 'publish' }>;
+const publishes = (raw: RawClient): Publish[] => raw.packets.filter((p): p is Publish => p.cmd === 'publish');
+
+t.test('outgoing Topic Aliases: the topic once, then the alias alone; the least recently used one reassigned [MQTT-3.3.2-8/9]', async (t) => {
+  const { mqttUrl } = await startDaemon(t, { broker: { outgoingTopicAliases: 5 } });
+  const raw = await rawSubscriber(t, mqttUrl, 'aliased', { topicAliasMaximum: 2 }, 'alias/#');
+  const pub = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+  for (const suffix of ['a', 'a', 'b', 'c', 'a']) await pub.client.publishAsync(`${LONG}/${suffix}`, suffix, { qos: 0 });
+  await raw.waitFor((p) => p.filter((x) => x.cmd === 'publish').length === 5, 5000, 'five messages');
+  t.same(
+    publishes(raw).map((p) => [p.topic, p.properties?.topicAlias, p.payload.toString()]),
+    [
+      [`${LONG}/a`, 1, 'a'],
+      ['', 1, 'a'],
+      [`${LONG}/b`, 2, 'b'],
+      [`${LONG}/c`, 1, 'c'],
+      [`${LONG}/a`, 2, 'a'],
+    ],
+    "aliases 1..2 (the client's maximum, below the broker's 5); a new topic takes the alias used longest ago",
+  );
+  t.same(raw.parseErrors, [], 'every packet well formed');
+
+  const plain = await rawSubscriber(t, mqttUrl, 'no-aliases', {}, 'alias/#');
+  await pub.client.publishAsync(`${LONG}/a`, 'x', { qos: 0 });
+  await plain.waitForPacket('publish');
+  t.same(publishes(plain).map((p) => [p.topic, p.properties?.topicAlias]), [[`${LONG}/a`, undefined]], 'a client that announced no Topic Alias Maximum gets none [MQTT-3.3.2-8]');
+});
+
+t.test('outgoing Topic Aliases are off by default', async (t) => {
+  const { mqttUrl } = await startDaemon(t);
+  const raw = await rawSubscriber(t, mqttUrl, 'willing', { topicAliasMaximum: 10 }, 'alias/#');
+  const pub = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+  await pub.client.publishAsync(LONG, '1', { qos: 0 });
+  await pub.client.publishAsync(LONG, '2', { qos: 0 });
+  await raw.waitFor((p) => p.filter((x) => x.cmd === 'publish').length === 2, 5000, 'two messages');
+  t.same(publishes(raw).map((p) => [p.topic, p.properties?.topicAlias]), [[LONG, undefined], [LONG, undefined]], 'every PUBLISH carries its topic');
+});
+
+for (const transport of ['TCP', 'WebSocket'] as const) {
+  t.test(`${transport}: an mqtt.js v5 client resolves the broker's aliases to the right topics`, async (t) => {
+    const { mqttUrl, wsUrl } = await startDaemon(t, { broker: { outgoingTopicAliases: 10 } });
+    const url = transport === 'TCP' ? mqttUrl : wsUrl;
+    const sub = await openClient(t, url, v5({ clientId: 'resolver', properties: { topicAliasMaximum: 3 } }));
+    await sub.client.subscribeAsync('alias/#', { qos: 1, properties: { subscriptionIdentifier: 3 } });
+    const pub = await openClient(t, url, v5({ clientId: 'pub' }));
+    const sent = ['x', 'y', 'x', 'z', 'w', 'x', 'y'].map((suffix, i) => [`${LONG}/${suffix}`, String(i)] as const);
+    for (const [topic, payload] of sent) await pub.client.publishAsync(topic, payload, { qos: 1, properties: { userProperties: { n: payload } } });
+    const got = await sub.log.waitForCount(sent.length);
+    t.same(got.map((m) => [m.topic, m.payload]), sent, 'every message under its own topic');
+    t.same(got.map((m) => m.packet.properties?.userProperties?.['n']), sent.map(([, payload]) => payload), 'with its own properties');
+    t.ok(got.every((m) => identifiers(m.packet).join() === '3'), 'and its Subscription Identifier');
+  });
+}
+
+t.test('a message resent on a new connection carries its topic again: aliases never cross connections [MQTT-3.3.2-10]', async (t) => {
+  const { mqttUrl } = await startDaemon(t, { broker: { outgoingTopicAliases: 10 } });
+  const session = { topicAliasMaximum: 10, sessionExpiryInterval: 600 };
+  const first = await rawSubscriber(t, mqttUrl, 'resumer', session, 'alias/#', { clean: false });
+  const pub = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+  await pub.client.publishAsync(LONG, 'one', { qos: 1 });
+  await pub.client.publishAsync(LONG, 'two', { qos: 1 });
+  await first.waitFor((p) => p.filter((x) => x.cmd === 'publish').length === 2, 5000, 'two messages');
+  t.same(publishes(first).map((p) => [p.topic, p.properties?.topicAlias]), [[LONG, 1], ['', 1]], 'the first connection: topic, then alias');
+  // Never acknowledged: both are resent on the next connection.
+  first.send(mqttPacket.generate({ cmd: 'disconnect', reasonCode: 0 }, { protocolVersion: 5 }));
+  await first.waitForClose();
+  const second = await connectRaw(t, mqttUrl, { protocolVersion: 5 });
+  second.send(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clientId: 'resumer', clean: false, keepalive: 60, properties: session }, { protocolVersion: 5 }));
+  await second.waitFor((p) => p.filter((x) => x.cmd === 'publish').length === 2, 5000, 'the two resent messages');
+  t.same(
+    publishes(second).map((p) => [p.topic, p.properties?.topicAlias, p.dup, p.payload.toString()]),
+    [
+      [LONG, 1, true, 'one'],
+      ['', 1, true, 'two'],
+    ],
+    'the resend sets the alias up anew on this connection before using it',
+  );
+});
+
+t.test('incoming Topic Aliases: announced in CONNACK, resolved before delivery [MQTT-3.3.2-12]', async (t) => {
+  const { mqttUrl } = await startDaemon(t, { broker: { topicAliasMaximum: 4 } });
+  const sub = await openClient(t, mqttUrl, v5({ clientId: 'sub' }));
+  await sub.client.subscribeAsync('alias/#', { qos: 1 });
+  const pub = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+  t.equal(pub.connack.properties?.topicAliasMaximum, 4, 'CONNACK Topic Alias Maximum [MQTT-3.2.2-17]');
+  await pub.client.publishAsync(LONG, 'set', { qos: 1, properties: { topicAlias: 4 } });
+  await pub.client.publishAsync('', 'used', { qos: 1, properties: { topicAlias: 4 } });
+  const got = await sub.log.waitForCount(2);
+  t.same(got.map((m) => [m.topic, m.payload, m.packet.properties?.topicAlias]), [[LONG, 'set', undefined], [LONG, 'used', undefined]], "the subscriber sees the topic, never the publisher's alias");
+});
+
+t.test('Response Information in CONNACK, only when configured and asked for [MQTT-3.1.2.11.6]', async (t) => {
+  const { mqttUrl } = await startDaemon(t, { broker: { responseInformation: 'reply/{clientId}' } });
+  const asking = await openClient(t, mqttUrl, v5({ clientId: 'asker', properties: { requestResponseInformation: true } }));
+  t.equal(asking.connack.properties?.responseInformation, 'reply/asker', 'the pattern with its client id');
+  const silent = await openClient(t, mqttUrl, v5({ clientId: 'quiet' }));
+  t.equal(silent.connack.properties?.responseInformation, undefined, 'none for a client that did not ask');
+
+  const off = await startDaemon(t);
+  const unanswered = await openClient(t, off.mqttUrl, v5({ clientId: 'asker', properties: { requestResponseInformation: true } }));
+  t.equal(unanswered.connack.properties?.responseInformation, undefined, 'none when not configured (the default)');
 });

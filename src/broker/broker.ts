@@ -6,7 +6,7 @@
 import type { Aedes, AedesOptions, Client, PublishPacket } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
-import { AedesSeam, connectWill, installIncomingCleanup, type PublishPolicy, type QoS } from './aedes-seam/index.js';
+import { AedesSeam, assignOutgoingTopicAliases, connectWill, installIncomingCleanup, type PublishPolicy, type QoS } from './aedes-seam/index.js';
 import { checkConnect, PendingRejections } from './connect-rules.js';
 import { installDeliveryRules } from './delivery-rules.js';
 import type { ClaimOutgoing } from './flow-control.js';
@@ -76,7 +76,19 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     // full socket's waiting writes on one timer instead of one 'drain'
     // listener per write.
     drainTimeout: config.broker.drainTimeoutSec > 0 ? config.broker.drainTimeoutSec * 1000 : 2 ** 31 - 1,
+    // MQTT 5: aliases a client may set up for what it publishes; aedes
+    // resolves them (lib/handlers/publish.js) and announces the maximum in
+    // CONNACK [MQTT-3.2.2-17].
+    topicAliasMaximum: config.broker.topicAliasMaximum,
+    // MQTT 5: sent in CONNACK only to a client that asks for it
+    // (lib/handlers/connect.js doConnack) [MQTT-3.1.2.11.6].
+    responseInformation: responseInformationFor(config.broker.responseInformation),
     preConnect(client, packet, done) {
+      // MQTT 5: the broker's aliases for what it sends this connection, up
+      // to the client's Topic Alias Maximum [MQTT-3.3.2-9]; none when the
+      // client announced none or the setting is off.
+      const aliasMaximum = Math.min(config.broker.outgoingTopicAliases, packet.properties?.topicAliasMaximum ?? 0);
+      if (packet.protocolVersion === 5 && aliasMaximum > 0) assignOutgoingTopicAliases(client, aliasMaximum);
       const rejection = checkConnect(packet, { minKeepaliveSec: config.broker.minKeepaliveSec, maxKeepaliveSec: config.broker.maxKeepaliveSec });
       if (rejection) {
         rejections.remember(client, rejection);
@@ -157,6 +169,12 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       return new Promise<void>((resolve, reject) => aedes.publish(packet, (error?: Error) => (error ? reject(error) : resolve())));
     },
   };
+}
+
+/** aedes' responseInformation option from the config's pattern: `{clientId}` becomes the client's id; null (off) when empty. */
+export function responseInformationFor(pattern: string): ((client: Client) => string) | null {
+  if (pattern === '') return null;
+  return (client) => pattern.replaceAll('{clientId}', client.id);
 }
 
 function remoteOf(client: Client): string | undefined {

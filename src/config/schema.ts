@@ -349,6 +349,29 @@ export const configSchema = z
           .min(0)
           .default(60)
           .describe('A client whose socket stays full this long is disconnected; 0 = wait forever'),
+        topicAliasMaximum: z
+          .number()
+          .int()
+          .min(0)
+          .max(65535)
+          .default(10)
+          .describe('MQTT 5: Topic Aliases a client may set up per connection for what it publishes (CONNACK Topic Alias Maximum); 0 = none'),
+        outgoingTopicAliases: z
+          .number()
+          .int()
+          .min(0)
+          .max(65535)
+          .default(0)
+          .describe(
+            'MQTT 5: Topic Aliases the broker assigns per connection to what it sends, at most the client\'s Topic Alias Maximum; the most recently used topics keep one; 0 = off (every PUBLISH carries its topic)',
+          ),
+        responseInformation: z
+          .string()
+          .max(65535)
+          .default('')
+          .describe(
+            'MQTT 5: Response Information sent in CONNACK to a client that asks for it (Request Response Information), `{clientId}` replaced by its client id; empty = none',
+          ),
       })
       .prefault({}),
     limits,

@@ -20,6 +20,8 @@
  *   (lib/client.js waitForDrain), `_will` and `will` (handlers/connect.js,
  *   lib/client.js close).
  * - `aedes.authorizePublish` and `aedes.publish`: the publish path below.
+ * - mqtt-packet's `writeToStream`, as aedes' lib/write.js calls it: the
+ *   broker's Topic Aliases for what it sends (outgoing-aliases.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).
@@ -65,3 +67,4 @@ export * from './version.js';
 export * from './client.js';
 export { AedesSeam } from './seam.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
+export { assignOutgoingTopicAliases, OutgoingTopicAliases } from './outgoing-aliases.js';
