@@ -363,7 +363,7 @@ export const configSchema = z
           .max(65535)
           .default(0)
           .describe(
-            'MQTT 5: Topic Aliases the broker assigns per connection to what it sends, at most the client\'s Topic Alias Maximum; the most recently used topics keep one; 0 = off (every PUBLISH carries its topic)',
+            'MQTT 5: Topic Aliases the broker assigns per connection to what it sends, at most the client\'s Topic Alias Maximum; recently used topics keep theirs; 0 = off (every PUBLISH carries its topic)',
           ),
         responseInformation: z
           .string()
