@@ -54,8 +54,9 @@ t.test(`aedes ${V} still sends a client packets over its Maximum Packet Size (co
   t.equal(message.payload.length, 1024, 'a PUBLISH of more than 1 KiB reached a client that allows 256 bytes');
 });
 
-t.test(`aedes ${V} still carries one Subscription Identifier when several subscriptions match, aedes #1090`, { skip: v5 }, async (t) => {
-  // When this fails after an aedes upgrade, edgemqtt need not add the identifiers of every matching subscription [MQTT-3.3.4-3].
+t.test(`aedes ${V} still carries one Subscription Identifier when several subscriptions match, aedes #1090 (corrected: delivery-rules.ts rule 5)`, { skip: v5 }, async (t) => {
+  // When this fails after an aedes upgrade, edgemqtt need not add the identifiers of every matching subscription [MQTT-3.3.4-3]
+  // (src/broker/delivery-rules.ts rule 5; queued copies: src/persistence/level-persistence.ts recipientsOf).
   const { aedes, port } = await startPlainAedes(t);
   const raw = await rawConnected(t, port, 'two-identifiers', 5);
   raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'si/#', qos: 0 }], properties: { subscriptionIdentifier: 1 } });
@@ -103,8 +104,9 @@ t.test(`aedes ${V} still drops the queued messages of a session resumed with Cle
   t.notOk(payloads(resumed).includes('queued while away'), 'but its queued message is not delivered');
 });
 
-t.test(`aedes ${V} still assigns no topic aliases to outgoing messages, aedes #1117`, { skip: v5 }, async (t) => {
-  // When this fails after an aedes upgrade, broker-assigned topic aliases need not be edgemqtt's [MQTT-3.3.2-8].
+t.test(`aedes ${V} still assigns no topic aliases to outgoing messages, aedes #1117 (corrected: broker.outgoingTopicAliases, aedes-seam/outgoing-aliases.ts)`, { skip: v5 }, async (t) => {
+  // When this fails after an aedes upgrade, broker-assigned topic aliases need not be edgemqtt's [MQTT-3.3.2-8]
+  // (src/broker/aedes-seam/outgoing-aliases.ts, switched on by broker.outgoingTopicAliases).
   const { aedes, port } = await startPlainAedes(t);
   const raw = await rawConnected(t, port, 'alias-taker', 5, { properties: { topicAliasMaximum: 10 } });
   raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'alias/a/rather/long/topic/name', qos: 0 }] });

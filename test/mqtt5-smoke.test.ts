@@ -125,9 +125,8 @@ t.test('a persistent MQTT 5 session (Clean Start 0, Session Expiry) survives a r
   const messages = await back.log.waitForCount(2);
   t.equal(messages[1]?.payload, 'live', 'the restored subscription receives live messages');
   t.same(messages[1]?.packet.properties?.subscriptionIdentifier, 7, 'the restored subscription still carries its Subscription Identifier [MQTT-3.3.4-3]');
-  t.same(queued?.packet.properties?.subscriptionIdentifier, 7, 'the queued message carries the Subscription Identifier too', {
-    todo: 'aedes 2 adds it only on live delivery (handlers/subscribe.js); queued copies (aedes.js DoEnqueues, outgoingEnqueueCombi) never get it, and subscriptionsByTopic does not return it',
-  });
+  // aedes 2 adds it only on live delivery (handlers/subscribe.js); the store adds it to queued copies (level-persistence.ts recipientsOf).
+  t.same(queued?.packet.properties?.subscriptionIdentifier, 7, 'the queued message carries the Subscription Identifier too');
 });
 
 t.test('Session Expiry Interval 0 (the MQTT 5 default): the session ends with the connection', async (t) => {

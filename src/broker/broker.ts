@@ -8,6 +8,7 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import {
   AedesSeam,
+  assignOutgoingTopicAliases,
   connectWill,
   disconnectWithReason,
   imposeServerKeepAlive,
@@ -104,18 +105,28 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     // full socket's waiting writes on one timer instead of one 'drain'
     // listener per write.
     drainTimeout: config.broker.drainTimeoutSec > 0 ? config.broker.drainTimeoutSec * 1000 : 2 ** 31 - 1,
-    // What MQTT 5 clients are told in CONNACK (3.2.2.3) besides aedes' own
-    // Shared Subscription Available 0: the Topic Alias Maximum the broker
-    // accepts; the Maximum Packet Size the protocol guard enforces (limits.ts,
-    // before aedes' own check of the same bound); as Receive Maximum, the bound
-    // on incoming QoS 2 messages awaiting PUBREL, which the guard enforces too
-    // (QoS 1 is acknowledged once durable and never waits on the client).
-    // Maximum QoS 2, Retain, Wildcard and Subscription Identifiers Available
-    // are all true, the defaults, so not announced.
+    // What MQTT 5 clients are told in CONNACK (3.2.2.3) besides Shared
+    // Subscription Available: the Topic Alias Maximum the broker accepts
+    // (aliases a client may set up for what it publishes; aedes resolves them,
+    // lib/handlers/publish.js) [MQTT-3.2.2-17]; the Maximum Packet Size the
+    // protocol guard enforces (limits.ts, before aedes' own check of the same
+    // bound); as Receive Maximum, the bound on incoming QoS 2 messages
+    // awaiting PUBREL, which the guard enforces too (QoS 1 is acknowledged
+    // once durable and never waits on the client). Maximum QoS 2, Retain,
+    // Wildcard and Subscription Identifiers Available are all true, the
+    // defaults, so not announced.
     topicAliasMaximum: config.broker.topicAliasMaximum,
     maximumPacketSize: config.broker.maxPacketSizeBytes,
     receiveMaximum: config.limits.maxIncomingAwaitingRelease,
+    // MQTT 5: sent in CONNACK only to a client that asks for it
+    // (lib/handlers/connect.js doConnack) [MQTT-3.1.2.11.6].
+    responseInformation: responseInformationFor(config.broker.responseInformation),
     preConnect(client, packet, done) {
+      // MQTT 5: the broker's aliases for what it sends this connection, up
+      // to the client's Topic Alias Maximum [MQTT-3.3.2-9]; none when the
+      // client announced none or the setting is off.
+      const aliasMaximum = Math.min(config.broker.outgoingTopicAliases, packet.properties?.topicAliasMaximum ?? 0);
+      if (packet.protocolVersion === 5 && aliasMaximum > 0) assignOutgoingTopicAliases(client, aliasMaximum);
       const keepaliveRules = { minKeepaliveSec: config.broker.minKeepaliveSec, maxKeepaliveSec: config.broker.maxKeepaliveSec };
       const imposed = serverKeepAlive(packet, keepaliveRules);
       if (imposed !== undefined) imposeServerKeepAlive(client, imposed);
@@ -208,6 +219,12 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       return new Promise<void>((resolve, reject) => aedes.publish(packet, (error?: Error) => (error ? reject(error) : resolve())));
     },
   };
+}
+
+/** aedes' responseInformation option from the config's pattern: `{clientId}` becomes the client's id; null (off) when empty. */
+export function responseInformationFor(pattern: string): ((client: Client) => string) | null {
+  if (pattern === '') return null;
+  return (client) => pattern.replaceAll('{clientId}', client.id);
 }
 
 function remoteOf(client: Client): string | undefined {

@@ -38,19 +38,47 @@
  *    the identifiers instead (claimOutgoing for live deliveries, in
  *    flow-control.ts; outgoingResendStream for the resend), each message once
  *    per connection (test/reconnect-race.test.ts).
+ * 5. MQTT 5 subscription options with overlapping subscriptions. aedes 2
+ *    applies No Local, Retain As Published and the Subscription Identifier
+ *    per subscription, on that subscription's copy (handlers/subscribe.js
+ *    addSubs), and its dedupe keeps whichever copy came first: one
+ *    identifier instead of all (aedes #1090), the RETAIN flag of whichever
+ *    subscription matched first, and, when the first copy is a No Local
+ *    one of the client's own message, no delivery at all although another
+ *    subscription asks for it. Here the one delivery [MQTT-3.3.4-2] is
+ *    judged over every matching subscription: a subscription with No Local
+ *    does not count for the client's own messages [MQTT-3.8.3-3]; RETAIN
+ *    is kept when any counting subscription has Retain As Published
+ *    [MQTT-3.3.1-12/13]; the message carries the identifiers of all of
+ *    them [MQTT-3.3.4-3/4/5]. Queued copies get the same judgement when
+ *    they are queued (src/persistence/queue-store.ts).
  */
 import type { Client } from 'aedes';
 import { topicMatches } from '../config/topic-filter.js';
-import { disableAedesDedupe, subscriptionsOf, wrapDeliveries, type AedesSeam, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam/index.js';
+import {
+  disableAedesDedupe,
+  subscriptionsOf,
+  wrapDeliveries,
+  type AedesSeam,
+  type ClientSubscription,
+  type Deliver,
+  type DeliveredPacket,
+  type QoS,
+} from './aedes-seam/index.js';
 
 export { topicMatches };
 
-/** The highest QoS granted to any of the client's subscriptions matching `topic`, if any. */
-export function grantedQoS(subscriptions: Readonly<Record<string, { qos: QoS }>>, topic: string): QoS | undefined {
+/**
+ * The highest QoS granted to any of the client's subscriptions matching
+ * `topic`, if any. For the client's own message (`own`), a subscription with
+ * No Local does not count [MQTT-3.8.3-3].
+ */
+export function grantedQoS(subscriptions: Readonly<Record<string, ClientSubscription>>, topic: string, own = false): QoS | undefined {
   let granted: QoS | undefined;
   for (const filter in subscriptions) {
-    const qos = subscriptions[filter]?.qos ?? 0;
-    if ((granted === undefined || qos > granted) && topicMatches(filter, topic)) granted = qos;
+    const subscription = subscriptions[filter];
+    const qos = subscription?.qos ?? 0;
+    if ((granted === undefined || qos > granted) && !(own && subscription?.nl === true) && topicMatches(filter, topic)) granted = qos;
   }
   return granted;
 }
@@ -65,14 +93,45 @@ export function installDeliveryRules(seam: AedesSeam): void {
   seam.onConnection(() => applyClientRules);
 }
 
+/** The copies, one per matching subscription, of one message to one MQTT 5 client, gathered before it goes out once. */
+interface Gathered {
+  copies: DeliveredPacket[];
+  callback: () => void;
+}
+
 function applyClientRules(client: Client): void {
   // aedes' dedupe reads 0 for every message from now on, the wrapper below
   // having already dropped the real copies.
   disableAedesDedupe(client);
   let lastMessage: string | undefined;
   let inside = false;
+  let gathered: Gathered | undefined;
 
   wrapDeliveries(client, ({ deliver0, deliverQoS }) => {
+    const send = (packet: DeliveredPacket, callback: () => void, own: boolean) => {
+      // QoS 0 stays QoS 0: skip the scan of the client's subscriptions.
+      if (packet.qos > 0) {
+        const granted = grantedQoS(subscriptionsOf(client), packet.topic, own);
+        if (granted !== undefined && granted < packet.qos) packet.qos = granted;
+      }
+      inside = true;
+      try {
+        (packet.qos > 0 ? deliverQoS : deliver0)(packet, callback);
+      } finally {
+        inside = false;
+      }
+    };
+    // Sends the gathered message, once: at the end of the emit that delivered
+    // its copies, or before the next delivery to this client (order kept).
+    const flush = () => {
+      const message = gathered;
+      if (!message) return;
+      gathered = undefined;
+      const own = isOwn(message.copies[0]!, client);
+      const merged = mergeCopies(message.copies, own);
+      if (merged) send(merged, message.callback, own);
+      else setImmediate(message.callback);
+    };
     const wrap =
       (invoked: Deliver): Deliver =>
       (packet, callback) => {
@@ -85,25 +144,60 @@ function applyClientRules(client: Client): void {
           // (Retained messages carry no brokerId: never copies, as in aedes.)
           const message = `${packet.brokerId}\u0000${packet.brokerCounter}`;
           if (message === lastMessage) {
+            gathered?.copies.push(packet);
             setImmediate(callback);
             return;
           }
           lastMessage = message;
+          if (client.version === 5) {
+            // Rule 5: the copies still to come decide what goes out. They
+            // all arrive in this synchronous emit, before any microtask.
+            flush();
+            gathered = { copies: [packet], callback };
+            queueMicrotask(flush);
+            return;
+          }
         }
-        // QoS 0 stays QoS 0: skip the scan of the client's subscriptions.
-        if (packet.qos > 0) {
-          const granted = grantedQoS(subscriptionsOf(client), packet.topic);
-          if (granted !== undefined && granted < packet.qos) packet.qos = granted;
-        }
-        inside = true;
-        try {
-          (packet.qos > 0 ? deliverQoS : deliver0)(packet, callback);
-        } finally {
-          inside = false;
-        }
+        flush();
+        send(packet, callback, false);
       };
     // Subscription handlers capture these at SUBSCRIBE time (handlers/subscribe.js),
     // after this runs; retained and queued deliveries look them up per call.
     return { deliver0: wrap(deliver0), deliverQoS: wrap(deliverQoS) };
   });
+}
+
+function isOwn(packet: DeliveredPacket, client: Client): boolean {
+  return packet.clientId !== undefined && packet.clientId === client.id;
+}
+
+/**
+ * The one delivery of a message to an MQTT 5 client, from the copies aedes
+ * made of it for each matching subscription (rule 5); undefined when No
+ * Local rules out every one. The first counting copy is sent, its RETAIN
+ * and identifiers replaced; properties are a new object, never the shared one.
+ */
+export function mergeCopies(copies: readonly DeliveredPacket[], own: boolean): DeliveredPacket | undefined {
+  let base: DeliveredPacket | undefined;
+  let retain = false;
+  let identifiers: number[] | undefined;
+  for (const copy of copies) {
+    // aedes' own check (lib/client.js getToForwardPacket), per subscription.
+    if (own && copy.nl === true) continue;
+    base ??= copy;
+    // aedes cleared RETAIN on the copy of a subscription without Retain As Published.
+    if (copy.retain === true) retain = true;
+    const id = copy.properties?.['subscriptionIdentifier'];
+    if (typeof id === 'number' && !(identifiers ??= []).includes(id)) identifiers.push(id);
+  }
+  if (!base || copies.length === 1) return base;
+  base.retain = retain;
+  base.nl = false;
+  const current = base.properties?.['subscriptionIdentifier'];
+  if (identifiers && identifiers.length > 1) {
+    base.properties = { ...base.properties, subscriptionIdentifier: identifiers };
+  } else if (identifiers && current !== identifiers[0]) {
+    base.properties = { ...base.properties, subscriptionIdentifier: identifiers[0] };
+  }
+  return base;
 }

@@ -351,13 +351,6 @@ export const configSchema = z
             'Refuse MQTT 3.1.1 CONNECTs asking for a shorter keep-alive than this (0, none, is left to maxKeepaliveSec); ' +
               'MQTT 5 clients are accepted and told this as Server Keep Alive; 0 = accept any',
           ),
-        topicAliasMaximum: z
-          .number()
-          .int()
-          .min(0)
-          .max(65535)
-          .default(10)
-          .describe('MQTT 5: the highest Topic Alias a client may use in its PUBLISHes, announced in CONNACK; 0 = none'),
         maxClientIdLength: z
           .number()
           .int()
@@ -375,6 +368,29 @@ export const configSchema = z
           .min(0)
           .default(60)
           .describe('A client whose socket stays full this long is disconnected; 0 = wait forever'),
+        topicAliasMaximum: z
+          .number()
+          .int()
+          .min(0)
+          .max(65535)
+          .default(10)
+          .describe('MQTT 5: Topic Aliases a client may set up per connection for what it publishes (CONNACK Topic Alias Maximum); 0 = none'),
+        outgoingTopicAliases: z
+          .number()
+          .int()
+          .min(0)
+          .max(65535)
+          .default(0)
+          .describe(
+            'MQTT 5: Topic Aliases the broker assigns per connection to what it sends, at most the client\'s Topic Alias Maximum; recently used topics keep theirs; 0 = off (every PUBLISH carries its topic)',
+          ),
+        responseInformation: z
+          .string()
+          .max(65535)
+          .default('')
+          .describe(
+            'MQTT 5: Response Information sent in CONNACK to a client that asks for it (Request Response Information), `{clientId}` replaced by its client id; empty = none',
+          ),
       })
       .prefault({}),
     limits,

@@ -15,6 +15,10 @@ import type { ClientLike, OutgoingClaim } from './types.js';
 export interface Recipient {
   clientId: string;
   qos?: number;
+  /** false: RETAIN cleared for this recipient (no subscription with Retain As Published [MQTT-3.3.1-12]). */
+  retain?: boolean;
+  /** MQTT 5: the identifiers of the recipient's matching subscriptions [MQTT-3.3.4-3]. */
+  subscriptionIdentifiers?: readonly number[];
 }
 
 /** One encoding of a message, shared by every recipient queued at the same QoS. */
@@ -26,6 +30,19 @@ interface QueuedCopy {
 function queuedCopy(packet: PacketLike): QueuedCopy {
   const stored = queuedPacket(packet);
   return { stored, value: encodePacket(stored) };
+}
+
+/** The message as queued for one recipient: its QoS, RETAIN and Subscription Identifiers (see Recipient). */
+function adjustedPacket(packet: PacketLike, { qos, retain, subscriptionIdentifiers: ids }: Recipient): PacketLike {
+  const adjusted: PacketLike = { ...packet };
+  if (qos !== undefined && qos < (packet.qos as number)) adjusted.qos = qos;
+  if (retain === false) adjusted.retain = false;
+  if (ids !== undefined && ids.length > 0) {
+    // A new object: the published one is shared with every other copy.
+    const properties = (packet.properties ?? {}) as Record<string, unknown>;
+    adjusted.properties = { ...properties, subscriptionIdentifier: ids.length === 1 ? ids[0] : [...ids] };
+  }
+  return adjusted;
 }
 
 export class QueueStore {
@@ -60,9 +77,21 @@ export class QueueStore {
     }
     let asPublished: QueuedCopy | undefined;
     let downgraded: Array<QueuedCopy | undefined> | undefined;
-    for (const { clientId, qos } of recipients) {
+    let adjusted: Map<string, QueuedCopy> | undefined;
+    for (const recipient of recipients) {
+      const { clientId, qos } = recipient;
       let copy: QueuedCopy;
-      if (qos !== undefined && qos < (packet.qos as number)) {
+      if (recipient.retain === false || recipient.subscriptionIdentifiers !== undefined) {
+        // MQTT 5 subscription options: one encoding per distinct outcome.
+        adjusted ??= new Map();
+        const key = `${qos ?? ''}|${recipient.retain ?? ''}|${recipient.subscriptionIdentifiers?.join(',') ?? ''}`;
+        let found = adjusted.get(key);
+        if (!found) {
+          found = queuedCopy(adjustedPacket(packet, recipient));
+          adjusted.set(key, found);
+        }
+        copy = found;
+      } else if (qos !== undefined && qos < (packet.qos as number)) {
         downgraded ??= [];
         copy = downgraded[qos] ??= queuedCopy({ ...packet, qos });
       } else {

@@ -17,6 +17,8 @@ export interface MatchedSubscription {
   rh?: number | undefined;
   rap?: boolean | undefined;
   nl?: boolean | undefined;
+  /** MQTT 5: queued copies carry it as a live delivery does [MQTT-3.3.4-3]. */
+  subscriptionIdentifier?: number | undefined;
 }
 
 /** A subscription as aedes passes it to addSubscriptions(). */
@@ -157,7 +159,13 @@ export class SubscriptionIndex {
   }
 
   match(topic: string): MatchedSubscription[] {
-    return this.#trie.match(topic);
+    const matched = this.#trie.match(topic);
+    // QlobberSub keeps qos, rh, rap and nl of a value, not the identifier: added from the record.
+    for (const sub of matched) {
+      const id = this.#byClient.get(sub.clientId)?.get(sub.topic)?.subscriptionIdentifier;
+      if (id !== undefined) sub.subscriptionIdentifier = id;
+    }
+    return matched;
   }
 
   clientsOf(filter: string): string[] {

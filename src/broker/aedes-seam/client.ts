@@ -21,8 +21,25 @@ export interface DeliveredPacket {
   /** aedes keeps one a packet carries instead of numbering it itself (lib/qos-packet.js). */
   messageId?: number;
   dup?: boolean;
-  /** MQTT 5 PUBLISH properties (mqtt-packet's names), encoded only for a level-5 subscriber. */
+  /** The publishing client's id (aedes.js emitPacket), read for No Local. */
+  clientId?: string;
+  /** Set by aedes on each subscription's copy: that subscription's No Local (handlers/subscribe.js addSubs). */
+  nl?: boolean;
+  /** MQTT 5 properties; shared between copies by reference: replace, never mutate. */
   properties?: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * A subscription as aedes keeps it on the client (handlers/subscribe.js
+ * Subscription): granted QoS and, for MQTT 5, Retain Handling, Retain As
+ * Published, No Local and the Subscription Identifier.
+ */
+export interface ClientSubscription {
+  qos: QoS;
+  rh?: number;
+  rap?: boolean;
+  nl?: boolean;
+  si?: number;
 }
 
 /** aedes' callback to a delivery is sometimes called with the written packet as `this` (lib/write.js). */
@@ -61,7 +78,7 @@ interface ClientInternals {
   deliver0: Deliver;
   deliverQoS: Deliver;
   duplicates: Record<string, number>;
-  subscriptions: Record<string, { qos: QoS }>;
+  subscriptions: Record<string, ClientSubscription>;
   _handleDrainTimeout: () => void;
   /** The will from CONNECT, kept while authenticating (handlers/connect.js) ... */
   _will: ConnectWill | null;
@@ -103,11 +120,11 @@ export function disableAedesDedupe(client: Client): void {
  */
 export function freeSubscriptionMap(client: Client): void {
   const state = internals(client);
-  state.subscriptions = Object.assign(Object.create(null) as Record<string, { qos: QoS }>, state.subscriptions);
+  state.subscriptions = Object.assign(Object.create(null) as Record<string, ClientSubscription>, state.subscriptions);
 }
 
 /** The client's current subscriptions by filter, as aedes keeps them (filled asynchronously after SUBSCRIBE). */
-export function subscriptionsOf(client: Client): Readonly<Record<string, { qos: QoS }>> {
+export function subscriptionsOf(client: Client): Readonly<Record<string, ClientSubscription>> {
   return internals(client).subscriptions;
 }
 

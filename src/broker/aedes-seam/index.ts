@@ -26,6 +26,8 @@
  *   copy with the publish, and the innermost deliverQoS to learn the packet
  *   identifier a copy went out under.
  * - `aedes.authorizePublish` and `aedes.publish`: the publish path below.
+ * - mqtt-packet's `writeToStream`, as aedes' lib/write.js calls it: the
+ *   broker's Topic Aliases for what it sends (outgoing-aliases.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).
@@ -73,3 +75,4 @@ export { AedesSeam } from './seam.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
 export * from './mqtt5.js';
 export * from './shared.js';
+export { assignOutgoingTopicAliases, OutgoingTopicAliases } from './outgoing-aliases.js';

@@ -53,6 +53,11 @@ export class AedesSeam {
       ...options,
       authorizePublish(client, packet, done) {
         const verdict = policy(client, packet);
+        // The publisher's id, on the packet before aedes' publish queues its
+        // copies for persistent sessions (aedes.js enqueueOffline): No Local
+        // is judged there too [MQTT-3.8.3-3]. aedes itself sets it only
+        // afterwards, for live delivery (aedes.js emitPacket).
+        if (client) (packet as PublishPacket & { clientId?: string }).clientId = client.id;
         if (verdict === 'refuse') {
           done(new Error(REFUSED));
           return;
