@@ -6,7 +6,15 @@
 import type { Aedes, AedesOptions, Client, PublishPacket } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
-import { AedesSeam, connectWill, installIncomingCleanup, type PublishPolicy, type QoS } from './aedes-seam/index.js';
+import {
+  AedesSeam,
+  connectWill,
+  installIncomingCleanup,
+  installSessionAuthority,
+  type PublishPolicy,
+  type QoS,
+  type SessionAuthority,
+} from './aedes-seam/index.js';
 import { checkConnect, PendingRejections } from './connect-rules.js';
 import { installDeliveryRules } from './delivery-rules.js';
 import type { ClaimOutgoing } from './flow-control.js';
@@ -37,9 +45,19 @@ export interface OwnMessage {
   retain: boolean;
 }
 
-/** An aedes persistence; when it numbers a session's messages itself (LevelPersistence), the flow control asks it. */
-export interface BrokerPersistence {
+/**
+ * An aedes persistence; when it numbers a session's messages itself
+ * (LevelPersistence), the flow control asks it; when it keeps session
+ * lifetimes and delayed wills (LevelPersistence), it is their authority
+ * (aedes-seam/sessions.ts).
+ */
+export interface BrokerPersistence extends Partial<SessionAuthority> {
   claimOutgoing?: ClaimOutgoing;
+}
+
+function isSessionAuthority(persistence: BrokerPersistence | undefined): persistence is SessionAuthority {
+  const keys: Array<keyof SessionAuthority> = ['sessionExpiry', 'endSession', 'hasSession', 'delayWill', 'delayedWills', 'dueWill', 'delWill'];
+  return persistence !== undefined && keys.every((key) => typeof persistence[key] === 'function');
 }
 
 export interface BrokerDeps {
@@ -72,6 +90,11 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     connectTimeout: config.broker.connectTimeoutSec * 1000 + 1000,
     heartbeatInterval: config.broker.heartbeatIntervalSec * 1000,
     maxClientsIdLength: config.broker.maxClientIdLength,
+    // The longest an MQTT 5 session may outlive its connection, "never"
+    // (0xFFFFFFFF) included: the configured expiry of every persistent
+    // session (0 = none). aedes clamps the client's Session Expiry Interval
+    // to it and then echoes the clamped value in CONNACK [MQTT-3.2.2-3.2].
+    sessionExpiryIntervalLimit: config.persistence.sessionExpirySec,
     // "Forever" is 2^31-1 ms (24.8 days), so that aedes keeps coalescing a
     // full socket's waiting writes on one timer instead of one 'drain'
     // listener per write.
@@ -135,6 +158,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       limits.install(started);
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);
+      if (isSessionAuthority(persistence)) installSessionAuthority(instance, persistence, deps.logger);
       seam = started;
       log.info({ brokerId: instance.id }, 'broker started');
     },

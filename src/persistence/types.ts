@@ -85,6 +85,10 @@ export interface PersistenceStats {
   /** Times a client's queue hit a limit (one per enqueue that dropped something). */
   queueOverflows: number;
   sessionsExpired: number;
+  /** Queued messages dropped unsent because their Message Expiry Interval had passed [MQTT-3.3.2-5]. */
+  expiredMessages: number;
+  /** Retained messages removed because their Message Expiry Interval had passed [MQTT-3.3.2-5]. */
+  expiredRetained: number;
   /** Records that failed to decode, at recovery or later; each was skipped. */
   decodeErrors: number;
   /** Records in the quarantine range. */

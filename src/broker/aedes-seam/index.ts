@@ -19,7 +19,13 @@
  *   (lib/client.js dedupe), `subscriptions`, `_handleDrainTimeout`
  *   (lib/client.js waitForDrain), `_will` and `will` (handlers/connect.js,
  *   lib/client.js close).
- * - `aedes.authorizePublish` and `aedes.publish`: the publish path below.
+ * - `aedes.authorizePublish` and `aedes.publish`: the publish path below;
+ *   `publish` also strips a will's Will Delay Interval (aedes #1098).
+ * - `aedes.scheduleSessionExpiry`, `_wipeSession`, `scheduleWill`,
+ *   `authenticate` and Client `clean` (aedes.js, lib/client.js close,
+ *   handlers/connect.js): session expiry and delayed wills with the store
+ *   as the authority, and Clean Start 0 resuming the stored session
+ *   whatever its new Session Expiry (sessions.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).
@@ -65,3 +71,4 @@ export * from './version.js';
 export * from './client.js';
 export { AedesSeam } from './seam.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
+export { installSessionAuthority, type SessionAuthority } from './sessions.js';
