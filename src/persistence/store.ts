@@ -463,6 +463,7 @@ export class LevelStore {
       queuedBytes: totals.publishBytes,
       incomingPackets,
       wills: this.wills.size,
+      delayedWills: this.willsHeldUntil.size,
       queueDroppedMessages: this.limiter.droppedMessages,
       queueOverflows: this.limiter.overflows,
       resentMessages: c.resentMessages,

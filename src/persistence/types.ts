@@ -72,6 +72,8 @@ export interface PersistenceStats {
   queuedBytes: number;
   incomingPackets: number;
   wills: number;
+  /** Of those, wills waiting for their Will Delay Interval to pass [MQTT-3.1.3-9]. */
+  delayedWills: number;
   /** Messages dropped by the per-client queue limits. */
   queueDroppedMessages: number;
   /** Stored messages sent again on a later connection, under the packet identifier they had, DUP set. */
