@@ -15,18 +15,37 @@
 import { encodePacket, WILL_DUE_AT } from './codec.js';
 import type { BatchOp } from './group-commit.js';
 import { willKey } from './keys.js';
+import type { Logger } from '../observability/logger.js';
+import type { ResolvedOptions } from './options.js';
 import { aliveOp, type RecoveredWill } from './recover.js';
-import type { LevelStore } from './store.js';
+import type { SessionClock } from './session-clock.js';
+import type { PersistenceState } from './types.js';
+
+/** What session expiry uses of the store core (store.ts, which owns it: named here, not imported, so no circle). */
+export interface ExpiryStore {
+  readonly options: ResolvedOptions;
+  readonly log: Logger;
+  readonly now: () => number;
+  readonly state: PersistenceState;
+  readonly sessions: SessionClock;
+  readonly counters: { sessionsExpired: number };
+  readonly willsHeldUntil: Map<string, number>;
+  readonly delayedWills: Map<string, number>;
+  ready(): unknown;
+  isOnline(clientId: string): boolean;
+  dropSession(clientId: string, ops: BatchOp[]): void;
+  write(ops: readonly BatchOp[]): Promise<void>;
+}
 
 export class SessionExpiry {
-  readonly #store: LevelStore;
+  readonly #store: ExpiryStore;
   #interval: NodeJS.Timeout | undefined;
   /** The sweep armed for the next session to fall due, and when. */
   #timer: NodeJS.Timeout | undefined;
   #timerAt = Infinity;
   #running = false;
 
-  constructor(store: LevelStore) {
+  constructor(store: ExpiryStore) {
     this.#store = store;
   }
 
@@ -151,7 +170,7 @@ export class SessionExpiry {
  * heartbeat intervals, aedes' _clearWills, unless its client is back), but
  * not before its Will Delay Interval has passed since this start.
  */
-export function holdWills(store: LevelStore, recovered: Map<string, RecoveredWill>, now: number, shiftMs: number, ops: BatchOp[]): void {
+export function holdWills(store: ExpiryStore, recovered: Map<string, RecoveredWill>, now: number, shiftMs: number, ops: BatchOp[]): void {
   for (const [clientId, will] of recovered) {
     if (will.dueAt !== undefined && will.packet) {
       const dueAt = will.dueAt + shiftMs;
