@@ -133,3 +133,21 @@ t.test('Clean Start 0 with a new, shorter Session Expiry resumes the session; it
   await eventually(() => daemon.storeStats().sessions === 0, 5000, 'the session to expire after the new 1 s');
   t.equal(daemon.storeStats().sessionsExpired, 1, 'counted as expired');
 });
+
+t.test('Clean Start 1 discards the stored session and its queue, whatever Session Expiry it sets [MQTT-3.1.2-4]', async (t) => {
+  const { daemon, url } = await run(t, testConfig(t));
+  const device = await openClient(t, url, v5('starts-over', { clean: false, properties: { sessionExpiryInterval: 300 } }));
+  await device.client.subscribeAsync('so/#', { qos: 1 });
+  await device.client.endAsync();
+  const publisher = await openClient(t, url, v5('publisher'));
+  await publisher.client.publishAsync('so/old', 'from the old session', { qos: 1 });
+  t.equal(daemon.storeStats().queuedEntries, 1, 'queued for the old session');
+  const fresh = await openClient(t, url, v5('starts-over', { clean: true, properties: { sessionExpiryInterval: 300 } }));
+  t.equal(fresh.connack.sessionPresent, false, 'a new session');
+  await fresh.client.subscribeAsync('so/#', { qos: 1 });
+  await publisher.client.publishAsync('so/new', 'marker', { qos: 1 });
+  await fresh.log.waitFor((m) => m.some((x) => x.payload === 'marker'), 5000, 'the marker');
+  t.same(fresh.log.messages.map((m) => m.payload), ['marker'], 'the old queue is not delivered');
+  await eventually(() => daemon.storeStats().queuedEntries === 0, 5000, 'nothing left queued');
+  t.equal(daemon.storeStats().sessionsExpired, 0, 'discarded, not expired');
+});

@@ -113,3 +113,19 @@ t.test('a client reconnecting after the restart, within the delay, cancels its w
   t.same(watching.log.messages.map((m) => m.topic), ['status/marker'], 'the will never went out');
   t.equal(second.daemon.storeStats().wills, 0, 'and is gone');
 });
+
+t.test('the delayed will of a client connected at a planned stop is withheld, and after the restart not published before its delay', async (t) => {
+  // Heartbeats every second: aedes looks for the wills of an earlier run every four.
+  const config = testConfig(t, { broker: { heartbeatIntervalSec: 1 } });
+  const first = await run(t, config);
+  await openClient(t, first.url, device('at-stop', 6, 60));
+  await first.daemon.stop();
+  const second = await run(t, config);
+  const started = Date.now();
+  const watching = await watcher(t, second.url);
+  t.match(second.daemon.storeStats(), { wills: 1, delayedWills: 1 }, 'withheld, held back for its delay');
+  const [will] = await watching.log.waitForCount(1, 15000);
+  t.equal(will!.topic, 'status/at-stop', 'published: its client did not come back');
+  t.ok(Date.now() - started >= 6000, `published ${Date.now() - started} ms after the restart: not before its 6 s delay (the first look, at 4 s, passed it over)`);
+  t.equal(will!.packet.properties?.willDelayInterval, undefined, 'without the Will Delay Interval');
+});

@@ -311,8 +311,9 @@ export class LevelPersistence {
   /**
    * For one of the broker's connections (an aedes client, which carries the
    * broker it belongs to), the resend after CONNECT (correction 2 in the
-   * header): aedes 1.2 calls outgoingStream only for that
-   * (Client#emptyOutgoingQueue, the other caller, is not used by aedes).
+   * header). aedes' other caller, Client#emptyOutgoingQueue (aedes 2's
+   * _wipeSession, a session ending), is replaced by endSession at the
+   * broker's seam (aedes-seam/sessions.ts), a plain drop.
    * For anything else, aedes-persistence's outgoingStream: the queue as
    * stored, packet identifiers as they are (none for a message never sent).
    */

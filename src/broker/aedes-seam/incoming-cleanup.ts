@@ -19,7 +19,10 @@
  * - 'clientDisconnect': a session that ends with its connection, i.e. Clean
  *   Session 1 (3.1.1) or Session Expiry Interval 0 (5.0; aedes 2 sets
  *   `client.clean` from it).
- * - 'sessionExpired' (aedes 2, MQTT 5.0): the Session Expiry Interval ran out.
+ * - 'sessionExpired' (aedes 2, MQTT 5.0): the Session Expiry Interval ran out
+ *   on aedes' own timer. With the LevelDB store as the authority for
+ *   session expiry (sessions.ts) aedes never arms that timer; the store
+ *   drops an expired session's QoS 2 state itself.
  */
 import type { Aedes, Client } from 'aedes';
 import type { Logger } from '../../observability/logger.js';

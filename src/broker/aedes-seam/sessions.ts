@@ -29,7 +29,9 @@
  *   session while connected. Here such a client, when a stored session
  *   exists, is not `clean` for its connection: its queue is sent, its
  *   in-flight messages completed; at close, Session Expiry 0 ends the
- *   session (above).
+ *   session (above). Clean Start 1 discards a stored session
+ *   [MQTT-3.1.2-4]: the store drops it in one write as the CONNECT is
+ *   accepted (aedes would stream the queue to clear it).
  * - Will Delay Interval (aedes.js scheduleWill, delayedWills): aedes times
  *   the delay in memory only. Here the will is stored again with when it
  *   falls due (persistence delayWill); after a restart the broker times the
@@ -116,8 +118,14 @@ export function installSessionAuthority(aedes: Aedes, authority: SessionAuthorit
     authenticate.call(this, client, username, password, (error, success) => {
       // Before fetchSubs, restoreSubs and emptyQueue (handlers/connect.js), which read `clean`.
       const session = client as unknown as ClientSession;
-      if (!error && success && client.version === 5 && session._cleanStart === false && session.clean && authority.hasSession(client.id)) {
-        session.clean = false;
+      if (!error && success && client.version === 5 && authority.hasSession(client.id)) {
+        if (session._cleanStart === false) {
+          if (session.clean) session.clean = false;
+        } else {
+          // Clean Start 1 discards the stored session [MQTT-3.1.2-4]: in one
+          // write, before aedes would clear its queue message by message.
+          void end(client.id);
+        }
       }
       done(error, success);
     });
