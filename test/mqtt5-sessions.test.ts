@@ -9,10 +9,12 @@
  */
 import t, { type Test } from 'tap';
 import type { IClientOptions } from 'mqtt';
+import * as mqttPacket from 'mqtt-packet';
+import type { Packet } from 'mqtt-packet';
 import { createDaemon, type Daemon } from '../src/index.js';
 import type { ConfigInput } from '../src/config/schema.js';
 import { testConfig } from './helpers/daemon.js';
-import { eventually, openClient } from './helpers/mqtt.js';
+import { connectRaw, eventually, openClient, type RawClient } from './helpers/mqtt.js';
 
 /** Starts a daemon on `config`; the teardown stops it unless the test did. */
 async function run(t: Test, config: ConfigInput): Promise<{ daemon: Daemon; url: string }> {
@@ -150,4 +152,39 @@ t.test('Clean Start 1 discards the stored session and its queue, whatever Sessio
   t.same(fresh.log.messages.map((m) => m.payload), ['marker'], 'the old queue is not delivered');
   await eventually(() => daemon.storeStats().queuedEntries === 0, 5000, 'nothing left queued');
   t.equal(daemon.storeStats().sessionsExpired, 0, 'discarded, not expired');
+});
+
+/** Encodes as MQTT 5 (the raw client's send encodes as 3.1.1 unless the packet is a CONNECT). */
+const v5Bytes = (packet: Packet) => mqttPacket.generate(packet, { protocolVersion: 5 });
+
+async function rawV5(t: Test, url: string, clientId: string, properties?: { sessionExpiryInterval: number }): Promise<{ raw: RawClient; sessionPresent: boolean }> {
+  const raw = await connectRaw(t, url, { protocolVersion: 5 });
+  raw.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clientId, clean: false, keepalive: 0, ...(properties ? { properties } : {}) });
+  const connack = await raw.waitForPacket('connack');
+  return { raw, sessionPresent: connack.sessionPresent };
+}
+
+t.test('Clean Start 0 with no Session Expiry completes a QoS 1 message in flight at a restart, under the same packet identifier [MQTT-3.1.2-5] [MQTT-4.4.0-1]', async (t) => {
+  const config = testConfig(t);
+  const first = await run(t, config);
+  const { raw } = await rawV5(t, first.url, 'inflight', { sessionExpiryInterval: 300 });
+  raw.send(v5Bytes({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'inf/#', qos: 1 }] }));
+  await raw.waitForPacket('suback');
+  const publisher = await openClient(t, first.url, v5('publisher'));
+  await publisher.client.publishAsync('inf/x', 'in flight', { qos: 1 });
+  const sent = await raw.waitForPacket('publish');
+  // No PUBACK: the daemon stops with the message in flight.
+  await eventually(() => first.daemon.storeStats().queuedEntries === 1, 5000, 'the message to stay queued');
+  await first.daemon.stop();
+
+  const second = await run(t, config);
+  const back = await rawV5(t, second.url, 'inflight');
+  t.equal(back.sessionPresent, true, 'resumed with no Session Expiry Interval');
+  const again = await back.raw.waitForPacket('publish');
+  t.match(again, { topic: 'inf/x', messageId: sent.messageId, dup: true }, 'sent again under its identifier, DUP set');
+  t.equal(again.payload.toString(), 'in flight');
+  back.raw.send(v5Bytes({ cmd: 'puback', messageId: sent.messageId! }));
+  await eventually(() => second.daemon.storeStats().queuedEntries === 0, 5000, 'the PUBACK to complete it');
+  back.raw.send(v5Bytes({ cmd: 'disconnect' }));
+  await eventually(() => second.daemon.storeStats().sessions === 0, 5000, 'the session to end with this connection');
 });
