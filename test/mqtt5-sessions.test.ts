@@ -60,12 +60,12 @@ t.test('a session expires after its own Session Expiry Interval though the daemo
   t.equal(legacyBack.connack.sessionPresent, true, 'the 3.1.1 session is untouched');
 });
 
-t.test('a DISCONNECT with Session Expiry 0 ends the session at once, and it stays ended after a restart [MQTT-3.14.2-2]', async (t) => {
+t.test('a DISCONNECT with Session Expiry 0 ends the session at once, and it stays ended after a restart (MQTT 5 §3.14.2.2.2)', async (t) => {
   const config = testConfig(t, { persistence: { sessionExpirySec: 3600 } });
   const first = await run(t, config);
   const device = await openClient(t, first.url, v5('ends-at-close', { clean: false, properties: { sessionExpiryInterval: 300 } }));
   await device.client.subscribeAsync('e/#', { qos: 1 });
-  // A DISCONNECT may shorten it [MQTT-3.14.2-2]: to 0, the session ends with the connection.
+  // A DISCONNECT may shorten it (MQTT 5 §3.14.2.2.2): to 0, the session ends with the connection.
   await device.client.endAsync(false, { reasonCode: 0, properties: { sessionExpiryInterval: 0 } });
   await eventually(() => first.daemon.storeStats().sessions === 0, 5000, 'the session to end');
   t.equal(first.daemon.storeStats().sessionsExpired, 0, 'a session that ends with its connection is not counted as expired');
@@ -87,7 +87,7 @@ t.test('a DISCONNECT that lengthens or shortens the Session Expiry Interval deci
   t.equal(back.connack.sessionPresent, false, 'expired after the interval the DISCONNECT set, not the CONNECT\'s hour');
 });
 
-t.test('CONNACK echoes a Session Expiry Interval clamped to persistence.sessionExpirySec [MQTT-3.2.2-3.2]', async (t) => {
+t.test('CONNACK echoes a Session Expiry Interval clamped to persistence.sessionExpirySec (MQTT 5 §3.2.2.3.2)', async (t) => {
   const { url } = await run(t, testConfig(t, { persistence: { sessionExpirySec: 60 } }));
   const longer = await openClient(t, url, v5('asks-an-hour', { clean: false, properties: { sessionExpiryInterval: 3600 } }));
   t.equal(longer.connack.properties?.sessionExpiryInterval, 60, 'an hour is clamped to the configured minute');

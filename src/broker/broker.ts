@@ -93,7 +93,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     // The longest an MQTT 5 session may outlive its connection, "never"
     // (0xFFFFFFFF) included: the configured expiry of every persistent
     // session (0 = none). aedes clamps the client's Session Expiry Interval
-    // to it and then echoes the clamped value in CONNACK [MQTT-3.2.2-3.2].
+    // to it and then echoes the clamped value in CONNACK (MQTT 5 §3.2.2.3.2).
     sessionExpiryIntervalLimit: config.persistence.sessionExpirySec,
     // "Forever" is 2^31-1 ms (24.8 days), so that aedes keeps coalescing a
     // full socket's waiting writes on one timer instead of one 'drain'

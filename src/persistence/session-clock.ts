@@ -11,7 +11,7 @@
  * - MQTT 5: the client's Session Expiry Interval [MQTT-3.1.2-23], which aedes
  *   has clamped to that configured maximum (aedes' sessionExpiryIntervalLimit,
  *   set from it); 0xFFFFFFFF, "never", is the configured maximum too. A
- *   DISCONNECT may change it [MQTT-3.14.2-2]. It is "declared" for a
+ *   DISCONNECT may change it (MQTT 5 §3.14.2.2.2). It is "declared" for a
  *   connected client as soon as it connects, so a session that gets its first
  *   state during the connection, or whose broker dies, is stored with it.
  * Time the broker was not running does not count (reconcile).
