@@ -108,7 +108,7 @@ export class SessionExpiry {
   /**
    * The Session Expiry Interval (s) of an MQTT 5 client's session: its
    * CONNECT's (clamped) while connected, and as it stands when the
-   * connection closes (a DISCONNECT may change it (MQTT 5 §3.14.2.2.2));
+   * connection closes (a DISCONNECT may change it, MQTT 5 §3.14.2.2.2);
    * undefined for a 3.1.1 client (the configured expiry applies). Stored with
    * the session record, so the session expires on time after a restart too.
    */

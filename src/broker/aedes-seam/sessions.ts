@@ -9,9 +9,9 @@
  *   lives on until the configured expiry. Here aedes never arms one: the
  *   client's Session Expiry Interval (aedes has clamped it to
  *   persistence.sessionExpirySec, its sessionExpiryIntervalLimit, and echoes
- *   a clamped value in CONNACK (MQTT 5 §3.2.2.3.2)) goes to the store at
- *   CONNECT and again when the connection closes (a DISCONNECT may change it
- *   (MQTT 5 §3.14.2.2.2)); the store expires the session (persistence/
+ *   a clamped value in CONNACK, MQTT 5 §3.2.2.3.2) goes to the store at
+ *   CONNECT and again when the connection closes (a DISCONNECT may change it,
+ *   MQTT 5 §3.14.2.2.2); the store expires the session (persistence/
  *   session-expiry.ts), restart or not. aedes' 'sessionExpired' event is
  *   never emitted, and its pendingSessionsLimit never applies (it is 0).
  * - A session that ends with its connection (Session Expiry Interval 0
