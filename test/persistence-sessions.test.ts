@@ -8,7 +8,7 @@
 import t from 'tap';
 import { Level } from 'level';
 import { decodeSession, encodeTime, sessionKey } from '../src/persistence/keys.js';
-import { fakeBroker, harness } from './helpers/store.js';
+import { collect, fakeBroker, harness, publish } from './helpers/store.js';
 
 async function withRawStore<T>(dir: string, use: (db: Level<Buffer, Buffer>) => Promise<T>): Promise<T> {
   const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
@@ -84,4 +84,22 @@ t.test('an MQTT 5 session with Session Expiry 0 expires on start when the broker
   await first.stop();
   const second = await h.open({ sessionExpirySec: 3600 });
   t.match(second.stats(), { sessions: 0, sessionsExpired: 1 }, 'its session ended with the connection [MQTT-3.1.2-23]');
+});
+
+t.test('a session that ends with its connection is dropped in one write: subscriptions, queue and QoS 2 state, nothing read or numbered', async (t) => {
+  const h = harness(t);
+  const persistence = await h.open();
+  const broker = fakeBroker();
+  await persistence.setup(broker);
+  await persistence.addSubscriptions({ id: 'ends' }, [{ topic: 'e/#', qos: 1 }]);
+  for (let i = 0; i < 5; i++) await persistence.outgoingEnqueueCombi([{ clientId: 'ends' }], publish('e/x', `m${i}`));
+  await persistence.incomingStorePacket({ id: 'ends' }, publish('in', 'q2', { qos: 2, messageId: 7 }));
+  await persistence.addSubscriptions({ id: 'stays' }, [{ topic: 's/#', qos: 1 }]);
+  const before = persistence.stats().commit!.writes;
+  await persistence.endSession('ends');
+  const after = persistence.stats();
+  t.equal(after.commit!.writes - before, 1, 'one write');
+  t.match(after, { sessions: 1, queuedEntries: 0, incomingPackets: 0, subscriptions: 1, resentMessages: 0, sessionsExpired: 0 });
+  t.same(await persistence.subscriptionsByClient({ id: 'ends' }), []);
+  t.same(await collect(persistence.outgoingStream({ id: 'ends' })), []);
 });
