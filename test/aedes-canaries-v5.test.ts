@@ -71,7 +71,7 @@ t.test(`aedes ${V} still carries one Subscription Identifier when several subscr
   t.equal(identifiers.length, 1, `carrying one identifier (${identifiers.join(', ')}) of the two matching subscriptions`);
 });
 
-t.test(`aedes ${V} still publishes a will with its Will Delay Interval property, aedes #1098`, { skip: v5 }, async (t) => {
+t.test(`aedes ${V} still publishes a will with its Will Delay Interval property, aedes #1098 (corrected in src/broker/aedes-seam/seam.ts)`, { skip: v5 }, async (t) => {
   // When this fails after an aedes upgrade, edgemqtt need not strip the will's Will Delay Interval before publishing it [MQTT-3.3.2.3].
   const { port } = await startPlainAedes(t);
   const watcher = await rawConnected(t, port, 'will-watcher', 5);
@@ -87,7 +87,7 @@ t.test(`aedes ${V} still publishes a will with its Will Delay Interval property,
   t.equal((will.properties as Record<string, unknown> | undefined)?.willDelayInterval, 30, 'the subscriber receives the will with Will Delay Interval 30');
 });
 
-t.test(`aedes ${V} still drops the queued messages of a session resumed with Clean Start 0 and no Session Expiry`, { skip: v5 }, async (t) => {
+t.test(`aedes ${V} still drops the queued messages of a session resumed with Clean Start 0 and no Session Expiry (corrected in src/broker/aedes-seam/sessions.ts)`, { skip: v5 }, async (t) => {
   // When this fails after an aedes upgrade, edgemqtt need not keep a resumed session's queue until the connection's own expiry applies [MQTT-3.1.2-5].
   // handlers/connect.js: client.clean = (Session Expiry of this CONNECT === 0); emptyQueue then clears instead of sending.
   const { aedes, port } = await startPlainAedes(t);
@@ -135,7 +135,7 @@ t.test(`aedes ${V} still has no shared subscriptions, aedes #841 (corrected: src
   t.same((await raw.next('suback')).granted, [0x9e], 'SUBACK 0x9E Shared Subscriptions not supported');
 });
 
-t.test(`aedes ${V} still forgets session expiry timers across a restart, aedes #839`, { skip: v5 }, async (t) => {
+t.test(`aedes ${V} still forgets session expiry timers across a restart, aedes #839 (corrected in src/broker/aedes-seam/sessions.ts and src/persistence/session-expiry.ts)`, { skip: v5 }, async (t) => {
   // When this fails after an aedes upgrade, edgemqtt need not re-arm session expiry (and will delay) from its store on start [MQTT-3.1.2-23].
   // aedes.js: expiringSessions and delayedWills are timers in memory, cleared by close().
   const first = await startPlainAedes(t);

@@ -13,8 +13,10 @@ import {
   disconnectWithReason,
   imposeServerKeepAlive,
   installIncomingCleanup,
+  installSessionAuthority,
   type PublishPolicy,
   type QoS,
+  type SessionAuthority,
 } from './aedes-seam/index.js';
 import { checkConnect, PendingRejections, serverKeepAlive } from './connect-rules.js';
 import { installDeliveryRules } from './delivery-rules.js';
@@ -50,9 +52,11 @@ export interface OwnMessage {
 /**
  * An aedes persistence; when it numbers a session's messages itself
  * (LevelPersistence), the flow control asks it, and shared subscriptions
- * queue and move messages through it.
+ * queue and move messages through it; when it keeps session lifetimes and
+ * delayed wills (LevelPersistence), it is their authority
+ * (aedes-seam/sessions.ts).
  */
-export interface BrokerPersistence extends Partial<SharedSubscriptionStore> {
+export interface BrokerPersistence extends Partial<SharedSubscriptionStore>, Partial<SessionAuthority> {
   claimOutgoing?: ClaimOutgoing;
   /** aedes' persistence API: removes the queued message sent under a packet identifier. */
   outgoingClearMessageId?(client: Client, packet: { messageId: number }): Promise<unknown>;
@@ -64,6 +68,11 @@ const KEEP_ALIVE_TIMEOUT = 0x8d;
 function sharedStoreOf(persistence: BrokerPersistence | undefined): SharedSubscriptionStore | undefined {
   if (!persistence?.subscriptionsWithPrefix || !persistence.holdsSubscription || !persistence.outgoingMove) return undefined;
   return persistence as SharedSubscriptionStore;
+}
+
+function isSessionAuthority(persistence: BrokerPersistence | undefined): persistence is SessionAuthority {
+  const keys: Array<keyof SessionAuthority> = ['sessionExpiry', 'endSession', 'hasSession', 'delayWill', 'delayedWills', 'dueWill', 'delWill'];
+  return persistence !== undefined && keys.every((key) => typeof persistence[key] === 'function');
 }
 
 export interface BrokerDeps {
@@ -101,6 +110,11 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     connectTimeout: config.broker.connectTimeoutSec * 1000 + 1000,
     heartbeatInterval: config.broker.heartbeatIntervalSec * 1000,
     maxClientsIdLength: config.broker.maxClientIdLength,
+    // The longest an MQTT 5 session may outlive its connection, "never"
+    // (0xFFFFFFFF) included: the configured expiry of every persistent
+    // session (0 = none). aedes clamps the client's Session Expiry Interval
+    // to it and then echoes the clamped value in CONNACK (MQTT 5 §3.2.2.3.2).
+    sessionExpiryIntervalLimit: config.persistence.sessionExpirySec,
     // "Forever" is 2^31-1 ms (24.8 days), so that aedes keeps coalescing a
     // full socket's waiting writes on one timer instead of one 'drain'
     // listener per write.
@@ -197,6 +211,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       limits.install(started);
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);
+      if (isSessionAuthority(persistence)) installSessionAuthority(instance, persistence, deps.logger);
       seam = started;
       log.info({ brokerId: instance.id }, 'broker started');
     },

@@ -17,6 +17,15 @@
  * heartbeat intervals, and the persistence reports a will left by an earlier
  * run as one (src/persistence/level-persistence.ts, PREVIOUS_RUN_BROKER_ID).
  * The same holds after a crash, where nothing could be published anyway.
+ *
+ * MQTT 5 wills with a Will Delay Interval:
+ * - of a client connected at the stop: withheld as above, and after the
+ *   restart not published before the delay has passed either (the store
+ *   holds it back: persistence/session-expiry.ts holdWills);
+ * - of a client whose connection had already closed, its delay running:
+ *   the stop does not cancel it. Its due time is stored with it, and after
+ *   the restart it is published when due (time the broker was down does
+ *   not count), unless the client has reconnected (aedes-seam/sessions.ts).
  */
 import { withholdWill, type AedesSeam } from './aedes-seam/index.js';
 

@@ -301,7 +301,7 @@ export const configSchema = z
           .int()
           .min(0)
           .default(persistenceDefaults.sessionExpirySec)
-          .describe('A persistent session unused this long is removed; time the broker was stopped does not count; 0 = never'),
+          .describe('A persistent session unused this long is removed, and the longest Session Expiry Interval an MQTT 5 client gets; time the broker was stopped does not count; 0 = never'),
       })
       .prefault({}),
     log: z

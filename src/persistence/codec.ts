@@ -162,6 +162,14 @@ export function decodeSubscription(buffer: Buffer): SubscriptionRecord {
   return subscriptionCodec.decode(buffer) as unknown as SubscriptionRecord;
 }
 
+/**
+ * The field of a stored will that holds when it falls due (ms since epoch):
+ * set once its connection closed with a Will Delay Interval running
+ * [MQTT-3.1.3-9], so the delay survives a restart. It travels in the
+ * record's extras; aedes never sees it (the persistence strips it).
+ */
+export const WILL_DUE_AT = 'willDueAt';
+
 /** Own enumerable data properties of a packet, without functions: what gets stored. */
 export function packetData(packet: object): PacketLike {
   const data: PacketLike = {};

@@ -8,7 +8,8 @@
  *   'O' client seq(u64 BE)          outgoing queue entry → packet; seq orders the queue
  *   'I' client messageId(u16 BE)    incoming QoS 2 packet awaiting PUBREL → packet
  *   'W' client                      will → packet
- *   'L' client                      session last seen → ms since epoch (u48 BE)
+ *   'L' client                      session last seen → ms since epoch (u48 BE), then for
+ *                                   an MQTT 5 session its Session Expiry Interval (u32 BE, s)
  *   'Q' original key                quarantined record that failed to decode (raw bytes)
  *   'X' component 0x00 ...          owned by another component (e.g. the bridge outbox)
  *
@@ -180,4 +181,32 @@ export function encodeTime(ms: number): Buffer {
 export function decodeTime(value: Buffer): number {
   if (value.length !== 6) throw new KeyFormatError(`time value of ${value.length} bytes, expected 6`);
   return value.readUIntBE(0, 6);
+}
+
+/**
+ * A session record: when its client was last seen and, for an MQTT 5
+ * session, the Session Expiry Interval it keeps after its connection
+ * [MQTT-3.1.2-23]. A 3.1.1 session (and every record written before MQTT 5
+ * sessions had their own expiry) is the time alone: 6 bytes; its expiry is
+ * the configured one.
+ */
+export interface SessionTimes {
+  lastSeen: number;
+  /** Seconds, as the client set it (clamped to the configured maximum); absent for 3.1.1. */
+  expirySec?: number | undefined;
+}
+
+export function encodeSession({ lastSeen, expirySec }: SessionTimes): Buffer {
+  const time = encodeTime(lastSeen);
+  if (expirySec === undefined) return time;
+  const value = Buffer.allocUnsafe(10);
+  time.copy(value, 0);
+  value.writeUInt32BE(Math.min(0xffff_ffff, Math.max(0, Math.floor(expirySec))), 6);
+  return value;
+}
+
+export function decodeSession(value: Buffer): SessionTimes {
+  if (value.length === 6) return { lastSeen: decodeTime(value) };
+  if (value.length !== 10) throw new KeyFormatError(`session value of ${value.length} bytes, expected 6 or 10`);
+  return { lastSeen: value.readUIntBE(0, 6), expirySec: value.readUInt32BE(6) };
 }

@@ -177,9 +177,28 @@ export class LevelPersistence {
     await this.stop();
   }
 
-  /** See LevelStore.sweepExpiredSessions. */
+  /** Removes the sessions whose client has been away longer than their expiry (session-expiry.ts); returns how many. */
   sweepExpiredSessions(): Promise<number> {
-    return this.#store.sweepExpiredSessions();
+    return this.#store.expiry.sweep();
+  }
+
+  // --------------------------------------------------------------- sessions
+  // Called by the broker's seam (aedes-seam/sessions.ts), which keeps aedes'
+  // in-memory session timers out: this store is the authority.
+
+  /** The Session Expiry Interval (s) of an MQTT 5 client's session; undefined for 3.1.1 (see SessionExpiry.declare). */
+  sessionExpiry(clientId: string, expirySec: number | undefined): void {
+    this.#store.expiry.declare(clientId, expirySec);
+  }
+
+  /** Ends a session with its connection (MQTT 5, Session Expiry Interval 0): a plain drop, no stream. */
+  endSession(clientId: string): Promise<void> {
+    return this.#store.expiry.end(clientId);
+  }
+
+  /** Whether `clientId` has a stored session: subscriptions, queued messages or QoS 2 state. */
+  hasSession(clientId: string): boolean {
+    return this.#store.state === 'running' && this.#store.sessions.has(clientId);
   }
 
   /**
@@ -321,8 +340,9 @@ export class LevelPersistence {
   /**
    * For one of the broker's connections (an aedes client, which carries the
    * broker it belongs to), the resend after CONNECT (correction 2 in the
-   * header): aedes 1.2 calls outgoingStream only for that
-   * (Client#emptyOutgoingQueue, the other caller, is not used by aedes).
+   * header). aedes' other caller, Client#emptyOutgoingQueue (aedes 2's
+   * _wipeSession, a session ending), is replaced by endSession at the
+   * broker's seam (aedes-seam/sessions.ts), a plain drop.
    * For anything else, aedes-persistence's outgoingStream: the queue as
    * stored, packet identifiers as they are (none for a message never sent).
    */
@@ -378,6 +398,26 @@ export class LevelPersistence {
     packet.brokerId = this.#store.broker?.id;
     packet.clientId = client.id;
     await this.#records.putWill(client.id, packet.brokerId, packet);
+  }
+
+  /**
+   * The connection of `clientId` closed and its will waits for its Will
+   * Delay Interval [MQTT-3.1.3-9]: stored again with when it falls due, so
+   * that a restart before then does not lose the delay (aedes times it in
+   * memory until then).
+   */
+  delayWill(clientId: string, will: PacketLike, dueAt: number): void {
+    this.#records.delayWill(clientId, will.brokerId ?? this.#store.broker?.id, will, dueAt);
+  }
+
+  /** The wills an earlier run left with their delay running, and when each falls due: the broker times them. */
+  delayedWills(): Array<[string, number]> {
+    return this.#records.delayedWills();
+  }
+
+  /** Such a will once due, unless its client has stored another since (see SessionRecords.dueWill). */
+  dueWill(clientId: string): Promise<PacketLike | undefined> {
+    return this.#records.dueWill(clientId);
   }
 
   getWill(client: ClientLike): Promise<PacketLike | undefined> {

@@ -54,7 +54,8 @@ export interface LevelPersistenceOptions {
    * A persistent session whose client has not been connected for this long is
    * removed with its subscriptions, queue and pending QoS 2 packets (like
    * Mosquitto's persistent_client_expiration); 0 = never. Time the broker was
-   * not running does not count.
+   * not running does not count. An MQTT 5 session expires after its own
+   * Session Expiry Interval, at most this long (session-clock.ts).
    */
   sessionExpirySec?: number;
   /** How often expired sessions are looked for, in seconds. */

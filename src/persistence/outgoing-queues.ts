@@ -22,6 +22,8 @@ export interface QueueEntry {
   messageId: unknown;
   /** Size of the encoded record in LevelDB. */
   bytes: number;
+  /** When the message's Message Expiry Interval ends (ms since epoch), if it has one [MQTT-3.3.2-5]. */
+  expiresAt?: number | undefined;
   /** The encoded record, kept while the client is online and the entry is in flight; undefined otherwise. */
   value: Buffer | undefined;
   /**

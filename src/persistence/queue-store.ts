@@ -114,6 +114,7 @@ export class QueueStore {
       brokerCounter: stored.brokerCounter,
       messageId: stored.messageId,
       bytes: value.length,
+      expiresAt: typeof stored.messageExpiry === 'number' ? stored.messageExpiry : undefined,
       // Not cached even for a connected client: aedes sends it under a new
       // packet identifier, and record() caches that record instead. A
       // stalled client's backlog thus stays on disk, not in RAM.
@@ -147,6 +148,12 @@ export class QueueStore {
     const queue = store.queues.get(client.id);
     const entry = queue?.findByCounter(brokerId, brokerCounter);
     if (!queue || !entry || entry.cmd !== 'publish') return undefined;
+    if (this.#expired(entry)) {
+      const ops: BatchOp[] = [];
+      this.#expire(client.id, entry, ops);
+      store.writeBehind(ops, 'removal of an expired message');
+      return undefined;
+    }
     const connection = this.#connectionOf(client);
     if (entry.sentOn === connection) {
       store.counters.repeatSendsAvoided++;
@@ -353,6 +360,10 @@ export class QueueStore {
     chunk.forEach((entry, i) => {
       // Acknowledged, dropped or sent live while the chunk was read.
       if (!queue || !this.#holds(clientId, entry) || entry.sentOn === connection) return;
+      if (this.#expired(entry)) {
+        this.#expire(clientId, entry, ops);
+        return;
+      }
       const value = values[i];
       const stored = this.#storedPacket(clientId, entry, keys[i]!, value);
       if (!stored || !value) return;
@@ -397,6 +408,28 @@ export class QueueStore {
       return undefined;
     }
     return this.#store.decode(key, value, () => this.#dropEntry(clientId, entry));
+  }
+
+  /**
+   * Whether a queued message may no longer be sent: its Message Expiry
+   * Interval has passed and it was never sent [MQTT-3.3.2-5]. The interval is
+   * wall-clock time (aedes stores the instant it ends, `messageExpiry`), so
+   * time the broker was down counts, unlike for sessions: the message's
+   * publisher said how long its content is worth anything. One already sent
+   * is on its way and is completed (resent) as usual. aedes gives the ones
+   * sent the interval that remains (handlers/connect.js emptyQueue) [MQTT-3.3.2-6].
+   */
+  #expired(entry: QueueEntry): boolean {
+    return entry.expiresAt !== undefined && entry.cmd === 'publish' && entry.messageId === undefined && entry.expiresAt <= this.#store.now();
+  }
+
+  /** Drops an expired message from its queue (ops delete its record) and counts it. */
+  #expire(clientId: string, entry: QueueEntry, ops: BatchOp[]): void {
+    const store = this.#store;
+    this.#dropEntry(clientId, entry);
+    ops.push({ type: 'del', key: outgoingKey(clientId, entry.seq) });
+    store.forgetIfStateless(clientId, ops);
+    store.counters.expiredMessages++;
   }
 
   #holds(clientId: string, entry: QueueEntry): boolean {

@@ -10,10 +10,11 @@
  * on. An error from LevelDB itself (corruption, I/O) stops start-up.
  */
 import type { Logger } from '../observability/logger.js';
-import { decodePacket, decodeSubscription } from './codec.js';
+import { decodePacket, decodeSubscription, WILL_DUE_AT, type PacketLike } from './codec.js';
 import { classifyStoreError, StoreIncompatibleError } from './errors.js';
 import type { BatchOp } from './group-commit.js';
 import {
+  decodeSession,
   decodeTime,
   encodeTime,
   metaKey,
@@ -25,6 +26,7 @@ import {
   parseSubscriptionKey,
   quarantineKey,
   type Namespace,
+  type SessionTimes,
 } from './keys.js';
 import type { Store } from './open-store.js';
 import { OutgoingQueues } from './outgoing-queues.js';
@@ -49,10 +51,10 @@ export interface Recovered {
   queues: OutgoingQueues;
   /** clientId → packet identifiers of stored incoming QoS 2 packets. */
   incoming: Map<string, Set<number>>;
-  /** clientId → brokerId of its stored will (written by an earlier run). */
-  wills: Map<string, unknown>;
-  /** clientId → last seen (ms since epoch) of each persistent session. */
-  sessions: Map<string, number>;
+  /** clientId → its stored will (written by an earlier run): see RecoveredWill. */
+  wills: Map<string, RecoveredWill>;
+  /** clientId → last seen (ms since epoch) of each persistent session, and its MQTT 5 Session Expiry Interval. */
+  sessions: Map<string, SessionTimes>;
   /** Next free outgoing sequence number. */
   nextSeq: number;
   /** Highest brokerCounter queued per brokerId (see LevelPersistence.setup). */
@@ -64,6 +66,16 @@ export interface Recovered {
   quarantined: number;
   records: number;
   durationMs: number;
+}
+
+/** What start-up needs of a stored will: when it falls due, if its connection closed with a Will Delay Interval running. */
+export interface RecoveredWill {
+  /** The will as stored; kept only for a delayed will, whose due time start-up may move. */
+  packet?: PacketLike;
+  /** When the broker was to publish it (ms since epoch): its connection closed, the delay was running [MQTT-3.1.3-9]. */
+  dueAt?: number;
+  /** Its Will Delay Interval (s), when it has one. */
+  delaySec?: number;
 }
 
 export function quarantineOps(key: Buffer, value: Buffer): BatchOp[] {
@@ -150,6 +162,7 @@ export async function recover(db: Store, location: string, log: Logger, progress
         brokerCounter: packet.brokerCounter,
         messageId: packet.messageId,
         bytes: value!.length,
+        expiresAt: typeof packet.messageExpiry === 'number' ? packet.messageExpiry : undefined,
         value: undefined,
       });
       result.nextSeq = Math.max(result.nextSeq, seq + 1);
@@ -169,10 +182,19 @@ export async function recover(db: Store, location: string, log: Logger, progress
     });
     await scan('will', true, (key, value) => {
       const clientId = parseClientOnlyKey(key);
-      result.wills.set(clientId, decodePacket(value!).brokerId);
+      const packet = decodePacket(value!);
+      const dueAt = packet[WILL_DUE_AT];
+      const delay = (packet.properties as { willDelayInterval?: unknown } | undefined)?.willDelayInterval;
+      const will: RecoveredWill = {};
+      if (typeof dueAt === 'number') {
+        will.dueAt = dueAt;
+        will.packet = packet;
+      }
+      if (typeof delay === 'number' && delay > 0) will.delaySec = delay;
+      result.wills.set(clientId, will);
     });
     await scan('session', true, (key, value) => {
-      result.sessions.set(parseClientOnlyKey(key), decodeTime(value!));
+      result.sessions.set(parseClientOnlyKey(key), decodeSession(value!));
     });
     await scan('retained', true, (key, value) => {
       // Decoded once here so a bad record is quarantined now, not on a SUBSCRIBE.

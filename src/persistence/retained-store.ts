@@ -57,8 +57,25 @@ export class RetainedStore {
           store.retained.delete(topic);
           store.retainedBytes -= value.length;
         });
-        if (packet) yield packet;
+        if (!packet) continue;
+        if (typeof packet.messageExpiry === 'number' && packet.messageExpiry <= store.now()) {
+          // Its Message Expiry Interval has passed: no longer sent, and removed
+          // [MQTT-3.3.2-5]. aedes would clear it too, uncounted
+          // (handlers/subscribe.js), and gives the ones sent the interval
+          // that remains [MQTT-3.3.2-6]. Wall-clock time, as for queued
+          // messages (queue-store.ts): time the broker was down counts.
+          expire(topic, value);
+          continue;
+        }
+        yield packet;
       }
+    }
+    function expire(topic: string, value: Buffer): void {
+      if (store.retained.get(topic) !== value) return;
+      store.retained.delete(topic);
+      store.retainedBytes -= value.length;
+      store.counters.expiredRetained++;
+      store.writeBehind([{ type: 'del', key: retainedKey(topic) }], 'removal of an expired retained message');
     }
     return Readable.from(generate());
   }

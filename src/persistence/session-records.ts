@@ -3,7 +3,7 @@
  * (queue-store.ts): subscriptions, stored incoming QoS 2 packets, wills.
  */
 import { Readable } from 'node:stream';
-import { encodePacket, encodeSubscription, packetData, queuedPacket, type PacketLike } from './codec.js';
+import { encodePacket, encodeSubscription, packetData, queuedPacket, WILL_DUE_AT, type PacketLike } from './codec.js';
 import type { BatchOp } from './group-commit.js';
 import { incomingKey, subscriptionKey, willKey } from './keys.js';
 import type { LevelStore } from './store.js';
@@ -160,8 +160,38 @@ export class SessionRecords {
   async putWill(clientId: string, brokerId: unknown, packet: PacketLike): Promise<void> {
     const store = this.#store;
     store.ready();
-    store.wills.set(clientId, brokerId);
+    this.#setWill(clientId, brokerId);
     await store.write([{ type: 'put', key: willKey(clientId), value: encodePacket(packetData(packet)) }]);
+  }
+
+  /**
+   * The connection of `clientId` closed with its will's delay running
+   * [MQTT-3.1.3-9]: the will, as stored at CONNECT, is stored again with
+   * when it falls due, so a restart before then still publishes it then
+   * (session-expiry.ts holdWills). The write is queued at once, ahead of
+   * anything a reconnect of the client writes.
+   */
+  delayWill(clientId: string, brokerId: unknown, packet: PacketLike, dueAt: number): void {
+    const store = this.#store;
+    store.ready();
+    this.#setWill(clientId, brokerId);
+    store.willsHeldUntil.set(clientId, dueAt);
+    const value = encodePacket({ ...packetData(packet), [WILL_DUE_AT]: dueAt });
+    store.writeBehind([{ type: 'put', key: willKey(clientId), value }], 'will delay');
+  }
+
+  #setWill(clientId: string, brokerId: unknown): void {
+    const store = this.#store;
+    store.wills.set(clientId, brokerId);
+    store.willsHeldUntil.delete(clientId);
+    store.delayedWills.delete(clientId);
+  }
+
+  #forgetWill(clientId: string): void {
+    const store = this.#store;
+    store.wills.delete(clientId);
+    store.willsHeldUntil.delete(clientId);
+    store.delayedWills.delete(clientId);
   }
 
   async getWill(clientId: string): Promise<PacketLike | undefined> {
@@ -170,7 +200,31 @@ export class SessionRecords {
     if (!store.wills.has(clientId)) return undefined;
     const key = willKey(clientId);
     const value = await store.read(key);
-    return value ? store.decode(key, value, () => store.wills.delete(clientId)) : undefined;
+    const will = value ? store.decode(key, value, () => this.#forgetWill(clientId)) : undefined;
+    if (will) delete will[WILL_DUE_AT];
+    return will;
+  }
+
+  /** The clients whose will an earlier run left with its delay running, and when each falls due (ms since epoch). */
+  delayedWills(): Array<[string, number]> {
+    this.#store.ready();
+    return [...this.#store.delayedWills];
+  }
+
+  /**
+   * The will an earlier run left for `clientId` with its delay running, once
+   * due; undefined when the client has stored another since (it reconnected)
+   * or it is gone. It carries PREVIOUS_RUN_BROKER_ID as its brokerId.
+   */
+  async dueWill(clientId: string): Promise<PacketLike | undefined> {
+    const store = this.#store;
+    store.ready();
+    const dueAt = store.delayedWills.get(clientId);
+    if (dueAt === undefined || dueAt > store.now() || store.wills.get(clientId) !== PREVIOUS_RUN_BROKER_ID) return undefined;
+    const will = await this.getWill(clientId);
+    if (!will || store.wills.get(clientId) !== PREVIOUS_RUN_BROKER_ID) return undefined;
+    will.brokerId = PREVIOUS_RUN_BROKER_ID;
+    return will;
   }
 
   /**
@@ -186,29 +240,35 @@ export class SessionRecords {
     }
     if (!store.wills.has(clientId)) return Promise.resolve(undefined);
     if (ownedBy !== undefined && store.wills.get(clientId) !== ownedBy) return Promise.resolve(undefined);
-    store.wills.delete(clientId);
+    this.#forgetWill(clientId);
     const key = willKey(clientId);
     return store.track(async () => {
       const value = await store.readAndDelete(key, [], undefined);
-      return value ? store.decode(key, value, undefined) : undefined;
+      const will = value ? store.decode(key, value, undefined) : undefined;
+      if (will) delete will[WILL_DUE_AT];
+      return will;
     });
   }
 
   /**
    * Wills whose broker is not in `brokers`, those of an earlier run
-   * included, which carry PREVIOUS_RUN_BROKER_ID as their brokerId.
+   * included, which carry PREVIOUS_RUN_BROKER_ID as their brokerId; not
+   * those held back until their delay has passed (willsHeldUntil).
    */
   willsOutside(brokers: Record<string, unknown>): Readable {
     const store = this.#store;
     store.ready();
     const keys: Buffer[] = [];
     const previousRun = new Set<string>();
+    const now = store.now();
     for (const [clientId, brokerId] of store.wills) {
       if (brokers[String(brokerId)]) continue;
+      if ((store.willsHeldUntil.get(clientId) ?? -Infinity) > now) continue;
       keys.push(willKey(clientId));
       if (brokerId === PREVIOUS_RUN_BROKER_ID) previousRun.add(clientId);
     }
     return store.streamKeys(keys, (packet) => {
+      delete packet[WILL_DUE_AT];
       if (typeof packet.clientId === 'string' && previousRun.has(packet.clientId)) packet.brokerId = PREVIOUS_RUN_BROKER_ID;
     });
   }

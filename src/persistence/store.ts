@@ -39,6 +39,7 @@ import { OutgoingQueues } from './outgoing-queues.js';
 import { QueueLimiter } from './queue-limits.js';
 import { aliveOp, quarantineOps, recover } from './recover.js';
 import { SessionClock } from './session-clock.js';
+import { holdWills, SessionExpiry } from './session-expiry.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { TopicTree } from './topic-tree.js';
 import { PublishTaps } from './publish-taps.js';
@@ -58,7 +59,6 @@ export class LevelStore {
   #db: Store | undefined;
   #commit: GroupCommit | undefined;
   #writes: WriteFailures | undefined;
-  #expiryTimer: NodeJS.Timeout | undefined;
   // Reads of values being deleted (acknowledged messages, wills); stop() waits for them.
   readonly #inflight = new Set<Promise<unknown>>();
 
@@ -73,13 +73,25 @@ export class LevelStore {
   incoming = new Map<string, Set<number>>();
   /** Will owners: client id → the id of the broker that stored the will. */
   wills = new Map<string, unknown>();
+  /**
+   * Wills not to be published before a time (ms since epoch): one whose
+   * connection closed with a Will Delay Interval running, and one an earlier
+   * run left with a Will Delay Interval (see the adapter's streamWill).
+   */
+  willsHeldUntil = new Map<string, number>();
+  /** The wills of an earlier run whose delay was running, with when they fall due: the broker times them (delayedWills). */
+  delayedWills = new Map<string, number>();
   sessions = new SessionClock(new Map());
+  /** Session expiry: the sweeps and their timers (session-expiry.ts). */
+  readonly expiry = new SessionExpiry(this);
   /** The highest broker counter queued per broker id (see the adapter's setup). */
   maxCounters = new Map<string, number>();
   #nextSeq = 1;
   readonly limiter: QueueLimiter;
   readonly counters = {
     sessionsExpired: 0,
+    expiredMessages: 0,
+    expiredRetained: 0,
     decodeErrors: 0,
     quarantinedRecords: 0,
     retainedLookups: 0,
@@ -152,6 +164,8 @@ export class LevelStore {
       this.incoming = recovered.incoming;
       // Every will on disk was left by an earlier run (see PREVIOUS_RUN_BROKER_ID).
       this.wills = new Map([...recovered.wills.keys()].map((clientId) => [clientId, PREVIOUS_RUN_BROKER_ID]));
+      this.willsHeldUntil = new Map();
+      this.delayedWills = new Map();
       this.sessions = new SessionClock(recovered.sessions);
       this.#nextSeq = recovered.nextSeq;
       this.maxCounters = recovered.maxCounters;
@@ -170,19 +184,17 @@ export class LevelStore {
       this.#state = 'running';
       const ops = [...recovered.repairOps];
       const now = this.now();
-      this.sessions.reconcile(
-        now,
-        recovered.aliveAt === undefined ? 0 : now - recovered.aliveAt,
-        this.options.expiryCheckIntervalSec * 1000,
-        this.#clientsWithState(),
-        ops,
-      );
+      const downMs = recovered.aliveAt === undefined ? 0 : now - recovered.aliveAt;
+      const minShiftMs = this.options.expiryCheckIntervalSec * 1000;
+      this.sessions.reconcile(now, downMs, minShiftMs, this.#clientsWithState(), ops);
+      holdWills(this, recovered.wills, now, downMs > minShiftMs ? downMs : 0, ops);
       ops.push(aliveOp(now));
       // Every client is offline at start: a lowered limit applies now.
       for (const [clientId, queue] of this.queues.clients()) this.limiter.enforce(clientId, queue, ops);
       for (const [clientId] of [...this.queues.clients()]) this.queues.release(clientId);
       await this.write(ops);
-      await this.sweepExpiredSessions();
+      this.expiry.start();
+      await this.expiry.sweep();
 
       const totals = this.queues.totals();
       this.log.info(
@@ -197,14 +209,9 @@ export class LevelStore {
         },
         'store recovered',
       );
-      if (this.options.sessionExpirySec > 0) {
-        this.#expiryTimer = setInterval(() => {
-          this.sweepExpiredSessions().catch((error: unknown) => this.log.warn({ err: error }, 'session expiry sweep failed'));
-        }, this.options.expiryCheckIntervalSec * 1000);
-        this.#expiryTimer.unref();
-      }
     } catch (error) {
       this.#state = 'failed';
+      this.expiry.stop();
       await this.#writes?.stop();
       this.#db = undefined;
       await this.#commit?.close();
@@ -230,7 +237,7 @@ export class LevelStore {
       return;
     }
     this.#state = 'stopping';
-    clearInterval(this.#expiryTimer);
+    this.expiry.stop();
     await this.#writes?.stop();
     await Promise.allSettled([...this.#inflight]);
     const commit = this.#commit!;
@@ -259,43 +266,17 @@ export class LevelStore {
 
   // --------------------------------------------------------------- sessions
 
-  /**
-   * Removes persistent sessions whose client has been away longer than
-   * sessionExpirySec; returns how many. Runs on a timer; callable directly.
-   */
-  async sweepExpiredSessions(): Promise<number> {
-    this.ready();
-    const now = this.now();
-    const ops: BatchOp[] = [aliveOp(now)];
-    const due = this.sessions.expired(
-      now,
-      this.options.sessionExpirySec * 1000,
-      this.options.expiryCheckIntervalSec * 1000,
-      (clientId) => this.isOnline(clientId),
-      ops,
-    );
-    for (const [clientId, idleMs] of due) {
-      this.#dropSession(clientId, ops);
-      this.log.info({ clientId, idleSec: Math.round(idleMs / 1000) }, 'expired an abandoned persistent session');
-    }
-    this.counters.sessionsExpired += due.length;
-    await this.write(ops);
-    return due.length;
-  }
-
-  /** A client connected or disconnected: its session's last-seen time moves on. */
+  /** A client connected or disconnected: see SessionExpiry.clientSeen. */
   clientSeen(clientId: string, connected: boolean): void {
     if (!connected) this.queues.get(clientId)?.dropCachedValues();
-    if (this.#state !== 'running' || !this.sessions.has(clientId)) return;
-    const ops: BatchOp[] = [];
-    this.sessions.set(clientId, this.now(), ops);
-    this.write(ops).catch((error: unknown) => this.log.warn({ err: error, clientId }, 'could not record session time'));
+    this.expiry.clientSeen(clientId, connected);
   }
 
   /** A client with no subscriptions, queue or QoS 2 state has no session to expire; for the parts. */
   forgetIfStateless(clientId: string, ops: BatchOp[]): void {
     if (!this.sessions.has(clientId) || this.#hasState(clientId)) return;
     this.sessions.forget(clientId, ops);
+    if (!this.isOnline(clientId)) this.sessions.undeclare(clientId);
     this.limiter.forget(clientId);
   }
 
@@ -310,7 +291,8 @@ export class LevelStore {
     return clients;
   }
 
-  #dropSession(clientId: string, ops: BatchOp[]): void {
+  /** Removes a session's subscriptions, queue and QoS 2 state (ops for them); for the parts. */
+  dropSession(clientId: string, ops: BatchOp[]): void {
     for (const topic of this.subscriptions.clear(clientId)) ops.push({ type: 'del', key: subscriptionKey(clientId, topic) });
     for (const entry of this.queues.delete(clientId)?.entries() ?? []) {
       ops.push({ type: 'del', key: outgoingKey(clientId, entry.seq) });
@@ -318,6 +300,7 @@ export class LevelStore {
     for (const id of this.incoming.get(clientId) ?? []) ops.push({ type: 'del', key: incomingKey(clientId, id) });
     this.incoming.delete(clientId);
     this.sessions.forget(clientId, ops);
+    if (!this.isOnline(clientId)) this.sessions.undeclare(clientId);
     this.limiter.forget(clientId);
   }
 
@@ -480,6 +463,7 @@ export class LevelStore {
       queuedBytes: totals.publishBytes,
       incomingPackets,
       wills: this.wills.size,
+      delayedWills: this.willsHeldUntil.size,
       queueDroppedMessages: this.limiter.droppedMessages,
       queueOverflows: this.limiter.overflows,
       resentMessages: c.resentMessages,
@@ -487,6 +471,8 @@ export class LevelStore {
       packetIdConflicts: c.packetIdConflicts,
       packetIdsExhausted: c.packetIdsExhausted,
       sessionsExpired: c.sessionsExpired,
+      expiredMessages: c.expiredMessages,
+      expiredRetained: c.expiredRetained,
       decodeErrors: c.decodeErrors,
       quarantinedRecords: c.quarantinedRecords,
       retainedLookups: c.retainedLookups,
@@ -496,3 +482,4 @@ export class LevelStore {
     };
   }
 }
+

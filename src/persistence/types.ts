@@ -72,6 +72,8 @@ export interface PersistenceStats {
   queuedBytes: number;
   incomingPackets: number;
   wills: number;
+  /** Of those, wills waiting for their Will Delay Interval to pass [MQTT-3.1.3-9]. */
+  delayedWills: number;
   /** Messages dropped by the per-client queue limits. */
   queueDroppedMessages: number;
   /** Stored messages sent again on a later connection, under the packet identifier they had, DUP set. */
@@ -85,6 +87,10 @@ export interface PersistenceStats {
   /** Times a client's queue hit a limit (one per enqueue that dropped something). */
   queueOverflows: number;
   sessionsExpired: number;
+  /** Queued messages dropped unsent because their Message Expiry Interval had passed [MQTT-3.3.2-5]. */
+  expiredMessages: number;
+  /** Retained messages removed because their Message Expiry Interval had passed [MQTT-3.3.2-5]. */
+  expiredRetained: number;
   /** Records that failed to decode, at recovery or later; each was skipped. */
   decodeErrors: number;
   /** Records in the quarantine range. */

@@ -24,7 +24,10 @@
  *   same reason): an MQTT 5 client that reconnects with Clean Start 0 resumes
  *   it [MQTT-3.1.2-5], and the QoS 2 message it resends must be found as
  *   received, not published a second time (4.3.3).
- * - 'sessionExpired' (aedes 2, MQTT 5.0): the Session Expiry Interval ran out.
+ * - 'sessionExpired' (aedes 2, MQTT 5.0): the Session Expiry Interval ran out
+ *   on aedes' own timer. With the LevelDB store as the authority for
+ *   session expiry (sessions.ts) aedes never arms that timer; the store
+ *   drops an expired session's QoS 2 state itself.
  */
 import type { Aedes, Client } from 'aedes';
 import type { Logger } from '../../observability/logger.js';

@@ -25,9 +25,15 @@
  *   Available), `aedes.persistence.outgoingEnqueueCombi` to queue a group's
  *   copy with the publish, and the innermost deliverQoS to learn the packet
  *   identifier a copy went out under.
- * - `aedes.authorizePublish` and `aedes.publish`: the publish path below.
  * - mqtt-packet's `writeToStream`, as aedes' lib/write.js calls it: the
  *   broker's Topic Aliases for what it sends (outgoing-aliases.ts).
+ * - `aedes.authorizePublish` and `aedes.publish`: the publish path below;
+ *   `publish` also strips a will's Will Delay Interval (aedes #1098).
+ * - `aedes.scheduleSessionExpiry`, `_wipeSession`, `scheduleWill`,
+ *   `authenticate` and Client `clean` (aedes.js, lib/client.js close,
+ *   handlers/connect.js): session expiry and delayed wills with the store
+ *   as the authority, and Clean Start 0 resuming the stored session
+ *   whatever its new Session Expiry (sessions.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).
@@ -76,3 +82,4 @@ export { installIncomingCleanup } from './incoming-cleanup.js';
 export * from './mqtt5.js';
 export * from './shared.js';
 export { assignOutgoingTopicAliases, OutgoingTopicAliases } from './outgoing-aliases.js';
+export { installSessionAuthority, type SessionAuthority } from './sessions.js';

@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream';
 import { Aedes, type AedesOptions, type Client, type PublishPacket } from 'aedes';
 import { checkAedesVersion, installedAedesVersion } from './version.js';
 import { freeSubscriptionMap, type ConnectionHook, type PublishPolicy } from './client.js';
+import { withoutWillDelay } from './sessions.js';
 
 type Callback = (error?: Error | null) => void;
 type Publish = (packet: object, client?: Client | null | Callback, done?: Callback) => void;
@@ -113,7 +114,9 @@ export class AedesSeam {
         callback?.();
         return;
       }
-      publish.call(aedes, packet, client, done);
+      // Wills reach subscribers without their Will Delay Interval (sessions.ts):
+      // publishWill and _clearWills both publish through here.
+      publish.call(aedes, withoutWillDelay(packet), client, done);
     };
 
     const hooks = this.#connectionHooks;
