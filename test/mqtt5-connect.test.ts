@@ -1,8 +1,8 @@
 /**
- * What MQTT 5.0 requires and the daemon on aedes 2.0.0-beta.1 does not do
- * yet: each test states the requirement, and its assertions are `todo`,
- * with why they fail (see the MQTT 5 notes of issue 8). A todo assertion
- * that starts passing shows up in tap's output: then drop its `todo`.
+ * MQTT 5.0 requirements around CONNECT, publish authorization and session
+ * lifetime that first failed on the daemon when it moved to aedes
+ * 2.0.0-beta.1: an assigned Client Identifier, 0x87 for a denied PUBLISH,
+ * Session Expiry across a restart.
  */
 import t from 'tap';
 import net from 'node:net';
