@@ -5,16 +5,10 @@
  * of such a connection (src/broker/protocol-guard.ts, #v5).
  */
 import t, { type Test } from 'tap';
-import path from 'node:path';
 import mqtt, { type IClientOptions, type Packet } from 'mqtt';
 import { createDaemon, type Daemon } from '../src/index.js';
 import type { ConfigInput } from '../src/config/schema.js';
-import { createBroker } from '../src/broker/broker.js';
-import { validateConfig } from '../src/config/load.js';
-import { createLogger } from '../src/observability/logger.js';
-import { createLevelPersistence } from '../src/persistence/index.js';
-import type { BatchOp } from '../src/persistence/group-commit.js';
-import { createTcpListener } from '../src/transports/tcp.js';
+import { startWithWrappedStore } from './helpers/wrapped-store.js';
 import { startDaemon, testConfig } from './helpers/daemon.js';
 import { eventually, openClient, type OpenedClient } from './helpers/mqtt.js';
 
@@ -223,31 +217,8 @@ t.test('a planned stop tells MQTT 5 clients why: DISCONNECT 0x8B Server shutting
 });
 
 t.test('a failed durable write closes an MQTT 5 publisher without any acknowledgement (never a 0x87 that says drop it)', async (t) => {
-  const logger = createLogger({ level: 'silent' });
-  const config = validateConfig(testConfig(t));
-  const persistence = createLevelPersistence({ path: path.join(config.dataDir, 'store'), ...config.persistence }, { logger });
-  await persistence.start();
-  let failNext = false;
-  const db = persistence.db as unknown as { batch(ops: BatchOp[], options: { sync: boolean }): Promise<void> };
-  const batch = db.batch.bind(db);
-  db.batch = async (ops, options) => {
-    if (failNext) {
-      failNext = false;
-      throw new Error('injected write failure');
-    }
-    return batch(ops, options);
-  };
-  const broker = createBroker(config, { logger, persistence });
-  await broker.start();
-  const listener = createTcpListener(config, { broker, logger });
-  await listener.start();
-  t.teardown(async () => {
-    listener.stopAccepting();
-    await broker.stop();
-    await listener.stop();
-    await persistence.stop();
-  });
-  const url = `mqtt://127.0.0.1:${listener.address()!.port}`;
+  const store = await startWithWrappedStore(t);
+  const url = store.url;
   // A persistent subscriber offline, so each PUBLISH has a record to write.
   const offline = await openClient(t, url, v5({ clientId: 'offline', clean: false, properties: { sessionExpiryInterval: 600 } }));
   await offline.client.subscribeAsync('fail/#', { qos: 2 });
@@ -266,12 +237,12 @@ t.test('a failed durable write closes an MQTT 5 publisher without any acknowledg
     });
     let closed = false;
     publisher.once('close', () => (closed = true));
-    failNext = true;
+    store.failNext();
     publisher.publish(`fail/${qos}`, 'must not be dropped', { qos });
     await eventually(() => closed || acks.length > 0, 5000, 'the connection to close or an acknowledgement');
     t.same(acks, [], `QoS ${qos}: no ${qos === 1 ? 'PUBACK' : 'PUBREC'} at all (aedes 2 alone answers a QoS 1 with 0x87), so the publisher keeps the message`);
     await eventually(() => closed, 5000, 'the connection to close');
-    // A failed write stops all writes until the store reopens (level-persistence.ts #halt).
-    await eventually(() => persistence.writeFailure === undefined, 5000, 'the store to reopen');
+    // A failed write stops all writes until the store reopens (write-failures.ts).
+    await store.writable();
   }
 });
