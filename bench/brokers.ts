@@ -3,13 +3,13 @@
  * every child so that nothing outlives the benchmark.
  */
 import { fork, spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, readFileSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { accessSync, constants, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BrokerEndpoint } from './common.js';
 import { variantOf } from './variants.js';
+import { installedAedesVersion } from '../src/broker/aedes-seam/version.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -53,27 +53,6 @@ export function forkScript(script: string, args: string[], execArgv: string[] = 
   return track(fork(path.join(here, script), args, { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
 }
 
-/**
- * The version of the aedes that edgemqtt (and every variant) runs on: the
- * package.json beside the module that `import 'aedes'` resolves to from here,
- * so it is the copy the broker process loads. aedes 1.x speaks MQTT 3.1.1
- * only; 2.x adds MQTT 5.
- */
-export function aedesVersion(): string {
-  let dir = path.dirname(createRequire(import.meta.url).resolve('aedes'));
-  for (;;) {
-    try {
-      const manifest = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
-      if (manifest.name === 'aedes' && manifest.version) return manifest.version;
-    } catch {
-      // no package.json here: look further up
-    }
-    const parent = path.dirname(dir);
-    if (parent === dir) throw new Error('cannot find the package.json of aedes');
-    dir = parent;
-  }
-}
-
 export interface EdgemqttOptions {
   dataDir: string;
   variant?: string;
@@ -100,7 +79,7 @@ export async function startEdgemqtt(options: EdgemqttOptions): Promise<RunningBr
   const variant = variantName !== 'daemon' ? ` [variant ${variantName}: ${variantOf(variantName).description}]` : '';
   return {
     endpoint: { name: 'edgemqtt', host: '127.0.0.1', pid: child.pid ?? 0, ...ready },
-    version: `edgemqtt (node ${process.version}, aedes ${aedesVersion()})${variant}`,
+    version: `edgemqtt (node ${process.version}, aedes ${installedAedesVersion()})${variant}`,
     async stop() {
       if (child.connected) child.send({ type: 'stop' });
       else child.kill('SIGTERM');

@@ -1,10 +1,8 @@
 /**
  * The client protocols a throughput run measures (one set of table rows
- * each), and whether the aedes that edgemqtt runs on can take MQTT 5
- * clients at all.
+ * each).
  */
 import type { ClientProtocol } from './common.js';
-import { aedesVersion } from './brokers.js';
 
 /** A client protocol as named on the command line and in the table's MQTT column. */
 export interface Protocol {
@@ -31,13 +29,3 @@ export function parseProtocols(list: string): Protocol[] {
 
 /** What the load generator's clients send for a table row (scenarios may add PUBLISH properties). */
 export const clientProtocol = (protocol: Protocol): ClientProtocol => ({ level: protocol.level, properties: false });
-
-/**
- * Why edgemqtt (and every variant, all on aedes) cannot take MQTT 5 clients,
- * or undefined when it can: aedes 1.x speaks MQTT 3.1.1 only, 2.x adds MQTT 5.
- */
-export function mqtt5Gap(): string | undefined {
-  const version = aedesVersion();
-  const major = Number(version.split('.')[0]);
-  return major >= 2 ? undefined : `n/a (aedes ${Number.isFinite(major) ? major : '?'}.x has no MQTT 5)`;
-}

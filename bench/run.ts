@@ -18,8 +18,7 @@
  *            content type and a user property (MQTT 5 rows only)
  *
  * Each scenario runs once per client protocol: MQTT 3.1.1 and MQTT 5.0 rows
- * side by side, each with its own edgemqtt/mosquitto ratio. An edgemqtt on
- * aedes 1.x cannot speak MQTT 5: its v5 rows say so and mosquitto's still run.
+ * side by side, each with its own edgemqtt/mosquitto ratio.
  *
  * Options (arguments after `npm run bench --`):
  *   --profile[=SCENARIO]  run one scenario (default tcp-tcp) against edgemqtt
@@ -44,7 +43,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { median, type BrokerEndpoint, type ClientProtocol, type LoadResult, type LoadSpec, type Transport } from './common.js';
 import { findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
-import { clientProtocol, mqtt5Gap, parseProtocols, type Protocol } from './protocols.js';
+import { clientProtocol, parseProtocols, type Protocol } from './protocols.js';
 import { formatProfile, summarizeProfile } from './profile.js';
 
 function envInt(name: string, fallback: number): number {
@@ -253,8 +252,6 @@ async function startBroker(name: string, tempDir: string, execArgv: string[] = [
 async function profileRun(scenarioId: string, brokerName: string, protocol: Protocol, tempDir: string): Promise<void> {
   const scenario = scenarioById(scenarioId);
   if (!protocolsOf(scenario, [protocol]).length) throw new Error(`${scenario.id} needs MQTT 5: add --protocols=5`);
-  const gap = protocol.level === 5 ? mqtt5Gap() : undefined;
-  if (gap) throw new Error(`cannot profile MQTT 5 clients: ${gap}`);
   const profileDir = path.join(tempDir, 'profile');
   const broker = await startBroker(brokerName, tempDir, ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-interval=250']);
   if (!broker) throw new Error('cannot profile mosquitto');
@@ -288,10 +285,6 @@ async function benchmark(brokerNames: string[], protocols: Protocol[], tempDir: 
   }
   const casesOf = (scenario: Scenario): Case[] =>
     protocolsOf(scenario, protocols).map((protocol) => ({ key: `${scenario.id}@${protocol.name}`, scenario, protocol }));
-  const gap = mqtt5Gap();
-  // Whether broker `index` cannot take this case's clients: the reason, or undefined.
-  const gapOf = (index: number, protocol: Protocol): string | undefined =>
-    protocol.level === 5 && brokerNames[index] !== 'mosquitto' ? gap : undefined;
 
   const brokers: Array<RunningBroker | null> = [];
   for (const name of brokerNames) brokers.push(await startBroker(name, tempDir));
@@ -321,11 +314,6 @@ async function benchmark(brokerNames: string[], protocols: Protocol[], tempDir: 
         for (const index of order) {
           const broker = brokers[index];
           if (!broker) continue;
-          const missing = gapOf(index, c.protocol);
-          if (missing) {
-            if (round === 1) console.log(`${label} ${broker.endpoint.name.padEnd(9)} ${missing}`);
-            continue;
-          }
           // A failed run (say, a broker that refuses level-5 CONNECTs) costs
           // its own cells, not the rest of the table.
           let result: LoadResult;
@@ -366,14 +354,12 @@ async function benchmark(brokerNames: string[], protocols: Protocol[], tempDir: 
       const base = values[mosquittoIndex];
       const ratios = brokerNames.flatMap((name, index) => {
         if (name === 'mosquitto' || ratioKind === 'none' || base === undefined) return [];
-        const missing = gapOf(index, c.protocol);
-        if (missing) return [ratioKind === 'headline' ? missing : 'n/a'];
         return [number((values[index] as number) / base, 2)];
       });
       rows.push([
         line === 0 ? metric : '',
         c.protocol.name,
-        ...values.map((value, index) => (gapOf(index, c.protocol) ? 'n/a' : Number.isFinite(value) ? format(value) : '—')),
+        ...values.map((value) => (Number.isFinite(value) ? format(value) : '—')),
         ratios.join(' | '),
       ]);
     });

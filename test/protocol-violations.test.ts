@@ -5,8 +5,8 @@
  * on a fresh connection, so it is the rule, not the packet's shape, that
  * closes. (MQTT in a WebSocket text frame [MQTT-6.0.0-1] is in
  * websocket.test.ts; malformed framing and packet types in bad-input.test.ts.)
- * MQTT 5.0 connections get the same treatment once aedes 2 is installed;
- * the broker may then say why with a CONNACK or DISCONNECT Reason Code.
+ * MQTT 5.0 connections get the same treatment, and the broker says why with
+ * a CONNACK or DISCONNECT Reason Code.
  */
 import t from 'tap';
 import type { Test } from 'tap';
@@ -17,7 +17,6 @@ import { connectRaw, openClient } from './helpers/mqtt.js';
 import { captureLogs } from './helpers/logs.js';
 import { connect, publish, subscribe, unsubscribe, packet, u16 } from './helpers/packets.js';
 import { connect5, publish5, ack5, subscribe5, unsubscribe5, disconnect5, pingreq, property, P } from './helpers/packets.js';
-import { mqtt5Unavailable } from './helpers/aedes-version.js';
 
 
 interface Rule {
@@ -273,7 +272,7 @@ t.test('packets before the offending one in the same write are still handled', a
   );
 });
 
-// ---- MQTT 5.0: run once aedes 2 is installed (aedes 1 refuses level-5 CONNECTs). ----
+// ---- MQTT 5.0 ----
 
 interface Rule5 extends Rule {
   /** 0x81 Malformed Packet or 0x82 Protocol Error: what a CONNACK or DISCONNECT refusing it must say, if one is sent. */
@@ -407,7 +406,7 @@ const rules5: Rule5[] = [
 ];
 
 for (const transport of transports) {
-  t.test(`${transport}: each MQTT 5 violation closes only the offending connection`, { skip: mqtt5Unavailable() }, async (t) => {
+  t.test(`${transport}: each MQTT 5 violation closes only the offending connection`, async (t) => {
     const daemon = await startDaemon(t);
     const check = await bystanders(t, daemon);
     const expected: Record<string, number> = {};
@@ -420,7 +419,7 @@ for (const transport of transports) {
   });
 }
 
-t.test('MQTT 5: a non-zero Session Expiry Interval on DISCONNECT after a CONNECT with 0 is refused, and the session not kept', { skip: mqtt5Unavailable() }, async (t) => {
+t.test('MQTT 5: a non-zero Session Expiry Interval on DISCONNECT after a CONNECT with 0 is refused, and the session not kept', async (t) => {
   const daemon = await startDaemon(t);
   // Positive control: a CONNECT with a Session Expiry Interval may change it on DISCONNECT.
   const keeper = await connectRaw(t, daemon.mqttUrl, { protocolVersion: 5 });

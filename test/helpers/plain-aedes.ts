@@ -10,28 +10,12 @@
  */
 import type { Test } from 'tap';
 import net from 'node:net';
-import { readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Aedes } from 'aedes';
 import * as mqttPacket from 'mqtt-packet';
 import type { Packet } from 'mqtt-packet';
 
-/** The installed aedes version, read from its package.json. */
-export function installedAedesVersion(): string {
-  let dir = dirname(fileURLToPath(import.meta.resolve('aedes')));
-  for (;;) {
-    try {
-      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === 'aedes' && pkg.version) return pkg.version;
-    } catch {
-      // no package.json at this level: go up
-    }
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error('cannot find the package.json of aedes');
-    dir = parent;
-  }
-}
+/** The installed aedes version, as the broker checks it at start. */
+export { installedAedesVersion } from '../../src/broker/aedes-seam/version.js';
 
 export interface PlainBroker {
   aedes: Aedes;
