@@ -18,7 +18,7 @@
 import t, { type Test } from 'tap';
 import { PassThrough, type Readable } from 'node:stream';
 import mqtt, { type MqttClient } from 'mqtt';
-import { LevelPersistence, type ClientLike } from '../src/persistence/level-persistence.js';
+import { LevelPersistence, type ClientLike } from '../src/persistence/index.js';
 import { startDaemon } from './helpers/daemon.js';
 import { connectClient, eventually } from './helpers/mqtt.js';
 import { DeliveryAudit } from './helpers/delivery-audit.js';

@@ -1,6 +1,6 @@
 /**
  * The Aedes broker as a component: builds it from config, wires the hooks
- * through the seam to aedes (aedes-seam.ts), logs client lifecycle, and
+ * through the seam to aedes (aedes-seam/), logs client lifecycle, and
  * closes it on stop.
  */
 import type { Aedes, AedesOptions, Client, PublishPacket } from 'aedes';

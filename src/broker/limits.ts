@@ -7,7 +7,7 @@
  * subscriptions. Every limit hit is counted in stats() and logged, at most one
  * line per limit per 10 s, so an attacker cannot flood the journal.
  *
- * Installed through the seam to aedes (aedes-seam.ts) by the broker: every
+ * Installed through the seam to aedes (aedes-seam/) by the broker: every
  * connection aedes handles (TCP, TLS, WebSocket) passes through here,
  * whichever listener calls `aedes.handle`. Admission is the listeners' call (`admit`), so that a
  * refused connection costs no MQTT state at all.

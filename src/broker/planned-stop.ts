@@ -15,7 +15,7 @@
  * (broker.heartbeatIntervalSec, 60 s by default) has its will published
  * then: aedes publishes the stored wills of dead broker instances every four
  * heartbeat intervals, and the persistence reports a will left by an earlier
- * run as one (src/persistence/level-persistence.ts, PREVIOUS_RUN_BROKER_ID).
+ * run as one (src/persistence/types.ts, PREVIOUS_RUN_BROKER_ID).
  * The same holds after a crash, where nothing could be published anyway.
  *
  * MQTT 5 wills with a Will Delay Interval:

@@ -9,7 +9,7 @@
  * calls, each awaited before the next (lib/handlers/publish.js, aedes.js
  * publishFuncs): incomingStorePacket (QoS 2) → storeRetained (retain) →
  * subscriptionsByTopic → outgoingEnqueueCombi → deliver → PUBREC (QoS 2; the
- * QoS 1 PUBACK is held back by src/broker/aedes-seam.ts, the publish path). If each call waited
+ * QoS 1 PUBACK is held back by src/broker/aedes-seam/index.ts, the publish path). If each call waited
  * for its own fsync, the records would land in separate batches, and a crash
  * between them could keep the stored QoS 2 packet without the queued copies:
  * the publisher resends, aedes finds the packet stored and acknowledges
@@ -63,17 +63,6 @@ import { SessionRecords } from './session-records.js';
 import { LevelStore } from './store.js';
 import type { MatchedSubscription, SubscriptionInput } from './subscription-index.js';
 import type {
-  BrokerLike,
-  ClientLike,
-  OutgoingClaim,
-  PersistenceState,
-  PersistenceStats,
-  PublishTap,
-  StoreWriteFailure,
-} from './types.js';
-
-export { PREVIOUS_RUN_BROKER_ID } from './types.js';
-export type {
   BrokerLike,
   ClientLike,
   OutgoingClaim,
@@ -212,7 +201,7 @@ export class LevelPersistence {
     return this.#store.taps.add(tap);
   }
 
-  /** See LevelStore.tapUngated: the broker calls it for each QoS 0 PUBLISH. */
+  /** See LevelStore.tapUngated: the daemon calls it for each QoS 0 PUBLISH (from aedes' 'publish' event, src/daemon.ts). */
   tapUngated(packet: PacketLike): void {
     this.#store.tapUngated(packet);
   }

@@ -248,10 +248,8 @@ export class QueueStore {
     const queue = store.queues.get(clientId);
     const entry = queue?.findByCounter(brokerId, brokerCounter);
     if (!queue || !entry || entry.cmd !== 'publish') return { removed: false, written: Promise.resolve() };
-    queue.remove(entry);
-    store.queues.release(clientId);
-    const ops: BatchOp[] = [{ type: 'del', key: outgoingKey(clientId, entry.seq) }];
-    store.forgetIfStateless(clientId, ops);
+    const ops: BatchOp[] = [];
+    this.#removeEntry(clientId, entry, ops);
     return { removed: true, written: store.write(ops) };
   }
 
@@ -266,8 +264,7 @@ export class QueueStore {
     const queue = store.queues.get(clientId);
     const entry = queue?.findForClear(messageId);
     if (!queue || !entry) return Promise.resolve(undefined);
-    queue.remove(entry);
-    store.queues.release(clientId);
+    this.#dropEntry(clientId, entry);
     const key = outgoingKey(clientId, entry.seq);
     const ops: BatchOp[] = [];
     store.forgetIfStateless(clientId, ops);
@@ -425,11 +422,15 @@ export class QueueStore {
 
   /** Drops an expired message from its queue (ops delete its record) and counts it. */
   #expire(clientId: string, entry: QueueEntry, ops: BatchOp[]): void {
-    const store = this.#store;
+    this.#removeEntry(clientId, entry, ops);
+    this.#store.counters.expiredMessages++;
+  }
+
+  /** Drops an entry from its queue, its record with `ops`, and the session's bookkeeping if nothing is left. */
+  #removeEntry(clientId: string, entry: QueueEntry, ops: BatchOp[]): void {
     this.#dropEntry(clientId, entry);
     ops.push({ type: 'del', key: outgoingKey(clientId, entry.seq) });
-    store.forgetIfStateless(clientId, ops);
-    store.counters.expiredMessages++;
+    this.#store.forgetIfStateless(clientId, ops);
   }
 
   #holds(clientId: string, entry: QueueEntry): boolean {

@@ -52,11 +52,7 @@ export class RetainedStore {
     store.counters.retainedLookups++;
     function* generate(): Generator<PacketLike> {
       for (const [topic, value] of matches) {
-        const packet = store.decode(retainedKey(topic), value, () => {
-          if (store.retained.get(topic) !== value) return;
-          store.retained.delete(topic);
-          store.retainedBytes -= value.length;
-        });
+        const packet = store.decode(retainedKey(topic), value, () => forget(topic, value));
         if (!packet) continue;
         if (typeof packet.messageExpiry === 'number' && packet.messageExpiry <= store.now()) {
           // Its Message Expiry Interval has passed: no longer sent, and removed
@@ -70,10 +66,15 @@ export class RetainedStore {
         yield packet;
       }
     }
-    function expire(topic: string, value: Buffer): void {
-      if (store.retained.get(topic) !== value) return;
+    /** Drops `topic` from memory if `value` is still its message; whether it was. */
+    function forget(topic: string, value: Buffer): boolean {
+      if (store.retained.get(topic) !== value) return false;
       store.retained.delete(topic);
       store.retainedBytes -= value.length;
+      return true;
+    }
+    function expire(topic: string, value: Buffer): void {
+      if (!forget(topic, value)) return;
       store.counters.expiredRetained++;
       store.writeBehind([{ type: 'del', key: retainedKey(topic) }], 'removal of an expired retained message');
     }

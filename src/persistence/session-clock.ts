@@ -20,7 +20,7 @@ import type { BatchOp } from './group-commit.js';
 import { encodeSession, sessionKey, type SessionTimes } from './keys.js';
 
 /** MQTT 5's "the Session does not expire" [MQTT-3.1.2-23]. */
-export const SESSION_NEVER_EXPIRES = 0xffff_ffff;
+const SESSION_NEVER_EXPIRES = 0xffff_ffff;
 
 export class SessionClock {
   readonly #lastSeen: Map<string, number>;
@@ -92,12 +92,11 @@ export class SessionClock {
 
   /**
    * After recovery: clients with state get a time, times without state go,
-   * and `downMs` (how long the broker was not running, when it exceeds
-   * `minShiftMs`) is added to every time, so a gateway switched off for a
-   * week does not expire every session when it boots.
+   * and `shift` (how long the broker was not running, 0 when too short to
+   * count: LevelStore) is added to every time, so a gateway switched off for
+   * a week does not expire every session when it boots.
    */
-  reconcile(now: number, downMs: number, minShiftMs: number, withState: Set<string>, ops: BatchOp[]): void {
-    const shift = downMs > minShiftMs ? downMs : 0;
+  reconcile(now: number, shift: number, withState: Set<string>, ops: BatchOp[]): void {
     for (const [clientId, lastSeen] of this.#lastSeen) {
       if (!withState.has(clientId)) {
         this.forget(clientId, ops);

@@ -22,7 +22,7 @@ import type { SessionClock } from './session-clock.js';
 import type { PersistenceState } from './types.js';
 
 /** What session expiry uses of the store core (store.ts, which owns it: named here, not imported, so no circle). */
-export interface ExpiryStore {
+interface ExpiryStore {
   readonly options: ResolvedOptions;
   readonly log: Logger;
   readonly now: () => number;
@@ -65,6 +65,7 @@ export class SessionExpiry {
     clearInterval(this.#interval);
     clearTimeout(this.#timer);
     this.#timer = undefined;
+    this.#timerAt = Infinity;
   }
 
   /** Removes the sessions whose client has been away longer than their expiry; returns how many. */
@@ -85,7 +86,6 @@ export class SessionExpiry {
       store.log.info({ clientId, idleSec: Math.round(idleMs / 1000) }, 'expired an abandoned persistent session');
     }
     store.counters.sessionsExpired += due.length;
-    this.#timerAt = this.#timer ? this.#timerAt : Infinity;
     this.#arm(nextAt);
     await store.write(ops);
     return due.length;

@@ -1,6 +1,6 @@
 /**
  * The store core: edgemqtt's broker state on LevelDB, independent of how
- * aedes asks for it (aedes-persistence.ts adapts it to aedes).
+ * aedes asks for it (level-persistence.ts adapts it to aedes).
  *
  * LevelDB is the truth; memory holds what matching and lookups need, so no
  * hot-path operation scans the store:
@@ -184,10 +184,12 @@ export class LevelStore {
       this.#state = 'running';
       const ops = [...recovered.repairOps];
       const now = this.now();
+      // Downtime counts as time away unless it is longer than one expiry
+      // check interval (then a restart, not an absence, explains it).
       const downMs = recovered.aliveAt === undefined ? 0 : now - recovered.aliveAt;
-      const minShiftMs = this.options.expiryCheckIntervalSec * 1000;
-      this.sessions.reconcile(now, downMs, minShiftMs, this.#clientsWithState(), ops);
-      holdWills(this, recovered.wills, now, downMs > minShiftMs ? downMs : 0, ops);
+      const shiftMs = downMs > this.options.expiryCheckIntervalSec * 1000 ? downMs : 0;
+      this.sessions.reconcile(now, shiftMs, this.#clientsWithState(), ops);
+      holdWills(this, recovered.wills, now, shiftMs, ops);
       ops.push(aliveOp(now));
       // Every client is offline at start: a lowered limit applies now.
       for (const [clientId, queue] of this.queues.clients()) this.limiter.enforce(clientId, queue, ops);
@@ -275,6 +277,11 @@ export class LevelStore {
   /** A client with no subscriptions, queue or QoS 2 state has no session to expire; for the parts. */
   forgetIfStateless(clientId: string, ops: BatchOp[]): void {
     if (!this.sessions.has(clientId) || this.#hasState(clientId)) return;
+    this.#forgetSession(clientId, ops);
+  }
+
+  /** The session's clock record (ops), its declared expiry once offline, and its queue limiter. */
+  #forgetSession(clientId: string, ops: BatchOp[]): void {
     this.sessions.forget(clientId, ops);
     if (!this.isOnline(clientId)) this.sessions.undeclare(clientId);
     this.limiter.forget(clientId);
@@ -299,9 +306,7 @@ export class LevelStore {
     }
     for (const id of this.incoming.get(clientId) ?? []) ops.push({ type: 'del', key: incomingKey(clientId, id) });
     this.incoming.delete(clientId);
-    this.sessions.forget(clientId, ops);
-    if (!this.isOnline(clientId)) this.sessions.undeclare(clientId);
-    this.limiter.forget(clientId);
+    this.#forgetSession(clientId, ops);
   }
 
   // ------------------------------------------------- reads and writes (for the parts)

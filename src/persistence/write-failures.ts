@@ -15,7 +15,7 @@
  * the log up to the torn record (everything written before the failure) into
  * a table and starts a fresh log. Reopening is retried every REOPEN_RETRY_MS
  * in the background; meanwhile writes fail fast (QoS 1/2 publishers get no
- * acknowledgement, see src/broker/aedes-seam.ts, the publish path) and readiness reports the
+ * acknowledgement, see src/broker/aedes-seam/index.ts, the publish path) and readiness reports the
  * failure.
  */
 import { statfs } from 'node:fs/promises';
