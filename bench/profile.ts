@@ -28,7 +28,7 @@ interface CpuProfile {
 /** Stages of the data path, by the function whose inclusive time measures each. */
 const STAGES: Array<{ label: string; match: (frame: CallFrame) => boolean }> = [
   { label: 'read + parse (mqtt-packet Parser.parse)', match: (f) => f.functionName === 'parse' && f.url.endsWith('/mqtt-packet/parser.js') },
-  { label: 'edgemqtt guards (protocol-guard / packet-size-guard code)', match: (f) => /\/(protocol-guard\/[a-z0-9-]+|packet-size-guard)\.js$/.test(f.url) },
+  { label: 'edgemqtt guards (protocol-guard code)', match: (f) => /\/protocol-guard\/[a-z0-9-]+\.js$/.test(f.url) },
   { label: 'aedes handlePublish (checks, authorizePublish)', match: (f) => f.functionName === 'handlePublish' && f.url.includes('/aedes/') },
   { label: 'aedes Aedes.publish (publish pipeline)', match: (f) => f.functionName === 'publish' && f.url.endsWith('/aedes/aedes.js') },
   { label: 'mqemitter _do (topic match + fan-out)', match: (f) => f.functionName === 'MQEmitter._do' || (f.functionName === '_do' && f.url.includes('/mqemitter/')) },
@@ -72,8 +72,8 @@ export function componentOf(frame: CallFrame): string {
     const rest = url.slice(nm + '/node_modules/'.length).split('/');
     return rest[0]?.startsWith('@') ? `${rest[0]}/${rest[1]}` : (rest[0] ?? url);
   }
-  if (/\/src\/(transports\/packet-size-guard|broker\/protocol-guard\/[a-z0-9-]+)\.js$/.test(url)) return 'edgemqtt guards (protocol, packet size)';
-  if (/\/src\/broker\/(flow-control|delivery-rules|aedes-seam)\.js$/.test(url)) return 'edgemqtt delivery wrappers (flow control, delivery rules, aedes seam)';
+  if (/\/src\/broker\/protocol-guard\/[a-z0-9-]+\.js$/.test(url)) return 'edgemqtt guards (protocol, packet size)';
+  if (/\/src\/broker\/(flow-control|delivery-rules|aedes-seam\/[a-z0-9-]+)\.js$/.test(url)) return 'edgemqtt delivery wrappers (flow control, delivery rules, aedes seam)';
   if (/\/(dist|dist-bench)\/src\//.test(url)) return 'edgemqtt (other)';
   if (url.includes('/bench/')) return 'bench harness';
   if (url.startsWith('node:')) {

@@ -39,7 +39,7 @@ export const VARIANTS: Record<string, Variant> = {
   daemon: { base: 'daemon', description: 'edgemqtt as shipped (createDaemon)' },
   aedes: {
     base: 'aedes',
-    description: 'bare aedes on net + ws: no packet-size guard, no delivery fixes, no hooks',
+    description: 'bare aedes on net + ws: no protocol guard, no delivery rules, no hooks',
   },
   batch: {
     base: 'daemon',

@@ -15,7 +15,7 @@ export type ErrorCode =
   | 'EDGEMQTT_STORE_FULL'
   | 'EDGEMQTT_STORE_WRITE_FAILED'
   | 'EDGEMQTT_STORE_CLOSED'
-  // The installed aedes is not the release src/broker/aedes-seam.ts was written for.
+  // The installed aedes is not the release src/broker/aedes-seam/ was written for.
   | 'EDGEMQTT_AEDES_VERSION'
   // Security (src/auth, src/transports/tls*): a file the daemon relies on is unusable.
   | 'EDGEMQTT_PASSWORD_FILE_INVALID'

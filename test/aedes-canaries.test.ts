@@ -188,8 +188,8 @@ t.test(`aedes ${V} still renumbers a stored PUBREL on the next PUBREC and resend
 
 // ---------------------------------------------------------------- acknowledgement, stop, flow
 
-t.test(`aedes ${V} still writes the QoS 1 PUBACK before the message is stored for subscribers (corrected in src/broker/aedes-seam.ts)`, async (t) => {
-  // When this fails after an aedes upgrade, remove the publish inside authorizePublish in src/broker/aedes-seam.ts.
+t.test(`aedes ${V} still writes the QoS 1 PUBACK before the message is stored for subscribers (corrected in src/broker/aedes-seam/seam.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, remove the publish inside authorizePublish in src/broker/aedes-seam/seam.ts.
   // handlers/publish.js enqueuePublish, case 1: write(PubAck), then broker.publish.
   const held = gate();
   let enqueueCalled = false;
@@ -264,8 +264,8 @@ t.test(`aedes ${V} still lets a subscriber that stops reading hold up delivery t
   t.pass('it is delivered once the slow subscriber reads again');
 });
 
-t.test(`aedes ${V} still writes one PUBLISH as several chunks (corrected in src/transports/write-coalescer.ts)`, async (t) => {
-  // When this fails after an aedes upgrade, src/transports/write-coalescer.ts saves less; measure before removing it.
+t.test(`aedes ${V} still writes one PUBLISH as several chunks (corrected in src/broker/write-coalescer.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, src/broker/write-coalescer.ts saves less; measure before removing it.
   // mqtt-packet writeToStream writes header, length, topic and payload separately.
   const { aedes, port } = await startPlainAedes(t);
   const writes: number[] = [];

@@ -1,5 +1,5 @@
 /**
- * The seam to aedes (src/broker/aedes-seam.ts): it runs on the one aedes
+ * The seam to aedes (src/broker/aedes-seam/): it runs on the one aedes
  * release it was written for and refuses any other, and it publishes each
  * message once, dropping or refusing what the access policy says.
  */

@@ -165,7 +165,7 @@ for (const transport of transports) {
       const topic = `pipe/${index}`;
       const raw = await connectRaw(t, urlOf(daemon, transport));
       send(raw, `pipelined-${index}`, topic);
-      // PUBACKs follow the store's commit (src/broker/aedes-seam.ts, the publish path), so they may come after the PINGRESP.
+      // PUBACKs follow the store's commit (src/broker/aedes-seam/index.ts, the publish path), so they may come after the PINGRESP.
       await raw.waitFor(
         (packets) => packets.filter((packet) => packet.cmd === 'puback').length >= 3 && packets.some((packet) => packet.cmd === 'pingresp'),
         5000,

@@ -1,7 +1,7 @@
 /**
  * Acknowledge after durable, on real aedes over TCP with the LevelDB store:
  * a PUBACK or PUBREC leaves only once the records of its PUBLISH are written
- * (the publish path in src/broker/aedes-seam.ts, level-persistence.ts), those records land in
+ * (the publish path in src/broker/aedes-seam/index.ts, level-persistence.ts), those records land in
  * one batch, a failed write acknowledges nothing, and wills still publish
  * exactly once. The store's batch() is wrapped so a test can hold a batch
  * (the fsync "takes" as long as the test wants), fail one, or see its keys.

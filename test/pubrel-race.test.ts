@@ -1,5 +1,5 @@
 /**
- * A PUBREL sent twice in one write (src/broker/delivery-fixes.ts, 5.): both
+ * A PUBREL sent twice in one write (the store's incomingDelPacket, src/persistence/level-persistence.ts): both
  * are answered with PUBCOMP and the daemon stays up.
  */
 import t from 'tap';

@@ -14,7 +14,7 @@
  *   clients): dropped and counted, the connection kept. MQTT 3.1.1 has no
  *   negative acknowledgement, so QoS 1/2 are still acknowledged; otherwise
  *   the client would resend forever. `checkPublish` answers allow or drop,
- *   and the broker acts on it (src/broker/aedes-seam.ts).
+ *   and the broker acts on it (src/broker/aedes-seam/seam.ts).
  * - SUBSCRIBE: granted only if a read rule covers the whole filter; else
  *   0x80 in the SUBACK [MQTT-3.9.3]. Each delivery is checked again, so a
  *   reloaded ACL applies to subscriptions made before it.

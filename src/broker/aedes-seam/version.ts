@@ -31,6 +31,6 @@ export function checkAedesVersion(found: string): void {
   throw new EdgeMqttError(
     'EDGEMQTT_AEDES_VERSION',
     `aedes ${found} is installed, but edgemqtt is built for aedes ${AEDES_VERSION} exactly: ` +
-      `it corrects aedes internals that another release may have changed (src/broker/aedes-seam.ts); install aedes@${AEDES_VERSION}`,
+      `it corrects aedes internals that another release may have changed (src/broker/aedes-seam/); install aedes@${AEDES_VERSION}`,
   );
 }

@@ -1,6 +1,6 @@
 /**
  * Puts a guard in front of aedes on one connection: every chunk aedes reads
- * passes it first (interceptReads in aedes-seam.ts), without an extra stream
+ * passes it first (interceptReads, aedes-seam/client.ts), without an extra stream
  * stage. On a violation the complete packets before the offending one are
  * still handed over (the client sent them first), the rest is withheld and
  * the connection closed by `close` (by default destroyed at once: the owner
