@@ -89,6 +89,7 @@ const refuseSys: PublishPolicy = (_client, packet) => (packet.topic.startsWith('
 export function createBroker(config: Config, deps: BrokerDeps): Broker {
   const log = deps.logger.child({ component: 'broker' });
   const rejections = new PendingRejections();
+  const keepaliveRules = { minKeepaliveSec: config.broker.minKeepaliveSec, maxKeepaliveSec: config.broker.maxKeepaliveSec };
   const persistence = deps.persistence;
   const claimOutgoing = persistence?.claimOutgoing;
   const discardOutgoing: DiscardOutgoing | undefined = persistence?.outgoingClearMessageId
@@ -96,8 +97,8 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     : undefined;
   const limits = createLimits(config, {
     logger: deps.logger,
-    ...(claimOutgoing ? { claimOutgoing: claimOutgoing.bind(persistence) } : {}),
-    ...(claimOutgoing && discardOutgoing ? { discardOutgoing } : {}),
+    claimOutgoing: claimOutgoing?.bind(persistence),
+    discardOutgoing: claimOutgoing ? discardOutgoing : undefined,
   });
   let seam: AedesSeam | undefined;
   const shared = new SharedSubscriptions(deps.logger, sharedStoreOf(persistence));
@@ -141,7 +142,6 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       // client announced none or the setting is off.
       const aliasMaximum = Math.min(config.broker.outgoingTopicAliases, packet.properties?.topicAliasMaximum ?? 0);
       if (packet.protocolVersion === 5 && aliasMaximum > 0) assignOutgoingTopicAliases(client, aliasMaximum);
-      const keepaliveRules = { minKeepaliveSec: config.broker.minKeepaliveSec, maxKeepaliveSec: config.broker.maxKeepaliveSec };
       const imposed = serverKeepAlive(packet, keepaliveRules);
       if (imposed !== undefined) imposeServerKeepAlive(client, imposed);
       const rejection = checkConnect(packet, keepaliveRules);
@@ -204,10 +204,10 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       const instance = started.aedes;
       attachLogging(instance);
       await instance.listen();
-      // Before the delivery rules: their per-client wrappers must run on top of the flow control's.
-      // First: the CONNACK correction sees aedes' bytes, and the renaming of
-      // `$share/` filters runs before aedes' handlers.
+      // First: shared subscriptions watch aedes' own deliverQoS, under the
+      // flow control's wrapper (shared-subscriptions.ts, watchDeliveries).
       shared.install(started);
+      // Before the delivery rules: their per-client wrappers must run on top of the flow control's.
       limits.install(started);
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);
@@ -237,7 +237,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
 }
 
 /** aedes' responseInformation option from the config's pattern: `{clientId}` becomes the client's id; null (off) when empty. */
-export function responseInformationFor(pattern: string): ((client: Client) => string) | null {
+function responseInformationFor(pattern: string): ((client: Client) => string) | null {
   if (pattern === '') return null;
   return (client) => pattern.replaceAll('{clientId}', client.id);
 }

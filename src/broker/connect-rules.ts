@@ -6,7 +6,7 @@
 import type { Client, ConnectPacket } from 'aedes';
 
 /** CONNACK return code 0x02 "Identifier rejected" [MQTT-3.2.2-3, table 3.1]. */
-export const IDENTIFIER_REJECTED = 2;
+const IDENTIFIER_REJECTED = 2;
 
 export interface ConnectRejection {
   returnCode: number;
@@ -33,24 +33,32 @@ export interface ConnectRules {
  *   keepaliveLimit answers 6, which table 3.1 reserves.) An MQTT 5 CONNECT
  *   is not refused for it: see serverKeepAlive.
  */
-export function checkConnect(packet: ConnectPacket, rules: ConnectRules = { minKeepaliveSec: 0, maxKeepaliveSec: 0 }): ConnectRejection | null {
+export function checkConnect(packet: ConnectPacket, rules: ConnectRules): ConnectRejection | null {
   if (packet.protocolVersion === 5) return null;
   const keepalive = packet.keepalive ?? 0;
-  if (rules.maxKeepaliveSec > 0 && (keepalive === 0 || keepalive > rules.maxKeepaliveSec)) {
-    return {
-      returnCode: IDENTIFIER_REJECTED,
-      reason: `keep-alive of ${keepalive} s${keepalive === 0 ? ' (none)' : ''} is not within broker.maxKeepaliveSec (${rules.maxKeepaliveSec} s)`,
-      limit: 'maxKeepalive',
-    };
+  switch (keepaliveBreach(keepalive, rules)) {
+    case 'maxKeepalive':
+      return {
+        returnCode: IDENTIFIER_REJECTED,
+        reason: `keep-alive of ${keepalive} s${keepalive === 0 ? ' (none)' : ''} is not within broker.maxKeepaliveSec (${rules.maxKeepaliveSec} s)`,
+        limit: 'maxKeepalive',
+      };
+    case 'minKeepalive':
+      return {
+        returnCode: IDENTIFIER_REJECTED,
+        reason: `keep-alive of ${keepalive} s is below broker.minKeepaliveSec (${rules.minKeepaliveSec} s)`,
+        limit: 'minKeepalive',
+      };
+    default:
+      return null;
   }
-  if (rules.minKeepaliveSec > 0 && keepalive > 0 && keepalive < rules.minKeepaliveSec) {
-    return {
-      returnCode: IDENTIFIER_REJECTED,
-      reason: `keep-alive of ${keepalive} s is below broker.minKeepaliveSec (${rules.minKeepaliveSec} s)`,
-      limit: 'minKeepalive',
-    };
-  }
-  return null;
+}
+
+/** Which keep-alive bound a CONNECT's keep-alive breaks (none, 0, counting as above a maximum), if any. */
+function keepaliveBreach(keepalive: number, rules: ConnectRules): 'maxKeepalive' | 'minKeepalive' | undefined {
+  if (rules.maxKeepaliveSec > 0 && (keepalive === 0 || keepalive > rules.maxKeepaliveSec)) return 'maxKeepalive';
+  if (rules.minKeepaliveSec > 0 && keepalive > 0 && keepalive < rules.minKeepaliveSec) return 'minKeepalive';
+  return undefined;
 }
 
 /**
@@ -79,8 +87,6 @@ export class PendingRejections {
  */
 export function serverKeepAlive(packet: ConnectPacket, rules: ConnectRules): number | undefined {
   if (packet.protocolVersion !== 5) return undefined;
-  const keepalive = packet.keepalive ?? 0;
-  if (rules.maxKeepaliveSec > 0 && (keepalive === 0 || keepalive > rules.maxKeepaliveSec)) return rules.maxKeepaliveSec;
-  if (rules.minKeepaliveSec > 0 && keepalive > 0 && keepalive < rules.minKeepaliveSec) return rules.minKeepaliveSec;
-  return undefined;
+  const breach = keepaliveBreach(packet.keepalive ?? 0, rules);
+  return breach === 'maxKeepalive' ? rules.maxKeepaliveSec : breach === 'minKeepalive' ? rules.minKeepaliveSec : undefined;
 }

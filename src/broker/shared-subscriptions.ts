@@ -113,7 +113,6 @@ interface Member {
 
 interface Group {
   name: string;
-  group: string;
   filter: string;
   /** Connected members by client id. */
   members: Map<string, Member>;
@@ -285,12 +284,6 @@ export class SharedSubscriptions {
 
   // ------------------------------------------------------------- choosing
 
-  /** Whether the group takes a message on `topic` (a filter starting with a wildcard skips `$` topics [MQTT-4.7.2-1]). */
-  #takes(group: Group, topic: string): boolean {
-    if (topic.startsWith('$') && (group.filter.startsWith('+') || group.filter.startsWith('#'))) return false;
-    return topicMatches(group.filter, topic);
-  }
-
   /** The next connected member, round-robin. */
   #pick(group: Group): Member | undefined {
     const connected = [...group.members.values()].filter((member) => !member.client.closed);
@@ -322,7 +315,7 @@ export class SharedSubscriptions {
   #queueRecipients(packet: DeliveredPacket): QueueRecipient[] {
     const recipients: QueueRecipient[] = [];
     for (const group of this.#groups.values()) {
-      if (!this.#takes(group, packet.topic)) continue;
+      if (!topicMatches(group.filter, packet.topic)) continue;
       const member = this.#pick(group);
       const target = member ? { clientId: member.client.id, qos: member.qos } : this.#pickOffline(group);
       if (!target) continue;
@@ -342,7 +335,7 @@ export class SharedSubscriptions {
 
   /** The group's emitter listener: the message goes to one member. */
   #deliver(group: Group, packet: DeliveredPacket, done: () => void): void {
-    if (!this.#takes(group, packet.topic)) {
+    if (!topicMatches(group.filter, packet.topic)) {
       done();
       return;
     }
@@ -439,8 +432,7 @@ export class SharedSubscriptions {
   }
 
   /** PUBACK ends a QoS 1 message, PUBREC a QoS 2 one: the member has it [MQTT-4.3.3]. */
-  #acknowledged(client: Client, cmd: 'puback' | 'pubrec' | 'pubcomp', messageId: number): void {
-    if (cmd === 'pubcomp') return;
+  #acknowledged(client: Client, cmd: 'puback' | 'pubrec', messageId: number): void {
     const ledger = this.#ledgers.get(client);
     const key = ledger?.byMessageId.get(messageId);
     if (!ledger || key === undefined) return;

@@ -29,8 +29,8 @@
  *   broker's Topic Aliases for what it sends (outgoing-aliases.ts).
  * - `aedes.authorizePublish` and `aedes.publish`: the publish path below;
  *   `publish` also strips a will's Will Delay Interval (aedes #1098).
- * - `aedes.scheduleSessionExpiry`, `_wipeSession`, `scheduleWill`,
- *   `authenticate` and Client `clean` (aedes.js, lib/client.js close,
+ * - `aedes.scheduleSessionExpiry`, `scheduleWill`, `authenticate` and
+ *   Client `clean` (aedes.js, lib/client.js close,
  *   handlers/connect.js): session expiry and delayed wills with the store
  *   as the authority, and Clean Start 0 resuming the stored session
  *   whatever its new Session Expiry (sessions.ts).
@@ -81,5 +81,5 @@ export { AedesSeam } from './seam.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
 export * from './mqtt5.js';
 export * from './shared.js';
-export { assignOutgoingTopicAliases, OutgoingTopicAliases } from './outgoing-aliases.js';
+export { assignOutgoingTopicAliases } from './outgoing-aliases.js';
 export { installSessionAuthority, type SessionAuthority } from './sessions.js';

@@ -58,7 +58,7 @@ interface Slot {
  * the hand skips, clearing their flag, the aliases used since it last
  * passed them.
  */
-export class OutgoingTopicAliases {
+class OutgoingTopicAliases {
   readonly #maximum: number;
   readonly #byTopic = new Map<string, number>();
   /** Alias n is slot n - 1. */

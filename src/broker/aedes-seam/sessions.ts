@@ -76,8 +76,6 @@ interface Internals {
   _takingOver: Set<string>;
   delayedWills: Map<string, unknown>;
   scheduleSessionExpiry(client: Client): void;
-  clearSessionExpiry(clientId: string): void;
-  _wipeSession(client: Client): void;
   scheduleWill(client: Client, will: Stored, delaySeconds: number): void;
   authenticate: Authenticate;
   authorizePublish(client: Client | null, packet: PublishPacket, done: Done): void;
@@ -106,12 +104,13 @@ export function installSessionAuthority(aedes: Aedes, authority: SessionAuthorit
     // aedes' own guards: a stop closes every client (their sessions keep the
     // expiry declared at CONNECT), 3.1.1 has no Session Expiry Interval, and
     // during a takeover the new connection owns the session.
+    // aedes' own timer (expiringSessions) is never armed, and its
+    // _wipeSession, called only from here, is not needed: the store ends the
+    // session in one write.
     if (this.closed || client.version !== 5 || this._takingOver.has(client.id)) return;
-    this.clearSessionExpiry(client.id);
-    if (client.sessionExpiryInterval === 0) this._wipeSession(client);
+    if (client.sessionExpiryInterval === 0) void end(client.id);
     else authority.sessionExpiry(client.id, client.sessionExpiryInterval);
   };
-  instance._wipeSession = (client) => void end(client.id);
 
   const authenticate = instance.authenticate;
   instance.authenticate = function resumeOnCleanStart0(client, username, password, done) {

@@ -119,11 +119,15 @@ export function watchDeliveries(
   }));
 }
 
-/** Calls `listener` for each PUBACK, PUBREC and PUBCOMP the client sends, as aedes parses it (lib/client.js). */
-export function onAcknowledgement(client: Client, listener: (cmd: 'puback' | 'pubrec' | 'pubcomp', messageId: number) => void): void {
+/**
+ * Calls `listener` for each PUBACK and PUBREC the client sends, as aedes
+ * parses it (lib/client.js): the acknowledgements after which a message is
+ * the receiver's (a PUBCOMP follows a PUBREC already reported).
+ */
+export function onAcknowledgement(client: Client, listener: (cmd: 'puback' | 'pubrec', messageId: number) => void): void {
   const parser = (client as unknown as ParserInternals)._parser;
   parser.on('packet', (packet: { cmd?: string; messageId?: number }) => {
-    if ((packet.cmd === 'puback' || packet.cmd === 'pubrec' || packet.cmd === 'pubcomp') && typeof packet.messageId === 'number') {
+    if ((packet.cmd === 'puback' || packet.cmd === 'pubrec') && typeof packet.messageId === 'number') {
       listener(packet.cmd, packet.messageId);
     }
   });
