@@ -1,6 +1,7 @@
 /** Topic matching used by src/broker/delivery-rules.ts to find a client's grant for a topic [MQTT-4.7]. */
 import t from 'tap';
-import { grantedQoS, topicMatches } from '../src/broker/delivery-rules.js';
+import { grantedQoS } from '../src/broker/delivery-rules.js';
+import { topicMatches } from '../src/config/topic-filter.js';
 
 t.test('topicMatches follows MQTT 3.1.1 topic filter rules', async (t) => {
   const cases: [filter: string, topic: string, matches: boolean][] = [

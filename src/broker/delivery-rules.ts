@@ -66,8 +66,6 @@ import {
   type QoS,
 } from './aedes-seam/index.js';
 
-export { topicMatches };
-
 /**
  * The highest QoS granted to any of the client's subscriptions matching
  * `topic`, if any. For the client's own message (`own`), a subscription with
@@ -84,8 +82,8 @@ export function grantedQoS(subscriptions: Readonly<Record<string, ClientSubscrip
 }
 
 /**
- * Installs the rules on every client aedes makes from now on; call after
- * `listen()` (the persistence exists then) and before any client connects.
+ * Installs the rules on every client aedes makes from now on; call before
+ * any client connects.
  * Register it after the flow control: its wrappers must run on top of the
  * flow control's.
  */
@@ -177,7 +175,7 @@ function isOwn(packet: DeliveredPacket, client: Client): boolean {
  * Local rules out every one. The first counting copy is sent, its RETAIN
  * and identifiers replaced; properties are a new object, never the shared one.
  */
-export function mergeCopies(copies: readonly DeliveredPacket[], own: boolean): DeliveredPacket | undefined {
+function mergeCopies(copies: readonly DeliveredPacket[], own: boolean): DeliveredPacket | undefined {
   let base: DeliveredPacket | undefined;
   let retain = false;
   let identifiers: number[] | undefined;

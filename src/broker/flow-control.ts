@@ -56,8 +56,6 @@ import type { Duplex } from 'node:stream';
 import { clientLimits, onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam/index.js';
 import { publishBytes } from './publish-size.js';
 
-export { publishBytes };
-
 export interface FlowControlOptions {
   /** Per client; 0 = unlimited. */
   maxOutgoingBufferBytes: number;

@@ -8,7 +8,7 @@
 import type { DeliveredPacket } from './aedes-seam/index.js';
 
 /** Bytes of a Variable Byte Integer [MQTT-1.5.5]: 7 bits a byte. */
-export function variableByteIntegerBytes(value: number): number {
+function variableByteIntegerBytes(value: number): number {
   return value < 128 ? 1 : value < 16_384 ? 2 : value < 2_097_152 ? 3 : 4;
 }
 
@@ -25,7 +25,7 @@ function byteLength(value: unknown): number {
  * repeat the identifier per pair, an array value being one pair per element;
  * several Subscription Identifiers likewise [MQTT-3.3.4-3].
  */
-export function publishPropertiesBytes(properties: Readonly<Record<string, unknown>> | undefined): number {
+function publishPropertiesBytes(properties: Readonly<Record<string, unknown>> | undefined): number {
   if (properties === undefined) return 0;
   let bytes = 0;
   for (const name in properties) {

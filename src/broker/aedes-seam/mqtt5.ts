@@ -36,14 +36,22 @@ const BEFORE_V5: Readonly<Record<number, Readonly<ClientLimits>>> = Object.fromE
 /** aedes' default when the CONNECT has no Receive Maximum (lib/constants.js RECEIVE_MAXIMUM_DEFAULT). */
 const RECEIVE_MAXIMUM_DEFAULT = 65_535;
 
-export function clientLimits(client: Client): ClientLimits {
+/** An MQTT 5 client's limits, read once: aedes sets them at CONNECT and never changes them. */
+const v5Limits = new WeakMap<Client, Readonly<ClientLimits>>();
+
+export function clientLimits(client: Client): Readonly<ClientLimits> {
   const state = internals(client);
   const version = state.version ?? 0;
-  // Every delivery asks: no allocation for the clients without such limits.
+  // Every delivery asks: no allocation per call.
   if (version !== 5) return BEFORE_V5[version] ?? { version, receiveMaximum: undefined, maximumPacketSize: undefined };
-  // aedes fills in 65,535 when the CONNECT had none: the same as no bound in practice.
-  const receiveMaximum = state.receiveMaximum === RECEIVE_MAXIMUM_DEFAULT ? undefined : state.receiveMaximum;
-  return { version, receiveMaximum, maximumPacketSize: state.maximumPacketSize };
+  let limits = v5Limits.get(client);
+  if (limits === undefined) {
+    // aedes fills in 65,535 when the CONNECT had none: the same as no bound in practice.
+    const receiveMaximum = state.receiveMaximum === RECEIVE_MAXIMUM_DEFAULT ? undefined : state.receiveMaximum;
+    limits = Object.freeze({ version, receiveMaximum, maximumPacketSize: state.maximumPacketSize });
+    v5Limits.set(client, limits);
+  }
+  return limits;
 }
 
 /**

@@ -121,8 +121,8 @@ export class ProtocolGuard {
 
   /**
    * Whether the CONNECT asked for a protocol level the guard does not follow:
-   * other than 3 or 4, and other than 5 unless `mqtt5` is on. aedes 1.2
-   * answers CONNACK 0x01 and closes [MQTT-3.1.2-2] (mqtt-packet refuses
+   * other than 3 or 4, and other than 5 unless `mqtt5` is on. The broker
+   * answers CONNACK 0x01 (5: 0x84) and closes [MQTT-3.1.2-2] (mqtt-packet refuses
    * levels other than 3, 4, 5 outright); the bytes after it are another
    * protocol's framing, which the guard does not judge but withholds.
    */

@@ -5,16 +5,5 @@
  */
 export { ProtocolGuard } from './guard.js';
 export { guardConnection } from './connection.js';
-export { MQTT_MAX_STRING_BYTES, topicFilterProblem, utf8StringProblem } from './strings.js';
-export {
-  MALFORMED_PACKET,
-  PACKET_TOO_LARGE,
-  PROTOCOL_ERROR,
-  RECEIVE_MAXIMUM_EXCEEDED,
-  TOPIC_NAME_INVALID,
-  type GuardLimit,
-  type ProtocolGuardLimits,
-  type ProtocolGuardOptions,
-  type Verdict,
-  type Violation,
-} from './verdict.js';
+export { MQTT_MAX_STRING_BYTES } from './strings.js';
+export type { ProtocolGuardOptions, Verdict, Violation } from './verdict.js';

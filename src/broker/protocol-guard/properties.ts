@@ -34,13 +34,13 @@ const DISCONNECT = 1 << 14;
 const AUTH = 1 << 15;
 const WILL_PROPERTIES = 1 << WILL;
 
-export const PAYLOAD_FORMAT_INDICATOR = 0x01;
-export const SUBSCRIPTION_IDENTIFIER = 0x0b;
-export const SESSION_EXPIRY_INTERVAL = 0x11;
-export const AUTHENTICATION_METHOD = 0x15;
-export const AUTHENTICATION_DATA = 0x16;
-export const TOPIC_ALIAS = 0x23;
-export const USER_PROPERTY = 0x26;
+const PAYLOAD_FORMAT_INDICATOR = 0x01;
+const SUBSCRIPTION_IDENTIFIER = 0x0b;
+const SESSION_EXPIRY_INTERVAL = 0x11;
+const AUTHENTICATION_METHOD = 0x15;
+const AUTHENTICATION_DATA = 0x16;
+const TOPIC_ALIAS = 0x23;
+const USER_PROPERTY = 0x26;
 
 interface Definition {
   name: string;
@@ -86,9 +86,6 @@ const OWNER_NAMES: Record<number, string> = {
   10: 'UNSUBSCRIBE', 14: 'DISCONNECT', 15: 'AUTH', [WILL]: 'the Will Properties',
 };
 
-/** The largest Subscription Identifier, the largest Variable Byte Integer (3.8.2.1.2). */
-export const MAX_SUBSCRIPTION_IDENTIFIER = 268_435_455;
-
 const malformed = (reason: string): Violation => malformedAs(CLAUSES_5.malformed, `malformed packet: ${reason}`);
 
 /** What the rules after the properties need to know of them; one per guard, reset per property list. */
@@ -97,7 +94,6 @@ export class PropertyFacts {
   sessionExpiryInterval = 0;
   authenticationMethod = false;
   authenticationData = false;
-  subscriptionIdentifier = false;
   readonly #seen = new Uint8Array(DEFINITIONS.length);
 
   reset(): void {
@@ -105,7 +101,6 @@ export class PropertyFacts {
     this.sessionExpiryInterval = 0;
     this.authenticationMethod = false;
     this.authenticationData = false;
-    this.subscriptionIdentifier = false;
     this.#seen.fill(0);
   }
 
@@ -195,7 +190,6 @@ function checkValue(reader: FieldReader, id: number, definition: Definition, own
       if (value === VARINT_NOT_MINIMAL) return malformedAs('MQTT-1.5.5-1', `${name} not in the fewest bytes`);
       if (value === VARINT_TRUNCATED) return short();
       if (value === 0) return protocol('MQTT-3.8.2.1.2', 'Subscription Identifier 0');
-      facts.subscriptionIdentifier = true;
       return null;
     }
     case BINARY:

@@ -21,10 +21,10 @@ export interface ProtocolGuardLimits {
 
 export interface ProtocolGuardOptions extends ProtocolGuardLimits {
   /**
-   * Follow and judge MQTT 5.0 connections (protocol level 5). Off while the
-   * broker behind the guard speaks only 3.1.1 (aedes 1.x answers a level-5
-   * CONNECT with CONNACK 0x01 and closes): the guard then withholds what
-   * follows such a CONNECT, as for any level it does not know.
+   * Follow and judge MQTT 5.0 connections (protocol level 5); the daemon
+   * always sets it (limits.ts). Off, the guard serves a 3.1.1-only broker:
+   * it withholds what follows a level-5 CONNECT, as for any level it does
+   * not know.
    */
   mqtt5?: boolean;
 }
