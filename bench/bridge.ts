@@ -14,6 +14,9 @@
  *    the drain rate is timed from when the bridge has (re)created the stream
  *    until the stream holds them all; the reconnect delay (the bridge's
  *    backoff) is printed apart.
+ * 3. JetStream → MQTT: MESSAGES messages published into the stream as from
+ *    another site, imported by edgemqtt and delivered to a WebSocket
+ *    subscriber (roundImport).
  *
  * CPU of each process (edgemqtt, nats-server, this load generator) is printed
  * as % of one core over the measured interval.
@@ -36,6 +39,8 @@ import { headers } from '@nats-io/transport-node';
 import mqtt from 'mqtt';
 import { freePort, median, ratio, RawConnection, rssMiB, startEdgemqtt } from './persistence-load.js';
 import { processCpuMs } from './common.js';
+import { HEADER } from '../src/bridge/metadata.js';
+import { topicToSubject } from '../src/bridge/subjects.js';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const MESSAGES = env('BENCH_MESSAGES', 20_000);
@@ -288,23 +293,26 @@ async function roundImport(dir: string): Promise<number> {
       }
       const js = jetstream(nc);
       const h = headers();
-      h.set('Edgemqtt-Origin', 'bench-a');
-      h.set('Edgemqtt-Qos', '1');
-      h.set('Edgemqtt-Retain', '0');
+      h.set(HEADER.origin, 'bench-a');
+      h.set(HEADER.qos, '1');
+      h.set(HEADER.retain, '0');
+      const mapped = topicToSubject('mqtt', TOPIC);
+      if (!mapped.ok) throw new Error(`cannot map ${TOPIC} to a subject`);
+      const subject = mapped.subject;
       let received = 0;
       let all!: () => void;
       const done = new Promise<void>((resolve) => (all = resolve));
       subscriber.on('message', () => {
         if (++received === MESSAGES + 1) all();
       });
-      await js.publish(`mqtt.${TOPIC.replace('/', '.')}`, PAYLOAD, { headers: h });
+      await js.publish(subject, PAYLOAD, { headers: h });
       for (const deadline = Date.now() + 30_000; received === 0; await sleep(20)) {
         if (Date.now() > deadline) throw new Error('the first imported message did not arrive within 30 s');
       }
       const cpu = cpuMeter({ edgemqtt: broker.pid, 'nats-server': nats.pid });
       const started = performance.now();
       for (let sent = 0; sent < MESSAGES; sent += 256) {
-        await Promise.all(Array.from({ length: Math.min(256, MESSAGES - sent) }, () => js.publish(`mqtt.${TOPIC.replace('/', '.')}`, PAYLOAD, { headers: h })));
+        await Promise.all(Array.from({ length: Math.min(256, MESSAGES - sent) }, () => js.publish(subject, PAYLOAD, { headers: h })));
       }
       await done;
       const seconds = (performance.now() - started) / 1000;

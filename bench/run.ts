@@ -344,7 +344,7 @@ async function benchmark(brokerNames: string[], protocols: Protocol[], tempDir: 
     metric: string,
     pick: (result: LoadResult) => number,
     format: (value: number) => string,
-    ratioKind: 'headline' | 'ratio' | 'none' = 'ratio',
+    ratioKind: 'ratio' | 'none' = 'ratio',
   ) => {
     currentCases.forEach((c, line) => {
       const values = brokerNames.map((_, index) => {
@@ -368,12 +368,12 @@ async function benchmark(brokerNames: string[], protocols: Protocol[], tempDir: 
     currentCases = casesOf(scenario);
     if (currentCases.length === 0) continue;
     if (scenario.id === 'latency') {
-      push(`${scenario.title}: p50 ms`, (r) => r.latency?.p50Ms ?? Number.NaN, (v) => number(v, 3), 'headline');
+      push(`${scenario.title}: p50 ms`, (r) => r.latency?.p50Ms ?? Number.NaN, (v) => number(v, 3));
       push('    p99 ms', (r) => r.latency?.p99Ms ?? Number.NaN, (v) => number(v, 3));
       push('    max ms', (r) => r.latency?.maxMs ?? Number.NaN, (v) => number(v, 3));
       push('    lost messages', (r) => r.latency?.lost ?? Number.NaN, (v) => number(v), 'none');
     } else {
-      push(`${scenario.title}: ${scenario.unit}`, throughputOf, (v) => number(v), 'headline');
+      push(`${scenario.title}: ${scenario.unit}`, throughputOf, (v) => number(v));
       push('    broker CPU µs per delivery', (r) => (r.brokerCpuMs * 1000) / Math.max(1, r.delivered), (v) => number(v, 2));
       push('    load generator CPU µs per delivery', (r) => (r.loadgenCpuMs * 1000) / Math.max(1, r.delivered), (v) => number(v, 2), 'none');
     }

@@ -24,31 +24,11 @@ import type { Logger } from '../observability/logger.js';
 import type { BatchOp, GroupCommit, PacketLike, PublishTap } from '../persistence/index.js';
 import { topicMatches } from '../config/topic-filter.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
-import { Outbox, type OutboxStats, type OutboxStore, type OverflowPolicy, type QoS } from './outbox.js';
+import { Outbox, type OutboxStats, type OutboxStore, type QoS } from './outbox.js';
+import type { BridgeConfig } from '../config/schema.js';
 import { jittered, Sender, type SenderStats } from './sender.js';
 import { topicToSubject } from './subjects.js';
-import { Importer, type ImporterStats, type ImportRule, type ImporterStore, type LocalPublish } from './importer.js';
-
-export interface BridgeConfig {
-  enabled: boolean;
-  siteId: string;
-  subjectPrefix: string;
-  nats: {
-    servers: string[];
-    user: string;
-    passwordFile: string;
-    tokenFile: string;
-    nkeySeedFile: string;
-    credsFile: string;
-    tls: { enabled: boolean; caFile: string; certFile: string; keyFile: string };
-    jetstreamDomain: string;
-  };
-  stream: { name: string; create: boolean; replicas: number; maxAgeSec: number; duplicateWindowSec: number };
-  export: Array<{ filter: string; qos: number[]; retained: boolean }>;
-  import: ImportRule[];
-  outbox: { maxMessages: number; maxBytes: number; overflow: OverflowPolicy };
-  sender: { window: number; publishTimeoutMs: number };
-}
+import { Importer, type ImporterStats, type ImporterStore, type LocalPublish } from './importer.js';
 
 export type BridgeState = 'disabled' | 'connecting' | 'connected' | 'disconnected' | 'misconfigured' | 'stopped';
 
@@ -86,6 +66,8 @@ const CONNECT_RETRY_MAX_MS = 4000;
 
 export function createBridge(config: BridgeConfig, deps: { logger: Logger; store: BridgeStore; publish: LocalPublish }): Bridge {
   const log = deps.logger.child({ component: 'bridge' });
+  /** The JetStream domain, for the import and the stream checks (empty: none). */
+  const domain = config.nats.jetstreamDomain || undefined;
   let state: BridgeState = config.enabled ? 'connecting' : 'disabled';
   let problem: string | undefined;
   let outbox: Outbox | undefined;
@@ -136,15 +118,13 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
 
   /** The store's publish tap: the importer's record of what it applied, or the outbox entry of a message to export. */
   function tap(packet: PacketLike): BatchOp[] | undefined {
-    if (importer?.isImported(packet)) return importer.tap(packet);
-    return exportOps(packet);
+    return importer?.tap(packet) ?? exportOps(packet);
   }
 
   /** Keeps the import consumer running (consume() rides through reconnects; a deleted consumer is made again). */
   async function runImporter(nc: NatsConnection, jsm: JetStreamManager): Promise<void> {
     if (!importer || importing) return;
     importing = true;
-    const domain = config.nats.jetstreamDomain || undefined;
     while (!stopping && !nc.isClosed()) {
       try {
         await importer.ensureConsumer(jsm);
@@ -295,7 +275,6 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
   async function attach(nc: NatsConnection): Promise<void> {
     // One loop at a time: a reconnect while one retries starts it over.
     const generation = ++attachGeneration;
-    const domain = config.nats.jetstreamDomain || undefined;
     let waitMs = 250;
     while (!stopping && !nc.isClosed() && generation === attachGeneration) {
       try {

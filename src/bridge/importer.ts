@@ -22,14 +22,14 @@
  * order; their redeliveries later find their records.
  *
  * Loops: a message whose origin header names this site is skipped, and an
- * imported message is never exported again (isImported, used by the export
- * tap).
+ * imported message is never exported again (tap answers for it, so the
+ * export tap does not see it).
  */
 import { AckPolicy, DeliverPolicy, type Consumer, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import type { MsgHdrs } from '@nats-io/transport-node';
 import type { Logger } from '../observability/logger.js';
 import type { BatchOp, PacketLike } from '../persistence/index.js';
-import { componentPrefix } from '../persistence/index.js';
+import { componentPrefix, prefixRange } from '../persistence/index.js';
 import { topicMatches } from '../config/topic-filter.js';
 import { HEADER, readMetadataHeaders, remainingExpiry, toPublishProperties, type PublishProperties } from './metadata.js';
 import { filterToSubjects, subjectToTopic } from './subjects.js';
@@ -76,7 +76,7 @@ export interface ImporterStats {
 const LAST_APPLIED = Buffer.concat([componentPrefix('bridge'), Buffer.from('i')]);
 /** `a` + sequence: applied, its ack not yet confirmed by JetStream. */
 const APPLIED = Buffer.concat([componentPrefix('bridge'), Buffer.from('a')]);
-const APPLIED_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('b')]);
+const APPLIED_END = prefixRange(APPLIED).lt;
 /** The stream's last sequence when the consumer was made: up to it, only retained messages are applied (the retained state of the other sites). */
 const SNAPSHOT_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('s')]);
 /** A message to apply: from the consumer, or read from the stream while catching up (no ack then). */
@@ -145,12 +145,11 @@ export class Importer {
     }
   }
 
-  /** Whether a PUBLISH the store sees is one this importer made (never exported again). */
-  isImported(packet: PacketLike): boolean {
-    return typeof packet.brokerCounter === 'number' && this.#pending.has(packet.brokerCounter);
-  }
-
-  /** The publish tap: the record of the applied stream sequence (and a retained value's time) rides on the local publish's batch. */
+  /**
+   * The publish tap: the record of the applied stream sequence (and a
+   * retained value's time) rides on the local publish's batch; undefined for
+   * a PUBLISH this importer did not make.
+   */
   tap(packet: PacketLike): BatchOp[] | undefined {
     const pending = typeof packet.brokerCounter === 'number' ? this.#pending.get(packet.brokerCounter) : undefined;
     if (pending === undefined) return undefined;
@@ -192,6 +191,7 @@ export class Importer {
       this.#snapshotEnd = (await jsm.streams.info(this.#stream)).state.last_seq;
       await this.#store.commit.write([{ type: 'put', key: SNAPSHOT_END, value: u64(this.#snapshotEnd) }]);
     }
+    const filter = this.#filterSubject();
     await jsm.consumers.add(this.#stream, {
       durable_name: this.durableName,
       ack_policy: AckPolicy.Explicit,
@@ -199,11 +199,11 @@ export class Importer {
       ...(this.#lastApplied === 0
         ? { deliver_policy: DeliverPolicy.LastPerSubject }
         : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.#lastApplied + 1 }),
-      filter_subject: this.#filterSubject(),
+      filter_subject: filter,
       max_ack_pending: 4 * PIPELINE,
       ack_wait: 30e9,
     });
-    this.#log.info({ stream: this.#stream, consumer: this.durableName, filter: this.#filterSubject() }, 'created the import consumer');
+    this.#log.info({ stream: this.#stream, consumer: this.durableName, filter }, 'created the import consumer');
   }
 
   /** Consumes until stop() or the connection closes; consume() itself rides through reconnects. */

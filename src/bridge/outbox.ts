@@ -17,7 +17,7 @@
 import { pack, unpack } from 'msgpackr';
 import type { Logger } from '../observability/logger.js';
 import type { BatchOp, GroupCommit, PacketLike } from '../persistence/index.js';
-import { componentPrefix } from '../persistence/index.js';
+import { componentPrefix, prefixRange } from '../persistence/index.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { metadataOfPacket, packMetadata, unpackMetadata, type MessageMetadata } from './metadata.js';
 
@@ -80,7 +80,7 @@ const PREFIX = Buffer.concat([componentPrefix('bridge'), Buffer.from('o')]);
  * whose data directory was wiped does not reuse the ids of its former life.
  */
 const HIGH_WATER = Buffer.concat([componentPrefix('bridge'), Buffer.from('h')]);
-const RANGE_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('p')]);
+const RANGE_END = prefixRange(PREFIX).lt;
 
 export function outboxKey(seq: number): Buffer {
   const key = Buffer.alloc(PREFIX.length + 8);
@@ -254,11 +254,12 @@ export class Outbox {
     this.#depth++;
     this.#bytes += value.length;
     this.#counters.added++;
-    ops.push({ type: 'put', key: outboxKey(seq), value }, { type: 'put', key: HIGH_WATER, value: u64(seq) });
+    const key = outboxKey(seq);
+    ops.push({ type: 'put', key, value }, { type: 'put', key: HIGH_WATER, value: u64(seq) });
     queueMicrotask(() => {
       // The caller has queued the ops by now. A batch that fails (a full disk) leaves nothing on
       // disk: forget the entry, or head would wait for it forever (its PUBLISH was not acknowledged).
-      this.#store.commit.whenWritten(outboxKey(seq))?.catch(() => {
+      this.#store.commit.whenWritten(key)?.catch(() => {
         if (this.#forget(seq)) this.#counters.failedWrites++;
       });
       this.onAdded();

@@ -11,11 +11,11 @@
  * are applied (the later arrival wins).
  */
 import type { BatchOp } from '../persistence/index.js';
-import { componentPrefix } from '../persistence/index.js';
+import { componentPrefix, prefixRange } from '../persistence/index.js';
 import { u64, type RangeReader } from './outbox.js';
 
 const PREFIX = Buffer.concat([componentPrefix('bridge'), Buffer.from('r')]);
-const RANGE_END = Buffer.concat([componentPrefix('bridge'), Buffer.from('s')]);
+const RANGE_END = prefixRange(PREFIX).lt;
 
 export interface RetainedVersionsStore {
   readonly db: RangeReader;
@@ -51,9 +51,5 @@ export class RetainedVersions {
   persist(topic: string): BatchOp[] {
     const value = u64(Math.max(0, Math.round(this.#times.get(topic) ?? 0)));
     return [{ type: 'put', key: Buffer.concat([PREFIX, Buffer.from(topic, 'utf8')]), value }];
-  }
-
-  get size(): number {
-    return this.#times.size;
   }
 }
