@@ -41,11 +41,8 @@ interface TakeoverState {
   _takingOver: Set<string>;
 }
 
-/** Client fields aedes sets at CONNECT (lib/handlers/connect.js init); not in its typings. */
+/** The CONNECT's Clean Start flag, MQTT 5.0 only (lib/handlers/connect.js init); not in aedes' typings. */
 interface ConnectState {
-  version: number | null;
-  clean: boolean;
-  /** aedes 2, MQTT 5.0 only: the CONNECT's Clean Start flag. */
   _cleanStart?: boolean;
 }
 
@@ -60,14 +57,12 @@ export function installIncomingCleanup(aedes: Aedes, logger: Logger): void {
       log.debug({ err: error, clientId: client.id }, 'could not drop the incoming QoS 2 state of an ended session'),
     );
   };
-  const state = (client: Client) => client as unknown as ConnectState;
   aedes.on('client', (client) => {
-    const { version, clean: ephemeral, _cleanStart } = state(client);
-    if (version === 5 ? _cleanStart === true : ephemeral) clean(client);
+    if (client.version === 5 ? (client as unknown as ConnectState)._cleanStart === true : client.clean) clean(client);
   });
   const takingOver = (aedes as unknown as TakeoverState)._takingOver;
   aedes.on('clientDisconnect', (client) => {
-    if (state(client).clean && !takingOver.has(client.id)) clean(client);
+    if (client.clean && !takingOver.has(client.id)) clean(client);
   });
   (aedes as unknown as NodeJS.EventEmitter).on('sessionExpired', clean);
 }

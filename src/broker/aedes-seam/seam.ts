@@ -19,7 +19,6 @@ interface AedesInternals {
   clients: Record<string, Client>;
   /** Other brokers' ids from their $SYS heartbeats (aedes.js). */
   brokers: Record<string, unknown>;
-  persistence: object;
 }
 
 /** A QoS 1 PUBLISH from the wire: it carries a packet identifier, wills do not. */

@@ -60,12 +60,8 @@ export function wireSharedFilter(name: string): string {
  */
 function renamed(topic: string): string {
   if (!topic.startsWith(SHARE_PREFIX)) return topic;
-  const rest = topic.slice(SHARE_PREFIX.length);
-  const slash = rest.indexOf('/');
-  if (slash <= 0 || slash === rest.length - 1) return topic;
-  const group = rest.slice(0, slash);
-  if (group.includes('+') || group.includes('#')) return topic;
-  return SHARED_FILTER_PREFIX + rest;
+  const parts = parseSharedFilter(SHARED_FILTER_PREFIX + topic.slice(SHARE_PREFIX.length));
+  return parts && !parts.group.includes('+') && !parts.group.includes('#') ? parts.name : topic;
 }
 
 interface ParserInternals {
