@@ -20,7 +20,7 @@ import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { connackAccepted, disconnectWithReason, subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
 import { FlowControl, type ClaimOutgoing, type DiscardOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
-import { guardConnection, MQTT_MAX_STRING_BYTES, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
+import { CONNECT, guardConnection, MQTT_MAX_STRING_BYTES, PUBACK, PUBCOMP, PUBREC, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
 import { holdUntilConnack } from './connect-hold.js';
 import { coalesceWrites } from './write-coalescer.js';
 
@@ -85,12 +85,6 @@ const INFO_LIMITS = new Set<LimitName>(['maxInflight']);
 
 /** Addresses whose connection rate is tracked at once; the least recently seen is forgotten first. */
 const MAX_TRACKED_ADDRESSES = 10_000;
-
-// Packet types the limits react to [MQTT-2.2.1].
-const CONNECT = 1;
-const PUBACK = 4;
-const PUBREC = 5;
-const PUBCOMP = 7;
 
 /** MQTT 5 Reason Codes of 0x80 and above report a failure [MQTT-2.4]. */
 const FAILURE = 0x80;

@@ -17,24 +17,12 @@
  */
 import { CLAUSES_3_1_1, CLAUSES_5, type Clauses } from './clauses.js';
 import { FieldReader } from './field-reader.js';
+import { AUTH, CONNECT, DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBSCRIBE, UNSUBSCRIBE } from './packet-types.js';
 import { checkPropertyList, PropertyFacts } from './properties.js';
 import { checkConnect311, checkSubscriptions311 } from './rules-3-1-1.js';
 import { checkAck5, checkAuth5, checkConnect5, checkDisconnect5, checkSubscribe5, checkUnsubscribe5, type Session5 } from './rules-5.js';
 import { hasWildcard, MQTT_MAX_STRING_BYTES, topicLevels, utf8StringProblem } from './strings.js';
 import { limit, malformedAs, protocol, within, type ProtocolGuardOptions, type TopicChecks, type Verdict, type Violation } from './verdict.js';
-
-// Control packet types [MQTT-2.2.1] (MQTT 5: 2.1.2).
-const CONNECT = 1;
-const PUBLISH = 3;
-const PUBACK = 4;
-const PUBREC = 5;
-const PUBREL = 6;
-const PUBCOMP = 7;
-const SUBSCRIBE = 8;
-const UNSUBSCRIBE = 10;
-const PINGREQ = 12;
-const DISCONNECT = 14;
-const AUTH = 15;
 
 const TYPE_NAMES = [
   'reserved (0)', 'CONNECT', 'CONNACK', 'PUBLISH', 'PUBACK', 'PUBREC', 'PUBREL', 'PUBCOMP',

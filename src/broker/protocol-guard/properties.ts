@@ -5,6 +5,7 @@
  * rules need of them (a Topic Alias, the Session Expiry Interval, an
  * Authentication Method) is noted in a PropertyFacts the guard reuses.
  */
+import { PUBLISH as PUBLISH_PACKET } from './packet-types.js';
 import { CLAUSES_5 } from './clauses.js';
 import { VARINT_NOT_MINIMAL, VARINT_TRUNCATED, type FieldReader } from './field-reader.js';
 import { hasWildcard, utf8StringProblem } from './strings.js';
@@ -143,7 +144,7 @@ export function checkPropertyList(reader: FieldReader, owner: number, facts: Pro
     const { name } = definition;
     if ((definition.owners & (1 << owner)) === 0) return malformedAs('MQTT-2.2.2.2', `${name} is not a property of ${ownerName}`);
     if (id !== USER_PROPERTY && !facts.see(id)) return protocol('MQTT-2.2.2.2', `${name} more than once in ${ownerName}`);
-    if (id === SUBSCRIPTION_IDENTIFIER && owner === 3) {
+    if (id === SUBSCRIPTION_IDENTIFIER && owner === PUBLISH_PACKET) {
       return protocol('MQTT-3.3.4-6', 'a Subscription Identifier in a PUBLISH from a client');
     }
     const problem = checkValue(reader, id, definition, owner, facts);

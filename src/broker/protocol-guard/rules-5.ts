@@ -7,6 +7,7 @@
 import { CLAUSES_5 } from './clauses.js';
 import { readConnectFlags } from './connect-flags.js';
 import type { FieldReader } from './field-reader.js';
+import { AUTH, CONNECT, DISCONNECT, SUBSCRIBE, UNSUBSCRIBE } from './packet-types.js';
 import { checkProperties, WILL, type PropertyFacts } from './properties.js';
 import { isSharedFilter, sharedFilterProblem, topicFilterProblem, utf8StringProblem } from './strings.js';
 import { malformedAs, protocol, within, type TopicChecks, type Violation } from './verdict.js';
@@ -32,7 +33,7 @@ export function checkConnect5(reader: FieldReader, facts: PropertyFacts, session
   if (will && willQoS === 3) return malformedAs('MQTT-3.1.2-12', 'Will QoS 3');
   if (!will && willRetain) return malformedAs('MQTT-3.1.2-13', 'Will Retain set without the Will Flag');
 
-  const propertyProblem = checkProperties(reader, 1, facts);
+  const propertyProblem = checkProperties(reader, CONNECT, facts);
   if (propertyProblem) return propertyProblem;
   if (facts.authenticationData && !facts.authenticationMethod) {
     return protocol('MQTT-3.1.2.11.10', 'Authentication Data without an Authentication Method');
@@ -93,9 +94,6 @@ export function checkAck5(type: number, reader: FieldReader, facts: PropertyFact
   if (problem) return problem;
   return reader.done ? null : malformed(`${reader.left} unexpected bytes at the end of ${ack.name}`);
 }
-
-const SUBSCRIBE = 8;
-const UNSUBSCRIBE = 10;
 
 /**
  * What SUBSCRIBE and UNSUBSCRIBE begin with: a non-zero packet identifier
@@ -159,7 +157,7 @@ export function checkDisconnect5(reader: FieldReader, facts: PropertyFacts, sess
   const code = reader.byte() as number;
   if (!DISCONNECT_CODES.has(code)) return protocol('MQTT-3.14.2-1', `DISCONNECT with Reason Code 0x${code.toString(16)}`);
   if (reader.done) return null;
-  const problem = checkProperties(reader, 14, facts);
+  const problem = checkProperties(reader, DISCONNECT, facts);
   if (problem) return problem;
   if (facts.sessionExpiryInterval !== 0 && session.sessionExpiryZero) {
     return protocol('MQTT-3.14.2.2.2', 'a non-zero Session Expiry Interval on DISCONNECT after a CONNECT with 0');
@@ -180,7 +178,7 @@ export function checkAuth5(reader: FieldReader, facts: PropertyFacts, session: S
     return protocol('MQTT-3.15.2-1', `AUTH from a client with Reason Code 0x${(code ?? 0).toString(16)}`);
   }
   if (reader.done) return protocol('MQTT-3.15.2.2.2', 'AUTH without an Authentication Method');
-  const problem = checkProperties(reader, 15, facts);
+  const problem = checkProperties(reader, AUTH, facts);
   if (problem) return problem;
   if (!facts.authenticationMethod) return protocol('MQTT-3.15.2.2.2', 'AUTH without an Authentication Method');
   return reader.done ? null : malformed(`${reader.left} unexpected bytes at the end of AUTH`);
