@@ -14,6 +14,7 @@ import type { Config, ConfigInput } from './config/schema.js';
 import { EdgeMqttError } from './errors.js';
 import { createBroker, type Broker } from './broker/broker.js';
 import type { LimitsStats } from './broker/limits.js';
+import type { TrafficStats } from './broker/traffic.js';
 import { createLevelPersistence, type LevelPersistence, type PacketLike, type PersistenceStats } from './persistence/index.js';
 import { createBridge, type Bridge, type BridgeStats } from './bridge/bridge.js';
 import { createLogger, type Logger } from './observability/logger.js';
@@ -73,6 +74,8 @@ export interface Daemon {
   storeStats(): PersistenceStats;
   /** The NATS JetStream bridge: state, outbox, exports (state `disabled` unless configured). */
   bridgeStats(): BridgeStats;
+  /** Clients connected per listener and protocol, disconnects by reason, messages and bytes in and out by QoS. */
+  trafficStats(): TrafficStats;
 }
 
 export interface DaemonDeps {
@@ -234,7 +237,8 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
         log.info('stopped');
       })();
       return stopping;
-    },    addresses() {
+    },
+    addresses() {
       const result: DaemonAddresses = {};
       for (const listener of listeners) {
         const address = listener.address();
@@ -269,6 +273,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     limitsStats: () => broker.limits.stats(),
     storeStats: () => persistence.stats(),
     bridgeStats: () => bridge.stats(),
+    trafficStats: () => broker.traffic.stats(),
   };
   return daemon;
 }

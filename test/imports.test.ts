@@ -6,10 +6,14 @@
  * groups of the same rank never import each other (the daemon wires them).
  * The table (LAYERS), top to bottom:
  *
- *   8  bin            the executable; the only code that touches `process`
- *   7  cli, index     the command line; the library entry (re-exports)
- *   6  daemon         src/daemon.ts and src/daemon/: builds the parts below
+ *   9  bin            the executable; the only code that touches `process`
+ *   8  cli, index     the command line; the library entry (re-exports)
+ *   7  daemon         src/daemon.ts and src/daemon/: builds the parts below
  *                     and wires them together (reload included)
+ *   6  metrics, admin, dashboard
+ *                     what an operator sees and steers: Prometheus metrics
+ *                     and $SYS, the admin API, the dashboard. Each reads or
+ *                     acts on several parts below, handed to it by the daemon
  *   5  transports, broker, bridge, auth, systemd
  *                     the daemon's parts; each is handed what it needs of
  *                     the others (an interface it declares, an object the
@@ -49,10 +53,13 @@ interface Layer {
 }
 
 const LAYERS: readonly Layer[] = [
-  { rank: 8, group: 'bin', paths: ['bin/'] },
-  { rank: 7, group: 'cli', paths: ['cli/'] },
-  { rank: 7, group: 'index', paths: ['index.ts'] },
-  { rank: 6, group: 'daemon', paths: ['daemon.ts', 'daemon/'] },
+  { rank: 9, group: 'bin', paths: ['bin/'] },
+  { rank: 8, group: 'cli', paths: ['cli/'] },
+  { rank: 8, group: 'index', paths: ['index.ts'] },
+  { rank: 7, group: 'daemon', paths: ['daemon.ts', 'daemon/'] },
+  { rank: 6, group: 'metrics', paths: ['metrics/'] },
+  { rank: 6, group: 'admin', paths: ['admin/'] },
+  { rank: 6, group: 'dashboard', paths: ['dashboard/'] },
   { rank: 5, group: 'transports', paths: ['transports/'] },
   { rank: 5, group: 'broker', paths: ['broker/'] },
   { rank: 5, group: 'bridge', paths: ['bridge/'] },

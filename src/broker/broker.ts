@@ -25,6 +25,7 @@ import { withholdWills } from './planned-stop.js';
 import { createLimits, type Limits } from './limits.js';
 import { SharedSubscriptions, type SharedSubscriptionStore } from './shared-subscriptions.js';
 import type { AccessHooks } from '../auth/authorizer.js';
+import { Traffic, type ProtocolName } from './traffic.js';
 
 export interface Broker {
   /** The running Aedes instance; only valid between start() and stop(). */
@@ -32,6 +33,8 @@ export interface Broker {
   readonly running: boolean;
   /** Connection admission, limit counters and per-client flow control (src/broker/limits.ts). */
   readonly limits: Limits;
+  /** Clients connected per listener and protocol, disconnect reasons, messages and bytes in and out (traffic.ts). */
+  readonly traffic: Traffic;
   start(): Promise<void>;
   stop(): Promise<void>;
   /**
@@ -101,6 +104,9 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     discardOutgoing: claimOutgoing ? discardOutgoing : undefined,
   });
   let seam: AedesSeam | undefined;
+  const traffic = new Traffic();
+  /** Clients counted as connected, with what they were counted under. */
+  const counted = new WeakMap<Client, { listener: string; protocol: ProtocolName }>();
   const shared = new SharedSubscriptions(deps.logger, sharedStoreOf(persistence));
 
   const options: AedesOptions = {
@@ -168,8 +174,23 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
   const publishPolicy: PublishPolicy = deps.access?.checkPublish ?? refuseSys;
 
   function attachLogging(instance: Aedes): void {
-    instance.on('client', (client) => log.debug({ clientId: client.id, remote: remoteOf(client) }, 'client connected'));
-    instance.on('clientDisconnect', (client) => log.debug({ clientId: client.id }, 'client disconnected'));
+    instance.on('client', (client) => {
+      const tags = { listener: listenerOf(client), protocol: protocolOf(client) };
+      counted.set(client, tags);
+      traffic.clientConnected(tags.listener, tags.protocol);
+      log.debug({ clientId: client.id, remote: remoteOf(client) }, 'client connected');
+    });
+    instance.on('clientDisconnect', (client) => {
+      const tags = counted.get(client);
+      if (tags) {
+        counted.delete(client);
+        traffic.clientDisconnected(tags.listener, tags.protocol, 'connection_lost');
+      }
+      log.debug({ clientId: client.id }, 'client disconnected');
+    });
+    instance.on('publish', (packet, client) => {
+      if (client) traffic.messageIn(packet.qos, packet.payload.length);
+    });
     instance.on('keepaliveTimeout', (client) => {
       log.info({ clientId: client.id }, 'keep-alive timeout');
       // aedes closes the connection right after (an 'error'); an MQTT 5 client
@@ -197,6 +218,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       return seam !== undefined && !seam.aedes.closed;
     },
     limits,
+    traffic,
     async start() {
       if (seam) return;
       // Refuses to start on an aedes release other than the one it was written for.
@@ -248,4 +270,15 @@ function remoteOf(client: Client): string | undefined {
   const address = conn.remoteAddress ?? req?.socket?.remoteAddress;
   const port = conn.remotePort ?? req?.socket?.remotePort;
   return address ? `${address}:${port ?? '?'}` : undefined;
+}
+
+/** The listener a client came through: WebSocket connections carry their HTTP request, TLS sockets are encrypted. */
+function listenerOf(client: Client): string {
+  if (client.req) return 'http';
+  return (client.conn as { encrypted?: boolean }).encrypted ? 'tls' : 'mqtt';
+}
+
+function protocolOf(client: Client): ProtocolName {
+  const version = (client as { version?: number }).version;
+  return version === 5 ? '5' : version === 3 ? '3.1' : '3.1.1';
 }

@@ -261,6 +261,58 @@ const limits = z
   })
   .prefault({});
 
+// ---- Operations (src/metrics, src/admin): what an operator sees and steers.
+const metrics = z
+  .strictObject({
+    enabled: z.boolean().default(true).describe('Serve Prometheus metrics (text format) at metrics.path'),
+    path: z
+      .string()
+      .regex(/^\/[^\s?#]*$/, 'must be an absolute URL path such as /metrics')
+      .default('/metrics')
+      .describe('URL path of the metrics'),
+    ownListener: z
+      .strictObject({
+        enabled: z
+          .boolean()
+          .default(false)
+          .describe('Serve the metrics on their own HTTP listener (host, port) instead of the HTTP listener'),
+        host: host.default('127.0.0.1'),
+        port: port('Metrics').default(9464),
+      })
+      .prefault({}),
+  })
+  .prefault({});
+
+const admin = z
+  .strictObject({
+    enabled: z
+      .boolean()
+      .default(false)
+      .describe('Serve the admin API under /api/v1 on the HTTP listener (needs users or tokenFile)'),
+    users: z
+      .array(z.string().min(1))
+      .default([])
+      .describe('User names of auth.passwordFile allowed to call the admin API (HTTP basic authentication)'),
+    tokenFile: z
+      .string()
+      .default('')
+      .describe('File holding a bearer token accepted by the admin API; empty = none; re-read on SIGHUP'),
+    allowRemote: z
+      .boolean()
+      .default(false)
+      .describe('Answer admin API calls from addresses other than loopback'),
+  })
+  .prefault({});
+
+const dashboard = z
+  .strictObject({
+    enabled: z
+      .boolean()
+      .default(true)
+      .describe('Serve the live dashboard at / on the HTTP listener; it logs in over MQTT like any client'),
+  })
+  .prefault({});
+
 export const configSchema = z
   .strictObject({
     dataDir: z
@@ -356,13 +408,19 @@ export const configSchema = z
           .int()
           .min(23)
           .max(65535)
-          .default(23)
-          .describe('Longest client id accepted from MQTT 3.1 clients (3.1.1 clients are not limited)'),
+          .default(256)
+          .describe('Longest client id accepted, in UTF-8 bytes, from every protocol version; a longer one is refused (CONNACK 2, MQTT 5: 0x85)'),
         heartbeatIntervalSec: z
           .number()
           .min(1)
           .default(60)
           .describe('Interval of the $SYS/<id>/heartbeat message'),
+        sysIntervalSec: z
+          .number()
+          .int()
+          .min(0)
+          .default(10)
+          .describe('Interval of the mosquitto-style $SYS/broker/... statistics messages (retained); 0 = not published'),
         drainTimeoutSec: z
           .number()
           .min(0)
@@ -404,6 +462,9 @@ export const configSchema = z
       })
       .prefault({}),
     bridge: bridgeSchema,
+    metrics,
+    admin,
+    dashboard,
   })
   .describe('edgemqtt configuration');
 

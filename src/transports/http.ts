@@ -2,7 +2,7 @@
  * The HTTP listener: health endpoints, and MQTT over WebSocket on its path.
  * With `http.tls` it is an HTTPS listener (and WebSocket becomes WSS).
  */
-import { createServer, type RequestListener } from 'node:http';
+import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { createServer as createHttpsServer } from 'node:https';
@@ -16,10 +16,19 @@ import type { ConnectionBroker, Listener } from './listener.js';
 import { ServerLifecycle } from './server-lifecycle.js';
 import { createWebSocketUpgrade, refuseUpgrade } from './websocket.js';
 
+/**
+ * A handler the daemon mounts on the HTTP listener (metrics, admin API,
+ * dashboard): true when it took the request (and answers it, now or later),
+ * false to let the next one look.
+ */
+export type HttpRoute = (request: IncomingMessage, response: ServerResponse) => boolean;
+
 export interface HttpListenerDeps {
   broker: ConnectionBroker;
   logger: Logger;
   readiness: ReadinessCheck;
+  /** Tried in order after the health endpoints; a request none takes gets 404. */
+  routes?: readonly HttpRoute[];
   /** Where client-certificate user names go (http.tls.useCnAsUsername). */
   identities?: CertIdentities;
 }
@@ -29,6 +38,7 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
   const log = deps.logger.child({ component: 'listener', listener: 'http' });
   const handleRequest: RequestListener = (request, response) => {
     if (handleHealthRequest(request, response, deps.readiness)) return;
+    for (const route of deps.routes ?? []) if (route(request, response)) return;
     if (websocket.enabled && new URL(request.url ?? '/', 'http://localhost').pathname === websocket.path) {
       sendJson(response, 426, { error: 'this path speaks MQTT over WebSocket only' }, { Upgrade: 'websocket' });
       return;

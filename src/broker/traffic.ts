@@ -1,0 +1,116 @@
+/**
+ * What the broker's clients did since start: who is connected (per listener
+ * and protocol), why connected clients left, and the PUBLISH packets and
+ * payload bytes in and out per QoS. Plain counters, incremented on the hot
+ * path and read when someone asks (metrics scrape, $SYS, the admin API).
+ */
+
+/** MQTT protocol of a connection, as CONNECT named it (3.1 is protocol level 3). */
+export type ProtocolName = '3.1' | '3.1.1' | '5';
+
+/** Why a connected client (one that got CONNACK 0) is gone. */
+export const DISCONNECT_REASONS = [
+  /** It sent DISCONNECT. */
+  'client_disconnect',
+  /** Its connection closed or failed without DISCONNECT. */
+  'connection_lost',
+  /** Nothing from it within 1.5 × its keep-alive [MQTT-3.1.2-24]. */
+  'keepalive_timeout',
+  /** It broke MQTT 3.1.1 or 5.0 (the protocol guard, aedes' parser). */
+  'protocol_violation',
+  /** Its socket stayed full for broker.drainTimeoutSec. */
+  'slow_consumer',
+  /** A new connection with its client id took its session [MQTT-3.1.4-2]. */
+  'taken_over',
+  /** An operator disconnected it (admin API). */
+  'kicked',
+  /** The broker stopped. */
+  'server_stop',
+] as const;
+export type DisconnectReason = (typeof DISCONNECT_REASONS)[number];
+
+export interface ListenerProtocolCount {
+  /** The listener's name: mqtt, tls, http (WebSocket). */
+  listener: string;
+  protocol: ProtocolName;
+  count: number;
+}
+
+/** Indexed by QoS. */
+export type PerQos = [qos0: number, qos1: number, qos2: number];
+
+export interface TrafficStats {
+  /** Clients connected now (CONNACK 0 sent, not yet gone), per listener and protocol. */
+  connected: ListenerProtocolCount[];
+  /** Accepted connections since start, per listener and protocol. */
+  connects: ListenerProtocolCount[];
+  /** Connected clients gone since start, per reason. */
+  disconnects: Record<DisconnectReason, number>;
+  /** PUBLISH packets received from clients, per QoS. */
+  messagesIn: PerQos;
+  /** Their payload bytes. */
+  bytesIn: PerQos;
+  /** PUBLISH packets sent to clients, per QoS (the QoS each was sent at). */
+  messagesOut: PerQos;
+  /** Their payload bytes. */
+  bytesOut: PerQos;
+}
+
+export class Traffic {
+  readonly #connected = new Map<string, ListenerProtocolCount>();
+  readonly #connects = new Map<string, ListenerProtocolCount>();
+  readonly #disconnects = Object.fromEntries(DISCONNECT_REASONS.map((reason) => [reason, 0])) as Record<DisconnectReason, number>;
+  readonly #messagesIn: PerQos = [0, 0, 0];
+  readonly #bytesIn: PerQos = [0, 0, 0];
+  readonly #messagesOut: PerQos = [0, 0, 0];
+  readonly #bytesOut: PerQos = [0, 0, 0];
+
+  clientConnected(listener: string, protocol: ProtocolName): void {
+    count(this.#connected, listener, protocol).count++;
+    count(this.#connects, listener, protocol).count++;
+  }
+
+  clientDisconnected(listener: string, protocol: ProtocolName, reason: DisconnectReason): void {
+    count(this.#connected, listener, protocol).count--;
+    this.#disconnects[reason]++;
+  }
+
+  messageIn(qos: 0 | 1 | 2, payloadBytes: number): void {
+    this.#messagesIn[qos]++;
+    this.#bytesIn[qos] += payloadBytes;
+  }
+
+  messageOut(qos: 0 | 1 | 2, payloadBytes: number): void {
+    this.#messagesOut[qos]++;
+    this.#bytesOut[qos] += payloadBytes;
+  }
+
+  /** Clients connected now, over every listener and protocol. */
+  get connectedClients(): number {
+    let total = 0;
+    for (const entry of this.#connected.values()) total += entry.count;
+    return total;
+  }
+
+  stats(): TrafficStats {
+    return {
+      connected: [...this.#connected.values()].map((entry) => ({ ...entry })),
+      connects: [...this.#connects.values()].map((entry) => ({ ...entry })),
+      disconnects: { ...this.#disconnects },
+      messagesIn: [...this.#messagesIn],
+      bytesIn: [...this.#bytesIn],
+      messagesOut: [...this.#messagesOut],
+      bytesOut: [...this.#bytesOut],
+    };
+  }
+}
+
+function count(map: Map<string, ListenerProtocolCount>, listener: string, protocol: ProtocolName): ListenerProtocolCount {
+  const key = `${listener} ${protocol}`;
+  let entry = map.get(key);
+  if (!entry) {
+    entry = { listener, protocol, count: 0 };
+    map.set(key, entry);
+  }
+  return entry;
+}
