@@ -105,8 +105,6 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
   });
   let seam: AedesSeam | undefined;
   const traffic = new Traffic();
-  /** Clients counted as connected, with what they were counted under. */
-  const counted = new WeakMap<Client, { listener: string; protocol: ProtocolName }>();
   const shared = new SharedSubscriptions(deps.logger, sharedStoreOf(persistence));
 
   const options: AedesOptions = {
@@ -175,21 +173,15 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
 
   function attachLogging(instance: Aedes): void {
     instance.on('client', (client) => {
-      const tags = { listener: listenerOf(client), protocol: protocolOf(client) };
-      counted.set(client, tags);
-      traffic.clientConnected(tags.listener, tags.protocol);
+      traffic.clientConnected(client, listenerOf(client), protocolOf(client));
       log.debug({ clientId: client.id, remote: remoteOf(client) }, 'client connected');
     });
     instance.on('clientDisconnect', (client) => {
-      const tags = counted.get(client);
-      if (tags) {
-        counted.delete(client);
-        traffic.clientDisconnected(tags.listener, tags.protocol, 'connection_lost');
-      }
+      traffic.clientDisconnected(client, 'connection_lost');
       log.debug({ clientId: client.id }, 'client disconnected');
     });
     instance.on('publish', (packet, client) => {
-      if (client) traffic.messageIn(packet.qos, packet.payload.length);
+      if (client) traffic.messageIn(client, packet.qos, packet.payload.length);
     });
     instance.on('keepaliveTimeout', (client) => {
       log.info({ clientId: client.id }, 'keep-alive timeout');

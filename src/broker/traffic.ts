@@ -56,7 +56,23 @@ export interface TrafficStats {
   bytesOut: PerQos;
 }
 
+/** One connected client's counters, kept until it is gone. */
+export interface ClientTraffic {
+  listener: string;
+  protocol: ProtocolName;
+  /** When its CONNACK 0 went out, epoch milliseconds. */
+  connectedAt: number;
+  messagesIn: number;
+  bytesIn: number;
+  messagesOut: number;
+  bytesOut: number;
+  /** Why it is leaving, when something other than the connection itself ended it (tagDisconnect). */
+  leaving?: DisconnectReason;
+}
+
 export class Traffic {
+  /** Keyed by aedes' Client object, so that nothing outlives the client. */
+  readonly #clients = new WeakMap<object, ClientTraffic>();
   readonly #connected = new Map<string, ListenerProtocolCount>();
   readonly #connects = new Map<string, ListenerProtocolCount>();
   readonly #disconnects = Object.fromEntries(DISCONNECT_REASONS.map((reason) => [reason, 0])) as Record<DisconnectReason, number>;
@@ -65,24 +81,60 @@ export class Traffic {
   readonly #messagesOut: PerQos = [0, 0, 0];
   readonly #bytesOut: PerQos = [0, 0, 0];
 
-  clientConnected(listener: string, protocol: ProtocolName): void {
+  clientConnected(client: object, listener: string, protocol: ProtocolName): ClientTraffic {
     count(this.#connected, listener, protocol).count++;
     count(this.#connects, listener, protocol).count++;
+    const record: ClientTraffic = { listener, protocol, connectedAt: Date.now(), messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 };
+    this.#clients.set(client, record);
+    return record;
   }
 
-  clientDisconnected(listener: string, protocol: ProtocolName, reason: DisconnectReason): void {
-    count(this.#connected, listener, protocol).count--;
+  /**
+   * Records why a connected client is about to be closed, before it is; the
+   * first reason given wins (a violation found while the broker stops is a violation).
+   */
+  tagDisconnect(client: object, reason: DisconnectReason): void {
+    const record = this.#clients.get(client);
+    if (record && record.leaving === undefined) record.leaving = reason;
+  }
+
+  /**
+   * A counted client is gone: with the reason tagged, else `fallback`.
+   * Returns its record, or undefined when it was never counted (or already gone).
+   */
+  clientDisconnected(client: object, fallback: DisconnectReason): (ClientTraffic & { reason: DisconnectReason }) | undefined {
+    const record = this.#clients.get(client);
+    if (!record) return undefined;
+    this.#clients.delete(client);
+    const reason = record.leaving ?? fallback;
+    count(this.#connected, record.listener, record.protocol).count--;
     this.#disconnects[reason]++;
+    return { ...record, reason };
   }
 
-  messageIn(qos: 0 | 1 | 2, payloadBytes: number): void {
+  /** The counters of a connected client. */
+  ofClient(client: object): Readonly<ClientTraffic> | undefined {
+    return this.#clients.get(client);
+  }
+
+  messageIn(client: object, qos: 0 | 1 | 2, payloadBytes: number): void {
     this.#messagesIn[qos]++;
     this.#bytesIn[qos] += payloadBytes;
+    const record = this.#clients.get(client);
+    if (record) {
+      record.messagesIn++;
+      record.bytesIn += payloadBytes;
+    }
   }
 
-  messageOut(qos: 0 | 1 | 2, payloadBytes: number): void {
+  messageOut(client: object, qos: 0 | 1 | 2, payloadBytes: number): void {
     this.#messagesOut[qos]++;
     this.#bytesOut[qos] += payloadBytes;
+    const record = this.#clients.get(client);
+    if (record) {
+      record.messagesOut++;
+      record.bytesOut += payloadBytes;
+    }
   }
 
   /** Clients connected now, over every listener and protocol. */
