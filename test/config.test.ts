@@ -75,7 +75,7 @@ t.test('every problem of every layer is listed at once, with where it came from'
   const dir = tempDir(t);
   const file = path.join(dir, 'bad.yaml');
   await writeFile(file, 'mqtt:\n  port: 70000\n  prot: 1\nlog:\n  level: loud\nbrokr: {}\n');
-  const error = await loadConfig({ file, env: { EDGEMQTT_HTTP_PORT: 'eighty', EDGEMQTT_NOPE: '1' } }).then(
+  const error = await loadConfig({ file, env: { EDGEMQTT_HTTP_PORT: 'eighty', EDGEMQTT_MQTT_NOPE: '1' } }).then(
     () => null,
     (caught: unknown) => caught,
   );
@@ -88,7 +88,7 @@ t.test('every problem of every layer is listed at once, with where it came from'
   t.ok(problems.some((p) => p.startsWith('brokr: unknown key')), 'unknown top-level key');
   t.ok(problems.some((p) => p.startsWith('log.level:')), 'bad enum');
   t.ok(problems.some((p) => p.startsWith('EDGEMQTT_HTTP_PORT:')), 'unparseable env value');
-  t.ok(problems.some((p) => p.startsWith('EDGEMQTT_NOPE: not a configuration variable')), 'unknown env variable');
+  t.ok(problems.some((p) => p.startsWith('EDGEMQTT_MQTT_NOPE: not a configuration variable')), 'unknown env variable under a section');
 });
 
 t.test('a key written in the wrong case gets a suggestion', async (t) => {
@@ -241,12 +241,13 @@ t.test('every problem of an enabled bridge is listed at once, with its line', as
   const expected: [RegExp, number][] = [
     [/^bridge\.subjectPrefix: .*single dots/, 3],
     [/^bridge\.stream\.name: /, 11],
-    [/^bridge\.siteId: required when the bridge is enabled/, 2],
+    // A key the file leaves out: the line of its section's key.
+    [/^bridge\.siteId: required when the bridge is enabled/, 1],
     [/^bridge\.nats\.servers: at least one NATS server/, 5],
     [/^bridge\.nats\.credsFile: conflicts with passwordFile/, 7],
     [/^bridge\.nats\.passwordFile: needs user/, 6],
     [/^bridge\.nats\.tls\.certFile: needs keyFile/, 9],
-    [/^bridge: enabled, but there are no export or import rules, so nothing would be bridged/, 2],
+    [/^bridge: enabled, but there are no export or import rules, so nothing would be bridged/, 1],
   ];
   t.equal(problems.length, expected.length, problems.join('\n'));
   for (const [pattern, line] of expected) {

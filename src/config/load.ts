@@ -4,13 +4,38 @@
  * Every problem in every layer is collected, so one run shows them all.
  */
 import { readFile } from 'node:fs/promises';
-import { LineCounter, parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { LineCounter, isMap, isScalar, isSeq, parseDocument, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.js';
-import { ENV_PREFIX, listConfigKeys, setPath, type ConfigKey } from './keys.js';
+import { ENV_PREFIX, envNameFor, getPath, listConfigKeys, setPath, type ConfigKey } from './keys.js';
 import { ConfigError } from '../errors.js';
 
-/** Environment variables with the prefix that are not config keys. */
+/** Environment variables with the prefix that are not config keys: the CLI reads them itself. */
 export const NON_KEY_ENV = new Set([`${ENV_PREFIX}CONFIG`]);
+
+/**
+ * The first word of each top-level key's variable (`MQTT`, `DATA` for
+ * dataDir): a variable whose first word after the prefix is none of them
+ * cannot name a config key, whatever follows.
+ */
+const sectionWords = new Set(Object.keys(configSchema.shape).map((key) => envNameFor([key]).slice(ENV_PREFIX.length).split('_')[0]));
+
+/**
+ * `EDGEMQTT_*` variables that cannot be config keys, because their first
+ * word is that of no top-level key: ignored (the caller warns about them).
+ * Kubernetes injects `EDGEMQTT_SERVICE_HOST`, `EDGEMQTT_PORT`,
+ * `EDGEMQTT_PORT_1883_TCP_ADDR` and others into every pod of a namespace with
+ * a Service named `edgemqtt`; refusing them would stop the daemon from ever
+ * starting there. A variable under a real section (`EDGEMQTT_MQTT_PROT`,
+ * `EDGEMQTT_DATA_DIRECTORY`) is still an error: that is a typo of a key, and
+ * ignoring it would run the broker on a setting the operator did not mean.
+ */
+export function ignoredEnvNames(env: Record<string, string | undefined>): string[] {
+  return Object.keys(env)
+    .filter((name) => name.startsWith(ENV_PREFIX) && !NON_KEY_ENV.has(name) && env[name] !== undefined)
+    .filter((name) => !sectionWords.has(name.slice(ENV_PREFIX.length).split('_')[0]))
+    .sort();
+}
 
 export interface ConfigSources {
   /** Path of a YAML file; omitted = defaults only. */
@@ -33,8 +58,9 @@ export async function loadConfig(sources: ConfigSources): Promise<Config> {
   if (sources.file !== undefined) {
     ({ raw, lineOf } = await readConfigFile(sources.file, problems));
   }
+  const ignored = new Set(ignoredEnvNames(sources.env ?? {}));
   for (const [envName, text] of Object.entries(sources.env ?? {})) {
-    if (!envName.startsWith(ENV_PREFIX) || NON_KEY_ENV.has(envName) || text === undefined) continue;
+    if (!envName.startsWith(ENV_PREFIX) || NON_KEY_ENV.has(envName) || ignored.has(envName) || text === undefined) continue;
     const key = keysByEnv.get(envName);
     if (!key) {
       problems.push(`${envName}: not a configuration variable`);
@@ -43,7 +69,7 @@ export async function loadConfig(sources: ConfigSources): Promise<Config> {
     const parsed = parseEnvValue(key, text);
     if (!parsed.ok) {
       const reason = parsed.reason ? ` (${parsed.reason})` : '';
-      problems.push(`${envName}: cannot read ${JSON.stringify(text)} as ${describeKind(key)}${reason}`);
+      problems.push(`${envName}: cannot read ${JSON.stringify(text)} as ${describeKind(key)} for ${key.name}${reason}`);
       continue;
     }
     setPath(raw, key.path, parsed.value);
@@ -98,7 +124,7 @@ export function validateConfig(
         }
         continue;
       }
-      problems.push(`${at || '(top level)'}: ${issue.message}${where(issue.path)}`);
+      problems.push(`${at || '(top level)'}: ${describeIssue(issue, raw)}${where(issue.path)}`);
     }
   }
   if (problems.length > 0 || !result.success) throw new ConfigError(problems);
@@ -132,10 +158,53 @@ async function readConfigFile(file: string, problems: string[]): Promise<ConfigF
     return { raw: {} };
   }
   const lineOf = (path: readonly PropertyKey[]) => {
-    const node = document.getIn(path.map(String), true) as { range?: [number, number, number] } | undefined;
-    return node?.range ? lineCounter.linePos(node.range[0]).line : undefined;
+    const offset = keyOffset(document, path);
+    return offset === undefined ? undefined : lineCounter.linePos(offset).line;
   };
   return { raw: value as Record<string, unknown>, lineOf };
+}
+
+/**
+ * Where the key at `path` is written: the offset of the key itself, not of
+ * its value. A key whose value is a block mapping has that value start on
+ * the next line, so pointing at the value put the problem one line too low.
+ * For an entry of a list, the offset of the entry.
+ */
+function keyOffset(document: Document, path: readonly PropertyKey[]): number | undefined {
+  let node: unknown = document.contents;
+  let offset: number | undefined;
+  for (const segment of path) {
+    if (isMap(node)) {
+      const pair = node.items.find((item) => (isScalar(item.key) ? String(item.key.value) : String(item.key)) === String(segment));
+      if (!pair) return undefined;
+      offset = isScalar(pair.key) ? pair.key.range?.[0] : undefined;
+      node = pair.value;
+    } else if (isSeq(node)) {
+      const item = node.items[Number(segment)] as { range?: [number, number, number] } | undefined;
+      if (!item) return undefined;
+      offset = item.range?.[0];
+      node = item;
+    } else {
+      return undefined;
+    }
+  }
+  return offset;
+}
+
+/**
+ * A zod issue in the operator's terms. For a boolean, one rule for the file
+ * and the environment: `true` or `false` only. YAML 1.2 (what the file is
+ * read as) has no other booleans, so `yes`, `on` or `1` arrive as a string
+ * or a number, and the JSON Schema editors check the file with says boolean;
+ * accepting more only from the environment would let the same setting work
+ * in one place and be refused in the other.
+ */
+function describeIssue(issue: z.core.$ZodIssue, raw: unknown): string {
+  if (issue.code === 'invalid_type' && issue.expected === 'boolean') {
+    const value = getPath(raw, issue.path.map(String));
+    if (value !== undefined) return `expected true or false, not ${JSON.stringify(value)} (booleans are true and false only, as in YAML 1.2)`;
+  }
+  return issue.message;
 }
 
 type ParsedEnvValue = { ok: true; value: unknown } | { ok: false; reason?: string };
@@ -147,10 +216,11 @@ function parseEnvValue(key: ConfigKey, text: string): ParsedEnvValue {
       const value = Number(text);
       return text.trim() !== '' && Number.isFinite(value) ? ok(value) : { ok: false };
     }
+    // The spellings YAML 1.2 reads as booleans, and only those (see describeIssue).
     case 'boolean':
-      if (/^(true|1|yes|on)$/i.test(text)) return ok(true);
-      if (/^(false|0|no|off)$/i.test(text)) return ok(false);
-      return { ok: false };
+      if (/^(true|True|TRUE)$/.test(text)) return ok(true);
+      if (/^(false|False|FALSE)$/.test(text)) return ok(false);
+      return { ok: false, reason: 'booleans are true and false only, as in YAML 1.2' };
     case 'string-list':
       return ok(
         text
