@@ -18,14 +18,15 @@ t.test('--help lists every command, the config flags and the exit codes', async 
   const dir = t.testdir();
   const top = await execCli(t, ['--help'], { cwd: dir });
   t.equal(top.code, 0, 'exit 0');
-  for (const command of ['start', 'check-config <file>', 'print-config', 'schema']) {
-    t.match(top.stdout, new RegExp(`edgemqtt ${command.replace(/[<>]/g, '\\$&')}\\s`), `lists ${command}`);
+  for (const command of ['start', 'check-config [file]', 'print-config', 'schema']) {
+    t.match(top.stdout, new RegExp(`edgemqtt ${command.replace(/[[\]]/g, '\\$&')}\\s`), `lists ${command}`);
   }
   t.match(top.stdout, /EDGEMQTT_MQTT_PORT/, 'explains the environment variables');
   t.match(top.stdout, /78 invalid config/, 'lists the exit codes');
 
-  const helps = await Promise.all(['start', 'print-config'].map((command) => execCli(t, [command, '--help'], { cwd: dir })));
-  for (const [index, command] of ['start', 'print-config'].entries()) {
+  const commands = ['start', 'check-config', 'print-config'];
+  const helps = await Promise.all(commands.map((command) => execCli(t, [command, '--help'], { cwd: dir })));
+  for (const [index, command] of commands.entries()) {
     const help = helps[index]!;
     t.equal(help.code, 0, 'exit 0');
     for (const flag of ['--config', '--mqtt-port', '--http-port', '--data-dir', '--log-level']) {
@@ -39,8 +40,9 @@ t.test('usage errors exit 64 and start nothing', async (t) => {
   const none = await execCli(t, [], { cwd: dir });
   t.equal(none.code, 64, 'no command');
   t.match(none.stderr, /Name a command/);
-  const noFile = await execCli(t, ['check-config'], { cwd: dir });
-  t.equal(noFile.code, 64, 'check-config without a file');
+  const twoFiles = await execCli(t, ['check-config', 'a.yaml', '--config', 'b.yaml'], { cwd: dir });
+  t.equal(twoFiles.code, 64, 'check-config with two different files');
+  t.match(twoFiles.stderr, /two config files named \(a\.yaml and --config b\.yaml\): name one/);
   // A mistyped flag must not start a broker on the defaults (it used to, and
   // reported the typo only once stopped).
   const typo = await execCli(t, ['start', '--mqtt-prot', '1884'], {
@@ -145,11 +147,11 @@ t.test('print-config rejects unknown and unreadable EDGEMQTT_* variables, listin
   const dir = t.testdir();
   const result = await execCli(t, ['print-config'], {
     cwd: dir,
-    env: { EDGEMQTT_FOO: '1', EDGEMQTT_MQTT_PORT: 'eighteen' },
+    env: { EDGEMQTT_MQTT_FOO: '1', EDGEMQTT_MQTT_PORT: 'eighteen' },
   });
   t.equal(result.code, 78, 'exit 78');
   t.equal(result.stdout, '', 'nothing on stdout');
-  t.match(result.stderr, /EDGEMQTT_FOO: not a configuration variable/);
+  t.match(result.stderr, /EDGEMQTT_MQTT_FOO: not a configuration variable/);
   t.match(result.stderr, /EDGEMQTT_MQTT_PORT: cannot read "eighteen" as a number/);
 });
 

@@ -1,10 +1,10 @@
 /**
- * The command-line flags that override config keys, shared by `start` and
- * `print-config`. Each flag names the key it overrides, so precedence stays
+ * The command-line flags that override config keys, shared by `start`,
+ * `check-config` and `print-config`. Each flag names the key it overrides, so precedence stays
  * in one place (config/load.ts).
  */
 import type { Argv } from 'yargs';
-import type { ConfigSources } from '../config/load.js';
+import { ignoredEnvNames, type ConfigSources } from '../config/load.js';
 
 const FLAG_KEYS = {
   'mqtt-port': 'mqtt.port',
@@ -45,4 +45,17 @@ export function configSourcesFrom(flags: ConfigFlags, env: Record<string, string
   }
   const file = flags.config ?? env.EDGEMQTT_CONFIG;
   return { ...(file !== undefined ? { file } : {}), env, overrides };
+}
+
+/**
+ * The warning for `EDGEMQTT_*` variables that cannot be config keys and are
+ * ignored (config/load.ts), or undefined when there are none.
+ */
+export function ignoredEnvWarning(env: Record<string, string | undefined>): string | undefined {
+  const ignored = ignoredEnvNames(env);
+  if (ignored.length === 0) return undefined;
+  return (
+    `ignoring ${ignored.join(', ')}: they name no config section ` +
+    '(Kubernetes sets such variables for a Service named edgemqtt)'
+  );
 }

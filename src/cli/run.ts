@@ -37,11 +37,18 @@ export async function runCli(io: CliIo): Promise<number> {
       },
     )
     .command(
-      'check-config <file>',
-      'Check a config file and list every problem (exit 78 when invalid)',
-      (y) => y.positional('file', { type: 'string', demandOption: true, describe: 'YAML config file' }),
+      'check-config [file]',
+      'Check the config start would read (file, EDGEMQTT_* env, flags) and list every problem (exit 78 when invalid)',
+      (y) =>
+        withConfigOptions(y).positional('file', {
+          type: 'string',
+          describe: 'YAML config file (or --config, or $EDGEMQTT_CONFIG); without one, the embedded defaults',
+        }),
       async (argv) => {
-        exitCode = await checkConfig(io, argv.file);
+        if (argv.file !== undefined && argv.config !== undefined && argv.file !== argv.config) {
+          throw new UsageError(`two config files named (${argv.file} and --config ${argv.config}): name one`);
+        }
+        exitCode = await checkConfig(io, configSourcesFrom({ ...argv, config: argv.file ?? argv.config }, io.env));
       },
     )
     .command(

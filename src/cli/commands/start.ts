@@ -3,10 +3,12 @@
  * to systemd (READY=1 once listeners are bound, WATCHDOG=1 while healthy,
  * RELOADING=1/READY=1 around SIGHUP, STOPPING=1 on stop).
  */
-import { loadConfig, type ConfigSources } from '../../config/load.js';
+import path from 'node:path';
+import { ignoredEnvNames, loadConfig, NON_KEY_ENV, type ConfigSources } from '../../config/load.js';
+import { ENV_PREFIX } from '../../config/keys.js';
 import { createDaemon } from '../../daemon.js';
 import { ConfigError, EdgeMqttError } from '../../errors.js';
-import { createLogger } from '../../observability/logger.js';
+import { createLogger, type Logger } from '../../observability/logger.js';
 import { createNotifier, startWatchdog, type Watchdog } from '../../systemd/notify.js';
 import { ExitCode, type CliIo, type Signal } from '../io.js';
 
@@ -24,6 +26,7 @@ export async function start(io: CliIo, sources: ConfigSources): Promise<number> 
   const config = await loadConfig(sources);
   const logger = createLogger({ level: config.log.level, journald: io.stdoutIsJournal ?? false });
   const log = logger.child({ component: 'cli' });
+  logConfigSources(log, sources);
   const notifier = createNotifier({
     env: io.env,
     onError: (error) => log.warn({ err: error.message }, 'systemd notification failed'),
@@ -148,6 +151,23 @@ export async function start(io: CliIo, sources: ConfigSources): Promise<number> 
     if (reloadWhenRunning) queueReload();
   }
   return finished;
+}
+
+/**
+ * Says which file the config came from (editing another one changes
+ * nothing) and which variables were ignored as not config keys.
+ */
+function logConfigSources(log: Logger, sources: ConfigSources): void {
+  const fromEnvironment = Object.keys(sources.env ?? {}).filter(
+    (name) => name.startsWith(ENV_PREFIX) && !NON_KEY_ENV.has(name) && sources.env?.[name] !== undefined,
+  );
+  const ignored = ignoredEnvNames(sources.env ?? {});
+  const applied = fromEnvironment.filter((name) => !ignored.includes(name)).sort();
+  if (sources.file !== undefined) log.info({ file: path.resolve(sources.file), environment: applied }, 'config file read');
+  else log.info({ environment: applied }, 'no config file: embedded defaults');
+  if (ignored.length > 0) {
+    log.warn({ ignored }, 'ignored EDGEMQTT_* variables that name no config section (Kubernetes sets such variables for a Service named edgemqtt)');
+  }
 }
 
 export function exitCodeFor(error: unknown): number {
