@@ -75,9 +75,11 @@ export async function runCli(io: CliIo): Promise<number> {
     .epilogue(
       'Every config key can also be set with an environment variable: EDGEMQTT_ and the key path in\n' +
         'upper snake case, e.g. mqtt.port → EDGEMQTT_MQTT_PORT, broker.maxPacketSizeBytes →\n' +
-        'EDGEMQTT_BROKER_MAX_PACKET_SIZE_BYTES. Exit codes: 0 ok, 64 usage, 65 corrupt store,\n' +
-        '69 address unavailable, 70 internal error, 71 disk full, 73 data directory unusable,\n' +
-        '74 store unreadable, 75 store locked, 78 invalid config, 130 forced stop.',
+        'EDGEMQTT_BROKER_MAX_PACKET_SIZE_BYTES. Variables whose first word names no section\n' +
+        '(EDGEMQTT_SERVICE_HOST, EDGEMQTT_PORT: Kubernetes sets them) are ignored with a warning.\n' +
+        'Exit codes: 0 ok, 1 failure (passwd), 64 usage, 65 corrupt store, 69 address unavailable,\n' +
+        '70 internal error, 71 disk full, 73 data directory unusable, 74 store unreadable,\n' +
+        '75 store locked, 78 invalid config, 130 forced stop.',
     )
     .demandCommand(1, 'Name a command: start, check-config, print-config, passwd or schema')
     .strict()
