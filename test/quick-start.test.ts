@@ -145,3 +145,12 @@ t.test('prepare accepts the build in dist/ where TypeScript is not installed, an
   t.equal(failed?.code, 1, 'exit 1, so npm ci stops');
   t.match(failed?.stderr ?? '', /dist\/ holds no build and TypeScript is not installed/, 'and says why');
 });
+
+t.test('`npx --no edgemqtt`, as the docs write it, runs the CLI of an install directory', async (t) => {
+  const dir = await productionInstall(t);
+  const passwordFile = path.join(dir, 'passwd');
+  // A user line in the file's format, so `list` has something to print.
+  writeFileSync(passwordFile, `sensor-17:$scrypt$N=16384,r=8,p=1$${'A'.repeat(22)}$${'B'.repeat(86)}\n`);
+  const { stdout } = await run('npx', ['--no', 'edgemqtt', 'passwd', 'list', passwordFile], { cwd: dir, env: childEnv() });
+  t.equal(stdout, 'sensor-17\n', 'lists the user');
+});
