@@ -93,7 +93,7 @@ t.test('login guard: per address and user, a looser bound per address, blocks li
 
 t.test('config: the API must name who may call it; users need the password file', async (t) => {
   t.throws(() => validateConfig({ admin: { enabled: true } }), { code: 'EDGEMQTT_CONFIG_INVALID', problems: [/admin\.enabled.*admin\.users or admin\.tokenFile/] });
-  t.throws(() => validateConfig({ admin: { enabled: true, users: ['ops'] } }), { problems: [/admin\.users.*auth\.passwordFile/] });
+  t.throws(() => validateConfig({ admin: { enabled: true, users: ['ops'] } }), { code: 'EDGEMQTT_CONFIG_INVALID', problems: [/admin\.users.*auth\.passwordFile/] });
   t.ok(validateConfig({ admin: { enabled: true, tokenFile: '/etc/edgemqtt/admin-token' } }), 'a token file alone is enough');
   t.ok(validateConfig({ admin: { users: ['ops'] } }), 'nothing is checked while the API is off');
 
