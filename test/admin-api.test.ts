@@ -14,6 +14,7 @@ import { createDaemon } from '../src/index.js';
 import { isLoopbackAddress, TokenFile } from '../src/admin/access.js';
 import { LoginGuard } from '../src/auth/login-limiter.js';
 import { loadConfig, validateConfig } from '../src/config/load.js';
+import { checkSecurityFiles } from '../src/cli/check-security-files.js';
 import { adminFiles, call, OPS, SENSOR, startAdminDaemon, TOKEN } from './helpers/admin.js';
 import { testConfig, tempDir } from './helpers/daemon.js';
 import { connectClient, eventually, MessageLog, openClient } from './helpers/mqtt.js';
@@ -106,6 +107,11 @@ t.test('config: the API must name who may call it; users need the password file'
   const daemon = await createDaemon(testConfig(t, { admin: { enabled: true, tokenFile: files.tokenFile } }));
   t.teardown(() => daemon.stop());
   await t.rejects(daemon.start(), { code: 'EDGEMQTT_TOKEN_FILE_INVALID' }, 'an empty token file stops the start');
+  t.match(
+    checkSecurityFiles(validateConfig({ admin: { enabled: true, tokenFile: files.tokenFile } })),
+    [/^admin\.tokenFile: .*admin-token: the file is empty/],
+    'check-config reads the token file as the start does',
+  );
 });
 
 t.test('off unless enabled: /api/v1 is a plain 404', async (t) => {
