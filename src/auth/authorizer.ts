@@ -25,7 +25,8 @@ import type { ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { Acl, type ClientAcl } from './acl.js';
 import { SecurityFileError } from '../errors.js';
-import { LoginLimiter, sourceKey } from './login-limiter.js';
+import { sourceKey, type LoginBlock } from './login-limiter.js';
+import { FailedLogins } from './failed-logins.js';
 import { LoginBusyError, PasswordFile } from './password-file.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 
@@ -55,6 +56,16 @@ export interface AuthStats {
   /** Sources currently tracked by the failed-login limiter. */
   limitedSources: number;
 }
+
+/** A password check for another way in (the admin API), under the same failed-login limits as MQTT logins. */
+export type PasswordCheck =
+  | { ok: true }
+  /** Wrong password, unknown user, or no password file to check against. */
+  | { ok: false; reason: 'bad' }
+  /** The source (or this user from it) has failed too often: try again after retryAfterSec. */
+  | { ok: false; reason: 'blocked'; retryAfterSec: number }
+  /** Too many logins are waiting for a password hash. */
+  | { ok: false; reason: 'busy' };
 
 export interface ReloadFailure {
   /** Config key of the file, e.g. `auth.aclFile`. */
@@ -108,6 +119,22 @@ export interface Authorizer {
   stats(): AuthStats;
   /** Summary for the start-up log. */
   describe(): Record<string, unknown>;
+  /** The user name a connected client logged in with; null = anonymous (or not authenticated here). */
+  usernameOf(client: Client): string | null;
+  /**
+   * Checks a user name and password from `remote` against the password file,
+   * counting a failure into the failed-login limits (admin API logins).
+   * Hashing runs off the event loop, as for CONNECT.
+   */
+  checkPassword(remote: string | undefined, username: string, password: Buffer): Promise<PasswordCheck>;
+  /** Seconds `remote` must wait before a login as `username` is checked (counted as refused when above 0); 0 = now. */
+  loginWaitSec(remote: string | undefined, username: string): number;
+  /** Counts a failed login of `username` from `remote` that was checked elsewhere (a wrong admin API token). */
+  recordFailedLogin(remote: string | undefined, username: string): void;
+  /** Sources, and users from a source, refused for now after failed logins. */
+  loginBlocks(): LoginBlock[];
+  /** Lifts the blocks of an address (of one user from it, when given); returns how many. */
+  unblockLogins(address: string, username?: string): number;
   /**
    * Logs what is open or cannot work: anonymous access on a listener other
    * than loopback, ACL user sections that no verified user can reach,
@@ -180,26 +207,19 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
   let acl: Acl | null = null;
   /** Bumped on every ACL change; client ACLs are rebuilt lazily when stale. */
   let aclGeneration = 0;
-  let limiter = newLimiter(settings);
+  const logins = new FailedLogins(settings.failedLogins, log, deps.now);
   const clients = new WeakMap<Client, ClientState>();
   // CONNECTs refused before any password check cost a client nothing to
   // repeat: one line per kind every 10 s, with a count of the rest.
   const refusals = new RateLimitedLog(log);
   const counters = {
     loginsSucceeded: 0,
-    loginsFailed: 0,
     loginsBusy: 0,
-    loginsRateLimited: 0,
     anonymousRefused: 0,
     publishesDenied: 0,
     subscriptionsDenied: 0,
     deliveriesDenied: 0,
   };
-
-  function newLimiter(auth: AuthConfig): LoginLimiter {
-    const { burst, refillSec, maxSources } = auth.failedLogins;
-    return new LoginLimiter({ burst, refillSec, maxSources, ...(deps.now ? { now: deps.now } : {}) });
-  }
 
   function loadFiles(auth: AuthConfig): { passwords: PasswordFile | null; acl: Acl | null } {
     return {
@@ -291,10 +311,8 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
         refuse(NOT_AUTHORIZED, 'anonymous access is off');
         return;
       }
-      const source = sourceKey(remote);
-      if (!limiter.allows(source)) {
-        counters.loginsRateLimited += 1;
-        log.debug({ clientId: client.id, user: username, source }, 'connect refused: too many failed logins from this source');
+      if (logins.refuses(remote, username) > 0) {
+        log.debug({ clientId: client.id, user: username, source: sourceKey(remote) }, 'connect refused: too many failed logins from this source');
         refuse(NOT_AUTHORIZED, 'too many failed logins');
         return;
       }
@@ -304,16 +322,12 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
             accept(client, username, will, done, 'password');
             return;
           }
-          counters.loginsFailed += 1;
           // The user name is logged (sshd does too), the password never.
           log.warn(
             { clientId: client.id, user: username, remote, reason: current.has(username) ? 'wrong password' : 'unknown user' },
             'login failed',
           );
-          const outcome = limiter.recordFailure(source);
-          if (outcome.blocked) {
-            log.warn({ source, retryAfterSec: outcome.retryAfterSec }, 'too many failed logins: refusing this source for now');
-          }
+          logins.failed(remote, username);
           refuse(BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
         },
         (error: unknown) => {
@@ -428,18 +442,12 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
         },
       );
       if (next.allowAnonymous !== settings.allowAnonymous) applied.push('auth.allowAnonymous');
-      if (JSON.stringify(next.failedLogins) !== JSON.stringify(settings.failedLogins)) {
-        limiter = newLimiter(next);
-        for (const key of Object.keys(next.failedLogins)) {
-          const name = key as keyof AuthConfig['failedLogins'];
-          if (next.failedLogins[name] !== settings.failedLogins[name]) applied.push(`auth.failedLogins.${key}`);
-        }
-      }
+      applied.push(...logins.reconfigure(next.failedLogins));
       settings = effective;
       return { applied, failed, effective };
     },
     stats() {
-      return { ...counters, limitedSources: limiter.trackedSources };
+      return { ...counters, loginsFailed: logins.failures, loginsRateLimited: logins.refusals, limitedSources: logins.trackedSources };
     },
     warnAboutExposure(listeners) {
       const open = listeners.filter((listener) => !isLoopbackHost(listener.host));
@@ -457,6 +465,32 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
         log.warn('anonymous access is off and no user name can be verified (no passwordFile, no useCnAsUsername): no client can connect');
       }
     },
+    usernameOf(client) {
+      return clients.get(client)?.username ?? null;
+    },
+    async checkPassword(remote, username, password) {
+      const retryAfterSec = logins.refuses(remote, username);
+      if (retryAfterSec > 0) return { ok: false, reason: 'blocked', retryAfterSec };
+      const current = passwords;
+      let ok = false;
+      try {
+        ok = current !== null && (await current.verify(username, password));
+      } catch (error) {
+        if (!(error instanceof LoginBusyError)) throw error;
+        counters.loginsBusy += 1;
+        return { ok: false, reason: 'busy' };
+      }
+      if (ok) {
+        counters.loginsSucceeded += 1;
+        return { ok: true };
+      }
+      logins.failed(remote, username);
+      return { ok: false, reason: 'bad' };
+    },
+    loginWaitSec: (remote, username) => logins.refuses(remote, username),
+    recordFailedLogin: (remote, username) => logins.failed(remote, username),
+    loginBlocks: () => logins.blocks(),
+    unblockLogins: (address, username) => logins.unblock(address, username),
     describe() {
       return {
         allowAnonymous: settings.allowAnonymous,
