@@ -17,13 +17,12 @@ import path from 'node:path';
 import type { Packet } from 'mqtt-packet';
 import { createDaemon, type Daemon } from '../src/index.js';
 import { ExitCode } from '../src/cli/io.js';
-import { captureLogs, type CapturedLogs } from './helpers/logs.js';
+import { captureLogs, ERROR, type CapturedLogs } from './helpers/logs.js';
 import { tempDir, testConfig } from './helpers/daemon.js';
 import { connectRaw, eventually, openClient, type RawClient } from './helpers/mqtt.js';
 import { CliProcess, execCli, staleBuildNote, writeConfig } from './helpers/process.js';
 
 const TMPFS_SIZE = '4m';
-const ERROR = 50;
 
 /** Mounts a tmpfs of TMPFS_SIZE on a fresh directory; `unmount` undoes both. */
 function mount(): { dir: string; unmount: () => void } {
