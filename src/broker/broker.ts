@@ -92,7 +92,11 @@ const refuseSys: PublishPolicy = (_client, packet) => (packet.topic.startsWith('
 export function createBroker(config: Config, deps: BrokerDeps): Broker {
   const log = deps.logger.child({ component: 'broker' });
   const rejections = new PendingRejections();
-  const keepaliveRules = { minKeepaliveSec: config.broker.minKeepaliveSec, maxKeepaliveSec: config.broker.maxKeepaliveSec };
+  const connectRules = {
+    minKeepaliveSec: config.broker.minKeepaliveSec,
+    maxKeepaliveSec: config.broker.maxKeepaliveSec,
+    maxClientIdBytes: config.broker.maxClientIdLength,
+  };
   const persistence = deps.persistence;
   const claimOutgoing = persistence?.claimOutgoing;
   const discardOutgoing: DiscardOutgoing | undefined = persistence?.outgoingClearMessageId
@@ -146,9 +150,9 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       // client announced none or the setting is off.
       const aliasMaximum = Math.min(config.broker.outgoingTopicAliases, packet.properties?.topicAliasMaximum ?? 0);
       if (packet.protocolVersion === 5 && aliasMaximum > 0) assignOutgoingTopicAliases(client, aliasMaximum);
-      const imposed = serverKeepAlive(packet, keepaliveRules);
+      const imposed = serverKeepAlive(packet, connectRules);
       if (imposed !== undefined) imposeServerKeepAlive(client, imposed);
-      const rejection = checkConnect(packet, keepaliveRules);
+      const rejection = checkConnect(packet, connectRules);
       if (rejection) {
         rejections.remember(client, rejection);
         if (rejection.limit) limits.hit(rejection.limit, { clientId: packet.clientId, remote: remoteOf(client), reason: rejection.reason });

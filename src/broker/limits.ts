@@ -39,6 +39,8 @@ export type LimitName =
   | 'maxKeepalive'
   /** broker.maxPacketSizeBytes */
   | 'maxPacketSize'
+  /** broker.maxClientIdLength */
+  | 'maxClientIdLength'
   | 'maxTopicLength'
   | 'maxTopicLevels'
   | 'maxSubscriptions'
@@ -56,7 +58,7 @@ export type LimitName =
   | 'maxAwaitingRelease';
 
 const LIMIT_NAMES: readonly LimitName[] = [
-  'maxConnections', 'listenerMaxConnections', 'connectRate', 'connectTimeout', 'minKeepalive', 'maxKeepalive', 'maxPacketSize',
+  'maxConnections', 'listenerMaxConnections', 'connectRate', 'connectTimeout', 'minKeepalive', 'maxKeepalive', 'maxPacketSize', 'maxClientIdLength',
   'maxTopicLength', 'maxTopicLevels', 'maxSubscriptions', 'maxInflight', 'outgoingBufferFull', 'outgoingQueueFull', 'slowClient',
   'clientMaxPacketSize', 'maxAwaitingRelease',
 ];
@@ -69,6 +71,7 @@ const LIMIT_MESSAGES: Record<LimitName, string> = {
   minKeepalive: 'connect refused: keep-alive below broker.minKeepaliveSec',
   maxKeepalive: 'connect refused: keep-alive above broker.maxKeepaliveSec, or none',
   maxPacketSize: 'connection closed: packet over broker.maxPacketSizeBytes',
+  maxClientIdLength: 'connect refused: client id over broker.maxClientIdLength',
   maxTopicLength: 'topic over limits.maxTopicLengthBytes',
   maxTopicLevels: 'topic over limits.maxTopicLevels',
   maxSubscriptions: 'subscription refused: limits.maxSubscriptionsPerClient reached',
