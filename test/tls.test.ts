@@ -195,6 +195,27 @@ t.test('client certificates: required, verified against caFile, CN as the user n
   t.match(daemon.authStats(), { publishesDenied: 1, loginsSucceeded: 3 });
 });
 
+t.test('a failed handshake is logged with the address and port it came from', async (t) => {
+  const pki = await makePki(t);
+  const { tlsPort, log } = await startSecureDaemon(t, { tls: tlsSection(pki, { caFile: pki.ca.certFile, requireClientCert: true }) });
+  /** Starts a handshake; resolves with the client's local port and the server's log line for its failure. */
+  const failedHandshake = async (options: TlsClientOptions) => {
+    const socket = connectTls(tlsPort, options);
+    t.teardown(() => socket.destroy());
+    socket.on('error', () => {});
+    const localPort = await new Promise<number>((resolve) => socket.once('connect', () => resolve(socket.localPort!)));
+    const logged = () => log.find('TLS handshake failed', (record) => record.remote === `127.0.0.1:${localPort}`);
+    await eventually(() => logged() !== undefined, 5000, `a TLS handshake failed line with remote 127.0.0.1:${localPort}`);
+    return logged();
+  };
+  // The client does not trust the server's certificate and hangs up: Node
+  // reports this after the TLS socket lost its address ("undefined:undefined" before).
+  t.match(await failedHandshake({ ca: pki.foreignCa.cert }), { reason: 'socket hang up' }, 'a client that hangs up mid-handshake: its address and port');
+  // The server refuses: no client certificate where one is required.
+  t.match(await failedHandshake({ ca: pki.ca.cert }), { reason: /did not return a certificate/ }, 'a refused client: its address and port, and why');
+  t.notOk(log.find('TLS handshake failed', (record) => typeof record.remote !== 'string' || record.remote.includes('undefined')), 'no line without an address');
+});
+
 t.test('optional client certificates: a certificate or a password', async (t) => {
   const pki = await makePki(t);
   const sensor = await pki.issue('sensor', 'sensor-7');
