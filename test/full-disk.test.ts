@@ -218,7 +218,7 @@ t.test('at start-up: a full disk is one clear line and exit 71, never a silent e
   t.equal(failed.code, ExitCode.storeFull, 'exit 71');
   t.equal(failed.stderrLines.length, 1, 'one stderr line');
   t.match(failed.stderrLines[0], `edgemqtt: store ${store} cannot be written: no space left on its file system`);
-  t.match(failed.logs.at(-1), { msg: 'start failed', err: { code: 'EDGEMQTT_STORE_FULL' } });
+  t.match(failed.logs.at(-1), { msg: 'start failed', code: 'EDGEMQTT_STORE_FULL' });
   t.notOk(failed.logs.some((line) => line.msg === 'edgemqtt ready'), 'never ready');
   await access(path.join(store, 'CURRENT'));
 

@@ -140,12 +140,17 @@ t.test('SIGHUP applies log.level live, reports keys that need a restart, and ref
   t.same(applied.applied, ['log.level'], 'log.level is applied');
   t.same(applied.needsRestart, [], 'nothing needs a restart');
   await connectClient(t, url, { clientId: 'after-reload' });
-  const connected = await cli.waitForLog('client connected', { predicate: (line) => line.clientId === 'after-reload' });
-  t.ok(connected, 'debug lines appear after the reload');
+  // 'client authenticated' is a debug line (src/auth/authorizer.ts).
+  const authenticated = await cli.waitForLog('client authenticated', { predicate: (line) => line.clientId === 'after-reload' });
+  t.ok(authenticated, 'debug lines appear after the reload');
   const appliedAt = cli.logs.items.indexOf(applied);
   t.notOk(
-    cli.logs.items.slice(0, appliedAt).some((line) => line.msg === 'client connected'),
+    cli.logs.items.slice(0, appliedAt).some((line) => line.msg === 'client authenticated'),
     'no debug line was written before the reload (the first client connected at info)',
+  );
+  t.ok(
+    cli.logs.items.slice(0, appliedAt).some((line) => line.msg === 'client connected' && line.clientId === 'before-reload'),
+    'while its info line was',
   );
 
   // 2. A listener port change: reported as needing a restart, not applied.
