@@ -191,6 +191,11 @@ t.test('with a password file and anonymous access off: CONNACK 0, 4 or 5, over T
   t.equal(failure?.reason, 'unknown user', 'that says why (to the operator, not the client)');
   t.match(failure?.remote, /^(::ffff:)?127\.0\.0\.1$/, 'and where from');
   t.notOk(log.raw.includes('correct horse') || log.raw.includes('battery staple'), 'no password is ever logged');
+  t.match(log.find('client connected', (record) => record.user === 'alice'), { level: 'info', listener: 'mqtt' }, 'the connected line names the verified user');
+  t.notOk(
+    log.records.some((record) => record.msg === 'connection error before CONNACK' && record.level === 'info'),
+    'a refused login is logged once, as such, not again as a connection error',
+  );
 });
 
 t.test('without an ACL file, $SYS (every client id and subscription) is readable only after a login', async (t) => {

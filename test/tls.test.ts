@@ -172,7 +172,7 @@ t.test('client certificates: required, verified against caFile, CN as the user n
   const stranger = await pki.issue('stranger', 'sensor-7', { ca: pki.foreignCa });
   const aclFile = path.join(tempDir(t), 'acl');
   await writeFile(aclFile, 'user sensor-7\ntopic write plant/sensor-7/#\nuser monitor\ntopic read plant/#\n');
-  const { daemon, tlsPort, mqttsUrl } = await startSecureDaemon(t, {
+  const { daemon, tlsPort, mqttsUrl, log } = await startSecureDaemon(t, {
     tls: tlsSection(pki, { caFile: pki.ca.certFile, requireClientCert: true, useCnAsUsername: true }),
     auth: { allowAnonymous: false, aclFile },
   });
@@ -193,6 +193,11 @@ t.test('client certificates: required, verified against caFile, CN as the user n
   await seen.waitFor((messages) => messages.some((m) => m.topic === 'plant/sensor-7/temp'));
   t.same(seen.messages.map((m) => m.topic), ['plant/sensor-7/temp'], 'the ACL of CN=sensor-7 applies, not that of the user name it sent');
   t.match(daemon.authStats(), { publishesDenied: 1, loginsSucceeded: 3 });
+  t.match(
+    log.find('client connected', (record) => record.clientId === device.options.clientId),
+    { user: 'sensor-7', listener: 'tls', protocol: '3.1.1' },
+    "the connected line names the certificate's user, not the one the CONNECT sent",
+  );
 });
 
 t.test('a failed handshake is logged with the address and port it came from', async (t) => {
