@@ -16,7 +16,8 @@
  */
 import t from 'tap';
 import type { Test } from 'tap';
-import type { Aedes } from 'aedes';
+import type { Aedes, Client } from 'aedes';
+import { onParseError, onPublishWritten, onTakeover } from '../src/broker/aedes-seam/index.js';
 import type { Packet } from 'mqtt-packet';
 import { openClient } from './helpers/mqtt.js';
 import { connect, publish, subscribe, unsubscribe, packet, u16 } from './helpers/packets.js';
@@ -448,4 +449,74 @@ t.test(`aedes ${V} still restarts brokerCounter with a fixed id below the counte
   const again = await rawClient(t, second.port);
   const resent = payloads(await again.connectAndPing(connectPacket('restarted', 4, { clean: false })));
   t.ok(resent.length > 0, `acknowledged messages are sent again on the next connection: ${resent.join(', ')}`);
+});
+
+// ---------------------------------------------------------------- departures and writes (relied on)
+
+t.test(`aedes ${V} still registers a taken-over client's successor only after closing it, through registerClient (relied on by onTakeover, src/broker/aedes-seam/departures.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, a takeover is counted as connection_lost: find where aedes now replaces the client.
+  const events: string[] = [];
+  const { port } = await startPlainAedes(t, {}, (aedes) => {
+    onTakeover(aedes, (taken) => events.push(`takeover of ${taken.id} (${taken === firstClient ? 'the first' : 'another'} client)`));
+    aedes.on('client', (client) => {
+      firstClient ??= client;
+      events.push('client');
+    });
+    aedes.on('clientDisconnect', (client) => events.push(`clientDisconnect (${client === firstClient ? 'the first' : 'another'} client)`));
+  });
+  let firstClient: Client | undefined;
+  const first = await rawConnected(t, port, 'twin');
+  await rawConnected(t, port, 'twin');
+  await first.waitForClose();
+  t.same(events, ['client', 'takeover of twin (the first client)', 'clientDisconnect (the first client)', 'client'], 'takeover seen before the old client leaves');
+});
+
+t.test(`aedes ${V} still closes a client whose bytes mqtt-packet refuses through the parser's 'error', before 'clientError' (relied on by onParseError, src/broker/aedes-seam/departures.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, a parse error is counted as connection_lost: find where aedes now reports it.
+  const events: string[] = [];
+  const { port } = await startPlainAedes(t, {}, (aedes) => {
+    const handle = aedes.handle.bind(aedes);
+    aedes.handle = (conn, request) => {
+      const client = handle(conn, request);
+      onParseError(client, (error) => events.push(`parse error: ${error.message}`));
+      return client;
+    };
+    aedes.on('clientError', () => events.push('clientError'));
+    aedes.on('clientDisconnect', () => events.push('clientDisconnect'));
+  });
+  const raw = await rawConnected(t, port, 'garbled');
+  // A PUBLISH with both QoS bits set, which mqtt-packet refuses [MQTT-3.3.1-4].
+  const bad = Buffer.from(publish('a/b', { qos: 1, id: 1, payload: 'x' }));
+  bad[0] = 0x36;
+  raw.send(bad);
+  await raw.waitForClose();
+  await until(() => events.includes('clientDisconnect'), 5000, 'the client to be gone');
+  t.match(events, [/^parse error: ./, 'clientError', 'clientDisconnect'], 'the parse error is heard first');
+});
+
+t.test(`aedes ${V} still writes every PUBLISH through mqtt-packet's writeToStream, live and resent (relied on by onPublishWritten, src/broker/aedes-seam/packet-writes.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, trafficStats().messagesOut misses what aedes now writes another way.
+  const written: number[] = [];
+  const { aedes, port } = await startPlainAedes(t, {}, (aedes) => {
+    const handle = aedes.handle.bind(aedes);
+    aedes.handle = (conn, request) => {
+      const client = handle(conn, request);
+      onPublishWritten(client, (qos) => written.push(qos));
+      return client;
+    };
+  });
+  const reader = await rawConnected(t, port, 'reader', 4, { clean: false });
+  reader.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'w/#', qos: 1 }] });
+  await reader.next('suback');
+  await publishVia(aedes, { topic: 'w/live', payload: 'a', qos: 1 });
+  await reader.next('publish');
+  const gone = new Promise<void>((resolve) => aedes.once('clientDisconnect', () => resolve()));
+  // Not acknowledged: resent on the next connection.
+  reader.drop();
+  await gone;
+  await publishVia(aedes, { topic: 'w/stored', payload: 'b', qos: 1 });
+  const again = await rawClient(t, port);
+  const before = await again.connectAndPing(connectPacket('reader', 4, { clean: false }));
+  t.same(payloads(before), ['a', 'b'], 'the unacknowledged live message and the stored one, resent');
+  t.same(written, [1, 1, 1], 'the live message, then both resent, each seen at QoS 1');
 });

@@ -163,7 +163,7 @@ t.test('anonymous access is on by default (the quick start works) and warned abo
   t.equal(await connack(t, `mqtt://127.0.0.1:${port}`), ACCEPTED, 'anonymous over TCP');
   t.equal(await connack(t, open.wsUrl), ACCEPTED, 'anonymous over WebSocket');
   const warning = open.log.find(/^anonymous access is on/);
-  t.equal(warning?.level, 40, 'a warning at start');
+  t.equal(warning?.level, 'warn', 'a warning at start');
   t.same(warning?.listeners, ['mqtt on 0.0.0.0'], 'naming the listener that is reachable from the network');
 
   const local = await startSecureDaemon(t);
@@ -187,10 +187,15 @@ t.test('with a password file and anonymous access off: CONNACK 0, 4 or 5, over T
   }
   t.match(daemon.authStats(), { loginsSucceeded: 4, loginsFailed: 6, anonymousRefused: 2 });
   const failure = log.find('login failed', (record) => record.user === 'mallory');
-  t.equal(failure?.level, 40, 'a failed login is a warning');
+  t.equal(failure?.level, 'warn', 'a failed login is a warning');
   t.equal(failure?.reason, 'unknown user', 'that says why (to the operator, not the client)');
   t.match(failure?.remote, /^(::ffff:)?127\.0\.0\.1$/, 'and where from');
   t.notOk(log.raw.includes('correct horse') || log.raw.includes('battery staple'), 'no password is ever logged');
+  t.match(log.find('client connected', (record) => record.user === 'alice'), { level: 'info', listener: 'mqtt' }, 'the connected line names the verified user');
+  t.notOk(
+    log.records.some((record) => record.msg === 'connection error before CONNACK' && record.level === 'info'),
+    'a refused login is logged once, as such, not again as a connection error',
+  );
 });
 
 t.test('without an ACL file, $SYS (every client id and subscription) is readable only after a login', async (t) => {
@@ -218,7 +223,7 @@ t.test('failed logins are rate-limited per source and user: even the right passw
   t.equal(await connackFrom('127.0.0.3', port, 'alice', 'right'), ACCEPTED, 'another source is not affected');
   t.match(daemon.authStats(), { loginsFailed: 2, loginsRateLimited: 1, loginsSucceeded: 1, limitedSources: 1 });
   const blocked = log.find(/^too many failed logins/);
-  t.match(blocked, { level: 40, source: '127.0.0.2', retryAfterSec: 3600 }, 'the block is logged once, with the source');
+  t.match(blocked, { level: 'warn', source: '127.0.0.2', retryAfterSec: 3600 }, 'the block is logged once, with the source');
 });
 
 t.test('a will the client could not publish is refused at CONNECT', async (t) => {
@@ -242,7 +247,7 @@ t.test('users reload without a restart; a broken file keeps the users in force a
   t.same(refused.applied, [], 'nothing applied');
   t.match(refused.failed, [{ key: 'auth.passwordFile', code: 'EDGEMQTT_PASSWORD_FILE_INVALID', file, problems: [/^line 2:/] }]);
   t.equal(await connack(t, mqttUrl, { username: 'carol', password: 'two' }), ACCEPTED, 'the users in force stay in force');
-  t.match(log.find(/^reload: auth\.passwordFile refused/), { level: 50, code: 'EDGEMQTT_PASSWORD_FILE_INVALID' }, 'an error line says why');
+  t.match(log.find(/^reload: auth\.passwordFile refused/), { level: 'error', code: 'EDGEMQTT_PASSWORD_FILE_INVALID' }, 'an error line says why');
 
   const broken = await startSecureDaemon(t, { auth: { passwordFile: file } }, { start: false });
   await t.rejects(broken.daemon.start(), { code: 'EDGEMQTT_PASSWORD_FILE_INVALID' }, 'at start, a broken file stops the start');

@@ -17,13 +17,12 @@ import path from 'node:path';
 import type { Packet } from 'mqtt-packet';
 import { createDaemon, type Daemon } from '../src/index.js';
 import { ExitCode } from '../src/cli/io.js';
-import { captureLogs, type CapturedLogs } from './helpers/logs.js';
+import { captureLogs, ERROR, type CapturedLogs } from './helpers/logs.js';
 import { tempDir, testConfig } from './helpers/daemon.js';
 import { connectRaw, eventually, openClient, type RawClient } from './helpers/mqtt.js';
 import { CliProcess, execCli, staleBuildNote, writeConfig } from './helpers/process.js';
 
 const TMPFS_SIZE = '4m';
-const ERROR = 50;
 
 /** Mounts a tmpfs of TMPFS_SIZE on a fresh directory; `unmount` undoes both. */
 function mount(): { dir: string; unmount: () => void } {
@@ -219,7 +218,7 @@ t.test('at start-up: a full disk is one clear line and exit 71, never a silent e
   t.equal(failed.code, ExitCode.storeFull, 'exit 71');
   t.equal(failed.stderrLines.length, 1, 'one stderr line');
   t.match(failed.stderrLines[0], `edgemqtt: store ${store} cannot be written: no space left on its file system`);
-  t.match(failed.logs.at(-1), { msg: 'start failed', err: { code: 'EDGEMQTT_STORE_FULL' } });
+  t.match(failed.logs.at(-1), { msg: 'start failed', code: 'EDGEMQTT_STORE_FULL' });
   t.notOk(failed.logs.some((line) => line.msg === 'edgemqtt ready'), 'never ready');
   await access(path.join(store, 'CURRENT'));
 

@@ -12,7 +12,7 @@ import type { Test } from 'tap';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
 import { connectRaw, openClient, eventually } from './helpers/mqtt.js';
 import { captureLogs, WARN, type CapturedLogs } from './helpers/logs.js';
-import { connect, publish, subscribe, unsubscribe } from './helpers/packets.js';
+import { connect, connect5, publish, subscribe, unsubscribe } from './helpers/packets.js';
 import type { LimitName } from '../src/index.js';
 
 const transports = ['tcp', 'ws'] as const;
@@ -172,6 +172,43 @@ for (const transport of transports) {
     t.equal(hits(daemon, 'maxKeepalive'), 2);
     loggedOnce(t, logs, 'minKeepalive');
     loggedOnce(t, logs, 'maxKeepalive');
+  });
+
+  t.test(`${transport}: broker.maxClientIdLength bounds the client id in UTF-8 bytes, for MQTT 3.1.1 and 5`, async (t) => {
+    const logs = captureLogs();
+    const daemon = await startDaemon(t, {}, { logger: logs.logger });
+    /** The CONNACK's return code (3.1.1) or Reason Code (5) for a CONNECT with `clientId`; a refused connection is then closed. */
+    const outcome = async (clientId: string, version: 4 | 5) => {
+      const raw = await connectRaw(t, urlOf(daemon, transport), { protocolVersion: version });
+      raw.send(version === 5 ? connect5({ clientId }) : connect({ clientId }));
+      const connack = await raw.waitForPacket('connack');
+      const code = version === 5 ? connack.reasonCode : connack.returnCode;
+      if (code !== 0) await raw.waitForClose();
+      return code;
+    };
+    // The longest id the protocol allows: 65,535 bytes [MQTT-1.5.3].
+    t.equal(await outcome('x'.repeat(65_535), 4), 2, 'MQTT 3.1.1: a 65,535-byte id gets 0x02 Identifier rejected');
+    t.equal(await outcome('x'.repeat(65_535), 5), 0x85, 'MQTT 5: 0x85 Client Identifier not valid');
+    t.equal(await outcome('x'.repeat(256), 4), 0, 'the default 256 bytes is accepted (3.1.1)');
+    t.equal(await outcome('y'.repeat(256), 5), 0, 'and for MQTT 5');
+    // 128 two-byte characters: 128 UTF-16 units, 256 bytes; one more is 258 bytes.
+    t.equal(await outcome('é'.repeat(128), 4), 0, '256 bytes of UTF-8 (128 characters) is accepted');
+    t.equal(await outcome('é'.repeat(129), 4), 2, '258 bytes of UTF-8 (129 characters) is refused: bytes count, not characters');
+    t.equal(hits(daemon, 'maxClientIdLength'), 3, 'each refusal counted as a limit hit');
+    loggedOnce(t, logs, 'maxClientIdLength');
+    t.ok(logs.find('connect refused', { reason: 'client id of 65535 bytes is over broker.maxClientIdLength (256)' }).length > 0, 'the refusal says why');
+  });
+
+  t.test(`${transport}: broker.maxClientIdLength is configurable`, async (t) => {
+    const daemon = await startDaemon(t, { broker: { maxClientIdLength: 23 } });
+    const returnCode = async (clientId: string) => {
+      const raw = await connectRaw(t, urlOf(daemon, transport));
+      raw.send(connect({ clientId }));
+      return (await raw.waitForPacket('connack')).returnCode;
+    };
+    t.equal(await returnCode('a'.repeat(23)), 0, '23 bytes: accepted');
+    t.equal(await returnCode('a'.repeat(24)), 2, '24 bytes: refused');
+    t.equal(hits(daemon, 'maxClientIdLength'), 1);
   });
 
   t.test(`${transport}: broker.maxPacketSizeBytes is counted and logged`, async (t) => {

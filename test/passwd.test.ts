@@ -179,7 +179,7 @@ t.test('SIGHUP to the running CLI: new users, renewed certificates, broken files
   from = cli.logs.items.length;
   cli.signal('SIGHUP');
   const refused = await cli.waitForLog('reload: auth.aclFile refused, the one in use stays', { from });
-  t.match(refused, { level: 50, code: 'EDGEMQTT_ACL_FILE_INVALID', file: aclFile, problems: [/^line 4:/] });
+  t.match(refused, { level: 'error', code: 'EDGEMQTT_ACL_FILE_INVALID', file: aclFile, problems: [/^line 4:/] });
   await cli.waitForLog('configuration reloaded', { from });
   const status = await notify.messages.waitFor(
     (message) => message.assignments.some((item) => item.startsWith('STATUS=') && item.includes('kept the previous auth.aclFile')),

@@ -258,7 +258,7 @@ t.test('the CLI refuses a store it cannot use, with one clear line and a distinc
     const second = await execCli(t, ['start', '--config', configPath], { cwd: dir });
     t.equal(second.code, ExitCode.tempFail);
     t.same(second.stderrLines, [`edgemqtt: store ${store} is locked: another edgemqtt instance is using this data directory`]);
-    t.match(second.logs.at(-1), { msg: 'start failed', err: { code: 'EDGEMQTT_STORE_LOCKED' } });
+    t.match(second.logs.at(-1), { msg: 'start failed', code: 'EDGEMQTT_STORE_LOCKED' });
     running.signal('SIGTERM');
     t.equal((await running.waitForExit()).code, 0, 'the first instance is unaffected');
   });

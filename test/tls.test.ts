@@ -141,7 +141,7 @@ t.test('MQTT over TLS talks to MQTT over TCP; TLS 1.2 is the floor', async (t) =
   controlSession.socket.destroy();
   await t.rejects(handshake(tlsPort, old), { code: /^ERR_SSL_/ }, 'edgemqtt refuses TLS 1.1');
   await eventually(() => log.find('TLS handshake failed') !== undefined, 5000, 'the refusal to be logged');
-  t.equal(log.find('TLS handshake failed')?.level, 30, 'logged at info with its reason');
+  t.equal(log.find('TLS handshake failed')?.level, 'info', 'logged at info with its reason');
 
   const strict = await startSecureDaemon(t, { tls: tlsSection(pki, { minVersion: 'TLSv1.3' }) });
   await t.rejects(handshake(strict.tlsPort, { ca: pki.ca.cert, maxVersion: 'TLSv1.2' }), { code: /^ERR_SSL_/ }, 'minVersion TLSv1.3 refuses TLS 1.2');
@@ -172,7 +172,7 @@ t.test('client certificates: required, verified against caFile, CN as the user n
   const stranger = await pki.issue('stranger', 'sensor-7', { ca: pki.foreignCa });
   const aclFile = path.join(tempDir(t), 'acl');
   await writeFile(aclFile, 'user sensor-7\ntopic write plant/sensor-7/#\nuser monitor\ntopic read plant/#\n');
-  const { daemon, tlsPort, mqttsUrl } = await startSecureDaemon(t, {
+  const { daemon, tlsPort, mqttsUrl, log } = await startSecureDaemon(t, {
     tls: tlsSection(pki, { caFile: pki.ca.certFile, requireClientCert: true, useCnAsUsername: true }),
     auth: { allowAnonymous: false, aclFile },
   });
@@ -193,6 +193,32 @@ t.test('client certificates: required, verified against caFile, CN as the user n
   await seen.waitFor((messages) => messages.some((m) => m.topic === 'plant/sensor-7/temp'));
   t.same(seen.messages.map((m) => m.topic), ['plant/sensor-7/temp'], 'the ACL of CN=sensor-7 applies, not that of the user name it sent');
   t.match(daemon.authStats(), { publishesDenied: 1, loginsSucceeded: 3 });
+  t.match(
+    log.find('client connected', (record) => record.clientId === device.options.clientId),
+    { user: 'sensor-7', listener: 'tls', protocol: '3.1.1' },
+    "the connected line names the certificate's user, not the one the CONNECT sent",
+  );
+});
+
+t.test('a failed handshake is logged with the address and port it came from', async (t) => {
+  const pki = await makePki(t);
+  const { tlsPort, log } = await startSecureDaemon(t, { tls: tlsSection(pki, { caFile: pki.ca.certFile, requireClientCert: true }) });
+  /** Starts a handshake; resolves with the client's local port and the server's log line for its failure. */
+  const failedHandshake = async (options: TlsClientOptions) => {
+    const socket = connectTls(tlsPort, options);
+    t.teardown(() => socket.destroy());
+    socket.on('error', () => {});
+    const localPort = await new Promise<number>((resolve) => socket.once('connect', () => resolve(socket.localPort!)));
+    const logged = () => log.find('TLS handshake failed', (record) => record.remote === `127.0.0.1:${localPort}`);
+    await eventually(() => logged() !== undefined, 5000, `a TLS handshake failed line with remote 127.0.0.1:${localPort}`);
+    return logged();
+  };
+  // The client does not trust the server's certificate and hangs up: Node
+  // reports this after the TLS socket lost its address ("undefined:undefined" before).
+  t.match(await failedHandshake({ ca: pki.foreignCa.cert }), { reason: 'socket hang up' }, 'a client that hangs up mid-handshake: its address and port');
+  // The server refuses: no client certificate where one is required.
+  t.match(await failedHandshake({ ca: pki.ca.cert }), { reason: /did not return a certificate/ }, 'a refused client: its address and port, and why');
+  t.notOk(log.find('TLS handshake failed', (record) => typeof record.remote !== 'string' || record.remote.includes('undefined')), 'no line without an address');
 });
 
 t.test('optional client certificates: a certificate or a password', async (t) => {

@@ -108,6 +108,8 @@ export interface AccessHooks {
   checkPublish(client: Client | null, packet: PublishPacket): PublishDecision;
   authorizeSubscribe(client: Client, sub: Subscription, done: (error: Error | null, sub?: Subscription | null) => void): void;
   authorizeForward<P extends { topic: string }>(client: Client, packet: P): P | null;
+  /** The user an authenticated client was verified as (its certificate's CN, or a checked user name); null: anonymous. */
+  userOf(client: Client): string | null;
 }
 
 export interface Authorizer {
@@ -391,6 +393,8 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
       counters.deliveriesDenied += 1;
       return null;
     },
+
+    userOf: (client) => clients.get(client)?.username ?? null,
   };
 
   /** Counts and logs a denied publish; the broker acknowledges it and publishes nothing. */

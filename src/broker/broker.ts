@@ -14,6 +14,9 @@ import {
   imposeServerKeepAlive,
   installIncomingCleanup,
   installSessionAuthority,
+  onParseError,
+  onPublishWritten,
+  onTakeover,
   type PublishPolicy,
   type QoS,
   type SessionAuthority,
@@ -26,6 +29,7 @@ import { createLimits, type Limits } from './limits.js';
 import { SharedSubscriptions, type SharedSubscriptionStore } from './shared-subscriptions.js';
 import type { AccessHooks } from '../auth/authorizer.js';
 import { Traffic, type ProtocolName } from './traffic.js';
+import { ClientLifecycle } from './client-lifecycle.js';
 
 export interface Broker {
   /** The running Aedes instance; only valid between start() and stop(). */
@@ -92,7 +96,11 @@ const refuseSys: PublishPolicy = (_client, packet) => (packet.topic.startsWith('
 export function createBroker(config: Config, deps: BrokerDeps): Broker {
   const log = deps.logger.child({ component: 'broker' });
   const rejections = new PendingRejections();
-  const keepaliveRules = { minKeepaliveSec: config.broker.minKeepaliveSec, maxKeepaliveSec: config.broker.maxKeepaliveSec };
+  const connectRules = {
+    minKeepaliveSec: config.broker.minKeepaliveSec,
+    maxKeepaliveSec: config.broker.maxKeepaliveSec,
+    maxClientIdBytes: config.broker.maxClientIdLength,
+  };
   const persistence = deps.persistence;
   const claimOutgoing = persistence?.claimOutgoing;
   const discardOutgoing: DiscardOutgoing | undefined = persistence?.outgoingClearMessageId
@@ -102,9 +110,19 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     logger: deps.logger,
     claimOutgoing: claimOutgoing?.bind(persistence),
     discardOutgoing: claimOutgoing ? discardOutgoing : undefined,
+    leaving: (client, reason, detail) => lifecycle.leaving(client, reason, detail),
   });
   let seam: AedesSeam | undefined;
   const traffic = new Traffic();
+  const access = deps.access;
+  const lifecycle = new ClientLifecycle({
+    traffic,
+    logger: deps.logger,
+    userOf: (client) => (access ? access.userOf(client) : null),
+    remoteOf,
+    listenerOf,
+    protocolOf,
+  });
   const shared = new SharedSubscriptions(deps.logger, sharedStoreOf(persistence));
 
   const options: AedesOptions = {
@@ -146,9 +164,10 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       // client announced none or the setting is off.
       const aliasMaximum = Math.min(config.broker.outgoingTopicAliases, packet.properties?.topicAliasMaximum ?? 0);
       if (packet.protocolVersion === 5 && aliasMaximum > 0) assignOutgoingTopicAliases(client, aliasMaximum);
-      const imposed = serverKeepAlive(packet, keepaliveRules);
+      const imposed = serverKeepAlive(packet, connectRules);
       if (imposed !== undefined) imposeServerKeepAlive(client, imposed);
-      const rejection = checkConnect(packet, keepaliveRules);
+      lifecycle.connecting(client, packet, imposed ?? packet.keepalive ?? 0);
+      const rejection = checkConnect(packet, connectRules);
       if (rejection) {
         rejections.remember(client, rejection);
         if (rejection.limit) limits.hit(rejection.limit, { clientId: packet.clientId, remote: remoteOf(client), reason: rejection.reason });
@@ -172,31 +191,25 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
   const publishPolicy: PublishPolicy = deps.access?.checkPublish ?? refuseSys;
 
   function attachLogging(instance: Aedes): void {
-    instance.on('client', (client) => {
-      traffic.clientConnected(client, listenerOf(client), protocolOf(client));
-      log.debug({ clientId: client.id, remote: remoteOf(client) }, 'client connected');
-    });
-    instance.on('clientDisconnect', (client) => {
-      traffic.clientDisconnected(client, 'connection_lost');
-      log.debug({ clientId: client.id }, 'client disconnected');
-    });
+    instance.on('client', (client) => lifecycle.connected(client));
+    instance.on('clientDisconnect', (client) => lifecycle.gone(client));
     instance.on('publish', (packet, client) => {
       if (client) traffic.messageIn(client, packet.qos, packet.payload.length);
     });
     instance.on('keepaliveTimeout', (client) => {
-      log.info({ clientId: client.id }, 'keep-alive timeout');
+      lifecycle.leaving(client, 'keepalive_timeout');
       // aedes closes the connection right after (an 'error'); an MQTT 5 client
       // is told why first [MQTT-3.14.2-1]: the coalesced write is flushed before the close.
       if (client.version === 5) disconnectWithReason(client, KEEP_ALIVE_TIMEOUT);
     });
-    // A protocol error or a reset socket ends that one connection; aedes
-    // has already closed it. Logged at info: a flaky sensor is no daemon fault.
-    instance.on('clientError', (client, error) =>
-      log.info({ clientId: client.id, err: error.message }, 'client connection error'),
-    );
+    // A protocol error or a reset socket ends that one connection; aedes has
+    // already closed it. It goes on the client's disconnect line: a flaky
+    // sensor is no daemon fault, and one line per departure is enough.
+    instance.on('clientError', (client, error) => lifecycle.error(client, error));
     instance.on('connectionError', (client, error) =>
       log.info({ remote: remoteOf(client), err: error.message }, 'connection error before CONNECT'),
     );
+    onTakeover(instance, (taken) => lifecycle.leaving(taken, 'taken_over'));
     // aedes emits 'error' for persistence failures; an unheard 'error' would crash the process.
     (instance as NodeJS.EventEmitter).on('error', (error: Error) => log.error({ err: error }, 'broker error'));
   }
@@ -225,6 +238,11 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       limits.install(started);
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);
+      // PUBLISH packets really written to each client (traffic.ts), and what its parser refuses.
+      started.onConnection(() => (client) => {
+        onPublishWritten(client, (qos, payloadBytes) => traffic.messageOut(client, qos, payloadBytes));
+        onParseError(client, (error) => lifecycle.leaving(client, 'protocol_violation', { error: error.message }));
+      });
       if (isSessionAuthority(persistence)) installSessionAuthority(instance, persistence, deps.logger);
       seam = started;
       log.info({ brokerId: instance.id }, 'broker started');
@@ -232,6 +250,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
     async stop() {
       const stopping = seam;
       if (!stopping) return;
+      for (const client of stopping.connectedClients()) lifecycle.leaving(client, 'server_stop');
       const withheld = withholdWills(stopping);
       if (withheld > 0) log.info({ withheld }, 'planned stop: the wills of connected clients are not published');
       await new Promise<void>((resolve) => stopping.aedes.close(() => resolve()));

@@ -5,14 +5,18 @@
  */
 import type { Client, ConnectPacket } from 'aedes';
 
-/** CONNACK return code 0x02 "Identifier rejected" [MQTT-3.2.2-3, table 3.1]. */
+/**
+ * CONNACK return code 0x02 "Identifier rejected" [MQTT-3.2.2-3, table 3.1];
+ * aedes sends it to an MQTT 5 client as 0x85 Client Identifier not valid
+ * (its connackReasonCodes, lib/handlers/connect.js).
+ */
 const IDENTIFIER_REJECTED = 2;
 
 export interface ConnectRejection {
   returnCode: number;
   reason: string;
   /** Set when a configured limit, not the protocol, refused it. */
-  limit?: 'minKeepalive' | 'maxKeepalive';
+  limit?: 'minKeepalive' | 'maxKeepalive' | 'maxClientIdLength';
 }
 
 export interface ConnectRules {
@@ -20,9 +24,18 @@ export interface ConnectRules {
   minKeepaliveSec: number;
   /** broker.maxKeepaliveSec; 0 = none. */
   maxKeepaliveSec: number;
+  /** broker.maxClientIdLength: the longest client id, in UTF-8 bytes. */
+  maxClientIdBytes: number;
 }
 
 /**
+ * - Client id length (broker.maxClientIdLength), in UTF-8 bytes, for every
+ *   protocol version: MQTT 3.1.1 and 5 let a client send up to 65,535 bytes
+ *   [MQTT-1.5.3], which the broker would keep in every session record and
+ *   log line; a server may refuse ids over 23 [MQTT-3.1.3-5]. (aedes'
+ *   maxClientsIdLength applies to MQTT 3.1 only, and counts UTF-16 units.)
+ *   CONNACK 0x02, which aedes sends an MQTT 5 client as 0x85.
+ *
  * (aedes 2 answers a zero-length client id with CleanSession=0 with CONNACK
  * 0x02 itself [MQTT-3.1.3-8], and assigns an MQTT 5 client one
  * [MQTT-3.1.3-6].)
@@ -34,6 +47,14 @@ export interface ConnectRules {
  *   is not refused for it: see serverKeepAlive.
  */
 export function checkConnect(packet: ConnectPacket, rules: ConnectRules): ConnectRejection | null {
+  const idBytes = Buffer.byteLength(packet.clientId ?? '');
+  if (idBytes > rules.maxClientIdBytes) {
+    return {
+      returnCode: IDENTIFIER_REJECTED,
+      reason: `client id of ${idBytes} bytes is over broker.maxClientIdLength (${rules.maxClientIdBytes})`,
+      limit: 'maxClientIdLength',
+    };
+  }
   if (packet.protocolVersion === 5) return null;
   const keepalive = packet.keepalive ?? 0;
   switch (keepaliveBreach(keepalive, rules)) {

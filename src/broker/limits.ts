@@ -18,11 +18,12 @@ import type { AedesOptions, Client, Subscription } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
-import { connackAccepted, disconnectWithReason, subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
+import { connackAccepted, disconnectWithReason, onDrainTimeout, subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
 import { FlowControl, type ClientFlow, type ClaimOutgoing, type DiscardOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
-import { CONNECT, guardConnection, MQTT_MAX_STRING_BYTES, PUBACK, PUBCOMP, PUBREC, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
+import { CONNECT, DISCONNECT, guardConnection, MQTT_MAX_STRING_BYTES, PUBACK, PUBCOMP, PUBREC, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
 import { holdUntilConnack } from './connect-hold.js';
 import { coalesceWrites } from './write-coalescer.js';
+import type { DisconnectDetail, DisconnectReason } from './traffic.js';
 
 export type LimitName =
   /** limits.maxConnections */
@@ -39,6 +40,8 @@ export type LimitName =
   | 'maxKeepalive'
   /** broker.maxPacketSizeBytes */
   | 'maxPacketSize'
+  /** broker.maxClientIdLength */
+  | 'maxClientIdLength'
   | 'maxTopicLength'
   | 'maxTopicLevels'
   | 'maxSubscriptions'
@@ -56,7 +59,7 @@ export type LimitName =
   | 'maxAwaitingRelease';
 
 const LIMIT_NAMES: readonly LimitName[] = [
-  'maxConnections', 'listenerMaxConnections', 'connectRate', 'connectTimeout', 'minKeepalive', 'maxKeepalive', 'maxPacketSize',
+  'maxConnections', 'listenerMaxConnections', 'connectRate', 'connectTimeout', 'minKeepalive', 'maxKeepalive', 'maxPacketSize', 'maxClientIdLength',
   'maxTopicLength', 'maxTopicLevels', 'maxSubscriptions', 'maxInflight', 'outgoingBufferFull', 'outgoingQueueFull', 'slowClient',
   'clientMaxPacketSize', 'maxAwaitingRelease',
 ];
@@ -69,6 +72,7 @@ const LIMIT_MESSAGES: Record<LimitName, string> = {
   minKeepalive: 'connect refused: keep-alive below broker.minKeepaliveSec',
   maxKeepalive: 'connect refused: keep-alive above broker.maxKeepaliveSec, or none',
   maxPacketSize: 'connection closed: packet over broker.maxPacketSizeBytes',
+  maxClientIdLength: 'connect refused: client id over broker.maxClientIdLength',
   maxTopicLength: 'topic over limits.maxTopicLengthBytes',
   maxTopicLevels: 'topic over limits.maxTopicLevels',
   maxSubscriptions: 'subscription refused: limits.maxSubscriptionsPerClient reached',
@@ -145,6 +149,8 @@ export interface LimitsDeps {
   claimOutgoing?: ClaimOutgoing;
   /** The session store's removal of a queued message that can never be sent (flow-control.ts #dropOversize). */
   discardOutgoing?: DiscardOutgoing;
+  /** Told why a client is leaving, before its connection closes: it sent DISCONNECT, broke the protocol, or stopped reading (client-lifecycle.ts). */
+  leaving?: (client: Client, reason: DisconnectReason, detail?: DisconnectDetail) => void;
 }
 
 export function createLimits(config: Config, deps: LimitsDeps): Limits {
@@ -284,8 +290,13 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
         holdUntilConnack(conn, made);
         const clientFlow = flow.attach(made, conn);
         flows.set(made, clientFlow);
+        const leaving = deps.leaving;
+        // Runs before the flow control's count and aedes' close (onDrainTimeout wraps what is there).
+        if (leaving) onDrainTimeout(made, () => leaving(made, 'slow_consumer'));
         guard.onPacket = (type, reasonCode) => {
           if (type === CONNECT) clearTimeout(connectTimer);
+          // The guard has read it whole; aedes closes the connection next [MQTT-3.14.4-1].
+          else if (type === DISCONNECT) leaving?.(made, 'client_disconnect');
           // An MQTT 5 PUBREC of 0x80 or more ends the QoS 2 flow: no PUBREL, no PUBCOMP (4.3.3, 4.9).
           else if (type === PUBACK || type === PUBCOMP || (type === PUBREC && reasonCode >= FAILURE)) clientFlow.acknowledged();
         };
@@ -305,6 +316,10 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
    */
   function closeFor(violation: Violation, conn: Duplex, guard: ProtocolGuard, client: Client | undefined): void {
     const { reasonCode } = violation;
+    if (client !== undefined) {
+      const detail = violation.kind === 'protocol' ? { rule: violation.rule } : { limit: violation.limit };
+      deps.leaving?.(client, 'protocol_violation', { ...detail, error: violation.reason });
+    }
     if (reasonCode !== undefined && client !== undefined && connackAccepted(client)) {
       disconnectWithReason(client, reasonCode);
       return;

@@ -56,6 +56,16 @@ export interface TrafficStats {
   bytesOut: PerQos;
 }
 
+/** What else is known of why a client left: the clause or limit it broke, the error that ended it. */
+export interface DisconnectDetail {
+  /** The clause of a protocol violation, e.g. `MQTT-3.3.1-4`. */
+  rule?: string;
+  /** The configured limit a connection went over (a protocol violation of the broker's own bounds), e.g. `maxPacketSize`. */
+  limit?: string;
+  /** The error's message (a violation's reason, a parse error, a socket error). */
+  error?: string;
+}
+
 /** One connected client's counters, kept until it is gone. */
 export interface ClientTraffic {
   listener: string;
@@ -68,6 +78,8 @@ export interface ClientTraffic {
   bytesOut: number;
   /** Why it is leaving, when something other than the connection itself ended it (tagDisconnect). */
   leaving?: DisconnectReason;
+  /** With `leaving`: what else is known of it. */
+  leavingDetail?: DisconnectDetail;
 }
 
 export class Traffic {
@@ -93,9 +105,12 @@ export class Traffic {
    * Records why a connected client is about to be closed, before it is; the
    * first reason given wins (a violation found while the broker stops is a violation).
    */
-  tagDisconnect(client: object, reason: DisconnectReason): void {
+  tagDisconnect(client: object, reason: DisconnectReason, detail?: DisconnectDetail): void {
     const record = this.#clients.get(client);
-    if (record && record.leaving === undefined) record.leaving = reason;
+    if (record && record.leaving === undefined) {
+      record.leaving = reason;
+      if (detail) record.leavingDetail = detail;
+    }
   }
 
   /**

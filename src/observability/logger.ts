@@ -23,22 +23,17 @@ export interface LoggerOptions {
   journald?: boolean;
 }
 
-// pino level number → syslog priority (RFC 5424): trace/debug → 7, info → 6,
-// warn → 4, error → 3, fatal → 2.
-function syslogPriority(level: number): number {
-  if (level >= 60) return 2;
-  if (level >= 50) return 3;
-  if (level >= 40) return 4;
-  if (level >= 30) return 6;
-  return 7;
-}
+/** pino level name → syslog priority (RFC 5424); trace, debug and anything unknown → 7. */
+const SYSLOG_PRIORITY: Readonly<Record<string, number>> = { fatal: 2, error: 3, warn: 4, info: 6 };
+
+/** Where the level name starts: pino writes `{"level":"info",` first (formatters.level below). */
+const LEVEL_AT = '{"level":"'.length;
 
 function journaldStream(target: DestinationStream): DestinationStream {
   return {
     write(line: string) {
-      // pino writes `{"level":N,` first, so the number sits at a fixed offset.
-      const level = Number.parseInt(line.slice(9, 11), 10);
-      target.write(`<${syslogPriority(level)}>${line}`);
+      const name = line.slice(LEVEL_AT, line.indexOf('"', LEVEL_AT));
+      target.write(`<${SYSLOG_PRIORITY[name] ?? 7}>${line}`);
     },
   };
 }
@@ -51,6 +46,8 @@ export function createLogger(options: LoggerOptions): Logger {
       level: options.level,
       base: { service: 'edgemqtt' },
       timestamp: pino.stdTimeFunctions.isoTime,
+      // `"level":"info"`, not pino's 30: an operator reads names, and jq filters on them.
+      formatters: { level: (label) => ({ level: label }) },
     },
     destination,
   );

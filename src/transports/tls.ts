@@ -35,8 +35,12 @@ export function createTlsListener(config: Config, deps: TlsListenerDeps): Listen
   // cuts handshakes in progress; admitted (connection count, rate per address)
   // before a handshake costs any CPU.
   const refused = new WeakSet<Socket>();
+  // Read at accept: once a handshake has failed the TLS socket's own
+  // remoteAddress and remotePort are undefined (its handle is gone).
+  const remotes = new WeakMap<Socket, string>();
   server.on('connection', (socket: Socket) => {
     lifecycle.track(socket);
+    remotes.set(socket, `${socket.remoteAddress}:${socket.remotePort}`);
     if (deps.broker.limits.admit('tls', socket.remoteAddress) !== null) {
       refused.add(socket);
       socket.destroy();
@@ -45,8 +49,9 @@ export function createTlsListener(config: Config, deps: TlsListenerDeps): Listen
   server.on('tlsClientError', (error: NodeJS.ErrnoException, socket: TLSSocket) => {
     const raw = (socket as unknown as { _parent?: Socket })._parent;
     if (raw && refused.has(raw)) return;
+    const remote = (raw && remotes.get(raw)) ?? (socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : undefined);
     // Scanners, expired or foreign client certificates, old TLS versions.
-    log.info({ remote: `${socket.remoteAddress}:${socket.remotePort}`, code: error.code, reason: error.message }, 'TLS handshake failed');
+    log.info({ remote, code: error.code, reason: error.message }, 'TLS handshake failed');
   });
   server.on('secureConnection', (socket: TLSSocket) => {
     socket.setNoDelay(true);

@@ -5,7 +5,8 @@
 import { createLogger, type Logger } from '../../src/observability/logger.js';
 
 export interface LogLine {
-  level: number;
+  /** The level's name: 'info', 'warn', ... */
+  level: string;
   msg: string;
   [field: string]: unknown;
 }
@@ -17,9 +18,10 @@ export interface CapturedLogs {
   find(text: string, fields?: Record<string, unknown>): LogLine[];
 }
 
-/** pino level numbers. */
-export const WARN = 40;
-export const INFO = 30;
+/** Level names as the log writes them. */
+export const ERROR = 'error';
+export const WARN = 'warn';
+export const INFO = 'info';
 
 export function captureLogs(level: 'info' | 'debug' = 'info'): CapturedLogs {
   const lines: LogLine[] = [];

@@ -58,7 +58,8 @@ export async function writeConfig(dir: string, config: unknown, name = 'edgemqtt
 
 /** One pino line from the daemon's stdout. */
 export interface LogLine {
-  level: number;
+  /** The level's name: 'info', 'warn', ... */
+  level: string;
   msg?: string;
   /** The `<N>` syslog priority prefix, when the line had one (journald mode). */
   priority?: number;
@@ -71,7 +72,7 @@ export function parseLogLine(line: string): LogLine | undefined {
   const json = match ? match[2]! : line;
   try {
     const value: unknown = JSON.parse(json);
-    if (value === null || typeof value !== 'object' || typeof (value as LogLine).level !== 'number') return undefined;
+    if (value === null || typeof value !== 'object' || typeof (value as LogLine).level !== 'string') return undefined;
     return match ? { ...(value as LogLine), priority: Number(match[1]) } : (value as LogLine);
   } catch {
     return undefined;

@@ -10,7 +10,8 @@ import { createLogger } from '../../src/observability/logger.js';
 import { testConfig } from './daemon.js';
 
 export interface LogRecord {
-  level: number;
+  /** The level's name: 'info', 'warn', ... */
+  level: string;
   msg: string;
   [key: string]: unknown;
 }

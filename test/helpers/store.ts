@@ -10,7 +10,8 @@ import { createLevelPersistence, type LevelPersistence, type LevelPersistenceOpt
 import { tempDir } from './daemon.js';
 
 export interface LogRecord {
-  level: number;
+  /** The level's name: 'info', 'warn', ... */
+  level: string;
   msg: string;
   [key: string]: unknown;
 }

@@ -25,8 +25,12 @@
  *   Available), `aedes.persistence.outgoingEnqueueCombi` to queue a group's
  *   copy with the publish, and the innermost deliverQoS to learn the packet
  *   identifier a copy went out under.
- * - mqtt-packet's `writeToStream`, as aedes' lib/write.js calls it: the
- *   broker's Topic Aliases for what it sends (outgoing-aliases.ts).
+ * - mqtt-packet's `writeToStream`, as aedes' lib/write.js calls it
+ *   (packet-writes.ts): the broker's Topic Aliases for what it sends
+ *   (outgoing-aliases.ts), and the count of PUBLISH packets written.
+ * - `aedes.registerClient` (aedes.js) to see a takeover before aedes closes
+ *   the old client, and the client parser's 'error' (lib/client.js) to see
+ *   a parse error before aedes closes it (departures.ts).
  * - `aedes.authorizePublish` and `aedes.publish`: the publish path below;
  *   `publish` also strips a will's Will Delay Interval (aedes #1098).
  * - `aedes.scheduleSessionExpiry`, `scheduleWill`, `authenticate` and
@@ -83,3 +87,5 @@ export * from './mqtt5.js';
 export * from './shared.js';
 export { assignOutgoingTopicAliases } from './outgoing-aliases.js';
 export { installSessionAuthority, type SessionAuthority } from './sessions.js';
+export { onPublishWritten, type PublishTap } from './packet-writes.js';
+export { onParseError, onTakeover } from './departures.js';

@@ -23,27 +23,10 @@
  * mapping, 3.3.2.3.4). The first PUBLISH on a topic carries topic and
  * alias, later ones the alias and an empty topic.
  *
- * The hook on writeToStream is installed once per process, on the first
- * connection that gets aliases, and stays: mqtt-packet is one module shared
- * by whoever loads it. For a stream without aliases (every other one, and
- * any mqtt.js client in the same process) it costs one WeakMap lookup per
- * packet written.
+ * Written through the seam's hook on serialization (packet-writes.ts).
  */
-import { createRequire } from 'node:module';
 import type { Client } from 'aedes';
-
-type WriteToStream = (packet: Record<string, unknown>, stream: object, options?: object) => boolean;
-
-interface PacketModule {
-  writeToStream: WriteToStream & { cacheNumbers?: boolean };
-}
-
-/** A PUBLISH as mqtt-packet writes it: the fields read here. */
-interface WrittenPublish extends Record<string, unknown> {
-  cmd: string;
-  topic?: unknown;
-  properties?: Record<string, unknown>;
-}
+import { rewritePublishes, type WrittenPublish } from './packet-writes.js';
 
 /** One alias in use: its topic, and whether it was used since the clock hand last passed it. */
 interface Slot {
@@ -111,29 +94,6 @@ function withAlias(topicAlias: number, properties: Record<string, unknown> | und
   return { topicAlias, ...properties };
 }
 
-const byStream = new WeakMap<object, OutgoingTopicAliases>();
-let hooked = false;
-
-function hookWriteToStream(): void {
-  if (hooked) return;
-  hooked = true;
-  // The mqtt-packet aedes loads, resolved from aedes' own location.
-  const require = createRequire(createRequire(import.meta.url).resolve('aedes'));
-  const packetModule = require('mqtt-packet') as PacketModule;
-  const original = packetModule.writeToStream;
-  const writeToStream = function writeToStream(packet: Record<string, unknown>, stream: object, options?: object): boolean {
-    const aliases = byStream.get(stream);
-    if (aliases !== undefined && packet.cmd === 'publish') return original(aliases.apply(packet as WrittenPublish), stream, options);
-    return original(packet, stream, options);
-  };
-  // mqtt.js sets writeToStream.cacheNumbers; it belongs to the original.
-  Object.defineProperty(writeToStream, 'cacheNumbers', {
-    get: () => original.cacheNumbers,
-    set: (value: boolean) => (original.cacheNumbers = value),
-  });
-  packetModule.writeToStream = writeToStream;
-}
-
 /**
  * Gives the client's connection Topic Aliases for what the broker sends it,
  * at most `maximum` (the smaller of the client's Topic Alias Maximum and the
@@ -141,6 +101,6 @@ function hookWriteToStream(): void {
  * published to it before.
  */
 export function assignOutgoingTopicAliases(client: Client, maximum: number): void {
-  hookWriteToStream();
-  byStream.set(client.conn, new OutgoingTopicAliases(maximum));
+  const aliases = new OutgoingTopicAliases(maximum);
+  rewritePublishes(client, (packet) => aliases.apply(packet));
 }

@@ -6,5 +6,5 @@
 export { ProtocolGuard } from './guard.js';
 export { guardConnection } from './connection.js';
 export { MQTT_MAX_STRING_BYTES } from './strings.js';
-export { CONNECT, PUBACK, PUBCOMP, PUBREC } from './packet-types.js';
+export { CONNECT, DISCONNECT, PUBACK, PUBCOMP, PUBREC } from './packet-types.js';
 export type { ProtocolGuardOptions, Verdict, Violation } from './verdict.js';

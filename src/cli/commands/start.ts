@@ -131,10 +131,19 @@ export async function start(io: CliIo, sources: ConfigSources): Promise<number> 
   const outcome = await Promise.race([started, finished]);
   if (typeof outcome === 'number') return outcome;
   if (!outcome.ok) {
-    const message = outcome.error instanceof Error ? outcome.error.message : String(outcome.error);
-    log.fatal({ err: outcome.error }, 'start failed');
+    const { error } = outcome;
+    const message = error instanceof Error ? error.message : String(error);
+    const code = exitCodeFor(error);
+    // What the operator can fix (a port in use, a locked or corrupt store, a
+    // bad data directory or file) is one line that names it; a stack trace
+    // there would only bury the cause. Anything else is a bug of ours: its stack goes to the log.
+    if (error instanceof EdgeMqttError && code !== ExitCode.software) {
+      log.fatal({ code: error.code, err: message }, 'start failed');
+    } else {
+      log.fatal({ err: error }, 'start failed');
+    }
     io.stderr.write(`edgemqtt: ${message}\n`);
-    return exitCodeFor(outcome.error);
+    return code;
   }
   phase = 'running';
   if (stopSignals > 0) {
