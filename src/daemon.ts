@@ -25,7 +25,8 @@ import type { CertificateReloadable } from './transports/tls-context.js';
 import { createAuthorizer, type AuthStats, type ReloadFailure } from './auth/authorizer.js';
 import { CertIdentities } from './transports/cert-identity.js';
 import { reloadSecurity } from './daemon/security-reload.js';
-import { createHttpListener } from './transports/http.js';
+import { createHttpListener, type HttpRoute } from './transports/http.js';
+import { createDashboardRoute } from './dashboard/dashboard.js';
 import type { Listener } from './transports/listener.js';
 import { withDeadline } from './util/deadline.js';
 
@@ -146,7 +147,9 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     certificates.push(tlsListener);
   }
   if (config.http.enabled) {
-    const httpListener = createHttpListener(config, { broker, logger, readiness, identities });
+    const routes: HttpRoute[] = [];
+    if (config.dashboard.enabled) routes.push(createDashboardRoute(config, { logger }));
+    const httpListener = createHttpListener(config, { broker, logger, readiness, identities, routes });
     listeners.push(httpListener);
     if (httpListener.reloadCertificates && httpListener.tlsConfigKey) {
       certificates.push(httpListener as typeof httpListener & CertificateReloadable);
