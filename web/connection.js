@@ -61,18 +61,23 @@ export function openConnection(options) {
 
   options.onState('connecting', '');
   client.on('connect', () => {
-    client.subscribe(SUBSCRIPTIONS, (error, granted) => {
-      if (closed) return;
-      if (error) {
-        options.onState('reconnecting', `subscribing failed: ${error.message}`);
-        return;
-      }
-      // A SUBACK reason code of 0x80 or more refuses that filter (MQTT 5 §3.9.3).
-      for (const grant of granted ?? []) {
-        if (grant.qos >= 0x80) options.onSubscriptionRefused(grant.topic, reasonText(grant.qos));
-      }
-      options.onState('connected', '');
-    });
+    // One SUBSCRIBE per filter: a refused `$SYS/#` (anonymous clients may
+    // not read it) must not cost the topic tree its `#`.
+    let pending = Object.keys(SUBSCRIPTIONS).length;
+    for (const [filter, subscription] of Object.entries(SUBSCRIPTIONS)) {
+      client.subscribe({ [filter]: subscription }, (error) => {
+        if (closed) return;
+        if (error) {
+          // A SUBACK reason code of 0x80 or more refuses the filter (MQTT 5
+          // §3.9.3); mqtt.js then hands the SUBACK over with the error. An
+          // error without one is a lost connection, reported by 'close'.
+          const code = /** @type {{ packet?: { granted?: unknown[] } }} */ (error).packet?.granted?.[0];
+          if (typeof code !== 'number') return;
+          options.onSubscriptionRefused(filter, reasonText(code));
+        }
+        if (--pending === 0) options.onState('connected', '');
+      });
+    }
   });
   client.on('message', (topic, payload, packet) => {
     if (!closed) options.onMessage(topic, payload, { qos: packet.qos, retain: packet.retain });

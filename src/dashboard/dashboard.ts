@@ -90,8 +90,11 @@ function securityHeaders(request: IncomingMessage, tls: boolean): Record<string,
   // comes from the client and goes into a header.
   const socketSource = host && HOST.test(host) ? ` ${tls ? 'wss' : 'ws'}://${host}` : '';
   return {
+    // worker-src blob: mqtt.js runs its keep-alive timer in a worker built
+    // from a blob, as timers in a background tab are throttled to once a
+    // minute and PINGREQs would come too late for the broker's keep-alive.
     'Content-Security-Policy':
-      "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; " +
+      "default-src 'none'; script-src 'self'; worker-src blob:; style-src 'self'; img-src 'self'; " +
       `connect-src 'self'${socketSource}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`,
     'X-Content-Type-Options': 'nosniff',
     'X-Frame-Options': 'DENY',
