@@ -27,6 +27,7 @@ import { CertIdentities } from './transports/cert-identity.js';
 import { reloadSecurity } from './daemon/security-reload.js';
 import { createHttpListener, type HttpRoute } from './transports/http.js';
 import { createDashboardRoute } from './dashboard/dashboard.js';
+import { createAdminApi, type AdminApi } from './admin/api.js';
 import type { Listener } from './transports/listener.js';
 import { withDeadline } from './util/deadline.js';
 
@@ -82,10 +83,18 @@ export interface Daemon {
 export interface DaemonDeps {
   /** Logger to use; by default a JSON logger on stdout at `config.log.level`. */
   logger?: Logger;
+  /**
+   * Reads the config again as SIGHUP does (`edgemqtt start` passes its
+   * loader), for a reload asked through the admin API. Without it (embedded)
+   * that reload applies the current config, re-reading the files it names.
+   */
+  reloadConfig?: () => Promise<Config>;
 }
 
 /** Keys a running daemon applies on reload; every other change needs a restart. */
 const LIVE_KEYS = new Set(['log.level']);
+/** Admin API keys a reload applies (the token file is re-read); admin.enabled needs a restart. */
+const ADMIN_LIVE_KEYS = new Set(['admin.users', 'admin.tokenFile', 'admin.allowRemote']);
 
 export async function createDaemon(input: ConfigInput | Config = {}, deps: DaemonDeps = {}): Promise<Daemon> {
   let config = validateConfig(input);
@@ -146,8 +155,21 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     listeners.push(tlsListener);
     certificates.push(tlsListener);
   }
+  // The admin API lives on the HTTP listener: without it, there is no API.
+  const admin: AdminApi | undefined =
+    config.admin.enabled && config.http.enabled
+      ? createAdminApi(config.admin, {
+          logger,
+          broker,
+          store: persistence,
+          logins: authorizer,
+          bridgeStats: () => bridge.stats(),
+          reload: async () => daemon.reload(deps.reloadConfig ? await deps.reloadConfig() : config),
+        })
+      : undefined;
+  if (config.admin.enabled && !config.http.enabled) log.warn('admin.enabled is set but http.enabled is not: the admin API is not served');
+  const routes: HttpRoute[] = admin ? [admin.route] : [];
   if (config.http.enabled) {
-    const routes: HttpRoute[] = [];
     if (config.dashboard.enabled) routes.push(createDashboardRoute(config, { logger }));
     const httpListener = createHttpListener(config, { broker, logger, readiness, identities, routes });
     listeners.push(httpListener);
@@ -177,6 +199,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       log.warn({ err: (error as Error).message }, 'cutting connections that did not close in time');
     }
     await Promise.all(listeners.map((listener) => listener.stop()));
+    await admin?.stop();
     // Last: writes made while clients closed (wills, session times) land first.
     await persistence.stop();
   }
@@ -190,6 +213,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       await broker.start();
       authorizer.load();
       log.info(authorizer.describe(), 'authentication ready');
+      await admin?.start();
       // Before the listeners: every message a client can publish passes the bridge's tap.
       await bridge.start();
       // QoS 0 PUBLISHes write nothing the store is asked for: hand them to its publish taps here.
@@ -255,17 +279,20 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       const needsRestart: string[] = [];
       // Before start, there are no files in use to fall back on: nothing to re-read.
       const security = state === 'created' ? undefined : reloadSecurity(config, next, { authorizer, certificates });
+      const adminReload = state === 'created' ? undefined : admin?.reload(next.admin);
       for (const key of configKeys) {
         const before = getPath(config, key.path);
         const after = getPath(next, key.path);
         if (JSON.stringify(before) === JSON.stringify(after)) continue;
         if (LIVE_KEYS.has(key.name)) applied.push(key.name);
+        else if (adminReload && ADMIN_LIVE_KEYS.has(key.name)) continue;
         else if (!security?.handled.has(key.name)) needsRestart.push(key.name);
       }
-      for (const key of security?.applied ?? []) if (!applied.includes(key)) applied.push(key);
+      for (const key of [...(security?.applied ?? []), ...(adminReload?.applied ?? [])]) if (!applied.includes(key)) applied.push(key);
       if (applied.includes('log.level')) logger.level = next.log.level;
-      config = { ...(security?.config ?? config), log: next.log };
-      const failed = security?.failed ?? [];
+      const base = security?.config ?? config;
+      config = { ...base, log: next.log, admin: adminReload?.effective ?? base.admin };
+      const failed = [...(security?.failed ?? []), ...(adminReload?.failed ?? [])];
       for (const failure of failed) {
         log.error(failure, `reload: ${failure.key} refused, the one in use stays`);
       }

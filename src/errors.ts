@@ -21,6 +21,8 @@ export type ErrorCode =
   | 'EDGEMQTT_PASSWORD_FILE_INVALID'
   | 'EDGEMQTT_ACL_FILE_INVALID'
   | 'EDGEMQTT_TLS_INVALID'
+  // The admin API's bearer token file (src/admin).
+  | 'EDGEMQTT_TOKEN_FILE_INVALID'
   | 'EDGEMQTT_LOGIN_BUSY';
 
 export class EdgeMqttError extends Error {
@@ -56,7 +58,7 @@ export class ListenError extends EdgeMqttError {
 
 export type SecurityFileCode = Extract<
   ErrorCode,
-  'EDGEMQTT_PASSWORD_FILE_INVALID' | 'EDGEMQTT_ACL_FILE_INVALID' | 'EDGEMQTT_TLS_INVALID'
+  'EDGEMQTT_PASSWORD_FILE_INVALID' | 'EDGEMQTT_ACL_FILE_INVALID' | 'EDGEMQTT_TLS_INVALID' | 'EDGEMQTT_TOKEN_FILE_INVALID'
 >;
 
 /**

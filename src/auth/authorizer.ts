@@ -25,7 +25,7 @@ import type { ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { Acl, type ClientAcl } from './acl.js';
 import { SecurityFileError } from '../errors.js';
-import { LoginLimiter, sourceKey } from './login-limiter.js';
+import { LoginGuard, sourceKey, type LoginBlock } from './login-limiter.js';
 import { LoginBusyError, PasswordFile } from './password-file.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 
@@ -55,6 +55,16 @@ export interface AuthStats {
   /** Sources currently tracked by the failed-login limiter. */
   limitedSources: number;
 }
+
+/** A password check for another way in (the admin API), under the same failed-login limits as MQTT logins. */
+export type PasswordCheck =
+  | { ok: true }
+  /** Wrong password, unknown user, or no password file to check against. */
+  | { ok: false; reason: 'bad' }
+  /** The source (or this user from it) has failed too often: try again after retryAfterSec. */
+  | { ok: false; reason: 'blocked'; retryAfterSec: number }
+  /** Too many logins are waiting for a password hash. */
+  | { ok: false; reason: 'busy' };
 
 export interface ReloadFailure {
   /** Config key of the file, e.g. `auth.aclFile`. */
@@ -108,6 +118,22 @@ export interface Authorizer {
   stats(): AuthStats;
   /** Summary for the start-up log. */
   describe(): Record<string, unknown>;
+  /** The user name a connected client logged in with; null = anonymous (or not authenticated here). */
+  usernameOf(client: Client): string | null;
+  /**
+   * Checks a user name and password from `remote` against the password file,
+   * counting a failure into the failed-login limits (admin API logins).
+   * Hashing runs off the event loop, as for CONNECT.
+   */
+  checkPassword(remote: string | undefined, username: string, password: Buffer): Promise<PasswordCheck>;
+  /** Seconds `remote` must wait before a login as `username` is checked; 0 = now. */
+  loginWaitSec(remote: string | undefined, username: string): number;
+  /** Counts a failed login of `username` from `remote` that was checked elsewhere (a wrong admin API token). */
+  recordFailedLogin(remote: string | undefined, username: string): void;
+  /** Sources, and users from a source, refused for now after failed logins. */
+  loginBlocks(): LoginBlock[];
+  /** Lifts the blocks of an address (of one user from it, when given); returns how many. */
+  unblockLogins(address: string, username?: string): number;
   /**
    * Logs what is open or cannot work: anonymous access on a listener other
    * than loopback, ACL user sections that no verified user can reach,
@@ -196,9 +222,18 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
     deliveriesDenied: 0,
   };
 
-  function newLimiter(auth: AuthConfig): LoginLimiter {
-    const { burst, refillSec, maxSources } = auth.failedLogins;
-    return new LoginLimiter({ burst, refillSec, maxSources, ...(deps.now ? { now: deps.now } : {}) });
+  function newLimiter(auth: AuthConfig): LoginGuard {
+    const { burst, refillSec, addressBurst, maxSources } = auth.failedLogins;
+    return new LoginGuard({ burst, refillSec, addressBurst, maxSources, ...(deps.now ? { now: deps.now } : {}) });
+  }
+
+  /** Counts a failed login and logs when it blocks its source or user. */
+  function failedLogin(source: string, username: string): void {
+    counters.loginsFailed += 1;
+    const outcome = limiter.recordFailure(source, username);
+    if (outcome.blocked) {
+      log.warn({ source, user: username, retryAfterSec: outcome.retryAfterSec }, 'too many failed logins: refusing this user from this source for now');
+    }
   }
 
   function loadFiles(auth: AuthConfig): { passwords: PasswordFile | null; acl: Acl | null } {
@@ -292,7 +327,7 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
         return;
       }
       const source = sourceKey(remote);
-      if (!limiter.allows(source)) {
+      if (limiter.waitSec(source, username) > 0) {
         counters.loginsRateLimited += 1;
         log.debug({ clientId: client.id, user: username, source }, 'connect refused: too many failed logins from this source');
         refuse(NOT_AUTHORIZED, 'too many failed logins');
@@ -304,16 +339,12 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
             accept(client, username, will, done, 'password');
             return;
           }
-          counters.loginsFailed += 1;
           // The user name is logged (sshd does too), the password never.
           log.warn(
             { clientId: client.id, user: username, remote, reason: current.has(username) ? 'wrong password' : 'unknown user' },
             'login failed',
           );
-          const outcome = limiter.recordFailure(source);
-          if (outcome.blocked) {
-            log.warn({ source, retryAfterSec: outcome.retryAfterSec }, 'too many failed logins: refusing this source for now');
-          }
+          failedLogin(source, username);
           refuse(BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
         },
         (error: unknown) => {
@@ -456,6 +487,46 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
       if (!settings.allowAnonymous && !verifies) {
         log.warn('anonymous access is off and no user name can be verified (no passwordFile, no useCnAsUsername): no client can connect');
       }
+    },
+    usernameOf(client) {
+      return clients.get(client)?.username ?? null;
+    },
+    async checkPassword(remote, username, password) {
+      const source = sourceKey(remote);
+      const retryAfterSec = limiter.waitSec(source, username);
+      if (retryAfterSec > 0) {
+        counters.loginsRateLimited += 1;
+        return { ok: false, reason: 'blocked', retryAfterSec };
+      }
+      const current = passwords;
+      let ok = false;
+      try {
+        ok = current !== null && (await current.verify(username, password));
+      } catch (error) {
+        if (!(error instanceof LoginBusyError)) throw error;
+        counters.loginsBusy += 1;
+        return { ok: false, reason: 'busy' };
+      }
+      if (ok) {
+        counters.loginsSucceeded += 1;
+        return { ok: true };
+      }
+      failedLogin(source, username);
+      return { ok: false, reason: 'bad' };
+    },
+    loginWaitSec(remote, username) {
+      return limiter.waitSec(sourceKey(remote), username);
+    },
+    recordFailedLogin(remote, username) {
+      failedLogin(sourceKey(remote), username);
+    },
+    loginBlocks() {
+      return limiter.blocks();
+    },
+    unblockLogins(address, username) {
+      const lifted = limiter.unblock(address, username);
+      log.info({ address, user: username ?? null, lifted }, 'failed-login blocks lifted');
+      return lifted;
     },
     describe() {
       return {

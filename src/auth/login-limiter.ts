@@ -1,11 +1,16 @@
 /**
- * Rate limit for failed logins, per source address: a token bucket of
- * `burst` failures that refills one failure every `refillSec`. While a
- * source's bucket is empty its CONNECTs are refused before any password is
- * hashed, so guessing passwords costs an attacker time and the gateway no CPU.
+ * Rate limit for failed logins: a token bucket of `burst` failures that
+ * refills one failure every `refillSec`, per key. While a key's bucket is
+ * empty its logins are refused before any password is hashed, so guessing
+ * passwords costs an attacker time and the gateway no CPU.
  *
- * Memory is bounded: only sources with recent failures are tracked, a source
- * whose bucket is full again is forgotten, and beyond `maxSources` the source
+ * LoginGuard keys the buckets by source address AND user name, so that one
+ * misconfigured sensor does not lock out every device behind the same NAT,
+ * and keeps a much looser bucket per address against password spraying
+ * (one guess each over many user names).
+ *
+ * Memory is bounded: only keys with recent failures are tracked, a key
+ * whose bucket is full again is forgotten, and beyond `maxSources` the key
  * idle longest is dropped. IPv6 sources count per /64, the block a single
  * host usually holds, so address hopping inside it does not reset the bucket.
  */
@@ -49,15 +54,46 @@ export class LoginLimiter {
 
   /** Whether a login from this source may be checked now. */
   allows(source: string): boolean {
-    if (this.#options.burst === 0) return true;
+    return this.waitSec(source) === 0;
+  }
+
+  /** Seconds until a login from this source may be checked; 0 = now. */
+  waitSec(source: string): number {
+    if (this.#options.burst === 0) return 0;
     const bucket = this.#buckets.get(source);
-    if (!bucket) return true;
+    if (!bucket) return 0;
     this.#refill(bucket);
     if (bucket.tokens >= this.#options.burst) {
       this.#buckets.delete(source);
-      return true;
+      return 0;
     }
-    return bucket.tokens >= 1;
+    return bucket.tokens >= 1 ? 0 : Math.ceil((1 - bucket.tokens) * this.#options.refillSec);
+  }
+
+  /** The keys blocked now, with the seconds each has to wait. */
+  blocked(): Array<{ key: string; retryAfterSec: number }> {
+    const result: Array<{ key: string; retryAfterSec: number }> = [];
+    for (const key of [...this.#buckets.keys()]) {
+      const retryAfterSec = this.waitSec(key);
+      if (retryAfterSec > 0) result.push({ key, retryAfterSec });
+    }
+    return result;
+  }
+
+  /** The keys tracked now (blocked or with some failures). */
+  keys(): IterableIterator<string> {
+    return this.#buckets.keys();
+  }
+
+  /** Forgets the keys `matches` selects; returns how many of them were blocked. */
+  forget(matches: (key: string) => boolean): number {
+    let unblocked = 0;
+    for (const key of [...this.#buckets.keys()]) {
+      if (!matches(key)) continue;
+      if (this.waitSec(key) > 0) unblocked++;
+      this.#buckets.delete(key);
+    }
+    return unblocked;
   }
 
   /** Counts a failed login from this source. */
@@ -99,6 +135,97 @@ export class LoginLimiter {
       this.#buckets.delete(oldest.value);
     }
   }
+}
+
+export interface LoginGuardOptions {
+  /** Failed logins one user name may make in a row from one source; 0 = no limit. */
+  burst: number;
+  /** Seconds until one more failed login of that user from that source is allowed. */
+  refillSec: number;
+  /** Failed logins one source may make in a row over every user name; 0 = no such bound. */
+  addressBurst: number;
+  /** Most keys remembered at once, per kind (source and user; source). */
+  maxSources: number;
+  now?: () => number;
+}
+
+/** A source, or a user from a source, whose logins are refused for now. */
+export interface LoginBlock {
+  /** The source as limited: an IPv4 address, or an IPv6 /64 prefix. */
+  address: string;
+  /** null: every user name from that source (the per-address bound). */
+  user: string | null;
+  retryAfterSec: number;
+}
+
+/**
+ * Failed logins limited per (source, user name), and more loosely per
+ * source. The source's bucket refills completely in the time a user's does
+ * (burst × refillSec), so it allows addressBurst / burst times the failure
+ * rate of one user: with the defaults (5 and 100 per 150 s) twenty devices
+ * behind one NAT may keep failing at the blocked rate without locking out
+ * their neighbours, while a password spray over many user names is held to
+ * about 40 guesses a minute.
+ */
+export class LoginGuard {
+  readonly #users: LoginLimiter;
+  readonly #addresses: LoginLimiter;
+
+  constructor(options: LoginGuardOptions) {
+    const { burst, refillSec, addressBurst, maxSources, now } = options;
+    const clock = now ? { now } : {};
+    this.#users = new LoginLimiter({ burst, refillSec, maxSources, ...clock });
+    const addressRefillSec = burst > 0 && addressBurst > 0 ? (burst * refillSec) / addressBurst : refillSec;
+    this.#addresses = new LoginLimiter({ burst: addressBurst, refillSec: addressRefillSec, maxSources, ...clock });
+  }
+
+  /** Seconds until a login of `user` from `source` (a sourceKey) may be checked; 0 = now. */
+  waitSec(source: string, user: string): number {
+    return Math.max(this.#addresses.waitSec(source), this.#users.waitSec(userKey(source, user)));
+  }
+
+  /** Counts a failed login of `user` from `source`. */
+  recordFailure(source: string, user: string): FailureOutcome {
+    const byUser = this.#users.recordFailure(userKey(source, user));
+    const byAddress = this.#addresses.recordFailure(source);
+    return { blocked: byUser.blocked || byAddress.blocked, retryAfterSec: Math.max(byUser.retryAfterSec, byAddress.retryAfterSec) };
+  }
+
+  /** Sources with recent failures (of any user). */
+  get trackedSources(): number {
+    const sources = new Set(this.#addresses.keys());
+    for (const key of this.#users.keys()) sources.add(splitUserKey(key).address);
+    return sources.size;
+  }
+
+  blocks(): LoginBlock[] {
+    return [
+      ...this.#addresses.blocked().map(({ key, retryAfterSec }) => ({ address: key, user: null, retryAfterSec })),
+      ...this.#users.blocked().map(({ key, retryAfterSec }) => ({ ...splitUserKey(key), retryAfterSec })),
+    ];
+  }
+
+  /**
+   * Lifts the blocks of a source (an address, or the sourceKey listed by
+   * blocks()): of one user from it, or, without `user`, of every user from it
+   * and of the source itself. Their failures are forgotten too. Returns how
+   * many blocks were lifted.
+   */
+  unblock(address: string, user?: string): number {
+    const source = address.endsWith('::/64') ? address : sourceKey(address);
+    if (user !== undefined) return this.#users.forget((key) => key === userKey(source, user));
+    return this.#addresses.forget((key) => key === source) + this.#users.forget((key) => splitUserKey(key).address === source);
+  }
+}
+
+/** A source key never holds a space (an address, a /64 prefix, 'unknown'): the first one ends it. */
+function userKey(source: string, user: string): string {
+  return `${source} ${user}`;
+}
+
+function splitUserKey(key: string): { address: string; user: string } {
+  const space = key.indexOf(' ');
+  return { address: key.slice(0, space), user: key.slice(space + 1) };
 }
 
 /**

@@ -234,6 +234,16 @@ export class ClientFlow {
     client.once('connected', () => this.#pump());
   }
 
+  /** QoS 1/2 messages sent and not yet acknowledged. */
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /** Messages waiting in this queue for room in the window or the outgoing buffer. */
+  get waiting(): number {
+    return this.#queue.length - this.#head;
+  }
+
   /**
    * The client ended the flow of a QoS 1/2 message: PUBACK, PUBCOMP, or an
    * MQTT 5 PUBREC with a Reason Code of 0x80 or more, after which no PUBREL

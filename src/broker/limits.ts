@@ -19,7 +19,7 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { connackAccepted, disconnectWithReason, subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
-import { FlowControl, type ClaimOutgoing, type DiscardOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
+import { FlowControl, type ClientFlow, type ClaimOutgoing, type DiscardOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
 import { CONNECT, guardConnection, MQTT_MAX_STRING_BYTES, PUBACK, PUBCOMP, PUBREC, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
 import { holdUntilConnack } from './connect-hold.js';
 import { coalesceWrites } from './write-coalescer.js';
@@ -121,6 +121,8 @@ export interface Limits {
    */
   authorizeSubscribe(inner: AuthorizeSubscribe | undefined): AuthorizeSubscribe;
   stats(): LimitsStats;
+  /** A connected client's flow: QoS 1/2 messages in flight, and waiting for room (the admin API). */
+  flowOf(client: Client): { inflight: number; waiting: number } | undefined;
 }
 
 type AuthorizeSubscribe = NonNullable<AedesOptions['authorizeSubscribe']>;
@@ -157,6 +159,7 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
   const buckets = new Map<string, Bucket>();
   // Subscriptions granted but maybe not yet in client.subscriptions (aedes adds them asynchronously).
   const reservedFilters = new WeakMap<Client, Set<string>>();
+  const flows = new WeakMap<Client, ClientFlow>();
 
   function hit(limit: LimitName, fields: Record<string, unknown>): void {
     hits[limit]++;
@@ -280,6 +283,7 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
         // Over the guard's read hook: nothing after the CONNECT reaches aedes before it accepts it [MQTT-3.1.4-5].
         holdUntilConnack(conn, made);
         const clientFlow = flow.attach(made, conn);
+        flows.set(made, clientFlow);
         guard.onPacket = (type, reasonCode) => {
           if (type === CONNECT) clearTimeout(connectTimer);
           // An MQTT 5 PUBREC of 0x80 or more ends the QoS 2 flow: no PUBREL, no PUBCOMP (4.3.3, 4.9).
@@ -355,6 +359,10 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
     hit,
     install,
     authorizeSubscribe,
+    flowOf(client) {
+      const clientFlow = flows.get(client);
+      return clientFlow && { inflight: clientFlow.inflight, waiting: clientFlow.waiting };
+    },
     stats() {
       return {
         openConnections,

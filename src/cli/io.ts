@@ -46,6 +46,8 @@ export const ExitCode = {
   ioError: 74,
   /** The store is locked by another process (another instance on the same data directory). */
   tempFail: 75,
+  /** Permission denied: the admin API refused the credentials (`edgemqtt ctl`). */
+  noPermission: 77,
   /** The configuration is invalid; systemd should not restart-loop on it. */
   config: 78,
   /** A second stop signal arrived before the graceful stop finished. */

@@ -10,6 +10,7 @@ import { checkConfig } from './commands/check-config.js';
 import { printConfig } from './commands/print-config.js';
 import { start, exitCodeFor } from './commands/start.js';
 import { withPasswdCommands } from './commands/passwd.js';
+import { withCtlCommands } from './commands/ctl.js';
 import { ExitCode, type CliIo } from './io.js';
 
 /**
@@ -58,6 +59,11 @@ export async function runCli(io: CliIo): Promise<number> {
       (y) => withPasswdCommands(y, io, (code) => (exitCode = code)),
     )
     .command(
+      'ctl',
+      'Drive a running daemon through its admin API: status, clients, disconnect, sessions, retained, blocks, reload',
+      (y) => withCtlCommands(y, io, (code) => (exitCode = code)),
+    )
+    .command(
       'schema',
       'Print the JSON Schema of the config file (for editor completion)',
       (y) => y,
@@ -70,9 +76,10 @@ export async function runCli(io: CliIo): Promise<number> {
         'upper snake case, e.g. mqtt.port → EDGEMQTT_MQTT_PORT, broker.maxPacketSizeBytes →\n' +
         'EDGEMQTT_BROKER_MAX_PACKET_SIZE_BYTES. Exit codes: 0 ok, 64 usage, 65 corrupt store,\n' +
         '69 address unavailable, 70 internal error, 71 disk full, 73 data directory unusable,\n' +
-        '74 store unreadable, 75 store locked, 78 invalid config, 130 forced stop.',
+        '74 store unreadable, 75 store locked, 77 refused by the admin API (ctl), 78 invalid config,\n' +
+        '130 forced stop.',
     )
-    .demandCommand(1, 'Name a command: start, check-config, print-config, passwd or schema')
+    .demandCommand(1, 'Name a command: start, check-config, print-config, passwd, ctl or schema')
     .strict()
     .help()
     .alias('help', 'h')

@@ -9,8 +9,8 @@ import { configSchema, type Config } from './schema.js';
 import { ENV_PREFIX, listConfigKeys, setPath, type ConfigKey } from './keys.js';
 import { ConfigError } from '../errors.js';
 
-/** Environment variables with the prefix that are not config keys. */
-export const NON_KEY_ENV = new Set([`${ENV_PREFIX}CONFIG`]);
+/** Environment variables with the prefix that are not config keys: the config file, and `edgemqtt ctl`'s own. */
+export const NON_KEY_ENV = new Set([`${ENV_PREFIX}CONFIG`, `${ENV_PREFIX}CTL_URL`, `${ENV_PREFIX}CTL_USER`, `${ENV_PREFIX}CTL_PASSWORD`]);
 
 export interface ConfigSources {
   /** Path of a YAML file; omitted = defaults only. */

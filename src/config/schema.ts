@@ -131,18 +131,27 @@ const auth = z
           .int()
           .min(0)
           .default(5)
-          .describe('Failed logins one source address (IPv6: /64) may make in a row; 0 = no limit'),
+          .describe('Failed logins one user name may make in a row from one source address (IPv6: /64); 0 = no limit'),
         refillSec: z
           .number()
           .min(0.001)
           .default(30)
-          .describe('Seconds after which a source may fail one more login'),
+          .describe('Seconds after which that user may fail one more login from that source'),
+        addressBurst: z
+          .number()
+          .int()
+          .min(0)
+          .default(100)
+          .describe(
+            'Failed logins one source address may make in a row over every user name (against password spraying); ' +
+              'it refills completely in burst × refillSec; 0 = no such bound',
+          ),
         maxSources: z
           .number()
           .int()
           .min(1)
           .default(10_000)
-          .describe('Source addresses remembered at once; the longest idle is forgotten first'),
+          .describe('Source addresses (and, apart, pairs of source and user name) remembered at once; the longest idle is forgotten first'),
       })
       .prefault({}),
   })
@@ -303,6 +312,17 @@ const admin = z
       .describe('Answer admin API calls from addresses other than loopback'),
   })
   .prefault({});
+
+/** The admin API must name who may call it, and users need a password file to prove who they are. */
+function checkAdminAccess(value: { admin: z.output<typeof admin>; auth: { passwordFile: string } }, ctx: z.RefinementCtx): void {
+  if (!value.admin.enabled) return;
+  if (value.admin.users.length === 0 && value.admin.tokenFile === '') {
+    ctx.addIssue({ code: 'custom', path: ['admin', 'enabled'], message: 'the admin API needs admin.users or admin.tokenFile: nobody could call it' });
+  }
+  if (value.admin.users.length > 0 && value.auth.passwordFile === '') {
+    ctx.addIssue({ code: 'custom', path: ['admin', 'users'], message: 'admin.users log in with their password from auth.passwordFile, which is not set' });
+  }
+}
 
 const dashboard = z
   .strictObject({
@@ -466,6 +486,7 @@ export const configSchema = z
     admin,
     dashboard,
   })
+  .superRefine(checkAdminAccess)
   .describe('edgemqtt configuration');
 
 /** The config as the daemon uses it: every default filled in. */

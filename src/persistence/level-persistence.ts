@@ -125,6 +125,11 @@ export class LevelPersistence {
     return this.#store.stats();
   }
 
+  /** Entries in a session's queue: messages waiting to be sent, and those sent and not yet acknowledged. */
+  queuedFor(clientId: string): number {
+    return this.#store.queues.get(clientId)?.size ?? 0;
+  }
+
   // ---------------------------------------------------------------- lifecycle
 
   /** Opens and recovers the store. Idempotent; rejects with a StoreError subclass. */

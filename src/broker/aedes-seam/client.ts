@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { Client, PublishPacket } from 'aedes';
+import type { Aedes, Client, PublishPacket } from 'aedes';
 
 export type QoS = 0 | 1 | 2;
 
@@ -169,4 +169,20 @@ export function interceptReads(conn: Duplex, filter: (chunk: Uint8Array) => Uint
     const chunk: unknown = read(size);
     return chunk instanceof Uint8Array ? filter(chunk) : chunk;
   };
+}
+
+/**
+ * The keep-alive in force for a client, in seconds (0 = none): aedes keeps
+ * it only as its timer's interval, 1.5 × keep-alive + 1 ms
+ * (handlers/connect.js setKeepAlive) [MQTT-3.1.2-24], with MQTT 5 Server
+ * Keep Alive applied.
+ */
+export function keepAliveOf(client: Client): number {
+  const interval = (client as unknown as { _keepaliveInterval?: number })._keepaliveInterval ?? -1;
+  return interval > 0 ? Math.round((interval - 1) / 1500) : 0;
+}
+
+/** aedes' table of registered clients by id (aedes.js registerClient; prototype-free, seam.ts); not in its typings. */
+export function clientTable(aedes: Aedes): Readonly<Record<string, Client | undefined>> {
+  return (aedes as unknown as { clients: Record<string, Client> }).clients;
 }

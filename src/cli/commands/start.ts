@@ -28,7 +28,9 @@ export async function start(io: CliIo, sources: ConfigSources): Promise<number> 
     env: io.env,
     onError: (error) => log.warn({ err: error.message }, 'systemd notification failed'),
   });
-  const daemon = await createDaemon(config, { logger });
+  // One way to read the config again, for SIGHUP and for the admin API's reload.
+  const reloadConfig = () => loadConfig(sources);
+  const daemon = await createDaemon(config, { logger, reloadConfig });
 
   // 'starting' until daemon.start() settles; a stop signal in that window is
   // remembered and acted on once start settles (the daemon cannot stop
@@ -98,7 +100,7 @@ export async function start(io: CliIo, sources: ConfigSources): Promise<number> 
     await notifier.notify('RELOADING=1');
     let status = STATUS_RUNNING;
     try {
-      const next = await loadConfig(sources);
+      const next = await reloadConfig();
       const { needsRestart, failed } = daemon.reload(next);
       if (needsRestart.length > 0) {
         log.warn({ needsRestart }, `restart needed to apply ${needsRestart.join(', ')}`);
@@ -159,6 +161,7 @@ export function exitCodeFor(error: unknown): number {
       case 'EDGEMQTT_PASSWORD_FILE_INVALID':
       case 'EDGEMQTT_ACL_FILE_INVALID':
       case 'EDGEMQTT_TLS_INVALID':
+      case 'EDGEMQTT_TOKEN_FILE_INVALID':
         return ExitCode.config;
       case 'EDGEMQTT_LISTEN_FAILED':
         return ExitCode.unavailable;
