@@ -193,6 +193,25 @@ if (!existsSync(CHROMIUM)) {
     t.equal(requests.filter((url) => url.includes('/api/v1/clients')).length, asked + 1, 'no poll came in between');
   });
 
+  t.test('a login the admin API does not accept is told why, and the page still works', async (t) => {
+    const file = await passwordFile(t, { ops: 'gateway-secret', viewer: 'look-only' });
+    const { httpUrl, mqttUrl } = await startDaemon(t, {
+      auth: { allowAnonymous: false, passwordFile: file },
+      admin: { enabled: true, users: ['ops'] },
+    });
+    const { page, errors } = await openPage(t, httpUrl);
+    await logIn(page, 'viewer', 'look-only');
+    const message = page.locator('#clients-message', { hasText: 'refused this login' });
+    await message.waitFor({ timeout: PAGE_TIMEOUT_MS });
+    t.match(await message.textContent(), /\(403[^)]*\).*admin\.users/, 'a user the config does not name: 403, and what to change');
+    t.equal(await page.locator('#clients-body tr').count(), 0, 'no clients listed');
+    const sensor = await connectClient(t, mqttUrl, { username: 'ops', password: 'gateway-secret' });
+    await sensor.publishAsync('plant/line1/temp', '21.5', { qos: 1 });
+    await page.locator('tr[data-topic="plant/line1/temp"]').waitFor({ timeout: PAGE_TIMEOUT_MS });
+    t.pass('the topic tree still shows messages');
+    t.same(errors, [], 'no script error');
+  });
+
   t.test('Disconnect on a TCP client’s row disconnects it; a screenshot is saved', async (t) => {
     const file = await passwordFile(t, { ops: 'gateway-secret' });
     const { httpUrl, mqttUrl } = await startDaemon(t, {

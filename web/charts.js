@@ -9,9 +9,9 @@ export const WINDOW_MS = 10 * 60_000;
 
 const SVG = 'http://www.w3.org/2000/svg';
 // Drawing box in SVG units; the element scales it to its width.
-const WIDTH = 600;
-const HEIGHT = 150;
-const LEFT = 48;
+const WIDTH = 400;
+const HEIGHT = 140;
+const LEFT = 40;
 const RIGHT = 8;
 const TOP = 10;
 const BOTTOM = 20;
