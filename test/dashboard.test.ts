@@ -18,6 +18,7 @@ import { hashPassword } from '../src/auth/password-file.js';
 import { CHROMIUM, sharedBrowser } from './helpers/chromium.js';
 import { startDaemon, tempDir } from './helpers/daemon.js';
 import { connectClient, eventually } from './helpers/mqtt.js';
+import { NatsServer, natsUnavailable } from './helpers/nats.js';
 
 /** Bound on waits for the page to start and connect; generous because the machine is shared. */
 const PAGE_TIMEOUT_MS = 15_000;
@@ -66,9 +67,10 @@ async function logIn(page: Page, user = '', password = ''): Promise<void> {
   await page.locator('#status[data-state="connected"]').waitFor({ timeout: PAGE_TIMEOUT_MS });
 }
 
-/** The topic rows shown, in order. */
-function shownTopics(page: Page): Promise<string[]> {
-  return page.locator('#topics-body tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-topic') ?? ''));
+/** The topic rows shown, in order, but the broker's own under $SYS. */
+async function shownTopics(page: Page): Promise<string[]> {
+  const topics = await page.locator('#topics-body tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-topic') ?? ''));
+  return topics.filter((topic) => topic !== '$SYS' && !topic.startsWith('$SYS/'));
 }
 
 async function passwordFile(t: Test, users: Record<string, string>): Promise<string> {
@@ -129,6 +131,10 @@ if (!existsSync(CHROMIUM)) {
     const all = ['office', 'office/hvac', 'office/hvac/temp', 'plant', 'plant/line1', 'plant/line1/pressure', 'plant/line1/temp', 'plant/line2', 'plant/line2/temp'];
     await eventually(async () => (await shownTopics(page)).length === all.length, PAGE_TIMEOUT_MS, 'every topic in the tree');
     t.same(await shownTopics(page), all, 'every level, sorted');
+    const sys = page.locator('tr[data-topic="$SYS"]');
+    await sys.waitFor({ timeout: PAGE_TIMEOUT_MS });
+    t.equal(await sys.locator('button.toggle').getAttribute('aria-expanded'), 'false', 'the broker’s $SYS figures start closed');
+    t.equal(await page.locator('tr[data-topic^="$SYS/"]').count(), 0, 'so none of them is listed');
 
     const filter = page.getByLabel('Filter');
     const expectRows = async (expected: string[], what: string) => {
@@ -212,7 +218,7 @@ if (!existsSync(CHROMIUM)) {
     t.same(errors, [], 'no script error');
   });
 
-  t.test('Disconnect on a TCP client’s row disconnects it; a screenshot is saved', async (t) => {
+  t.test('Disconnect on a TCP client’s row disconnects it', async (t) => {
     const file = await passwordFile(t, { ops: 'gateway-secret' });
     const { httpUrl, mqttUrl } = await startDaemon(t, {
       auth: { allowAnonymous: false, passwordFile: file },
@@ -226,10 +232,6 @@ if (!existsSync(CHROMIUM)) {
       sensors.push(await connectClient(t, mqttUrl, { clientId: id, username: 'ops', password: 'gateway-secret' }));
     }
     const [line1, line2, plc] = sensors;
-    await line1!.publishAsync('plant/line1/temp', '21.5', { qos: 1 });
-    await line2!.publishAsync('plant/line2/temp', '23.1', { qos: 1 });
-    await line2!.publishAsync('plant/line2/status', '{"state":"running","speed":42}', { qos: 1, retain: true });
-    await plc!.publishAsync('plant/packing/count', '1207', { qos: 0 });
 
     const row = page.locator('#clients-body tr[data-client="sensor-line2"]');
     await row.waitFor({ timeout: PAGE_TIMEOUT_MS });
@@ -237,11 +239,6 @@ if (!existsSync(CHROMIUM)) {
     t.equal(await row.locator('.user').textContent(), 'ops');
     await page.locator('#clients-body tr', { hasText: 'this page' }).waitFor({ timeout: PAGE_TIMEOUT_MS });
     t.equal(await page.locator('#clients-body tr', { hasText: 'this page' }).locator('button').count(), 0, 'the page cannot disconnect itself');
-    await page.locator('tr[data-topic="plant/packing/count"]').waitFor({ timeout: PAGE_TIMEOUT_MS });
-
-    await mkdir(new URL('.', SCREENSHOT), { recursive: true });
-    await page.screenshot({ path: SCREENSHOT.pathname, fullPage: true });
-    t.pass(`screenshot saved at ${SCREENSHOT.pathname}`);
 
     const closed = new Promise<void>((resolve) => line2!.once('close', () => resolve()));
     await page.getByRole('button', { name: 'Disconnect sensor-line2' }).click();
@@ -255,6 +252,59 @@ if (!existsSync(CHROMIUM)) {
     t.match(await page.locator('#clients-message').textContent(), 'Disconnected sensor-line2.');
     t.ok(line1!.connected && plc!.connected, 'the other clients stay connected');
     t.equal(await page.locator('#clients-body tr[data-client="sensor-line1"]').count(), 1, 'and listed');
+    t.same(errors, [], 'no script error');
+  });
+
+  t.test('$SYS figures draw the charts and fill the store and bridge panels; a screenshot is saved', { skip: natsUnavailable() }, async (t) => {
+    const nats = new NatsServer(t);
+    await nats.start();
+    const file = await passwordFile(t, { ops: 'gateway-secret' });
+    const { httpUrl, mqttUrl } = await startDaemon(t, {
+      auth: { allowAnonymous: false, passwordFile: file },
+      admin: { enabled: true, users: ['ops'] },
+      broker: { sysIntervalSec: 1 },
+      bridge: { enabled: true, siteId: 'plant-a', nats: { servers: [nats.url] }, export: [{ filter: 'plant/#' }] },
+    });
+    const { page, errors } = await openPage(t, httpUrl);
+    await logIn(page, 'ops', 'gateway-secret');
+    const login = { username: 'ops', password: 'gateway-secret' };
+    const line1 = await connectClient(t, mqttUrl, { clientId: 'sensor-line1', ...login });
+    const line2 = await connectClient(t, mqttUrl, { clientId: 'sensor-line2', ...login });
+    const plc = await connectClient(t, mqttUrl, { clientId: 'plc-packing', ...login });
+    await line2.publishAsync('plant/line2/status', '{"state":"running","speed":42}', { qos: 1, retain: true });
+    await plc.publishAsync('plant/packing/config', Buffer.from([0x01, 0x00, 0xff, 0x10]), { qos: 1, retain: true });
+
+    // Steady traffic until the throughput chart has a line: a few $SYS rounds (1 s each).
+    let count = 0;
+    const traffic = setInterval(() => {
+      count++;
+      void line1.publishAsync('plant/line1/temp', (20 + Math.sin(count / 5)).toFixed(2), { qos: 1 }).catch(() => undefined);
+      void plc.publishAsync('plant/packing/count', String(1200 + count), { qos: 0 }).catch(() => undefined);
+    }, 50);
+    t.teardown(() => clearInterval(traffic));
+    // 'attached', not 'visible': a flat line has no height, which Playwright counts as hidden.
+    await page.locator('#chart-throughput polyline.line.in').waitFor({ state: 'attached', timeout: PAGE_TIMEOUT_MS });
+    await eventually(async () => Number((await page.locator('#rate-in').textContent())?.replace(/,/g, '')) > 0, PAGE_TIMEOUT_MS, 'a rate above 0');
+    t.pass(`messages in per second: ${await page.locator('#rate-in').textContent()}`);
+    await eventually(async () => (await page.locator('#clients-now').textContent()) === '4', PAGE_TIMEOUT_MS, 'four clients connected');
+    t.pass('the page and three sensors are connected, as $SYS says');
+    await page.locator('#chart-clients polyline.line.clients').waitFor({ state: 'attached', timeout: PAGE_TIMEOUT_MS });
+
+    const store = page.locator('#store');
+    await store.getByText('Sessions').waitFor({ timeout: PAGE_TIMEOUT_MS });
+    t.match(await store.textContent(), /Writesok/, 'store writes are fine');
+    t.match(await store.textContent(), /Sessions0Queued messages0Retained messages\d+Size on disk\d/, 'its sizes (no persistent session here)');
+    await page.locator('#bridge-panel').waitFor({ state: 'visible', timeout: PAGE_TIMEOUT_MS });
+    await page.locator('#bridge', { hasText: 'connected' }).waitFor({ timeout: PAGE_TIMEOUT_MS });
+    t.pass('the bridge panel shows its state');
+    t.match(await page.locator('tr[data-topic="plant/packing/config"] .payload').textContent(), '01 00 ff 10', 'a binary payload in hex');
+    await page.locator('#clients-body tr[data-client="sensor-line2"]').waitFor({ timeout: PAGE_TIMEOUT_MS });
+    await page.locator('tr[data-topic="plant/packing/count"]').waitFor({ timeout: PAGE_TIMEOUT_MS });
+    clearInterval(traffic);
+
+    await mkdir(new URL('.', SCREENSHOT), { recursive: true });
+    await page.screenshot({ path: SCREENSHOT.pathname, fullPage: true });
+    t.pass(`screenshot saved at ${SCREENSHOT.pathname}`);
     t.same(errors, [], 'no script error');
   });
 }

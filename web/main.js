@@ -16,6 +16,8 @@ import { TopicTable } from './topic-table.js';
 import { TopicTree } from './topic-tree.js';
 
 const RENDER_INTERVAL_MS = 250;
+/** After $SYS/broker/uptime, the rest of that round of $SYS figures is given this long to arrive. */
+const SYS_ROUND_MS = 250;
 /** The charts' time axis moves even when no $SYS value comes. */
 const CHART_REFRESH_MS = 5000;
 
@@ -86,6 +88,10 @@ class Session {
   #chartsDirty = true;
   #version = '';
   #uptime = '';
+  /** The last value of each charted $SYS figure. */
+  #latest = { received: Number.NaN, sent: Number.NaN, connected: Number.NaN };
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  #sampleTimer;
 
   /** @param {string} username @param {string} password @param {(why: string) => void} onRefused */
   constructor(username, password, onRefused) {
@@ -136,6 +142,7 @@ class Session {
     this.#clients.stop();
     this.#listeners.abort();
     clearTimeout(this.#renderTimer);
+    clearTimeout(this.#sampleTimer);
     clearInterval(this.#chartTimer);
   }
 
@@ -149,28 +156,32 @@ class Session {
   #message(topic, payload, flags) {
     const now = Date.now();
     this.tree.record(topic, payload, flags, now);
-    if (topic.startsWith('$SYS/')) this.#sys(topic, new TextDecoder().decode(payload), now);
+    if (topic.startsWith('$SYS/')) this.#sys(topic, new TextDecoder().decode(payload));
     this.scheduleRender();
   }
 
-  /** @param {string} topic @param {string} text @param {number} now */
-  #sys(topic, text, now) {
+  /** @param {string} topic @param {string} text */
+  #sys(topic, text) {
     switch (topic) {
       case '$SYS/broker/publish/messages/received':
-        this.#inRate.observe(now, Number(text));
-        break;
+        this.#latest.received = Number(text);
+        return;
       case '$SYS/broker/publish/messages/sent':
-        this.#outRate.observe(now, Number(text));
-        break;
+        this.#latest.sent = Number(text);
+        return;
       case '$SYS/broker/clients/connected':
-        if (Number.isFinite(Number(text))) this.clientsConnected.add(now, Number(text));
-        break;
+        this.#latest.connected = Number(text);
+        return;
       case '$SYS/broker/version':
         this.#version = text;
         break;
       case '$SYS/broker/uptime':
-        // mosquitto's form: "N seconds"
+        // mosquitto's form: "N seconds". Uptime comes in every round of $SYS
+        // figures; the others only when they changed (as in mosquitto), so one
+        // that did not come is unchanged: the charts take their points per round.
         this.#uptime = formatDuration(Number.parseInt(text, 10));
+        clearTimeout(this.#sampleTimer);
+        this.#sampleTimer = setTimeout(() => this.#sample(), SYS_ROUND_MS);
         break;
       case '$SYS/edgemqtt/store':
         showStore(ui.store, text);
@@ -183,6 +194,17 @@ class Session {
         return;
     }
     this.#chartsDirty = true;
+  }
+
+  /** One point per chart for a round of $SYS figures. */
+  #sample() {
+    const now = Date.now();
+    const { received, sent, connected } = this.#latest;
+    if (Number.isFinite(received)) this.#inRate.observe(now, received);
+    if (Number.isFinite(sent)) this.#outRate.observe(now, sent);
+    if (Number.isFinite(connected)) this.clientsConnected.add(now, connected);
+    this.#chartsDirty = true;
+    this.scheduleRender();
   }
 
   /** Renders soon, at most once per RENDER_INTERVAL_MS. */

@@ -55,6 +55,8 @@ export class TopicTree {
   version = 0;
   /** Levels are shown expanded unless named in `#toggled`; "collapse all" flips the default. */
   #expandedByDefault = true;
+  /** The broker's own first levels (`$SYS`): some fifty figures that would bury the application's topics; closed at first. */
+  #dollarExpanded = false;
   /** @type {Set<string>} topics whose expansion differs from the default */
   #toggled = new Set();
 
@@ -97,7 +99,8 @@ export class TopicTree {
 
   /** @param {TopicNode} node */
   isExpanded(node) {
-    return this.#expandedByDefault !== this.#toggled.has(node.topic);
+    const dollarRoot = node.topic.startsWith('$') && !node.topic.includes('/');
+    return (dollarRoot ? this.#dollarExpanded : this.#expandedByDefault) !== this.#toggled.has(node.topic);
   }
 
   /** @param {string} topic */
@@ -109,6 +112,7 @@ export class TopicTree {
   /** @param {boolean} expanded */
   setAll(expanded) {
     this.#expandedByDefault = expanded;
+    this.#dollarExpanded = expanded;
     this.#toggled.clear();
     this.version++;
   }
