@@ -30,9 +30,10 @@ const browser = sharedBrowser();
 
 interface OpenPage {
   page: Page;
-  /** Every URL the page requested over HTTP, and the WebSockets it opened. */
+  /** Every URL the page requested over HTTP, and the WebSockets it opened and closed. */
   requests: string[];
   websockets: string[];
+  closedWebsockets: string[];
   /**
    * Uncaught errors in the page, console errors (a CSP violation is one) and
    * failed loads of the page's own files. The admin API's answers are the
@@ -45,9 +46,12 @@ async function openPage(t: Test, httpUrl: string): Promise<OpenPage> {
   const context = await (await browser.get()).newContext({ viewport: { width: 1280, height: 900 } });
   t.teardown(() => context.close());
   const page = await context.newPage();
-  const opened: OpenPage = { page, requests: [], websockets: [], errors: [] };
+  const opened: OpenPage = { page, requests: [], websockets: [], closedWebsockets: [], errors: [] };
   page.on('request', (request) => opened.requests.push(request.url()));
-  page.on('websocket', (ws) => opened.websockets.push(ws.url()));
+  page.on('websocket', (ws) => {
+    opened.websockets.push(ws.url());
+    ws.on('close', () => opened.closedWebsockets.push(ws.url()));
+  });
   page.on('pageerror', (error) => opened.errors.push(`page error: ${error.message}`));
   page.on('console', (message) => {
     if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) opened.errors.push(`console: ${message.text()}`);
@@ -166,10 +170,66 @@ if (!existsSync(CHROMIUM)) {
     t.same(errors, [], 'no script error');
   });
 
+  t.test('a flood of messages: the page keeps up and shows the last one', async (t) => {
+    const { httpUrl, mqttUrl } = await startDaemon(t);
+    const { page, errors } = await openPage(t, httpUrl);
+    await logIn(page);
+    // The table draws 500 rows; the filter brings the last topic into them.
+    await page.getByLabel('Filter').fill('flood/last');
+    const sensor = await connectClient(t, mqttUrl);
+    const MESSAGES = 5000;
+    const TOPICS = 1000;
+    const started = performance.now();
+    const acks = [];
+    for (let i = 0; i < MESSAGES; i++) acks.push(sensor.publishAsync(`flood/${i % TOPICS}`, String(i), { qos: 1 }));
+    await Promise.all(acks);
+    await sensor.publishAsync('flood/last', 'done', { qos: 1 });
+    const published = performance.now();
+    await page.locator('tr[data-topic="flood/last"] .payload', { hasText: 'done' }).waitFor({ timeout: PAGE_TIMEOUT_MS });
+    const shown = performance.now();
+    t.comment(`${MESSAGES} QoS 1 messages on ${TOPICS} topics: all acknowledged after ${Math.round(published - started)} ms, the last shown ${Math.round(shown - published)} ms later`);
+    await page.getByLabel('Filter').fill('');
+    await eventually(async () => (await page.locator('#topics-body tr').count()) === 500, PAGE_TIMEOUT_MS, '500 rows');
+    t.pass('no more rows than the table draws');
+    t.match(await page.locator('#topics-note').textContent(), /more rows not shown/, 'and it says so');
+    await page.getByLabel('Filter').fill('flood/999');
+    const row = page.locator('tr[data-topic="flood/999"]');
+    await row.waitFor({ timeout: PAGE_TIMEOUT_MS });
+    t.equal(await row.locator('.payload').textContent(), String(MESSAGES - 1), 'each topic holds its last message');
+    t.same(errors, [], 'no script error');
+  });
+
+  t.test('the topic tree keeps at most 10,000 topics and counts what it turns away', async (t) => {
+    const { httpUrl } = await startDaemon(t);
+    const { page } = await openPage(t, httpUrl);
+    // The page's own module, in the page: what the README promises of the tree's limits.
+    const result = (await page.evaluate(`(async () => {
+      const { TopicTree, MAX_TOPICS, MAX_NODES } = await import('/dashboard/topic-tree.js');
+      const payload = new TextEncoder().encode('1');
+      const tree = new TopicTree();
+      let kept = 0;
+      for (let i = 0; i < MAX_TOPICS + 5; i++) if (tree.record('sensors/' + i, payload, { qos: 0, retain: false }, 0)) kept++;
+      const updated = tree.record('sensors/7', payload, { qos: 1, retain: true }, 1);
+      const { rows, total } = tree.rows('', 500);
+      const deep = new TopicTree();
+      const tooDeep = deep.record('a/'.repeat(MAX_NODES), payload, { qos: 0, retain: false }, 0);
+      return { MAX_TOPICS, kept, refused: tree.refused, topics: tree.topics, updated, rows: rows.length, total, tooDeep, deepNodes: deep.nodes };
+    })()`)) as Record<string, number | boolean>;
+    t.equal(result.MAX_TOPICS, 10_000);
+    t.equal(result.kept, 10_000, 'the first 10,000 topics are kept');
+    t.equal(result.refused, 5, 'the 5 after them are counted');
+    t.equal(result.updated, true, 'a topic already kept still takes its new messages');
+    t.equal(result.rows, 500, 'rows drawn at most');
+    t.equal(result.total, 10_001, 'and how many there are in all');
+    t.equal(result.tooDeep, false, 'a topic of more levels than the tree may hold is turned away');
+    t.equal(result.deepNodes, 0, 'without keeping a part of it');
+  });
+
   t.test('a wrong password gets a clear refusal and the form back', async (t) => {
     const file = await passwordFile(t, { ops: 'gateway-secret' });
     const { httpUrl } = await startDaemon(t, { auth: { allowAnonymous: false, passwordFile: file } });
-    const { page, errors } = await openPage(t, httpUrl);
+    const opened = await openPage(t, httpUrl);
+    const { page, errors, closedWebsockets: closed } = opened;
     await page.getByLabel('User name').fill('ops');
     await page.getByLabel('Password').fill('wrong');
     await page.getByRole('button', { name: 'Connect' }).click();
@@ -180,6 +240,13 @@ if (!existsSync(CHROMIUM)) {
     t.equal(await page.getByLabel('Password').inputValue(), '', 'the wrong password is not kept');
     await logIn(page, 'ops', 'gateway-secret');
     t.pass('the right one connects');
+
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.locator('#login-panel').waitFor({ timeout: PAGE_TIMEOUT_MS });
+    t.equal(await page.locator('#status').getAttribute('data-state'), 'signed-out', 'signed out');
+    t.ok(await page.locator('#panels').isHidden(), 'the panels are hidden');
+    await eventually(() => closed.length === opened.websockets.length, PAGE_TIMEOUT_MS, 'every WebSocket of the page closed');
+    t.pass('its connection is closed');
     t.same(errors, [], 'no script error');
   });
 
