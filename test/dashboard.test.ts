@@ -250,6 +250,21 @@ if (!existsSync(CHROMIUM)) {
     t.same(errors, [], 'no script error');
   });
 
+  t.test('a login the ACL keeps from # and $SYS/# is told what it will not see', async (t) => {
+    const file = await passwordFile(t, { viewer: 'look-only' });
+    const aclFile = path.join(tempDir(t), 'acl');
+    await writeFile(aclFile, 'user viewer\ntopic read plant/#\n');
+    const { httpUrl } = await startDaemon(t, { auth: { allowAnonymous: false, passwordFile: file, aclFile } });
+    const { page, errors } = await openPage(t, httpUrl);
+    await logIn(page, 'viewer', 'look-only');
+    const note = page.locator('#sys-note');
+    await eventually(async () => ((await note.textContent()) ?? '').includes('$SYS/#') && ((await note.textContent()) ?? '').includes('Subscribing to # '), PAGE_TIMEOUT_MS, 'both refusals noted');
+    t.match(await note.textContent(), /Subscribing to # was not authorized: the topic tree gets no topic outside \$SYS for this login\./);
+    t.match(await note.textContent(), /Subscribing to \$SYS\/# was not authorized: the charts and the store panel stay empty for this login\./);
+    t.equal(await page.locator('#status').getAttribute('data-state'), 'connected', 'still connected');
+    t.same(errors, [], 'no script error');
+  });
+
   t.test('without the admin API the clients panel says so and keeps no polling going', async (t) => {
     const { httpUrl } = await startDaemon(t);
     const { page, requests } = await openPage(t, httpUrl);

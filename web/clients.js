@@ -4,7 +4,7 @@
  * with a Disconnect button per client (POST /api/v1/clients/{id}/disconnect).
  * Both calls carry the page's login as HTTP Basic; the admin API decides.
  */
-import { element, formatBytes, formatCount, formatTime, setText, syncRows } from './format.js';
+import { element, formatBytes, formatCount, formatSince, setText, syncRows } from './format.js';
 
 export const POLL_MS = 2000;
 /** Clients listed at most; the summary says how many there are in all. */
@@ -197,7 +197,7 @@ function updateRow(tr, client) {
     client.user ?? '',
     client.address ?? '',
     [client.listener, client.protocol && `MQTT ${client.protocol}`].filter(Boolean).join(', '),
-    client.connectedAt === undefined ? '' : formatTime(new Date(client.connectedAt).getTime()),
+    client.connectedAt === undefined ? '' : formatSince(new Date(client.connectedAt).getTime()),
     formatCount(Array.isArray(client.subscriptions) ? client.subscriptions.length : Number(client.subscriptions)),
     `${formatCount(Number(client.queued))} / ${formatCount(Number(client.inflight))}`,
     `${formatCount(Number(client.messagesIn))} / ${formatCount(Number(client.messagesOut))}`,

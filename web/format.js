@@ -63,6 +63,14 @@ export function formatTime(epochMs) {
   return new Date(epochMs).toLocaleTimeString('en-GB', { hour12: false });
 }
 
+/** The time of day, with the date before it when that is not today. @param {number} epochMs */
+export function formatSince(epochMs) {
+  const date = new Date(epochMs);
+  if (Number.isNaN(date.getTime())) return '–';
+  if (date.toDateString() === new Date().toDateString()) return formatTime(epochMs);
+  return `${date.toLocaleDateString('en-CA')} ${formatTime(epochMs)}`;
+}
+
 /** @param {number} seconds */
 export function formatDuration(seconds) {
   if (!Number.isFinite(seconds)) return '–';

@@ -84,3 +84,12 @@ export function showBridge(list, text) {
   );
   fill(list, entries);
 }
+
+/**
+ * Until the first figures arrive.
+ * @param {HTMLDListElement} list
+ * @param {string} topic
+ */
+export function showWaiting(list, topic) {
+  fill(list, [['Status', `waiting for ${topic}`]]);
+}

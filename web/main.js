@@ -11,7 +11,7 @@ import { CounterRate, Series, drawChart } from './charts.js';
 import { ClientsPanel } from './clients.js';
 import { openConnection } from './connection.js';
 import { formatCount, formatDuration, formatRate, setText } from './format.js';
-import { showBridge, showStore } from './health.js';
+import { showBridge, showStore, showWaiting } from './health.js';
 import { TopicTable } from './topic-table.js';
 import { TopicTree } from './topic-tree.js';
 
@@ -126,11 +126,9 @@ class Session {
         else showStatus(state, detail);
       },
       onSubscriptionRefused: (filter, why) => {
-        if (filter.startsWith('$SYS')) {
-          setText(ui.sysNote, `Subscribing to ${filter} was ${why}: the charts and the store panel stay empty for this login.`);
-        } else {
-          setText(ui.topicsNote, `Subscribing to ${filter} was ${why}.`);
-        }
+        const effect = filter.startsWith('$SYS') ? 'the charts and the store panel stay empty' : 'the topic tree gets no topic outside $SYS';
+        const note = `Subscribing to ${filter} was ${why}: ${effect} for this login.`;
+        if (!ui.sysNote.textContent?.includes(note)) setText(ui.sysNote, `${ui.sysNote.textContent ?? ''} ${note}`.trim());
       },
     });
     this.#clients.start();
@@ -284,7 +282,7 @@ ui.signOut.addEventListener('click', () => signOut());
 function resetPanels() {
   for (const node of [ui.topicsBody, ui.clientsBody, ui.store, ui.bridge]) node.replaceChildren();
   for (const node of [ui.sysNote, ui.topicsNote, ui.clientsMessage, ui.clientsSummary, ui.brokerInfo]) setText(node, '');
-  ui.store.append(Object.assign(document.createElement('dd'), { textContent: 'waiting for $SYS/edgemqtt/store' }));
+  showWaiting(ui.store, '$SYS/edgemqtt/store');
   ui.bridgePanel.hidden = true;
   ui.clientsRetry.hidden = true;
 }
