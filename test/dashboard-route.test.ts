@@ -66,6 +66,18 @@ t.test('the page and each of its files are served with their type and the securi
   t.notMatch(page, /https?:\/\//, 'the page names no other site');
 });
 
+t.test('a Host header is written into the CSP only when it is a plain host and port', async (t) => {
+  const { httpPort } = await startDaemon(t);
+  const csp = async (host: string) => String((await send(httpPort, '/', { headers: { Host: host } })).headers['content-security-policy']);
+  t.match(await csp('gateway.local:8080'), "connect-src 'self' ws://gateway.local:8080;");
+  t.match(await csp('[::1]:8080'), "connect-src 'self' ws://[::1]:8080;");
+  for (const hostile of ["gateway; script-src 'unsafe-inline'", 'gateway:8080 https://evil.example', 'a,b']) {
+    const policy = await csp(hostile);
+    t.match(policy, "connect-src 'self';", `${JSON.stringify(hostile)}: only 'self'`);
+    t.notMatch(policy, /unsafe-inline|evil/, 'nothing of it in the policy');
+  }
+});
+
 t.test('mqtt.js comes from the installed mqtt package, gzipped for browsers that take it', async (t) => {
   const { httpPort } = await startDaemon(t);
   const original = readFileSync(MQTT_BROWSER_BUILD);
