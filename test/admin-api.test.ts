@@ -13,7 +13,8 @@ import type { IConnackPacket, IDisconnectPacket } from 'mqtt-packet';
 import { createDaemon } from '../src/index.js';
 import { isLoopbackAddress, TokenFile } from '../src/admin/access.js';
 import { LoginGuard } from '../src/auth/login-limiter.js';
-import { validateConfig } from '../src/config/load.js';
+import { loadConfig, validateConfig } from '../src/config/load.js';
+import { checkSecurityFiles } from '../src/cli/check-security-files.js';
 import { adminFiles, call, OPS, SENSOR, startAdminDaemon, TOKEN } from './helpers/admin.js';
 import { testConfig, tempDir } from './helpers/daemon.js';
 import { connectClient, eventually, MessageLog, openClient } from './helpers/mqtt.js';
@@ -96,12 +97,21 @@ t.test('config: the API must name who may call it; users need the password file'
   t.throws(() => validateConfig({ admin: { enabled: true, users: ['ops'] } }), { code: 'EDGEMQTT_CONFIG_INVALID', problems: [/admin\.users.*auth\.passwordFile/] });
   t.ok(validateConfig({ admin: { enabled: true, tokenFile: '/etc/edgemqtt/admin-token' } }), 'a token file alone is enough');
   t.ok(validateConfig({ admin: { users: ['ops'] } }), 'nothing is checked while the API is off');
+  t.ok(
+    await loadConfig({ env: { EDGEMQTT_CTL_URL: 'http://127.0.0.1:8080/', EDGEMQTT_CTL_USER: 'ops', EDGEMQTT_CTL_PASSWORD: 'x' } }),
+    "ctl's own variables in the environment are not config keys, and no problem",
+  );
 
   const files = await adminFiles(t);
   await writeFile(files.tokenFile, '');
   const daemon = await createDaemon(testConfig(t, { admin: { enabled: true, tokenFile: files.tokenFile } }));
   t.teardown(() => daemon.stop());
   await t.rejects(daemon.start(), { code: 'EDGEMQTT_TOKEN_FILE_INVALID' }, 'an empty token file stops the start');
+  t.match(
+    checkSecurityFiles(validateConfig({ admin: { enabled: true, tokenFile: files.tokenFile } })),
+    [/^admin\.tokenFile: .*admin-token: the file is empty/],
+    'check-config reads the token file as the start does',
+  );
 });
 
 t.test('off unless enabled: /api/v1 is a plain 404', async (t) => {

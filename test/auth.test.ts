@@ -206,7 +206,7 @@ t.test('without an ACL file, anyone may subscribe to $SYS (what lists clients is
   t.same(await subackFor({ username: 'ops', password: 'monitor' }), [0, 0], 'a logged-in user too');
 });
 
-t.test('failed logins are rate-limited per source: even the right password waits', async (t) => {
+t.test('failed logins are rate-limited per source and user: even the right password waits', async (t) => {
   const passwordFilePath = await passwordFile(t, { alice: 'right' });
   const { daemon, log, mqttUrl } = await startSecureDaemon(t, {
     auth: { allowAnonymous: false, passwordFile: passwordFilePath, failedLogins: { burst: 2, refillSec: 3600 } },

@@ -127,6 +127,12 @@ t.test('ctl reload against `edgemqtt start`: the config file is read again, as o
   t.equal(reload.code, 0, reload.stderr);
   t.match(reload.stdout, /^applied: .*log\.level/m, 'the changed log level, read from the file, is applied');
   t.match(reload.stdout, /^needs a restart: -$/m);
+  await writeFile(configPath, stringify({ ...config('debug'), mqtt: { port: 'not a port' } }));
+  const refused = await execCli(t, ['ctl', 'reload', '--url', `http://127.0.0.1:${httpPort}/`, '--token-file', files.tokenFile], { cwd: dir });
+  t.equal(refused.code, 1, 'an invalid file: refused');
+  t.match(refused.stderrLines, [/^edgemqtt ctl: invalid configuration: nothing was reloaded: mqtt\.port/]);
+  await daemon.waitForLog('reload refused: keeping the running configuration');
+
   const logged = await daemon.waitForLog('admin API call', { predicate: (line) => line.path === '/api/v1/reload' });
   t.match(logged, { who: 'token', method: 'POST', status: 200 });
   t.notOk(JSON.stringify(daemon.logs.items).includes(TOKEN), 'the token is never logged');

@@ -255,6 +255,7 @@ export function createAdminApi(settings: AdminConfig, deps: AdminDeps): AdminApi
         const problems = (error as { problems?: unknown }).problems;
         if (Array.isArray(problems)) {
           // A reload whose config does not validate: nothing was changed.
+          log.warn({ problems }, 'reload refused: keeping the running configuration');
           return { status: 422, body: { error: 'invalid configuration: nothing was reloaded', problems }, who };
         }
         throw error;

@@ -11,7 +11,7 @@ import { clientTable, keepAliveOf, subscriptionsOf } from '../broker/aedes-seam/
 export interface SubscriptionView {
   filter: string;
   qos: number;
-  /** MQTT 5 subscription options [MQTT-3.8.3-1]; absent for 3.1.1 clients. */
+  /** MQTT 5 Subscription Options (3.8.3.1); absent for 3.1.1 clients. */
   noLocal?: boolean;
   retainAsPublished?: boolean;
   retainHandling?: number;

@@ -25,7 +25,8 @@ import type { ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { Acl, type ClientAcl } from './acl.js';
 import { SecurityFileError } from '../errors.js';
-import { LoginGuard, sourceKey, type LoginBlock } from './login-limiter.js';
+import { sourceKey, type LoginBlock } from './login-limiter.js';
+import { FailedLogins } from './failed-logins.js';
 import { LoginBusyError, PasswordFile } from './password-file.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 
@@ -126,7 +127,7 @@ export interface Authorizer {
    * Hashing runs off the event loop, as for CONNECT.
    */
   checkPassword(remote: string | undefined, username: string, password: Buffer): Promise<PasswordCheck>;
-  /** Seconds `remote` must wait before a login as `username` is checked; 0 = now. */
+  /** Seconds `remote` must wait before a login as `username` is checked (counted as refused when above 0); 0 = now. */
   loginWaitSec(remote: string | undefined, username: string): number;
   /** Counts a failed login of `username` from `remote` that was checked elsewhere (a wrong admin API token). */
   recordFailedLogin(remote: string | undefined, username: string): void;
@@ -209,35 +210,19 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
   let acl: Acl | null = null;
   /** Bumped on every ACL change; client ACLs are rebuilt lazily when stale. */
   let aclGeneration = 0;
-  let limiter = newLimiter(settings);
+  const logins = new FailedLogins(settings.failedLogins, log, deps.now);
   const clients = new WeakMap<Client, ClientState>();
   // CONNECTs refused before any password check cost a client nothing to
   // repeat: one line per kind every 10 s, with a count of the rest.
   const refusals = new RateLimitedLog(log);
   const counters = {
     loginsSucceeded: 0,
-    loginsFailed: 0,
     loginsBusy: 0,
-    loginsRateLimited: 0,
     anonymousRefused: 0,
     publishesDenied: 0,
     subscriptionsDenied: 0,
     deliveriesDenied: 0,
   };
-
-  function newLimiter(auth: AuthConfig): LoginGuard {
-    const { burst, refillSec, addressBurst, maxSources } = auth.failedLogins;
-    return new LoginGuard({ burst, refillSec, addressBurst, maxSources, ...(deps.now ? { now: deps.now } : {}) });
-  }
-
-  /** Counts a failed login and logs when it blocks its source or user. */
-  function failedLogin(source: string, username: string): void {
-    counters.loginsFailed += 1;
-    const outcome = limiter.recordFailure(source, username);
-    if (outcome.blocked) {
-      log.warn({ source, user: username, retryAfterSec: outcome.retryAfterSec }, 'too many failed logins: refusing this user from this source for now');
-    }
-  }
 
   function loadFiles(auth: AuthConfig): { passwords: PasswordFile | null; acl: Acl | null } {
     return {
@@ -329,10 +314,8 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
         refuse(NOT_AUTHORIZED, 'anonymous access is off');
         return;
       }
-      const source = sourceKey(remote);
-      if (limiter.waitSec(source, username) > 0) {
-        counters.loginsRateLimited += 1;
-        log.debug({ clientId: client.id, user: username, source }, 'connect refused: too many failed logins from this source');
+      if (logins.refuses(remote, username) > 0) {
+        log.debug({ clientId: client.id, user: username, source: sourceKey(remote) }, 'connect refused: too many failed logins from this source');
         refuse(NOT_AUTHORIZED, 'too many failed logins');
         return;
       }
@@ -347,7 +330,7 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
             { clientId: client.id, user: username, remote, reason: current.has(username) ? 'wrong password' : 'unknown user' },
             'login failed',
           );
-          failedLogin(source, username);
+          logins.failed(remote, username);
           refuse(BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
         },
         (error: unknown) => {
@@ -467,18 +450,12 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
         },
       );
       if (next.allowAnonymous !== settings.allowAnonymous) applied.push('auth.allowAnonymous');
-      if (JSON.stringify(next.failedLogins) !== JSON.stringify(settings.failedLogins)) {
-        limiter = newLimiter(next);
-        for (const key of Object.keys(next.failedLogins)) {
-          const name = key as keyof AuthConfig['failedLogins'];
-          if (next.failedLogins[name] !== settings.failedLogins[name]) applied.push(`auth.failedLogins.${key}`);
-        }
-      }
+      applied.push(...logins.reconfigure(next.failedLogins));
       settings = effective;
       return { applied, failed, effective };
     },
     stats() {
-      return { ...counters, limitedSources: limiter.trackedSources };
+      return { ...counters, loginsFailed: logins.failures, loginsRateLimited: logins.refusals, limitedSources: logins.trackedSources };
     },
     warnAboutExposure(listeners) {
       const open = listeners.filter((listener) => !isLoopbackHost(listener.host));
@@ -500,12 +477,8 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
       return clients.get(client)?.username ?? null;
     },
     async checkPassword(remote, username, password) {
-      const source = sourceKey(remote);
-      const retryAfterSec = limiter.waitSec(source, username);
-      if (retryAfterSec > 0) {
-        counters.loginsRateLimited += 1;
-        return { ok: false, reason: 'blocked', retryAfterSec };
-      }
+      const retryAfterSec = logins.refuses(remote, username);
+      if (retryAfterSec > 0) return { ok: false, reason: 'blocked', retryAfterSec };
       const current = passwords;
       let ok = false;
       try {
@@ -519,23 +492,13 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
         counters.loginsSucceeded += 1;
         return { ok: true };
       }
-      failedLogin(source, username);
+      logins.failed(remote, username);
       return { ok: false, reason: 'bad' };
     },
-    loginWaitSec(remote, username) {
-      return limiter.waitSec(sourceKey(remote), username);
-    },
-    recordFailedLogin(remote, username) {
-      failedLogin(sourceKey(remote), username);
-    },
-    loginBlocks() {
-      return limiter.blocks();
-    },
-    unblockLogins(address, username) {
-      const lifted = limiter.unblock(address, username);
-      log.info({ address, user: username ?? null, lifted }, 'failed-login blocks lifted');
-      return lifted;
-    },
+    loginWaitSec: (remote, username) => logins.refuses(remote, username),
+    recordFailedLogin: (remote, username) => logins.failed(remote, username),
+    loginBlocks: () => logins.blocks(),
+    unblockLogins: (address, username) => logins.unblock(address, username),
     describe() {
       return {
         allowAnonymous: settings.allowAnonymous,
