@@ -187,6 +187,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     await Promise.all(listeners.map((listener) => listener.stop()));
     // Last: writes made while clients closed (wills, session times) land first.
     await persistence.stop();
+    metrics?.close();
   }
 
   async function startComponents(): Promise<void> {

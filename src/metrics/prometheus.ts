@@ -38,6 +38,13 @@ export interface Metrics {
   readonly observeCommit: CommitObserver;
   /** The metrics in the Prometheus text format, read now. */
   scrape(): Promise<string>;
+  /**
+   * Empties the registry, once the daemon stopped. prom-client's GC observer
+   * and event-loop monitor cannot be stopped and hold the registry; emptied,
+   * it no longer holds the daemon's parts (an embedder that makes a new
+   * daemon in the same process does not keep the old one alive).
+   */
+  close(): void;
 }
 
 /** Every bridge state, each a series of edgemqtt_bridge_state (1 for the current one). */
@@ -253,6 +260,9 @@ export function createMetrics(sources: MetricsSources, options: { version: strin
     observeCommit(ops, seconds) {
       batchOperations.observe(ops);
       commitSeconds.observe(seconds);
+    },
+    close() {
+      registry.clear();
     },
     async scrape() {
       lastStoreSize = await sources.storeSizeBytes();
