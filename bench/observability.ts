@@ -9,8 +9,9 @@
  *    neither always runs first on a warming or busy machine; the table shows
  *    medians and each condition's cost against the baseline in %. A further
  *    condition (the dashboard open) is one more entry in CONDITIONS.
- * 2. Scrape time with BENCH_CLIENTS (10,000) clients connected: the median and
- *    p90 of BENCH_SCRAPES scrapes, and the size of the text.
+ * 2. Scrape time, idle and with BENCH_CLIENTS (10,000) clients connected: the
+ *    median and p90 of BENCH_SCRAPES scrapes, the broker's CPU time per
+ *    scrape (steadier than throughput on a shared machine), the text's size.
  *
  * edgemqtt runs through its CLI in its own process (`npm run build` first),
  * with limits.connectRatePerAddressPerSec off (every client comes from
@@ -227,6 +228,25 @@ async function connectMany(port: number, count: number): Promise<net.Socket[]> {
   return sockets;
 }
 
+/** SCRAPES scrapes one after another: wall time (median, p90, max) and the broker's CPU time per scrape. */
+async function scrapeSeries(broker: Broker, what: string): Promise<void> {
+  const times: number[] = [];
+  let bytes = 0;
+  const cpuBefore = processCpuMs(broker.pid);
+  for (let i = 0; i < SCRAPES; i++) {
+    const result = await scrape(broker);
+    times.push(result.ms);
+    bytes = result.bytes;
+  }
+  const cpuPerScrape = (processCpuMs(broker.pid) - cpuBefore) / SCRAPES;
+  times.sort((a, b) => a - b);
+  console.log(
+    `scrape, ${what}: median ${format(median(times), 1)} ms, p90 ${format(times[Math.floor(times.length * 0.9)] ?? Number.NaN, 1)} ms, ` +
+      `max ${format(times.at(-1) ?? Number.NaN, 1)} ms over ${SCRAPES} scrapes; broker CPU ${format(cpuPerScrape, 1)} ms per scrape ` +
+      `(${format(cpuPerScrape / 10, 2)}% of one core at one scrape a second); ${format(bytes / 1024, 1)} KiB of text`,
+  );
+}
+
 // ---------------------------------------------------------------- main
 
 const format = (value: number, digits = 0) => value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
@@ -267,21 +287,12 @@ async function main(): Promise<void> {
       }
     }
 
+    // The broker's CPU time per scrape is steadier than throughput on a
+    // shared machine: at one scrape a second, X ms of it is X/10 % of one core.
+    await scrapeSeries(broker, 'idle broker');
     console.log(`\nconnecting ${format(CLIENTS)} idle clients...`);
     const sockets = await connectMany(broker.mqttPort, CLIENTS);
-    const times: number[] = [];
-    let bytes = 0;
-    for (let i = 0; i < SCRAPES; i++) {
-      const result = await scrape(broker);
-      times.push(result.ms);
-      bytes = result.bytes;
-    }
-    times.sort((a, b) => a - b);
-    console.log(
-      `scrape time with ${format(sockets.length)} clients connected: median ${format(median(times), 1)} ms, ` +
-        `p90 ${format(times[Math.floor(times.length * 0.9)] ?? Number.NaN, 1)} ms, max ${format(times.at(-1) ?? Number.NaN, 1)} ms ` +
-        `over ${SCRAPES} scrapes; ${format(bytes / 1024, 1)} KiB of text`,
-    );
+    await scrapeSeries(broker, `${format(sockets.length)} clients connected`);
     for (const socket of sockets) socket.destroy();
   } finally {
     await broker.stop();
