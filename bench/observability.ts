@@ -109,19 +109,27 @@ async function scrape(broker: Broker): Promise<{ ms: number; bytes: number }> {
 
 // ---------------------------------------------------------------- conditions
 
-/** Something watching the broker during a throughput run; start() returns its stop. */
+/** Something watching the broker during a throughput run; start() resolves, once it watches, with its stop. */
 interface Condition {
   name: string;
-  start(broker: Broker): () => Promise<void>;
+  start(broker: Broker): Promise<() => Promise<void>>;
 }
 
 const CONDITIONS: Condition[] = [
-  { name: 'baseline', start: () => async () => undefined },
+  { name: 'baseline', start: async () => async () => undefined },
   {
     name: 'scraped',
-    // In a process of its own, as Prometheus is: the load generator's event loop and CPU stay as in the baseline.
-    start(broker) {
-      const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--scraper', String(broker.httpPort)], { stdio: ['ignore', 'inherit', 'inherit'] });
+    // In a process of its own, as Prometheus is: the load generator's event
+    // loop and CPU stay as in the baseline. The run starts after its first
+    // scrape, so that the process' start-up is not measured.
+    async start(broker) {
+      const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--scraper', String(broker.httpPort)], {
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      });
+      await new Promise<void>((resolve, reject) => {
+        child.once('message', () => resolve());
+        child.once('exit', (code) => reject(new Error(`the scraper exited with ${code}`)));
+      });
       return () =>
         new Promise<void>((resolve) => {
           if (child.exitCode !== null) return resolve();
@@ -132,13 +140,13 @@ const CONDITIONS: Condition[] = [
   },
 ];
 
-/** The scraper process: GET /metrics on `port` now and every second after, until killed. */
+/** The scraper process: GET /metrics on `port` now and every second after, until killed; tells its parent after the first. */
 function runScraper(port: number): void {
   const once = () =>
     fetch(`http://127.0.0.1:${port}/metrics`)
       .then((response) => response.text())
       .catch((error: Error) => console.error(`scrape failed: ${error.message}`));
-  void once();
+  void once().then(() => process.send?.('scraping'));
   setInterval(() => void once(), 1000);
 }
 
@@ -279,7 +287,7 @@ async function main(): Promise<void> {
       for (let round = 1; round <= ROUNDS; round++) {
         const order = round % 2 === 1 ? CONDITIONS : [...CONDITIONS].reverse();
         for (const condition of order) {
-          const stop = condition.start(broker);
+          const stop = await condition.start(broker);
           const result = await throughput(broker, qos);
           await stop();
           const key = `${qos} ${condition.name}`;
