@@ -214,6 +214,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     await admin?.stop();
     // Last: writes made while clients closed (wills, session times) land first.
     await persistence.stop();
+    metrics?.close();
   }
 
   async function startComponents(): Promise<void> {

@@ -6,8 +6,11 @@
  */
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { startDaemon } from './helpers/daemon.js';
-import { connectClient } from './helpers/mqtt.js';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { hashPassword } from '../src/auth/password-file.js';
+import { startDaemon, tempDir } from './helpers/daemon.js';
+import { connectClient, connectRaw, eventually } from './helpers/mqtt.js';
 import { prometheusUnavailable, promtoolBinary, startPrometheus } from './helpers/prometheus.js';
 
 const unavailable = prometheusUnavailable();
@@ -113,4 +116,47 @@ t.test('the metrics listener on a port in use fails the start with a clear error
   const first = await startDaemon(t, { metrics: { ownListener: { enabled: true, host: '127.0.0.1', port: 0 } } });
   const port = first.daemon.addresses().metrics!.port;
   await t.rejects(startDaemon(t, { metrics: { ownListener: { enabled: true, host: '127.0.0.1', port } } }), { code: 'EDGEMQTT_LISTEN_FAILED' });
+});
+
+/** The value of one sample in a scrape's text, e.g. sample(text, 'edgemqtt_logins_total{result="success"}'). */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((candidate) => candidate.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+t.test('login failures, limit hits, protocol violations and drops by ACL are counted by their label', { timeout: 30_000 }, async (t) => {
+  const dir = tempDir(t);
+  const passwordFile = path.join(dir, 'passwords');
+  await writeFile(passwordFile, `alice:${await hashPassword('right')}\n`, { mode: 0o600 });
+  const aclFile = path.join(dir, 'acl');
+  await writeFile(aclFile, 'user alice\ntopic readwrite plant/#\n');
+  const { mqttUrl, httpUrl } = await startDaemon(t, {
+    auth: { passwordFile, aclFile },
+    limits: { maxTopicLevels: 4 },
+    broker: { sysIntervalSec: 0 },
+  });
+
+  await t.rejects(connectClient(t, mqttUrl, { username: 'alice', password: 'wrong' }), 'a wrong password is refused');
+  const alice = await connectClient(t, mqttUrl, { username: 'alice', password: 'right' });
+  await alice.publishAsync('elsewhere/x', 'denied', { qos: 1 });
+  // A topic over limits.maxTopicLevels (the connection may be closed for it: QoS 0, nothing to wait for).
+  alice.publish('plant/a/b/c/d/e', 'deep', { qos: 0 });
+  // A protocol violation: a second CONNECT on one connection [MQTT-3.1.0-2].
+  const raw = await connectRaw(t, mqttUrl);
+  raw.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: 'raw-twice', clean: true, keepalive: 0 });
+  await raw.waitForPacket('connack');
+  raw.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: 'raw-twice', clean: true, keepalive: 0 });
+  await raw.waitForClose();
+
+  let text = '';
+  await eventually(async () => {
+    text = await (await fetch(`${httpUrl}/metrics`)).text();
+    const violations = sample(text, 'edgemqtt_protocol_violations_total{rule="MQTT-3.1.0-2"}') ?? 0;
+    return violations >= 1 && (sample(text, 'edgemqtt_limit_hits_total{limit="maxTopicLevels"}') ?? 0) >= 1;
+  }, 5000, 'the violation and the limit hit to be counted');
+  t.equal(sample(text, 'edgemqtt_logins_total{result="bad_credentials"}'), 1, 'the failed login');
+  t.equal(sample(text, 'edgemqtt_logins_total{result="success"}'), 1, 'the good one');
+  t.equal(sample(text, 'edgemqtt_dropped_messages_total{cause="acl_publish"}'), 1, 'the PUBLISH the ACL denied');
+  t.equal(sample(text, 'edgemqtt_limit_hits_total{limit="maxTopicLevels"}'), 1, 'the topic over limits.maxTopicLevels');
+  t.equal(sample(text, 'edgemqtt_protocol_violations_total{rule="MQTT-3.1.0-2"}'), 1, 'the second CONNECT, by its clause');
 });

@@ -38,6 +38,13 @@ export interface Metrics {
   readonly observeCommit: CommitObserver;
   /** The metrics in the Prometheus text format, read now. */
   scrape(): Promise<string>;
+  /**
+   * Empties the registry, once the daemon stopped. prom-client's GC observer
+   * and event-loop monitor cannot be stopped and hold the registry; emptied,
+   * it no longer holds the daemon's parts (an embedder that makes a new
+   * daemon in the same process does not keep the old one alive).
+   */
+  close(): void;
 }
 
 /** Every bridge state, each a series of edgemqtt_bridge_state (1 for the current one). */
@@ -70,9 +77,14 @@ export function createMetrics(sources: MetricsSources, options: { version: strin
   const registry = new Registry();
   // process_* (CPU, memory, file descriptors) and nodejs_* (event-loop lag, GC, heap), on this registry only.
   collectDefaultMetrics({ register: registry });
-  // Gauges named like counters (promtool: "non-counter metrics should not
-  // have _total suffix"); the handle counts they give are not worth a lint warning.
-  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+  // Not these: each scrape would list every libuv handle (one per client
+  // socket: 10,000 on a busy gateway) to count them by type, and the
+  // `_total` ones are gauges named like counters (promtool warns).
+  // edgemqtt_connections_open counts the sockets that matter.
+  for (const family of ['handles', 'requests', 'resources']) {
+    registry.removeSingleMetric(`nodejs_active_${family}`);
+    registry.removeSingleMetric(`nodejs_active_${family}_total`);
+  }
 
   // Read once per scrape, so that every metric of one scrape agrees.
   let snapshot: Snapshot | undefined;
@@ -253,6 +265,9 @@ export function createMetrics(sources: MetricsSources, options: { version: strin
     observeCommit(ops, seconds) {
       batchOperations.observe(ops);
       commitSeconds.observe(seconds);
+    },
+    close() {
+      registry.clear();
     },
     async scrape() {
       lastStoreSize = await sources.storeSizeBytes();
