@@ -25,7 +25,10 @@ import type { CertificateReloadable } from './transports/tls-context.js';
 import { createAuthorizer, type AuthStats, type ReloadFailure } from './auth/authorizer.js';
 import { CertIdentities } from './transports/cert-identity.js';
 import { reloadSecurity } from './daemon/security-reload.js';
+import { createOperations } from './daemon/operations.js';
+import type { Metrics } from './metrics/prometheus.js';
 import { createHttpListener, type HttpRoute } from './transports/http.js';
+import { createDashboardRoute } from './dashboard/dashboard.js';
 import { createAdminApi, type AdminApi } from './admin/api.js';
 import type { Listener } from './transports/listener.js';
 import { withDeadline } from './util/deadline.js';
@@ -37,8 +40,10 @@ export interface DaemonAddresses {
   mqtt?: AddressInfo;
   /** MQTT over TLS, when enabled and listening. */
   tls?: AddressInfo;
-  /** HTTP (health, MQTT over WebSocket), when enabled and listening. */
+  /** HTTP (health, MQTT over WebSocket, metrics), when enabled and listening. */
   http?: AddressInfo;
+  /** The metrics' own listener (metrics.ownListener), when enabled and listening. */
+  metrics?: AddressInfo;
 }
 
 export interface ReloadResult {
@@ -99,9 +104,12 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
   let config = validateConfig(input);
   const logger = deps.logger ?? createLogger({ level: config.log.level });
   const log = logger.child({ component: 'daemon' });
+  const storePath = path.join(path.resolve(config.dataDir), 'store');
+  // Made below, once the parts it reads exist; the group commit reports to it from the start.
+  let metrics: Metrics | undefined;
   const persistence: LevelPersistence = createLevelPersistence(
-    { path: path.join(path.resolve(config.dataDir), 'store'), ...config.persistence },
-    { logger },
+    { path: storePath, ...config.persistence },
+    { logger, ...(config.metrics.enabled ? { onCommit: (ops: number, seconds: number) => metrics?.observeCommit(ops, seconds) } : {}) },
   );
   // Client certificates name users on listeners with useCnAsUsername.
   const identities = new CertIdentities();
@@ -122,6 +130,8 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     // message it is.
     publish: (packet, register) => broker.publishOwn(packet, register),
   });
+  const operations = createOperations(config, { broker, persistence, authorizer, bridge, storePath, logger });
+  metrics = operations.metrics;
   const listeners: Listener[] = [];
   let state: DaemonState = 'created';
   let starting: Promise<void> | undefined;
@@ -169,12 +179,15 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
   if (config.admin.enabled && !config.http.enabled) log.warn('admin.enabled is set but http.enabled is not: the admin API is not served');
   const routes: HttpRoute[] = admin ? [admin.route] : [];
   if (config.http.enabled) {
+    routes.push(...operations.routes);
+    if (config.dashboard.enabled) routes.push(createDashboardRoute(config, { logger }));
     const httpListener = createHttpListener(config, { broker, logger, readiness, identities, routes });
     listeners.push(httpListener);
     if (httpListener.reloadCertificates && httpListener.tlsConfigKey) {
       certificates.push(httpListener as typeof httpListener & CertificateReloadable);
     }
   }
+  listeners.push(...operations.listeners);
 
   async function prepareDataDir(): Promise<void> {
     const dir = path.resolve(config.dataDir);
@@ -189,6 +202,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
 
   async function stopComponents(deadlineMs: number): Promise<void> {
     for (const listener of listeners) listener.stopAccepting();
+    await operations.sysTopics.stop();
     // Half the deadline to send what waits; the rest stays on disk for the next start.
     await bridge.stop(performance.now() + deadlineMs / 2);
     try {
@@ -200,6 +214,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
     await admin?.stop();
     // Last: writes made while clients closed (wills, session times) land first.
     await persistence.stop();
+    metrics?.close();
   }
 
   async function startComponents(): Promise<void> {
@@ -216,6 +231,8 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       await bridge.start();
       // QoS 0 PUBLISHes write nothing the store is asked for: hand them to its publish taps here.
       if (config.bridge.enabled) broker.aedes.on('publish', (packet) => packet.qos === 0 && persistence.tapUngated(packet as unknown as PacketLike));
+      // Before the listeners: the retained $SYS figures are there for the first subscriber.
+      await operations.sysTopics.start();
       for (const listener of listeners) await listener.start();
     } catch (error) {
       state = 'failed';

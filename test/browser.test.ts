@@ -14,21 +14,11 @@ import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
+import { CHROMIUM, sharedBrowser } from './helpers/chromium.js';
 import { startDaemon } from './helpers/daemon.js';
 import { connectClient, eventually, MessageLog } from './helpers/mqtt.js';
 
-const CHROMIUM = process.env.EDGEMQTT_CHROMIUM ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 /** Bound on every wait for the page; generous because the machine is shared. */
 const PAGE_TIMEOUT_MS = 15_000;
 
@@ -63,13 +53,8 @@ async function servePage(t: Test): Promise<string> {
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
 
-let browser: Browser | undefined;
-
-/** One Chromium for the whole file (start-up is the slow part); closed in the file's teardown. */
-async function getBrowser(): Promise<Browser> {
-  browser ??= await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 60_000 });
-  return browser;
-}
+/** One Chromium for the whole file; closed in the file's teardown. */
+const browser = sharedBrowser();
 
 interface Dashboard {
   page: Page;
@@ -83,7 +68,7 @@ interface Dashboard {
 
 /** Opens the dashboard from `pageOrigin` pointed at `brokerUrl`, in a fresh browser context. */
 async function openDashboard(t: Test, pageOrigin: string, brokerUrl: string): Promise<Dashboard> {
-  const context = await (await getBrowser()).newContext();
+  const context = await (await browser.get()).newContext();
   t.teardown(() => context.close());
   const page = await context.newPage();
   const websockets: string[] = [];
@@ -111,9 +96,7 @@ if (!existsSync(CHROMIUM)) {
       'or point EDGEMQTT_CHROMIUM at a Chromium binary. This test never skips.',
   );
 } else {
-  t.teardown(async () => {
-    await browser?.close();
-  });
+  t.teardown(() => browser.close());
 
   t.test('a dashboard page shows what a TCP sensor publishes', async (t) => {
     const pageOrigin = await servePage(t);

@@ -134,6 +134,24 @@ t.test('os: batched like batch, without fsync', async (t) => {
   t.match(commit.stats(), { batches: 1, syncs: 0 });
 });
 
+t.test('onCommit hears each committed batch once, with its op count and write time in seconds', async (t) => {
+  const target = scriptedTarget();
+  let clock = 1000;
+  const heard: Array<[number, number]> = [];
+  const commit = createGroupCommit(target, { policy: 'batch', now: () => clock, onCommit: (ops, seconds) => heard.push([ops, seconds]) });
+  const first = [commit.write([put('a'), put('b')]), commit.write([del('c')])];
+  await nextTurn();
+  clock += 250;
+  target.calls[0]!.resolve();
+  await Promise.all(first);
+  t.same(heard, [[3, 0.25]], 'one call for a batch of three ops that took 250 ms');
+  const failed = commit.write([put('d')]);
+  await nextTurn();
+  target.calls[1]!.reject(new Error('disk gone'));
+  await t.rejects(failed);
+  t.same(heard, [[3, 0.25]], 'a failed batch is not a commit');
+});
+
 t.test('a failing batch rejects every writer of that batch, and only those', async (t) => {
   const target = scriptedTarget();
   const commit = createGroupCommit(target, { policy: 'batch' });

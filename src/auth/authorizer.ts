@@ -181,6 +181,9 @@ interface ClientState {
 }
 
 const SYS_PREFIX = '$SYS/';
+const DOLLAR = 0x24;
+/** aedes' messages naming clients and their subscriptions: $SYS/<broker id>/new/clients, /new/subscribes, /new/unsubscribes, /disconnect/clients. */
+const CLIENT_LISTING = /^\$SYS\/[^/]+\/(?:new|disconnect)\//;
 
 /** A will as stored: the owner's user name travels with it (null: anonymous). */
 export interface StoredWill {
@@ -369,12 +372,10 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
     authorizeSubscribe(client, sub, done) {
       const current = acl;
       const state = stateOf(client);
-      // Without an ACL file, $SYS is readable only by clients that proved a
-      // user name: aedes publishes every client id and every subscription
-      // there ($SYS/<id>/new/clients, /new/subscribes), which an anonymous
-      // visitor must not be able to list. With an ACL file, its rules decide.
-      const anonymousSys = current === null && state.username === null && isSysTopic(sub.topic);
-      if (anonymousSys || (current !== null && !clientAcl(client, state, current).canSubscribe(sub.topic))) {
+      // Without an ACL file anyone may subscribe to $SYS (mosquitto_sub -t
+      // '$SYS/#' works out of the box); what lists clients is withheld from
+      // anonymous clients in authorizeForward. With an ACL file, its rules decide.
+      if (current !== null && !clientAcl(client, state, current).canSubscribe(sub.topic)) {
         counters.subscriptionsDenied += 1;
         // At info once per connection, then at debug, as for publishes.
         const level = state.subscriptionDenialLogged ? 'debug' : 'info';
@@ -388,7 +389,14 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
 
     authorizeForward(client, packet) {
       const current = acl;
-      if (current === null) return packet;
+      if (current === null) {
+        // aedes publishes every client id and subscription under
+        // $SYS/<broker id>/new/... and /disconnect/...; an anonymous visitor
+        // must not be able to list them. The charCode test keeps this off the
+        // path of every other message.
+        if (packet.topic.charCodeAt(0) === DOLLAR && CLIENT_LISTING.test(packet.topic) && stateOf(client).username === null) return null;
+        return packet;
+      }
       if (clientAcl(client, stateOf(client), current).canRead(packet.topic)) return packet;
       counters.deliveriesDenied += 1;
       return null;

@@ -47,6 +47,8 @@ export interface Broker {
    * number before anything is published.
    */
   publishOwn(packet: OwnMessage, register: (brokerCounter: number) => void): Promise<void>;
+  /** The clients connected now; none while the broker is not running. */
+  connectedClients(): Client[];
 }
 
 export interface OwnMessage {
@@ -256,6 +258,9 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       await new Promise<void>((resolve) => stopping.aedes.close(() => resolve()));
       seam = undefined;
       log.info('broker stopped');
+    },
+    connectedClients() {
+      return seam?.connectedClients() ?? [];
     },
     publishOwn(message, register) {
       if (!seam) return Promise.reject(new Error('broker is not running'));

@@ -9,7 +9,7 @@ export type { PacketLike } from './codec.js';
 export { persistenceDefaults } from './options.js';
 export type { LevelPersistenceDeps, LevelPersistenceOptions, SyncPolicy } from './options.js';
 export { createGroupCommit, COMMIT_LATENCY_BUCKETS_MS } from './group-commit.js';
-export type { BatchOp, BatchTarget, GroupCommit, GroupCommitOptions, GroupCommitStats } from './group-commit.js';
+export type { BatchOp, BatchTarget, CommitObserver, GroupCommit, GroupCommitOptions, GroupCommitStats } from './group-commit.js';
 export { componentPrefix, prefixRange } from './keys.js';
 export {
   StoreClosedError,

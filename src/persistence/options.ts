@@ -3,7 +3,7 @@
  * the config schema can reuse them (`persistence.*` keys).
  */
 import type { Logger } from '../observability/logger.js';
-import type { SyncPolicy } from './group-commit.js';
+import type { CommitObserver, SyncPolicy } from './group-commit.js';
 
 export type { SyncPolicy };
 
@@ -68,6 +68,8 @@ export interface LevelPersistenceDeps {
   logger: Logger;
   /** Wall clock in ms since the epoch (session expiry); Date.now when omitted. */
   now?: () => number;
+  /** Hears every committed batch of the group commit (its op count, its write time in seconds): the metrics' histograms. */
+  onCommit?: CommitObserver;
 }
 
 export const persistenceDefaults = {

@@ -7,6 +7,8 @@ import { detached, encodePacket, packetData, type PacketLike } from './codec.js'
 import { retainedKey } from './keys.js';
 import type { LevelStore } from './store.js';
 
+const SYS_PREFIX = '$SYS/';
+
 export class RetainedStore {
   readonly #store: LevelStore;
 
@@ -35,6 +37,10 @@ export class RetainedStore {
     const value = detached(encodePacket(packetData(packet)));
     store.retained.add(topic, value);
     store.retainedBytes += value.length - (previous?.length ?? 0);
+    // The broker's own $SYS figures change every few seconds and are
+    // published again at each start: kept in memory only, as mosquitto does,
+    // so that they cost the disk (an SD card, often) nothing.
+    if (topic.startsWith(SYS_PREFIX)) return;
     store.writeBehind([{ type: 'put', key, value }], 'retained message');
   }
 

@@ -31,7 +31,7 @@ import { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger.js';
 import { decodePacket, type PacketLike } from './codec.js';
 import { isNoSpace, StoreClosedError, StoreFullError } from './errors.js';
-import { createGroupCommit, type BatchOp, type GroupCommit } from './group-commit.js';
+import { createGroupCommit, type BatchOp, type CommitObserver, type GroupCommit } from './group-commit.js';
 import { incomingKey, outgoingKey, subscriptionKey } from './keys.js';
 import { openStore, type Store } from './open-store.js';
 import { resolveOptions, type LevelPersistenceDeps, type LevelPersistenceOptions, type ResolvedOptions } from './options.js';
@@ -58,6 +58,7 @@ export class LevelStore {
   #stopping: Promise<void> | undefined;
   #db: Store | undefined;
   #commit: GroupCommit | undefined;
+  readonly #onCommit: CommitObserver | undefined;
   #writes: WriteFailures | undefined;
   // Reads of values being deleted (acknowledged messages, wills); stop() waits for them.
   readonly #inflight = new Set<Promise<unknown>>();
@@ -107,6 +108,7 @@ export class LevelStore {
     this.options = resolveOptions(options);
     this.log = deps.logger.child({ component: 'persistence' });
     this.now = deps.now ?? Date.now;
+    this.#onCommit = deps.onCommit;
     this.limiter = new QueueLimiter(
       { maxMessages: this.options.maxQueuedMessagesPerClient, maxBytes: this.options.maxQueuedBytesPerClient },
       this.log,
@@ -179,7 +181,7 @@ export class LevelStore {
       this.#writes = writes;
       this.#commit = createGroupCommit(
         { batch: (ops, options) => writes.batch(ops, options) },
-        { policy: this.options.sync, maxDelayMs: this.options.commitDelayMs },
+        { policy: this.options.sync, maxDelayMs: this.options.commitDelayMs, onCommit: this.#onCommit },
       );
       this.#state = 'running';
       const ops = [...recovered.repairOps];

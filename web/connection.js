@@ -1,0 +1,121 @@
+// @ts-check
+/**
+ * The page's MQTT 5 connection over WebSocket (mqtt.js's own browser build,
+ * served by the daemon): it logs in like any client and subscribes to `#`
+ * and `$SYS/#`.
+ */
+import mqtt from './mqtt.esm.js';
+
+/**
+ * What the page subscribes to. `#` does not match `$SYS/...` [MQTT-4.7.2-1],
+ * hence the second filter. Retain As Published (MQTT 5 §3.8.3.1) keeps the
+ * publisher's retain flag on live messages, so the tree shows which topics
+ * really hold a retained message. QoS 2 so a message arrives with the QoS it
+ * was published with (delivery is at the lower of the two, §3.8.4).
+ * @type {Record<string, { qos: 0 | 1 | 2, rap: boolean }>}
+ */
+const SUBSCRIPTIONS = {
+  '#': { qos: 2, rap: true },
+  '$SYS/#': { qos: 0, rap: true },
+};
+
+/** After a lost connection, the next try. */
+const RECONNECT_MS = 3000;
+
+/**
+ * @typedef {'connecting' | 'connected' | 'reconnecting' | 'refused'} ConnectionState
+ * `refused`: the broker turned the login down (CONNACK with a reason code); no retry.
+ */
+
+/**
+ * @typedef {object} ConnectionOptions
+ * @property {string} url        ws(s)://host:port/path
+ * @property {string} clientId
+ * @property {string} username   empty for an anonymous login
+ * @property {string} password
+ * @property {(topic: string, payload: Uint8Array, flags: { qos: number, retain: boolean }) => void} onMessage
+ * @property {(state: ConnectionState, detail: string) => void} onState
+ * @property {(filter: string, why: string) => void} onSubscriptionRefused
+ */
+
+/**
+ * Connects, reconnecting after a lost connection until `close()`.
+ * @param {ConnectionOptions} options
+ * @returns {{ close(): void }}
+ */
+export function openConnection(options) {
+  const client = mqtt.connect(options.url, {
+    protocolVersion: 5,
+    clientId: options.clientId,
+    clean: true,
+    // The session ends with the connection: the page keeps nothing queued on the gateway.
+    properties: { sessionExpiryInterval: 0 },
+    ...(options.username !== '' || options.password !== '' ? { username: options.username, password: options.password } : {}),
+    reconnectPeriod: RECONNECT_MS,
+    connectTimeout: 10_000,
+    // Subscribed afresh on every connect below, where a refusal can be reported.
+    resubscribe: false,
+  });
+  let closed = false;
+  let refused = false;
+
+  options.onState('connecting', '');
+  client.on('connect', () => {
+    // One SUBSCRIBE per filter: a refused `$SYS/#` (anonymous clients may
+    // not read it) must not cost the topic tree its `#`.
+    let pending = Object.keys(SUBSCRIPTIONS).length;
+    for (const [filter, subscription] of Object.entries(SUBSCRIPTIONS)) {
+      client.subscribe({ [filter]: subscription }, (error) => {
+        if (closed) return;
+        if (error) {
+          // A SUBACK reason code of 0x80 or more refuses the filter (MQTT 5
+          // §3.9.3); mqtt.js then hands the SUBACK over with the error. An
+          // error without one is a lost connection, reported by 'close'.
+          const code = /** @type {{ packet?: { granted?: unknown[] } }} */ (error).packet?.granted?.[0];
+          if (typeof code !== 'number') return;
+          options.onSubscriptionRefused(filter, reasonText(code));
+        }
+        if (--pending === 0) options.onState('connected', '');
+      });
+    }
+  });
+  client.on('message', (topic, payload, packet) => {
+    if (!closed) options.onMessage(topic, payload, { qos: packet.qos, retain: packet.retain });
+  });
+  client.on('error', (error) => {
+    if (closed) return;
+    const code = /** @type {{ code?: unknown }} */ (error).code;
+    // A CONNACK refusal: mqtt.js does not retry it, and the same login would be refused again.
+    if (typeof code === 'number') {
+      refused = true;
+      options.onState('refused', error.message);
+    }
+  });
+  client.on('reconnect', () => {
+    if (!closed && !refused) options.onState('reconnecting', 'connection lost; trying again');
+  });
+  client.on('close', () => {
+    if (!closed && !refused) options.onState('reconnecting', `connection closed; trying again in ${RECONNECT_MS / 1000} s`);
+  });
+
+  return {
+    close() {
+      closed = true;
+      client.end(true);
+    },
+  };
+}
+
+/** @param {number} code */
+function reasonText(code) {
+  switch (code) {
+    case 0x80:
+      return 'refused (unspecified error)';
+    case 0x87:
+      return 'not authorized';
+    case 0x8f:
+      return 'topic filter invalid';
+    default:
+      return `refused (reason code 0x${code.toString(16)})`;
+  }
+}
