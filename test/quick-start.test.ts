@@ -30,7 +30,7 @@ const stale = staleBuildNote();
 if (stale) t.comment(`warning: ${stale}`);
 
 const run = promisify(execFile);
-const packageJson = JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+const packageJson = JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { scripts: Record<string, string>; files: string[] };
 
 /**
  * A gateway install: what docs/systemd.md copies (package files, dist,
@@ -41,7 +41,9 @@ const packageJson = JSON.parse(readFileSync(path.join(repoRoot, 'package.json'),
 async function productionInstall(t: Test, withDist = true): Promise<string> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'edgemqtt-prod-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  for (const entry of ['package.json', 'package-lock.json', 'config', 'scripts', ...(withDist ? ['dist'] : [])]) {
+  // What the package ships (its `files`), as an install directory holds it.
+  const shipped = packageJson.files.filter((entry) => withDist || entry !== 'dist');
+  for (const entry of ['package.json', 'package-lock.json', ...shipped]) {
     cpSync(path.join(repoRoot, entry), path.join(dir, entry), { recursive: true });
   }
   // From the lockfile: the tree `npm ci --omit=dev` installs, whatever else the checkout holds.
@@ -59,7 +61,7 @@ async function productionInstall(t: Test, withDist = true): Promise<string> {
   }
   const names = topLevel.map((relative) => relative.slice('node_modules/'.length));
   t.ok(names.includes('aedes') && names.includes('level'), 'the production tree holds the runtime dependencies');
-  t.notOk(names.includes('typescript') || names.includes('tap') || names.includes('mqtt'), 'and no dev dependency');
+  t.notOk(names.includes('typescript') || names.includes('tap') || names.includes('playwright-core'), 'and no dev dependency');
   t.throws(() => createRequire(path.join(dir, 'package.json')).resolve('typescript'), 'TypeScript cannot be resolved there');
   return dir;
 }
