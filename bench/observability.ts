@@ -5,10 +5,13 @@
  *    for BENCH_SECONDS per run, under each condition:
  *      baseline  nobody watches
  *      scraped   GET /metrics every second, as Prometheus would
+ *      dashboard the dashboard open in headless Chromium, logged in
+ *      both      scraped and the dashboard open
+ *      watching #  the dashboard's topic tree watching `#` (one more
+ *                subscriber to every message, rendered on the same machine)
  *    Conditions alternate in order round after round (BENCH_ROUNDS), so
- *    neither always runs first on a warming or busy machine; the table shows
- *    medians and each condition's cost against the baseline in %. A further
- *    condition (the dashboard open) is one more entry in CONDITIONS.
+ *    none always runs first on a warming or busy machine; the table shows
+ *    medians and each condition's cost against the baseline in %.
  * 2. Scrape time, idle and with BENCH_CLIENTS (10,000) clients connected: the
  *    median and p90 of BENCH_SCRAPES scrapes, the broker's CPU time per
  *    scrape (steadier than throughput on a shared machine), the text's size.
@@ -31,6 +34,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { generate, parser as packetParser, type Packet } from 'mqtt-packet';
+import { chromium } from 'playwright-core';
 import { median, RawConnection } from './persistence-load.js';
 import { processCpuMs } from './common.js';
 
@@ -139,6 +143,47 @@ const CONDITIONS: Condition[] = [
     },
   },
 ];
+
+/**
+ * The dashboard open in headless Chromium (BENCH_CHROMIUM, /usr/bin/chromium),
+ * logged in anonymously: it subscribes to `#` and `$SYS/#` and polls the
+ * admin API (off here, so it is told 404 once). Chromium shares the machine's
+ * cores with the broker and the load generator, as a browser on the gateway
+ * itself would; a browser elsewhere costs the gateway only its deliveries.
+ */
+async function openDashboard(broker: Broker, watch = false): Promise<() => Promise<void>> {
+  const browser = await chromium.launch({ executablePath: process.env.BENCH_CHROMIUM ?? '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu'] });
+  const page = await browser.newPage();
+  await page.goto(`http://127.0.0.1:${broker.httpPort}/`);
+  await page.getByRole('button', { name: 'Connect' }).click();
+  await page.locator('#status[data-state="connected"]').waitFor({ timeout: 30_000 });
+  if (watch) {
+    await page.getByRole('button', { name: 'Watch', exact: true }).click();
+    await page.locator('#watch[data-watching="on"]').waitFor({ timeout: 30_000 });
+  }
+  // Chromium's own start-up work (compiling, its helper processes) goes on
+  // for a moment after the page is connected; the run measures the page
+  // open, not the browser starting.
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  return () => browser.close();
+}
+
+/** Starts each in turn; the stop stops them all. */
+function together(...conditions: Condition[]): Condition['start'] {
+  return async (broker) => {
+    const stops: Array<() => Promise<void>> = [];
+    for (const condition of conditions) stops.push(await condition.start(broker));
+    return async () => {
+      for (const stop of stops) await stop();
+    };
+  };
+}
+
+CONDITIONS.push({ name: 'dashboard', start: (broker) => openDashboard(broker) });
+CONDITIONS.push({ name: 'both', start: together(CONDITIONS[1]!, CONDITIONS[2]!) });
+// The topic tree watching `#`: the page is then one more subscriber to the
+// benchmark's every message, and Chromium renders them on the same 2 cores.
+CONDITIONS.push({ name: 'watching #', start: (broker) => openDashboard(broker, true) });
 
 /** The scraper process: GET /metrics on `port` now and every second after, until killed; tells its parent after the first. */
 function runScraper(port: number): void {
@@ -278,6 +323,8 @@ async function main(): Promise<void> {
     console.log(`settings: ${JSON.stringify({ SECONDS, ROUNDS, WINDOW, payloadBytes: PAYLOAD.length, CLIENTS, SCRAPES })}\n`);
 
     const results = new Map<string, number[]>();
+    /** The broker's CPU time per message delivered (µs): steadier than throughput when Chromium shares the cores. */
+    const cpuPerMessage = new Map<string, number[]>();
     // QoS 0 rounds first, then QoS 1: LevelDB compacts in the background
     // after QoS 1 runs, and that CPU must not fall on whichever QoS 0 run
     // comes next.
@@ -292,17 +339,23 @@ async function main(): Promise<void> {
           await stop();
           const key = `${qos} ${condition.name}`;
           results.set(key, [...(results.get(key) ?? []), result.perSecond]);
-          console.log(`[QoS ${qos} round ${round}] ${condition.name.padEnd(9)} ${format(result.perSecond)} msg/s, broker CPU ${format(result.cpuPercent)}%, load generator CPU ${format(result.loadCpuPercent)}%`);
+          cpuPerMessage.set(key, [...(cpuPerMessage.get(key) ?? []), (result.cpuPercent * 10_000) / result.perSecond]);
+          console.log(`[QoS ${qos} round ${round}] ${condition.name.padEnd(10)} ${format(result.perSecond)} msg/s, broker CPU ${format(result.cpuPercent)}%, load generator CPU ${format(result.loadCpuPercent)}%`);
         }
       }
     }
-    console.log('\nthroughput, TCP → TCP (median msg/s; cost = throughput lost against the baseline)');
+    console.log('\nthroughput, TCP → TCP (medians; cost against the baseline: throughput lost, and broker CPU time added per message)');
     for (const qos of [0, 1]) {
       const baseline = median(results.get(`${qos} baseline`) ?? []);
+      const baselineCpu = median(cpuPerMessage.get(`${qos} baseline`) ?? []);
       for (const condition of CONDITIONS) {
         const value = median(results.get(`${qos} ${condition.name}`) ?? []);
-        const cost = condition.name === 'baseline' ? '' : `   cost ${format(((baseline - value) / baseline) * 100, 1)}%`;
-        console.log(`  QoS ${qos}  ${condition.name.padEnd(9)} ${format(value).padStart(9)} msg/s${cost}`);
+        const cpu = median(cpuPerMessage.get(`${qos} ${condition.name}`) ?? []);
+        const cost =
+          condition.name === 'baseline'
+            ? ''
+            : `   cost ${format(((baseline - value) / baseline) * 100, 1)}% throughput, ${format(((cpu - baselineCpu) / baselineCpu) * 100, 1)}% CPU per message`;
+        console.log(`  QoS ${qos}  ${condition.name.padEnd(10)} ${format(value).padStart(9)} msg/s, broker ${format(cpu, 2)} µs CPU per message${cost}`);
       }
     }
 

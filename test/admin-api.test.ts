@@ -7,9 +7,7 @@ import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import net from 'node:net';
-import * as mqttPacket from 'mqtt-packet';
-import type { IConnackPacket, IDisconnectPacket } from 'mqtt-packet';
+import type { IDisconnectPacket } from 'mqtt-packet';
 import { createDaemon } from '../src/index.js';
 import { isLoopbackAddress, TokenFile } from '../src/admin/access.js';
 import { LoginGuard } from '../src/auth/login-limiter.js';
@@ -18,31 +16,7 @@ import { checkSecurityFiles } from '../src/cli/check-security-files.js';
 import { adminFiles, call, OPS, SENSOR, startAdminDaemon, TOKEN } from './helpers/admin.js';
 import { testConfig, tempDir } from './helpers/daemon.js';
 import { connectClient, eventually, MessageLog, openClient } from './helpers/mqtt.js';
-
-/** A CONNECT from a chosen loopback source address (mqtt.js cannot pick one); the CONNACK's return code. */
-function connackFrom(localAddress: string, port: number, username: string, password: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: '127.0.0.1', port, localAddress });
-    const parser = mqttPacket.parser({ protocolVersion: 4 });
-    const timer = setTimeout(() => reject(new Error('no CONNACK within 5 s')), 5000);
-    parser.on('packet', (packet) => {
-      if (packet.cmd !== 'connack') return;
-      clearTimeout(timer);
-      socket.destroy();
-      resolve((packet as IConnackPacket).returnCode ?? -1);
-    });
-    socket.on('data', (data) => parser.parse(data));
-    socket.on('error', (error) => {
-      clearTimeout(timer);
-      reject(error);
-    });
-    socket.on('connect', () =>
-      socket.write(
-        mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 30, clientId: `from-${localAddress}-${username}`, username, password: Buffer.from(password) }),
-      ),
-    );
-  });
-}
+import { connackFrom } from './helpers/security.js';
 
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 

@@ -5,45 +5,17 @@
  * over TCP and WebSocket.
  */
 import t from 'tap';
-import net from 'node:net';
 import path from 'node:path';
 import { writeFile } from 'node:fs/promises';
-import * as mqttPacket from 'mqtt-packet';
-import type { IConnackPacket } from 'mqtt-packet';
 import { PasswordFile, hashPassword, parseHash, MAX_WAITING_HASHES } from '../src/auth/password-file.js';
 import { LoginLimiter, sourceKey } from '../src/auth/login-limiter.js';
 import { tempDir } from './helpers/daemon.js';
 import { connectRaw, connectWithLogin, type RawLogin } from './helpers/mqtt.js';
-import { startSecureDaemon } from './helpers/security.js';
+import { connackFrom, startSecureDaemon } from './helpers/security.js';
 
 /** Sends a CONNECT and returns the CONNACK's return code. */
 async function connack(t: Parameters<typeof connectRaw>[0], url: string, login: RawLogin = {}): Promise<number> {
   return (await connectWithLogin(t, url, login)).returnCode;
-}
-
-/** A CONNECT from a chosen loopback source address (127.0.0.0/8 all reaches lo on Linux). */
-function connackFrom(localAddress: string, port: number, username: string, password: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: '127.0.0.1', port, localAddress });
-    const parser = mqttPacket.parser({ protocolVersion: 4 });
-    const timer = setTimeout(() => reject(new Error('no CONNACK within 5 s')), 5000);
-    parser.on('packet', (packet) => {
-      if (packet.cmd !== 'connack') return;
-      clearTimeout(timer);
-      socket.destroy();
-      resolve((packet as IConnackPacket).returnCode ?? -1);
-    });
-    socket.on('data', (data) => parser.parse(data));
-    socket.on('error', (error) => {
-      clearTimeout(timer);
-      reject(error);
-    });
-    socket.on('connect', () =>
-      socket.write(
-        mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 30, clientId: `from-${localAddress}`, username, password: Buffer.from(password) }),
-      ),
-    );
-  });
 }
 
 async function passwordFile(t: Parameters<typeof tempDir>[0], users: Record<string, string>): Promise<string> {

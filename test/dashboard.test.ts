@@ -63,12 +63,22 @@ async function openPage(t: Test, httpUrl: string): Promise<OpenPage> {
   return opened;
 }
 
-/** Fills the login form and waits until the page is connected and subscribed. */
-async function logIn(page: Page, user = '', password = ''): Promise<void> {
+/**
+ * Fills the login form and waits until the page is connected and subscribed;
+ * then, unless `watch` is false, has the topic tree watch `#` and waits for the SUBACK.
+ */
+async function logIn(page: Page, user = '', password = '', watch = true): Promise<void> {
   await page.getByLabel('User name').fill(user);
   await page.getByLabel('Password').fill(password);
   await page.getByRole('button', { name: 'Connect' }).click();
   await page.locator('#status[data-state="connected"]').waitFor({ timeout: PAGE_TIMEOUT_MS });
+  if (watch) await watchTopics(page);
+}
+
+/** Presses Watch and waits until the broker answered the subscription (granted: on; refused: off). */
+async function watchTopics(page: Page): Promise<void> {
+  await page.getByRole('button', { name: 'Watch', exact: true }).click();
+  await page.locator('#watch:not([data-watching="pending"])').waitFor({ timeout: PAGE_TIMEOUT_MS });
 }
 
 /** The topic rows shown, in order, but the broker's own under $SYS. */
@@ -121,6 +131,36 @@ if (!existsSync(CHROMIUM)) {
     t.same(opened.requests.filter((url) => new URL(url).origin !== origin), [], 'no request left the daemon');
     t.same(opened.websockets, [wsUrl], 'one WebSocket, to the daemon');
     t.same(opened.errors, [], 'no script error, no CSP violation');
+  });
+
+  t.test('the tree subscribes only while it watches, to the filter asked for', async (t) => {
+    const { httpUrl, mqttUrl } = await startDaemon(t);
+    const { page, errors } = await openPage(t, httpUrl);
+    await logIn(page, '', '', false);
+    t.equal(await page.locator('#watch').getAttribute('data-watching'), 'off', 'it starts watching nothing');
+    const sensor = await connectClient(t, mqttUrl);
+    await sensor.publishAsync('plant/before', '1', { qos: 1 });
+    await page.getByLabel('Watch').fill('plant/#');
+    await watchTopics(page);
+    t.equal(await page.locator('#watch').getAttribute('data-watching'), 'on');
+    t.equal(await page.locator('#watch').textContent(), 'Stop watching');
+    await sensor.publishAsync('office/outside', '1', { qos: 1 });
+    await sensor.publishAsync('plant/after', '1', { qos: 1 });
+    // plant/after arrived after office/outside, over the same connection: had
+    // the page received either of the others, it would show it by now.
+    await page.locator('tr[data-topic="plant/after"]').waitFor({ timeout: SHOWN_WITHIN_MS });
+    t.same(await shownTopics(page), ['plant', 'plant/after'], 'nothing published before Watch, nothing outside its filter');
+
+    await page.getByRole('button', { name: 'Stop watching' }).click();
+    // Off once the UNSUBACK is in: the broker sends nothing more for plant/# then.
+    await page.locator('#watch[data-watching="off"]').waitFor({ timeout: PAGE_TIMEOUT_MS });
+    await sensor.publishAsync('plant/stopped', '1', { qos: 1 });
+    await page.getByLabel('Watch').fill('office/#');
+    await watchTopics(page);
+    await sensor.publishAsync('office/marker', '1', { qos: 1 });
+    await page.locator('tr[data-topic="office/marker"]').waitFor({ timeout: SHOWN_WITHIN_MS });
+    t.notOk((await shownTopics(page)).includes('plant/stopped'), 'nothing after Stop watching');
+    t.same(errors, []);
   });
 
   t.test('the filter narrows the tree; levels open and close with the keyboard', async (t) => {
@@ -259,7 +299,8 @@ if (!existsSync(CHROMIUM)) {
     await logIn(page, 'viewer', 'look-only');
     const note = page.locator('#sys-note');
     await eventually(async () => ((await note.textContent()) ?? '').includes('$SYS/#') && ((await note.textContent()) ?? '').includes('Subscribing to # '), PAGE_TIMEOUT_MS, 'both refusals noted');
-    t.match(await note.textContent(), /Subscribing to # was not authorized: the topic tree gets no topic outside \$SYS for this login\./);
+    t.match(await note.textContent(), /Subscribing to # was not authorized: the topic tree cannot watch it for this login\./);
+    t.equal(await page.locator('#watch').getAttribute('data-watching'), 'off', 'the tree watches nothing');
     t.match(await note.textContent(), /Subscribing to \$SYS\/# was not authorized: the charts and the store panel stay empty for this login\./);
     t.equal(await page.locator('#status').getAttribute('data-state'), 'connected', 'still connected');
     t.same(errors, [], 'no script error');

@@ -57,6 +57,9 @@ const ui = {
   clientsMessage: byId('clients-message', HTMLElement),
   clientsSummary: byId('clients-summary', HTMLElement),
   clientsRetry: byId('clients-retry', HTMLButtonElement),
+  watchForm: byId('watch-form', HTMLFormElement),
+  watchFilter: byId('watch-filter', HTMLInputElement),
+  watch: byId('watch', HTMLButtonElement),
   topicFilter: byId('topic-filter', HTMLInputElement),
   expandAll: byId('expand-all', HTMLButtonElement),
   collapseAll: byId('collapse-all', HTMLButtonElement),
@@ -126,11 +129,25 @@ class Session {
         else showStatus(state, detail);
       },
       onSubscriptionRefused: (filter, why) => {
-        const effect = filter.startsWith('$SYS') ? 'the charts and the store panel stay empty' : 'the topic tree gets no topic outside $SYS';
+        const effect = filter.startsWith('$SYS') ? 'the charts and the store panel stay empty' : 'the topic tree cannot watch it';
         const note = `Subscribing to ${filter} was ${why}: ${effect} for this login.`;
         if (!ui.sysNote.textContent?.includes(note)) setText(ui.sysNote, `${ui.sysNote.textContent ?? ''} ${note}`.trim());
       },
+      onWatching: (filter) => showWatching(filter),
     });
+    ui.watchForm.addEventListener(
+      'submit',
+      (event) => {
+        event.preventDefault();
+        const filter = ui.watchFilter.value.trim();
+        if (ui.watch.dataset.watching !== 'off') this.#connection.unwatch();
+        else if (filter !== '') {
+          ui.watch.dataset.watching = 'pending';
+          this.#connection.watch(filter);
+        }
+      },
+      { signal },
+    );
     this.#clients.start();
     this.scheduleRender();
   }
@@ -253,6 +270,13 @@ function showStatus(state, detail = '') {
   setText(ui.status, detail ? `${STATUS_TEXT[state]} (${detail})` : STATUS_TEXT[state]);
 }
 
+/** The Watch button says what a press does: watch, or stop watching `filter`. @param {string | null} filter */
+function showWatching(filter) {
+  ui.watch.dataset.watching = filter === null ? 'off' : 'on';
+  setText(ui.watch, filter === null ? 'Watch' : 'Stop watching');
+  ui.watchFilter.disabled = filter !== null;
+}
+
 /** @param {string} [why] */
 function signOut(why) {
   session?.close();
@@ -285,6 +309,7 @@ function resetPanels() {
   showWaiting(ui.store, '$SYS/edgemqtt/store');
   ui.bridgePanel.hidden = true;
   ui.clientsRetry.hidden = true;
+  showWatching(null);
 }
 
 if (websocketPath === '') {

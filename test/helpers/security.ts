@@ -2,7 +2,10 @@
  * A daemon for the security tests: like startDaemon, plus the TLS listener's
  * address and every log line it writes (to check what is and is not logged).
  */
+import net from 'node:net';
 import { Writable } from 'node:stream';
+import * as mqttPacket from 'mqtt-packet';
+import type { IConnackPacket } from 'mqtt-packet';
 import type { Test } from 'tap';
 import { createDaemon, type Daemon } from '../../src/index.js';
 import type { ConfigInput } from '../../src/config/schema.js';
@@ -74,4 +77,32 @@ export async function startSecureDaemon(t: Test, overrides: Overrides = {}, opti
     tlsPort: tls?.port ?? 0,
     httpPort: http?.port ?? 0,
   };
+}
+
+/**
+ * A CONNECT from a chosen loopback source address (mqtt.js cannot pick one;
+ * 127.0.0.0/8 all reaches lo on Linux); the CONNACK's return code.
+ */
+export function connackFrom(localAddress: string, port: number, username: string, password: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: '127.0.0.1', port, localAddress });
+    const parser = mqttPacket.parser({ protocolVersion: 4 });
+    const timer = setTimeout(() => reject(new Error('no CONNACK within 5 s')), 5000);
+    parser.on('packet', (packet) => {
+      if (packet.cmd !== 'connack') return;
+      clearTimeout(timer);
+      socket.destroy();
+      resolve((packet as IConnackPacket).returnCode ?? -1);
+    });
+    socket.on('data', (data) => parser.parse(data));
+    socket.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    socket.on('connect', () =>
+      socket.write(
+        mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 30, clientId: `from-${localAddress}-${username}`, username, password: Buffer.from(password) }),
+      ),
+    );
+  });
 }
