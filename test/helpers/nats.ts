@@ -37,6 +37,20 @@ export class NatsServer {
 
   /** Starts the server (on the port it had before, after a restart) and resolves once it accepts clients. */
   async start(): Promise<void> {
+    // A first start lets nats-server pick a port, and it can lose that port
+    // to another process starting at the same moment (the test files run in
+    // parallel): then it tries again, a bounded number of times.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#startOnce();
+        return;
+      } catch (error) {
+        if (this.port !== -1 || attempt === 3 || !/address already in use/.test((error as Error).message)) throw error;
+      }
+    }
+  }
+
+  async #startOnce(): Promise<void> {
     const child = spawn(natsServerBinary, ['-a', '127.0.0.1', '-p', String(this.port), '-js', '-sd', this.#storeDir, ...this.args], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
