@@ -7,7 +7,6 @@
  * (src/cli/commands/ctl.ts) drives the same endpoints from the shell.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { readFileSync } from 'node:fs';
 import type { Client } from 'aedes';
 import type { Broker } from '../broker/broker.js';
 import type { BridgeStats } from '../bridge/bridge.js';
@@ -17,6 +16,7 @@ import type { Logger } from '../observability/logger.js';
 import { sendJson } from '../observability/health.js';
 import type { PersistenceStats, StoreWriteFailure } from '../persistence/index.js';
 import type { HttpRoute } from '../transports/http.js';
+import { packageVersion } from '../util/package-version.js';
 import { AdminAccess, type AdminConfig, type AdminLogins } from './access.js';
 import { connectedClients, detail, findClient, matches, summarize, type ClientSources } from './clients.js';
 import { clearRetained, listRetained, type RetainedStore } from './retained.js';
@@ -309,13 +309,4 @@ function topicFilter(query: URLSearchParams): string {
   const problem = topicFilterProblem(filter);
   if (problem) throw new ApiError(400, `filter ${problem}`);
   return filter;
-}
-
-/** The version in package.json, two levels up from src/admin and dist/admin alike. */
-function packageVersion(): string {
-  try {
-    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-  } catch {
-    return 'unknown';
-  }
 }

@@ -15,7 +15,7 @@ import { createMetrics, type Metrics, type MetricsSources } from '../metrics/pro
 import { createMetricsListener, metricsRoute } from '../metrics/endpoint.js';
 import { createSysTopics, type SysTopics } from '../metrics/sys-topics.js';
 import { directorySize } from '../metrics/store-size.js';
-import { packageVersion } from '../metrics/version.js';
+import { packageVersion } from '../util/package-version.js';
 
 export interface OperationsParts {
   broker: Broker;

@@ -1,6 +1,7 @@
 /**
- * The package version, for `edgemqtt_build_info` and `$SYS/broker/version`.
- * package.json sits two levels up from both src/metrics/ and dist/metrics/.
+ * The package version, for `edgemqtt_build_info`, `$SYS/broker/version` and
+ * the admin API's status. package.json sits two levels up from both
+ * src/util/ and dist/util/.
  */
 import { readFileSync } from 'node:fs';
 
