@@ -30,11 +30,10 @@ import t, { type Test } from 'tap';
 import path from 'node:path';
 import { randomInt } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
-import mqtt, { type IClientOptions, type IConnackPacket, type MqttClient } from 'mqtt';
-import { createDaemon, type Daemon } from '../src/index.js';
+import type { IClientOptions, IConnackPacket, MqttClient } from 'mqtt';
 import type { ConfigInput } from '../src/config/schema.js';
 import { hashPassword } from '../src/auth/password-file.js';
-import { tempDir, testConfig } from './helpers/daemon.js';
+import { tempDir, testConfig, runDaemon } from './helpers/daemon.js';
 import { MessageLog, openClient } from './helpers/mqtt.js';
 
 /** The ACL the README's Home Assistant section gives (the password file is made with `edgemqtt passwd add`). */
@@ -77,11 +76,6 @@ const DISCOVERY = {
 type DiscoveryTopic = keyof typeof DISCOVERY;
 const DISCOVERY_TOPICS = Object.keys(DISCOVERY).sort() as DiscoveryTopic[];
 
-interface Broker {
-  daemon: Daemon;
-  url: string;
-}
-
 /** A daemon with a password file and the ACL above; `config` again restarts it on the same store. */
 async function brokerConfig(t: Test): Promise<ConfigInput> {
   const dir = tempDir(t, 'edgemqtt-ha-');
@@ -94,12 +88,6 @@ async function brokerConfig(t: Test): Promise<ConfigInput> {
   return testConfig(t, { auth: { allowAnonymous: false, passwordFile, aclFile } });
 }
 
-async function run(t: Test, config: ConfigInput): Promise<Broker> {
-  const daemon = await createDaemon(config);
-  t.teardown(() => daemon.stop());
-  await daemon.start();
-  return { daemon, url: `mqtt://127.0.0.1:${daemon.addresses().mqtt!.port}` };
-}
 
 async function connect(t: Test, url: string, options: IClientOptions): Promise<{ client: MqttClient; log: MessageLog; connack: IConnackPacket }> {
   return openClient(t, url, options);
@@ -210,7 +198,7 @@ async function switchLampOn(t: Test, ha: HomeAssistant, what: string): Promise<v
 }
 
 t.test('Home Assistant gets the retained discovery configs zigbee2mqtt published before it connected, and controls the lamp', async (t) => {
-  const broker = await run(t, await brokerConfig(t));
+  const broker = await runDaemon(t, await brokerConfig(t));
   const z2m = await zigbee2mqtt(t, broker.url);
   t.equal(z2m.connack.reasonCode, 0, 'zigbee2mqtt logged in with MQTT 5 and a Maximum Packet Size');
 
@@ -234,7 +222,7 @@ t.test('Home Assistant gets the retained discovery configs zigbee2mqtt published
 });
 
 t.test("HA's birth stays retained; its will is published, and retained, when its connection drops; so is zigbee2mqtt's", async (t) => {
-  const broker = await run(t, await brokerConfig(t));
+  const broker = await runDaemon(t, await brokerConfig(t));
   const z2m = await zigbee2mqtt(t, broker.url);
   const ha = new HomeAssistant();
   await ha.connect(t, broker.url);
@@ -269,7 +257,7 @@ t.test("HA's birth stays retained; its will is published, and retained, when its
 });
 
 t.test('HA reconnects with Clean Start 0 and no Session Expiry: no session was kept, and it gets the retained discovery again', async (t) => {
-  const broker = await run(t, await brokerConfig(t));
+  const broker = await runDaemon(t, await brokerConfig(t));
   const z2m = await zigbee2mqtt(t, broker.url);
   const ha = new HomeAssistant();
   await ha.connect(t, broker.url);
@@ -298,7 +286,7 @@ t.test('HA reconnects with Clean Start 0 and no Session Expiry: no session was k
 
 t.test('retained discovery, birth and availability survive a restart of the daemon; HA and zigbee2mqtt carry on', async (t) => {
   const config = await brokerConfig(t);
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const z2m = await zigbee2mqtt(t, first.url);
   const ha = new HomeAssistant();
   await ha.connect(t, first.url);
@@ -306,7 +294,7 @@ t.test('retained discovery, birth and availability survive a restart of the daem
   await z2m.log.waitFor((m) => m.some((x) => x.topic === 'homeassistant/status' && x.payload === 'online'), 5000, "HA's birth");
   await first.daemon.stop();
 
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   // A fresh HA (a restarted Home Assistant: a new client, Clean Start 1), before zigbee2mqtt is back.
   const restarted = new HomeAssistant();
   await restarted.connect(t, second.url);
@@ -329,7 +317,7 @@ t.test('retained discovery, birth and availability survive a restart of the daem
 });
 
 t.test("a message larger than zigbee2mqtt's Maximum Packet Size is not sent to it, but is to HA [MQTT-3.1.2-24]", async (t) => {
-  const broker = await run(t, await brokerConfig(t));
+  const broker = await runDaemon(t, await brokerConfig(t));
   const z2m = await zigbee2mqtt(t, broker.url);
   let z2mClosed = false;
   z2m.client.on('close', () => (z2mClosed = true));

@@ -6,18 +6,10 @@
  * time: time the daemon was stopped counts. Each case across a restart.
  * Waiting out a one-second interval is the condition under test.
  */
-import t, { type Test } from 'tap';
-import { createDaemon, type Daemon } from '../src/index.js';
-import type { ConfigInput } from '../src/config/schema.js';
-import { testConfig } from './helpers/daemon.js';
+import t from 'tap';
+import { testConfig, runDaemon } from './helpers/daemon.js';
 import { eventually, openClient } from './helpers/mqtt.js';
 
-async function run(t: Test, config: ConfigInput): Promise<{ daemon: Daemon; url: string }> {
-  const daemon = await createDaemon(config);
-  t.teardown(() => daemon.stop());
-  await daemon.start();
-  return { daemon, url: `mqtt://127.0.0.1:${daemon.addresses().mqtt!.port}` };
-}
 
 /** Resolves once the wall clock has passed `at` (ms since epoch): the expiry itself is what is waited for. */
 async function until(at: number): Promise<void> {
@@ -26,7 +18,7 @@ async function until(at: number): Promise<void> {
 
 t.test('a queued message whose interval passed while the daemon was stopped is dropped and counted; a valid one arrives with the interval that remains', async (t) => {
   const config = testConfig(t);
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const subscriber = await openClient(t, first.url, { protocolVersion: 5, clientId: 'away', clean: false, properties: { sessionExpiryInterval: 300 } });
   await subscriber.client.subscribeAsync('x/#', { qos: 1 });
   await subscriber.client.endAsync();
@@ -39,7 +31,7 @@ t.test('a queued message whose interval passed while the daemon was stopped is d
   await first.daemon.stop();
   await until(publishedAt + 1000);
 
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   const back = await openClient(t, second.url, { protocolVersion: 5, clientId: 'away', clean: false, properties: { sessionExpiryInterval: 300 } });
   await back.log.waitFor((m) => m.some((x) => x.payload === 'no expiry'), 5000, 'the queued messages');
   t.same(back.log.messages.map((m) => m.payload), ['still good', 'no expiry'], 'the expired message is not delivered');
@@ -53,7 +45,7 @@ t.test('a queued message whose interval passed while the daemon was stopped is d
 t.test('a retained message whose interval passed is not sent and is removed; a valid one is sent with the interval that remains, across a restart', async (t) => {
   // No $SYS figures: they are retained messages too, and would be counted below.
   const config = testConfig(t, { broker: { sysIntervalSec: 0 } });
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const publisher = await openClient(t, first.url, { protocolVersion: 5, clientId: 'pub' });
   const publishedAt = Date.now();
   await publisher.client.publishAsync('r/short', 'stale soon', { qos: 1, retain: true, properties: { messageExpiryInterval: 1 } });
@@ -62,7 +54,7 @@ t.test('a retained message whose interval passed is not sent and is removed; a v
   await first.daemon.stop();
   await until(publishedAt + 1000);
 
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   const subscriber = await openClient(t, second.url, { protocolVersion: 5, clientId: 'late' });
   await subscriber.client.subscribeAsync('r/#', { qos: 1 });
   // A marker published after the SUBACK arrives after every retained message [MQTT-4.6.0-6].

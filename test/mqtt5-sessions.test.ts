@@ -11,27 +11,18 @@ import t, { type Test } from 'tap';
 import type { IClientOptions } from 'mqtt';
 import * as mqttPacket from 'mqtt-packet';
 import type { Packet } from 'mqtt-packet';
-import { createDaemon, type Daemon } from '../src/index.js';
-import type { ConfigInput } from '../src/config/schema.js';
-import { testConfig } from './helpers/daemon.js';
+import { testConfig, runDaemon } from './helpers/daemon.js';
 import { connectRaw, eventually, openClient, type RawClient } from './helpers/mqtt.js';
 
 /** Starts a daemon on `config`; the teardown stops it unless the test did. */
-async function run(t: Test, config: ConfigInput): Promise<{ daemon: Daemon; url: string }> {
-  const daemon = await createDaemon(config);
-  t.teardown(() => daemon.stop());
-  await daemon.start();
-  return { daemon, url: `mqtt://127.0.0.1:${daemon.addresses().mqtt!.port}` };
-}
 
 const v5 = (clientId: string, options: IClientOptions = {}): IClientOptions => ({ protocolVersion: 5, clientId, ...options });
 
 /** Resolves once `ms` have passed: only where the passing of that time is what is tested. */
-const elapse = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 t.test('a session expires after its own Session Expiry Interval though the daemon restarted meanwhile, and is present until then (aedes #839)', async (t) => {
   const config = testConfig(t);
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const device = await openClient(t, first.url, v5('short-lived', { clean: false, properties: { sessionExpiryInterval: 2 } }));
   await device.client.subscribeAsync('short/#', { qos: 1 });
   const steady = await openClient(t, first.url, v5('long-lived', { clean: false, properties: { sessionExpiryInterval: 300 } }));
@@ -44,7 +35,7 @@ t.test('a session expires after its own Session Expiry Interval though the daemo
   await first.daemon.stop();
 
   // Nobody reconnects: nothing in the second run's aedes knows of the session but the store.
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   t.equal(second.daemon.storeStats().sessions, 3, 'right after the restart every session is stored');
   await eventually(() => second.daemon.storeStats().sessions === 2, 5000, 'the 2 s session to expire');
   t.ok(Date.now() - gone >= 1900, `it expired ${Date.now() - gone} ms after the disconnect, not before its 2 s`);
@@ -55,14 +46,14 @@ t.test('a session expires after its own Session Expiry Interval though the daemo
   t.equal(again.connack.sessionPresent, false, 'the expired one is not');
   await second.daemon.stop();
 
-  const third = await run(t, config);
+  const third = await runDaemon(t, config);
   const legacyBack = await openClient(t, third.url, { protocolVersion: 4, clientId: 'legacy', clean: false });
   t.equal(legacyBack.connack.sessionPresent, true, 'the 3.1.1 session is untouched');
 });
 
 t.test('a DISCONNECT with Session Expiry 0 ends the session at once, and it stays ended after a restart (MQTT 5 §3.14.2.2.2)', async (t) => {
   const config = testConfig(t, { persistence: { sessionExpirySec: 3600 } });
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const device = await openClient(t, first.url, v5('ends-at-close', { clean: false, properties: { sessionExpiryInterval: 300 } }));
   await device.client.subscribeAsync('e/#', { qos: 1 });
   // A DISCONNECT may shorten it (MQTT 5 §3.14.2.2.2): to 0, the session ends with the connection.
@@ -70,13 +61,13 @@ t.test('a DISCONNECT with Session Expiry 0 ends the session at once, and it stay
   await eventually(() => first.daemon.storeStats().sessions === 0, 5000, 'the session to end');
   t.equal(first.daemon.storeStats().sessionsExpired, 0, 'a session that ends with its connection is not counted as expired');
   await first.daemon.stop();
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   const back = await openClient(t, second.url, v5('ends-at-close', { clean: false, properties: { sessionExpiryInterval: 300 } }));
   t.equal(back.connack.sessionPresent, false, 'it is gone after the restart too');
 });
 
 t.test('a DISCONNECT that lengthens or shortens the Session Expiry Interval decides when the session expires', async (t) => {
-  const { daemon, url } = await run(t, testConfig(t));
+  const { daemon, url } = await runDaemon(t, testConfig(t));
   const device = await openClient(t, url, v5('changes-mind', { clean: false, properties: { sessionExpiryInterval: 3600 } }));
   await device.client.subscribeAsync('c/#', { qos: 1 });
   await device.client.endAsync(false, { reasonCode: 0, properties: { sessionExpiryInterval: 1 } });
@@ -88,7 +79,7 @@ t.test('a DISCONNECT that lengthens or shortens the Session Expiry Interval deci
 });
 
 t.test('CONNACK echoes a Session Expiry Interval clamped to persistence.sessionExpirySec (MQTT 5 §3.2.2.3.2)', async (t) => {
-  const { url } = await run(t, testConfig(t, { persistence: { sessionExpirySec: 60 } }));
+  const { url } = await runDaemon(t, testConfig(t, { persistence: { sessionExpirySec: 60 } }));
   const longer = await openClient(t, url, v5('asks-an-hour', { clean: false, properties: { sessionExpiryInterval: 3600 } }));
   t.equal(longer.connack.properties?.sessionExpiryInterval, 60, 'an hour is clamped to the configured minute');
   const never = await openClient(t, url, v5('asks-forever', { clean: false, properties: { sessionExpiryInterval: 0xffffffff } }));
@@ -99,7 +90,7 @@ t.test('CONNACK echoes a Session Expiry Interval clamped to persistence.sessionE
 
 t.test('Clean Start 0 with no Session Expiry resumes the stored session and its queue, across a restart; the session then ends with that connection [MQTT-3.1.2-5]', async (t) => {
   const config = testConfig(t);
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const device = await openClient(t, first.url, v5('ha-like', { clean: false, properties: { sessionExpiryInterval: 300 } }));
   await device.client.subscribeAsync('ha/#', { qos: 1 });
   await device.client.endAsync();
@@ -107,7 +98,7 @@ t.test('Clean Start 0 with no Session Expiry resumes the stored session and its 
   await publisher.client.publishAsync('ha/one', 'queued while away', { qos: 1 });
   await first.daemon.stop();
 
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   // Home Assistant's CONNECT: MQTT 5, Clean Start 0, no Session Expiry Interval.
   const resumed = await openClient(t, second.url, v5('ha-like', { clean: false }));
   t.equal(resumed.connack.sessionPresent, true, 'the session is resumed');
@@ -125,7 +116,7 @@ t.test('Clean Start 0 with no Session Expiry resumes the stored session and its 
 });
 
 t.test('Clean Start 0 with a new, shorter Session Expiry resumes the session; its lifetime after this connection follows the new value', async (t) => {
-  const { daemon, url } = await run(t, testConfig(t));
+  const { daemon, url } = await runDaemon(t, testConfig(t));
   const device = await openClient(t, url, v5('shortens', { clean: false, properties: { sessionExpiryInterval: 3600 } }));
   await device.client.subscribeAsync('s/#', { qos: 1 });
   await device.client.endAsync();
@@ -137,7 +128,7 @@ t.test('Clean Start 0 with a new, shorter Session Expiry resumes the session; it
 });
 
 t.test('Clean Start 1 discards the stored session and its queue, whatever Session Expiry it sets [MQTT-3.1.2-4]', async (t) => {
-  const { daemon, url } = await run(t, testConfig(t));
+  const { daemon, url } = await runDaemon(t, testConfig(t));
   const device = await openClient(t, url, v5('starts-over', { clean: false, properties: { sessionExpiryInterval: 300 } }));
   await device.client.subscribeAsync('so/#', { qos: 1 });
   await device.client.endAsync();
@@ -166,7 +157,7 @@ async function rawV5(t: Test, url: string, clientId: string, properties?: { sess
 
 t.test('Clean Start 0 with no Session Expiry completes a QoS 1 message in flight at a restart, under the same packet identifier [MQTT-3.1.2-5] [MQTT-4.4.0-1]', async (t) => {
   const config = testConfig(t);
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const { raw } = await rawV5(t, first.url, 'inflight', { sessionExpiryInterval: 300 });
   raw.send(v5Bytes({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'inf/#', qos: 1 }] }));
   await raw.waitForPacket('suback');
@@ -177,7 +168,7 @@ t.test('Clean Start 0 with no Session Expiry completes a QoS 1 message in flight
   await eventually(() => first.daemon.storeStats().queuedEntries === 1, 5000, 'the message to stay queued');
   await first.daemon.stop();
 
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   const back = await rawV5(t, second.url, 'inflight');
   t.equal(back.sessionPresent, true, 'resumed with no Session Expiry Interval');
   const again = await back.raw.waitForPacket('publish');

@@ -8,20 +8,12 @@ import t, { type Test } from 'tap';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import mqtt, { type IClientOptions, type Packet } from 'mqtt';
-import { createDaemon, type Daemon } from '../src/index.js';
-import type { ConfigInput } from '../src/config/schema.js';
 import { startWithWrappedStore } from './helpers/wrapped-store.js';
-import { startDaemon, tempDir, testConfig } from './helpers/daemon.js';
+import { startDaemon, tempDir, testConfig, runDaemon } from './helpers/daemon.js';
 import { eventually, openClient, type OpenedClient } from './helpers/mqtt.js';
 
 const v5 = (options: IClientOptions = {}): IClientOptions => ({ protocolVersion: 5, ...options });
 
-async function run(t: Test, config: ConfigInput): Promise<{ daemon: Daemon; url: string }> {
-  const daemon = await createDaemon(config);
-  t.teardown(() => daemon.stop());
-  await daemon.start();
-  return { daemon, url: `mqtt://127.0.0.1:${daemon.addresses().mqtt!.port}` };
-}
 
 for (const transport of ['TCP', 'WebSocket'] as const) {
   t.test(`${transport}: CONNECT, SUBSCRIBE and PUBLISH at QoS 0, 1 and 2 with MQTT 5 properties`, async (t) => {
@@ -101,7 +93,7 @@ t.test('retained messages keep their MQTT 5 properties; No Local and Retain As P
 
 t.test('a persistent MQTT 5 session (Clean Start 0, Session Expiry) survives a restart', async (t) => {
   const config = testConfig(t);
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const session = v5({ clientId: 'device5', clean: false, properties: { sessionExpiryInterval: 3600 } });
   const device = await openClient(t, first.url, session);
   t.equal(device.connack.sessionPresent, false, 'no session the first time');
@@ -111,7 +103,7 @@ t.test('a persistent MQTT 5 session (Clean Start 0, Session Expiry) survives a r
   await publisher.client.publishAsync('cmd/queued', 'while offline', { qos: 1 });
   await first.daemon.stop();
 
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   const back = await openClient(t, second.url, session);
   t.equal(back.connack.sessionPresent, true, 'the session is present after the restart [MQTT-3.2.2-2]');
   const [queued] = await back.log.waitForCount(1);

@@ -8,19 +8,11 @@ import t, { type Test } from 'tap';
 import type { IClientOptions, IPublishPacket } from 'mqtt';
 import * as mqttPacket from 'mqtt-packet';
 import type { Packet } from 'mqtt-packet';
-import { createDaemon, type Daemon } from '../src/index.js';
-import type { ConfigInput } from '../src/config/schema.js';
-import { startDaemon, testConfig } from './helpers/daemon.js';
+import { startDaemon, testConfig, runDaemon } from './helpers/daemon.js';
 import { connectRaw, openClient, type OpenedClient, type RawClient } from './helpers/mqtt.js';
 
 const v5 = (options: IClientOptions = {}): IClientOptions => ({ protocolVersion: 5, ...options });
 
-async function run(t: Test, config: ConfigInput): Promise<{ daemon: Daemon; url: string }> {
-  const daemon = await createDaemon(config);
-  t.teardown(() => daemon.stop());
-  await daemon.start();
-  return { daemon, url: `mqtt://127.0.0.1:${daemon.addresses().mqtt!.port}` };
-}
 
 /** The Subscription Identifiers a delivered PUBLISH carries, sorted. */
 function identifiers(packet: IPublishPacket | undefined): number[] {
@@ -124,7 +116,7 @@ t.test('Retain Handling 0, 1 and 2 on SUBSCRIBE [MQTT-3.3.1-9/10/11]', async (t)
 
 t.test('a persistent session keeps its subscription options and identifiers through a restart, live and queued', async (t) => {
   const config = testConfig(t);
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const session = v5({ clientId: 'keeper', clean: false, properties: { sessionExpiryInterval: 3600 } });
   const keeper = await openClient(t, first.url, session);
   await keeper.client.subscribeAsync('k/#', { qos: 1, properties: { subscriptionIdentifier: 11 } });
@@ -154,7 +146,7 @@ t.test('a persistent session keeps its subscription options and identifiers thro
   await pub.client.endAsync();
   await first.daemon.stop();
 
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   const back = await openClient(t, second.url, session);
   t.equal(back.connack.sessionPresent, true, 'the session is back');
   const queued = await back.log.waitForCount(3);
@@ -195,7 +187,7 @@ t.test('a persistent session keeps its subscription options and identifiers thro
 
 t.test('retained messages keep their properties through a restart, and carry the SUBSCRIBE identifier', async (t) => {
   const config = testConfig(t);
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const pub = await openClient(t, first.url, v5({ clientId: 'pub' }));
   await pub.client.publishAsync('r/door', 'open', {
     qos: 1,
@@ -204,7 +196,7 @@ t.test('retained messages keep their properties through a restart, and carry the
   });
   await pub.client.endAsync();
   await first.daemon.stop();
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   const sub = await openClient(t, second.url, v5({ clientId: 'sub' }));
   await sub.client.subscribeAsync('r/#', { qos: 1, properties: { subscriptionIdentifier: 42 } });
   const [retained] = await sub.log.waitForCount(1);

@@ -8,17 +8,9 @@
  */
 import t, { type Test } from 'tap';
 import type { IClientOptions } from 'mqtt';
-import { createDaemon, type Daemon } from '../src/index.js';
-import type { ConfigInput } from '../src/config/schema.js';
-import { testConfig } from './helpers/daemon.js';
+import { testConfig, runDaemon } from './helpers/daemon.js';
 import { eventually, openClient, type OpenedClient } from './helpers/mqtt.js';
 
-async function run(t: Test, config: ConfigInput): Promise<{ daemon: Daemon; url: string }> {
-  const daemon = await createDaemon(config);
-  t.teardown(() => daemon.stop());
-  await daemon.start();
-  return { daemon, url: `mqtt://127.0.0.1:${daemon.addresses().mqtt!.port}` };
-}
 
 /** A device whose will says it went offline, after `delaySec`, with a session of `sessionSec`. */
 function device(clientId: string, delaySec: number, sessionSec: number): IClientOptions {
@@ -53,7 +45,7 @@ async function after(from: number, ms: number): Promise<void> {
 }
 
 t.test('a will goes out without its Will Delay Interval property; Session Expiry 0 caps the delay at 0 (aedes #1098)', async (t) => {
-  const { url } = await run(t, testConfig(t));
+  const { url } = await runDaemon(t, testConfig(t));
   const watching = await watcher(t, url);
   fail(await openClient(t, url, device('capped', 30, 0)));
   const [will] = await watching.log.waitForCount(1);
@@ -62,7 +54,7 @@ t.test('a will goes out without its Will Delay Interval property; Session Expiry
 });
 
 t.test('a delayed will is published once its delay has passed, not before', async (t) => {
-  const { daemon, url } = await run(t, testConfig(t));
+  const { daemon, url } = await runDaemon(t, testConfig(t));
   const watching = await watcher(t, url);
   const dying = await openClient(t, url, device('delayed', 1, 60));
   fail(dying);
@@ -74,7 +66,7 @@ t.test('a delayed will is published once its delay has passed, not before', asyn
 });
 
 t.test('a reconnect within the delay cancels the will [MQTT-3.1.3-9]', async (t) => {
-  const { url } = await run(t, testConfig(t));
+  const { url } = await runDaemon(t, testConfig(t));
   const watching = await watcher(t, url);
   fail(await openClient(t, url, device('flaky', 1, 60)));
   const lost = Date.now();
@@ -88,12 +80,12 @@ t.test('a reconnect within the delay cancels the will [MQTT-3.1.3-9]', async (t)
 
 t.test('a will whose delay runs past a restart is published after the restart, without its Will Delay Interval', async (t) => {
   const config = testConfig(t);
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   fail(await openClient(t, first.url, device('through-restart', 2, 60)));
   await eventually(() => first.daemon.storeStats().delayedWills === 1, 5000, 'the daemon to see the connection fail');
   // The connection closed, its delay is running: then the daemon stops (its in-memory timer goes).
   await first.daemon.stop();
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   const watching = await watcher(t, second.url);
   t.match(second.daemon.storeStats(), { wills: 1, delayedWills: 1 }, 'the will is still stored after the restart, its delay running');
   const [will] = await watching.log.waitForCount(1, 6000);
@@ -104,12 +96,12 @@ t.test('a will whose delay runs past a restart is published after the restart, w
 
 t.test('a client reconnecting after the restart, within the delay, cancels its will', async (t) => {
   const config = testConfig(t);
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   const lost = Date.now();
   fail(await openClient(t, first.url, device('returns', 2, 60)));
   await eventually(() => first.daemon.storeStats().delayedWills === 1, 5000, 'the daemon to see the connection fail');
   await first.daemon.stop();
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   const watching = await watcher(t, second.url);
   const back = await openClient(t, second.url, { protocolVersion: 5, clientId: 'returns', clean: false, properties: { sessionExpiryInterval: 60 } });
   await after(lost, 3000);
@@ -122,10 +114,10 @@ t.test('a client reconnecting after the restart, within the delay, cancels its w
 t.test('the delayed will of a client connected at a planned stop is withheld, and after the restart not published before its delay', async (t) => {
   // Heartbeats every second: aedes looks for the wills of an earlier run every four.
   const config = testConfig(t, { broker: { heartbeatIntervalSec: 1 } });
-  const first = await run(t, config);
+  const first = await runDaemon(t, config);
   await openClient(t, first.url, device('at-stop', 6, 60));
   await first.daemon.stop();
-  const second = await run(t, config);
+  const second = await runDaemon(t, config);
   const started = Date.now();
   const watching = await watcher(t, second.url);
   t.match(second.daemon.storeStats(), { wills: 1, delayedWills: 1 }, 'withheld, held back for its delay');

@@ -15,20 +15,12 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { generate, type Packet } from 'mqtt-packet';
 import type { IClientOptions } from 'mqtt';
-import { createDaemon, type Daemon } from '../src/index.js';
-import type { ConfigInput } from '../src/config/schema.js';
 import { ExitCode } from '../src/cli/io.js';
-import { tempDir, testConfig } from './helpers/daemon.js';
+import { tempDir, testConfig, runDaemon } from './helpers/daemon.js';
 import { connectRaw, eventually, openClient, type RawClient } from './helpers/mqtt.js';
 import { CliProcess, execCli, repoRoot, writeConfig } from './helpers/process.js';
 
 /** Starts a daemon on `config`; stop it with the returned function (teardown stops it otherwise). */
-async function run(t: Test, config: ConfigInput): Promise<{ daemon: Daemon; url: string }> {
-  const daemon = await createDaemon(config);
-  t.teardown(() => daemon.stop());
-  await daemon.start();
-  return { daemon, url: `mqtt://127.0.0.1:${daemon.addresses().mqtt!.port}` };
-}
 
 type Version = 4 | 5;
 const VERSIONS = [4, 5] as const;
@@ -78,7 +70,7 @@ for (const version of VERSIONS) {
 
   t.test(`${name}: retained messages survive a restart; a cleared one stays cleared`, async (t) => {
     const config = testConfig(t);
-    const first = await run(t, config);
+    const first = await runDaemon(t, config);
     const publisher = await openClient(t, first.url, clientOptions(version));
     // A v5 message's properties are part of it, and are kept with it (MQTT 5.0 §3.3.2.3).
     const properties = version === 5 ? { properties: { userProperties: { unit: 'C' }, contentType: 'text/plain' } } : {};
@@ -90,7 +82,7 @@ for (const version of VERSIONS) {
     await publisher.client.publishAsync('site/marker', 'm', { qos: 1, retain: true });
     await first.daemon.stop();
 
-    const second = await run(t, config);
+    const second = await runDaemon(t, config);
     const subscriber = await openClient(t, second.url, clientOptions(version));
     await subscriber.client.subscribeAsync('site/#', { qos: 1 });
     const messages = await subscriber.log.waitForCount(3);
@@ -115,7 +107,7 @@ for (const version of VERSIONS) {
 
   t.test(`${name}: persistent sessions keep subscriptions and queued messages across a restart`, async (t) => {
     const config = testConfig(t);
-    const first = await run(t, config);
+    const first = await runDaemon(t, config);
     const device = await openClient(t, first.url, clientOptions(version, { clientId: 'device', persistent: true }));
     await device.client.subscribeAsync({ 'cmd/q1': { qos: 1 }, 'cmd/q2': { qos: 2 } });
     await device.client.endAsync();
@@ -124,7 +116,7 @@ for (const version of VERSIONS) {
     await publisher.client.publishAsync('cmd/q2', 'two', { qos: 2 });
     await first.daemon.stop();
 
-    const second = await run(t, config);
+    const second = await runDaemon(t, config);
     const back = await openClient(t, second.url, clientOptions(version, { clientId: 'device', persistent: true }));
     t.equal(back.connack.sessionPresent, true, 'the session is present [MQTT-3.2.2-2]');
     await back.log.waitForCount(2);
@@ -140,7 +132,7 @@ for (const version of VERSIONS) {
 
   t.test(`${name}: a QoS 2 handshake in flight completes after a restart`, async (t) => {
     const config = testConfig(t);
-    const first = await run(t, config);
+    const first = await runDaemon(t, config);
     const subscriber = await openClient(t, first.url, clientOptions(version, { clientId: 'sub', persistent: true }));
     await subscriber.client.subscribeAsync('flow/#', { qos: 2 });
     const publish: Packet = { cmd: 'publish', topic: 'flow/x', payload: Buffer.from('exactly once'), qos: 2, messageId: 9, retain: false, dup: false };
@@ -151,7 +143,7 @@ for (const version of VERSIONS) {
     await subscriber.client.endAsync();
     await first.daemon.stop();
 
-    const second = await run(t, config);
+    const second = await runDaemon(t, config);
     const after = await rawSession(t, second.url, version, 'publisher');
     // The PUBREC may have been lost with the connection: the publisher resends.
     after.send({ ...publish, dup: true });
@@ -171,7 +163,7 @@ for (const version of VERSIONS) {
   t.test(`${name}: a planned stop publishes no wills; after the restart only a client that stays away has its will published`, async (t) => {
     // Wills of earlier runs are published every 4 heartbeat intervals: 4 s here.
     const config = testConfig(t, { broker: { heartbeatIntervalSec: 1 } });
-    const first = await run(t, config);
+    const first = await runDaemon(t, config);
     const watcher = await openClient(t, first.url, clientOptions(version, { clientId: 'watcher', persistent: true }));
     await watcher.client.subscribeAsync('will/#', { qos: 1 });
     for (const id of ['returns', 'stays-away']) {
@@ -182,7 +174,7 @@ for (const version of VERSIONS) {
     const started = performance.now();
     await first.daemon.stop();
 
-    const second = await run(t, config);
+    const second = await runDaemon(t, config);
     const watching = await openClient(t, second.url, clientOptions(version, { clientId: 'watcher', persistent: true }));
     t.equal(watching.connack.sessionPresent, true);
     const returning = await rawClient(t, second.url, version);
@@ -207,7 +199,7 @@ for (const version of VERSIONS) {
     const aclFile = path.join(tempDir(t), 'acl');
     await writeFile(aclFile, 'topic readwrite will/#\n');
     const config = testConfig(t, { broker: { heartbeatIntervalSec: 1 }, auth: { aclFile } });
-    const first = await run(t, config);
+    const first = await runDaemon(t, config);
     const ghost = await rawClient(t, first.url, version);
     ghost.send(connectPacket(version, 'ghost', true, { topic: 'will/ghost', payload: 'ghost is offline' }));
     await ghost.raw.waitForPacket('connack');
@@ -215,7 +207,7 @@ for (const version of VERSIONS) {
 
     // The device is revoked while the gateway is down: it may read, not write.
     await writeFile(aclFile, 'topic read will/#\n');
-    const second = await run(t, config);
+    const second = await runDaemon(t, config);
     const watcher = await openClient(t, second.url, clientOptions(version, { clientId: 'watcher' }));
     await watcher.client.subscribeAsync('will/#', { qos: 1 });
     await eventually(() => second.daemon.authStats().publishesDenied >= 1, 15_000, 'the will sweep to refuse the stored will');
@@ -224,7 +216,7 @@ for (const version of VERSIONS) {
 
   t.test(`${name}: the offline queue limit applies across a restart (the oldest are dropped)`, async (t) => {
     const config = testConfig(t, { persistence: { maxQueuedMessagesPerClient: 3 } });
-    const first = await run(t, config);
+    const first = await runDaemon(t, config);
     const device = await openClient(t, first.url, clientOptions(version, { clientId: 'device', persistent: true }));
     await device.client.subscribeAsync('limit/#', { qos: 1 });
     await device.client.endAsync();
@@ -232,7 +224,7 @@ for (const version of VERSIONS) {
     for (let i = 1; i <= 5; i++) await publisher.client.publishAsync('limit/x', `m${i}`, { qos: 1 });
     await first.daemon.stop();
 
-    const second = await run(t, config);
+    const second = await runDaemon(t, config);
     const back = await openClient(t, second.url, clientOptions(version, { clientId: 'device', persistent: true }));
     await back.log.waitForCount(3);
     const publisher2 = await openClient(t, second.url, clientOptions(version));

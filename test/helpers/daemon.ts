@@ -23,6 +23,17 @@ export interface RunningDaemon {
 
 type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? (T[K] extends unknown[] ? T[K] : DeepPartial<T[K]>) : T[K] };
 
+/**
+ * A daemon on exactly `config` (no test defaults merged in; a fixed dataDir
+ * survives a stop and a second run), stopped at the end of the test.
+ */
+export async function runDaemon(t: Test, config: ConfigInput): Promise<{ daemon: Daemon; url: string }> {
+  const daemon = await createDaemon(config);
+  t.teardown(() => daemon.stop());
+  await daemon.start();
+  return { daemon, url: `mqtt://127.0.0.1:${daemon.addresses().mqtt!.port}` };
+}
+
 /** A fresh temporary directory, removed when the test ends. */
 export function tempDir(t: Test, prefix = 'edgemqtt-test-'): string {
   const dir = mkdtempSync(path.join(tmpdir(), prefix));
