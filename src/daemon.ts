@@ -172,6 +172,7 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
           broker,
           store: persistence,
           logins: authorizer,
+          userOf: authorizer.hooks.userOf,
           bridgeStats: () => bridge.stats(),
           reload: async () => daemon.reload(deps.reloadConfig ? await deps.reloadConfig() : config),
         })

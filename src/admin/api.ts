@@ -44,7 +44,9 @@ export interface AdminDeps {
   broker: Broker;
   store: AdminStore;
   /** The authorizer (src/auth/authorizer.ts): password checks, login blocks, the user of each client. */
-  logins: AdminLogins & { usernameOf(client: Client): string | null };
+  logins: AdminLogins;
+  /** The user a connected client logged in with (the authorizer's hooks.userOf); null = anonymous. */
+  userOf(client: Client): string | null;
   bridgeStats(): BridgeStats;
   /** The daemon's reload, with the config re-read as on SIGHUP; its ReloadResult. */
   reload(): Promise<object>;
@@ -90,7 +92,7 @@ export function createAdminApi(settings: AdminConfig, deps: AdminDeps): AdminApi
   const version = packageVersion();
   const sources: ClientSources = {
     broker: deps.broker,
-    usernameOf: (client) => deps.logins.usernameOf(client),
+    userOf: deps.userOf,
     queuedFor: (clientId) => deps.store.queuedFor(clientId),
   };
 

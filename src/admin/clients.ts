@@ -44,7 +44,7 @@ export interface ClientSummary<S = number> {
 /** What the views need: the broker, the user each client logged in as, a session's queue length. */
 export interface ClientSources {
   broker: Broker;
-  usernameOf(client: Client): string | null;
+  userOf(client: Client): string | null;
   queuedFor(clientId: string): number;
 }
 
@@ -83,18 +83,11 @@ export function matches(summary: Pick<ClientSummary, 'id' | 'user' | 'address'>,
 }
 
 export function summarize(sources: ClientSources, client: Client): ClientSummary {
-  const { base, subscriptions } = describe(sources, client);
-  return { ...base, subscriptions: subscriptions.length };
+  // A list of clients counts subscriptions; only one client's detail lists them.
+  return { ...describe(sources, client), subscriptions: Object.keys(subscriptionsOf(client)).length };
 }
 
 export function detail(sources: ClientSources, client: Client): ClientSummary<SubscriptionView[]> {
-  const { base, subscriptions } = describe(sources, client);
-  return { ...base, subscriptions };
-}
-
-function describe(sources: ClientSources, client: Client): { base: Omit<ClientSummary, 'subscriptions'>; subscriptions: SubscriptionView[] } {
-  const traffic = sources.broker.traffic.ofClient(client);
-  const flow = sources.broker.limits.flowOf(client);
   const v5 = client.version === 5;
   const subscriptions = Object.entries(subscriptionsOf(client))
     .map(([filter, sub]): SubscriptionView => ({
@@ -103,23 +96,26 @@ function describe(sources: ClientSources, client: Client): { base: Omit<ClientSu
       ...(v5 ? { noLocal: sub.nl === true, retainAsPublished: sub.rap === true, retainHandling: sub.rh ?? 0 } : {}),
     }))
     .sort((a, b) => (a.filter < b.filter ? -1 : a.filter > b.filter ? 1 : 0));
+  return { ...describe(sources, client), subscriptions };
+}
+
+function describe(sources: ClientSources, client: Client): Omit<ClientSummary, 'subscriptions'> {
+  const traffic = sources.broker.traffic.ofClient(client);
+  const flow = sources.broker.limits.flowOf(client);
   return {
-    base: {
-      id: client.id,
-      user: sources.usernameOf(client),
-      address: addressOf(client),
-      listener: traffic?.listener ?? 'unknown',
-      protocol: traffic?.protocol ?? 'unknown',
-      clean: client.clean,
-      keepAliveSec: keepAliveOf(client),
-      connectedAt: new Date(traffic?.connectedAt ?? Date.now()).toISOString(),
-      queued: client.clean ? (flow?.waiting ?? 0) : sources.queuedFor(client.id),
-      inflight: flow?.inflight ?? 0,
-      messagesIn: traffic?.messagesIn ?? 0,
-      messagesOut: traffic?.messagesOut ?? 0,
-      bytesIn: traffic?.bytesIn ?? 0,
-      bytesOut: traffic?.bytesOut ?? 0,
-    },
-    subscriptions,
+    id: client.id,
+    user: sources.userOf(client),
+    address: addressOf(client),
+    listener: traffic?.listener ?? 'unknown',
+    protocol: traffic?.protocol ?? 'unknown',
+    clean: client.clean,
+    keepAliveSec: keepAliveOf(client),
+    connectedAt: new Date(traffic?.connectedAt ?? Date.now()).toISOString(),
+    queued: client.clean ? (flow?.waiting ?? 0) : sources.queuedFor(client.id),
+    inflight: flow?.inflight ?? 0,
+    messagesIn: traffic?.messagesIn ?? 0,
+    messagesOut: traffic?.messagesOut ?? 0,
+    bytesIn: traffic?.bytesIn ?? 0,
+    bytesOut: traffic?.bytesOut ?? 0,
   };
 }

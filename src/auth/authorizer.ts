@@ -121,8 +121,6 @@ export interface Authorizer {
   stats(): AuthStats;
   /** Summary for the start-up log. */
   describe(): Record<string, unknown>;
-  /** The user name a connected client logged in with; null = anonymous (or not authenticated here). */
-  usernameOf(client: Client): string | null;
   /**
    * Checks a user name and password from `remote` against the password file,
    * counting a failure into the failed-login limits (admin API logins).
@@ -476,9 +474,6 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
       if (!settings.allowAnonymous && !verifies) {
         log.warn('anonymous access is off and no user name can be verified (no passwordFile, no useCnAsUsername): no client can connect');
       }
-    },
-    usernameOf(client) {
-      return clients.get(client)?.username ?? null;
     },
     async checkPassword(remote, username, password) {
       const retryAfterSec = logins.refuses(remote, username);
