@@ -157,13 +157,17 @@ const auth = z
   })
   .prefault({});
 
+/** An absolute URL path on the HTTP listener, `fallback` by default. */
+const urlPath = (fallback: string) =>
+  z
+    .string()
+    .regex(/^\/[^\s?#]*$/, `must be an absolute URL path such as ${fallback}`)
+    .default(fallback);
+
 const websocket = z
   .strictObject({
     enabled: z.boolean().default(true).describe('Accept MQTT over WebSocket on the HTTP listener'),
-    path: z
-      .string()
-      .regex(/^\/[^\s?#]*$/, 'must be an absolute URL path such as /mqtt')
-      .default('/mqtt')
+    path: urlPath('/mqtt')
       .describe('URL path that upgrades to MQTT over WebSocket; every other path is refused'),
     allowedOrigins: z
       .array(z.string().min(1))
@@ -274,10 +278,7 @@ const limits = z
 const metrics = z
   .strictObject({
     enabled: z.boolean().default(true).describe('Serve Prometheus metrics (text format) at metrics.path'),
-    path: z
-      .string()
-      .regex(/^\/[^\s?#]*$/, 'must be an absolute URL path such as /metrics')
-      .default('/metrics')
+    path: urlPath('/metrics')
       .describe('URL path of the metrics'),
     ownListener: z
       .strictObject({

@@ -5,7 +5,15 @@
  */
 import { readFileSync } from 'node:fs';
 
+/** Read once: the file does not change while the process runs, and every daemon asks. */
+let cached: string | undefined;
+
 export function packageVersion(): string {
+  cached ??= readVersion();
+  return cached;
+}
+
+function readVersion(): string {
   try {
     const text = readFileSync(new URL('../../package.json', import.meta.url), 'utf8');
     const version = (JSON.parse(text) as { version?: unknown }).version;
