@@ -209,3 +209,8 @@ export function queuedPacket(original: PacketLike): PacketLike {
 export function detached(value: Buffer): Buffer {
   return value.byteOffset === 0 && value.byteLength === value.buffer.byteLength ? value : Buffer.from(value);
 }
+
+/** A stored message's absolute expiry (epoch ms, MQTT 5 Message Expiry Interval); undefined = none. */
+export function messageExpiryOf(packet: PacketLike): number | undefined {
+  return typeof packet.messageExpiry === 'number' ? packet.messageExpiry : undefined;
+}

@@ -4,7 +4,7 @@
  * each message goes out under.
  */
 import { Readable } from 'node:stream';
-import { detached, encodePacket, packetData, queuedPacket, type PacketLike } from './codec.js';
+import { detached, encodePacket, messageExpiryOf, packetData, queuedPacket, type PacketLike } from './codec.js';
 import type { BatchOp } from './group-commit.js';
 import { outgoingKey } from './keys.js';
 import type { ClientQueue, QueueEntry } from './outgoing-queues.js';
@@ -114,7 +114,7 @@ export class QueueStore {
       brokerCounter: stored.brokerCounter,
       messageId: stored.messageId,
       bytes: value.length,
-      expiresAt: typeof stored.messageExpiry === 'number' ? stored.messageExpiry : undefined,
+      expiresAt: messageExpiryOf(stored),
       // Not cached even for a connected client: aedes sends it under a new
       // packet identifier, and record() caches that record instead. A
       // stalled client's backlog thus stays on disk, not in RAM.
@@ -356,7 +356,7 @@ export class QueueStore {
     let durable = false;
     chunk.forEach((entry, i) => {
       // Acknowledged, dropped or sent live while the chunk was read.
-      if (!queue || !this.#holds(clientId, entry) || entry.sentOn === connection) return;
+      if (!queue || !queue.holds(entry) || entry.sentOn === connection) return;
       if (this.#expired(entry)) {
         this.#expire(clientId, entry, ops);
         return;

@@ -10,7 +10,7 @@
  * on. An error from LevelDB itself (corruption, I/O) stops start-up.
  */
 import type { Logger } from '../observability/logger.js';
-import { decodePacket, decodeSubscription, WILL_DUE_AT, type PacketLike } from './codec.js';
+import { decodePacket, decodeSubscription, messageExpiryOf, WILL_DUE_AT, type PacketLike } from './codec.js';
 import { classifyStoreError, StoreIncompatibleError } from './errors.js';
 import type { BatchOp } from './group-commit.js';
 import {
@@ -162,7 +162,7 @@ export async function recover(db: Store, location: string, log: Logger, progress
         brokerCounter: packet.brokerCounter,
         messageId: packet.messageId,
         bytes: value!.length,
-        expiresAt: typeof packet.messageExpiry === 'number' ? packet.messageExpiry : undefined,
+        expiresAt: messageExpiryOf(packet),
         value: undefined,
       });
       result.nextSeq = Math.max(result.nextSeq, seq + 1);

@@ -181,10 +181,8 @@ export class SessionRecords {
   }
 
   #setWill(clientId: string, brokerId: unknown): void {
-    const store = this.#store;
-    store.wills.set(clientId, brokerId);
-    store.willsHeldUntil.delete(clientId);
-    store.delayedWills.delete(clientId);
+    this.#forgetWill(clientId);
+    this.#store.wills.set(clientId, brokerId);
   }
 
   #forgetWill(clientId: string): void {
