@@ -69,7 +69,7 @@ function publishPropertiesBytes(properties: Readonly<Record<string, unknown>> | 
  * identifier, for MQTT 5 the properties and their length, payload.
  */
 export function publishBytes(packet: DeliveredPacket, mqtt5 = false): number {
-  const payload = packet.payload === undefined ? 0 : typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
+  const payload = packet.payload === undefined ? 0 : byteLength(packet.payload);
   let remaining = 2 + Buffer.byteLength(packet.topic) + (packet.qos > 0 ? 2 : 0) + payload;
   if (mqtt5) {
     const properties = publishPropertiesBytes(packet.properties);

@@ -214,7 +214,7 @@ export class SharedSubscriptions {
           (packet) => this.#copies.has(packet),
           (packet, messageId) => this.#written(client, packet, messageId),
         );
-        onAcknowledgement(client, (cmd, messageId) => this.#acknowledged(client, cmd, messageId));
+        onAcknowledgement(client, (messageId) => this.#acknowledged(client, messageId));
       };
     });
     aedes.on('unsubscribe', (topics, client) => {
@@ -432,7 +432,7 @@ export class SharedSubscriptions {
   }
 
   /** PUBACK ends a QoS 1 message, PUBREC a QoS 2 one: the member has it [MQTT-4.3.3]. */
-  #acknowledged(client: Client, cmd: 'puback' | 'pubrec', messageId: number): void {
+  #acknowledged(client: Client, messageId: number): void {
     const ledger = this.#ledgers.get(client);
     const key = ledger?.byMessageId.get(messageId);
     if (!ledger || key === undefined) return;

@@ -120,11 +120,11 @@ export function watchDeliveries(
  * parses it (lib/client.js): the acknowledgements after which a message is
  * the receiver's (a PUBCOMP follows a PUBREC already reported).
  */
-export function onAcknowledgement(client: Client, listener: (cmd: 'puback' | 'pubrec', messageId: number) => void): void {
+export function onAcknowledgement(client: Client, listener: (messageId: number) => void): void {
   const parser = (client as unknown as ParserInternals)._parser;
   parser.on('packet', (packet: { cmd?: string; messageId?: number }) => {
     if ((packet.cmd === 'puback' || packet.cmd === 'pubrec') && typeof packet.messageId === 'number') {
-      listener(packet.cmd, packet.messageId);
+      listener(packet.messageId);
     }
   });
 }
