@@ -7,12 +7,12 @@
  */
 import http from 'node:http';
 import https from 'node:https';
-import { readFile } from 'node:fs/promises';
 import type { Argv } from 'yargs';
 import { loadConfig } from '../../config/load.js';
 import type { Config } from '../../config/schema.js';
 import { configSourcesFrom, type ConfigFlags } from '../config-options.js';
 import { ExitCode, type CliIo } from '../io.js';
+import { readFirstLine } from '../first-line.js';
 
 /** Longest wait for an answer; a reload or a kick answers in well under a second. */
 const REQUEST_TIMEOUT_MS = 15_000;
@@ -151,13 +151,9 @@ async function credentials(io: CliIo, argv: CtlFlags): Promise<string | undefine
   return `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
 }
 
-/** The first line of a file. */
-async function readSecret(file: string): Promise<string> {
-  try {
-    return (await readFile(file, 'utf8')).split(/\r?\n/)[0] ?? '';
-  } catch (error) {
-    throw new CtlError(`cannot read ${file} (${(error as NodeJS.ErrnoException).code ?? String(error)})`, ExitCode.failure);
-  }
+/** The first line of a password or token file. */
+function readSecret(file: string): Promise<string> {
+  return readFirstLine(file, (message) => new CtlError(message, ExitCode.failure));
 }
 
 function request(method: string, url: URL, authorization: string | undefined): Promise<{ status: number; body: unknown }> {

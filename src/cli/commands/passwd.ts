@@ -22,6 +22,7 @@ import type { Argv } from 'yargs';
 import { SecurityFileError } from '../../errors.js';
 import { DEFAULT_SCRYPT, PasswordFile, hashPassword, removeUserLine, setUserLine, usernameProblem } from '../../auth/password-file.js';
 import { ExitCode, type CliInput, type CliIo } from '../io.js';
+import { firstLine, readFirstLine } from '../first-line.js';
 
 /** Longest password read (bytes); MQTT carries at most 65535 [MQTT-3.1.3.5]. */
 const MAX_PASSWORD_BYTES = 65535;
@@ -168,11 +169,6 @@ async function writeAtomically(file: string, text: string, previous: ExistingFil
   }
 }
 
-function firstLine(text: string): string {
-  const end = text.search(/\r?\n/);
-  return end < 0 ? text : text.slice(0, end);
-}
-
 function checkPassword(password: string): string {
   if (password === '') throw new PasswdError('the password is empty', ExitCode.usage);
   if (Buffer.byteLength(password, 'utf8') > MAX_PASSWORD_BYTES) {
@@ -182,12 +178,7 @@ function checkPassword(password: string): string {
 }
 
 async function passwordFromFile(file: string): Promise<string> {
-  try {
-    return checkPassword(firstLine(await readFile(file, 'utf8')));
-  } catch (error) {
-    if (error instanceof PasswdError) throw error;
-    throw new PasswdError(`cannot read ${file} (${(error as NodeJS.ErrnoException).code ?? String(error)})`, ExitCode.failure);
-  }
+  return checkPassword(await readFirstLine(file, (message) => new PasswdError(message, ExitCode.failure)));
 }
 
 async function passwordFromInput(io: CliIo): Promise<string> {
