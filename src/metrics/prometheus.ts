@@ -15,6 +15,7 @@ import type { AuthStats } from '../auth/authorizer.js';
 import type { BridgeState, BridgeStats } from '../bridge/bridge.js';
 import type { LimitsStats } from '../broker/limits.js';
 import type { TrafficStats } from '../broker/traffic.js';
+import { deliveryDrops } from './drops.js';
 import { COMMIT_LATENCY_BUCKETS_MS, type CommitObserver, type PersistenceStats } from '../persistence/index.js';
 
 /** Where the figures come from; the daemon passes its parts' stats. */
@@ -152,12 +153,7 @@ export function createMetrics(sources: MetricsSources, options: { version: strin
 
   // ---- Drops, limits, protocol violations
   counter('edgemqtt_dropped_messages_total', 'Messages not delivered to a subscriber (or not accepted from a publisher), per cause', ['cause'], (s, emit) => {
-    const { flow } = s.limits;
-    // A clean session's full queue drops in the flow control; a persistent session's, in the store.
-    emit({ cause: 'queue_limit' }, flow.droppedQueuedMessages + s.store.queueDroppedMessages);
-    emit({ cause: 'outgoing_buffer_full' }, flow.droppedQos0Messages);
-    emit({ cause: 'client_max_packet_size' }, flow.oversizeDrops);
-    emit({ cause: 'expired' }, s.store.expiredMessages);
+    for (const [cause, count] of Object.entries(deliveryDrops(s.limits, s.store))) emit({ cause }, count);
     emit({ cause: 'acl_publish' }, s.auth.publishesDenied);
     emit({ cause: 'acl_delivery' }, s.auth.deliveriesDenied);
   });

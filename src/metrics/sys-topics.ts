@@ -18,6 +18,7 @@ import type { LimitsStats } from '../broker/limits.js';
 import type { TrafficStats } from '../broker/traffic.js';
 import type { Logger } from '../observability/logger.js';
 import type { PersistenceStats } from '../persistence/index.js';
+import { deliveryDrops } from './drops.js';
 
 export const STORE_STATUS_TOPIC = '$SYS/edgemqtt/store';
 
@@ -114,14 +115,13 @@ export function createSysTopics(options: { intervalSec: number; version: string 
   ).map(([family, read]) => ({ family, read, last: 0, averages: LOAD_WINDOWS.map(() => 0) }));
 
   function figures(traffic: TrafficStats, limits: LimitsStats, store: PersistenceStats): Figures {
-    const { flow } = limits;
     return {
       publishReceived: sum(traffic.messagesIn),
       publishSent: sum(traffic.messagesOut),
       bytesReceived: sum(traffic.bytesIn),
       bytesSent: sum(traffic.bytesOut),
       // Messages a subscriber did not get: full queues, full sockets (QoS 0), over its maximum packet size, expired.
-      dropped: flow.droppedQueuedMessages + store.queueDroppedMessages + flow.droppedQos0Messages + flow.oversizeDrops + store.expiredMessages,
+      dropped: sum(Object.values(deliveryDrops(limits, store))),
       connects: sum(traffic.connects.map((entry) => entry.count)),
     };
   }
