@@ -18,7 +18,22 @@ export const NON_KEY_ENV = new Set([`${ENV_PREFIX}CONFIG`, `${ENV_PREFIX}CTL_URL
  * dataDir): a variable whose first word after the prefix is none of them
  * cannot name a config key, whatever follows.
  */
-const sectionWords = new Set(Object.keys(configSchema.shape).map((key) => envNameFor([key]).slice(ENV_PREFIX.length).split('_')[0]));
+const sectionWords = new Set(Object.keys(configSchema.shape).map((key) => firstWord(envNameFor([key]))));
+
+/** The first word after the prefix: `MQTT` of `EDGEMQTT_MQTT_PORT`. */
+function firstWord(envName: string): string | undefined {
+  return envName.slice(ENV_PREFIX.length).split('_')[0];
+}
+
+/** The `EDGEMQTT_*` variables set in `env` that may be meant as config keys (the CLI's own excepted). */
+function keyLikeEnvNames(env: Record<string, string | undefined>): string[] {
+  return Object.keys(env).filter((name) => name.startsWith(ENV_PREFIX) && !NON_KEY_ENV.has(name) && env[name] !== undefined);
+}
+
+/** The `EDGEMQTT_*` variables that are read as config keys (a wrong one is a problem), in `env`'s order. */
+export function appliedEnvNames(env: Record<string, string | undefined>): string[] {
+  return keyLikeEnvNames(env).filter((name) => sectionWords.has(firstWord(name)));
+}
 
 /**
  * `EDGEMQTT_*` variables that cannot be config keys, because their first
@@ -31,9 +46,8 @@ const sectionWords = new Set(Object.keys(configSchema.shape).map((key) => envNam
  * ignoring it would run the broker on a setting the operator did not mean.
  */
 export function ignoredEnvNames(env: Record<string, string | undefined>): string[] {
-  return Object.keys(env)
-    .filter((name) => name.startsWith(ENV_PREFIX) && !NON_KEY_ENV.has(name) && env[name] !== undefined)
-    .filter((name) => !sectionWords.has(name.slice(ENV_PREFIX.length).split('_')[0]))
+  return keyLikeEnvNames(env)
+    .filter((name) => !sectionWords.has(firstWord(name)))
     .sort();
 }
 
@@ -58,9 +72,9 @@ export async function loadConfig(sources: ConfigSources): Promise<Config> {
   if (sources.file !== undefined) {
     ({ raw, lineOf } = await readConfigFile(sources.file, problems));
   }
-  const ignored = new Set(ignoredEnvNames(sources.env ?? {}));
-  for (const [envName, text] of Object.entries(sources.env ?? {})) {
-    if (!envName.startsWith(ENV_PREFIX) || NON_KEY_ENV.has(envName) || ignored.has(envName) || text === undefined) continue;
+  const env = sources.env ?? {};
+  for (const envName of appliedEnvNames(env)) {
+    const text = env[envName]!;
     const key = keysByEnv.get(envName);
     if (!key) {
       problems.push(`${envName}: not a configuration variable`);

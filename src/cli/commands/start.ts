@@ -4,8 +4,7 @@
  * RELOADING=1/READY=1 around SIGHUP, STOPPING=1 on stop).
  */
 import path from 'node:path';
-import { ignoredEnvNames, loadConfig, NON_KEY_ENV, type ConfigSources } from '../../config/load.js';
-import { ENV_PREFIX } from '../../config/keys.js';
+import { appliedEnvNames, ignoredEnvNames, loadConfig, type ConfigSources } from '../../config/load.js';
 import { createDaemon } from '../../daemon.js';
 import { ConfigError, EdgeMqttError } from '../../errors.js';
 import { createLogger, type Logger } from '../../observability/logger.js';
@@ -169,11 +168,8 @@ export async function start(io: CliIo, sources: ConfigSources): Promise<number> 
  * nothing) and which variables were ignored as not config keys.
  */
 function logConfigSources(log: Logger, sources: ConfigSources): void {
-  const fromEnvironment = Object.keys(sources.env ?? {}).filter(
-    (name) => name.startsWith(ENV_PREFIX) && !NON_KEY_ENV.has(name) && sources.env?.[name] !== undefined,
-  );
   const ignored = ignoredEnvNames(sources.env ?? {});
-  const applied = fromEnvironment.filter((name) => !ignored.includes(name)).sort();
+  const applied = appliedEnvNames(sources.env ?? {}).sort();
   if (sources.file !== undefined) log.info({ file: path.resolve(sources.file), environment: applied }, 'config file read');
   else log.info({ environment: applied }, 'no config file: embedded defaults');
   if (ignored.length > 0) {
