@@ -172,7 +172,10 @@ function timeDelayedWills(instance: Internals, aedes: Aedes, authority: SessionA
   const arm = (clientId: string, dueAt: number) => {
     const delay = dueAt - Date.now();
     const timer = setTimeout(() => {
-      if (delay > MAX_TIMER_MS) arm(clientId, dueAt);
+      // Not yet due by the wall clock the store judges with (dueWill): after
+      // a timer capped at MAX_TIMER_MS, or one that fired a millisecond early
+      // (timers run on the monotonic clock), wait again rather than ask too soon.
+      if (Date.now() < dueAt) arm(clientId, dueAt);
       else publishDue(clientId).catch((error: unknown) => log.warn({ err: error, clientId }, 'could not publish a delayed will'));
     }, Math.min(Math.max(0, delay), MAX_TIMER_MS));
     timer.unref();
