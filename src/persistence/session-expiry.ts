@@ -154,7 +154,11 @@ export class SessionExpiry {
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       this.#timerAt = Infinity;
-      this.#sweepLogged();
+      // Timers run on the monotonic clock and can fire a millisecond before
+      // the wall clock the sweep judges by reaches `at`: then wait again,
+      // rather than sweep too soon and leave the session to the periodic sweep.
+      if (this.#store.now() < at) this.#arm(at);
+      else this.#sweepLogged();
     }, delay);
     this.#timer.unref();
   }
