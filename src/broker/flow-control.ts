@@ -256,6 +256,25 @@ export class ClientFlow {
     this.#pump();
   }
 
+  /**
+   * For the QoS 0 fast path (aedes-seam/fast-publish.ts), which writes a
+   * message of `bytes` itself: the same checks as a QoS 0 delivery below.
+   * False when the message is to be dropped (counted and reported here).
+   */
+  admitQoS0(bytes: number): boolean {
+    if (this.#closed || this.#client.closed) return false;
+    const { maximumPacketSize } = clientLimits(this.#client);
+    if (maximumPacketSize !== undefined && bytes > maximumPacketSize) {
+      this.#owner.count('oversizeDrops');
+      this.#owner.report('clientMaxPacketSize', this.#fields({ qos: 0, bytes, maximumPacketSize }));
+      return false;
+    }
+    if (this.#fits(bytes)) return true;
+    this.#owner.count('droppedQos0Messages');
+    this.#owner.report('outgoingBufferFull', this.#fields({ qos: 0, dropped: true }));
+    return false;
+  }
+
   #deliver(deliver: Deliver, packet: DeliveredPacket, qos: QoS, callback: () => void): void {
     if (this.#closed || this.#client.closed) {
       // Nothing can be written any more. A persistent session's QoS 1/2

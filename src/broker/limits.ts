@@ -127,6 +127,8 @@ export interface Limits {
   stats(): LimitsStats;
   /** A connected client's flow: QoS 1/2 messages in flight, and waiting for room (the admin API). */
   flowOf(client: Client): { inflight: number; waiting: number } | undefined;
+  /** The flow control's say on a QoS 0 message of `bytes` the fast path writes to `client` (ClientFlow.admitQoS0). */
+  admitQoS0(client: Client, bytes: number): boolean;
 }
 
 type AuthorizeSubscribe = NonNullable<AedesOptions['authorizeSubscribe']>;
@@ -374,6 +376,9 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
     hit,
     install,
     authorizeSubscribe,
+    admitQoS0(client, bytes) {
+      return flows.get(client)?.admitQoS0(bytes) ?? false;
+    },
     flowOf(client) {
       const clientFlow = flows.get(client);
       return clientFlow && { inflight: clientFlow.inflight, waiting: clientFlow.waiting };

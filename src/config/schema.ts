@@ -442,6 +442,10 @@ export const configSchema = z
           .min(0)
           .default(10)
           .describe('Interval of the mosquitto-style $SYS/broker/... statistics messages (retained); 0 = not published'),
+        fastPublish: z
+          .boolean()
+          .default(true)
+          .describe('Plain QoS 0 PUBLISHes (no RETAIN, no properties, ASCII topic) go from the socket to the subscribers without aedes\' packet objects (src/broker/aedes-seam/fast-publish.ts); false sends every message through aedes'),
         drainTimeoutSec: z
           .number()
           .min(0)

@@ -90,6 +90,11 @@ export function rewritePublishes(client: Client, rewrite: (packet: WrittenPublis
   writesOf(client).rewrite = rewrite;
 }
 
+/** What is attached to `conn`'s PUBLISH writes, if anything (fast-publish.ts writes past mqtt-packet and honours both). */
+export function publishWrites(conn: object): Readonly<StreamWrites> | undefined {
+  return byStream.get(conn);
+}
+
 /** Tells `tap` of each PUBLISH aedes writes to this client's connection. Call before the CONNACK. */
 export function onPublishWritten(client: Client, tap: PublishTap): void {
   writesOf(client).tap = tap;

@@ -6,7 +6,7 @@
 import type { Duplex } from 'node:stream';
 import { Aedes, type AedesOptions, type Client, type PublishPacket } from 'aedes';
 import { checkAedesVersion, installedAedesVersion } from './version.js';
-import { freeSubscriptionMap, type ConnectionHook, type PublishPolicy } from './client.js';
+import { freeSubscriptionMap, type ConnectionHook, type PublishPolicy, type PublishVerdict } from './client.js';
 import { withoutWillDelay } from './sessions.js';
 
 type Callback = (error?: Error | null) => void;
@@ -42,17 +42,24 @@ export class AedesSeam {
   readonly #connectionHooks: ConnectionHook[] = [];
   /** Packets already published, or dropped, whose next broker.publish is answered at once. */
   readonly #published = new WeakSet<object>();
+  /** The access policy's verdicts on packets the fast path read and handed to aedes (fast-publish.ts): asked once. */
+  readonly #prejudged = new WeakMap<object, PublishVerdict>();
+  readonly #policy: PublishPolicy;
+  readonly #publishedListeners: Array<(client: Client) => void> = [];
 
   /** Checks the installed aedes version first (checkAedesVersion). */
   constructor(options: AedesOptions, policy: PublishPolicy, version: string = installedAedesVersion()) {
     checkAedesVersion(version);
     const published = this.#published;
+    const prejudged = this.#prejudged;
+    const publishedListeners = this.#publishedListeners;
+    this.#policy = policy;
     // aedes calls it as broker.publish (handlers, wills, $SYS); replaced below.
     const publish = Aedes.prototype.publish as unknown as Publish;
     const aedes = new Aedes({
       ...options,
       authorizePublish(client, packet, done) {
-        const verdict = policy(client, packet);
+        const verdict = prejudged.get(packet) ?? policy(client, packet);
         // The publisher's id, on the packet before aedes' publish queues its
         // copies for persistent sessions (aedes.js enqueueOffline): No Local
         // is judged there too [MQTT-3.8.3-3]. aedes itself sets it only
@@ -68,6 +75,8 @@ export class AedesSeam {
           // (lib/handlers/publish.js) [MQTT-3.4.2.1]. MQTT 3.1.1 has no
           // negative acknowledgement: acknowledged, and dropped at step 5.
           if (client?.version === 5) {
+            // Not published, so aedes does not call publish for it: it is done with it here.
+            if (client && packet.qos === 0) for (const listener of publishedListeners) listener(client);
             done(new Error(NOT_AUTHORIZED));
             return;
           }
@@ -108,6 +117,15 @@ export class AedesSeam {
     instance.brokers = Object.assign(Object.create(null) as Record<string, unknown>, instance.brokers);
 
     instance.publish = function publishOnce(packet, client, done) {
+      // A client's QoS 0 PUBLISH: its listeners hear when aedes is done with it (written to the subscribers).
+      if (typeof client === 'object' && client !== null && (packet as { qos?: number }).qos === 0 && publishedListeners.length > 0) {
+        const from = client;
+        const then = done;
+        done = (error) => {
+          for (const listener of publishedListeners) listener(from);
+          then?.(error);
+        };
+      }
       if (published.delete(packet)) {
         const callback = typeof client === 'function' ? client : done;
         callback?.();
@@ -132,6 +150,21 @@ export class AedesSeam {
       if (after) for (const then of after) then(client);
       return client;
     };
+  }
+
+  /** The access policy's verdict on a client's PUBLISH (fast-publish.ts asks it once, then prejudge). */
+  judge(client: Client, packet: PublishPacket): PublishVerdict {
+    return this.#policy(client, packet);
+  }
+
+  /** `packet`, about to reach aedes, was judged already: aedes' authorizePublish uses `verdict`. */
+  prejudge(packet: PublishPacket, verdict: PublishVerdict): void {
+    this.#prejudged.set(packet, verdict);
+  }
+
+  /** Runs `listener` each time aedes is done publishing a client's QoS 0 PUBLISH, or dropping it. */
+  onPublished(listener: (client: Client) => void): void {
+    this.#publishedListeners.push(listener);
   }
 
   /** Adds a hook for every connection aedes handles from now on, run after the ones added before it. */

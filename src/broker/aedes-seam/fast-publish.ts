@@ -1,0 +1,383 @@
+/**
+ * The QoS 0 fast path: a plain QoS 0 PUBLISH (publish-frames.ts) from a
+ * connected client goes from the bytes read straight to each subscriber's
+ * connection, without aedes, mqtt-packet or mqemitter in between.
+ *
+ * Why: in the QoS 0 profile of aedes' path, mqtt-packet's parser took ~20% of
+ * the broker's CPU, mqemitter's fan-out ~14%, mqtt-packet's generate ~11%,
+ * aedes' per-delivery setImmediate and fastparallel most of the rest: per
+ * message a parsed object, an aedes-packet per subscriber and one closure
+ * chain per delivery. Here a message costs one small object, one cached
+ * topic match, and for each subscriber a write of bytes encoded once per
+ * protocol level: for subscribers of the publisher's level, the very bytes
+ * it sent.
+ *
+ * What stays aedes' (the reference: `broker.fastPublish: false` sends
+ * everything through it, and test/fast-publish.test.ts compares the two):
+ * every other packet; a PUBLISH with QoS 1/2, RETAIN, DUP, properties, a `$`
+ * or non-ASCII topic, or split over reads when it is large; a message the
+ * ACL does not allow; one matching a subscription this path does not know
+ * (shared subscriptions) or two subscriptions of one client (delivery-rules.ts
+ * merges those); and, per subscriber, one with a Subscription Identifier,
+ * outgoing Topic Aliases, or not yet done resuming its session. Those take
+ * aedes' own route: the message as a parsed packet into the client's parser
+ * (the ACL's verdict carried over, so it is not asked twice), or the
+ * subscription's own handler for that one subscriber.
+ *
+ * Kept on this path: the protocol guard (underneath: these bytes passed it),
+ * the ACL on publish and on each delivery (authorizeForward), No Local
+ * [MQTT-3.8.3-3], the flow control's outgoing budget and Maximum Packet Size
+ * [MQTT-3.1.2-24] (`admitQoS0`), the keep-alive [MQTT-3.1.2-22], the
+ * traffic counts (the publish event, the written-PUBLISH tap), and order:
+ * messages from one client on one topic reach each subscriber in the order
+ * sent [MQTT-4.6.0-6]. For that, once a PUBLISH of a client goes to aedes,
+ * its later ones do too until aedes has published every one of them
+ * (`#handedToAedes`, counted down by the seam's publish); aedes then has
+ * written them, since its QoS 0 deliveries complete before its publish calls
+ * back.
+ *
+ * Touches of aedes (2.0.0-beta.1): `conn.client` (lib/client.js
+ * constructor), Client `connackSent`, `connected`, `closed`, `version`,
+ * `_parser` ('packet' is what lib/client.js enqueue hears),
+ * `_keepaliveInterval`/`_keepaliveTimer` (handlers/index.js refreshes it
+ * per packet), `subscriptions[filter].func` (handlers/subscribe.js: the
+ * function registered with mqemitter), `aedes.mq` (`on`, `removeListener`,
+ * `_matcher.match`: mqemitter's qlobber), `aedes.authorizeForward`, and
+ * aedes-packet for a subscriber's copy on aedes' route.
+ */
+import { createRequire } from 'node:module';
+import type { Duplex } from 'node:stream';
+import type { Aedes, Client, PublishPacket } from 'aedes';
+import { clientTable, type ClientSubscription, type PublishVerdict } from './client.js';
+import { publishWrites } from './packet-writes.js';
+import { encodePlainPublish, PLAIN_PUBLISH, plainTopic, remainingLength } from './publish-frames.js';
+import type { AedesSeam } from './seam.js';
+
+type Handler = (packet: object, callback: () => void) => void;
+
+/** A frame split over reads is held back and joined up to this size; a larger one goes to aedes as it comes. */
+const MAX_HELD_FRAME_BYTES = 64 * 1024;
+/** Topics whose matches are remembered at once; past it the memory starts over. */
+const MAX_CACHED_TOPICS = 10_000;
+
+interface FastClient {
+  connackSent?: boolean;
+  connected: boolean;
+  closed: boolean;
+  version: number | null;
+  id: string;
+  conn: Duplex;
+  _parser: { emit(event: 'packet', packet: object): boolean };
+  _keepaliveInterval: number;
+  _keepaliveTimer: { refresh(): void } | null;
+  subscriptions: Record<string, ClientSubscription & { func?: Handler }>;
+}
+
+interface MqEmitter {
+  on(topic: string, handler: Handler, done?: () => void): unknown;
+  removeListener(topic: string, handler: Handler, done?: () => void): unknown;
+  _matcher: { match(topic: string): Handler[] };
+}
+
+interface Target {
+  client: FastClient;
+  subscription: ClientSubscription;
+  handler: Handler;
+}
+
+/** The subscriptions a topic matches, as of `generation`; `aedesOnly` when one of them is not for this path. */
+interface Matches {
+  generation: number;
+  aedesOnly: boolean;
+  targets: Target[];
+}
+
+export interface FastPublishOptions {
+  /**
+   * The flow control's say on a QoS 0 message of `bytes` to `client`: false
+   * when it must be dropped (counted and reported there).
+   */
+  admitQoS0(client: Client, bytes: number): boolean;
+}
+
+/** aedes-packet, as aedes loads it: a subscriber's copy of a message on aedes' route. */
+const AedesPacket = createRequire(createRequire(import.meta.url).resolve('aedes'))('aedes-packet') as new (
+  original: object,
+  broker: Aedes,
+) => object;
+
+function noop(): void {}
+
+export class FastPublish {
+  readonly #aedes: Aedes;
+  readonly #seam: AedesSeam;
+  readonly #mq: MqEmitter;
+  readonly #options: FastPublishOptions;
+  #generation = 0;
+  readonly #matches = new Map<string, Matches>();
+  /** The client (and its subscription) each mqemitter handler delivers to. */
+  readonly #owners = new WeakMap<Handler, Target>();
+  /** Handlers found in no client's subscriptions, at the generation of the search. */
+  readonly #strangers = new WeakMap<Handler, number>();
+  /** Per client: its PUBLISHes handed to aedes and not yet published by it. */
+  readonly #handedToAedes = new WeakMap<object, number>();
+
+  constructor(seam: AedesSeam, options: FastPublishOptions) {
+    this.#seam = seam;
+    this.#aedes = seam.aedes;
+    this.#options = options;
+    const mq = (seam.aedes as unknown as { mq: MqEmitter }).mq;
+    this.#mq = mq;
+    // Any subscription added or removed makes every remembered match stale.
+    const on = mq.on.bind(mq);
+    const removeListener = mq.removeListener.bind(mq);
+    mq.on = (topic, handler, done) => {
+      this.#generation++;
+      return on(topic, handler, done);
+    };
+    mq.removeListener = (topic, handler, done) => {
+      this.#generation++;
+      return removeListener(topic, handler, done);
+    };
+    seam.onPublished((client) => {
+      const handed = this.#handedToAedes.get(client);
+      if (handed !== undefined && handed > 0) this.#handedToAedes.set(client, handed - 1);
+    });
+    seam.onConnection((conn) => {
+      const reader = new FrameReader(this, conn);
+      const read = conn.read.bind(conn);
+      conn.read = ((size?: number) => reader.read(read, size)) as Duplex['read'];
+    });
+  }
+
+  /** Whether `client`'s next PUBLISH may take this path. */
+  ready(client: FastClient | undefined): client is FastClient {
+    return client !== undefined && client.connackSent === true && !client.closed && (this.#handedToAedes.get(client) ?? 0) === 0;
+  }
+
+  /** Counts a QoS 0 PUBLISH of `client` handed to aedes (as bytes or as a packet). */
+  handedToAedes(client: FastClient | undefined): void {
+    if (client === undefined) return;
+    this.#handedToAedes.set(client, (this.#handedToAedes.get(client) ?? 0) + 1);
+  }
+
+  /**
+   * Publishes the plain QoS 0 PUBLISH at `start`..`end` of `chunk`. Returns
+   * false when it went to aedes instead (as a packet, in order): then the
+   * client's later PUBLISHes go there too, until aedes is done with it.
+   */
+  publish(client: FastClient, chunk: Buffer, start: number, bodyStart: number, end: number, topic: string, payloadStart: number): boolean {
+    const payload = chunk.subarray(payloadStart, end);
+    // The packet as mqtt-packet would parse it (no messageId at QoS 0, no properties when there are none).
+    const packet = { cmd: 'publish', retain: false, qos: 0, dup: false, length: end - bodyStart, topic, payload } as PublishPacket;
+    const verdict = this.#seam.judge(client as unknown as Client, packet);
+    const matches = verdict === 'allow' ? this.#match(topic) : undefined;
+    if (matches === undefined || matches.aedesOnly) {
+      this.#toAedes(client, packet, verdict);
+      return false;
+    }
+    const publisher = client;
+    let aedesCopy: object | undefined;
+    let level4: Buffer | undefined;
+    let level5: Buffer | undefined;
+    const publisherLevel = publisher.version === 5 ? 5 : 4;
+    const authorizeForward = this.#aedes.authorizeForward as (client: Client, packet: PublishPacket) => PublishPacket | null | undefined;
+    for (const { client: subscriber, subscription, handler } of matches.targets) {
+      if (subscriber.closed || subscriber.conn.destroyed) continue;
+      if (subscription.nl === true && subscriber === publisher) continue;
+      const writes = publishWrites(subscriber.conn);
+      if (!subscriber.connected || subscription.si !== undefined || writes?.rewrite !== undefined) {
+        // aedes' route for this one subscriber: its handler, as mqemitter would call it (aedes.js emitPacket).
+        aedesCopy ??= new AedesPacket({ ...packet, clientId: publisher.id }, this.#aedes);
+        handler(aedesCopy, noop);
+        continue;
+      }
+      if (!authorizeForward(subscriber as unknown as Client, packet)) continue;
+      let bytes: Buffer;
+      if (subscriber.version === 5) {
+        bytes = level5 ??= publisherLevel === 5 ? chunk.subarray(start, end) : encodePlainPublish(topic, payload, 5);
+      } else {
+        bytes = level4 ??= publisherLevel === 4 ? chunk.subarray(start, end) : encodePlainPublish(topic, payload, 4);
+      }
+      if (!this.#options.admitQoS0(subscriber as unknown as Client, bytes.length)) continue;
+      subscriber.conn.write(bytes);
+      writes?.tap?.(0, payload.length);
+    }
+    // After the deliveries, as aedes.js callPublished (the traffic counts, the bridge's export).
+    this.#aedes.emit('publish', packet, client as unknown as Client);
+    return true;
+  }
+
+  #toAedes(client: FastClient, packet: PublishPacket, verdict: PublishVerdict): void {
+    this.handedToAedes(client);
+    this.#seam.prejudge(packet, verdict);
+    client._parser.emit('packet', packet);
+  }
+
+  #match(topic: string): Matches {
+    const cached = this.#matches.get(topic);
+    if (cached !== undefined && cached.generation === this.#generation) return cached;
+    const matches: Matches = { generation: this.#generation, aedesOnly: false, targets: [] };
+    const seen = new Set<FastClient>();
+    for (const handler of this.#mq._matcher.match(topic)) {
+      const target = this.#owner(handler);
+      // A subscription of another kind, or a second one of the same client.
+      if (target === undefined || seen.has(target.client)) {
+        matches.aedesOnly = true;
+        matches.targets = [];
+        break;
+      }
+      seen.add(target.client);
+      matches.targets.push(target);
+    }
+    if (this.#matches.size >= MAX_CACHED_TOPICS) this.#matches.clear();
+    this.#matches.set(topic, matches);
+    return matches;
+  }
+
+  #owner(handler: Handler): Target | undefined {
+    const known = this.#owners.get(handler);
+    if (known !== undefined) return known;
+    if (this.#strangers.get(handler) === this.#generation) return undefined;
+    // Learn every connected client's handlers at once: one search per change of subscriptions.
+    for (const client of Object.values(clientTable(this.#aedes))) {
+      if (client === undefined) continue;
+      const subscriptions = (client as unknown as FastClient).subscriptions;
+      for (const filter in subscriptions) {
+        const subscription = subscriptions[filter]!;
+        if (typeof subscription.func === 'function') {
+          this.#owners.set(subscription.func, { client: client as unknown as FastClient, subscription, handler: subscription.func });
+        }
+      }
+    }
+    const found = this.#owners.get(handler);
+    if (found === undefined) this.#strangers.set(handler, this.#generation);
+    return found;
+  }
+}
+
+/** Bytes of a fixed header whose Remaining Length is `remaining` [MQTT-2.2.3]. */
+function headerBytes(remaining: number): number {
+  return 1 + (remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4);
+}
+
+/**
+ * One connection's reads, between the protocol guard (below) and aedes
+ * (above): takes the frames the fast path publishes out of what aedes
+ * reads, and keeps aedes' parser fed with whole frames or with the rest of
+ * one it has begun.
+ */
+class FrameReader {
+  readonly #fast: FastPublish;
+  readonly #conn: Duplex;
+  /** Bytes of a frame aedes has begun that it is still owed. */
+  #owed = 0;
+  /** The start of a frame not yet complete, held back. */
+  #held: Buffer | null = null;
+  #reading = false;
+  #later: Buffer[] = [];
+
+  constructor(fast: FastPublish, conn: Duplex) {
+    this.#fast = fast;
+    this.#conn = conn;
+  }
+
+  read(read: (size?: number) => unknown, size?: number): unknown {
+    const chunk = read(size);
+    if (!(chunk instanceof Uint8Array)) return chunk;
+    const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    if (this.#reading) {
+      // aedes reads again from inside a packet handed to it; keep the order.
+      this.#later.push(buffer);
+      return null;
+    }
+    this.#reading = true;
+    try {
+      let out = this.#take(buffer);
+      while (this.#later.length > 0) {
+        const next = this.#take(this.#later.shift()!);
+        out = out === null ? next : next === null ? out : Buffer.concat([out, next]);
+      }
+      return out;
+    } finally {
+      this.#reading = false;
+    }
+  }
+
+  /** What of `chunk` goes to aedes, having published what it may. */
+  #take(chunk: Buffer): Buffer | null {
+    let data = chunk;
+    if (this.#held !== null) {
+      data = Buffer.concat([this.#held, chunk]);
+      this.#held = null;
+    }
+    let index = 0;
+    if (this.#owed > 0) {
+      const owed = Math.min(this.#owed, data.length);
+      this.#owed -= owed;
+      // The rest of a frame aedes has begun: it, and so all after it, is aedes'.
+      return this.#toAedes(data, 0, owed);
+    }
+    const client = (this.#conn as { client?: FastClient }).client;
+    if (!this.#fast.ready(client)) return this.#toAedes(data, 0, 0);
+    const level5 = client.version === 5;
+    let published = false;
+    while (index < data.length) {
+      const header = index + 1 < data.length ? remainingLength(data, index + 1) : undefined;
+      if (header === undefined) break;
+      const end = header.next + header.length;
+      // Only a Remaining Length in the fewest bytes is sent on as it came [MQTT-1.5.5-1].
+      if (data[index] !== PLAIN_PUBLISH || header.next - index !== headerBytes(header.length)) return this.#done(client, published, this.#toAedes(data, index, index));
+      if (end > data.length) {
+        if (end - index > MAX_HELD_FRAME_BYTES) return this.#done(client, published, this.#toAedes(data, index, index));
+        break;
+      }
+      const topic = plainTopic(data, header.next, end);
+      const topicEnd = header.next + 2 + (topic?.length ?? 0);
+      // MQTT 5: only a Property Length of 0 (one byte) [MQTT-3.3.2.3].
+      if (topic === undefined || (level5 && (topicEnd >= end || data[topicEnd] !== 0))) {
+        return this.#done(client, published, this.#toAedes(data, index, index));
+      }
+      published = true;
+      const fast = this.#fast.publish(client, data, index, header.next, end, topic, level5 ? topicEnd + 1 : topicEnd);
+      index = end;
+      if (!fast) return this.#done(client, published, this.#toAedes(data, index, index));
+    }
+    if (index < data.length) this.#held = data.subarray(index);
+    return this.#done(client, published, null);
+  }
+
+  /** The keep-alive counts every packet the client sends (handlers/index.js), those published here too [MQTT-3.1.2-22]. */
+  #done(client: FastClient, published: boolean, out: Buffer | null): Buffer | null {
+    if (published && client._keepaliveInterval > 0) client._keepaliveTimer?.refresh();
+    return out;
+  }
+
+  /**
+   * Hands `data` from `from` on to aedes, noting where its last frame ends
+   * and counting its QoS 0 PUBLISHes; frames start at `framesFrom`. An
+   * incomplete fixed header at the end is held back for the next read.
+   */
+  #toAedes(data: Buffer, from: number, framesFrom: number): Buffer | null {
+    let index = framesFrom;
+    const client = (this.#conn as { client?: FastClient }).client;
+    let end = data.length;
+    while (index < data.length) {
+      const header = index + 1 < data.length ? remainingLength(data, index + 1) : undefined;
+      if (header === undefined) {
+        this.#held = data.subarray(index);
+        end = index;
+        break;
+      }
+      const first = data[index] as number;
+      if (first >> 4 === 3 && (first & 0x06) === 0) this.#fast.handedToAedes(client);
+      const frameEnd = header.next + header.length;
+      if (frameEnd > data.length) {
+        this.#owed = frameEnd - data.length;
+        break;
+      }
+      index = frameEnd;
+    }
+    return end > from ? data.subarray(from, end) : null;
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * The bytes of a QoS 0 PUBLISH, read in place and written once per protocol
+ * level (fast-publish.ts). Only the simplest form is read here: QoS 0, no
+ * DUP, no RETAIN, a topic of printable ASCII not starting with `$`, and for
+ * MQTT 5 no properties. Anything else is left to aedes and mqtt-packet.
+ */
+
+/** Fixed header of a PUBLISH with DUP 0, QoS 0, RETAIN 0 [MQTT-3.3.1]. */
+export const PLAIN_PUBLISH = 0x30;
+
+/** A PUBLISH read in place: offsets into the chunk it came in. */
+export interface PublishFrame {
+  /** Where the frame starts and ends in the chunk. */
+  start: number;
+  end: number;
+  topic: string;
+  /** Where the payload starts; it runs to `end`. */
+  payloadStart: number;
+}
+
+/**
+ * The Remaining Length at `index` (the byte after the first) [MQTT-2.2.3]:
+ * its value and the index after it, or undefined when the chunk ends
+ * first. The protocol guard below has already refused a malformed one.
+ */
+export function remainingLength(chunk: Uint8Array, index: number): { length: number; next: number } | undefined {
+  let length = 0;
+  let multiplier = 1;
+  for (let i = 0; i < 4; i++) {
+    if (index >= chunk.length) return undefined;
+    const byte = chunk[index++] as number;
+    length += (byte & 0x7f) * multiplier;
+    if ((byte & 0x80) === 0) return { length, next: index };
+    multiplier *= 128;
+  }
+  return undefined;
+}
+
+/**
+ * The topic of the plain PUBLISH whose variable header starts at `index`
+ * (its two length bytes), or undefined when it is not one this path takes:
+ * empty (MQTT 5 Topic Alias), `$`-prefixed (the broker's own, [MQTT-4.7.2-1]),
+ * or with a byte outside printable ASCII, which would need a UTF-8 decode and
+ * the guard's well-formedness rules; aedes takes those.
+ */
+export function plainTopic(chunk: Uint8Array, index: number, end: number): string | undefined {
+  if (index + 2 > end) return undefined;
+  const length = ((chunk[index] as number) << 8) | (chunk[index + 1] as number);
+  const from = index + 2;
+  const to = from + length;
+  if (length === 0 || to > end || chunk[from] === 0x24) return undefined;
+  for (let i = from; i < to; i++) {
+    const byte = chunk[i] as number;
+    if (byte < 0x20 || byte > 0x7e) return undefined;
+  }
+  return Buffer.prototype.latin1Slice.call(chunk, from, to) as string;
+}
+
+function lengthBytes(value: number): number {
+  return value < 128 ? 1 : value < 16_384 ? 2 : value < 2_097_152 ? 3 : 4;
+}
+
+/**
+ * A plain QoS 0 PUBLISH for `level` (3 and 4: no properties; 5: a Property
+ * Length of 0), as mqtt-packet would write it for the same message.
+ */
+export function encodePlainPublish(topic: string, payload: Uint8Array, level: number): Buffer {
+  const topicBytes = topic.length; // printable ASCII: one byte a character
+  const properties = level === 5 ? 1 : 0;
+  const remaining = 2 + topicBytes + properties + payload.length;
+  const out = Buffer.allocUnsafe(1 + lengthBytes(remaining) + remaining);
+  let index = 0;
+  out[index++] = PLAIN_PUBLISH;
+  let value = remaining;
+  do {
+    let byte = value % 128;
+    value = Math.floor(value / 128);
+    if (value > 0) byte |= 0x80;
+    out[index++] = byte;
+  } while (value > 0);
+  out[index++] = topicBytes >> 8;
+  out[index++] = topicBytes & 0xff;
+  index += out.write(topic, index, 'latin1');
+  if (properties) out[index++] = 0;
+  out.set(payload, index);
+  return out;
+}
