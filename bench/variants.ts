@@ -79,6 +79,21 @@ export const VARIANTS: Record<string, Variant> = {
     nodeFlags: ['--max-semi-space-size=64'],
     description: 'edgemqtt with node --max-semi-space-size=64 (fewer young-generation GCs)',
   },
+  semi1: {
+    base: 'daemon',
+    nodeFlags: ['--max-semi-space-size=1'],
+    description: 'edgemqtt with node --max-semi-space-size=1 (a smaller young generation: less idle memory, more scavenges)',
+  },
+  semi2: {
+    base: 'daemon',
+    nodeFlags: ['--max-semi-space-size=2'],
+    description: 'edgemqtt with node --max-semi-space-size=2 (a smaller young generation: less idle memory, more scavenges)',
+  },
+  semi4: {
+    base: 'daemon',
+    nodeFlags: ['--max-semi-space-size=4'],
+    description: 'edgemqtt with node --max-semi-space-size=4 (a smaller young generation: less idle memory, more scavenges)',
+  },
 };
 
 export function variantOf(name: string): Variant {

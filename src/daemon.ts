@@ -16,7 +16,8 @@ import { createBroker, type Broker } from './broker/broker.js';
 import type { LimitsStats } from './broker/limits.js';
 import type { TrafficStats } from './broker/traffic.js';
 import { createLevelPersistence, type LevelPersistence, type PacketLike, type PersistenceStats } from './persistence/index.js';
-import { createBridge, type Bridge, type BridgeStats } from './bridge/bridge.js';
+import type { Bridge, BridgeStats } from './bridge/bridge.js';
+import { disabledBridge } from './bridge/disabled.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import type { ReadinessReport } from './observability/health.js';
 import { createTcpListener } from './transports/tcp.js';
@@ -121,15 +122,19 @@ export async function createDaemon(input: ConfigInput | Config = {}, deps: Daemo
       (config.http.enabled && config.http.tls.enabled && config.http.tls.useCnAsUsername),
   });
   const broker: Broker = createBroker(config, { logger, persistence, access: authorizer.hooks });
-  // Never part of readiness: the broker serves local clients whatever NATS does.
-  const bridge: Bridge = createBridge(config.bridge, {
-    logger,
-    store: persistence,
-    // Imported messages enter as the broker's own publishes, numbered
-    // first: the store's taps and the QoS 0 publish event below see which
-    // message it is.
-    publish: (packet, register) => broker.publishOwn(packet, register),
-  });
+  // Never part of readiness: the broker serves local clients whatever NATS
+  // does. Loaded only when configured: the NATS client is the largest part
+  // of an idle daemon's heap that a broker without a bridge never uses.
+  const bridge: Bridge = config.bridge.enabled
+    ? (await import('./bridge/bridge.js')).createBridge(config.bridge, {
+        logger,
+        store: persistence,
+        // Imported messages enter as the broker's own publishes, numbered
+        // first: the store's taps and the QoS 0 publish event below see which
+        // message it is.
+        publish: (packet, register) => broker.publishOwn(packet, register),
+      })
+    : disabledBridge();
   const operations = createOperations(config, { broker, persistence, authorizer, bridge, storePath, logger });
   metrics = operations.metrics;
   const listeners: Listener[] = [];

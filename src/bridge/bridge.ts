@@ -29,6 +29,7 @@ import type { BridgeConfig } from '../config/schema.js';
 import { jittered, Sender, type SenderStats } from './sender.js';
 import { topicToSubject } from './subjects.js';
 import { Importer, type ImporterStats, type ImporterStore, type LocalPublish } from './importer.js';
+import { EMPTY_OUTBOX, NO_IMPORTS, NO_SENDS } from './disabled.js';
 
 export type BridgeState = 'disabled' | 'connecting' | 'connected' | 'disconnected' | 'misconfigured' | 'stopped';
 
@@ -373,10 +374,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       setState('stopped', undefined, left > 0 ? { outboxDepth: left } : {});
     },
     stats() {
-      const none: SenderStats = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0, inflight: 0 };
-      const emptyOutbox: OutboxStats = { depth: 0, bytes: 0, oldestAgeMs: 0, added: 0, removed: 0, droppedOldest: 0, droppedNew: 0, failedWrites: 0 };
-      const noImports: ImporterStats = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0, staleRetained: 0, expired: 0 };
-      return { state, problem, ...(sender?.stats() ?? none), ...(importer?.stats() ?? noImports), outbox: outbox?.stats() ?? emptyOutbox, unmappable, reconciled };
+      return { state, problem, ...(sender?.stats() ?? NO_SENDS), ...(importer?.stats() ?? NO_IMPORTS), outbox: outbox?.stats() ?? { ...EMPTY_OUTBOX }, unmappable, reconciled };
     },
   };
   return bridge;

@@ -58,6 +58,11 @@ function hookWriteToStream(): void {
   const require = createRequire(createRequire(import.meta.url).resolve('aedes'));
   const packetModule = require('mqtt-packet') as PacketModule;
   const original = packetModule.writeToStream;
+  // On its first write, mqtt-packet would build a table of all 65,536
+  // packet identifiers as two-byte Buffers (about 6.5 MB of heap, kept for
+  // the life of the process) to save one 2-byte allocation per identifier
+  // written. Off, an identifier costs that allocation instead.
+  original.cacheNumbers = false;
   const writeToStream = function writeToStream(packet: Record<string, unknown>, stream: object, options?: object): boolean {
     const writes = byStream.get(stream);
     if (writes === undefined || packet.cmd !== 'publish') return original(packet, stream, options);

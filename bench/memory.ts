@@ -1,0 +1,291 @@
+/**
+ * Memory: a broker's resident set when idle, and what each idle connection
+ * adds to it, for edgemqtt, Mosquitto and (when installed) nats-server's MQTT
+ * listener, every broker in the same run.
+ *
+ * Each round starts a fresh broker, waits for it to settle, samples
+ * /proc/PID/status (VmRSS, RssAnon, RssFile), then opens N idle MQTT 3.1.1
+ * clients over TCP (CONNECT with keepalive 60 s, clean session, CONNACK
+ * awaited), samples again, opens N more over WebSocket (kept alongside the TCP
+ * ones) and samples a third time. Per-connection cost = the RSS difference
+ * divided by N. A sample is the median of several reads a fraction of a
+ * second apart, taken after a settle time, because a garbage-collected heap
+ * grows and shrinks in steps. The figures printed are medians over the
+ * rounds, with their spread (min–max).
+ *
+ * edgemqtt runs as the CLI does in production (`node dist/bin/edgemqtt.js
+ * start --config FILE`), with the example config's defaults (metrics on,
+ * dashboard and admin API off, no bridge) on loopback ports, so that the
+ * figure is the one a user would see.
+ *
+ * Usage: npm run bench:memory
+ *   BENCH_MEMORY_CONNECTIONS=1000 (per transport)  BENCH_MEMORY_ROUNDS=3
+ *   BENCH_MEMORY_NODE_FLAGS="--max-semi-space-size=1" (extra node flags for edgemqtt, to compare)
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connectPacket, median, webSocketFrame, webSocketUpgradeRequest } from './common.js';
+import { findMosquitto, freePort, killChildren, startMosquitto } from './brokers.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '..', '..');
+const CONNECTIONS = Number(process.env.BENCH_MEMORY_CONNECTIONS ?? 1000);
+const ROUNDS = Number(process.env.BENCH_MEMORY_ROUNDS ?? 3);
+const EXTRA_NODE_FLAGS = (process.env.BENCH_MEMORY_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+const NATS_SERVER = process.env.BENCH_NATS_SERVER ?? '/usr/sbin/nats-server';
+const SETTLE_MS = 3000;
+
+interface Target {
+  name: string;
+  host: string;
+  tcpPort: number;
+  /** 0: no MQTT over WebSocket. */
+  wsPort: number;
+  wsPath: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+interface Sample {
+  rssKb: number;
+  anonKb: number;
+  fileKb: number;
+}
+
+interface Round {
+  idle: Sample;
+  tcp: Sample;
+  ws?: Sample;
+}
+
+function readStatus(pid: number): Sample {
+  const status = readFileSync(`/proc/${pid}/status`, 'latin1');
+  const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? 0);
+  return { rssKb: field('VmRSS'), anonKb: field('RssAnon'), fileKb: field('RssFile') };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** After SETTLE_MS, the median of 5 reads 200 ms apart. */
+async function settledSample(pid: number): Promise<Sample> {
+  await sleep(SETTLE_MS);
+  const reads: Sample[] = [];
+  for (let i = 0; i < 5; i++) {
+    reads.push(readStatus(pid));
+    await sleep(200);
+  }
+  return {
+    rssKb: median(reads.map((r) => r.rssKb)),
+    anonKb: median(reads.map((r) => r.anonKb)),
+    fileKb: median(reads.map((r) => r.fileKb)),
+  };
+}
+
+// ---------------------------------------------------------------- clients
+
+/** Resolves once the broker answered CONNECT with a CONNACK (first 4 bytes 0x20 0x02 x 0x00). */
+function openClient(target: Target, transport: 'tcp' | 'ws', id: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const port = transport === 'tcp' ? target.tcpPort : target.wsPort;
+    const socket = connect(port, target.host);
+    const packet = connectPacket(id);
+    let received = Buffer.alloc(0);
+    let upgraded = transport === 'tcp';
+    const timer = setTimeout(() => fail(new Error(`${target.name}: no CONNACK for ${id} within 10 s`)), 10_000);
+    const fail = (error: Error) => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(error);
+    };
+    socket.once('error', fail);
+    socket.once('connect', () => {
+      if (transport === 'tcp') socket.write(packet);
+      else socket.write(webSocketUpgradeRequest(target.host, port, target.wsPath));
+    });
+    socket.on('data', function onData(chunk: Buffer) {
+      received = Buffer.concat([received, chunk]);
+      if (!upgraded) {
+        const end = received.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        if (!received.subarray(0, 12).toString('latin1').includes(' 101')) return fail(new Error(`${target.name}: WebSocket upgrade refused`));
+        received = received.subarray(end + 4);
+        upgraded = true;
+        socket.write(webSocketFrame(packet));
+      }
+      // A server's frame is unmasked: a 2-byte header before the 4-byte CONNACK.
+      const connack = transport === 'tcp' ? received : received.subarray(2);
+      if (connack.length < 4) return;
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('error', fail);
+      // Idle from here on: nothing more is read or written.
+      socket.on('error', () => undefined);
+      if (connack[0] !== 0x20 || connack[3] !== 0) return fail(new Error(`${target.name}: CONNACK refused ${id}`));
+      resolve(socket);
+    });
+  });
+}
+
+/** Opens `count` clients, 50 at a time. */
+async function openClients(target: Target, transport: 'tcp' | 'ws', count: number, round: number): Promise<Socket[]> {
+  const sockets: Socket[] = [];
+  for (let start = 0; start < count; start += 50) {
+    const batch: Promise<Socket>[] = [];
+    for (let i = start; i < Math.min(count, start + 50); i++) batch.push(openClient(target, transport, `mem-${round}-${transport}-${i}`));
+    sockets.push(...(await Promise.all(batch)));
+  }
+  return sockets;
+}
+
+// ---------------------------------------------------------------- brokers
+
+function waitForPort(port: number, child: ChildProcess, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      if (child.exitCode !== null) return reject(new Error(`broker exited with ${child.exitCode}`));
+      const socket = connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve();
+      });
+      socket.once('error', () => {
+        if (Date.now() > deadline) reject(new Error(`nothing listens on ${port} after ${timeoutMs} ms`));
+        else setTimeout(attempt, 50);
+      });
+    };
+    attempt();
+  });
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill('SIGTERM');
+  });
+}
+
+async function startEdgemqttCli(dir: string): Promise<Target> {
+  const [tcpPort, wsPort] = [await freePort(), await freePort()];
+  const configFile = path.join(dir, 'edgemqtt.yaml');
+  writeFileSync(
+    configFile,
+    [
+      `dataDir: ${JSON.stringify(path.join(dir, 'data'))}`,
+      'log: { level: warn }',
+      `mqtt: { host: 127.0.0.1, port: ${tcpPort} }`,
+      `http: { host: 127.0.0.1, port: ${wsPort} }`,
+      // The benchmark opens every connection from one address.
+      'limits: { connectRatePerAddressPerSec: 0 }',
+      '',
+    ].join('\n'),
+  );
+  const bin = path.join(root, 'dist', 'bin', 'edgemqtt.js');
+  const child = spawn(process.execPath, [...EXTRA_NODE_FLAGS, bin, 'start', '--config', configFile], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForPort(tcpPort, child, 30_000);
+  await waitForPort(wsPort, child, 30_000);
+  return { name: 'edgemqtt', host: '127.0.0.1', tcpPort, wsPort, wsPath: '/mqtt', pid: child.pid ?? 0, stop: () => stopChild(child) };
+}
+
+async function startNatsMqtt(dir: string): Promise<Target> {
+  const [port, tcpPort] = [await freePort(), await freePort()];
+  const configFile = path.join(dir, 'nats.conf');
+  writeFileSync(
+    configFile,
+    [
+      'server_name: bench',
+      `listen: "127.0.0.1:${port}"`,
+      `jetstream { store_dir: ${JSON.stringify(path.join(dir, 'js'))} }`,
+      `mqtt { host: "127.0.0.1", port: ${tcpPort} }`,
+      '',
+    ].join('\n'),
+  );
+  const child = spawn(NATS_SERVER, ['-c', configFile], { stdio: ['ignore', 'ignore', 'ignore'] });
+  await waitForPort(tcpPort, child, 30_000);
+  return { name: 'nats-server', host: '127.0.0.1', tcpPort, wsPort: 0, wsPath: '', pid: child.pid ?? 0, stop: () => stopChild(child) };
+}
+
+async function startMosquittoTarget(binary: string, dir: string): Promise<Target> {
+  const running = await startMosquitto(binary, dir);
+  return { ...running.endpoint, stop: () => running.stop() };
+}
+
+async function measure(start: (dir: string) => Promise<Target>, round: number): Promise<Round> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'edgemqtt-bench-memory-'));
+  const target = await start(dir);
+  const open: Socket[] = [];
+  try {
+    const idle = await settledSample(target.pid);
+    open.push(...(await openClients(target, 'tcp', CONNECTIONS, round)));
+    const tcp = await settledSample(target.pid);
+    if (target.wsPort === 0) return { idle, tcp };
+    open.push(...(await openClients(target, 'ws', CONNECTIONS, round)));
+    const ws = await settledSample(target.pid);
+    return { idle, tcp, ws };
+  } finally {
+    for (const socket of open) socket.destroy();
+    await target.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------- report
+
+function spread(values: number[], digits: number): string {
+  const fmt = (v: number) => v.toFixed(digits);
+  return `${fmt(median(values))} (${fmt(Math.min(...values))}–${fmt(Math.max(...values))})`;
+}
+
+function report(name: string, rounds: Round[]): void {
+  const mb = (kb: number) => kb / 1024;
+  const perTcp = rounds.map((r) => (r.tcp.rssKb - r.idle.rssKb) / CONNECTIONS);
+  const perTcpAnon = rounds.map((r) => (r.tcp.anonKb - r.idle.anonKb) / CONNECTIONS);
+  const withWs = rounds.filter((r): r is Round & { ws: Sample } => r.ws !== undefined);
+  console.log(`${name}`);
+  console.log(`  idle RSS, MB                 ${spread(rounds.map((r) => mb(r.idle.rssKb)), 1)}`);
+  console.log(`  idle RssAnon / RssFile, MB   ${spread(rounds.map((r) => mb(r.idle.anonKb)), 1)} / ${spread(rounds.map((r) => mb(r.idle.fileKb)), 1)}`);
+  console.log(`  RSS with ${CONNECTIONS} TCP, MB        ${spread(rounds.map((r) => mb(r.tcp.rssKb)), 1)}`);
+  console.log(`  KB per idle TCP client       ${spread(perTcp, 1)}  (RssAnon ${spread(perTcpAnon, 1)})`);
+  if (withWs.length > 0) {
+    console.log(`  RSS with +${CONNECTIONS} WebSocket, MB ${spread(withWs.map((r) => mb(r.ws.rssKb)), 1)}`);
+    console.log(`  KB per idle WebSocket client ${spread(withWs.map((r) => (r.ws.rssKb - r.tcp.rssKb) / CONNECTIONS), 1)}  (RssAnon ${spread(withWs.map((r) => (r.ws.anonKb - r.tcp.anonKb) / CONNECTIONS), 1)})`);
+  } else {
+    console.log('  KB per idle WebSocket client n/a (no MQTT over WebSocket here)');
+  }
+}
+
+async function main(): Promise<void> {
+  const mosquitto = findMosquitto();
+  const targets: Array<[string, (dir: string) => Promise<Target>]> = [['edgemqtt', startEdgemqttCli]];
+  if (mosquitto) targets.push(['mosquitto', (dir) => startMosquittoTarget(mosquitto, dir)]);
+  if (existsSync(NATS_SERVER)) targets.push(['nats-server (MQTT)', startNatsMqtt]);
+  console.log(`memory: ${ROUNDS} rounds, ${CONNECTIONS} idle clients per transport, node ${process.version}${EXTRA_NODE_FLAGS.length ? `, edgemqtt node flags ${EXTRA_NODE_FLAGS.join(' ')}` : ''}`);
+  const results = new Map<string, Round[]>(targets.map(([name]) => [name, []]));
+  // Brokers take turns within a round, so that load from elsewhere on the machine falls on each alike.
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [name, start] of targets) results.get(name)!.push(await measure(start, round));
+  }
+  for (const [name, rounds] of results) report(name, rounds);
+  const edge = results.get('edgemqtt')!;
+  const mosq = results.get('mosquitto');
+  if (mosq) {
+    const ratio = (a: number[], b: number[]) => (median(a) / median(b)).toFixed(1);
+    console.log(`edgemqtt / mosquitto: idle RSS ${ratio(edge.map((r) => r.idle.rssKb), mosq.map((r) => r.idle.rssKb))}×`);
+  }
+}
+
+main()
+  .catch((error: unknown) => {
+    console.error('memory benchmark failed:', error);
+    process.exitCode = 1;
+  })
+  .finally(() => killChildren());
