@@ -240,7 +240,9 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       // Before the delivery rules: their per-client wrappers must run on top of the flow control's.
       limits.install(started);
       // Over the protocol guard's reads, under the connect hold's (limits.ts installs both).
-      if (config.broker.fastPublish) new FastPublish(started, { admitQoS0: (client, bytes) => limits.admitQoS0(client, bytes) });
+      if (config.broker.fastPublish) {
+        new FastPublish(started, { admitQoS0: (client, bytes) => limits.admitQoS0(client, bytes), taken: () => traffic.fastPathMessageIn() });
+      }
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);
       // PUBLISH packets really written to each client (traffic.ts), and what its parser refuses.

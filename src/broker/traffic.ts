@@ -54,6 +54,8 @@ export interface TrafficStats {
   messagesOut: PerQos;
   /** Their payload bytes. */
   bytesOut: PerQos;
+  /** Of messagesIn at QoS 0, those the fast path took past aedes (aedes-seam/fast-publish.ts). */
+  fastPathMessagesIn: number;
 }
 
 /** What else is known of why a client left: the clause or limit it broke, the error that ended it. */
@@ -89,6 +91,7 @@ export class Traffic {
   readonly #connects = new Map<string, ListenerProtocolCount>();
   readonly #disconnects = Object.fromEntries(DISCONNECT_REASONS.map((reason) => [reason, 0])) as Record<DisconnectReason, number>;
   readonly #messagesIn: PerQos = [0, 0, 0];
+  #fastPathMessagesIn = 0;
   readonly #bytesIn: PerQos = [0, 0, 0];
   readonly #messagesOut: PerQos = [0, 0, 0];
   readonly #bytesOut: PerQos = [0, 0, 0];
@@ -142,6 +145,11 @@ export class Traffic {
     }
   }
 
+  /** One more QoS 0 PUBLISH taken by the fast path (counted by messageIn as well). */
+  fastPathMessageIn(): void {
+    this.#fastPathMessagesIn++;
+  }
+
   messageOut(client: object, qos: 0 | 1 | 2, payloadBytes: number): void {
     this.#messagesOut[qos]++;
     this.#bytesOut[qos] += payloadBytes;
@@ -168,6 +176,7 @@ export class Traffic {
       bytesIn: [...this.#bytesIn],
       messagesOut: [...this.#messagesOut],
       bytesOut: [...this.#bytesOut],
+      fastPathMessagesIn: this.#fastPathMessagesIn,
     };
   }
 }

@@ -48,7 +48,7 @@
 import { createRequire } from 'node:module';
 import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
-import { clientTable, type ClientSubscription, type PublishVerdict } from './client.js';
+import type { ClientSubscription, PublishVerdict } from './client.js';
 import { publishWrites } from './packet-writes.js';
 import { encodePlainPublish, PLAIN_PUBLISH, plainTopic, remainingLength } from './publish-frames.js';
 import type { AedesSeam } from './seam.js';
@@ -98,6 +98,8 @@ export interface FastPublishOptions {
    * when it must be dropped (counted and reported there).
    */
   admitQoS0(client: Client, bytes: number): boolean;
+  /** Told of each message this path took. */
+  taken(): void;
 }
 
 /** aedes-packet, as aedes loads it: a subscriber's copy of a message on aedes' route. */
@@ -114,11 +116,10 @@ export class FastPublish {
   readonly #mq: MqEmitter;
   readonly #options: FastPublishOptions;
   #generation = 0;
+  #cachedGeneration = 0;
   readonly #matches = new Map<string, Matches>();
   /** The client (and its subscription) each mqemitter handler delivers to. */
   readonly #owners = new WeakMap<Handler, Target>();
-  /** Handlers found in no client's subscriptions, at the generation of the search. */
-  readonly #strangers = new WeakMap<Handler, number>();
   /** Per client: its PUBLISHes handed to aedes and not yet published by it. */
   readonly #handedToAedes = new WeakMap<object, number>();
 
@@ -139,6 +140,11 @@ export class FastPublish {
       this.#generation++;
       return removeListener(topic, handler, done);
     };
+    // A handler is known once its client's SUBSCRIBE is done (handlers/subscribe.js
+    // completeSubscribe), or its stored ones restored on CONNECT (handlers/connect.js
+    // restoreSubs, before registerClient emits 'client'); until then its messages go through aedes.
+    seam.aedes.on('client', (client) => this.#learn(client as unknown as FastClient));
+    seam.aedes.on('subscribe', (_subscriptions, client) => this.#learn(client as unknown as FastClient));
     seam.onPublished((client) => {
       const handed = this.#handedToAedes.get(client);
       if (handed !== undefined && handed > 0) this.#handedToAedes.set(client, handed - 1);
@@ -203,6 +209,7 @@ export class FastPublish {
       subscriber.conn.write(bytes);
       writes?.tap?.(0, payload.length);
     }
+    this.#options.taken();
     // After the deliveries, as aedes.js callPublished (the traffic counts, the bridge's export).
     this.#aedes.emit('publish', packet, client as unknown as Client);
     return true;
@@ -217,10 +224,15 @@ export class FastPublish {
   #match(topic: string): Matches {
     const cached = this.#matches.get(topic);
     if (cached !== undefined && cached.generation === this.#generation) return cached;
+    // Stale entries hold clients that may be gone: start over at each change of subscriptions.
+    if (this.#cachedGeneration !== this.#generation) {
+      this.#matches.clear();
+      this.#cachedGeneration = this.#generation;
+    }
     const matches: Matches = { generation: this.#generation, aedesOnly: false, targets: [] };
     const seen = new Set<FastClient>();
     for (const handler of this.#mq._matcher.match(topic)) {
-      const target = this.#owner(handler);
+      const target = this.#owners.get(handler);
       // A subscription of another kind, or a second one of the same client.
       if (target === undefined || seen.has(target.client)) {
         matches.aedesOnly = true;
@@ -235,24 +247,18 @@ export class FastPublish {
     return matches;
   }
 
-  #owner(handler: Handler): Target | undefined {
-    const known = this.#owners.get(handler);
-    if (known !== undefined) return known;
-    if (this.#strangers.get(handler) === this.#generation) return undefined;
-    // Learn every connected client's handlers at once: one search per change of subscriptions.
-    for (const client of Object.values(clientTable(this.#aedes))) {
-      if (client === undefined) continue;
-      const subscriptions = (client as unknown as FastClient).subscriptions;
-      for (const filter in subscriptions) {
-        const subscription = subscriptions[filter]!;
-        if (typeof subscription.func === 'function') {
-          this.#owners.set(subscription.func, { client: client as unknown as FastClient, subscription, handler: subscription.func });
-        }
+  /** Learns which client each of `client`'s subscription handlers delivers to. */
+  #learn(client: FastClient): void {
+    const subscriptions = client.subscriptions;
+    for (const filter in subscriptions) {
+      const subscription = subscriptions[filter]!;
+      const handler = subscription.func;
+      if (typeof handler === 'function' && this.#owners.get(handler)?.subscription !== subscription) {
+        this.#owners.set(handler, { client, subscription, handler });
       }
     }
-    const found = this.#owners.get(handler);
-    if (found === undefined) this.#strangers.set(handler, this.#generation);
-    return found;
+    // Matches remembered while these handlers were unknown went all to aedes.
+    this.#generation++;
   }
 }
 
