@@ -27,6 +27,7 @@ export function guestUnavailable(): string | false {
   for (const [command, pkg] of [
     ['systemd-nspawn', 'systemd-container'],
     ['nsenter', 'util-linux'],
+    ['setpriv', 'util-linux'],
     ['flock', 'util-linux'],
     ['dpkg-deb', 'dpkg'],
   ] as const) {
@@ -93,8 +94,14 @@ export class Guest {
     this.logPath = path.join(dir, 'nspawn.log');
     const log = createWriteStream(this.logPath);
     this.child = spawn(
-      'systemd-nspawn',
+      // setpriv execs systemd-nspawn with a parent-death signal: if the test
+      // process dies, however (a timeout's SIGKILL included), nspawn gets
+      // SIGTERM and powers the guest off. SIGKILL to nspawn would leave the
+      // guest's systemd running.
+      'setpriv',
       [
+        '--pdeathsig=SIGTERM',
+        'systemd-nspawn',
         '--quiet',
         `--directory=${root}`,
         `--machine=${name}`,
@@ -113,8 +120,8 @@ export class Guest {
     this.child.stdout!.pipe(log);
     this.child.stderr!.pipe(log);
     this.child.once('exit', () => (this.exited = true));
-    // A test process that dies without its teardown (a timeout) must not
-    // leave a guest behind: systemd-nspawn takes the guest with it.
+    // A test process that exits without its teardown must not leave a
+    // guest behind (the parent-death signal above covers a killed one).
     const killOnExit = () => this.kill();
     process.once('exit', killOnExit);
     t.teardown(async () => {
@@ -219,8 +226,20 @@ export class Guest {
     clearTimeout(timer);
   }
 
+  /**
+   * SIGKILL to the guest's PID 1 ends every process of its PID namespace;
+   * SIGKILL to systemd-nspawn alone would leave the guest running.
+   */
   private kill(): void {
-    if (!this.exited) this.child.kill('SIGKILL');
+    if (this.exited) return;
+    if (this.leader) {
+      try {
+        process.kill(this.leader, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    this.child.kill('SIGKILL');
   }
 }
 
