@@ -9,7 +9,7 @@
 # come with minbase. The test boots it with --volatile=overlay, so no run
 # changes it. The mirror is the one apt on this machine uses (deb.debian.org
 # where none is found); $EDGEMQTT_DEBIAN_MIRROR overrides it. Measured here: 50-73 s
-# and about 250 MB, on the first run only.
+# and about 210 MB, on the first run only.
 set -eu
 
 cache=${1:-/var/cache/edgemqtt-test}
