@@ -342,7 +342,10 @@ async function main(): Promise<void> {
         const broker = await contender.start(tempDir);
         console.log(`${scenario}: ${broker.version} (${contender.name})…`);
         try {
-          columns.set(contender.name, await run(broker));
+          const figures = await run(broker);
+          // A broker that died during the run leaves figures that only look like results.
+          if (processRssKb(broker.endpoint.pid) === 0) throw new Error('the broker process exited during the run (see its stderr above)');
+          columns.set(contender.name, figures);
         } catch (error) {
           failed++;
           console.error(`${scenario} against ${contender.name} failed: ${error instanceof Error ? error.message : String(error)}`);
