@@ -240,7 +240,9 @@ async function steady(broker: RunningBroker): Promise<Map<string, number | strin
   const delivered = sum(results.map((r) => r.delivered ?? 0));
   const expected = sum(results.map((r) => r.expected ?? 0));
   const deliveriesAll = sum(results.map((r) => r.deliveriesAll ?? 0));
-  const latency = (key: 'p50' | 'p99' | 'max') => Math.max(...results.map((r) => r.latencyMs?.[key] ?? Number.NaN));
+  // No measured message arrived at all (a broker far behind): no latency to show, only the loss.
+  const latency = (key: 'p50' | 'p99' | 'max') =>
+    Math.max(...results.map((r) => (r.latencyMs && r.latencyMs.count > 0 ? r.latencyMs[key] : Number.NaN)));
   return new Map<string, number | string>([
     ['clients connected', sum(results.map((r) => r.connected))],
     ['failures', mergeFailures(results) || 'none'],
