@@ -48,9 +48,20 @@ function waitForExit(child: ChildProcess, timeoutMs: number): Promise<void> {
   });
 }
 
-/** Runs a compiled bench script as a child with IPC. */
-export function forkScript(script: string, args: string[], execArgv: string[] = []): ChildProcess {
-  return track(fork(path.join(here, script), args, { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+/**
+ * Runs a compiled bench script as a child with IPC. With `fileLimit`, through
+ * `sh -c 'ulimit -n …; exec node …'`: the soft limit on open files is raised
+ * (up to the hard limit) for that child alone, never for the product.
+ */
+export function forkScript(script: string, args: string[], execArgv: string[] = [], fileLimit?: number): ChildProcess {
+  const file = path.join(here, script);
+  if (fileLimit === undefined) return track(fork(file, args, { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+  return track(spawn('sh', ['-c', raiseFileLimit(fileLimit), 'sh', process.execPath, ...execArgv, file, ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+}
+
+/** A shell script that raises the soft limit on open files to `limit` (or the hard limit, if lower), then execs its arguments. */
+function raiseFileLimit(limit: number): string {
+  return `ulimit -n ${Math.floor(limit)} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"`;
 }
 
 export interface EdgemqttOptions {
@@ -58,12 +69,17 @@ export interface EdgemqttOptions {
   variant?: string;
   /** Extra node flags for the broker process, e.g. --cpu-prof. */
   execArgv?: string[];
+  /** Raise the broker process's soft limit on open files to this (scale.ts). */
+  fileLimit?: number;
+  /** `limits` config section; by default only the connection rate is lifted (unlimited), everything else at its default. */
+  limits?: Record<string, unknown>;
 }
 
 export async function startEdgemqtt(options: EdgemqttOptions): Promise<RunningBroker> {
   const variantName = options.variant ?? 'daemon';
   const execArgv = [...(variantOf(variantName).nodeFlags ?? []), ...(options.execArgv ?? [])];
-  const child = forkScript('edgemqtt-server.js', [JSON.stringify({ dataDir: options.dataDir, variant: variantName })], execArgv);
+  const serverOptions = { dataDir: options.dataDir, variant: variantName, limits: options.limits };
+  const child = forkScript('edgemqtt-server.js', [JSON.stringify(serverOptions)], execArgv, options.fileLimit);
   const ready = await new Promise<{ tcpPort: number; wsPort: number; wsPath: string }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('edgemqtt did not start within 30 s')), 30_000);
     child.once('message', (message: { type?: string; tcpPort: number; wsPort: number; wsPath: string }) => {
@@ -146,7 +162,7 @@ async function waitForPort(port: number, child: ChildProcess, timeoutMs: number)
  * Nagle on, mosquitto's small writes wait for the peer's delayed ACK, which
  * would measure the TCP stack rather than the broker.
  */
-export async function startMosquitto(binary: string, tempDir: string, noDelay = true): Promise<RunningBroker> {
+export async function startMosquitto(binary: string, tempDir: string, noDelay = true, fileLimit?: number): Promise<RunningBroker> {
   const [tcpPort, wsPort] = [await freePort(), await freePort()];
   const configFile = path.join(tempDir, 'mosquitto.conf');
   writeFileSync(
@@ -173,7 +189,9 @@ export async function startMosquitto(binary: string, tempDir: string, noDelay = 
     const output = String((error as { stdout?: Buffer }).stdout ?? '');
     version = /mosquitto version [\d.]+/.exec(output)?.[0] ?? version;
   }
-  const child = track(spawn(binary, ['-c', configFile], { stdio: ['ignore', 'ignore', 'inherit'] }));
+  const command: [string, string[]] =
+    fileLimit === undefined ? [binary, ['-c', configFile]] : ['sh', ['-c', raiseFileLimit(fileLimit), 'sh', binary, '-c', configFile]];
+  const child = track(spawn(...command, { stdio: ['ignore', 'ignore', 'inherit'] }));
   await waitForPort(tcpPort, child, 10_000);
   await waitForPort(wsPort, child, 10_000);
   return {

@@ -223,12 +223,14 @@ export type PacketHandler = (type: number, buf: Buffer, bodyStart: number, bodyE
  * it works with reused read buffers (`onread`).
  */
 export class PacketReader {
-  #pending = Buffer.allocUnsafe(64 * 1024);
+  #pending: Buffer;
   #pendingLength = 0;
   readonly #onPacket: PacketHandler;
 
-  constructor(onPacket: PacketHandler) {
+  /** `initialBytes`: the first size of the aside buffer (it grows); small when there are thousands of clients (scale.ts). */
+  constructor(onPacket: PacketHandler, initialBytes = 64 * 1024) {
     this.#onPacket = onPacket;
+    this.#pending = Buffer.allocUnsafe(initialBytes);
   }
 
   push(chunk: Buffer, start: number, end: number): void {

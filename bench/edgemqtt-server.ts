@@ -17,9 +17,11 @@ interface ServerOptions {
   dataDir: string;
   /** A key of VARIANTS; `daemon` (default) is edgemqtt as shipped. */
   variant?: string;
+  /** The `limits` section; default: the connection rate lifted, see below. */
+  limits?: Record<string, unknown>;
 }
 
-async function startDaemon(dataDir: string): Promise<BenchServer> {
+async function startDaemon(dataDir: string, limits: Record<string, unknown> | undefined): Promise<BenchServer> {
   const daemon = await createDaemon({
     dataDir,
     log: { level: 'warn' },
@@ -27,7 +29,8 @@ async function startDaemon(dataDir: string): Promise<BenchServer> {
     http: { host: '127.0.0.1', port: 0 },
     // The load generator opens 100+ connections at once from one address,
     // scenario after scenario; everything else stays at its default.
-    limits: { connectRatePerAddressPerSec: 0 },
+    // (scale.ts passes {} to run the product's default limits.)
+    limits: limits ?? { connectRatePerAddressPerSec: 0 },
   });
   await daemon.start();
   const { mqtt, http } = daemon.addresses();
@@ -43,7 +46,7 @@ async function main(): Promise<void> {
   const options = JSON.parse(process.argv[2] ?? '{}') as ServerOptions;
   const variant = variantOf(options.variant ?? 'daemon');
   applyPatches(variant);
-  const server = variant.base === 'daemon' ? await startDaemon(options.dataDir) : await startBareAedes();
+  const server = variant.base === 'daemon' ? await startDaemon(options.dataDir, options.limits) : await startBareAedes();
 
   let stopping = false;
   const stop = async (): Promise<void> => {

@@ -79,7 +79,12 @@ t.test('per-listener limits: mqtt.maxConnections and http.websocket.maxConnectio
 
 t.test('limits.connectRatePerAddressPerSec and connectBurstPerAddress, shared by TCP and WebSocket', async (t) => {
   const logs = captureLogs();
-  const daemon = await startDaemon(t, { limits: { connectBurstPerAddress: 4, connectRatePerAddressPerSec: 2 } }, { logger: logs.logger });
+  // Loopback is exempt by default (connect-rate-exempt.test.ts); the test's clients are on it.
+  const daemon = await startDaemon(
+    t,
+    { limits: { connectBurstPerAddress: 4, connectRatePerAddressPerSec: 2, connectRateExemptLoopback: false } },
+    { logger: logs.logger },
+  );
   const burst: string[] = [];
   for (let i = 0; i < 3; i++) burst.push(await tcpConnect(t, daemon, `burst-${i}`));
   const ws = await upgrade(t, daemon.wsUrl);

@@ -18,6 +18,7 @@ import type { AedesOptions, Client, Subscription } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
+import { createAddressMatcher, LOOPBACK_RANGES } from '../util/address-list.js';
 import { connackAccepted, disconnectWithReason, onDrainTimeout, subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
 import { FlowControl, type ClientFlow, type ClaimOutgoing, type DiscardOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
 import { CONNECT, DISCONNECT, guardConnection, MQTT_MAX_STRING_BYTES, PUBACK, PUBCOMP, PUBREC, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
@@ -30,7 +31,7 @@ export type LimitName =
   | 'maxConnections'
   /** mqtt.maxConnections, tls.maxConnections, http.websocket.maxConnections */
   | 'listenerMaxConnections'
-  /** limits.connectRatePerAddressPerSec / connectBurstPerAddress */
+  /** limits.connectRatePerAddressPerSec / connectBurstPerAddress (not for connectRateExempt* addresses) */
   | 'connectRate'
   /** broker.connectTimeoutSec */
   | 'connectTimeout'
@@ -165,6 +166,13 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
   let violations = 0;
   let openConnections = 0;
   const buckets = new Map<string, Bucket>();
+  // Many clients behind one address (a local or reverse proxy, a NAT) would
+  // share one bucket: after a broker restart their reconnect storm would be
+  // refused for minutes. These addresses count against maxConnections only.
+  const rateExempt = createAddressMatcher([
+    ...(settings.connectRateExemptLoopback ? LOOPBACK_RANGES : []),
+    ...settings.connectRateExemptAddresses,
+  ]);
   // Subscriptions granted but maybe not yet in client.subscriptions (aedes adds them asynchronously).
   const reservedFilters = new WeakMap<Client, Set<string>>();
   const flows = new WeakMap<Client, ClientFlow>();
@@ -362,7 +370,7 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
         hit('maxConnections', { listener, remote: remoteAddress, maxConnections: settings.maxConnections });
         return { limit: 'maxConnections', reason: `the broker holds limits.maxConnections (${settings.maxConnections}) connections` };
       }
-      if (!takeConnectToken(remoteAddress ?? 'unknown')) {
+      if (!rateExempt.has(remoteAddress) && !takeConnectToken(remoteAddress ?? 'unknown')) {
         hit('connectRate', {
           listener,
           remote: remoteAddress,

@@ -12,6 +12,7 @@ import { secret } from './keys.js';
 import { persistenceDefaults } from '../persistence/options.js';
 import { LOG_LEVELS } from '../observability/logger.js';
 import { bridgeSchema } from './bridge-schema.js';
+import { parseAddressRange } from '../util/address-list.js';
 
 const port = (what: string) =>
   z.number().int().min(0).max(65535).describe(`${what} TCP port (0 picks a free port)`);
@@ -204,6 +205,12 @@ const httpListener = z
 /** aedes and qlobber cannot match topics of more levels than this. */
 export const MAX_TOPIC_LEVELS = 100;
 
+/** One entry of an address list: an IPv4 or IPv6 address or CIDR range, refused with its reason. */
+const addressRange = z.string().superRefine((entry, ctx) => {
+  const range = parseAddressRange(entry);
+  if (typeof range === 'string') ctx.addIssue({ code: 'custom', message: `not an IP address or CIDR range: ${range}` });
+});
+
 const limits = z
   .strictObject({
     maxConnections: z
@@ -223,6 +230,20 @@ const limits = z
       .min(1)
       .default(100)
       .describe('New connections one source address may open in a burst before connectRatePerAddressPerSec applies'),
+    connectRateExemptLoopback: z
+      .boolean()
+      .default(true)
+      .describe(
+        'Connections from loopback (127.0.0.0/8, ::1, also IPv4-mapped) are not held to connectRatePerAddressPerSec: ' +
+          'a local reverse proxy or WebSocket gateway carries many clients on one address',
+      ),
+    connectRateExemptAddresses: z
+      .array(addressRange)
+      .default([])
+      .describe(
+        'Source addresses or CIDR ranges (IPv4 or IPv6, e.g. 10.0.0.5, 10.1.0.0/16, fd00::/8) not held to ' +
+          'connectRatePerAddressPerSec: reverse proxies and NAT gateways that carry many clients; limits.maxConnections still applies',
+      ),
     maxTopicLengthBytes: z
       .number()
       .int()
