@@ -20,6 +20,7 @@ import type { Aedes, Client } from 'aedes';
 import { onParseError, onPublishWritten, onTakeover } from '../src/broker/aedes-seam/index.js';
 import type { Packet } from 'mqtt-packet';
 import { openClient } from './helpers/mqtt.js';
+import { floodEmitter } from './helpers/emitter-flood.js';
 import { connect, publish, subscribe, unsubscribe, packet, u16 } from './helpers/packets.js';
 import {
   connectPacket,
@@ -519,4 +520,13 @@ t.test(`aedes ${V} still writes every PUBLISH through mqtt-packet's writeToStrea
   const before = await again.connectAndPing(connectPacket('reader', 4, { clean: false }));
   t.same(payloads(before), ['a', 'b'], 'the unacknowledged live message and the stored one, resent');
   t.same(written, [1, 1, 1], 'the live message, then both resent, each seen at QoS 1');
+});
+
+t.test(`aedes ${V} still drains its message bus queue recursively, a long one exhausting the stack, mcollina/mqemitter#204 (corrected in src/broker/aedes-seam/emitter-depth.ts)`, async (t) => {
+  const { Aedes } = await import('aedes');
+  const aedes = new Aedes();
+  t.teardown(() => new Promise<void>((resolve) => aedes.close(() => resolve())));
+  const { completed, total, error } = await floodEmitter(aedes);
+  t.type(error, RangeError, 'the drain threw RangeError (call stack size exceeded)');
+  t.ok(completed < total, `and left messages undone (${completed} of ${total})`);
 });

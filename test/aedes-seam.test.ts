@@ -11,6 +11,7 @@ import { AEDES_VERSION, AedesSeam, checkAedesVersion, installedAedesVersion, typ
 import { EdgeMqttError } from '../src/errors.js';
 import { startDaemon } from './helpers/daemon.js';
 import { eventually, openClient } from './helpers/mqtt.js';
+import { floodEmitter } from './helpers/emitter-flood.js';
 
 t.test('aedes is pinned to the version the seam was written for', async (t) => {
   const manifest = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { dependencies: Record<string, string> };
@@ -98,4 +99,12 @@ t.test('a refused PUBLISH closes the connection without an acknowledgement', asy
   await closed;
   t.equal(acknowledged, false, 'no PUBACK');
   t.same(published, [], 'nothing published');
+});
+
+t.test('a long queue on aedes\' message bus drains without exhausting the stack, every message completed', async (t) => {
+  const seam = new AedesSeam({}, () => 'allow');
+  t.teardown(() => new Promise<void>((resolve) => seam.aedes.close(() => resolve())));
+  const { completed, total, error } = await floodEmitter(seam.aedes);
+  t.equal(error, undefined, 'no error while draining');
+  t.equal(completed, total, `all ${total} messages completed`);
 });

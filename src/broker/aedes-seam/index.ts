@@ -38,6 +38,11 @@
  *   handlers/connect.js): session expiry and delayed wills with the store
  *   as the authority, and Clean Start 0 resuming the stored session
  *   whatever its new Session Expiry (sessions.ts).
+ * - `conn.read` again, above the guard and under the connect hold, and
+ *   `aedes.mq` (mqemitter's `on`, `removeListener`, `_matcher`): the QoS 0
+ *   fast path (fast-publish.ts, which lists what else of aedes it reads).
+ * - `aedes.mq._do` (mqemitter 7.1.0): its queue drained without unbounded
+ *   recursion (emitter-depth.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).

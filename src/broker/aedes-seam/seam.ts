@@ -8,6 +8,7 @@ import { Aedes, type AedesOptions, type Client, type PublishPacket } from 'aedes
 import { checkAedesVersion, installedAedesVersion } from './version.js';
 import { freeSubscriptionMap, type ConnectionHook, type PublishPolicy, type PublishVerdict } from './client.js';
 import { withoutWillDelay } from './sessions.js';
+import { boundEmitterRecursion } from './emitter-depth.js';
 
 type Callback = (error?: Error | null) => void;
 type Publish = (packet: object, client?: Client | null | Callback, done?: Callback) => void;
@@ -135,6 +136,8 @@ export class AedesSeam {
       // publishWill and _clearWills both publish through here.
       publish.call(aedes, withoutWillDelay(packet), client, done);
     };
+
+    boundEmitterRecursion((aedes as unknown as { mq: object }).mq);
 
     const hooks = this.#connectionHooks;
     const handle = aedes.handle;
