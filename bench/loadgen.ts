@@ -221,8 +221,9 @@ async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
   const batches = packets.map((packet) => Buffer.concat(new Array<Buffer>(window).fill(packet)));
   const idOffset = publishIdOffset(packets[0] as Buffer);
   const nextId = new Int32Array(pubCount);
-  // QoS 0: refill only once a quarter of the window is free, so writes stay large.
-  const lowWater = qos === 0 ? Math.max(1, Math.floor(window / 4)) : 1;
+  // Refill only once a quarter of the window (QoS 1: of the PUBACK window) is
+  // free, so writes stay large: one write per publisher per refill, not per message.
+  const lowWater = Math.max(1, Math.floor((qos === 0 ? window : Math.min(window, spec.inflight)) / 4));
   const pubClients: Client[] = [];
 
   const slowest = (p: number): number => {
@@ -240,7 +241,8 @@ async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
     let free = window - inFlight;
     // QoS 1: the publisher's own flow control, PUBLISHes not yet PUBACKed.
     if (qos === 1) free = Math.min(free, spec.inflight - (unacked[p] as number));
-    if (free <= 0 || (free < lowWater && inFlight > 0)) return;
+    const waiting = qos === 0 ? inFlight : (unacked[p] as number);
+    if (free <= 0 || (free < lowWater && waiting > 0)) return;
     let bytes: Buffer;
     if (qos === 0) {
       bytes = (batches[p] as Buffer).subarray(0, free * packetLength);
@@ -266,8 +268,16 @@ async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
       });
     }
   };
+  // Every read of the event-loop turn may free room; refill once, after them all.
+  let pumpScheduled = false;
   const pumpAll = (): void => {
+    pumpScheduled = false;
     for (let p = 0; p < pubCount; p++) pump(p);
+  };
+  const schedulePumps = (): void => {
+    if (pumpScheduled) return;
+    pumpScheduled = true;
+    setImmediate(pumpAll);
   };
 
   const subscribers = await Promise.all(
@@ -301,7 +311,7 @@ async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
           client.send(Buffer.from(acks.subarray(0, ackLength)));
           ackLength = 0;
         }
-        pumpAll();
+        schedulePumps();
       };
       return openClient(
         endpoint,
@@ -326,7 +336,7 @@ async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
         (type) => {
           if (type === PACKET_PUBACK) unacked[p] = (unacked[p] as number) - 1;
         },
-        () => pump(p),
+        schedulePumps,
         undefined,
         16 * 1024,
       ),
