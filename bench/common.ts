@@ -129,8 +129,9 @@ export interface LoadResult {
   brokerRssKb: number;
   /** Socket reads by the subscribers in the measured interval (deliveries per read shows batching). */
   subscriberReads: number;
-  /** Deliveries that never arrived (timed out), over the whole run. */
+  /** Deliveries that never arrived, over the whole run (throughput: within 5 s of the last publish). */
   lost: number;
+  /** Latency: the run hit its timeout. Throughput: nothing was delivered in the measured interval (stalled). */
   timedOut: boolean;
   latency?: LatencyStats;
 }
