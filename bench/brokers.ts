@@ -3,7 +3,7 @@
  * every child so that nothing outlives the benchmark.
  */
 import { fork, spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, writeFileSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +17,8 @@ export interface RunningBroker {
   endpoint: BrokerEndpoint;
   /** Version string for the report. */
   version: string;
+  /** Why this broker cannot serve clients at MQTT protocol `level`; undefined when it can. */
+  unsupported?(level: 4 | 5): string | undefined;
   stop(): Promise<void>;
 }
 
@@ -106,11 +108,20 @@ export async function startEdgemqtt(options: EdgemqttOptions): Promise<RunningBr
 
 /** The mosquitto binary: $BENCH_MOSQUITTO, else on PATH or in /usr/sbin; null if absent. */
 export function findMosquitto(): string | null {
+  return findBinary('mosquitto', process.env.BENCH_MOSQUITTO);
+}
+
+/** The nats-server binary: $BENCH_NATS_SERVER, else on PATH or in /usr/sbin; null if absent. */
+export function findNatsServer(): string | null {
+  return findBinary('nats-server', process.env.BENCH_NATS_SERVER);
+}
+
+function findBinary(name: string, override: string | undefined): string | null {
   const candidates = [
-    process.env.BENCH_MOSQUITTO,
-    ...(process.env.PATH ?? '').split(':').map((dir) => path.join(dir, 'mosquitto')),
-    '/usr/sbin/mosquitto',
-    '/usr/local/sbin/mosquitto',
+    override,
+    ...(process.env.PATH ?? '').split(':').map((dir) => path.join(dir, name)),
+    `/usr/sbin/${name}`,
+    `/usr/local/sbin/${name}`,
   ];
   for (const candidate of candidates) {
     if (!candidate) continue;
@@ -136,10 +147,10 @@ export function freePort(): Promise<number> {
   });
 }
 
-async function waitForPort(port: number, child: ChildProcess, timeoutMs: number): Promise<void> {
+async function waitForPort(port: number, child: ChildProcess, timeoutMs: number, name = 'mosquitto'): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`mosquitto exited with ${child.exitCode}`);
+    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}`);
     const open = await new Promise<boolean>((resolve) => {
       const socket = connect(port, '127.0.0.1');
       socket.once('connect', () => {
@@ -149,7 +160,7 @@ async function waitForPort(port: number, child: ChildProcess, timeoutMs: number)
       socket.once('error', () => resolve(false));
     });
     if (open) return;
-    if (Date.now() > deadline) throw new Error(`mosquitto did not listen on ${port} within ${timeoutMs} ms`);
+    if (Date.now() > deadline) throw new Error(`${name} did not listen on ${port} within ${timeoutMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
@@ -157,10 +168,17 @@ async function waitForPort(port: number, child: ChildProcess, timeoutMs: number)
 /**
  * Mosquitto with its defaults, except: loopback listeners for MQTT over TCP
  * and over WebSocket, anonymous access, no persistence file, errors and
- * warnings only on stderr, and `set_tcp_nodelay true` (unless `noDelay` is
+ * warnings only on stderr, `set_tcp_nodelay true` (unless `noDelay` is
  * false): edgemqtt disables Nagle's algorithm on every MQTT socket, and with
  * Nagle on, mosquitto's small writes wait for the peer's delayed ACK, which
- * would measure the TCP stack rather than the broker.
+ * would measure the TCP stack rather than the broker; and `max_queued_messages 0`
+ * (no limit): Mosquitto 2.0.11 logged "Outgoing messages are being dropped"
+ * and dropped QoS 1 deliveries to the subscriber of the qos1 row once about
+ * max_queued_messages of them had been delivered in total (after ~1,000 at its
+ * default, ~100,000 with the limit at 100,000), though the closed loop never
+ * has more than 10 × 100 outstanding: its per-client count evidently does
+ * not come down as the subscriber PUBACKs, and the dropped messages stalled
+ * their publishers.
  */
 export async function startMosquitto(binary: string, tempDir: string, noDelay = true, fileLimit?: number): Promise<RunningBroker> {
   const [tcpPort, wsPort] = [await freePort(), await freePort()];
@@ -177,6 +195,7 @@ export async function startMosquitto(binary: string, tempDir: string, noDelay = 
       'log_type error',
       'log_type warning',
       'connection_messages false',
+      'max_queued_messages 0',
       ...(noDelay ? ['set_tcp_nodelay true'] : []),
       '',
     ].join('\n'),
@@ -197,6 +216,53 @@ export async function startMosquitto(binary: string, tempDir: string, noDelay = 
   return {
     endpoint: { name: 'mosquitto', host: '127.0.0.1', tcpPort, wsPort, wsPath: '/mqtt', pid: child.pid ?? 0 },
     version,
+    async stop() {
+      child.kill('SIGTERM');
+      await waitForExit(child, 10_000);
+    },
+  };
+}
+
+/**
+ * nats-server's MQTT listener with its defaults: MQTT needs a server name and
+ * JetStream (sessions and QoS 1 messages live in JetStream streams; here in a
+ * temp store dir), and MQTT over WebSocket is served on the websocket
+ * listener at /mqtt (since nats-server 2.7). All on loopback, no TLS, no
+ * auth; logs go to a file in the temp dir. nats-server 2.9 speaks MQTT 3.1.1
+ * only (no MQTT 5) and treats QoS 2 as QoS 1.
+ */
+export async function startNatsServer(binary: string, tempDir: string): Promise<RunningBroker> {
+  const dir = mkdtempSync(path.join(tempDir, 'nats-'));
+  const [clientPort, tcpPort, wsPort] = [await freePort(), await freePort(), await freePort()];
+  const configFile = path.join(dir, 'nats.conf');
+  writeFileSync(
+    configFile,
+    [
+      'server_name: bench',
+      `listen: "127.0.0.1:${clientPort}"`,
+      `jetstream { store_dir: ${JSON.stringify(path.join(dir, 'js'))} }`,
+      `mqtt { host: "127.0.0.1", port: ${tcpPort} }`,
+      `websocket { host: "127.0.0.1", port: ${wsPort}, no_tls: true }`,
+      `log_file: ${JSON.stringify(path.join(dir, 'nats.log'))}`,
+      '',
+    ].join('\n'),
+  );
+  let version = 'nats-server';
+  try {
+    // Prints "nats-server: v2.9.10".
+    const output = execFileSync(binary, ['--version'], { stdio: 'pipe' }).toString();
+    const match = /v(\d[\d.]*)/.exec(output);
+    if (match) version = `nats-server ${match[1]}`;
+  } catch {
+    // keep the bare name
+  }
+  const child = track(spawn(binary, ['-c', configFile], { stdio: ['ignore', 'ignore', 'inherit'] }));
+  await waitForPort(tcpPort, child, 15_000, 'nats-server');
+  await waitForPort(wsPort, child, 15_000, 'nats-server');
+  return {
+    endpoint: { name: 'nats-server', host: '127.0.0.1', tcpPort, wsPort, wsPath: '/mqtt', pid: child.pid ?? 0 },
+    version,
+    unsupported: (level) => (level === 5 ? `${version} speaks MQTT 3.1.1 only` : undefined),
     async stop() {
       child.kill('SIGTERM');
       await waitForExit(child, 10_000);

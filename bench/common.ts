@@ -38,19 +38,26 @@ export interface ThroughputSpec {
   kind: 'throughput';
   endpoint: BrokerEndpoint;
   protocol: ClientProtocol;
+  /** TCP publisher connections, each on its own topic (publisherTopic). */
+  publishers: number;
   /** Subscriber connections; every one receives every message. */
   subscribers: number;
   subTransport: Transport;
-  /** Messages published before the measurement starts (JIT warm-up). */
-  warmupMessages: number;
-  /** Messages published while measuring. */
-  messages: number;
+  /** QoS of the PUBLISHes and of the subscription; at 1 the subscribers PUBACK every delivery. */
+  qos: 0 | 1;
   /**
-   * Published messages not yet received by the slowest subscriber. The
-   * publisher keeps the broker saturated but never further ahead than this,
-   * so no broker has to queue (or may drop) an unbounded backlog.
+   * Per publisher: messages published but not yet received by the slowest
+   * subscriber. Each publisher keeps the broker saturated but never further
+   * ahead than this (closed loop), so no broker has to queue (or may drop) an
+   * unbounded backlog.
    */
   window: number;
+  /** QoS 1: PUBLISHes a publisher may have without a PUBACK; the publisher's own flow control. */
+  inflight: number;
+  /** Load before the measurement starts (JIT warm-up, buffers grown). */
+  warmupMs: number;
+  /** The measured interval. */
+  measureMs: number;
   /**
    * 0: subscribers read as soon as data arrives. N > 0: after a read a
    * subscriber socket pauses until the next N ms tick, so each read takes a
@@ -59,7 +66,20 @@ export interface ThroughputSpec {
    * broker under test.
    */
   readPacingMs: number;
+  /** Size of each subscriber's read buffer: the most one read takes. */
+  readBufferBytes: number;
   payloadBytes: number;
+  timeoutMs: number;
+}
+
+/** Opens `connections` idle MQTT connections (CONNECT, CONNACK) and keeps them until told to stop. */
+export interface IdleSpec {
+  kind: 'idle';
+  endpoint: BrokerEndpoint;
+  protocol: ClientProtocol;
+  connections: number;
+  /** Connections opened at once. */
+  concurrency: number;
   timeoutMs: number;
 }
 
@@ -78,6 +98,12 @@ export interface LatencySpec {
 }
 
 export type LoadSpec = ThroughputSpec | LatencySpec;
+
+/** What the load generator reports once an IdleSpec's connections are all open. */
+export interface IdleResult {
+  connected: number;
+  elapsedMs: number;
+}
 
 export interface LatencyStats {
   count: number;
@@ -103,14 +129,27 @@ export interface LoadResult {
   brokerRssKb: number;
   /** Socket reads by the subscribers in the measured interval (deliveries per read shows batching). */
   subscriberReads: number;
-  /** Deliveries that never arrived (timed out), over the whole run. */
+  /** Deliveries that never arrived, over the whole run (throughput: within 5 s of the last publish). */
   lost: number;
+  /** Latency: the run hit its timeout. Throughput: nothing was delivered in the measured interval (stalled). */
   timedOut: boolean;
   latency?: LatencyStats;
 }
 
 export const TOPIC = 'bench/line1/temp';
 export const FILTER = 'bench/#';
+
+/** Publisher `index`'s topic: TOPIC and a two-digit index, so a subscriber tells publishers apart by two bytes. */
+export function publisherTopic(index: number): string {
+  if (index < 0 || index > 99) throw new Error(`publisher index ${index} out of 0..99`);
+  return `${TOPIC}/${String(index).padStart(2, '0')}`;
+}
+
+/** The publisher index of a received PUBLISH whose body starts at `bodyStart` (see publisherTopic). */
+export function publisherOf(buf: Buffer, bodyStart: number): number {
+  const topicEnd = bodyStart + 2 + buf.readUInt16BE(bodyStart);
+  return ((buf[topicEnd - 2] as number) - 48) * 10 + ((buf[topicEnd - 1] as number) - 48);
+}
 
 // ---------------------------------------------------------------- /proc CPU
 
@@ -148,10 +187,10 @@ export function connectPacket(clientId: string, level: ClientProtocol['level'] =
   return generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: level, clean: true, clientId, keepalive: 0 });
 }
 
-export function subscribePacket(filter: string, level: ClientProtocol['level'] = 4): Buffer {
-  // In v5 the byte after the filter is Subscription Options (3.8.3.1): QoS 0 and
+export function subscribePacket(filter: string, level: ClientProtocol['level'] = 4, qos: 0 | 1 = 0): Buffer {
+  // In v5 the byte after the filter is Subscription Options (3.8.3.1): the QoS and
   // No Local, Retain As Published and Retain Handling at 0, as mqtt.js sends by default.
-  const subscription = level === 5 ? { topic: filter, qos: 0 as const, nl: false, rap: false, rh: 0 } : { topic: filter, qos: 0 as const };
+  const subscription = level === 5 ? { topic: filter, qos, nl: false, rap: false, rh: 0 } : { topic: filter, qos };
   return generate({ cmd: 'subscribe', messageId: 1, subscriptions: [subscription] }, { protocolVersion: level });
 }
 
@@ -166,11 +205,33 @@ export const TYPICAL_PUBLISH_PROPERTIES = {
   userProperties: { source: 'bench-sensor' },
 };
 
-export function publishPacket(topic: string, payload: Buffer, protocol: ClientProtocol = { level: 4, properties: false }): Buffer {
+/**
+ * A PUBLISH; at QoS 1 with Packet Identifier 1, to be overwritten per send at
+ * publishIdOffset.
+ */
+export function publishPacket(
+  topic: string,
+  payload: Buffer,
+  protocol: ClientProtocol = { level: 4, properties: false },
+  qos: 0 | 1 = 0,
+): Buffer {
   const properties = protocol.level === 5 && protocol.properties ? TYPICAL_PUBLISH_PROPERTIES : undefined;
   // v5 without properties: one Property Length byte of 0 (3.3.2.3.1).
-  return generate({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false, properties }, { protocolVersion: protocol.level });
+  const messageId = qos > 0 ? 1 : undefined;
+  return generate({ cmd: 'publish', topic, payload, qos, messageId, retain: false, dup: false, properties }, { protocolVersion: protocol.level });
 }
+
+/** Where publishPacket's Packet Identifier lies: right after the topic name (3.3.2.2). */
+export function publishIdOffset(packet: Buffer): number {
+  // Fixed header: one type byte, then a Remaining Length of 1–4 bytes.
+  let index = 1;
+  while (((packet[index] as number) & 0x80) !== 0) index++;
+  const bodyStart = index + 1;
+  return bodyStart + 2 + packet.readUInt16BE(bodyStart);
+}
+
+/** PUBACK for `id`: the four-byte form, valid in 3.1.1 and in v5 (Reason Code 0 may be omitted, 3.4.2.1). */
+export const PUBACK_BYTES = 4;
 
 export function disconnectPacket(level: ClientProtocol['level'] = 4): Buffer {
   // v5: mqtt-packet writes Reason Code 0 (normal disconnection) and an empty property set;
@@ -184,8 +245,9 @@ export function disconnectPacket(level: ClientProtocol['level'] = 4): Buffer {
  * length without decoding them (3.3.2.3.1). A few byte reads per message,
  * as cheap as the 3.1.1 case.
  */
-export function publishPayloadStart(buf: Buffer, bodyStart: number, level: ClientProtocol['level']): number {
-  let index = bodyStart + 2 + buf.readUInt16BE(bodyStart);
+export function publishPayloadStart(buf: Buffer, bodyStart: number, level: ClientProtocol['level'], qos = 0): number {
+  // QoS > 0: a two-byte Packet Identifier follows the topic name (3.3.2.2).
+  let index = bodyStart + 2 + buf.readUInt16BE(bodyStart) + (qos > 0 ? 2 : 0);
   if (level === 5) {
     // Property Length is a Variable Byte Integer of at most four bytes.
     let length = 0;
@@ -212,10 +274,15 @@ export function subackCode(buf: Buffer, bodyEnd: number): number {
 
 export const PACKET_CONNACK = 2;
 export const PACKET_PUBLISH = 3;
+export const PACKET_PUBACK = 4;
 export const PACKET_SUBACK = 9;
 
-/** Called per MQTT packet with its type and where its body lies in `buf` (valid only during the call). */
-export type PacketHandler = (type: number, buf: Buffer, bodyStart: number, bodyEnd: number) => void;
+/**
+ * Called per MQTT packet with its type, where its body lies in `buf` (valid
+ * only during the call) and the fixed header's flag bits (for PUBLISH: DUP,
+ * QoS, RETAIN, 3.3.1).
+ */
+export type PacketHandler = (type: number, buf: Buffer, bodyStart: number, bodyEnd: number, flags: number) => void;
 
 /**
  * Splits an MQTT byte stream into packets by their fixed headers. Bytes of a
@@ -260,7 +327,8 @@ export class PacketReader {
         }
       }
       if (!complete || cursor + remaining > length) break;
-      this.#onPacket((buf[index] as number) >> 4, buf, cursor, cursor + remaining);
+      const first = buf[index] as number;
+      this.#onPacket(first >> 4, buf, cursor, cursor + remaining, first & 0x0f);
       index = cursor + remaining;
     }
     const rest = length - index;

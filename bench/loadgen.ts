@@ -1,43 +1,57 @@
 /**
  * The load generator: a child process that runs one scenario against one
- * broker and reports a LoadResult over IPC, then exits.
+ * broker and reports a LoadResult over IPC, then exits (an idle run reports
+ * once its connections are open and keeps them until the orchestrator
+ * disconnects).
  *
  * Usage (by run.ts): fork('loadgen.js', [JSON.stringify(spec)]).
  *
- * Publisher and subscribers live in this one process on raw sockets: the
- * publisher writes slices of one pre-generated buffer of PUBLISH packets, the
- * subscribers read into a reused buffer (`onread`) and only walk fixed headers.
+ * Publishers and subscribers live in this one process on raw sockets: each
+ * publisher writes slices of one pre-generated buffer of PUBLISH packets (at
+ * QoS 1 a copy with fresh Packet Identifiers), and the subscribers read into
+ * one large reused buffer per socket (`onread`: a read takes everything the
+ * kernel holds, up to the buffer's size, never one packet per syscall) and
+ * only walk fixed headers and the two topic bytes that name the publisher.
  * Clients speak MQTT 3.1.1 or 5.0 as the spec says; the per-message work is
  * the same for both (v5 only adds a property length to skip when the latency
  * run reads its timestamp), so v5 rows do not measure a slower load generator.
  * Keeping both ends in one process lets the throughput runs keep a bounded
- * window of messages in flight (lossless, no unbounded broker queues) and the
- * latency run compare timestamps on one clock. Its CPU time is reported next
- * to the broker's so a saturated load generator is visible.
+ * window of messages in flight per publisher (closed loop, lossless, no
+ * unbounded broker queues) and the latency run compare timestamps on one
+ * clock; on a 2-core machine the broker takes one core and this process the
+ * other. Its CPU time is reported next to the broker's so a saturated load
+ * generator is visible.
  */
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   connectPacket,
   disconnectPacket,
   FILTER,
   PACKET_CONNACK,
+  PACKET_PUBACK,
   PACKET_PUBLISH,
   PACKET_SUBACK,
   PacketReader,
   percentile,
+  publishIdOffset,
+  publisherOf,
+  publisherTopic,
   publishPayloadStart,
   processCpuMs,
   processRssKb,
   publishPacket,
+  PUBACK_BYTES,
   subackCode,
   subscribePacket,
-  TOPIC,
   WebSocketReader,
   webSocketFrame,
   webSocketUpgradeRequest,
   type BrokerEndpoint,
   type ClientProtocol,
+  type IdleResult,
+  type IdleSpec,
   type LatencySpec,
   type LoadResult,
   type LoadSpec,
@@ -98,6 +112,7 @@ function openClient(
   afterRead: () => void,
   filter?: string,
   readBufferBytes = 64 * 1024,
+  qos: 0 | 1 = 0,
 ): Promise<Client> {
   return new Promise((resolve, reject) => {
     const awaited = filter ? PACKET_SUBACK : PACKET_CONNACK;
@@ -105,8 +120,8 @@ function openClient(
     const handshakeTimer = setTimeout(() => {
       reject(new Error(`${clientId}: no ${filter ? 'SUBACK' : 'CONNACK'} within ${HANDSHAKE_TIMEOUT_MS / 1000} s (MQTT level ${level})`));
     }, HANDSHAKE_TIMEOUT_MS);
-    const handler: PacketHandler = (type, buf, start, end) => {
-      if (ready) onPacket(type, buf, start, end);
+    const handler: PacketHandler = (type, buf, start, end, flags) => {
+      if (ready) onPacket(type, buf, start, end, flags);
       else if (type === PACKET_CONNACK && buf[start + 1] !== 0) {
         // The second byte is the return code (3.1.1) or the reason code (v5).
         reject(new Error(`${clientId}: CONNACK ${level === 5 ? 'reason' : 'return'} code 0x${(buf[start + 1] as number).toString(16)}`));
@@ -122,7 +137,7 @@ function openClient(
     };
     const mqttReader = new PacketReader(handler);
     const hello = filter
-      ? Buffer.concat([connectPacket(clientId, level), subscribePacket(filter, level)])
+      ? Buffer.concat([connectPacket(clientId, level), subscribePacket(filter, level, qos)])
       : connectPacket(clientId, level);
     const wsReader =
       transport === 'ws'
@@ -189,102 +204,180 @@ function cpuSnapshot(brokerPid: number): { wall: number; broker: number; loadgen
 }
 
 async function runThroughput(spec: ThroughputSpec): Promise<LoadResult> {
-  const { endpoint, subscribers: count, window, protocol } = spec;
-  const total = spec.warmupMessages + spec.messages;
-  const startMark = spec.warmupMessages * count;
-  const endMark = total * count;
-  const received = new Float64Array(count);
+  const { endpoint, publishers: pubCount, subscribers: subCount, window, protocol, qos } = spec;
+  // received[s * pubCount + p]: messages of publisher p that subscriber s has received.
+  const received = new Float64Array(subCount * pubCount);
+  const published = new Float64Array(pubCount);
+  const unacked = new Int32Array(pubCount);
+  const blocked = new Uint8Array(pubCount);
   let delivered = 0;
-  let published = 0;
   let reads = 0;
-  let readsAtStart = 0;
-  let blocked = false;
-  let start: ReturnType<typeof cpuSnapshot> | undefined;
-  let deliveredAtStart = 0;
-  let publishedAtStart = 0;
-  let done: (timedOut: boolean) => void = () => {};
-  const finished = new Promise<boolean>((resolve) => (done = resolve));
+  let publishing = false;
 
   const payload = Buffer.alloc(spec.payloadBytes, 0x5a);
-  const packet = publishPacket(TOPIC, payload, protocol);
-  const batch = Buffer.concat(new Array<Buffer>(window).fill(packet));
-  // Refill only once a quarter of the window is free, so writes stay large.
-  const lowWater = Math.max(1, Math.floor(window / 4));
-  let publisher: Client | undefined;
+  // Every topic has the same length, so every packet has the same size.
+  const packets = Array.from({ length: pubCount }, (_, p) => publishPacket(publisherTopic(p), payload, protocol, qos));
+  const packetLength = (packets[0] as Buffer).length;
+  const batches = packets.map((packet) => Buffer.concat(new Array<Buffer>(window).fill(packet)));
+  const idOffset = publishIdOffset(packets[0] as Buffer);
+  const nextId = new Int32Array(pubCount);
+  // Refill only once a quarter of the window (QoS 1: of the PUBACK window) is
+  // free, so writes stay large: one write per publisher per refill, not per message.
+  const lowWater = Math.max(1, Math.floor((qos === 0 ? window : Math.min(window, spec.inflight)) / 4));
+  const pubClients: Client[] = [];
 
-  const slowest = (): number => {
-    let min = received[0] as number;
-    for (let i = 1; i < count; i++) if ((received[i] as number) < min) min = received[i] as number;
+  const slowest = (p: number): number => {
+    let min = received[p] as number;
+    for (let s = 1; s < subCount; s++) {
+      const value = received[s * pubCount + p] as number;
+      if (value < min) min = value;
+    }
     return min;
   };
-  const pump = (): void => {
-    if (!publisher || blocked || published >= total) return;
-    const inFlight = published - slowest();
-    const free = Math.min(window - inFlight, total - published);
-    if (free <= 0 || (free < lowWater && inFlight > 0 && published + free < total)) return;
-    const ok = publisher.socket.write(batch.subarray(0, free * packet.length));
-    published += free;
-    if (!ok) {
-      blocked = true;
-      publisher.socket.once('drain', () => {
-        blocked = false;
-        pump();
+  const pump = (p: number): void => {
+    const client = pubClients[p];
+    if (!publishing || !client || blocked[p]) return;
+    const inFlight = (published[p] as number) - slowest(p);
+    let free = window - inFlight;
+    // QoS 1: the publisher's own flow control, PUBLISHes not yet PUBACKed.
+    if (qos === 1) free = Math.min(free, spec.inflight - (unacked[p] as number));
+    const waiting = qos === 0 ? inFlight : (unacked[p] as number);
+    if (free <= 0 || (free < lowWater && waiting > 0)) return;
+    let bytes: Buffer;
+    if (qos === 0) {
+      bytes = (batches[p] as Buffer).subarray(0, free * packetLength);
+    } else {
+      // A fresh buffer: the socket may still hold the previous one.
+      bytes = Buffer.allocUnsafe(free * packetLength);
+      (batches[p] as Buffer).copy(bytes, 0, 0, bytes.length);
+      for (let i = 0; i < free; i++) {
+        // PUBACKs come in PUBLISH order [MQTT-4.6.0-2], and at most `inflight`
+        // are outstanding, so cycling through 1..65535 never reuses a live id.
+        const id = ((nextId[p] as number) % 65535) + 1;
+        nextId[p] = id;
+        bytes.writeUInt16BE(id, i * packetLength + idOffset);
+      }
+      unacked[p] = (unacked[p] as number) + free;
+    }
+    published[p] = (published[p] as number) + free;
+    if (!client.socket.write(bytes)) {
+      blocked[p] = 1;
+      client.socket.once('drain', () => {
+        blocked[p] = 0;
+        pump(p);
       });
     }
   };
-  const afterRead = (): void => {
-    reads++;
-    if (start === undefined && delivered >= startMark) {
-      start = cpuSnapshot(endpoint.pid);
-      deliveredAtStart = delivered;
-      publishedAtStart = published;
-      readsAtStart = reads;
-    }
-    if (delivered >= endMark) done(false);
-    else pump();
+  // Every read of the event-loop turn may free room; refill once, after them all.
+  let pumpScheduled = false;
+  const pumpAll = (): void => {
+    pumpScheduled = false;
+    for (let p = 0; p < pubCount; p++) pump(p);
+  };
+  const schedulePumps = (): void => {
+    if (pumpScheduled) return;
+    pumpScheduled = true;
+    setImmediate(pumpAll);
   };
 
   const subscribers = await Promise.all(
-    Array.from({ length: count }, (_, index) =>
-      openClient(
+    Array.from({ length: subCount }, (_, s) => {
+      // QoS 1: PUBACKs of one read, written together after it.
+      let acks = Buffer.allocUnsafe(qos === 1 ? 64 * 1024 : 0);
+      let ackLength = 0;
+      let client: Client | undefined;
+      const onPacket: PacketHandler = (type, buf, bodyStart, _bodyEnd, flags) => {
+        if (type !== PACKET_PUBLISH) return;
+        const index = s * pubCount + publisherOf(buf, bodyStart);
+        received[index] = (received[index] as number) + 1;
+        delivered++;
+        if ((flags & 0x06) !== 0) {
+          if (ackLength + PUBACK_BYTES > acks.length) {
+            const grown = Buffer.allocUnsafe(acks.length * 2);
+            acks.copy(grown, 0, 0, ackLength);
+            acks = grown;
+          }
+          const idAt = bodyStart + 2 + buf.readUInt16BE(bodyStart);
+          acks[ackLength] = 0x40;
+          acks[ackLength + 1] = 0x02;
+          acks[ackLength + 2] = buf[idAt] as number;
+          acks[ackLength + 3] = buf[idAt + 1] as number;
+          ackLength += PUBACK_BYTES;
+        }
+      };
+      const afterRead = (): void => {
+        reads++;
+        if (ackLength > 0 && client) {
+          client.send(Buffer.from(acks.subarray(0, ackLength)));
+          ackLength = 0;
+        }
+        schedulePumps();
+      };
+      return openClient(
         endpoint,
         spec.subTransport,
-        `bench-sub-${process.pid}-${index}`,
+        `bench-sub-${process.pid}-${s}`,
         protocol.level,
-        (type) => {
-          if (type === PACKET_PUBLISH) {
-            received[index] = (received[index] as number) + 1;
-            delivered++;
-          }
-        },
+        onPacket,
         afterRead,
         FILTER,
-      ),
-    ),
+        spec.readBufferBytes,
+        qos,
+      ).then((opened) => (client = opened));
+    }),
   );
-  publisher = await openClient(endpoint, 'tcp', `bench-pub-${process.pid}`, protocol.level, () => {}, () => {}, undefined, 4096);
-  const timer = setTimeout(() => done(true), spec.timeoutMs);
+  for (let p = 0; p < pubCount; p++) {
+    pubClients.push(
+      await openClient(
+        endpoint,
+        'tcp',
+        `bench-pub-${process.pid}-${p}`,
+        protocol.level,
+        (type) => {
+          if (type === PACKET_PUBACK) unacked[p] = (unacked[p] as number) - 1;
+        },
+        schedulePumps,
+        undefined,
+        16 * 1024,
+      ),
+    );
+  }
   if (spec.readPacingMs > 0) startPacing(spec.readPacingMs);
-  if (startMark === 0) afterRead();
-  pump();
-  const timedOut = await finished;
-  clearTimeout(timer);
+  publishing = true;
+  pumpAll();
+
+  await sleep(spec.warmupMs);
+  const begin = cpuSnapshot(endpoint.pid);
+  const deliveredAtBegin = delivered;
+  const publishedAtBegin = published.reduce((sum, n) => sum + n, 0);
+  const readsAtBegin = reads;
+  await sleep(spec.measureMs);
   const end = cpuSnapshot(endpoint.pid);
-  const begin = start ?? end;
+  const deliveredAtEnd = delivered;
+  const publishedAtEnd = published.reduce((sum, n) => sum + n, 0);
+  const readsAtEnd = reads;
+  publishing = false;
+
+  // Drain: every message published must reach every subscriber; what has not
+  // arrived within a few seconds counts as lost.
+  const expected = publishedAtEnd * subCount;
+  const deadline = performance.now() + Math.min(spec.timeoutMs, 5000);
+  while (delivered < expected && performance.now() < deadline) await sleep(10);
   const result: LoadResult = {
     kind: 'throughput',
-    published: published - publishedAtStart,
-    delivered: delivered - deliveredAtStart,
-    expectedDeliveries: spec.messages * count,
+    published: publishedAtEnd - publishedAtBegin,
+    delivered: deliveredAtEnd - deliveredAtBegin,
+    expectedDeliveries: (publishedAtEnd - publishedAtBegin) * subCount,
     elapsedMs: end.wall - begin.wall,
     brokerCpuMs: end.broker - begin.broker,
     loadgenCpuMs: end.loadgen - begin.loadgen,
     brokerRssKb: processRssKb(endpoint.pid),
-    subscriberReads: reads - readsAtStart,
-    lost: endMark - delivered,
-    timedOut,
+    subscriberReads: readsAtEnd - readsAtBegin,
+    lost: expected - delivered,
+    // No delivery at all in the measured interval: the broker stalled.
+    timedOut: deliveredAtEnd === deliveredAtBegin,
   };
-  closeAll([...subscribers, publisher]);
+  closeAll([...subscribers, ...pubClients]);
   return result;
 }
 
@@ -303,7 +396,7 @@ async function runLatency(spec: LatencySpec): Promise<LoadResult> {
   const finished = new Promise<boolean>((resolve) => (done = resolve));
 
   // Payload: send time (float64, ms on this process's performance clock), sequence number, padding.
-  const template = publishPacket(TOPIC, Buffer.alloc(Math.max(12, spec.payloadBytes), 0x5a), protocol);
+  const template = publishPacket(publisherTopic(0), Buffer.alloc(Math.max(12, spec.payloadBytes), 0x5a), protocol);
   const payloadOffset = template.length - Math.max(12, spec.payloadBytes);
 
   const subscriber = await openClient(
@@ -380,9 +473,35 @@ async function runLatency(spec: LatencySpec): Promise<LoadResult> {
   return result;
 }
 
+/**
+ * Opens the idle connections, `concurrency` at a time (a burst of a thousand
+ * SYNs would overflow a listen backlog and measure SYN retransmits), reports,
+ * and keeps them open until the orchestrator disconnects.
+ */
+async function runIdle(spec: IdleSpec): Promise<void> {
+  const started = performance.now();
+  const clients: Client[] = [];
+  const timer = setTimeout(() => fail(new Error(`idle: ${clients.length} of ${spec.connections} connected in ${spec.timeoutMs} ms`)), spec.timeoutMs);
+  while (clients.length < spec.connections) {
+    const count = Math.min(spec.concurrency, spec.connections - clients.length);
+    const first = clients.length;
+    const opened = await Promise.all(
+      Array.from({ length: count }, (_, i) =>
+        openClient(spec.endpoint, 'tcp', `bench-idle-${process.pid}-${first + i}`, spec.protocol.level, () => {}, () => {}, undefined, 256),
+      ),
+    );
+    clients.push(...opened);
+  }
+  clearTimeout(timer);
+  const idle: IdleResult = { connected: clients.length, elapsedMs: performance.now() - started };
+  if (process.send) process.send({ idle });
+  else console.log(JSON.stringify(idle));
+}
+
 async function main(): Promise<void> {
-  const spec = JSON.parse(process.argv[2] ?? 'null') as LoadSpec | null;
+  const spec = JSON.parse(process.argv[2] ?? 'null') as LoadSpec | IdleSpec | null;
   if (!spec) throw new Error('usage: loadgen.js <spec JSON>');
+  if (spec.kind === 'idle') return runIdle(spec);
   const result = spec.kind === 'throughput' ? await runThroughput(spec) : await runLatency(spec);
   process.send?.({ result }, () => process.exit(0));
   if (!process.send) {
