@@ -28,7 +28,7 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { connectPacket, median, webSocketFrame, webSocketUpgradeRequest } from './common.js';
+import { connectPacket, median, webSocketFrame, webSocketUpgradeRequest, type BrokerEndpoint } from './common.js';
 import { findMosquitto, freePort, killChildren, startMosquitto } from './brokers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -39,14 +39,8 @@ const EXTRA_NODE_FLAGS = (process.env.BENCH_MEMORY_NODE_FLAGS ?? '').split(' ').
 const NATS_SERVER = process.env.BENCH_NATS_SERVER ?? '/usr/sbin/nats-server';
 const SETTLE_MS = 3000;
 
-interface Target {
-  name: string;
-  host: string;
-  tcpPort: number;
-  /** 0: no MQTT over WebSocket. */
-  wsPort: number;
-  wsPath: string;
-  pid: number;
+/** wsPort 0: no MQTT over WebSocket. */
+interface Target extends BrokerEndpoint {
   stop(): Promise<void>;
 }
 

@@ -49,20 +49,13 @@ import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import type { BrokerEndpoint, ClientProtocol, LoadResult, LoadSpec, Transport } from './common.js';
+import { envInt, type BrokerEndpoint, type ClientProtocol, type LoadResult, type LoadSpec, type Transport } from './common.js';
 import { findMosquitto, findNatsServer, forkScript, killChildren, startEdgemqtt, startMosquitto, startNatsServer, type RunningBroker } from './brokers.js';
 import { clientProtocol, parseProtocols, PROTOCOLS, type Protocol } from './protocols.js';
 import { formatProfile, summarizeProfile } from './profile.js';
 import { measureRss, type RssResult } from './idle-rss.js';
 import { cpuPercent, generatorBound, number, printReport, rate, throughputOf, type CaseResults, type Scenario } from './report.js';
 
-function envInt(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number, got ${raw}`);
-  return Math.floor(value);
-}
 
 const settings = {
   rounds: Math.max(1, envInt('BENCH_ROUNDS', 3)),

@@ -36,17 +36,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
-import { processCpuMs, processRssKb, type BrokerEndpoint } from './common.js';
+import { envInt, processCpuMs, processRssKb, type BrokerEndpoint } from './common.js';
 import { findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
 import type { ScaleResult, ScaleSpec } from './scale-loadgen.js';
 
-function envInt(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number, got ${raw}`);
-  return Math.floor(value);
-}
 
 const settings = {
   scenarios: (process.env.BENCH_SCALE_SCENARIOS ?? 'storm,steady,idle').split(','),
