@@ -31,7 +31,7 @@
  *   npm run bench:build && node dist-bench/bench/persistence-qos1.js
  *   env: BENCH_MODES=memory,durable BENCH_MESSAGES=100000 BENCH_WARMUP=20000
  *        BENCH_PUBLISHERS=10 BENCH_WINDOW=64 BENCH_PAYLOAD_BYTES=64 BENCH_ROUNDS=3
- *        BENCH_INFLIGHT=20 BENCH_OFFLINE=0 BENCH_BROKERS=edgemqtt,mosquitto,aedes+level
+ *        BENCH_INFLIGHT=20 BENCH_OFFLINE=0 BENCH_BROKERS=edgemqtt,mosquitto,aedes+level BENCH_TIMEOUT_SEC=120
  *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof, profile in DIR)
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -65,6 +65,7 @@ const INFLIGHT = env('BENCH_INFLIGHT', 20);
 const OFFLINE = process.env.BENCH_OFFLINE === '1';
 const MODES = (process.env.BENCH_MODES ?? 'memory,durable').split(',').filter(Boolean) as Mode[];
 const BROKERS = process.env.BENCH_BROKERS?.split(',');
+const TIMEOUT_SEC = env('BENCH_TIMEOUT_SEC', 120);
 const TOPIC = 'bench/qos1';
 
 const PUBLISH = 3;
@@ -213,21 +214,32 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
   })(subscriber.afterRead);
 
   const run = (count: number) =>
-    new Promise<void>((resolve) => {
+    new Promise<void>((resolve, reject) => {
       target += count;
-      done = resolve;
+      // A broker that stops acknowledging or delivering ends the round, not the benchmark.
+      const timer = setTimeout(() => reject(new Error(`timed out after ${TIMEOUT_SEC} s: ${acked} PUBACKs, ${received} deliveries of ${target}`)), TIMEOUT_SEC * 1000);
+      done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
       for (const start of senders) start(WINDOW);
     });
 
-  await run(WARMUP);
-  const brokerBefore = cpuMs(broker.pid);
-  const loadBefore = process.cpuUsage();
-  const started = performance.now();
-  await run(MESSAGES);
+  let brokerBefore = 0;
+  let loadBefore = process.cpuUsage();
+  let started = 0;
+  try {
+    await run(WARMUP);
+    brokerBefore = cpuMs(broker.pid);
+    loadBefore = process.cpuUsage();
+    started = performance.now();
+    await run(MESSAGES);
+  } finally {
+    for (const connection of [...publishers, subscriber]) connection.close();
+  }
   const seconds = (performance.now() - started) / 1000;
   const brokerMs = cpuMs(broker.pid) - brokerBefore;
   const load = process.cpuUsage(loadBefore);
-  for (const connection of [...publishers, subscriber]) connection.close();
   return {
     rate: MESSAGES / seconds,
     brokerUs: (brokerMs * 1000) / MESSAGES,
@@ -267,7 +279,11 @@ async function main(): Promise<void> {
         for (const [name, start] of candidates(mode, mosquitto)) {
           const broker = await start(path.join(root, `${mode}-${name}-${round}`));
           try {
-            const result = await measure(broker, mode);
+            const result = await measure(broker, mode).catch((error: unknown) => {
+              console.log(`round ${round} ${mode} ${name}: ${(error as Error).message}`);
+              return undefined;
+            });
+            if (!result) continue;
             const key = `${mode} ${name}`;
             results.set(key, [...(results.get(key) ?? []), result]);
             console.log(
