@@ -43,25 +43,36 @@ function counterKey(brokerId: unknown, brokerCounter: unknown): string {
   return `${typeof brokerId}:${String(brokerId)}\u0000${typeof brokerCounter}:${String(brokerCounter)}`;
 }
 
-function addTo<K>(map: Map<K, Set<QueueEntry>>, key: K, entry: QueueEntry): void {
-  let set = map.get(key);
-  if (!set) {
-    set = new Set();
-    map.set(key, set);
+/**
+ * One entry, or several under the same key (rare: the same message queued
+ * twice, a reused identifier): no Set is made for the usual single entry,
+ * which for a persistent session's QoS 1 flow would be two per message.
+ */
+type Slot = QueueEntry | Set<QueueEntry>;
+
+function addTo<K>(map: Map<K, Slot>, key: K, entry: QueueEntry): void {
+  const slot = map.get(key);
+  if (slot === undefined) map.set(key, entry);
+  else if (slot instanceof Set) slot.add(entry);
+  else if (slot !== entry) map.set(key, new Set([slot, entry]));
+}
+
+function removeFrom<K>(map: Map<K, Slot>, key: K, entry: QueueEntry): void {
+  const slot = map.get(key);
+  if (slot === undefined) return;
+  if (slot instanceof Set) {
+    slot.delete(entry);
+    if (slot.size === 0) map.delete(key);
+  } else if (slot === entry) {
+    map.delete(key);
   }
-  set.add(entry);
 }
 
-function removeFrom<K>(map: Map<K, Set<QueueEntry>>, key: K, entry: QueueEntry): void {
-  const set = map.get(key);
-  if (!set) return;
-  set.delete(entry);
-  if (set.size === 0) map.delete(key);
-}
-
-function oldest(entries: Iterable<QueueEntry> | undefined, accept: (entry: QueueEntry) => boolean): QueueEntry | undefined {
+function oldest(slot: Slot | undefined, accept: (entry: QueueEntry) => boolean): QueueEntry | undefined {
+  if (slot === undefined) return undefined;
+  if (!(slot instanceof Set)) return accept(slot) ? slot : undefined;
   let found: QueueEntry | undefined;
-  for (const entry of entries ?? []) {
+  for (const entry of slot) {
     if (accept(entry) && (!found || entry.seq < found.seq)) found = entry;
   }
   return found;
@@ -70,8 +81,9 @@ function oldest(entries: Iterable<QueueEntry> | undefined, accept: (entry: Queue
 export class ClientQueue {
   // Insertion order is sequence order: entries are appended with rising seq.
   readonly #entries = new Map<number, QueueEntry>();
-  readonly #byCounter = new Map<string, Set<QueueEntry>>();
-  readonly #byMessageId = new Map<unknown, Set<QueueEntry>>();
+  readonly #byCounter = new Map<string, Slot>();
+  /** Entries with a packet identifier; those not sent yet have none and are never looked up by it. */
+  readonly #byMessageId = new Map<unknown, Slot>();
   /** PUBLISH entries and their bytes: what the per-client limits count. */
   publishCount = 0;
   publishBytes = 0;
@@ -179,7 +191,7 @@ export class ClientQueue {
 
   #index(entry: QueueEntry): void {
     addTo(this.#byCounter, counterKey(entry.brokerId, entry.brokerCounter), entry);
-    addTo(this.#byMessageId, entry.messageId, entry);
+    if (entry.messageId !== undefined) addTo(this.#byMessageId, entry.messageId, entry);
     if (entry.cmd === 'publish') {
       this.publishCount++;
       this.publishBytes += entry.bytes;
@@ -188,7 +200,7 @@ export class ClientQueue {
 
   #unindex(entry: QueueEntry): void {
     removeFrom(this.#byCounter, counterKey(entry.brokerId, entry.brokerCounter), entry);
-    removeFrom(this.#byMessageId, entry.messageId, entry);
+    if (entry.messageId !== undefined) removeFrom(this.#byMessageId, entry.messageId, entry);
     if (entry.cmd === 'publish') {
       this.publishCount--;
       this.publishBytes -= entry.bytes;
