@@ -58,7 +58,10 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
     JSON.stringify({ dataDir, log: { level: 'info' }, mqtt: { host: '127.0.0.1', port: 0 }, http: { enabled: false }, ...config }),
   );
   const started = performance.now();
-  const child = track(spawn(process.execPath, [cli, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  // BENCH_CPU_PROF=DIR: the broker runs under `node --cpu-prof`, its profile
+  // written to DIR when it stops (summarise with dist-bench/bench/profile.js).
+  const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROF] : [];
+  const child = track(spawn(process.execPath, [...profile, cli, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'inherit'] }));
   let recovery: Record<string, unknown> | undefined;
   const ready = await new Promise<{ port: number }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('edgemqtt did not start within 600 s')), 600_000);
@@ -123,12 +126,24 @@ async function waitForPort(port: number, child: ChildProcess): Promise<void> {
   }
 }
 
+export interface MosquittoOptions {
+  /**
+   * `persistence true`: Mosquitto keeps its state in a file in `dir`, written
+   * at its autosave interval (1800 s by default) and on shutdown, never per
+   * message: what it acknowledged in between lives in memory only.
+   */
+  persistence?: boolean;
+  /** max_inflight_messages per client (0 = unlimited, the default here). */
+  maxInflight?: number;
+}
+
 /**
- * Mosquitto with its defaults (persistence off: what it acknowledges lives in
- * memory until its next autosave, none by default), on loopback, TCP_NODELAY
- * on like edgemqtt, and no queue limits so it keeps what edgemqtt keeps.
+ * Mosquitto with its defaults (persistence off unless asked: what it
+ * acknowledges lives in memory until its next autosave, none by default), on
+ * loopback, TCP_NODELAY on like edgemqtt, and no queue limits so it keeps
+ * what edgemqtt keeps.
  */
-export async function startMosquitto(binary: string, dir: string): Promise<BenchBroker> {
+export async function startMosquitto(binary: string, dir: string, options: MosquittoOptions = {}): Promise<BenchBroker> {
   const port = await freePort();
   await mkdir(dir, { recursive: true });
   const configFile = path.join(dir, 'mosquitto.conf');
@@ -137,10 +152,13 @@ export async function startMosquitto(binary: string, dir: string): Promise<Bench
     [
       `listener ${port} 127.0.0.1`,
       'allow_anonymous true',
-      'persistence false',
+      ...(options.persistence === true
+        ? // Started as root, Mosquitto would drop to its own user, which cannot write the state file in our temp directory.
+          ['persistence true', `persistence_location ${dir}/`, ...(process.getuid?.() === 0 ? ['user root'] : [])]
+        : ['persistence false']),
       'set_tcp_nodelay true',
       'max_queued_messages 0',
-      'max_inflight_messages 0',
+      `max_inflight_messages ${options.maxInflight ?? 0}`,
       'log_dest stderr',
       'log_type error',
       '',

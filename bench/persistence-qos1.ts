@@ -1,25 +1,44 @@
 /**
- * QoS 1 throughput with acknowledgement after durable write: edgemqtt
- * (persistence.sync batch, the default) against Mosquitto's QoS 1 (its
- * default: persistence off, so its PUBACK promises nothing across a crash)
- * and, when the package is installed, bare aedes 1.2 with
- * aedes-persistence-level (PUBACK before publishing, no fsync).
+ * QoS 1 throughput, edgemqtt against Mosquitto in the same run, two modes:
  *
- * Load: PUBLISHERS clients, each keeping WINDOW QoS 1 PUBLISHes in flight
- * (a new one per PUBACK), MESSAGES in all, to one topic with two persistent
- * (clean session 0) QoS 1 subscribers: one connected that acknowledges every
- * delivery, one offline whose queue takes a copy of every message. So each
- * message is stored twice (the offline queue and the connected session's
- * queue) before its PUBACK. Figures: PUBACKs per second (median of ROUNDS)
- * and the ratios.
+ *   memory   PUBLISHERS clean-session publishers, each keeping WINDOW QoS 1
+ *            PUBLISHes in flight (a new one per PUBACK), to one clean-session
+ *            QoS 1 subscriber that acknowledges every delivery. edgemqtt as
+ *            configured by default (nothing to store: no persistent session
+ *            matches) against Mosquitto with persistence off.
+ *   durable  the same load to a PERSISTENT session (clean session 0,
+ *            connected): every message is queued in that session before its
+ *            PUBACK. edgemqtt with `persistence.sync: batch` (each PUBACK
+ *            waits for the fsync'd batch holding the message) against
+ *            Mosquitto with `persistence true` (it writes its state file at
+ *            its autosave interval and on shutdown, never per message) and,
+ *            when the package is installed, bare aedes 1.2 with
+ *            aedes-persistence-level (PUBACK before publishing, no fsync).
+ *            BENCH_OFFLINE=1 adds a second persistent subscriber that is
+ *            offline, so each message is also queued for it.
  *
- *   npm run build && npx tsc -p tsconfig.bench.json && node dist-bench/bench/persistence-qos1.js
- *   env: BENCH_MESSAGES=20000 BENCH_PUBLISHERS=8 BENCH_WINDOW=32 BENCH_PAYLOAD_BYTES=64 BENCH_ROUNDS=3
- *        BENCH_ONLINE=0 (no connected subscriber: only the offline queue is written)
+ * A round ends when every PUBLISH has its PUBACK and the subscriber has
+ * received every message. Figures per broker (median of ROUNDS, with the
+ * spread): messages/s, the broker's CPU per message (µs, user + system from
+ * /proc, the figure to compare across runs on a shared machine) and this
+ * process's CPU per message (the load generator: raw sockets, packets
+ * framed by their fixed headers, writes batched per read).
+ *
+ * The inflight window towards the subscriber is BENCH_INFLIGHT for both
+ * brokers (default 20, the default of both: edgemqtt limits.maxInflightMessages,
+ * Mosquitto max_inflight_messages); queue limits are off for both.
+ *
+ *   npm run bench:build && node dist-bench/bench/persistence-qos1.js
+ *   env: BENCH_MODES=memory,durable BENCH_MESSAGES=100000 BENCH_WARMUP=20000
+ *        BENCH_PUBLISHERS=10 BENCH_WINDOW=64 BENCH_PAYLOAD_BYTES=64 BENCH_ROUNDS=3
+ *        BENCH_INFLIGHT=20 BENCH_OFFLINE=0 BENCH_BROKERS=edgemqtt,mosquitto,aedes+level BENCH_TIMEOUT_SEC=120
+ *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof, profile in DIR)
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { generate } from 'mqtt-packet';
 import {
   findMosquitto,
   hasAedesPersistenceLevel,
@@ -31,93 +50,271 @@ import {
   startMosquitto,
   type BenchBroker,
 } from './persistence-load.js';
-import { processCpuMs as cpuMs } from './common.js';
+import { PacketReader, processCpuMs as cpuMs } from './common.js';
+
+type Mode = 'memory' | 'durable';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
-const MESSAGES = env('BENCH_MESSAGES', 20_000);
-const PUBLISHERS = env('BENCH_PUBLISHERS', 8);
-const WINDOW = env('BENCH_WINDOW', 32);
+const MESSAGES = env('BENCH_MESSAGES', 100_000);
+const WARMUP = env('BENCH_WARMUP', 20_000);
+const PUBLISHERS = env('BENCH_PUBLISHERS', 10);
+const WINDOW = env('BENCH_WINDOW', 64);
 const PAYLOAD = Buffer.alloc(env('BENCH_PAYLOAD_BYTES', 64), 0x61);
 const ROUNDS = env('BENCH_ROUNDS', 3);
+const INFLIGHT = env('BENCH_INFLIGHT', 20);
+const OFFLINE = process.env.BENCH_OFFLINE === '1';
+const MODES = (process.env.BENCH_MODES ?? 'memory,durable').split(',').filter(Boolean) as Mode[];
+const BROKERS = process.env.BENCH_BROKERS?.split(',');
+const TIMEOUT_SEC = env('BENCH_TIMEOUT_SEC', 120);
 const TOPIC = 'bench/qos1';
 
-/** PUBACKs per second for MESSAGES QoS 1 messages. */
-async function measure(broker: BenchBroker): Promise<number> {
-  // The offline persistent subscriber: subscribe, then leave.
-  const offline = await RawConnection.open(broker.port, `offline-${Date.now()}`, false);
-  await offline.request({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: TOPIC, qos: 1 }] }, 'suback');
-  offline.close();
-  const online = await RawConnection.open(broker.port, `online-${Date.now()}`, false);
-  online.onPacket((packet) => {
-    if (packet.cmd === 'publish' && packet.messageId !== undefined) online.send({ cmd: 'puback', messageId: packet.messageId });
-  });
-  if (process.env.BENCH_ONLINE !== '0') await online.request({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: TOPIC, qos: 1 }] }, 'suback');
+const PUBLISH = 3;
+const PUBACK = 4;
+const CONNACK = 2;
+const SUBACK = 9;
 
-  const publishers = await Promise.all(Array.from({ length: PUBLISHERS }, (_, i) => RawConnection.open(broker.port, `pub-${i}-${Date.now()}`)));
+/** A raw MQTT 3.1.1 client for the measured load: bytes in, fixed headers walked, no packet objects. */
+class LoadClient {
+  readonly socket: net.Socket;
+  #onPacket: (type: number, buf: Buffer, bodyStart: number) => void = () => undefined;
+  readonly #reader = new PacketReader((type, buf, bodyStart) => this.#onPacket(type, buf, bodyStart));
+  /** Called after each read's packets: the place to write what they caused, in one write. */
+  afterRead: () => void = () => undefined;
+
+  private constructor(socket: net.Socket) {
+    this.socket = socket;
+    socket.on('data', (data: Buffer) => {
+      this.#reader.push(data, 0, data.length);
+      this.afterRead();
+    });
+    socket.on('error', () => undefined);
+  }
+
+  static async open(port: number, clientId: string, clean: boolean): Promise<LoadClient> {
+    const socket = net.connect({ host: '127.0.0.1', port, noDelay: true });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    const client = new LoadClient(socket);
+    await client.request(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId, clean, keepalive: 0 }), CONNACK);
+    return client;
+  }
+
+  onPacket(handler: (type: number, buf: Buffer, bodyStart: number) => void): void {
+    this.#onPacket = handler;
+  }
+
+  request(bytes: Buffer, type: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.#onPacket = (got) => {
+        if (got === type) resolve();
+      };
+      this.socket.write(bytes);
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+interface Round {
+  rate: number;
+  /** Broker CPU per message, µs. */
+  brokerUs: number;
+  /** This process's CPU per message, µs. */
+  loadUs: number;
+}
+
+/** The same QoS 1 PUBLISH for every message; the packet identifier is patched in at `idAt`. */
+function publishTemplate(): { bytes: Buffer; idAt: number } {
+  const bytes = generate({ cmd: 'publish', topic: TOPIC, payload: PAYLOAD, qos: 1, messageId: 1, retain: false, dup: false });
+  // Fixed header (1 byte + Remaining Length), topic length (2) and topic, then the identifier.
+  let lengthBytes = 1;
+  while ((bytes[lengthBytes] as number) & 0x80) lengthBytes++;
+  return { bytes, idAt: 1 + lengthBytes + 2 + Buffer.byteLength(TOPIC) };
+}
+
+async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
+  const durable = mode === 'durable';
+  const stamp = Date.now();
+  const subscribe = generate({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: TOPIC, qos: 1 }] });
+  if (durable && OFFLINE) {
+    // The offline persistent subscriber: subscribe, then leave.
+    const offline = await RawConnection.open(broker.port, `offline-${stamp}`, false);
+    await offline.request({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: TOPIC, qos: 1 }] }, 'suback');
+    offline.close();
+  }
+  const subscriber = await LoadClient.open(broker.port, `sub-${stamp}`, !durable);
+  await subscriber.request(subscribe, SUBACK);
+  let received = 0;
+  let acks: number[] = [];
+  subscriber.onPacket((type, buf, bodyStart) => {
+    if (type !== PUBLISH) return;
+    received++;
+    // QoS 1: the identifier follows the topic.
+    const at = bodyStart + 2 + buf.readUInt16BE(bodyStart);
+    acks.push(buf.readUInt16BE(at));
+  });
+  subscriber.afterRead = () => {
+    if (acks.length === 0) return;
+    const out = Buffer.allocUnsafe(acks.length * 4);
+    acks.forEach((id, i) => {
+      out[i * 4] = 0x40;
+      out[i * 4 + 1] = 2;
+      out.writeUInt16BE(id, i * 4 + 2);
+    });
+    acks = [];
+    subscriber.socket.write(out);
+  };
+
+  const publishers = await Promise.all(Array.from({ length: PUBLISHERS }, (_, i) => LoadClient.open(broker.port, `pub-${i}-${stamp}`, true)));
+  const { bytes: template, idAt } = publishTemplate();
+  let target = 0;
   let sent = 0;
   let acked = 0;
-  const cpuBefore = cpuMs(broker.pid);
-  const started = performance.now();
-  await new Promise<void>((resolve) => {
-    for (const publisher of publishers) {
-      let nextId = 1;
-      const sendOne = () => {
-        if (sent >= MESSAGES) return;
-        sent++;
-        publisher.send({ cmd: 'publish', topic: TOPIC, payload: PAYLOAD, qos: 1, messageId: nextId, retain: false, dup: false });
+  let done: (() => void) | undefined;
+  const check = () => {
+    if (acked >= target && received >= target) done?.();
+  };
+  const senders = publishers.map((publisher) => {
+    let nextId = 1;
+    let due = 0;
+    const flush = () => {
+      const count = Math.min(due, target - sent);
+      due = 0;
+      if (count <= 0) return;
+      sent += count;
+      const out = Buffer.allocUnsafe(count * template.length);
+      for (let i = 0; i < count; i++) {
+        template.copy(out, i * template.length);
+        out.writeUInt16BE(nextId, i * template.length + idAt);
         nextId = (nextId % 65535) + 1;
-      };
-      publisher.onPacket((packet) => {
-        if (packet.cmd !== 'puback') return;
-        acked++;
-        if (acked === MESSAGES) resolve();
-        sendOne();
-      });
-      for (let i = 0; i < WINDOW; i++) sendOne();
-    }
+      }
+      publisher.socket.write(out);
+    };
+    publisher.onPacket((type) => {
+      if (type !== PUBACK) return;
+      acked++;
+      due++;
+    });
+    publisher.afterRead = () => {
+      flush();
+      check();
+    };
+    return (window: number) => {
+      due = window;
+      flush();
+    };
   });
+  subscriber.afterRead = ((write) => () => {
+    write();
+    check();
+  })(subscriber.afterRead);
+
+  const run = (count: number) =>
+    new Promise<void>((resolve, reject) => {
+      target += count;
+      // A broker that stops acknowledging or delivering ends the round, not the benchmark.
+      const timer = setTimeout(() => reject(new Error(`timed out after ${TIMEOUT_SEC} s: ${acked} PUBACKs, ${received} deliveries of ${target}`)), TIMEOUT_SEC * 1000);
+      done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      for (const start of senders) start(WINDOW);
+    });
+
+  let brokerBefore = 0;
+  let loadBefore = process.cpuUsage();
+  let started = 0;
+  try {
+    await run(WARMUP);
+    brokerBefore = cpuMs(broker.pid);
+    loadBefore = process.cpuUsage();
+    started = performance.now();
+    await run(MESSAGES);
+  } finally {
+    for (const connection of [...publishers, subscriber]) connection.close();
+  }
   const seconds = (performance.now() - started) / 1000;
-  const cpu = (cpuMs(broker.pid) - cpuBefore) / 1000;
-  for (const connection of [...publishers, online]) connection.close();
-  console.log(`  ${broker.name}: broker CPU ${Math.round((cpu / seconds) * 100)}% of one core`);
-  return MESSAGES / seconds;
+  const brokerMs = cpuMs(broker.pid) - brokerBefore;
+  const load = process.cpuUsage(loadBefore);
+  return {
+    rate: MESSAGES / seconds,
+    brokerUs: (brokerMs * 1000) / MESSAGES,
+    loadUs: (load.user + load.system) / MESSAGES,
+  };
 }
+
+function candidates(mode: Mode, mosquitto: string | undefined): Array<[string, (dir: string) => Promise<BenchBroker>]> {
+  const durable = mode === 'durable';
+  const list: Array<[string, (dir: string) => Promise<BenchBroker>]> = [
+    [
+      'edgemqtt',
+      (dir) =>
+        startEdgemqtt(dir, {
+          // Queue limits off: every message is kept, as by the others here.
+          persistence: { sync: 'batch', maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0 },
+          limits: { maxInflightMessages: INFLIGHT },
+        }),
+    ],
+  ];
+  if (mosquitto) list.push(['mosquitto', (dir) => startMosquitto(mosquitto, dir, { persistence: durable, maxInflight: INFLIGHT })]);
+  if (durable && hasAedesPersistenceLevel()) list.push(['aedes+level', (dir) => startAedesLevel(dir)]);
+  return list.filter(([name]) => !BROKERS || BROKERS.includes(name));
+}
+
+const spread = (values: number[], digits = 0) =>
+  values.length > 1 ? ` (${Math.min(...values).toFixed(digits)}–${Math.max(...values).toFixed(digits)})` : '';
 
 async function main(): Promise<void> {
   const root = await mkdtemp(path.join(tmpdir(), 'edgemqtt-bench-qos1-'));
   const mosquitto = findMosquitto();
-  const candidates: Array<[string, (dir: string) => Promise<BenchBroker>]> = [
-    // Queue limits off: every message is kept, as by the others here.
-    ['edgemqtt', (dir) => startEdgemqtt(dir, { persistence: { sync: 'batch', maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0 } })],
-  ];
-  if (mosquitto) candidates.push(['mosquitto', (dir) => startMosquitto(mosquitto, dir)]);
-  else console.log('mosquitto not found (BENCH_MOSQUITTO=/path): column skipped');
-  if (hasAedesPersistenceLevel()) candidates.push(['aedes+level', (dir) => startAedesLevel(dir)]);
-  else console.log('aedes-persistence-level is not installed: column skipped (npm install --save-dev aedes-persistence-level)');
-
-  const results = new Map<string, number[]>();
+  if (!mosquitto) console.log('mosquitto not found (BENCH_MOSQUITTO=/path): column skipped');
+  const results = new Map<string, Round[]>();
   try {
     for (let round = 1; round <= ROUNDS; round++) {
-      for (const [name, start] of candidates) {
-        const broker = await start(path.join(root, `${name}-${round}`));
-        try {
-          const rate = await measure(broker);
-          results.set(name, [...(results.get(name) ?? []), rate]);
-          console.log(`round ${round} ${name}: ${Math.round(rate)} msg/s`);
-        } finally {
-          await broker.stop();
+      for (const mode of MODES) {
+        for (const [name, start] of candidates(mode, mosquitto)) {
+          const broker = await start(path.join(root, `${mode}-${name}-${round}`));
+          try {
+            const result = await measure(broker, mode).catch((error: unknown) => {
+              console.log(`round ${round} ${mode} ${name}: ${(error as Error).message}`);
+              return undefined;
+            });
+            if (!result) continue;
+            const key = `${mode} ${name}`;
+            results.set(key, [...(results.get(key) ?? []), result]);
+            console.log(
+              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg, load generator ${result.loadUs.toFixed(1)} µs/msg`,
+            );
+          } finally {
+            await broker.stop();
+          }
         }
       }
     }
   } finally {
     await rm(root, { recursive: true, force: true });
   }
-  const edgemqtt = median(results.get('edgemqtt') ?? []);
-  console.log(`\nQoS 1, ${MESSAGES} messages of ${PAYLOAD.length} B, ${PUBLISHERS} publishers × window ${WINDOW}, 1 online + 1 offline persistent subscriber (median of ${ROUNDS})`);
-  for (const [name, rates] of results) {
-    const rate = median(rates);
-    const versus = name === 'edgemqtt' ? '' : `   edgemqtt/${name} = ${ratio(edgemqtt, rate)}`;
-    console.log(`  ${name.padEnd(12)} ${String(Math.round(rate)).padStart(7)} msg/s${versus}`);
+  console.log(
+    `\nQoS 1, ${MESSAGES} messages of ${PAYLOAD.length} B after ${WARMUP} warm-up, ${PUBLISHERS} publishers × ${WINDOW} in flight → 1 subscriber` +
+      ` (inflight window ${INFLIGHT || 'unlimited'}${OFFLINE ? ', plus 1 offline persistent subscriber in durable mode' : ''}); median of ${ROUNDS} (min–max)`,
+  );
+  for (const mode of MODES) {
+    const edgemqtt = results.get(`${mode} edgemqtt`);
+    for (const [key, rounds] of results) {
+      if (!key.startsWith(`${mode} `)) continue;
+      const rates = rounds.map((r) => r.rate);
+      const broker = rounds.map((r) => r.brokerUs);
+      const load = rounds.map((r) => r.loadUs);
+      const versus = edgemqtt && key !== `${mode} edgemqtt` ? `   edgemqtt/this = ${ratio(median(edgemqtt.map((r) => r.rate)), median(rates))}` : '';
+      console.log(
+        `  ${key.padEnd(20)} ${String(Math.round(median(rates))).padStart(7)} msg/s${spread(rates)}` +
+          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)}   load gen ${median(load).toFixed(1)} µs/msg${versus}`,
+      );
+    }
   }
 }
 

@@ -1,7 +1,13 @@
-/** Topic matching used by src/broker/delivery-rules.ts to find a client's grant for a topic [MQTT-4.7]. */
+/**
+ * Topic matching used by src/broker/delivery-rules.ts to find a client's grant
+ * for a topic [MQTT-4.7], and that grant following the client's subscriptions
+ * on a real daemon.
+ */
 import t from 'tap';
 import { grantedQoS } from '../src/broker/delivery-rules.js';
 import { topicMatches } from '../src/config/topic-filter.js';
+import { startDaemon } from './helpers/daemon.js';
+import { openClient } from './helpers/mqtt.js';
 
 t.test('topicMatches follows MQTT 3.1.1 topic filter rules', async (t) => {
   const cases: [filter: string, topic: string, matches: boolean][] = [
@@ -32,4 +38,26 @@ t.test('grantedQoS is the highest grant among matching subscriptions', async (t)
   t.equal(grantedQoS(subscriptions, 'a/c'), 1);
   t.equal(grantedQoS(subscriptions, 'a/c/d'), 0);
   t.equal(grantedQoS(subscriptions, 'b'), undefined);
+});
+
+t.test('the delivery QoS follows a client changing its subscriptions: added, replaced and removed grants all count [MQTT-3.8.4-6] [MQTT-3.3.5-1]', async (t) => {
+  // The broker keeps each client's grant per topic until its subscriptions change.
+  const { mqttUrl } = await startDaemon(t);
+  const subscriber = await openClient(t, mqttUrl);
+  const publisher = await openClient(t, mqttUrl);
+  let expected = 0;
+  const deliveredQoS = async (payload: string): Promise<number | undefined> => {
+    await publisher.client.publishAsync('grant/x', payload, { qos: 2 });
+    const messages = await subscriber.log.waitForCount(++expected);
+    t.equal(messages.at(-1)?.payload, payload, `${payload} arrived`);
+    return messages.at(-1)?.packet.qos;
+  };
+  await subscriber.client.subscribeAsync('grant/#', { qos: 2 });
+  t.equal(await deliveredQoS('first'), 2, 'grant/# granted QoS 2');
+  await subscriber.client.subscribeAsync('grant/#', { qos: 1 });
+  t.equal(await deliveredQoS('replaced'), 1, 'grant/# replaced at QoS 1');
+  await subscriber.client.subscribeAsync('grant/+', { qos: 2 });
+  t.equal(await deliveredQoS('added'), 2, 'grant/+ added at QoS 2: the highest grant');
+  await subscriber.client.unsubscribeAsync('grant/+');
+  t.equal(await deliveredQoS('removed'), 1, 'grant/+ removed: back to QoS 1');
 });

@@ -69,6 +69,24 @@ t.test('writes arriving while a batch is written form the next batch', async (t)
   await Promise.all(second);
 });
 
+t.test('a write to a key the filling batch already writes replaces that op; one in flight is kept', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'batch' });
+  const first = commit.write([put('m', 'stored')]);
+  await nextTurn();
+  t.same(target.calls[0]!.keys, ['put:m'], 'the first write is in flight');
+  // While it is written: renumbered, then acknowledged, then another key.
+  const later = [commit.write([put('m', 'renumbered')]), commit.write([put('x')]), commit.write([del('m')])];
+  t.equal(commit.pending(Buffer.from('m')), null, 'readers see the last write to the key');
+  target.calls[0]!.resolve();
+  await first;
+  await nextTurn();
+  t.same(target.calls[1]!.keys, ['del:m', 'put:x'], 'one op for the key, where its first write in this batch was');
+  target.calls[1]!.resolve();
+  await Promise.all(later);
+  t.equal(commit.pending(Buffer.from('m')), undefined, 'nothing left queued');
+});
+
 t.test('always: one turn\'s writes are one fsync\'d batch, never joined by a later turn', async (t) => {
   const target = scriptedTarget();
   const commit = createGroupCommit(target, { policy: 'always' });

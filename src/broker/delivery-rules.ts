@@ -57,6 +57,7 @@ import type { Client } from 'aedes';
 import { topicMatches } from '../config/topic-filter.js';
 import {
   disableAedesDedupe,
+  subscriptionChanges,
   subscriptionsOf,
   wrapDeliveries,
   type AedesSeam,
@@ -79,6 +80,45 @@ export function grantedQoS(subscriptions: Readonly<Record<string, ClientSubscrip
     if ((granted === undefined || qos > granted) && !(own && subscription?.nl === true) && topicMatches(filter, topic)) granted = qos;
   }
   return granted;
+}
+
+/** Topics a client's grant cache holds at most; beyond, it starts over (topics may be unbounded: sensor/<id>/…). */
+const GRANT_CACHE_TOPICS = 1024;
+
+/**
+ * grantedQoS per topic for one client, computed once per topic and kept
+ * until the client's subscriptions change (SubscriptionChanges), instead of
+ * a scan of all of them for every QoS 1/2 delivery. `null`: none matches.
+ */
+class GrantCache {
+  readonly #client: Client;
+  readonly #changes: { readonly count: number };
+  #seen = Number.NaN;
+  /** Without and with No Local applied (the client's own messages). */
+  #others = new Map<string, QoS | null>();
+  #own = new Map<string, QoS | null>();
+
+  constructor(client: Client) {
+    this.#client = client;
+    this.#changes = subscriptionChanges(client);
+  }
+
+  granted(topic: string, own: boolean): QoS | undefined {
+    const count = this.#changes.count;
+    if (count !== this.#seen) {
+      this.#others.clear();
+      this.#own.clear();
+      this.#seen = count;
+    }
+    const cache = own ? this.#own : this.#others;
+    let granted = cache.get(topic);
+    if (granted === undefined) {
+      granted = grantedQoS(subscriptionsOf(this.#client), topic, own) ?? null;
+      if (cache.size >= GRANT_CACHE_TOPICS) cache.clear();
+      cache.set(topic, granted);
+    }
+    return granted ?? undefined;
+  }
 }
 
 /**
@@ -104,12 +144,13 @@ function applyClientRules(client: Client): void {
   let lastMessage: string | undefined;
   let inside = false;
   let gathered: Gathered | undefined;
+  let grants: GrantCache | undefined;
 
   wrapDeliveries(client, ({ deliver0, deliverQoS }) => {
     const send = (packet: DeliveredPacket, callback: () => void, own: boolean) => {
-      // QoS 0 stays QoS 0: skip the scan of the client's subscriptions.
+      // QoS 0 stays QoS 0: no grant to look up.
       if (packet.qos > 0) {
-        const granted = grantedQoS(subscriptionsOf(client), packet.topic, own);
+        const granted = (grants ??= new GrantCache(client)).granted(packet.topic, own);
         if (granted !== undefined && granted < packet.qos) packet.qos = granted;
       }
       inside = true;

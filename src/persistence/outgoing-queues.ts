@@ -38,40 +38,76 @@ export interface QueueEntry {
 
 export type EntryFields = Pick<QueueEntry, 'cmd' | 'brokerId' | 'brokerCounter' | 'messageId' | 'bytes'>;
 
-function counterKey(brokerId: unknown, brokerCounter: unknown): string {
-  // typeof keeps undefined apart from the string 'undefined'.
-  return `${typeof brokerId}:${String(brokerId)}\u0000${typeof brokerCounter}:${String(brokerCounter)}`;
+/**
+ * One entry, or several under the same key (rare: the same message queued
+ * twice, a reused identifier): no Set is made for the usual single entry,
+ * which for a persistent session's QoS 1 flow would be two per message.
+ */
+type Slot = QueueEntry | Set<QueueEntry>;
+
+function addTo<K>(map: Map<K, Slot>, key: K, entry: QueueEntry): void {
+  const slot = map.get(key);
+  if (slot === undefined) map.set(key, entry);
+  else if (slot instanceof Set) slot.add(entry);
+  else if (slot !== entry) map.set(key, new Set([slot, entry]));
 }
 
-function addTo<K>(map: Map<K, Set<QueueEntry>>, key: K, entry: QueueEntry): void {
-  let set = map.get(key);
-  if (!set) {
-    set = new Set();
-    map.set(key, set);
+function removeFrom<K>(map: Map<K, Slot>, key: K, entry: QueueEntry): void {
+  const slot = map.get(key);
+  if (slot === undefined) return;
+  if (slot instanceof Set) {
+    slot.delete(entry);
+    if (slot.size === 0) map.delete(key);
+  } else if (slot === entry) {
+    map.delete(key);
   }
-  set.add(entry);
 }
 
-function removeFrom<K>(map: Map<K, Set<QueueEntry>>, key: K, entry: QueueEntry): void {
-  const set = map.get(key);
-  if (!set) return;
-  set.delete(entry);
-  if (set.size === 0) map.delete(key);
-}
-
-function oldest(entries: Iterable<QueueEntry> | undefined, accept: (entry: QueueEntry) => boolean): QueueEntry | undefined {
+function oldest(slot: Slot | undefined, accept: (entry: QueueEntry) => boolean): QueueEntry | undefined {
+  if (slot === undefined) return undefined;
+  if (!(slot instanceof Set)) return accept(slot) ? slot : undefined;
   let found: QueueEntry | undefined;
-  for (const entry of entries ?? []) {
+  for (const entry of slot) {
     if (accept(entry) && (!found || entry.seq < found.seq)) found = entry;
   }
   return found;
 }
 
+/**
+ * Entries by broker id, then broker counter: Map keys compare the values
+ * themselves (undefined apart from 'undefined', 5 apart from '5'), with no
+ * key string built per lookup.
+ */
+class CounterIndex {
+  readonly #byBroker = new Map<unknown, Map<unknown, Slot>>();
+
+  get(brokerId: unknown, brokerCounter: unknown): Slot | undefined {
+    return this.#byBroker.get(brokerId)?.get(brokerCounter);
+  }
+
+  add(entry: QueueEntry): void {
+    let counters = this.#byBroker.get(entry.brokerId);
+    if (!counters) {
+      counters = new Map();
+      this.#byBroker.set(entry.brokerId, counters);
+    }
+    addTo(counters, entry.brokerCounter, entry);
+  }
+
+  remove(entry: QueueEntry): void {
+    const counters = this.#byBroker.get(entry.brokerId);
+    if (!counters) return;
+    removeFrom(counters, entry.brokerCounter, entry);
+    if (counters.size === 0) this.#byBroker.delete(entry.brokerId);
+  }
+}
+
 export class ClientQueue {
   // Insertion order is sequence order: entries are appended with rising seq.
   readonly #entries = new Map<number, QueueEntry>();
-  readonly #byCounter = new Map<string, Set<QueueEntry>>();
-  readonly #byMessageId = new Map<unknown, Set<QueueEntry>>();
+  readonly #byCounter = new CounterIndex();
+  /** Entries with a packet identifier; those not sent yet have none and are never looked up by it. */
+  readonly #byMessageId = new Map<unknown, Slot>();
   /** PUBLISH entries and their bytes: what the per-client limits count. */
   publishCount = 0;
   publishBytes = 0;
@@ -101,11 +137,18 @@ export class ClientQueue {
     this.#unindex(entry);
   }
 
-  /** Changes looked-up fields of an entry in place (those given). */
+  /** Changes looked-up fields of an entry in place (those given); re-indexed only where they changed. */
   update(entry: QueueEntry, fields: Partial<EntryFields>): void {
-    this.#unindex(entry);
+    const counterChanged =
+      ('brokerId' in fields && fields.brokerId !== entry.brokerId) || ('brokerCounter' in fields && fields.brokerCounter !== entry.brokerCounter);
+    const idChanged = 'messageId' in fields && fields.messageId !== entry.messageId;
+    if (counterChanged) this.#byCounter.remove(entry);
+    if (idChanged && entry.messageId !== undefined) removeFrom(this.#byMessageId, entry.messageId, entry);
+    this.#count(entry, -1);
     Object.assign(entry, fields);
-    this.#index(entry);
+    this.#count(entry, 1);
+    if (counterChanged) this.#byCounter.add(entry);
+    if (idChanged && entry.messageId !== undefined) addTo(this.#byMessageId, entry.messageId, entry);
   }
 
   findForUpdate(packet: { brokerId?: unknown; brokerCounter?: unknown; messageId?: unknown }): QueueEntry | undefined {
@@ -119,7 +162,7 @@ export class ClientQueue {
     if (packet.brokerId === undefined && packet.brokerCounter === undefined) {
       return oldest(this.#byMessageId.get(packet.messageId), () => true);
     }
-    const sameMessage = oldest(this.#byCounter.get(counterKey(packet.brokerId, packet.brokerCounter)), () => true);
+    const sameMessage = oldest(this.#byCounter.get(packet.brokerId, packet.brokerCounter), () => true);
     const replaced = oldest(this.#byMessageId.get(packet.messageId), (entry) => entry.brokerId !== packet.brokerId);
     if (!sameMessage) return replaced;
     if (!replaced) return sameMessage;
@@ -169,7 +212,7 @@ export class ClientQueue {
 
   /** The entry aedes queued for a message (by broker id and counter), if still queued. */
   findByCounter(brokerId: unknown, brokerCounter: unknown): QueueEntry | undefined {
-    return oldest(this.#byCounter.get(counterKey(brokerId, brokerCounter)), () => true);
+    return oldest(this.#byCounter.get(brokerId, brokerCounter), () => true);
   }
 
   /** Forgets cached records (the client went offline). */
@@ -178,21 +221,22 @@ export class ClientQueue {
   }
 
   #index(entry: QueueEntry): void {
-    addTo(this.#byCounter, counterKey(entry.brokerId, entry.brokerCounter), entry);
-    addTo(this.#byMessageId, entry.messageId, entry);
-    if (entry.cmd === 'publish') {
-      this.publishCount++;
-      this.publishBytes += entry.bytes;
-    }
+    this.#byCounter.add(entry);
+    if (entry.messageId !== undefined) addTo(this.#byMessageId, entry.messageId, entry);
+    this.#count(entry, 1);
   }
 
   #unindex(entry: QueueEntry): void {
-    removeFrom(this.#byCounter, counterKey(entry.brokerId, entry.brokerCounter), entry);
-    removeFrom(this.#byMessageId, entry.messageId, entry);
-    if (entry.cmd === 'publish') {
-      this.publishCount--;
-      this.publishBytes -= entry.bytes;
-    }
+    this.#byCounter.remove(entry);
+    if (entry.messageId !== undefined) removeFrom(this.#byMessageId, entry.messageId, entry);
+    this.#count(entry, -1);
+  }
+
+  /** The per-client limits count PUBLISH entries and their bytes. */
+  #count(entry: QueueEntry, sign: 1 | -1): void {
+    if (entry.cmd !== 'publish') return;
+    this.publishCount += sign;
+    this.publishBytes += sign * entry.bytes;
   }
 }
 

@@ -253,7 +253,18 @@ export class QueueStore {
     return { removed: true, written: store.write(ops) };
   }
 
-  /** Removes the entry a PUBACK/PUBCOMP acknowledges and returns its packet. */
+  /**
+   * Removes the entry a PUBACK/PUBCOMP acknowledges and returns its packet.
+   *
+   * The delete is written behind: nothing is owed to the client for its
+   * acknowledgement, and waiting for the fsync would hold up aedes' reading
+   * of that client (it reads the next packets once these are handled), so a
+   * subscriber's inflight window would turn over once per fsync. A crash
+   * that loses the delete resends the message on the next connection: a
+   * duplicate QoS 1 allows [MQTT-4.3.2], a PUBREL the receiver answers
+   * again [MQTT-4.3.3-11]. Batches land in order, so a later record that
+   * reuses the packet identifier is never durable without this delete.
+   */
   acknowledge(clientId: string, messageId: unknown): Promise<PacketLike | undefined> {
     const store = this.#store;
     try {
@@ -269,7 +280,7 @@ export class QueueStore {
     const ops: BatchOp[] = [];
     store.forgetIfStateless(clientId, ops);
     return store.track(async () => {
-      const value = await store.readAndDelete(key, ops, entry.value);
+      const value = await store.readAndDelete(key, ops, entry.value, false);
       return value ? store.decode(key, value, undefined) : undefined;
     });
   }

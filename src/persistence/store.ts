@@ -375,9 +375,11 @@ export class LevelStore {
    * Reads `key` as it is now and queues its delete (with `ops`) in the same
    * synchronous step, so a write to the key made after this call always lands
    * after the delete. The read uses a LevelDB snapshot taken before the delete
-   * is queued; `known` skips the read when the caller has the value.
+   * is queued; `known` skips the read when the caller has the value. With
+   * `durable` false the delete is written behind: this resolves with the
+   * value without waiting for the batch (a failure is logged).
    */
-  async readAndDelete(key: Buffer, ops: readonly BatchOp[], known: Buffer | undefined): Promise<Buffer | undefined> {
+  async readAndDelete(key: Buffer, ops: readonly BatchOp[], known: Buffer | undefined, durable = true): Promise<Buffer | undefined> {
     const { db, commit } = this.ready();
     let read: Promise<Buffer | undefined>;
     const queued = known ?? commit.pending(key);
@@ -387,8 +389,12 @@ export class LevelStore {
       const snapshot = db.snapshot();
       read = db.get(key, { snapshot }).finally(() => snapshot.close());
     }
-    const written = this.write([{ type: 'del', key }, ...ops]);
-    const [value] = await Promise.all([read, written]);
+    const deletion: BatchOp[] = [{ type: 'del', key }, ...ops];
+    if (!durable) {
+      this.writeBehind(deletion, 'removal of an acknowledged message');
+      return read;
+    }
+    const [value] = await Promise.all([read, this.write(deletion)]);
     return value;
   }
 

@@ -112,15 +112,57 @@ export function disableAedesDedupe(client: Client): void {
   });
 }
 
+/** Counts the changes to a client's subscription map (see subscriptionChanges). */
+export interface SubscriptionChanges {
+  readonly count: number;
+}
+
+const changesOf = new WeakMap<Client, SubscriptionChanges>();
+
 /**
  * Gives a new client a prototype-free subscription map (lib/client.js keeps
  * `{}` in 2.0.0-beta.1): a SUBSCRIBE to `constructor` would otherwise find
  * Object's constructor as an existing subscription and unsubscribe an
  * undefined handler, which mqemitter asserts on (GHSA-52qw-whmv-87c5).
+ * aedes changes the map only by assigning a filter's Subscription
+ * (handlers/subscribe.js addSubs) and deleting it (handlers/unsubscribe.js):
+ * the map counts both, so that what is derived from it can be cached
+ * (subscriptionChanges). Reads go straight to the map (no get trap).
  */
 export function freeSubscriptionMap(client: Client): void {
   const state = internals(client);
-  state.subscriptions = Object.assign(Object.create(null) as Record<string, ClientSubscription>, state.subscriptions);
+  const changes = { count: 0 };
+  const map = Object.assign(Object.create(null) as Record<string, ClientSubscription>, state.subscriptions);
+  state.subscriptions = new Proxy(map, {
+    set(target, key, value: ClientSubscription) {
+      changes.count++;
+      return Reflect.set(target, key, value);
+    },
+    deleteProperty(target, key) {
+      changes.count++;
+      return Reflect.deleteProperty(target, key);
+    },
+  });
+  changesOf.set(client, changes);
+}
+
+/**
+ * The change count of a client's subscription map: it goes up whenever aedes
+ * adds, replaces or removes one of its subscriptions. Call once per client,
+ * after aedes made it (the seam's connection hooks run then); read `count`
+ * when needed.
+ */
+export function subscriptionChanges(client: Client): SubscriptionChanges {
+  let changes = changesOf.get(client);
+  if (!changes) {
+    // Not made through the seam (tests that build aedes clients by hand): never cached as unchanged.
+    changes = {
+      get count() {
+        return Number.NaN;
+      },
+    };
+  }
+  return changes;
 }
 
 /** The client's current subscriptions by filter, as aedes keeps them (filled asynchronously after SUBSCRIBE). */

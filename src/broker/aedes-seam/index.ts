@@ -16,7 +16,8 @@
  *   on the same rule.
  * - Client `deliver0`/`deliverQoS` (lib/client.js; subscription handlers
  *   capture them at SUBSCRIBE time, handlers/subscribe.js), `duplicates`
- *   (lib/client.js dedupe), `subscriptions`, `_handleDrainTimeout`
+ *   (lib/client.js dedupe), `subscriptions` (replaced by a map that counts
+ *   aedes' assignments and deletes, subscriptionChanges), `_handleDrainTimeout`
  *   (lib/client.js waitForDrain), `_will` and `will` (handlers/connect.js,
  *   lib/client.js close).
  * - Shared subscriptions (shared.ts): the client's parser ('packet'
