@@ -72,24 +72,22 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
   const firstRequestDone = (socket: Duplex) => clearTimeout(firstRequestTimers.get(socket));
   server.on('request', (request) => firstRequestDone(request.socket));
 
-  // MQTT-over-WebSocket connections open now, for http.websocket.maxConnections.
-  let openWebSockets = 0;
-
   const upgrade = createWebSocketUpgrade({
     path: websocket.path,
     allowedOrigins: websocket.allowedOrigins,
     maxPayloadBytes: config.broker.maxPacketSizeBytes,
     logger: log,
-    onOversize(request) {
-      deps.broker.limits.hit('maxPacketSize', { listener: 'http', remote: request.socket.remoteAddress, maxPacketSizeBytes: config.broker.maxPacketSizeBytes });
+    onOversize(remote) {
+      deps.broker.limits.hit('maxPacketSize', { listener: 'http', remote, maxPacketSizeBytes: config.broker.maxPacketSizeBytes });
     },
-    onConnection(stream, request) {
-      openWebSockets++;
-      stream.once('close', () => openWebSockets--);
+    onConnection(stream, socket) {
       // The broker guards every connection it handles: packet size, MQTT
       // 3.1.1 conformance, CONNECT timeout, bounded output (src/broker/limits.ts).
-      if (tls.enabled && tls.useCnAsUsername) deps.identities?.record(stream, request.socket as TLSSocket);
-      deps.broker.aedes.handle(stream, request);
+      if (tls.enabled && tls.useCnAsUsername) deps.identities?.record(stream, socket as TLSSocket);
+      // aedes keeps its second argument as client.req; what is read from it
+      // (the listener, the peer's address) is on the socket, so it gets that
+      // alone instead of the whole upgrade request with its headers.
+      deps.broker.aedes.handle(stream, { socket } as unknown as IncomingMessage);
     },
   });
   server.on('upgrade', (request, socket, head) => {
@@ -99,7 +97,7 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
       return;
     }
     // Refused before the handshake and before aedes builds any state for it.
-    if (websocket.maxConnections > 0 && openWebSockets >= websocket.maxConnections) {
+    if (websocket.maxConnections > 0 && upgrade.openConnections >= websocket.maxConnections) {
       deps.broker.limits.hit('listenerMaxConnections', { listener: 'http', remote: request.socket.remoteAddress, maxConnections: websocket.maxConnections });
       refuseUpgrade(socket as Socket, 503, 'Service Unavailable', 'too many MQTT-over-WebSocket connections');
       return;
