@@ -6,7 +6,8 @@
  * garbage first, so it counts only what is live), and prints for each step the
  * constructors whose count or shallow size grew the most, per connection.
  *
- * Shallow sizes sum to the heap's growth; the V8 heap the process keeps
+ * Closures are named by their source line, internal arrays by the object
+ * holding them. Shallow sizes sum to the heap's growth; the V8 heap the process keeps
  * beyond its live objects is what memory.ts's RSS figures add on top.
  *
  * Usage: npm run bench:build && node dist-bench/bench/heap-census.js
@@ -29,7 +30,9 @@ interface Entry {
 type Census = Map<string, Entry>;
 
 interface SnapshotFile {
-  snapshot: { meta: { node_fields: string[]; node_types: [string[], ...unknown[]]; edge_fields: string[]; location_fields: string[] } };
+  snapshot: {
+    meta: { node_fields: string[]; node_types: [string[], ...unknown[]]; edge_fields: string[]; edge_types: [string[], ...unknown[]]; location_fields: string[] };
+  };
   nodes: number[];
   edges: number[];
   locations: number[];
@@ -68,6 +71,36 @@ function closureSources(data: SnapshotFile): Map<number, string> {
   return result;
 }
 
+/**
+ * For internal arrays (property and element stores, listener lists), which
+ * would all be "array:" otherwise: "array of Owner.edge", from the first
+ * object that refers to each.
+ */
+function arrayOwners(data: SnapshotFile): Map<number, string> {
+  const nodeFields = data.snapshot.meta.node_fields;
+  const width = nodeFields.length;
+  const edgeFields = data.snapshot.meta.edge_fields;
+  const edgeWidth = edgeFields.length;
+  const [typeAt, nameAt, edgeCountAt] = [nodeFields.indexOf('type'), nodeFields.indexOf('name'), nodeFields.indexOf('edge_count')];
+  const [edgeTypeAt, edgeNameAt, edgeToAt] = [edgeFields.indexOf('type'), edgeFields.indexOf('name_or_index'), edgeFields.indexOf('to_node')];
+  const types = data.snapshot.meta.node_types[0];
+  const edgeTypes = data.snapshot.meta.edge_types[0];
+  const result = new Map<number, string>();
+  for (let i = 0, edge = 0; i < data.nodes.length; i += width) {
+    const ownerType = types[data.nodes[i + typeAt]!]!;
+    const owner = ownerType === 'object' || ownerType === 'closure' ? data.strings[data.nodes[i + nameAt]!]! : ownerType;
+    const end = edge + data.nodes[i + edgeCountAt]! * edgeWidth;
+    for (; edge < end; edge += edgeWidth) {
+      const to = data.edges[edge + edgeToAt]!;
+      if (types[data.nodes[to + typeAt]!] !== 'array' || result.has(to)) continue;
+      const edgeType = edgeTypes[data.edges[edge + edgeTypeAt]!];
+      const edgeName = edgeType === 'element' || edgeType === 'hidden' ? '[]' : data.strings[data.edges[edge + edgeNameAt]!];
+      result.set(to, `array of ${owner}.${edgeName}`);
+    }
+  }
+  return result;
+}
+
 /** Counts and shallow sizes per "type:name" (constructor for objects, function name for closures). */
 function census(file: string): Census {
   const data = JSON.parse(readFileSync(file, 'utf8')) as SnapshotFile;
@@ -76,12 +109,13 @@ function census(file: string): Census {
   const width = fields.length;
   const [typeAt, nameAt, sizeAt] = [fields.indexOf('type'), fields.indexOf('name'), fields.indexOf('self_size')];
   const sources = closureSources(data);
+  const owners = arrayOwners(data);
   const result: Census = new Map();
   for (let i = 0; i < data.nodes.length; i += width) {
     const type = types[data.nodes[i + typeAt]!]!;
     // Strings and numbers by type only: their "names" are their contents.
     const name = type === 'object' || type === 'closure' || type === 'native' ? data.strings[data.nodes[i + nameAt]!]! : '';
-    const key = type === 'closure' ? `closure:${name} ${sources.get(i) ?? ''}` : `${type}:${name}`;
+    const key = type === 'closure' ? `closure:${name} ${sources.get(i) ?? ''}` : type === 'array' ? (owners.get(i) ?? 'array:') : `${type}:${name}`;
     const entry = result.get(key) ?? { count: 0, bytes: 0 };
     entry.count++;
     entry.bytes += data.nodes[i + sizeAt]!;
@@ -123,7 +157,10 @@ function printDiff(title: string, before: Census, after: Census, per: number): v
     })
     .sort((a, b) => b.bytes - a.bytes)
     .slice(0, TOP);
-  console.log(`${title}: live heap ${((total(after) - total(before)) / per / 1024).toFixed(1)} KB per connection`);
+  // Compiled code grows as the JIT warms up, not with connections.
+  const code = ((after.get('code:')?.bytes ?? 0) - (before.get('code:')?.bytes ?? 0)) / per;
+  const heap = (total(after) - total(before)) / per;
+  console.log(`${title}: live heap ${(heap / 1024).toFixed(1)} KB per connection, ${((heap - code) / 1024).toFixed(1)} KB without compiled code`);
   console.log('  bytes/conn  count/conn  type:name');
   for (const row of rows) console.log(`  ${row.bytes.toFixed(0).padStart(10)}  ${row.count.toFixed(2).padStart(10)}  ${row.key}`);
 }

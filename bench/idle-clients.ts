@@ -9,20 +9,14 @@ import { writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { connectPacket, webSocketFrame, webSocketUpgradeRequest } from './common.js';
+import { connectPacket, webSocketFrame, webSocketUpgradeRequest, type BrokerEndpoint } from './common.js';
 import { freePort } from './brokers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
 
-export interface Target {
-  name: string;
-  host: string;
-  tcpPort: number;
-  /** 0: no MQTT over WebSocket. */
-  wsPort: number;
-  wsPath: string;
-  pid: number;
+/** wsPort 0: no MQTT over WebSocket. */
+export interface Target extends BrokerEndpoint {
   stop(): Promise<void>;
 }
 
