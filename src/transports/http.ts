@@ -59,17 +59,30 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
   // socket that requests then arrive on.
   server.on(tls.enabled ? 'secureConnection' : 'connection', (socket: Socket) => limitFirstRequest(socket));
   const firstRequestMs = config.broker.connectTimeoutSec * 1000;
+  // Timer and 'close' listener go once the first request is in: a WebSocket
+  // connection that lives for days keeps neither (nor a closure per socket).
   const firstRequestTimers = new WeakMap<Duplex, NodeJS.Timeout>();
+  function firstRequestTimeout(socket: Socket): void {
+    firstRequestTimers.delete(socket);
+    deps.broker.limits.hit('connectTimeout', { listener: 'http', remote: socket.remoteAddress, connectTimeoutSec: config.broker.connectTimeoutSec });
+    socket.destroy();
+  }
   function limitFirstRequest(socket: Socket): void {
-    const timer = setTimeout(() => {
-      deps.broker.limits.hit('connectTimeout', { listener: 'http', remote: socket.remoteAddress, connectTimeoutSec: config.broker.connectTimeoutSec });
-      socket.destroy();
-    }, firstRequestMs);
+    const timer = setTimeout(firstRequestTimeout, firstRequestMs, socket);
     timer.unref();
     firstRequestTimers.set(socket, timer);
-    socket.once('close', () => clearTimeout(timer));
+    socket.once('close', closedBeforeFirstRequest);
   }
-  const firstRequestDone = (socket: Duplex) => clearTimeout(firstRequestTimers.get(socket));
+  function closedBeforeFirstRequest(this: Duplex): void {
+    firstRequestDone(this);
+  }
+  function firstRequestDone(socket: Duplex): void {
+    const timer = firstRequestTimers.get(socket);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    firstRequestTimers.delete(socket);
+    socket.off('close', closedBeforeFirstRequest);
+  }
   server.on('request', (request) => firstRequestDone(request.socket));
 
   const upgrade = createWebSocketUpgrade({
