@@ -13,14 +13,14 @@
  * grows and shrinks in steps. The figures printed are medians over the
  * rounds, with their spread (min–max).
  *
- * edgemqtt runs as the CLI does in production (`node dist/bin/edgemqtt.js
- * start --config FILE`), with the example config's defaults (metrics on,
+ * edgemqtt runs as the systemd unit and `npm start` run it (`node
+ * --max-semi-space-size=4 dist/bin/edgemqtt.js start --config FILE`), with the example config's defaults (metrics on,
  * dashboard and admin API off, no bridge) on loopback ports, so that the
  * figure is the one a user would see.
  *
  * Usage: npm run bench:memory
  *   BENCH_MEMORY_CONNECTIONS=1000 (per transport)  BENCH_MEMORY_ROUNDS=3
- *   BENCH_MEMORY_NODE_FLAGS="--max-semi-space-size=1" (extra node flags for edgemqtt, to compare)
+ *   BENCH_MEMORY_NODE_FLAGS="--max-semi-space-size=4" (node flags for edgemqtt; "" for V8's defaults)
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -33,7 +33,7 @@ import { openClients, startEdgemqttCli, stopChild, waitForPort, type Target } fr
 
 const CONNECTIONS = Number(process.env.BENCH_MEMORY_CONNECTIONS ?? 1000);
 const ROUNDS = Number(process.env.BENCH_MEMORY_ROUNDS ?? 3);
-const EXTRA_NODE_FLAGS = (process.env.BENCH_MEMORY_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+const EXTRA_NODE_FLAGS = (process.env.BENCH_MEMORY_NODE_FLAGS ?? '--max-semi-space-size=4').split(' ').filter(Boolean);
 const NATS_SERVER = process.env.BENCH_NATS_SERVER ?? '/usr/sbin/nats-server';
 const SETTLE_MS = 3000;
 
