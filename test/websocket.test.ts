@@ -8,7 +8,7 @@ import net from 'node:net';
 import WebSocket from 'ws';
 import type { Test } from 'tap';
 import { startDaemon } from './helpers/daemon.js';
-import { connectRaw, openClient } from './helpers/mqtt.js';
+import { connectRaw, eventually, openClient } from './helpers/mqtt.js';
 
 type Handshake = { opened: true; protocol: string } | { opened: false; status: number };
 
@@ -145,6 +145,24 @@ t.test('Origin allowlist', async (t) => {
     const { wsUrl } = await startDaemon(t, { http: { websocket: { allowedOrigins: ['*'] } } });
     t.same(await handshake(t, wsUrl, ['mqtt'], 'http://evil.example'), { opened: true, protocol: 'mqtt' });
   });
+});
+
+t.test('a closed WebSocket frees its place under http.websocket.maxConnections', async (t) => {
+  const { wsUrl } = await startDaemon(t, { http: { websocket: { maxConnections: 1 } } });
+  const { client } = await openClient(t, wsUrl, { clientId: 'first' });
+  t.same(await handshake(t, wsUrl, ['mqtt']), { opened: false, status: 503 }, 'a second is refused while the first is open');
+  await client.endAsync();
+  // The place is freed when the broker has seen the close, a moment after the client's end.
+  let second: Awaited<ReturnType<typeof openClient>> | undefined;
+  await eventually(
+    async () => {
+      second = await openClient(t, wsUrl, { clientId: 'second' }).catch(() => undefined);
+      return second !== undefined;
+    },
+    5000,
+    'a second WebSocket client admitted',
+  );
+  t.equal(second?.connack.returnCode, 0, 'once the first has closed, another is admitted and speaks MQTT');
 });
 
 t.test('an MQTT packet may span WebSocket frames, and a frame may hold several packets [MQTT-6.0.0-2]', async (t) => {

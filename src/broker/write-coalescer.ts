@@ -43,16 +43,53 @@ import type { Duplex, Writable } from 'node:stream';
 /** Pending output beyond this is written at once rather than at the end of the turn. */
 export const COALESCE_LIMIT_BYTES = 64 * 1024;
 
-const COALESCED = Symbol('edgemqtt.coalesced');
+const COALESCER = Symbol('edgemqtt.coalescer');
 
 type WriteFn = (chunk: unknown, encoding?: unknown, callback?: unknown) => boolean;
+type Coalesced = (Duplex | Writable) & { [COALESCER]?: Coalescer };
 
-let pendingFlushes: Array<() => void> = [];
+/**
+ * One connection's pending output and the stream's own methods. The methods
+ * installed on the stream are module functions that find this through a
+ * symbol, so an idle connection holds this one object and no closures.
+ */
+class Coalescer {
+  /** Created at the first write of a turn, handed on whole by flush(). */
+  chunks: Buffer[] | null = null;
+  pendingBytes = 0;
+  scheduled = false;
+
+  constructor(
+    readonly stream: Duplex | Writable,
+    readonly write: WriteFn,
+    readonly end: (...args: unknown[]) => Writable,
+    readonly destroy: (error?: Error) => Writable,
+    readonly length: () => number,
+  ) {}
+
+  /** Hands the pending bytes to the stream as one chunk; returns the stream's answer. */
+  flush(): boolean {
+    const { chunks, pendingBytes, stream } = this;
+    if (chunks === null || pendingBytes === 0) return !stream.writableNeedDrain;
+    const out = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, pendingBytes);
+    // Cleared first: the stream's write() may re-enter (an 'error' listener that destroys it).
+    this.chunks = null;
+    this.pendingBytes = 0;
+    return this.write.call(stream, out);
+  }
+
+  scheduledFlush(): void {
+    this.scheduled = false;
+    this.flush();
+  }
+}
+
+let pendingFlushes: Coalescer[] = [];
 
 function flushAll(): void {
   const flushes = pendingFlushes;
   pendingFlushes = [];
-  for (const flush of flushes) flush();
+  for (const coalescer of flushes) coalescer.scheduledFlush();
 }
 
 /** The getter `key` has on the object's prototype chain (Writable's own `writableLength`). */
@@ -73,68 +110,61 @@ function toBuffer(chunk: unknown, encoding: unknown): Buffer | null {
 
 /** Installs coalescing on one connection; call before anything writes to it. Idempotent. */
 export function coalesceWrites(stream: Duplex | Writable): void {
-  const marked = stream as { [COALESCED]?: true };
-  if (marked[COALESCED]) return;
-  marked[COALESCED] = true;
-  const originalWrite = stream.write as WriteFn;
-  const originalEnd = stream.end as (...args: unknown[]) => Writable;
-  const originalDestroy = stream.destroy as (error?: Error) => Writable;
-  const streamLength = inheritedGetter(stream, 'writableLength');
-  let chunks: Buffer[] = [];
-  let pendingBytes = 0;
-  let scheduled = false;
+  const marked = stream as Coalesced;
+  if (marked[COALESCER]) return;
+  marked[COALESCER] = new Coalescer(
+    stream,
+    stream.write as WriteFn,
+    stream.end as (...args: unknown[]) => Writable,
+    stream.destroy as (error?: Error) => Writable,
+    inheritedGetter(stream, 'writableLength'),
+  );
+  Object.defineProperty(stream, 'writableLength', { configurable: true, enumerable: false, get: coalescedLength });
+  stream.write = coalescedWrite as Writable['write'];
+  stream.end = coalescedEnd as Writable['end'];
+  stream.destroy = coalescedDestroy as Writable['destroy'];
+}
 
-  /** Hands the pending bytes to the stream as one chunk; returns the stream's answer. */
-  const flush = (): boolean => {
-    if (pendingBytes === 0) return !stream.writableNeedDrain;
-    const out = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, pendingBytes);
-    // Cleared first: the stream's write() may re-enter (an 'error' listener that destroys it).
-    chunks = [];
-    pendingBytes = 0;
-    return originalWrite.call(stream, out);
-  };
-  const scheduledFlush = (): void => {
-    scheduled = false;
-    flush();
-  };
+// The stream's methods from here on: `this` is the stream (callers invoke them as its methods).
 
-  Object.defineProperty(stream, 'writableLength', {
-    configurable: true,
-    enumerable: false,
-    get: () => streamLength.call(stream) + pendingBytes,
-  });
+function coalescedLength(this: Coalesced): number {
+  const coalescer = this[COALESCER]!;
+  return coalescer.length.call(this) + coalescer.pendingBytes;
+}
 
-  stream.write = function coalescedWrite(chunk: unknown, encoding?: unknown, callback?: unknown): boolean {
-    const buffer = toBuffer(chunk, encoding);
-    if (buffer === null || typeof encoding === 'function' || typeof callback === 'function' || stream.destroyed || stream.writableEnded) {
-      // Callers that wait for a write's callback (none in aedes' data path),
-      // and writes the stream will refuse, get the stream's own behaviour.
-      flush();
-      return originalWrite.call(stream, chunk, encoding, callback);
-    }
-    if (buffer.length === 0) return !stream.writableNeedDrain;
-    chunks.push(buffer);
-    pendingBytes += buffer.length;
-    if (pendingBytes >= COALESCE_LIMIT_BYTES || streamLength.call(stream) + pendingBytes >= stream.writableHighWaterMark) {
-      // The stream's own write() answers false here (it has reached its
-      // highWaterMark) and will emit 'drain'; large writes pass straight on.
-      return flush();
-    }
-    if (!scheduled) {
-      scheduled = true;
-      if (pendingFlushes.length === 0) setImmediate(flushAll);
-      pendingFlushes.push(scheduledFlush);
-    }
-    return true;
-  } as Writable['write'];
+function coalescedWrite(this: Coalesced, chunk: unknown, encoding?: unknown, callback?: unknown): boolean {
+  const coalescer = this[COALESCER]!;
+  const buffer = toBuffer(chunk, encoding);
+  if (buffer === null || typeof encoding === 'function' || typeof callback === 'function' || this.destroyed || this.writableEnded) {
+    // Callers that wait for a write's callback (none in aedes' data path),
+    // and writes the stream will refuse, get the stream's own behaviour.
+    coalescer.flush();
+    return coalescer.write.call(this, chunk, encoding, callback);
+  }
+  if (buffer.length === 0) return !this.writableNeedDrain;
+  (coalescer.chunks ??= []).push(buffer);
+  coalescer.pendingBytes += buffer.length;
+  if (coalescer.pendingBytes >= COALESCE_LIMIT_BYTES || coalescer.length.call(this) + coalescer.pendingBytes >= this.writableHighWaterMark) {
+    // The stream's own write() answers false here (it has reached its
+    // highWaterMark) and will emit 'drain'; large writes pass straight on.
+    return coalescer.flush();
+  }
+  if (!coalescer.scheduled) {
+    coalescer.scheduled = true;
+    if (pendingFlushes.length === 0) setImmediate(flushAll);
+    pendingFlushes.push(coalescer);
+  }
+  return true;
+}
 
-  stream.end = function coalescedEnd(...args: unknown[]) {
-    flush();
-    return originalEnd.apply(stream, args);
-  } as Writable['end'];
+function coalescedEnd(this: Coalesced, ...args: unknown[]): Writable {
+  const coalescer = this[COALESCER]!;
+  coalescer.flush();
+  return coalescer.end.apply(this, args);
+}
 
-  stream.destroy = function coalescedDestroy(error?: Error) {
-    if (!stream.destroyed) flush();
-    return originalDestroy.call(stream, error);
-  } as Writable['destroy'];
+function coalescedDestroy(this: Coalesced, error?: Error): Writable {
+  const coalescer = this[COALESCER]!;
+  if (!this.destroyed) coalescer.flush();
+  return coalescer.destroy.call(this, error);
 }

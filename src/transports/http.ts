@@ -59,37 +59,48 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
   // socket that requests then arrive on.
   server.on(tls.enabled ? 'secureConnection' : 'connection', (socket: Socket) => limitFirstRequest(socket));
   const firstRequestMs = config.broker.connectTimeoutSec * 1000;
+  // Timer and 'close' listener go once the first request is in: a WebSocket
+  // connection that lives for days keeps neither (nor a closure per socket).
   const firstRequestTimers = new WeakMap<Duplex, NodeJS.Timeout>();
+  function firstRequestTimeout(socket: Socket): void {
+    firstRequestTimers.delete(socket);
+    deps.broker.limits.hit('connectTimeout', { listener: 'http', remote: socket.remoteAddress, connectTimeoutSec: config.broker.connectTimeoutSec });
+    socket.destroy();
+  }
   function limitFirstRequest(socket: Socket): void {
-    const timer = setTimeout(() => {
-      deps.broker.limits.hit('connectTimeout', { listener: 'http', remote: socket.remoteAddress, connectTimeoutSec: config.broker.connectTimeoutSec });
-      socket.destroy();
-    }, firstRequestMs);
+    const timer = setTimeout(firstRequestTimeout, firstRequestMs, socket);
     timer.unref();
     firstRequestTimers.set(socket, timer);
-    socket.once('close', () => clearTimeout(timer));
+    socket.once('close', closedBeforeFirstRequest);
   }
-  const firstRequestDone = (socket: Duplex) => clearTimeout(firstRequestTimers.get(socket));
+  function closedBeforeFirstRequest(this: Duplex): void {
+    firstRequestDone(this);
+  }
+  function firstRequestDone(socket: Duplex): void {
+    const timer = firstRequestTimers.get(socket);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    firstRequestTimers.delete(socket);
+    socket.off('close', closedBeforeFirstRequest);
+  }
   server.on('request', (request) => firstRequestDone(request.socket));
-
-  // MQTT-over-WebSocket connections open now, for http.websocket.maxConnections.
-  let openWebSockets = 0;
 
   const upgrade = createWebSocketUpgrade({
     path: websocket.path,
     allowedOrigins: websocket.allowedOrigins,
     maxPayloadBytes: config.broker.maxPacketSizeBytes,
     logger: log,
-    onOversize(request) {
-      deps.broker.limits.hit('maxPacketSize', { listener: 'http', remote: request.socket.remoteAddress, maxPacketSizeBytes: config.broker.maxPacketSizeBytes });
+    onOversize(remote) {
+      deps.broker.limits.hit('maxPacketSize', { listener: 'http', remote, maxPacketSizeBytes: config.broker.maxPacketSizeBytes });
     },
-    onConnection(stream, request) {
-      openWebSockets++;
-      stream.once('close', () => openWebSockets--);
+    onConnection(stream, socket) {
       // The broker guards every connection it handles: packet size, MQTT
       // 3.1.1 conformance, CONNECT timeout, bounded output (src/broker/limits.ts).
-      if (tls.enabled && tls.useCnAsUsername) deps.identities?.record(stream, request.socket as TLSSocket);
-      deps.broker.aedes.handle(stream, request);
+      if (tls.enabled && tls.useCnAsUsername) deps.identities?.record(stream, socket as TLSSocket);
+      // aedes keeps its second argument as client.req; what is read from it
+      // (the listener, the peer's address) is on the socket, so it gets that
+      // alone instead of the whole upgrade request with its headers.
+      deps.broker.aedes.handle(stream, { socket } as unknown as IncomingMessage);
     },
   });
   server.on('upgrade', (request, socket, head) => {
@@ -99,7 +110,7 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
       return;
     }
     // Refused before the handshake and before aedes builds any state for it.
-    if (websocket.maxConnections > 0 && openWebSockets >= websocket.maxConnections) {
+    if (websocket.maxConnections > 0 && upgrade.openConnections >= websocket.maxConnections) {
       deps.broker.limits.hit('listenerMaxConnections', { listener: 'http', remote: request.socket.remoteAddress, maxConnections: websocket.maxConnections });
       refuseUpgrade(socket as Socket, 503, 'Service Unavailable', 'too many MQTT-over-WebSocket connections');
       return;

@@ -5,9 +5,10 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer, createWebSocketStream, type WebSocket } from 'ws';
+import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../observability/logger.js';
 import { isOriginAllowed } from './origin-policy.js';
+import { WebSocketStream, type WebSocketStreamHooks } from './websocket-stream.js';
 
 export interface WebSocketUpgradeOptions {
   path: string;
@@ -15,13 +16,19 @@ export interface WebSocketUpgradeOptions {
   /** Largest WebSocket message accepted; larger ones close the socket (1009). */
   maxPayloadBytes: number;
   logger: Logger;
-  /** Called with the MQTT byte stream of each accepted connection. */
-  onConnection(stream: Duplex, request: IncomingMessage): void;
+  /**
+   * Called with the MQTT byte stream of each accepted connection and its
+   * socket (the upgrade request itself is not kept: its headers are of no
+   * use once the handshake is done).
+   */
+  onConnection(stream: Duplex, socket: Socket): void;
   /** Called when a connection is closed for a message over maxPayloadBytes. */
-  onOversize?(request: IncomingMessage): void;
+  onOversize?(remote: string | undefined): void;
 }
 
 export interface WebSocketUpgrade {
+  /** MQTT-over-WebSocket connections open now. */
+  readonly openConnections: number;
   handleUpgrade(request: IncomingMessage, socket: Socket, head: Buffer): void;
   /** Closes the WebSocket server; connections are cut by their listener. */
   close(): Promise<void>;
@@ -39,31 +46,30 @@ export function createWebSocketUpgrade(options: WebSocketUpgradeOptions): WebSoc
     // deflate costs CPU and memory per connection (a zip-bomb vector too).
     perMessageDeflate: false,
     handleProtocols: (offered) => SUBPROTOCOLS.find((name) => offered.has(name)) ?? false,
+    // The server's set of clients would add an entry and a 'close' closure
+    // per connection; connections are counted here and cut by the listener.
+    clientTracking: false,
   });
 
-  function accept(ws: WebSocket, request: IncomingMessage): void {
-    const stream = createWebSocketStream(ws);
-    // MQTT control packets travel in binary frames; a text frame must close
-    // the connection [MQTT-6.0.0-1]. Registered before the stream's own
-    // listener so the text never reaches the broker.
-    ws.prependListener('message', (_data, isBinary) => {
-      if (!isBinary) {
-        log.info({ remote: request.socket.remoteAddress }, 'WebSocket closed: MQTT sent in a text frame');
-        // Close frame first: destroying the stream terminates the WebSocket,
-        // after which close() is a no-op and the peer would only see 1006.
-        // Then destroy the stream, so that the stream's own 'message'
-        // listener, which runs next, drops this frame instead of pushing it.
-        ws.close(1003, 'MQTT requires binary frames');
-        stream.destroy();
-      }
-    });
-    ws.on('error', (error: Error & { code?: string }) => {
-      if (error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') options.onOversize?.(request);
-    });
-    options.onConnection(stream, request);
+  let openConnections = 0;
+  // One hooks object for every connection of this listener.
+  const hooks: WebSocketStreamHooks = {
+    // MQTT control packets travel in binary frames; a text frame closes the
+    // connection before the broker sees it [MQTT-6.0.0-1].
+    onTextFrame: (remote) => log.info({ remote }, 'WebSocket closed: MQTT sent in a text frame'),
+    onOversize: (remote) => options.onOversize?.(remote),
+    onClose: () => openConnections--,
+  };
+
+  function accept(ws: WebSocket, socket: Socket): void {
+    openConnections++;
+    options.onConnection(new WebSocketStream(ws, hooks), socket);
   }
 
   return {
+    get openConnections() {
+      return openConnections;
+    },
     handleUpgrade(request, socket, head) {
       const url = new URL(request.url ?? '/', 'http://localhost');
       if (url.pathname !== options.path) {
@@ -76,7 +82,7 @@ export function createWebSocketUpgrade(options: WebSocketUpgradeOptions): WebSoc
         refuseUpgrade(socket, 403, 'Forbidden', `origin ${origin ?? ''} is not allowed`);
         return;
       }
-      server.handleUpgrade(request, socket, head, (ws) => accept(ws, request));
+      server.handleUpgrade(request, socket, head, (ws) => accept(ws, socket));
     },
     close() {
       return new Promise((resolve) => server.close(() => resolve()));

@@ -40,6 +40,9 @@ const TOPIC = 1;
 const PROPERTY_LENGTH = 2;
 const PROPERTIES = 3;
 
+/** What #buffer is between the packets that need none kept (no Buffer per idle connection). */
+const EMPTY = Buffer.alloc(0);
+
 /** The violation as a connection of `level` reports it: MQTT 5 Reason Codes only where MQTT 5 is spoken. */
 function asReported(violation: Violation, level: number): Violation {
   if (level === 5) return violation;
@@ -69,7 +72,7 @@ export class ProtocolGuard {
   #bodyLeft = 0;
   /** Bytes still to collect into #buffer before the next check. */
   #need = 0;
-  #buffer: Buffer = Buffer.alloc(0);
+  #buffer: Buffer = EMPTY;
   #filled = 0;
   #publishStep = TOPIC_LENGTH;
   /** MQTT 5 PUBLISH: a zero-length topic, which needs a Topic Alias (3.3.2.1). */
@@ -86,25 +89,37 @@ export class ProtocolGuard {
   /** The CONNECT's protocol level once read (3, 4 or 5), else 0. */
   #level = 0;
   #verdict: Violation | null = null;
-  readonly #reader = new FieldReader();
-  readonly #facts = new PropertyFacts();
-  readonly #session: Session5 = { sessionExpiryZero: true, authenticationMethod: false };
-  readonly #topics: TopicChecks;
+  // The reader, the property facts, the MQTT 5 session facts and the QoS 2
+  // identifiers are made when a packet first needs them, and the reader and
+  // facts let go after each packet but PUBLISH and the acknowledgements (the
+  // ones that come often): an idle connection keeps none of them.
+  #reader: FieldReader | undefined;
+  #facts: PropertyFacts | undefined;
+  #session: Session5 | undefined;
   /**
    * Packet identifiers of the incoming QoS 2 messages whose PUBREL has not
    * come yet. aedes 1.2.0 bounded them (maxInflightInbound, GHSA-5jvp);
    * 2.0.0-beta.1 stores any number, up to 65,535 per client id.
    */
-  readonly #awaitingRelease = new Set<number>();
+  #awaitingRelease: Set<number> | undefined;
   /** The Reason Code of the acknowledgement being read (MQTT 5; 0 when it has none). */
   #ackReasonCode = 0;
 
   constructor(options: ProtocolGuardOptions) {
     this.#limits = options;
-    this.#topics = {
-      topicLength: (bytes) => this.#topicLengthProblem(bytes),
-      topicName: (topic) => this.#topicNameProblem(topic),
-    };
+  }
+
+  get #propertyFacts(): PropertyFacts {
+    return (this.#facts ??= new PropertyFacts());
+  }
+
+  get #session5(): Session5 {
+    return (this.#session ??= { sessionExpiryZero: true, authenticationMethod: false });
+  }
+
+  /** A reader over the bytes collected for the current check. */
+  #collectedReader(): FieldReader {
+    return (this.#reader ??= new FieldReader()).reset(this.#buffer, this.#filled);
   }
 
   /**
@@ -194,6 +209,11 @@ export class ProtocolGuard {
       if (this.#state === BODY && this.#bodyLeft === 0 && this.#need === 0) {
         this.#state = HEADER;
         const type = this.#first >> 4;
+        if (type !== PUBLISH && (type < PUBACK || type > PUBCOMP)) {
+          this.#buffer = EMPTY;
+          this.#reader = undefined;
+          this.#facts = undefined;
+        }
         if (type === CONNECT && this.#connect === 'awaiting') this.#connect = 'connected';
         // After its DISCONNECT a client sends nothing more [MQTT-3.14.4-1].
         else if (type === DISCONNECT && this.#level === 5) this.#connect = 'disconnected';
@@ -315,25 +335,25 @@ export class ProtocolGuard {
   #collected(): Violation | null {
     const type = this.#first >> 4;
     if (type === PUBLISH) return this.#checkPublish();
-    const reader = this.#reader.reset(this.#buffer, this.#filled);
+    const reader = this.#collectedReader();
     if (type === CONNECT) return this.#checkConnect(reader);
     if (type >= PUBACK && type <= PUBCOMP) {
-      if (type === PUBREL) this.#awaitingRelease.delete(this.#buffer.readUInt16BE(0));
+      if (type === PUBREL) this.#awaitingRelease?.delete(this.#buffer.readUInt16BE(0));
       if (this.#filled === 2) return null;
       this.#ackReasonCode = this.#buffer[2] as number;
     }
     if (this.#level !== 5) return checkSubscriptions311(reader, type === SUBSCRIBE);
     switch (type) {
       case SUBSCRIBE:
-        return checkSubscribe5(reader, this.#facts);
+        return checkSubscribe5(reader, this.#propertyFacts);
       case UNSUBSCRIBE:
-        return checkUnsubscribe5(reader, this.#facts);
+        return checkUnsubscribe5(reader, this.#propertyFacts);
       case DISCONNECT:
-        return checkDisconnect5(reader, this.#facts, this.#session);
+        return checkDisconnect5(reader, this.#propertyFacts, this.#session5);
       case AUTH:
-        return checkAuth5(reader, this.#facts, this.#session);
+        return checkAuth5(reader, this.#propertyFacts, this.#session5);
       default:
-        return checkAck5(type, reader, this.#facts);
+        return checkAck5(type, reader, this.#propertyFacts);
     }
   }
 
@@ -382,9 +402,10 @@ export class ProtocolGuard {
       case PROPERTY_LENGTH:
         return this.#propertyLengthByte(buffer[0] as number);
       default: {
-        const problem = checkPropertyList(this.#reader.reset(buffer, this.#filled), PUBLISH, this.#facts);
+        const facts = this.#propertyFacts;
+        const problem = checkPropertyList(this.#collectedReader(), PUBLISH, facts);
         if (problem) return problem;
-        if (this.#emptyTopic && !this.#facts.topicAlias) return protocol('MQTT-3.3.2.1', 'an empty Topic Name without a Topic Alias');
+        if (this.#emptyTopic && !facts.topicAlias) return protocol('MQTT-3.3.2.1', 'an empty Topic Name without a Topic Alias');
         // A Payload Format Indicator of 1 is not checked against the payload:
         // the receiver MAY validate it (3.3.2.3.2), which would mean holding
         // back and reading every payload; the indicator is forwarded unaltered
@@ -403,7 +424,7 @@ export class ProtocolGuard {
    * counted again.
    */
   #awaitRelease(packetId: number): Violation | null {
-    const awaiting = this.#awaitingRelease;
+    const awaiting = (this.#awaitingRelease ??= new Set());
     if (awaiting.has(packetId)) return null;
     const max = this.#limits.maxAwaitingRelease ?? 0;
     if (max > 0 && awaiting.size >= max) {
@@ -439,7 +460,12 @@ export class ProtocolGuard {
     if (level === null) return this.#malformed('CONNECT too short for its protocol level');
     if (level === 3 || level === 4 || (level === 5 && this.#limits.mqtt5)) {
       this.#level = level;
-      return level === 5 ? checkConnect5(reader, this.#facts, this.#session, this.#topics) : checkConnect311(reader, this.#topics);
+      // Read once per connection: made here rather than kept.
+      const topics: TopicChecks = {
+        topicLength: (bytes) => this.#topicLengthProblem(bytes),
+        topicName: (topic) => this.#topicNameProblem(topic),
+      };
+      return level === 5 ? checkConnect5(reader, this.#propertyFacts, this.#session5, topics) : checkConnect311(reader, topics);
     }
     // The broker answers CONNACK 0x01 (5: 0x84) and closes [MQTT-3.1.2-2]; what follows is not framing the guard follows.
     this.#connect = 'unsupported';
