@@ -3,7 +3,7 @@
  * every child so that nothing outlives the benchmark.
  */
 import { fork, spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -77,9 +77,22 @@ export interface EdgemqttOptions {
   limits?: Record<string, unknown>;
 }
 
+/**
+ * The node flags edgemqtt ships with: those between `node` and the script in
+ * the systemd unit's ExecStart (`npm start` has the same), so that the
+ * benchmarks measure the broker as installed.
+ */
+export function shippedNodeFlags(): string[] {
+  const unit = readFileSync(fileURLToPath(new URL('../../systemd/edgemqtt.service', import.meta.url)), 'utf8');
+  const execStart = /^ExecStart=(.*)$/m.exec(unit)?.[1]?.split(/\s+/) ?? [];
+  const script = execStart.findIndex((word) => word.endsWith('.js'));
+  return execStart.slice(1, script).filter((word) => word.startsWith('--'));
+}
+
 export async function startEdgemqtt(options: EdgemqttOptions): Promise<RunningBroker> {
   const variantName = options.variant ?? 'daemon';
-  const execArgv = [...(variantOf(variantName).nodeFlags ?? []), ...(options.execArgv ?? [])];
+  // A variant's own flags come after the shipped ones, so they win where both set one.
+  const execArgv = [...shippedNodeFlags(), ...(variantOf(variantName).nodeFlags ?? []), ...(options.execArgv ?? [])];
   const serverOptions = { dataDir: options.dataDir, variant: variantName, limits: options.limits };
   const child = forkScript('edgemqtt-server.js', [JSON.stringify(serverOptions)], execArgv, options.fileLimit);
   const ready = await new Promise<{ tcpPort: number; wsPort: number; wsPath: string }>((resolve, reject) => {

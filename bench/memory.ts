@@ -28,12 +28,12 @@ import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { median } from './common.js';
-import { findMosquitto, freePort, killChildren, startMosquitto } from './brokers.js';
+import { findMosquitto, freePort, killChildren, shippedNodeFlags, startMosquitto } from './brokers.js';
 import { openClients, startEdgemqttCli, stopChild, waitForPort, type Target } from './idle-clients.js';
 
 const CONNECTIONS = Number(process.env.BENCH_MEMORY_CONNECTIONS ?? 1000);
 const ROUNDS = Number(process.env.BENCH_MEMORY_ROUNDS ?? 3);
-const EXTRA_NODE_FLAGS = (process.env.BENCH_MEMORY_NODE_FLAGS ?? '--max-semi-space-size=4').split(' ').filter(Boolean);
+const EXTRA_NODE_FLAGS = (process.env.BENCH_MEMORY_NODE_FLAGS ?? shippedNodeFlags().join(' ')).split(' ').filter(Boolean);
 const NATS_SERVER = process.env.BENCH_NATS_SERVER ?? '/usr/sbin/nats-server';
 const SETTLE_MS = 3000;
 
