@@ -56,7 +56,13 @@ async function script(t: Test, fastPublish: boolean): Promise<Record<string, Rec
   await p5.subscribeAsync('b/y', { qos: 0 });
   await p5.subscribeAsync('end', { qos: 0 });
 
-  const send = (client: MqttClient, topic: string, payload: string, options: Record<string, unknown> = {}) => client.publish(topic, payload, { qos: 0, ...options });
+  // QoS 0 and QoS 1/2 are ordered each on its own [MQTT-4.6.0-6]: the end markers (QoS 0) go
+  // once every QoS 1/2 PUBLISH is acknowledged, its deliveries already written.
+  const acknowledged: Array<Promise<unknown>> = [];
+  const send = (client: MqttClient, topic: string, payload: string, options: Record<string, unknown> = {}) => {
+    if ((options.qos as number | undefined) ?? 0) acknowledged.push(client.publishAsync(topic, payload, options));
+    else client.publish(topic, payload, { qos: 0, ...options });
+  };
   send(p311, 'a/x', '1');
   send(p311, 'a/x', '2', { retain: true });
   send(p311, 'a/x', '3');
@@ -65,7 +71,10 @@ async function script(t: Test, fastPublish: boolean): Promise<Record<string, Rec
   send(p311, 'a/ü', '6');
   send(p311, 'a/x', '7', { qos: 1 });
   send(p311, 'd/none', '8');
+  send(p311, 'c/z', '8b', { qos: 2 });
+  send(p311, 'b/y', '8c', { qos: 1, retain: true });
   for (let i = 0; i < 50; i++) send(p311, `a/n${i % 5}`, `burst-${i}`);
+  await Promise.all(acknowledged.splice(0));
   send(p311, 'end', 'p311');
   await Promise.all(Object.values(logs).map((log) => ends(log, 1)));
   send(p5, 'a/x', '9');
@@ -73,7 +82,10 @@ async function script(t: Test, fastPublish: boolean): Promise<Record<string, Rec
   send(p5, 'b/y', '11');
   send(p5, 'b/y', '12');
   send(p5, 'c/z', '13');
+  send(p5, 'b/y', '14', { qos: 1 });
+  send(p5, 'a/x', '15', { qos: 2 });
   for (let i = 0; i < 50; i++) send(p5, `b/n${i % 5}`, `burst5-${i}`);
+  await Promise.all(acknowledged.splice(0));
   send(p5, 'end', 'p5');
   await Promise.all(Object.values(logs).map((log) => ends(log, 2)));
   return Object.fromEntries(Object.entries(logs).map(([name, log]) => [name, byTopic(log)]));
@@ -86,18 +98,20 @@ t.test('every subscriber gets the same messages, per topic in the same order, wi
   // And what a user would check by hand, so that both paths being wrong the same way fails too.
   // The retained '2' waits for the store before aedes delivers it: it may come after '3' (aedes' own order).
   const plain = (deliveries: Delivery[] | undefined) => (deliveries ?? []).map((d) => d[0]).filter((payload) => payload !== '2');
-  t.same(plain(fast.tcp311!['a/x']), ['1', '3', '7', '9', '10'], 'a 3.1.1 subscriber gets a/x in order, QoS 1 included');
+  t.same(plain(fast.tcp311!['a/x']), ['1', '3', '7', '9', '10', '15'], 'a 3.1.1 subscriber gets a/x in order, QoS 1 and 2 included');
   t.ok(fast.tcp311!['a/x']!.some((d) => d[0] === '2'), 'and the retained one');
-  t.same(plain(fast.ws5!['a/x']), ['1', '3', '7', '9', '10'], 'a WebSocket subscriber to # gets a/x from both publishers in order');
+  t.same(plain(fast.ws5!['a/x']), ['1', '3', '7', '9', '10', '15'], 'a WebSocket subscriber to # gets a/x from both publishers in order');
+  t.same(fast.tcp311!['b/y']!.map((d) => [d[0], d[1]]), [['4', 0], ['8c', 1], ['11', 0], ['12', 0], ['14', 1]], 'QoS 1 and 2 PUBLISHes arrive at the granted QoS');
   t.same(fast.ws5!['a/n0']!.map((d) => d[0]), ['burst-0', 'burst-5', 'burst-10', 'burst-15', 'burst-20', 'burst-25', 'burst-30', 'burst-35', 'burst-40', 'burst-45'], 'a burst arrives whole and in order');
-  t.same(fast.tcp5!['c/z']!.map((d) => d[3]), ['{"subscriptionIdentifier":7}', '{"subscriptionIdentifier":7}'], 'the Subscription Identifier is sent [MQTT-3.3.4-3]');
-  t.equal(fast.tcp5!['a/x']!.length, 6, 'two matching subscriptions of one client: one copy each message [MQTT-3.3.4-2]');
+  t.same(fast.tcp5!['c/z']!.map((d) => d[3]), ['{"subscriptionIdentifier":7}', '{"subscriptionIdentifier":7}', '{"subscriptionIdentifier":7}'], 'the Subscription Identifier is sent [MQTT-3.3.4-3]');
+  t.equal(fast.tcp5!['a/x']!.length, 7, 'two matching subscriptions of one client: one copy each message [MQTT-3.3.4-2]');
   t.same(plain(fast.p5!['a/x']), ['1', '3', '7'], 'No Local: the publisher does not get its own a/x [MQTT-3.8.3-3]');
-  t.same(fast.p5!['b/y']!.map((d) => d[0]), ['4', '11', '12'], 'without No Local it does');
-  t.same(fast.shared!['b/y']!.map((d) => d[0]), ['4', '11', '12'], 'a shared subscription gets its messages');
+  t.same(fast.tcp5!['c/z']!.map((d) => d[0]), ['5', '8b', '13'], 'QoS 2 from a 3.1.1 publisher arrives once');
+  t.same(fast.p5!['b/y']!.map((d) => d[0]), ['4', '8c', '11', '12', '14'], 'without No Local it does');
+  t.same(fast.shared!['b/y']!.map((d) => d[0]), ['4', '8c', '11', '12', '14'], 'a shared subscription gets its messages');
   t.same(fast.tcp5!['a/x']!.find((d) => d[0] === '10')?.[3], '{"userProperties":{"k":"v"}}', 'User Properties travel');
   t.notOk(fast.tcp311!['d/none'], 'no subscriber, no delivery');
-  t.same(plain(fast.aliases!['a/x']), ['1', '3', '7', '9', '10'], 'a client with Topic Aliases gets every message with its topic');
+  t.same(plain(fast.aliases!['a/x']), ['1', '3', '7', '9', '10', '15'], 'a client with Topic Aliases gets every message with its topic');
 });
 
 /** A raw TCP client: CONNECT at `level`, then the bytes it is given, as given. */

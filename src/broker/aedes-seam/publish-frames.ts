@@ -5,8 +5,12 @@
  * MQTT 5 no properties. Anything else is left to aedes and mqtt-packet.
  */
 
+/** Packet type PUBLISH [MQTT-2.2.1]. */
+export const PUBLISH = 3;
 /** Fixed header of a PUBLISH with DUP 0, QoS 0, RETAIN 0 [MQTT-3.3.1]. */
 export const PLAIN_PUBLISH = 0x30;
+/** Fixed header of a PUBACK (flags 0) [MQTT-3.4.1]. */
+export const PUBACK_HEADER = 0x40;
 
 /** A PUBLISH read in place: offsets into the chunk it came in. */
 export interface PublishFrame {
@@ -84,4 +88,47 @@ export function encodePlainPublish(topic: string, payload: Uint8Array, level: nu
   if (properties) out[index++] = 0;
   out.set(payload, index);
   return out;
+}
+
+/**
+ * The packet mqtt-packet's parser would emit for the QoS 1/2 PUBLISH or the
+ * PUBACK at `start`..`end` (its body from `bodyStart`), with the fields in
+ * the same order, or undefined when it is not one read here: a PUBLISH
+ * whose topic is not plain (plainTopic) or, at level 5, that carries
+ * properties; a PUBACK with a Reason Code or properties. The protocol guard
+ * has checked the packet identifier and the flags.
+ */
+export function parsedInPlace(chunk: Buffer, start: number, bodyStart: number, end: number, level5: boolean): object | undefined {
+  const first = chunk[start] as number;
+  const length = end - bodyStart;
+  if (first === PUBACK_HEADER) {
+    if (length !== 2) return undefined;
+    const messageId = ((chunk[bodyStart] as number) << 8) | (chunk[bodyStart + 1] as number);
+    const puback: Record<string, unknown> = { cmd: 'puback', retain: false, qos: 0, dup: false, length, topic: null, payload: null, messageId };
+    // mqtt-packet's reading of a 2-byte MQTT 5 PUBACK: Reason Code 0x00 (Success) [MQTT-3.4.2.1].
+    if (level5) puback.reasonCode = 0;
+    return puback;
+  }
+  const qos = (first >> 1) & 0x03;
+  if (qos === 0 || qos === 3) return undefined;
+  const topic = plainTopic(chunk, bodyStart, end);
+  if (topic === undefined) return undefined;
+  const idAt = bodyStart + 2 + topic.length;
+  let payloadStart = idAt + 2;
+  if (payloadStart > end) return undefined;
+  if (level5) {
+    if (payloadStart >= end || chunk[payloadStart] !== 0) return undefined;
+    payloadStart += 1;
+  }
+  const messageId = ((chunk[idAt] as number) << 8) | (chunk[idAt + 1] as number);
+  return {
+    cmd: 'publish',
+    retain: (first & 0x01) === 1,
+    qos,
+    dup: (first & 0x08) === 0x08,
+    length,
+    topic,
+    payload: chunk.subarray(payloadStart, end),
+    messageId,
+  };
 }
