@@ -159,6 +159,8 @@ export class SubscriptionIndex {
   }
 
   match(topic: string): MatchedSubscription[] {
+    // No persistent session subscribes above QoS 0 (clean sessions only, say): nothing to split and walk.
+    if (this.#trie.subscriptionsCount === 0) return [];
     const matched = this.#trie.match(topic);
     // QlobberSub keeps qos, rh, rap and nl of a value, not the identifier: added from the record.
     for (const sub of matched) {
