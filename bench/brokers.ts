@@ -3,9 +3,10 @@
  * every child so that nothing outlives the benchmark.
  */
 import { fork, spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import path from 'node:path';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { BrokerEndpoint } from './common.js';
 import { variantOf } from './variants.js';
@@ -281,4 +282,24 @@ export async function startNatsServer(binary: string, tempDir: string): Promise<
       await waitForExit(child, 10_000);
     },
   };
+}
+
+/**
+ * A temporary directory for one benchmark run, and its cleanup (the brokers
+ * and load generators stopped, the directory removed), also run on SIGINT or
+ * SIGTERM so that an interrupted run leaves nothing behind.
+ */
+export function benchWorkspace(prefix: string): { tempDir: string; cleanup: () => Promise<void> } {
+  const tempDir = mkdtempSync(path.join(tmpdir(), prefix));
+  const cleanup = async () => {
+    await killChildren();
+    rmSync(tempDir, { recursive: true, force: true, maxRetries: 3 });
+  };
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      console.error(`\n${signal}: stopping the brokers and load generators`);
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+  return { tempDir, cleanup };
 }

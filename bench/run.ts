@@ -44,13 +44,13 @@
  *   BENCH_MOSQUITTO=/path/to/mosquitto BENCH_MOSQUITTO_NODELAY=1 (0: keep mosquitto's Nagle default)
  *   BENCH_NATS_SERVER=/path/to/nats-server
  */
-import { cpus, loadavg, tmpdir } from 'node:os';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { envInt, type BrokerEndpoint, type ClientProtocol, type LoadResult, type LoadSpec, type Transport } from './common.js';
-import { findMosquitto, findNatsServer, forkScript, killChildren, startEdgemqtt, startMosquitto, startNatsServer, type RunningBroker } from './brokers.js';
+import { benchWorkspace, findMosquitto, findNatsServer, forkScript, startEdgemqtt, startMosquitto, startNatsServer, type RunningBroker } from './brokers.js';
 import { clientProtocol, parseProtocols, PROTOCOLS, type Protocol } from './protocols.js';
 import { formatProfile, summarizeProfile } from './profile.js';
 import { measureRss, type RssResult } from './idle-rss.js';
@@ -389,17 +389,7 @@ async function benchmark(brokerNames: string[], protocols: Protocol[], tempDir: 
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  const tempDir = mkdtempSync(path.join(tmpdir(), 'edgemqtt-bench-'));
-  const cleanup = async () => {
-    await killChildren();
-    rmSync(tempDir, { recursive: true, force: true, maxRetries: 3 });
-  };
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
-      console.error(`\n${signal}: stopping the brokers and load generators`);
-      void cleanup().finally(() => process.exit(130));
-    });
-  }
+  const { tempDir, cleanup } = benchWorkspace('edgemqtt-bench-');
   try {
     if (args.profile) await profileRun(args.profile, args.brokers[0] ?? 'edgemqtt', args.protocols[0] as Protocol, tempDir);
     else await benchmark(args.brokers, args.protocols, tempDir);

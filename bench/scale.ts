@@ -32,12 +32,12 @@
  *   BENCH_SCALE_CLIENTS=10000 BENCH_SCALE_SUBSCRIBERS=4 BENCH_SCALE_STORM=5000 BENCH_SCALE_IDLE=19000
  *   BENCH_SCALE_LOADGENS=2 BENCH_SCALE_FILE_LIMIT=20000 BENCH_SCALE_PAYLOAD_BYTES=64
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { mkdtempSync } from 'node:fs';
+import { cpus } from 'node:os';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { envInt, processCpuMs, processRssKb, type BrokerEndpoint } from './common.js';
-import { findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
+import { benchWorkspace, findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
 import type { ScaleResult, ScaleSpec } from './scale-loadgen.js';
 
 
@@ -306,17 +306,7 @@ function table(headers: string[], rows: string[][]): string {
 }
 
 async function main(): Promise<void> {
-  const tempDir = mkdtempSync(path.join(tmpdir(), 'edgemqtt-bench-scale-'));
-  const cleanup = async () => {
-    await killChildren();
-    rmSync(tempDir, { recursive: true, force: true, maxRetries: 3 });
-  };
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
-      console.error(`\n${signal}: stopping the brokers and load generators`);
-      void cleanup().finally(() => process.exit(130));
-    });
-  }
+  const { tempDir, cleanup } = benchWorkspace('edgemqtt-bench-scale-');
   const list = contenders(findMosquitto());
   console.log(`bench:scale on ${cpus().length} × ${cpus()[0]?.model ?? 'CPU'}, node ${process.version}, ${settings.loadgens} load generator processes`);
   let failed = 0;
