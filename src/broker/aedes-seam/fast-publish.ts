@@ -288,6 +288,8 @@ class FrameReader {
   #held: Buffer | null = null;
   #reading = false;
   #later: Buffer[] = [];
+  /** Bytes went to aedes before the client was accepted, and may not have reached its parser yet. */
+  #beforeReady = false;
 
   constructor(fast: FastPublish, conn: Duplex) {
     this.#fast = fast;
@@ -331,7 +333,18 @@ class FrameReader {
       return this.#toAedes(data, 0, owed);
     }
     const client = (this.#conn as { client?: FastClient }).client;
-    if (!this.#fast.ready(client)) return this.#toAedes(data, 0, 0);
+    if (!this.#fast.ready(client)) {
+      const out = this.#toAedes(data, 0, 0);
+      if (out !== null) this.#beforeReady = true;
+      return out;
+    }
+    if (this.#beforeReady) {
+      // What came before the CONNACK is still held by the connect hold above (connect-hold.ts),
+      // which hands it to aedes with this read's answer, ahead of it: so this read goes to aedes
+      // as bytes too, nothing read in place overtaking it.
+      this.#beforeReady = false;
+      return this.#toAedes(data, 0, 0);
+    }
     const level5 = client.version === 5;
     let published = false;
     while (index < data.length) {
