@@ -288,8 +288,10 @@ class FrameReader {
   #held: Buffer | null = null;
   #reading = false;
   #later: Buffer[] = [];
-  /** Bytes went to aedes before the client was accepted, and may not have reached its parser yet. */
+  /** Bytes after the CONNECT went to aedes before the client was accepted, and may not have reached its parser yet. */
   #beforeReady = false;
+  /** Frames whose first bytes went to aedes (those read in place not counted). */
+  #framesHanded = 0;
 
   constructor(fast: FastPublish, conn: Duplex) {
     this.#fast = fast;
@@ -335,7 +337,8 @@ class FrameReader {
     const client = (this.#conn as { client?: FastClient }).client;
     if (!this.#fast.ready(client)) {
       const out = this.#toAedes(data, 0, 0);
-      if (out !== null) this.#beforeReady = true;
+      // The connect hold above passes the first packet, the CONNECT, and holds what follows it.
+      if (this.#framesHanded > 1) this.#beforeReady = true;
       return out;
     }
     if (this.#beforeReady) {
@@ -410,6 +413,7 @@ class FrameReader {
         break;
       }
       const first = data[index] as number;
+      this.#framesHanded++;
       if (first >> 4 === 3 && (first & 0x06) === 0) this.#fast.handedToAedes(client);
       const frameEnd = header.next + header.length;
       if (frameEnd > data.length) {
