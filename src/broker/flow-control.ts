@@ -257,9 +257,10 @@ export class ClientFlow {
   }
 
   /**
-   * For the QoS 0 fast path (aedes-seam/fast-publish.ts), which writes a
-   * message of `bytes` itself: the same checks as a QoS 0 delivery below.
-   * False when the message is to be dropped (counted and reported here).
+   * Whether a live QoS 0 message of `bytes` may go out now: within an MQTT 5
+   * client's Maximum Packet Size and the outgoing budget. False when it is to
+   * be dropped (counted and reported here). For aedes' deliveries below and
+   * the fast path (aedes-seam/fast-publish.ts), which writes it itself.
    */
   admitQoS0(bytes: number): boolean {
     if (this.#closed || this.#client.closed) return false;
@@ -290,20 +291,18 @@ export class ClientFlow {
     const paced = !packet.brokerId;
     const limits = clientLimits(this.#client);
     const entry: Entry = { packet, deliver, bytes: publishBytes(packet, limits.version === 5), qos, callback: paced ? callback : undefined };
+    if (qos === 0 && !paced) {
+      // QoS 0 never waits, not even behind queued QoS 1/2 messages: the fast path's check, then out.
+      if (this.admitQoS0(entry.bytes)) this.#send(entry);
+      setImmediate(callback);
+      return;
+    }
     if (limits.maximumPacketSize !== undefined && entry.bytes > limits.maximumPacketSize) {
       this.#dropOversize(entry, limits.maximumPacketSize);
       setImmediate(callback);
       return;
     }
-    if (qos === 0 && !paced) {
-      // QoS 0 never waits, not even behind queued QoS 1/2 messages.
-      if (this.#fits(entry.bytes)) {
-        this.#send(entry);
-      } else {
-        this.#owner.count('droppedQos0Messages');
-        this.#owner.report('outgoingBufferFull', this.#fields({ qos: 0, dropped: true }));
-      }
-    } else if (this.#queue.length === this.#head && this.#canSend(entry)) {
+    if (this.#queue.length === this.#head && this.#canSend(entry)) {
       if (this.#claim(entry)) this.#send(entry);
     } else {
       this.#enqueue(entry);
