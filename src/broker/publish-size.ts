@@ -5,12 +5,7 @@
  * client's Maximum Packet Size [MQTT-3.1.2-24]), so it must cost no more than
  * a few additions.
  */
-import type { DeliveredPacket } from './aedes-seam/index.js';
-
-/** Bytes of a Variable Byte Integer [MQTT-1.5.5]: 7 bits a byte. */
-function variableByteIntegerBytes(value: number): number {
-  return value < 128 ? 1 : value < 16_384 ? 2 : value < 2_097_152 ? 3 : 4;
-}
+import { variableByteIntegerBytes, type DeliveredPacket } from './aedes-seam/index.js';
 
 function byteLength(value: unknown): number {
   if (typeof value === 'string') return Buffer.byteLength(value);

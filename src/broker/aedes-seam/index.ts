@@ -89,6 +89,7 @@ export * from './version.js';
 export * from './client.js';
 export { AedesSeam } from './seam.js';
 export { FastPublish, type FastPublishOptions } from './fast-publish.js';
+export { variableByteIntegerBytes } from './publish-frames.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
 export * from './mqtt5.js';
 export * from './shared.js';

@@ -60,7 +60,8 @@ export function plainTopic(chunk: Uint8Array, index: number, end: number): strin
   return Buffer.prototype.latin1Slice.call(chunk, from, to) as string;
 }
 
-function lengthBytes(value: number): number {
+/** Bytes of a Variable Byte Integer [MQTT-1.5.5]: 7 bits a byte. */
+export function variableByteIntegerBytes(value: number): number {
   return value < 128 ? 1 : value < 16_384 ? 2 : value < 2_097_152 ? 3 : 4;
 }
 
@@ -72,7 +73,7 @@ export function encodePlainPublish(topic: string, payload: Uint8Array, level: nu
   const topicBytes = topic.length; // printable ASCII: one byte a character
   const properties = level === 5 ? 1 : 0;
   const remaining = 2 + topicBytes + properties + payload.length;
-  const out = Buffer.allocUnsafe(1 + lengthBytes(remaining) + remaining);
+  const out = Buffer.allocUnsafe(1 + variableByteIntegerBytes(remaining) + remaining);
   let index = 0;
   out[index++] = PLAIN_PUBLISH;
   let value = remaining;
