@@ -56,7 +56,7 @@ import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
 import type { ClientSubscription, PublishVerdict } from './client.js';
 import { publishWrites } from './packet-writes.js';
-import { encodePlainPublish, parsedInPlace, PLAIN_PUBLISH, plainTopic, PUBACK_HEADER, PUBLISH, remainingLength } from './publish-frames.js';
+import { encodePlainPublish, parsedInPlace, PLAIN_PUBLISH, plainTopic, PUBACK_HEADER, PUBLISH, remainingLength, variableByteIntegerBytes } from './publish-frames.js';
 import type { AedesSeam } from './seam.js';
 
 type Handler = (packet: object, callback: () => void) => void;
@@ -91,9 +91,8 @@ interface Target {
   handler: Handler;
 }
 
-/** The subscriptions a topic matches, as of `generation`; `aedesOnly` when one of them is not for this path. */
+/** The subscriptions a topic matches; `aedesOnly` when one of them is not for this path. */
 interface Matches {
-  generation: number;
   aedesOnly: boolean;
   targets: Target[];
 }
@@ -121,6 +120,7 @@ export class FastPublish {
   readonly #seam: AedesSeam;
   readonly #mq: MqEmitter;
   readonly #options: FastPublishOptions;
+  /** Counts changes of subscriptions; #matches holds matches made at #cachedGeneration. */
   #generation = 0;
   #cachedGeneration = 0;
   readonly #matches = new Map<string, Matches>();
@@ -228,14 +228,14 @@ export class FastPublish {
   }
 
   #match(topic: string): Matches {
-    const cached = this.#matches.get(topic);
-    if (cached !== undefined && cached.generation === this.#generation) return cached;
-    // Stale entries hold clients that may be gone: start over at each change of subscriptions.
+    // Every remembered match is stale after a change of subscriptions (and may hold clients now gone).
     if (this.#cachedGeneration !== this.#generation) {
       this.#matches.clear();
       this.#cachedGeneration = this.#generation;
     }
-    const matches: Matches = { generation: this.#generation, aedesOnly: false, targets: [] };
+    const cached = this.#matches.get(topic);
+    if (cached !== undefined) return cached;
+    const matches: Matches = { aedesOnly: false, targets: [] };
     const seen = new Set<FastClient>();
     for (const handler of this.#mq._matcher.match(topic)) {
       const target = this.#owners.get(handler);
@@ -266,11 +266,6 @@ export class FastPublish {
     // Matches remembered while these handlers were unknown went all to aedes.
     this.#generation++;
   }
-}
-
-/** Bytes of a fixed header whose Remaining Length is `remaining` [MQTT-2.2.3]. */
-function headerBytes(remaining: number): number {
-  return 1 + (remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4);
 }
 
 /**
@@ -351,13 +346,13 @@ class FrameReader {
     const level5 = client.version === 5;
     let published = false;
     while (index < data.length) {
-      const header = index + 1 < data.length ? remainingLength(data, index + 1) : undefined;
+      const header = remainingLength(data, index + 1);
       if (header === undefined) break;
       const end = header.next + header.length;
       const first = data[index] as number;
       // Only a Remaining Length in the fewest bytes is sent on as it came [MQTT-1.5.5-1]; and only
       // PUBLISH and PUBACK, the packets of the data path, are read here.
-      if ((first >> 4 !== PUBLISH && first !== PUBACK_HEADER) || header.next - index !== headerBytes(header.length)) {
+      if ((first >> 4 !== PUBLISH && first !== PUBACK_HEADER) || header.next - index !== 1 + variableByteIntegerBytes(header.length)) {
         return this.#done(client, published, this.#toAedes(data, index, index));
       }
       if (end > data.length) {
@@ -406,7 +401,7 @@ class FrameReader {
     const client = (this.#conn as { client?: FastClient }).client;
     let end = data.length;
     while (index < data.length) {
-      const header = index + 1 < data.length ? remainingLength(data, index + 1) : undefined;
+      const header = remainingLength(data, index + 1);
       if (header === undefined) {
         this.#held = data.subarray(index);
         end = index;
@@ -414,7 +409,7 @@ class FrameReader {
       }
       const first = data[index] as number;
       this.#framesHanded++;
-      if (first >> 4 === 3 && (first & 0x06) === 0) this.#fast.handedToAedes(client);
+      if (first >> 4 === PUBLISH && (first & 0x06) === 0) this.#fast.handedToAedes(client);
       const frameEnd = header.next + header.length;
       if (frameEnd > data.length) {
         this.#owed = frameEnd - data.length;
