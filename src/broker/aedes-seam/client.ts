@@ -101,20 +101,44 @@ export function wrapDeliveries(client: Client, wrap: (current: Deliveries) => De
 }
 
 /**
+ * What every client's `duplicates` becomes (disableAedesDedupe): it reads 0
+ * for every broker and keeps nothing, so one serves all clients.
+ */
+const NO_DUPLICATES = new Proxy(Object.create(null) as Record<string, number>, {
+  get: () => 0,
+  set: () => true,
+});
+
+/**
  * Turns off aedes' per-client dedupe (lib/client.js: a message counts as a
  * duplicate unless its broker counter is above the last one delivered): it
  * compares against `duplicates`, which then reads 0 for every broker.
  */
 export function disableAedesDedupe(client: Client): void {
-  internals(client).duplicates = new Proxy(Object.create(null) as Record<string, number>, {
-    get: () => 0,
-    set: () => true,
-  });
+  internals(client).duplicates = NO_DUPLICATES;
 }
 
 /** Counts the changes to a client's subscription map (see subscriptionChanges). */
 export interface SubscriptionChanges {
   readonly count: number;
+}
+
+/**
+ * The Proxy handler of one client's subscription map, and its change count:
+ * one object per client, its traps shared on the prototype.
+ */
+class CountingHandler implements ProxyHandler<Record<string, ClientSubscription>>, SubscriptionChanges {
+  count = 0;
+
+  set(target: Record<string, ClientSubscription>, key: string | symbol, value: ClientSubscription): boolean {
+    this.count++;
+    return Reflect.set(target, key, value);
+  }
+
+  deleteProperty(target: Record<string, ClientSubscription>, key: string | symbol): boolean {
+    this.count++;
+    return Reflect.deleteProperty(target, key);
+  }
 }
 
 const changesOf = new WeakMap<Client, SubscriptionChanges>();
@@ -131,19 +155,10 @@ const changesOf = new WeakMap<Client, SubscriptionChanges>();
  */
 export function freeSubscriptionMap(client: Client): void {
   const state = internals(client);
-  const changes = { count: 0 };
+  const handler = new CountingHandler();
   const map = Object.assign(Object.create(null) as Record<string, ClientSubscription>, state.subscriptions);
-  state.subscriptions = new Proxy(map, {
-    set(target, key, value: ClientSubscription) {
-      changes.count++;
-      return Reflect.set(target, key, value);
-    },
-    deleteProperty(target, key) {
-      changes.count++;
-      return Reflect.deleteProperty(target, key);
-    },
-  });
-  changesOf.set(client, changes);
+  state.subscriptions = new Proxy(map, handler);
+  changesOf.set(client, handler);
 }
 
 /**
@@ -200,16 +215,24 @@ export function withholdWill(client: Client): boolean {
 }
 
 /**
- * Puts `filter` between the connection and aedes' parser: every chunk aedes
- * reads passes it, and aedes gets what it returns (null: nothing for now).
- * Once `closed()` is true aedes reads nothing more.
+ * What stands between a connection and aedes' parser (interceptReads): every
+ * chunk aedes reads passes `filter`, and aedes gets what it returns (null:
+ * nothing for now); once `closed` is true aedes reads nothing more. An object
+ * with methods rather than closures, one per connection.
  */
-export function interceptReads(conn: Duplex, filter: (chunk: Uint8Array) => Uint8Array | null, closed: () => boolean): void {
-  const read = conn.read.bind(conn);
+export interface ReadFilter {
+  readonly closed: boolean;
+  filter(chunk: Uint8Array): Uint8Array | null;
+}
+
+/** Puts `filter` between the connection and aedes' parser (see ReadFilter). */
+export function interceptReads(conn: Duplex, filter: ReadFilter): void {
+  // Unbound: called on `conn` below (the stream's own read, or a wrapper set before this one).
+  const read = conn.read;
   conn.read = (size?: number) => {
-    if (closed()) return null;
-    const chunk: unknown = read(size);
-    return chunk instanceof Uint8Array ? filter(chunk) : chunk;
+    if (filter.closed) return null;
+    const chunk: unknown = read.call(conn, size);
+    return chunk instanceof Uint8Array ? filter.filter(chunk) : chunk;
   };
 }
 
@@ -227,4 +250,71 @@ export function keepAliveOf(client: Client): number {
 /** aedes' table of registered clients by id (aedes.js registerClient; prototype-free, seam.ts); not in its typings. */
 export function clientTable(aedes: Aedes): Readonly<Record<string, Client | undefined>> {
   return (aedes as unknown as { clients: Record<string, Client> }).clients;
+}
+
+// ---------------------------------------------------------------- lighter clients
+
+/** What lightenClient replaces in an aedes Client (lib/client.js constructor); not in its typings. */
+interface ClientWeight {
+  conn: Duplex & { client?: Client };
+  close(): void;
+  emit(event: 'error', error: Error): boolean;
+  /** end-of-stream's cleanup of `finished(conn, this.close.bind(this))`; aedes calls it in close(). */
+  _eos: () => void;
+  /** mqtt-packet's parser (its `client` set by aedes) and the bl BufferListStream it buffers partial packets in. */
+  _parser: NodeJS.EventEmitter & { client?: Client; _list: { constructor: unknown; length: number } };
+}
+
+type Owned = { client?: Client };
+
+// Shared by every client: each finds its Client through the `client` aedes sets on its connection and its parser.
+function closeOwnClient(this: Owned): void {
+  (this.client as unknown as ClientWeight | undefined)?.close();
+}
+function emitOwnClientError(this: Owned, error: Error): void {
+  (this.client as unknown as ClientWeight | undefined)?.emit('error', error);
+}
+function stopClosingOnClose(this: ClientWeight): void {
+  this.conn.removeListener('close', closeOwnClient);
+}
+
+/** Replaces the listener named `name` (a bound function's name: "bound close") by `shared`, which then runs last. */
+function replaceBound(emitter: NodeJS.EventEmitter, event: string, name: string, shared: (this: Owned, error: Error) => void): boolean {
+  const bound = emitter.rawListeners(event).find((listener) => listener.name === name);
+  if (!bound) return false;
+  emitter.removeListener(event, bound as (...args: unknown[]) => void);
+  emitter.on(event, shared);
+  return true;
+}
+
+/**
+ * Makes an aedes Client lighter per connection, behaviour kept. aedes'
+ * constructor (lib/client.js) makes for each connection: `finished(conn,
+ * close.bind(this))` (end-of-stream: seven closures and their context), three
+ * bound listeners (the connection's 'end' and 'error', the parser's
+ * 'error'), and a parser buffering into a bl BufferListStream, a whole
+ * Duplex stream of which mqtt-packet uses only the BufferList methods
+ * (append, consume, length, read*, slice, toString: parser.js). Here: one
+ * 'close' listener shared by all clients closes the client as end-of-stream
+ * did (aedes' 'end' and 'error' listeners cover the rest of what it
+ * watched), the three bound listeners become shared functions that find the
+ * client through `conn.client` and `parser.client`, and the parser gets a
+ * plain BufferList (bl's own, from the same module). A connection already
+ * destroyed keeps aedes' end-of-stream, which would call back for it.
+ * Call right after aedes made the client, before any byte is parsed.
+ */
+export function lightenClient(client: Client): void {
+  const state = client as unknown as ClientWeight;
+  const conn = state.conn;
+  if (!conn.destroyed) {
+    state._eos();
+    conn.on('close', closeOwnClient);
+    state._eos = stopClosingOnClose;
+  }
+  replaceBound(conn, 'end', 'bound close', closeOwnClient);
+  replaceBound(conn, 'error', 'bound emit', emitOwnClientError);
+  const parser = state._parser;
+  replaceBound(parser, 'error', 'bound emit', emitOwnClientError);
+  const BufferList = (parser._list.constructor as { BufferList?: new () => ClientWeight['_parser']['_list'] }).BufferList;
+  if (BufferList && parser._list.length === 0) parser._list = new BufferList();
 }
