@@ -155,6 +155,16 @@ export class FlowControl {
     this.#discardOutgoing = discardOutgoing;
   }
 
+  /** For ClientFlow: counts and reports a client aedes cuts off after drainTimeout (one function for all clients, onDrainTimeout). */
+  readonly slowClient = (client: Client): void => {
+    this.count('slowClientDisconnects');
+    this.report('slowClient', {
+      clientId: client.id,
+      drainTimeoutMs: this.#options.drainTimeoutMs,
+      bufferedBytes: client.conn.writableLength,
+    });
+  };
+
   /** For ClientFlow: the session store's removal of a message, if there is a store. */
   get discardOutgoing(): DiscardOutgoing | undefined {
     return this.#discardOutgoing;
@@ -210,6 +220,7 @@ export class ClientFlow {
   #head = 0;
   #queueBytes = 0;
   #closed = false;
+  #watching = false;
 
   constructor(owner: FlowControl, client: Client, conn: Duplex) {
     this.#owner = owner;
@@ -221,17 +232,22 @@ export class ClientFlow {
       deliverQoS: (packet, callback) =>
         packet.qos > 0 ? this.#deliver(deliverQoS, packet, packet.qos, callback) : this.#deliver(deliver0, packet, 0, callback),
     }));
-    onDrainTimeout(client, () => {
-      owner.count('slowClientDisconnects');
-      owner.report('slowClient', {
-        clientId: client.id,
-        drainTimeoutMs: owner.options.drainTimeoutMs,
-        bufferedBytes: conn.writableLength,
-      });
-    });
-    conn.on('drain', () => this.#pump());
-    conn.once('close', () => this.#close());
-    client.once('connected', () => this.#pump());
+    onDrainTimeout(client, owner.slowClient);
+  }
+
+  /**
+   * Listens for room in the socket, its close and the end of a session's
+   * resend: from the first message that has to wait, since until then there
+   * is nothing to pump or to give up (an idle connection keeps no listener).
+   * A closed connection is seen as aedes' `client.closed` meanwhile.
+   */
+  #watch(): void {
+    if (this.#watching) return;
+    this.#watching = true;
+    this.#conn.on('drain', () => this.#pump());
+    this.#conn.once('close', () => this.#close());
+    // Only a message waiting for the resend after CONNECT needs its end (#resuming); 'connected' comes once.
+    if (!this.#client.connected) this.#client.once('connected', () => this.#pump());
   }
 
   /** QoS 1/2 messages sent and not yet acknowledged. */
@@ -418,6 +434,7 @@ export class ClientFlow {
       this.#owner.count('inflightWaits');
       this.#owner.report('maxInflight', this.#fields({ maxInflightMessages: this.#owner.options.maxInflightMessages, window: this.#window() }));
     }
+    this.#watch();
     this.#queue.push(entry);
     this.#queueBytes += entry.bytes;
     this.#owner.queued(1, entry.bytes);

@@ -266,6 +266,9 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
       mqtt5: true,
     };
     const connectTimeoutMs = config.broker.connectTimeoutSec * 1000;
+    // One for all clients (onDrainTimeout tells it which).
+    const leavingSlow = deps.leaving;
+    const slowConsumer = leavingSlow ? (slow: Client) => leavingSlow(slow, 'slow_consumer') : undefined;
     seam.onConnection((conn: Duplex, request?: IncomingMessage) => {
       const remote = remoteAddressOf(conn, request);
       openConnections++;
@@ -302,7 +305,7 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
         flows.set(made, clientFlow);
         const leaving = deps.leaving;
         // Runs before the flow control's count and aedes' close (onDrainTimeout wraps what is there).
-        if (leaving) onDrainTimeout(made, () => leaving(made, 'slow_consumer'));
+        if (slowConsumer) onDrainTimeout(made, slowConsumer);
         guard.onPacket = (type, reasonCode) => {
           if (type === CONNECT) clearTimeout(connectTimer);
           // The guard has read it whole; aedes closes the connection next [MQTT-3.14.4-1].

@@ -185,14 +185,30 @@ export function subscriptionsOf(client: Client): Readonly<Record<string, ClientS
   return internals(client).subscriptions;
 }
 
-/** Runs `listener` when aedes gives up on a client whose socket stayed full for drainTimeout, before aedes closes it. */
-export function onDrainTimeout(client: Client, listener: () => void): void {
-  const state = internals(client);
-  const handleDrainTimeout = state._handleDrainTimeout;
-  state._handleDrainTimeout = () => {
-    listener();
-    handleDrainTimeout.call(client);
-  };
+/** Each client's drain-timeout listeners (onDrainTimeout), the latest first. */
+const drainTimeoutListeners = new WeakMap<Client, Array<(client: Client) => void>>();
+
+/** A client's `_handleDrainTimeout` once it has listeners: one function for all clients. */
+function handleDrainTimeout(this: Client): void {
+  const listeners = drainTimeoutListeners.get(this);
+  if (listeners) for (const listener of listeners) listener(this);
+  (Object.getPrototypeOf(this) as ClientInternals)._handleDrainTimeout.call(this);
+}
+
+/**
+ * Runs `listener` when aedes gives up on a client whose socket stayed full
+ * for drainTimeout (lib/client.js waitForDrain binds `_handleDrainTimeout`
+ * when it sets its timer), before aedes closes it. Listeners added later run
+ * first. Pass one function for all clients where possible: it is told which.
+ */
+export function onDrainTimeout(client: Client, listener: (client: Client) => void): void {
+  const listeners = drainTimeoutListeners.get(client);
+  if (listeners) {
+    listeners.unshift(listener);
+    return;
+  }
+  drainTimeoutListeners.set(client, [listener]);
+  internals(client)._handleDrainTimeout = handleDrainTimeout;
 }
 
 /** Whether aedes has written a CONNACK that accepts the client (see connect-hold.ts). */
