@@ -241,15 +241,25 @@ export interface ReadFilter {
   filter(chunk: Uint8Array): Uint8Array | null;
 }
 
-/** Puts `filter` between the connection and aedes' parser (see ReadFilter). */
+const READ_FILTER = Symbol('edgemqtt.readFilter');
+const READ_BELOW = Symbol('edgemqtt.readBelow');
+type Filtered = Duplex & { [READ_FILTER]: ReadFilter; [READ_BELOW]: (this: Duplex, size?: number) => unknown };
+
+/** Installed as `conn.read` by interceptReads (one function for all connections; its callers call it on the connection). */
+function readFiltered(this: Filtered, size?: number): unknown {
+  const filter = this[READ_FILTER];
+  if (filter.closed) return null;
+  const chunk: unknown = this[READ_BELOW].call(this, size);
+  return chunk instanceof Uint8Array ? filter.filter(chunk) : chunk;
+}
+
+/** Puts `filter` between the connection and aedes' parser (see ReadFilter); once per connection. */
 export function interceptReads(conn: Duplex, filter: ReadFilter): void {
-  // Unbound: called on `conn` below (the stream's own read, or a wrapper set before this one).
-  const read = conn.read;
-  conn.read = (size?: number) => {
-    if (filter.closed) return null;
-    const chunk: unknown = read.call(conn, size);
-    return chunk instanceof Uint8Array ? filter.filter(chunk) : chunk;
-  };
+  const filtered = conn as Filtered;
+  // Unbound: called on `conn` (the stream's own read, or a wrapper set before this one).
+  filtered[READ_BELOW] = conn.read as Filtered[typeof READ_BELOW];
+  filtered[READ_FILTER] = filter;
+  conn.read = readFiltered as Duplex['read'];
 }
 
 /**

@@ -156,9 +156,8 @@ export class FastPublish {
       if (handed !== undefined && handed > 0) this.#handedToAedes.set(client, handed - 1);
     });
     seam.onConnection((conn) => {
-      const reader = new FrameReader(this, conn);
-      const read = conn.read.bind(conn);
-      conn.read = ((size?: number) => reader.read(read, size)) as Duplex['read'];
+      (conn as Reading)[READER] = new FrameReader(this, conn, conn.read as Read);
+      conn.read = readFrames as Duplex['read'];
     });
   }
 
@@ -268,6 +267,15 @@ export class FastPublish {
   }
 }
 
+type Read = (this: Duplex, size?: number) => unknown;
+const READER = Symbol('edgemqtt.frameReader');
+type Reading = Duplex & { [READER]: FrameReader };
+
+/** Installed as `conn.read` (one function for all connections; its callers call it on the connection). */
+function readFrames(this: Reading, size?: number): unknown {
+  return this[READER].read(size);
+}
+
 /**
  * One connection's reads, between the protocol guard (below) and aedes
  * (above): takes the frames the fast path publishes out of what aedes
@@ -288,13 +296,17 @@ class FrameReader {
   /** Frames whose first bytes went to aedes (those read in place not counted). */
   #framesHanded = 0;
 
-  constructor(fast: FastPublish, conn: Duplex) {
+  /** The read below this one (the protocol guard's), unbound. */
+  readonly #read: Read;
+
+  constructor(fast: FastPublish, conn: Duplex, read: Read) {
     this.#fast = fast;
     this.#conn = conn;
+    this.#read = read;
   }
 
-  read(read: (size?: number) => unknown, size?: number): unknown {
-    const chunk = read(size);
+  read(size?: number): unknown {
+    const chunk = this.#read.call(this.#conn, size);
     if (!(chunk instanceof Uint8Array)) return chunk;
     const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     if (this.#reading) {

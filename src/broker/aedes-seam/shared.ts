@@ -74,16 +74,18 @@ interface WirePacket {
   unsubscriptions?: string[];
 }
 
+/** The parser listener of renameSharedFilters: one function for all clients. */
+function renameSharedInPacket(packet: WirePacket): void {
+  if (packet.cmd === 'subscribe' && packet.subscriptions) {
+    for (const sub of packet.subscriptions) sub.topic = renamed(sub.topic);
+  } else if (packet.cmd === 'unsubscribe' && packet.unsubscriptions) {
+    packet.unsubscriptions = packet.unsubscriptions.map(renamed);
+  }
+}
+
 /** Renames the client's `$share/` filters (see the header); call right after aedes made the client. */
 export function renameSharedFilters(client: Client): void {
-  const parser = (client as unknown as ParserInternals)._parser;
-  parser.prependListener('packet', (packet: WirePacket) => {
-    if (packet.cmd === 'subscribe' && packet.subscriptions) {
-      for (const sub of packet.subscriptions) sub.topic = renamed(sub.topic);
-    } else if (packet.cmd === 'unsubscribe' && packet.unsubscriptions) {
-      packet.unsubscriptions = packet.unsubscriptions.map(renamed);
-    }
-  });
+  (client as unknown as ParserInternals)._parser.prependListener('packet', renameSharedInPacket);
 }
 
 /**
@@ -168,6 +170,79 @@ export function copyForSubscriber(packet: DeliveredPacket): DeliveredPacket {
 const CONNACK = 0x20;
 const SHARED_SUBSCRIPTION_AVAILABLE = 0x2a;
 
+type Step = 'header' | 'length' | 'flags' | 'reason' | 'propertiesLength' | 'property' | 'value';
+
+/** How far announceSharedSubscriptions has followed a connection's CONNACK. */
+class ConnackFollower {
+  step: Step = 'header';
+  multiplier = 1;
+  left = 0;
+  done = false;
+
+  /** The byte to write in place of `byte`, if it changes. */
+  next(byte: number): number | undefined {
+    if (this.step === 'header') {
+      if (byte !== CONNACK) this.done = true;
+      this.step = 'length';
+      return undefined;
+    }
+    if (this.step === 'length') {
+      this.left += (byte & 0x7f) * this.multiplier;
+      this.multiplier *= 128;
+      if ((byte & 0x80) === 0) this.step = 'flags';
+      return undefined;
+    }
+    this.left--;
+    if (this.step === 'flags') this.step = 'reason';
+    else if (this.step === 'reason') {
+      // Only an accepting CONNACK announces capabilities; 3.1.1 has no properties.
+      if (byte !== 0 || this.left <= 0) this.done = true;
+      this.step = 'propertiesLength';
+      this.multiplier = 1;
+    } else if (this.step === 'propertiesLength') {
+      if ((byte & 0x80) === 0) {
+        if (byte === 0 && this.multiplier === 1) this.done = true;
+        this.step = 'property';
+      }
+      this.multiplier *= 128;
+    } else if (this.step === 'property') {
+      if (byte !== SHARED_SUBSCRIPTION_AVAILABLE) this.done = true;
+      this.step = 'value';
+    } else {
+      this.done = true;
+      if (byte === 0) return 1;
+    }
+    if (this.left <= 0) this.done = true;
+    return undefined;
+  }
+}
+
+const ANNOUNCING = Symbol('edgemqtt.announcing');
+type WriteFn = (...args: unknown[]) => boolean;
+/** The write this one wraps, and the follower while the CONNACK is not past (then null). */
+type Announcing = Duplex & { [ANNOUNCING]: { write: WriteFn; follower: ConnackFollower | null } };
+
+// Installed as `conn.write` (one function for all connections); `this` is the connection.
+function writeConnack(this: Announcing, chunk: unknown, ...rest: unknown[]): boolean {
+  const state = this[ANNOUNCING];
+  const follower = state.follower;
+  if (follower !== null && chunk instanceof Uint8Array) {
+    let out: Uint8Array = chunk;
+    for (let i = 0; i < chunk.length && !follower.done; i++) {
+      const replacement = follower.next(chunk[i]!);
+      if (replacement !== undefined) {
+        // Chunks may be buffers mqtt-packet shares between packets: change a copy.
+        out = Buffer.from(chunk);
+        out[i] = replacement;
+      }
+    }
+    // Past the CONNACK: the follower goes.
+    if (follower.done) state.follower = null;
+    return state.write.call(this, out, ...rest);
+  }
+  return state.write.call(this, chunk, ...rest);
+}
+
 /**
  * Sets Shared Subscription Available to 1 in the CONNACK aedes writes on
  * `conn`. aedes builds the properties in handlers/connect.js
@@ -176,66 +251,11 @@ const SHARED_SUBSCRIPTION_AVAILABLE = 0x2a;
  * packet in pieces, so the bytes are followed one by one until that property
  * (or anything else) is past. The CONNACK is the first packet aedes writes
  * on a connection. Once past it, every write passes unchanged (the wrapper
- * stays: others may have wrapped it since).
+ * stays: others may have wrapped it since) and the follower is dropped.
  */
 export function announceSharedSubscriptions(conn: Duplex): void {
-  const write = conn.write;
-  type Step = 'header' | 'length' | 'flags' | 'reason' | 'propertiesLength' | 'property' | 'value';
-  let step: Step = 'header';
-  let multiplier = 1;
-  let left = 0;
-  let done = false;
-  // Returns the byte to write in its place, if it changes.
-  const next = (byte: number): number | undefined => {
-    if (step === 'header') {
-      if (byte !== CONNACK) done = true;
-      step = 'length';
-      return undefined;
-    }
-    if (step === 'length') {
-      left += (byte & 0x7f) * multiplier;
-      multiplier *= 128;
-      if ((byte & 0x80) === 0) step = 'flags';
-      return undefined;
-    }
-    left--;
-    if (step === 'flags') step = 'reason';
-    else if (step === 'reason') {
-      // Only an accepting CONNACK announces capabilities; 3.1.1 has no properties.
-      if (byte !== 0 || left <= 0) done = true;
-      step = 'propertiesLength';
-      multiplier = 1;
-    } else if (step === 'propertiesLength') {
-      if ((byte & 0x80) === 0) {
-        if (byte === 0 && multiplier === 1) done = true;
-        step = 'property';
-      }
-      multiplier *= 128;
-    } else if (step === 'property') {
-      if (byte !== SHARED_SUBSCRIPTION_AVAILABLE) done = true;
-      step = 'value';
-    } else {
-      done = true;
-      if (byte === 0) return 1;
-    }
-    if (left <= 0) done = true;
-    return undefined;
-  };
-  conn.write = function writeConnack(this: Duplex, chunk: unknown, ...rest: unknown[]): boolean {
-    if (!done && chunk instanceof Uint8Array) {
-      let out: Uint8Array = chunk;
-      for (let i = 0; i < chunk.length && !done; i++) {
-        const replacement = next(chunk[i]!);
-        if (replacement !== undefined) {
-          // Chunks may be buffers mqtt-packet shares between packets: change a copy.
-          out = Buffer.from(chunk);
-          out[i] = replacement;
-        }
-      }
-      return (write as (...args: unknown[]) => boolean).call(this, out, ...rest);
-    }
-    return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest);
-  } as Duplex['write'];
+  (conn as Announcing)[ANNOUNCING] = { write: conn.write as WriteFn, follower: new ConnackFollower() };
+  conn.write = writeConnack as Duplex['write'];
 }
 
 /** Who aedes queues a QoS 1/2 message for (aedes.js enqueueOffline → persistence.outgoingEnqueueCombi). */
