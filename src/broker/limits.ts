@@ -21,7 +21,7 @@ import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { createAddressMatcher, LOOPBACK_RANGES } from '../util/address-list.js';
 import { connackAccepted, disconnectWithReason, onDrainTimeout, subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
 import { FlowControl, type ClientFlow, type ClaimOutgoing, type DiscardOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
-import { CONNECT, DISCONNECT, guardConnection, MQTT_MAX_STRING_BYTES, PUBACK, PUBCOMP, PUBREC, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
+import { CONNECT, DISCONNECT, guardConnection, MQTT_MAX_STRING_BYTES, PUBACK, PUBCOMP, PUBREC, type GuardOwner, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
 import { holdUntilConnack } from './connect-hold.js';
 import { coalesceWrites } from './write-coalescer.js';
 import type { DisconnectDetail, DisconnectReason } from './traffic.js';
@@ -156,6 +156,13 @@ export interface LimitsDeps {
   leaving?: (client: Client, reason: DisconnectReason, detail?: DisconnectDetail) => void;
 }
 
+const LIMITED = Symbol('edgemqtt.limited');
+type Limited = Duplex & { [LIMITED]?: LimitedConnectionState };
+/** What a connection's 'close' needs of its LimitedConnection (declared inside createLimits). */
+interface LimitedConnectionState {
+  readonly connectTimer: NodeJS.Timeout;
+}
+
 export function createLimits(config: Config, deps: LimitsDeps): Limits {
   const log = deps.logger.child({ component: 'limits' });
   const now = deps.now ?? (() => performance.now());
@@ -266,54 +273,87 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
       mqtt5: true,
     };
     const connectTimeoutMs = config.broker.connectTimeoutSec * 1000;
-    // One for all clients (onDrainTimeout tells it which).
-    const leavingSlow = deps.leaving;
-    const slowConsumer = leavingSlow ? (slow: Client) => leavingSlow(slow, 'slow_consumer') : undefined;
+    const leaving = deps.leaving;
+    const slowConsumer = leaving ? (slow: Client) => leaving(slow, 'slow_consumer') : undefined;
+
+    /**
+     * One connection under the limits: its guard's owner and the state its
+     * close needs, one object with shared methods instead of closures per
+     * connection (found from the connection's 'close' through a symbol).
+     */
+    class LimitedConnection implements GuardOwner {
+      client: Client | undefined = undefined;
+      clientFlow: ClientFlow | undefined = undefined;
+      readonly guard: ProtocolGuard;
+      /** Slowloris: the whole CONNECT must be in within the time allowed, however slowly it trickles in. (aedes' own timer is the backstop.) */
+      readonly connectTimer: NodeJS.Timeout;
+
+      constructor(
+        readonly conn: Duplex,
+        readonly remote: string | undefined,
+      ) {
+        // The guard sees bytes from the first one; aedes' Client only starts reading on 'readable'.
+        this.guard = guardConnection(conn, guardLimits, this);
+        this.connectTimer = setTimeout(connectTimedOut, connectTimeoutMs, this);
+        this.connectTimer.unref();
+        (conn as Limited)[LIMITED] = this;
+        // A stream emits 'close' once: `on`, not `once`, spares a wrapper per connection.
+        conn.on('close', connectionClosed);
+      }
+
+      onViolation(violation: Violation): void {
+        onViolation(violation, this.remote);
+      }
+
+      closeFor(violation: Violation): void {
+        closeFor(violation, this.conn, this.guard, this.client);
+      }
+
+      onPacket(type: number, reasonCode: number): void {
+        if (type === CONNECT) clearTimeout(this.connectTimer);
+        // The guard has read it whole; aedes closes the connection next [MQTT-3.14.4-1].
+        else if (type === DISCONNECT) {
+          if (this.client) leaving?.(this.client, 'client_disconnect');
+        }
+        // An MQTT 5 PUBREC of 0x80 or more ends the QoS 2 flow: no PUBREL, no PUBCOMP (4.3.3, 4.9).
+        else if (type === PUBACK || type === PUBCOMP || (type === PUBREC && reasonCode >= FAILURE)) this.clientFlow?.acknowledged();
+      }
+
+      /** aedes made the connection's Client. */
+      made(client: Client): void {
+        this.client = client;
+        // Over the guard's read hook: nothing after the CONNECT reaches aedes before it accepts it [MQTT-3.1.4-5].
+        holdUntilConnack(this.conn, client);
+        this.clientFlow = flow.attach(client, this.conn);
+        flows.set(client, this.clientFlow);
+        // Runs before the flow control's count and aedes' close (onDrainTimeout runs the latest first).
+        if (slowConsumer) onDrainTimeout(client, slowConsumer);
+      }
+    }
+
+    function connectTimedOut(limited: LimitedConnection): void {
+      if (limited.conn.destroyed) return;
+      hit('connectTimeout', { remote: limited.remote, connectTimeoutSec: config.broker.connectTimeoutSec });
+      limited.conn.destroy();
+    }
+
+    function connectionClosed(this: Limited): void {
+      const limited = this[LIMITED];
+      if (limited === undefined) return;
+      this[LIMITED] = undefined;
+      openConnections--;
+      clearTimeout(limited.connectTimer);
+    }
+
     seam.onConnection((conn: Duplex, request?: IncomingMessage) => {
-      const remote = remoteAddressOf(conn, request);
       openConnections++;
       // One write (one syscall, one TLS record, one WebSocket frame) per
       // connection per event-loop turn instead of one per packet piece: see
       // write-coalescer.ts. Before aedes or flow control touch the stream, so
       // both see the coalesced write() and writableLength.
       coalesceWrites(conn);
-      let client: Client | undefined;
-      // The guard sees bytes from the first one; aedes' Client only starts reading on 'readable'.
-      const guard: ProtocolGuard = guardConnection(
-        conn,
-        guardLimits,
-        (violation) => onViolation(violation, remote),
-        (violation) => closeFor(violation, conn, guard, client),
-      );
-      // Slowloris: the whole CONNECT must be in within the time allowed,
-      // however slowly it trickles in. (aedes' own timer is the backstop.)
-      const connectTimer = setTimeout(() => {
-        if (conn.destroyed) return;
-        hit('connectTimeout', { remote, connectTimeoutSec: config.broker.connectTimeoutSec });
-        conn.destroy();
-      }, connectTimeoutMs);
-      connectTimer.unref();
-      conn.once('close', () => {
-        openConnections--;
-        clearTimeout(connectTimer);
-      });
-      return (made: Client) => {
-        client = made;
-        // Over the guard's read hook: nothing after the CONNECT reaches aedes before it accepts it [MQTT-3.1.4-5].
-        holdUntilConnack(conn, made);
-        const clientFlow = flow.attach(made, conn);
-        flows.set(made, clientFlow);
-        const leaving = deps.leaving;
-        // Runs before the flow control's count and aedes' close (onDrainTimeout wraps what is there).
-        if (slowConsumer) onDrainTimeout(made, slowConsumer);
-        guard.onPacket = (type, reasonCode) => {
-          if (type === CONNECT) clearTimeout(connectTimer);
-          // The guard has read it whole; aedes closes the connection next [MQTT-3.14.4-1].
-          else if (type === DISCONNECT) leaving?.(made, 'client_disconnect');
-          // An MQTT 5 PUBREC of 0x80 or more ends the QoS 2 flow: no PUBREL, no PUBCOMP (4.3.3, 4.9).
-          else if (type === PUBACK || type === PUBCOMP || (type === PUBREC && reasonCode >= FAILURE)) clientFlow.acknowledged();
-        };
-      };
+      const limited = new LimitedConnection(conn, remoteAddressOf(conn, request));
+      return (made: Client) => limited.made(made);
     });
   }
 

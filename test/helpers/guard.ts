@@ -32,7 +32,7 @@ export function passesHoweverSplit(
 ): ProtocolGuard {
   const whole = new ProtocolGuard(options);
   let packets = 0;
-  whole.onPacket = () => packets++;
+  whole.listener = { onPacket: () => packets++ };
   t.equal(feed(whole, [stream]), null);
   t.equal(packets, count, 'every packet seen once');
   for (let split = 1; split < stream.length; split += split < denseUpTo ? 1 : step) {
@@ -44,7 +44,7 @@ export function passesHoweverSplit(
   }
   const bytewise = new ProtocolGuard(options);
   let seen = 0;
-  bytewise.onPacket = () => seen++;
+  bytewise.listener = { onPacket: () => seen++ };
   t.equal(feed(bytewise, [...stream].map((byte) => Uint8Array.of(byte))), null, 'byte by byte');
   t.equal(seen, count);
   return whole;

@@ -55,13 +55,15 @@ function asReported(violation: Violation, level: number): Violation {
  * Follows one client's byte stream packet by packet. Feed it every chunk in
  * order; the first verdict is final (the connection is to be closed).
  */
+export interface PacketListener {
+  /** Once per complete, accepted packet: its type and, for an MQTT 5 PUBACK, PUBREC, PUBREL or PUBCOMP, its Reason Code (else 0). */
+  onPacket(type: number, reasonCode: number): void;
+}
+
 export class ProtocolGuard {
   readonly #limits: ProtocolGuardOptions;
-  /**
-   * Called once per complete, accepted packet with its type and, for an
-   * MQTT 5 PUBACK, PUBREC, PUBREL or PUBCOMP, its Reason Code (else 0).
-   */
-  onPacket: ((type: number, reasonCode: number) => void) | undefined;
+  /** Told of each complete, accepted packet (an object, so that a connection's owner needs no closure for it). */
+  listener: PacketListener | undefined;
 
   #state = HEADER;
   #first = 0;
@@ -217,7 +219,7 @@ export class ProtocolGuard {
         if (type === CONNECT && this.#connect === 'awaiting') this.#connect = 'connected';
         // After its DISCONNECT a client sends nothing more [MQTT-3.14.4-1].
         else if (type === DISCONNECT && this.#level === 5) this.#connect = 'disconnected';
-        this.onPacket?.(type, this.#ackReasonCode);
+        this.listener?.onPacket(type, this.#ackReasonCode);
       }
     }
     return null;
