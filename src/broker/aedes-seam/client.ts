@@ -204,7 +204,8 @@ function handleDrainTimeout(this: Client): void {
 export function onDrainTimeout(client: Client, listener: (client: Client) => void): void {
   const listeners = drainTimeoutListeners.get(client);
   if (listeners) {
-    listeners.unshift(listener);
+    // A new array of the exact length: unshift() would grow the store to a dozen slots or more.
+    drainTimeoutListeners.set(client, [listener, ...listeners]);
     return;
   }
   drainTimeoutListeners.set(client, [listener]);

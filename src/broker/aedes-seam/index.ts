@@ -16,8 +16,9 @@
  *   on the same rule.
  * - Client `deliver0`/`deliverQoS` (lib/client.js; subscription handlers
  *   capture them at SUBSCRIBE time, handlers/subscribe.js), `duplicates`
- *   (lib/client.js dedupe), `subscriptions` (replaced by a map that counts
- *   aedes' assignments and deletes, subscriptionChanges), `_handleDrainTimeout`
+ *   (lib/client.js dedupe; one map reading 0 shared by all clients),
+ *   `subscriptions` (replaced by a map that counts aedes' assignments and
+ *   deletes, subscriptionChanges), `_handleDrainTimeout`
  *   (lib/client.js waitForDrain), `_will` and `will` (handlers/connect.js,
  *   lib/client.js close).
  * - Shared subscriptions (shared.ts): the client's parser ('packet'
@@ -42,6 +43,14 @@
  * - `conn.read` again, above the guard and under the connect hold, and
  *   `aedes.mq` (mqemitter's `on`, `removeListener`, `_matcher`): the QoS 0
  *   fast path (fast-publish.ts, which lists what else of aedes it reads).
+ * - Per Client, to make it lighter (lightenClient, client.ts; canaries in
+ *   test/aedes-canaries-client.test.ts): `_eos` (end-of-stream's cleanup,
+ *   lib/client.js constructor) replaced by one shared 'close' listener,
+ *   aedes' bound 'end'/'error' listeners on the connection and the parser
+ *   by shared functions that find the client through `conn.client` and
+ *   `parser.client`, and the parser's `_list` (mqtt-packet, a bl
+ *   BufferListStream) by a plain BufferList; `_handleDrainTimeout` is one
+ *   shared function once a listener is added (onDrainTimeout).
  * - `aedes.mq._do` (mqemitter 7.1.0): its queue drained without unbounded
  *   recursion (emitter-depth.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read

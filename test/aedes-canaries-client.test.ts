@@ -1,0 +1,104 @@
+/**
+ * Canaries for what the seam's lightenClient (src/broker/aedes-seam/client.ts)
+ * replaces in each aedes Client: that aedes still makes those pieces per
+ * connection as it names them, and that a lightened client still closes,
+ * parses and reports errors as aedes' own did. Used plainly
+ * (test/helpers/plain-aedes.ts: no other edgemqtt code between the clients
+ * and aedes). When the first fails after an aedes upgrade, lightenClient
+ * finds nothing to replace: read lib/client.js again and update it.
+ */
+import t from 'tap';
+import type { Test } from 'tap';
+import type { Client } from 'aedes';
+import type { Duplex } from 'node:stream';
+import { lightenClient } from '../src/broker/aedes-seam/index.js';
+import { installedAedesVersion, rawConnected, startPlainAedes, until } from './helpers/plain-aedes.js';
+import { publish } from './helpers/packets.js';
+
+const V = installedAedesVersion();
+
+interface Weighed {
+  conn: Duplex;
+  _eos: unknown;
+  _parser: NodeJS.EventEmitter & { _list: { pipe?: unknown; constructor: { BufferList?: unknown } }; parse(buffer: Buffer): number };
+}
+
+const names = (emitter: NodeJS.EventEmitter, event: string) => emitter.rawListeners(event).map((listener) => listener.name);
+
+/** A plain aedes whose clients are lightened as they are made; what each had before, and the clients. */
+async function lightened(t: Test) {
+  const before: Array<Record<string, unknown>> = [];
+  const clients: Client[] = [];
+  const events: string[] = [];
+  const broker = await startPlainAedes(t, {}, (aedes) => {
+    const handle = aedes.handle.bind(aedes);
+    aedes.handle = (conn, request) => {
+      const client = handle(conn, request);
+      const weighed = client as unknown as Weighed;
+      before.push({
+        eos: typeof weighed._eos,
+        connEnd: names(weighed.conn, 'end').includes('bound close'),
+        connError: names(weighed.conn, 'error').includes('bound emit'),
+        parserError: names(weighed._parser, 'error').includes('bound emit'),
+        parserListIsStream: typeof weighed._parser._list.pipe === 'function',
+        bufferList: typeof weighed._parser._list.constructor.BufferList,
+      });
+      lightenClient(client);
+      clients.push(client);
+      return client;
+    };
+    aedes.on('clientError', (client, error) => events.push(`clientError ${client.id}: ${error.message}`));
+    aedes.on('clientDisconnect', (client) => events.push(`clientDisconnect ${client.id}`));
+  });
+  return { ...broker, before, clients, events };
+}
+
+t.test(`aedes ${V} still makes per client what lightenClient replaces (relied on by lightenClient, src/broker/aedes-seam/client.ts)`, async (t) => {
+  const { port, before, clients } = await lightened(t);
+  await rawConnected(t, port, 'weighed');
+  t.same(
+    before[0],
+    { eos: 'function', connEnd: true, connError: true, parserError: true, parserListIsStream: true, bufferList: 'function' },
+    "end-of-stream's cleanup, three bound listeners and a BufferListStream with bl's BufferList beside it",
+  );
+  const after = clients[0] as unknown as Weighed;
+  t.notOk(names(after.conn, 'end').includes('bound close'), "the connection's 'end' listener replaced");
+  t.notOk(names(after.conn, 'error').includes('bound emit'), "the connection's 'error' listener replaced");
+  t.notOk(names(after._parser, 'error').includes('bound emit'), "the parser's 'error' listener replaced");
+  t.equal(typeof after._parser._list.pipe, 'undefined', 'the parser buffers into a plain BufferList');
+});
+
+t.test('a lightened client parses a packet that arrives in two pieces', async (t) => {
+  const { port, clients } = await lightened(t);
+  const raw = await rawConnected(t, port, 'pieces');
+  const parser = (clients[0] as unknown as Weighed)._parser;
+  // A PINGREQ's two bytes in two parses: the first is held in the BufferList.
+  parser.parse(Buffer.of(0xc0));
+  parser.parse(Buffer.of(0x00));
+  await raw.next('pingresp');
+  t.pass('PINGRESP for the PINGREQ given in two pieces');
+});
+
+t.test('a lightened client is closed when its connection drops, and only once', async (t) => {
+  const { port, events } = await lightened(t);
+  const raw = await rawConnected(t, port, 'dropped');
+  raw.drop();
+  await until(() => events.includes('clientDisconnect dropped'), 5000, 'the client to be gone');
+  // A later client's departure is the marker: nothing more came for the first.
+  const marker = await rawConnected(t, port, 'marker');
+  marker.drop();
+  await until(() => events.includes('clientDisconnect marker'), 5000, 'the marker to be gone');
+  t.same(events, ['clientDisconnect dropped', 'clientDisconnect marker']);
+});
+
+t.test("a lightened client's parse error is still reported and closes it", async (t) => {
+  const { port, events } = await lightened(t);
+  const raw = await rawConnected(t, port, 'garbled');
+  // A PUBLISH with both QoS bits set, which mqtt-packet refuses [MQTT-3.3.1-4].
+  const bad = Buffer.from(publish('a/b', { qos: 1, id: 1, payload: 'x' }));
+  bad[0] = 0x36;
+  raw.send(bad);
+  await raw.waitForClose();
+  await until(() => events.includes('clientDisconnect garbled'), 5000, 'the client to be gone');
+  t.match(events, [/^clientError garbled: ./, 'clientDisconnect garbled']);
+});
