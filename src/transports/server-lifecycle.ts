@@ -10,17 +10,24 @@ export class ServerLifecycle {
   readonly #server: NetServer;
   readonly #name: string;
   readonly #sockets = new Set<Socket>();
+  /** Every tracked socket's 'close' listener, one for all (`this` is the socket): no closure per connection. */
+  readonly #untrack: (this: Socket) => void;
   #listening = false;
 
   constructor(name: string, server: NetServer) {
     this.#name = name;
     this.#server = server;
+    const sockets = this.#sockets;
+    this.#untrack = function untrack(this: Socket) {
+      sockets.delete(this);
+    };
   }
 
   /** Remembers a socket until it closes, so that stop() can cut it. */
   track(socket: Socket): void {
     this.#sockets.add(socket);
-    socket.once('close', () => this.#sockets.delete(socket));
+    // A socket emits 'close' once: `on`, not `once`, spares a wrapper per connection.
+    socket.on('close', this.#untrack);
   }
 
   get openSockets(): number {
