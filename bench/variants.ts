@@ -94,6 +94,11 @@ export const VARIANTS: Record<string, Variant> = {
     nodeFlags: ['--max-semi-space-size=4'],
     description: 'edgemqtt with node --max-semi-space-size=4 (a smaller young generation: less idle memory, more scavenges)',
   },
+  'semi4-size': {
+    base: 'daemon',
+    nodeFlags: ['--max-semi-space-size=4', '--optimize-for-size'],
+    description: 'edgemqtt with node --max-semi-space-size=4 --optimize-for-size (V8 trades speed for heap size)',
+  },
 };
 
 export function variantOf(name: string): Variant {
