@@ -198,10 +198,25 @@ export class QueueStore {
    * aedes sends the packet once this resolves. A PUBREL, and a QoS 2 PUBLISH,
    * wait for the disk: a QoS 2 message resent under another identifier after
    * a crash could be delivered twice by a receiver that delivers on PUBLISH.
-   * A QoS 1 PUBLISH does not (write-behind): resent after a crash it may be
-   * delivered twice anyway, and aedes resends a reconnecting client's queue
-   * one message at a time, so an fsync per message would pace the whole
+   * A QoS 1 PUBLISH does not: resent after a crash it may be delivered
+   * twice anyway, and aedes resends a reconnecting client's queue one
+   * message at a time, so an fsync per message would pace the whole
    * backlog. A resend that changes nothing writes nothing.
+   *
+   * A QoS 1 PUBLISH sent live (no record cached: not prepared by the resend
+   * stream) is not written at all here: its identifier stays in memory
+   * (entry.sent) and is stored when the client disconnects or the store
+   * stops (LevelStore.clientSeen / stop), unless the PUBACK comes first, as
+   * it nearly always does; then only the delete is written. Without this,
+   * each message cost a second encoding and a second put. What a crash can
+   * lose is the identifier of a message in flight: the message itself is
+   * on disk (its publisher's PUBACK waited for that), and it is resent on
+   * the next connection under a fresh identifier, as it would be when a
+   * crash beat the write-behind of the identifier. For QoS 1 the receiver
+   * keeps no state per identifier once it has sent its PUBACK (section
+   * 4.3.2 of MQTT 3.1.1 and 5), so the resend is a duplicate either way,
+   * which QoS 1 allows; the durable acknowledgement of the publisher is
+   * untouched.
    */
   async record(client: ClientLike, packet: PacketLike): Promise<boolean> {
     const store = this.#store;
@@ -219,8 +234,20 @@ export class QueueStore {
       store.log.warn({ clientId: client.id, kept: entry.messageId, offered: packet.messageId }, 'queued message offered under a second packet identifier; the first is kept');
       packet.messageId = entry.messageId;
     }
+    if (
+      packet.cmd === 'publish' &&
+      packet.qos === 1 &&
+      entry.cmd === 'publish' &&
+      entry.value === undefined &&
+      store.isOnline(client.id)
+    ) {
+      queue.update(entry, { brokerId: packet.brokerId, brokerCounter: packet.brokerCounter, messageId: packet.messageId });
+      entry.sent = packet;
+      return true;
+    }
     const data = packetData(packet);
     const value = encodePacket(data);
+    entry.sent = undefined;
     if (entry.value?.equals(value)) return true;
     const cmd = typeof data.cmd === 'string' ? data.cmd : 'publish';
     queue.update(entry, {
@@ -279,6 +306,13 @@ export class QueueStore {
     const key = outgoingKey(clientId, entry.seq);
     const ops: BatchOp[] = [];
     store.forgetIfStateless(clientId, ops);
+    const sent = entry.sent;
+    if (sent !== undefined) {
+      // Sent live (see record): the packet is at hand, no read or decode.
+      entry.sent = undefined;
+      store.writeBehind([{ type: 'del', key }, ...ops], 'removal of an acknowledged message');
+      return Promise.resolve(packetData(sent));
+    }
     return store.track(async () => {
       const value = await store.readAndDelete(key, ops, entry.value, false);
       return value ? store.decode(key, value, undefined) : undefined;
@@ -290,6 +324,8 @@ export class QueueStore {
     this.#store.ready();
     return this.#queueStream(clientId, (chunk, keys, values) =>
       chunk.flatMap((entry, i): PacketLike[] => {
+        // In flight, its identifier not stored yet (see record): as it will be stored.
+        if (entry.sent !== undefined) return [packetData(entry.sent)];
         const packet = this.#storedPacket(clientId, entry, keys[i]!, values[i]);
         return packet ? [packet] : [];
       }),
@@ -386,6 +422,8 @@ export class QueueStore {
         packet = { ...stored, cmd: 'publish', messageId: entry.messageId };
       }
       entry.sentOn = connection;
+      // The record written below (or found equal) holds the identifier.
+      entry.sent = undefined;
       const encoded = encodePacket(packetData(packet));
       if (!encoded.equals(value)) {
         ops.push({ type: 'put', key: keys[i]!, value: encoded });
