@@ -137,8 +137,8 @@ t.test('a QoS 1 message sent live keeps its identifier across a disconnect and a
   broker.clients.other = other;
   // aedes' live QoS 1 deliveries: claim an identifier, record the packet as sent.
   for (const client of [dev, other]) {
-    for (const packet of packets) {
-      const claim = first.claimOutgoing(client, broker.id, packet.brokerCounter);
+    for (const [i, packet] of packets.entries()) {
+      const claim = first.claimOutgoing(client, broker.id, i + 1);
       await first.outgoingUpdate(client, { ...packet, messageId: claim!.messageId });
     }
   }
