@@ -309,9 +309,12 @@ export class QueueStore {
     const sent = entry.sent;
     if (sent !== undefined) {
       // Sent live (see record): the packet is at hand, no read or decode.
+      // It is handed back as it is, as aedes' own persistence hands back the
+      // object it queued: aedes is done with it once acknowledged.
       entry.sent = undefined;
-      store.writeBehind([{ type: 'del', key }, ...ops], 'removal of an acknowledged message');
-      return Promise.resolve(packetData(sent));
+      ops.unshift({ type: 'del', key });
+      store.writeBehind(ops, 'removal of an acknowledged message');
+      return Promise.resolve(sent);
     }
     return store.track(async () => {
       const value = await store.readAndDelete(key, ops, entry.value, false);

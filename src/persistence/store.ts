@@ -62,6 +62,8 @@ export class LevelStore {
   #writes: WriteFailures | undefined;
   // Reads of values being deleted (acknowledged messages, wills); stop() waits for them.
   readonly #inflight = new Set<Promise<unknown>>();
+  /** The batch (its promise) and kind of the last write-behind that got a failure handler (see writeBehind). */
+  #behind: { promise: Promise<void> | undefined; what: string } = { promise: undefined, what: '' };
 
   readonly taps = new PublishTaps();
   /** The broker whose clients are online (set by the adapter's setup); for the parts. */
@@ -377,7 +379,13 @@ export class LevelStore {
    * nothing is acknowledged.
    */
   writeBehind(ops: readonly BatchOp[], what: string, failed?: () => void): void {
-    this.write(ops).catch((error: unknown) => {
+    const written = this.write(ops);
+    // Writes of one batch share its promise: one handler, and one warning,
+    // per batch and kind of write, not one per message (an acknowledged
+    // message's delete is written behind).
+    if (failed === undefined && written === this.#behind.promise && what === this.#behind.what) return;
+    this.#behind = { promise: written, what };
+    written.catch((error: unknown) => {
       this.log.warn({ err: error }, `could not store a ${what}`);
       failed?.();
     });
