@@ -285,8 +285,8 @@ export class LevelPersistence {
    * at the published QoS. aedes calls this once per QoS 1/2 PUBLISH, usually
    * with nobody offline: no work beyond the store's call then.
    */
-  async outgoingEnqueueCombi(subs: readonly MatchingSubscription[], packet: PacketLike): Promise<void> {
-    await this.#queues.enqueue(packet, subs.length > 1 || hasOptions(subs[0]) ? recipientsOf(subs, packet) : subs);
+  outgoingEnqueueCombi(subs: readonly MatchingSubscription[], packet: PacketLike): Promise<void> {
+    return this.#queues.enqueue(packet, subs.length > 1 || hasOptions(subs[0]) ? recipientsOf(subs, packet) : subs);
   }
 
   /**

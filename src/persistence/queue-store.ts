@@ -65,15 +65,27 @@ export class QueueStore {
    * batch, which holds them; without one, a PUBLISH that wrote something
    * before (a retained message, a QoS 2 packet) waits for the newest batch.
    */
-  async enqueue(packet: PacketLike, recipients: readonly Recipient[], tap = true): Promise<void> {
+  enqueue(packet: PacketLike, recipients: readonly Recipient[], tap = true): Promise<void> {
+    try {
+      return this.#enqueue(packet, recipients, tap);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /**
+   * See enqueue. Not async: the promise is the batch's own, shared by every
+   * write in it, so queuing a message makes no promise of its own.
+   */
+  #enqueue(packet: PacketLike, recipients: readonly Recipient[], tap: boolean): Promise<void> {
     const store = this.#store;
     const { commit } = store.ready();
     const ops: BatchOp[] = [];
     if (tap) store.taps.collect(packet, ops);
     if (recipients.length === 0) {
-      if (ops.length > 0) await store.write(ops);
-      else if (packet.retain === true || packet.qos === 2) await commit.barrier();
-      return;
+      if (ops.length > 0) return store.write(ops);
+      if (packet.retain === true || packet.qos === 2) return commit.barrier();
+      return Promise.resolve();
     }
     let asPublished: QueuedCopy | undefined;
     let downgraded: Array<QueuedCopy | undefined> | undefined;
@@ -99,7 +111,7 @@ export class QueueStore {
       }
       this.#append(clientId, copy, ops);
     }
-    await store.write(ops);
+    return store.write(ops);
   }
 
   #append(clientId: string, { stored, value }: QueuedCopy, ops: BatchOp[]): void {
