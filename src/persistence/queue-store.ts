@@ -4,7 +4,7 @@
  * each message goes out under.
  */
 import { Readable } from 'node:stream';
-import { detached, encodePacket, messageExpiryOf, packetData, queuedPacket, type PacketLike } from './codec.js';
+import { detached, encodeQueued, encodePacket, packetData, type PacketLike, type QueuedRecord } from './codec.js';
 import type { BatchOp } from './group-commit.js';
 import { outgoingKey } from './keys.js';
 import type { ClientQueue, QueueEntry } from './outgoing-queues.js';
@@ -21,16 +21,6 @@ export interface Recipient {
   subscriptionIdentifiers?: readonly number[];
 }
 
-/** One encoding of a message, shared by every recipient queued at the same QoS. */
-interface QueuedCopy {
-  stored: PacketLike;
-  value: Buffer;
-}
-
-function queuedCopy(packet: PacketLike): QueuedCopy {
-  const stored = queuedPacket(packet);
-  return { stored, value: encodePacket(stored) };
-}
 
 /** The message as queued for one recipient: its QoS, RETAIN and Subscription Identifiers (see Recipient). */
 function adjustedPacket(packet: PacketLike, { qos, retain, subscriptionIdentifiers: ids }: Recipient): PacketLike {
@@ -87,46 +77,48 @@ export class QueueStore {
       if (packet.retain === true || packet.qos === 2) return commit.barrier();
       return Promise.resolve();
     }
-    let asPublished: QueuedCopy | undefined;
-    let downgraded: Array<QueuedCopy | undefined> | undefined;
-    let adjusted: Map<string, QueuedCopy> | undefined;
+    // One encoding per outcome, shared by every recipient it applies to.
+    let asPublished: QueuedRecord | undefined;
+    let downgraded: Array<QueuedRecord | undefined> | undefined;
+    let adjusted: Map<string, QueuedRecord> | undefined;
     for (const recipient of recipients) {
       const { clientId, qos } = recipient;
-      let copy: QueuedCopy;
+      let copy: QueuedRecord;
       if (recipient.retain === false || recipient.subscriptionIdentifiers !== undefined) {
         // MQTT 5 subscription options: one encoding per distinct outcome.
         adjusted ??= new Map();
         const key = `${qos ?? ''}|${recipient.retain ?? ''}|${recipient.subscriptionIdentifiers?.join(',') ?? ''}`;
         let found = adjusted.get(key);
         if (!found) {
-          found = queuedCopy(adjustedPacket(packet, recipient));
+          found = encodeQueued(adjustedPacket(packet, recipient));
           adjusted.set(key, found);
         }
         copy = found;
       } else if (qos !== undefined && qos < (packet.qos as number)) {
         downgraded ??= [];
-        copy = downgraded[qos] ??= queuedCopy({ ...packet, qos });
+        copy = downgraded[qos] ??= encodeQueued({ ...packet, qos });
       } else {
-        copy = asPublished ??= queuedCopy(packet);
+        copy = asPublished ??= encodeQueued(packet);
       }
       this.#append(clientId, copy, ops);
     }
     return store.write(ops);
   }
 
-  #append(clientId: string, { stored, value }: QueuedCopy, ops: BatchOp[]): void {
+  #append(clientId: string, { value, cmd, brokerId, brokerCounter, messageExpiry }: QueuedRecord, ops: BatchOp[]): void {
     const store = this.#store;
     const online = store.isOnline(clientId);
     const queue = store.queues.getOrCreate(clientId);
     const seq = store.nextSeq();
     queue.append({
       seq,
-      cmd: stored.cmd as string,
-      brokerId: stored.brokerId,
-      brokerCounter: stored.brokerCounter,
-      messageId: stored.messageId,
+      cmd,
+      brokerId,
+      brokerCounter,
+      // None yet: each session gives its own when the message is sent [MQTT-2.3.1-2].
+      messageId: undefined,
       bytes: value.length,
-      expiresAt: messageExpiryOf(stored),
+      expiresAt: messageExpiry,
       // Not cached even for a connected client: aedes sends it under a new
       // packet identifier, and record() caches that record instead. A
       // stalled client's backlog thus stays on disk, not in RAM.
