@@ -362,9 +362,10 @@ async function crashRun(t: Test, version: Version): Promise<void> {
     }
     t.same(subscriber.duplicates(2), [], `${subscriber.clientId}: no QoS 2 message delivered twice`);
     if (subscriber.audit) {
-      // A QoS 1 identifier is stored behind the send (queue-store.ts
-      // record): after a crash the message may go again under
-      // another, a duplicate QoS 1 allows. A QoS 2 one is stored first.
+      // A QoS 1 identifier of a live send is stored when its client
+      // disconnects or the broker stops (queue-store.ts record): after a
+      // crash the message may go again under another, a duplicate QoS 1
+      // allows. A QoS 2 one is stored first.
       const q2 = subscriber.audit.renumbered.filter((line) => line.startsWith('crash/q2:'));
       t.same(q2.slice(0, 5), [], `${subscriber.clientId}: every QoS 2 message kept one packet identifier through the crashes`);
       t.same(subscriber.audit.conflicts.slice(0, 5), [], `${subscriber.clientId}: no identifier it held was given to another message`);

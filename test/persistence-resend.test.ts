@@ -123,3 +123,46 @@ t.test('identifiers given by the resend survive a restart with their messages', 
     'after a restart each goes again under the identifier it went out with',
   );
 });
+
+t.test('a QoS 1 message sent live keeps its identifier across a disconnect and a planned restart; an acknowledged one is gone', async (t) => {
+  const h = harness(t);
+  const first = await h.open();
+  const broker = fakeBroker();
+  await first.setup(broker);
+  const packets = [0, 1, 2, 3].map((i) => publish(topic, `m${i}`, { brokerId: broker.id, brokerCounter: i + 1 }));
+  for (const packet of packets) await first.outgoingEnqueueCombi([{ clientId: 'dev' }, { clientId: 'other' }], packet);
+  const dev = { id: 'dev', clean: false };
+  const other = { id: 'other', clean: false };
+  broker.clients.dev = dev;
+  broker.clients.other = other;
+  // aedes' live QoS 1 deliveries: claim an identifier, record the packet as sent.
+  for (const client of [dev, other]) {
+    for (const [i, packet] of packets.entries()) {
+      const claim = first.claimOutgoing(client, broker.id, i + 1);
+      await first.outgoingUpdate(client, { ...packet, messageId: claim!.messageId });
+    }
+  }
+  const acked = await first.outgoingClearMessageId(dev, { messageId: 1 });
+  t.match(acked, { payload: Buffer.from('m0'), messageId: 1 }, 'the PUBACK gets the packet it acknowledges');
+  t.same(
+    (await collect(first.outgoingStream({ id: 'dev' }))).map((p) => p.messageId),
+    [2, 3, 4],
+    'the queue as stored shows the identifiers of messages in flight',
+  );
+
+  // dev goes away before the stop; other is still connected when it comes.
+  delete broker.clients.dev;
+  broker.emit('clientDisconnect', dev);
+  await first.stop();
+
+  const second = await h.open();
+  await second.setup(fakeBroker());
+  for (const clientId of ['dev', 'other']) {
+    const again = await collect(second.outgoingResendStream({ id: clientId, clean: false }));
+    t.same(
+      again.map((p) => [String(p.payload), p.messageId, p.dup]),
+      (clientId === 'dev' ? [1, 2, 3] : [0, 1, 2, 3]).map((i) => [`m${i}`, i + 1, true]),
+      `${clientId}: after the restart each unacknowledged message goes again under the identifier it went out with`,
+    );
+  }
+});

@@ -7,7 +7,10 @@ import {
   decodePacket,
   decodeSubscription,
   encodePacket,
+  encodeQueued,
   encodeSubscription,
+  messageExpiryOf,
+  queuedPacket,
   RecordDecodeError,
 } from '../src/persistence/codec.js';
 import {
@@ -175,4 +178,33 @@ t.test('queue index: packet identifiers are given round the 16-bit space, skippi
   const full = new ClientQueue();
   for (let id = 1; id <= 65_535; id++) full.append(entry(id, id));
   t.equal(full.allocateMessageId(), undefined, 'none free');
+});
+
+t.test('codec: a queued message is encoded as encodePacket(queuedPacket(...)) encodes it, byte for byte', async (t) => {
+  const base = { cmd: 'publish', topic: 'a/b', payload: Buffer.from('x'), qos: 1, retain: false, dup: false, messageId: 7, brokerId: 'b1', brokerCounter: 3 };
+  const variants: Array<Record<string, unknown>> = [
+    base,
+    { ...base, qos: 0, messageId: undefined },
+    { ...base, qos: 2, retain: true, dup: true },
+    { ...base, clientId: 'pub', nl: true, properties: { userProperties: { k: 'v' }, subscriptionIdentifier: 4 }, messageExpiry: 1_900_000_000_000 },
+    { cmd: 'pubrel', messageId: 9 },
+    { topic: 't', payload: 'text', qos: 1 },
+    { ...base, length: 14, extra: 'ignored by the queued copy' },
+  ];
+  for (const packet of variants) {
+    const queued = encodeQueued(packet);
+    const reference = queuedPacket(packet);
+    t.same(queued.value, encodePacket(reference), JSON.stringify(packet));
+    t.same(
+      [queued.cmd, queued.brokerId, queued.brokerCounter, queued.messageExpiry],
+      [reference.cmd, reference.brokerId, reference.brokerCounter, messageExpiryOf(reference)],
+    );
+  }
+});
+
+t.test('keys: an outgoing key reads back to its client id (multi-byte UTF-8 too) and sequence number', async (t) => {
+  for (const [clientId, seq] of [['c', 1], ['gerät-ü/7', 2 ** 40 + 5], ['', 2 ** 53 - 1]] as const) {
+    t.same(parseOutgoingKey(outgoingKey(clientId, seq)), { clientId, seq });
+  }
+  t.throws(() => outgoingKey('x'.repeat(0x10000), 1), RangeError, 'a client id longer than its u16 length');
 });

@@ -202,6 +202,49 @@ export function queuedPacket(original: PacketLike): PacketLike {
   return packet;
 }
 
+/** A message as queued for a subscriber: its record and the fields the queue index keeps. */
+export interface QueuedRecord {
+  value: Buffer;
+  cmd: string;
+  brokerId: unknown;
+  brokerCounter: unknown;
+  messageExpiry: number | undefined;
+}
+
+/**
+ * encodePacket(queuedPacket(original)), byte for byte, without building the
+ * queued packet and searching it for extras (it has none): this runs for
+ * every message queued for a persistent session.
+ */
+export function encodeQueued(original: PacketLike): QueuedRecord {
+  const out: unknown[] = [KIND_PACKET, 0];
+  let mask = 0;
+  // clientId, nl, properties, messageExpiry: copied when present (bits 0-3).
+  if (Object.hasOwn(original, 'clientId')) (mask |= 1), out.push(original.clientId);
+  if (Object.hasOwn(original, 'nl')) (mask |= 2), out.push(original.nl);
+  if (Object.hasOwn(original, 'properties')) (mask |= 4), out.push(original.properties);
+  const hasExpiry = Object.hasOwn(original, 'messageExpiry');
+  if (hasExpiry) (mask |= 8), out.push(original.messageExpiry);
+  const cmd = (original.cmd || 'publish') as string;
+  const brokerCounter = original.brokerCounter || 0;
+  const qos = original.qos || 0;
+  // cmd … dup (bits 4-11) are always set; messageId (bit 12) is cleared, i.e. present as undefined, as queuedPacket does.
+  out.push(cmd, original.brokerId, brokerCounter, original.topic, original.payload || Buffer.alloc(0), qos, original.retain || false, original.dup || false);
+  mask |= 0xff0;
+  if ((qos as number) > 0 || cmd !== 'publish') {
+    mask |= 0x1000;
+    out.push(undefined);
+  }
+  out[1] = mask;
+  return {
+    value: packr.pack(out),
+    cmd,
+    brokerId: original.brokerId,
+    brokerCounter,
+    messageExpiry: hasExpiry ? messageExpiryOf(original) : undefined,
+  };
+}
+
 /**
  * A buffer that owns its memory. msgpackr packs into a shared 8 KiB slab, so
  * keeping one small record alive would keep the whole slab alive.

@@ -119,6 +119,8 @@ export interface GroupCommit {
 interface Batch {
   readonly generation: number;
   readonly ops: BatchOp[];
+  /** The overlay key of each op (same order), so settling does not convert the keys again. */
+  readonly ids: string[];
   ready: boolean;
   readonly promise: Promise<void>;
   resolve(): void;
@@ -157,7 +159,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
       resolve = res;
       reject = rej;
     });
-    const batch: Batch = { generation: ++generation, ops: [], ready: false, promise, resolve, reject };
+    const batch: Batch = { generation: ++generation, ops: [], ids: [], ready: false, promise, resolve, reject };
     queue.push(batch);
     const markReady = () => {
       batch.ready = true;
@@ -181,8 +183,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
   }
 
   function settle(batch: Batch): void {
-    for (const op of batch.ops) {
-      const id = op.key.toString('latin1');
+    for (const id of batch.ids) {
       if (overlay.get(id)?.batch === batch) overlay.delete(id);
     }
   }
@@ -243,6 +244,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
           queued.value = value;
           continue;
         }
+        batch.ids.push(id);
         overlay.set(id, { value, batch, index: batch.ops.push(op) - 1 });
       }
       counters.writes++;

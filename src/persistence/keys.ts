@@ -87,12 +87,21 @@ export function parseRetainedKey(key: Buffer): string {
 /** Largest queue sequence number: seq is a JS number, exact up to 2^53. */
 export const MAX_SEQ = Number.MAX_SAFE_INTEGER;
 
+/**
+ * Built in one buffer, not joined from parts: it is made for every queued
+ * message and again for its acknowledgement (the persistent-session QoS 1 path).
+ */
 export function outgoingKey(clientId: string, seq: number): Buffer {
-  const seqPart = Buffer.allocUnsafe(8);
+  const idBytes = Buffer.byteLength(clientId, 'utf8');
+  if (idBytes > MAX_CLIENT_ID_BYTES) throw new RangeError(`client id longer than ${MAX_CLIENT_ID_BYTES} bytes`);
+  const key = Buffer.allocUnsafe(3 + idBytes + 8);
+  key[0] = NS.outgoing;
+  key.writeUInt16BE(idBytes, 1);
+  key.write(clientId, 3, idBytes, 'utf8');
   // Big-endian so byte order is numeric order: the queue iterates oldest first.
-  seqPart.writeUInt32BE(Math.floor(seq / 0x1_0000_0000), 0);
-  seqPart.writeUInt32BE(seq % 0x1_0000_0000, 4);
-  return withNamespace(NS.outgoing, clientPart(clientId), seqPart);
+  key.writeUInt32BE(Math.floor(seq / 0x1_0000_0000), 3 + idBytes);
+  key.writeUInt32BE(seq % 0x1_0000_0000, 7 + idBytes);
+  return key;
 }
 
 export function parseOutgoingKey(key: Buffer): { clientId: string; seq: number } {

@@ -75,6 +75,9 @@ import type {
 /** A subscription as aedes hands it to outgoingEnqueueCombi (one per matching subscription): ours from subscriptionsByTopic, or a bare recipient. */
 type MatchingSubscription = Recipient & Partial<Pick<MatchedSubscription, 'rap' | 'nl' | 'subscriptionIdentifier'>>;
 
+/** One settled promise for the answers that need not wait: aedes only chains on them. */
+const RESOLVED: Promise<void> = Promise.resolve();
+
 export class LevelPersistence {
   readonly #store: LevelStore;
   readonly #retained: RetainedStore;
@@ -285,8 +288,8 @@ export class LevelPersistence {
    * at the published QoS. aedes calls this once per QoS 1/2 PUBLISH, usually
    * with nobody offline: no work beyond the store's call then.
    */
-  async outgoingEnqueueCombi(subs: readonly MatchingSubscription[], packet: PacketLike): Promise<void> {
-    await this.#queues.enqueue(packet, subs.length > 1 || hasOptions(subs[0]) ? recipientsOf(subs, packet) : subs);
+  outgoingEnqueueCombi(subs: readonly MatchingSubscription[], packet: PacketLike): Promise<void> {
+    return this.#queues.enqueue(packet, subs.length > 1 || hasOptions(subs[0]) ? recipientsOf(subs, packet) : subs);
   }
 
   /**
@@ -319,10 +322,18 @@ export class LevelPersistence {
    * a message that was never queued resolves all the same (correction 3 in
    * the header): aedes then sends it.
    */
-  async outgoingUpdate(client: ClientLike, packet: PacketLike): Promise<void> {
-    if (await this.#queues.record(client, packet)) return;
-    if (packet.cmd !== 'pubrel') throw new Error('no such packet');
+  outgoingUpdate(client: ClientLike, packet: PacketLike): Promise<void> {
+    let recorded: boolean | Promise<true>;
+    try {
+      recorded = this.#queues.record(client, packet);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (recorded === true) return RESOLVED;
+    if (recorded !== false) return recorded.then(() => undefined);
+    if (packet.cmd !== 'pubrel') return Promise.reject(new Error('no such packet'));
     this.#store.log.debug({ clientId: client.id, messageId: packet.messageId }, 'PUBREC for an unstored message');
+    return RESOLVED;
   }
 
   /** Removes the entry a PUBACK/PUBCOMP acknowledges and returns its packet. */

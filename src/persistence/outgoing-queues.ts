@@ -13,6 +13,7 @@
  *   same messageId (a PUBREL replacing its PUBLISH);
  * - outgoingClearMessageId: the first entry with that messageId.
  */
+import type { PacketLike } from './codec.js';
 
 export interface QueueEntry {
   readonly seq: number;
@@ -34,6 +35,13 @@ export interface QueueEntry {
    * never drop it (oldestUnsentPublish).
    */
   sentOn?: number;
+  /**
+   * A QoS 1 PUBLISH as sent to the connected client, while its record on
+   * disk does not hold its packet identifier yet (see QueueStore.record):
+   * stored when the client disconnects or the store stops, unless
+   * acknowledged first. Undefined otherwise.
+   */
+  sent?: PacketLike | undefined;
 }
 
 export type EntryFields = Pick<QueueEntry, 'cmd' | 'brokerId' | 'brokerCounter' | 'messageId' | 'bytes'>;
@@ -215,9 +223,18 @@ export class ClientQueue {
     return oldest(this.#byCounter.get(brokerId, brokerCounter), () => true);
   }
 
-  /** Forgets cached records (the client went offline). */
-  dropCachedValues(): void {
-    for (const entry of this.#entries.values()) entry.value = undefined;
+  /**
+   * Forgets cached records (the client went offline) and hands back the
+   * entries whose packet identifier is in memory only (`sent`), which the
+   * caller stores.
+   */
+  dropCachedValues(): QueueEntry[] {
+    const unrecorded: QueueEntry[] = [];
+    for (const entry of this.#entries.values()) {
+      entry.value = undefined;
+      if (entry.sent !== undefined) unrecorded.push(entry);
+    }
+    return unrecorded;
   }
 
   #index(entry: QueueEntry): void {

@@ -4,7 +4,7 @@
  * each message goes out under.
  */
 import { Readable } from 'node:stream';
-import { detached, encodePacket, messageExpiryOf, packetData, queuedPacket, type PacketLike } from './codec.js';
+import { detached, encodeQueued, encodePacket, packetData, type PacketLike, type QueuedRecord } from './codec.js';
 import type { BatchOp } from './group-commit.js';
 import { outgoingKey } from './keys.js';
 import type { ClientQueue, QueueEntry } from './outgoing-queues.js';
@@ -21,16 +21,6 @@ export interface Recipient {
   subscriptionIdentifiers?: readonly number[];
 }
 
-/** One encoding of a message, shared by every recipient queued at the same QoS. */
-interface QueuedCopy {
-  stored: PacketLike;
-  value: Buffer;
-}
-
-function queuedCopy(packet: PacketLike): QueuedCopy {
-  const stored = queuedPacket(packet);
-  return { stored, value: encodePacket(stored) };
-}
 
 /** The message as queued for one recipient: its QoS, RETAIN and Subscription Identifiers (see Recipient). */
 function adjustedPacket(packet: PacketLike, { qos, retain, subscriptionIdentifiers: ids }: Recipient): PacketLike {
@@ -65,56 +55,70 @@ export class QueueStore {
    * batch, which holds them; without one, a PUBLISH that wrote something
    * before (a retained message, a QoS 2 packet) waits for the newest batch.
    */
-  async enqueue(packet: PacketLike, recipients: readonly Recipient[], tap = true): Promise<void> {
+  enqueue(packet: PacketLike, recipients: readonly Recipient[], tap = true): Promise<void> {
+    try {
+      return this.#enqueue(packet, recipients, tap);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /**
+   * See enqueue. Not async: the promise is the batch's own, shared by every
+   * write in it, so queuing a message makes no promise of its own.
+   */
+  #enqueue(packet: PacketLike, recipients: readonly Recipient[], tap: boolean): Promise<void> {
     const store = this.#store;
     const { commit } = store.ready();
     const ops: BatchOp[] = [];
     if (tap) store.taps.collect(packet, ops);
     if (recipients.length === 0) {
-      if (ops.length > 0) await store.write(ops);
-      else if (packet.retain === true || packet.qos === 2) await commit.barrier();
-      return;
+      if (ops.length > 0) return store.write(ops);
+      if (packet.retain === true || packet.qos === 2) return commit.barrier();
+      return Promise.resolve();
     }
-    let asPublished: QueuedCopy | undefined;
-    let downgraded: Array<QueuedCopy | undefined> | undefined;
-    let adjusted: Map<string, QueuedCopy> | undefined;
+    // One encoding per outcome, shared by every recipient it applies to.
+    let asPublished: QueuedRecord | undefined;
+    let downgraded: Array<QueuedRecord | undefined> | undefined;
+    let adjusted: Map<string, QueuedRecord> | undefined;
     for (const recipient of recipients) {
       const { clientId, qos } = recipient;
-      let copy: QueuedCopy;
+      let copy: QueuedRecord;
       if (recipient.retain === false || recipient.subscriptionIdentifiers !== undefined) {
         // MQTT 5 subscription options: one encoding per distinct outcome.
         adjusted ??= new Map();
         const key = `${qos ?? ''}|${recipient.retain ?? ''}|${recipient.subscriptionIdentifiers?.join(',') ?? ''}`;
         let found = adjusted.get(key);
         if (!found) {
-          found = queuedCopy(adjustedPacket(packet, recipient));
+          found = encodeQueued(adjustedPacket(packet, recipient));
           adjusted.set(key, found);
         }
         copy = found;
       } else if (qos !== undefined && qos < (packet.qos as number)) {
         downgraded ??= [];
-        copy = downgraded[qos] ??= queuedCopy({ ...packet, qos });
+        copy = downgraded[qos] ??= encodeQueued({ ...packet, qos });
       } else {
-        copy = asPublished ??= queuedCopy(packet);
+        copy = asPublished ??= encodeQueued(packet);
       }
       this.#append(clientId, copy, ops);
     }
-    await store.write(ops);
+    return store.write(ops);
   }
 
-  #append(clientId: string, { stored, value }: QueuedCopy, ops: BatchOp[]): void {
+  #append(clientId: string, { value, cmd, brokerId, brokerCounter, messageExpiry }: QueuedRecord, ops: BatchOp[]): void {
     const store = this.#store;
     const online = store.isOnline(clientId);
     const queue = store.queues.getOrCreate(clientId);
     const seq = store.nextSeq();
     queue.append({
       seq,
-      cmd: stored.cmd as string,
-      brokerId: stored.brokerId,
-      brokerCounter: stored.brokerCounter,
-      messageId: stored.messageId,
+      cmd,
+      brokerId,
+      brokerCounter,
+      // None yet: each session gives its own when the message is sent [MQTT-2.3.1-2].
+      messageId: undefined,
       bytes: value.length,
-      expiresAt: messageExpiryOf(stored),
+      expiresAt: messageExpiry,
       // Not cached even for a connected client: aedes sends it under a new
       // packet identifier, and record() caches that record instead. A
       // stalled client's backlog thus stays on disk, not in RAM.
@@ -198,12 +202,31 @@ export class QueueStore {
    * aedes sends the packet once this resolves. A PUBREL, and a QoS 2 PUBLISH,
    * wait for the disk: a QoS 2 message resent under another identifier after
    * a crash could be delivered twice by a receiver that delivers on PUBLISH.
-   * A QoS 1 PUBLISH does not (write-behind): resent after a crash it may be
-   * delivered twice anyway, and aedes resends a reconnecting client's queue
-   * one message at a time, so an fsync per message would pace the whole
+   * A QoS 1 PUBLISH does not: resent after a crash it may be delivered
+   * twice anyway, and aedes resends a reconnecting client's queue one
+   * message at a time, so an fsync per message would pace the whole
    * backlog. A resend that changes nothing writes nothing.
+   *
+   * A QoS 1 PUBLISH sent live (no record cached: not prepared by the resend
+   * stream) is not written at all here: its identifier stays in memory
+   * (entry.sent) and is stored when the client disconnects or the store
+   * stops (LevelStore.clientSeen / stop), unless the PUBACK comes first, as
+   * it nearly always does; then only the delete is written. Without this,
+   * each message cost a second encoding and a second put. What a crash can
+   * lose is the identifier of a message in flight: the message itself is
+   * on disk (its publisher's PUBACK waited for that), and it is resent on
+   * the next connection under a fresh identifier, as it would be when a
+   * crash beat the write-behind of the identifier. For QoS 1 the receiver
+   * keeps no state per identifier once it has sent its PUBACK (section
+   * 4.3.2 of MQTT 3.1.1 and 5), so the resend is a duplicate either way,
+   * which QoS 1 allows; the durable acknowledgement of the publisher is
+   * untouched.
+   *
+   * Synchronous (a boolean) unless it waits for the disk: aedes calls this
+   * for every delivery to a persistent session, and a promise made only to
+   * be resolved at once costs as much as the rest of this path.
    */
-  async record(client: ClientLike, packet: PacketLike): Promise<boolean> {
+  record(client: ClientLike, packet: PacketLike): boolean | Promise<true> {
     const store = this.#store;
     store.ready();
     const queue = store.queues.get(client.id);
@@ -219,8 +242,20 @@ export class QueueStore {
       store.log.warn({ clientId: client.id, kept: entry.messageId, offered: packet.messageId }, 'queued message offered under a second packet identifier; the first is kept');
       packet.messageId = entry.messageId;
     }
+    if (
+      packet.cmd === 'publish' &&
+      packet.qos === 1 &&
+      entry.cmd === 'publish' &&
+      entry.value === undefined &&
+      store.isOnline(client.id)
+    ) {
+      queue.update(entry, { brokerId: packet.brokerId, brokerCounter: packet.brokerCounter, messageId: packet.messageId });
+      entry.sent = packet;
+      return true;
+    }
     const data = packetData(packet);
     const value = encodePacket(data);
+    entry.sent = undefined;
     if (entry.value?.equals(value)) return true;
     const cmd = typeof data.cmd === 'string' ? data.cmd : 'publish';
     queue.update(entry, {
@@ -232,9 +267,11 @@ export class QueueStore {
     });
     entry.value = store.isOnline(client.id) ? detached(value) : undefined;
     const ops: BatchOp[] = [{ type: 'put', key: outgoingKey(client.id, entry.seq), value }];
-    if (cmd === 'publish' && data.qos === 1) store.writeBehind(ops, 'queued message identifier');
-    else await store.write(ops);
-    return true;
+    if (cmd === 'publish' && data.qos === 1) {
+      store.writeBehind(ops, 'queued message identifier');
+      return true;
+    }
+    return store.write(ops).then(() => true);
   }
 
   /**
@@ -279,6 +316,16 @@ export class QueueStore {
     const key = outgoingKey(clientId, entry.seq);
     const ops: BatchOp[] = [];
     store.forgetIfStateless(clientId, ops);
+    const sent = entry.sent;
+    if (sent !== undefined) {
+      // Sent live (see record): the packet is at hand, no read or decode.
+      // It is handed back as it is, as aedes' own persistence hands back the
+      // object it queued: aedes is done with it once acknowledged.
+      entry.sent = undefined;
+      ops.unshift({ type: 'del', key });
+      store.writeBehind(ops, 'removal of an acknowledged message');
+      return Promise.resolve(sent);
+    }
     return store.track(async () => {
       const value = await store.readAndDelete(key, ops, entry.value, false);
       return value ? store.decode(key, value, undefined) : undefined;
@@ -290,6 +337,8 @@ export class QueueStore {
     this.#store.ready();
     return this.#queueStream(clientId, (chunk, keys, values) =>
       chunk.flatMap((entry, i): PacketLike[] => {
+        // In flight, its identifier not stored yet (see record): as it will be stored.
+        if (entry.sent !== undefined) return [packetData(entry.sent)];
         const packet = this.#storedPacket(clientId, entry, keys[i]!, values[i]);
         return packet ? [packet] : [];
       }),
@@ -386,6 +435,8 @@ export class QueueStore {
         packet = { ...stored, cmd: 'publish', messageId: entry.messageId };
       }
       entry.sentOn = connection;
+      // The record written below (or found equal) holds the identifier.
+      entry.sent = undefined;
       const encoded = encodePacket(packetData(packet));
       if (!encoded.equals(value)) {
         ops.push({ type: 'put', key: keys[i]!, value: encoded });

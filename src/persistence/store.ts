@@ -29,7 +29,7 @@
  */
 import { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger.js';
-import { decodePacket, type PacketLike } from './codec.js';
+import { decodePacket, encodePacket, packetData, type PacketLike } from './codec.js';
 import { isNoSpace, StoreClosedError, StoreFullError } from './errors.js';
 import { createGroupCommit, type BatchOp, type CommitObserver, type GroupCommit } from './group-commit.js';
 import { incomingKey, outgoingKey, subscriptionKey } from './keys.js';
@@ -62,6 +62,8 @@ export class LevelStore {
   #writes: WriteFailures | undefined;
   // Reads of values being deleted (acknowledged messages, wills); stop() waits for them.
   readonly #inflight = new Set<Promise<unknown>>();
+  /** The batch (its promise) and kind of the last write-behind that got a failure handler (see writeBehind). */
+  #behind: { promise: Promise<void> | undefined; what: string } = { promise: undefined, what: '' };
 
   readonly taps = new PublishTaps();
   /** The broker whose clients are online (set by the adapter's setup); for the parts. */
@@ -245,7 +247,11 @@ export class LevelStore {
     await this.#writes?.stop();
     await Promise.allSettled([...this.#inflight]);
     const commit = this.#commit!;
-    await commit.write([aliveOp(this.now())]).catch((error: unknown) => {
+    // Clients still connected: the identifiers of their messages in flight.
+    const ops: BatchOp[] = [];
+    for (const [clientId] of this.queues.clients()) this.#recordSent(clientId, ops);
+    ops.push(aliveOp(this.now()));
+    await commit.write(ops).catch((error: unknown) => {
       this.log.warn({ err: error }, 'could not record the stop time');
     });
     await commit.close();
@@ -272,8 +278,31 @@ export class LevelStore {
 
   /** A client connected or disconnected: see SessionExpiry.clientSeen. */
   clientSeen(clientId: string, connected: boolean): void {
-    if (!connected) this.queues.get(clientId)?.dropCachedValues();
+    if (!connected) {
+      const ops: BatchOp[] = [];
+      this.#recordSent(clientId, ops);
+      if (ops.length > 0 && (this.#state === 'running' || this.#state === 'stopping')) {
+        this.writeBehind(ops, 'queued message identifier');
+      }
+    }
     this.expiry.clientSeen(clientId, connected);
+  }
+
+  /**
+   * Forgets a client's cached records and stores (ops) the packet identifiers
+   * its QoS 1 messages in flight were sent under, which QueueStore.record
+   * kept in memory only: a resend on the next connection, also after a
+   * restart, uses them again [MQTT-4.4.0-1].
+   */
+  #recordSent(clientId: string, ops: BatchOp[]): void {
+    const queue = this.queues.get(clientId);
+    if (!queue) return;
+    for (const entry of queue.dropCachedValues()) {
+      const value = encodePacket(packetData(entry.sent!));
+      entry.sent = undefined;
+      queue.update(entry, { bytes: value.length });
+      ops.push({ type: 'put', key: outgoingKey(clientId, entry.seq), value });
+    }
   }
 
   /** A client with no subscriptions, queue or QoS 2 state has no session to expire; for the parts. */
@@ -350,7 +379,13 @@ export class LevelStore {
    * nothing is acknowledged.
    */
   writeBehind(ops: readonly BatchOp[], what: string, failed?: () => void): void {
-    this.write(ops).catch((error: unknown) => {
+    const written = this.write(ops);
+    // Writes of one batch share its promise: one handler, and one warning,
+    // per batch and kind of write, not one per message (an acknowledged
+    // message's delete is written behind).
+    if (failed === undefined && written === this.#behind.promise && what === this.#behind.what) return;
+    this.#behind = { promise: written, what };
+    written.catch((error: unknown) => {
       this.log.warn({ err: error }, `could not store a ${what}`);
       failed?.();
     });
