@@ -6,6 +6,17 @@ import type { Server as NetServer, Socket, AddressInfo } from 'node:net';
 import { ListenError } from '../errors.js';
 import { formatAddress } from './listener.js';
 
+/**
+ * Connections the kernel may hold completed, not yet accepted, per listener.
+ * Node's default (511) overflows when thousands of clients reconnect at once
+ * after a restart (a NAT or proxy's clients, a fleet's): the kernel drops the
+ * handshakes it has no room for and each client waits out a SYN or ACK
+ * retransmission (1 s, then 3 s, 7 s…) before it is even seen. The kernel
+ * caps the figure at net.core.somaxconn (4,096 on current Linux); it costs
+ * nothing until used.
+ */
+const LISTEN_BACKLOG = 4096;
+
 export class ServerLifecycle {
   readonly #server: NetServer;
   readonly #name: string;
@@ -41,7 +52,7 @@ export class ServerLifecycle {
       };
       this.#server.once('error', onError);
       this.#server.once('listening', onListening);
-      this.#server.listen({ host, port });
+      this.#server.listen({ host, port, backlog: LISTEN_BACKLOG });
     });
   }
 
