@@ -31,6 +31,9 @@
  *   BENCH_SCALE_SECONDS=600 (steady, measured) BENCH_SCALE_WARMUP_SECONDS=15
  *   BENCH_SCALE_CLIENTS=10000 BENCH_SCALE_SUBSCRIBERS=4 BENCH_SCALE_STORM=5000 BENCH_SCALE_IDLE=19000
  *   BENCH_SCALE_LOADGENS=2 BENCH_SCALE_FILE_LIMIT=20000 BENCH_SCALE_PAYLOAD_BYTES=64
+ *   BENCH_SCALE_VARIANTS=aedes,semi64   extra columns: edgemqtt variants from
+ *                        variants.ts (default limits), e.g. bare aedes for what
+ *                        edgemqtt adds to it
  *   BENCH_CPU_PROF=DIR   edgemqtt runs under `node --cpu-prof` (250 µs sampling),
  *                        its profile written to DIR when it stops and summarised
  *                        here by bench/profile.ts, the measured phase only (the
@@ -59,6 +62,7 @@ const settings = {
   fileLimit: envInt('BENCH_SCALE_FILE_LIMIT', 20_000),
   payloadBytes: Math.max(16, envInt('BENCH_SCALE_PAYLOAD_BYTES', 64)),
   cpuProfileDir: process.env.BENCH_CPU_PROF,
+  variants: (process.env.BENCH_SCALE_VARIANTS ?? '').split(',').filter(Boolean),
 };
 
 /** Node flags for an edgemqtt under BENCH_CPU_PROF, else none. */
@@ -97,6 +101,12 @@ function contenders(mosquitto: string | null): Contender[] {
       if (mosquitto) list.push({ name, start: (dir) => startMosquitto(mosquitto, dir, true, settings.fileLimit) });
       else console.log('mosquitto is not installed: its column stays empty (install the Debian package "mosquitto")');
     } else throw new Error(`unknown broker ${name} (edgemqtt, mosquitto)`);
+  }
+  for (const variant of settings.variants) {
+    list.push({
+      name: `edgemqtt [${variant}]`,
+      start: (dir) => startEdgemqtt({ dataDir: mkdtempSync(path.join(dir, 'edgemqtt-')), variant, limits: {}, fileLimit: settings.fileLimit, execArgv: profileFlags() }),
+    });
   }
   return list;
 }
