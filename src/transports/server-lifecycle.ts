@@ -28,10 +28,16 @@ export class ServerLifecycle {
     this.#server = server;
   }
 
+  /** One listener for every socket ('close' comes once): no closure, nor once()'s wrapper, per connection. */
+  readonly #untrack = ((sockets: Set<Socket>) =>
+    function untrack(this: Socket): void {
+      sockets.delete(this);
+    })(this.#sockets);
+
   /** Remembers a socket until it closes, so that stop() can cut it. */
   track(socket: Socket): void {
     this.#sockets.add(socket);
-    socket.once('close', () => this.#sockets.delete(socket));
+    socket.on('close', this.#untrack);
   }
 
   get openSockets(): number {
