@@ -20,6 +20,8 @@ interface ProfileNode {
 }
 
 interface CpuProfile {
+  /** µs on the system's monotonic clock, the one process.hrtime reads (any process on the machine). */
+  startTime: number;
   nodes: ProfileNode[];
   samples: number[];
   timeDeltas: number[];
@@ -94,7 +96,12 @@ function frameName(frame: CallFrame): string {
   return `${name} ${shortUrl(frame.url)}:${frame.lineNumber + 1}`;
 }
 
-export function summarizeProfile(file: string): ProfileSummary {
+/**
+ * With `window` (µs, as `process.hrtime.bigint() / 1000n` reads it in any
+ * process on this machine), only the samples taken in it count: a benchmark's
+ * measured phase without the broker's start-up and shutdown.
+ */
+export function summarizeProfile(file: string, window?: { fromUs: number; toUs: number }): ProfileSummary {
   const profile = JSON.parse(readFileSync(file, 'utf8')) as CpuProfile;
   const byId = new Map<number, ProfileNode>();
   const parent = new Map<number, number>();
@@ -108,7 +115,10 @@ export function summarizeProfile(file: string): ProfileSummary {
   const stages = STAGES.map(() => 0);
   let busy = 0;
   let idle = 0;
+  let at = profile.startTime;
   for (let i = 0; i < profile.samples.length; i++) {
+    at += profile.timeDeltas[i] ?? 0;
+    if (window && (at < window.fromUs || at > window.toUs)) continue;
     // A sample's time is the interval until the next sample.
     const us = profile.timeDeltas[i + 1] ?? 0;
     const node = byId.get(profile.samples[i] as number);
@@ -172,12 +182,14 @@ export function formatProfile(summary: ProfileSummary, top = 30): string {
   return lines.join('\n');
 }
 
-// `node dist-bench/bench/profile.js FILE.cpuprofile [TOP]` summarises a saved profile.
+// `node dist-bench/bench/profile.js FILE.cpuprofile [TOP [FROM_US TO_US]]` summarises a saved profile (FROM/TO: a window, see summarizeProfile).
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const file = process.argv[2];
   if (!file) {
     console.error('usage: node dist-bench/bench/profile.js FILE.cpuprofile [TOP]');
     process.exit(2);
   }
-  console.log(formatProfile(summarizeProfile(file), Number(process.argv[3] ?? 30)));
+  const [from, to] = [process.argv[4], process.argv[5]].map(Number);
+  const window = from !== undefined && to !== undefined && Number.isFinite(from) && Number.isFinite(to) ? { fromUs: from, toUs: to } : undefined;
+  console.log(formatProfile(summarizeProfile(file, window), Number(process.argv[3] ?? 30)));
 }

@@ -31,13 +31,21 @@
  *   BENCH_SCALE_SECONDS=600 (steady, measured) BENCH_SCALE_WARMUP_SECONDS=15
  *   BENCH_SCALE_CLIENTS=10000 BENCH_SCALE_SUBSCRIBERS=4 BENCH_SCALE_STORM=5000 BENCH_SCALE_IDLE=19000
  *   BENCH_SCALE_LOADGENS=2 BENCH_SCALE_FILE_LIMIT=20000 BENCH_SCALE_PAYLOAD_BYTES=64
+ *   BENCH_SCALE_VARIANTS=aedes,semi64   extra columns: edgemqtt variants from
+ *                        variants.ts (default limits), e.g. bare aedes for what
+ *                        edgemqtt adds to it
+ *   BENCH_CPU_PROF=DIR   edgemqtt runs under `node --cpu-prof` (250 µs sampling),
+ *                        its profile written to DIR when it stops and summarised
+ *                        here by bench/profile.ts, the measured phase only (the
+ *                        storm: from 'go' to the last CONNACK)
  */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readdirSync, statSync } from 'node:fs';
 import { cpus } from 'node:os';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { envInt, processCpuMs, processRssKb, type BrokerEndpoint } from './common.js';
 import { benchWorkspace, findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
+import { formatProfile, summarizeProfile } from './profile.js';
 import type { ScaleResult, ScaleSpec } from './scale-loadgen.js';
 
 
@@ -53,7 +61,28 @@ const settings = {
   loadgens: Math.max(1, envInt('BENCH_SCALE_LOADGENS', 2)),
   fileLimit: envInt('BENCH_SCALE_FILE_LIMIT', 20_000),
   payloadBytes: Math.max(16, envInt('BENCH_SCALE_PAYLOAD_BYTES', 64)),
+  cpuProfileDir: process.env.BENCH_CPU_PROF,
+  variants: (process.env.BENCH_SCALE_VARIANTS ?? '').split(',').filter(Boolean),
 };
+
+/** Node flags for an edgemqtt under BENCH_CPU_PROF, else none. */
+function profileFlags(): string[] {
+  const dir = settings.cpuProfileDir;
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(dir)}`, '--cpu-prof-interval=250'] : [];
+}
+
+/** Summarises the newest profile in BENCH_CPU_PROF, written when the broker stopped. */
+function printNewestProfile(label: string, window: { fromUs: number; toUs: number } | undefined): void {
+  const dir = settings.cpuProfileDir;
+  if (!dir) return;
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith('.cpuprofile'))
+    .map((f) => path.join(dir, f))
+    .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs);
+  if (!files[0]) return console.log(`no CPU profile in ${dir}`);
+  const span = window ? ` ${window.fromUs} ${window.toUs}` : '';
+  console.log(`\nCPU profile of ${label} (node dist-bench/bench/profile.js ${files[0]} 40${span}):\n${formatProfile(summarizeProfile(files[0], window), 40)}\n`);
+}
 
 /** A broker under test, as started for one scenario. */
 interface Contender {
@@ -67,24 +96,36 @@ function contenders(mosquitto: string | null): Contender[] {
   for (const name of settings.brokers) {
     if (name === 'edgemqtt') {
       // The product's default limits ({}): the storm must pass through them.
-      list.push({ name, start: (dir) => startEdgemqtt({ dataDir: mkdtempSync(path.join(dir, 'edgemqtt-')), limits: {}, fileLimit: settings.fileLimit }) });
+      list.push({ name, start: (dir) => startEdgemqtt({ dataDir: mkdtempSync(path.join(dir, 'edgemqtt-')), limits: {}, fileLimit: settings.fileLimit, execArgv: profileFlags() }) });
     } else if (name === 'mosquitto') {
       if (mosquitto) list.push({ name, start: (dir) => startMosquitto(mosquitto, dir, true, settings.fileLimit) });
       else console.log('mosquitto is not installed: its column stays empty (install the Debian package "mosquitto")');
     } else throw new Error(`unknown broker ${name} (edgemqtt, mosquitto)`);
   }
+  for (const variant of settings.variants) {
+    list.push({
+      name: `edgemqtt [${variant}]`,
+      start: (dir) => startEdgemqtt({ dataDir: mkdtempSync(path.join(dir, 'edgemqtt-')), variant, limits: {}, fileLimit: settings.fileLimit, execArgv: profileFlags() }),
+    });
+  }
   return list;
 }
 
 /** Broker CPU and RSS sampled every `intervalMs` until stopped. */
+/** The last sampleBroker window, on the monotonic clock in µs (for BENCH_CPU_PROF). */
+let lastWindow: { fromUs: number; toUs: number } | undefined;
+const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
+
 function sampleBroker(pid: number, intervalMs: number): { stop(): { cpuPercent: number; rssMeanMb: number; rssMaxMb: number; cpuMs: number; wallMs: number } } {
   const cpu0 = processCpuMs(pid);
   const wall0 = performance.now();
+  const from = monotonicUs();
   const rss: number[] = [processRssKb(pid)];
   const timer = setInterval(() => rss.push(processRssKb(pid)), intervalMs);
   return {
     stop() {
       clearInterval(timer);
+      lastWindow = { fromUs: from, toUs: monotonicUs() };
       rss.push(processRssKb(pid));
       const cpuMs = processCpuMs(pid) - cpu0;
       const wallMs = performance.now() - wall0;
@@ -320,14 +361,16 @@ async function main(): Promise<void> {
       if (scenario === 'storm' && list.some((c) => c.name === 'edgemqtt')) {
         runs.push({
           name: 'edgemqtt, loopback not exempt',
-          start: (dir) => startEdgemqtt({ dataDir: mkdtempSync(path.join(dir, 'edgemqtt-')), limits: { connectRateExemptLoopback: false }, fileLimit: settings.fileLimit }),
+          start: (dir) => startEdgemqtt({ dataDir: mkdtempSync(path.join(dir, 'edgemqtt-')), limits: { connectRateExemptLoopback: false }, fileLimit: settings.fileLimit, execArgv: profileFlags() }),
         });
       }
       for (const contender of runs) {
+        let measured: { fromUs: number; toUs: number } | undefined;
         const broker = await contender.start(tempDir);
         console.log(`${scenario}: ${broker.version} (${contender.name})…`);
         try {
           const figures = await run(broker);
+          measured = lastWindow;
           // A broker that died during the run leaves figures that only look like results.
           if (processRssKb(broker.endpoint.pid) === 0) throw new Error('the broker process exited during the run (see its stderr above)');
           columns.set(contender.name, figures);
@@ -338,6 +381,7 @@ async function main(): Promise<void> {
           continue;
         }
         await broker.stop();
+        if (contender.name.startsWith('edgemqtt')) printNewestProfile(`${contender.name}, ${scenario}`, measured);
         // Let the sockets of the last run leave TIME_WAIT's way and the machine settle.
         await new Promise((resolve) => setTimeout(resolve, 3000));
       }

@@ -129,3 +129,20 @@ t.test('a dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d: IPv4 entri
   t.notOk(proxies.has('10.2.0.1'));
   t.notOk(proxies.has('fe80::1'));
 });
+
+t.test('answers stay right when asked again, and past the addresses a matcher remembers', async (t) => {
+  const proxies = createAddressMatcher(['10.1.0.0/16']);
+  t.ok(proxies.has('10.1.0.7'));
+  t.ok(proxies.has('10.1.0.7'), 'asked again');
+  t.notOk(proxies.has('10.2.0.7'));
+  t.notOk(proxies.has('10.2.0.7'), 'asked again');
+  // More distinct addresses than it keeps answers for (4,096), alternating in and out of the range.
+  let wrong = 0;
+  for (let i = 0; i < 10_000; i++) {
+    const inside = i % 2 === 0;
+    const address = `10.${inside ? 1 : 3}.${(i >> 8) & 255}.${i & 255}`;
+    if (proxies.has(address) !== inside) wrong++;
+  }
+  t.equal(wrong, 0, 'every answer right');
+  t.ok(proxies.has('10.1.0.7'), 'the first address, long forgotten, still matches');
+});

@@ -13,6 +13,7 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { handleHealthRequest, sendJson, type ReadinessCheck } from '../observability/health.js';
 import type { ConnectionBroker, Listener } from './listener.js';
+import { Admission, whileWaiting } from './admission.js';
 import { ServerLifecycle } from './server-lifecycle.js';
 import { createWebSocketUpgrade, refuseUpgrade } from './websocket.js';
 
@@ -103,12 +104,24 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
       deps.broker.aedes.handle(stream, { socket } as unknown as IncomingMessage);
     },
   });
-  server.on('upgrade', (request, socket, head) => {
+  // First come, first served, a few per turn (admission.ts): the handshake
+  // and the limits when an upgrade's turn comes, against the connections open then.
+  const admission = new Admission<{ request: IncomingMessage; socket: Socket; head: Buffer }>(({ request, socket, head }) => {
+    if (socket.destroyed) return;
+    socket.off('error', whileWaiting);
+    admitUpgrade(request, socket, head);
+  });
+  server.on('upgrade', (request: IncomingMessage, socket: Socket, head: Buffer) => {
     firstRequestDone(socket);
     if (!websocket.enabled) {
-      refuseUpgrade(socket as import('node:net').Socket, 404, 'Not Found', 'MQTT over WebSocket is disabled');
+      refuseUpgrade(socket, 404, 'Not Found', 'MQTT over WebSocket is disabled');
       return;
     }
+    // Node's server no longer listens for the socket's errors once it hands it over.
+    socket.on('error', whileWaiting);
+    admission.push({ request, socket, head });
+  });
+  function admitUpgrade(request: IncomingMessage, socket: Socket, head: Buffer): void {
     // Refused before the handshake and before aedes builds any state for it.
     if (websocket.maxConnections > 0 && upgrade.openConnections >= websocket.maxConnections) {
       deps.broker.limits.hit('listenerMaxConnections', { listener: 'http', remote: request.socket.remoteAddress, maxConnections: websocket.maxConnections });
@@ -121,8 +134,8 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
       refuseUpgrade(socket as Socket, status, text, refusal.reason);
       return;
     }
-    upgrade.handleUpgrade(request, socket as import('node:net').Socket, head);
-  });
+    upgrade.handleUpgrade(request, socket, head);
+  }
 
   return {
     name: 'http',

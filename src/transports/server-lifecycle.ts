@@ -6,27 +6,37 @@ import type { Server as NetServer, Socket, AddressInfo } from 'node:net';
 import { ListenError } from '../errors.js';
 import { formatAddress } from './listener.js';
 
+/**
+ * Connections the kernel may hold completed, not yet accepted, per listener.
+ * Node's default (511) overflows when thousands of clients reconnect at once
+ * after a restart (a NAT or proxy's clients, a fleet's): the kernel drops the
+ * handshakes it has no room for and each client waits out a SYN or ACK
+ * retransmission (1 s, then 3 s, 7 s…) before it is even seen. The kernel
+ * caps the figure at net.core.somaxconn (4,096 on current Linux); it costs
+ * nothing until used.
+ */
+const LISTEN_BACKLOG = 4096;
+
 export class ServerLifecycle {
   readonly #server: NetServer;
   readonly #name: string;
   readonly #sockets = new Set<Socket>();
-  /** Every tracked socket's 'close' listener, one for all (`this` is the socket): no closure per connection. */
-  readonly #untrack: (this: Socket) => void;
   #listening = false;
 
   constructor(name: string, server: NetServer) {
     this.#name = name;
     this.#server = server;
-    const sockets = this.#sockets;
-    this.#untrack = function untrack(this: Socket) {
-      sockets.delete(this);
-    };
   }
+
+  /** One listener for every socket ('close' comes once): no closure, nor once()'s wrapper, per connection. */
+  readonly #untrack = ((sockets: Set<Socket>) =>
+    function untrack(this: Socket): void {
+      sockets.delete(this);
+    })(this.#sockets);
 
   /** Remembers a socket until it closes, so that stop() can cut it. */
   track(socket: Socket): void {
     this.#sockets.add(socket);
-    // A socket emits 'close' once: `on`, not `once`, spares a wrapper per connection.
     socket.on('close', this.#untrack);
   }
 
@@ -48,7 +58,7 @@ export class ServerLifecycle {
       };
       this.#server.once('error', onError);
       this.#server.once('listening', onListening);
-      this.#server.listen({ host, port });
+      this.#server.listen({ host, port, backlog: LISTEN_BACKLOG });
     });
   }
 

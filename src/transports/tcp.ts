@@ -20,6 +20,8 @@ export function createTcpListener(config: Config, deps: TcpListenerDeps): Listen
   server.on('drop', (info) =>
     deps.broker.limits.hit('listenerMaxConnections', { listener: 'mqtt', remote: info?.remoteAddress, maxConnections }),
   );
+  // Set up at once, unlike WebSocket upgrades (admission.ts): libuv (1.46 on)
+  // accepts one connection per event-loop turn, so they never pile up here.
   server.on('connection', (socket) => {
     lifecycle.track(socket);
     // Refused before aedes builds any state for it (counted and logged there).

@@ -71,8 +71,8 @@ export function createWebSocketUpgrade(options: WebSocketUpgradeOptions): WebSoc
       return openConnections;
     },
     handleUpgrade(request, socket, head) {
-      const url = new URL(request.url ?? '/', 'http://localhost');
-      if (url.pathname !== options.path) {
+      // The path alone, as clients send it, needs no URL parser (one per upgrade otherwise).
+      if (request.url !== options.path && new URL(request.url ?? '/', 'http://localhost').pathname !== options.path) {
         refuseUpgrade(socket, 404, 'Not Found', `WebSocket upgrades are served on ${options.path} only`);
         return;
       }

@@ -46,12 +46,25 @@ export function createAddressMatcher(entries: readonly string[]): AddressMatcher
     if (typeof range === 'string') throw new Error(`address list entry "${entry}": ${range}`);
     list.addSubnet(range.address, range.prefix, range.family);
   }
+  // Asked once per connection, mostly for the same few addresses (a proxy's,
+  // loopback): BlockList.check builds a SocketAddress each time, a few µs
+  // that a reconnect storm pays thousands of times. The answers are kept,
+  // up to ANSWERS_KEPT addresses, then forgotten all at once (many clients
+  // from many addresses stay bounded; the list itself never changes).
+  const answers = new Map<string, boolean>();
   return {
     has(address) {
       if (address === undefined) return false;
+      const known = answers.get(address);
+      if (known !== undefined) return known;
       const version = isIP(address);
-      if (version === 0) return false;
-      return list.check(address, version === 4 ? 'ipv4' : 'ipv6');
+      const answer = version !== 0 && list.check(address, version === 4 ? 'ipv4' : 'ipv6');
+      if (answers.size >= ANSWERS_KEPT) answers.clear();
+      answers.set(address, answer);
+      return answer;
     },
   };
 }
+
+/** Addresses whose answer a matcher remembers (see createAddressMatcher). */
+const ANSWERS_KEPT = 4096;
