@@ -23,13 +23,14 @@ t.test('a queued message whose interval passed while the daemon was stopped is d
   await subscriber.client.subscribeAsync('x/#', { qos: 1 });
   await subscriber.client.endAsync();
   const publisher = await openClient(t, first.url, { protocolVersion: 5, clientId: 'pub' });
-  const publishedAt = Date.now();
   await publisher.client.publishAsync('x/short', 'stale soon', { qos: 1, properties: { messageExpiryInterval: 1 } });
   await publisher.client.publishAsync('x/long', 'still good', { qos: 1, properties: { messageExpiryInterval: 60 } });
+  // Taken after the PUBACK: the broker received both messages before this.
+  const receivedBy = Date.now();
   await publisher.client.publishAsync('x/plain', 'no expiry', { qos: 1 });
   t.equal(first.daemon.storeStats().queuedEntries, 3, 'all three are queued');
   await first.daemon.stop();
-  await until(publishedAt + 1000);
+  await until(receivedBy + 1000);
 
   const second = await runDaemon(t, config);
   const back = await openClient(t, second.url, { protocolVersion: 5, clientId: 'away', clean: false, properties: { sessionExpiryInterval: 300 } });
@@ -47,12 +48,13 @@ t.test('a retained message whose interval passed is not sent and is removed; a v
   const config = testConfig(t, { broker: { sysIntervalSec: 0 } });
   const first = await runDaemon(t, config);
   const publisher = await openClient(t, first.url, { protocolVersion: 5, clientId: 'pub' });
-  const publishedAt = Date.now();
   await publisher.client.publishAsync('r/short', 'stale soon', { qos: 1, retain: true, properties: { messageExpiryInterval: 1 } });
   await publisher.client.publishAsync('r/long', 'still good', { qos: 1, retain: true, properties: { messageExpiryInterval: 60 } });
+  // Taken after the PUBACK: the broker received both messages before this.
+  const receivedBy = Date.now();
   t.equal(first.daemon.storeStats().retainedMessages, 2, 'both are retained');
   await first.daemon.stop();
-  await until(publishedAt + 1000);
+  await until(receivedBy + 1000);
 
   const second = await runDaemon(t, config);
   const subscriber = await openClient(t, second.url, { protocolVersion: 5, clientId: 'late' });
