@@ -202,6 +202,38 @@ t.test('codec: a queued message is encoded as encodePacket(queuedPacket(...)) en
   }
 });
 
+t.test('codec: the direct encoding of a queued message matches msgpackr at the edge of every length and integer class', async (t) => {
+  const lengths = [0, 1, 31, 32, 255, 256, 65_535, 65_536];
+  const strings = lengths.map((n) => 'a'.repeat(n)).concat(['ü'.repeat(15), 'ü'.repeat(16), 'ü'.repeat(128), 'gerät/€/😀']);
+  const integers = [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2 ** 32 - 1, 2 ** 32, 2 ** 40];
+  const base = { cmd: 'publish', topic: 'a/b', payload: Buffer.from('x'), qos: 1, retain: false, dup: false, brokerId: 'b1', brokerCounter: 3 };
+  const variants: Array<Record<string, unknown>> = [
+    ...strings.map((topic) => ({ ...base, topic })),
+    ...strings.map((brokerId) => ({ ...base, brokerId })),
+    ...strings.map((clientId) => ({ ...base, clientId })),
+    ...lengths.map((n) => ({ ...base, payload: Buffer.alloc(n, 0x61) })),
+    ...integers.map((brokerCounter) => ({ ...base, brokerCounter })),
+    { ...base, qos: 0 },
+    { ...base, qos: 2, retain: true, dup: true },
+    { ...base, cmd: undefined, brokerCounter: undefined, payload: undefined, retain: undefined, dup: undefined },
+    { ...base, brokerId: 7 },
+    { ...base, brokerCounter: -1 },
+    { ...base, brokerCounter: 1.5 },
+    { ...base, clientId: undefined },
+    { ...base, payload: 'text' },
+    { ...base, payload: new Uint8Array([1, 2]) },
+  ];
+  for (const packet of variants) {
+    const queued = encodeQueued(packet);
+    const label = JSON.stringify(packet, (_, v: unknown) => {
+      if (typeof v === 'string' && v.length > 40) return `${v.slice(0, 8)}…(${v.length})`;
+      return Array.isArray(v) && v.length > 40 ? `(${v.length} bytes)` : v;
+    });
+    t.ok(queued.value.equals(encodePacket(queuedPacket(packet))), label);
+    t.same(decodePacket(queued.value).topic, queuedPacket(packet).topic, `${label} decodes`);
+  }
+});
+
 t.test('keys: an outgoing key reads back to its client id (multi-byte UTF-8 too) and sequence number', async (t) => {
   for (const [clientId, seq] of [['c', 1], ['gerät-ü/7', 2 ** 40 + 5], ['', 2 ** 53 - 1]] as const) {
     t.same(parseOutgoingKey(outgoingKey(clientId, seq)), { clientId, seq });

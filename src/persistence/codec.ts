@@ -15,6 +15,7 @@
  * and the caller quarantines it (see store.ts decode).
  */
 import { Packr } from 'msgpackr';
+import { packQueued } from './queued-pack.js';
 
 /** A packet as aedes hands it to the persistence: plain data, maybe class instances. */
 export type PacketLike = Record<string, unknown>;
@@ -24,6 +25,7 @@ export class RecordDecodeError extends Error {
 }
 
 const KIND_PACKET = 1;
+const EMPTY = Buffer.alloc(0);
 const KIND_SUBSCRIPTION = 2;
 
 // Order follows aedes-packet's constructor so decoded packets read naturally in logs.
@@ -217,6 +219,23 @@ export interface QueuedRecord {
  * every message queued for a persistent session.
  */
 export function encodeQueued(original: PacketLike): QueuedRecord {
+  if (!Object.hasOwn(original, 'nl') && !Object.hasOwn(original, 'properties') && !Object.hasOwn(original, 'messageExpiry')) {
+    // The usual shape (MQTT 3.1.1, or 5 without properties): written directly, see queued-pack.ts.
+    const cmd = (original.cmd || 'publish') as string;
+    const brokerCounter = original.brokerCounter || 0;
+    const qos = original.qos || 0;
+    const value = packQueued(
+      original,
+      cmd,
+      brokerCounter,
+      original.payload || EMPTY,
+      qos,
+      original.retain || false,
+      original.dup || false,
+      (qos as number) > 0 || cmd !== 'publish',
+    );
+    if (value) return { value, cmd, brokerId: original.brokerId, brokerCounter, messageExpiry: undefined };
+  }
   const out: unknown[] = [KIND_PACKET, 0];
   let mask = 0;
   // clientId, nl, properties, messageExpiry: copied when present (bits 0-3).

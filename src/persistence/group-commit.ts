@@ -82,7 +82,7 @@ export interface GroupCommitStats {
   /** Batches written with fsync. */
   syncs: number;
   failedBatches: number;
-  /** Keys with a write waiting for, or in, a batch not yet committed. */
+  /** Keys with a write waiting for, or in, a batch not yet committed (a key in two such batches counts twice). */
   pendingKeys: number;
   largestBatchOps: number;
   /** Time from a batch's start to its completion (the fsync cost), in ms. */
@@ -119,8 +119,14 @@ export interface GroupCommit {
 interface Batch {
   readonly generation: number;
   readonly ops: BatchOp[];
-  /** The overlay key of each op (same order), so settling does not convert the keys again. */
-  readonly ids: string[];
+  /**
+   * Where in `ops` the write to each key is (the key as a latin1 string, one
+   * char per byte), to replace it while the batch fills and to answer
+   * pending() and whenWritten() until the batch settles (then cleared). One
+   * map per batch, not one across batches: a write costs one Map.set and no
+   * object of its own, and a settled batch drops its keys at once.
+   */
+  readonly index: Map<string, number>;
   ready: boolean;
   readonly promise: Promise<void>;
   resolve(): void;
@@ -138,10 +144,6 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
   let running: Batch | undefined;
   let generation = 0;
   let closed = false;
-  // Latest queued value per key (latin1 string: one char per byte) and the
-  // batch that carries it; removed when that batch settles.
-  // `index`: where in that batch's ops the write is, to replace it while the batch fills.
-  const overlay = new Map<string, { value: Buffer | null; batch: Batch; index: number }>();
   const counters = {
     writes: 0,
     ops: 0,
@@ -159,7 +161,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
       resolve = res;
       reject = rej;
     });
-    const batch: Batch = { generation: ++generation, ops: [], ids: [], ready: false, promise, resolve, reject };
+    const batch: Batch = { generation: ++generation, ops: [], index: new Map(), ready: false, promise, resolve, reject };
     queue.push(batch);
     const markReady = () => {
       batch.ready = true;
@@ -183,9 +185,18 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
   }
 
   function settle(batch: Batch): void {
-    for (const id of batch.ids) {
-      if (overlay.get(id)?.batch === batch) overlay.delete(id);
+    batch.index.clear();
+  }
+
+  /** The newest batch not yet settled that writes `key`, and where in its ops. */
+  function latest(key: Buffer): { batch: Batch; at: number } | undefined {
+    const id = key.toString('latin1');
+    for (let i = queue.length - 1; i >= 0; i--) {
+      const at = queue[i]!.index.get(id);
+      if (at !== undefined) return { batch: queue[i]!, at };
     }
+    const at = running?.index.get(id);
+    return at === undefined ? undefined : { batch: running!, at };
   }
 
   function pump(): void {
@@ -235,17 +246,12 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
       let batch = queue.at(-1);
       // `always`: a sealed batch (its turn has ended) takes no more writes.
       if (!batch || (policy === 'always' && batch.ready)) batch = newBatch();
+      const { index } = batch;
       for (const op of ops) {
         const id = op.key.toString('latin1');
-        const value = op.type === 'put' ? op.value : null;
-        const queued = overlay.get(id);
-        if (queued?.batch === batch) {
-          batch.ops[queued.index] = op;
-          queued.value = value;
-          continue;
-        }
-        batch.ids.push(id);
-        overlay.set(id, { value, batch, index: batch.ops.push(op) - 1 });
+        const at = index.get(id);
+        if (at !== undefined) batch.ops[at] = op;
+        else index.set(id, batch.ops.push(op) - 1);
       }
       counters.writes++;
       counters.ops += ops.length;
@@ -256,10 +262,13 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
       return lastPromise() ?? Promise.resolve();
     },
     whenWritten(key) {
-      return overlay.get(key.toString('latin1'))?.batch.promise;
+      return latest(key)?.batch.promise;
     },
     pending(key) {
-      return overlay.get(key.toString('latin1'))?.value;
+      const found = latest(key);
+      if (!found) return undefined;
+      const op = found.batch.ops[found.at]!;
+      return op.type === 'put' ? op.value : null;
     },
     async flush() {
       const last = lastPromise();
@@ -274,7 +283,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     stats() {
       return {
         ...counters,
-        pendingKeys: overlay.size,
+        pendingKeys: queue.reduce((keys, batch) => keys + batch.index.size, running?.index.size ?? 0),
         commitMs: { ...commitMs, buckets: [...commitMs.buckets] },
       };
     },
