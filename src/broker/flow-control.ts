@@ -53,7 +53,7 @@
  */
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
-import { clientLimits, onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam/index.js';
+import { clientLimits, onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type Deliveries, type QoS } from './aedes-seam/index.js';
 import { publishBytes } from './publish-size.js';
 
 export interface FlowControlOptions {
@@ -209,6 +209,21 @@ export class FlowControl {
   }
 }
 
+/** A client's two delivery functions, each calling into its flow: two closures over one object per client. */
+function deliveriesOf(flow: ClientFlow): Deliveries {
+  return {
+    deliver0: (packet, callback) => flow.deliver(packet, callback, false),
+    deliverQoS: (packet, callback) => flow.deliver(packet, callback, true),
+  };
+}
+
+const unset: Deliver = () => {
+  throw new Error('flow control: deliveries not wrapped');
+};
+const NO_DELIVERIES: Deliveries = { deliver0: unset, deliverQoS: unset };
+/** The empty queue of every client until one has to wait (#enqueue replaces it); never written. */
+const NO_ENTRIES: Entry[] = Object.freeze([]) as unknown as Entry[];
+
 export class ClientFlow {
   readonly #owner: FlowControl;
   readonly #client: Client;
@@ -216,7 +231,10 @@ export class ClientFlow {
   /** Bytes handed to aedes whose write has not completed yet (see #usage). */
   #reservedBytes = 0;
   #inflight = 0;
-  readonly #queue: Entry[] = [];
+  /** aedes' own deliveries, beneath. */
+  #inner: Deliveries = NO_DELIVERIES;
+  /** Made on the first message that has to wait: an idle connection keeps none. */
+  #queue: Entry[] = NO_ENTRIES;
   #head = 0;
   #queueBytes = 0;
   #closed = false;
@@ -226,13 +244,18 @@ export class ClientFlow {
     this.#owner = owner;
     this.#client = client;
     this.#conn = conn;
-    wrapDeliveries(client, ({ deliver0, deliverQoS }) => ({
-      deliver0: (packet, callback) => this.#deliver(deliver0, packet, 0, callback),
-      // aedes' deliverQoS hands QoS 0 packets to deliver0; do that here, once.
-      deliverQoS: (packet, callback) =>
-        packet.qos > 0 ? this.#deliver(deliverQoS, packet, packet.qos, callback) : this.#deliver(deliver0, packet, 0, callback),
-    }));
+    wrapDeliveries(client, (inner) => {
+      this.#inner = inner;
+      return deliveriesOf(this);
+    });
     onDrainTimeout(client, owner.slowClient);
+  }
+
+  /** For deliveriesOf: a delivery through deliver0, or through deliverQoS (`qos`). */
+  deliver(packet: DeliveredPacket, callback: () => void, qos: boolean): void {
+    // aedes' deliverQoS hands QoS 0 packets to deliver0; do that here, once.
+    if (qos && packet.qos > 0) this.#deliver(this.#inner.deliverQoS, packet, packet.qos, callback);
+    else this.#deliver(this.#inner.deliver0, packet, 0, callback);
   }
 
   /**
@@ -435,6 +458,7 @@ export class ClientFlow {
       this.#owner.report('maxInflight', this.#fields({ maxInflightMessages: this.#owner.options.maxInflightMessages, window: this.#window() }));
     }
     this.#watch();
+    if (this.#queue === NO_ENTRIES) this.#queue = [];
     this.#queue.push(entry);
     this.#queueBytes += entry.bytes;
     this.#owner.queued(1, entry.bytes);
