@@ -21,8 +21,9 @@
  *   deletes, subscriptionChanges), `_handleDrainTimeout`
  *   (lib/client.js waitForDrain), `_will` and `will` (handlers/connect.js,
  *   lib/client.js close).
- * - Shared subscriptions (shared.ts): the client's parser ('packet'
- *   listeners ahead of aedes' and beside it) to rename `$share/` filters and
+ * - Shared subscriptions (shared.ts): the client's parser (one 'packet'
+ *   listener ahead of aedes', finding the client as `parser.client` and the
+ *   broker's listener on the aedes instance) to rename `$share/` filters and
  *   see acknowledgements, the CONNACK bytes (Shared Subscription
  *   Available), `aedes.persistence.outgoingEnqueueCombi` to queue a group's
  *   copy with the publish, and the innermost deliverQoS to learn the packet
