@@ -301,6 +301,24 @@ function closeOwnClient(this: Owned): void {
 function emitOwnClientError(this: Owned, error: Error): void {
   (this.client as unknown as ClientWeight | undefined)?.emit('error', error);
 }
+/** Where onParseError keeps its listener: on the aedes instance, one for all its clients. */
+export const PARSE_ERROR = Symbol('edgemqtt.parseError');
+type ParseErrorHolder = { [PARSE_ERROR]?: (client: Client, error: Error) => void };
+
+/** The parser's 'error' listener (aedes' bound `emit`): the broker's onParseError listener first, then aedes' own handling. */
+function parserError(this: Owned, error: Error): void {
+  const client = this.client as unknown as (ClientWeight & { broker: ParseErrorHolder }) | undefined;
+  if (client === undefined) return;
+  client.broker[PARSE_ERROR]?.(client as unknown as Client, error);
+  client.emit('error', error);
+}
+
+/** Where the parser's listener could not be replaced: reports only, ahead of aedes' own. */
+function reportParserError(this: Owned, error: Error): void {
+  const client = this.client as unknown as { broker: ParseErrorHolder } | undefined;
+  client?.broker[PARSE_ERROR]?.(this.client!, error);
+}
+
 function stopClosingOnClose(this: ClientWeight): void {
   this.conn.removeListener('close', closeOwnClient);
 }
@@ -325,7 +343,8 @@ function replaceBound(emitter: NodeJS.EventEmitter, event: string, name: string,
  * 'close' listener shared by all clients closes the client as end-of-stream
  * did (aedes' 'end' and 'error' listeners cover the rest of what it
  * watched), the three bound listeners become shared functions that find the
- * client through `conn.client` and `parser.client`, and the parser gets a
+ * client through `conn.client` and `parser.client` (the parser's also
+ * telling the broker's onParseError listener first), and the parser gets a
  * plain BufferList (bl's own, from the same module). A connection already
  * destroyed keeps aedes' end-of-stream, which would call back for it.
  * Call right after aedes made the client, before any byte is parsed.
@@ -341,7 +360,7 @@ export function lightenClient(client: Client): void {
   replaceBound(conn, 'end', 'bound close', closeOwnClient);
   replaceBound(conn, 'error', 'bound emit', emitOwnClientError);
   const parser = state._parser;
-  replaceBound(parser, 'error', 'bound emit', emitOwnClientError);
+  if (!replaceBound(parser, 'error', 'bound emit', parserError)) parser.prependListener('error', reportParserError);
   const BufferList = (parser._list.constructor as { BufferList?: new () => ClientWeight['_parser']['_list'] }).BufferList;
   if (BufferList && parser._list.length === 0) parser._list = new BufferList();
 }
