@@ -143,19 +143,11 @@ function applyClientRules(client: Client): void {
   disableAedesDedupe(client);
   // Subscription handlers capture these at SUBSCRIBE time (handlers/subscribe.js),
   // after this runs; retained and queued deliveries look them up per call.
-  wrapDeliveries(client, (inner) => deliveriesOf(new ClientRules(client, inner)));
-}
-
-/** A client's two delivery functions, each calling into its rules: two closures over one object per client. */
-function deliveriesOf(rules: ClientRules): Deliveries {
-  return {
-    deliver0: (packet, callback) => rules.deliver(packet, callback, false),
-    deliverQoS: (packet, callback) => rules.deliver(packet, callback, true),
-  };
+  wrapDeliveries(client, (inner) => new ClientRules(client, inner));
 }
 
 /** One client's delivery rules: its state and the deliveries beneath (the flow control's); methods shared by all clients. */
-class ClientRules {
+class ClientRules implements Deliveries {
   readonly #client: Client;
   readonly #inner: Deliveries;
   #lastMessage: string | undefined = undefined;
@@ -197,8 +189,16 @@ class ClientRules {
     else setImmediate(message.callback);
   }
 
+  deliver0(packet: DeliveredPacket, callback: () => void): void {
+    this.#deliver(packet, callback, false);
+  }
+
+  deliverQoS(packet: DeliveredPacket, callback: () => void): void {
+    this.#deliver(packet, callback, true);
+  }
+
   /** A delivery through deliverQoS (`qos`) or deliver0. */
-  deliver(packet: DeliveredPacket, callback: () => void, qos: boolean): void {
+  #deliver(packet: DeliveredPacket, callback: () => void, qos: boolean): void {
     // aedes' deliverQoS hands QoS 0 packets to deliver0: already decided.
     if (this.#inside) {
       if (qos) this.#inner.deliverQoS(packet, callback);

@@ -92,12 +92,34 @@ interface ClientInternals {
 
 const internals = (client: Client) => client as unknown as ClientInternals;
 
-/** Replaces a client's delivery functions with what `wrap` makes of the current ones. Call right after aedes made the client. */
+/** The top of a client's stack of deliveries (wrapDeliveries), in a symbol-keyed field of the client. */
+const TOP_DELIVERIES = Symbol('edgemqtt.deliveries');
+type Stacked = ClientInternals & { [TOP_DELIVERIES]?: Deliveries };
+
+/** The client's two delivery functions once wrapped: one context (the client) and two closures per client, whatever the number of layers. */
+function stackOn(state: Stacked): void {
+  state.deliver0 = (packet, callback) => state[TOP_DELIVERIES]!.deliver0(packet, callback);
+  state.deliverQoS = (packet, callback) => state[TOP_DELIVERIES]!.deliverQoS(packet, callback);
+}
+
+/**
+ * Puts what `wrap` makes of the client's current deliveries on top of them.
+ * Call right after aedes made the client. Each layer is an object whose
+ * `deliver0` and `deliverQoS` are called as its methods (one object per
+ * client, methods shared on a prototype: no closures per layer), and calls
+ * those of the layer beneath it the same way; aedes' own two functions are
+ * the bottom layer. The client's `deliver0`/`deliverQoS`, which subscription
+ * handlers capture and call unbound (handlers/subscribe.js), are two
+ * closures that call the top layer, installed with the first one.
+ */
 export function wrapDeliveries(client: Client, wrap: (current: Deliveries) => Deliveries): void {
-  const state = internals(client);
-  const wrapped = wrap({ deliver0: state.deliver0, deliverQoS: state.deliverQoS });
-  state.deliver0 = wrapped.deliver0;
-  state.deliverQoS = wrapped.deliverQoS;
+  const state = internals(client) as Stacked;
+  let current = state[TOP_DELIVERIES];
+  if (current === undefined) {
+    current = { deliver0: state.deliver0, deliverQoS: state.deliverQoS };
+    stackOn(state);
+  }
+  state[TOP_DELIVERIES] = wrap(current);
 }
 
 /**

@@ -24,7 +24,7 @@
  */
 import type { Duplex } from 'node:stream';
 import type { Aedes, Client } from 'aedes';
-import { wrapDeliveries, type Deliver, type DeliveredPacket } from './client.js';
+import { wrapDeliveries, type Deliver, type DeliveredPacket, type Deliveries } from './client.js';
 
 /** The prefix clients write [MQTT-4.8.2-1]. */
 export const SHARE_PREFIX = '$share/';
@@ -116,19 +116,34 @@ export interface DeliveryWatcher {
   written(client: Client, packet: DeliveredPacket, messageId: number | undefined): void;
 }
 
-/** The deliverQoS of watchDeliveries: one closure per client, over what it needs. */
-function watchedDeliverQoS(client: Client, deliverQoS: Deliver, watcher: DeliveryWatcher): Deliver {
-  return (packet, callback) => {
-    if (packet.qos === 0 || !watcher.watched(packet)) {
-      deliverQoS(packet, callback);
+/** The layer of watchDeliveries: one object per client, its methods shared. */
+class WatchedDeliveries implements Deliveries {
+  readonly #client: Client;
+  readonly #below: Deliveries;
+  readonly #watcher: DeliveryWatcher;
+
+  constructor(client: Client, below: Deliveries, watcher: DeliveryWatcher) {
+    this.#client = client;
+    this.#below = below;
+    this.#watcher = watcher;
+  }
+
+  deliver0(packet: DeliveredPacket, callback: () => void): void {
+    this.#below.deliver0(packet, callback);
+  }
+
+  deliverQoS(packet: DeliveredPacket, callback: () => void): void {
+    if (packet.qos === 0 || !this.#watcher.watched(packet)) {
+      this.#below.deliverQoS(packet, callback);
       return;
     }
-    deliverQoS(packet, function afterWrite(this: unknown, ...args: unknown[]) {
+    const [client, watcher] = [this.#client, this.#watcher];
+    this.#below.deliverQoS(packet, function afterWrite(this: unknown, ...args: unknown[]) {
       const sent = typeof this === 'object' && this !== null && (this as { cmd?: unknown }).cmd === 'publish' ? (this as { messageId?: number }).messageId : undefined;
       watcher.written(client, packet, sent);
       (callback as (...rest: unknown[]) => void).apply(this, args);
     });
-  };
+  }
 }
 
 /**
@@ -140,7 +155,7 @@ function watchedDeliverQoS(client: Client, deliverQoS: Deliver, watcher: Deliver
  * deliveries: this must see the packet aedes numbers, under the flow control.
  */
 export function watchDeliveries(client: Client, watcher: DeliveryWatcher): void {
-  wrapDeliveries(client, ({ deliver0, deliverQoS }) => ({ deliver0, deliverQoS: watchedDeliverQoS(client, deliverQoS, watcher) }));
+  wrapDeliveries(client, (below) => new WatchedDeliveries(client, below, watcher));
 }
 
 /**
