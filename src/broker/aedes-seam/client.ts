@@ -140,6 +140,24 @@ export function disableAedesDedupe(client: Client): void {
   internals(client).duplicates = NO_DUPLICATES;
 }
 
+/**
+ * Objects with no Object.prototype in their chain (`constructor`,
+ * `toString` and `__proto__` are plain missing keys), like
+ * `Object.create(null)` and `{ __proto__: null }`, but which V8 keeps in fast
+ * mode: those two start as a property dictionary of 160 bytes, where one of
+ * these with a few keys takes a few dozen. A delete other than of the last
+ * key added turns one into a dictionary, as those are from the start.
+ */
+const NoPrototype = function NoPrototype() {} as unknown as new () => Record<PropertyKey, unknown>;
+NoPrototype.prototype = Object.freeze(Object.create(null) as object) as Record<PropertyKey, unknown>;
+
+/** A fast-mode, prototype-free copy of `source`'s own keys, in their order (see NoPrototype). */
+function withoutPrototype<T extends object>(source: T): T {
+  const copy = new NoPrototype();
+  for (const key of Reflect.ownKeys(source)) copy[key] = (source as Record<PropertyKey, unknown>)[key];
+  return copy as T;
+}
+
 /** Counts the changes to a client's subscription map (see subscriptionChanges). */
 export interface SubscriptionChanges {
   readonly count: number;
@@ -166,7 +184,7 @@ class CountingHandler implements ProxyHandler<Record<string, ClientSubscription>
 const changesOf = new WeakMap<Client, SubscriptionChanges>();
 
 /**
- * Gives a new client a prototype-free subscription map (lib/client.js keeps
+ * Gives a new client a prototype-free subscription map (NoPrototype; lib/client.js keeps
  * `{}` in 2.0.0-beta.1): a SUBSCRIBE to `constructor` would otherwise find
  * Object's constructor as an existing subscription and unsubscribe an
  * undefined handler, which mqemitter asserts on (GHSA-52qw-whmv-87c5).
@@ -178,7 +196,7 @@ const changesOf = new WeakMap<Client, SubscriptionChanges>();
 export function freeSubscriptionMap(client: Client): void {
   const state = internals(client);
   const handler = new CountingHandler();
-  const map = Object.assign(Object.create(null) as Record<string, ClientSubscription>, state.subscriptions);
+  const map = withoutPrototype(state.subscriptions);
   state.subscriptions = new Proxy(map, handler);
   changesOf.set(client, handler);
 }
@@ -306,12 +324,14 @@ export function clientTable(aedes: Aedes): Readonly<Record<string, Client | unde
 /** What lightenClient replaces in an aedes Client (lib/client.js constructor); not in its typings. */
 interface ClientWeight {
   conn: Duplex & { client?: Client };
+  /** EventEmitter's listeners by event: a `{ __proto__: null }` dictionary (Node's lib/events.js). */
+  _events: object;
   close(): void;
   emit(event: 'error', error: Error): boolean;
   /** end-of-stream's cleanup of `finished(conn, this.close.bind(this))`; aedes calls it in close(). */
   _eos: () => void;
   /** mqtt-packet's parser (its `client` set by aedes) and the bl BufferListStream it buffers partial packets in. */
-  _parser: NodeJS.EventEmitter & { client?: Client; _list: { constructor: unknown; length: number } };
+  _parser: NodeJS.EventEmitter & { client?: Client; _list: { constructor: unknown; length: number }; _events: object; _states: readonly string[] };
 }
 
 type Owned = { client?: Client };
@@ -345,6 +365,9 @@ function stopClosingOnClose(this: ClientWeight): void {
   this.conn.removeListener('close', closeOwnClient);
 }
 
+/** mqtt-packet's parser states (parser.js), which it only reads: one array for all parsers. */
+const PARSER_STATES: readonly string[] = Object.freeze(['_parseHeader', '_parseLength', '_parsePayload', '_newPacket']);
+
 /** Replaces the listener named `name` (a bound function's name: "bound close") by `shared`, which then runs last. */
 function replaceBound(emitter: NodeJS.EventEmitter, event: string, name: string, shared: (this: Owned, error: Error) => void): boolean {
   const bound = emitter.rawListeners(event).find((listener) => listener.name === name);
@@ -367,7 +390,10 @@ function replaceBound(emitter: NodeJS.EventEmitter, event: string, name: string,
  * watched), the three bound listeners become shared functions that find the
  * client through `conn.client` and `parser.client` (the parser's also
  * telling the broker's onParseError listener first), and the parser gets a
- * plain BufferList (bl's own, from the same module). A connection already
+ * plain BufferList (bl's own, from the same module), one array of parser
+ * states shared by all parsers, and the parser's EventEmitter table is
+ * made a fast-mode object (NoPrototype) instead of Node's
+ * `{ __proto__: null }` dictionary. A connection already
  * destroyed keeps aedes' end-of-stream, which would call back for it.
  * Call right after aedes made the client, before any byte is parsed.
  */
@@ -385,4 +411,9 @@ export function lightenClient(client: Client): void {
   if (!replaceBound(parser, 'error', 'bound emit', parserError)) parser.prependListener('error', reportParserError);
   const BufferList = (parser._list.constructor as { BufferList?: new () => ClientWeight['_parser']['_list'] }).BufferList;
   if (BufferList && parser._list.length === 0) parser._list = new BufferList();
+  if (parser._states.length === PARSER_STATES.length && parser._states.every((name, i) => name === PARSER_STATES[i])) parser._states = PARSER_STATES;
+  // The parser's listener table ('packet' and 'error', kept for the connection's life) in fast mode
+  // (NoPrototype) instead of a 160-byte dictionary. Not the client's: its once('connected') is
+  // deleted from it later, which would turn it into a larger dictionary than Node's.
+  parser._events = withoutPrototype(parser._events);
 }
