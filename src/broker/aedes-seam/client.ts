@@ -181,7 +181,9 @@ class CountingHandler implements ProxyHandler<Record<string, ClientSubscription>
   }
 }
 
-const changesOf = new WeakMap<Client, SubscriptionChanges>();
+/** A client's change count, in a symbol-keyed field of the client (cheaper than a WeakMap's entry). */
+const CHANGES = Symbol('edgemqtt.subscriptionChanges');
+type WithChanges = { [CHANGES]?: SubscriptionChanges };
 
 /**
  * Gives a new client a prototype-free subscription map (NoPrototype; lib/client.js keeps
@@ -198,7 +200,7 @@ export function freeSubscriptionMap(client: Client): void {
   const handler = new CountingHandler();
   const map = withoutPrototype(state.subscriptions);
   state.subscriptions = new Proxy(map, handler);
-  changesOf.set(client, handler);
+  (client as unknown as WithChanges)[CHANGES] = handler;
 }
 
 /**
@@ -208,7 +210,7 @@ export function freeSubscriptionMap(client: Client): void {
  * when needed.
  */
 export function subscriptionChanges(client: Client): SubscriptionChanges {
-  let changes = changesOf.get(client);
+  let changes = (client as unknown as WithChanges)[CHANGES];
   if (!changes) {
     // Not made through the seam (tests that build aedes clients by hand): never cached as unchanged.
     changes = {
@@ -225,13 +227,16 @@ export function subscriptionsOf(client: Client): Readonly<Record<string, ClientS
   return internals(client).subscriptions;
 }
 
-/** Each client's drain-timeout listeners (onDrainTimeout), the latest first. */
-const drainTimeoutListeners = new WeakMap<Client, Array<(client: Client) => void>>();
+/** A client's drain-timeout listeners (onDrainTimeout), the latest first, in a symbol-keyed field of the client: one function, or an array once there are more. */
+const DRAIN_TIMEOUT = Symbol('edgemqtt.drainTimeout');
+type DrainTimeoutListener = (client: Client) => void;
+type WithDrainTimeout = { [DRAIN_TIMEOUT]?: DrainTimeoutListener | DrainTimeoutListener[] };
 
 /** A client's `_handleDrainTimeout` once it has listeners: one function for all clients. */
 function handleDrainTimeout(this: Client): void {
-  const listeners = drainTimeoutListeners.get(this);
-  if (listeners) for (const listener of listeners) listener(this);
+  const listeners = (this as unknown as WithDrainTimeout)[DRAIN_TIMEOUT];
+  if (typeof listeners === 'function') listeners(this);
+  else if (listeners) for (const listener of listeners) listener(this);
   (Object.getPrototypeOf(this) as ClientInternals)._handleDrainTimeout.call(this);
 }
 
@@ -241,14 +246,15 @@ function handleDrainTimeout(this: Client): void {
  * when it sets its timer), before aedes closes it. Listeners added later run
  * first. Pass one function for all clients where possible: it is told which.
  */
-export function onDrainTimeout(client: Client, listener: (client: Client) => void): void {
-  const listeners = drainTimeoutListeners.get(client);
+export function onDrainTimeout(client: Client, listener: DrainTimeoutListener): void {
+  const holder = client as unknown as WithDrainTimeout;
+  const listeners = holder[DRAIN_TIMEOUT];
   if (listeners) {
     // A new array of the exact length: unshift() would grow the store to a dozen slots or more.
-    drainTimeoutListeners.set(client, [listener, ...listeners]);
+    holder[DRAIN_TIMEOUT] = typeof listeners === 'function' ? [listener, listeners] : [listener, ...listeners];
     return;
   }
-  drainTimeoutListeners.set(client, [listener]);
+  holder[DRAIN_TIMEOUT] = listener;
   internals(client)._handleDrainTimeout = handleDrainTimeout;
 }
 
