@@ -78,6 +78,11 @@ t.test(`aedes ${V} still makes per client what lightenClient replaces (relied on
   t.ok(Object.isFrozen(after._parser._states), "the parser's states are the one shared list");
   const table = (after._parser as unknown as { _events: Record<string, unknown> })._events;
   t.equal(table['constructor'], undefined, "the parser's listener table still has no prototype keys");
+  // aedes' once('connected') is gone once connected; the client's table is then replaced.
+  await until(() => (after as unknown as NodeJS.EventEmitter).listenerCount('connected') === 0, 5000, "the client's 'connected' listeners to have run");
+  const clientTable = (after as unknown as { _events: Record<string, unknown> })._events;
+  t.equal(clientTable['constructor'], undefined, "the client's listener table still has no prototype keys");
+  t.ok((after as unknown as NodeJS.EventEmitter).listenerCount('error') > 0, "the client's 'error' listener kept");
 });
 
 t.test('a lightened client parses a packet that arrives in two pieces', async (t) => {

@@ -371,6 +371,17 @@ function stopClosingOnClose(this: ClientWeight): void {
   this.conn.removeListener('close', closeOwnClient);
 }
 
+/**
+ * Once the client is connected (handlers/connect.js emits 'connected' once;
+ * aedes' own once('connected') listener has gone by then, once() removing
+ * it before calling it), its listener table becomes a fast-mode copy of what
+ * is left (NoPrototype): a table from which 'connected' was deleted stays a
+ * dictionary. One function for all clients.
+ */
+function compactClientListeners(this: ClientWeight): void {
+  this._events = withoutPrototype(this._events);
+}
+
 /** mqtt-packet's parser states (parser.js), which it only reads: one array for all parsers. */
 const PARSER_STATES: readonly string[] = Object.freeze(['_parseHeader', '_parseLength', '_parsePayload', '_newPacket']);
 
@@ -397,9 +408,9 @@ function replaceBound(emitter: NodeJS.EventEmitter, event: string, name: string,
  * client through `conn.client` and `parser.client` (the parser's also
  * telling the broker's onParseError listener first), and the parser gets a
  * plain BufferList (bl's own, from the same module), one array of parser
- * states shared by all parsers, and the parser's EventEmitter table is
- * made a fast-mode object (NoPrototype) instead of Node's
- * `{ __proto__: null }` dictionary. A connection already
+ * states shared by all parsers, and the parser's EventEmitter table (the
+ * client's once it is connected) is made a fast-mode object (NoPrototype)
+ * instead of Node's `{ __proto__: null }` dictionary. A connection already
  * destroyed keeps aedes' end-of-stream, which would call back for it.
  * Call right after aedes made the client, before any byte is parsed.
  */
@@ -419,7 +430,8 @@ export function lightenClient(client: Client): void {
   if (BufferList && parser._list.length === 0) parser._list = new BufferList();
   if (parser._states.length === PARSER_STATES.length && parser._states.every((name, i) => name === PARSER_STATES[i])) parser._states = PARSER_STATES;
   // The parser's listener table ('packet' and 'error', kept for the connection's life) in fast mode
-  // (NoPrototype) instead of a 160-byte dictionary. Not the client's: its once('connected') is
-  // deleted from it later, which would turn it into a larger dictionary than Node's.
+  // (NoPrototype) instead of a 160-byte dictionary. The client's once it is connected: its
+  // once('connected') is deleted from it then, which would make a fast table a dictionary again.
   parser._events = withoutPrototype(parser._events);
+  (client as unknown as NodeJS.EventEmitter).once('connected', compactClientListeners);
 }
