@@ -50,8 +50,15 @@
  *   aedes' bound 'end'/'error' listeners on the connection and the parser
  *   by shared functions that find the client through `conn.client` and
  *   `parser.client`, and the parser's `_list` (mqtt-packet, a bl
- *   BufferListStream) by a plain BufferList; `_handleDrainTimeout` is one
- *   shared function once a listener is added (onDrainTimeout).
+ *   BufferListStream) by a plain BufferList, the parser's `_states` by one
+ *   shared list, the parser's and (once 'connected') the client's `_events`
+ *   (Node's EventEmitter tables) by fast-mode prototype-free copies;
+ *   `_handleDrainTimeout` is one shared function once a listener is added
+ *   (onDrainTimeout). What the seam keeps per client or connection is in
+ *   symbol-keyed fields of the Client or the connection, not in WeakMaps;
+ *   what is the same for all clients (the traffic tap, the parse-error and
+ *   acknowledgement listeners) on the aedes instance, found through
+ *   `client.broker` and `conn.client` (lib/client.js constructor).
  * - `aedes.mq._do` (mqemitter 7.1.0): its queue drained without unbounded
  *   recursion (emitter-depth.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
@@ -76,7 +83,8 @@
  *     persistence resolves only once the batch holding this PUBLISH's
  *     records is written per `persistence.sync`; emitPacket, which calls each
  *     matching subscriber's deliverQoS (delivery-rules.ts, then
- *     flow-control.ts, then aedes'); callPublished.
+ *     flow-control.ts, then shared subscriptions' watch, then aedes': the
+ *     layers of wrapDeliveries); callPublished.
  *  4. Its callback marks the packet as published and lets aedes go on: aedes
  *     writes the PUBACK (lib/write.js).
  *  5. aedes calls broker.publish(packet): `publish` below finds the mark and
