@@ -5,7 +5,7 @@
  *
  * Each round starts a fresh broker, waits for it to settle, samples
  * /proc/PID/status (VmRSS, RssAnon, RssFile), then opens N idle MQTT 3.1.1
- * clients over TCP (CONNECT with keepalive 60 s, clean session, CONNACK
+ * clients over TCP (CONNECT with keepalive 0, clean session, CONNACK
  * awaited), samples again, opens N more over WebSocket (kept alongside the TCP
  * ones) and samples a third time. Per-connection cost = the RSS difference
  * divided by N. A sample is the median of several reads a fraction of a

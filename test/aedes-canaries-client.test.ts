@@ -20,7 +20,7 @@ const V = installedAedesVersion();
 interface Weighed {
   conn: Duplex;
   _eos: unknown;
-  _parser: NodeJS.EventEmitter & { _list: { pipe?: unknown; constructor: { BufferList?: unknown } }; parse(buffer: Buffer): number };
+  _parser: NodeJS.EventEmitter & { _list: { pipe?: unknown; constructor: { BufferList?: unknown } }; _states: string[]; parse(buffer: Buffer): number };
 }
 
 const names = (emitter: NodeJS.EventEmitter, event: string) => emitter.rawListeners(event).map((listener) => listener.name);
@@ -42,6 +42,7 @@ async function lightened(t: Test) {
         parserError: names(weighed._parser, 'error').includes('bound emit'),
         parserListIsStream: typeof weighed._parser._list.pipe === 'function',
         bufferList: typeof weighed._parser._list.constructor.BufferList,
+        parserStates: [...weighed._parser._states],
       });
       lightenClient(client);
       clients.push(client);
@@ -58,14 +59,30 @@ t.test(`aedes ${V} still makes per client what lightenClient replaces (relied on
   await rawConnected(t, port, 'weighed');
   t.same(
     before[0],
-    { eos: 'function', connEnd: true, connError: true, parserError: true, parserListIsStream: true, bufferList: 'function' },
-    "end-of-stream's cleanup, three bound listeners and a BufferListStream with bl's BufferList beside it",
+    {
+      eos: 'function',
+      connEnd: true,
+      connError: true,
+      parserError: true,
+      parserListIsStream: true,
+      bufferList: 'function',
+      parserStates: ['_parseHeader', '_parseLength', '_parsePayload', '_newPacket'],
+    },
+    "end-of-stream's cleanup, three bound listeners, a BufferListStream with bl's BufferList beside it, and the parser's own list of its states",
   );
   const after = clients[0] as unknown as Weighed;
   t.notOk(names(after.conn, 'end').includes('bound close'), "the connection's 'end' listener replaced");
   t.notOk(names(after.conn, 'error').includes('bound emit'), "the connection's 'error' listener replaced");
   t.notOk(names(after._parser, 'error').includes('bound emit'), "the parser's 'error' listener replaced");
   t.equal(typeof after._parser._list.pipe, 'undefined', 'the parser buffers into a plain BufferList');
+  t.ok(Object.isFrozen(after._parser._states), "the parser's states are the one shared list");
+  const table = (after._parser as unknown as { _events: Record<string, unknown> })._events;
+  t.equal(table['constructor'], undefined, "the parser's listener table still has no prototype keys");
+  // aedes' once('connected') is gone once connected; the client's table is then replaced.
+  await until(() => (after as unknown as NodeJS.EventEmitter).listenerCount('connected') === 0, 5000, "the client's 'connected' listeners to have run");
+  const clientTable = (after as unknown as { _events: Record<string, unknown> })._events;
+  t.equal(clientTable['constructor'], undefined, "the client's listener table still has no prototype keys");
+  t.ok((after as unknown as NodeJS.EventEmitter).listenerCount('error') > 0, "the client's 'error' listener kept");
 });
 
 t.test('a lightened client parses a packet that arrives in two pieces', async (t) => {

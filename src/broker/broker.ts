@@ -245,11 +245,10 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       }
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);
-      // PUBLISH packets really written to each client (traffic.ts), and what its parser refuses.
-      started.onConnection(() => (client) => {
-        onPublishWritten(client, (qos, payloadBytes) => traffic.messageOut(client, qos, payloadBytes));
-        onParseError(client, (error) => lifecycle.leaving(client, 'protocol_violation', { error: error.message }));
-      });
+      // PUBLISH packets really written to each client (traffic.ts), and what its parser refuses:
+      // one function each for all clients.
+      onPublishWritten(instance, (client, qos, payloadBytes) => traffic.messageOut(client, qos, payloadBytes));
+      onParseError(instance, (client, error) => lifecycle.leaving(client, 'protocol_violation', { error: error.message }));
       if (isSessionAuthority(persistence)) installSessionAuthority(instance, persistence, deps.logger);
       seam = started;
       log.info({ brokerId: instance.id }, 'broker started');

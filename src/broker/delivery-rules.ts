@@ -62,8 +62,8 @@ import {
   wrapDeliveries,
   type AedesSeam,
   type ClientSubscription,
-  type Deliver,
   type DeliveredPacket,
+  type Deliveries,
   type QoS,
 } from './aedes-seam/index.js';
 
@@ -141,69 +141,94 @@ function applyClientRules(client: Client): void {
   // aedes' dedupe reads 0 for every message from now on, the wrapper below
   // having already dropped the real copies.
   disableAedesDedupe(client);
-  let lastMessage: string | undefined;
-  let inside = false;
-  let gathered: Gathered | undefined;
-  let grants: GrantCache | undefined;
+  // Subscription handlers capture these at SUBSCRIBE time (handlers/subscribe.js),
+  // after this runs; retained and queued deliveries look them up per call.
+  wrapDeliveries(client, (inner) => new ClientRules(client, inner));
+}
 
-  wrapDeliveries(client, ({ deliver0, deliverQoS }) => {
-    const send = (packet: DeliveredPacket, callback: () => void, own: boolean) => {
-      // QoS 0 stays QoS 0: no grant to look up.
-      if (packet.qos > 0) {
-        const granted = (grants ??= new GrantCache(client)).granted(packet.topic, own);
-        if (granted !== undefined && granted < packet.qos) packet.qos = granted;
+/** One client's delivery rules: its state and the deliveries beneath (the flow control's); methods shared by all clients. */
+class ClientRules implements Deliveries {
+  readonly #client: Client;
+  readonly #inner: Deliveries;
+  #lastMessage: string | undefined = undefined;
+  #inside = false;
+  #gathered: Gathered | undefined = undefined;
+  #grants: GrantCache | undefined = undefined;
+  /** Bound once, on the first MQTT 5 message that may have copies. */
+  #flushLater: (() => void) | undefined = undefined;
+
+  constructor(client: Client, inner: Deliveries) {
+    this.#client = client;
+    this.#inner = inner;
+  }
+
+  #send(packet: DeliveredPacket, callback: () => void, own: boolean): void {
+    // QoS 0 stays QoS 0: no grant to look up.
+    if (packet.qos > 0) {
+      const granted = (this.#grants ??= new GrantCache(this.#client)).granted(packet.topic, own);
+      if (granted !== undefined && granted < packet.qos) packet.qos = granted;
+    }
+    this.#inside = true;
+    try {
+      if (packet.qos > 0) this.#inner.deliverQoS(packet, callback);
+      else this.#inner.deliver0(packet, callback);
+    } finally {
+      this.#inside = false;
+    }
+  }
+
+  // Sends the gathered message, once: at the end of the emit that delivered
+  // its copies, or before the next delivery to this client (order kept).
+  flush(): void {
+    const message = this.#gathered;
+    if (!message) return;
+    this.#gathered = undefined;
+    const own = isOwn(message.copies[0]!, this.#client);
+    const merged = mergeCopies(message.copies, own);
+    if (merged) this.#send(merged, message.callback, own);
+    else setImmediate(message.callback);
+  }
+
+  deliver0(packet: DeliveredPacket, callback: () => void): void {
+    this.#deliver(packet, callback, false);
+  }
+
+  deliverQoS(packet: DeliveredPacket, callback: () => void): void {
+    this.#deliver(packet, callback, true);
+  }
+
+  /** A delivery through deliverQoS (`qos`) or deliver0. */
+  #deliver(packet: DeliveredPacket, callback: () => void, qos: boolean): void {
+    // aedes' deliverQoS hands QoS 0 packets to deliver0: already decided.
+    if (this.#inside) {
+      if (qos) this.#inner.deliverQoS(packet, callback);
+      else this.#inner.deliver0(packet, callback);
+      return;
+    }
+    if (packet.brokerId && packet.brokerCounter) {
+      // Overlapping subscriptions: mqemitter calls every matching handler
+      // of one message synchronously, so a copy is always the very next
+      // delivery to this client; anything else is a different message.
+      // (Retained messages carry no brokerId: never copies, as in aedes.)
+      const message = `${packet.brokerId}\u0000${packet.brokerCounter}`;
+      if (message === this.#lastMessage) {
+        this.#gathered?.copies.push(packet);
+        setImmediate(callback);
+        return;
       }
-      inside = true;
-      try {
-        (packet.qos > 0 ? deliverQoS : deliver0)(packet, callback);
-      } finally {
-        inside = false;
+      this.#lastMessage = message;
+      if (this.#client.version === 5) {
+        // Rule 5: the copies still to come decide what goes out. They
+        // all arrive in this synchronous emit, before any microtask.
+        this.flush();
+        this.#gathered = { copies: [packet], callback };
+        queueMicrotask((this.#flushLater ??= () => this.flush()));
+        return;
       }
-    };
-    // Sends the gathered message, once: at the end of the emit that delivered
-    // its copies, or before the next delivery to this client (order kept).
-    const flush = () => {
-      const message = gathered;
-      if (!message) return;
-      gathered = undefined;
-      const own = isOwn(message.copies[0]!, client);
-      const merged = mergeCopies(message.copies, own);
-      if (merged) send(merged, message.callback, own);
-      else setImmediate(message.callback);
-    };
-    const wrap =
-      (invoked: Deliver): Deliver =>
-      (packet, callback) => {
-        // aedes' deliverQoS hands QoS 0 packets to deliver0: already decided.
-        if (inside) return invoked(packet, callback);
-        if (packet.brokerId && packet.brokerCounter) {
-          // Overlapping subscriptions: mqemitter calls every matching handler
-          // of one message synchronously, so a copy is always the very next
-          // delivery to this client; anything else is a different message.
-          // (Retained messages carry no brokerId: never copies, as in aedes.)
-          const message = `${packet.brokerId}\u0000${packet.brokerCounter}`;
-          if (message === lastMessage) {
-            gathered?.copies.push(packet);
-            setImmediate(callback);
-            return;
-          }
-          lastMessage = message;
-          if (client.version === 5) {
-            // Rule 5: the copies still to come decide what goes out. They
-            // all arrive in this synchronous emit, before any microtask.
-            flush();
-            gathered = { copies: [packet], callback };
-            queueMicrotask(flush);
-            return;
-          }
-        }
-        flush();
-        send(packet, callback, false);
-      };
-    // Subscription handlers capture these at SUBSCRIBE time (handlers/subscribe.js),
-    // after this runs; retained and queued deliveries look them up per call.
-    return { deliver0: wrap(deliver0), deliverQoS: wrap(deliverQoS) };
-  });
+    }
+    this.flush();
+    this.#send(packet, callback, false);
+  }
 }
 
 function isOwn(packet: DeliveredPacket, client: Client): boolean {

@@ -53,7 +53,7 @@
  */
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
-import { clientLimits, onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type QoS } from './aedes-seam/index.js';
+import { clientLimits, onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type Deliveries, type QoS } from './aedes-seam/index.js';
 import { publishBytes } from './publish-size.js';
 
 export interface FlowControlOptions {
@@ -117,8 +117,6 @@ export type DiscardOutgoing = (client: Client, messageId: number) => Promise<unk
 
 interface Entry {
   packet: DeliveredPacket;
-  /** aedes' own deliver0 or deliverQoS. */
-  deliver: Deliver;
   bytes: number;
   qos: QoS;
   /** For paced deliveries (retained), the caller's callback, due once the message is written or dropped. */
@@ -209,14 +207,24 @@ export class FlowControl {
   }
 }
 
-export class ClientFlow {
+const unset: Deliver = () => {
+  throw new Error('flow control: deliveries not wrapped');
+};
+const NO_DELIVERIES: Deliveries = { deliver0: unset, deliverQoS: unset };
+/** The empty queue of every client until one has to wait (#enqueue replaces it); never written. */
+const NO_ENTRIES: Entry[] = Object.freeze([]) as unknown as Entry[];
+
+export class ClientFlow implements Deliveries {
   readonly #owner: FlowControl;
   readonly #client: Client;
   readonly #conn: Duplex;
   /** Bytes handed to aedes whose write has not completed yet (see #usage). */
   #reservedBytes = 0;
   #inflight = 0;
-  readonly #queue: Entry[] = [];
+  /** The deliveries beneath: aedes' own, as shared subscriptions watch them. */
+  #inner: Deliveries = NO_DELIVERIES;
+  /** Made on the first message that has to wait: an idle connection keeps none. */
+  #queue: Entry[] = NO_ENTRIES;
   #head = 0;
   #queueBytes = 0;
   #closed = false;
@@ -226,13 +234,26 @@ export class ClientFlow {
     this.#owner = owner;
     this.#client = client;
     this.#conn = conn;
-    wrapDeliveries(client, ({ deliver0, deliverQoS }) => ({
-      deliver0: (packet, callback) => this.#deliver(deliver0, packet, 0, callback),
-      // aedes' deliverQoS hands QoS 0 packets to deliver0; do that here, once.
-      deliverQoS: (packet, callback) =>
-        packet.qos > 0 ? this.#deliver(deliverQoS, packet, packet.qos, callback) : this.#deliver(deliver0, packet, 0, callback),
-    }));
+    wrapDeliveries(client, (inner) => {
+      this.#inner = inner;
+      return this;
+    });
     onDrainTimeout(client, owner.slowClient);
+  }
+
+  deliver0(packet: DeliveredPacket, callback: () => void): void {
+    this.#deliver(packet, 0, callback);
+  }
+
+  deliverQoS(packet: DeliveredPacket, callback: () => void): void {
+    // aedes' deliverQoS hands QoS 0 packets to deliver0; do that here, once.
+    this.#deliver(packet, packet.qos, callback);
+  }
+
+  /** Hands the packet to the deliveries beneath: deliverQoS for QoS 1/2, deliver0 for QoS 0. */
+  #handDown(packet: DeliveredPacket, qos: QoS, callback: () => void): void {
+    if (qos > 0) this.#inner.deliverQoS(packet, callback);
+    else this.#inner.deliver0(packet, callback);
   }
 
   /**
@@ -292,13 +313,13 @@ export class ClientFlow {
     return false;
   }
 
-  #deliver(deliver: Deliver, packet: DeliveredPacket, qos: QoS, callback: () => void): void {
+  #deliver(packet: DeliveredPacket, qos: QoS, callback: () => void): void {
     if (this.#closed || this.#client.closed) {
       // Nothing can be written any more. A persistent session's QoS 1/2
       // message stays in its store for the next connection; handed to aedes,
       // it would be numbered and "sent" to the dead connection.
       if (qos > 0 && !this.#client.clean) setImmediate(callback);
-      else deliver(packet, callback);
+      else this.#handDown(packet, qos, callback);
       return;
     }
     // Live messages carry the id of the broker that published them; the
@@ -306,7 +327,7 @@ export class ClientFlow {
     // their stream waits for each callback: those can be paced.
     const paced = !packet.brokerId;
     const limits = clientLimits(this.#client);
-    const entry: Entry = { packet, deliver, bytes: publishBytes(packet, limits.version === 5), qos, callback: paced ? callback : undefined };
+    const entry: Entry = { packet, bytes: publishBytes(packet, limits.version === 5), qos, callback: paced ? callback : undefined };
     if (qos === 0 && !paced) {
       // QoS 0 never waits, not even behind queued QoS 1/2 messages: the fast path's check, then out.
       if (this.admitQoS0(entry.bytes)) this.#send(entry);
@@ -416,7 +437,7 @@ export class ClientFlow {
     // aedes calls this once the bytes are in the stream (at once when it had
     // room, after 'drain' when full), or when it decided not to send.
     const flow = this;
-    entry.deliver(entry.packet, function written(this: unknown) {
+    this.#handDown(entry.packet, entry.qos, function written(this: unknown) {
       flow.#reservedBytes -= entry.bytes;
       if (entry.qos > 0 && !isWrittenPublish(this) && flow.#inflight > 0) flow.#inflight--;
       entry.callback?.();
@@ -435,6 +456,7 @@ export class ClientFlow {
       this.#owner.report('maxInflight', this.#fields({ maxInflightMessages: this.#owner.options.maxInflightMessages, window: this.#window() }));
     }
     this.#watch();
+    if (this.#queue === NO_ENTRIES) this.#queue = [];
     this.#queue.push(entry);
     this.#queueBytes += entry.bytes;
     this.#owner.queued(1, entry.bytes);

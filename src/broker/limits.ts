@@ -160,8 +160,12 @@ const LIMITED = Symbol('edgemqtt.limited');
 type Limited = Duplex & { [LIMITED]?: LimitedConnectionState };
 /** What a connection's 'close' needs of its LimitedConnection (declared inside createLimits). */
 interface LimitedConnectionState {
-  readonly connectTimer: NodeJS.Timeout;
+  readonly connectTimer: NodeJS.Timeout | undefined;
 }
+
+/** A client's flow control, in a symbol-keyed field of the client (cheaper than a WeakMap's entry). */
+const FLOW = Symbol('edgemqtt.clientFlow');
+type WithFlow = Client & { [FLOW]?: ClientFlow };
 
 export function createLimits(config: Config, deps: LimitsDeps): Limits {
   const log = deps.logger.child({ component: 'limits' });
@@ -182,7 +186,6 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
   ]);
   // Subscriptions granted but maybe not yet in client.subscriptions (aedes adds them asynchronously).
   const reservedFilters = new WeakMap<Client, Set<string>>();
-  const flows = new WeakMap<Client, ClientFlow>();
 
   function hit(limit: LimitName, fields: Record<string, unknown>): void {
     hits[limit]++;
@@ -285,8 +288,12 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
       client: Client | undefined = undefined;
       clientFlow: ClientFlow | undefined = undefined;
       readonly guard: ProtocolGuard;
-      /** Slowloris: the whole CONNECT must be in within the time allowed, however slowly it trickles in. (aedes' own timer is the backstop.) */
-      readonly connectTimer: NodeJS.Timeout;
+      /**
+       * Slowloris: the whole CONNECT must be in within the time allowed, however slowly it trickles in.
+       * (aedes' own timer is the backstop.) Let go once the CONNECT is in: a cleared Timeout kept
+       * for the connection's life would cost it ~150 bytes.
+       */
+      connectTimer: NodeJS.Timeout | undefined;
 
       constructor(
         readonly conn: Duplex,
@@ -310,7 +317,10 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
       }
 
       onPacket(type: number, reasonCode: number): void {
-        if (type === CONNECT) clearTimeout(this.connectTimer);
+        if (type === CONNECT) {
+          clearTimeout(this.connectTimer);
+          this.connectTimer = undefined;
+        }
         // The guard has read it whole; aedes closes the connection next [MQTT-3.14.4-1].
         else if (type === DISCONNECT) {
           if (this.client) leaving?.(this.client, 'client_disconnect');
@@ -325,7 +335,7 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
         // Over the guard's read hook: nothing after the CONNECT reaches aedes before it accepts it [MQTT-3.1.4-5].
         holdUntilConnack(this.conn, client);
         this.clientFlow = flow.attach(client, this.conn);
-        flows.set(client, this.clientFlow);
+        (client as WithFlow)[FLOW] = this.clientFlow;
         // Runs before the flow control's count and aedes' close (onDrainTimeout runs the latest first).
         if (slowConsumer) onDrainTimeout(client, slowConsumer);
       }
@@ -428,10 +438,10 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
     install,
     authorizeSubscribe,
     admitQoS0(client, bytes) {
-      return flows.get(client)?.admitQoS0(bytes) ?? false;
+      return (client as WithFlow)[FLOW]?.admitQoS0(bytes) ?? false;
     },
     flowOf(client) {
-      const clientFlow = flows.get(client);
+      const clientFlow = (client as WithFlow)[FLOW];
       return clientFlow && { inflight: clientFlow.inflight, waiting: clientFlow.waiting };
     },
     stats() {

@@ -74,7 +74,7 @@ import {
   announceSharedSubscriptions,
   copyForSubscriber,
   deliverToClient,
-  onAcknowledgement,
+  onAcknowledgements,
   parseSharedFilter,
   renameSharedFilters,
   SHARED_FILTER_PREFIX,
@@ -82,6 +82,7 @@ import {
   wireSharedFilter,
   type AedesSeam,
   type DeliveredPacket,
+  type DeliveryWatcher,
   type QoS,
   type QueueRecipient,
 } from './aedes-seam/index.js';
@@ -157,6 +158,11 @@ export class SharedSubscriptions {
   readonly #ledgers = new Map<Client, Ledger>();
   /** A member's copy → its in-flight entry's key. */
   readonly #copies = new WeakMap<object, string>();
+  /** What watchDeliveries reports to: one object for all clients. */
+  readonly #watcher: DeliveryWatcher = {
+    watched: (packet) => this.#copies.has(packet),
+    written: (client, packet, messageId) => this.#written(client, packet, messageId),
+  };
   #aedes: Aedes | undefined;
   #undelivered = 0;
   #redelivered = 0;
@@ -209,14 +215,10 @@ export class SharedSubscriptions {
       announceSharedSubscriptions(conn);
       return (client) => {
         renameSharedFilters(client);
-        watchDeliveries(
-          client,
-          (packet) => this.#copies.has(packet),
-          (packet, messageId) => this.#written(client, packet, messageId),
-        );
-        onAcknowledgement(client, (messageId) => this.#acknowledged(client, messageId));
+        watchDeliveries(client, this.#watcher);
       };
     });
+    onAcknowledgements(aedes, (client, messageId) => this.#acknowledged(client, messageId));
     aedes.on('unsubscribe', (topics, client) => {
       for (const topic of topics) this.#leave(topic, client, true);
     });

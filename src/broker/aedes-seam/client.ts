@@ -92,12 +92,34 @@ interface ClientInternals {
 
 const internals = (client: Client) => client as unknown as ClientInternals;
 
-/** Replaces a client's delivery functions with what `wrap` makes of the current ones. Call right after aedes made the client. */
+/** The top of a client's stack of deliveries (wrapDeliveries), in a symbol-keyed field of the client. */
+const TOP_DELIVERIES = Symbol('edgemqtt.deliveries');
+type Stacked = ClientInternals & { [TOP_DELIVERIES]?: Deliveries };
+
+/** The client's two delivery functions once wrapped: one context (the client) and two closures per client, whatever the number of layers. */
+function stackOn(state: Stacked): void {
+  state.deliver0 = (packet, callback) => state[TOP_DELIVERIES]!.deliver0(packet, callback);
+  state.deliverQoS = (packet, callback) => state[TOP_DELIVERIES]!.deliverQoS(packet, callback);
+}
+
+/**
+ * Puts what `wrap` makes of the client's current deliveries on top of them.
+ * Call right after aedes made the client. Each layer is an object whose
+ * `deliver0` and `deliverQoS` are called as its methods (one object per
+ * client, methods shared on a prototype: no closures per layer), and calls
+ * those of the layer beneath it the same way; aedes' own two functions are
+ * the bottom layer. The client's `deliver0`/`deliverQoS`, which subscription
+ * handlers capture and call unbound (handlers/subscribe.js), are two
+ * closures that call the top layer, installed with the first one.
+ */
 export function wrapDeliveries(client: Client, wrap: (current: Deliveries) => Deliveries): void {
-  const state = internals(client);
-  const wrapped = wrap({ deliver0: state.deliver0, deliverQoS: state.deliverQoS });
-  state.deliver0 = wrapped.deliver0;
-  state.deliverQoS = wrapped.deliverQoS;
+  const state = internals(client) as Stacked;
+  let current = state[TOP_DELIVERIES];
+  if (current === undefined) {
+    current = { deliver0: state.deliver0, deliverQoS: state.deliverQoS };
+    stackOn(state);
+  }
+  state[TOP_DELIVERIES] = wrap(current);
 }
 
 /**
@@ -116,6 +138,24 @@ const NO_DUPLICATES = new Proxy(Object.create(null) as Record<string, number>, {
  */
 export function disableAedesDedupe(client: Client): void {
   internals(client).duplicates = NO_DUPLICATES;
+}
+
+/**
+ * Objects with no Object.prototype in their chain (`constructor`,
+ * `toString` and `__proto__` are plain missing keys), like
+ * `Object.create(null)` and `{ __proto__: null }`, but which V8 keeps in fast
+ * mode: those two start as a property dictionary of 160 bytes, where one of
+ * these with a few keys takes a few dozen. A delete other than of the last
+ * key added turns one into a dictionary, as those are from the start.
+ */
+const NoPrototype = function NoPrototype() {} as unknown as new () => Record<PropertyKey, unknown>;
+NoPrototype.prototype = Object.freeze(Object.create(null) as object) as Record<PropertyKey, unknown>;
+
+/** A fast-mode, prototype-free copy of `source`'s own keys, in their order (see NoPrototype). */
+function withoutPrototype<T extends object>(source: T): T {
+  const copy = new NoPrototype();
+  for (const key of Reflect.ownKeys(source)) copy[key] = (source as Record<PropertyKey, unknown>)[key];
+  return copy as T;
 }
 
 /** Counts the changes to a client's subscription map (see subscriptionChanges). */
@@ -141,10 +181,12 @@ class CountingHandler implements ProxyHandler<Record<string, ClientSubscription>
   }
 }
 
-const changesOf = new WeakMap<Client, SubscriptionChanges>();
+/** A client's change count, in a symbol-keyed field of the client (cheaper than a WeakMap's entry). */
+const CHANGES = Symbol('edgemqtt.subscriptionChanges');
+type WithChanges = { [CHANGES]?: SubscriptionChanges };
 
 /**
- * Gives a new client a prototype-free subscription map (lib/client.js keeps
+ * Gives a new client a prototype-free subscription map (NoPrototype; lib/client.js keeps
  * `{}` in 2.0.0-beta.1): a SUBSCRIBE to `constructor` would otherwise find
  * Object's constructor as an existing subscription and unsubscribe an
  * undefined handler, which mqemitter asserts on (GHSA-52qw-whmv-87c5).
@@ -156,9 +198,9 @@ const changesOf = new WeakMap<Client, SubscriptionChanges>();
 export function freeSubscriptionMap(client: Client): void {
   const state = internals(client);
   const handler = new CountingHandler();
-  const map = Object.assign(Object.create(null) as Record<string, ClientSubscription>, state.subscriptions);
+  const map = withoutPrototype(state.subscriptions);
   state.subscriptions = new Proxy(map, handler);
-  changesOf.set(client, handler);
+  (client as unknown as WithChanges)[CHANGES] = handler;
 }
 
 /**
@@ -168,7 +210,7 @@ export function freeSubscriptionMap(client: Client): void {
  * when needed.
  */
 export function subscriptionChanges(client: Client): SubscriptionChanges {
-  let changes = changesOf.get(client);
+  let changes = (client as unknown as WithChanges)[CHANGES];
   if (!changes) {
     // Not made through the seam (tests that build aedes clients by hand): never cached as unchanged.
     changes = {
@@ -185,13 +227,16 @@ export function subscriptionsOf(client: Client): Readonly<Record<string, ClientS
   return internals(client).subscriptions;
 }
 
-/** Each client's drain-timeout listeners (onDrainTimeout), the latest first. */
-const drainTimeoutListeners = new WeakMap<Client, Array<(client: Client) => void>>();
+/** A client's drain-timeout listeners (onDrainTimeout), the latest first, in a symbol-keyed field of the client: one function, or an array once there are more. */
+const DRAIN_TIMEOUT = Symbol('edgemqtt.drainTimeout');
+type DrainTimeoutListener = (client: Client) => void;
+type WithDrainTimeout = { [DRAIN_TIMEOUT]?: DrainTimeoutListener | DrainTimeoutListener[] };
 
 /** A client's `_handleDrainTimeout` once it has listeners: one function for all clients. */
 function handleDrainTimeout(this: Client): void {
-  const listeners = drainTimeoutListeners.get(this);
-  if (listeners) for (const listener of listeners) listener(this);
+  const listeners = (this as unknown as WithDrainTimeout)[DRAIN_TIMEOUT];
+  if (typeof listeners === 'function') listeners(this);
+  else if (listeners) for (const listener of listeners) listener(this);
   (Object.getPrototypeOf(this) as ClientInternals)._handleDrainTimeout.call(this);
 }
 
@@ -201,14 +246,15 @@ function handleDrainTimeout(this: Client): void {
  * when it sets its timer), before aedes closes it. Listeners added later run
  * first. Pass one function for all clients where possible: it is told which.
  */
-export function onDrainTimeout(client: Client, listener: (client: Client) => void): void {
-  const listeners = drainTimeoutListeners.get(client);
+export function onDrainTimeout(client: Client, listener: DrainTimeoutListener): void {
+  const holder = client as unknown as WithDrainTimeout;
+  const listeners = holder[DRAIN_TIMEOUT];
   if (listeners) {
     // A new array of the exact length: unshift() would grow the store to a dozen slots or more.
-    drainTimeoutListeners.set(client, [listener, ...listeners]);
+    holder[DRAIN_TIMEOUT] = typeof listeners === 'function' ? [listener, listeners] : [listener, ...listeners];
     return;
   }
-  drainTimeoutListeners.set(client, [listener]);
+  holder[DRAIN_TIMEOUT] = listener;
   internals(client)._handleDrainTimeout = handleDrainTimeout;
 }
 
@@ -284,12 +330,14 @@ export function clientTable(aedes: Aedes): Readonly<Record<string, Client | unde
 /** What lightenClient replaces in an aedes Client (lib/client.js constructor); not in its typings. */
 interface ClientWeight {
   conn: Duplex & { client?: Client };
+  /** EventEmitter's listeners by event: a `{ __proto__: null }` dictionary (Node's lib/events.js). */
+  _events: object;
   close(): void;
   emit(event: 'error', error: Error): boolean;
   /** end-of-stream's cleanup of `finished(conn, this.close.bind(this))`; aedes calls it in close(). */
   _eos: () => void;
   /** mqtt-packet's parser (its `client` set by aedes) and the bl BufferListStream it buffers partial packets in. */
-  _parser: NodeJS.EventEmitter & { client?: Client; _list: { constructor: unknown; length: number } };
+  _parser: NodeJS.EventEmitter & { client?: Client; _list: { constructor: unknown; length: number }; _events: object; _states: readonly string[] };
 }
 
 type Owned = { client?: Client };
@@ -301,9 +349,41 @@ function closeOwnClient(this: Owned): void {
 function emitOwnClientError(this: Owned, error: Error): void {
   (this.client as unknown as ClientWeight | undefined)?.emit('error', error);
 }
+/** Where onParseError keeps its listener: on the aedes instance, one for all its clients. */
+export const PARSE_ERROR = Symbol('edgemqtt.parseError');
+type ParseErrorHolder = { [PARSE_ERROR]?: (client: Client, error: Error) => void };
+
+/** The parser's 'error' listener (aedes' bound `emit`): the broker's onParseError listener first, then aedes' own handling. */
+function parserError(this: Owned, error: Error): void {
+  const client = this.client as unknown as (ClientWeight & { broker: ParseErrorHolder }) | undefined;
+  if (client === undefined) return;
+  client.broker[PARSE_ERROR]?.(client as unknown as Client, error);
+  client.emit('error', error);
+}
+
+/** Where the parser's listener could not be replaced: reports only, ahead of aedes' own. */
+function reportParserError(this: Owned, error: Error): void {
+  const client = this.client as unknown as { broker: ParseErrorHolder } | undefined;
+  client?.broker[PARSE_ERROR]?.(this.client!, error);
+}
+
 function stopClosingOnClose(this: ClientWeight): void {
   this.conn.removeListener('close', closeOwnClient);
 }
+
+/**
+ * Once the client is connected (handlers/connect.js emits 'connected' once;
+ * aedes' own once('connected') listener has gone by then, once() removing
+ * it before calling it), its listener table becomes a fast-mode copy of what
+ * is left (NoPrototype): a table from which 'connected' was deleted stays a
+ * dictionary. One function for all clients.
+ */
+function compactClientListeners(this: ClientWeight): void {
+  this._events = withoutPrototype(this._events);
+}
+
+/** mqtt-packet's parser states (parser.js), which it only reads: one array for all parsers. */
+const PARSER_STATES: readonly string[] = Object.freeze(['_parseHeader', '_parseLength', '_parsePayload', '_newPacket']);
 
 /** Replaces the listener named `name` (a bound function's name: "bound close") by `shared`, which then runs last. */
 function replaceBound(emitter: NodeJS.EventEmitter, event: string, name: string, shared: (this: Owned, error: Error) => void): boolean {
@@ -325,8 +405,12 @@ function replaceBound(emitter: NodeJS.EventEmitter, event: string, name: string,
  * 'close' listener shared by all clients closes the client as end-of-stream
  * did (aedes' 'end' and 'error' listeners cover the rest of what it
  * watched), the three bound listeners become shared functions that find the
- * client through `conn.client` and `parser.client`, and the parser gets a
- * plain BufferList (bl's own, from the same module). A connection already
+ * client through `conn.client` and `parser.client` (the parser's also
+ * telling the broker's onParseError listener first), and the parser gets a
+ * plain BufferList (bl's own, from the same module), one array of parser
+ * states shared by all parsers, and the parser's EventEmitter table (the
+ * client's once it is connected) is made a fast-mode object (NoPrototype)
+ * instead of Node's `{ __proto__: null }` dictionary. A connection already
  * destroyed keeps aedes' end-of-stream, which would call back for it.
  * Call right after aedes made the client, before any byte is parsed.
  */
@@ -341,7 +425,13 @@ export function lightenClient(client: Client): void {
   replaceBound(conn, 'end', 'bound close', closeOwnClient);
   replaceBound(conn, 'error', 'bound emit', emitOwnClientError);
   const parser = state._parser;
-  replaceBound(parser, 'error', 'bound emit', emitOwnClientError);
+  if (!replaceBound(parser, 'error', 'bound emit', parserError)) parser.prependListener('error', reportParserError);
   const BufferList = (parser._list.constructor as { BufferList?: new () => ClientWeight['_parser']['_list'] }).BufferList;
   if (BufferList && parser._list.length === 0) parser._list = new BufferList();
+  if (parser._states.length === PARSER_STATES.length && parser._states.every((name, i) => name === PARSER_STATES[i])) parser._states = PARSER_STATES;
+  // The parser's listener table ('packet' and 'error', kept for the connection's life) in fast mode
+  // (NoPrototype) instead of a 160-byte dictionary. The client's once it is connected: its
+  // once('connected') is deleted from it then, which would make a fast table a dictionary again.
+  parser._events = withoutPrototype(parser._events);
+  (client as unknown as NodeJS.EventEmitter).once('connected', compactClientListeners);
 }

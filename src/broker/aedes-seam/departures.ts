@@ -6,16 +6,12 @@
  * its departure can be told apart from a lost connection.
  */
 import type { Aedes, Client } from 'aedes';
+import { PARSE_ERROR } from './client.js';
 
 /** aedes instance internals (aedes.js); not in its typings. */
 interface RegistryInternals {
   clients: Record<string, Client>;
   registerClient(client: Client): void;
-}
-
-/** aedes Client internals (lib/client.js); not in its typings. */
-interface ParserInternals {
-  _parser: NodeJS.EventEmitter;
 }
 
 /**
@@ -35,10 +31,12 @@ export function onTakeover(aedes: Aedes, listener: (taken: Client) => void): voi
 }
 
 /**
- * Runs `listener` when aedes' MQTT parser (mqtt-packet) refuses the client's
+ * Runs `listener` when aedes' MQTT parser (mqtt-packet) refuses a client's
  * bytes, before aedes closes it (lib/client.js: the parser's 'error' becomes
- * the client's, then 'clientError' and close). Call right after aedes made the client.
+ * the client's, then 'clientError' and close), for every client of `aedes`
+ * made lighter by lightenClient (client.ts), whose shared parser listener
+ * calls it. Once per aedes instance: one function for all its clients.
  */
-export function onParseError(client: Client, listener: (error: Error) => void): void {
-  (client as unknown as ParserInternals)._parser.prependListener('error', listener);
+export function onParseError(aedes: Aedes, listener: (client: Client, error: Error) => void): void {
+  (aedes as unknown as { [PARSE_ERROR]?: typeof listener })[PARSE_ERROR] = listener;
 }

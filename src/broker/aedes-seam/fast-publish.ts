@@ -55,7 +55,7 @@ import { createRequire } from 'node:module';
 import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
 import type { ClientSubscription, PublishVerdict } from './client.js';
-import { publishWrites } from './packet-writes.js';
+import { publishTap, publishWrites } from './packet-writes.js';
 import { encodePlainPublish, parsedInPlace, PLAIN_PUBLISH, plainTopic, PUBACK_HEADER, PUBLISH, remainingLength, variableByteIntegerBytes } from './publish-frames.js';
 import type { AedesSeam } from './seam.js';
 
@@ -192,6 +192,7 @@ export class FastPublish {
     let level4: Buffer | undefined;
     let level5: Buffer | undefined;
     const publisherLevel = publisher.version === 5 ? 5 : 4;
+    const tap = publishTap(this.#aedes);
     const authorizeForward = this.#aedes.authorizeForward as (client: Client, packet: PublishPacket) => PublishPacket | null | undefined;
     for (const { client: subscriber, subscription, handler } of matches.targets) {
       if (subscriber.closed || subscriber.conn.destroyed) continue;
@@ -212,7 +213,7 @@ export class FastPublish {
       }
       if (!this.#options.admitQoS0(subscriber as unknown as Client, bytes.length)) continue;
       subscriber.conn.write(bytes);
-      writes?.tap?.(0, payload.length);
+      tap?.(subscriber as unknown as Client, 0, payload.length);
     }
     this.#options.taken();
     // After the deliveries, as aedes.js callPublished (the traffic counts, the bridge's export).

@@ -21,8 +21,9 @@
  *   deletes, subscriptionChanges), `_handleDrainTimeout`
  *   (lib/client.js waitForDrain), `_will` and `will` (handlers/connect.js,
  *   lib/client.js close).
- * - Shared subscriptions (shared.ts): the client's parser ('packet'
- *   listeners ahead of aedes' and beside it) to rename `$share/` filters and
+ * - Shared subscriptions (shared.ts): the client's parser (one 'packet'
+ *   listener ahead of aedes', finding the client as `parser.client` and the
+ *   broker's listener on the aedes instance) to rename `$share/` filters and
  *   see acknowledgements, the CONNACK bytes (Shared Subscription
  *   Available), `aedes.persistence.outgoingEnqueueCombi` to queue a group's
  *   copy with the publish, and the innermost deliverQoS to learn the packet
@@ -49,8 +50,15 @@
  *   aedes' bound 'end'/'error' listeners on the connection and the parser
  *   by shared functions that find the client through `conn.client` and
  *   `parser.client`, and the parser's `_list` (mqtt-packet, a bl
- *   BufferListStream) by a plain BufferList; `_handleDrainTimeout` is one
- *   shared function once a listener is added (onDrainTimeout).
+ *   BufferListStream) by a plain BufferList, the parser's `_states` by one
+ *   shared list, the parser's and (once 'connected') the client's `_events`
+ *   (Node's EventEmitter tables) by fast-mode prototype-free copies;
+ *   `_handleDrainTimeout` is one shared function once a listener is added
+ *   (onDrainTimeout). What the seam keeps per client or connection is in
+ *   symbol-keyed fields of the Client or the connection, not in WeakMaps;
+ *   what is the same for all clients (the traffic tap, the parse-error and
+ *   acknowledgement listeners) on the aedes instance, found through
+ *   `client.broker` and `conn.client` (lib/client.js constructor).
  * - `aedes.mq._do` (mqemitter 7.1.0): its queue drained without unbounded
  *   recursion (emitter-depth.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
@@ -75,7 +83,8 @@
  *     persistence resolves only once the batch holding this PUBLISH's
  *     records is written per `persistence.sync`; emitPacket, which calls each
  *     matching subscriber's deliverQoS (delivery-rules.ts, then
- *     flow-control.ts, then aedes'); callPublished.
+ *     flow-control.ts, then shared subscriptions' watch, then aedes': the
+ *     layers of wrapDeliveries); callPublished.
  *  4. Its callback marks the packet as published and lets aedes go on: aedes
  *     writes the PUBACK (lib/write.js).
  *  5. aedes calls broker.publish(packet): `publish` below finds the mark and

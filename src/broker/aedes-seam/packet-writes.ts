@@ -6,17 +6,20 @@
  * queues (handlers/connect.js emptyQueue), retained messages on SUBSCRIBE;
  * a packet for a closed connection never gets there (write() checks first).
  *
- * Per connection, two things may be attached: a rewrite of each PUBLISH
- * before it is written (the broker's Topic Aliases, outgoing-aliases.ts),
- * and a tap told of each PUBLISH written (the traffic counters). A stream
- * with neither (and any mqtt.js client in the same process) costs one
- * WeakMap lookup per packet.
+ * Per connection, a rewrite of each PUBLISH before it is written may be
+ * attached (the broker's Topic Aliases, outgoing-aliases.ts), kept in a
+ * symbol-keyed field of the connection (cheaper than an entry in a
+ * WeakMap); per aedes instance, a tap told of each PUBLISH written to its
+ * clients (the traffic counters), found through the `client` aedes sets on
+ * each connection (lib/client.js) and its `broker`. A stream with neither
+ * (and any mqtt.js client in the same process) costs a few property lookups
+ * per packet.
  *
  * Installed once per process, on first use, and kept: mqtt-packet is one
  * module shared by whoever loads it.
  */
 import { createRequire } from 'node:module';
-import type { Client } from 'aedes';
+import type { Aedes, Client } from 'aedes';
 import type { QoS } from './client.js';
 
 type WriteToStream = (packet: Record<string, unknown>, stream: object, options?: object) => boolean;
@@ -34,16 +37,27 @@ export interface WrittenPublish extends Record<string, unknown> {
   properties?: Record<string, unknown>;
 }
 
-/** Told of each PUBLISH written to the connection: its QoS as sent and its payload's size. */
-export type PublishTap = (qos: QoS, payloadBytes: number) => void;
+/** Told of each PUBLISH written to the client's connection: its QoS as sent and its payload's size. One function may serve all clients. */
+export type PublishTap = (client: Client, qos: QoS, payloadBytes: number) => void;
 
-/** What is attached to one connection; both fields always present, so that every entry has one shape. */
+/** What is attached to one connection. */
 interface StreamWrites {
-  rewrite: ((packet: WrittenPublish) => WrittenPublish) | undefined;
-  tap: PublishTap | undefined;
+  rewrite: (packet: WrittenPublish) => WrittenPublish;
 }
 
-const byStream = new WeakMap<object, StreamWrites>();
+const WRITES = Symbol('edgemqtt.publishWrites');
+const TAP = Symbol('edgemqtt.publishTap');
+type WithWrites = { [WRITES]?: StreamWrites; client?: { broker?: WithTap } };
+type WithTap = { [TAP]?: PublishTap };
+
+function writesFor(stream: object): StreamWrites | undefined {
+  return (stream as WithWrites)[WRITES];
+}
+
+/** The tap of the broker whose client `stream` is, if any. */
+function tapFor(stream: object): PublishTap | undefined {
+  return (stream as WithWrites).client?.broker?.[TAP];
+}
 let hooked = false;
 
 function payloadBytes(payload: unknown): number {
@@ -64,12 +78,14 @@ function hookWriteToStream(): void {
   // written. Off, an identifier costs that allocation instead.
   original.cacheNumbers = false;
   const writeToStream = function writeToStream(packet: Record<string, unknown>, stream: object, options?: object): boolean {
-    const writes = byStream.get(stream);
-    if (writes === undefined || packet.cmd !== 'publish') return original(packet, stream, options);
+    if (packet.cmd !== 'publish') return original(packet, stream, options);
+    const writes = writesFor(stream);
+    const tap = tapFor(stream);
+    if (writes === undefined && tap === undefined) return original(packet, stream, options);
     const publish = packet as WrittenPublish;
-    const written = original(writes.rewrite !== undefined ? writes.rewrite(publish) : publish, stream, options);
+    const written = original(writes !== undefined ? writes.rewrite(publish) : publish, stream, options);
     // After the write: one that threw (a packet mqtt-packet cannot encode) was not sent.
-    if (writes.tap !== undefined) writes.tap(publish.qos ?? 0, payloadBytes(publish.payload));
+    if (tap !== undefined) tap((stream as { client: Client }).client, publish.qos ?? 0, payloadBytes(publish.payload));
     return written;
   };
   // mqtt.js sets writeToStream.cacheNumbers; it belongs to the original.
@@ -80,27 +96,24 @@ function hookWriteToStream(): void {
   packetModule.writeToStream = writeToStream;
 }
 
-function writesOf(client: Client): StreamWrites {
-  hookWriteToStream();
-  let writes = byStream.get(client.conn);
-  if (writes === undefined) {
-    writes = { rewrite: undefined, tap: undefined };
-    byStream.set(client.conn, writes);
-  }
-  return writes;
-}
-
 /** Rewrites each PUBLISH aedes writes to this client's connection (a copy; the stored packet is never touched). */
 export function rewritePublishes(client: Client, rewrite: (packet: WrittenPublish) => WrittenPublish): void {
-  writesOf(client).rewrite = rewrite;
+  hookWriteToStream();
+  (client.conn as WithWrites)[WRITES] = { rewrite };
 }
 
-/** What is attached to `conn`'s PUBLISH writes, if anything (fast-publish.ts writes past mqtt-packet and honours both). */
+/** What is attached to `conn`'s PUBLISH writes, if anything (fast-publish.ts writes past mqtt-packet and honours it). */
 export function publishWrites(conn: object): Readonly<StreamWrites> | undefined {
-  return byStream.get(conn);
+  return writesFor(conn);
 }
 
-/** Tells `tap` of each PUBLISH aedes writes to this client's connection. Call before the CONNACK. */
-export function onPublishWritten(client: Client, tap: PublishTap): void {
-  writesOf(client).tap = tap;
+/** The tap of onPublishWritten for `aedes`' clients, if any (fast-publish.ts tells it of what it writes). */
+export function publishTap(aedes: Aedes): PublishTap | undefined {
+  return (aedes as unknown as WithTap)[TAP];
+}
+
+/** Tells `tap` of each PUBLISH aedes writes to the connection of any of its clients. Once per aedes instance, before clients connect. */
+export function onPublishWritten(aedes: Aedes, tap: PublishTap): void {
+  hookWriteToStream();
+  (aedes as unknown as WithTap)[TAP] = tap;
 }

@@ -23,8 +23,8 @@
  *   flow control and the delivery rules wrapped around it.
  */
 import type { Duplex } from 'node:stream';
-import type { Client } from 'aedes';
-import { wrapDeliveries, type Deliver, type DeliveredPacket } from './client.js';
+import type { Aedes, Client } from 'aedes';
+import { wrapDeliveries, type Deliver, type DeliveredPacket, type Deliveries } from './client.js';
 
 /** The prefix clients write [MQTT-4.8.2-1]. */
 export const SHARE_PREFIX = '$share/';
@@ -70,65 +70,102 @@ interface ParserInternals {
 
 interface WirePacket {
   cmd?: string;
+  messageId?: number;
   subscriptions?: Array<{ topic: string }>;
   unsubscriptions?: string[];
 }
 
-/** The parser listener of renameSharedFilters: one function for all clients. */
-function renameSharedInPacket(packet: WirePacket): void {
+/** Where onAcknowledgements keeps its listener: on the aedes instance, one for all its clients. */
+const ACKNOWLEDGED = Symbol('edgemqtt.acknowledged');
+type AcknowledgementListener = (client: Client, messageId: number) => void;
+type WithListener = { [ACKNOWLEDGED]?: AcknowledgementListener };
+
+/**
+ * The parser listener of renameSharedFilters, one function for all clients
+ * (EventEmitter calls it on the parser, whose `client` aedes sets): renames
+ * the shared filters of a SUBSCRIBE or UNSUBSCRIBE, and reports each PUBACK
+ * and PUBREC to the broker's onAcknowledgements listener. One listener
+ * rather than two keeps the parser's 'packet' list at two entries (this and
+ * aedes'), an array of exactly that length.
+ */
+function sharedInPacket(this: { client?: Client }, packet: WirePacket): void {
   if (packet.cmd === 'subscribe' && packet.subscriptions) {
     for (const sub of packet.subscriptions) sub.topic = renamed(sub.topic);
   } else if (packet.cmd === 'unsubscribe' && packet.unsubscriptions) {
     packet.unsubscriptions = packet.unsubscriptions.map(renamed);
+  } else if ((packet.cmd === 'puback' || packet.cmd === 'pubrec') && typeof packet.messageId === 'number') {
+    const client = this.client;
+    const listener = client === undefined ? undefined : (client as unknown as { broker: WithListener }).broker[ACKNOWLEDGED];
+    if (listener !== undefined && client !== undefined) listener(client, packet.messageId);
   }
 }
 
-/** Renames the client's `$share/` filters (see the header); call right after aedes made the client. */
+/**
+ * Renames the client's `$share/` filters (see the header) and reports its
+ * acknowledgements (onAcknowledgements); call right after aedes made the client.
+ */
 export function renameSharedFilters(client: Client): void {
-  (client as unknown as ParserInternals)._parser.prependListener('packet', renameSharedInPacket);
+  (client as unknown as ParserInternals)._parser.prependListener('packet', sharedInPacket);
+}
+
+/** What watchDeliveries tells of a client's QoS 1/2 deliveries; one object for all clients. */
+export interface DeliveryWatcher {
+  /** Whether this delivery is to be followed. */
+  watched(packet: DeliveredPacket): boolean;
+  /** The packet identifier it went out under, or undefined when aedes did not send it. */
+  written(client: Client, packet: DeliveredPacket, messageId: number | undefined): void;
+}
+
+/** The layer of watchDeliveries: one object per client, its methods shared. */
+class WatchedDeliveries implements Deliveries {
+  readonly #client: Client;
+  readonly #below: Deliveries;
+  readonly #watcher: DeliveryWatcher;
+
+  constructor(client: Client, below: Deliveries, watcher: DeliveryWatcher) {
+    this.#client = client;
+    this.#below = below;
+    this.#watcher = watcher;
+  }
+
+  deliver0(packet: DeliveredPacket, callback: () => void): void {
+    this.#below.deliver0(packet, callback);
+  }
+
+  deliverQoS(packet: DeliveredPacket, callback: () => void): void {
+    if (packet.qos === 0 || !this.#watcher.watched(packet)) {
+      this.#below.deliverQoS(packet, callback);
+      return;
+    }
+    const [client, watcher] = [this.#client, this.#watcher];
+    this.#below.deliverQoS(packet, function afterWrite(this: unknown, ...args: unknown[]) {
+      const sent = typeof this === 'object' && this !== null && (this as { cmd?: unknown }).cmd === 'publish' ? (this as { messageId?: number }).messageId : undefined;
+      watcher.written(client, packet, sent);
+      (callback as (...rest: unknown[]) => void).apply(this, args);
+    });
+  }
 }
 
 /**
- * Tells `written` the packet identifier each watched QoS 1/2 delivery went
+ * Tells the watcher the packet identifier each watched QoS 1/2 delivery went
  * out under, once aedes has written it (lib/client.js writeQoS calls the
  * callback with the written QoSPacket as `this`), or undefined when aedes
  * did not send it (authorizeForward refused it, the connection closed).
  * Call right after aedes made the client, before anything else wraps its
  * deliveries: this must see the packet aedes numbers, under the flow control.
  */
-export function watchDeliveries(
-  client: Client,
-  watched: (packet: DeliveredPacket) => boolean,
-  written: (packet: DeliveredPacket, messageId: number | undefined) => void,
-): void {
-  wrapDeliveries(client, ({ deliver0, deliverQoS }) => ({
-    deliver0,
-    deliverQoS: (packet, callback) => {
-      if (packet.qos === 0 || !watched(packet)) {
-        deliverQoS(packet, callback);
-        return;
-      }
-      deliverQoS(packet, function afterWrite(this: unknown, ...args: unknown[]) {
-        const sent = typeof this === 'object' && this !== null && (this as { cmd?: unknown }).cmd === 'publish' ? (this as { messageId?: number }).messageId : undefined;
-        written(packet, sent);
-        (callback as (...rest: unknown[]) => void).apply(this, args);
-      });
-    },
-  }));
+export function watchDeliveries(client: Client, watcher: DeliveryWatcher): void {
+  wrapDeliveries(client, (below) => new WatchedDeliveries(client, below, watcher));
 }
 
 /**
- * Calls `listener` for each PUBACK and PUBREC the client sends, as aedes
- * parses it (lib/client.js): the acknowledgements after which a message is
- * the receiver's (a PUBCOMP follows a PUBREC already reported).
+ * Calls `listener` for each PUBACK and PUBREC a client of `aedes` sends, as
+ * aedes parses it (lib/client.js), for the clients renameSharedFilters was
+ * called on: the acknowledgements after which a message is the receiver's
+ * (a PUBCOMP follows a PUBREC already reported). Once per aedes instance.
  */
-export function onAcknowledgement(client: Client, listener: (messageId: number) => void): void {
-  const parser = (client as unknown as ParserInternals)._parser;
-  parser.on('packet', (packet: { cmd?: string; messageId?: number }) => {
-    if ((packet.cmd === 'puback' || packet.cmd === 'pubrec') && typeof packet.messageId === 'number') {
-      listener(packet.messageId);
-    }
-  });
+export function onAcknowledgements(aedes: Aedes, listener: AcknowledgementListener): void {
+  (aedes as unknown as WithListener)[ACKNOWLEDGED] = listener;
 }
 
 /** aedes' Client internals used to deliver (lib/client.js). */
