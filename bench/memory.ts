@@ -21,6 +21,14 @@
  * Usage: npm run bench:memory
  *   BENCH_MEMORY_CONNECTIONS=1000 (per transport)  BENCH_MEMORY_ROUNDS=3
  *   BENCH_MEMORY_NODE_FLAGS="--max-semi-space-size=4" (node flags for edgemqtt; "" for V8's defaults)
+ *   BENCH_MEMORY_SETTLE_SEC=3 (how long each state is left before it is sampled)
+ *   BENCH_MEMORY_BROKERS=edgemqtt,mosquitto,nats-server (default: each one found)
+ *
+ * The settle time decides what a Node broker's figure means: V8 commits
+ * old-space room while its heap grows (a burst of connections) and gives the
+ * unused part back only when its memory reducer runs, some 20 s after the
+ * allocation stops. At 3 s the sample holds that room; at 30 s it shows what
+ * an idle gateway keeps. A C broker's figures do not move with it.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -35,7 +43,7 @@ const CONNECTIONS = Number(process.env.BENCH_MEMORY_CONNECTIONS ?? 1000);
 const ROUNDS = Number(process.env.BENCH_MEMORY_ROUNDS ?? 3);
 const EXTRA_NODE_FLAGS = (process.env.BENCH_MEMORY_NODE_FLAGS ?? shippedNodeFlags().join(' ')).split(' ').filter(Boolean);
 const NATS_SERVER = process.env.BENCH_NATS_SERVER ?? '/usr/sbin/nats-server';
-const SETTLE_MS = 3000;
+const SETTLE_MS = Number(process.env.BENCH_MEMORY_SETTLE_SEC ?? 3) * 1000;
 
 interface Sample {
   rssKb: number;
@@ -146,16 +154,18 @@ async function main(): Promise<void> {
   const targets: Array<[string, (dir: string) => Promise<Target>]> = [['edgemqtt', (dir) => startEdgemqttCli(dir, EXTRA_NODE_FLAGS)]];
   if (mosquitto) targets.push(['mosquitto', (dir) => startMosquittoTarget(mosquitto, dir)]);
   if (existsSync(NATS_SERVER)) targets.push(['nats-server (MQTT)', startNatsMqtt]);
-  console.log(`memory: ${ROUNDS} rounds, ${CONNECTIONS} idle clients per transport, node ${process.version}${EXTRA_NODE_FLAGS.length ? `, edgemqtt node flags ${EXTRA_NODE_FLAGS.join(' ')}` : ''}`);
+  const only = process.env.BENCH_MEMORY_BROKERS?.split(',');
+  if (only) targets.splice(0, targets.length, ...targets.filter(([name]) => only.some((wanted) => name.startsWith(wanted))));
+  console.log(`memory: ${ROUNDS} rounds, ${CONNECTIONS} idle clients per transport, sampled ${SETTLE_MS / 1000} s after each step, node ${process.version}${EXTRA_NODE_FLAGS.length ? `, edgemqtt node flags ${EXTRA_NODE_FLAGS.join(' ')}` : ''}`);
   const results = new Map<string, Round[]>(targets.map(([name]) => [name, []]));
   // Brokers take turns within a round, so that load from elsewhere on the machine falls on each alike.
   for (let round = 0; round < ROUNDS; round++) {
     for (const [name, start] of targets) results.get(name)!.push(await measure(start, round));
   }
   for (const [name, rounds] of results) report(name, rounds);
-  const edge = results.get('edgemqtt')!;
+  const edge = results.get('edgemqtt');
   const mosq = results.get('mosquitto');
-  if (mosq) {
+  if (edge && mosq) {
     const ratio = (a: number[], b: number[]) => (median(a) / median(b)).toFixed(1);
     console.log(`edgemqtt / mosquitto: idle RSS ${ratio(edge.map((r) => r.idle.rssKb), mosq.map((r) => r.idle.rssKb))}×`);
   }
