@@ -35,7 +35,9 @@
  *   they end aedes' pipeline.
  * Like aedes' resend, it does not wait for the inflight window (aedes writes
  * the stored queue without one; the flow control's window applies to
- * deliverQoS).
+ * deliverQoS): a client's Receive Maximum [MQTT-3.3.4-9] is not applied to
+ * the backlog, which aedes' pacing, one message per turn and none waiting for
+ * an acknowledgement, did not apply either.
  *
  * aedes' other caller of outgoingStream, Client#emptyOutgoingQueue (a session
  * wiped on close), gets the persistence's stream unchanged: the resend is
@@ -151,6 +153,8 @@ async function resend(
   for await (const data of source as AsyncIterable<Packet>) {
     if (out.destroyed) break;
     if (failure) throw failure;
+    // lib/write.js refuses a closed connection: stop before the next message is recorded as sent.
+    if (resuming.connecting !== true && resuming.connected !== true) throw new Error('connection closed');
     // handlers/connect.js clearQueue: the remaining lifetime before delivery [MQTT-3.3.2-6].
     const now = Date.now();
     if (data.messageExpiry !== undefined && data.messageExpiry > now) {
