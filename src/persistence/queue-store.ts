@@ -438,13 +438,9 @@ export class QueueStore {
       }
       entry.sentOn = connection;
       if (online && packet.cmd === 'publish' && packet.qos === 1) {
-        // Like a QoS 1 message sent live (see record): its identifier stays
-        // in memory (entry.sent), stored when the client disconnects or the
-        // store stops, and forgotten with the message when the PUBACK comes
-        // first. So a backlog costs neither an encoding nor a put per
-        // message here, and record and acknowledge find the packet at hand.
-        // A crash loses only the identifier: the message is resent under a
-        // fresh one, a duplicate QoS 1 allows [MQTT-4.3.2].
+        // As for one sent live (see record): the identifier stays in memory
+        // (entry.sent) until a disconnect or stop, so no encoding, put or
+        // decode per message; a crash loses only the identifier [MQTT-4.3.2].
         entry.value = undefined;
         entry.sent = packet;
         packets.push(packet);
