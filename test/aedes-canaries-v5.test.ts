@@ -10,6 +10,7 @@
  */
 import t from 'tap';
 import type { Packet } from 'mqtt-packet';
+import { onPublishWritten } from '../src/broker/aedes-seam/index.js';
 import { connect, publish } from './helpers/packets.js';
 import {
   connectPacket,
@@ -29,6 +30,33 @@ const major = Number(V.split('.')[0]);
 const v5 = major >= 2 ? false : `aedes ${V} speaks no MQTT 5; this gap is one of the 2.0 line`;
 const regression = major >= 2 ? false : `aedes ${V} has this fix (1.1.2–1.2.0); only the 2.0 beta lacks it`;
 
+
+// ---------------------------------------------------------------- resend
+
+t.test(`aedes ${V} still resends a persistent session's stored messages one per event-loop turn (corrected in src/broker/aedes-seam/resend.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, aedes' own emptyQueue writes a backlog back to back: remove installBatchResend (aedes-seam/resend.ts).
+  // handlers/connect.js emptyQueue: a transform that takes the next stored message when lib/write.js calls back, in setImmediate.
+  const stored = 10;
+  let written = 0;
+  let inFirstTurn = -1;
+  const { aedes, port } = await startPlainAedes(t, {}, (aedes) => {
+    onPublishWritten(aedes, () => {
+      // Counted when the turn of the first PUBLISH written is over.
+      if (++written === 1) setImmediate(() => (inFirstTurn = written));
+    });
+  });
+  const first = await rawConnected(t, port, 'backlog', 4, { clean: false });
+  first.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'backlog/t', qos: 1 }] });
+  await first.next('suback');
+  const gone = new Promise<void>((resolve) => aedes.once('clientDisconnect', () => resolve()));
+  first.send({ cmd: 'disconnect' });
+  await gone;
+  for (let i = 0; i < stored; i++) await publishVia(aedes, { topic: 'backlog/t', payload: `m${i}`, qos: 1 });
+  const again = await rawClient(t, port);
+  const resent = await again.connectAndPing(connectPacket('backlog', 4, { clean: false }));
+  t.equal(payloads(resent).length, stored, 'the whole backlog is resent');
+  t.equal(inFirstTurn, 1, 'but only one stored message was written in the turn of the first');
+});
 
 // ---------------------------------------------------------------- MQTT 5 gaps
 

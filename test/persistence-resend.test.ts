@@ -124,6 +124,35 @@ t.test('identifiers given by the resend survive a restart with their messages', 
   );
 });
 
+t.test('QoS 1 identifiers given by the resend are kept in memory, and stored by a planned stop', async (t) => {
+  const h = harness(t);
+  const first = await h.open();
+  const broker = fakeBroker();
+  await first.setup(broker);
+  for (let i = 0; i < 3; i++) {
+    await first.outgoingEnqueueCombi([{ clientId: 'dev' }], publish(topic, `m${i}`, { qos: 1, brokerId: broker.id, brokerCounter: i + 1 }));
+  }
+  broker.clients.dev = { id: 'dev' };
+  const writes = first.stats().commit!.writes;
+  const sent = await collect(first.outgoingResendStream({ id: 'dev', clean: false }));
+  t.same(sent.map((p) => p.messageId), [1, 2, 3]);
+  t.equal(first.stats().commit!.writes, writes, 'nothing written for them while the client is connected');
+  await first.stop();
+
+  const second = await h.open();
+  await second.setup(fakeBroker());
+  const again = await collect(second.outgoingResendStream({ id: 'dev', clean: false }));
+  t.same(
+    again.map((p) => [String(p.payload), p.messageId, p.dup]),
+    [
+      ['m0', 1, true],
+      ['m1', 2, true],
+      ['m2', 3, true],
+    ],
+    'after a planned restart each goes again under the identifier it went out with',
+  );
+});
+
 t.test('a QoS 1 message sent live keeps its identifier across a disconnect and a planned restart; an acknowledged one is gone', async (t) => {
   const h = harness(t);
   const first = await h.open();

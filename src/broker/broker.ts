@@ -13,6 +13,7 @@ import {
   connectWill,
   disconnectWithReason,
   imposeServerKeepAlive,
+  installBatchResend,
   installIncomingCleanup,
   installSessionAuthority,
   onParseError,
@@ -245,6 +246,8 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       }
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);
+      // The resend after CONNECT, many stored messages per turn (aedes-seam/resend.ts).
+      await installBatchResend(instance);
       // PUBLISH packets really written to each client (traffic.ts), and what its parser refuses:
       // one function each for all clients.
       onPublishWritten(instance, (client, qos, payloadBytes) => traffic.messageOut(client, qos, payloadBytes));

@@ -357,10 +357,12 @@ export class QueueStore {
    * - one already handed out on this connection (a live delivery that went
    *   first) is skipped, and the ones handed out here are skipped by live
    *   deliveries (claim): each message leaves once per connection.
-   * The identifiers given here are stored with one write per chunk, which a
-   * QoS 2 message waits for before it is sent (see record); aedes'
-   * outgoingUpdate then finds the record unchanged and writes nothing. So a
-   * backlog costs one fsync per chunk, not one per message.
+   * The identifiers given here to QoS 2 messages and PUBRELs are stored with
+   * one write per chunk, which a QoS 2 message waits for before it is sent
+   * (see record); aedes' outgoingUpdate then finds the record unchanged and
+   * writes nothing. So a backlog costs one fsync per chunk, not one per
+   * message. A QoS 1 message's identifier stays in memory, as for one sent
+   * live (see #resends).
    */
   resendStream(client: ClientLike): Readable {
     const store = this.#store;
@@ -435,6 +437,15 @@ export class QueueStore {
         packet = { ...stored, cmd: 'publish', messageId: entry.messageId };
       }
       entry.sentOn = connection;
+      if (online && packet.cmd === 'publish' && packet.qos === 1) {
+        // As for one sent live (see record): the identifier stays in memory
+        // (entry.sent) until a disconnect or stop, so no encoding, put or
+        // decode per message; a crash loses only the identifier [MQTT-4.3.2].
+        entry.value = undefined;
+        entry.sent = packet;
+        packets.push(packet);
+        return;
+      }
       // The record written below (or found equal) holds the identifier.
       entry.sent = undefined;
       const encoded = encodePacket(packetData(packet));

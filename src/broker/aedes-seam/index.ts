@@ -61,6 +61,11 @@
  *   `client.broker` and `conn.client` (lib/client.js constructor).
  * - `aedes.mq._do` (mqemitter 7.1.0): its queue drained without unbounded
  *   recursion (emitter-depth.ts).
+ * - `aedes.persistence.outgoingStream` as handlers/connect.js emptyQueue
+ *   calls it, and aedes' lib/write.js and lib/qos-packet.js: the resend of
+ *   a persistent session's stored messages after CONNECT, done with aedes'
+ *   own steps but many messages per event-loop turn instead of one
+ *   (resend.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).
@@ -109,6 +114,7 @@ export { AedesSeam } from './seam.js';
 export { FastPublish, type FastPublishOptions } from './fast-publish.js';
 export { variableByteIntegerBytes } from './publish-frames.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
+export { installBatchResend, RESEND_BATCH } from './resend.js';
 export * from './mqtt5.js';
 export * from './shared.js';
 export { assignOutgoingTopicAliases } from './outgoing-aliases.js';

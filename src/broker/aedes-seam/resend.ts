@@ -1,0 +1,187 @@
+/**
+ * The resend of a persistent session's stored messages after CONNECT, many
+ * messages per event-loop turn.
+ *
+ * aedes (handlers/connect.js emptyQueue) pipes persistence.outgoingStream
+ * through a transform that takes one message at a time: outgoingUpdate, then
+ * emptyQueueFilter (ACL, expiry, Clean Start), then lib/write.js, whose
+ * callback, the transform's `next`, comes in setImmediate. So each message
+ * costs an event-loop iteration and, as the write coalescer flushes once per
+ * turn (write-coalescer.ts), its own socket write: a backlog of 20,000 QoS 1
+ * messages went out at ~11k msg/s, a tenth of Mosquitto's rate
+ * (bench/persistence-resend.ts).
+ *
+ * Here the stream aedes is handed for that call does emptyQueue's work itself,
+ * the same steps in the same order with aedes' own QoSPacket and write, and
+ * pushes nothing: aedes' transform sees no message, and aedes goes on when it
+ * ends (the client becomes `connected`, and the live messages held meanwhile
+ * go, flow-control.ts #resuming). What changes is only when the next message
+ * starts: right after the previous one is in the socket's stream, instead of
+ * on the next turn. It waits for a write's callback when the socket is full
+ * (aedes calls it after 'drain') and every BATCH messages (one turn, so that
+ * other connections are served during a long backlog), and ends once every
+ * callback came. What stays as aedes does it, per message:
+ * - order: one message at a time, each one's outgoingUpdate resolved before
+ *   it is written [MQTT-4.6.0-2]; so a QoS 2 message's identifier is stored
+ *   before its PUBLISH leaves (the store's record waits for its write);
+ * - the packet identifier and DUP flag the stream gives (QoSPacket keeps a
+ *   packet's identifier, numbers one that has none);
+ * - the Message Expiry Interval set to what remains, and an expired message
+ *   cleared instead of sent [MQTT-3.3.2-5] [MQTT-3.3.2-6]; authorizeForward
+ *   asked for each PUBLISH, a refused one cleared; a Clean Start session's
+ *   queue cleared (`clean`, `_cleanStart`) [MQTT-3.1.2-4];
+ * - errors: outgoingUpdate's reported on the client and the message skipped;
+ *   outgoingClearMessageId's and write's end the resend with that error, as
+ *   they end aedes' pipeline.
+ * Like aedes' resend, it does not wait for the inflight window (aedes writes
+ * the stored queue without one; the flow control's window applies to
+ * deliverQoS): a client's Receive Maximum [MQTT-3.3.4-9] is not applied to
+ * the backlog, which aedes' pacing, one message per turn and none waiting for
+ * an acknowledgement, did not apply either.
+ *
+ * aedes' other caller of outgoingStream, Client#emptyOutgoingQueue (a session
+ * wiped on close), gets the persistence's stream unchanged: the resend is
+ * told apart by the client's state, CONNACK sent and not yet `connected`
+ * (handlers/connect.js: doConnack, then emptyQueue, then `connected`).
+ * Canary: test/aedes-canaries-v5.test.ts, one stored message per turn.
+ */
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { Readable, type Writable } from 'node:stream';
+import { pathToFileURL } from 'node:url';
+import type { Client } from 'aedes';
+
+/** Messages written back to back before the resend waits one turn. */
+export const RESEND_BATCH = 512;
+
+type Packet = Record<string, unknown> & { cmd?: string; messageExpiry?: number; properties?: Record<string, unknown> };
+type WriteDone = (error: Error | null) => void;
+type AedesWrite = (client: Client, packet: Packet, done: WriteDone) => void;
+type QoSPacketClass = new (original: Packet, client: Client) => Packet;
+
+interface ResendPersistence {
+  outgoingStream(client: Client): Readable;
+  outgoingUpdate(client: Client, packet: Packet): Promise<unknown>;
+  outgoingClearMessageId(client: Client, packet: Packet): Promise<unknown>;
+}
+
+/** The client fields emptyQueue reads (lib/client.js, handlers/connect.js). */
+interface ResumingClient {
+  connecting?: boolean;
+  connackSent?: boolean;
+  connected?: boolean;
+  clean?: boolean;
+  _cleanStart?: boolean;
+  conn: Writable;
+  broker: { authorizeForward(client: Client, packet: Packet): unknown };
+  emit(event: 'error', error: unknown): boolean;
+}
+
+interface AedesParts {
+  write: AedesWrite;
+  QoSPacket: QoSPacketClass;
+}
+
+let parts: Promise<AedesParts> | undefined;
+
+/** aedes' lib/write.js and lib/qos-packet.js (not in its package exports: loaded by path from aedes' own location). */
+function loadAedesParts(): Promise<AedesParts> {
+  parts ??= (async () => {
+    const lib = path.join(path.dirname(createRequire(import.meta.url).resolve('aedes')), 'lib');
+    const [write, qos] = await Promise.all([
+      import(pathToFileURL(path.join(lib, 'write.js')).href) as Promise<{ default: AedesWrite }>,
+      import(pathToFileURL(path.join(lib, 'qos-packet.js')).href) as Promise<{ default: QoSPacketClass }>,
+    ]);
+    return { write: write.default, QoSPacket: qos.default };
+  })();
+  return parts;
+}
+
+/**
+ * Takes over the resend after CONNECT (see the header). Call after `listen()`
+ * (the persistence exists then) and before any client connects.
+ */
+export async function installBatchResend(aedes: unknown): Promise<void> {
+  const { write, QoSPacket } = await loadAedesParts();
+  const persistence = (aedes as { persistence: ResendPersistence }).persistence;
+  const outgoingStream = persistence.outgoingStream;
+  if (typeof outgoingStream !== 'function') return;
+  persistence.outgoingStream = function resendStream(client: Client): Readable {
+    const resuming = client as unknown as ResumingClient;
+    const source = outgoingStream.call(persistence, client);
+    if (!(resuming.connecting === true && resuming.connackSent === true && resuming.connected !== true)) return source;
+    let started = false;
+    const out = new Readable({
+      objectMode: true,
+      read() {
+        if (started) return;
+        started = true;
+        resend(persistence, write, QoSPacket, client, resuming, source, out).then(
+          () => out.push(null),
+          (error: unknown) => out.destroy(error instanceof Error ? error : new Error(String(error))),
+        );
+      },
+      destroy(error, callback) {
+        source.destroy();
+        callback(error);
+      },
+    });
+    return out;
+  };
+}
+
+async function resend(
+  persistence: ResendPersistence,
+  write: AedesWrite,
+  QoSPacket: QoSPacketClass,
+  client: Client,
+  resuming: ResumingClient,
+  source: Readable,
+  out: Readable,
+): Promise<void> {
+  let outstanding = 0;
+  let failure: Error | null = null;
+  let settled: (() => void) | undefined;
+  const written: WriteDone = (error) => {
+    outstanding--;
+    if (error && failure === null) failure = error;
+    if (outstanding === 0 && settled !== undefined) settled();
+  };
+  /** Waits until every write so far has called back (aedes: after 'drain' for a full socket, else in setImmediate). */
+  const allWritten = () => (outstanding === 0 ? Promise.resolve() : new Promise<void>((resolve) => (settled = resolve))).then(() => (settled = undefined));
+  let sinceWait = 0;
+  for await (const data of source as AsyncIterable<Packet>) {
+    if (out.destroyed) break;
+    if (failure) throw failure;
+    // lib/write.js refuses a closed connection: stop before the next message is recorded as sent.
+    if (resuming.connecting !== true && resuming.connected !== true) throw new Error('connection closed');
+    // handlers/connect.js clearQueue: the remaining lifetime before delivery [MQTT-3.3.2-6].
+    const now = Date.now();
+    if (data.messageExpiry !== undefined && data.messageExpiry > now) {
+      data.properties = data.properties || {};
+      data.properties.messageExpiryInterval = Math.ceil((data.messageExpiry - now) / 1000);
+    }
+    const packet = new QoSPacket(data, client);
+    try {
+      await persistence.outgoingUpdate(client, packet);
+    } catch (error) {
+      resuming.emit('error', error);
+      continue;
+    }
+    // handlers/connect.js emptyQueueFilter.
+    const authorized = packet.cmd === 'publish' ? resuming.broker.authorizeForward(client, packet) : true;
+    const expired = packet.messageExpiry !== undefined && packet.messageExpiry <= Date.now();
+    if (resuming.clean || resuming._cleanStart || !authorized || expired) {
+      await persistence.outgoingClearMessageId(client, packet);
+      continue;
+    }
+    outstanding++;
+    write(client, packet, written);
+    if (resuming.conn.writableNeedDrain || ++sinceWait >= RESEND_BATCH) {
+      sinceWait = 0;
+      await allWritten();
+    }
+  }
+  await allWritten();
+  if (failure) throw failure;
+}
