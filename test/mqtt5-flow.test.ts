@@ -245,3 +245,32 @@ t.test('SUBACK and UNSUBACK carry MQTT 5 Reason Codes', async (t) => {
   const unsuback = await raw.next('unsuback');
   t.same(unsuback.granted, [0, 0x11], 'Success; 0x11 No subscription existed');
 });
+
+t.test("a v5 client's Receive Maximum bounds the stored messages resent after CONNECT, and the live ones behind them [MQTT-3.3.4-9]", async (t) => {
+  const { mqttUrl } = await startDaemon(t);
+  const port = portOf(mqttUrl);
+  const session = { clean: false, properties: { sessionExpiryInterval: 300, receiveMaximum: 2 } };
+  const away = await rawConnected(t, port, 'resend-rm', 5, session);
+  away.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'rr/#', qos: 1 }] });
+  await away.next('suback');
+  away.send({ cmd: 'disconnect' });
+  await away.waitForClose();
+  const publisher = await openClient(t, mqttUrl, v5({ clientId: 'rr-publisher' }));
+  for (let i = 0; i < 6; i++) await publisher.client.publishAsync('rr/t', `m${i}`, { qos: 1 });
+
+  const back = await rawConnected(t, port, 'resend-rm', 5, session);
+  await back.waitFor((p) => published(p).length >= 2, 'the first two stored messages');
+  // Published while the backlog is still going out: it waits behind it, in order [MQTT-4.6.0-2].
+  await publisher.client.publishAsync('rr/t', 'live', { qos: 1 });
+  await back.ping();
+  t.equal(published(back.packets).length, 2, 'two stored messages in flight, no more');
+  for (let acked = 0; acked < 7; acked += 2) {
+    const due = Math.min(acked + 4, 7);
+    for (const message of published(back.packets).slice(acked, acked + 2)) back.send({ cmd: 'puback', messageId: message.messageId! });
+    await back.waitFor((p) => published(p).length >= due, `${due} after ${acked + 2} PUBACKs`);
+    await back.ping();
+    t.equal(published(back.packets).length, due, `no more than two unacknowledged after ${acked + 2} PUBACKs`);
+  }
+  t.same(published(back.packets).map((p) => p.payload.toString()), ['m0', 'm1', 'm2', 'm3', 'm4', 'm5', 'live'], 'the backlog in order, then the live message');
+  t.ok(published(back.packets).slice(0, 6).every((p) => p.dup !== true), 'stored messages never sent before go without DUP');
+});

@@ -247,7 +247,7 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);
       // The resend after CONNECT, many stored messages per turn (aedes-seam/resend.ts).
-      await installBatchResend(instance);
+      await installBatchResend(instance, { reserve: (client) => limits.reserveResend(client), room: (client) => limits.roomForResend(client) });
       // PUBLISH packets really written to each client (traffic.ts), and what its parser refuses:
       // one function each for all clients.
       onPublishWritten(instance, (client, qos, payloadBytes) => traffic.messageOut(client, qos, payloadBytes));

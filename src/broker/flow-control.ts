@@ -229,6 +229,8 @@ export class ClientFlow implements Deliveries {
   #queueBytes = 0;
   #closed = false;
   #watching = false;
+  /** The resend after CONNECT waiting for room in the window (roomForResend). */
+  #resendWaiter: (() => void) | undefined = undefined;
 
   constructor(owner: FlowControl, client: Client, conn: Duplex) {
     this.#owner = owner;
@@ -290,7 +292,36 @@ export class ClientFlow implements Deliveries {
     // A client acking what it never got only widens its own window, still
     // bounded by its outgoing buffer.
     if (this.#inflight > 0) this.#inflight--;
+    this.#resendWaiter?.();
     this.#pump();
+  }
+
+  /**
+   * Counts a stored QoS 1/2 PUBLISH, or a PUBREL, that the resend after
+   * CONNECT (aedes-seam/resend.ts) is about to write, if the window has room;
+   * false when it is full. The resent messages are in flight like live ones:
+   * the Receive Maximum bounds them all [MQTT-3.3.4-9], and the live messages
+   * that follow the resend find the window as the resend left it.
+   */
+  reserveResend(): boolean {
+    const max = this.#window();
+    if (max !== 0 && this.#inflight >= max) return false;
+    this.#inflight++;
+    return true;
+  }
+
+  /** Resolves at the client's next acknowledgement, or once its connection has closed. */
+  roomForResend(): Promise<void> {
+    if (this.#conn.destroyed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.#conn.off('close', done);
+        if (this.#resendWaiter === done) this.#resendWaiter = undefined;
+        resolve();
+      };
+      this.#resendWaiter = done;
+      this.#conn.once('close', done);
+    });
   }
 
   /**

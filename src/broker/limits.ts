@@ -128,6 +128,9 @@ export interface Limits {
   stats(): LimitsStats;
   /** A connected client's flow: QoS 1/2 messages in flight, and waiting for room (the admin API). */
   flowOf(client: Client): { inflight: number; waiting: number } | undefined;
+  /** The inflight window as the resend after CONNECT uses it (aedes-seam/resend.ts): see ClientFlow.reserveResend. */
+  reserveResend(client: Client): boolean;
+  roomForResend(client: Client): Promise<void>;
   /** The flow control's say on a QoS 0 message of `bytes` the fast path writes to `client` (ClientFlow.admitQoS0). */
   admitQoS0(client: Client, bytes: number): boolean;
 }
@@ -439,6 +442,12 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
     authorizeSubscribe,
     admitQoS0(client, bytes) {
       return (client as WithFlow)[FLOW]?.admitQoS0(bytes) ?? false;
+    },
+    reserveResend(client) {
+      return (client as WithFlow)[FLOW]?.reserveResend() ?? true;
+    },
+    roomForResend(client) {
+      return (client as WithFlow)[FLOW]?.roomForResend() ?? Promise.resolve();
     },
     flowOf(client) {
       const clientFlow = (client as WithFlow)[FLOW];

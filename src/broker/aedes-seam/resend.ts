@@ -33,11 +33,16 @@
  * - errors: outgoingUpdate's reported on the client and the message skipped;
  *   outgoingClearMessageId's and write's end the resend with that error, as
  *   they end aedes' pipeline.
- * Like aedes' resend, it does not wait for the inflight window (aedes writes
- * the stored queue without one; the flow control's window applies to
- * deliverQoS): a client's Receive Maximum [MQTT-3.3.4-9] is not applied to
- * the backlog, which aedes' pacing, one message per turn and none waiting for
- * an acknowledgement, did not apply either.
+ * Unlike aedes' resend, it keeps to the client's inflight window: aedes
+ * writes the stored queue without one (the flow control wraps deliverQoS,
+ * which the resend does not go through), so a backlog went out whatever the
+ * client's Receive Maximum [MQTT-3.3.4-9]. Each stored QoS 1/2 PUBLISH and
+ * each PUBREL takes a slot of the window the flow control keeps for live
+ * messages (limits.maxInflightMessages, at most the Receive Maximum) before
+ * it is written, and when there is none the resend waits for the client's
+ * next acknowledgement (or its close). A client that acknowledges nothing
+ * gets no more than its window, and stays resuming (its live messages wait
+ * behind the backlog, in order) until it acknowledges or goes.
  *
  * aedes' other caller of outgoingStream, Client#emptyOutgoingQueue (a session
  * wiped on close), gets the persistence's stream unchanged: the resend is
@@ -101,7 +106,17 @@ function loadAedesParts(): Promise<AedesParts> {
  * Takes over the resend after CONNECT (see the header). Call after `listen()`
  * (the persistence exists then) and before any client connects.
  */
-export async function installBatchResend(aedes: unknown): Promise<void> {
+export interface ResendWindow {
+  /** Counts one more QoS 1/2 message in flight to `client` if its window has room; false when it is full. */
+  reserve(client: Client): boolean;
+  /** Resolves at the client's next acknowledgement, or once its connection has closed. */
+  room(client: Client): Promise<void>;
+}
+
+/** No window: every message may go (plain aedes in tests, a broker without flow control). */
+const UNBOUNDED: ResendWindow = { reserve: () => true, room: () => Promise.resolve() };
+
+export async function installBatchResend(aedes: unknown, window: ResendWindow = UNBOUNDED): Promise<void> {
   const { write, QoSPacket } = await loadAedesParts();
   const persistence = (aedes as { persistence: ResendPersistence }).persistence;
   const outgoingStream = persistence.outgoingStream;
@@ -116,7 +131,7 @@ export async function installBatchResend(aedes: unknown): Promise<void> {
       read() {
         if (started) return;
         started = true;
-        resend(persistence, write, QoSPacket, client, resuming, source, out).then(
+        resend(persistence, write, QoSPacket, window, client, resuming, source, out).then(
           () => out.push(null),
           (error: unknown) => out.destroy(error instanceof Error ? error : new Error(String(error))),
         );
@@ -134,6 +149,7 @@ async function resend(
   persistence: ResendPersistence,
   write: AedesWrite,
   QoSPacket: QoSPacketClass,
+  window: ResendWindow,
   client: Client,
   resuming: ResumingClient,
   source: Readable,
@@ -174,6 +190,13 @@ async function resend(
     if (resuming.clean || resuming._cleanStart || !authorized || expired) {
       await persistence.outgoingClearMessageId(client, packet);
       continue;
+    }
+    if ((packet.cmd === 'publish' && (packet.qos as number) > 0) || packet.cmd === 'pubrel') {
+      while (!window.reserve(client)) {
+        // What is written leaves at the end of this turn (the write coalescer), so that the client can acknowledge it.
+        await window.room(client);
+        if (resuming.connecting !== true && resuming.connected !== true) throw new Error('connection closed');
+      }
     }
     outstanding++;
     write(client, packet, written);
