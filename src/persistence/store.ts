@@ -39,6 +39,7 @@ import { OutgoingQueues } from './outgoing-queues.js';
 import { QueueLimiter } from './queue-limits.js';
 import { aliveOp, quarantineOps, recover } from './recover.js';
 import { SessionClock } from './session-clock.js';
+import { newStoreCounters, persistenceStats, type StoreCounters } from './store-stats.js';
 import { holdWills, SessionExpiry } from './session-expiry.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { TopicTree } from './topic-tree.js';
@@ -91,20 +92,7 @@ export class LevelStore {
   maxCounters = new Map<string, number>();
   #nextSeq = 1;
   readonly limiter: QueueLimiter;
-  readonly counters = {
-    sessionsExpired: 0,
-    expiredMessages: 0,
-    expiredRetained: 0,
-    decodeErrors: 0,
-    quarantinedRecords: 0,
-    retainedLookups: 0,
-    resentMessages: 0,
-    repeatSendsAvoided: 0,
-    packetIdConflicts: 0,
-    packetIdsExhausted: 0,
-    recoveryRecords: 0,
-    recoveryMs: 0,
-  };
+  readonly counters: StoreCounters = newStoreCounters();
 
   constructor(options: LevelPersistenceOptions, deps: LevelPersistenceDeps) {
     this.options = resolveOptions(options);
@@ -495,39 +483,6 @@ export class LevelStore {
   }
 
   stats(): PersistenceStats {
-    const totals = this.queues.totals();
-    let incomingPackets = 0;
-    for (const ids of this.incoming.values()) incomingPackets += ids.size;
-    const c = this.counters;
-    return {
-      state: this.#state,
-      retainedMessages: this.retained.size,
-      retainedBytes: this.retainedBytes,
-      subscriptions: this.subscriptions.matchableCount,
-      subscribedClients: this.subscriptions.clientCount,
-      sessions: this.sessions.size,
-      queuedClients: totals.clients,
-      queuedEntries: totals.entries,
-      queuedBytes: totals.publishBytes,
-      incomingPackets,
-      wills: this.wills.size,
-      delayedWills: this.willsHeldUntil.size,
-      queueDroppedMessages: this.limiter.droppedMessages,
-      queueOverflows: this.limiter.overflows,
-      resentMessages: c.resentMessages,
-      repeatSendsAvoided: c.repeatSendsAvoided,
-      packetIdConflicts: c.packetIdConflicts,
-      packetIdsExhausted: c.packetIdsExhausted,
-      sessionsExpired: c.sessionsExpired,
-      expiredMessages: c.expiredMessages,
-      expiredRetained: c.expiredRetained,
-      decodeErrors: c.decodeErrors,
-      quarantinedRecords: c.quarantinedRecords,
-      retainedLookups: c.retainedLookups,
-      retainedNodesVisited: this.retained.nodesVisited,
-      recovery: { records: c.recoveryRecords, durationMs: c.recoveryMs },
-      commit: this.#commit?.stats(),
-    };
+    return persistenceStats(this.#state, this, this.#commit?.stats());
   }
 }
-
