@@ -10,7 +10,8 @@ import type { BatchOp } from './group-commit.js';
 import { outgoingKey } from './keys.js';
 import { dropEntry, expireEntry, holdsEntry, isExpired, numberEntry, type Connections } from './queue-entries.js';
 import type { QueueEntry } from './outgoing-queues.js';
-import { STREAM_CHUNK, type LevelStore } from './store.js';
+import type { LevelStore } from './store.js';
+import { STREAM_CHUNK } from './stored-packets.js';
 import type { ClientLike } from './types.js';
 
 export class QueueStreams {

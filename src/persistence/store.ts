@@ -27,9 +27,9 @@
  * Lifecycle: start() opens and recovers the store, stop() flushes and closes
  * it. A stopped instance is not restarted: build a new one on the same path.
  */
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger.js';
-import { decodePacket, encodePacket, packetData, type PacketLike } from './codec.js';
+import { encodePacket, packetData, type PacketLike } from './codec.js';
 import { isNoSpace, StoreClosedError, StoreFullError } from './errors.js';
 import { createGroupCommit, type BatchOp, type CommitObserver, type GroupCommit } from './group-commit.js';
 import { incomingKey, outgoingKey, subscriptionKey } from './keys.js';
@@ -37,9 +37,10 @@ import { openStore, type Store } from './open-store.js';
 import { resolveOptions, type LevelPersistenceDeps, type LevelPersistenceOptions, type ResolvedOptions } from './options.js';
 import { OutgoingQueues } from './outgoing-queues.js';
 import { QueueLimiter } from './queue-limits.js';
-import { aliveOp, quarantineOps, recover } from './recover.js';
+import { aliveOp, recover } from './recover.js';
 import { SessionClock } from './session-clock.js';
 import { newStoreCounters, persistenceStats, type StoreCounters } from './store-stats.js';
+import { decodeStored, streamStored } from './stored-packets.js';
 import { holdWills, SessionExpiry } from './session-expiry.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { TopicTree } from './topic-tree.js';
@@ -47,8 +48,7 @@ import { PublishTaps } from './publish-taps.js';
 import { PREVIOUS_RUN_BROKER_ID, type BrokerLike, type PersistenceState, type PersistenceStats, type StoreWriteFailure } from './types.js';
 import { WriteFailures } from './write-failures.js';
 
-// Values fetched per LevelDB getMany while streaming.
-export const STREAM_CHUNK = 64;
+export { STREAM_CHUNK } from './stored-packets.js';
 
 export class LevelStore {
   readonly options: ResolvedOptions;
@@ -437,49 +437,14 @@ export class LevelStore {
     return values;
   }
 
-  /**
-   * Decodes a stored packet. One that fails is logged, counted and skipped:
-   * `forget` drops it from the in-memory index, and unless a newer write to
-   * the key is queued it moves to the quarantine range.
-   */
+  /** Decodes a stored packet; one that fails is counted, skipped and quarantined (see decodeStored). */
   decode(key: Buffer, value: Buffer, forget: (() => void) | undefined): PacketLike | undefined {
-    try {
-      return decodePacket(value);
-    } catch (error) {
-      this.counters.decodeErrors++;
-      this.log.warn({ key: key.toString('hex'), err: (error as Error).message }, 'skipping a record that fails to decode');
-      if (forget) {
-        forget();
-        if (this.pending(key) === undefined) {
-          this.counters.quarantinedRecords++;
-          this.write(quarantineOps(key, value)).catch((writeError: unknown) =>
-            this.log.warn({ err: writeError }, 'could not quarantine a record'),
-          );
-        }
-      }
-      return undefined;
-    }
+    return decodeStored(this, key, value, forget);
   }
 
   /** The packets stored under `keys`, read a chunk at a time; `amend` adjusts each before it is yielded. */
   streamKeys(keys: readonly Buffer[], amend: (packet: PacketLike) => void): Readable {
-    const store = this;
-    async function* generate(): AsyncGenerator<PacketLike> {
-      for (let start = 0; start < keys.length; start += STREAM_CHUNK) {
-        const chunk = keys.slice(start, start + STREAM_CHUNK);
-        const values = await store.readMany(chunk);
-        const packets: PacketLike[] = [];
-        values.forEach((value, i) => {
-          if (!value) return;
-          const packet = store.decode(chunk[i]!, value, undefined);
-          if (!packet) return;
-          amend(packet);
-          packets.push(packet);
-        });
-        yield* packets;
-      }
-    }
-    return Readable.from(generate());
+    return streamStored(this, keys, amend);
   }
 
   stats(): PersistenceStats {
