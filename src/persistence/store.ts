@@ -21,8 +21,9 @@
  * This class owns the lifecycle, the in-memory state, the reads and writes
  * and the session bookkeeping; the records of each kind are kept by its
  * parts (retained-store.ts, session-records.ts, queue-store.ts), which use
- * the members below marked "for the parts". Nothing outside this directory
- * sees the class (index.ts exports the adapter).
+ * the members below marked "for the parts". Its counters and figures are in
+ * store-stats.ts, the decoding of stored records in stored-packets.ts.
+ * Nothing outside this directory sees the class (index.ts exports the adapter).
  *
  * Lifecycle: start() opens and recovers the store, stop() flushes and closes
  * it. A stopped instance is not restarted: build a new one on the same path.
