@@ -151,9 +151,9 @@ export interface LimitsDeps {
   logger: Logger;
   /** Monotonic clock in ms; performance.now by default. */
   now?: () => number;
-  /** The session store's lookup for a persistent session's live messages (flow-control.ts #claim); none with aedes' memory persistence. */
+  /** The session store's lookup for a persistent session's live messages (client-flow.ts #claim); none with aedes' memory persistence. */
   claimOutgoing?: ClaimOutgoing;
-  /** The session store's removal of a queued message that can never be sent (flow-control.ts #dropOversize). */
+  /** The session store's removal of a queued message that can never be sent (client-flow.ts #dropOversize). */
   discardOutgoing?: DiscardOutgoing;
   /** Told why a client is leaving, before its connection closes: it sent DISCONNECT, broke the protocol, or stopped reading (client-lifecycle.ts). */
   leaving?: (client: Client, reason: DisconnectReason, detail?: DisconnectDetail) => void;

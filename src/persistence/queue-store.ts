@@ -3,12 +3,13 @@
  * persistent session still owes its client, and which packet identifier
  * each message goes out under.
  */
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { detached, encodeQueued, encodePacket, packetData, type PacketLike, type QueuedRecord } from './codec.js';
 import type { BatchOp } from './group-commit.js';
 import { outgoingKey } from './keys.js';
-import type { ClientQueue, QueueEntry } from './outgoing-queues.js';
-import { STREAM_CHUNK, type LevelStore } from './store.js';
+import { Connections, dropEntry, expireEntry, isExpired, numberEntry, removeEntry } from './queue-entries.js';
+import { QueueStreams } from './queue-streams.js';
+import type { LevelStore } from './store.js';
 import type { ClientLike, OutgoingClaim } from './types.js';
 
 /** Who a message is queued for, and the QoS granted to them (the published QoS when absent). */
@@ -38,11 +39,12 @@ function adjustedPacket(packet: PacketLike, { qos, retain, subscriptionIdentifie
 export class QueueStore {
   readonly #store: LevelStore;
   /** A number per aedes client object: which connection a queued message was handed out on. */
-  readonly #connections = new WeakMap<ClientLike, number>();
-  #nextConnection = 1;
+  readonly #connections = new Connections();
+  readonly #streams: QueueStreams;
 
   constructor(store: LevelStore) {
     this.#store = store;
+    this.#streams = new QueueStreams(store, this.#connections);
   }
 
   /**
@@ -152,44 +154,22 @@ export class QueueStore {
     const queue = store.queues.get(client.id);
     const entry = queue?.findByCounter(brokerId, brokerCounter);
     if (!queue || !entry || entry.cmd !== 'publish') return undefined;
-    if (this.#expired(entry)) {
+    if (isExpired(this.#store, entry)) {
       const ops: BatchOp[] = [];
-      this.#expire(client.id, entry, ops);
+      expireEntry(this.#store, client.id, entry, ops);
       store.writeBehind(ops, 'removal of an expired message');
       return undefined;
     }
-    const connection = this.#connectionOf(client);
+    const connection = this.#connections.of(client);
     if (entry.sentOn === connection) {
       store.counters.repeatSendsAvoided++;
       return undefined;
     }
     const resend = entry.messageId !== undefined;
-    if (!resend && !this.#numberEntry(client.id, queue, entry)) return undefined;
+    if (!resend && !numberEntry(this.#store, client.id, queue, entry)) return undefined;
     if (resend) store.counters.resentMessages++;
     entry.sentOn = connection;
     return { messageId: entry.messageId as number, resend };
-  }
-
-  /** Gives a queued message its packet identifier (in memory; record() stores it with the record). */
-  #numberEntry(clientId: string, queue: ClientQueue, entry: QueueEntry): boolean {
-    const messageId = queue.allocateMessageId();
-    if (messageId === undefined) {
-      this.#store.counters.packetIdsExhausted++;
-      this.#store.log.warn({ clientId }, 'all 65535 packet identifiers of this session are in use: the message waits for the next connection');
-      return false;
-    }
-    queue.update(entry, { messageId });
-    return true;
-  }
-
-  /** A number for each aedes client object, i.e. each connection. */
-  #connectionOf(client: ClientLike): number {
-    let connection = this.#connections.get(client);
-    if (connection === undefined) {
-      connection = this.#nextConnection++;
-      this.#connections.set(client, connection);
-    }
-    return connection;
   }
 
   /**
@@ -286,7 +266,7 @@ export class QueueStore {
     const entry = queue?.findByCounter(brokerId, brokerCounter);
     if (!queue || !entry || entry.cmd !== 'publish') return { removed: false, written: Promise.resolve() };
     const ops: BatchOp[] = [];
-    this.#removeEntry(clientId, entry, ops);
+    removeEntry(this.#store, clientId, entry, ops);
     return { removed: true, written: store.write(ops) };
   }
 
@@ -312,7 +292,7 @@ export class QueueStore {
     const queue = store.queues.get(clientId);
     const entry = queue?.findForClear(messageId);
     if (!queue || !entry) return Promise.resolve(undefined);
-    this.#dropEntry(clientId, entry);
+    dropEntry(this.#store, clientId, entry);
     const key = outgoingKey(clientId, entry.seq);
     const ops: BatchOp[] = [];
     store.forgetIfStateless(clientId, ops);
@@ -332,186 +312,13 @@ export class QueueStore {
     });
   }
 
-  /** The queue as stored, packet identifiers as they are (none for a message never sent). */
+  /** The queue as stored, packet identifiers as they are (see QueueStreams.storedStream). */
   storedStream(clientId: string): Readable {
-    this.#store.ready();
-    return this.#queueStream(clientId, (chunk, keys, values) =>
-      chunk.flatMap((entry, i): PacketLike[] => {
-        // In flight, its identifier not stored yet (see record): as it will be stored.
-        if (entry.sent !== undefined) return [packetData(entry.sent)];
-        const packet = this.#storedPacket(clientId, entry, keys[i]!, values[i]);
-        return packet ? [packet] : [];
-      }),
-    );
+    return this.#streams.storedStream(clientId);
   }
 
-  /**
-   * The stored messages to send again on a new connection, in queue order.
-   * Each is decided when its chunk has been read, from the in-memory index,
-   * the truth for what a message is now:
-   * - a PUBREL stays a PUBREL: the PUBLISH is never sent again once the
-   *   client's PUBREC arrived [MQTT-4.3.3-1];
-   * - a PUBLISH that has a packet identifier is sent again under it, with
-   *   DUP set [MQTT-3.3.1-1], [MQTT-4.4.0-1];
-   * - a PUBLISH without one gets a free one (allocateMessageId);
-   * - one already handed out on this connection (a live delivery that went
-   *   first) is skipped, and the ones handed out here are skipped by live
-   *   deliveries (claim): each message leaves once per connection.
-   * The identifiers given here to QoS 2 messages and PUBRELs are stored with
-   * one write per chunk, which a QoS 2 message waits for before it is sent
-   * (see record); aedes' outgoingUpdate then finds the record unchanged and
-   * writes nothing. So a backlog costs one fsync per chunk, not one per
-   * message. A QoS 1 message's identifier stays in memory, as for one sent
-   * live (see #resends).
-   */
+  /** The stored messages to send again on a new connection, in queue order (see QueueStreams.resendStream). */
   resendStream(client: ClientLike): Readable {
-    const store = this.#store;
-    store.ready();
-    const connection = this.#connectionOf(client);
-    return this.#queueStream(client.id, async (chunk, keys, values) => {
-      const { packets, ops, durable } = this.#resends(client, connection, chunk, keys, values);
-      if (ops.length > 0) {
-        if (durable) await store.write(ops);
-        else store.writeBehind(ops, 'resent message identifier');
-      }
-      return packets;
-    });
-  }
-
-  /**
-   * A client's queue as it is now (like the reference implementation: what
-   * is queued later reaches the client live), read a chunk at a time;
-   * `decide` turns each chunk, right after it was read, into what to yield.
-   * Entries removed meanwhile (acknowledged, dropped) are skipped.
-   */
-  #queueStream(
-    clientId: string,
-    decide: (chunk: QueueEntry[], keys: Buffer[], values: Array<Buffer | undefined>) => PacketLike[] | Promise<PacketLike[]>,
-  ): Readable {
-    const entries = [...(this.#store.queues.get(clientId)?.entries() ?? [])];
-    const queues = this;
-    async function* generate(): AsyncGenerator<PacketLike> {
-      for (let start = 0; start < entries.length; start += STREAM_CHUNK) {
-        const chunk = entries.slice(start, start + STREAM_CHUNK).filter((entry) => queues.#holds(clientId, entry));
-        const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
-        const values = await queues.#readValues(chunk, keys);
-        yield* await decide(chunk, keys, values);
-      }
-    }
-    return Readable.from(generate());
-  }
-
-  /** Decides, in one synchronous step, what resendStream sends of one chunk (see there). */
-  #resends(
-    client: ClientLike,
-    connection: number,
-    chunk: readonly QueueEntry[],
-    keys: readonly Buffer[],
-    values: ReadonlyArray<Buffer | undefined>,
-  ): { packets: PacketLike[]; ops: BatchOp[]; durable: boolean } {
-    const store = this.#store;
-    const clientId = client.id;
-    const queue = store.queues.get(clientId);
-    const online = store.isOnline(clientId);
-    const packets: PacketLike[] = [];
-    const ops: BatchOp[] = [];
-    let durable = false;
-    chunk.forEach((entry, i) => {
-      // Acknowledged, dropped or sent live while the chunk was read.
-      if (!queue || !queue.holds(entry) || entry.sentOn === connection) return;
-      if (this.#expired(entry)) {
-        this.#expire(clientId, entry, ops);
-        return;
-      }
-      const value = values[i];
-      const stored = this.#storedPacket(clientId, entry, keys[i]!, value);
-      if (!stored || !value) return;
-      let packet: PacketLike;
-      if (entry.cmd !== 'publish') {
-        packet = stored.cmd === entry.cmd ? stored : { cmd: entry.cmd, messageId: entry.messageId };
-      } else if (entry.messageId !== undefined) {
-        packet = { ...stored, cmd: 'publish', messageId: entry.messageId, dup: true };
-        store.counters.resentMessages++;
-      } else {
-        if (!this.#numberEntry(clientId, queue, entry)) return;
-        packet = { ...stored, cmd: 'publish', messageId: entry.messageId };
-      }
-      entry.sentOn = connection;
-      if (online && packet.cmd === 'publish' && packet.qos === 1) {
-        // As for one sent live (see record): the identifier stays in memory
-        // (entry.sent) until a disconnect or stop, so no encoding, put or
-        // decode per message; a crash loses only the identifier [MQTT-4.3.2].
-        entry.value = undefined;
-        entry.sent = packet;
-        packets.push(packet);
-        return;
-      }
-      // The record written below (or found equal) holds the identifier.
-      entry.sent = undefined;
-      const encoded = encodePacket(packetData(packet));
-      if (!encoded.equals(value)) {
-        ops.push({ type: 'put', key: keys[i]!, value: encoded });
-        queue.update(entry, { bytes: encoded.length });
-        if (packet.cmd !== 'publish' || packet.qos === 2) durable = true;
-      }
-      // aedes resends it next (outgoingUpdate): an unchanged resend then writes nothing.
-      entry.value = online ? detached(encoded) : undefined;
-      packets.push(packet);
-    });
-    return { packets, ops, durable };
-  }
-
-  /** The records of queued entries: the cached copy where there is one, else the group commit's queued write or the disk. */
-  async #readValues(chunk: readonly QueueEntry[], keys: readonly Buffer[]): Promise<Array<Buffer | undefined>> {
-    const cached = chunk.map((entry) => entry.value);
-    const missing = keys.filter((_, i) => cached[i] === undefined);
-    const read = missing.length > 0 ? await this.#store.readMany(missing) : [];
-    let next = 0;
-    return chunk.map((_, i) => cached[i] ?? read[next++]);
-  }
-
-  /** Decodes a queued entry's record; undefined (and the entry dropped) when it is missing or undecodable. */
-  #storedPacket(clientId: string, entry: QueueEntry, key: Buffer, value: Buffer | undefined): PacketLike | undefined {
-    if (!value) {
-      // Indexed but not stored: its write failed. Drop it so limits and counts stay true.
-      if (this.#holds(clientId, entry)) this.#dropEntry(clientId, entry);
-      return undefined;
-    }
-    return this.#store.decode(key, value, () => this.#dropEntry(clientId, entry));
-  }
-
-  /**
-   * Whether a queued message may no longer be sent: its Message Expiry
-   * Interval has passed and it was never sent [MQTT-3.3.2-5]. The interval is
-   * wall-clock time (aedes stores the instant it ends, `messageExpiry`), so
-   * time the broker was down counts, unlike for sessions: the message's
-   * publisher said how long its content is worth anything. One already sent
-   * is on its way and is completed (resent) as usual. aedes gives the ones
-   * sent the interval that remains (handlers/connect.js emptyQueue) [MQTT-3.3.2-6].
-   */
-  #expired(entry: QueueEntry): boolean {
-    return entry.expiresAt !== undefined && entry.cmd === 'publish' && entry.messageId === undefined && entry.expiresAt <= this.#store.now();
-  }
-
-  /** Drops an expired message from its queue (ops delete its record) and counts it. */
-  #expire(clientId: string, entry: QueueEntry, ops: BatchOp[]): void {
-    this.#removeEntry(clientId, entry, ops);
-    this.#store.counters.expiredMessages++;
-  }
-
-  /** Drops an entry from its queue, its record with `ops`, and the session's bookkeeping if nothing is left. */
-  #removeEntry(clientId: string, entry: QueueEntry, ops: BatchOp[]): void {
-    this.#dropEntry(clientId, entry);
-    ops.push({ type: 'del', key: outgoingKey(clientId, entry.seq) });
-    this.#store.forgetIfStateless(clientId, ops);
-  }
-
-  #holds(clientId: string, entry: QueueEntry): boolean {
-    return this.#store.queues.get(clientId)?.holds(entry) ?? false;
-  }
-
-  #dropEntry(clientId: string, entry: QueueEntry): void {
-    this.#store.queues.get(clientId)?.remove(entry);
-    this.#store.queues.release(clientId);
+    return this.#streams.resendStream(client);
   }
 }

@@ -21,15 +21,16 @@
  * This class owns the lifecycle, the in-memory state, the reads and writes
  * and the session bookkeeping; the records of each kind are kept by its
  * parts (retained-store.ts, session-records.ts, queue-store.ts), which use
- * the members below marked "for the parts". Nothing outside this directory
- * sees the class (index.ts exports the adapter).
+ * the members below marked "for the parts". Its counters and figures are in
+ * store-stats.ts, the decoding of stored records in stored-packets.ts.
+ * Nothing outside this directory sees the class (index.ts exports the adapter).
  *
  * Lifecycle: start() opens and recovers the store, stop() flushes and closes
  * it. A stopped instance is not restarted: build a new one on the same path.
  */
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger.js';
-import { decodePacket, encodePacket, packetData, type PacketLike } from './codec.js';
+import { encodePacket, packetData, type PacketLike } from './codec.js';
 import { isNoSpace, StoreClosedError, StoreFullError } from './errors.js';
 import { createGroupCommit, type BatchOp, type CommitObserver, type GroupCommit } from './group-commit.js';
 import { incomingKey, outgoingKey, subscriptionKey } from './keys.js';
@@ -37,8 +38,10 @@ import { openStore, type Store } from './open-store.js';
 import { resolveOptions, type LevelPersistenceDeps, type LevelPersistenceOptions, type ResolvedOptions } from './options.js';
 import { OutgoingQueues } from './outgoing-queues.js';
 import { QueueLimiter } from './queue-limits.js';
-import { aliveOp, quarantineOps, recover } from './recover.js';
+import { aliveOp, recover } from './recover.js';
 import { SessionClock } from './session-clock.js';
+import { newStoreCounters, persistenceStats, type StoreCounters } from './store-stats.js';
+import { decodeStored, streamStored } from './stored-packets.js';
 import { holdWills, SessionExpiry } from './session-expiry.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { TopicTree } from './topic-tree.js';
@@ -46,8 +49,7 @@ import { PublishTaps } from './publish-taps.js';
 import { PREVIOUS_RUN_BROKER_ID, type BrokerLike, type PersistenceState, type PersistenceStats, type StoreWriteFailure } from './types.js';
 import { WriteFailures } from './write-failures.js';
 
-// Values fetched per LevelDB getMany while streaming.
-export const STREAM_CHUNK = 64;
+export { STREAM_CHUNK } from './stored-packets.js';
 
 export class LevelStore {
   readonly options: ResolvedOptions;
@@ -91,20 +93,7 @@ export class LevelStore {
   maxCounters = new Map<string, number>();
   #nextSeq = 1;
   readonly limiter: QueueLimiter;
-  readonly counters = {
-    sessionsExpired: 0,
-    expiredMessages: 0,
-    expiredRetained: 0,
-    decodeErrors: 0,
-    quarantinedRecords: 0,
-    retainedLookups: 0,
-    resentMessages: 0,
-    repeatSendsAvoided: 0,
-    packetIdConflicts: 0,
-    packetIdsExhausted: 0,
-    recoveryRecords: 0,
-    recoveryMs: 0,
-  };
+  readonly counters: StoreCounters = newStoreCounters();
 
   constructor(options: LevelPersistenceOptions, deps: LevelPersistenceDeps) {
     this.options = resolveOptions(options);
@@ -449,85 +438,17 @@ export class LevelStore {
     return values;
   }
 
-  /**
-   * Decodes a stored packet. One that fails is logged, counted and skipped:
-   * `forget` drops it from the in-memory index, and unless a newer write to
-   * the key is queued it moves to the quarantine range.
-   */
+  /** Decodes a stored packet; one that fails is counted, skipped and quarantined (see decodeStored). */
   decode(key: Buffer, value: Buffer, forget: (() => void) | undefined): PacketLike | undefined {
-    try {
-      return decodePacket(value);
-    } catch (error) {
-      this.counters.decodeErrors++;
-      this.log.warn({ key: key.toString('hex'), err: (error as Error).message }, 'skipping a record that fails to decode');
-      if (forget) {
-        forget();
-        if (this.pending(key) === undefined) {
-          this.counters.quarantinedRecords++;
-          this.write(quarantineOps(key, value)).catch((writeError: unknown) =>
-            this.log.warn({ err: writeError }, 'could not quarantine a record'),
-          );
-        }
-      }
-      return undefined;
-    }
+    return decodeStored(this, key, value, forget);
   }
 
   /** The packets stored under `keys`, read a chunk at a time; `amend` adjusts each before it is yielded. */
   streamKeys(keys: readonly Buffer[], amend: (packet: PacketLike) => void): Readable {
-    const store = this;
-    async function* generate(): AsyncGenerator<PacketLike> {
-      for (let start = 0; start < keys.length; start += STREAM_CHUNK) {
-        const chunk = keys.slice(start, start + STREAM_CHUNK);
-        const values = await store.readMany(chunk);
-        const packets: PacketLike[] = [];
-        values.forEach((value, i) => {
-          if (!value) return;
-          const packet = store.decode(chunk[i]!, value, undefined);
-          if (!packet) return;
-          amend(packet);
-          packets.push(packet);
-        });
-        yield* packets;
-      }
-    }
-    return Readable.from(generate());
+    return streamStored(this, keys, amend);
   }
 
   stats(): PersistenceStats {
-    const totals = this.queues.totals();
-    let incomingPackets = 0;
-    for (const ids of this.incoming.values()) incomingPackets += ids.size;
-    const c = this.counters;
-    return {
-      state: this.#state,
-      retainedMessages: this.retained.size,
-      retainedBytes: this.retainedBytes,
-      subscriptions: this.subscriptions.matchableCount,
-      subscribedClients: this.subscriptions.clientCount,
-      sessions: this.sessions.size,
-      queuedClients: totals.clients,
-      queuedEntries: totals.entries,
-      queuedBytes: totals.publishBytes,
-      incomingPackets,
-      wills: this.wills.size,
-      delayedWills: this.willsHeldUntil.size,
-      queueDroppedMessages: this.limiter.droppedMessages,
-      queueOverflows: this.limiter.overflows,
-      resentMessages: c.resentMessages,
-      repeatSendsAvoided: c.repeatSendsAvoided,
-      packetIdConflicts: c.packetIdConflicts,
-      packetIdsExhausted: c.packetIdsExhausted,
-      sessionsExpired: c.sessionsExpired,
-      expiredMessages: c.expiredMessages,
-      expiredRetained: c.expiredRetained,
-      decodeErrors: c.decodeErrors,
-      quarantinedRecords: c.quarantinedRecords,
-      retainedLookups: c.retainedLookups,
-      retainedNodesVisited: this.retained.nodesVisited,
-      recovery: { records: c.recoveryRecords, durationMs: c.recoveryMs },
-      commit: this.#commit?.stats(),
-    };
+    return persistenceStats(this.#state, this, this.#commit?.stats());
   }
 }
-

@@ -15,7 +15,7 @@
  * the same steps in the same order with aedes' own QoSPacket and write, and
  * pushes nothing: aedes' transform sees no message, and aedes goes on when it
  * ends (the client becomes `connected`, and the live messages held meanwhile
- * go, flow-control.ts #resuming). What changes is only when the next message
+ * go, client-flow.ts #resuming). What changes is only when the next message
  * starts: right after the previous one is in the socket's stream, instead of
  * on the next turn. It waits for a write's callback when the socket is full
  * (aedes calls it after 'drain') and every BATCH messages (one turn, so that
