@@ -274,3 +274,35 @@ t.test("a v5 client's Receive Maximum bounds the stored messages resent after CO
   t.same(published(back.packets).map((p) => p.payload.toString()), ['m0', 'm1', 'm2', 'm3', 'm4', 'm5', 'live'], 'the backlog in order, then the live message');
   t.ok(published(back.packets).slice(0, 6).every((p) => p.dup !== true), 'stored messages never sent before go without DUP');
 });
+
+t.test('a client that goes while the resend after CONNECT waits for room in its window leaves the broker serving, and gets the rest next time', async (t) => {
+  const { mqttUrl } = await startDaemon(t);
+  const port = portOf(mqttUrl);
+  const session = { clean: false, properties: { sessionExpiryInterval: 300, receiveMaximum: 1 } };
+  const away = await rawConnected(t, port, 'resend-gone', 5, session);
+  away.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'rg/#', qos: 1 }] });
+  await away.next('suback');
+  away.send({ cmd: 'disconnect' });
+  await away.waitForClose();
+  const publisher = await openClient(t, mqttUrl, v5({ clientId: 'rg-publisher' }));
+  for (let i = 0; i < 3; i++) await publisher.client.publishAsync('rg/t', `m${i}`, { qos: 1 });
+
+  // One in flight, unacknowledged: the resend waits for room; the client goes meanwhile. (Its
+  // wait must end with the connection even while aedes still reads the client as connecting,
+  // which lasts until aedes' close has run its unsubscribe step: under load, test/reconnect-soak
+  // hung the process when it did not.)
+  const dropped = await rawConnected(t, port, 'resend-gone', 5, session);
+  await dropped.waitFor((p) => published(p).length === 1, 'the first stored message');
+  dropped.drop();
+  await dropped.waitForClose();
+  // The broker still answers (its resend for the closed connection ended) ...
+  await publisher.client.publishAsync('rg/t', 'm3', { qos: 1 });
+  // ... and the session resumes with everything still unacknowledged, one at a time.
+  const back = await rawConnected(t, port, 'resend-gone', 5, session);
+  for (let i = 0; i < 4; i++) {
+    await back.waitFor((p) => published(p).length === i + 1, `message ${i + 1}`);
+    back.send({ cmd: 'puback', messageId: published(back.packets)[i]!.messageId! });
+  }
+  t.same(published(back.packets).map((p) => p.payload.toString()), ['m0', 'm1', 'm2', 'm3'], 'all four, in order');
+  t.equal(published(back.packets)[0]!.dup, true, 'the one in flight at the drop goes again with DUP');
+});

@@ -170,7 +170,7 @@ async function resend(
     if (out.destroyed) break;
     if (failure) throw failure;
     // lib/write.js refuses a closed connection: stop before the next message is recorded as sent.
-    if (resuming.connecting !== true && resuming.connected !== true) throw new Error('connection closed');
+    if (resuming.conn.destroyed || (resuming.connecting !== true && resuming.connected !== true)) throw new Error('connection closed');
     // handlers/connect.js clearQueue: the remaining lifetime before delivery [MQTT-3.3.2-6].
     const now = Date.now();
     if (data.messageExpiry !== undefined && data.messageExpiry > now) {
@@ -195,7 +195,8 @@ async function resend(
       while (!window.reserve(client)) {
         // What is written leaves at the end of this turn (the write coalescer), so that the client can acknowledge it.
         await window.room(client);
-        if (resuming.connecting !== true && resuming.connected !== true) throw new Error('connection closed');
+        // room() answers at once for a closed connection, whose client may still read as connecting.
+        if (resuming.conn.destroyed || (resuming.connecting !== true && resuming.connected !== true)) throw new Error('connection closed');
       }
     }
     outstanding++;
