@@ -11,21 +11,23 @@ import type { SubscriptionIndex } from './subscription-index.js';
 import type { TopicTree } from './topic-tree.js';
 import type { PersistenceState, PersistenceStats } from './types.js';
 
-/** Events counted by the store and its parts since start (recovery: of the last start). */
-export interface StoreCounters {
-  sessionsExpired: number;
-  expiredMessages: number;
-  expiredRetained: number;
-  decodeErrors: number;
-  quarantinedRecords: number;
-  retainedLookups: number;
-  resentMessages: number;
-  repeatSendsAvoided: number;
-  packetIdConflicts: number;
-  packetIdsExhausted: number;
+/** Events counted by the store and its parts since start (recovery: of the last start), as PersistenceStats reports them. */
+export type StoreCounters = Pick<
+  PersistenceStats,
+  | 'sessionsExpired'
+  | 'expiredMessages'
+  | 'expiredRetained'
+  | 'decodeErrors'
+  | 'quarantinedRecords'
+  | 'retainedLookups'
+  | 'resentMessages'
+  | 'repeatSendsAvoided'
+  | 'packetIdConflicts'
+  | 'packetIdsExhausted'
+> & {
   recoveryRecords: number;
   recoveryMs: number;
-}
+};
 
 export function newStoreCounters(): StoreCounters {
   return {
