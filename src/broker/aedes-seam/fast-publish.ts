@@ -256,15 +256,18 @@ export class FastPublish {
   /** Learns which client each of `client`'s subscription handlers delivers to. */
   #learn(client: FastClient): void {
     const subscriptions = client.subscriptions;
+    let learned = false;
     for (const filter in subscriptions) {
       const subscription = subscriptions[filter]!;
       const handler = subscription.func;
       if (typeof handler === 'function' && this.#owners.get(handler)?.subscription !== subscription) {
         this.#owners.set(handler, { client, subscription, handler });
+        learned = true;
       }
     }
-    // Matches remembered while these handlers were unknown went all to aedes.
-    this.#generation++;
+    // Matches remembered while these handlers were unknown went all to aedes; a client that
+    // brought no new handler (every clean connect) leaves the remembered matches as they are.
+    if (learned) this.#generation++;
   }
 }
 
