@@ -102,10 +102,7 @@ function loadAedesParts(): Promise<AedesParts> {
   return parts;
 }
 
-/**
- * Takes over the resend after CONNECT (see the header). Call after `listen()`
- * (the persistence exists then) and before any client connects.
- */
+/** The inflight window the resend keeps to (the flow control's, see the header). */
 export interface ResendWindow {
   /** Counts one more QoS 1/2 message in flight to `client` if its window has room; false when it is full. */
   reserve(client: Client): boolean;
@@ -116,6 +113,10 @@ export interface ResendWindow {
 /** No window: every message may go (plain aedes in tests, a broker without flow control). */
 const UNBOUNDED: ResendWindow = { reserve: () => true, room: () => Promise.resolve() };
 
+/**
+ * Takes over the resend after CONNECT (see the header). Call after `listen()`
+ * (the persistence exists then) and before any client connects.
+ */
 export async function installBatchResend(aedes: unknown, window: ResendWindow = UNBOUNDED): Promise<void> {
   const { write, QoSPacket } = await loadAedesParts();
   const persistence = (aedes as { persistence: ResendPersistence }).persistence;
@@ -165,12 +166,14 @@ async function resend(
   };
   /** Waits until every write so far has called back (aedes: after 'drain' for a full socket, else in setImmediate). */
   const allWritten = () => (outstanding === 0 ? Promise.resolve() : new Promise<void>((resolve) => (settled = resolve))).then(() => (settled = undefined));
+  // A closed connection's client may still read as connecting until aedes' close has run its unsubscribe step.
+  const gone = () => resuming.conn.destroyed || (resuming.connecting !== true && resuming.connected !== true);
   let sinceWait = 0;
   for await (const data of source as AsyncIterable<Packet>) {
     if (out.destroyed) break;
     if (failure) throw failure;
     // lib/write.js refuses a closed connection: stop before the next message is recorded as sent.
-    if (resuming.conn.destroyed || (resuming.connecting !== true && resuming.connected !== true)) throw new Error('connection closed');
+    if (gone()) throw new Error('connection closed');
     // handlers/connect.js clearQueue: the remaining lifetime before delivery [MQTT-3.3.2-6].
     const now = Date.now();
     if (data.messageExpiry !== undefined && data.messageExpiry > now) {
@@ -195,8 +198,8 @@ async function resend(
       while (!window.reserve(client)) {
         // What is written leaves at the end of this turn (the write coalescer), so that the client can acknowledge it.
         await window.room(client);
-        // room() answers at once for a closed connection, whose client may still read as connecting.
-        if (resuming.conn.destroyed || (resuming.connecting !== true && resuming.connected !== true)) throw new Error('connection closed');
+        // room() answers at once for a closed connection: without this the loop would never end.
+        if (gone()) throw new Error('connection closed');
       }
     }
     outstanding++;
