@@ -25,19 +25,16 @@ export function whileWaiting(this: Duplex): void {
 }
 
 /** Connections handed over per event-loop turn (each costs well under a millisecond). */
-export const ADMITTED_PER_TURN = 64;
+const ADMITTED_PER_TURN = 64;
 
 export class Admission<T> {
   readonly #admit: (item: T) => void;
-  readonly #perTurn: number;
-  #waiting: T[] = [];
-  #next = 0;
+  readonly #waiting: T[] = [];
   #scheduled = false;
 
   /** `admit` sets up one connection; it runs from setImmediate, never inside push(). */
-  constructor(admit: (item: T) => void, perTurn: number = ADMITTED_PER_TURN) {
+  constructor(admit: (item: T) => void) {
     this.#admit = admit;
-    this.#perTurn = perTurn;
   }
 
   /** Queues `item`; handed to `admit` in a later turn, after those queued before it. */
@@ -49,23 +46,13 @@ export class Admission<T> {
     }
   }
 
-  /** Connections waiting now. */
-  get waiting(): number {
-    return this.#waiting.length - this.#next;
-  }
-
   readonly #drain = (): void => {
-    const end = Math.min(this.#waiting.length, this.#next + this.#perTurn);
-    const batch = this.#waiting.slice(this.#next, end);
-    this.#next = end;
+    // Taken out of the queue, so that nothing keeps an admitted connection's request.
+    const batch = this.#waiting.splice(0, ADMITTED_PER_TURN);
     // The next turn is settled before any connection is set up, so that one
     // that throws cannot leave the rest waiting.
-    if (end < this.#waiting.length) setImmediate(this.#drain);
-    else {
-      this.#waiting = [];
-      this.#next = 0;
-      this.#scheduled = false;
-    }
+    if (this.#waiting.length > 0) setImmediate(this.#drain);
+    else this.#scheduled = false;
     for (const item of batch) this.#admit(item);
   };
 }

@@ -124,14 +124,14 @@ export function createHttpListener(config: Config, deps: HttpListenerDeps): List
   function admitUpgrade(request: IncomingMessage, socket: Socket, head: Buffer): void {
     // Refused before the handshake and before aedes builds any state for it.
     if (websocket.maxConnections > 0 && upgrade.openConnections >= websocket.maxConnections) {
-      deps.broker.limits.hit('listenerMaxConnections', { listener: 'http', remote: request.socket.remoteAddress, maxConnections: websocket.maxConnections });
-      refuseUpgrade(socket as Socket, 503, 'Service Unavailable', 'too many MQTT-over-WebSocket connections');
+      deps.broker.limits.hit('listenerMaxConnections', { listener: 'http', remote: socket.remoteAddress, maxConnections: websocket.maxConnections });
+      refuseUpgrade(socket, 503, 'Service Unavailable', 'too many MQTT-over-WebSocket connections');
       return;
     }
-    const refusal = deps.broker.limits.admit('http', request.socket.remoteAddress);
+    const refusal = deps.broker.limits.admit('http', socket.remoteAddress);
     if (refusal) {
       const [status, text] = refusal.limit === 'connectRate' ? [429, 'Too Many Requests'] : [503, 'Service Unavailable'];
-      refuseUpgrade(socket as Socket, status, text, refusal.reason);
+      refuseUpgrade(socket, status, text, refusal.reason);
       return;
     }
     upgrade.handleUpgrade(request, socket, head);
