@@ -36,7 +36,7 @@
  *    message took the identifier of one awaiting its PUBREL: QoS 2 delivered
  *    twice, or completed for the wrong message and lost. The store hands out
  *    the identifiers instead (claimOutgoing for live deliveries, in
- *    flow-control.ts; outgoingResendStream for the resend), each message once
+ *    client-flow.ts; outgoingResendStream for the resend), each message once
  *    per connection (test/reconnect-race.test.ts).
  * 5. MQTT 5 subscription options with overlapping subscriptions. aedes 2
  *    applies No Local, Retain As Published and the Subscription Identifier

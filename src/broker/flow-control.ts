@@ -131,7 +131,7 @@ export class FlowControl implements FlowOwner {
   /**
    * Takes over a new client's deliveries. Call right after aedes created it
    * and before anything wraps deliver0/deliverQoS again (subscriptions
-   * capture them at SUBSCRIBE time). Returns the hook for acknowledgements.
+   * capture them at SUBSCRIBE time). Returns the client's flow (its acknowledged() is the hook for acknowledgements).
    */
   attach(client: Client, conn: Duplex): ClientFlow {
     return new ClientFlow(this, client, conn);

@@ -88,7 +88,7 @@
  *     persistence resolves only once the batch holding this PUBLISH's
  *     records is written per `persistence.sync`; emitPacket, which calls each
  *     matching subscriber's deliverQoS (delivery-rules.ts, then
- *     flow-control.ts, then shared subscriptions' watch, then aedes': the
+ *     client-flow.ts, then shared subscriptions' watch, then aedes': the
  *     layers of wrapDeliveries); callPublished.
  *  4. Its callback marks the packet as published and lets aedes go on: aedes
  *     writes the PUBACK (lib/write.js).

@@ -51,15 +51,16 @@ function asReported(violation: Violation, level: number): Violation {
     : { kind: 'limit', limit: violation.limit, reason: violation.reason };
 }
 
-/**
- * Follows one client's byte stream packet by packet. Feed it every chunk in
- * order; the first verdict is final (the connection is to be closed).
- */
+/** Told of each complete, accepted packet by a guard (ProtocolGuard.listener). */
 export interface PacketListener {
   /** Once per complete, accepted packet: its type and, for an MQTT 5 PUBACK, PUBREC, PUBREL or PUBCOMP, its Reason Code (else 0). */
   onPacket(type: number, reasonCode: number): void;
 }
 
+/**
+ * Follows one client's byte stream packet by packet. Feed it every chunk in
+ * order; the first verdict is final (the connection is to be closed).
+ */
 export class ProtocolGuard {
   readonly #limits: ProtocolGuardOptions;
   /** Told of each complete, accepted packet (an object, so that a connection's owner needs no closure for it). */
