@@ -14,13 +14,13 @@ export const number = (value: number, digits = 0): string =>
 /** 156234 → "156.2k"; below 10,000 the plain number. */
 export const rate = (value: number): string => (Math.abs(value) >= 10_000 ? `${number(value / 1000, 1)}k` : number(value));
 
-/** Left-aligned first column, right-aligned others, three spaces apart. */
-export function table(headers: string[], rows: string[][]): string {
+/** Left-aligned first column, right-aligned others, `gap` apart (three spaces unless told). */
+export function table(headers: string[], rows: string[][], gap = '   '): string {
   const cells = [headers, ...rows];
   const widths = headers.map((_, column) => Math.max(...cells.map((line) => (line[column] ?? '').length)));
   const render = (line: string[]) =>
-    line.map((cell, column) => (column === 0 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0))).join('   ');
-  return [render(headers), widths.map((width) => '-'.repeat(width)).join('   '), ...rows.map(render)].join('\n');
+    line.map((cell, column) => (column === 0 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0))).join(gap);
+  return [render(headers), widths.map((width) => '-'.repeat(width)).join(gap), ...rows.map(render)].join('\n');
 }
 
 /**

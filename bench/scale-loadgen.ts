@@ -20,7 +20,7 @@
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { generate } from 'mqtt-packet';
-import { PACKET_CONNACK, PACKET_PUBLISH, PACKET_SUBACK, PacketReader, publishPayloadStart, WebSocketReader, webSocketUpgradeRequest, type BrokerEndpoint, type Transport } from './common.js';
+import { PACKET_CONNACK, PACKET_PUBLISH, PACKET_SUBACK, PacketReader, percentile, publishPayloadStart, subackCode, WebSocketReader, webSocketUpgradeRequest, type BrokerEndpoint, type Transport } from './common.js';
 
 export interface ScaleSpec {
   mode: 'steady' | 'idle' | 'storm';
@@ -123,7 +123,7 @@ function openClient(
         return;
       }
       if (type === PACKET_CONNACK && buf[start + 1] !== 0) settle(`connack-refused-${buf[start + 1] as number}`);
-      else if (type === PACKET_SUBACK && (buf[end - 1] as number) >= 0x80) settle('suback-refused');
+      else if (type === PACKET_SUBACK && subackCode(buf, end) >= 0x80) settle('suback-refused');
       else if (type === awaited) {
         ready = true;
         settle(null);
@@ -213,11 +213,6 @@ function nextMessage(): Promise<{ type: string }> {
   return new Promise((resolve) => process.once('message', (message: { type: string }) => resolve(message)));
 }
 
-function percentileOfSorted(sorted: Float64Array, fraction: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(fraction * sorted.length) - 1))] as number;
-}
-
 async function runStorm(spec: ScaleSpec): Promise<{ result: ScaleResult; clients: (LightClient | undefined)[] }> {
   process.send?.({ type: 'ready' });
   await nextMessage();
@@ -240,7 +235,7 @@ async function runStorm(spec: ScaleSpec): Promise<{ result: ScaleResult; clients
       connected: done,
       failed: spec.clients - done,
       failures,
-      connackMs: { p50: percentileOfSorted(sorted, 0.5), p99: percentileOfSorted(sorted, 0.99), max: sorted.length ? (sorted[sorted.length - 1] as number) : Number.NaN },
+      connackMs: { p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), max: sorted.length ? (sorted[sorted.length - 1] as number) : Number.NaN },
       loadgenCpuMs: cpuMs() - cpu0,
       elapsedMs,
     },

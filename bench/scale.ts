@@ -46,6 +46,7 @@ import type { ChildProcess } from 'node:child_process';
 import { envInt, processCpuMs, processRssKb, type BrokerEndpoint } from './common.js';
 import { benchWorkspace, findMosquitto, forkScript, killChildren, startEdgemqtt, startMosquitto, type RunningBroker } from './brokers.js';
 import { formatProfile, summarizeProfile } from './profile.js';
+import { table } from './report.js';
 import type { ScaleResult, ScaleSpec } from './scale-loadgen.js';
 
 
@@ -111,11 +112,11 @@ function contenders(mosquitto: string | null): Contender[] {
   return list;
 }
 
-/** Broker CPU and RSS sampled every `intervalMs` until stopped. */
 /** The last sampleBroker window, on the monotonic clock in µs (for BENCH_CPU_PROF). */
 let lastWindow: { fromUs: number; toUs: number } | undefined;
 const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
 
+/** Broker CPU and RSS sampled every `intervalMs` until stopped. */
 function sampleBroker(pid: number, intervalMs: number): { stop(): { cpuPercent: number; rssMeanMb: number; rssMaxMb: number; cpuMs: number; wallMs: number } } {
   const cpu0 = processCpuMs(pid);
   const wall0 = performance.now();
@@ -305,7 +306,7 @@ async function idle(broker: RunningBroker): Promise<Map<string, number | string>
   let cpuIdle = 0;
   const results = await drive(generators, 600_000, 30_000, async (ready) => {
     connected = sum(ready.map((r) => r.connected ?? 0));
-    // Let the broker finish what the connects left (timers, GC), then take the median of 5 samples.
+    // Let the broker finish what the connects left (timers, GC), then take the mean of the samples over 5 s.
     await new Promise((resolve) => setTimeout(resolve, 5000));
     const sampler = sampleBroker(broker.endpoint.pid, 1000);
     await new Promise((resolve) => setTimeout(resolve, 5000));
@@ -338,12 +339,6 @@ function format(value: number | string | undefined): string {
   if (!Number.isFinite(value)) return '—';
   if (Number.isInteger(value)) return value.toLocaleString('en-US');
   return Math.abs(value) >= 100 ? Math.round(value).toLocaleString('en-US') : value.toFixed(Math.abs(value) >= 10 ? 1 : 2);
-}
-
-function table(headers: string[], rows: string[][]): string {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
-  return [line(headers), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
 async function main(): Promise<void> {
@@ -396,7 +391,7 @@ async function main(): Promise<void> {
         return [metric, ...values.map(format), ...(hasRatio ? [ratio] : [])];
       });
       console.log(`\n${TITLES[scenario]}`);
-      console.log(table(['', ...names, ...(hasRatio ? ['edgemqtt/mosquitto'] : [])], rows));
+      console.log(table(['', ...names, ...(hasRatio ? ['edgemqtt/mosquitto'] : [])], rows, '  '));
       console.log('');
     }
     console.log(
