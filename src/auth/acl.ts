@@ -22,9 +22,10 @@
 import { createRequire } from 'node:module';
 import { SecurityFileError } from '../errors.js';
 import { readSecurityFile } from '../util/read-security-file.js';
+import { MAX_TOPIC_LEVELS } from '../config/limits-schema.js';
 
-/** Most levels a filter may have: qlobber's limit, and aedes' maxTopicLevels. */
-const MAX_LEVELS = 100;
+/** Most levels a filter may have: qlobber's limit, and aedes' maxTopicLevels (limits.maxTopicLevels at most). */
+const MAX_LEVELS = MAX_TOPIC_LEVELS;
 
 interface QlobberTrue {
   add(filter: string): unknown;

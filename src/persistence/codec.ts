@@ -12,7 +12,7 @@
  *
  * Compatibility rule: fields are only ever appended to a table; a new kind
  * gets a new number. A record whose kind or shape is unknown fails to decode,
- * and the caller quarantines it (see store.ts decode).
+ * and the caller quarantines it (see stored-packets.ts decodeStored).
  */
 import { Packr } from 'msgpackr';
 import { packQueued } from './queued-pack.js';
@@ -236,32 +236,9 @@ export function encodeQueued(original: PacketLike): QueuedRecord {
     );
     if (value) return { value, cmd, brokerId: original.brokerId, brokerCounter, messageExpiry: undefined };
   }
-  const out: unknown[] = [KIND_PACKET, 0];
-  let mask = 0;
-  // clientId, nl, properties, messageExpiry: copied when present (bits 0-3).
-  if (Object.hasOwn(original, 'clientId')) (mask |= 1), out.push(original.clientId);
-  if (Object.hasOwn(original, 'nl')) (mask |= 2), out.push(original.nl);
-  if (Object.hasOwn(original, 'properties')) (mask |= 4), out.push(original.properties);
-  const hasExpiry = Object.hasOwn(original, 'messageExpiry');
-  if (hasExpiry) (mask |= 8), out.push(original.messageExpiry);
-  const cmd = (original.cmd || 'publish') as string;
-  const brokerCounter = original.brokerCounter || 0;
-  const qos = original.qos || 0;
-  // cmd … dup (bits 4-11) are always set; messageId (bit 12) is cleared, i.e. present as undefined, as queuedPacket does.
-  out.push(cmd, original.brokerId, brokerCounter, original.topic, original.payload || Buffer.alloc(0), qos, original.retain || false, original.dup || false);
-  mask |= 0xff0;
-  if ((qos as number) > 0 || cmd !== 'publish') {
-    mask |= 0x1000;
-    out.push(undefined);
-  }
-  out[1] = mask;
-  return {
-    value: packr.pack(out),
-    cmd,
-    brokerId: original.brokerId,
-    brokerCounter,
-    messageExpiry: hasExpiry ? messageExpiryOf(original) : undefined,
-  };
+  // Any other shape (MQTT 5 properties, an expiry, No Local, types queued-pack.ts does not write): the long way.
+  const stored = queuedPacket(original);
+  return { value: encodePacket(stored), cmd: stored.cmd as string, brokerId: stored.brokerId, brokerCounter: stored.brokerCounter, messageExpiry: messageExpiryOf(stored) };
 }
 
 /**

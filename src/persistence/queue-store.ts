@@ -22,7 +22,6 @@ export interface Recipient {
   subscriptionIdentifiers?: readonly number[];
 }
 
-
 /** The message as queued for one recipient: its QoS, RETAIN and Subscription Identifiers (see Recipient). */
 function adjustedPacket(packet: PacketLike, { qos, retain, subscriptionIdentifiers: ids }: Recipient): PacketLike {
   const adjusted: PacketLike = { ...packet };
@@ -229,7 +228,10 @@ export class QueueStore {
       entry.value === undefined &&
       store.isOnline(client.id)
     ) {
-      queue.update(entry, { brokerId: packet.brokerId, brokerCounter: packet.brokerCounter, messageId: packet.messageId });
+      // claim numbered the entry already; only a packet aedes numbered itself differs.
+      if (entry.messageId !== packet.messageId || entry.brokerId !== packet.brokerId || entry.brokerCounter !== packet.brokerCounter) {
+        queue.update(entry, { brokerId: packet.brokerId, brokerCounter: packet.brokerCounter, messageId: packet.messageId });
+      }
       entry.sent = packet;
       return true;
     }

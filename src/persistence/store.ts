@@ -49,8 +49,6 @@ import { PublishTaps } from './publish-taps.js';
 import { PREVIOUS_RUN_BROKER_ID, type BrokerLike, type PersistenceState, type PersistenceStats, type StoreWriteFailure } from './types.js';
 import { WriteFailures } from './write-failures.js';
 
-export { STREAM_CHUNK } from './stored-packets.js';
-
 export class LevelStore {
   readonly options: ResolvedOptions;
   readonly log: Logger;
