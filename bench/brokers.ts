@@ -2,7 +2,7 @@
  * Starts and stops the brokers under test as child processes, and remembers
  * every child so that nothing outlives the benchmark.
  */
-import { fork, spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { fork, spawn, execFileSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import path from 'node:path';
@@ -36,6 +36,18 @@ function track(child: ChildProcess): ChildProcess {
   children.add(child);
   child.once('exit', () => children.delete(child));
   return child;
+}
+
+/** `spawn`, with the child remembered so that killChildren() stops it if the run ends before it is stopped. */
+export function spawnTracked(command: string, args: readonly string[], options: SpawnOptions): ChildProcess {
+  return track(spawn(command, args, options));
+}
+
+/** SIGTERM, then SIGKILL if the child has not exited within `timeoutMs`; resolves once it has exited. */
+export function stopChild(child: ChildProcess, timeoutMs = 10_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  child.kill('SIGTERM');
+  return waitForExit(child, timeoutMs);
 }
 
 function waitForExit(child: ChildProcess, timeoutMs: number): Promise<void> {
@@ -161,7 +173,8 @@ export function freePort(): Promise<number> {
   });
 }
 
-async function waitForPort(port: number, child: ChildProcess, timeoutMs: number, name = 'mosquitto'): Promise<void> {
+/** Resolves once something accepts TCP connections on 127.0.0.1:`port`; rejects if `child` exits first or after `timeoutMs`. */
+export async function waitForPort(port: number, child: ChildProcess, timeoutMs: number, name: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}`);
@@ -225,15 +238,12 @@ export async function startMosquitto(binary: string, tempDir: string, noDelay = 
   const command: [string, string[]] =
     fileLimit === undefined ? [binary, ['-c', configFile]] : ['sh', ['-c', raiseFileLimit(fileLimit), 'sh', binary, '-c', configFile]];
   const child = track(spawn(...command, { stdio: ['ignore', 'ignore', 'inherit'] }));
-  await waitForPort(tcpPort, child, 10_000);
-  await waitForPort(wsPort, child, 10_000);
+  await waitForPort(tcpPort, child, 10_000, 'mosquitto');
+  await waitForPort(wsPort, child, 10_000, 'mosquitto');
   return {
     endpoint: { name: 'mosquitto', host: '127.0.0.1', tcpPort, wsPort, wsPath: '/mqtt', pid: child.pid ?? 0 },
     version,
-    async stop() {
-      child.kill('SIGTERM');
-      await waitForExit(child, 10_000);
-    },
+    stop: () => stopChild(child),
   };
 }
 
@@ -243,11 +253,13 @@ export async function startMosquitto(binary: string, tempDir: string, noDelay = 
  * temp store dir), and MQTT over WebSocket is served on the websocket
  * listener at /mqtt (since nats-server 2.7). All on loopback, no TLS, no
  * auth; logs go to a file in the temp dir. nats-server 2.9 speaks MQTT 3.1.1
- * only (no MQTT 5) and treats QoS 2 as QoS 1.
+ * only (no MQTT 5) and treats QoS 2 as QoS 1. With `webSocket` false there is
+ * no websocket listener (endpoint wsPort 0), as memory.ts measures it.
  */
-export async function startNatsServer(binary: string, tempDir: string): Promise<RunningBroker> {
+export async function startNatsServer(binary: string, tempDir: string, webSocket = true): Promise<RunningBroker> {
   const dir = mkdtempSync(path.join(tempDir, 'nats-'));
-  const [clientPort, tcpPort, wsPort] = [await freePort(), await freePort(), await freePort()];
+  const [clientPort, tcpPort] = [await freePort(), await freePort()];
+  const wsPort = webSocket ? await freePort() : 0;
   const configFile = path.join(dir, 'nats.conf');
   writeFileSync(
     configFile,
@@ -256,7 +268,7 @@ export async function startNatsServer(binary: string, tempDir: string): Promise<
       `listen: "127.0.0.1:${clientPort}"`,
       `jetstream { store_dir: ${JSON.stringify(path.join(dir, 'js'))} }`,
       `mqtt { host: "127.0.0.1", port: ${tcpPort} }`,
-      `websocket { host: "127.0.0.1", port: ${wsPort}, no_tls: true }`,
+      ...(webSocket ? [`websocket { host: "127.0.0.1", port: ${wsPort}, no_tls: true }`] : []),
       `log_file: ${JSON.stringify(path.join(dir, 'nats.log'))}`,
       '',
     ].join('\n'),
@@ -272,15 +284,12 @@ export async function startNatsServer(binary: string, tempDir: string): Promise<
   }
   const child = track(spawn(binary, ['-c', configFile], { stdio: ['ignore', 'ignore', 'inherit'] }));
   await waitForPort(tcpPort, child, 15_000, 'nats-server');
-  await waitForPort(wsPort, child, 15_000, 'nats-server');
+  if (webSocket) await waitForPort(wsPort, child, 15_000, 'nats-server');
   return {
-    endpoint: { name: 'nats-server', host: '127.0.0.1', tcpPort, wsPort, wsPath: '/mqtt', pid: child.pid ?? 0 },
+    endpoint: { name: 'nats-server', host: '127.0.0.1', tcpPort, wsPort, wsPath: webSocket ? '/mqtt' : '', pid: child.pid ?? 0 },
     version,
     unsupported: (level) => (level === 5 ? `${version} speaks MQTT 3.1.1 only` : undefined),
-    async stop() {
-      child.kill('SIGTERM');
-      await waitForExit(child, 10_000);
-    },
+    stop: () => stopChild(child),
   };
 }
 

@@ -13,11 +13,10 @@
  * Usage: npm run bench:build && node dist-bench/bench/heap-census.js
  *   BENCH_MEMORY_CONNECTIONS=1000 (per transport)  BENCH_CENSUS_TOP=25
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { killChildren } from './brokers.js';
+import { benchWorkspace } from './brokers.js';
 import { openClients, startEdgemqttCli } from './idle-clients.js';
 
 const CONNECTIONS = Number(process.env.BENCH_MEMORY_CONNECTIONS ?? 1000);
@@ -165,8 +164,7 @@ function printDiff(title: string, before: Census, after: Census, per: number): v
   for (const row of rows) console.log(`  ${row.bytes.toFixed(0).padStart(10)}  ${row.count.toFixed(2).padStart(10)}  ${row.key}`);
 }
 
-async function main(): Promise<void> {
-  const dir = mkdtempSync(path.join(tmpdir(), 'edgemqtt-bench-census-'));
+async function main(dir: string): Promise<void> {
   const target = await startEdgemqttCli(dir, ['--heapsnapshot-signal=SIGUSR2']);
   const open: Socket[] = [];
   const taken = new Set<string>();
@@ -185,13 +183,14 @@ async function main(): Promise<void> {
   } finally {
     for (const socket of open) socket.destroy();
     await target.stop();
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 
-main()
+// The daemon is stopped and the temp dir removed on the way out, also after an error or on SIGINT/SIGTERM.
+const { tempDir, cleanup } = benchWorkspace('edgemqtt-bench-census-');
+main(tempDir)
   .catch((error: unknown) => {
     console.error('heap census failed:', error);
     process.exitCode = 1;
   })
-  .finally(() => killChildren());
+  .finally(cleanup);

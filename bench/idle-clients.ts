@@ -4,13 +4,12 @@
  * then neither read nor write, and the edgemqtt daemon started as the CLI
  * runs it in production.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connectPacket, webSocketFrame, webSocketUpgradeRequest, type BrokerEndpoint } from './common.js';
-import { freePort } from './brokers.js';
+import { freePort, spawnTracked, stopChild, waitForPort } from './brokers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
@@ -78,37 +77,6 @@ export async function openClients(target: Target, transport: 'tcp' | 'ws', count
 
 // ---------------------------------------------------------------- brokers
 
-export function waitForPort(port: number, child: ChildProcess, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    const attempt = () => {
-      if (child.exitCode !== null) return reject(new Error(`broker exited with ${child.exitCode}`));
-      const socket = connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve();
-      });
-      socket.once('error', () => {
-        if (Date.now() > deadline) reject(new Error(`nothing listens on ${port} after ${timeoutMs} ms`));
-        else setTimeout(attempt, 50);
-      });
-    };
-    attempt();
-  });
-}
-
-export function stopChild(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    child.kill('SIGTERM');
-  });
-}
-
 export async function startEdgemqttCli(dir: string, nodeFlags: readonly string[] = []): Promise<Target> {
   const [tcpPort, wsPort] = [await freePort(), await freePort()];
   const configFile = path.join(dir, 'edgemqtt.yaml');
@@ -125,9 +93,9 @@ export async function startEdgemqttCli(dir: string, nodeFlags: readonly string[]
     ].join('\n'),
   );
   const bin = path.join(root, 'dist', 'bin', 'edgemqtt.js');
-  const child = spawn(process.execPath, [...nodeFlags, bin, 'start', '--config', configFile], { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] });
-  await waitForPort(tcpPort, child, 30_000);
-  await waitForPort(wsPort, child, 30_000);
-  return { name: 'edgemqtt', host: '127.0.0.1', tcpPort, wsPort, wsPath: '/mqtt', pid: child.pid ?? 0, stop: () => stopChild(child) };
+  const child = spawnTracked(process.execPath, [...nodeFlags, bin, 'start', '--config', configFile], { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForPort(tcpPort, child, 30_000, 'edgemqtt');
+  await waitForPort(wsPort, child, 30_000, 'edgemqtt');
+  return { name: 'edgemqtt', host: '127.0.0.1', tcpPort, wsPort, wsPath: '/mqtt', pid: child.pid ?? 0, stop: () => stopChild(child, 15_000) };
 }
 

@@ -30,19 +30,16 @@
  * allocation stops. At 3 s the sample holds that room; at 30 s it shows what
  * an idle gateway keeps. A C broker's figures do not move with it.
  */
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { median } from './common.js';
-import { findMosquitto, freePort, killChildren, shippedNodeFlags, startMosquitto } from './brokers.js';
-import { openClients, startEdgemqttCli, stopChild, waitForPort, type Target } from './idle-clients.js';
+import { benchWorkspace, findMosquitto, findNatsServer, shippedNodeFlags, startMosquitto, startNatsServer, type RunningBroker } from './brokers.js';
+import { openClients, startEdgemqttCli, type Target } from './idle-clients.js';
 
 const CONNECTIONS = Number(process.env.BENCH_MEMORY_CONNECTIONS ?? 1000);
 const ROUNDS = Number(process.env.BENCH_MEMORY_ROUNDS ?? 3);
 const EXTRA_NODE_FLAGS = (process.env.BENCH_MEMORY_NODE_FLAGS ?? shippedNodeFlags().join(' ')).split(' ').filter(Boolean);
-const NATS_SERVER = process.env.BENCH_NATS_SERVER ?? '/usr/sbin/nats-server';
 const SETTLE_MS = Number(process.env.BENCH_MEMORY_SETTLE_SEC ?? 3) * 1000;
 
 interface Sample {
@@ -82,31 +79,13 @@ async function settledSample(pid: number): Promise<Sample> {
 
 // ---------------------------------------------------------------- brokers
 
-async function startNatsMqtt(dir: string): Promise<Target> {
-  const [port, tcpPort] = [await freePort(), await freePort()];
-  const configFile = path.join(dir, 'nats.conf');
-  writeFileSync(
-    configFile,
-    [
-      'server_name: bench',
-      `listen: "127.0.0.1:${port}"`,
-      `jetstream { store_dir: ${JSON.stringify(path.join(dir, 'js'))} }`,
-      `mqtt { host: "127.0.0.1", port: ${tcpPort} }`,
-      '',
-    ].join('\n'),
-  );
-  const child = spawn(NATS_SERVER, ['-c', configFile], { stdio: ['ignore', 'ignore', 'ignore'] });
-  await waitForPort(tcpPort, child, 30_000);
-  return { name: 'nats-server', host: '127.0.0.1', tcpPort, wsPort: 0, wsPath: '', pid: child.pid ?? 0, stop: () => stopChild(child) };
-}
-
-async function startMosquittoTarget(binary: string, dir: string): Promise<Target> {
-  const running = await startMosquitto(binary, dir);
+/** A broker from brokers.ts as a Target. */
+function asTarget(running: RunningBroker): Target {
   return { ...running.endpoint, stop: () => running.stop() };
 }
 
-async function measure(start: (dir: string) => Promise<Target>, round: number): Promise<Round> {
-  const dir = mkdtempSync(path.join(tmpdir(), 'edgemqtt-bench-memory-'));
+async function measure(start: (dir: string) => Promise<Target>, round: number, tempDir: string): Promise<Round> {
+  const dir = mkdtempSync(path.join(tempDir, `round-${round}-`));
   const target = await start(dir);
   const open: Socket[] = [];
   try {
@@ -149,18 +128,19 @@ function report(name: string, rounds: Round[]): void {
   }
 }
 
-async function main(): Promise<void> {
-  const mosquitto = findMosquitto();
+async function main(tempDir: string): Promise<void> {
+  const [mosquitto, natsServer] = [findMosquitto(), findNatsServer()];
   const targets: Array<[string, (dir: string) => Promise<Target>]> = [['edgemqtt', (dir) => startEdgemqttCli(dir, EXTRA_NODE_FLAGS)]];
-  if (mosquitto) targets.push(['mosquitto', (dir) => startMosquittoTarget(mosquitto, dir)]);
-  if (existsSync(NATS_SERVER)) targets.push(['nats-server (MQTT)', startNatsMqtt]);
+  if (mosquitto) targets.push(['mosquitto', async (dir) => asTarget(await startMosquitto(mosquitto, dir))]);
+  // TCP only, as measured so far: no websocket listener.
+  if (natsServer) targets.push(['nats-server (MQTT)', async (dir) => asTarget(await startNatsServer(natsServer, dir, false))]);
   const only = process.env.BENCH_MEMORY_BROKERS?.split(',');
   if (only) targets.splice(0, targets.length, ...targets.filter(([name]) => only.some((wanted) => name.startsWith(wanted))));
   console.log(`memory: ${ROUNDS} rounds, ${CONNECTIONS} idle clients per transport, sampled ${SETTLE_MS / 1000} s after each step, node ${process.version}${EXTRA_NODE_FLAGS.length ? `, edgemqtt node flags ${EXTRA_NODE_FLAGS.join(' ')}` : ''}`);
   const results = new Map<string, Round[]>(targets.map(([name]) => [name, []]));
   // Brokers take turns within a round, so that load from elsewhere on the machine falls on each alike.
   for (let round = 0; round < ROUNDS; round++) {
-    for (const [name, start] of targets) results.get(name)!.push(await measure(start, round));
+    for (const [name, start] of targets) results.get(name)!.push(await measure(start, round, tempDir));
   }
   for (const [name, rounds] of results) report(name, rounds);
   const edge = results.get('edgemqtt');
@@ -171,9 +151,11 @@ async function main(): Promise<void> {
   }
 }
 
-main()
+// Every broker is stopped and the temp dir removed on the way out, also after an error or on SIGINT/SIGTERM.
+const { tempDir, cleanup } = benchWorkspace('edgemqtt-bench-memory-');
+main(tempDir)
   .catch((error: unknown) => {
     console.error('memory benchmark failed:', error);
     process.exitCode = 1;
   })
-  .finally(() => killChildren());
+  .finally(cleanup);
