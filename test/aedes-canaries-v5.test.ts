@@ -10,7 +10,6 @@
  */
 import t from 'tap';
 import type { Packet } from 'mqtt-packet';
-import { onPublishWritten } from '../src/broker/aedes-seam/index.js';
 import { connect, publish } from './helpers/packets.js';
 import {
   connectPacket,
@@ -18,10 +17,12 @@ import {
   interceptPersistence,
   payloads,
   published,
+  publishesInFirstTurn,
   publishVia,
   rawClient,
   rawConnected,
   startPlainAedes,
+  subscribedAndGone,
   until,
 } from './helpers/plain-aedes.js';
 
@@ -37,25 +38,14 @@ t.test(`aedes ${V} still resends a persistent session's stored messages one per 
   // When this fails after an aedes upgrade, aedes' own emptyQueue writes a backlog back to back: remove installBatchResend (aedes-seam/resend.ts).
   // handlers/connect.js emptyQueue: a transform that takes the next stored message when lib/write.js calls back, in setImmediate.
   const stored = 10;
-  let written = 0;
-  let inFirstTurn = -1;
-  const { aedes, port } = await startPlainAedes(t, {}, (aedes) => {
-    onPublishWritten(aedes, () => {
-      // Counted when the turn of the first PUBLISH written is over.
-      if (++written === 1) setImmediate(() => (inFirstTurn = written));
-    });
-  });
-  const first = await rawConnected(t, port, 'backlog', 4, { clean: false });
-  first.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'backlog/t', qos: 1 }] });
-  await first.next('suback');
-  const gone = new Promise<void>((resolve) => aedes.once('clientDisconnect', () => resolve()));
-  first.send({ cmd: 'disconnect' });
-  await gone;
-  for (let i = 0; i < stored; i++) await publishVia(aedes, { topic: 'backlog/t', payload: `m${i}`, qos: 1 });
-  const again = await rawClient(t, port);
+  const broker = await startPlainAedes(t);
+  const firstTurn = publishesInFirstTurn(broker.aedes);
+  await subscribedAndGone(t, broker, 'backlog', 'backlog/t');
+  for (let i = 0; i < stored; i++) await publishVia(broker.aedes, { topic: 'backlog/t', payload: `m${i}`, qos: 1 });
+  const again = await rawClient(t, broker.port);
   const resent = await again.connectAndPing(connectPacket('backlog', 4, { clean: false }));
   t.equal(payloads(resent).length, stored, 'the whole backlog is resent');
-  t.equal(inFirstTurn, 1, 'but only one stored message was written in the turn of the first');
+  t.equal(firstTurn.count, 1, 'but only one stored message was written in the turn of the first');
 });
 
 // ---------------------------------------------------------------- MQTT 5 gaps
@@ -118,14 +108,10 @@ t.test(`aedes ${V} still publishes a will with its Will Delay Interval property,
 t.test(`aedes ${V} still drops the queued messages of a session resumed with Clean Start 0 and no Session Expiry (corrected in src/broker/aedes-seam/sessions.ts)`, { skip: v5 }, async (t) => {
   // When this fails after an aedes upgrade, edgemqtt need not keep a resumed session's queue until the connection's own expiry applies [MQTT-3.1.2-5].
   // handlers/connect.js: client.clean = (Session Expiry of this CONNECT === 0); emptyQueue then clears instead of sending.
-  const { aedes, port } = await startPlainAedes(t);
-  const first = await rawConnected(t, port, 'resume-v5', 5, { clean: false, properties: { sessionExpiryInterval: 300 } });
-  first.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'rs/t', qos: 1 }] });
-  await first.next('suback');
-  first.send({ cmd: 'disconnect' });
-  await first.waitForClose();
-  await publishVia(aedes, { topic: 'rs/t', payload: 'queued while away', qos: 1 });
-  const second = await rawClient(t, port, 5);
+  const broker = await startPlainAedes(t);
+  await subscribedAndGone(t, broker, 'resume-v5', 'rs/t', 5, { clean: false, properties: { sessionExpiryInterval: 300 } });
+  await publishVia(broker.aedes, { topic: 'rs/t', payload: 'queued while away', qos: 1 });
+  const second = await rawClient(t, broker.port, 5);
   const resumed = await second.connectAndPing(connectPacket('resume-v5', 5, { clean: false }));
   const connack = resumed.find((p): p is Extract<Packet, { cmd: 'connack' }> => p.cmd === 'connack');
   t.equal(connack?.sessionPresent, true, 'the session is resumed');

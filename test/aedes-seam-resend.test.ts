@@ -9,10 +9,10 @@
  */
 import t from 'tap';
 import type { Test } from 'tap';
-import type { Aedes, Client } from 'aedes';
+import type { Client } from 'aedes';
 import type { Packet } from 'mqtt-packet';
-import { installBatchResend, onPublishWritten } from '../src/broker/aedes-seam/index.js';
-import { connectPacket, payloads, publishVia, rawClient, rawConnected, startPlainAedes } from './helpers/plain-aedes.js';
+import { installBatchResend } from '../src/broker/aedes-seam/index.js';
+import { connectPacket, payloads, publishesInFirstTurn, publishVia, rawClient, startPlainAedes, subscribedAndGone } from './helpers/plain-aedes.js';
 
 type Forward = (client: Client, packet: { topic: string; payload: Buffer }) => unknown;
 
@@ -25,30 +25,20 @@ interface Resent {
 /** A persistent subscriber gets `stored` QoS 1 messages queued while away, then reconnects; what it is sent. */
 async function resendBacklog(t: Test, batched: boolean, stored: number, options: { forward?: Forward; expiring?: number[]; version?: 4 | 5 } = {}): Promise<Resent> {
   const version = options.version ?? 4;
-  let written = 0;
-  let inFirstTurn = -1;
-  const { aedes, port } = await startPlainAedes(t, options.forward ? { authorizeForward: options.forward } : {}, (aedes: Aedes) => {
-    onPublishWritten(aedes, () => {
-      if (++written === 1) setImmediate(() => (inFirstTurn = written));
-    });
-  });
-  if (batched) await installBatchResend(aedes);
+  const broker = await startPlainAedes(t, options.forward ? { authorizeForward: options.forward } : {});
+  const firstTurn = publishesInFirstTurn(broker.aedes);
+  if (batched) await installBatchResend(broker.aedes);
   const session = version === 5 ? { clean: false, properties: { sessionExpiryInterval: 300 } } : { clean: false };
-  const first = await rawConnected(t, port, 'backlog', version, session);
-  first.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'backlog/t', qos: 1 }] });
-  await first.next('suback');
-  const gone = new Promise<void>((resolve) => aedes.once('clientDisconnect', () => resolve()));
-  first.send({ cmd: 'disconnect' });
-  await gone;
+  await subscribedAndGone(t, broker, 'backlog', 'backlog/t', version, session);
   for (let i = 0; i < stored; i++) {
     const expiring = options.expiring?.includes(i) === true;
     const properties = options.expiring ? { properties: { messageExpiryInterval: expiring ? 1 : 60 } } : {};
-    await publishVia(aedes, { topic: 'backlog/t', payload: `m${i}`, qos: 1, ...properties });
+    await publishVia(broker.aedes, { topic: 'backlog/t', payload: `m${i}`, qos: 1, ...properties });
   }
   if (options.expiring?.length) await new Promise((resolve) => setTimeout(resolve, 1100));
-  const again = await rawClient(t, port, version);
+  const again = await rawClient(t, broker.port, version);
   const packets = await again.connectAndPing(connectPacket('backlog', version, session));
-  return { packets, inFirstTurn };
+  return { packets, inFirstTurn: firstTurn.count };
 }
 
 function identifiers(packets: Packet[]): number[] {
@@ -87,14 +77,10 @@ t.test('a message whose Message Expiry Interval passed while queued is not sent;
 });
 
 t.test('Clean Start drops the stored queue, as aedes does [MQTT-3.1.2-4]', async (t) => {
-  const { aedes, port } = await startPlainAedes(t);
+  const broker = await startPlainAedes(t);
+  const { aedes, port } = broker;
   await installBatchResend(aedes);
-  const first = await rawConnected(t, port, 'dropped', 4, { clean: false });
-  first.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'dropped/t', qos: 1 }] });
-  await first.next('suback');
-  const gone = new Promise<void>((resolve) => aedes.once('clientDisconnect', () => resolve()));
-  first.send({ cmd: 'disconnect' });
-  await gone;
+  await subscribedAndGone(t, broker, 'dropped', 'dropped/t');
   await publishVia(aedes, { topic: 'dropped/t', payload: 'queued', qos: 1 });
   const again = await rawClient(t, port);
   const packets = await again.connectAndPing(connectPacket('dropped', 4, { clean: true }));

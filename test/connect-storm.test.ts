@@ -7,31 +7,9 @@
  * nothing but itself.
  */
 import t from 'tap';
-import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
-import { openClient } from './helpers/mqtt.js';
-import { connect } from './helpers/packets.js';
-
-/** A raw TCP client that sends CONNECT at once; how it ended: a CONNACK (code 0), or closed without one. */
-function tcpConnect(daemon: RunningDaemon, clientId: string): Promise<'connack' | 'closed'> {
-  const { hostname, port } = new URL(daemon.mqttUrl);
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: hostname, port: Number(port) }, () => socket.write(connect({ clientId })));
-    let bytes = Buffer.alloc(0);
-    const done = (outcome: 'connack' | 'closed') => {
-      socket.destroy();
-      resolve(outcome);
-    };
-    socket.on('data', (chunk: Buffer) => {
-      bytes = Buffer.concat([bytes, chunk]);
-      // CONNACK: 0x20, Remaining Length 2, flags, return code [MQTT-3.2].
-      if (bytes.length >= 4) done(bytes[0] === 0x20 && bytes[3] === 0 ? 'connack' : 'closed');
-    });
-    socket.on('error', () => done('closed'));
-    socket.on('close', () => done('closed'));
-  });
-}
+import { openClient, tcpConnect } from './helpers/mqtt.js';
 
 /**
  * `count` WebSocket upgrade requests from a child process, as a storm sends
@@ -106,7 +84,7 @@ async function upgradeBurst(daemon: RunningDaemon, count: number, reset: boolean
 
 t.test('300 TCP clients connecting at once all get their CONNACK', async (t) => {
   const daemon = await startDaemon(t);
-  const outcomes = await Promise.all(Array.from({ length: 300 }, (_, i) => tcpConnect(daemon, `storm-${i}`)));
+  const outcomes = await Promise.all(Array.from({ length: 300 }, (_, i) => tcpConnect(daemon.mqttUrl, `storm-${i}`)));
   t.equal(outcomes.filter((outcome) => outcome === 'connack').length, 300);
 });
 
@@ -122,5 +100,5 @@ t.test('upgrades reset while they wait their turn cost the broker nothing else',
   t.same(await upgradeBurst(daemon, 300, true), { reset: 300 });
   const client = await openClient(t, daemon.wsUrl, { clientId: 'after-the-resets' });
   t.ok(client.client.connected, 'the broker still takes WebSocket clients');
-  t.equal(await tcpConnect(daemon, 'and-tcp'), 'connack', 'and TCP clients');
+  t.equal(await tcpConnect(daemon.mqttUrl, 'and-tcp'), 'connack', 'and TCP clients');
 });

@@ -10,7 +10,7 @@ import net from 'node:net';
 import WebSocket from 'ws';
 import type { Test } from 'tap';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
-import { connectRaw, openClient, eventually } from './helpers/mqtt.js';
+import { connectRaw, openClient, eventually, tcpConnect } from './helpers/mqtt.js';
 import { captureLogs, WARN, type CapturedLogs } from './helpers/logs.js';
 import { connect, connect5, publish, subscribe, unsubscribe } from './helpers/packets.js';
 import type { LimitName } from '../src/index.js';
@@ -35,15 +35,6 @@ function upgrade(t: Test, url: string): Promise<{ opened: true; ws: WebSocket } 
   });
 }
 
-/** A raw TCP connection that sends CONNECT; resolves with how it ended: a CONNACK, or closed without one. */
-async function tcpConnect(t: Test, daemon: RunningDaemon, clientId: string): Promise<'connack' | 'closed'> {
-  const raw = await connectRaw(t, daemon.mqttUrl).catch(() => null);
-  if (raw === null) return 'closed';
-  raw.send(connect({ clientId }));
-  await raw.waitFor((packets) => packets.length > 0 || raw.isClosed, 5000, 'a CONNACK or a close');
-  return raw.packets[0]?.cmd === 'connack' ? 'connack' : 'closed';
-}
-
 function loggedOnce(t: Test, logs: CapturedLogs, limit: LimitName): void {
   const lines = logs.lines.filter((line) => line.limit === limit);
   t.equal(lines.length, 1, `${limit}: one log line`);
@@ -56,13 +47,13 @@ t.test('limits.maxConnections caps connections over all listeners', async (t) =>
   const first = await openClient(t, daemon.mqttUrl, { clientId: 'one' });
   await openClient(t, daemon.wsUrl, { clientId: 'two' });
   await openClient(t, daemon.mqttUrl, { clientId: 'three' });
-  t.equal(await tcpConnect(t, daemon, 'four'), 'closed', 'a 4th TCP connection is closed without CONNACK');
+  t.equal(await tcpConnect(daemon.mqttUrl, 'four'), 'closed', 'a 4th TCP connection is closed without CONNACK');
   t.same(await upgrade(t, daemon.wsUrl), { opened: false, status: 503 }, 'a 4th WebSocket upgrade gets 503');
   t.equal(hits(daemon, 'maxConnections'), 2);
   loggedOnce(t, logs, 'maxConnections');
   await first.client.endAsync();
   await eventually(() => daemon.daemon.limitsStats().openConnections === 2, 5000, 'the closed connection to be released');
-  t.equal(await tcpConnect(t, daemon, 'four-again'), 'connack', 'once one closes, a new one is admitted');
+  t.equal(await tcpConnect(daemon.mqttUrl, 'four-again'), 'connack', 'once one closes, a new one is admitted');
 });
 
 t.test('per-listener limits: mqtt.maxConnections and http.websocket.maxConnections', async (t) => {
@@ -70,7 +61,7 @@ t.test('per-listener limits: mqtt.maxConnections and http.websocket.maxConnectio
   const daemon = await startDaemon(t, { mqtt: { maxConnections: 1 }, http: { websocket: { maxConnections: 1 } } }, { logger: logs.logger });
   await openClient(t, daemon.mqttUrl, { clientId: 'tcp-one' });
   await openClient(t, daemon.wsUrl, { clientId: 'ws-one' });
-  t.equal(await tcpConnect(t, daemon, 'tcp-two'), 'closed', 'the TCP listener refuses a 2nd connection');
+  t.equal(await tcpConnect(daemon.mqttUrl, 'tcp-two'), 'closed', 'the TCP listener refuses a 2nd connection');
   t.same(await upgrade(t, daemon.wsUrl), { opened: false, status: 503 }, 'the WebSocket path refuses a 2nd with 503');
   await eventually(() => hits(daemon, 'listenerMaxConnections') === 2, 5000, 'both refusals counted');
   loggedOnce(t, logs, 'listenerMaxConnections');
@@ -86,17 +77,17 @@ t.test('limits.connectRatePerAddressPerSec and connectBurstPerAddress, shared by
     { logger: logs.logger },
   );
   const burst: string[] = [];
-  for (let i = 0; i < 3; i++) burst.push(await tcpConnect(t, daemon, `burst-${i}`));
+  for (let i = 0; i < 3; i++) burst.push(await tcpConnect(daemon.mqttUrl, `burst-${i}`));
   const ws = await upgrade(t, daemon.wsUrl);
   t.same(burst, ['connack', 'connack', 'connack'], 'a burst of 4 from one address is admitted (3 TCP…');
   t.equal(ws.opened, true, '…and 1 WebSocket)');
-  t.equal(await tcpConnect(t, daemon, 'over'), 'closed', 'the 5th at once is closed');
+  t.equal(await tcpConnect(daemon.mqttUrl, 'over'), 'closed', 'the 5th at once is closed');
   t.same(await upgrade(t, daemon.wsUrl), { opened: false, status: 429 }, 'a WebSocket upgrade over the rate gets 429');
   t.equal(hits(daemon, 'connectRate'), 2);
   loggedOnce(t, logs, 'connectRate');
   // At 2 a second a token is back within about 500 ms.
   const refusedAt = performance.now();
-  await eventually(async () => (await tcpConnect(t, daemon, 'later')) === 'connack', 3000, 'the rate to admit again');
+  await eventually(async () => (await tcpConnect(daemon.mqttUrl, 'later')) === 'connack', 3000, 'the rate to admit again');
   t.comment(`admitted again after ${(performance.now() - refusedAt).toFixed(0)} ms`);
 });
 
@@ -276,8 +267,8 @@ t.test('limit hits are all counted, but logged at most once per 10 s per limit',
   const logs = captureLogs();
   const daemon = await startDaemon(t, { limits: { maxConnections: 1 } }, { logger: logs.logger });
   await openClient(t, daemon.mqttUrl, { clientId: 'only' });
-  const refused: Promise<'connack' | 'closed'>[] = [];
-  for (let i = 0; i < 50; i++) refused.push(tcpConnect(t, daemon, `flood-${i}`));
+  const refused: ReturnType<typeof tcpConnect>[] = [];
+  for (let i = 0; i < 50; i++) refused.push(tcpConnect(daemon.mqttUrl, `flood-${i}`));
   t.ok((await Promise.all(refused)).every((outcome) => outcome === 'closed'), '50 refused');
   t.equal(hits(daemon, 'maxConnections'), 50, 'all counted');
   t.equal(logs.lines.filter((line) => line.limit === 'maxConnections').length, 1, 'one line logged');

@@ -7,18 +7,37 @@
  * a client must misbehave.
  */
 import t from 'tap';
+import type { Test } from 'tap';
 import type { Packet } from 'mqtt-packet';
 import type { IClientOptions } from 'mqtt';
 import { startDaemon } from './helpers/daemon.js';
 import { eventually, openClient } from './helpers/mqtt.js';
-import { connectPacket, rawClient, rawConnected, type Raw } from './helpers/plain-aedes.js';
+import { connectPacket, published, rawClient, rawConnected, type Raw } from './helpers/plain-aedes.js';
 import { connect5, P, property, publish5 } from './helpers/packets.js';
 
 const v5 = (options: IClientOptions = {}): IClientOptions => ({ protocolVersion: 5, ...options });
 
-type Publish = Extract<Packet, { cmd: 'publish' }>;
-const published = (packets: Packet[]): Publish[] => packets.filter((p): p is Publish => p.cmd === 'publish');
 const portOf = (url: string): number => Number(new URL(url).port);
+
+/**
+ * A daemon holding `stored` QoS 1 messages (m0, m1, … on `${prefix}/t`) for
+ * the v5 session `clientId`, which subscribed to `${prefix}/#` with Receive
+ * Maximum `receiveMaximum` and went away. Returns the CONNECT options that
+ * resume the session and the publisher, still connected.
+ */
+async function storedWhileAway(t: Test, clientId: string, prefix: string, receiveMaximum: number, stored: number) {
+  const { mqttUrl } = await startDaemon(t);
+  const port = portOf(mqttUrl);
+  const session = { clean: false, properties: { sessionExpiryInterval: 300, receiveMaximum } };
+  const away = await rawConnected(t, port, clientId, 5, session);
+  away.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: `${prefix}/#`, qos: 1 }] });
+  await away.next('suback');
+  away.send({ cmd: 'disconnect' });
+  await away.waitForClose();
+  const publisher = await openClient(t, mqttUrl, v5({ clientId: `${prefix}-publisher` }));
+  for (let i = 0; i < stored; i++) await publisher.client.publishAsync(`${prefix}/t`, `m${i}`, { qos: 1 });
+  return { port, session, publisher };
+}
 
 /** The DISCONNECT the broker sent before closing, if any. */
 function serverDisconnect(raw: Raw): Extract<Packet, { cmd: 'disconnect' }> | undefined {
@@ -247,17 +266,7 @@ t.test('SUBACK and UNSUBACK carry MQTT 5 Reason Codes', async (t) => {
 });
 
 t.test("a v5 client's Receive Maximum bounds the stored messages resent after CONNECT, and the live ones behind them [MQTT-3.3.4-9]", async (t) => {
-  const { mqttUrl } = await startDaemon(t);
-  const port = portOf(mqttUrl);
-  const session = { clean: false, properties: { sessionExpiryInterval: 300, receiveMaximum: 2 } };
-  const away = await rawConnected(t, port, 'resend-rm', 5, session);
-  away.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'rr/#', qos: 1 }] });
-  await away.next('suback');
-  away.send({ cmd: 'disconnect' });
-  await away.waitForClose();
-  const publisher = await openClient(t, mqttUrl, v5({ clientId: 'rr-publisher' }));
-  for (let i = 0; i < 6; i++) await publisher.client.publishAsync('rr/t', `m${i}`, { qos: 1 });
-
+  const { port, session, publisher } = await storedWhileAway(t, 'resend-rm', 'rr', 2, 6);
   const back = await rawConnected(t, port, 'resend-rm', 5, session);
   await back.waitFor((p) => published(p).length >= 2, 'the first two stored messages');
   // Published while the backlog is still going out: it waits behind it, in order [MQTT-4.6.0-2].
@@ -276,17 +285,7 @@ t.test("a v5 client's Receive Maximum bounds the stored messages resent after CO
 });
 
 t.test('a client that goes while the resend after CONNECT waits for room in its window leaves the broker serving, and gets the rest next time', async (t) => {
-  const { mqttUrl } = await startDaemon(t);
-  const port = portOf(mqttUrl);
-  const session = { clean: false, properties: { sessionExpiryInterval: 300, receiveMaximum: 1 } };
-  const away = await rawConnected(t, port, 'resend-gone', 5, session);
-  away.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'rg/#', qos: 1 }] });
-  await away.next('suback');
-  away.send({ cmd: 'disconnect' });
-  await away.waitForClose();
-  const publisher = await openClient(t, mqttUrl, v5({ clientId: 'rg-publisher' }));
-  for (let i = 0; i < 3; i++) await publisher.client.publishAsync('rg/t', `m${i}`, { qos: 1 });
-
+  const { port, session, publisher } = await storedWhileAway(t, 'resend-gone', 'rg', 1, 3);
   // One in flight, unacknowledged: the resend waits for room; the client goes meanwhile. (Its
   // wait must end with the connection even while aedes still reads the client as connecting,
   // which lasts until aedes' close has run its unsubscribe step: under load, test/reconnect-soak

@@ -7,6 +7,7 @@ import mqtt, { type IClientOptions, type MqttClient, type IPublishPacket, type I
 import * as mqttPacket from 'mqtt-packet';
 import type { Packet } from 'mqtt-packet';
 import WebSocket from 'ws';
+import { connect } from './packets.js';
 
 export interface ReceivedMessage {
   topic: string;
@@ -268,4 +269,37 @@ export async function connectWithLogin(t: Test, url: string, login: RawLogin = {
   });
   const connack = await raw.waitForPacket('connack');
   return { raw, returnCode: connack.returnCode ?? -1 };
+}
+
+/**
+ * One MQTT 3.1.1 CONNECT over a fresh TCP connection to `url`, and how the
+ * broker answered: 'connack' (accepted, return code 0), 'refused' (a CONNACK
+ * with another code) or 'closed' (the connection ended, or was refused or
+ * reset, without a CONNACK). The socket is closed once that is known; a broker
+ * that does neither within `timeoutMs` fails the call.
+ */
+export function tcpConnect(url: string, clientId: string, timeoutMs = 10_000): Promise<'connack' | 'refused' | 'closed'> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: hostname, port: Number(port) }, () => socket.write(connect({ clientId })));
+    let bytes = Buffer.alloc(0);
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`${clientId}: neither a CONNACK nor a close within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const done = (outcome: 'connack' | 'refused' | 'closed') => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(outcome);
+    };
+    socket.on('data', (chunk: Buffer) => {
+      bytes = Buffer.concat([bytes, chunk]);
+      // CONNACK: 0x20, Remaining Length 2, flags, return code [MQTT-3.2].
+      if (bytes.length < 4) return;
+      if (bytes[0] !== 0x20) done('closed');
+      else done(bytes[3] === 0 ? 'connack' : 'refused');
+    });
+    socket.on('error', () => done('closed'));
+    socket.on('close', () => done('closed'));
+  });
 }

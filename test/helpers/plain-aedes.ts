@@ -4,15 +4,17 @@
  * behaviour edgemqtt corrects is still there.
  *
  * Each broker is served on a port-0 TCP server by `aedes.handle`, nothing in
- * between. The only thing these helpers may put around aedes is a wrapper
+ * between. The only things these helpers may put around aedes are a wrapper
  * around its own persistence that holds a call back (to widen a race
- * deterministically) or counts calls; it never changes what a call does.
+ * deterministically) or counts calls, and a tap that counts the PUBLISH
+ * packets it writes; neither changes what aedes does.
  */
 import type { Test } from 'tap';
 import net from 'node:net';
 import { Aedes } from 'aedes';
 import * as mqttPacket from 'mqtt-packet';
 import type { Packet } from 'mqtt-packet';
+import { onPublishWritten } from '../../src/broker/aedes-seam/index.js';
 
 /** The installed aedes version, as the broker checks it at start. */
 export { installedAedesVersion } from '../../src/broker/aedes-seam/version.js';
@@ -82,6 +84,20 @@ export function publishVia(aedes: Aedes, packet: { topic: string; payload: strin
       (error?: Error) => (error ? reject(error) : resolve()),
     ),
   );
+}
+
+/**
+ * How many PUBLISH packets `aedes` had written by the end of the event-loop
+ * turn in which it wrote its first (-1 until that turn is over): 1 where it
+ * writes one per turn, all of a backlog where it writes them back to back.
+ */
+export function publishesInFirstTurn(aedes: Aedes): { readonly count: number } {
+  const result = { count: -1 };
+  let written = 0;
+  onPublishWritten(aedes, () => {
+    if (++written === 1) setImmediate(() => (result.count = written));
+  });
+  return result;
 }
 
 /** A promise with its resolve function, for holding a persistence call until the test lets it go. */
@@ -245,4 +261,19 @@ export async function rawConnected(t: Test, port: number, clientId: string, prot
   const code = protocolVersion === 5 ? connack.reasonCode : connack.returnCode;
   if (code !== 0) throw new Error(`CONNACK ${String(code)} for ${clientId}`);
   return raw;
+}
+
+/**
+ * `clientId` subscribes to `topic` at QoS 1 in a session that outlives the
+ * connection (`session`: the CONNECT's clean flag and properties), then sends
+ * DISCONNECT; resolves once aedes has let the client go, so that what is
+ * published next is queued for the session.
+ */
+export async function subscribedAndGone(t: Test, broker: PlainBroker, clientId: string, topic: string, protocolVersion: 4 | 5 = 4, session: AnyOptions = { clean: false }): Promise<void> {
+  const raw = await rawConnected(t, broker.port, clientId, protocolVersion, session);
+  raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic, qos: 1 }] });
+  await raw.next('suback');
+  const gone = new Promise<void>((resolve) => broker.aedes.once('clientDisconnect', () => resolve()));
+  raw.send({ cmd: 'disconnect' });
+  await gone;
 }
