@@ -1,7 +1,8 @@
 /**
  * The NATS JetStream bridge as a component: exports the messages that match
  * the export rules through the durable outbox (outbox.ts) and the sender
- * (sender.ts), over one NATS connection kept up forever.
+ * (sender.ts), over one NATS connection kept up forever. Built only when
+ * `bridge.enabled` is true; the daemon uses disabled.ts otherwise.
  *
  * It never holds up the broker: start() returns once the outbox is ready,
  * whether NATS answers or not; an unreachable or misconfigured NATS shows in
@@ -69,7 +70,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
   const log = deps.logger.child({ component: 'bridge' });
   /** The JetStream domain, for the import and the stream checks (empty: none). */
   const domain = config.nats.jetstreamDomain || undefined;
-  let state: BridgeState = config.enabled ? 'connecting' : 'disabled';
+  let state: BridgeState = 'connecting';
   let problem: string | undefined;
   let outbox: Outbox | undefined;
   let sender: Sender | undefined;
@@ -109,7 +110,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
     if (next === state && why === problem) return;
     state = next;
     problem = why;
-    if (config.enabled) queueMicrotask(publishStatus);
+    queueMicrotask(publishStatus);
     const line = { state: next, ...(why ? { problem: why } : {}), ...fields };
     if (next === 'connected') log.info(line, 'bridge connected to NATS JetStream');
     else if (next === 'misconfigured') log.error(line, `bridge: ${why}`);
@@ -324,7 +325,6 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       return state;
     },
     async start() {
-      if (!config.enabled) return;
       outbox = new Outbox(deps.store, config.outbox, { logger: deps.logger });
       await outbox.recover();
       sender = new Sender(
@@ -359,7 +359,7 @@ export function createBridge(config: BridgeConfig, deps: { logger: Logger; store
       running = run();
     },
     async stop(deadline = performance.now() + 5000) {
-      if (!config.enabled || state === 'stopped') return;
+      if (state === 'stopped') return;
       // The tap stays: clients still connected keep publishing until the broker stops, and
       // what they are acknowledged for must reach the outbox (it waits there for the next start).
       clearInterval(statusTimer);
