@@ -38,7 +38,7 @@
  * messages from one client on one topic reach each subscriber in the order
  * sent [MQTT-4.6.0-6]. For that, once a PUBLISH of a client goes to aedes,
  * its later ones do too until aedes has published every one of them
- * (`#handedToAedes`, counted down by the seam's publish); aedes then has
+ * (FrameReader's `handedToAedes`, counted down by the seam's publish); aedes then has
  * written them, since its QoS 0 deliveries complete before its publish calls
  * back.
  *
@@ -55,7 +55,7 @@ import { createRequire } from 'node:module';
 import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
 import type { ClientSubscription, PublishVerdict } from './client.js';
-import { publishTap, publishWrites } from './packet-writes.js';
+import { publishRewrite, publishTap } from './packet-writes.js';
 import { encodePlainPublish, parsedInPlace, PLAIN_PUBLISH, plainTopic, PUBACK_HEADER, PUBLISH, remainingLength, variableByteIntegerBytes } from './publish-frames.js';
 import type { AedesSeam } from './seam.js';
 
@@ -126,8 +126,6 @@ export class FastPublish {
   readonly #matches = new Map<string, Matches>();
   /** The client (and its subscription) each mqemitter handler delivers to. */
   readonly #owners = new WeakMap<Handler, Target>();
-  /** Per client: its PUBLISHes handed to aedes and not yet published by it. */
-  readonly #handedToAedes = new WeakMap<object, number>();
 
   constructor(seam: AedesSeam, options: FastPublishOptions) {
     this.#seam = seam;
@@ -152,24 +150,13 @@ export class FastPublish {
     seam.aedes.on('client', (client) => this.#learn(client as unknown as FastClient));
     seam.aedes.on('subscribe', (_subscriptions, client) => this.#learn(client as unknown as FastClient));
     seam.onPublished((client) => {
-      const handed = this.#handedToAedes.get(client);
-      if (handed !== undefined && handed > 0) this.#handedToAedes.set(client, handed - 1);
+      const reader = (client.conn as Partial<Reading>)[READER];
+      if (reader !== undefined && reader.handedToAedes > 0) reader.handedToAedes--;
     });
     seam.onConnection((conn) => {
       (conn as Reading)[READER] = new FrameReader(this, conn, conn.read as Read);
       conn.read = readFrames as Duplex['read'];
     });
-  }
-
-  /** Whether `client`'s next PUBLISH may take this path. */
-  ready(client: FastClient | undefined): client is FastClient {
-    return client !== undefined && client.connackSent === true && !client.closed && (this.#handedToAedes.get(client) ?? 0) === 0;
-  }
-
-  /** Counts a QoS 0 PUBLISH of `client` handed to aedes (as bytes or as a packet). */
-  handedToAedes(client: FastClient | undefined): void {
-    if (client === undefined) return;
-    this.#handedToAedes.set(client, (this.#handedToAedes.get(client) ?? 0) + 1);
   }
 
   /**
@@ -197,8 +184,7 @@ export class FastPublish {
     for (const { client: subscriber, subscription, handler } of matches.targets) {
       if (subscriber.closed || subscriber.conn.destroyed) continue;
       if (subscription.nl === true && subscriber === publisher) continue;
-      const writes = publishWrites(subscriber.conn);
-      if (!subscriber.connected || subscription.si !== undefined || writes?.rewrite !== undefined) {
+      if (!subscriber.connected || subscription.si !== undefined || publishRewrite(subscriber.conn) !== undefined) {
         // aedes' route for this one subscriber: its handler, as mqemitter would call it (aedes.js emitPacket).
         aedesCopy ??= new AedesPacket({ ...packet, clientId: publisher.id }, this.#aedes);
         handler(aedesCopy, noop);
@@ -222,7 +208,8 @@ export class FastPublish {
   }
 
   #toAedes(client: FastClient, packet: PublishPacket, verdict: PublishVerdict): void {
-    this.handedToAedes(client);
+    // Counted before aedes can publish it (and count it down), which it may do at once.
+    (client.conn as Reading)[READER].handedToAedes++;
     this.#seam.prejudge(packet, verdict);
     client._parser.emit('packet', packet);
   }
@@ -299,6 +286,8 @@ class FrameReader {
   #beforeReady = false;
   /** Frames whose first bytes went to aedes (those read in place not counted). */
   #framesHanded = 0;
+  /** The client's QoS 0 PUBLISHes handed to aedes (as bytes or as a packet) and not yet published by it. */
+  handedToAedes = 0;
 
   /** The read below this one (the protocol guard's), unbound. */
   readonly #read: Read;
@@ -346,7 +335,7 @@ class FrameReader {
       return this.#toAedes(data, 0, owed);
     }
     const client = (this.#conn as { client?: FastClient }).client;
-    if (!this.#fast.ready(client)) {
+    if (!this.#ready(client)) {
       const out = this.#toAedes(data, 0, 0);
       // The connect hold above passes the first packet, the CONNECT, and holds what follows it.
       if (this.#framesHanded > 1) this.#beforeReady = true;
@@ -401,6 +390,11 @@ class FrameReader {
     return this.#done(client, published, null);
   }
 
+  /** Whether `client`'s next PUBLISH may take the fast path. */
+  #ready(client: FastClient | undefined): client is FastClient {
+    return client !== undefined && client.connackSent === true && !client.closed && this.handedToAedes === 0;
+  }
+
   /** The keep-alive counts every packet the client sends (handlers/index.js), those published here too [MQTT-3.1.2-22]. */
   #done(client: FastClient, published: boolean, out: Buffer | null): Buffer | null {
     if (published && client._keepaliveInterval > 0) client._keepaliveTimer?.refresh();
@@ -425,7 +419,7 @@ class FrameReader {
       }
       const first = data[index] as number;
       this.#framesHanded++;
-      if (first >> 4 === PUBLISH && (first & 0x06) === 0) this.#fast.handedToAedes(client);
+      if (client !== undefined && first >> 4 === PUBLISH && (first & 0x06) === 0) this.handedToAedes++;
       const frameEnd = header.next + header.length;
       if (frameEnd > data.length) {
         this.#owed = frameEnd - data.length;

@@ -7,9 +7,9 @@
  * a packet for a closed connection never gets there (write() checks first).
  *
  * Per connection, a rewrite of each PUBLISH before it is written may be
- * attached (the broker's Topic Aliases, outgoing-aliases.ts), kept in a
- * symbol-keyed field of the connection (cheaper than an entry in a
- * WeakMap); per aedes instance, a tap told of each PUBLISH written to its
+ * attached (the broker's Topic Aliases, outgoing-aliases.ts), the function
+ * itself in a symbol-keyed field of the connection (cheaper than an entry in
+ * a WeakMap); per aedes instance, a tap told of each PUBLISH written to its
  * clients (the traffic counters), found through the `client` aedes sets on
  * each connection (lib/client.js) and its `broker`. A stream with neither
  * (and any mqtt.js client in the same process) costs a few property lookups
@@ -40,23 +40,17 @@ export interface WrittenPublish extends Record<string, unknown> {
 /** Told of each PUBLISH written to the client's connection: its QoS as sent and its payload's size. One function may serve all clients. */
 export type PublishTap = (client: Client, qos: QoS, payloadBytes: number) => void;
 
-/** What is attached to one connection. */
-interface StreamWrites {
-  rewrite: (packet: WrittenPublish) => WrittenPublish;
-}
+/** A connection's rewrite of each PUBLISH before it is written: a copy, the packet given never changed. */
+export type PublishRewrite = (packet: WrittenPublish) => WrittenPublish;
 
-const WRITES = Symbol('edgemqtt.publishWrites');
+const REWRITE = Symbol('edgemqtt.publishRewrite');
 const TAP = Symbol('edgemqtt.publishTap');
-type WithWrites = { [WRITES]?: StreamWrites; client?: { broker?: WithTap } };
+type WithRewrite = { [REWRITE]?: PublishRewrite; client?: { broker?: WithTap } };
 type WithTap = { [TAP]?: PublishTap };
-
-function writesFor(stream: object): StreamWrites | undefined {
-  return (stream as WithWrites)[WRITES];
-}
 
 /** The tap of the broker whose client `stream` is, if any. */
 function tapFor(stream: object): PublishTap | undefined {
-  return (stream as WithWrites).client?.broker?.[TAP];
+  return (stream as WithRewrite).client?.broker?.[TAP];
 }
 let hooked = false;
 
@@ -79,11 +73,11 @@ function hookWriteToStream(): void {
   original.cacheNumbers = false;
   const writeToStream = function writeToStream(packet: Record<string, unknown>, stream: object, options?: object): boolean {
     if (packet.cmd !== 'publish') return original(packet, stream, options);
-    const writes = writesFor(stream);
+    const rewrite = (stream as WithRewrite)[REWRITE];
     const tap = tapFor(stream);
-    if (writes === undefined && tap === undefined) return original(packet, stream, options);
+    if (rewrite === undefined && tap === undefined) return original(packet, stream, options);
     const publish = packet as WrittenPublish;
-    const written = original(writes !== undefined ? writes.rewrite(publish) : publish, stream, options);
+    const written = original(rewrite !== undefined ? rewrite(publish) : publish, stream, options);
     // After the write: one that threw (a packet mqtt-packet cannot encode) was not sent.
     if (tap !== undefined) tap((stream as { client: Client }).client, publish.qos ?? 0, payloadBytes(publish.payload));
     return written;
@@ -97,14 +91,14 @@ function hookWriteToStream(): void {
 }
 
 /** Rewrites each PUBLISH aedes writes to this client's connection (a copy; the stored packet is never touched). */
-export function rewritePublishes(client: Client, rewrite: (packet: WrittenPublish) => WrittenPublish): void {
+export function rewritePublishes(client: Client, rewrite: PublishRewrite): void {
   hookWriteToStream();
-  (client.conn as WithWrites)[WRITES] = { rewrite };
+  (client.conn as WithRewrite)[REWRITE] = rewrite;
 }
 
-/** What is attached to `conn`'s PUBLISH writes, if anything (fast-publish.ts writes past mqtt-packet and honours it). */
-export function publishWrites(conn: object): Readonly<StreamWrites> | undefined {
-  return writesFor(conn);
+/** The rewrite attached to `conn`'s PUBLISH writes, if any (fast-publish.ts writes past mqtt-packet and honours it). */
+export function publishRewrite(conn: object): PublishRewrite | undefined {
+  return (conn as WithRewrite)[REWRITE];
 }
 
 /** The tap of onPublishWritten for `aedes`' clients, if any (fast-publish.ts tells it of what it writes). */

@@ -27,6 +27,10 @@ function isWireQoS1(packet: PublishPacket): boolean {
   return packet.cmd === 'publish' && packet.qos === 1 && typeof packet.messageId === 'number';
 }
 
+/** The access policy's verdict on a packet the fast path read and handed to aedes (fast-publish.ts), so that it is asked once: a field of the packet. */
+const PREJUDGED = Symbol('edgemqtt.prejudged');
+type Prejudged = { [PREJUDGED]?: PublishVerdict };
+
 /** aedes' answer to a refused publish; for a will, aedes then skips it (lib/client.js close). */
 const REFUSED = 'publish not authorized';
 
@@ -43,8 +47,6 @@ export class AedesSeam {
   readonly #connectionHooks: ConnectionHook[] = [];
   /** Packets already published, or dropped, whose next broker.publish is answered at once. */
   readonly #published = new WeakSet<object>();
-  /** The access policy's verdicts on packets the fast path read and handed to aedes (fast-publish.ts): asked once. */
-  readonly #prejudged = new WeakMap<object, PublishVerdict>();
   readonly #policy: PublishPolicy;
   readonly #publishedListeners: Array<(client: Client) => void> = [];
 
@@ -52,7 +54,6 @@ export class AedesSeam {
   constructor(options: AedesOptions, policy: PublishPolicy, version: string = installedAedesVersion()) {
     checkAedesVersion(version);
     const published = this.#published;
-    const prejudged = this.#prejudged;
     const publishedListeners = this.#publishedListeners;
     this.#policy = policy;
     // aedes calls it as broker.publish (handlers, wills, $SYS); replaced below.
@@ -60,7 +61,7 @@ export class AedesSeam {
     const aedes = new Aedes({
       ...options,
       authorizePublish(client, packet, done) {
-        const verdict = prejudged.get(packet) ?? policy(client, packet);
+        const verdict = (packet as Prejudged)[PREJUDGED] ?? policy(client, packet);
         // The publisher's id, on the packet before aedes' publish queues its
         // copies for persistent sessions (aedes.js enqueueOffline): No Local
         // is judged there too [MQTT-3.8.3-3]. aedes itself sets it only
@@ -163,7 +164,7 @@ export class AedesSeam {
 
   /** `packet`, about to reach aedes, was judged already: aedes' authorizePublish uses `verdict`. */
   prejudge(packet: PublishPacket, verdict: PublishVerdict): void {
-    this.#prejudged.set(packet, verdict);
+    (packet as Prejudged)[PREJUDGED] = verdict;
   }
 
   /** Runs `listener` each time aedes is done publishing a client's QoS 0 PUBLISH, or dropping it. */
