@@ -6,7 +6,7 @@
  */
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
-import { clientLimits, onDrainTimeout, wrapDeliveries, type Deliver, type DeliveredPacket, type Deliveries, type QoS } from './aedes-seam/index.js';
+import { clientLimits, wrapDeliveries, type Deliver, type DeliveredPacket, type Deliveries, type QoS } from './aedes-seam/index.js';
 import type { FlowOwner } from './flow-types.js';
 import { publishBytes } from './publish-size.js';
 
@@ -56,7 +56,6 @@ export class ClientFlow implements Deliveries {
       this.#inner = inner;
       return this;
     });
-    onDrainTimeout(client, owner.slowClient);
   }
 
   deliver0(packet: DeliveredPacket, callback: () => void): void {

@@ -84,7 +84,7 @@ export class FlowControl implements FlowOwner {
     this.#discardOutgoing = discardOutgoing;
   }
 
-  /** For ClientFlow: counts and reports a client aedes cuts off after drainTimeout (one function for all clients, onDrainTimeout). */
+  /** Counts and reports a client aedes cuts off after drainTimeout: one function for all clients (limits.ts passes it to onDrainTimeout). */
   readonly slowClient = (client: Client): void => {
     this.count('slowClientDisconnects');
     this.report('slowClient', {

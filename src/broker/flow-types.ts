@@ -69,7 +69,6 @@ export interface FlowOwner {
   readonly options: FlowControlOptions;
   readonly claimOutgoing: ClaimOutgoing | undefined;
   readonly discardOutgoing: DiscardOutgoing | undefined;
-  readonly slowClient: (client: Client) => void;
   count(key: FlowCounter): void;
   queued(messages: 1 | -1, bytes: number): void;
   report(event: FlowEvent, fields: Record<string, unknown>): void;

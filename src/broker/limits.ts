@@ -280,7 +280,10 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
     };
     const connectTimeoutMs = config.broker.connectTimeoutSec * 1000;
     const leaving = deps.leaving;
-    const slowConsumer = leaving ? (slow: Client) => leaving(slow, 'slow_consumer') : undefined;
+    // One pair for all the broker's clients. The departure's reason first, then the flow
+    // control's count, both before aedes' close (onDrainTimeout runs the latest first).
+    onDrainTimeout(seam.aedes, flow.slowClient);
+    if (leaving) onDrainTimeout(seam.aedes, (slow: Client) => leaving(slow, 'slow_consumer'));
 
     /**
      * One connection under the limits: its guard's owner and the state its
@@ -339,8 +342,6 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
         holdUntilConnack(this.conn, client);
         this.clientFlow = flow.attach(client, this.conn);
         (client as WithFlow)[FLOW] = this.clientFlow;
-        // Runs before the flow control's count and aedes' close (onDrainTimeout runs the latest first).
-        if (slowConsumer) onDrainTimeout(client, slowConsumer);
       }
     }
 

@@ -227,34 +227,31 @@ export function subscriptionsOf(client: Client): Readonly<Record<string, ClientS
   return internals(client).subscriptions;
 }
 
-/** A client's drain-timeout listeners (onDrainTimeout), the latest first, in a symbol-keyed field of the client: one function, or an array once there are more. */
+/** Where onDrainTimeout keeps its listeners, the latest first: on the aedes instance, one list for all its clients. */
 const DRAIN_TIMEOUT = Symbol('edgemqtt.drainTimeout');
 type DrainTimeoutListener = (client: Client) => void;
-type WithDrainTimeout = { [DRAIN_TIMEOUT]?: DrainTimeoutListener | DrainTimeoutListener[] };
+type DrainTimeoutHolder = { [DRAIN_TIMEOUT]?: DrainTimeoutListener[] };
 
-/** A client's `_handleDrainTimeout` once it has listeners: one function for all clients. */
+/** Every client's `_handleDrainTimeout` (shareDrainTimeout): its broker's listeners, then aedes' own. */
 function handleDrainTimeout(this: Client): void {
-  const listeners = (this as unknown as WithDrainTimeout)[DRAIN_TIMEOUT];
-  if (typeof listeners === 'function') listeners(this);
-  else if (listeners) for (const listener of listeners) listener(this);
+  const listeners = (this as unknown as { broker: DrainTimeoutHolder }).broker[DRAIN_TIMEOUT];
+  if (listeners) for (const listener of listeners) listener(this);
   (Object.getPrototypeOf(this) as ClientInternals)._handleDrainTimeout.call(this);
 }
 
 /**
- * Runs `listener` when aedes gives up on a client whose socket stayed full
- * for drainTimeout (lib/client.js waitForDrain binds `_handleDrainTimeout`
- * when it sets its timer), before aedes closes it. Listeners added later run
- * first. Pass one function for all clients where possible: it is told which.
+ * Runs `listener` when aedes gives up on one of its clients whose socket
+ * stayed full for drainTimeout (lib/client.js waitForDrain binds
+ * `_handleDrainTimeout` when it sets its timer), before aedes closes it.
+ * Listeners added later run first. Once per aedes instance, for the clients
+ * the seam handles (shareDrainTimeout): it is told which client.
  */
-export function onDrainTimeout(client: Client, listener: DrainTimeoutListener): void {
-  const holder = client as unknown as WithDrainTimeout;
-  const listeners = holder[DRAIN_TIMEOUT];
-  if (listeners) {
-    // A new array of the exact length: unshift() would grow the store to a dozen slots or more.
-    holder[DRAIN_TIMEOUT] = typeof listeners === 'function' ? [listener, listeners] : [listener, ...listeners];
-    return;
-  }
-  holder[DRAIN_TIMEOUT] = listener;
+export function onDrainTimeout(aedes: Aedes, listener: DrainTimeoutListener): void {
+  ((aedes as unknown as DrainTimeoutHolder)[DRAIN_TIMEOUT] ??= []).unshift(listener);
+}
+
+/** Routes `client`'s drain timeout through its broker's onDrainTimeout listeners: one shared function instead of aedes' method. */
+export function shareDrainTimeout(client: Client): void {
   internals(client)._handleDrainTimeout = handleDrainTimeout;
 }
 

@@ -53,8 +53,8 @@
  *   BufferListStream) by a plain BufferList, the parser's `_states` by one
  *   shared list, the parser's and (once 'connected') the client's `_events`
  *   (Node's EventEmitter tables) by fast-mode prototype-free copies;
- *   `_handleDrainTimeout` is one shared function once a listener is added
- *   (onDrainTimeout). What the seam keeps per client or connection is in
+ *   `_handleDrainTimeout` is one shared function that runs the aedes
+ *   instance's onDrainTimeout listeners first. What the seam keeps per client or connection is in
  *   symbol-keyed fields of the Client or the connection, not in WeakMaps;
  *   what is the same for all clients (the traffic tap, the parse-error and
  *   acknowledgement listeners) on the aedes instance, found through

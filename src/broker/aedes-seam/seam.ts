@@ -6,7 +6,7 @@
 import type { Duplex } from 'node:stream';
 import { Aedes, type AedesOptions, type Client, type PublishPacket } from 'aedes';
 import { checkAedesVersion, installedAedesVersion } from './version.js';
-import { freeSubscriptionMap, lightenClient, type ConnectionHook, type PublishPolicy, type PublishVerdict } from './client.js';
+import { freeSubscriptionMap, lightenClient, shareDrainTimeout, type ConnectionHook, type PublishPolicy, type PublishVerdict } from './client.js';
 import { withoutWillDelay } from './sessions.js';
 import { boundEmitterRecursion } from './emitter-depth.js';
 
@@ -152,6 +152,7 @@ export class AedesSeam {
       const client = handle(conn, request);
       freeSubscriptionMap(client);
       lightenClient(client);
+      shareDrainTimeout(client);
       if (after) for (const then of after) then(client);
       return client;
     };
