@@ -12,7 +12,7 @@ import type { Test } from 'tap';
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
 import { lightenClient } from '../src/broker/aedes-seam/index.js';
-import { installedAedesVersion, rawConnected, startPlainAedes, until } from './helpers/plain-aedes.js';
+import { installedAedesVersion, payloads, published, rawConnected, startPlainAedes, until } from './helpers/plain-aedes.js';
 import { publish } from './helpers/packets.js';
 
 const V = installedAedesVersion();
@@ -26,11 +26,11 @@ interface Weighed {
 const names = (emitter: NodeJS.EventEmitter, event: string) => emitter.rawListeners(event).map((listener) => listener.name);
 
 /** A plain aedes whose clients are lightened as they are made; what each had before, and the clients. */
-async function lightened(t: Test) {
+async function lightened(t: Test, options: Record<string, unknown> = {}) {
   const before: Array<Record<string, unknown>> = [];
   const clients: Client[] = [];
   const events: string[] = [];
-  const broker = await startPlainAedes(t, {}, (aedes) => {
+  const broker = await startPlainAedes(t, options, (aedes) => {
     const handle = aedes.handle.bind(aedes);
     aedes.handle = (conn, request) => {
       const client = handle(conn, request);
@@ -118,4 +118,52 @@ t.test("a lightened client's parse error is still reported and closes it", async
   await raw.waitForClose();
   await until(() => events.includes('clientDisconnect garbled'), 5000, 'the client to be gone');
   t.match(events, [/^clientError garbled: ./, 'clientDisconnect garbled']);
+});
+
+interface Settled {
+  version: number;
+  _topicAliases: Map<number, string>;
+  _parser: { settings: Record<string, unknown> };
+}
+
+t.test(`aedes ${V} keeps each CONNECT as its parser's settings and a topic-alias Map per 3.1.1 client (replaced at 'connected' by lightenClient)`, async (t) => {
+  const plain = await startPlainAedes(t);
+  const plainClients: Client[] = [];
+  plain.aedes.on('client', (client) => plainClients.push(client));
+  await rawConnected(t, plain.port, 'kept', 4, { username: 'u', password: Buffer.from('secret') });
+  await until(() => plainClients.length === 1, 5000, 'the plain client');
+  const kept = plainClients[0] as unknown as Settled;
+  t.equal(kept._parser.settings['clientId'], 'kept', "aedes' parser keeps the CONNECT as its settings");
+  t.same(kept._parser.settings['password'], Buffer.from('secret'), 'password included');
+  t.ok(kept._topicAliases instanceof Map, 'a topic-alias Map of its own');
+
+  const { port, clients } = await lightened(t);
+  await rawConnected(t, port, 'light', 4, { username: 'u', password: Buffer.from('secret') });
+  const light = clients[0] as unknown as Settled & NodeJS.EventEmitter;
+  await until(() => light.listenerCount('connected') === 0, 5000, "the client's 'connected' listeners to have run");
+  t.same(light._parser.settings, { protocolVersion: 4 }, 'only what the parser reads of the CONNECT is kept');
+  t.ok(Object.isFrozen(light._parser.settings), 'one shared, frozen object');
+  t.throws(() => light._topicAliases.set(1, 'a'), /no topic aliases/, "a 3.1.1 client's alias table is the shared one that takes none");
+});
+
+t.test('a lightened 3.1.1 client still subscribes and receives, and a v5 client still uses topic aliases', async (t) => {
+  const { port, clients } = await lightened(t, { topicAliasMaximum: 10 });
+  const v4 = await rawConnected(t, port, 'v4');
+  v4.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'alias/#', qos: 0 }] } as never);
+  await v4.next('suback');
+  const v5 = await rawConnected(t, port, 'v5', 5, { properties: { topicAliasMaximum: 0 } });
+  const light = clients[1] as unknown as Settled & NodeJS.EventEmitter;
+  await until(() => light.listenerCount('connected') === 0, 5000, "the v5 client's 'connected' listeners to have run");
+  t.same(light._parser.settings, { protocolVersion: 5 }, 'the v5 parser reads v5 properties on');
+  // Topic Alias 1 set with the first PUBLISH, used alone by the second [MQTT-3.3.2-12].
+  v5.send({ cmd: 'publish', topic: 'alias/one', payload: Buffer.from('first'), qos: 0, retain: false, dup: false, properties: { topicAlias: 1 } } as never);
+  v5.send({ cmd: 'publish', topic: '', payload: Buffer.from('second'), qos: 0, retain: false, dup: false, properties: { topicAlias: 1 } } as never);
+  await v4.waitFor((packets) => payloads(packets).length === 2, 'both messages');
+  t.same(
+    published(v4.packets).map((p) => [p.topic, p.payload.toString()]),
+    [
+      ['alias/one', 'first'],
+      ['alias/one', 'second'],
+    ],
+  );
 });

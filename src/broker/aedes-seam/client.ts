@@ -334,7 +334,17 @@ interface ClientWeight {
   /** end-of-stream's cleanup of `finished(conn, this.close.bind(this))`; aedes calls it in close(). */
   _eos: () => void;
   /** mqtt-packet's parser (its `client` set by aedes) and the bl BufferListStream it buffers partial packets in. */
-  _parser: NodeJS.EventEmitter & { client?: Client; _list: { constructor: unknown; length: number }; _events: object; _states: readonly string[] };
+  _parser: NodeJS.EventEmitter & { client?: Client; _list: { constructor: unknown; length: number }; _events: object; _states: readonly string[]; settings: ParserSettings };
+  /** The protocol level of the CONNECT (3, 4 or 5), set by handlers/connect.js. */
+  version: number | null;
+  /** MQTT 5 Topic Alias → topic name, this connection's (lib/client.js). */
+  _topicAliases: ReadonlyMap<number, string>;
+}
+
+/** What mqtt-packet's parser reads of its `settings` (parser.js). */
+interface ParserSettings {
+  protocolVersion?: number;
+  bridgeMode?: boolean;
 }
 
 type Owned = { client?: Client };
@@ -377,7 +387,42 @@ function stopClosingOnClose(this: ClientWeight): void {
  */
 function compactClientListeners(this: ClientWeight): void {
   this._events = withoutPrototype(this._events);
+  this._parser.settings = parserSettings(this._parser.settings);
+  if (this.version !== 5) this._topicAliases = NO_TOPIC_ALIASES;
 }
+
+/**
+ * What mqtt-packet's parser keeps reading of the CONNECT after it: its
+ * `settings` become the CONNECT packet itself (parser.js _parseConnect, "need
+ * for right parse auth packet"), of which it reads only protocolVersion and
+ * bridgeMode; so each connection kept its whole CONNECT, client identifier,
+ * will and password included, for its life. One frozen object per pair
+ * instead (a later CONNECT, a protocol error [MQTT-3.1.0-2], assigns anew).
+ */
+const SETTINGS = new Map<string, Readonly<ParserSettings>>();
+function parserSettings(settings: ParserSettings): Readonly<ParserSettings> {
+  const key = `${settings.protocolVersion}/${settings.bridgeMode === true}`;
+  let shared = SETTINGS.get(key);
+  if (shared === undefined) {
+    shared = Object.freeze(settings.bridgeMode === true ? { protocolVersion: settings.protocolVersion, bridgeMode: true } : { protocolVersion: settings.protocolVersion });
+    SETTINGS.set(key, shared);
+  }
+  return shared;
+}
+
+/**
+ * The topic-alias table of an MQTT 3.1/3.1.1 client, one for all: aedes makes
+ * a Map per client (lib/client.js) that only a v5 PUBLISH's Topic Alias
+ * property fills (handlers/publish.js resolveTopicAlias), and a 3.1.1 PUBLISH
+ * has no properties. Frozen in effect: a set would be a fault, not silently
+ * shared.
+ */
+class NoTopicAliases extends Map<number, string> {
+  override set(): this {
+    throw new Error('an MQTT 3.1.1 client has no topic aliases');
+  }
+}
+const NO_TOPIC_ALIASES: ReadonlyMap<number, string> = new NoTopicAliases();
 
 /** mqtt-packet's parser states (parser.js), which it only reads: one array for all parsers. */
 const PARSER_STATES: readonly string[] = Object.freeze(['_parseHeader', '_parseLength', '_parsePayload', '_newPacket']);
