@@ -182,9 +182,9 @@ export function processRssKb(pid: number): number {
 // run (the PUBLISH template), so MQTT 5 costs the load generator nothing per
 // message on the send side.
 
-export function connectPacket(clientId: string, level: ClientProtocol['level'] = 4): Buffer {
+export function connectPacket(clientId: string, level: ClientProtocol['level'] = 4, keepalive = 0): Buffer {
   // Level 5 adds a Property Length (0 here) after the keep-alive (3.1.2.11).
-  return generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: level, clean: true, clientId, keepalive: 0 });
+  return generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: level, clean: true, clientId, keepalive });
 }
 
 export function subscribePacket(filter: string, level: ClientProtocol['level'] = 4, qos: 0 | 1 = 0): Buffer {

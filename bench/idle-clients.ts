@@ -26,7 +26,7 @@ export function openClient(target: Target, transport: 'tcp' | 'ws', id: string):
   return new Promise((resolve, reject) => {
     const port = transport === 'tcp' ? target.tcpPort : target.wsPort;
     const socket = connect(port, target.host);
-    const packet = connectPacket(id);
+    const packet = connectPacket(id, 4, Number(process.env.BENCH_KEEPALIVE ?? 0));
     let received = Buffer.alloc(0);
     let upgraded = transport === 'tcp';
     const timer = setTimeout(() => fail(new Error(`${target.name}: no CONNACK for ${id} within 10 s`)), 10_000);

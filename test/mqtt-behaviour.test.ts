@@ -14,6 +14,7 @@ import path from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import { startDaemon, tempDir, type RunningDaemon } from './helpers/daemon.js';
 import { connectRaw, openClient, type RawClient } from './helpers/mqtt.js';
+import { publish } from './helpers/packets.js';
 
 const transports = ['tcp', 'ws'] as const;
 type Transport = (typeof transports)[number];
@@ -329,6 +330,12 @@ eachTransport('keep-alive: a silent client is disconnected after 1.5 × keep-ali
   await pinger.waitForPacket('connack');
   const ping = setInterval(() => pinger.send({ cmd: 'pingreq' }), 300);
   t.teardown(() => clearInterval(ping));
+  // One that only publishes QoS 0 (read in place by the fast path) stays connected too [MQTT-3.1.2-22].
+  const talker = await connectRaw(t, url);
+  talker.send(connectPacket('talker', { keepalive: 1 }));
+  await talker.waitForPacket('connack');
+  const talk = setInterval(() => talker.send(publish('chatter/talker', { payload: 'beat' })), 300);
+  t.teardown(() => clearInterval(talk));
 
   const silent: RawClient = await connectRaw(t, url);
   const sentAt = performance.now();
@@ -346,6 +353,7 @@ eachTransport('keep-alive: a silent client is disconnected after 1.5 × keep-ali
   const [will] = await watcher.log.waitForCount(1);
   t.same([will?.topic, will?.payload], ['keepalive/silent', 'timed out'], 'the will of the timed-out client is published');
   t.notOk(pinger.isClosed, 'the pinging client is still connected');
+  t.notOk(talker.isClosed, 'the publishing client is still connected');
   t.ok(pinger.packets.some((p) => p.cmd === 'pingresp'), 'PINGREQ is answered with PINGRESP');
 });
 

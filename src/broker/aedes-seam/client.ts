@@ -6,6 +6,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
+import { keepAliveBySweep } from './keepalive.js';
 
 export type QoS = 0 | 1 | 2;
 
@@ -381,14 +382,18 @@ function stopClosingOnClose(this: ClientWeight): void {
 /**
  * Once the client is connected (handlers/connect.js emits 'connected' once;
  * aedes' own once('connected') listener has gone by then, once() removing
- * it before calling it), its listener table becomes a fast-mode copy of what
- * is left (NoPrototype): a table from which 'connected' was deleted stays a
- * dictionary. One function for all clients.
+ * it before calling it): its listener table becomes a fast-mode copy of what
+ * is left (NoPrototype), as a table from which 'connected' was deleted stays
+ * a dictionary; its parser keeps a shared settings object instead of the
+ * CONNECT (parserSettings); a 3.1/3.1.1 client shares one empty topic-alias
+ * table; and its keep-alive goes to the broker's sweep (keepalive.ts). One
+ * function for all clients.
  */
-function compactClientListeners(this: ClientWeight): void {
+function settleConnectedClient(this: ClientWeight): void {
   this._events = withoutPrototype(this._events);
   this._parser.settings = parserSettings(this._parser.settings);
   if (this.version !== 5) this._topicAliases = NO_TOPIC_ALIASES;
+  keepAliveBySweep(this as unknown as Client);
 }
 
 /**
@@ -475,5 +480,5 @@ export function lightenClient(client: Client): void {
   // (NoPrototype) instead of a 160-byte dictionary. The client's once it is connected: its
   // once('connected') is deleted from it then, which would make a fast table a dictionary again.
   parser._events = withoutPrototype(parser._events);
-  (client as unknown as NodeJS.EventEmitter).once('connected', compactClientListeners);
+  (client as unknown as NodeJS.EventEmitter).once('connected', settleConnectedClient);
 }

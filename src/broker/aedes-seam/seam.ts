@@ -9,6 +9,7 @@ import { checkAedesVersion, installedAedesVersion } from './version.js';
 import { freeSubscriptionMap, lightenClient, shareDrainTimeout, type ConnectionHook, type PublishPolicy, type PublishVerdict } from './client.js';
 import { withoutWillDelay } from './sessions.js';
 import { boundEmitterRecursion } from './emitter-depth.js';
+import { sweepKeepAlives } from './keepalive.js';
 
 type Callback = (error?: Error | null) => void;
 type Publish = (packet: object, client?: Client | null | Callback, done?: Callback) => void;
@@ -139,6 +140,7 @@ export class AedesSeam {
     };
 
     boundEmitterRecursion((aedes as unknown as { mq: object }).mq);
+    sweepKeepAlives(aedes);
 
     const hooks = this.#connectionHooks;
     const handle = aedes.handle;
