@@ -83,6 +83,26 @@ function remoteAddress(client: Client): string | undefined {
   return conn.remoteAddress ?? client.req?.socket?.remoteAddress;
 }
 
+/**
+ * Each client's state, in a field of aedes' Client (so that nothing outlives
+ * it): a WeakMap cost an entry per client, and a lookup per PUBLISH and
+ * delivery checked.
+ */
+const STATE = Symbol('edgemqtt.authState');
+type WithState = Client & { [STATE]?: ClientState | undefined };
+class ClientStates {
+  get(client: Client): ClientState | undefined {
+    return (client as WithState)[STATE];
+  }
+  set(client: Client, state: ClientState): void {
+    (client as WithState)[STATE] = state;
+  }
+  delete(client: Client): void {
+    // Not `delete`: a deleted field would turn the client into a dictionary.
+    (client as WithState)[STATE] = undefined;
+  }
+}
+
 export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authorizer {
   const log = deps.logger.child({ component: 'auth' });
   let settings: AuthConfig = config.auth;
@@ -91,7 +111,7 @@ export function createAuthorizer(config: Config, deps: AuthorizerDeps): Authoriz
   /** Bumped on every ACL change; client ACLs are rebuilt lazily when stale. */
   let aclGeneration = 0;
   const logins = new FailedLogins(settings.failedLogins, log, deps.now);
-  const clients = new WeakMap<Client, ClientState>();
+  const clients = new ClientStates();
   // CONNECTs refused before any password check cost a client nothing to
   // repeat: one line per kind every 10 s, with a count of the rest.
   const refusals = new RateLimitedLog(log);

@@ -33,6 +33,8 @@ interface Connecting {
 
 /** Known of a connected client besides its counters. */
 interface Connected {
+  /** Whose client it is: its connection's 'close' listener (goneOnClose) is one function for all. */
+  owner: ClientLifecycle;
   user: string | null;
   remote: string | undefined;
   /** The first error aedes reported for the connection ('clientError'), for the disconnect line. */
@@ -51,11 +53,20 @@ export interface ClientLifecycleDeps {
   protocolOf(client: Client): ProtocolName;
 }
 
+// Kept in fields of aedes' Client (so nothing outlives it) rather than WeakMaps: an entry per client each.
+const CONNECTING = Symbol('edgemqtt.connecting');
+const CONNECTED = Symbol('edgemqtt.connected');
+type Tracked = Client & { [CONNECTING]?: Connecting | undefined; [CONNECTED]?: Connected | undefined };
+
+/** A connected client's connection closed (aedes sets `conn.client`, lib/client.js): the backstop above. */
+function goneOnClose(this: { client?: Client }): void {
+  const client = this.client as Tracked | undefined;
+  if (client !== undefined) client[CONNECTED]?.owner.gone(client);
+}
+
 export class ClientLifecycle {
   readonly #deps: ClientLifecycleDeps;
   readonly #log: Logger;
-  readonly #connecting = new WeakMap<Client, Connecting>();
-  readonly #connected = new WeakMap<Client, Connected>();
 
   constructor(deps: ClientLifecycleDeps) {
     this.#deps = deps;
@@ -64,7 +75,7 @@ export class ClientLifecycle {
 
   /** preConnect: what the CONNECT asked for, for the connected line. */
   connecting(client: Client, packet: ConnectPacket, keepAliveSec: number): void {
-    this.#connecting.set(client, { clean: packet.clean !== false, keepAliveSec });
+    (client as Tracked)[CONNECTING] = { clean: packet.clean !== false, keepAliveSec };
   }
 
   /** aedes' 'client': accepted (CONNACK 0 on its way), registered under its id. */
@@ -73,10 +84,11 @@ export class ClientLifecycle {
     const listener = deps.listenerOf(client);
     const protocol = deps.protocolOf(client);
     deps.traffic.clientConnected(client, listener, protocol);
-    const connect = this.#connecting.get(client);
-    this.#connecting.delete(client);
-    const state: Connected = { user: deps.userOf(client), remote: deps.remoteOf(client), error: undefined, gone: false };
-    this.#connected.set(client, state);
+    const tracked = client as Tracked;
+    const connect = tracked[CONNECTING];
+    tracked[CONNECTING] = undefined;
+    const state: Connected = { owner: this, user: deps.userOf(client), remote: deps.remoteOf(client), error: undefined, gone: false };
+    tracked[CONNECTED] = state;
     this.#log.info(
       {
         clientId: client.id,
@@ -93,7 +105,7 @@ export class ClientLifecycle {
     // Already closed: aedes registered a client whose connection ended
     // while it waited for a takeover; it is gone at once.
     if (conn.destroyed) this.gone(client);
-    else conn.once('close', () => this.gone(client));
+    else conn.on('close', goneOnClose);
   }
 
   /** Why a connected client is about to be closed; the first reason given wins. */
@@ -108,7 +120,7 @@ export class ClientLifecycle {
    * the error, handlers/connect.js), which was logged, rate-limited, where it was refused.
    */
   error(client: Client, error: Error): void {
-    const state = this.#connected.get(client);
+    const state = (client as Tracked)[CONNECTED];
     if (state === undefined) {
       const refused = 'errorCode' in error || 'reasonCode' in error;
       this.#log[refused ? 'debug' : 'info']({ clientId: client.id, remote: this.#deps.remoteOf(client), err: error.message }, 'connection error before CONNACK');
@@ -120,7 +132,7 @@ export class ClientLifecycle {
 
   /** aedes' 'clientDisconnect', or the connection's 'close': counted and logged once. */
   gone(client: Client): void {
-    const state = this.#connected.get(client);
+    const state = (client as Tracked)[CONNECTED];
     const record = this.#deps.traffic.clientDisconnected(client, 'connection_lost');
     if (record === undefined || state === undefined) return;
     state.gone = true;

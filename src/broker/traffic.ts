@@ -84,9 +84,16 @@ export interface ClientTraffic {
   leavingDetail?: DisconnectDetail;
 }
 
+/**
+ * A client's record, in a field of aedes' Client object (so that nothing
+ * outlives the client): a WeakMap entry per client cost more, and a lookup
+ * per message in and out.
+ */
+const RECORD = Symbol('edgemqtt.traffic');
+type Recorded = { [RECORD]?: ClientTraffic | undefined };
+const recordOf = (client: object): ClientTraffic | undefined => (client as Recorded)[RECORD];
+
 export class Traffic {
-  /** Keyed by aedes' Client object, so that nothing outlives the client. */
-  readonly #clients = new WeakMap<object, ClientTraffic>();
   readonly #connected = new Map<string, ListenerProtocolCount>();
   readonly #connects = new Map<string, ListenerProtocolCount>();
   readonly #disconnects = Object.fromEntries(DISCONNECT_REASONS.map((reason) => [reason, 0])) as Record<DisconnectReason, number>;
@@ -100,7 +107,7 @@ export class Traffic {
     count(this.#connected, listener, protocol).count++;
     count(this.#connects, listener, protocol).count++;
     const record: ClientTraffic = { listener, protocol, connectedAt: Date.now(), messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 };
-    this.#clients.set(client, record);
+    (client as Recorded)[RECORD] = record;
     return record;
   }
 
@@ -109,7 +116,7 @@ export class Traffic {
    * first reason given wins (a violation found while the broker stops is a violation).
    */
   tagDisconnect(client: object, reason: DisconnectReason, detail?: DisconnectDetail): void {
-    const record = this.#clients.get(client);
+    const record = recordOf(client);
     if (record && record.leaving === undefined) {
       record.leaving = reason;
       if (detail) record.leavingDetail = detail;
@@ -121,9 +128,10 @@ export class Traffic {
    * Returns its record, or undefined when it was never counted (or already gone).
    */
   clientDisconnected(client: object, fallback: DisconnectReason): (ClientTraffic & { reason: DisconnectReason }) | undefined {
-    const record = this.#clients.get(client);
+    const record = recordOf(client);
     if (!record) return undefined;
-    this.#clients.delete(client);
+    // Not `delete`: a deleted field would turn the client into a dictionary.
+    (client as Recorded)[RECORD] = undefined;
     const reason = record.leaving ?? fallback;
     count(this.#connected, record.listener, record.protocol).count--;
     this.#disconnects[reason]++;
@@ -132,13 +140,13 @@ export class Traffic {
 
   /** The counters of a connected client. */
   ofClient(client: object): Readonly<ClientTraffic> | undefined {
-    return this.#clients.get(client);
+    return recordOf(client);
   }
 
   messageIn(client: object, qos: 0 | 1 | 2, payloadBytes: number): void {
     this.#messagesIn[qos]++;
     this.#bytesIn[qos] += payloadBytes;
-    const record = this.#clients.get(client);
+    const record = recordOf(client);
     if (record) {
       record.messagesIn++;
       record.bytesIn += payloadBytes;
@@ -153,7 +161,7 @@ export class Traffic {
   messageOut(client: object, qos: 0 | 1 | 2, payloadBytes: number): void {
     this.#messagesOut[qos]++;
     this.#bytesOut[qos] += payloadBytes;
-    const record = this.#clients.get(client);
+    const record = recordOf(client);
     if (record) {
       record.messagesOut++;
       record.bytesOut += payloadBytes;

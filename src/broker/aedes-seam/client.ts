@@ -6,6 +6,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
+import { withoutPrototype } from '../../util/fast-object.js';
 import { keepAliveBySweep } from './keepalive.js';
 
 export type QoS = 0 | 1 | 2;
@@ -141,24 +142,6 @@ export function disableAedesDedupe(client: Client): void {
   internals(client).duplicates = NO_DUPLICATES;
 }
 
-/**
- * Objects with no Object.prototype in their chain (`constructor`,
- * `toString` and `__proto__` are plain missing keys), like
- * `Object.create(null)` and `{ __proto__: null }`, but which V8 keeps in fast
- * mode: those two start as a property dictionary of 160 bytes, where one of
- * these with a few keys takes a few dozen. A delete other than of the last
- * key added turns one into a dictionary, as those are from the start.
- */
-const NoPrototype = function NoPrototype() {} as unknown as new () => Record<PropertyKey, unknown>;
-NoPrototype.prototype = Object.freeze(Object.create(null) as object) as Record<PropertyKey, unknown>;
-
-/** A fast-mode, prototype-free copy of `source`'s own keys, in their order (see NoPrototype). */
-function withoutPrototype<T extends object>(source: T): T {
-  const copy = new NoPrototype();
-  for (const key of Reflect.ownKeys(source)) copy[key] = (source as Record<PropertyKey, unknown>)[key];
-  return copy as T;
-}
-
 /** Counts the changes to a client's subscription map (see subscriptionChanges). */
 export interface SubscriptionChanges {
   readonly count: number;
@@ -187,7 +170,7 @@ const CHANGES = Symbol('edgemqtt.subscriptionChanges');
 type WithChanges = { [CHANGES]?: SubscriptionChanges };
 
 /**
- * Gives a new client a prototype-free subscription map (NoPrototype; lib/client.js keeps
+ * Gives a new client a prototype-free subscription map (NoPrototype, util/fast-object.ts; lib/client.js keeps
  * `{}` in 2.0.0-beta.1): a SUBSCRIBE to `constructor` would otherwise find
  * Object's constructor as an existing subscription and unsubscribe an
  * undefined handler, which mqemitter asserts on (GHSA-52qw-whmv-87c5).
