@@ -88,12 +88,20 @@ t.test(`aedes ${V} still makes per client what lightenClient replaces (relied on
 t.test('a lightened client parses a packet that arrives in two pieces', async (t) => {
   const { port, clients } = await lightened(t);
   const raw = await rawConnected(t, port, 'pieces');
-  const parser = (clients[0] as unknown as Weighed)._parser;
+  const parser = (clients[0] as unknown as Weighed)._parser as Weighed['_parser'] & { packet: object; _list: object };
+  const other = (await rawConnected(t, port, 'other'), (clients[1] as unknown as { _parser: { packet: object; _list: object } })._parser);
+  // Idle between packets: both parsers hold the one shared, frozen empty Packet and BufferList (parser-parking.ts).
+  t.ok(Object.isFrozen(parser.packet) && Object.isFrozen(parser._list), 'an idle parser holds frozen empty buffers');
+  t.equal(parser.packet, other.packet, 'the same Packet for all idle parsers');
+  t.equal(parser._list, other._list, 'the same BufferList for all idle parsers');
   // A PINGREQ's two bytes in two parses: the first is held in the BufferList.
   parser.parse(Buffer.of(0xc0));
+  t.notOk(Object.isFrozen(parser._list), 'a half-read packet has buffers of its own');
+  t.equal(parser._list.length, 0, 'its first byte consumed into its own Packet');
   parser.parse(Buffer.of(0x00));
   await raw.next('pingresp');
   t.pass('PINGRESP for the PINGREQ given in two pieces');
+  t.equal(parser.packet, other.packet, 'back to the shared buffers after it');
 });
 
 t.test('a lightened client is closed when its connection drops, and only once', async (t) => {
@@ -136,6 +144,9 @@ t.test(`aedes ${V} keeps each CONNECT as its parser's settings and a topic-alias
   t.equal(kept._parser.settings['clientId'], 'kept', "aedes' parser keeps the CONNECT as its settings");
   t.same(kept._parser.settings['password'], Buffer.from('secret'), 'password included');
   t.ok(kept._topicAliases instanceof Map, 'a topic-alias Map of its own');
+  const keptParser = kept._parser as unknown as { packet: { length: number }; _list: { length: number }; parse: unknown };
+  t.same([keptParser.packet.length, keptParser._list.length, Object.isFrozen(keptParser.packet)], [-1, 0, false], 'and, idle, a Packet and a buffer list of its own');
+  t.equal(Object.hasOwn(keptParser, 'parse'), false, "its parse is the prototype's (parser-parking.ts replaces it)");
 
   const { port, clients } = await lightened(t);
   await rawConnected(t, port, 'light', 4, { username: 'u', password: Buffer.from('secret') });

@@ -8,6 +8,7 @@ import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
 import { withoutPrototype } from '../../util/fast-object.js';
 import { keepAliveBySweep } from './keepalive.js';
+import { parkParserBuffers } from './parser-parking.js';
 
 export type QoS = 0 | 1 | 2;
 
@@ -457,7 +458,11 @@ export function lightenClient(client: Client): void {
   const parser = state._parser;
   if (!replaceBound(parser, 'error', 'bound emit', parserError)) parser.prependListener('error', reportParserError);
   const BufferList = (parser._list.constructor as { BufferList?: new () => ClientWeight['_parser']['_list'] }).BufferList;
-  if (BufferList && parser._list.length === 0) parser._list = new BufferList();
+  if (BufferList && parser._list.length === 0) {
+    parser._list = new BufferList();
+    // Between packets, its Packet and BufferList are shared empty ones (parser-parking.ts).
+    parkParserBuffers(parser);
+  }
   if (parser._states.length === PARSER_STATES.length && parser._states.every((name, i) => name === PARSER_STATES[i])) parser._states = PARSER_STATES;
   // The parser's listener table ('packet' and 'error', kept for the connection's life) in fast mode
   // (NoPrototype) instead of a 160-byte dictionary. The client's once it is connected: its
