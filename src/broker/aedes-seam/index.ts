@@ -52,7 +52,14 @@
  *   `parser.client`, and the parser's `_list` (mqtt-packet, a bl
  *   BufferListStream) by a plain BufferList, the parser's `_states` by one
  *   shared list, the parser's and (once 'connected') the client's `_events`
- *   (Node's EventEmitter tables) by fast-mode prototype-free copies;
+ *   (Node's EventEmitter tables) by fast-mode prototype-free copies; the
+ *   parser's `parse`, so that between packets its `packet` and `_list` are
+ *   shared frozen empty ones (parser-parking.ts); once 'connected', the
+ *   parser's `settings` (the CONNECT itself, parser.js _parseConnect) by a
+ *   shared object of the two keys it reads, a 3.1.1 client's
+ *   `_topicAliases` by one shared table that takes none, and its
+ *   `_keepaliveTimer` (handlers/connect.js setKeepAlive) by a Beat that the
+ *   broker's once-a-second sweep over `aedes.clients` checks (keepalive.ts);
  *   `_handleDrainTimeout` is one shared function that runs the aedes
  *   instance's onDrainTimeout listeners first. What the seam keeps per client or connection is in
  *   symbol-keyed fields of the Client or the connection, not in WeakMaps;
