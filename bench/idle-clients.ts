@@ -1,8 +1,10 @@
 /**
  * Idle MQTT clients for the memory benchmarks (memory.ts, heap-census.ts):
  * raw sockets that CONNECT over TCP or WebSocket, wait for the CONNACK and
- * then neither read nor write, and the edgemqtt daemon started as the CLI
- * runs it in production.
+ * then read nothing and write only a PINGREQ every half keep-alive, and the
+ * edgemqtt daemon started as the CLI runs it in production. They ask for a
+ * keep-alive of 60 s (BENCH_KEEPALIVE; mqtt.js' default), as devices do: a
+ * broker may hold a timer per client for it.
  */
 import { writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
@@ -21,12 +23,27 @@ export interface Target extends BrokerEndpoint {
 
 // ---------------------------------------------------------------- clients
 
+const KEEPALIVE_SEC = Number(process.env.BENCH_KEEPALIVE ?? 60);
+const PINGREQ = Buffer.of(0xc0, 0x00);
+/** The open clients and how to ping each (WebSocket frames are masked), pinged by one timer. */
+const pinged = new Map<Socket, Buffer>();
+let pinger: NodeJS.Timeout | undefined;
+
+function keepAlive(socket: Socket, ping: Buffer): void {
+  if (KEEPALIVE_SEC <= 0) return;
+  pinged.set(socket, ping);
+  socket.once('close', () => pinged.delete(socket));
+  pinger ??= setInterval(() => {
+    for (const [open, bytes] of pinged) open.write(bytes);
+  }, (KEEPALIVE_SEC * 1000) / 2).unref();
+}
+
 /** Resolves once the broker answered CONNECT with a CONNACK (first 4 bytes 0x20 0x02 x 0x00). */
 export function openClient(target: Target, transport: 'tcp' | 'ws', id: string): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const port = transport === 'tcp' ? target.tcpPort : target.wsPort;
     const socket = connect(port, target.host);
-    const packet = connectPacket(id, 4, Number(process.env.BENCH_KEEPALIVE ?? 0));
+    const packet = connectPacket(id, 4, KEEPALIVE_SEC);
     let received = Buffer.alloc(0);
     let upgraded = transport === 'tcp';
     const timer = setTimeout(() => fail(new Error(`${target.name}: no CONNACK for ${id} within 10 s`)), 10_000);
@@ -56,9 +73,10 @@ export function openClient(target: Target, transport: 'tcp' | 'ws', id: string):
       clearTimeout(timer);
       socket.off('data', onData);
       socket.off('error', fail);
-      // Idle from here on: nothing more is read or written.
+      // Idle from here on: nothing more is read, and only the keep-alive's PINGREQs written.
       socket.on('error', () => undefined);
       if (connack[0] !== 0x20 || connack[3] !== 0) return fail(new Error(`${target.name}: CONNACK refused ${id}`));
+      keepAlive(socket, transport === 'tcp' ? PINGREQ : webSocketFrame(PINGREQ));
       resolve(socket);
     });
   });
