@@ -14,6 +14,12 @@ import type { LevelStore } from './store.js';
 import { STREAM_CHUNK } from './stored-packets.js';
 import type { ClientLike } from './types.js';
 
+/**
+ * Messages per chunk of the resend after CONNECT: one LevelDB getMany, and
+ * for QoS 2 one write of their identifiers, which they wait for.
+ */
+const RESEND_CHUNK = 256;
+
 /** A queue read a chunk at a time: next() answers the next chunk's messages, undefined once all were. */
 export interface QueueChunks {
   next(): Promise<PacketLike[] | undefined>;
@@ -39,7 +45,7 @@ export class QueueStreams {
   /** The queue as stored, packet identifiers as they are (none for a message never sent). */
   storedStream(clientId: string): Readable {
     this.#store.ready();
-    return chunksStream(this.#queueChunks(clientId, (chunk, keys, values) =>
+    return chunksStream(this.#queueChunks(clientId, STREAM_CHUNK, (chunk, keys, values) =>
       chunk.flatMap((entry, i): PacketLike[] => {
         // Acknowledged or dropped since its chunk was read.
         if (!holdsEntry(this.#store, clientId, entry)) return [];
@@ -83,7 +89,7 @@ export class QueueStreams {
     const store = this.#store;
     store.ready();
     const connection = this.#connections.of(client);
-    return this.#queueChunks(client.id, async (chunk, keys, values) => {
+    return this.#queueChunks(client.id, RESEND_CHUNK, async (chunk, keys, values) => {
       const { packets, ops, durable } = this.#resends(client, connection, chunk, keys, values);
       if (ops.length > 0) {
         if (durable) await store.write(ops);
@@ -104,14 +110,15 @@ export class QueueStreams {
    */
   #queueChunks(
     clientId: string,
+    size: number,
     decide: (chunk: QueueEntry[], keys: Buffer[], values: Array<Buffer | undefined>) => PacketLike[] | Promise<PacketLike[]>,
   ): QueueChunks {
     const entries = [...(this.#store.queues.get(clientId)?.entries() ?? [])];
     let start = 0;
     const read = (): Promise<{ chunk: QueueEntry[]; keys: Buffer[]; values: Array<Buffer | undefined> }> | undefined => {
       if (start >= entries.length) return undefined;
-      const chunk = entries.slice(start, start + STREAM_CHUNK).filter((entry) => holdsEntry(this.#store, clientId, entry));
-      start += STREAM_CHUNK;
+      const chunk = entries.slice(start, start + size).filter((entry) => holdsEntry(this.#store, clientId, entry));
+      start += size;
       const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
       const reading = this.#readValues(chunk, keys).then((values) => ({ chunk, keys, values }));
       // A failed read ahead is reported by the next() that takes it, not left unhandled meanwhile.
