@@ -8,21 +8,42 @@
  * QoS 2 PUBLISH leaves (so it survives a crash, see outgoingResendStream);
  * Mosquitto runs without persistence (its default), so it stores nothing.
  *
+ * The inflight window towards the subscriber is BENCH_INFLIGHT for both
+ * brokers (default 20, the default of both: edgemqtt limits.maxInflightMessages,
+ * Mosquitto max_inflight_messages; 0 = none): the resend keeps to it, so with
+ * a window each round trip of the subscriber's PUBACKs paces the backlog.
+ *
+ * Beside msg/s, per message: the broker's CPU (user + system from /proc,
+ * every thread, LevelDB's included), this process's (the subscriber), and
+ * the broker's read and write system calls (/proc/PID/io syscr/syscw: the
+ * socket writes, and LevelDB's), all from the CONNECT to the last delivery.
+ *
  *   npm run bench:build && node dist-bench/bench/persistence-resend.js
- *   env: BENCH_BACKLOG=20000 BENCH_ROUNDS=3 BENCH_PAYLOAD_BYTES=64
+ *   env: BENCH_BACKLOG=20000 BENCH_ROUNDS=3 BENCH_PAYLOAD_BYTES=64 BENCH_INFLIGHT=20
+ *        BENCH_BROKERS=edgemqtt,mosquitto BENCH_TIMEOUT_SEC=60 (a round not done by then is
+ *        left out: Mosquitto 2.0.11 with a window stalls on a QoS 2 backlog)
+ *        BENCH_THREADS=1 (the broker's CPU per message: main thread, other threads)
+ *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof; each round prints
+ *        its window for `node dist-bench/bench/profile.js FILE 30 FROM TO`)
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { readdirSync, readFileSync } from 'node:fs';
+import { processCpuMs } from './common.js';
 import { findMosquitto, median, ratio, RawConnection, startEdgemqtt, startMosquitto, type BenchBroker } from './persistence-load.js';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const BACKLOG = env('BENCH_BACKLOG', 20_000);
 const ROUNDS = env('BENCH_ROUNDS', 3);
 const PAYLOAD = Buffer.alloc(env('BENCH_PAYLOAD_BYTES', 64), 0x61);
+const INFLIGHT = env('BENCH_INFLIGHT', 20);
+const BROKERS = process.env.BENCH_BROKERS?.split(',');
+const TIMEOUT_SEC = env('BENCH_TIMEOUT_SEC', 60);
 const TOPIC = 'bench/resend';
 const PUBLISHERS = 4;
-const WINDOW = 32;
+// Each publisher's unacknowledged PUBLISHes; within the brokers' window, which Mosquitto also applies to what it receives (above it, its QoS 2 handshakes stalled).
+const WINDOW = INFLIGHT > 0 ? Math.min(32, INFLIGHT) : 32;
 
 /** Publishes `count` messages at `qos` and resolves once each handshake is complete. */
 async function publishBacklog(port: number, qos: 1 | 2, count: number): Promise<void> {
@@ -50,55 +71,135 @@ async function publishBacklog(port: number, qos: 1 | 2, count: number): Promise<
   for (const publisher of publishers) publisher.close();
 }
 
-/** Messages per second delivered to a reconnecting subscriber out of its backlog. */
-async function measure(broker: BenchBroker, qos: 1 | 2): Promise<number> {
+interface Round {
+  rate: number;
+  /** Broker CPU per message, µs. */
+  brokerUs: number;
+  /** This process's CPU per message, µs. */
+  loadUs: number;
+  /** The broker's read and write system calls per message. */
+  reads: number;
+  writes: number;
+}
+
+/** The read and write system calls of a process so far (every thread). */
+function syscalls(pid: number): { reads: number; writes: number } {
+  const io = readFileSync(`/proc/${pid}/io`, 'latin1');
+  return { reads: Number(/syscr: (\d+)/.exec(io)?.[1] ?? 0), writes: Number(/syscw: (\d+)/.exec(io)?.[1] ?? 0) };
+}
+
+/** CPU ms so far of a process's main thread and of its other threads (BENCH_THREADS=1: LevelDB, libuv's pool, GC). */
+function threadCpuMs(pid: number): { main: number; others: number } {
+  const spent = { main: 0, others: 0 };
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, 'latin1');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // utime + stime, in clock ticks of 10 ms (as processCpuMs reads them).
+      const ms = (Number(fields[11]) + Number(fields[12])) * 10;
+      if (Number(task) === pid) spent.main += ms;
+      else spent.others += ms;
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return spent;
+}
+
+/** µs on the monotonic clock a --cpu-prof profile uses. */
+const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
+
+/** Messages per second delivered to a reconnecting subscriber out of its backlog, and what they cost; undefined when it did not finish in time. */
+async function measure(broker: BenchBroker, qos: 1 | 2): Promise<Round | undefined> {
   const clientId = `resend-sub-${qos}-${Date.now()}`;
   const first = await RawConnection.open(broker.port, clientId, false);
   await first.request({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: TOPIC, qos }] }, 'suback');
   first.close();
   await publishBacklog(broker.port, qos, BACKLOG);
 
+  const fromUs = monotonicUs();
+  const cpuBefore = processCpuMs(broker.pid);
+  const callsBefore = syscalls(broker.pid);
+  const threadsBefore = process.env.BENCH_THREADS ? threadCpuMs(broker.pid) : undefined;
+  const loadBefore = process.cpuUsage();
   const started = performance.now();
   let delivered = 0;
   let subscriber: Promise<RawConnection> | undefined;
-  await new Promise<void>((resolve) => {
+  let timer: NodeJS.Timeout | undefined;
+  const finished = await new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), TIMEOUT_SEC * 1000);
     subscriber = RawConnection.open(broker.port, clientId, false, (packet, connection) => {
       if (packet.cmd === 'publish' && qos === 1) {
         connection.send({ cmd: 'puback', messageId: packet.messageId! });
-        if (++delivered === BACKLOG) resolve();
+        if (++delivered === BACKLOG) resolve(true);
       } else if (packet.cmd === 'publish') {
         connection.send({ cmd: 'pubrec', messageId: packet.messageId! });
       } else if (packet.cmd === 'pubrel') {
         connection.send({ cmd: 'pubcomp', messageId: packet.messageId! });
-        if (++delivered === BACKLOG) resolve();
+        if (++delivered === BACKLOG) resolve(true);
       }
     });
   });
+  clearTimeout(timer);
   const seconds = (performance.now() - started) / 1000;
+  const load = process.cpuUsage(loadBefore);
+  const brokerMs = processCpuMs(broker.pid) - cpuBefore;
+  const calls = syscalls(broker.pid);
+  const toUs = monotonicUs();
+  if (threadsBefore) {
+    const after = threadCpuMs(broker.pid);
+    const perMessage = (ms: number) => ((ms * 1000) / BACKLOG).toFixed(1);
+    console.log(`  broker µs CPU/msg: main thread ${perMessage(after.main - threadsBefore.main)}, other threads ${perMessage(after.others - threadsBefore.others)}`);
+  }
   (await subscriber!).close();
-  return BACKLOG / seconds;
+  if (!finished) {
+    console.log(`  ${broker.name} QoS ${qos}: ${delivered} of ${BACKLOG} delivered after ${TIMEOUT_SEC} s; the round is left out`);
+    return undefined;
+  }
+  if (process.env.BENCH_CPU_PROF) console.log(`  profile window (pid ${broker.pid}): ${fromUs} ${toUs}`);
+  return {
+    rate: BACKLOG / seconds,
+    brokerUs: (brokerMs * 1000) / BACKLOG,
+    loadUs: (load.user + load.system) / BACKLOG,
+    reads: (calls.reads - callsBefore.reads) / BACKLOG,
+    writes: (calls.writes - callsBefore.writes) / BACKLOG,
+  };
 }
+
+const spread = (values: number[], digits = 0) => `${Math.min(...values).toFixed(digits)}–${Math.max(...values).toFixed(digits)}`;
 
 async function main(): Promise<void> {
   const root = await mkdtemp(path.join(tmpdir(), 'edgemqtt-bench-resend-'));
   const mosquitto = findMosquitto();
   const candidates: Array<[string, (dir: string) => Promise<BenchBroker>]> = [
-    ['edgemqtt', (dir) => startEdgemqtt(dir, { persistence: { sync: 'batch', maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0 } })],
+    [
+      'edgemqtt',
+      (dir) =>
+        startEdgemqtt(dir, {
+          persistence: { sync: 'batch', maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0 },
+          limits: { maxInflightMessages: INFLIGHT },
+        }),
+    ],
   ];
-  if (mosquitto) candidates.push(['mosquitto', (dir) => startMosquitto(mosquitto, dir)]);
+  if (mosquitto) candidates.push(['mosquitto', (dir) => startMosquitto(mosquitto, dir, { maxInflight: INFLIGHT })]);
   else console.log('mosquitto not found (BENCH_MOSQUITTO=/path): column skipped');
+  if (BROKERS) candidates.splice(0, candidates.length, ...candidates.filter(([name]) => BROKERS.includes(name)));
 
-  const results = new Map<string, number[]>();
+  const results = new Map<string, Round[]>();
   try {
     for (let round = 1; round <= ROUNDS; round++) {
       for (const qos of [1, 2] as const) {
         for (const [name, start] of candidates) {
           const broker = await start(path.join(root, `${name}-${qos}-${round}`));
           try {
-            const rate = await measure(broker, qos);
+            const result = await measure(broker, qos);
+            if (result === undefined) continue;
             const key = `${name} QoS ${qos}`;
-            results.set(key, [...(results.get(key) ?? []), rate]);
-            console.log(`round ${round} ${key}: ${Math.round(rate)} msg/s`);
+            results.set(key, [...(results.get(key) ?? []), result]);
+            console.log(
+              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs CPU/msg, ` +
+                `subscriber ${result.loadUs.toFixed(1)} µs, broker syscalls/msg ${result.reads.toFixed(2)} read ${result.writes.toFixed(2)} write`,
+            );
           } finally {
             await broker.stop();
           }
@@ -108,12 +209,24 @@ async function main(): Promise<void> {
   } finally {
     await rm(root, { recursive: true, force: true });
   }
-  console.log(`\nBacklog of ${BACKLOG} messages of ${PAYLOAD.length} B resent to a reconnecting persistent subscriber (median of ${ROUNDS})`);
+  console.log(
+    `\nBacklog of ${BACKLOG} messages of ${PAYLOAD.length} B resent to a reconnecting persistent subscriber, inflight window ${INFLIGHT || 'none'} (median of ${ROUNDS})`,
+  );
+  const describe = (rounds: Round[]) => {
+    const rates = rounds.map((r) => r.rate);
+    const cpu = rounds.map((r) => r.brokerUs);
+    const load = rounds.map((r) => r.loadUs);
+    return (
+      `${Math.round(median(rates))} msg/s (${spread(rates)}), ${median(cpu).toFixed(1)} µs CPU/msg (${spread(cpu, 1)}), ` +
+      `subscriber ${median(load).toFixed(1)} µs, syscalls/msg ${median(rounds.map((r) => r.reads)).toFixed(2)} read ${median(rounds.map((r) => r.writes)).toFixed(2)} write`
+    );
+  };
   for (const qos of [1, 2]) {
-    const ours = median(results.get(`edgemqtt QoS ${qos}`) ?? []);
+    const ours = results.get(`edgemqtt QoS ${qos}`);
     const theirs = results.get(`mosquitto QoS ${qos}`);
-    const versus = theirs ? `   mosquitto ${Math.round(median(theirs))} msg/s, edgemqtt/mosquitto = ${ratio(ours, median(theirs))}` : '';
-    console.log(`  QoS ${qos}: edgemqtt ${Math.round(ours)} msg/s${versus}`);
+    if (ours) console.log(`  QoS ${qos}: edgemqtt  ${describe(ours)}`);
+    if (theirs) console.log(`  QoS ${qos}: mosquitto ${describe(theirs)}`);
+    if (ours && theirs) console.log(`  QoS ${qos}: edgemqtt/mosquitto = ${ratio(median(ours.map((r) => r.rate)), median(theirs.map((r) => r.rate)))}`);
   }
 }
 

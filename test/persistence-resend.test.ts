@@ -84,6 +84,29 @@ t.test('the resend decides after reading: a live send meanwhile is not repeated'
   t.equal(resent.length, 1, 'm1 went live on this connection: not resent on it');
 });
 
+t.test('the resend a chunk at a time (the broker\'s): every message once, in order, across chunks read ahead; a live send meanwhile is not repeated', async (t) => {
+  const { persistence, broker, connect } = await session(t, 300);
+  t.equal(persistence.outgoingResendChunks(connect()), undefined, 'only for a connection of the broker it was set up with');
+  const client = Object.assign(connect(), { broker });
+  const chunks = persistence.outgoingResendChunks(client)!;
+  const first = await chunks.next();
+  t.ok(first !== undefined && first.length > 1 && first.length < 280, 'a chunk of several messages');
+  // The next chunk is being read now; m280 goes live before it is taken, under the next free identifier.
+  const live = persistence.claimOutgoing(client, broker.id, 281);
+  t.same(live, { messageId: first!.length + 1, resend: false });
+  const resent = [...first!];
+  for (let chunk = await chunks.next(); chunk !== undefined; chunk = await chunks.next()) resent.push(...chunk);
+  const expected = Array.from({ length: 300 }, (_, i) => `m${i}`).filter((payload) => payload !== 'm280');
+  t.same(
+    resent.map((packet) => String(packet.payload)),
+    expected,
+    'each queued message once, in queue order, without the one sent live',
+  );
+  const ids = resent.map((packet) => packet.messageId);
+  t.equal(new Set([...ids, live!.messageId]).size, 300, 'no identifier given twice');
+  t.ok(resent.every((packet) => packet.cmd === 'publish' && packet.dup !== true), 'never sent before: no DUP');
+});
+
 t.test('a second identifier offered for a queued message is refused; the first goes on the wire', async (t) => {
   const { h, persistence, broker, packets, connect } = await session(t, 1);
   const client = connect();

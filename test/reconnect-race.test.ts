@@ -8,7 +8,7 @@
  * A message published in between is both stored for the session and
  * delivered live; one sent on the previous connection and not acknowledged
  * must go again under the identifier the client holds. Here the resend is held
- * at exactly that step (the store's outgoingResendStream waits for the test)
+ * at exactly that step (the store's outgoingResendChunks waits for the test)
  * while messages are published into the window, with messages of the previous
  * connection still in flight.
  *
@@ -16,12 +16,13 @@
  * device's is: its QoS 2 state (identifiers awaiting PUBREL) survives them.
  */
 import t, { type Test } from 'tap';
-import { PassThrough, type Readable } from 'node:stream';
 import mqtt, { type MqttClient } from 'mqtt';
 import { LevelPersistence, type ClientLike } from '../src/persistence/index.js';
 import { startDaemon } from './helpers/daemon.js';
 import { connectClient, eventually } from './helpers/mqtt.js';
 import { DeliveryAudit } from './helpers/delivery-audit.js';
+
+type Chunks = NonNullable<ReturnType<LevelPersistence['outgoingResendChunks']>>;
 
 const SERIES = 20;
 /** The connection drops as this many PUBLISHes have arrived on it: the rest of the first series is in flight or queued. */
@@ -37,25 +38,30 @@ class ResendGate {
   constructor(t: Test, clientId: string) {
     this.reached = new Promise((resolve) => (this.#reach = resolve));
     this.#released = new Promise((resolve) => (this.#release = resolve));
-    const original = Object.getOwnPropertyDescriptor(LevelPersistence.prototype, 'outgoingResendStream')!.value as (
+    // The broker's resend reads the store's queue a chunk at a time (outgoingResendChunks).
+    const original = Object.getOwnPropertyDescriptor(LevelPersistence.prototype, 'outgoingResendChunks')!.value as (
       this: LevelPersistence,
       client: ClientLike,
-    ) => Readable;
+    ) => Chunks | undefined;
     const gate = this;
     let armed = true;
-    LevelPersistence.prototype.outgoingResendStream = function (this: LevelPersistence, client: ClientLike): Readable {
+    LevelPersistence.prototype.outgoingResendChunks = function (this: LevelPersistence, client: ClientLike): Chunks | undefined {
       if (!armed || client.id !== clientId) return original.call(this, client);
       armed = false;
       gate.#reach();
       // The store is asked once released: its snapshot then holds what was published meanwhile.
-      const held = new PassThrough({ objectMode: true });
-      void gate.#released.then(() => {
-        if (!held.destroyed) original.call(this, client).pipe(held);
-      });
-      return held;
+      const store = this;
+      let chunks: Chunks | undefined;
+      return {
+        async next() {
+          await gate.#released;
+          chunks ??= original.call(store, client);
+          return chunks?.next();
+        },
+      };
     };
     t.teardown(() => {
-      LevelPersistence.prototype.outgoingResendStream = original;
+      LevelPersistence.prototype.outgoingResendChunks = original;
       this.#release();
     });
   }

@@ -58,6 +58,7 @@ import type { GroupCommit } from './group-commit.js';
 import type { Store } from './open-store.js';
 import type { LevelPersistenceDeps, LevelPersistenceOptions } from './options.js';
 import { QueueStore, type Recipient } from './queue-store.js';
+import type { QueueChunks } from './queue-streams.js';
 import { RetainedStore } from './retained-store.js';
 import { SessionRecords } from './session-records.js';
 import { LevelStore } from './store.js';
@@ -323,17 +324,21 @@ export class LevelPersistence {
    * the header): aedes then sends it.
    */
   outgoingUpdate(client: ClientLike, packet: PacketLike): Promise<void> {
-    let recorded: boolean | Promise<true>;
     try {
-      recorded = this.#queues.record(client, packet);
+      return this.outgoingUpdateNow(client, packet) ?? RESOLVED;
     } catch (error) {
       return Promise.reject(error);
     }
-    if (recorded === true) return RESOLVED;
+  }
+
+  /** outgoingUpdate without a promise when nothing waits for the disk (undefined then); throws what that rejects with. */
+  outgoingUpdateNow(client: ClientLike, packet: PacketLike): Promise<void> | undefined {
+    const recorded = this.#queues.record(client, packet);
+    if (recorded === true) return undefined;
     if (recorded !== false) return recorded.then(() => undefined);
-    if (packet.cmd !== 'pubrel') return Promise.reject(new Error('no such packet'));
+    if (packet.cmd !== 'pubrel') throw new Error('no such packet');
     this.#store.log.debug({ clientId: client.id, messageId: packet.messageId }, 'PUBREC for an unstored message');
-    return RESOLVED;
+    return undefined;
   }
 
   /** Removes the entry a PUBACK/PUBCOMP acknowledges and returns its packet. */
@@ -360,6 +365,12 @@ export class LevelPersistence {
   /** The stored messages sent again on a new connection; see the store's resendStream. */
   outgoingResendStream(client: ClientLike): Readable {
     return this.#queues.resendStream(client);
+  }
+
+  /** outgoingStream's resend a chunk at a time (for src/broker/aedes-seam/resend.ts); undefined where it is not the resend. */
+  outgoingResendChunks(client: ClientLike): QueueChunks | undefined {
+    const broker = this.#store.broker;
+    return broker !== undefined && client.broker === broker ? this.#queues.resendChunks(client) : undefined;
   }
 
   // ------------------------------------------------------- incoming (QoS 2)

@@ -8,7 +8,7 @@ import { detached, encodeQueued, encodePacket, packetData, type PacketLike, type
 import type { BatchOp } from './group-commit.js';
 import { outgoingKey } from './keys.js';
 import { Connections, dropEntry, expireEntry, isExpired, numberEntry, removeEntry } from './queue-entries.js';
-import { QueueStreams } from './queue-streams.js';
+import { QueueStreams, type QueueChunks } from './queue-streams.js';
 import type { LevelStore } from './store.js';
 import type { ClientLike, OutgoingClaim } from './types.js';
 
@@ -322,5 +322,10 @@ export class QueueStore {
   /** The stored messages to send again on a new connection, in queue order (see QueueStreams.resendStream). */
   resendStream(client: ClientLike): Readable {
     return this.#streams.resendStream(client);
+  }
+
+  /** resendStream a chunk at a time (see QueueStreams.resendChunks). */
+  resendChunks(client: ClientLike): QueueChunks {
+    return this.#streams.resendChunks(client);
   }
 }

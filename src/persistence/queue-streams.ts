@@ -14,6 +14,25 @@ import type { LevelStore } from './store.js';
 import { STREAM_CHUNK } from './stored-packets.js';
 import type { ClientLike } from './types.js';
 
+/**
+ * Messages per chunk of the resend after CONNECT: one LevelDB getMany, and
+ * for QoS 2 one write of their identifiers, which they wait for.
+ */
+const RESEND_CHUNK = 256;
+
+/** A queue read a chunk at a time: next() answers the next chunk's messages, undefined once all were. */
+export interface QueueChunks {
+  next(): Promise<PacketLike[] | undefined>;
+}
+
+/** The chunks' messages as a stream, one at a time. */
+function chunksStream(chunks: QueueChunks): Readable {
+  async function* generate(): AsyncGenerator<PacketLike> {
+    for (let packets = await chunks.next(); packets !== undefined; packets = await chunks.next()) yield* packets;
+  }
+  return Readable.from(generate());
+}
+
 export class QueueStreams {
   readonly #store: LevelStore;
   readonly #connections: Connections;
@@ -26,14 +45,16 @@ export class QueueStreams {
   /** The queue as stored, packet identifiers as they are (none for a message never sent). */
   storedStream(clientId: string): Readable {
     this.#store.ready();
-    return this.#queueStream(clientId, (chunk, keys, values) =>
+    return chunksStream(this.#queueChunks(clientId, STREAM_CHUNK, (chunk, keys, values) =>
       chunk.flatMap((entry, i): PacketLike[] => {
+        // Acknowledged or dropped since its chunk was read.
+        if (!holdsEntry(this.#store, clientId, entry)) return [];
         // In flight, its identifier not stored yet (see QueueStore.record): as it will be stored.
         if (entry.sent !== undefined) return [packetData(entry.sent)];
         const packet = this.#storedPacket(clientId, entry, keys[i]!, values[i]);
         return packet ? [packet] : [];
       }),
-    );
+    ));
   }
 
   /**
@@ -56,10 +77,19 @@ export class QueueStreams {
    * live (see #resends).
    */
   resendStream(client: ClientLike): Readable {
+    return chunksStream(this.resendChunks(client));
+  }
+
+  /**
+   * resendStream a chunk at a time, for a caller that takes a chunk's
+   * messages in one go (the broker's resend, src/broker/aedes-seam/resend.ts):
+   * no promise or stream step per message.
+   */
+  resendChunks(client: ClientLike): QueueChunks {
     const store = this.#store;
     store.ready();
     const connection = this.#connections.of(client);
-    return this.#queueStream(client.id, async (chunk, keys, values) => {
+    return this.#queueChunks(client.id, RESEND_CHUNK, async (chunk, keys, values) => {
       const { packets, ops, durable } = this.#resends(client, connection, chunk, keys, values);
       if (ops.length > 0) {
         if (durable) await store.write(ops);
@@ -73,23 +103,45 @@ export class QueueStreams {
    * A client's queue as it is now (like the reference implementation: what
    * is queued later reaches the client live), read a chunk at a time;
    * `decide` turns each chunk, right after it was read, into what to yield.
-   * Entries removed meanwhile (acknowledged, dropped) are skipped.
+   * Entries removed meanwhile (acknowledged, dropped) are skipped. The next
+   * chunk's records are read while the caller handles one (LevelDB reads on
+   * its thread pool); what a record means is decided only when its chunk is
+   * taken, from the in-memory entry.
    */
-  #queueStream(
+  #queueChunks(
     clientId: string,
+    size: number,
     decide: (chunk: QueueEntry[], keys: Buffer[], values: Array<Buffer | undefined>) => PacketLike[] | Promise<PacketLike[]>,
-  ): Readable {
+  ): QueueChunks {
     const entries = [...(this.#store.queues.get(clientId)?.entries() ?? [])];
-    const queues = this;
-    async function* generate(): AsyncGenerator<PacketLike> {
-      for (let start = 0; start < entries.length; start += STREAM_CHUNK) {
-        const chunk = entries.slice(start, start + STREAM_CHUNK).filter((entry) => holdsEntry(queues.#store, clientId, entry));
-        const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
-        const values = await queues.#readValues(chunk, keys);
-        yield* await decide(chunk, keys, values);
-      }
-    }
-    return Readable.from(generate());
+    let start = 0;
+    const read = (): Promise<{ chunk: QueueEntry[]; keys: Buffer[]; values: Array<Buffer | undefined> }> | undefined => {
+      if (start >= entries.length) return undefined;
+      const chunk = entries.slice(start, start + size).filter((entry) => holdsEntry(this.#store, clientId, entry));
+      start += size;
+      const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
+      const reading = this.#readValues(chunk, keys).then((values) => ({ chunk, keys, values }));
+      // A failed read ahead is reported by the next() that takes it, not left unhandled meanwhile.
+      reading.catch(() => undefined);
+      return reading;
+    };
+    let started = false;
+    let ahead: ReturnType<typeof read>;
+    return {
+      async next() {
+        if (!started) {
+          started = true;
+          ahead = read();
+        }
+        while (ahead !== undefined) {
+          const { chunk, keys, values } = await ahead;
+          ahead = read();
+          const packets = await decide(chunk, keys, values);
+          if (packets.length > 0) return packets;
+        }
+        return undefined;
+      },
+    };
   }
 
   /** Decides, in one synchronous step, what resendStream sends of one chunk (see there). */
@@ -121,11 +173,17 @@ export class QueueStreams {
       if (entry.cmd !== 'publish') {
         packet = stored.cmd === entry.cmd ? stored : { cmd: entry.cmd, messageId: entry.messageId };
       } else if (entry.messageId !== undefined) {
-        packet = { ...stored, cmd: 'publish', messageId: entry.messageId, dup: true };
+        // Decoded for this send alone: completed in place rather than copied.
+        packet = stored;
+        packet.cmd = 'publish';
+        packet.messageId = entry.messageId;
+        packet.dup = true;
         store.counters.resentMessages++;
       } else {
         if (!numberEntry(this.#store, clientId, queue, entry)) return;
-        packet = { ...stored, cmd: 'publish', messageId: entry.messageId };
+        packet = stored;
+        packet.cmd = 'publish';
+        packet.messageId = entry.messageId;
       }
       entry.sentOn = connection;
       if (online && packet.cmd === 'publish' && packet.qos === 1) {

@@ -20,7 +20,11 @@
  * on the next turn. It waits for a write's callback when the socket is full
  * (aedes calls it after 'drain') and every BATCH messages (one turn, so that
  * other connections are served during a long backlog), and ends once every
- * callback came. What stays as aedes does it, per message:
+ * callback came. The store (src/persistence) hands the messages over a
+ * chunk at a time and records a QoS 1 message's identifier without a
+ * promise (outgoingResendChunks, outgoingUpdateNow): no stream step or
+ * promise per message; another persistence is read through its stream. What
+ * stays as aedes does it, per message:
  * - order: one message at a time, each one's outgoingUpdate resolved before
  *   it is written [MQTT-4.6.0-2]; so a QoS 2 message's identifier is stored
  *   before its PUBLISH leaves (the store's record waits for its write);
@@ -64,10 +68,25 @@ type WriteDone = (error: Error | null) => void;
 type AedesWrite = (client: Client, packet: Packet, done: WriteDone) => void;
 type QoSPacketClass = new (original: Packet, client: Client) => Packet;
 
+/** A resend's messages a chunk at a time: next() answers the next chunk, undefined once all were. */
+interface Chunks {
+  next(): Promise<Packet[] | undefined>;
+  /** Lets go of what the source holds once the resend ends early. */
+  destroy?(): void;
+}
+
 interface ResendPersistence {
   outgoingStream(client: Client): Readable;
   outgoingUpdate(client: Client, packet: Packet): Promise<unknown>;
   outgoingClearMessageId(client: Client, packet: Packet): Promise<unknown>;
+  /**
+   * The store's (src/persistence/level-persistence.ts): outgoingStream's
+   * resend a chunk at a time, and outgoingUpdate with no promise when
+   * nothing waits for the disk (undefined then). Without them (another
+   * persistence), the stream and a promise per message.
+   */
+  outgoingResendChunks?(client: Client): Chunks | undefined;
+  outgoingUpdateNow?(client: Client, packet: Packet): Promise<unknown> | undefined;
 }
 
 /** The client fields emptyQueue reads (lib/client.js, handlers/connect.js). */
@@ -124,8 +143,10 @@ export async function installBatchResend(aedes: unknown, window: ResendWindow = 
   if (typeof outgoingStream !== 'function') return;
   persistence.outgoingStream = function resendStream(client: Client): Readable {
     const resuming = client as unknown as ResumingClient;
-    const source = outgoingStream.call(persistence, client);
-    if (!(resuming.connecting === true && resuming.connackSent === true && resuming.connected !== true)) return source;
+    if (!(resuming.connecting === true && resuming.connackSent === true && resuming.connected !== true)) {
+      return outgoingStream.call(persistence, client);
+    }
+    const source = persistence.outgoingResendChunks?.(client) ?? streamChunks(outgoingStream.call(persistence, client));
     let started = false;
     const out = new Readable({
       objectMode: true,
@@ -138,11 +159,23 @@ export async function installBatchResend(aedes: unknown, window: ResendWindow = 
         );
       },
       destroy(error, callback) {
-        source.destroy();
+        source.destroy?.();
         callback(error);
       },
     });
     return out;
+  };
+}
+
+/** Another persistence's stream as chunks of one message. */
+function streamChunks(stream: Readable): Chunks {
+  const messages = stream[Symbol.asyncIterator]() as AsyncIterator<Packet>;
+  return {
+    next: async () => {
+      const { done, value } = await messages.next();
+      return done === true ? undefined : [value];
+    },
+    destroy: () => stream.destroy(),
   };
 }
 
@@ -153,7 +186,7 @@ async function resend(
   window: ResendWindow,
   client: Client,
   resuming: ResumingClient,
-  source: Readable,
+  source: Chunks,
   out: Readable,
 ): Promise<void> {
   let outstanding = 0;
@@ -168,45 +201,55 @@ async function resend(
   const allWritten = () => (outstanding === 0 ? Promise.resolve() : new Promise<void>((resolve) => (settled = resolve))).then(() => (settled = undefined));
   // A closed connection's client may still read as connecting until aedes' close has run its unsubscribe step.
   const gone = () => resuming.conn.destroyed || (resuming.connecting !== true && resuming.connected !== true);
+  const update =
+    persistence.outgoingUpdateNow !== undefined
+      ? (packet: Packet) => persistence.outgoingUpdateNow!(client, packet)
+      : (packet: Packet) => persistence.outgoingUpdate(client, packet);
   let sinceWait = 0;
-  for await (const data of source as AsyncIterable<Packet>) {
-    if (out.destroyed) break;
-    if (failure) throw failure;
-    // lib/write.js refuses a closed connection: stop before the next message is recorded as sent.
-    if (gone()) throw new Error('connection closed');
-    // handlers/connect.js clearQueue: the remaining lifetime before delivery [MQTT-3.3.2-6].
-    const now = Date.now();
-    if (data.messageExpiry !== undefined && data.messageExpiry > now) {
-      data.properties = data.properties || {};
-      data.properties.messageExpiryInterval = Math.ceil((data.messageExpiry - now) / 1000);
-    }
-    const packet = new QoSPacket(data, client);
-    try {
-      await persistence.outgoingUpdate(client, packet);
-    } catch (error) {
-      resuming.emit('error', error);
-      continue;
-    }
-    // handlers/connect.js emptyQueueFilter.
-    const authorized = packet.cmd === 'publish' ? resuming.broker.authorizeForward(client, packet) : true;
-    const expired = packet.messageExpiry !== undefined && packet.messageExpiry <= Date.now();
-    if (resuming.clean || resuming._cleanStart || !authorized || expired) {
-      await persistence.outgoingClearMessageId(client, packet);
-      continue;
-    }
-    if ((packet.cmd === 'publish' && (packet.qos as number) > 0) || packet.cmd === 'pubrel') {
-      while (!window.reserve(client)) {
-        // What is written leaves at the end of this turn (the write coalescer), so that the client can acknowledge it.
-        await window.room(client);
-        // room() answers at once for a closed connection: without this the loop would never end.
-        if (gone()) throw new Error('connection closed');
+  chunks: for (let chunk = await source.next(); chunk !== undefined; chunk = await source.next()) {
+    for (const data of chunk) {
+      if (out.destroyed) break chunks;
+      if (failure) throw failure;
+      // lib/write.js refuses a closed connection: stop before the next message is recorded as sent.
+      if (gone()) throw new Error('connection closed');
+      // handlers/connect.js clearQueue: the remaining lifetime before delivery [MQTT-3.3.2-6].
+      if (data.messageExpiry !== undefined) {
+        const now = Date.now();
+        if (data.messageExpiry > now) {
+          data.properties = data.properties || {};
+          data.properties.messageExpiryInterval = Math.ceil((data.messageExpiry - now) / 1000);
+        }
       }
-    }
-    outstanding++;
-    write(client, packet, written);
-    if (resuming.conn.writableNeedDrain || ++sinceWait >= RESEND_BATCH) {
-      sinceWait = 0;
-      await allWritten();
+      const packet = new QoSPacket(data, client);
+      try {
+        // Only a write that waits for the disk (a QoS 2 identifier, a PUBREL) makes a promise here.
+        const recorded = update(packet);
+        if (recorded !== undefined) await recorded;
+      } catch (error) {
+        resuming.emit('error', error);
+        continue;
+      }
+      // handlers/connect.js emptyQueueFilter.
+      const authorized = packet.cmd === 'publish' ? resuming.broker.authorizeForward(client, packet) : true;
+      const expired = packet.messageExpiry !== undefined && packet.messageExpiry <= Date.now();
+      if (resuming.clean || resuming._cleanStart || !authorized || expired) {
+        await persistence.outgoingClearMessageId(client, packet);
+        continue;
+      }
+      if ((packet.cmd === 'publish' && (packet.qos as number) > 0) || packet.cmd === 'pubrel') {
+        while (!window.reserve(client)) {
+          // What is written leaves at the end of this turn (the write coalescer), so that the client can acknowledge it.
+          await window.room(client);
+          // room() answers at once for a closed connection: without this the loop would never end.
+          if (gone()) throw new Error('connection closed');
+        }
+      }
+      outstanding++;
+      write(client, packet, written);
+      if (resuming.conn.writableNeedDrain || ++sinceWait >= RESEND_BATCH) {
+        sinceWait = 0;
+        await allWritten();
+      }
     }
   }
   await allWritten();
