@@ -32,6 +32,17 @@ function isWireQoS1(packet: PublishPacket): boolean {
 const PREJUDGED = Symbol('edgemqtt.prejudged');
 type Prejudged = { [PREJUDGED]?: PublishVerdict };
 
+/**
+ * Set on a packet already published, or dropped, in authorizePublish: its
+ * next broker.publish is answered at once (a field of the packet rather than
+ * a WeakSet entry added and removed per QoS 1 message).
+ */
+const PUBLISHED = Symbol('edgemqtt.published');
+type Published = { [PUBLISHED]?: boolean };
+const markPublished = (packet: object): void => {
+  (packet as Published)[PUBLISHED] = true;
+};
+
 /** aedes' answer to a refused publish; for a will, aedes then skips it (lib/client.js close). */
 const REFUSED = 'publish not authorized';
 
@@ -46,15 +57,12 @@ export class AedesSeam {
   readonly aedes: Aedes;
   readonly #instance: AedesInternals;
   readonly #connectionHooks: ConnectionHook[] = [];
-  /** Packets already published, or dropped, whose next broker.publish is answered at once. */
-  readonly #published = new WeakSet<object>();
   readonly #policy: PublishPolicy;
   readonly #publishedListeners: Array<(client: Client) => void> = [];
 
   /** Checks the installed aedes version first (checkAedesVersion). */
   constructor(options: AedesOptions, policy: PublishPolicy, version: string = installedAedesVersion()) {
     checkAedesVersion(version);
-    const published = this.#published;
     const publishedListeners = this.#publishedListeners;
     this.#policy = policy;
     // aedes calls it as broker.publish (handlers, wills, $SYS); replaced below.
@@ -83,7 +91,7 @@ export class AedesSeam {
             done(new Error(NOT_AUTHORIZED));
             return;
           }
-          published.add(packet);
+          markPublished(packet);
           done(null);
           return;
         }
@@ -103,7 +111,7 @@ export class AedesSeam {
             done(error);
             return;
           }
-          published.add(packet);
+          markPublished(packet);
           done(null);
         });
       },
@@ -129,7 +137,9 @@ export class AedesSeam {
           then?.(error);
         };
       }
-      if (published.delete(packet)) {
+      if ((packet as Published)[PUBLISHED] === true) {
+        // Not `delete`: a deleted field would turn the packet into a dictionary.
+        (packet as Published)[PUBLISHED] = false;
         const callback = typeof client === 'function' ? client : done;
         callback?.();
         return;
