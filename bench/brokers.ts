@@ -24,6 +24,10 @@ export interface RunningBroker {
 }
 
 const children = new Set<ChildProcess>();
+// A bench that ends without killChildren() (an uncaught error, process.exit) leaves no broker behind.
+process.on('exit', () => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+});
 
 /** Kills (SIGKILL) every child still running and waits (up to 5 s) until they have exited. */
 export async function killChildren(): Promise<void> {

@@ -4,7 +4,6 @@
  * (edgemqtt as the CLI runs it, mosquitto, aedes with aedes-persistence-level
  * when that package is installed), and process memory from /proc.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
@@ -13,6 +12,9 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { generate, parser as packetParser, type Packet } from 'mqtt-packet';
+import { freePort, spawnTracked, stopChild, waitForPort } from './brokers.js';
+
+export { findMosquitto, freePort } from './brokers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The built CLI, relative to dist-bench/bench/. */
@@ -23,29 +25,6 @@ export interface BenchBroker {
   port: number;
   pid: number;
   stop(): Promise<void>;
-}
-
-const children = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-});
-
-function track(child: ChildProcess): ChildProcess {
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return child;
-}
-
-function stopChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    child.kill(signal);
-  });
 }
 
 /** edgemqtt through its CLI (`npm run build` first), on loopback, with `config` merged into a bench config. */
@@ -61,7 +40,7 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
   // BENCH_CPU_PROF=DIR: the broker runs under `node --cpu-prof`, its profile
   // written to DIR when it stops (summarise with dist-bench/bench/profile.js).
   const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROF] : [];
-  const child = track(spawn(process.execPath, [...profile, cli, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  const child = spawnTracked(process.execPath, [...profile, cli, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'inherit'] });
   let recovery: Record<string, unknown> | undefined;
   const ready = await new Promise<{ port: number }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('edgemqtt did not start within 600 s')), 600_000);
@@ -81,49 +60,7 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
     child.once('exit', (code) => reject(new Error(`edgemqtt exited with ${code}`)));
   });
   const startMs = performance.now() - started;
-  return { name: 'edgemqtt', port: ready.port, pid: child.pid!, startMs, recovery, stop: () => stopChild(child) };
-}
-
-export function findMosquitto(): string | undefined {
-  for (const candidate of [process.env.BENCH_MOSQUITTO, '/usr/sbin/mosquitto', '/usr/local/sbin/mosquitto']) {
-    if (!candidate) continue;
-    try {
-      readFileSync(candidate);
-      return candidate;
-    } catch {
-      // next
-    }
-  }
-  return undefined;
-}
-
-/** A loopback port nothing listens on now. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForPort(port: number, child: ChildProcess): Promise<void> {
-  for (const deadline = Date.now() + 15_000; ; ) {
-    if (child.exitCode !== null) throw new Error(`broker exited with ${child.exitCode}`);
-    const open = await new Promise<boolean>((resolve) => {
-      const socket = net.connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (open) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
+  return { name: 'edgemqtt', port: ready.port, pid: child.pid!, startMs, recovery, stop: () => stopChild(child, 20_000) };
 }
 
 export interface MosquittoOptions {
@@ -164,9 +101,9 @@ export async function startMosquitto(binary: string, dir: string, options: Mosqu
       '',
     ].join('\n'),
   );
-  const child = track(spawn(binary, ['-c', configFile], { stdio: ['ignore', 'ignore', 'inherit'] }));
-  await waitForPort(port, child);
-  return { name: 'mosquitto', port, pid: child.pid!, stop: () => stopChild(child) };
+  const child = spawnTracked(binary, ['-c', configFile], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForPort(port, child, 15_000, 'mosquitto');
+  return { name: 'mosquitto', port, pid: child.pid!, stop: () => stopChild(child, 20_000) };
 }
 
 /** Whether aedes-persistence-level is installed (it is not a dependency of edgemqtt). */
@@ -181,14 +118,12 @@ export function hasAedesPersistenceLevel(): boolean {
 
 /** Bare aedes 1.2 with aedes-persistence-level (as the issue's reporter ran it), in a child process. */
 export async function startAedesLevel(dir: string): Promise<BenchBroker> {
-  const child = track(
-    spawn(process.execPath, [path.join(here, 'persistence-aedes-level-server.js'), dir], { stdio: ['ignore', 'pipe', 'inherit'] }),
-  );
+  const child = spawnTracked(process.execPath, [path.join(here, 'persistence-aedes-level-server.js'), dir], { stdio: ['ignore', 'pipe', 'inherit'] });
   const port = await new Promise<number>((resolve, reject) => {
     createInterface({ input: child.stdout! }).once('line', (line) => resolve(Number(line)));
     child.once('exit', (code) => reject(new Error(`aedes exited with ${code}`)));
   });
-  return { name: 'aedes+level', port, pid: child.pid!, stop: () => stopChild(child) };
+  return { name: 'aedes+level', port, pid: child.pid!, stop: () => stopChild(child, 20_000) };
 }
 
 /** Resident set size of a process in MiB. */

@@ -247,7 +247,7 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
   };
 }
 
-function candidates(mode: Mode, mosquitto: string | undefined): Array<[string, (dir: string) => Promise<BenchBroker>]> {
+function candidates(mode: Mode, mosquitto: string | null): Array<[string, (dir: string) => Promise<BenchBroker>]> {
   const durable = mode === 'durable';
   const list: Array<[string, (dir: string) => Promise<BenchBroker>]> = [
     [
