@@ -52,20 +52,29 @@ function writeUint(buf: Buffer, at: number, value: number): number {
   return at + 5;
 }
 
+/**
+ * A str or bin header past its fix form: `code8` (str8 0xd9, bin8 0xc4) with
+ * a one-byte length, the next code with two bytes, the one after with four.
+ */
+function writeLength(buf: Buffer, at: number, bytes: number, code8: number): number {
+  if (bytes < 0x100) {
+    buf[at] = code8;
+    buf[at + 1] = bytes;
+    return at + 2;
+  }
+  if (bytes < 0x1_0000) {
+    buf[at] = code8 + 1;
+    buf.writeUInt16BE(bytes, at + 1);
+    return at + 3;
+  }
+  buf[at] = code8 + 2;
+  buf.writeUInt32BE(bytes, at + 1);
+  return at + 5;
+}
+
 function writeStr(buf: Buffer, at: number, value: string, bytes: number): number {
   if (bytes < 0x20) buf[at++] = 0xa0 | bytes;
-  else if (bytes < 0x100) {
-    buf[at++] = 0xd9;
-    buf[at++] = bytes;
-  } else if (bytes < 0x1_0000) {
-    buf[at] = 0xda;
-    buf.writeUInt16BE(bytes, at + 1);
-    at += 3;
-  } else {
-    buf[at] = 0xdb;
-    buf.writeUInt32BE(bytes, at + 1);
-    at += 5;
-  }
+  else at = writeLength(buf, at, bytes, 0xd9);
   if (bytes === value.length && bytes <= SHORT_STRING) {
     // ASCII (one byte per char): a loop beats the native write at this size.
     for (let i = 0; i < bytes; i++) buf[at + i] = value.charCodeAt(i);
@@ -85,19 +94,7 @@ function utf8Length(value: string): number {
 }
 
 function writeBin(buf: Buffer, at: number, value: Buffer): number {
-  const bytes = value.length;
-  if (bytes < 0x100) {
-    buf[at++] = 0xc4;
-    buf[at++] = bytes;
-  } else if (bytes < 0x1_0000) {
-    buf[at] = 0xc5;
-    buf.writeUInt16BE(bytes, at + 1);
-    at += 3;
-  } else {
-    buf[at] = 0xc6;
-    buf.writeUInt32BE(bytes, at + 1);
-    at += 5;
-  }
+  at = writeLength(buf, at, value.length, 0xc4);
   return at + value.copy(buf, at);
 }
 
