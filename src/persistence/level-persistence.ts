@@ -356,9 +356,13 @@ export class LevelPersistence {
    * stored, packet identifiers as they are (none for a message never sent).
    */
   outgoingStream(client: ClientLike): Readable {
+    return this.#ownConnection(client) ? this.outgoingResendStream(client) : this.#queues.storedStream(client.id);
+  }
+
+  /** Whether `client` is one of the broker's connections (an aedes client carries the broker it belongs to). */
+  #ownConnection(client: ClientLike): boolean {
     const broker = this.#store.broker;
-    if (broker !== undefined && client.broker === broker) return this.outgoingResendStream(client);
-    return this.#queues.storedStream(client.id);
+    return broker !== undefined && client.broker === broker;
   }
 
   /** The stored messages sent again on a new connection; see the store's resendStream. */
@@ -368,8 +372,7 @@ export class LevelPersistence {
 
   /** outgoingStream's resend a chunk at a time (for src/broker/aedes-seam/resend.ts); undefined where it is not the resend. */
   outgoingResendChunks(client: ClientLike): QueueChunks | undefined {
-    const broker = this.#store.broker;
-    return broker !== undefined && client.broker === broker ? this.#queues.resendChunks(client) : undefined;
+    return this.#ownConnection(client) ? this.#queues.resendChunks(client) : undefined;
   }
 
   // ------------------------------------------------------- incoming (QoS 2)
