@@ -6,7 +6,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
-import { withoutPrototype } from '../../util/fast-object.js';
+import { compactListeners, withoutPrototype } from '../../util/fast-object.js';
 import { keepAliveBySweep } from './keepalive.js';
 import { parkParserBuffers } from './parser-parking.js';
 
@@ -312,14 +312,12 @@ export function clientTable(aedes: Aedes): Readonly<Record<string, Client | unde
 /** What lightenClient replaces in an aedes Client (lib/client.js constructor); not in its typings. */
 interface ClientWeight {
   conn: Duplex & { client?: Client };
-  /** EventEmitter's listeners by event: a `{ __proto__: null }` dictionary (Node's lib/events.js). */
-  _events: object;
   close(): void;
   emit(event: 'error', error: Error): boolean;
   /** end-of-stream's cleanup of `finished(conn, this.close.bind(this))`; aedes calls it in close(). */
   _eos: () => void;
   /** mqtt-packet's parser (its `client` set by aedes) and the bl BufferListStream it buffers partial packets in. */
-  _parser: NodeJS.EventEmitter & { client?: Client; _list: { constructor: unknown; length: number }; _events: object; _states: readonly string[]; settings: ParserSettings };
+  _parser: NodeJS.EventEmitter & { client?: Client; _list: { constructor: unknown; length: number }; _states: readonly string[]; settings: ParserSettings };
   /** The protocol level of the CONNECT (3, 4 or 5), set by handlers/connect.js. */
   version: number | null;
   /** MQTT 5 Topic Alias → topic name, this connection's (lib/client.js). */
@@ -374,7 +372,7 @@ function stopClosingOnClose(this: ClientWeight): void {
  * function for all clients.
  */
 function settleConnectedClient(this: ClientWeight): void {
-  this._events = withoutPrototype(this._events);
+  compactListeners(this as unknown as NodeJS.EventEmitter);
   this._parser.settings = parserSettings(this._parser.settings);
   if (this.version !== 5) this._topicAliases = NO_TOPIC_ALIASES;
   keepAliveBySweep(this as unknown as Client);
@@ -467,6 +465,6 @@ export function lightenClient(client: Client): void {
   // The parser's listener table ('packet' and 'error', kept for the connection's life) in fast mode
   // (NoPrototype) instead of a 160-byte dictionary. The client's once it is connected: its
   // once('connected') is deleted from it then, which would make a fast table a dictionary again.
-  parser._events = withoutPrototype(parser._events);
+  compactListeners(parser);
   (client as unknown as NodeJS.EventEmitter).once('connected', settleConnectedClient);
 }
