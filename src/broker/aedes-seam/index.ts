@@ -122,6 +122,7 @@ export { FastPublish, type FastPublishOptions } from './fast-publish.js';
 export { variableByteIntegerBytes } from './publish-frames.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
 export { installBatchResend, RESEND_BATCH } from './resend.js';
+export { installConnectPath, type QueuedCheck } from './connect.js';
 export * from './mqtt5.js';
 export * from './shared.js';
 export { assignOutgoingTopicAliases } from './outgoing-aliases.js';
