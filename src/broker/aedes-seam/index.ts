@@ -73,6 +73,14 @@
  *   a persistent session's stored messages after CONNECT, done with aedes'
  *   own steps but many messages per event-loop turn instead of one
  *   (resend.ts).
+ * - The client parser's 'packet' listener (lib/client.js `enqueue`) until
+ *   the first packet, and handlers/connect.js's steps with aedes'
+ *   lib/write.js, lib/qos-packet.js, handlers/subscribe.js and
+ *   constants.js: a 3.1/3.1.1 CONNECT aedes would accept is run through the
+ *   same broker hooks in the same order without the stream pipeline aedes
+ *   builds per CONNECT to resend the stored queue, which is read only when
+ *   the persistence may hold one (connect.ts; canaries in
+ *   test/aedes-canaries-connect.test.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).
