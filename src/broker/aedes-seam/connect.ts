@@ -17,8 +17,11 @@
  * runs the same steps through the same broker hooks (preConnect,
  * authenticate, the persistence, registerClient: every wrapper the seam and
  * the broker put on them still runs), with one state object per CONNECT:
- * - preConnect, then init in setImmediate; a refusal from preConnect ends
- *   the CONNECT with its error, no CONNACK (handlers/connect.js negate);
+ * - preConnect, then init; a refusal from preConnect ends the CONNECT with
+ *   its error, no CONNACK (handlers/connect.js negate). aedes runs init in
+ *   setImmediate, one more event-loop turn per CONNECT, which in a storm
+ *   (hundreds of connections per turn) is what a client waits for; here
+ *   init follows at once, its steps are the same;
  * - init's fields as aedes sets them for 3.1/3.1.1 (client id, assigned
  *   when empty; version; session expiry from the clean flag, clamped;
  *   `clean`, `_cleanStart`, the will kept in `_will` while authenticating);
@@ -296,7 +299,7 @@ function connect(client: ClientInternals, packet: ConnectPacket, parts: AedesPar
   client.connecting = true;
   client.broker.preConnect(client as unknown as Client, packet, (error, success) => {
     if (!error && success === true) {
-      setImmediate(init, new Connecting(client, packet, parts, queued));
+      init(new Connecting(client, packet, parts, queued));
       return;
     }
     client.connecting = false;
