@@ -50,7 +50,9 @@
  *   aedes' bound 'end'/'error' listeners on the connection and the parser
  *   by shared functions that find the client through `conn.client` and
  *   `parser.client`, and the parser's `_list` (mqtt-packet, a bl
- *   BufferListStream) by a plain BufferList, the parser's `_states` by one
+ *   BufferListStream) by a plain BufferList (made so from the start: while
+ *   aedes' `handle` runs, mqtt-packet's exported `parser`, which lib/client.js
+ *   calls, is one that makes it so, parser-list.ts), the parser's `_states` by one
  *   shared list, the parser's and (once 'connected') the client's `_events`
  *   (Node's EventEmitter tables) by fast-mode prototype-free copies; the
  *   parser's `parse`, so that between packets its `packet` and `_list` are
