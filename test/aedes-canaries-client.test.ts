@@ -11,7 +11,9 @@ import t from 'tap';
 import type { Test } from 'tap';
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
-import { lightenClient } from '../src/broker/aedes-seam/index.js';
+import { createRequire } from 'node:module';
+import { createServer, type AddressInfo } from 'node:net';
+import { AedesSeam, lightenClient } from '../src/broker/aedes-seam/index.js';
 import { installedAedesVersion, payloads, published, rawConnected, startPlainAedes, until } from './helpers/plain-aedes.js';
 import { publish } from './helpers/packets.js';
 
@@ -104,6 +106,69 @@ t.test('a lightened client parses a packet that arrives in two pieces', async (t
   await raw.next('pingresp');
   t.pass('PINGRESP for the PINGREQ given in two pieces');
   t.equal(parser.packet, other.packet, 'back to the shared buffers after it');
+});
+
+/** mqtt-packet's exports as aedes imports them (lib/client.js calls `mqtt.parser()` on this object). */
+const mqttPacket = createRequire(createRequire(import.meta.url).resolve('aedes'))('mqtt-packet') as { parser: (options?: object) => object };
+
+t.test(`aedes ${V} makes each client's parser with mqtt-packet's exported parser() during handle, on a BufferListStream (relied on by src/broker/aedes-seam/parser-list.ts)`, async (t) => {
+  const original = mqttPacket.parser;
+  t.teardown(() => void (mqttPacket.parser = original));
+  const made: object[] = [];
+  const lists: boolean[] = [];
+  const { port } = await startPlainAedes(t, {}, (aedes) => {
+    const handle = aedes.handle.bind(aedes);
+    aedes.handle = (conn, request) => {
+      mqttPacket.parser = (options?: object) => {
+        const parser = original(options);
+        made.push(parser);
+        return parser;
+      };
+      try {
+        const client = handle(conn, request);
+        const parser = (client as unknown as Weighed)._parser;
+        t.equal(made.at(-1), parser, "the client's parser is the one parser() made");
+        lists.push(typeof parser._list.pipe === 'function');
+        return client;
+      } finally {
+        mqttPacket.parser = original;
+      }
+    };
+  });
+  await rawConnected(t, port, 'made');
+  t.equal(made.length, 1, 'one parser() call per client');
+  t.same(lists, [true], 'its list a stream');
+});
+
+t.test("clients made through the seam get their parsers without mqtt-packet's parser() (no BufferListStream), which is left as it was", async (t) => {
+  const original = mqttPacket.parser;
+  let calls = 0;
+  const counting = (options?: object) => {
+    calls++;
+    return original(options);
+  };
+  mqttPacket.parser = counting;
+  t.teardown(() => void (mqttPacket.parser = original));
+  const seam = new AedesSeam({}, () => 'allow');
+  await seam.aedes.listen();
+  const server = createServer((socket) => seam.aedes.handle(socket));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(async () => {
+    await new Promise<void>((resolve) => seam.aedes.close(() => resolve()));
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  const port = (server.address() as AddressInfo).port;
+  const raws = [];
+  for (const id of ['one', 'two', 'three']) raws.push(await rawConnected(t, port, id));
+  t.ok(calls <= 1, `mqtt-packet's parser() made at most the first client's parser (${calls} calls for 3 clients)`);
+  t.equal(mqttPacket.parser, counting, "mqtt-packet's parser() is the same function after each handle");
+  // A PINGREQ in two pieces still parses on every connection.
+  for (const raw of raws) {
+    raw.send(Buffer.of(0xc0));
+    raw.send(Buffer.of(0x00));
+    await raw.next('pingresp');
+  }
+  t.pass('each answers a PINGREQ sent in two pieces');
 });
 
 t.test('a lightened client is closed when its connection drops, and only once', async (t) => {

@@ -14,6 +14,7 @@ import {
   disconnectWithReason,
   imposeServerKeepAlive,
   installBatchResend,
+  installConnectPath,
   installIncomingCleanup,
   installSessionAuthority,
   onParseError,
@@ -71,6 +72,8 @@ export interface BrokerPersistence extends Partial<SharedSubscriptionStore>, Par
   claimOutgoing?: ClaimOutgoing;
   /** aedes' persistence API: removes the queued message sent under a packet identifier. */
   outgoingClearMessageId?(client: Client, packet: { messageId: number }): Promise<unknown>;
+  /** Whether anything may be queued for a client id, from memory (LevelPersistence): the connect path skips an empty resend. */
+  outgoingQueued?(clientId: string): boolean;
 }
 
 /** MQTT 5 DISCONNECT Reason Code 0x8D Keep Alive timeout (3.14.2.1). */
@@ -248,6 +251,8 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       installIncomingCleanup(instance, deps.logger);
       // The resend after CONNECT, many stored messages per turn (aedes-seam/resend.ts).
       await installBatchResend(instance, { reserve: (client) => limits.reserveResend(client), room: (client) => limits.roomForResend(client) });
+      // 3.1/3.1.1 CONNECTs with aedes' steps but no per-CONNECT stream pipeline (aedes-seam/connect.ts).
+      await installConnectPath(started, persistence?.outgoingQueued?.bind(persistence));
       // PUBLISH packets really written to each client (traffic.ts), and what its parser refuses:
       // one function each for all clients.
       onPublishWritten(instance, (client, qos, payloadBytes) => traffic.messageOut(client, qos, payloadBytes));

@@ -370,6 +370,15 @@ export class LevelPersistence {
     return this.#queues.resendStream(client);
   }
 
+  /**
+   * Whether anything may be queued for `clientId` (in memory, at once):
+   * false only when the resend after CONNECT would find nothing
+   * (src/broker/aedes-seam/connect.ts then skips it).
+   */
+  outgoingQueued(clientId: string): boolean {
+    return this.#store.state !== 'running' || this.#store.queues.has(clientId);
+  }
+
   /** outgoingStream's resend a chunk at a time (for src/broker/aedes-seam/resend.ts); undefined where it is not the resend. */
   outgoingResendChunks(client: ClientLike): QueueChunks | undefined {
     return this.#ownConnection(client) ? this.#queues.resendChunks(client) : undefined;

@@ -456,8 +456,10 @@ export function lightenClient(client: Client): void {
   const parser = state._parser;
   if (!replaceBound(parser, 'error', 'bound emit', parserError)) parser.prependListener('error', reportParserError);
   const BufferList = (parser._list.constructor as { BufferList?: new () => ClientWeight['_parser']['_list'] }).BufferList;
-  if (BufferList && parser._list.length === 0) {
-    parser._list = new BufferList();
+  // A BufferListStream (bl) as mqtt-packet makes it, or already a plain BufferList (parser-list.ts).
+  const plain = BufferList === undefined && typeof (parser._list as { pipe?: unknown }).pipe !== 'function';
+  if ((BufferList || plain) && parser._list.length === 0) {
+    if (BufferList) parser._list = new BufferList();
     // Between packets, its Packet and BufferList are shared empty ones (parser-parking.ts).
     parkParserBuffers(parser);
   }

@@ -50,7 +50,9 @@
  *   aedes' bound 'end'/'error' listeners on the connection and the parser
  *   by shared functions that find the client through `conn.client` and
  *   `parser.client`, and the parser's `_list` (mqtt-packet, a bl
- *   BufferListStream) by a plain BufferList, the parser's `_states` by one
+ *   BufferListStream) by a plain BufferList (made so from the start: while
+ *   aedes' `handle` runs, mqtt-packet's exported `parser`, which lib/client.js
+ *   calls, is one that makes it so, parser-list.ts), the parser's `_states` by one
  *   shared list, the parser's and (once 'connected') the client's `_events`
  *   (Node's EventEmitter tables) by fast-mode prototype-free copies; the
  *   parser's `parse`, so that between packets its `packet` and `_list` are
@@ -73,6 +75,14 @@
  *   a persistent session's stored messages after CONNECT, done with aedes'
  *   own steps but many messages per event-loop turn instead of one
  *   (resend.ts).
+ * - The client parser's 'packet' listener (lib/client.js `enqueue`) until
+ *   the first packet, and handlers/connect.js's steps with aedes'
+ *   lib/write.js, lib/qos-packet.js, handlers/subscribe.js and
+ *   constants.js: a 3.1/3.1.1 CONNECT aedes would accept is run through the
+ *   same broker hooks in the same order without the stream pipeline aedes
+ *   builds per CONNECT to resend the stored queue, which is read only when
+ *   the persistence may hold one (connect.ts; canaries in
+ *   test/aedes-canaries-connect.test.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).
@@ -122,6 +132,7 @@ export { FastPublish, type FastPublishOptions } from './fast-publish.js';
 export { variableByteIntegerBytes } from './publish-frames.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
 export { installBatchResend, RESEND_BATCH } from './resend.js';
+export { installConnectPath, type QueuedCheck } from './connect.js';
 export * from './mqtt5.js';
 export * from './shared.js';
 export { assignOutgoingTopicAliases } from './outgoing-aliases.js';

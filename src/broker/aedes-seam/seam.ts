@@ -10,6 +10,7 @@ import { freeSubscriptionMap, lightenClient, shareDrainTimeout, type ConnectionH
 import { withoutWillDelay } from './sessions.js';
 import { boundEmitterRecursion } from './emitter-depth.js';
 import { sweepKeepAlives } from './keepalive.js';
+import { withPlainParserList } from './parser-list.js';
 
 type Callback = (error?: Error | null) => void;
 type Publish = (packet: object, client?: Client | null | Callback, done?: Callback) => void;
@@ -22,6 +23,9 @@ interface AedesInternals {
   /** Other brokers' ids from their $SYS heartbeats (aedes.js). */
   brokers: Record<string, unknown>;
 }
+
+/** The parser aedes made for a client (lib/client.js). */
+const parserOf = (client: Client): object => (client as unknown as { _parser: object })._parser;
 
 /** A QoS 1 PUBLISH from the wire: it carries a packet identifier, wills do not. */
 function isWireQoS1(packet: PublishPacket): boolean {
@@ -161,7 +165,7 @@ export class AedesSeam {
         const then = hook(stream, request);
         if (then) (after ??= []).push(then);
       }
-      const client = handle(conn, request);
+      const client = withPlainParserList(handle, conn, request, parserOf);
       freeSubscriptionMap(client);
       lightenClient(client);
       shareDrainTimeout(client);
