@@ -30,7 +30,10 @@
  *   identifier a copy went out under.
  * - mqtt-packet's `writeToStream`, as aedes' lib/write.js calls it
  *   (packet-writes.ts): the broker's Topic Aliases for what it sends
- *   (outgoing-aliases.ts), and the count of PUBLISH packets written.
+ *   (outgoing-aliases.ts), the count of PUBLISH packets written, and a
+ *   PUBLISH or PUBACK in its usual shape written as one buffer made in
+ *   packet-encoding.ts (the bytes mqtt-packet writes, without its chunks,
+ *   cork and debug calls).
  * - `aedes.registerClient` (aedes.js) to see a takeover before aedes closes
  *   the old client, and the client parser's 'error' (lib/client.js) to see
  *   a parse error before aedes closes it (departures.ts).
