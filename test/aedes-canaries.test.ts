@@ -527,3 +527,18 @@ t.test(`aedes ${V} still drains its message bus queue recursively, a long one ex
   t.type(error, RangeError, 'the drain threw RangeError (call stack size exceeded)');
   t.ok(completed < total, `and left messages undone (${completed} of ${total})`);
 });
+
+t.test(`aedes ${V}'s message bus removes a handler only in a later setImmediate, and its matcher may answer with a list it keeps (relied on by the remembered matches in src/broker/aedes-seam/fast-publish.ts)`, async (t) => {
+  const { Aedes } = await import('aedes');
+  const aedes = new Aedes();
+  t.teardown(() => new Promise<void>((resolve) => aedes.close(() => resolve())));
+  type Handler = (packet: object, done: () => void) => void;
+  const mq = (aedes as unknown as { mq: { on(topic: string, h: Handler): void; removeListener(topic: string, h: Handler, done: () => void): void; _matcher: { match(topic: string): Handler[] } } }).mq;
+  const handler: Handler = (_packet, done) => done();
+  mq.on('canary/t', handler);
+  t.equal(mq._matcher.match('canary/t'), mq._matcher.match('canary/t'), 'the same list twice: a copy is what can be kept and frozen');
+  const removed = new Promise<void>((resolve) => mq.removeListener('canary/t', handler, resolve));
+  t.same(mq._matcher.match('canary/t'), [handler], 'still matched right after removeListener: a change is counted where the matcher changes');
+  await removed;
+  t.same(mq._matcher.match('canary/t'), [], 'gone once its setImmediate ran');
+});

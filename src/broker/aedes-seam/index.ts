@@ -45,8 +45,12 @@
  *   as the authority, and Clean Start 0 resuming the stored session
  *   whatever its new Session Expiry (sessions.ts).
  * - `conn.read` again, above the guard and under the connect hold, and
- *   `aedes.mq` (mqemitter's `on`, `removeListener`, `_matcher`): the QoS 0
- *   fast path (fast-publish.ts, which lists what else of aedes it reads).
+ *   `aedes.mq._matcher` (mqemitter's qlobber: `add`, `remove`, `match`): the QoS 0
+ *   fast path (fast-publish.ts, which lists what else of aedes it reads),
+ *   which also remembers the matcher's answers per topic for mqemitter's
+ *   own emits until a subscription changes (counted in `add` and `remove`:
+ *   mqemitter's removeListener removes a handler in a later setImmediate;
+ *   canary in test/aedes-canaries.test.ts).
  * - Per Client, to make it lighter (lightenClient, client.ts; canaries in
  *   test/aedes-canaries-client.test.ts): `_eos` (end-of-stream's cleanup,
  *   lib/client.js constructor) replaced by one shared 'close' listener,
