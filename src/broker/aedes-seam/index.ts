@@ -75,6 +75,12 @@
  *   `client.broker` and `conn.client` (lib/client.js constructor).
  * - `aedes.mq._do` (mqemitter 7.1.0): its queue drained without unbounded
  *   recursion (emitter-depth.ts).
+ * - Client `deliverQoS` again, as the lowest layer of each client's
+ *   deliveries: a QoS 1 delivery is written in the call, with aedes' own
+ *   lib/qos-packet.js and lib/write.js (loaded by path, aedes-lib.ts), instead
+ *   of in a setImmediate after a promise (direct-deliveries.ts; canary in
+ *   test/aedes-canaries.test.ts); and Client `duplicates`, read to know that
+ *   the delivery rules turned aedes' dedupe off.
  * - `aedes.persistence.outgoingStream` as handlers/connect.js emptyQueue
  *   calls it, and aedes' lib/write.js and lib/qos-packet.js: the resend of
  *   a persistent session's stored messages after CONNECT, done with aedes'
@@ -129,6 +135,7 @@ export { FastPublish, type FastPublishOptions } from './fast-publish.js';
 export { variableByteIntegerBytes } from './publish-frames.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
 export { installBatchResend, RESEND_BATCH } from './resend.js';
+export { installDirectDeliveries } from './direct-deliveries.js';
 export * from './mqtt5.js';
 export * from './shared.js';
 export { assignOutgoingTopicAliases } from './outgoing-aliases.js';
