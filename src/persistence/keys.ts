@@ -96,11 +96,16 @@ export function outgoingKey(clientId: string, seq: number): Buffer {
   return outgoingKeyAfter(outgoingKeyPrefix(clientId), seq);
 }
 
-/** The part of an outgoing key before the sequence number: namespace, client id length and id. */
-export function outgoingKeyPrefix(clientId: string): Buffer {
+/**
+ * The part of an outgoing key before the sequence number: namespace, client
+ * id length and id. `kept`: in memory of its own, for a prefix kept as long
+ * as its queue (a small Buffer from Node's shared pool would keep that
+ * pool's whole 8 KiB slab alive).
+ */
+export function outgoingKeyPrefix(clientId: string, kept = false): Buffer {
   const idBytes = Buffer.byteLength(clientId, 'utf8');
   if (idBytes > MAX_CLIENT_ID_BYTES) throw new RangeError(`client id longer than ${MAX_CLIENT_ID_BYTES} bytes`);
-  const prefix = Buffer.allocUnsafe(3 + idBytes);
+  const prefix = kept ? Buffer.allocUnsafeSlow(3 + idBytes) : Buffer.allocUnsafe(3 + idBytes);
   prefix[0] = NS.outgoing;
   prefix[1] = idBytes >> 8;
   prefix[2] = idBytes & 0xff;

@@ -142,7 +142,7 @@ export class ClientQueue {
    * is made for every queued message and again for its acknowledgement).
    */
   keyOf(clientId: string, seq: number): Buffer {
-    return outgoingKeyAfter((this.#keyPrefix ??= outgoingKeyPrefix(clientId)), seq);
+    return outgoingKeyAfter((this.#keyPrefix ??= outgoingKeyPrefix(clientId, true)), seq);
   }
 
   /** Whether `entry` is still queued (not acknowledged, dropped or replaced). */
