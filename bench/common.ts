@@ -8,7 +8,7 @@
  * generated once with mqtt-packet and written as pre-built buffers, and the
  * receive side only walks fixed headers (and reads a timestamp for latency).
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { generate } from 'mqtt-packet';
 
@@ -163,6 +163,23 @@ export function processCpuMs(pid: number): number {
   const utime = Number(fields[11]);
   const stime = Number(fields[12]);
   return ((utime + stime) * 1000) / CLOCK_TICKS_PER_SEC;
+}
+
+/** CPU ms so far of a process's main thread and of its other threads (LevelDB, libuv's pool, GC), as processCpuMs reads them. */
+export function threadCpuMs(pid: number): { main: number; others: number } {
+  const spent = { main: 0, others: 0 };
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, 'latin1');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const ms = ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_SEC;
+      if (Number(task) === pid) spent.main += ms;
+      else spent.others += ms;
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return spent;
 }
 
 /** Resident set size of a process in KiB, or 0 if it cannot be read. */

@@ -20,7 +20,8 @@
  * A round ends when every PUBLISH has its PUBACK and the subscriber has
  * received every message. Figures per broker (median of ROUNDS, with the
  * spread): messages/s, the broker's CPU per message (µs, user + system from
- * /proc, the figure to compare across runs on a shared machine) and this
+ * /proc, the figure to compare across runs on a shared machine; of it the
+ * main thread's, the rest being LevelDB's and libuv's threads) and this
  * process's CPU per message (the load generator: raw sockets, packets
  * framed by their fixed headers, writes batched per read).
  *
@@ -32,7 +33,9 @@
  *   env: BENCH_MODES=memory,durable BENCH_MESSAGES=100000 BENCH_WARMUP=20000
  *        BENCH_PUBLISHERS=10 BENCH_WINDOW=64 BENCH_PAYLOAD_BYTES=64 BENCH_ROUNDS=3
  *        BENCH_INFLIGHT=20 BENCH_OFFLINE=0 BENCH_BROKERS=edgemqtt,mosquitto,aedes+level BENCH_TIMEOUT_SEC=120
- *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof, profile in DIR)
+ *        BENCH_SYNC=batch (edgemqtt's persistence.sync; `os`: no fsync, to see what the fsyncs cost)
+ *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof, profile in DIR; each round prints
+ *        its measured window for `node dist-bench/bench/profile.js FILE 30 FROM TO`)
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
@@ -50,7 +53,7 @@ import {
   startMosquitto,
   type BenchBroker,
 } from './persistence-load.js';
-import { PacketReader, processCpuMs as cpuMs } from './common.js';
+import { PacketReader, processCpuMs as cpuMs, threadCpuMs } from './common.js';
 
 type Mode = 'memory' | 'durable';
 
@@ -66,7 +69,11 @@ const OFFLINE = process.env.BENCH_OFFLINE === '1';
 const MODES = (process.env.BENCH_MODES ?? 'memory,durable').split(',').filter(Boolean) as Mode[];
 const BROKERS = process.env.BENCH_BROKERS?.split(',');
 const TIMEOUT_SEC = env('BENCH_TIMEOUT_SEC', 120);
+/** edgemqtt's persistence.sync: `batch` (the measured row: fsync before each PUBACK); `os` to see what the fsyncs cost. */
+const SYNC = process.env.BENCH_SYNC ?? 'batch';
 const TOPIC = 'bench/qos1';
+/** The clock a V8 profile's timestamps are on (see profile.ts summarizeProfile). */
+const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
 
 const PUBLISH = 3;
 const PUBACK = 4;
@@ -123,6 +130,8 @@ interface Round {
   rate: number;
   /** Broker CPU per message, µs. */
   brokerUs: number;
+  /** Of which its main thread's (the rest: LevelDB's threads, libuv's pool, GC helpers). */
+  mainUs: number;
   /** This process's CPU per message, µs. */
   loadUs: number;
 }
@@ -226,23 +235,30 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
     });
 
   let brokerBefore = 0;
+  let threadsBefore = { main: 0, others: 0 };
   let loadBefore = process.cpuUsage();
   let started = 0;
+  let fromUs = 0;
   try {
     await run(WARMUP);
     brokerBefore = cpuMs(broker.pid);
+    threadsBefore = threadCpuMs(broker.pid);
     loadBefore = process.cpuUsage();
     started = performance.now();
+    fromUs = monotonicUs();
     await run(MESSAGES);
+    if (process.env.BENCH_CPU_PROF) console.log(`  profile window (pid ${broker.pid}): ${fromUs} ${monotonicUs()}`);
   } finally {
     for (const connection of [...publishers, subscriber]) connection.close();
   }
   const seconds = (performance.now() - started) / 1000;
   const brokerMs = cpuMs(broker.pid) - brokerBefore;
+  const mainMs = threadCpuMs(broker.pid).main - threadsBefore.main;
   const load = process.cpuUsage(loadBefore);
   return {
     rate: MESSAGES / seconds,
     brokerUs: (brokerMs * 1000) / MESSAGES,
+    mainUs: (mainMs * 1000) / MESSAGES,
     loadUs: (load.user + load.system) / MESSAGES,
   };
 }
@@ -255,7 +271,7 @@ function candidates(mode: Mode, mosquitto: string | null): Array<[string, (dir: 
       (dir) =>
         startEdgemqtt(dir, {
           // Queue limits off: every message is kept, as by the others here.
-          persistence: { sync: 'batch', maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0 },
+          persistence: { sync: SYNC, maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0 },
           limits: { maxInflightMessages: INFLIGHT },
         }),
     ],
@@ -287,7 +303,7 @@ async function main(): Promise<void> {
             const key = `${mode} ${name}`;
             results.set(key, [...(results.get(key) ?? []), result]);
             console.log(
-              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg, load generator ${result.loadUs.toFixed(1)} µs/msg`,
+              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg (main thread ${result.mainUs.toFixed(1)}), load generator ${result.loadUs.toFixed(1)} µs/msg`,
             );
           } finally {
             await broker.stop();
@@ -308,11 +324,12 @@ async function main(): Promise<void> {
       if (!key.startsWith(`${mode} `)) continue;
       const rates = rounds.map((r) => r.rate);
       const broker = rounds.map((r) => r.brokerUs);
+      const main = rounds.map((r) => r.mainUs);
       const load = rounds.map((r) => r.loadUs);
       const versus = edgemqtt && key !== `${mode} edgemqtt` ? `   edgemqtt/this = ${ratio(median(edgemqtt.map((r) => r.rate)), median(rates))}` : '';
       console.log(
         `  ${key.padEnd(20)} ${String(Math.round(median(rates))).padStart(7)} msg/s${spread(rates)}` +
-          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)}   load gen ${median(load).toFixed(1)} µs/msg${versus}`,
+          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)} (main thread ${median(main).toFixed(1)})   load gen ${median(load).toFixed(1)} µs/msg${versus}`,
       );
     }
   }

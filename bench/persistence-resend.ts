@@ -29,8 +29,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { readdirSync, readFileSync } from 'node:fs';
-import { processCpuMs } from './common.js';
+import { readFileSync } from 'node:fs';
+import { processCpuMs, threadCpuMs } from './common.js';
 import { findMosquitto, median, ratio, RawConnection, startEdgemqtt, startMosquitto, type BenchBroker } from './persistence-load.js';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -86,24 +86,6 @@ interface Round {
 function syscalls(pid: number): { reads: number; writes: number } {
   const io = readFileSync(`/proc/${pid}/io`, 'latin1');
   return { reads: Number(/syscr: (\d+)/.exec(io)?.[1] ?? 0), writes: Number(/syscw: (\d+)/.exec(io)?.[1] ?? 0) };
-}
-
-/** CPU ms so far of a process's main thread and of its other threads (BENCH_THREADS=1: LevelDB, libuv's pool, GC). */
-function threadCpuMs(pid: number): { main: number; others: number } {
-  const spent = { main: 0, others: 0 };
-  for (const task of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, 'latin1');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      // utime + stime, in clock ticks of 10 ms (as processCpuMs reads them).
-      const ms = (Number(fields[11]) + Number(fields[12])) * 10;
-      if (Number(task) === pid) spent.main += ms;
-      else spent.others += ms;
-    } catch {
-      // The thread ended meanwhile.
-    }
-  }
-  return spent;
 }
 
 /** µs on the monotonic clock a --cpu-prof profile uses. */

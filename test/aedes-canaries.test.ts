@@ -527,3 +527,42 @@ t.test(`aedes ${V} still drains its message bus queue recursively, a long one ex
   t.type(error, RangeError, 'the drain threw RangeError (call stack size exceeded)');
   t.ok(completed < total, `and left messages undone (${completed} of ${total})`);
 });
+
+t.test(`aedes ${V}'s message bus removes a handler only in a later setImmediate, and its matcher may answer with a list it keeps (relied on by the remembered matches in src/broker/aedes-seam/fast-publish.ts)`, async (t) => {
+  const { Aedes } = await import('aedes');
+  const aedes = new Aedes();
+  t.teardown(() => new Promise<void>((resolve) => aedes.close(() => resolve())));
+  type Handler = (packet: object, done: () => void) => void;
+  const mq = (aedes as unknown as { mq: { on(topic: string, h: Handler): void; removeListener(topic: string, h: Handler, done: () => void): void; _matcher: { match(topic: string): Handler[] } } }).mq;
+  const handler: Handler = (_packet, done) => done();
+  mq.on('canary/t', handler);
+  t.equal(mq._matcher.match('canary/t'), mq._matcher.match('canary/t'), 'the same list twice: a copy is what can be kept and frozen');
+  const removed = new Promise<void>((resolve) => mq.removeListener('canary/t', handler, resolve));
+  t.same(mq._matcher.match('canary/t'), [handler], 'still matched right after removeListener: a change is counted where the matcher changes');
+  await removed;
+  t.same(mq._matcher.match('canary/t'), [], 'gone once its setImmediate ran');
+});
+
+t.test(`aedes ${V} still writes each QoS 0 and QoS 1 delivery in a setImmediate, not in the call (corrected in src/broker/aedes-seam/direct-deliveries.ts)`, async (t) => {
+  const { aedes, port } = await startPlainAedes(t);
+  await rawConnected(t, port, 'reader', 4);
+  const client = (aedes as unknown as { clients: Record<string, Client> }).clients.reader as unknown as {
+    conn: { write(...args: unknown[]): boolean };
+    deliver0(packet: object, done: () => void): void;
+    deliverQoS(packet: object, done: () => void): void;
+  };
+  let writes = 0;
+  const write = client.conn.write;
+  client.conn.write = function counted(this: unknown, ...args: unknown[]) {
+    writes++;
+    return write.apply(this, args);
+  };
+  const delivered = (deliver: 'deliver0' | 'deliverQoS', qos: number, counter: number) =>
+    new Promise<number>((resolve) => {
+      client[deliver]({ cmd: 'publish', topic: 'd/x', payload: Buffer.from('x'), qos, retain: false, brokerId: aedes.id, brokerCounter: counter }, () => resolve(writes));
+      t.equal(writes, 0, `${deliver} at QoS ${qos}: nothing written in the call`);
+    });
+  t.ok((await delivered('deliver0', 0, 1)) > 0, 'written by the time its callback comes');
+  writes = 0;
+  t.ok((await delivered('deliverQoS', 1, 2)) > 0, 'written by the time its callback comes');
+});

@@ -26,6 +26,29 @@ async function writeRaw(dir: string, records: Array<[Buffer, Buffer]>): Promise<
   await db.close();
 }
 
+t.test('the subscribers of a topic follow every change of subscriptions, though answers are remembered per topic', async (t) => {
+  const h = harness(t);
+  const store = await h.open();
+  await store.setup(fakeBroker());
+  const clientsOf = async (topic: string) => (await store.subscriptionsByTopic(topic)).map((sub) => `${sub.clientId} ${sub.topic} ${sub.qos}`).sort();
+  await store.addSubscriptions({ id: 'dev1' }, [{ topic: 'a/+', qos: 1 }]);
+  t.same(await clientsOf('a/b'), ['dev1 a/+ 1']);
+  t.same(await clientsOf('a/b'), ['dev1 a/+ 1'], 'asked again');
+  await store.addSubscriptions({ id: 'dev2' }, [{ topic: 'a/b', qos: 2 }]);
+  t.same(await clientsOf('a/b'), ['dev1 a/+ 1', 'dev2 a/b 2'], 'a new subscription');
+  await store.addSubscriptions({ id: 'dev1' }, [{ topic: 'a/+', qos: 0 }]);
+  t.same(await clientsOf('a/b'), ['dev2 a/b 2'], 'one lowered to QoS 0 (nothing is queued for it)');
+  await store.addSubscriptions({ id: 'dev1' }, [{ topic: 'a/+', qos: 1, subscriptionIdentifier: 5 } as never]);
+  t.match(await store.subscriptionsByTopic('a/c'), [{ clientId: 'dev1', subscriptionIdentifier: 5 }], 'raised again, with its identifier');
+  await store.removeSubscriptions({ id: 'dev2' }, ['a/b']);
+  t.same(await clientsOf('a/b'), ['dev1 a/+ 1'], 'one removed');
+  await store.cleanSubscriptions({ id: 'dev1' });
+  t.same(await clientsOf('a/b'), [], 'all removed');
+  await store.addSubscriptions({ id: 'dev3' }, [{ topic: '#', qos: 1 }]);
+  const answer = await store.subscriptionsByTopic('x');
+  t.ok(Object.isFrozen(answer) && Object.isFrozen(answer[0]), 'a shared answer cannot be changed by one caller for the next');
+});
+
 t.test('everything survives a stop and start on the same directory', async (t) => {
   const h = harness(t);
   const first = await h.open();

@@ -237,6 +237,9 @@ t.test('codec: the direct encoding of a queued message matches msgpackr at the e
 t.test('keys: an outgoing key reads back to its client id (multi-byte UTF-8 too) and sequence number', async (t) => {
   for (const [clientId, seq] of [['c', 1], ['gerät-ü/7', 2 ** 40 + 5], ['', 2 ** 53 - 1]] as const) {
     t.same(parseOutgoingKey(outgoingKey(clientId, seq)), { clientId, seq });
+    const queue = new ClientQueue();
+    t.same(queue.keyOf(clientId, seq), outgoingKey(clientId, seq), 'a queue makes the same key from its prefix');
+    t.same(queue.keyOf(clientId, seq + 1), outgoingKey(clientId, seq + 1), 'and again');
   }
   t.throws(() => outgoingKey('x'.repeat(0x10000), 1), RangeError, 'a client id longer than its u16 length');
 });

@@ -32,3 +32,20 @@ t.test('one line per key per interval, with what was suppressed', async (t) => {
   t.equal(logs.lines.at(-1)?.suppressed, undefined, 'nothing suppressed since');
   t.equal(logs.lines.at(-1)?.level, 'warn', 'at the level asked for');
 });
+
+t.test('fields given as a function are made only for a line that is written', async (t) => {
+  const logs = captureLogs();
+  let now = 0;
+  const log = new RateLimitedLog(logs.logger, 10_000, () => now);
+  let made = 0;
+  const fields = () => ({ made: ++made });
+  for (let i = 0; i < 100; i++) log.info('wait', fields, 'waits');
+  t.equal(made, 1, 'once, for the first line');
+  now = 10_000;
+  log.info('wait', fields, 'waits');
+  t.equal(made, 2);
+  t.same(logs.lines.map((line) => [line.made, line.suppressed]), [
+    [1, undefined],
+    [2, 99],
+  ]);
+});

@@ -15,6 +15,7 @@ import {
   imposeServerKeepAlive,
   installBatchResend,
   installConnectPath,
+  installDirectDeliveries,
   installIncomingCleanup,
   installSessionAuthority,
   onParseError,
@@ -238,8 +239,11 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       const instance = started.aedes;
       attachLogging(instance);
       await instance.listen();
-      // First: shared subscriptions watch aedes' own deliverQoS, under the
-      // flow control's wrapper (shared-subscriptions.ts, watchDeliveries).
+      // First, the lowest layer of each client's deliveries: QoS 1 written in
+      // the call (direct-deliveries.ts), with aedes as the reference when
+      // fastPublish is off. Then shared subscriptions watch what it writes,
+      // under the flow control's wrapper (shared-subscriptions.ts, watchDeliveries).
+      if (config.broker.fastPublish) await installDirectDeliveries(started);
       shared.install(started);
       // Before the delivery rules: their per-client wrappers must run on top of the flow control's.
       limits.install(started);

@@ -53,6 +53,7 @@
  */
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
+import type { LogFields } from '../util/rate-limited-log.js';
 import { ClientFlow } from './client-flow.js';
 import type { ClaimOutgoing, DiscardOutgoing, FlowControlOptions, FlowControlStats, FlowCounter, FlowEvent, FlowEventSink, FlowOwner } from './flow-types.js';
 
@@ -124,7 +125,7 @@ export class FlowControl implements FlowOwner {
   }
 
   /** For ClientFlow: an event worth a counter and a log line. */
-  report(event: FlowEvent, fields: Record<string, unknown>): void {
+  report(event: FlowEvent, fields: LogFields): void {
     this.#report(event, fields);
   }
 

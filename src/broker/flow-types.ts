@@ -4,6 +4,7 @@
  * bounds) and each client's ClientFlow (client-flow.ts).
  */
 import type { Client } from 'aedes';
+import type { LogFields } from '../util/rate-limited-log.js';
 
 export interface FlowControlOptions {
   /** Per client; 0 = unlimited. */
@@ -44,7 +45,8 @@ export interface FlowControlStats {
 /** Events worth a counter and a (rate-limited) log line, reported to the owner. */
 export type FlowEvent = 'outgoingBufferFull' | 'maxInflight' | 'outgoingQueueFull' | 'slowClient' | 'clientMaxPacketSize';
 
-export type FlowEventSink = (event: FlowEvent, fields: Record<string, unknown>) => void;
+/** `fields` may be a function that makes them: see LogFields. */
+export type FlowEventSink = (event: FlowEvent, fields: LogFields) => void;
 
 export type FlowCounter = Exclude<keyof FlowControlStats, 'queuedMessages' | 'queuedBytes'>;
 
@@ -71,5 +73,5 @@ export interface FlowOwner {
   readonly discardOutgoing: DiscardOutgoing | undefined;
   count(key: FlowCounter): void;
   queued(messages: 1 | -1, bytes: number): void;
-  report(event: FlowEvent, fields: Record<string, unknown>): void;
+  report(event: FlowEvent, fields: LogFields): void;
 }

@@ -17,7 +17,7 @@ import type { Duplex } from 'node:stream';
 import type { AedesOptions, Client, Subscription } from 'aedes';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
-import { RateLimitedLog } from '../util/rate-limited-log.js';
+import { RateLimitedLog, type LogFields } from '../util/rate-limited-log.js';
 import { createAddressMatcher, LOOPBACK_RANGES } from '../util/address-list.js';
 import { connackAccepted, disconnectWithReason, onDrainTimeout, subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
 import { FlowControl, type ClientFlow, type ClaimOutgoing, type DiscardOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
@@ -190,11 +190,12 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
   // Subscriptions granted but maybe not yet in client.subscriptions (aedes adds them asynchronously).
   const reservedFilters = new WeakMap<Client, Set<string>>();
 
-  function hit(limit: LimitName, fields: Record<string, unknown>): void {
+  function hit(limit: LimitName, fields: LogFields): void {
     hits[limit]++;
     const message = LIMIT_MESSAGES[limit];
-    if (INFO_LIMITS.has(limit)) rateLimited.info(limit, { limit, ...fields }, message);
-    else rateLimited.warn(limit, { limit, ...fields }, message);
+    const withLimit = typeof fields === 'function' ? () => ({ limit, ...fields() }) : { limit, ...fields };
+    if (INFO_LIMITS.has(limit)) rateLimited.info(limit, withLimit, message);
+    else rateLimited.warn(limit, withLimit, message);
   }
 
   const flow = new FlowControl(

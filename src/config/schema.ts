@@ -370,7 +370,7 @@ export const configSchema = z
         fastPublish: z
           .boolean()
           .default(true)
-          .describe('Plain QoS 0 PUBLISHes (no RETAIN, no properties, ASCII topic) go from the socket to the subscribers without aedes\' packet objects (src/broker/aedes-seam/fast-publish.ts); false sends every message through aedes'),
+          .describe('Plain QoS 0 PUBLISHes (no RETAIN, no properties, ASCII topic) go from the socket to the subscribers without aedes\' packet objects (src/broker/aedes-seam/fast-publish.ts), and every delivery is written in the call that hands it over rather than a turn later (direct-deliveries.ts); false sends every message through aedes'),
         drainTimeoutSec: z
           .number()
           .min(0)

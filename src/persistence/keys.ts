@@ -89,18 +89,47 @@ export const MAX_SEQ = Number.MAX_SAFE_INTEGER;
 
 /**
  * Built in one buffer, not joined from parts: it is made for every queued
- * message and again for its acknowledgement (the persistent-session QoS 1 path).
+ * message and again for its acknowledgement (the persistent-session QoS 1
+ * path; there ClientQueue.keyOf builds it from a prefix made once per queue).
  */
 export function outgoingKey(clientId: string, seq: number): Buffer {
+  return outgoingKeyAfter(outgoingKeyPrefix(clientId), seq);
+}
+
+/**
+ * The part of an outgoing key before the sequence number: namespace, client
+ * id length and id. `kept`: in memory of its own, for a prefix kept as long
+ * as its queue (a small Buffer from Node's shared pool would keep that
+ * pool's whole 8 KiB slab alive).
+ */
+export function outgoingKeyPrefix(clientId: string, kept = false): Buffer {
   const idBytes = Buffer.byteLength(clientId, 'utf8');
   if (idBytes > MAX_CLIENT_ID_BYTES) throw new RangeError(`client id longer than ${MAX_CLIENT_ID_BYTES} bytes`);
-  const key = Buffer.allocUnsafe(3 + idBytes + 8);
-  key[0] = NS.outgoing;
-  key.writeUInt16BE(idBytes, 1);
-  key.write(clientId, 3, idBytes, 'utf8');
+  const prefix = kept ? Buffer.allocUnsafeSlow(3 + idBytes) : Buffer.allocUnsafe(3 + idBytes);
+  prefix[0] = NS.outgoing;
+  prefix[1] = idBytes >> 8;
+  prefix[2] = idBytes & 0xff;
+  prefix.write(clientId, 3, idBytes, 'utf8');
+  return prefix;
+}
+
+/** The outgoing key of `seq` after `prefix` (outgoingKeyPrefix). */
+export function outgoingKeyAfter(prefix: Buffer, seq: number): Buffer {
+  const at = prefix.length;
+  const key = Buffer.allocUnsafe(at + 8);
+  prefix.copy(key, 0);
   // Big-endian so byte order is numeric order: the queue iterates oldest first.
-  key.writeUInt32BE(Math.floor(seq / 0x1_0000_0000), 3 + idBytes);
-  key.writeUInt32BE(seq % 0x1_0000_0000, 7 + idBytes);
+  // seq is an integer below 2^53 (MAX_SEQ): its high and low 32 bits, byte by byte.
+  const high = Math.floor(seq / 0x1_0000_0000);
+  const low = seq >>> 0;
+  key[at] = high >>> 24;
+  key[at + 1] = (high >>> 16) & 0xff;
+  key[at + 2] = (high >>> 8) & 0xff;
+  key[at + 3] = high & 0xff;
+  key[at + 4] = low >>> 24;
+  key[at + 5] = (low >>> 16) & 0xff;
+  key[at + 6] = (low >>> 8) & 0xff;
+  key[at + 7] = low & 0xff;
   return key;
 }
 

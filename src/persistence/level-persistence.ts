@@ -252,7 +252,7 @@ export class LevelPersistence {
     return this.#records.subscriptionCounts();
   }
 
-  async subscriptionsByTopic(topic: string): Promise<MatchedSubscription[]> {
+  async subscriptionsByTopic(topic: string): Promise<readonly MatchedSubscription[]> {
     return this.#records.subscribersOf(topic);
   }
 

@@ -14,6 +14,7 @@
  * - outgoingClearMessageId: the first entry with that messageId.
  */
 import type { PacketLike } from './codec.js';
+import { outgoingKeyAfter, outgoingKeyPrefix } from './keys.js';
 
 export interface QueueEntry {
   readonly seq: number;
@@ -71,6 +72,9 @@ function removeFrom<K>(map: Map<K, Slot>, key: K, entry: QueueEntry): void {
   }
 }
 
+/** oldest()'s test for the first entry of a slot, whichever it is: one function, not a closure per lookup. */
+const ANY = (): boolean => true;
+
 function oldest(slot: Slot | undefined, accept: (entry: QueueEntry) => boolean): QueueEntry | undefined {
   if (slot === undefined) return undefined;
   if (!(slot instanceof Set)) return accept(slot) ? slot : undefined;
@@ -121,6 +125,8 @@ export class ClientQueue {
   publishBytes = 0;
   /** Where the search for a free packet identifier starts (allocateMessageId). */
   #nextMessageId = 1;
+  /** The start of this queue's LevelDB keys (keyOf), made at its first key. */
+  #keyPrefix: Buffer | undefined;
 
   get size(): number {
     return this.#entries.size;
@@ -128,6 +134,15 @@ export class ClientQueue {
 
   entries(): IterableIterator<QueueEntry> {
     return this.#entries.values();
+  }
+
+  /**
+   * The LevelDB key of entry `seq` of this queue, whose client is
+   * `clientId`: outgoingKey without encoding the client id each time (a key
+   * is made for every queued message and again for its acknowledgement).
+   */
+  keyOf(clientId: string, seq: number): Buffer {
+    return outgoingKeyAfter((this.#keyPrefix ??= outgoingKeyPrefix(clientId, true)), seq);
   }
 
   /** Whether `entry` is still queued (not acknowledged, dropped or replaced). */
@@ -168,9 +183,9 @@ export class ClientQueue {
     // own PUBLISH queued, which is sent again, and delivered twice, on the
     // next connection (test/crash.test.ts caught this).
     if (packet.brokerId === undefined && packet.brokerCounter === undefined) {
-      return oldest(this.#byMessageId.get(packet.messageId), () => true);
+      return oldest(this.#byMessageId.get(packet.messageId), ANY);
     }
-    const sameMessage = oldest(this.#byCounter.get(packet.brokerId, packet.brokerCounter), () => true);
+    const sameMessage = oldest(this.#byCounter.get(packet.brokerId, packet.brokerCounter), ANY);
     const replaced = oldest(this.#byMessageId.get(packet.messageId), (entry) => entry.brokerId !== packet.brokerId);
     if (!sameMessage) return replaced;
     if (!replaced) return sameMessage;
@@ -178,7 +193,7 @@ export class ClientQueue {
   }
 
   findForClear(messageId: unknown): QueueEntry | undefined {
-    return oldest(this.#byMessageId.get(messageId), () => true);
+    return oldest(this.#byMessageId.get(messageId), ANY);
   }
 
   /**
@@ -220,7 +235,7 @@ export class ClientQueue {
 
   /** The entry aedes queued for a message (by broker id and counter), if still queued. */
   findByCounter(brokerId: unknown, brokerCounter: unknown): QueueEntry | undefined {
-    return oldest(this.#byCounter.get(brokerId, brokerCounter), () => true);
+    return oldest(this.#byCounter.get(brokerId, brokerCounter), ANY);
   }
 
   /**

@@ -125,7 +125,7 @@ export class QueueStore {
       // stalled client's backlog thus stays on disk, not in RAM.
       value: undefined,
     });
-    ops.push({ type: 'put', key: outgoingKey(clientId, seq), value });
+    ops.push({ type: 'put', key: queue.keyOf(clientId, seq), value });
     store.sessions.start(clientId, store.now(), ops);
     // Bounded whether the client is connected or not: a stalled persistent
     // subscriber would otherwise grow the store without limit. Online, only
@@ -294,8 +294,8 @@ export class QueueStore {
     const queue = store.queues.get(clientId);
     const entry = queue?.findForClear(messageId);
     if (!queue || !entry) return Promise.resolve(undefined);
+    const key = queue.keyOf(clientId, entry.seq);
     dropEntry(this.#store, clientId, entry);
-    const key = outgoingKey(clientId, entry.seq);
     const ops: BatchOp[] = [];
     store.forgetIfStateless(clientId, ops);
     const sent = entry.sent;

@@ -48,7 +48,7 @@ export class SessionRecords {
   }
 
   /** The subscriptions (QoS > 0) whose filter matches `topic`: who gets a queued copy. */
-  subscribersOf(topic: string): MatchedSubscription[] {
+  subscribersOf(topic: string): readonly MatchedSubscription[] {
     this.#store.ready();
     return this.#store.subscriptions.match(topic);
   }

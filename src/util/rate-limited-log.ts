@@ -13,6 +13,13 @@ export const DEFAULT_LOG_INTERVAL_MS = 10_000;
 
 type Level = 'warn' | 'info';
 
+/**
+ * A line's fields, or a function that makes them: called only when the line
+ * is written, so that an event hit per message (a delivery waiting for a
+ * client's inflight window) builds nothing while its key is quiet.
+ */
+export type LogFields = Record<string, unknown> | (() => Record<string, unknown>);
+
 export class RateLimitedLog {
   readonly #log: Logger;
   readonly #intervalMs: number;
@@ -25,15 +32,15 @@ export class RateLimitedLog {
     this.#now = now;
   }
 
-  warn(key: string, fields: Record<string, unknown>, message: string): void {
+  warn(key: string, fields: LogFields, message: string): void {
     this.#write('warn', key, fields, message);
   }
 
-  info(key: string, fields: Record<string, unknown>, message: string): void {
+  info(key: string, fields: LogFields, message: string): void {
     this.#write('info', key, fields, message);
   }
 
-  #write(level: Level, key: string, fields: Record<string, unknown>, message: string): void {
+  #write(level: Level, key: string, fields: LogFields, message: string): void {
     const now = this.#now();
     const state = this.#keys.get(key);
     if (state && now - state.loggedAt < this.#intervalMs) {
@@ -42,6 +49,7 @@ export class RateLimitedLog {
     }
     const suppressed = state?.suppressed ?? 0;
     this.#keys.set(key, { loggedAt: now, suppressed: 0 });
-    this.#log[level](suppressed > 0 ? { ...fields, suppressed } : fields, message);
+    const made = typeof fields === 'function' ? fields() : fields;
+    this.#log[level](suppressed > 0 ? { ...made, suppressed } : made, message);
   }
 }

@@ -143,6 +143,11 @@ export function disableAedesDedupe(client: Client): void {
   internals(client).duplicates = NO_DUPLICATES;
 }
 
+/** Whether disableAedesDedupe turned aedes' dedupe off for `client`. */
+export function aedesDedupeDisabled(client: Client): boolean {
+  return internals(client).duplicates === NO_DUPLICATES;
+}
+
 /** Counts the changes to a client's subscription map (see subscriptionChanges). */
 export interface SubscriptionChanges {
   readonly count: number;

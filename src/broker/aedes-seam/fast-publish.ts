@@ -47,8 +47,9 @@
  * `_parser` ('packet' is what lib/client.js enqueue hears),
  * `_keepaliveInterval`/`_keepaliveTimer` (handlers/index.js refreshes it
  * per packet), `subscriptions[filter].func` (handlers/subscribe.js: the
- * function registered with mqemitter), `aedes.mq` (`on`, `removeListener`,
- * `_matcher.match`: mqemitter's qlobber), `aedes.authorizeForward`, and
+ * function registered with mqemitter), `aedes.mq._matcher` (mqemitter's
+ * qlobber: `add` and `remove` counted as changes, `match`, whose answers are
+ * remembered per topic for mqemitter too), `aedes.authorizeForward`, and
  * aedes-packet for a subscriber's copy on aedes' route.
  */
 import { createRequire } from 'node:module';
@@ -80,9 +81,12 @@ interface FastClient {
 }
 
 interface MqEmitter {
-  on(topic: string, handler: Handler, done?: () => void): unknown;
-  removeListener(topic: string, handler: Handler, done?: () => void): unknown;
-  _matcher: { match(topic: string): Handler[] };
+  _matcher: {
+    add(topic: string, handler: Handler): unknown;
+    /** Without a handler: every handler of the topic (mqemitter's removeAllListeners). */
+    remove(topic: string, handler?: Handler): unknown;
+    match(topic: string): readonly Handler[];
+  };
 }
 
 interface Target {
@@ -124,6 +128,8 @@ export class FastPublish {
   #generation = 0;
   #cachedGeneration = 0;
   readonly #matches = new Map<string, Matches>();
+  /** mqemitter's matches (handlers by topic), made at #cachedGeneration too. */
+  readonly #handlers = new Map<string, readonly Handler[]>();
   /** The client (and its subscription) each mqemitter handler delivers to. */
   readonly #owners = new WeakMap<Handler, Target>();
 
@@ -133,17 +139,28 @@ export class FastPublish {
     this.#options = options;
     const mq = (seam.aedes as unknown as { mq: MqEmitter }).mq;
     this.#mq = mq;
-    // Any subscription added or removed makes every remembered match stale.
-    const on = mq.on.bind(mq);
-    const removeListener = mq.removeListener.bind(mq);
-    mq.on = (topic, handler, done) => {
+    // Any subscription added or removed makes every remembered match stale:
+    // counted where the trie changes, since mqemitter's removeListener
+    // removes a handler only in a later setImmediate (mqemitter.js), and a
+    // match made in between would be remembered with the handler still in.
+    const matcher = mq._matcher;
+    const add = matcher.add.bind(matcher);
+    const remove = matcher.remove.bind(matcher);
+    matcher.add = (topic, handler) => {
       this.#generation++;
-      return on(topic, handler, done);
+      return add(topic, handler);
     };
-    mq.removeListener = (topic, handler, done) => {
+    matcher.remove = (topic, handler) => {
       this.#generation++;
-      return removeListener(topic, handler, done);
+      return remove(topic, handler);
     };
+    // mqemitter matches each message aedes emits (its QoS 1/2 messages, and
+    // QoS 0 ones this path leaves to it) against its trie anew: the split and
+    // walk were ~3% of the broker's CPU on the QoS 1 path. Its answer is
+    // remembered per topic like this path's own, until subscriptions change.
+    // mqemitter only reads the list (MQEmitter._do hands it to fastparallel).
+    const match = matcher.match.bind(matcher);
+    matcher.match = (topic) => this.#handlersOf(topic, match);
     // A handler is known once its client's SUBSCRIBE is done (handlers/subscribe.js
     // completeSubscribe), or its stored ones restored on CONNECT (handlers/connect.js
     // restoreSubs, before registerClient emits 'client'); until then its messages go through aedes.
@@ -214,12 +231,29 @@ export class FastPublish {
     client._parser.emit('packet', packet);
   }
 
-  #match(topic: string): Matches {
-    // Every remembered match is stale after a change of subscriptions (and may hold clients now gone).
-    if (this.#cachedGeneration !== this.#generation) {
-      this.#matches.clear();
-      this.#cachedGeneration = this.#generation;
+  /** Forgets every remembered match after a change of subscriptions (they may hold clients now gone). */
+  #current(): void {
+    if (this.#cachedGeneration === this.#generation) return;
+    this.#matches.clear();
+    this.#handlers.clear();
+    this.#cachedGeneration = this.#generation;
+  }
+
+  /** mqemitter's matcher, remembered per topic (see the constructor); a frozen list shared by its callers. */
+  #handlersOf(topic: string, match: (topic: string) => readonly Handler[]): readonly Handler[] {
+    this.#current();
+    let handlers = this.#handlers.get(topic);
+    if (handlers === undefined) {
+      // A copy: qlobber may answer with a list it keeps (and changes) inside its trie.
+      handlers = Object.freeze([...match(topic)]);
+      if (this.#handlers.size >= MAX_CACHED_TOPICS) this.#handlers.clear();
+      this.#handlers.set(topic, handlers);
     }
+    return handlers;
+  }
+
+  #match(topic: string): Matches {
+    this.#current();
     const cached = this.#matches.get(topic);
     if (cached !== undefined) return cached;
     const matches: Matches = { aedesOnly: false, targets: [] };

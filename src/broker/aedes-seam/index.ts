@@ -30,7 +30,10 @@
  *   identifier a copy went out under.
  * - mqtt-packet's `writeToStream`, as aedes' lib/write.js calls it
  *   (packet-writes.ts): the broker's Topic Aliases for what it sends
- *   (outgoing-aliases.ts), and the count of PUBLISH packets written.
+ *   (outgoing-aliases.ts), the count of PUBLISH packets written, and a
+ *   PUBLISH or PUBACK in its usual shape written as one buffer made in
+ *   packet-encoding.ts (the bytes mqtt-packet writes, without its chunks,
+ *   cork and debug calls).
  * - `aedes.registerClient` (aedes.js) to see a takeover before aedes closes
  *   the old client, and the client parser's 'error' (lib/client.js) to see
  *   a parse error before aedes closes it (departures.ts).
@@ -42,8 +45,12 @@
  *   as the authority, and Clean Start 0 resuming the stored session
  *   whatever its new Session Expiry (sessions.ts).
  * - `conn.read` again, above the guard and under the connect hold, and
- *   `aedes.mq` (mqemitter's `on`, `removeListener`, `_matcher`): the QoS 0
- *   fast path (fast-publish.ts, which lists what else of aedes it reads).
+ *   `aedes.mq._matcher` (mqemitter's qlobber: `add`, `remove`, `match`): the QoS 0
+ *   fast path (fast-publish.ts, which lists what else of aedes it reads),
+ *   which also remembers the matcher's answers per topic for mqemitter's
+ *   own emits until a subscription changes (counted in `add` and `remove`:
+ *   mqemitter's removeListener removes a handler in a later setImmediate;
+ *   canary in test/aedes-canaries.test.ts).
  * - Per Client, to make it lighter (lightenClient, client.ts; canaries in
  *   test/aedes-canaries-client.test.ts): `_eos` (end-of-stream's cleanup,
  *   lib/client.js constructor) replaced by one shared 'close' listener,
@@ -70,6 +77,12 @@
  *   `client.broker` and `conn.client` (lib/client.js constructor).
  * - `aedes.mq._do` (mqemitter 7.1.0): its queue drained without unbounded
  *   recursion (emitter-depth.ts).
+ * - Client `deliverQoS` again, as the lowest layer of each client's
+ *   deliveries: a QoS 1 delivery is written in the call, with aedes' own
+ *   lib/qos-packet.js and lib/write.js (loaded by path, aedes-lib.ts), instead
+ *   of in a setImmediate after a promise (direct-deliveries.ts; canary in
+ *   test/aedes-canaries.test.ts); and Client `duplicates`, read to know that
+ *   the delivery rules turned aedes' dedupe off.
  * - `aedes.persistence.outgoingStream` as handlers/connect.js emptyQueue
  *   calls it, and aedes' lib/write.js and lib/qos-packet.js: the resend of
  *   a persistent session's stored messages after CONNECT, done with aedes'
@@ -133,6 +146,7 @@ export { variableByteIntegerBytes } from './publish-frames.js';
 export { installIncomingCleanup } from './incoming-cleanup.js';
 export { installBatchResend, RESEND_BATCH } from './resend.js';
 export { installConnectPath, type QueuedCheck } from './connect.js';
+export { installDirectDeliveries } from './direct-deliveries.js';
 export * from './mqtt5.js';
 export * from './shared.js';
 export { assignOutgoingTopicAliases } from './outgoing-aliases.js';

@@ -15,14 +15,24 @@
  * (and any mqtt.js client in the same process) costs a few property lookups
  * per packet.
  *
+ * A PUBLISH or PUBACK in its usual shape is written as one Buffer made
+ * here (packet-encoding.ts: the same bytes, without mqtt-packet's chunks,
+ * cork and debug calls); other packets and shapes by mqtt-packet itself.
+ *
  * Installed once per process, on first use, and kept: mqtt-packet is one
  * module shared by whoever loads it.
  */
 import { createRequire } from 'node:module';
 import type { Aedes, Client } from 'aedes';
 import type { QoS } from './client.js';
+import { encodePublish, encodePuback } from './packet-encoding.js';
 
-type WriteToStream = (packet: Record<string, unknown>, stream: object, options?: object) => boolean;
+type WriteToStream = (packet: Record<string, unknown>, stream: object, options?: { protocolVersion?: number }) => boolean;
+
+/** The part of a stream writeToStream writes to. */
+interface WriteTarget {
+  write(chunk: Buffer): boolean;
+}
 
 interface PacketModule {
   writeToStream: WriteToStream & { cacheNumbers?: boolean };
@@ -71,13 +81,20 @@ function hookWriteToStream(): void {
   // the life of the process) to save one 2-byte allocation per identifier
   // written. Off, an identifier costs that allocation instead.
   original.cacheNumbers = false;
-  const writeToStream = function writeToStream(packet: Record<string, unknown>, stream: object, options?: object): boolean {
+  const writeToStream = function writeToStream(packet: Record<string, unknown>, stream: object, options?: { protocolVersion?: number }): boolean {
+    // mqtt-packet's own reading of the level: 4 without options.
+    const version = options ? options.protocolVersion : 4;
+    if (packet.cmd === 'puback') {
+      const bytes = encodePuback(packet, version);
+      return bytes !== undefined ? (stream as WriteTarget).write(bytes) : original(packet, stream, options);
+    }
     if (packet.cmd !== 'publish') return original(packet, stream, options);
     const rewrite = (stream as WithRewrite)[REWRITE];
     const tap = tapFor(stream);
-    if (rewrite === undefined && tap === undefined) return original(packet, stream, options);
     const publish = packet as WrittenPublish;
-    const written = original(rewrite !== undefined ? rewrite(publish) : publish, stream, options);
+    const sent = rewrite !== undefined ? rewrite(publish) : publish;
+    const bytes = encodePublish(sent, version);
+    const written = bytes !== undefined ? (stream as WriteTarget).write(bytes) : original(sent, stream, options);
     // After the write: one that threw (a packet mqtt-packet cannot encode) was not sent.
     if (tap !== undefined) tap((stream as { client: Client }).client, publish.qos ?? 0, payloadBytes(publish.payload));
     return written;
