@@ -22,7 +22,7 @@
  *   env: BENCH_BACKLOG=20000 BENCH_ROUNDS=3 BENCH_PAYLOAD_BYTES=64 BENCH_INFLIGHT=20
  *        BENCH_BROKERS=edgemqtt,mosquitto BENCH_TIMEOUT_SEC=60 (a round not done by then is
  *        left out: Mosquitto 2.0.11 with a window stalls on a QoS 2 backlog)
- *        BENCH_THREADS=1 (the broker's CPU per message: main thread, other threads)
+ *        BENCH_THREADS=1 (the broker's CPU per message: main thread, other threads, by thread name)
  *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof; each round prints
  *        its window for `node dist-bench/bench/profile.js FILE 30 FROM TO`)
  */
@@ -88,17 +88,25 @@ function syscalls(pid: number): { reads: number; writes: number } {
   return { reads: Number(/syscr: (\d+)/.exec(io)?.[1] ?? 0), writes: Number(/syscw: (\d+)/.exec(io)?.[1] ?? 0) };
 }
 
-/** CPU ms so far of a process's main thread and of its other threads (BENCH_THREADS=1: LevelDB, libuv's pool, GC). */
-function threadCpuMs(pid: number): { main: number; others: number } {
-  const spent = { main: 0, others: 0 };
+/**
+ * CPU ms so far of a process's main thread and of its other threads (BENCH_THREADS=1: LevelDB, libuv's pool, GC),
+ * the others also by thread name (V8's workers, libuv's pool, LevelDB's compaction thread).
+ */
+function threadCpuMs(pid: number): { main: number; others: number; byName: Map<string, number> } {
+  const spent = { main: 0, others: 0, byName: new Map<string, number>() };
   for (const task of readdirSync(`/proc/${pid}/task`)) {
     try {
       const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, 'latin1');
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       // utime + stime, in clock ticks of 10 ms (as processCpuMs reads them).
       const ms = (Number(fields[11]) + Number(fields[12])) * 10;
-      if (Number(task) === pid) spent.main += ms;
-      else spent.others += ms;
+      if (Number(task) === pid) {
+        spent.main += ms;
+      } else {
+        spent.others += ms;
+        const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+        spent.byName.set(name, (spent.byName.get(name) ?? 0) + ms);
+      }
     } catch {
       // The thread ended meanwhile.
     }
@@ -149,14 +157,22 @@ async function measure(broker: BenchBroker, qos: 1 | 2): Promise<Round | undefin
   if (threadsBefore) {
     const after = threadCpuMs(broker.pid);
     const perMessage = (ms: number) => ((ms * 1000) / BACKLOG).toFixed(1);
-    console.log(`  broker µs CPU/msg: main thread ${perMessage(after.main - threadsBefore.main)}, other threads ${perMessage(after.others - threadsBefore.others)}`);
+    const names = [...after.byName]
+      .map(([name, ms]) => [name, ms - (threadsBefore.byName.get(name) ?? 0)] as const)
+      .filter(([, ms]) => ms > 0)
+      .sort((a, b) => b[1] - a[1])
+      .map(([name, ms]) => `${name} ${perMessage(ms)}`);
+    console.log(
+      `  broker µs CPU/msg: main thread ${perMessage(after.main - threadsBefore.main)}, other threads ${perMessage(after.others - threadsBefore.others)}` +
+        (names.length > 0 ? ` (${names.join(', ')})` : ''),
+    );
   }
   (await subscriber!).close();
   if (!finished) {
     console.log(`  ${broker.name} QoS ${qos}: ${delivered} of ${BACKLOG} delivered after ${TIMEOUT_SEC} s; the round is left out`);
     return undefined;
   }
-  if (process.env.BENCH_CPU_PROF) console.log(`  profile window (pid ${broker.pid}): ${fromUs} ${toUs}`);
+  if (process.env.BENCH_CPU_PROF || process.env.BENCH_THREADS) console.log(`  profile window (pid ${broker.pid}): ${fromUs} ${toUs}`);
   return {
     rate: BACKLOG / seconds,
     brokerUs: (brokerMs * 1000) / BACKLOG,
