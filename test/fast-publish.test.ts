@@ -10,6 +10,7 @@ import type { IClientOptions, MqttClient } from 'mqtt';
 import * as mqttPacket from 'mqtt-packet';
 import { connectClient, MessageLog } from './helpers/mqtt.js';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { parsedInPlace } from '../src/broker/aedes-seam/publish-frames.js';
 
 type Delivery = [payload: string, qos: number, retain: boolean, properties: string];
 
@@ -214,3 +215,24 @@ for (const fastPublish of [true, false]) {
     t.equal(stats.fastPathMessagesIn, fastPublish ? 100 : 0, fastPublish ? 'every one past aedes' : 'none past aedes');
   });
 }
+
+t.test('a PUBACK, PUBREC or PUBCOMP read in place is the packet mqtt-packet parses from the same bytes', async (t) => {
+  for (const protocolVersion of [4, 5] as const) {
+    for (const cmd of ['puback', 'pubrec', 'pubcomp'] as const) {
+      for (const messageId of [1, 258, 65_535]) {
+        // The 2-byte form, the one clients send without a Reason Code (at level 5 too [MQTT-3.4.2.1]).
+        const bytes = Buffer.from([{ puback: 0x40, pubrec: 0x50, pubcomp: 0x70 }[cmd], 2, messageId >> 8, messageId & 0xff]);
+        const parser = mqttPacket.parser({ protocolVersion });
+        let parsed: unknown;
+        parser.on('packet', (packet) => (parsed = packet));
+        parser.parse(bytes);
+        const inPlace = parsedInPlace(bytes, 0, 2, bytes.length, protocolVersion === 5);
+        t.same(inPlace, parsed, `${cmd} ${messageId} at level ${protocolVersion}`);
+        t.same(Object.keys(inPlace ?? {}), Object.keys(parsed as object), 'its fields in the same order');
+      }
+      // A Reason Code or properties (MQTT 5) are left to mqtt-packet.
+      const withReason = mqttPacket.generate({ cmd, messageId: 7, reasonCode: 0x10 } as mqttPacket.Packet, { protocolVersion: 5 });
+      t.equal(parsedInPlace(withReason, 0, 2, withReason.length, true), undefined, `${cmd} with a Reason Code`);
+    }
+  }
+});
