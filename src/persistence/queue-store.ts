@@ -313,6 +313,14 @@ export class QueueStore {
       store.writeLazily(ops, 'removal of an acknowledged message');
       return Promise.resolve(sent);
     }
+    const known = entry.value ?? store.pending(key);
+    if (known !== undefined) {
+      // The record is at hand (cached while in flight, as a PUBREL's is, or
+      // still to be written): decoded now, no read to wait for or track.
+      ops.unshift({ type: 'del', key });
+      store.writeLazily(ops, 'removal of an acknowledged message');
+      return Promise.resolve(known === null ? undefined : store.decode(key, known, undefined));
+    }
     return store.track(async () => {
       const value = await store.readAndDelete(key, ops, entry.value, false);
       return value ? store.decode(key, value, undefined) : undefined;
