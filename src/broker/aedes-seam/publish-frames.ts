@@ -146,3 +146,41 @@ export function parsedInPlace(chunk: Buffer, start: number, bodyStart: number, e
     messageId,
   };
 }
+
+/**
+ * A QoS 1/2 PUBLISH without properties, for MQTT 3.1.1 (`level5` false) or 5
+ * (a Property Length of 0), byte for byte as mqtt-packet writes the same
+ * packet, in one buffer; undefined when the topic is longer than its length
+ * field allows [MQTT-1.5.4] (mqtt-packet refuses it too).
+ */
+export function encodeQoSPublish(
+  topic: string,
+  payload: Uint8Array,
+  level5: boolean,
+  qos: 1 | 2,
+  dup: boolean,
+  retain: boolean,
+  messageId: number,
+): Buffer | undefined {
+  const topicBytes = Buffer.byteLength(topic, 'utf8');
+  if (topicBytes > 0xffff) return undefined;
+  const remaining = 2 + topicBytes + 2 + (level5 ? 1 : 0) + payload.length;
+  const out = Buffer.allocUnsafe(1 + variableByteIntegerBytes(remaining) + remaining);
+  let index = 0;
+  out[index++] = PLAIN_PUBLISH | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 0x01 : 0);
+  let value = remaining;
+  do {
+    let byte = value % 128;
+    value = Math.floor(value / 128);
+    if (value > 0) byte |= 0x80;
+    out[index++] = byte;
+  } while (value > 0);
+  out[index++] = topicBytes >> 8;
+  out[index++] = topicBytes & 0xff;
+  index += out.write(topic, index, topicBytes, 'utf8');
+  out[index++] = messageId >> 8;
+  out[index++] = messageId & 0xff;
+  if (level5) out[index++] = 0;
+  out.set(payload, index);
+  return out;
+}
