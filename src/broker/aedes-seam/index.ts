@@ -71,7 +71,9 @@
  * - `aedes.persistence.outgoingStream` as handlers/connect.js emptyQueue
  *   calls it, and aedes' lib/write.js and lib/qos-packet.js: the resend of
  *   a persistent session's stored messages after CONNECT, done with aedes'
- *   own steps but many messages per event-loop turn instead of one
+ *   own steps but many messages per event-loop turn instead of one, a
+ *   stored PUBLISH in its usual shape written as one frame, with Client
+ *   `version`, `errored` and `waitForDrain` as lib/write.js reads them
  *   (resend.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
