@@ -243,15 +243,17 @@ t.test('lazy writes alone wait for a write to join, then share its batch and fsy
     await nextTurn();
     await nextTurn();
     t.equal(target.calls.length, 0, `${policy}: no batch for lazy writes alone within their delay`);
-    t.equal(commit.pending(Buffer.from('a')), null, 'a lazy delete is seen by readers');
-    const durable = commit.write([put('c')]);
+    t.equal(commit.pending(Buffer.from('a')), undefined, 'not indexed: pending() does not see them');
+    const durable = commit.write([put('c'), put('a')]);
+    t.same(commit.pending(Buffer.from('a')), Buffer.from('v'), 'a later write to the same key is seen');
     await nextTurn();
     t.equal(target.calls.length, 1, `${policy}: the write takes them along at the end of its turn`);
-    t.same(target.calls[0]!.keys, ['del:a', 'del:b', 'put:c'], 'in the order written');
+    t.same(target.calls[0]!.keys, ['del:a', 'del:b', 'put:c', 'put:a'], 'in the order written: the later put after the delete');
     t.equal(target.calls[0]!.sync, true, 'with the write\'s fsync');
     target.calls[0]!.resolve();
     await Promise.all([...lazy, durable]);
     t.match(commit.stats(), { writes: 3, batches: 1, syncs: 1 });
+    t.equal(commit.pending(Buffer.from('a')), undefined, 'landed');
   }
 });
 

@@ -23,13 +23,17 @@
  *   so the outcome is the same): a queued message stored, renumbered when
  *   sent and deleted when acknowledged within one fsync costs one op, not three.
  *
- * - Lazy writes (writeLazily: what nobody waits for and a crash may lose,
- *   the deletes of acknowledged messages) join the batch filling now, or
- *   else wait in one of their own for the next write, at most lazyDelayMs
- *   or lazyMaxOps ops; a batch of lazy writes alone is written without
- *   fsync. They keep their place in the order: a later write lands in the
- *   same batch or a later one, and LevelDB's log is sequential, so the
- *   fsync of a later batch covers them too.
+ * - Lazy writes (writeLazily: what nobody waits for, reads again or minds
+ *   losing in a crash, the deletes of acknowledged messages) join the batch
+ *   filling now, or else wait in one of their own for the next write, at
+ *   most lazyDelayMs or lazyMaxOps ops; a batch of lazy writes alone is
+ *   written without fsync. They keep their place in the order: a later
+ *   write lands after them in the same batch or in a later one, and
+ *   LevelDB's log is sequential, so the fsync of a later batch covers them
+ *   too. They are not indexed (no key string or map entry per op):
+ *   pending() and whenWritten() do not see them, and a later write to the
+ *   same key is added after them instead of in their place, with the same
+ *   outcome (LevelDB applies a batch's ops in order).
  *
  * This is also the extension point for other components (the NATS bridge
  * outbox): they call `write()` with keys under their `componentPrefix()`, and
@@ -106,9 +110,10 @@ export interface GroupCommit {
   /** Resolves once `ops` are written per the policy; rejects with StoreWriteError. */
   write(ops: readonly BatchOp[]): Promise<void>;
   /**
-   * Queues `ops` that nobody waits for and that a crash may lose (see the
-   * header): they ride with the next write, or go after lazyDelayMs in a
-   * batch without fsync. The promise is their batch's, for failures.
+   * Queues `ops` that nobody waits for or reads again and that a crash may
+   * lose (see the header): they ride with the next write, or go after
+   * lazyDelayMs in a batch without fsync; pending() does not see them. The
+   * promise is their batch's, for failures.
    */
   writeLazily(ops: readonly BatchOp[]): Promise<void>;
   /**
@@ -223,11 +228,16 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     if (!batch || (policy === 'always' && batch.ready)) batch = newBatch(lazy);
     else if (!lazy) promote(batch);
     const { index } = batch;
-    for (const op of ops) {
-      const id = op.key.toString('latin1');
-      const at = index.get(id);
-      if (at !== undefined) batch.ops[at] = op;
-      else index.set(id, batch.ops.push(op) - 1);
+    if (lazy) {
+      // Not indexed: see the header.
+      for (const op of ops) batch.ops.push(op);
+    } else {
+      for (const op of ops) {
+        const id = op.key.toString('latin1');
+        const at = index.get(id);
+        if (at !== undefined) batch.ops[at] = op;
+        else index.set(id, batch.ops.push(op) - 1);
+      }
     }
     counters.writes++;
     counters.ops += ops.length;
@@ -251,6 +261,8 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
 
   /** The newest batch not yet settled that writes `key`, and where in its ops. */
   function latest(key: Buffer): { batch: Batch; at: number } | undefined {
+    // Nothing indexed (no writes, or lazy ones only): no key string to make.
+    if ((running === undefined || running.index.size === 0) && queue.every((batch) => batch.index.size === 0)) return undefined;
     const id = key.toString('latin1');
     for (let i = queue.length - 1; i >= 0; i--) {
       const at = queue[i]!.index.get(id);

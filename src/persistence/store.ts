@@ -370,9 +370,11 @@ export class LevelStore {
   }
 
   /**
-   * Queues `ops` that a crash may lose (the deletes of acknowledged
-   * messages): they ride with the next write, or go in a batch of their own
-   * without fsync a little later (GroupCommit.writeLazily). Failures as for writeBehind.
+   * Queues `ops` that a crash may lose and nobody reads again (the deletes
+   * of acknowledged messages, gone from the queue index first): they ride
+   * with the next write, or go in a batch of their own without fsync a
+   * little later; pending() does not see them (GroupCommit.writeLazily).
+   * Failures as for writeBehind.
    */
   writeLazily(ops: readonly BatchOp[], what: string): void {
     if (ops.length === 0) return;
