@@ -22,7 +22,7 @@
  *   env: BENCH_BACKLOG=20000 BENCH_ROUNDS=3 BENCH_PAYLOAD_BYTES=64 BENCH_INFLIGHT=20
  *        BENCH_BROKERS=edgemqtt,mosquitto BENCH_TIMEOUT_SEC=60 (a round not done by then is
  *        left out: Mosquitto 2.0.11 with a window stalls on a QoS 2 backlog)
- *        BENCH_THREADS=1 (the broker's CPU per message: main thread, other threads)
+ *        BENCH_THREADS=1 (the broker's CPU per message: main thread and other threads)
  *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof; each round prints
  *        its window for `node dist-bench/bench/profile.js FILE 30 FROM TO`)
  */
@@ -131,14 +131,16 @@ async function measure(broker: BenchBroker, qos: 1 | 2): Promise<Round | undefin
   if (threadsBefore) {
     const after = threadCpuMs(broker.pid);
     const perMessage = (ms: number) => ((ms * 1000) / BACKLOG).toFixed(1);
-    console.log(`  broker µs CPU/msg: main thread ${perMessage(after.main - threadsBefore.main)}, other threads ${perMessage(after.others - threadsBefore.others)}`);
+    console.log(
+      `  broker µs CPU/msg: main thread ${perMessage(after.main - threadsBefore.main)}, other threads ${perMessage(after.others - threadsBefore.others)}`,
+    );
   }
   (await subscriber!).close();
   if (!finished) {
     console.log(`  ${broker.name} QoS ${qos}: ${delivered} of ${BACKLOG} delivered after ${TIMEOUT_SEC} s; the round is left out`);
     return undefined;
   }
-  if (process.env.BENCH_CPU_PROF) console.log(`  profile window (pid ${broker.pid}): ${fromUs} ${toUs}`);
+  if (process.env.BENCH_CPU_PROF || process.env.BENCH_THREADS) console.log(`  profile window (pid ${broker.pid}): ${fromUs} ${toUs}`);
   return {
     rate: BACKLOG / seconds,
     brokerUs: (brokerMs * 1000) / BACKLOG,

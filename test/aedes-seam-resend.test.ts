@@ -5,14 +5,17 @@
  * Expiry Interval applied as aedes applies them, a Clean Start queue cleared;
  * and the backlog written back to back, not one message per turn. The
  * daemon's resend (identifiers, DUP, races with live messages, restarts) is
- * covered by test/persistence-resend.test.ts and test/reconnect-race.test.ts.
+ * covered by test/persistence-resend.test.ts and test/reconnect-race.test.ts;
+ * here, on the daemon, only the frames the resend writes itself.
  */
 import t from 'tap';
 import type { Test } from 'tap';
 import type { Client } from 'aedes';
 import type { Packet } from 'mqtt-packet';
 import { installBatchResend } from '../src/broker/aedes-seam/index.js';
-import { connectPacket, payloads, publishesInFirstTurn, publishVia, rawClient, startPlainAedes, subscribedAndGone } from './helpers/plain-aedes.js';
+import { connectPacket, payloads, published, publishesInFirstTurn, publishVia, rawClient, rawConnected, startPlainAedes, subscribedAndGone } from './helpers/plain-aedes.js';
+import { startDaemon } from './helpers/daemon.js';
+import { openClient } from './helpers/mqtt.js';
 
 type Forward = (client: Client, packet: { topic: string; payload: Buffer }) => unknown;
 
@@ -89,3 +92,37 @@ t.test('Clean Start drops the stored queue, as aedes does [MQTT-3.1.2-4]', async
   const later = await third.connectAndPing(connectPacket('dropped', 4, { clean: false }));
   t.same(payloads(later), [], 'nor on a later connection');
 });
+
+for (const [version, aliases] of [[4, false], [5, false], [5, true]] as const) {
+  t.test(`on the daemon's store, stored QoS 1 messages written by the resend itself arrive as published, DUP once resent, each counted (MQTT ${version}${aliases ? ', Topic Aliases' : ''})`, async (t) => {
+    const { mqttUrl, daemon } = await startDaemon(t);
+    const port = Number(new URL(mqttUrl).port);
+    const properties = version === 5 ? { sessionExpiryInterval: 300, ...(aliases ? { topicAliasMaximum: 4 } : {}) } : undefined;
+    const session = properties ? { clean: false, properties } : { clean: false };
+    const away = await rawConnected(t, port, 'frames', version, session);
+    away.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'fr/#', qos: 1 }] });
+    await away.next('suback');
+    away.send({ cmd: 'disconnect' });
+    await away.waitForClose();
+    const publisher = await openClient(t, mqttUrl, { clientId: 'frames-publisher' });
+    // A non-ASCII topic, an empty payload, one past a 1-byte Remaining Length.
+    const sent: Array<[string, string]> = [['fr/t', 'm0'], ['fr/gerät/€', 'm1'], ['fr/t', ''], ['fr/t', 'x'.repeat(200)]];
+    for (const [topic, payload] of sent) await publisher.client.publishAsync(topic, payload, { qos: 1 });
+    const before = daemon.trafficStats().messagesOut[1] ?? 0;
+
+    const first = await rawConnected(t, port, 'frames', version, session);
+    await first.waitFor((packets) => published(packets).length === sent.length, 'the stored messages');
+    const arrived = published(first.packets);
+    t.same(arrived.map((p) => [p.topic, p.payload.toString()]), sent, 'topic and payload as published, in order');
+    t.ok(arrived.every((p) => p.qos === 1 && p.dup !== true && p.retain !== true), 'QoS 1, no DUP (never sent before), no RETAIN');
+    first.drop();
+    await first.waitForClose();
+
+    const second = await rawConnected(t, port, 'frames', version, session);
+    await second.waitFor((packets) => published(packets).length === sent.length, 'the stored messages again');
+    const again = published(second.packets);
+    t.same(again.map((p) => [p.topic, p.payload.toString(), p.messageId]), arrived.map((p) => [p.topic, p.payload.toString(), p.messageId]), 'the same messages under the same identifiers');
+    t.ok(again.every((p) => p.dup === true), 'DUP set, as sent before [MQTT-3.3.1-1]');
+    t.equal((daemon.trafficStats().messagesOut[1] ?? 0) - before, 2 * sent.length, 'each counted as sent at QoS 1');
+  });
+}

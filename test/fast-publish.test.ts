@@ -10,6 +10,7 @@ import type { IClientOptions, MqttClient } from 'mqtt';
 import * as mqttPacket from 'mqtt-packet';
 import { connectClient, MessageLog } from './helpers/mqtt.js';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { encodeQoSPublish, parsedInPlace } from '../src/broker/aedes-seam/publish-frames.js';
 
 type Delivery = [payload: string, qos: number, retain: boolean, properties: string];
 
@@ -214,3 +215,41 @@ for (const fastPublish of [true, false]) {
     t.equal(stats.fastPathMessagesIn, fastPublish ? 100 : 0, fastPublish ? 'every one past aedes' : 'none past aedes');
   });
 }
+
+t.test('a PUBACK, PUBREC or PUBCOMP read in place is the packet mqtt-packet parses from the same bytes', async (t) => {
+  for (const protocolVersion of [4, 5] as const) {
+    for (const cmd of ['puback', 'pubrec', 'pubcomp'] as const) {
+      for (const messageId of [1, 258, 65_535]) {
+        // The 2-byte form, the one clients send without a Reason Code (at level 5 too [MQTT-3.4.2.1]).
+        const bytes = Buffer.from([{ puback: 0x40, pubrec: 0x50, pubcomp: 0x70 }[cmd], 2, messageId >> 8, messageId & 0xff]);
+        const parser = mqttPacket.parser({ protocolVersion });
+        let parsed: unknown;
+        parser.on('packet', (packet) => (parsed = packet));
+        parser.parse(bytes);
+        const inPlace = parsedInPlace(bytes, 0, 2, bytes.length, protocolVersion === 5);
+        t.same(inPlace, parsed, `${cmd} ${messageId} at level ${protocolVersion}`);
+        t.same(Object.keys(inPlace ?? {}), Object.keys(parsed as object), 'its fields in the same order');
+      }
+      // A Reason Code or properties (MQTT 5) are left to mqtt-packet.
+      const withReason = mqttPacket.generate({ cmd, messageId: 7, reasonCode: 0x10 } as mqttPacket.Packet, { protocolVersion: 5 });
+      t.equal(parsedInPlace(withReason, 0, 2, withReason.length, true), undefined, `${cmd} with a Reason Code`);
+    }
+  }
+});
+
+t.test('a QoS 1/2 PUBLISH encoded in one buffer is what mqtt-packet writes for it', async (t) => {
+  const payloads = [0, 1, 100, 127, 128, 16_383, 16_384].map((n) => Buffer.alloc(n, 0x61));
+  for (const protocolVersion of [4, 5] as const) {
+    for (const topic of ['a', 'bench/resend', 'gerät/€/😀', 'x'.repeat(300)]) {
+      for (const payload of payloads) {
+        for (const [qos, dup, retain, messageId] of [[1, false, false, 1], [1, true, true, 300], [2, true, false, 65_535]] as const) {
+          const reference = mqttPacket.generate({ cmd: 'publish', topic, payload, qos, dup, retain, messageId }, { protocolVersion });
+          const encoded = encodeQoSPublish(topic, payload, protocolVersion === 5, qos, dup, retain, messageId);
+          if (!encoded?.equals(reference)) t.fail(`${topic.slice(0, 12)} ${payload.length} B QoS ${qos} dup ${dup} retain ${retain} id ${messageId} v${protocolVersion}`);
+        }
+      }
+    }
+  }
+  t.pass('every combination matched');
+  t.equal(encodeQoSPublish('t'.repeat(65_536), Buffer.alloc(0), false, 1, false, false, 1), undefined, 'a topic too long for its length field');
+});

@@ -235,6 +235,84 @@ t.test('maxDelayMs lets writes of later turns join the batch', async (t) => {
   await Promise.all([first, second]);
 });
 
+t.test('lazy writes alone wait for a write to join, then share its batch and fsync, in order', async (t) => {
+  for (const policy of ['batch', 'always'] as const) {
+    const target = scriptedTarget();
+    const commit = createGroupCommit(target, { policy, lazyDelayMs: 60_000 });
+    const lazy = [commit.writeLazily([del('a')]), commit.writeLazily([del('b')])];
+    await nextTurn();
+    await nextTurn();
+    t.equal(target.calls.length, 0, `${policy}: no batch for lazy writes alone within their delay`);
+    t.equal(commit.pending(Buffer.from('a')), undefined, 'not indexed: pending() does not see them');
+    const durable = commit.write([put('c'), put('a')]);
+    t.same(commit.pending(Buffer.from('a')), Buffer.from('v'), 'a later write to the same key is seen');
+    await nextTurn();
+    t.equal(target.calls.length, 1, `${policy}: the write takes them along at the end of its turn`);
+    t.same(target.calls[0]!.keys, ['del:a', 'del:b', 'put:c', 'put:a'], 'in the order written: the later put after the delete');
+    t.equal(target.calls[0]!.sync, true, 'with the write\'s fsync');
+    target.calls[0]!.resolve();
+    await Promise.all([...lazy, durable]);
+    t.match(commit.stats(), { writes: 3, batches: 1, syncs: 1 });
+    t.equal(commit.pending(Buffer.from('a')), undefined, 'landed');
+  }
+});
+
+t.test('lazy writes alone go without fsync after lazyDelayMs, or at once with lazyMaxOps ops', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'batch', lazyDelayMs: 20, lazyMaxOps: 3 });
+  const timed = commit.writeLazily([del('a')]);
+  await eventually(() => target.calls.length === 1, 5000, 'the lazy batch after its delay');
+  t.same(target.calls[0]!.keys, ['del:a']);
+  t.equal(target.calls[0]!.sync, false, 'written without fsync');
+  target.calls[0]!.resolve();
+  await timed;
+
+  const full = [commit.writeLazily([del('b'), del('c')]), commit.writeLazily([del('d')])];
+  await nextTurn();
+  t.equal(target.calls.length, 2, 'started once it holds lazyMaxOps ops');
+  t.same(target.calls[1]!.keys, ['del:b', 'del:c', 'del:d']);
+  t.equal(target.calls[1]!.sync, false);
+  target.calls[1]!.resolve();
+  await Promise.all(full);
+  t.match(commit.stats(), { batches: 2, syncs: 0 });
+});
+
+t.test('lazy writes join a batch already filling; barrier(), flush() and close() do not wait out their delay', async (t) => {
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'batch', lazyDelayMs: 60_000 });
+  const durable = commit.write([put('a')]);
+  const joined = commit.writeLazily([del('b')]);
+  await nextTurn();
+  t.same(target.calls[0]!.keys, ['put:a', 'del:b'], 'in the filling batch');
+  t.equal(target.calls[0]!.sync, true, 'with its fsync');
+  target.calls[0]!.resolve();
+  await Promise.all([durable, joined]);
+
+  const waited = commit.writeLazily([del('c')]);
+  const barrier = commit.barrier();
+  await nextTurn();
+  t.same(target.calls[1]!.keys, ['del:c'], 'a barrier starts them at the end of the turn');
+  t.equal(target.calls[1]!.sync, true, 'with fsync: the barrier waits for them');
+  target.calls[1]!.resolve();
+  await Promise.all([waited, barrier]);
+
+  const flushed = commit.writeLazily([del('d')]);
+  const flushing = commit.flush();
+  await eventually(() => target.calls.length === 3, 5000, 'the batch flush() started');
+  t.same(target.calls[2]!.keys, ['del:d']);
+  t.equal(target.calls[2]!.sync, false);
+  target.calls[2]!.resolve();
+  await Promise.all([flushed, flushing]);
+
+  const closed = commit.writeLazily([del('e')]);
+  const closing = commit.close();
+  await eventually(() => target.calls.length === 4, 5000, 'the batch close() started');
+  t.same(target.calls[3]!.keys, ['del:e']);
+  target.calls[3]!.resolve();
+  await Promise.all([closed, closing]);
+  await t.rejects(commit.writeLazily([del('f')]), { code: 'EDGEMQTT_STORE_CLOSED' });
+});
+
 t.test('close() waits for queued writes and refuses new ones', async (t) => {
   const target = scriptedTarget();
   const commit = createGroupCommit(target, { policy: 'batch' });

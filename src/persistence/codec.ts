@@ -16,6 +16,7 @@
  */
 import { Packr } from 'msgpackr';
 import { packQueued } from './queued-pack.js';
+import { packPubrel } from './pubrel-pack.js';
 
 /** A packet as aedes hands it to the persistence: plain data, maybe class instances. */
 export type PacketLike = Record<string, unknown>;
@@ -145,7 +146,10 @@ function validateSubscription(value: PacketLike): void {
 const packetCodec = createRecordCodec(KIND_PACKET, PACKET_FIELDS, validatePacket);
 const subscriptionCodec = createRecordCodec(KIND_SUBSCRIPTION, SUBSCRIPTION_FIELDS, validateSubscription);
 
-export const encodePacket = packetCodec.encode;
+/** A packet's record; a PUBREL's written directly (pubrel-pack.ts), the same bytes. */
+export function encodePacket(value: PacketLike): Buffer {
+  return packPubrel(value) ?? packetCodec.encode(value);
+}
 export const decodePacket = packetCodec.decode;
 
 export interface SubscriptionRecord {

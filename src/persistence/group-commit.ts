@@ -23,6 +23,18 @@
  *   so the outcome is the same): a queued message stored, renumbered when
  *   sent and deleted when acknowledged within one fsync costs one op, not three.
  *
+ * - Lazy writes (writeLazily: what nobody waits for, reads again or minds
+ *   losing in a crash, the deletes of acknowledged messages) join the batch
+ *   filling now, or else wait in one of their own for the next write, at
+ *   most lazyDelayMs or lazyMaxOps ops; a batch of lazy writes alone is
+ *   written without fsync. They keep their place in the order: a later
+ *   write lands after them in the same batch or in a later one, and
+ *   LevelDB's log is sequential, so the fsync of a later batch covers them
+ *   too. They are not indexed (no key string or map entry per op):
+ *   pending() and whenWritten() do not see them, and a later write to the
+ *   same key is added after them instead of in their place, with the same
+ *   outcome (LevelDB applies a batch's ops in order).
+ *
  * This is also the extension point for other components (the NATS bridge
  * outbox): they call `write()` with keys under their `componentPrefix()`, and
  * their records share the batch, and the fsync, of whatever the broker writes
@@ -66,6 +78,10 @@ export interface GroupCommitOptions {
    * it may feed histograms (the Prometheus metrics) at no cost per message.
    */
   onCommit?: CommitObserver;
+  /** How long a batch of lazy writes alone waits for a write to join, in ms (default 50). */
+  lazyDelayMs?: number;
+  /** A batch of lazy writes alone is started once it holds this many ops (default 1024). */
+  lazyMaxOps?: number;
 }
 
 /** See GroupCommitOptions.onCommit. */
@@ -93,6 +109,13 @@ export interface GroupCommit {
   readonly policy: SyncPolicy;
   /** Resolves once `ops` are written per the policy; rejects with StoreWriteError. */
   write(ops: readonly BatchOp[]): Promise<void>;
+  /**
+   * Queues `ops` that nobody waits for or reads again and that a crash may
+   * lose (see the header): they ride with the next write, or go after
+   * lazyDelayMs in a batch without fsync; pending() does not see them. The
+   * promise is their batch's, for failures.
+   */
+  writeLazily(ops: readonly BatchOp[]): Promise<void>;
   /**
    * Resolves once every write made so far is written per the policy; rejects
    * with StoreWriteError when the batch holding the latest of them failed.
@@ -128,6 +151,9 @@ interface Batch {
    */
   readonly index: Map<string, number>;
   ready: boolean;
+  /** Lazy writes only (see writeLazily) and not started: waits for a write to join, written without fsync. */
+  lazy: boolean;
+  timer: NodeJS.Timeout | undefined;
   readonly promise: Promise<void>;
   resolve(): void;
   reject(error: Error): void;
@@ -138,6 +164,8 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
   const maxDelayMs = options.maxDelayMs ?? 0;
   const now = options.now ?? (() => performance.now());
   const onCommit = options.onCommit;
+  const lazyDelayMs = options.lazyDelayMs ?? 50;
+  const lazyMaxOps = options.lazyMaxOps ?? 1024;
   const sync = policy !== 'os';
   // Batches not yet started, oldest first; only the last one accepts new ops.
   const queue: Batch[] = [];
@@ -154,23 +182,66 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
   };
   const commitMs = { last: 0, max: 0, sum: 0, count: 0, buckets: COMMIT_LATENCY_BUCKETS_MS.map(() => 0).concat(0) };
 
-  function newBatch(): Batch {
+  function newBatch(lazy: boolean): Batch {
     let resolve!: () => void;
     let reject!: (error: Error) => void;
     const promise = new Promise<void>((res, rej) => {
       resolve = res;
       reject = rej;
     });
-    const batch: Batch = { generation: ++generation, ops: [], index: new Map(), ready: false, promise, resolve, reject };
+    const batch: Batch = { generation: ++generation, ops: [], index: new Map(), ready: false, lazy, timer: undefined, promise, resolve, reject };
     queue.push(batch);
-    const markReady = () => {
-      batch.ready = true;
-      pump();
-    };
-    if (maxDelayMs > 0 && policy !== 'always') setTimeout(markReady, maxDelayMs);
+    if (lazy) batch.timer = setTimeout(() => markReady(batch), lazyDelayMs);
+    else schedule(batch);
+    return batch;
+  }
+
+  function markReady(batch: Batch): void {
+    if (batch.ready) return;
+    batch.ready = true;
+    pump();
+  }
+
+  function schedule(batch: Batch): void {
+    if (maxDelayMs > 0 && policy !== 'always') setTimeout(() => markReady(batch), maxDelayMs);
     // setImmediate runs after this turn's I/O callbacks, so every write made
     // while handling one poll phase (a socket read, a timer) joins this batch.
-    else setImmediate(markReady);
+    else setImmediate(() => markReady(batch));
+  }
+
+  /**
+   * A batch of lazy writes not started yet that someone now waits for:
+   * written with fsync as any other, at the end of the turn unless it is due already.
+   */
+  function promote(batch: Batch | undefined): void {
+    if (batch === undefined || !batch.lazy || batch === running) return;
+    batch.lazy = false;
+    if (batch.ready) return;
+    clearTimeout(batch.timer);
+    schedule(batch);
+  }
+
+  /** Adds `ops` to the batch filling now, or to a new one. */
+  function add(ops: readonly BatchOp[], lazy: boolean): Batch {
+    let batch = queue.at(-1);
+    // `always`: a sealed batch (its turn has ended) takes no more writes.
+    if (!batch || (policy === 'always' && batch.ready)) batch = newBatch(lazy);
+    else if (!lazy) promote(batch);
+    const { index } = batch;
+    if (lazy) {
+      // Not indexed: see the header.
+      for (const op of ops) batch.ops.push(op);
+    } else {
+      for (const op of ops) {
+        const id = op.key.toString('latin1');
+        const at = index.get(id);
+        if (at !== undefined) batch.ops[at] = op;
+        else index.set(id, batch.ops.push(op) - 1);
+      }
+    }
+    counters.writes++;
+    counters.ops += ops.length;
+    if (batch.lazy && batch.ops.length >= lazyMaxOps) markReady(batch);
     return batch;
   }
 
@@ -190,6 +261,8 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
 
   /** The newest batch not yet settled that writes `key`, and where in its ops. */
   function latest(key: Buffer): { batch: Batch; at: number } | undefined {
+    // Nothing indexed (no writes, or lazy ones only): no key string to make.
+    if ((running === undefined || running.index.size === 0) && queue.every((batch) => batch.index.size === 0)) return undefined;
     const id = key.toString('latin1');
     for (let i = queue.length - 1; i >= 0; i--) {
       const at = queue[i]!.index.get(id);
@@ -205,13 +278,16 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     if (!batch?.ready) return;
     queue.shift();
     running = batch;
+    clearTimeout(batch.timer);
+    // A batch of lazy writes alone: nobody waits for it (see writeLazily).
+    const syncBatch = sync && !batch.lazy;
     counters.batches++;
-    if (sync) counters.syncs++;
+    if (syncBatch) counters.syncs++;
     counters.largestBatchOps = Math.max(counters.largestBatchOps, batch.ops.length);
     const started = now();
     let outcome: Promise<void>;
     try {
-      outcome = target.batch(batch.ops, { sync });
+      outcome = target.batch(batch.ops, { sync: syncBatch });
     } catch (error) {
       outcome = Promise.reject(error);
     }
@@ -234,6 +310,12 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     });
   }
 
+  /** Starts a waiting batch of lazy writes now (flush, close), still without fsync. */
+  function startLazy(): void {
+    const last = queue.at(-1);
+    if (last?.lazy) markReady(last);
+  }
+
   function lastPromise(): Promise<void> | undefined {
     return queue.at(-1)?.promise ?? running?.promise;
   }
@@ -243,26 +325,25 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     write(ops) {
       if (closed) return Promise.reject(new StoreClosedError('group commit'));
       if (ops.length === 0) return Promise.resolve();
-      let batch = queue.at(-1);
-      // `always`: a sealed batch (its turn has ended) takes no more writes.
-      if (!batch || (policy === 'always' && batch.ready)) batch = newBatch();
-      const { index } = batch;
-      for (const op of ops) {
-        const id = op.key.toString('latin1');
-        const at = index.get(id);
-        if (at !== undefined) batch.ops[at] = op;
-        else index.set(id, batch.ops.push(op) - 1);
-      }
-      counters.writes++;
-      counters.ops += ops.length;
+      const batch = add(ops, false);
+      pump();
+      return batch.promise;
+    },
+    writeLazily(ops) {
+      if (closed) return Promise.reject(new StoreClosedError('group commit'));
+      if (ops.length === 0) return Promise.resolve();
+      const batch = add(ops, true);
       pump();
       return batch.promise;
     },
     barrier() {
+      promote(queue.at(-1));
       return lastPromise() ?? Promise.resolve();
     },
     whenWritten(key) {
-      return latest(key)?.batch.promise;
+      const found = latest(key)?.batch;
+      promote(found);
+      return found?.promise;
     },
     pending(key) {
       const found = latest(key);
@@ -271,11 +352,13 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
       return op.type === 'put' ? op.value : null;
     },
     async flush() {
+      startLazy();
       const last = lastPromise();
       if (last) await last.catch(() => undefined);
     },
     async close() {
       closed = true;
+      startLazy();
       // Batches settle in order, so waiting for the last one covers all.
       const last = lastPromise();
       if (last) await last.catch(() => undefined);

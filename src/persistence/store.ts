@@ -366,7 +366,22 @@ export class LevelStore {
    * nothing is acknowledged.
    */
   writeBehind(ops: readonly BatchOp[], what: string, failed?: () => void): void {
-    const written = this.write(ops);
+    this.#behindFailures(this.write(ops), what, failed);
+  }
+
+  /**
+   * Queues `ops` that a crash may lose and nobody reads again (the deletes
+   * of acknowledged messages, gone from the queue index first): they ride
+   * with the next write, or go in a batch of their own without fsync a
+   * little later; pending() does not see them (GroupCommit.writeLazily).
+   * Failures as for writeBehind.
+   */
+  writeLazily(ops: readonly BatchOp[], what: string): void {
+    if (ops.length === 0) return;
+    this.#behindFailures(this.ready().commit.writeLazily(ops), what, undefined);
+  }
+
+  #behindFailures(written: Promise<void>, what: string, failed: (() => void) | undefined): void {
     // Writes of one batch share its promise: one handler, and one warning,
     // per batch and kind of write, not one per message (an acknowledged
     // message's delete is written behind).
@@ -398,8 +413,8 @@ export class LevelStore {
    * synchronous step, so a write to the key made after this call always lands
    * after the delete. The read uses a LevelDB snapshot taken before the delete
    * is queued; `known` skips the read when the caller has the value. With
-   * `durable` false the delete is written behind: this resolves with the
-   * value without waiting for the batch (a failure is logged).
+   * `durable` false the delete is written lazily (see writeLazily): this
+   * resolves with the value without waiting for the batch (a failure is logged).
    */
   async readAndDelete(key: Buffer, ops: readonly BatchOp[], known: Buffer | undefined, durable = true): Promise<Buffer | undefined> {
     const { db, commit } = this.ready();
@@ -413,7 +428,7 @@ export class LevelStore {
     }
     const deletion: BatchOp[] = [{ type: 'del', key }, ...ops];
     if (!durable) {
-      this.writeBehind(deletion, 'removal of an acknowledged message');
+      this.writeLazily(deletion, 'removal of an acknowledged message');
       return read;
     }
     const [value] = await Promise.all([read, this.write(deletion)]);

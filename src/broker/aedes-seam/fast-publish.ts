@@ -25,7 +25,7 @@
  * subscription's own handler for that one subscriber.
  *
  * The other packets of the data path, a QoS 1/2 PUBLISH with a plain topic
- * and a PUBACK without Reason Code, are read in place too (parsedInPlace)
+ * and a PUBACK, PUBREC or PUBCOMP without Reason Code, are read in place too (parsedInPlace)
  * and handed to aedes as the packet mqtt-packet would have made, in order:
  * mqtt-packet's parser, its buffer list and its debug calls were a fifth
  * of the broker's CPU on the QoS 1 path.
@@ -57,7 +57,7 @@ import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
 import type { ClientSubscription, PublishVerdict } from './client.js';
 import { publishRewrite, publishTap } from './packet-writes.js';
-import { encodePlainPublish, parsedInPlace, PLAIN_PUBLISH, plainTopic, PUBACK_HEADER, PUBLISH, remainingLength, variableByteIntegerBytes } from './publish-frames.js';
+import { encodePlainPublish, isDeliveryAck, parsedInPlace, PLAIN_PUBLISH, plainTopic, PUBLISH, remainingLength, variableByteIntegerBytes } from './publish-frames.js';
 import type { AedesSeam } from './seam.js';
 
 type Handler = (packet: object, callback: () => void) => void;
@@ -390,8 +390,8 @@ class FrameReader {
       const end = header.next + header.length;
       const first = data[index] as number;
       // Only a Remaining Length in the fewest bytes is sent on as it came [MQTT-1.5.5-1]; and only
-      // PUBLISH and PUBACK, the packets of the data path, are read here.
-      if ((first >> 4 !== PUBLISH && first !== PUBACK_HEADER) || header.next - index !== 1 + variableByteIntegerBytes(header.length)) {
+      // PUBLISH and PUBACK, PUBREC, PUBCOMP, the packets of the data path, are read here.
+      if ((first >> 4 !== PUBLISH && !isDeliveryAck(first)) || header.next - index !== 1 + variableByteIntegerBytes(header.length)) {
         return this.#done(client, published, this.#toAedes(data, index, index));
       }
       if (end > data.length) {
@@ -411,7 +411,7 @@ class FrameReader {
         if (!fast) return this.#done(client, published, this.#toAedes(data, index, index));
         continue;
       }
-      // A QoS 1/2 PUBLISH or a PUBACK: read in place and handed to aedes as the packet
+      // A QoS 1/2 PUBLISH or an acknowledgement: read in place and handed to aedes as the packet
       // mqtt-packet would have made of it (publish-frames.ts), its parser and buffer list skipped.
       const packet = parsedInPlace(data, index, header.next, end, level5);
       if (packet === undefined) return this.#done(client, published, this.#toAedes(data, index, index));

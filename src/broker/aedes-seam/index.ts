@@ -86,7 +86,9 @@
  * - `aedes.persistence.outgoingStream` as handlers/connect.js emptyQueue
  *   calls it, and aedes' lib/write.js and lib/qos-packet.js: the resend of
  *   a persistent session's stored messages after CONNECT, done with aedes'
- *   own steps but many messages per event-loop turn instead of one
+ *   own steps but many messages per event-loop turn instead of one, a
+ *   stored PUBLISH in its usual shape written as one frame, with Client
+ *   `version`, `errored` and `waitForDrain` as lib/write.js reads them
  *   (resend.ts).
  * - The client parser's 'packet' listener (lib/client.js `enqueue`) until
  *   the first packet, and handlers/connect.js's steps with aedes'

@@ -11,6 +11,18 @@ export const PUBLISH = 3;
 export const PLAIN_PUBLISH = 0x30;
 /** Fixed header of a PUBACK (flags 0) [MQTT-3.4.1]. */
 export const PUBACK_HEADER = 0x40;
+/** Fixed headers of a PUBREC and a PUBCOMP (flags 0) [MQTT-3.5.1] [MQTT-3.7.1]. */
+export const PUBREC_HEADER = 0x50;
+export const PUBCOMP_HEADER = 0x70;
+
+/**
+ * The acknowledgements a subscriber sends for QoS 1/2 deliveries, read in
+ * place (parsedInPlace): PUBACK, PUBREC, PUBCOMP. A PUBREL (flags 0010) is
+ * a publisher's and goes to mqtt-packet.
+ */
+export function isDeliveryAck(first: number): boolean {
+  return first === PUBACK_HEADER || first === PUBREC_HEADER || first === PUBCOMP_HEADER;
+}
 
 /** A PUBLISH read in place: offsets into the chunk it came in. */
 export interface PublishFrame {
@@ -92,23 +104,24 @@ export function encodePlainPublish(topic: string, payload: Uint8Array, level: nu
 }
 
 /**
- * The packet mqtt-packet's parser would emit for the QoS 1/2 PUBLISH or the
- * PUBACK at `start`..`end` (its body from `bodyStart`), with the fields in
- * the same order, or undefined when it is not one read here: a PUBLISH
- * whose topic is not plain (plainTopic) or, at level 5, that carries
- * properties; a PUBACK with a Reason Code or properties. The protocol guard
- * has checked the packet identifier and the flags.
+ * The packet mqtt-packet's parser would emit for the QoS 1/2 PUBLISH, or the
+ * PUBACK, PUBREC or PUBCOMP (isDeliveryAck) at `start`..`end` (its body from
+ * `bodyStart`), with the fields in the same order, or undefined when it is
+ * not one read here: a PUBLISH whose topic is not plain (plainTopic) or, at
+ * level 5, that carries properties; an acknowledgement with a Reason Code or
+ * properties. The protocol guard has checked the packet identifier and the flags.
  */
 export function parsedInPlace(chunk: Buffer, start: number, bodyStart: number, end: number, level5: boolean): object | undefined {
   const first = chunk[start] as number;
   const length = end - bodyStart;
-  if (first === PUBACK_HEADER) {
+  if (isDeliveryAck(first)) {
     if (length !== 2) return undefined;
     const messageId = ((chunk[bodyStart] as number) << 8) | (chunk[bodyStart + 1] as number);
-    const puback: Record<string, unknown> = { cmd: 'puback', retain: false, qos: 0, dup: false, length, topic: null, payload: null, messageId };
-    // mqtt-packet's reading of a 2-byte MQTT 5 PUBACK: Reason Code 0x00 (Success) [MQTT-3.4.2.1].
-    if (level5) puback.reasonCode = 0;
-    return puback;
+    const cmd = first === PUBACK_HEADER ? 'puback' : first === PUBREC_HEADER ? 'pubrec' : 'pubcomp';
+    const ack: Record<string, unknown> = { cmd, retain: false, qos: 0, dup: false, length, topic: null, payload: null, messageId };
+    // mqtt-packet's reading of a 2-byte MQTT 5 acknowledgement: Reason Code 0x00 (Success) [MQTT-3.4.2.1] [MQTT-3.5.2.1] [MQTT-3.7.2.1].
+    if (level5) ack.reasonCode = 0;
+    return ack;
   }
   const qos = (first >> 1) & 0x03;
   if (qos === 0 || qos === 3) return undefined;
@@ -132,4 +145,42 @@ export function parsedInPlace(chunk: Buffer, start: number, bodyStart: number, e
     payload: chunk.subarray(payloadStart, end),
     messageId,
   };
+}
+
+/**
+ * A QoS 1/2 PUBLISH without properties, for MQTT 3.1.1 (`level5` false) or 5
+ * (a Property Length of 0), byte for byte as mqtt-packet writes the same
+ * packet, in one buffer; undefined when the topic is longer than its length
+ * field allows [MQTT-1.5.4] (mqtt-packet refuses it too).
+ */
+export function encodeQoSPublish(
+  topic: string,
+  payload: Uint8Array,
+  level5: boolean,
+  qos: 1 | 2,
+  dup: boolean,
+  retain: boolean,
+  messageId: number,
+): Buffer | undefined {
+  const topicBytes = Buffer.byteLength(topic, 'utf8');
+  if (topicBytes > 0xffff) return undefined;
+  const remaining = 2 + topicBytes + 2 + (level5 ? 1 : 0) + payload.length;
+  const out = Buffer.allocUnsafe(1 + variableByteIntegerBytes(remaining) + remaining);
+  let index = 0;
+  out[index++] = PLAIN_PUBLISH | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 0x01 : 0);
+  let value = remaining;
+  do {
+    let byte = value % 128;
+    value = Math.floor(value / 128);
+    if (value > 0) byte |= 0x80;
+    out[index++] = byte;
+  } while (value > 0);
+  out[index++] = topicBytes >> 8;
+  out[index++] = topicBytes & 0xff;
+  index += out.write(topic, index, topicBytes, 'utf8');
+  out[index++] = messageId >> 8;
+  out[index++] = messageId & 0xff;
+  if (level5) out[index++] = 0;
+  out.set(payload, index);
+  return out;
 }

@@ -12,8 +12,9 @@
  * (bench/persistence-resend.ts).
  *
  * Here the stream aedes is handed for that call does emptyQueue's work itself,
- * the same steps in the same order with aedes' own QoSPacket and write, and
- * pushes nothing: aedes' transform sees no message, and aedes goes on when it
+ * the same steps in the same order with aedes' own QoSPacket and write (or,
+ * for a stored QoS 1/2 PUBLISH in its usual shape from the store, the same
+ * bytes written in one buffer: storedFrame), and pushes nothing: aedes' transform sees no message, and aedes goes on when it
  * ends (the client becomes `connected`, and the live messages held meanwhile
  * go, client-flow.ts #resuming). What changes is only when the next message
  * starts: right after the previous one is in the socket's stream, instead of
@@ -52,13 +53,19 @@
  * wiped on close), gets the persistence's stream unchanged: the resend is
  * told apart by the client's state, CONNACK sent and not yet `connected`
  * (handlers/connect.js: doConnack, then emptyQueue, then `connected`).
- * Canary: test/aedes-canaries-v5.test.ts, one stored message per turn.
+ * Canary: test/aedes-canaries-v5.test.ts, one stored message per turn. A
+ * frame written here goes where lib/write.js writes (the connection, through
+ * the write coalescer and the guards on it), told to the written-PUBLISH
+ * tap as packet-writes.ts tells it; a full socket waits for aedes'
+ * waitForDrain, as lib/write.js does, so the drain timeout holds.
  */
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { Readable, type Writable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
-import type { Client } from 'aedes';
+import type { Aedes, Client } from 'aedes';
+import { publishRewrite, publishTap, type PublishTap } from './packet-writes.js';
+import { encodeQoSPublish } from './publish-frames.js';
 
 /** Messages written back to back before the resend waits one turn. */
 export const RESEND_BATCH = 512;
@@ -89,13 +96,17 @@ interface ResendPersistence {
   outgoingUpdateNow?(client: Client, packet: Packet): Promise<unknown> | undefined;
 }
 
-/** The client fields emptyQueue reads (lib/client.js, handlers/connect.js). */
+/** The client fields emptyQueue and lib/write.js read (lib/client.js, handlers/connect.js). */
 interface ResumingClient {
   connecting?: boolean;
   connackSent?: boolean;
   connected?: boolean;
   clean?: boolean;
   _cleanStart?: boolean;
+  errored?: boolean;
+  version?: number | null;
+  /** lib/client.js: calls back once the connection drains (or its drain timeout ends it). */
+  waitForDrain(done: WriteDone): void;
   conn: Writable;
   broker: { authorizeForward(client: Client, packet: Packet): unknown };
   emit(event: 'error', error: unknown): boolean;
@@ -153,7 +164,7 @@ export async function installBatchResend(aedes: unknown, window: ResendWindow = 
       read() {
         if (started) return;
         started = true;
-        resend(persistence, write, QoSPacket, window, client, resuming, source, out).then(
+        resend(persistence, write, QoSPacket, window, publishTap(aedes as Aedes), client, resuming, source, out).then(
           () => out.push(null),
           (error: unknown) => out.destroy(error instanceof Error ? error : new Error(String(error))),
         );
@@ -179,11 +190,35 @@ function streamChunks(stream: Readable): Chunks {
   };
 }
 
+/**
+ * The wire bytes of a stored QoS 1/2 PUBLISH in its usual shape, written by
+ * the resend itself: what aedes' QoSPacket and write (mqtt-packet's
+ * writeToStream, ~5 small writes, a bound function and an object copy per
+ * message) made of it, in one buffer. Undefined for any other shape, which
+ * goes through aedes: MQTT 5 properties (the expiry's remaining interval,
+ * Subscription Identifiers...), an expiry, a connection whose PUBLISHes are
+ * rewritten (outgoing Topic Aliases, packet-writes.ts), a packet the store
+ * did not number. The store's packet has every field QoSPacket would set
+ * (codec.ts queuedPacket: none of aedes-packet's defaults applies).
+ */
+function storedFrame(data: Packet, resuming: ResumingClient): Buffer | undefined {
+  if (data.cmd !== 'publish' || data.properties !== undefined || data.messageExpiry !== undefined) return undefined;
+  const { topic, payload, qos, dup, retain, messageId } = data;
+  if (typeof topic !== 'string' || !Buffer.isBuffer(payload) || (qos !== 1 && qos !== 2)) return undefined;
+  if (typeof dup !== 'boolean' || typeof retain !== 'boolean' || typeof messageId !== 'number' || messageId < 1 || messageId > 0xffff) return undefined;
+  if (publishRewrite(resuming.conn) !== undefined) return undefined;
+  return encodeQoSPublish(topic, payload, resuming.version === 5, qos, dup, retain, messageId);
+}
+
+/** Resolves on the next turn of the event loop, after its I/O. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 async function resend(
   persistence: ResendPersistence,
   write: AedesWrite,
   QoSPacket: QoSPacketClass,
   window: ResendWindow,
+  tap: PublishTap | undefined,
   client: Client,
   resuming: ResumingClient,
   source: Chunks,
@@ -220,7 +255,8 @@ async function resend(
           data.properties.messageExpiryInterval = Math.ceil((data.messageExpiry - now) / 1000);
         }
       }
-      const packet = new QoSPacket(data, client);
+      const frame = storedFrame(data, resuming);
+      const packet = frame !== undefined ? data : new QoSPacket(data, client);
       try {
         // Only a write that waits for the disk (a QoS 2 identifier, a PUBREL) makes a promise here.
         const recorded = update(packet);
@@ -244,10 +280,25 @@ async function resend(
           if (gone()) throw new Error('connection closed');
         }
       }
-      outstanding++;
-      write(client, packet, written);
+      if (frame !== undefined) {
+        // As lib/write.js: refused once the connection closed (a QoS 2 message waited for the disk above),
+        // and a full socket waited for through the client (its drain timeout included).
+        if (gone()) throw new Error('connection closed');
+        const flowing = resuming.conn.write(frame);
+        tap?.(client, packet.qos as 1 | 2, (packet.payload as Buffer).length);
+        if (!flowing && !resuming.errored) {
+          outstanding++;
+          resuming.waitForDrain(written);
+        }
+      } else {
+        outstanding++;
+        write(client, packet, written);
+      }
       if (resuming.conn.writableNeedDrain || ++sinceWait >= RESEND_BATCH) {
         sinceWait = 0;
+        // aedes' writes call back in setImmediate, so waiting for them lets other connections in;
+        // with none outstanding (frames written here), a turn is given up all the same.
+        if (outstanding === 0) await nextTurn();
         await allWritten();
       }
     }
