@@ -10,7 +10,7 @@ import type { IClientOptions, MqttClient } from 'mqtt';
 import * as mqttPacket from 'mqtt-packet';
 import { connectClient, MessageLog } from './helpers/mqtt.js';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
-import { encodeQoSPublish, parsedInPlace } from '../src/broker/aedes-seam/publish-frames.js';
+import { parsedInPlace } from '../src/broker/aedes-seam/publish-frames.js';
 
 type Delivery = [payload: string, qos: number, retain: boolean, properties: string];
 
@@ -235,21 +235,4 @@ t.test('a PUBACK, PUBREC or PUBCOMP read in place is the packet mqtt-packet pars
       t.equal(parsedInPlace(withReason, 0, 2, withReason.length, true), undefined, `${cmd} with a Reason Code`);
     }
   }
-});
-
-t.test('a QoS 1/2 PUBLISH encoded in one buffer is what mqtt-packet writes for it', async (t) => {
-  const payloads = [0, 1, 100, 127, 128, 16_383, 16_384].map((n) => Buffer.alloc(n, 0x61));
-  for (const protocolVersion of [4, 5] as const) {
-    for (const topic of ['a', 'bench/resend', 'gerät/€/😀', 'x'.repeat(300)]) {
-      for (const payload of payloads) {
-        for (const [qos, dup, retain, messageId] of [[1, false, false, 1], [1, true, true, 300], [2, true, false, 65_535]] as const) {
-          const reference = mqttPacket.generate({ cmd: 'publish', topic, payload, qos, dup, retain, messageId }, { protocolVersion });
-          const encoded = encodeQoSPublish(topic, payload, protocolVersion === 5, qos, dup, retain, messageId);
-          if (!encoded?.equals(reference)) t.fail(`${topic.slice(0, 12)} ${payload.length} B QoS ${qos} dup ${dup} retain ${retain} id ${messageId} v${protocolVersion}`);
-        }
-      }
-    }
-  }
-  t.pass('every combination matched');
-  t.equal(encodeQoSPublish('t'.repeat(65_536), Buffer.alloc(0), false, 1, false, false, 1), undefined, 'a topic too long for its length field');
 });

@@ -59,21 +59,17 @@
  * tap as packet-writes.ts tells it; a full socket waits for aedes'
  * waitForDrain, as lib/write.js does, so the drain timeout holds.
  */
-import { createRequire } from 'node:module';
-import path from 'node:path';
 import { Readable, type Writable } from 'node:stream';
-import { pathToFileURL } from 'node:url';
 import type { Aedes, Client } from 'aedes';
 import { publishRewrite, publishTap, type PublishTap } from './packet-writes.js';
-import { encodeQoSPublish } from './publish-frames.js';
+import { encodePublish } from './packet-encoding.js';
+import { loadAedesWrites, type AedesWrite, type QoSPacketClass } from './aedes-lib.js';
 
 /** Messages written back to back before the resend waits one turn. */
 export const RESEND_BATCH = 512;
 
 type Packet = Record<string, unknown> & { cmd?: string; messageExpiry?: number; properties?: Record<string, unknown> };
 type WriteDone = (error: Error | null) => void;
-type AedesWrite = (client: Client, packet: Packet, done: WriteDone) => void;
-type QoSPacketClass = new (original: Packet, client: Client) => Packet;
 
 /** A resend's messages a chunk at a time: next() answers the next chunk, undefined once all were. */
 interface Chunks {
@@ -112,26 +108,6 @@ interface ResumingClient {
   emit(event: 'error', error: unknown): boolean;
 }
 
-interface AedesParts {
-  write: AedesWrite;
-  QoSPacket: QoSPacketClass;
-}
-
-let parts: Promise<AedesParts> | undefined;
-
-/** aedes' lib/write.js and lib/qos-packet.js (not in its package exports: loaded by path from aedes' own location). */
-function loadAedesParts(): Promise<AedesParts> {
-  parts ??= (async () => {
-    const lib = path.join(path.dirname(createRequire(import.meta.url).resolve('aedes')), 'lib');
-    const [write, qos] = await Promise.all([
-      import(pathToFileURL(path.join(lib, 'write.js')).href) as Promise<{ default: AedesWrite }>,
-      import(pathToFileURL(path.join(lib, 'qos-packet.js')).href) as Promise<{ default: QoSPacketClass }>,
-    ]);
-    return { write: write.default, QoSPacket: qos.default };
-  })();
-  return parts;
-}
-
 /** The inflight window the resend keeps to (the flow control's, see the header). */
 export interface ResendWindow {
   /** Counts one more QoS 1/2 message in flight to `client` if its window has room; false when it is full. */
@@ -148,7 +124,7 @@ const UNBOUNDED: ResendWindow = { reserve: () => true, room: () => Promise.resol
  * (the persistence exists then) and before any client connects.
  */
 export async function installBatchResend(aedes: unknown, window: ResendWindow = UNBOUNDED): Promise<void> {
-  const { write, QoSPacket } = await loadAedesParts();
+  const { write, QoSPacket } = await loadAedesWrites();
   const persistence = (aedes as { persistence: ResendPersistence }).persistence;
   const outgoingStream = persistence.outgoingStream;
   if (typeof outgoingStream !== 'function') return;
@@ -207,7 +183,7 @@ function storedFrame(data: Packet, resuming: ResumingClient): Buffer | undefined
   if (typeof topic !== 'string' || !Buffer.isBuffer(payload) || (qos !== 1 && qos !== 2)) return undefined;
   if (typeof dup !== 'boolean' || typeof retain !== 'boolean' || typeof messageId !== 'number' || messageId < 1 || messageId > 0xffff) return undefined;
   if (publishRewrite(resuming.conn) !== undefined) return undefined;
-  return encodeQoSPublish(topic, payload, resuming.version === 5, qos, dup, retain, messageId);
+  return encodePublish(data, resuming.version ?? undefined);
 }
 
 /** Resolves on the next turn of the event loop, after its I/O. */
@@ -256,7 +232,7 @@ async function resend(
         }
       }
       const frame = storedFrame(data, resuming);
-      const packet = frame !== undefined ? data : new QoSPacket(data, client);
+      const packet: Packet = frame !== undefined ? data : (new QoSPacket(data, client) as Packet);
       try {
         // Only a write that waits for the disk (a QoS 2 identifier, a PUBREL) makes a promise here.
         const recorded = update(packet);
