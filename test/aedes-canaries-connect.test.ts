@@ -12,7 +12,6 @@
  */
 import t from 'tap';
 import type { Test } from 'tap';
-import net from 'node:net';
 import type { Aedes, Client } from 'aedes';
 import { AedesSeam, installConnectPath } from '../src/broker/aedes-seam/index.js';
 import {
@@ -23,6 +22,7 @@ import {
   publishVia,
   rawClient,
   rawConnected,
+  serveAedes,
   startPlainAedes,
   subscribedAndGone,
   until,
@@ -97,24 +97,7 @@ async function start(t: Test, kind: Kind, options: Options = {}, queued?: (clien
   await aedes.listen();
   const observed = observe(aedes);
   await installConnectPath(seam, queued);
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-    aedes.handle(socket);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        aedes.close(() => {
-          for (const socket of sockets) socket.destroy();
-          server.close(() => resolve());
-        });
-      }),
-  );
-  const port = (server.address() as net.AddressInfo).port;
-  return { aedes, port, url: `mqtt://127.0.0.1:${port}`, ...observed };
+  return { ...(await serveAedes(t, aedes)), ...observed };
 }
 
 /** Runs `scenario` on both brokers and checks they answered alike; returns what each saw. */

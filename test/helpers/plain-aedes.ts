@@ -35,6 +35,11 @@ type AnyOptions = Record<string, unknown>;
 export async function startPlainAedes(t: Test, options: AnyOptions = {}, prepare?: (aedes: Aedes) => void): Promise<PlainBroker> {
   const aedes = await Aedes.createBroker(options as never);
   prepare?.(aedes);
+  return serveAedes(t, aedes);
+}
+
+/** Serves a listening aedes on a port-0 TCP server (`aedes.handle`, nothing in between); teardown closes aedes, every socket and the server. */
+export async function serveAedes(t: Test, aedes: Aedes): Promise<PlainBroker> {
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     sockets.add(socket);

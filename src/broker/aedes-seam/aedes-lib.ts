@@ -1,9 +1,11 @@
 /**
- * aedes' lib/write.js and lib/qos-packet.js, which its package exports do not
- * name: loaded by path from aedes' own location, so they are the very
- * modules aedes runs (one instance each: the same URL); and aedes-packet as
- * aedes loads it. For the direct deliveries (direct-deliveries.ts), which
- * write as aedes' deliver0 and deliverQoS do.
+ * aedes' lib/ modules (write.js, qos-packet.js, handlers/subscribe.js,
+ * constants.js), which its package exports do not name: loaded by path from
+ * aedes' own location, so they are the very modules aedes runs (one instance
+ * each: the same URL); and aedes-packet as aedes loads it. For the seam's
+ * steps that write as aedes does: the direct deliveries
+ * (direct-deliveries.ts, as deliver0 and deliverQoS), the resend after
+ * CONNECT (resend.ts) and the connect path (connect.ts).
  */
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -26,17 +28,23 @@ export interface AedesWrites {
   Packet: PacketClass;
 }
 
+/** Where aedes is installed: its main file. */
+const aedesMain = (): string => createRequire(import.meta.url).resolve('aedes');
+
+/** One of aedes' lib/ modules, by its path under lib/ (the very module aedes itself runs: the same URL). */
+export function loadAedesLib<T>(file: string): Promise<T> {
+  return import(pathToFileURL(path.join(path.dirname(aedesMain()), 'lib', file)).href) as Promise<T>;
+}
+
 let loaded: Promise<AedesWrites> | undefined;
 
 export function loadAedesWrites(): Promise<AedesWrites> {
   loaded ??= (async () => {
-    const main = createRequire(import.meta.url).resolve('aedes');
-    const lib = path.join(path.dirname(main), 'lib');
     const [write, qos] = await Promise.all([
-      import(pathToFileURL(path.join(lib, 'write.js')).href) as Promise<{ default: AedesWrite }>,
-      import(pathToFileURL(path.join(lib, 'qos-packet.js')).href) as Promise<{ default: QoSPacketClass }>,
+      loadAedesLib<{ default: AedesWrite }>('write.js'),
+      loadAedesLib<{ default: QoSPacketClass }>('qos-packet.js'),
     ]);
-    const Packet = createRequire(main)('aedes-packet') as PacketClass;
+    const Packet = createRequire(aedesMain())('aedes-packet') as PacketClass;
     return { write: write.default, QoSPacket: qos.default, Packet };
   })();
   return loaded;

@@ -53,14 +53,12 @@
  * connection. Canaries: test/aedes-canaries-connect.test.ts.
  */
 import { randomUUID } from 'node:crypto';
-import { createRequire } from 'node:module';
-import path from 'node:path';
 import { pipeline, Transform, type Readable } from 'node:stream';
-import { pathToFileURL } from 'node:url';
 import type { Client } from 'aedes';
 import type { ConnectWill } from './client.js';
 import { variableByteIntegerBytes } from './publish-frames.js';
 import type { AedesSeam } from './seam.js';
+import { loadAedesLib, loadAedesWrites } from './aedes-lib.js';
 
 type Done = (error?: Error | null) => void;
 type Packet = Record<string, unknown> & { cmd?: string; messageExpiry?: number; properties?: Record<string, unknown>; writeCallback?: Done };
@@ -157,14 +155,16 @@ interface AedesParts {
 }
 
 async function loadAedesParts(): Promise<AedesParts> {
-  const lib = path.join(path.dirname(createRequire(import.meta.url).resolve('aedes')), 'lib');
-  const load = (file: string) => import(pathToFileURL(path.join(lib, file)).href) as Promise<Record<string, unknown>>;
-  const [write, qos, subscribe, constants] = await Promise.all([load('write.js'), load('qos-packet.js'), load('handlers/subscribe.js'), load('constants.js')]);
+  const [writes, subscribe, constants] = await Promise.all([
+    loadAedesWrites(),
+    loadAedesLib<{ default: AedesParts['handleSubscribe'] }>('handlers/subscribe.js'),
+    loadAedesLib<AedesParts['constants']>('constants.js'),
+  ]);
   return {
-    write: write.default as AedesParts['write'],
-    QoSPacket: qos.default as AedesParts['QoSPacket'],
-    handleSubscribe: subscribe.default as AedesParts['handleSubscribe'],
-    constants: constants as unknown as AedesParts['constants'],
+    write: writes.write as AedesParts['write'],
+    QoSPacket: writes.QoSPacket as unknown as AedesParts['QoSPacket'],
+    handleSubscribe: subscribe.default,
+    constants,
   };
 }
 
