@@ -80,6 +80,8 @@ interface Round {
   /** The broker's read and write system calls per message. */
   reads: number;
   writes: number;
+  /** Lines printed under the round's own: CPU by thread (BENCH_THREADS), the profile window. */
+  details: string[];
 }
 
 /** The read and write system calls of a process so far (every thread). */
@@ -128,20 +130,21 @@ async function measure(broker: BenchBroker, qos: 1 | 2): Promise<Round | undefin
   const brokerMs = processCpuMs(broker.pid) - cpuBefore;
   const calls = syscalls(broker.pid);
   const toUs = monotonicUs();
+  // Printed under the round's line (or its left-out line).
+  const details: string[] = [];
   if (threadsBefore) {
     const after = threadCpuMs(broker.pid);
     const perMessage = (ms: number) => ((ms * 1000) / BACKLOG).toFixed(1);
-    console.log(
-      `  broker µs CPU/msg: main thread ${perMessage(after.main - threadsBefore.main)}, other threads ${perMessage(after.others - threadsBefore.others)}`,
-    );
+    details.push(`  broker µs CPU/msg: main thread ${perMessage(after.main - threadsBefore.main)}, other threads ${perMessage(after.others - threadsBefore.others)}`);
   }
   (await subscriber!).close();
   if (!finished) {
-    console.log(`  ${broker.name} QoS ${qos}: ${delivered} of ${BACKLOG} delivered after ${TIMEOUT_SEC} s; the round is left out`);
+    console.log([`  ${broker.name} QoS ${qos}: ${delivered} of ${BACKLOG} delivered after ${TIMEOUT_SEC} s; the round is left out`, ...details].join('\n'));
     return undefined;
   }
-  if (process.env.BENCH_CPU_PROF || process.env.BENCH_THREADS) console.log(`  profile window (pid ${broker.pid}): ${fromUs} ${toUs}`);
+  if (process.env.BENCH_CPU_PROF || process.env.BENCH_THREADS) details.push(`  profile window (pid ${broker.pid}): ${fromUs} ${toUs}`);
   return {
+    details,
     rate: BACKLOG / seconds,
     brokerUs: (brokerMs * 1000) / BACKLOG,
     loadUs: (load.user + load.system) / BACKLOG,
@@ -184,6 +187,7 @@ async function main(): Promise<void> {
               `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs CPU/msg, ` +
                 `subscriber ${result.loadUs.toFixed(1)} µs, broker syscalls/msg ${result.reads.toFixed(2)} read ${result.writes.toFixed(2)} write`,
             );
+            for (const line of result.details) console.log(line);
           } finally {
             await broker.stop();
           }
