@@ -41,6 +41,10 @@ interface Observed extends PlainBroker {
   fields: Map<string, Record<string, unknown>>;
   /** How often the persistence's outgoingStream was called. */
   streams: { count: number };
+  /** The connect path only: the client ids it asked `queued` about, one per CONNECT it took to the CONNACK. */
+  asked?: string[];
+  /** CONNACKs with return code 0 so far (a scenario may clear `events`). */
+  accepted: { count: number };
 }
 
 const FIELDS = [
@@ -62,8 +66,12 @@ const FIELDS = [
   'connackSent',
 ] as const;
 
-function observe(aedes: Aedes): Pick<Observed, 'events' | 'fields' | 'streams'> {
+function observe(aedes: Aedes): Pick<Observed, 'events' | 'fields' | 'streams' | 'accepted'> {
   const events: string[] = [];
+  const accepted = { count: 0 };
+  aedes.on('connackSent', (packet) => {
+    if ((packet as { returnCode?: number }).returnCode === 0) accepted.count++;
+  });
   const fields = new Map<string, Record<string, unknown>>();
   const streams = { count: 0 };
   const id = (client: Client) => (client.id?.startsWith('aedes_') ? 'aedes_…' : client.id);
@@ -82,13 +90,13 @@ function observe(aedes: Aedes): Pick<Observed, 'events' | 'fields' | 'streams'> 
       return original(...args);
     },
   });
-  return { events, fields, streams };
+  return { events, fields, streams, accepted };
 }
 
 /** Plain aedes, or aedes built through the seam with the connect path installed (`queued` handed to it), observed. */
 async function start(t: Test, kind: Kind, options: Options = {}, queued?: (clientId: string) => boolean): Promise<Observed> {
   if (kind === 'aedes') {
-    let observed!: Pick<Observed, 'events' | 'fields' | 'streams'>;
+    let observed!: Pick<Observed, 'events' | 'fields' | 'streams' | 'accepted'>;
     const broker = await startPlainAedes(t, options, (aedes) => (observed = observe(aedes)));
     return { ...broker, ...observed };
   }
@@ -96,8 +104,18 @@ async function start(t: Test, kind: Kind, options: Options = {}, queued?: (clien
   const { aedes } = seam;
   await aedes.listen();
   const observed = observe(aedes);
-  await installConnectPath(seam, queued);
-  return { ...(await serveAedes(t, aedes)), ...observed };
+  // Without a check of its own, one that records who was asked and answers "maybe queued", so
+  // that the connect path reads the stored queue whenever aedes would.
+  const asked: string[] = [];
+  await installConnectPath(
+    seam,
+    queued ??
+      ((clientId) => {
+        asked.push(clientId);
+        return true;
+      }),
+  );
+  return { ...(await serveAedes(t, aedes)), ...observed, asked };
 }
 
 /** Runs `scenario` on both brokers and checks they answered alike; returns what each saw. */
@@ -107,6 +125,10 @@ async function compare(t: Test, options: Options, scenario: (t: Test, broker: Ob
     const broker = await start(t, kind, options);
     const answer = await scenario(t, broker);
     seen[kind] = { answer, events: broker.events, fields: Object.fromEntries(broker.fields) };
+    if (kind === 'connect path') {
+      // The comparison means something only if the connect path, not aedes, took the CONNECTs.
+      t.equal(broker.asked?.length, broker.accepted.count, 'every accepted CONNECT went through the connect path');
+    }
   }
   t.same(seen['connect path'], seen.aedes, 'the connect path answers as aedes does');
 }

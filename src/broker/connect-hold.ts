@@ -8,7 +8,8 @@
  * [MQTT-3.1.4-6], AUTH excepted). aedes 1.2 (and 2.0.0-beta.1) breaks this:
  * lib/client.js queues the packets parsed from the same chunk as the CONNECT,
  * but a chunk read after it, before `authenticate` pauses the client (the
- * CONNECT waits one setImmediate after preConnect), goes straight to the
+ * CONNECT waits one setImmediate after preConnect in aedes' own connect
+ * handler, which still takes MQTT 5 CONNECTs), goes straight to the
  * handlers. A PUBLISH that completes in a later socket read of the same
  * event-loop turn (any CONNECT followed by more than one 64 KiB read's worth,
  * in one write or several) was published, and PUBACKed, as an anonymous

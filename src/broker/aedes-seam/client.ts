@@ -321,7 +321,7 @@ interface ClientWeight {
   emit(event: 'error', error: Error): boolean;
   /** end-of-stream's cleanup of `finished(conn, this.close.bind(this))`; aedes calls it in close(). */
   _eos: () => void;
-  /** mqtt-packet's parser (its `client` set by aedes) and the bl BufferListStream it buffers partial packets in. */
+  /** mqtt-packet's parser (its `client` set by aedes) and the BufferList it buffers partial packets in (parser-list.ts: a plain one from the start). */
   _parser: NodeJS.EventEmitter & { client?: Client; _list: { constructor: unknown; length: number }; _states: readonly string[]; settings: ParserSettings };
   /** The protocol level of the CONNECT (3, 4 or 5), set by handlers/connect.js. */
   version: number | null;
@@ -440,8 +440,9 @@ function replaceBound(emitter: NodeJS.EventEmitter, event: string, name: string,
  * did (aedes' 'end' and 'error' listeners cover the rest of what it
  * watched), the three bound listeners become shared functions that find the
  * client through `conn.client` and `parser.client` (the parser's also
- * telling the broker's onParseError listener first), and the parser gets a
- * plain BufferList (bl's own, from the same module), one array of parser
+ * telling the broker's onParseError listener first), and the parser keeps
+ * its plain BufferList (made so from the start, parser-list.ts; one made on a
+ * bl BufferListStream is given bl's own plain one), one array of parser
  * states shared by all parsers, and the parser's EventEmitter table (the
  * client's once it is connected) is made a fast-mode object (NoPrototype)
  * instead of Node's `{ __proto__: null }` dictionary. A connection already

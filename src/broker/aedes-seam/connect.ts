@@ -110,6 +110,7 @@ interface ClientInternals {
   _connectTimer: NodeJS.Timeout | null;
   _keepaliveInterval: number;
   _keepaliveTimer: NodeJS.Timeout | null;
+  _serverKeepAlive?: number;
   id: string | null;
   version: number | null;
   _wireVersion: number | null;
@@ -177,6 +178,7 @@ const ERROR_MESSAGES = ['', 'unacceptable protocol version', 'identifier rejecte
  * writes into a chunk it was handed (shared.ts copies before it changes one).
  */
 const ACCEPTED = [Buffer.from([0x20, 0x02, 0x00, 0x00]), Buffer.from([0x20, 0x02, 0x01, 0x00])] as const;
+/** By return code; 2–5 are the ones a refusal here carries. */
 const REFUSED = [0, 1, 2, 3, 4, 5].map((code) => Buffer.from([0x20, 0x02, 0x00, code]));
 
 /** Tells whether anything may be queued for a client id (false only when a resend would find nothing). */
@@ -358,7 +360,8 @@ function authenticate(state: Connecting): void {
 
 function setKeepAlive(state: Connecting): void {
   const client = state.client;
-  const keepalive = state.packet.keepalive;
+  // A server keep-alive set in preConnect (mqtt5.ts imposeServerKeepAlive) wins, as in aedes.
+  const keepalive = client._serverKeepAlive ?? state.packet.keepalive;
   if (keepalive > 0) {
     // [MQTT-3.1.2-24]
     client._keepaliveInterval = keepalive * 1500 + 1;
@@ -416,6 +419,13 @@ function storeWill(state: Connecting): void {
 
 function registerClient(state: Connecting): void {
   const client = state.client;
+  // Closed while its session was fetched or its will stored: registered now it would stay in
+  // aedes.clients for good, its close long past (aedes registers it regardless, a leak kept
+  // out here).
+  if (client.closed) {
+    state.finish(new Error('connection closed'));
+    return;
+  }
   client.broker.registerClient(client as unknown as Client);
   writeConnack(state, ACCEPTED[state.sessionPresent ? 1 : 0], 0, (error) => (error ? state.finish(error) : emptyQueue(state)));
 }
@@ -444,16 +454,20 @@ function writeConnack(state: Connecting, bytes: Buffer, returnCode: number, then
 
 function emptyQueue(state: Connecting): void {
   const client = state.client;
+  // The stored queue's stream is opened before the client resumes, as in aedes: resuming parses
+  // what the client sent meanwhile, which may close it, and the batch resend tells a resend after
+  // CONNECT from the client's state when the stream is asked for (resend.ts).
+  const outgoing = state.queued === undefined || state.queued(client.id!) ? client.broker.persistence.outgoingStream(client as unknown as Client) : undefined;
   client.resume();
-  if (state.queued !== undefined && !state.queued(client.id!)) {
+  if (outgoing === undefined) {
     state.finish(null);
     return;
   }
-  resendQueue(state);
+  resendQueue(state, outgoing);
 }
 
 /** handlers/connect.js emptyQueue and emptyQueueFilter, as they are (the batch resend replaces the stream they read, resend.ts). */
-function resendQueue(state: Connecting): void {
+function resendQueue(state: Connecting, outgoing: Readable): void {
   const { parts } = state;
   const client = state.client;
   const aedesClient = client as unknown as Client;
@@ -491,5 +505,5 @@ function resendQueue(state: Connecting): void {
       );
     },
   });
-  pipeline(persistence.outgoingStream(aedesClient), clearQueue, (error) => state.finish(error));
+  pipeline(outgoing, clearQueue, (error) => state.finish(error));
 }

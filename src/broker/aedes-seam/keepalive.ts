@@ -2,7 +2,8 @@
  * The keep-alive of every connected client on one timer per broker, instead
  * of a Node timer per client.
  *
- * aedes (handlers/connect.js setKeepAlive) gives each client with a non-zero
+ * aedes (handlers/connect.js setKeepAlive, and connect.ts for a 3.1/3.1.1
+ * CONNECT) gives each client with a non-zero
  * Keep Alive its own `setTimeout` of 1.5 × Keep Alive + 1 ms, a closure and
  * its context, ~200 bytes per connection on the heap, and restarts it for
  * every packet (`_keepaliveTimer.refresh()`, handlers/index.js, and the QoS 0
@@ -85,7 +86,7 @@ class KeepAliveSweep {
       const beat = client?._keepaliveTimer;
       if (!(beat instanceof Beat) || beat.expired || now - beat.last <= client!._keepaliveInterval) continue;
       beat.expired = true;
-      // As aedes' keepaliveTimeout (handlers/connect.js setKeepAlive).
+      // As aedes' keepaliveTimeout (handlers/connect.js setKeepAlive; connect.ts keepaliveTimeout).
       client!.broker.emit('keepaliveTimeout', client as unknown as Client);
       client!.emit('error', new Error('keep alive timeout'));
     }
