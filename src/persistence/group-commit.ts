@@ -26,14 +26,17 @@
  * - Lazy writes (writeLazily: what nobody waits for, reads again or minds
  *   losing in a crash, the deletes of acknowledged messages) join the batch
  *   filling now, or else wait in one of their own for the next write, at
- *   most lazyDelayMs or lazyMaxOps ops; a batch of lazy writes alone is
- *   written without fsync. They keep their place in the order: a later
- *   write lands after them in the same batch or in a later one, and
- *   LevelDB's log is sequential, so the fsync of a later batch covers them
- *   too. They are not indexed (no key string or map entry per op):
- *   pending() and whenWritten() do not see them, and a later write to the
- *   same key is added after them instead of in their place, with the same
- *   outcome (LevelDB applies a batch's ops in order).
+ *   most lazyDelayMs or lazyMaxOps ops: one batch, and one fsync, per
+ *   lazyDelayMs instead of one per event-loop turn. A batch of lazy writes
+ *   alone is fsync'd too (under `batch` and `always`): LevelDB fsyncs only
+ *   its current log file, so an unsynced batch in a log it has since closed
+ *   could be lost in a power cut while later, fsync'd batches survive. They
+ *   keep their place in the order: a later write lands after them, in the
+ *   same batch or a later one. They are not indexed (no key string or map
+ *   entry per op): pending() and whenWritten() do not see them, and a write
+ *   to a key the batch wrote before a lazy op is added after that op, never
+ *   in its earlier place (`lazyEnd`), so LevelDB, applying a batch's ops in
+ *   order, keeps the later write.
  *
  * This is also the extension point for other components (the NATS bridge
  * outbox): they call `write()` with keys under their `componentPrefix()`, and
@@ -112,7 +115,7 @@ export interface GroupCommit {
   /**
    * Queues `ops` that nobody waits for or reads again and that a crash may
    * lose (see the header): they ride with the next write, or go after
-   * lazyDelayMs in a batch without fsync; pending() does not see them. The
+   * lazyDelayMs in a batch of their own; pending() does not see them. The
    * promise is their batch's, for failures.
    */
   writeLazily(ops: readonly BatchOp[]): Promise<void>;
@@ -151,8 +154,10 @@ interface Batch {
    */
   readonly index: Map<string, number>;
   ready: boolean;
-  /** Lazy writes only (see writeLazily) and not started: waits for a write to join, written without fsync. */
+  /** Lazy writes only (see writeLazily) and not started: waits for a write to join, or lazyDelayMs. */
   lazy: boolean;
+  /** The ops before this index come before a lazy op: a write to one of their keys is appended, not put in their place. */
+  lazyEnd: number;
   timer: NodeJS.Timeout | undefined;
   readonly promise: Promise<void>;
   resolve(): void;
@@ -189,7 +194,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
       resolve = res;
       reject = rej;
     });
-    const batch: Batch = { generation: ++generation, ops: [], index: new Map(), ready: false, lazy, timer: undefined, promise, resolve, reject };
+    const batch: Batch = { generation: ++generation, ops: [], index: new Map(), ready: false, lazy, lazyEnd: 0, timer: undefined, promise, resolve, reject };
     queue.push(batch);
     if (lazy) batch.timer = setTimeout(() => markReady(batch), lazyDelayMs);
     else schedule(batch);
@@ -231,11 +236,13 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     if (lazy) {
       // Not indexed: see the header.
       for (const op of ops) batch.ops.push(op);
+      batch.lazyEnd = batch.ops.length;
     } else {
       for (const op of ops) {
         const id = op.key.toString('latin1');
         const at = index.get(id);
-        if (at !== undefined) batch.ops[at] = op;
+        // In place only after the last lazy op: before it, the lazy op (a delete of the same key) would undo this write.
+        if (at !== undefined && at >= batch.lazyEnd) batch.ops[at] = op;
         else index.set(id, batch.ops.push(op) - 1);
       }
     }
@@ -279,15 +286,14 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     queue.shift();
     running = batch;
     clearTimeout(batch.timer);
-    // A batch of lazy writes alone: nobody waits for it (see writeLazily).
-    const syncBatch = sync && !batch.lazy;
+    // A batch of lazy writes alone too (see the header: LevelDB fsyncs its current log only).
     counters.batches++;
-    if (syncBatch) counters.syncs++;
+    if (sync) counters.syncs++;
     counters.largestBatchOps = Math.max(counters.largestBatchOps, batch.ops.length);
     const started = now();
     let outcome: Promise<void>;
     try {
-      outcome = target.batch(batch.ops, { sync: syncBatch });
+      outcome = target.batch(batch.ops, { sync });
     } catch (error) {
       outcome = Promise.reject(error);
     }
@@ -310,7 +316,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     });
   }
 
-  /** Starts a waiting batch of lazy writes now (flush, close), still without fsync. */
+  /** Starts a waiting batch of lazy writes now (flush, close). */
   function startLazy(): void {
     const last = queue.at(-1);
     if (last?.lazy) markReady(last);
@@ -341,9 +347,8 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
       return lastPromise() ?? Promise.resolve();
     },
     whenWritten(key) {
-      const found = latest(key)?.batch;
-      promote(found);
-      return found?.promise;
+      // latest() finds indexed batches only, which add() has promoted already.
+      return latest(key)?.batch.promise;
     },
     pending(key) {
       const found = latest(key);

@@ -281,9 +281,9 @@ export class QueueStore {
    * these are handled), so a subscriber's inflight window would turn over
    * once per fsync. Nor does it get an fsync, or a batch, of its own: it
    * rides with the next write, or goes with the other deletes of the next
-   * few ms in one batch without fsync (a resent backlog of 20,000 QoS 1
-   * messages wrote a batch and an fsync per event-loop turn for its
-   * acknowledgements alone). A crash that loses the delete resends the
+   * 50 ms in one batch (a resent backlog of 20,000 QoS 1 messages wrote a
+   * batch and an fsync per event-loop turn for its acknowledgements
+   * alone). A crash that loses the delete resends the
    * message on the next connection: a duplicate QoS 1 allows [MQTT-4.3.2],
    * a PUBREL the receiver answers again [MQTT-4.3.3-11]. Writes land in
    * order, so a later record that reuses the packet identifier is never
@@ -301,15 +301,18 @@ export class QueueStore {
     if (!queue || !entry) return Promise.resolve(undefined);
     const key = queue.keyOf(clientId, entry.seq);
     dropEntry(this.#store, clientId, entry);
-    const ops: BatchOp[] = [];
-    store.forgetIfStateless(clientId, ops);
+    // A session left without state loses its clock record: written behind, not lazily, since
+    // that key may be written again (the client subscribes) and is read through pending().
+    const sessionOps: BatchOp[] = [];
+    store.forgetIfStateless(clientId, sessionOps);
+    if (sessionOps.length > 0) store.writeBehind(sessionOps, 'removal of a session record');
+    const ops: BatchOp[] = [{ type: 'del', key }];
     const sent = entry.sent;
     if (sent !== undefined) {
       // Sent live (see record): the packet is at hand, no read or decode.
       // It is handed back as it is, as aedes' own persistence hands back the
       // object it queued: aedes is done with it once acknowledged.
       entry.sent = undefined;
-      ops.unshift({ type: 'del', key });
       store.writeLazily(ops, 'removal of an acknowledged message');
       return Promise.resolve(sent);
     }
@@ -317,12 +320,11 @@ export class QueueStore {
     if (known !== undefined) {
       // The record is at hand (cached while in flight, as a PUBREL's is, or
       // still to be written): decoded now, no read to wait for or track.
-      ops.unshift({ type: 'del', key });
       store.writeLazily(ops, 'removal of an acknowledged message');
       return Promise.resolve(known === null ? undefined : store.decode(key, known, undefined));
     }
     return store.track(async () => {
-      const value = await store.readAndDelete(key, ops, entry.value, false);
+      const value = await store.readAndDelete(key, [], entry.value, false);
       return value ? store.decode(key, value, undefined) : undefined;
     });
   }

@@ -384,7 +384,7 @@ export class LevelStore {
   #behindFailures(written: Promise<void>, what: string, failed: (() => void) | undefined): void {
     // Writes of one batch share its promise: one handler, and one warning,
     // per batch and kind of write, not one per message (an acknowledged
-    // message's delete is written behind).
+    // message's delete is written lazily).
     if (failed === undefined && written === this.#behind.promise && what === this.#behind.what) return;
     this.#behind = { promise: written, what };
     written.catch((error: unknown) => {
