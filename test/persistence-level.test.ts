@@ -285,6 +285,27 @@ t.test('an offline queue over its byte limit drops the oldest messages', async (
   t.equal(persistence.stats().queueDroppedMessages, 2);
 });
 
+t.test('outgoingQueued says false only while nothing is stored for the client (the connect path skips the resend then)', async (t) => {
+  const h = harness(t);
+  const unstarted = h.create();
+  t.equal(unstarted.outgoingQueued('dev1'), true, 'not running yet: it cannot tell');
+  const persistence = await h.open();
+  const broker = fakeBroker();
+  await persistence.setup(broker);
+  t.equal(persistence.outgoingQueued('dev1'), false, 'nothing queued');
+  const first = publish('t', 'm0', { qos: 2, brokerId: broker.id, brokerCounter: 1 });
+  await persistence.outgoingEnqueueCombi([{ clientId: 'dev1' }], first);
+  t.equal(persistence.outgoingQueued('dev1'), true, 'a queued message');
+  t.equal(persistence.outgoingQueued('dev2'), false, "another client's queue is not this one's");
+  await persistence.outgoingUpdate({ id: 'dev1' }, { ...first, messageId: 1 });
+  await persistence.outgoingUpdate({ id: 'dev1' }, { cmd: 'pubrel', messageId: 1 });
+  t.equal(persistence.outgoingQueued('dev1'), true, 'only a PUBREL');
+  await persistence.outgoingClearMessageId({ id: 'dev1' }, { cmd: 'pubcomp', messageId: 1 });
+  t.equal(persistence.outgoingQueued('dev1'), false, 'after the last acknowledgement');
+  await persistence.outgoingEnqueueCombi([{ clientId: 'dev1' }], publish('t', 'm1', { brokerId: broker.id, brokerCounter: 2 }));
+  t.equal(persistence.outgoingQueued('dev1'), true, 'queued again');
+});
+
 t.test('queue limits spare messages in flight to online clients and PUBREL entries', async (t) => {
   const h = harness(t);
   const persistence = await h.open({ maxQueuedMessagesPerClient: 2 });
