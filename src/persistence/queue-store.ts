@@ -6,7 +6,6 @@
 import type { Readable } from 'node:stream';
 import { detached, encodeQueued, encodePacket, packetData, type PacketLike, type QueuedRecord } from './codec.js';
 import type { BatchOp } from './group-commit.js';
-import { outgoingKey } from './keys.js';
 import { Connections, dropEntry, expireEntry, isExpired, numberEntry, removeEntry } from './queue-entries.js';
 import { QueueStreams, type QueueChunks } from './queue-streams.js';
 import type { LevelStore } from './store.js';
@@ -248,7 +247,7 @@ export class QueueStore {
       bytes: value.length,
     });
     entry.value = store.isOnline(client.id) ? detached(value) : undefined;
-    const ops: BatchOp[] = [{ type: 'put', key: outgoingKey(client.id, entry.seq), value }];
+    const ops: BatchOp[] = [{ type: 'put', key: queue.keyOf(client.id, entry.seq), value }];
     if (cmd === 'publish' && data.qos === 1) {
       store.writeBehind(ops, 'queued message identifier');
       return true;

@@ -7,7 +7,6 @@
 import { Readable } from 'node:stream';
 import { detached, encodePacket, packetData, type PacketLike } from './codec.js';
 import type { BatchOp } from './group-commit.js';
-import { outgoingKey } from './keys.js';
 import { dropEntry, expireEntry, holdsEntry, isExpired, numberEntry, type Connections } from './queue-entries.js';
 import type { QueueEntry } from './outgoing-queues.js';
 import type { LevelStore } from './store.js';
@@ -113,13 +112,14 @@ export class QueueStreams {
     size: number,
     decide: (chunk: QueueEntry[], keys: Buffer[], values: Array<Buffer | undefined>) => PacketLike[] | Promise<PacketLike[]>,
   ): QueueChunks {
-    const entries = [...(this.#store.queues.get(clientId)?.entries() ?? [])];
+    const queue = this.#store.queues.get(clientId);
+    const entries = [...(queue?.entries() ?? [])];
     let start = 0;
     const read = (): Promise<{ chunk: QueueEntry[]; keys: Buffer[]; values: Array<Buffer | undefined> }> | undefined => {
       if (start >= entries.length) return undefined;
       const chunk = entries.slice(start, start + size).filter((entry) => holdsEntry(this.#store, clientId, entry));
       start += size;
-      const keys = chunk.map((entry) => outgoingKey(clientId, entry.seq));
+      const keys = chunk.map((entry) => queue!.keyOf(clientId, entry.seq));
       const reading = this.#readValues(chunk, keys).then((values) => ({ chunk, keys, values }));
       // A failed read ahead is reported by the next() that takes it, not left unhandled meanwhile.
       reading.catch(() => undefined);

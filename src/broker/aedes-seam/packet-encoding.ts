@@ -15,6 +15,7 @@
  * The write coalescer (src/broker/write-coalescer.ts) joins the chunks into
  * one socket write per turn either way, so the cork bought nothing here.
  */
+import { variableByteIntegerBytes, writeVariableByteInteger } from './publish-frames.js';
 
 /** Largest Remaining Length, four bytes of a Variable Byte Integer [MQTT-1.5.5]. */
 const MAX_REMAINING_LENGTH = 268_435_455;
@@ -36,17 +37,6 @@ function isPacketId(id: unknown): id is number {
   return typeof id === 'number' && Number.isInteger(id) && id >= 0 && id <= 0xffff;
 }
 
-/** Writes a Variable Byte Integer at `index` [MQTT-1.5.5]; returns the index after it. */
-function writeVariableByteInteger(out: Buffer, index: number, value: number): number {
-  let rest = value;
-  do {
-    let byte = rest % 128;
-    rest = Math.floor(rest / 128);
-    if (rest > 0) byte |= 0x80;
-    out[index++] = byte;
-  } while (rest > 0);
-  return index;
-}
 
 /**
  * A PUBLISH as mqtt-packet writes it for `version` (its `opts.protocolVersion`,
@@ -67,7 +57,7 @@ export function encodePublish(packet: EncodablePacket, version: number | undefin
   const remaining = 2 + topicBytes + (qos > 0 ? 2 : 0) + (version === 5 ? 1 : 0) + payloadBytes;
   // mqtt-packet refuses these (destroying the stream): its own path keeps that.
   if (topicBytes > 0xffff || remaining > MAX_REMAINING_LENGTH) return undefined;
-  const out = Buffer.allocUnsafe(1 + (remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4) + remaining);
+  const out = Buffer.allocUnsafe(1 + variableByteIntegerBytes(remaining) + remaining);
   out[0] = 0x30 | (packet.dup ? 0x08 : 0) | (qos << 1) | (packet.retain ? 0x01 : 0);
   let index = writeVariableByteInteger(out, 1, remaining);
   out[index++] = topicBytes >> 8;

@@ -86,6 +86,9 @@ function hookWriteToStream(): void {
     const version = options ? options.protocolVersion : 4;
     if (packet.cmd === 'puback') {
       const bytes = encodePuback(packet, version);
+      // The stream's own answer, where mqtt-packet's confirmation() always says true: a PUBACK to
+      // a full socket now makes aedes' write wait for 'drain', so a publisher that never reads is
+      // bounded by broker.drainTimeoutSec like any other client that does not read.
       return bytes !== undefined ? (stream as WriteTarget).write(bytes) : original(packet, stream, options);
     }
     if (packet.cmd !== 'publish') return original(packet, stream, options);

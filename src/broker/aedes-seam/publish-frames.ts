@@ -77,6 +77,18 @@ export function variableByteIntegerBytes(value: number): number {
   return value < 128 ? 1 : value < 16_384 ? 2 : value < 2_097_152 ? 3 : 4;
 }
 
+/** Writes a Variable Byte Integer at `index` [MQTT-1.5.5]; returns the index after it. */
+export function writeVariableByteInteger(out: Buffer, index: number, value: number): number {
+  let rest = value;
+  do {
+    let byte = rest % 128;
+    rest = Math.floor(rest / 128);
+    if (rest > 0) byte |= 0x80;
+    out[index++] = byte;
+  } while (rest > 0);
+  return index;
+}
+
 /**
  * A plain QoS 0 PUBLISH for `level` (3 and 4: no properties; 5: a Property
  * Length of 0), as mqtt-packet would write it for the same message.
@@ -86,15 +98,8 @@ export function encodePlainPublish(topic: string, payload: Uint8Array, level: nu
   const properties = level === 5 ? 1 : 0;
   const remaining = 2 + topicBytes + properties + payload.length;
   const out = Buffer.allocUnsafe(1 + variableByteIntegerBytes(remaining) + remaining);
-  let index = 0;
-  out[index++] = PLAIN_PUBLISH;
-  let value = remaining;
-  do {
-    let byte = value % 128;
-    value = Math.floor(value / 128);
-    if (value > 0) byte |= 0x80;
-    out[index++] = byte;
-  } while (value > 0);
+  out[0] = PLAIN_PUBLISH;
+  let index = writeVariableByteInteger(out, 1, remaining);
   out[index++] = topicBytes >> 8;
   out[index++] = topicBytes & 0xff;
   index += out.write(topic, index, 'latin1');
