@@ -12,8 +12,8 @@
  * (handlers/pubrec.js: cmd, messageId, reasonCode), the extras map
  * {reasonCode} (a map16 header, as msgpackr writes an object's). Any other shape answers undefined and goes to msgpackr.
  */
+import { KIND_PACKET, uintSize, writeUint } from './queued-pack.js';
 
-const KIND_PACKET = 1;
 /** codec.ts's field mask: cmd (bit 4) and messageId (bit 12) of PACKET_FIELDS; the extras bit after the table's 13 fields. */
 const CMD_AND_ID = (1 << 4) | (1 << 12);
 const EXTRAS = 1 << 13;
@@ -32,28 +32,16 @@ export function packPubrel(packet: Record<string, unknown>): Buffer | undefined 
   if (keys[0] !== 'cmd' || keys[1] !== 'messageId' || !isUint16(messageId)) return undefined;
   const withReason = keys.length === 3 && keys[2] === 'reasonCode' && typeof reasonCode === 'number' && Number.isInteger(reasonCode) && reasonCode >= 0 && reasonCode < 0x80;
   if (keys.length !== 2 && !withReason) return undefined;
-  const idBytes = messageId < 0x80 ? 1 : messageId < 0x100 ? 2 : 3;
-  const size = 1 + 1 + 3 + 1 + PUBREL.length + idBytes + (withReason ? 3 + 1 + REASON_CODE.length + 1 : 0);
+  const mask = CMD_AND_ID | (withReason ? EXTRAS : 0);
+  const size = 1 + 1 + uintSize(mask) + 1 + PUBREL.length + uintSize(messageId) + (withReason ? 3 + 1 + REASON_CODE.length + 1 : 0);
   const buf = Buffer.allocUnsafe(size);
   let at = 0;
   buf[at++] = 0x90 | (withReason ? 5 : 4);
   buf[at++] = KIND_PACKET;
-  // The mask, a uint16 (0xcd) either way: it is past 0xff.
-  buf[at++] = 0xcd;
-  buf.writeUInt16BE(CMD_AND_ID | (withReason ? EXTRAS : 0), at);
-  at += 2;
+  at = writeUint(buf, at, mask);
   buf[at++] = 0xa0 | PUBREL.length;
   at += PUBREL.copy(buf, at);
-  if (messageId < 0x80) {
-    buf[at++] = messageId;
-  } else if (messageId < 0x100) {
-    buf[at++] = 0xcc;
-    buf[at++] = messageId;
-  } else {
-    buf[at++] = 0xcd;
-    buf.writeUInt16BE(messageId, at);
-    at += 2;
-  }
+  at = writeUint(buf, at, messageId);
   if (withReason) {
     // A map16 header for its one entry, as msgpackr writes an object's (it reserves the room before counting).
     buf[at++] = 0xde;

@@ -15,12 +15,14 @@
  * the caller then packs with msgpackr as before.
  */
 
-const KIND_PACKET = 1;
+/** codec.ts's record kind of a packet, the first element of its array. */
+export const KIND_PACKET = 1;
 const UINT32_LIMIT = 0x1_0000_0000;
 /** Strings up to this many chars are measured and, when ASCII, written in JavaScript. */
 const SHORT_STRING = 64;
 
-function uintSize(value: number): number {
+/** Bytes of an unsigned integer below 2^32 as MessagePack writes it (fixint, uint8, uint16, uint32). */
+export function uintSize(value: number): number {
   return value < 0x80 ? 1 : value < 0x100 ? 2 : value < 0x1_0000 ? 3 : 5;
 }
 
@@ -32,7 +34,8 @@ function binHeaderSize(bytes: number): number {
   return bytes < 0x100 ? 2 : bytes < 0x1_0000 ? 3 : 5;
 }
 
-function writeUint(buf: Buffer, at: number, value: number): number {
+/** Writes an unsigned integer below 2^32 in the shortest form (see uintSize); returns the index after it. */
+export function writeUint(buf: Buffer, at: number, value: number): number {
   if (value < 0x80) {
     buf[at] = value;
     return at + 1;
