@@ -59,6 +59,7 @@ import type { ConnectWill } from './client.js';
 import { variableByteIntegerBytes } from './publish-frames.js';
 import type { AedesSeam } from './seam.js';
 import { loadAedesLib, loadAedesWrites } from './aedes-lib.js';
+import { keepAliveTimedOut } from './keepalive.js';
 
 type Done = (error?: Error | null) => void;
 type Packet = Record<string, unknown> & { cmd?: string; messageExpiry?: number; properties?: Record<string, unknown>; writeCallback?: Done };
@@ -365,15 +366,9 @@ function setKeepAlive(state: Connecting): void {
   if (keepalive > 0) {
     // [MQTT-3.1.2-24]
     client._keepaliveInterval = keepalive * 1500 + 1;
-    client._keepaliveTimer = setTimeout(keepaliveTimeout, client._keepaliveInterval, client);
+    client._keepaliveTimer = setTimeout(keepAliveTimedOut, client._keepaliveInterval, client);
   }
   fetchSubs(state);
-}
-
-/** handlers/connect.js setKeepAlive's timer. */
-function keepaliveTimeout(client: ClientInternals): void {
-  client.broker.emit('keepaliveTimeout', client);
-  client.emit('error', new Error('keep alive timeout'));
 }
 
 function fetchSubs(state: Connecting): void {

@@ -86,11 +86,19 @@ class KeepAliveSweep {
       const beat = client?._keepaliveTimer;
       if (!(beat instanceof Beat) || beat.expired || now - beat.last <= client!._keepaliveInterval) continue;
       beat.expired = true;
-      // As aedes' keepaliveTimeout (handlers/connect.js setKeepAlive; connect.ts keepaliveTimeout).
-      client!.broker.emit('keepaliveTimeout', client as unknown as Client);
-      client!.emit('error', new Error('keep alive timeout'));
+      keepAliveTimedOut(client!);
     }
   }
+}
+
+/**
+ * What aedes' keep-alive timer does when it fires (handlers/connect.js
+ * setKeepAlive): the broker's 'keepaliveTimeout', then the client's 'error',
+ * which closes it. For the sweep and connect.ts' timer.
+ */
+export function keepAliveTimedOut(client: { broker: { emit(event: 'keepaliveTimeout', client: Client): unknown }; emit(event: 'error', error: Error): unknown }): void {
+  client.broker.emit('keepaliveTimeout', client as unknown as Client);
+  client.emit('error', new Error('keep alive timeout'));
 }
 
 /** Puts a keep-alive sweep on `aedes`, over its table of connected clients (`aedes.clients`). */
