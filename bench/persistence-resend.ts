@@ -19,7 +19,14 @@
  * socket writes, and LevelDB's), all from the CONNECT to the last delivery.
  *
  *   npm run bench:build && node dist-bench/bench/persistence-resend.js
- *   env: BENCH_BACKLOG=20000 BENCH_ROUNDS=3 BENCH_PAYLOAD_BYTES=64 BENCH_INFLIGHT=20
+ * Before the measured backlog, each broker (the same process) resends a
+ * warm-up backlog of BENCH_WARMUP messages to another subscriber, unmeasured,
+ * as bench/persistence-qos1.ts warms up before it measures: a new Node
+ * process compiles the resend's code with V8's optimizing compiler during
+ * its first resend, on the other core. BENCH_WARMUP=0 measures that first,
+ * cold resend (a gateway's first reconnect after a restart).
+ *
+ *   env: BENCH_BACKLOG=20000 BENCH_WARMUP=20000 BENCH_ROUNDS=3 BENCH_PAYLOAD_BYTES=64 BENCH_INFLIGHT=20
  *        BENCH_BROKERS=edgemqtt,mosquitto BENCH_TIMEOUT_SEC=60 (a round not done by then is
  *        left out: Mosquitto 2.0.11 with a window stalls on a QoS 2 backlog)
  *        BENCH_THREADS=1 (the broker's CPU per message: main thread and other threads)
@@ -35,6 +42,7 @@ import { findMosquitto, median, ratio, RawConnection, startEdgemqtt, startMosqui
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const BACKLOG = env('BENCH_BACKLOG', 20_000);
+const WARMUP = env('BENCH_WARMUP', 20_000);
 const ROUNDS = env('BENCH_ROUNDS', 3);
 const PAYLOAD = Buffer.alloc(env('BENCH_PAYLOAD_BYTES', 64), 0x61);
 const INFLIGHT = env('BENCH_INFLIGHT', 20);
@@ -94,12 +102,12 @@ function syscalls(pid: number): { reads: number; writes: number } {
 const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
 
 /** Messages per second delivered to a reconnecting subscriber out of its backlog, and what they cost; undefined when it did not finish in time. */
-async function measure(broker: BenchBroker, qos: 1 | 2): Promise<Round | undefined> {
-  const clientId = `resend-sub-${qos}-${Date.now()}`;
+async function measure(broker: BenchBroker, qos: 1 | 2, backlog: number): Promise<Round | undefined> {
+  const clientId = `resend-sub-${qos}-${backlog}-${Date.now()}`;
   const first = await RawConnection.open(broker.port, clientId, false);
   await first.request({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: TOPIC, qos }] }, 'suback');
   first.close();
-  await publishBacklog(broker.port, qos, BACKLOG);
+  await publishBacklog(broker.port, qos, backlog);
 
   const fromUs = monotonicUs();
   const cpuBefore = processCpuMs(broker.pid);
@@ -115,12 +123,12 @@ async function measure(broker: BenchBroker, qos: 1 | 2): Promise<Round | undefin
     subscriber = RawConnection.open(broker.port, clientId, false, (packet, connection) => {
       if (packet.cmd === 'publish' && qos === 1) {
         connection.send({ cmd: 'puback', messageId: packet.messageId! });
-        if (++delivered === BACKLOG) resolve(true);
+        if (++delivered === backlog) resolve(true);
       } else if (packet.cmd === 'publish') {
         connection.send({ cmd: 'pubrec', messageId: packet.messageId! });
       } else if (packet.cmd === 'pubrel') {
         connection.send({ cmd: 'pubcomp', messageId: packet.messageId! });
-        if (++delivered === BACKLOG) resolve(true);
+        if (++delivered === backlog) resolve(true);
       }
     });
   });
@@ -134,22 +142,22 @@ async function measure(broker: BenchBroker, qos: 1 | 2): Promise<Round | undefin
   const details: string[] = [];
   if (threadsBefore) {
     const after = threadCpuMs(broker.pid);
-    const perMessage = (ms: number) => ((ms * 1000) / BACKLOG).toFixed(1);
+    const perMessage = (ms: number) => ((ms * 1000) / backlog).toFixed(1);
     details.push(`  broker µs CPU/msg: main thread ${perMessage(after.main - threadsBefore.main)}, other threads ${perMessage(after.others - threadsBefore.others)}`);
   }
   (await subscriber!).close();
   if (!finished) {
-    console.log([`  ${broker.name} QoS ${qos}: ${delivered} of ${BACKLOG} delivered after ${TIMEOUT_SEC} s; the round is left out`, ...details].join('\n'));
+    console.log([`  ${broker.name} QoS ${qos}: ${delivered} of ${backlog} delivered after ${TIMEOUT_SEC} s; the round is left out`, ...details].join('\n'));
     return undefined;
   }
   if (process.env.BENCH_CPU_PROF || process.env.BENCH_THREADS) details.push(`  profile window (pid ${broker.pid}): ${fromUs} ${toUs}`);
   return {
     details,
-    rate: BACKLOG / seconds,
-    brokerUs: (brokerMs * 1000) / BACKLOG,
-    loadUs: (load.user + load.system) / BACKLOG,
-    reads: (calls.reads - callsBefore.reads) / BACKLOG,
-    writes: (calls.writes - callsBefore.writes) / BACKLOG,
+    rate: backlog / seconds,
+    brokerUs: (brokerMs * 1000) / backlog,
+    loadUs: (load.user + load.system) / backlog,
+    reads: (calls.reads - callsBefore.reads) / backlog,
+    writes: (calls.writes - callsBefore.writes) / backlog,
   };
 }
 
@@ -179,7 +187,11 @@ async function main(): Promise<void> {
         for (const [name, start] of candidates) {
           const broker = await start(path.join(root, `${name}-${qos}-${round}`));
           try {
-            const result = await measure(broker, qos);
+            if (WARMUP > 0 && (await measure(broker, qos, WARMUP)) === undefined) {
+              console.log(`  ${name} QoS ${qos}: the warm-up backlog did not finish; the round is left out`);
+              continue;
+            }
+            const result = await measure(broker, qos, BACKLOG);
             if (result === undefined) continue;
             const key = `${name} QoS ${qos}`;
             results.set(key, [...(results.get(key) ?? []), result]);
@@ -198,7 +210,7 @@ async function main(): Promise<void> {
     await rm(root, { recursive: true, force: true });
   }
   console.log(
-    `\nBacklog of ${BACKLOG} messages of ${PAYLOAD.length} B resent to a reconnecting persistent subscriber, inflight window ${INFLIGHT || 'none'} (median of ${ROUNDS})`,
+    `\nBacklog of ${BACKLOG} messages of ${PAYLOAD.length} B resent to a reconnecting persistent subscriber, inflight window ${INFLIGHT || 'none'}, ${WARMUP > 0 ? `after a warm-up backlog of ${WARMUP}` : 'cold (no warm-up)'} (median of ${ROUNDS})`,
   );
   const describe = (rounds: Round[]) => {
     const rates = rounds.map((r) => r.rate);
