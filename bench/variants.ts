@@ -99,6 +99,16 @@ export const VARIANTS: Record<string, Variant> = {
     nodeFlags: ['--max-semi-space-size=4', '--optimize-for-size'],
     description: 'edgemqtt with node --max-semi-space-size=4 --optimize-for-size (V8 trades speed for heap size)',
   },
+  'semi4-grow20': {
+    base: 'daemon',
+    nodeFlags: ['--max-semi-space-size=4', '--heap-growing-percent=20'],
+    description: 'edgemqtt with node --max-semi-space-size=4 --heap-growing-percent=20 (old space grows by 1.2× its live size before a major GC)',
+  },
+  'semi4-grow50': {
+    base: 'daemon',
+    nodeFlags: ['--max-semi-space-size=4', '--heap-growing-percent=50'],
+    description: 'edgemqtt with node --max-semi-space-size=4 --heap-growing-percent=50 (old space grows by 1.5× its live size before a major GC)',
+  },
 };
 
 export function variantOf(name: string): Variant {
