@@ -12,7 +12,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { generate, parser as packetParser, type Packet } from 'mqtt-packet';
-import { freePort, spawnTracked, stopChild, waitForPort } from './brokers.js';
+import { freePort, shippedNodeFlags, spawnTracked, stopChild, waitForPort } from './brokers.js';
 
 export { findMosquitto, freePort } from './brokers.js';
 
@@ -27,7 +27,7 @@ export interface BenchBroker {
   stop(): Promise<void>;
 }
 
-/** edgemqtt through its CLI (`npm run build` first), on loopback, with `config` merged into a bench config. */
+/** edgemqtt through its CLI (`npm run build` first) with the shipped node flags, on loopback, with `config` merged into a bench config. */
 export async function startEdgemqtt(dataDir: string, config: Record<string, unknown> = {}): Promise<BenchBroker & { startMs: number; recovery?: Record<string, unknown> }> {
   await mkdir(dataDir, { recursive: true });
   const configPath = path.join(dataDir, 'edgemqtt.json.yaml');
@@ -40,7 +40,9 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
   // BENCH_CPU_PROF=DIR: the broker runs under `node --cpu-prof`, its profile
   // written to DIR when it stops (summarise with dist-bench/bench/profile.js).
   const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROF] : [];
-  const child = spawnTracked(process.execPath, [...profile, cli, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // The node flags the systemd unit and `npm start` run it with; BENCH_NODE_FLAGS replaces them ("" for V8's defaults).
+  const nodeFlags = process.env.BENCH_NODE_FLAGS?.split(/\s+/).filter(Boolean) ?? shippedNodeFlags();
+  const child = spawnTracked(process.execPath, [...nodeFlags, ...profile, cli, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'inherit'] });
   let recovery: Record<string, unknown> | undefined;
   const ready = await new Promise<{ port: number }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('edgemqtt did not start within 600 s')), 600_000);
