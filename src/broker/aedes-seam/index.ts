@@ -96,7 +96,8 @@
  *   constants.js: a 3.1/3.1.1 CONNECT aedes would accept is run through the
  *   same broker hooks in the same order without the stream pipeline aedes
  *   builds per CONNECT to resend the stored queue, which is read only when
- *   the persistence may hold one (connect.ts; canaries in
+ *   the persistence may hold one (connect.ts, the fields and files it
+ *   touches typed in connect-internals.ts; canaries in
  *   test/aedes-canaries-connect.test.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
