@@ -15,6 +15,22 @@
  * output limit see; the WebSocket's close ends the readable side, its error
  * destroys the stream; destroying the stream terminates the WebSocket and
  * 'close' follows the WebSocket's own.
+ *
+ * One touch of ws' internals (ws 8.23.0, pinned; test/ws-canaries.test.ts):
+ * its Receiver (lib/receiver.js dataMessage) hands each message's fragment
+ * list on and starts the next message with a new empty `_fragments` array,
+ * which then lives until that next message. On a client publishing once a
+ * second that is long enough for V8 to promote the array to the old space;
+ * the next message's fragment (a view of the socket's read buffer) is
+ * pushed into it, and an old object pointing at young ones keeps them alive
+ * through every young-generation collection until a major one finds the
+ * array dead: the read buffers and views of every WebSocket message were
+ * promoted and collected as old-space garbage (2/3 of what a heap profile
+ * of 10,000 clients at 1 msg/s found dying in major collections,
+ * `BENCH_HEAP_SAMPLE`, bench/edgemqtt-server.ts). So each connection keeps
+ * the array its Receiver was made with, emptied after each message and put
+ * back in place of the new one (`recycleFragments`): what a message
+ * allocates dies young.
  */
 import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
@@ -34,8 +50,22 @@ export interface WebSocketStreamHooks {
 const STREAM = Symbol('edgemqtt.webSocketStream');
 type Carrier = WebSocket & { [STREAM]: WebSocketStream };
 
+/** ws 8.23.0's WebSocket#_receiver (set once the socket is attached) and the one Receiver field touched (see the header). */
+interface ReceiverInternals {
+  _fragments: unknown;
+}
+type WithReceiver = WebSocket & { _receiver?: ReceiverInternals | null };
+
+/** The Receiver's fragment list as it was made (empty), when it is the plain array this file expects. */
+function fragmentsOf(ws: WebSocket): unknown[] | undefined {
+  const fragments = (ws as WithReceiver)._receiver?._fragments;
+  return Array.isArray(fragments) && fragments.length === 0 ? fragments : undefined;
+}
+
 export class WebSocketStream extends Duplex {
   private terminateOnDestroy = true;
+  /** The Receiver's first fragment list, reused for every message (see the header); undefined if ws is not as expected. */
+  private readonly fragments: unknown[] | undefined;
 
   constructor(
     readonly ws: WebSocket,
@@ -45,6 +75,7 @@ export class WebSocketStream extends Duplex {
     // is destroyed by its 'end' handler below or by aedes, and 'close' is
     // emitted once the WebSocket has closed.
     super({ autoDestroy: false, emitClose: false });
+    this.fragments = fragmentsOf(ws);
     (ws as Carrier)[STREAM] = this;
     ws.on('message', onMessage);
     // Kept for the connection's life (not once): a later error must not go unheard.
@@ -110,8 +141,23 @@ export class WebSocketStream extends Duplex {
     this.destroy(error);
   }
 
+  /**
+   * Puts the connection's own fragment list back in place of the one the
+   * Receiver just made (see the header), emptied: this message's fragments
+   * were joined into `data` before it was emitted. Left as ws made it when
+   * the list is not a plain empty array, or when it is the message itself
+   * (binaryType 'fragments', which this file never sets).
+   */
+  private recycleFragments(data: unknown): void {
+    const own = this.fragments;
+    if (own === undefined || own === data || fragmentsOf(this.ws) === undefined) return;
+    own.length = 0;
+    (this.ws as WithReceiver)._receiver!._fragments = own;
+  }
+
   /** @internal a WebSocket message: binary bytes are pushed, a text frame closes the connection. */
   wsMessage(data: Buffer, isBinary: boolean): void {
+    this.recycleFragments(data);
     if (!isBinary) {
       this.hooks.onTextFrame(this.peerAddress);
       // Close frame first: destroying the stream terminates the WebSocket,
