@@ -9,7 +9,18 @@
  * IPC: sends {type:'ready', tcpPort, wsPort, wsPath} once listening; on
  * {type:'stop'} (or SIGTERM) stops gracefully and exits, which also writes
  * the CPU profile when started with --cpu-prof.
+ *
+ * BENCH_HEAP_SAMPLE=DIR: V8's sampling heap profiler runs from
+ * BENCH_HEAP_SAMPLE_DELAY_SEC (default 20) after start until the stop, and
+ * its profile is written to DIR/edgemqtt-PID.heapprofile (Chrome DevTools
+ * opens it). It counts objects that were promoted to the old space and died
+ * there (`includeObjectsCollectedByMajorGC`) beside the live ones, not those
+ * the young generation's scavenges collected: what grows the old space
+ * between major collections under steady load.
  */
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
+import path from 'node:path';
 import { createDaemon } from '../src/index.js';
 import { applyPatches, startBareAedes, variantOf, type BenchServer } from './variants.js';
 
@@ -42,16 +53,42 @@ async function startDaemon(dataDir: string, limits: Record<string, unknown> | un
   };
 }
 
+/** Starts BENCH_HEAP_SAMPLE's profiler after its delay; the returned function stops it and writes the profile. */
+function sampleHeap(dir: string): () => Promise<void> {
+  const session = new Session();
+  session.connect();
+  let sampling: Promise<unknown> | undefined;
+  const timer = setTimeout(
+    () => {
+      sampling = session.post('HeapProfiler.startSampling', { samplingInterval: 16_384, includeObjectsCollectedByMajorGC: true });
+    },
+    Number(process.env.BENCH_HEAP_SAMPLE_DELAY_SEC ?? 20) * 1000,
+  );
+  timer.unref();
+  return async () => {
+    clearTimeout(timer);
+    if (sampling) {
+      await sampling;
+      const { profile } = await session.post('HeapProfiler.stopSampling');
+      writeFileSync(path.join(dir, `edgemqtt-${process.pid}.heapprofile`), JSON.stringify(profile));
+    }
+    session.disconnect();
+  };
+}
+
 async function main(): Promise<void> {
   const options = JSON.parse(process.argv[2] ?? '{}') as ServerOptions;
   const variant = variantOf(options.variant ?? 'daemon');
   applyPatches(variant);
   const server = variant.base === 'daemon' ? await startDaemon(options.dataDir, options.limits) : await startBareAedes();
+  const heapDir = process.env.BENCH_HEAP_SAMPLE;
+  const stopSampling = heapDir ? sampleHeap(heapDir) : undefined;
 
   let stopping = false;
   const stop = async (): Promise<void> => {
     if (stopping) return;
     stopping = true;
+    await stopSampling?.();
     await server.stop();
     process.exit(0);
   };
