@@ -109,6 +109,11 @@ export const VARIANTS: Record<string, Variant> = {
     nodeFlags: ['--max-semi-space-size=4', '--heap-growing-percent=50'],
     description: 'edgemqtt with node --max-semi-space-size=4 --heap-growing-percent=50 (old space grows by 1.5× its live size before a major GC)',
   },
+  'semi4-sparkplug': {
+    base: 'daemon',
+    nodeFlags: ['--max-semi-space-size=4', '--always-sparkplug'],
+    description: "edgemqtt with node --max-semi-space-size=4 --always-sparkplug (every function compiled by V8's baseline compiler on its first call)",
+  },
 };
 
 export function variantOf(name: string): Variant {
