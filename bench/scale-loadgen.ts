@@ -51,6 +51,8 @@ export interface ScaleResult {
   failures: Record<string, number>;
   /** storm: ms from 'go' to each CONNACK, p50 / p99 / last. */
   connackMs?: { p50: number; p99: number; max: number };
+  /** storm: the median of the same, per transport. */
+  connackP50Ms?: Record<Transport, number>;
   /** steady: messages published while measuring. */
   published?: number;
   /** steady: deliveries of this process's measured messages to this process's subscribers, and how many were expected. */
@@ -219,15 +221,21 @@ async function runStorm(spec: ScaleSpec): Promise<{ result: ScaleResult; clients
   const cpu0 = cpuMs();
   const go = performance.now();
   const times = new Float64Array(spec.clients);
+  const byTransport: Record<Transport, number[]> = { tcp: [], ws: [] };
   let done = 0;
   const { clients, failures } = await openMany(
     spec.clients,
     Infinity,
     (i) => openClient(spec, transportOf(spec, i), `storm-${spec.index}-${i}`, undefined, undefined),
-    () => (times[done++] = performance.now() - go),
+    (i) => {
+      const ms = performance.now() - go;
+      times[done++] = ms;
+      byTransport[transportOf(spec, i)].push(ms);
+    },
   );
   const elapsedMs = performance.now() - go;
   const sorted = times.slice(0, done).sort();
+  const medianOf = (values: number[]) => percentile(Float64Array.from(values).sort(), 0.5);
   return {
     clients,
     result: {
@@ -236,6 +244,7 @@ async function runStorm(spec: ScaleSpec): Promise<{ result: ScaleResult; clients
       failed: spec.clients - done,
       failures,
       connackMs: { p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), max: sorted.length ? (sorted[sorted.length - 1] as number) : Number.NaN },
+      connackP50Ms: { tcp: medianOf(byTransport.tcp), ws: medianOf(byTransport.ws) },
       loadgenCpuMs: cpuMs() - cpu0,
       elapsedMs,
     },

@@ -246,6 +246,7 @@ async function storm(broker: RunningBroker): Promise<Map<string, number | string
     ['failures', mergeFailures(results)],
     ['last CONNACK, s', last / 1000],
     ['p50 CONNACK, s', Math.max(...results.map((r) => r.connackMs?.p50 ?? Number.NaN)) / 1000],
+    ['p50 CONNACK TCP / WebSocket, s', ['tcp', 'ws'].map((transport) => (Math.max(...results.map((r) => r.connackP50Ms?.[transport as 'tcp' | 'ws'] ?? Number.NaN)) / 1000).toFixed(2)).join(' / ')],
     ['broker CPU, s', usage.cpuMs / 1000],
     ['broker peak RSS, MB', usage.rssMaxMb],
     ['load generator CPU, s', sum(results.map((r) => r.loadgenCpuMs)) / 1000],
