@@ -35,6 +35,11 @@ export interface Variant {
   description: string;
 }
 
+/** edgemqtt as shipped, run with other node flags (replacing none of the shipped ones: these come after them). */
+function withNodeFlags(nodeFlags: string[], why: string): Variant {
+  return { base: 'daemon', nodeFlags, description: `edgemqtt with node ${nodeFlags.join(' ')} (${why})` };
+}
+
 export const VARIANTS: Record<string, Variant> = {
   daemon: { base: 'daemon', description: 'edgemqtt as shipped (createDaemon)' },
   aedes: {
@@ -74,46 +79,14 @@ export const VARIANTS: Record<string, Variant> = {
     nodeFlags: ['--max-semi-space-size=64'],
     description: 'coalesce + node --max-semi-space-size=64',
   },
-  semi64: {
-    base: 'daemon',
-    nodeFlags: ['--max-semi-space-size=64'],
-    description: 'edgemqtt with node --max-semi-space-size=64 (fewer young-generation GCs)',
-  },
-  semi1: {
-    base: 'daemon',
-    nodeFlags: ['--max-semi-space-size=1'],
-    description: 'edgemqtt with node --max-semi-space-size=1 (a smaller young generation: less idle memory, more scavenges)',
-  },
-  semi2: {
-    base: 'daemon',
-    nodeFlags: ['--max-semi-space-size=2'],
-    description: 'edgemqtt with node --max-semi-space-size=2 (a smaller young generation: less idle memory, more scavenges)',
-  },
-  semi4: {
-    base: 'daemon',
-    nodeFlags: ['--max-semi-space-size=4'],
-    description: 'edgemqtt with node --max-semi-space-size=4 (a smaller young generation: less idle memory, more scavenges)',
-  },
-  'semi4-size': {
-    base: 'daemon',
-    nodeFlags: ['--max-semi-space-size=4', '--optimize-for-size'],
-    description: 'edgemqtt with node --max-semi-space-size=4 --optimize-for-size (V8 trades speed for heap size)',
-  },
-  'semi4-grow20': {
-    base: 'daemon',
-    nodeFlags: ['--max-semi-space-size=4', '--heap-growing-percent=20'],
-    description: 'edgemqtt with node --max-semi-space-size=4 --heap-growing-percent=20 (old space grows by 1.2× its live size before a major GC)',
-  },
-  'semi4-grow50': {
-    base: 'daemon',
-    nodeFlags: ['--max-semi-space-size=4', '--heap-growing-percent=50'],
-    description: 'edgemqtt with node --max-semi-space-size=4 --heap-growing-percent=50 (old space grows by 1.5× its live size before a major GC)',
-  },
-  'semi4-sparkplug': {
-    base: 'daemon',
-    nodeFlags: ['--max-semi-space-size=4', '--always-sparkplug'],
-    description: "edgemqtt with node --max-semi-space-size=4 --always-sparkplug (every function compiled by V8's baseline compiler on its first call)",
-  },
+  semi64: withNodeFlags(['--max-semi-space-size=64'], 'fewer young-generation GCs'),
+  semi1: withNodeFlags(['--max-semi-space-size=1'], 'a smaller young generation: less idle memory, more scavenges'),
+  semi2: withNodeFlags(['--max-semi-space-size=2'], 'a smaller young generation: less idle memory, more scavenges'),
+  semi4: withNodeFlags(['--max-semi-space-size=4'], 'a smaller young generation: less idle memory, more scavenges'),
+  'semi4-size': withNodeFlags(['--max-semi-space-size=4', '--optimize-for-size'], 'V8 trades speed for heap size'),
+  'semi4-grow20': withNodeFlags(['--max-semi-space-size=4', '--heap-growing-percent=20'], 'old space grows by 1.2× its live size before a major GC'),
+  'semi4-grow50': withNodeFlags(['--max-semi-space-size=4', '--heap-growing-percent=50'], 'old space grows by 1.5× its live size before a major GC'),
+  'semi4-sparkplug': withNodeFlags(['--max-semi-space-size=4', '--always-sparkplug'], "every function compiled by V8's baseline compiler on its first call"),
 };
 
 export function variantOf(name: string): Variant {
