@@ -95,4 +95,61 @@ t.test('a WebSocketStream keeps its Receiver on one fragment list, and every mes
   await send([Buffer.alloc(70_000, 0x61)]);
   await send([Buffer.from('five')]);
   t.same(Buffer.concat(received), Buffer.concat(expected), 'the bytes of every message, in order');
+
+  // A burst in one write of the client's socket: the Receiver reads many frames from one chunk,
+  // and the list must be back in place before it reads the frame after each message. (One ping
+  // between fragments: with two, or an empty fragment, ws 8.23.0's own client and server end
+  // such a corked burst with 1006, with or without this stream.)
+  const burst: Buffer[] = [];
+  const clientSocket = (client as WebSocket & { _socket: import('node:net').Socket })._socket;
+  clientSocket.cork();
+  for (let i = 0; i < 200; i++) {
+    const parts = i % 5 === 0 ? [Buffer.alloc(0)] : i % 3 === 0 ? [Buffer.from(`b${i}-`), Buffer.from(`${i}`)] : [Buffer.from(`m${i};`)];
+    burst.push(Buffer.concat(parts));
+    parts.forEach((part, j) => {
+      client.send(part, { binary: true, fin: j === parts.length - 1 });
+      if (j < parts.length - 1) client.ping();
+    });
+  }
+  clientSocket.uncork();
+  const total = Buffer.concat([...expected, ...burst]).length;
+  await next<void>((take) => {
+    const check = () => (Buffer.concat(received).length >= total ? take() : stream.once('data', () => setImmediate(check)));
+    check();
+  });
+  t.same(Buffer.concat(received), Buffer.concat([...expected, ...burst]), 'a burst of 200 messages (fragmented, empty, pings between fragments) read from one write: every byte, in order');
+  t.equal((server as WithReceiver)._receiver._fragments, initial, 'after the burst: the same list');
+  t.same((server as WithReceiver)._receiver._fragments, [], 'and it is empty');
+
+  // A message, then in the same read the first fragment of the next one, whose end comes in a
+  // later read: the first fragment goes into the list put back after the message before it.
+  const before = Buffer.concat(received).length;
+  clientSocket.cork();
+  client.send(Buffer.from('whole'), { binary: true, fin: true });
+  client.send(Buffer.from('first-'), { binary: true, fin: false });
+  client.ping();
+  clientSocket.uncork();
+  await next<void>((take) => server.once('ping', () => setImmediate(() => setImmediate(take))));
+  const rest = next<void>((take) => server.once('message', () => setImmediate(take)));
+  client.send(Buffer.from('last'), { binary: true, fin: true });
+  await rest;
+  t.same(Buffer.concat(received).subarray(before), Buffer.from('wholefirst-last'), 'a message split over two reads keeps its first fragment');
+});
+
+t.test('the Receiver keeps its own list when it does not look like ws 8.23.0 (fragmentsOf answers undefined)', async (t) => {
+  const hooks = { onTextFrame: () => undefined, onOversize: () => undefined, onClose: () => undefined };
+  let stream!: WebSocketStream;
+  const { client, server } = await pair(t, (ws) => {
+    // As if a later ws kept its fragments elsewhere: the stream must leave the Receiver alone.
+    (ws as WithReceiver)._receiver._fragments = undefined;
+    stream = new WebSocketStream(ws, hooks);
+  });
+  const received: Buffer[] = [];
+  stream.on('data', (chunk: Buffer) => received.push(chunk));
+  (server as WithReceiver)._receiver._fragments = [];
+  const arrived = next<void>((take) => server.once('message', () => setImmediate(take)));
+  client.send(Buffer.from('x'));
+  await arrived;
+  t.same(Buffer.concat(received), Buffer.from('x'), 'the message arrives');
+  t.not((server as WithReceiver)._receiver._fragments, undefined, "the Receiver's own new list is left in place");
 });

@@ -29,8 +29,15 @@
  * of 10,000 clients at 1 msg/s found dying in major collections,
  * `BENCH_HEAP_SAMPLE`, bench/edgemqtt-server.ts). So each connection keeps
  * the array its Receiver was made with, emptied after each message and put
- * back in place of the new one (`recycleFragments`): what a message
- * allocates dies young.
+ * back in place of the new one (`recycleFragments`), synchronously, before
+ * the Receiver reads the next frame of the same chunk. What helps is that
+ * the one long-lived array points at nothing between messages: `length = 0`
+ * drops its element store (V8 puts the shared empty one in its place), so
+ * each message's small store, and the fragments in it, die young with the
+ * message. Keep it that way: an array emptied by splice, or shrunk to a
+ * length above 0, could keep an old store that points at young fragments.
+ * (A message whose frames arrive across several young-generation
+ * collections is live meanwhile and is promoted, as with plain ws.)
  */
 import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
@@ -64,7 +71,7 @@ function fragmentsOf(ws: WebSocket): unknown[] | undefined {
 
 export class WebSocketStream extends Duplex {
   private terminateOnDestroy = true;
-  /** The Receiver's first fragment list, reused for every message (see the header); undefined if ws is not as expected. */
+  /** The Receiver's first fragment list, put back after every message (see the header); undefined if ws is not as expected. */
   private readonly fragments: unknown[] | undefined;
 
   constructor(
@@ -143,8 +150,9 @@ export class WebSocketStream extends Duplex {
 
   /**
    * Puts the connection's own fragment list back in place of the one the
-   * Receiver just made (see the header), emptied: this message's fragments
-   * were joined into `data` before it was emitted. Left as ws made it when
+   * Receiver just made (see the header), emptied: the Receiver made `data`
+   * from this message's fragments (joined, or the one fragment itself, or
+   * an empty buffer) and no longer reads the list. Left as ws made it when
    * the list is not a plain empty array, or when it is the message itself
    * (binaryType 'fragments', which this file never sets).
    */
