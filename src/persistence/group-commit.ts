@@ -316,6 +316,15 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     });
   }
 
+  /** write() and writeLazily(): `ops` into a batch, which is started if it is due; its promise. */
+  function submit(ops: readonly BatchOp[], lazy: boolean): Promise<void> {
+    if (closed) return Promise.reject(new StoreClosedError('group commit'));
+    if (ops.length === 0) return Promise.resolve();
+    const batch = add(ops, lazy);
+    pump();
+    return batch.promise;
+  }
+
   /** Starts a waiting batch of lazy writes now (flush, close). */
   function startLazy(): void {
     const last = queue.at(-1);
@@ -328,20 +337,8 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
 
   return {
     policy,
-    write(ops) {
-      if (closed) return Promise.reject(new StoreClosedError('group commit'));
-      if (ops.length === 0) return Promise.resolve();
-      const batch = add(ops, false);
-      pump();
-      return batch.promise;
-    },
-    writeLazily(ops) {
-      if (closed) return Promise.reject(new StoreClosedError('group commit'));
-      if (ops.length === 0) return Promise.resolve();
-      const batch = add(ops, true);
-      pump();
-      return batch.promise;
-    },
+    write: (ops) => submit(ops, false),
+    writeLazily: (ops) => submit(ops, true),
     barrier() {
       promote(queue.at(-1));
       return lastPromise() ?? Promise.resolve();

@@ -323,7 +323,8 @@ export class QueueStore {
       return Promise.resolve(known === null ? undefined : store.decode(key, known, undefined));
     }
     return store.track(async () => {
-      const value = await store.readAndDelete(key, [], entry.value, false);
+      // Neither cached nor pending (see above): read from the disk.
+      const value = await store.readAndDelete(key, [], undefined, false);
       return value ? store.decode(key, value, undefined) : undefined;
     });
   }
