@@ -13,6 +13,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { generate, parser as packetParser, type Packet } from 'mqtt-packet';
 import { freePort, shippedNodeFlags, spawnTracked, stopChild, waitForPort } from './brokers.js';
+import { PACKET_CONNACK, PacketReader, type PacketHandler } from './common.js';
 
 export { findMosquitto, freePort } from './brokers.js';
 
@@ -132,6 +133,71 @@ export async function startAedesLevel(dir: string): Promise<BenchBroker> {
 export function rssMiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'latin1');
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+}
+
+/** A raw MQTT 3.1.1 client for the measured load: bytes in, fixed headers walked, no packet objects. */
+export class LoadClient {
+  readonly socket: net.Socket;
+  #onPacket: PacketHandler = () => undefined;
+  readonly #reader = new PacketReader((type, buf, bodyStart, bodyEnd, flags) => this.#onPacket(type, buf, bodyStart, bodyEnd, flags));
+  /**
+   * Called after each read's packets: the place to write what they caused,
+   * in one write. A client writing each acknowledgement on its own costs a
+   * system call per packet here, and the broker a read per packet: against
+   * a broker that keeps up, such a load generator runs out of CPU first.
+   */
+  afterRead: () => void = () => undefined;
+
+  private constructor(port: number) {
+    // Reads land in one buffer per connection (`onread`), no Buffer per read.
+    this.socket = net.connect({
+      host: '127.0.0.1',
+      port,
+      noDelay: true,
+      onread: {
+        buffer: Buffer.allocUnsafe(256 * 1024),
+        callback: (bytes: number, buffer: Uint8Array) => {
+          this.#reader.push(buffer as Buffer, 0, bytes);
+          this.afterRead();
+          return true;
+        },
+      },
+    });
+    this.socket.on('error', () => undefined);
+  }
+
+  /** `onPacket`, when given, is in place before the CONNECT: a resumed session's messages follow the CONNACK at once. */
+  static async open(port: number, clientId: string, clean: boolean, onPacket?: PacketHandler): Promise<LoadClient> {
+    const client = new LoadClient(port);
+    await new Promise<void>((resolve, reject) => {
+      client.socket.once('connect', resolve);
+      client.socket.once('error', reject);
+    });
+    if (onPacket) client.onPacket(onPacket);
+    await client.request(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId, clean, keepalive: 0 }), PACKET_CONNACK);
+    return client;
+  }
+
+  onPacket(handler: PacketHandler): void {
+    this.#onPacket = handler;
+  }
+
+  /** Writes `bytes` and resolves at the first packet of `type` that comes back; other packets go to the handler in place. */
+  request(bytes: Buffer, type: number): Promise<void> {
+    return new Promise((resolve) => {
+      const previous = this.#onPacket;
+      this.#onPacket = (got, buf, bodyStart, bodyEnd, flags) => {
+        if (got !== type) return previous(got, buf, bodyStart, bodyEnd, flags);
+        this.#onPacket = previous;
+        resolve();
+      };
+      this.socket.write(bytes);
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
 }
 
 /** A raw MQTT 3.1.1 connection: packets out as buffers, packets in as parsed objects. */

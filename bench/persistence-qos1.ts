@@ -47,13 +47,14 @@ import {
   hasAedesPersistenceLevel,
   median,
   ratio,
+  LoadClient,
   RawConnection,
   startAedesLevel,
   startEdgemqtt,
   startMosquitto,
   type BenchBroker,
 } from './persistence-load.js';
-import { PacketReader, processCpuMs as cpuMs, threadCpuMs } from './common.js';
+import { processCpuMs as cpuMs, threadCpuMs } from './common.js';
 
 type Mode = 'memory' | 'durable';
 
@@ -77,54 +78,7 @@ const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
 
 const PUBLISH = 3;
 const PUBACK = 4;
-const CONNACK = 2;
 const SUBACK = 9;
-
-/** A raw MQTT 3.1.1 client for the measured load: bytes in, fixed headers walked, no packet objects. */
-class LoadClient {
-  readonly socket: net.Socket;
-  #onPacket: (type: number, buf: Buffer, bodyStart: number) => void = () => undefined;
-  readonly #reader = new PacketReader((type, buf, bodyStart) => this.#onPacket(type, buf, bodyStart));
-  /** Called after each read's packets: the place to write what they caused, in one write. */
-  afterRead: () => void = () => undefined;
-
-  private constructor(socket: net.Socket) {
-    this.socket = socket;
-    socket.on('data', (data: Buffer) => {
-      this.#reader.push(data, 0, data.length);
-      this.afterRead();
-    });
-    socket.on('error', () => undefined);
-  }
-
-  static async open(port: number, clientId: string, clean: boolean): Promise<LoadClient> {
-    const socket = net.connect({ host: '127.0.0.1', port, noDelay: true });
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', reject);
-    });
-    const client = new LoadClient(socket);
-    await client.request(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId, clean, keepalive: 0 }), CONNACK);
-    return client;
-  }
-
-  onPacket(handler: (type: number, buf: Buffer, bodyStart: number) => void): void {
-    this.#onPacket = handler;
-  }
-
-  request(bytes: Buffer, type: number): Promise<void> {
-    return new Promise((resolve) => {
-      this.#onPacket = (got) => {
-        if (got === type) resolve();
-      };
-      this.socket.write(bytes);
-    });
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
 
 interface Round {
   rate: number;
