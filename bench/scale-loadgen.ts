@@ -17,6 +17,7 @@
  * on {type:'go'}); on {type:'go'} it runs and sends {type:'result', …}; on
  * {type:'close'} it disconnects and exits.
  */
+import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { generate } from 'mqtt-packet';
@@ -234,6 +235,8 @@ async function runStorm(spec: ScaleSpec): Promise<{ result: ScaleResult; clients
     },
   );
   const elapsedMs = performance.now() - go;
+  // BENCH_STORM_DUMP (see scale.ts): every CONNACK's time, for the shape of the storm beyond its percentiles.
+  if (process.env.BENCH_STORM_DUMP) writeFileSync(`${process.env.BENCH_STORM_DUMP}-${spec.index}-${process.pid}.json`, JSON.stringify(byTransport));
   const sorted = times.slice(0, done).sort();
   const medianOf = (values: number[]) => percentile(Float64Array.from(values).sort(), 0.5);
   return {

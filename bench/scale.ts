@@ -38,6 +38,9 @@
  *                        its profile written to DIR when it stops and summarised
  *                        here by bench/profile.ts, the measured phase only (the
  *                        storm: from 'go' to the last CONNACK)
+ *   BENCH_STORM_DUMP=PREFIX  each load generator writes PREFIX-<index>-<pid>.json:
+ *                        the ms from 'go' to every CONNACK of the storm, by
+ *                        transport ({"tcp": [...], "ws": [...]})
  */
 import { mkdtempSync, readdirSync, statSync } from 'node:fs';
 import { cpus } from 'node:os';
