@@ -140,13 +140,10 @@ export class LoadClient {
   readonly socket: net.Socket;
   #onPacket: PacketHandler = () => undefined;
   readonly #reader = new PacketReader((type, buf, bodyStart, bodyEnd, flags) => this.#onPacket(type, buf, bodyStart, bodyEnd, flags));
-  /**
-   * Called after each read's packets: the place to write what they caused,
-   * in one write. A client writing each acknowledgement on its own costs a
-   * system call per packet here, and the broker a read per packet: against
-   * a broker that keeps up, such a load generator runs out of CPU first.
-   */
+  /** Called after each read's packets (and the write of the acknowledgements they queued). */
   afterRead: () => void = () => undefined;
+  /** acknowledge()'s packets not written yet: first byte and packet identifier, in pairs. */
+  readonly #acks: number[] = [];
 
   private constructor(port: number) {
     // Reads land in one buffer per connection (`onread`), no Buffer per read.
@@ -158,6 +155,7 @@ export class LoadClient {
         buffer: Buffer.allocUnsafe(256 * 1024),
         callback: (bytes: number, buffer: Uint8Array) => {
           this.#reader.push(buffer as Buffer, 0, bytes);
+          this.#writeAcks();
           this.afterRead();
           return true;
         },
@@ -166,20 +164,48 @@ export class LoadClient {
     this.socket.on('error', () => undefined);
   }
 
-  /** `onPacket`, when given, is in place before the CONNECT: a resumed session's messages follow the CONNACK at once. */
-  static async open(port: number, clientId: string, clean: boolean, onPacket?: PacketHandler): Promise<LoadClient> {
+  /**
+   * `handlerFor`, when given, makes the packet handler for the new client
+   * before its CONNECT: a resumed session's messages follow the CONNACK at once.
+   */
+  static async open(port: number, clientId: string, clean: boolean, handlerFor?: (client: LoadClient) => PacketHandler): Promise<LoadClient> {
     const client = new LoadClient(port);
     await new Promise<void>((resolve, reject) => {
       client.socket.once('connect', resolve);
       client.socket.once('error', reject);
     });
-    if (onPacket) client.onPacket(onPacket);
+    if (handlerFor) client.onPacket(handlerFor(client));
     await client.request(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId, clean, keepalive: 0 }), PACKET_CONNACK);
     return client;
   }
 
   onPacket(handler: PacketHandler): void {
     this.#onPacket = handler;
+  }
+
+  /**
+   * Queues a 2-byte acknowledgement (`first`: its type and flags, e.g. 0x40
+   * PUBACK, 3.4.1) of packet `messageId`, written with the others of the
+   * same read in one write once the read's packets are handled. A client
+   * writing each on its own costs a system call per packet here, and the
+   * broker a read per packet: against a broker that keeps up, such a load
+   * generator runs out of CPU first.
+   */
+  acknowledge(first: number, messageId: number): void {
+    this.#acks.push(first, messageId);
+  }
+
+  #writeAcks(): void {
+    const acks = this.#acks;
+    if (acks.length === 0) return;
+    const out = Buffer.allocUnsafe(acks.length * 2);
+    for (let i = 0; i < acks.length; i += 2) {
+      out[i * 2] = acks[i]!;
+      out[i * 2 + 1] = 2;
+      out.writeUInt16BE(acks[i + 1]!, i * 2 + 2);
+    }
+    acks.length = 0;
+    this.socket.write(out);
   }
 
   /** Writes `bytes` and resolves at the first packet of `type` that comes back; other packets go to the handler in place. */

@@ -78,6 +78,8 @@ const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
 
 const PUBLISH = 3;
 const PUBACK = 4;
+/** A PUBACK's first byte (3.4.1). */
+const PUBACK_HEADER = 0x40;
 const SUBACK = 9;
 
 interface Round {
@@ -112,25 +114,13 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
   const subscriber = await LoadClient.open(broker.port, `sub-${stamp}`, !durable);
   await subscriber.request(subscribe, SUBACK);
   let received = 0;
-  let acks: number[] = [];
   subscriber.onPacket((type, buf, bodyStart) => {
     if (type !== PUBLISH) return;
     received++;
-    // QoS 1: the identifier follows the topic.
+    // QoS 1: the identifier follows the topic; the read's PUBACKs leave in one write (LoadClient.acknowledge).
     const at = bodyStart + 2 + buf.readUInt16BE(bodyStart);
-    acks.push(buf.readUInt16BE(at));
+    subscriber.acknowledge(PUBACK_HEADER, buf.readUInt16BE(at));
   });
-  subscriber.afterRead = () => {
-    if (acks.length === 0) return;
-    const out = Buffer.allocUnsafe(acks.length * 4);
-    acks.forEach((id, i) => {
-      out[i * 4] = 0x40;
-      out[i * 4 + 1] = 2;
-      out.writeUInt16BE(id, i * 4 + 2);
-    });
-    acks = [];
-    subscriber.socket.write(out);
-  };
 
   const publishers = await Promise.all(Array.from({ length: PUBLISHERS }, (_, i) => LoadClient.open(broker.port, `pub-${i}-${stamp}`, true)));
   const { bytes: template, idAt } = publishTemplate();
@@ -171,10 +161,7 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
       flush();
     };
   });
-  subscriber.afterRead = ((write) => () => {
-    write();
-    check();
-  })(subscriber.afterRead);
+  subscriber.afterRead = check;
 
   const run = (count: number) =>
     new Promise<void>((resolve, reject) => {

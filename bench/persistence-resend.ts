@@ -7,7 +7,8 @@
  * read's acknowledgements in one write (persistence-load.ts LoadClient): with
  * a write each, this process, not the broker, was the limit against
  * Mosquitto (a whole core at 7.6 µs a message). edgemqtt stores each resent
- * message's packet identifier before a QoS 2 PUBLISH leaves (so it survives a crash, see outgoingResendStream);
+ * message's packet identifier before a QoS 2 PUBLISH leaves (so it survives
+ * a crash, see outgoingResendStream);
  * Mosquitto runs without persistence (its default), so it stores nothing.
  *
  * The inflight window towards the subscriber is BENCH_INFLIGHT for both
@@ -125,34 +126,19 @@ async function measure(broker: BenchBroker, qos: 1 | 2, backlog: number): Promis
   let delivered = 0;
   let subscriber: Promise<LoadClient> | undefined;
   let timer: NodeJS.Timeout | undefined;
-  // The acknowledgements a read's packets call for, written after it in one write (LoadClient.afterRead).
-  const acks: number[] = [];
   const finished = await new Promise<boolean>((resolve) => {
     timer = setTimeout(() => resolve(false), TIMEOUT_SEC * 1000);
-    subscriber = LoadClient.open(broker.port, clientId, false, (type, buf, bodyStart) => {
+    subscriber = LoadClient.open(broker.port, clientId, false, (connection) => (type, buf, bodyStart) => {
+      // Each read's acknowledgements leave in one write (LoadClient.acknowledge).
       if (type === PACKET_PUBLISH) {
         // The packet identifier follows the topic; QoS 1: PUBACK, QoS 2: PUBREC.
         const id = buf.readUInt16BE(bodyStart + 2 + buf.readUInt16BE(bodyStart));
-        acks.push(qos === 1 ? PUBACK : PUBREC, id);
+        connection.acknowledge(qos === 1 ? PUBACK : PUBREC, id);
         if (qos === 1 && ++delivered === backlog) resolve(true);
       } else if (type === PACKET_PUBREL) {
-        acks.push(PUBCOMP, buf.readUInt16BE(bodyStart));
+        connection.acknowledge(PUBCOMP, buf.readUInt16BE(bodyStart));
         if (++delivered === backlog) resolve(true);
       }
-    });
-    void subscriber.then((client) => {
-      client.afterRead = () => {
-        if (acks.length === 0) return;
-        const out = Buffer.allocUnsafe(acks.length * 2);
-        for (let i = 0; i < acks.length; i += 2) {
-          out[i * 2] = acks[i]!;
-          out[i * 2 + 1] = 2;
-          out.writeUInt16BE(acks[i + 1]!, i * 2 + 2);
-        }
-        acks.length = 0;
-        client.socket.write(out);
-      };
-      client.afterRead();
     });
   });
   clearTimeout(timer);
