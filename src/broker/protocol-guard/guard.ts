@@ -42,6 +42,8 @@ const PROPERTIES = 3;
 
 /** What #buffer is between the packets that need none kept (no Buffer per idle connection). */
 const EMPTY = Buffer.alloc(0);
+/** Fields up to this many bytes are collected a byte at a time rather than through a subarray view. */
+const SHORT_COPY = 64;
 
 /** The violation as a connection of `level` reports it: MQTT 5 Reason Codes only where MQTT 5 is spoken. */
 function asReported(violation: Violation, level: number): Violation {
@@ -146,6 +148,12 @@ export class ProtocolGuard {
     return this.#level;
   }
 
+  /** Keeps `violation` as the connection's verdict; the bytes before its packet (at `packetStart`) are valid. */
+  #fail(violation: Violation, packetStart: number): Verdict {
+    this.#verdict = asReported(violation, this.#level);
+    return { ...this.#verdict, validBytes: packetStart };
+  }
+
   /** Feeds the next bytes of the stream; returns a verdict when the connection must close, else null. */
   inspect(chunk: Uint8Array): Verdict | null {
     if (this.#verdict) return { ...this.#verdict, validBytes: 0 };
@@ -153,10 +161,6 @@ export class ProtocolGuard {
     // Where the current packet began in this chunk; 0 when it began in an earlier one.
     let packetStart = 0;
     let index = 0;
-    const fail = (violation: Violation): Verdict => {
-      this.#verdict = asReported(violation, this.#level);
-      return { ...this.#verdict, validBytes: packetStart };
-    };
     while (index < chunk.length) {
       if (this.#state === HEADER) {
         if (this.#connect === 'unsupported') return { kind: 'withhold', validBytes: index };
@@ -167,7 +171,7 @@ export class ProtocolGuard {
         this.#multiplier = 1;
         this.#lengthBytes = 0;
         const problem = this.#level === 5 ? this.#checkFixedHeader5() : this.#checkFixedHeader();
-        if (problem) return fail(problem);
+        if (problem) return this.#fail(problem, packetStart);
         continue;
       }
       if (this.#state === LENGTH) {
@@ -177,32 +181,34 @@ export class ProtocolGuard {
         this.#multiplier *= 128;
         this.#lengthBytes++;
         if (byte & 0x80) {
-          if (this.#lengthBytes === 4) return fail(malformedAs(this.#clauses.malformed, 'malformed packet: Remaining Length longer than four bytes'));
+          if (this.#lengthBytes === 4) return this.#fail(malformedAs(this.#clauses.malformed, 'malformed packet: Remaining Length longer than four bytes'), packetStart);
           continue;
         }
         if (this.#level === 5 && this.#lengthBytes > 1 && byte === 0) {
-          return fail(malformedAs('MQTT-1.5.5-1', 'Remaining Length not encoded in the fewest bytes'));
+          return this.#fail(malformedAs('MQTT-1.5.5-1', 'Remaining Length not encoded in the fewest bytes'), packetStart);
         }
         const total = 1 + this.#lengthBytes + this.#length;
         if (total > this.#limits.maxPacketBytes) {
-          return fail(limit('maxPacketSize', `packet of ${total} bytes exceeds the limit of ${this.#limits.maxPacketBytes}`));
+          return this.#fail(limit('maxPacketSize', `packet of ${total} bytes exceeds the limit of ${this.#limits.maxPacketBytes}`), packetStart);
         }
         this.#state = BODY;
         this.#bodyLeft = this.#length;
         const problem = this.#startBody();
-        if (problem) return fail(problem);
+        if (problem) return this.#fail(problem, packetStart);
       } else {
         const available = Math.min(this.#bodyLeft, chunk.length - index);
         if (this.#need > 0) {
           const take = Math.min(this.#need, available);
-          this.#buffer.set(chunk.subarray(index, index + take), this.#filled);
+          // A topic, usually: short ones copied a byte at a time, without a subarray() view per packet.
+          if (take > SHORT_COPY) this.#buffer.set(chunk.subarray(index, index + take), this.#filled);
+          else for (let i = 0, at = this.#filled; i < take; i++) this.#buffer[at + i] = chunk[index + i] as number;
           this.#filled += take;
           this.#need -= take;
           index += take;
           this.#bodyLeft -= take;
           if (this.#need === 0) {
             const problem = this.#collected();
-            if (problem) return fail(problem);
+            if (problem) return this.#fail(problem, packetStart);
           }
         } else {
           index += available;
