@@ -256,6 +256,11 @@ export class LevelPersistence {
     return this.#records.subscribersOf(topic);
   }
 
+  /** subscriptionsByTopic answered at once (the broker's QoS 1 publish, src/broker/aedes-seam/qos-publish.ts). */
+  subscriptionsByTopicNow(topic: string): readonly MatchedSubscription[] {
+    return this.#records.subscribersOf(topic);
+  }
+
   /** Stored subscriptions whose filter starts with `prefix`, of every session (a scan; the broker's shared subscriptions). */
   subscriptionsWithPrefix(prefix: string): MatchedSubscription[] {
     return this.#records.subscriptionsWithPrefix(prefix);

@@ -36,6 +36,11 @@ export function loadAedesLib<T>(file: string): Promise<T> {
   return import(pathToFileURL(path.join(path.dirname(aedesMain()), 'lib', file)).href) as Promise<T>;
 }
 
+/** aedes-packet as aedes loads it (a CommonJS module: loaded at once). */
+export function loadAedesPacket(): PacketClass {
+  return createRequire(aedesMain())('aedes-packet') as PacketClass;
+}
+
 let loaded: Promise<AedesWrites> | undefined;
 
 export function loadAedesWrites(): Promise<AedesWrites> {
@@ -44,8 +49,7 @@ export function loadAedesWrites(): Promise<AedesWrites> {
       loadAedesLib<{ default: AedesWrite }>('write.js'),
       loadAedesLib<{ default: QoSPacketClass }>('qos-packet.js'),
     ]);
-    const Packet = createRequire(aedesMain())('aedes-packet') as PacketClass;
-    return { write: write.default, QoSPacket: qos.default, Packet };
+    return { write: write.default, QoSPacket: qos.default, Packet: loadAedesPacket() };
   })();
   return loaded;
 }

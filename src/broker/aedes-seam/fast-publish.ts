@@ -52,13 +52,13 @@
  * remembered per topic for mqemitter too), `aedes.authorizeForward`, and
  * aedes-packet for a subscriber's copy on aedes' route.
  */
-import { createRequire } from 'node:module';
 import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
 import type { ClientSubscription, PublishVerdict } from './client.js';
 import { publishRewrite, publishTap } from './packet-writes.js';
 import { encodePlainPublish, isDeliveryAck, parsedInPlace, PLAIN_PUBLISH, plainTopic, PUBLISH, remainingLength, variableByteIntegerBytes } from './publish-frames.js';
 import type { AedesSeam } from './seam.js';
+import { loadAedesPacket } from './aedes-lib.js';
 
 type Handler = (packet: object, callback: () => void) => void;
 
@@ -112,10 +112,7 @@ export interface FastPublishOptions {
 }
 
 /** aedes-packet, as aedes loads it: a subscriber's copy of a message on aedes' route. */
-const AedesPacket = createRequire(createRequire(import.meta.url).resolve('aedes'))('aedes-packet') as new (
-  original: object,
-  broker: Aedes,
-) => object;
+const AedesPacket = loadAedesPacket();
 
 function noop(): void {}
 

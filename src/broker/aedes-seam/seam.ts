@@ -11,6 +11,8 @@ import { withoutWillDelay } from './sessions.js';
 import { boundEmitterRecursion } from './emitter-depth.js';
 import { sweepKeepAlives } from './keepalive.js';
 import { withPlainParserList } from './parser-list.js';
+import { qosPublisher } from './qos-publish.js';
+import { loadAedesPacket } from './aedes-lib.js';
 
 type Callback = (error?: Error | null) => void;
 type Publish = (packet: object, client?: Client | null | Callback, done?: Callback) => void;
@@ -103,8 +105,8 @@ export class AedesSeam {
           done(null);
           return;
         }
-        // Step 3 of the path above: aedes' own publish, not the hook below.
-        publish.call(aedes, packet, client, (error) => {
+        // Step 3 of the path above: aedes' own publish steps (qos-publish.ts), not the hook below.
+        publishQoS(packet, client, (error) => {
           if (error) {
             // The message is not stored: no acknowledgement may go out. For
             // MQTT 5 aedes would answer the error with PUBACK 0x87 and keep
@@ -120,6 +122,7 @@ export class AedesSeam {
         });
       },
     });
+    const publishQoS = qosPublisher(aedes, loadAedesPacket(), publish);
     this.aedes = aedes;
     const instance = aedes as unknown as AedesInternals;
     this.#instance = instance;
