@@ -409,6 +409,29 @@ t.test(`aedes ${V} still asks the persistence nothing for a QoS 0 PUBLISH (relie
   t.same(enqueued, ['tap/qos1'], 'only the QoS 1 message reached outgoingEnqueueCombi');
 });
 
+t.test(`aedes ${V} still publishes a QoS 1 message in the steps src/broker/aedes-seam/qos-publish.ts repeats (relied on)`, async (t) => {
+  // When this fails after an aedes upgrade, bring qos-publish.ts' steps in line with aedes.js publish (publishFuncsQoS).
+  const steps: string[] = [];
+  const { aedes } = await startPlainAedes(
+    t,
+    { published: (packet: { topic: string }, _client: unknown, done: () => void) => (packet.topic === 'steps/t' && steps.push('published'), done()) },
+    (aedes) =>
+      interceptPersistence(aedes, {
+        subscriptionsByTopic: (original, ...args) => (steps.push('subscriptionsByTopic'), original(...args)),
+        outgoingEnqueueCombi: (original, ...args) => (steps.push('outgoingEnqueueCombi'), original(...args)),
+      }),
+  );
+  const delivered = (packet: { topic: string; brokerCounter?: number }, done: () => void) => {
+    steps.push(`delivered #${packet.brokerCounter}`);
+    done();
+  };
+  await new Promise<void>((resolve) => aedes.subscribe('steps/t', delivered as never, () => resolve()));
+  aedes.on('publish', (packet) => packet.topic === 'steps/t' && steps.push('publish event'));
+  const counter = (aedes as unknown as { counter: number }).counter;
+  await publishVia(aedes, { topic: 'steps/t', payload: 'x', qos: 1 });
+  t.same(steps, ['subscriptionsByTopic', 'outgoingEnqueueCombi', `delivered #${counter + 1}`, 'published', 'publish event'], 'matched, queued, delivered (numbered from aedes.counter), then published and told');
+});
+
 t.test(`aedes ${V} still keeps the brokerId and brokerCounter a published packet carries (relied on in src/daemon.ts)`, async (t) => {
   // When this fails after an aedes upgrade, src/daemon.ts' numbering of bridge imports no longer reaches the store's taps.
   const { aedes } = await startPlainAedes(t);
