@@ -10,7 +10,7 @@ import type { IClientOptions, MqttClient } from 'mqtt';
 import * as mqttPacket from 'mqtt-packet';
 import { connectClient, MessageLog } from './helpers/mqtt.js';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
-import { parsedInPlace } from '../src/broker/aedes-seam/publish-frames.js';
+import { parsedInPlace, plainTopic } from '../src/broker/aedes-seam/publish-frames.js';
 
 type Delivery = [payload: string, qos: number, retain: boolean, properties: string];
 
@@ -215,6 +215,25 @@ for (const fastPublish of [true, false]) {
     t.equal(stats.fastPathMessagesIn, fastPublish ? 100 : 0, fastPublish ? 'every one past aedes' : 'none past aedes');
   });
 }
+
+t.test('a connection publishing to topics that differ in one byte gets each message on its own topic (the topic read in place is reused only when its bytes match)', async (t) => {
+  const daemon = await startDaemon(t);
+  const subscriber = await connectClient(t, daemon.mqttUrl);
+  const log = new MessageLog(subscriber);
+  await subscriber.subscribeAsync('same/#', { qos: 1 });
+  const publisher = await connectClient(t, daemon.mqttUrl);
+  const topics = ['same/a1', 'same/a1', 'same/a2', 'same/b2', 'same/b2', 'same/a1', 'same/long'];
+  for (const qos of [0, 1] as const) {
+    for (const [i, topic] of topics.entries()) publisher.publish(topic, `${qos}:${i}`, { qos });
+  }
+  const messages = await log.waitForCount(topics.length * 2);
+  t.same(
+    messages.map((m) => `${m.topic} ${m.payload}`),
+    [0, 1].flatMap((qos) => topics.map((topic, i) => `${topic} ${qos}:${i}`)),
+    'each payload on the topic it was sent to, QoS 0 and QoS 1 alike',
+  );
+  t.equal(plainTopic(Buffer.from('\x00\x07same/a1'), 0, 9, 'same/a2'), 'same/a1', 'a topic of the same length, one byte apart, is read anew');
+});
 
 t.test('a PUBACK, PUBREC or PUBCOMP read in place is the packet mqtt-packet parses from the same bytes', async (t) => {
   for (const protocolVersion of [4, 5] as const) {

@@ -319,6 +319,8 @@ class FrameReader {
   #framesHanded = 0;
   /** The client's QoS 0 PUBLISHes handed to aedes (as bytes or as a packet) and not yet published by it. */
   handedToAedes = 0;
+  /** The topic of the last PUBLISH read in place: the same string for the next one to the same topic (plainTopic). */
+  #topic: string | undefined;
 
   /** The read below this one (the protocol guard's), unbound. */
   readonly #read: Read;
@@ -396,7 +398,8 @@ class FrameReader {
         break;
       }
       if (first === PLAIN_PUBLISH) {
-        const topic = plainTopic(data, header.next, end);
+        const topic = plainTopic(data, header.next, end, this.#topic);
+        this.#topic = topic ?? this.#topic;
         const topicEnd = header.next + 2 + (topic?.length ?? 0);
         // MQTT 5: only a Property Length of 0 (one byte) [MQTT-3.3.2.3].
         if (topic === undefined || (level5 && (topicEnd >= end || data[topicEnd] !== 0))) {
@@ -410,8 +413,9 @@ class FrameReader {
       }
       // A QoS 1/2 PUBLISH or an acknowledgement: read in place and handed to aedes as the packet
       // mqtt-packet would have made of it (publish-frames.ts), its parser and buffer list skipped.
-      const packet = parsedInPlace(data, index, header.next, end, level5);
+      const packet = parsedInPlace(data, index, header.next, end, level5, this.#topic) as { topic?: string | null } | undefined;
       if (packet === undefined) return this.#done(client, published, this.#toAedes(data, index, index));
+      if (typeof packet.topic === 'string') this.#topic = packet.topic;
       index = end;
       client._parser.emit('packet', packet);
       // aedes may close the connection on it (a refused PUBLISH): nothing after it is read.

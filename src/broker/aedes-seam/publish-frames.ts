@@ -58,18 +58,25 @@ export function remainingLength(chunk: Uint8Array, index: number): { length: num
  * empty (MQTT 5 Topic Alias), `$`-prefixed (the broker's own, [MQTT-4.7.2-1]),
  * or with a byte outside printable ASCII, which would need a UTF-8 decode and
  * the guard's well-formedness rules; aedes takes those.
+ *
+ * `previous`, the topic of the connection's last PUBLISH, is answered again
+ * when the bytes spell it: a device mostly publishes to the same topics, and
+ * a new string per message (~100 ns, more than the comparison) was a
+ * noticeable part of a QoS 0 message's cost.
  */
-export function plainTopic(chunk: Uint8Array, index: number, end: number): string | undefined {
+export function plainTopic(chunk: Uint8Array, index: number, end: number, previous?: string): string | undefined {
   if (index + 2 > end) return undefined;
   const length = ((chunk[index] as number) << 8) | (chunk[index + 1] as number);
   const from = index + 2;
   const to = from + length;
   if (length === 0 || to > end || chunk[from] === 0x24) return undefined;
+  let same = previous !== undefined && previous.length === length;
   for (let i = from; i < to; i++) {
     const byte = chunk[i] as number;
     if (byte < 0x20 || byte > 0x7e) return undefined;
+    if (same && previous!.charCodeAt(i - from) !== byte) same = false;
   }
-  return Buffer.prototype.latin1Slice.call(chunk, from, to) as string;
+  return same ? previous : (Buffer.prototype.latin1Slice.call(chunk, from, to) as string);
 }
 
 /** Bytes of a Variable Byte Integer [MQTT-1.5.5]: 7 bits a byte. */
@@ -116,7 +123,7 @@ export function encodePlainPublish(topic: string, payload: Uint8Array, level: nu
  * level 5, that carries properties; an acknowledgement with a Reason Code or
  * properties. The protocol guard has checked the packet identifier and the flags.
  */
-export function parsedInPlace(chunk: Buffer, start: number, bodyStart: number, end: number, level5: boolean): object | undefined {
+export function parsedInPlace(chunk: Buffer, start: number, bodyStart: number, end: number, level5: boolean, previousTopic?: string): object | undefined {
   const first = chunk[start] as number;
   const length = end - bodyStart;
   if (isDeliveryAck(first)) {
@@ -130,7 +137,7 @@ export function parsedInPlace(chunk: Buffer, start: number, bodyStart: number, e
   }
   const qos = (first >> 1) & 0x03;
   if (qos === 0 || qos === 3) return undefined;
-  const topic = plainTopic(chunk, bodyStart, end);
+  const topic = plainTopic(chunk, bodyStart, end, previousTopic);
   if (topic === undefined) return undefined;
   const idAt = bodyStart + 2 + topic.length;
   let payloadStart = idAt + 2;
