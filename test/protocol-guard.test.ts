@@ -57,6 +57,23 @@ t.test('limits: packet size from the header alone, topic length and levels', asy
   t.match(will.inspect(connect({ will: { topic: 'a/b/c/d' } })), { kind: 'limit', limit: 'maxTopicLevels' }, 'a will topic too');
 });
 
+t.test('a PUBLISH topic name: a wildcard, U+0000 or ill-formed UTF-8 is refused, well-formed UTF-8 passes, levels counted either way', async (t) => {
+  const judge = (topic: string | Buffer, levels = 100) => {
+    const guard = new ProtocolGuard({ ...limits, maxTopicLevels: levels });
+    guard.inspect(connect());
+    return guard.inspect(publish(topic, { qos: 1, id: 3 }));
+  };
+  t.match(judge('a/+/c'), { kind: 'protocol', rule: 'MQTT-3.3.2-2' }, "'+'");
+  t.match(judge('a/#'), { kind: 'protocol', rule: 'MQTT-3.3.2-2' }, "'#'");
+  t.match(judge(Buffer.from([0x61, 0x00, 0x62])), { kind: 'protocol', rule: 'MQTT-1.5.3-2' }, 'U+0000');
+  t.match(judge(Buffer.from([0x61, 0xc3])), { kind: 'protocol', rule: 'MQTT-1.5.3-1' }, 'a truncated UTF-8 sequence');
+  t.equal(judge('a/ü/b'), null, 'well-formed UTF-8');
+  t.equal(judge('a/ü/b', 3), null, '3 levels with a non-ASCII one, within 3');
+  t.match(judge('a/ü/b/c', 3), { kind: 'limit', limit: 'maxTopicLevels' }, '4 levels with a non-ASCII one');
+  t.equal(judge('a/b/c', 3), null, '3 ASCII levels, within 3');
+  t.match(judge('a/b/c/', 3), { kind: 'limit', limit: 'maxTopicLevels' }, 'an empty last level counts');
+});
+
 t.test('a CONNECT for another protocol level is left to aedes (CONNACK 0x01), and the bytes after it withheld', async (t) => {
   const guard = new ProtocolGuard(limits);
   const v5 = connect({ protocolLevel: 5 });

@@ -21,7 +21,7 @@ import { AUTH, CONNECT, DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, P
 import { checkPropertyList, PropertyFacts } from './properties.js';
 import { checkConnect311, checkSubscriptions311 } from './rules-3-1-1.js';
 import { checkAck5, checkAuth5, checkConnect5, checkDisconnect5, checkSubscribe5, checkUnsubscribe5, type Session5 } from './rules-5.js';
-import { hasWildcard, MQTT_MAX_STRING_BYTES, topicLevels, utf8StringProblem } from './strings.js';
+import { hasWildcard, MQTT_MAX_STRING_BYTES, plainTopicLevels, topicLevels, utf8StringProblem } from './strings.js';
 import { limit, malformedAs, protocol, within, type ProtocolGuardOptions, type TopicChecks, type Verdict, type Violation } from './verdict.js';
 
 const TYPE_NAMES = [
@@ -390,11 +390,11 @@ export class ProtocolGuard {
       }
       case TOPIC: {
         const topicLength = this.#filled - (qos > 0 ? 2 : 0) - (v5 ? 1 : 0);
-        const topic = buffer.subarray(0, topicLength);
         // MQTT 5: an empty topic stands for the one a Topic Alias names (3.3.2.1).
         this.#emptyTopic = v5 && topicLength === 0;
         if (!this.#emptyTopic) {
-          const problem = this.#topicNameProblem(topic);
+          const levels = topicLength > 0 ? plainTopicLevels(buffer, topicLength) : -1;
+          const problem = levels > 0 ? this.#levelsProblem(levels) : this.#topicNameProblem(buffer.subarray(0, topicLength));
           if (problem) return problem;
         }
         if (qos > 0 && buffer.readUInt16BE(topicLength) === 0) return protocol(this.#clauses.packetId, `QoS ${qos} PUBLISH with packet identifier 0`);
@@ -492,11 +492,12 @@ export class ProtocolGuard {
     const problem = utf8StringProblem(topic, clauses);
     if (problem) return within('topic', problem);
     if (hasWildcard(topic)) return malformedAs('MQTT-3.3.2-2', 'wildcard in a topic name');
+    return this.#levelsProblem(topicLevels(topic));
+  }
+
+  #levelsProblem(levels: number): Violation | null {
     const { maxTopicLevels } = this.#limits;
-    if (maxTopicLevels > 0) {
-      const levels = topicLevels(topic);
-      if (levels > maxTopicLevels) return limit('maxTopicLevels', `topic of ${levels} levels exceeds the limit of ${maxTopicLevels}`);
-    }
+    if (maxTopicLevels > 0 && levels > maxTopicLevels) return limit('maxTopicLevels', `topic of ${levels} levels exceeds the limit of ${maxTopicLevels}`);
     return null;
   }
 
