@@ -54,8 +54,8 @@ type Coalesced = (Duplex | Writable) & { [COALESCER]?: Coalescer };
  * symbol, so an idle connection holds this one object and no closures.
  */
 class Coalescer {
-  /** Created at the first write of a turn, handed on whole by flush(). */
-  chunks: Buffer[] | null = null;
+  /** Created at the first write of a turn, handed on whole by flush(): Buffers, or plain views (fast-publish.ts). */
+  chunks: Uint8Array[] | null = null;
   pendingBytes = 0;
   scheduled = false;
 
@@ -65,13 +65,15 @@ class Coalescer {
     readonly end: (...args: unknown[]) => Writable,
     readonly destroy: (error?: Error) => Writable,
     readonly length: () => number,
+    /** The stream's writableHighWaterMark, read once (a getter on Node's streams). */
+    readonly highWaterMark: number,
   ) {}
 
   /** Hands the pending bytes to the stream as one chunk; returns the stream's answer. */
   flush(): boolean {
     const { chunks, pendingBytes, stream } = this;
     if (chunks === null || pendingBytes === 0) return !stream.writableNeedDrain;
-    const out = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, pendingBytes);
+    const out = chunks.length === 1 ? asBuffer(chunks[0] as Uint8Array) : Buffer.concat(chunks, pendingBytes);
     // Cleared first: the stream's write() may re-enter (an 'error' listener that destroys it).
     this.chunks = null;
     this.pendingBytes = 0;
@@ -101,11 +103,19 @@ function inheritedGetter(object: object, key: string): () => number {
   throw new TypeError(`stream has no ${key} getter`);
 }
 
-function toBuffer(chunk: unknown, encoding: unknown): Buffer | null {
-  if (Buffer.isBuffer(chunk)) return chunk;
+/**
+ * The bytes of a chunk: a Buffer, or a plain Uint8Array view as it is (the
+ * fast path writes one per message: a third of the cost of a Buffer's
+ * subarray, ~20 against ~65 ns here); they become one Buffer at the flush.
+ */
+function toBytes(chunk: unknown, encoding: unknown): Uint8Array | null {
+  if (chunk instanceof Uint8Array) return chunk;
   if (typeof chunk === 'string') return Buffer.from(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
-  if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
   return null;
+}
+
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 /** Installs coalescing on one connection; call before anything writes to it. Idempotent. */
@@ -118,6 +128,7 @@ export function coalesceWrites(stream: Duplex | Writable): void {
     stream.end as (...args: unknown[]) => Writable,
     stream.destroy as (error?: Error) => Writable,
     inheritedGetter(stream, 'writableLength'),
+    stream.writableHighWaterMark,
   );
   Object.defineProperty(stream, 'writableLength', { configurable: true, enumerable: false, get: coalescedLength });
   stream.write = coalescedWrite as Writable['write'];
@@ -134,7 +145,7 @@ function coalescedLength(this: Coalesced): number {
 
 function coalescedWrite(this: Coalesced, chunk: unknown, encoding?: unknown, callback?: unknown): boolean {
   const coalescer = this[COALESCER]!;
-  const buffer = toBuffer(chunk, encoding);
+  const buffer = toBytes(chunk, encoding);
   if (buffer === null || typeof encoding === 'function' || typeof callback === 'function' || this.destroyed || this.writableEnded) {
     // Callers that wait for a write's callback (none in aedes' data path),
     // and writes the stream will refuse, get the stream's own behaviour.
@@ -144,7 +155,7 @@ function coalescedWrite(this: Coalesced, chunk: unknown, encoding?: unknown, cal
   if (buffer.length === 0) return !this.writableNeedDrain;
   (coalescer.chunks ??= []).push(buffer);
   coalescer.pendingBytes += buffer.length;
-  if (coalescer.pendingBytes >= COALESCE_LIMIT_BYTES || coalescer.length.call(this) + coalescer.pendingBytes >= this.writableHighWaterMark) {
+  if (coalescer.pendingBytes >= COALESCE_LIMIT_BYTES || coalescer.length.call(this) + coalescer.pendingBytes >= coalescer.highWaterMark) {
     // The stream's own write() answers false here (it has reached its
     // highWaterMark) and will emit 'drain'; large writes pass straight on.
     return coalescer.flush();

@@ -190,8 +190,8 @@ export class FastPublish {
     }
     const publisher = client;
     let aedesCopy: object | undefined;
-    let level4: Buffer | undefined;
-    let level5: Buffer | undefined;
+    let level4: Uint8Array | undefined;
+    let level5: Uint8Array | undefined;
     const publisherLevel = publisher.version === 5 ? 5 : 4;
     const tap = publishTap(this.#aedes);
     const authorizeForward = this.#aedes.authorizeForward as (client: Client, packet: PublishPacket) => PublishPacket | null | undefined;
@@ -205,11 +205,12 @@ export class FastPublish {
         continue;
       }
       if (!authorizeForward(subscriber as unknown as Client, packet)) continue;
-      let bytes: Buffer;
+      // The frame as read, as a plain view (see write-coalescer.ts toBytes), for subscribers of the publisher's level.
+      let bytes: Uint8Array;
       if (subscriber.version === 5) {
-        bytes = level5 ??= publisherLevel === 5 ? chunk.subarray(start, end) : encodePlainPublish(topic, payload, 5);
+        bytes = level5 ??= publisherLevel === 5 ? new Uint8Array(chunk.buffer, chunk.byteOffset + start, end - start) : encodePlainPublish(topic, payload, 5);
       } else {
-        bytes = level4 ??= publisherLevel === 4 ? chunk.subarray(start, end) : encodePlainPublish(topic, payload, 4);
+        bytes = level4 ??= publisherLevel === 4 ? new Uint8Array(chunk.buffer, chunk.byteOffset + start, end - start) : encodePlainPublish(topic, payload, 4);
       }
       if (!this.#options.admitQoS0(subscriber as unknown as Client, bytes.length)) continue;
       subscriber.conn.write(bytes);
