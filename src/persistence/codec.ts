@@ -17,6 +17,7 @@
 import { Packr } from 'msgpackr';
 import { packQueued } from './queued-pack.js';
 import { packPubrel } from './pubrel-pack.js';
+import { unpackQueued } from './queued-unpack.js';
 
 /** A packet as aedes hands it to the persistence: plain data, maybe class instances. */
 export type PacketLike = Record<string, unknown>;
@@ -150,7 +151,13 @@ const subscriptionCodec = createRecordCodec(KIND_SUBSCRIPTION, SUBSCRIPTION_FIEL
 export function encodePacket(value: PacketLike): Buffer {
   return packPubrel(value) ?? packetCodec.encode(value);
 }
-export const decodePacket = packetCodec.decode;
+/** The general decode alone (msgpackr): what queued-unpack.ts is held to (test/persistence-units.test.ts). */
+export const decodePacketGeneral = packetCodec.decode;
+
+/** A packet's record read back; a queued message's in its usual shape read directly (queued-unpack.ts), the same packet. */
+export function decodePacket(buffer: Buffer): PacketLike {
+  return unpackQueued(buffer) ?? packetCodec.decode(buffer);
+}
 
 export interface SubscriptionRecord {
   qos: 0 | 1 | 2;
