@@ -204,62 +204,65 @@ t.test('codec: a queued message is encoded as encodePacket(queuedPacket(...)) en
   }
 });
 
-t.test('codec: the direct encoding of a queued message matches msgpackr at the edge of every length and integer class', async (t) => {
-  const lengths = [0, 1, 31, 32, 255, 256, 65_535, 65_536];
-  const strings = lengths.map((n) => 'a'.repeat(n)).concat(['ü'.repeat(15), 'ü'.repeat(16), 'ü'.repeat(128), 'gerät/€/😀']);
+const EDGE_LENGTHS = [0, 1, 31, 32, 255, 256, 65_535, 65_536];
+const EDGE_BASE = { cmd: 'publish', topic: 'a/b', payload: Buffer.from('x'), qos: 1, retain: false, dup: false, brokerId: 'b1', brokerCounter: 3 };
+
+/** Queued packets whose fields sit at the edge of every length and integer class of the record (strings also past ASCII). */
+function edgePackets(): Array<Record<string, unknown>> {
+  const strings = EDGE_LENGTHS.map((n) => 'a'.repeat(n)).concat(['ü'.repeat(15), 'ü'.repeat(16), 'ü'.repeat(128), 'gerät/€/😀']);
   const integers = [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2 ** 32 - 1, 2 ** 32, 2 ** 40];
-  const base = { cmd: 'publish', topic: 'a/b', payload: Buffer.from('x'), qos: 1, retain: false, dup: false, brokerId: 'b1', brokerCounter: 3 };
+  return [
+    ...strings.map((topic) => ({ ...EDGE_BASE, topic })),
+    ...strings.map((brokerId) => ({ ...EDGE_BASE, brokerId })),
+    ...strings.map((clientId) => ({ ...EDGE_BASE, clientId })),
+    ...EDGE_LENGTHS.map((n) => ({ ...EDGE_BASE, payload: Buffer.alloc(n, 0x61) })),
+    ...integers.map((brokerCounter) => ({ ...EDGE_BASE, brokerCounter })),
+    { ...EDGE_BASE, qos: 0 },
+    { ...EDGE_BASE, qos: 2, retain: true, dup: true },
+  ];
+}
+
+/** A packet as a test names it: long strings and byte lists shortened. */
+function edgeLabel(packet: unknown): string {
+  return JSON.stringify(packet, (_, v: unknown) => {
+    if (typeof v === 'string' && v.length > 40) return `${v.slice(0, 8)}…(${v.length})`;
+    return Array.isArray(v) && v.length > 40 ? `(${v.length} bytes)` : v;
+  });
+}
+
+t.test('codec: the direct encoding of a queued message matches msgpackr at the edge of every length and integer class', async (t) => {
   const variants: Array<Record<string, unknown>> = [
-    ...strings.map((topic) => ({ ...base, topic })),
-    ...strings.map((brokerId) => ({ ...base, brokerId })),
-    ...strings.map((clientId) => ({ ...base, clientId })),
-    ...lengths.map((n) => ({ ...base, payload: Buffer.alloc(n, 0x61) })),
-    ...integers.map((brokerCounter) => ({ ...base, brokerCounter })),
-    { ...base, qos: 0 },
-    { ...base, qos: 2, retain: true, dup: true },
-    { ...base, cmd: undefined, brokerCounter: undefined, payload: undefined, retain: undefined, dup: undefined },
-    { ...base, brokerId: 7 },
-    { ...base, brokerCounter: -1 },
-    { ...base, brokerCounter: 1.5 },
-    { ...base, clientId: undefined },
-    { ...base, payload: 'text' },
-    { ...base, payload: new Uint8Array([1, 2]) },
+    ...edgePackets(),
+    { ...EDGE_BASE, cmd: undefined, brokerCounter: undefined, payload: undefined, retain: undefined, dup: undefined },
+    { ...EDGE_BASE, brokerId: 7 },
+    { ...EDGE_BASE, brokerCounter: -1 },
+    { ...EDGE_BASE, brokerCounter: 1.5 },
+    { ...EDGE_BASE, clientId: undefined },
+    { ...EDGE_BASE, payload: 'text' },
+    { ...EDGE_BASE, payload: new Uint8Array([1, 2]) },
   ];
   for (const packet of variants) {
     const queued = encodeQueued(packet);
-    const label = JSON.stringify(packet, (_, v: unknown) => {
-      if (typeof v === 'string' && v.length > 40) return `${v.slice(0, 8)}…(${v.length})`;
-      return Array.isArray(v) && v.length > 40 ? `(${v.length} bytes)` : v;
-    });
+    const label = edgeLabel(packet);
     t.ok(queued.value.equals(encodePacket(queuedPacket(packet))), label);
     t.same(decodePacket(queued.value).topic, queuedPacket(packet).topic, `${label} decodes`);
   }
 });
 
 t.test('codec: a queued message read back directly is the packet msgpackr reads, at the edge of every length and integer class', async (t) => {
-  const lengths = [0, 1, 31, 32, 255, 256, 65_535, 65_536];
-  const strings = lengths.map((n) => 'a'.repeat(n)).concat(['ü'.repeat(16), 'gerät/€/😀']);
-  const integers = [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2 ** 32 - 1, 2 ** 32];
-  const base = { cmd: 'publish', topic: 'a/b', payload: Buffer.from('x'), qos: 1, retain: false, dup: false, brokerId: 'b1', brokerCounter: 3 };
   const packets: Array<Record<string, unknown>> = [
-    ...strings.map((topic) => ({ ...base, topic })),
-    ...strings.map((brokerId) => ({ ...base, brokerId })),
-    ...strings.map((clientId) => ({ ...base, clientId })),
-    ...lengths.map((n) => ({ ...base, payload: Buffer.alloc(n, 0x61) })),
-    ...integers.map((brokerCounter) => ({ ...base, brokerCounter })),
-    { ...base, qos: 0 },
-    { ...base, qos: 2, retain: true, dup: true },
-    { ...base, retain: true },
-    { ...base, dup: true },
-    { ...base, cmd: 'pubrel' },
-    { ...base, properties: { userProperties: { k: 'v' } } },
+    ...edgePackets(),
+    { ...EDGE_BASE, retain: true },
+    { ...EDGE_BASE, dup: true },
+    { ...EDGE_BASE, cmd: 'pubrel' },
+    { ...EDGE_BASE, properties: { userProperties: { k: 'v' } } },
   ];
   let direct = 0;
   for (const packet of packets) {
     // As queued (packet identifier not given yet), then as stored once sent under one.
     const records = [encodeQueued(packet).value, ...[0, 1, 127, 128, 65_535].map((messageId) => encodePacket({ ...queuedPacket(packet), messageId }))];
     for (const record of records) {
-      const label = `${JSON.stringify(packet, (_, v: unknown) => (typeof v === 'string' && v.length > 40 ? `${v.slice(0, 8)}…(${v.length})` : Array.isArray(v) && v.length > 40 ? `(${v.length} bytes)` : v))} as ${record.subarray(0, 6).toString('hex')}…`;
+      const label = `${edgeLabel(packet)} as ${record.subarray(0, 6).toString('hex')}…`;
       const reference = decodePacketGeneral(record);
       const read = unpackQueued(record);
       if (read !== undefined) {
@@ -271,7 +274,7 @@ t.test('codec: a queued message read back directly is the packet msgpackr reads,
     }
   }
   t.ok(direct >= 150, `${direct} of the records were read directly (every ASCII one)`);
-  t.equal(unpackQueued(Buffer.concat([encodeQueued(base).value, Buffer.from([0xc0])])), undefined, 'a record with a byte more is left to msgpackr');
+  t.equal(unpackQueued(Buffer.concat([encodeQueued(EDGE_BASE).value, Buffer.from([0xc0])])), undefined, 'a record with a byte more is left to msgpackr');
 });
 
 t.test('codec: a PUBREL record written directly is the one msgpackr writes, byte for byte, and reads back', async (t) => {

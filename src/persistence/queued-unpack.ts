@@ -33,6 +33,29 @@ let at = 0;
 const last = { clientId: '', cmd: 'publish', brokerId: '', topic: '' };
 type StringField = keyof typeof last;
 
+/**
+ * The length of a str or bin past its fix form (the mirror of
+ * queued-pack.ts writeLength): `code8` (str8 0xd9, bin8 0xc4) and a one-byte
+ * length, the next code and two bytes, the one after and four; the cursor
+ * moved past it. -1 (the cursor kept) for any other code.
+ */
+function readLength(buf: Buffer, code8: number): number {
+  const code = buf[at] as number;
+  if (code === code8 && at + 1 < buf.length) {
+    at += 2;
+    return buf[at - 1] as number;
+  }
+  if (code === code8 + 1 && at + 2 < buf.length) {
+    at += 3;
+    return buf.readUInt16BE(at - 2);
+  }
+  if (code === code8 + 2 && at + 4 < buf.length) {
+    at += 5;
+    return buf.readUInt32BE(at - 4);
+  }
+  return -1;
+}
+
 /** An ASCII str (fixstr, str8, str16, str32), the last one of `field` again when the bytes spell it; undefined for anything else. */
 function readStr(buf: Buffer, field: StringField): string | undefined {
   const code = buf[at] as number;
@@ -40,17 +63,9 @@ function readStr(buf: Buffer, field: StringField): string | undefined {
   if (code >= 0xa0 && code <= 0xbf) {
     length = code & 0x1f;
     at += 1;
-  } else if (code === 0xd9 && at + 1 < buf.length) {
-    length = buf[at + 1] as number;
-    at += 2;
-  } else if (code === 0xda && at + 2 < buf.length) {
-    length = buf.readUInt16BE(at + 1);
-    at += 3;
-  } else if (code === 0xdb && at + 4 < buf.length) {
-    length = buf.readUInt32BE(at + 1);
-    at += 5;
   } else {
-    return undefined;
+    length = readLength(buf, 0xd9);
+    if (length < 0) return undefined;
   }
   const from = at;
   at += length;
@@ -95,20 +110,8 @@ function readBool(buf: Buffer): boolean | undefined {
 
 /** A bin (bin8, bin16, bin32) as a view of the record, as msgpackr reads it; undefined for anything else. */
 function readBin(buf: Buffer): Buffer | undefined {
-  const code = buf[at] as number;
-  let length: number;
-  if (code === 0xc4 && at + 1 < buf.length) {
-    length = buf[at + 1] as number;
-    at += 2;
-  } else if (code === 0xc5 && at + 2 < buf.length) {
-    length = buf.readUInt16BE(at + 1);
-    at += 3;
-  } else if (code === 0xc6 && at + 4 < buf.length) {
-    length = buf.readUInt32BE(at + 1);
-    at += 5;
-  } else {
-    return undefined;
-  }
+  const length = readLength(buf, 0xc4);
+  if (length < 0) return undefined;
   const from = at;
   at += length;
   return at > buf.length ? undefined : buf.subarray(from, at);
