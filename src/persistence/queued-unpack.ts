@@ -14,8 +14,10 @@
  * edges of every length class). Any other record, or a string that is not
  * ASCII, answers undefined: the caller decodes it with msgpackr as before.
  */
-import type { PacketLike } from './codec.js';
 import { KIND_PACKET } from './queued-pack.js';
+
+/** codec.ts's PacketLike (not imported: codec.ts imports this module). */
+type PacketLike = Record<string, unknown>;
 
 /** codec.ts's mask for cmd … dup (bits 4-11 of PACKET_FIELDS); bit 0 clientId, bit 12 messageId. */
 const PUBLISH_FIELDS = 0xff0;
