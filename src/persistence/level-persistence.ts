@@ -253,7 +253,7 @@ export class LevelPersistence {
   }
 
   async subscriptionsByTopic(topic: string): Promise<readonly MatchedSubscription[]> {
-    return this.#records.subscribersOf(topic);
+    return this.subscriptionsByTopicNow(topic);
   }
 
   /** subscriptionsByTopic answered at once (the broker's QoS 1 publish, src/broker/aedes-seam/qos-publish.ts). */

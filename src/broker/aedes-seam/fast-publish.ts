@@ -190,8 +190,10 @@ export class FastPublish {
     }
     const publisher = client;
     let aedesCopy: object | undefined;
-    let level4: Uint8Array | undefined;
-    let level5: Uint8Array | undefined;
+    // The frame as read, as a plain view (see write-coalescer.ts toBytes), for subscribers of the
+    // publisher's level; encoded once for those of the other level.
+    let asRead: Uint8Array | undefined;
+    let reencoded: Uint8Array | undefined;
     const publisherLevel = publisher.version === 5 ? 5 : 4;
     const tap = publishTap(this.#aedes);
     const authorizeForward = this.#aedes.authorizeForward as (client: Client, packet: PublishPacket) => PublishPacket | null | undefined;
@@ -205,13 +207,11 @@ export class FastPublish {
         continue;
       }
       if (!authorizeForward(subscriber as unknown as Client, packet)) continue;
-      // The frame as read, as a plain view (see write-coalescer.ts toBytes), for subscribers of the publisher's level.
-      let bytes: Uint8Array;
-      if (subscriber.version === 5) {
-        bytes = level5 ??= publisherLevel === 5 ? new Uint8Array(chunk.buffer, chunk.byteOffset + start, end - start) : encodePlainPublish(topic, payload, 5);
-      } else {
-        bytes = level4 ??= publisherLevel === 4 ? new Uint8Array(chunk.buffer, chunk.byteOffset + start, end - start) : encodePlainPublish(topic, payload, 4);
-      }
+      const level = subscriber.version === 5 ? 5 : 4;
+      const bytes =
+        level === publisherLevel
+          ? (asRead ??= new Uint8Array(chunk.buffer, chunk.byteOffset + start, end - start))
+          : (reencoded ??= encodePlainPublish(topic, payload, level));
       if (!this.#options.admitQoS0(subscriber as unknown as Client, bytes.length)) continue;
       subscriber.conn.write(bytes);
       tap?.(subscriber as unknown as Client, 0, payload.length);
