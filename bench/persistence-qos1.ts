@@ -34,6 +34,7 @@
  *        BENCH_PUBLISHERS=10 BENCH_WINDOW=64 BENCH_PAYLOAD_BYTES=64 BENCH_ROUNDS=3
  *        BENCH_INFLIGHT=20 BENCH_OFFLINE=0 BENCH_BROKERS=edgemqtt,mosquitto,aedes+level BENCH_TIMEOUT_SEC=120
  *        BENCH_SYNC=batch (edgemqtt's persistence.sync; `os`: no fsync, to see what the fsyncs cost)
+ *        BENCH_QUEUE_CACHE=BYTES (edgemqtt's persistence.queueCacheBytes; 0: no copies in memory)
  *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof, profile in DIR; each round prints
  *        its measured window for `node dist-bench/bench/profile.js FILE 30 FROM TO`)
  */
@@ -72,6 +73,8 @@ const BROKERS = process.env.BENCH_BROKERS?.split(',');
 const TIMEOUT_SEC = env('BENCH_TIMEOUT_SEC', 120);
 /** edgemqtt's persistence.sync: `batch` (the measured row: fsync before each PUBACK); `os` to see what the fsyncs cost. */
 const SYNC = process.env.BENCH_SYNC ?? 'batch';
+// edgemqtt's persistence.queueCacheBytes (default: the product's); what the offline subscriber's copies cost.
+const QUEUE_CACHE = process.env.BENCH_QUEUE_CACHE === undefined ? undefined : Number(process.env.BENCH_QUEUE_CACHE);
 const TOPIC = 'bench/qos1';
 /** The clock a V8 profile's timestamps are on (see profile.ts summarizeProfile). */
 const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
@@ -212,7 +215,7 @@ function candidates(mode: Mode, mosquitto: string | null): Array<[string, (dir: 
       (dir) =>
         startEdgemqtt(dir, {
           // Queue limits off: every message is kept, as by the others here.
-          persistence: { sync: SYNC, maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0 },
+          persistence: { sync: SYNC, maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0, ...(QUEUE_CACHE === undefined ? {} : { queueCacheBytes: QUEUE_CACHE }) },
           limits: { maxInflightMessages: INFLIGHT },
         }),
     ],

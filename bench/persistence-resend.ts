@@ -33,6 +33,8 @@
  *        BENCH_BROKERS=edgemqtt,mosquitto BENCH_TIMEOUT_SEC=60 (a round not done by then is
  *        left out: Mosquitto 2.0.11 with a window stalls on a QoS 2 backlog)
  *        BENCH_THREADS=1 (the broker's CPU per message: main thread and other threads)
+ *        BENCH_QUEUE_CACHE=BYTES (edgemqtt's persistence.queueCacheBytes; default the
+ *        product's, which holds the default backlog; 0 reads it back from disk)
  *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof; each round prints
  *        its window for `node dist-bench/bench/profile.js FILE 30 FROM TO`)
  */
@@ -51,6 +53,8 @@ const PAYLOAD = Buffer.alloc(env('BENCH_PAYLOAD_BYTES', 64), 0x61);
 const INFLIGHT = env('BENCH_INFLIGHT', 20);
 const BROKERS = process.env.BENCH_BROKERS?.split(',');
 const TIMEOUT_SEC = env('BENCH_TIMEOUT_SEC', 60);
+// edgemqtt's persistence.queueCacheBytes (default: the product's, 8 MiB); 0 reads every backlog back from disk.
+const QUEUE_CACHE = process.env.BENCH_QUEUE_CACHE === undefined ? undefined : Number(process.env.BENCH_QUEUE_CACHE);
 const TOPIC = 'bench/resend';
 const PUBLISHERS = 4;
 const PACKET_PUBREL = 6;
@@ -180,7 +184,7 @@ async function main(): Promise<void> {
       'edgemqtt',
       (dir) =>
         startEdgemqtt(dir, {
-          persistence: { sync: 'batch', maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0 },
+          persistence: { sync: 'batch', maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0, ...(QUEUE_CACHE === undefined ? {} : { queueCacheBytes: QUEUE_CACHE }) },
           limits: { maxInflightMessages: INFLIGHT },
         }),
     ],

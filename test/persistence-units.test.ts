@@ -25,7 +25,7 @@ import {
   prefixRange,
   subscriptionKey,
 } from '../src/persistence/keys.js';
-import { ClientQueue, type QueueEntry } from '../src/persistence/outgoing-queues.js';
+import { ClientQueue, QueueCache, type QueueEntry } from '../src/persistence/outgoing-queues.js';
 import { unpackQueued } from '../src/persistence/queued-unpack.js';
 import { TopicTree } from '../src/persistence/topic-tree.js';
 
@@ -137,6 +137,41 @@ t.test('queue index: each PUBREL replaces its own PUBLISH, with others in flight
   queue.update(second, { ...rel, messageId: 8 });
   t.equal(queue.findForUpdate(pubrel(7)), first, 'a repeated PUBREC finds its own PUBREL');
   t.equal(queue.findForClear(8), second);
+});
+
+t.test('queue cache: records held within the limit, as copies of their own, given back when their entry changes or leaves', async (t) => {
+  const cache = new QueueCache();
+  const cost = (record: Buffer) => record.length + QueueCache.OVERHEAD_BYTES;
+  // Two records from Node's shared pool, as the store's encoder makes them.
+  const record = Buffer.from('a queued record');
+  const other = Buffer.from('another queued record');
+  cache.limit = cost(record) * 2 + cost(other) - 1;
+  const queue = new ClientQueue(cache);
+  const entries = [1, 2, 3].map((seq) => queuedPublish(seq, undefined));
+  for (const entry of entries) queue.append(entry);
+  queue.cache(entries[0]!, record);
+  queue.cache(entries[1]!, record);
+  queue.cache(entries[2]!, other);
+  t.same(entries[0]!.cached, record, 'the bytes are kept');
+  t.equal(entries[0]!.cached!.buffer.byteLength, record.length, 'in memory of its own, not a slice that keeps a pool alive');
+  t.equal(entries[1]!.cached, entries[0]!.cached, 'recipients of one record share the copy');
+  t.equal(entries[2]!.cached, undefined, 'no room for the third');
+  t.equal(cache.bytes, cost(record) * 2, 'each holder counted');
+
+  queue.update(entries[0]!, { messageId: 9 });
+  t.equal(entries[0]!.cached, undefined, 'numbered: the record on disk is no longer the cached one');
+  t.equal(cache.bytes, cost(record));
+  queue.cache(entries[0]!, record);
+  t.equal(entries[0]!.cached, undefined, 'an entry with a packet identifier is never cached');
+  queue.remove(entries[1]!);
+  t.equal(cache.bytes, 0, 'removed: given back');
+  queue.cache(entries[2]!, other);
+  t.equal(cache.bytes, cost(other), 'room again');
+  const unbounded = new ClientQueue();
+  const alone = queuedPublish(4, undefined);
+  unbounded.append(alone);
+  unbounded.cache(alone, record);
+  t.equal(alone.cached, undefined, 'a queue without the store\'s cache caches nothing');
 });
 
 t.test('queue index: lookups follow the reference queue semantics', async (t) => {

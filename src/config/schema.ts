@@ -294,6 +294,15 @@ export const configSchema = z
           .min(0)
           .default(persistenceDefaults.maxQueuedBytesPerClient)
           .describe('Bytes a persistent session may hold, connected or not; the oldest not yet sent is dropped beyond it; 0 = unlimited'),
+        queueCacheBytes: z
+          .number()
+          .int()
+          .min(0)
+          .default(persistenceDefaults.queueCacheBytes)
+          .describe(
+            'Memory over all sessions for copies of messages queued while their client is offline, so its backlog is resent ' +
+              'without reading it back from disk (beyond it, it is); the disk holds every message either way; 0 = none',
+          ),
         sessionExpirySec: z
           .number()
           .int()

@@ -193,6 +193,9 @@ export function createMetrics(sources: MetricsSources, options: { version: strin
   gauge('edgemqtt_session_subscriptions', 'QoS 1/2 subscriptions of persistent sessions', [], (s, emit) => emit({}, s.store.subscriptions));
   gauge('edgemqtt_session_queued_messages', 'Messages queued in the store for persistent sessions', [], (s, emit) => emit({}, s.store.queuedEntries));
   gauge('edgemqtt_session_queued_bytes', 'Encoded bytes of those messages', [], (s, emit) => emit({}, s.store.queuedBytes));
+  gauge('edgemqtt_session_queue_cache_bytes', 'Memory held by copies of messages queued for offline clients (persistence.queueCacheBytes)', [], (s, emit) =>
+    emit({}, s.store.queueCacheBytes),
+  );
   gauge('edgemqtt_wills', 'Wills held for connected clients and delayed wills', [], (s, emit) => emit({}, s.store.wills));
   counter('edgemqtt_sessions_expired_total', 'Persistent sessions removed because their expiry passed', [], (s, emit) => emit({}, s.store.sessionsExpired));
   counter('edgemqtt_session_resent_messages_total', 'Stored messages sent again on a later connection (DUP set)', [], (s, emit) => emit({}, s.store.resentMessages));

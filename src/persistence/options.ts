@@ -51,6 +51,14 @@ export interface LevelPersistenceOptions {
   /** Bytes (encoded records) a persistent session may hold, connected or not; 0 = unlimited. Same overflow policy. */
   maxQueuedBytesPerClient?: number;
   /**
+   * Memory, over all sessions, for copies of the messages queued while their
+   * client is offline (each counted with ~128 bytes of overhead), so that a
+   * client that comes back gets its backlog without the store reading it
+   * back from disk; what does not fit is read from disk as before. The disk
+   * holds every message either way. 0 = no copies.
+   */
+  queueCacheBytes?: number;
+  /**
    * A persistent session whose client has not been connected for this long is
    * removed with its subscriptions, queue and pending QoS 2 packets (like
    * Mosquitto's persistent_client_expiration); 0 = never. Time the broker was
@@ -79,6 +87,8 @@ export const persistenceDefaults = {
   maxQueuedMessagesPerClient: 1000,
   // 16 MiB: a thousand 16 KiB messages; bounds one client's share of the disk.
   maxQueuedBytesPerClient: 16 * 1024 * 1024,
+  // 8 MiB: ~30,000 small sensor messages (64-byte payloads), a short outage's backlog.
+  queueCacheBytes: 8 * 1024 * 1024,
   // A week: covers a device off over a long weekend plus a repair.
   sessionExpirySec: 7 * 24 * 3600,
   expiryCheckIntervalSec: 300,
@@ -94,6 +104,7 @@ export function resolveOptions(options: LevelPersistenceOptions): ResolvedOption
     commitDelayMs: options.commitDelayMs ?? persistenceDefaults.commitDelayMs,
     maxQueuedMessagesPerClient: options.maxQueuedMessagesPerClient ?? persistenceDefaults.maxQueuedMessagesPerClient,
     maxQueuedBytesPerClient: options.maxQueuedBytesPerClient ?? persistenceDefaults.maxQueuedBytesPerClient,
+    queueCacheBytes: options.queueCacheBytes ?? persistenceDefaults.queueCacheBytes,
     sessionExpirySec: options.sessionExpirySec ?? persistenceDefaults.sessionExpirySec,
     expiryCheckIntervalSec: options.expiryCheckIntervalSec ?? persistenceDefaults.expiryCheckIntervalSec,
     recoveryProgressEvery: options.recoveryProgressEvery ?? persistenceDefaults.recoveryProgressEvery,
@@ -103,6 +114,7 @@ export function resolveOptions(options: LevelPersistenceOptions): ResolvedOption
     'commitDelayMs',
     'maxQueuedMessagesPerClient',
     'maxQueuedBytesPerClient',
+    'queueCacheBytes',
     'sessionExpirySec',
   ] as const) {
     if (!(resolved[key] >= 0)) throw new RangeError(`${key} must be >= 0`);

@@ -1,10 +1,16 @@
 /**
  * The in-memory index of every client's outgoing queue: per entry its
  * sequence number (the LevelDB key), the fields aedes looks entries up by, and
- * its size. Payloads stay in LevelDB, except a copy of the encoded record of
- * an entry sent to the connected client (in flight: it has its packet
- * identifier), so a PUBACK does not cost a disk read. Entries not sent yet
- * are not cached: a stalled client's backlog stays on disk.
+ * its size. Payloads stay in LevelDB, with two copies in memory:
+ * - the encoded record of an entry sent to the connected client (in flight:
+ *   it has its packet identifier), so a PUBACK does not cost a disk read;
+ * - the record of a message queued for a client that is offline, while the
+ *   store-wide queue cache has room (QueueCache, `queueCacheBytes`), so that
+ *   the client's resend after it reconnects reads nothing back from disk.
+ *   Dropped once the entry changes (it is numbered, sent or replaced by a
+ *   PUBREL: the cached bytes are then no longer what is on disk) or leaves.
+ * Beyond the cache, and for a connected client's unsent backlog (the flow
+ * control holds those messages itself), the backlog stays on disk.
  *
  * Lookups mirror aedes-persistence's reference queue (a list searched front to
  * back), without the linear search:
@@ -28,6 +34,12 @@ export interface QueueEntry {
   expiresAt?: number | undefined;
   /** The encoded record, kept while the client is online and the entry is in flight; undefined otherwise. */
   value: Buffer | undefined;
+  /**
+   * The record as queued (no packet identifier: never sent), byte for byte
+   * what is on disk, held by the queue cache (ClientQueue.cache); undefined
+   * otherwise.
+   */
+  cached?: Buffer | undefined;
   /**
    * The connection (a number per aedes client object) this entry was last
    * handed out on, by a live delivery or by the resend stream after CONNECT:
@@ -114,6 +126,47 @@ class CounterIndex {
   }
 }
 
+/**
+ * Memory that records of queued messages may take store-wide (see the
+ * header): the bytes held, each record counted with what holding it costs
+ * besides its bytes. `limit` 0 caches nothing.
+ */
+export class QueueCache {
+  bytes = 0;
+  limit = 0;
+  /** A record's own ArrayBuffer, its Buffer view and the allocator's header, roughly: counted on top of its bytes. */
+  static readonly OVERHEAD_BYTES = 128;
+
+  /** The last record copied and its copy: the recipients of one message share it (each still counts it whole). */
+  #source: Buffer | undefined;
+  #copy: Buffer | undefined;
+
+  /** Whether a record of `length` bytes would fit now. */
+  hasRoom(length: number): boolean {
+    return this.bytes + length + QueueCache.OVERHEAD_BYTES <= this.limit;
+  }
+
+  /**
+   * A copy of `record` in memory of its own (not a slice of Node's shared
+   * pool, which it would keep alive) if the cache has room, counted until
+   * release(); undefined otherwise.
+   */
+  admit(record: Buffer): Buffer | undefined {
+    if (!this.hasRoom(record.length)) return undefined;
+    this.bytes += record.length + QueueCache.OVERHEAD_BYTES;
+    if (record !== this.#source) {
+      this.#source = record;
+      this.#copy = Buffer.allocUnsafeSlow(record.length);
+      record.copy(this.#copy);
+    }
+    return this.#copy;
+  }
+
+  release(record: Buffer): void {
+    this.bytes -= record.length + QueueCache.OVERHEAD_BYTES;
+  }
+}
+
 export class ClientQueue {
   // Insertion order is sequence order: entries are appended with rising seq.
   readonly #entries = new Map<number, QueueEntry>();
@@ -127,6 +180,12 @@ export class ClientQueue {
   #nextMessageId = 1;
   /** The start of this queue's LevelDB keys (keyOf), made at its first key. */
   #keyPrefix: Buffer | undefined;
+  readonly #cache: QueueCache;
+
+  /** `cache`: the store-wide queue cache; without one (a limit of 0) nothing is cached. */
+  constructor(cache: QueueCache = new QueueCache()) {
+    this.#cache = cache;
+  }
 
   get size(): number {
     return this.#entries.size;
@@ -155,13 +214,33 @@ export class ClientQueue {
     this.#index(entry);
   }
 
+  /** Keeps `record`, what `entry` has on disk, in memory if the queue cache has room (see the header). */
+  cache(entry: QueueEntry, record: Buffer): void {
+    if (entry.cached === undefined && entry.messageId === undefined) entry.cached = this.#cache.admit(record);
+  }
+
+  /** Lets go of the entry's cached record. */
+  uncache(entry: QueueEntry): void {
+    if (entry.cached === undefined) return;
+    this.#cache.release(entry.cached);
+    entry.cached = undefined;
+  }
+
   remove(entry: QueueEntry): void {
     if (!this.#entries.delete(entry.seq)) return;
+    this.uncache(entry);
     this.#unindex(entry);
+  }
+
+  /** Lets go of every cached record of this queue (it is deleted whole). */
+  uncacheAll(): void {
+    for (const entry of this.#entries.values()) this.uncache(entry);
   }
 
   /** Changes looked-up fields of an entry in place (those given); re-indexed only where they changed. */
   update(entry: QueueEntry, fields: Partial<EntryFields>): void {
+    // Numbered, renumbered or replaced: the record on disk is, or will be, another.
+    this.uncache(entry);
     const counterChanged =
       ('brokerId' in fields && fields.brokerId !== entry.brokerId) || ('brokerCounter' in fields && fields.brokerCounter !== entry.brokerCounter);
     const idChanged = 'messageId' in fields && fields.messageId !== entry.messageId;
@@ -275,6 +354,8 @@ export class ClientQueue {
 /** All clients' queues plus store-wide totals. */
 export class OutgoingQueues {
   readonly #queues = new Map<string, ClientQueue>();
+  /** Shared by every queue: the store sets its limit (`queueCacheBytes`). */
+  readonly cache = new QueueCache();
 
   get(clientId: string): ClientQueue | undefined {
     return this.#queues.get(clientId);
@@ -283,7 +364,7 @@ export class OutgoingQueues {
   getOrCreate(clientId: string): ClientQueue {
     let queue = this.#queues.get(clientId);
     if (!queue) {
-      queue = new ClientQueue();
+      queue = new ClientQueue(this.cache);
       this.#queues.set(clientId, queue);
     }
     return queue;
@@ -297,6 +378,7 @@ export class OutgoingQueues {
   delete(clientId: string): ClientQueue | undefined {
     const queue = this.#queues.get(clientId);
     this.#queues.delete(clientId);
+    queue?.uncacheAll();
     return queue;
   }
 

@@ -9,6 +9,7 @@ import type { BatchOp } from './group-commit.js';
 import { Connections, dropEntry, expireEntry, isExpired, numberEntry, removeEntry } from './queue-entries.js';
 import { QueueStreams, type QueueChunks } from './queue-streams.js';
 import type { LevelStore } from './store.js';
+import type { QueueEntry } from './outgoing-queues.js';
 import type { ClientLike, OutgoingClaim } from './types.js';
 
 /** Who a message is queued for, and the QoS granted to them (the published QoS when absent). */
@@ -33,6 +34,15 @@ function adjustedPacket(packet: PacketLike, { qos, retain, subscriptionIdentifie
   }
   return adjusted;
 }
+
+/** An entry queued for an offline client, its record to cache once durable (QueueStore.#cache). */
+interface ToCache {
+  clientId: string;
+  entry: QueueEntry;
+  record: Buffer;
+}
+
+function noop(): void {}
 
 export class QueueStore {
   readonly #store: LevelStore;
@@ -81,6 +91,8 @@ export class QueueStore {
     let asPublished: QueuedRecord | undefined;
     let downgraded: Array<QueuedRecord | undefined> | undefined;
     let adjusted: Map<string, QueuedRecord> | undefined;
+    // Entries queued for offline clients and their records, in pairs, for the queue cache.
+    let toCache: ToCache[] | undefined;
     for (const recipient of recipients) {
       const { clientId, qos } = recipient;
       let copy: QueuedRecord;
@@ -100,17 +112,31 @@ export class QueueStore {
       } else {
         copy = asPublished ??= encodeQueued(packet);
       }
-      this.#append(clientId, copy, ops);
+      const offline = this.#append(clientId, copy, ops);
+      if (offline !== undefined) (toCache ??= []).push({ clientId, entry: offline, record: copy.value });
     }
-    return store.write(ops);
+    const written = store.write(ops);
+    // Cached once durable: until then the record may never reach the disk (a failed write leaves
+    // the entry to be dropped when its record is found missing), and a copy would be sent anyway.
+    if (toCache !== undefined) written.then(() => this.#cache(toCache!), noop);
+    return written;
   }
 
-  #append(clientId: string, { value, cmd, brokerId, brokerCounter, messageExpiry }: QueuedRecord, ops: BatchOp[]): void {
+  /** Hands the queue cache the records of entries queued for offline clients (see #enqueue), those still queued and never sent. */
+  #cache(held: readonly ToCache[]): void {
+    for (const { clientId, entry, record } of held) {
+      const queue = this.#store.queues.get(clientId);
+      if (queue?.holds(entry) === true && !this.#store.isOnline(clientId)) queue.cache(entry, record);
+    }
+  }
+
+  /** Queues one copy; answers the entry when its client is offline and the queue cache has room for it now (see #cache). */
+  #append(clientId: string, { value, cmd, brokerId, brokerCounter, messageExpiry }: QueuedRecord, ops: BatchOp[]): QueueEntry | undefined {
     const store = this.#store;
     const online = store.isOnline(clientId);
     const queue = store.queues.getOrCreate(clientId);
     const seq = store.nextSeq();
-    queue.append({
+    const entry: QueueEntry = {
       seq,
       cmd,
       brokerId,
@@ -119,11 +145,13 @@ export class QueueStore {
       messageId: undefined,
       bytes: value.length,
       expiresAt: messageExpiry,
-      // Not cached even for a connected client: aedes sends it under a new
-      // packet identifier, and record() caches that record instead. A
-      // stalled client's backlog thus stays on disk, not in RAM.
+      // Not kept for a connected client: aedes sends it under a new packet
+      // identifier, and record() keeps that record instead. A stalled
+      // client's backlog thus stays on disk, not in RAM (an offline one's
+      // goes to the queue cache while it has room, see #cache).
       value: undefined,
-    });
+    };
+    queue.append(entry);
     ops.push({ type: 'put', key: queue.keyOf(clientId, seq), value });
     store.sessions.start(clientId, store.now(), ops);
     // Bounded whether the client is connected or not: a stalled persistent
@@ -132,6 +160,7 @@ export class QueueStore {
     // flow control skip them (claim). A message larger than
     // maxQueuedBytesPerClient drops itself: release an emptied queue.
     if (store.limiter.enforce(clientId, queue, ops, online) > 0) store.queues.release(clientId);
+    return online || !store.queues.cache.hasRoom(value.length) ? undefined : entry;
   }
 
   /**

@@ -210,9 +210,13 @@ export class QueueStreams {
     return { packets, ops, durable };
   }
 
-  /** The records of queued entries: the cached copy where there is one, else the group commit's queued write or the disk. */
+  /**
+   * The records of queued entries: the copy in memory where there is one (in
+   * flight, or in the queue cache), else the group commit's queued write or
+   * the disk.
+   */
   async #readValues(chunk: readonly QueueEntry[], keys: readonly Buffer[]): Promise<Array<Buffer | undefined>> {
-    const cached = chunk.map((entry) => entry.value);
+    const cached = chunk.map((entry) => entry.value ?? entry.cached);
     const missing = keys.filter((_, i) => cached[i] === undefined);
     const read = missing.length > 0 ? await this.#store.readMany(missing) : [];
     let next = 0;

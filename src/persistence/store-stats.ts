@@ -75,6 +75,7 @@ export function persistenceStats(state: PersistenceState, store: StatsSources, c
     queuedClients: totals.clients,
     queuedEntries: totals.entries,
     queuedBytes: totals.publishBytes,
+    queueCacheBytes: store.queues.cache.bytes,
     incomingPackets,
     wills: store.wills.size,
     delayedWills: store.willsHeldUntil.size,

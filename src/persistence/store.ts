@@ -152,6 +152,7 @@ export class LevelStore {
       this.retained = recovered.retained;
       this.retainedBytes = recovered.retainedBytes;
       this.queues = recovered.queues;
+      this.queues.cache.limit = this.options.queueCacheBytes;
       this.incoming = recovered.incoming;
       // Every will on disk was left by an earlier run (see PREVIOUS_RUN_BROKER_ID).
       this.wills = new Map([...recovered.wills.keys()].map((clientId) => [clientId, PREVIOUS_RUN_BROKER_ID]));

@@ -70,6 +70,8 @@ export interface PersistenceStats {
   queuedEntries: number;
   /** Encoded bytes of queued PUBLISH entries. */
   queuedBytes: number;
+  /** Memory the queue cache holds (copies of messages queued for offline clients, overhead counted). */
+  queueCacheBytes: number;
   incomingPackets: number;
   wills: number;
   /** Of those, wills waiting for their Will Delay Interval to pass [MQTT-3.1.3-9]. */
