@@ -164,6 +164,10 @@ export async function recover(db: Store, location: string, log: Logger, progress
         bytes: value!.length,
         expiresAt: messageExpiryOf(packet),
         value: undefined,
+        // Every entry with all its fields from the start: one object shape (hidden class) for all, which V8's optimized code relies on.
+        cached: undefined,
+        sentOn: undefined,
+        sent: undefined,
       });
       result.nextSeq = Math.max(result.nextSeq, seq + 1);
       if (typeof packet.brokerId === 'string' && typeof packet.brokerCounter === 'number') {
