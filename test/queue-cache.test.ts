@@ -12,7 +12,7 @@
 import t from 'tap';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { Test } from 'tap';
-import { startDaemon } from './helpers/daemon.js';
+import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
 import { connectClient, connectRaw, eventually } from './helpers/mqtt.js';
 import { connect } from './helpers/packets.js';
 
@@ -41,6 +41,14 @@ async function publishBacklog(t: Test, url: string, count: number): Promise<void
   await publisher.endAsync();
 }
 
+/** A daemon with `overrides` whose persistent subscriber 'cache-sub' has `count` messages queued while it is away. */
+async function offlineBacklog(t: Test, overrides: Parameters<typeof startDaemon>[1], count: number): Promise<RunningDaemon> {
+  const running = await startDaemon(t, overrides);
+  await subscribeAndLeave(t, running.mqttUrl, 'cache-sub');
+  await publishBacklog(t, running.mqttUrl, count);
+  return running;
+}
+
 /** Reconnects `clientId` (clean = false) with a listener in place before its CONNACK, so the first resent message is not missed. */
 async function comeBack(t: Test, url: string, clientId: string): Promise<{ client: MqttClient; received: number[] }> {
   const received: number[] = [];
@@ -60,9 +68,7 @@ t.test('a backlog larger than the cache arrives whole and in order, from memory 
   const MESSAGES = 600;
   // Room for about a quarter of the backlog: the resend's chunks (256 messages) mix cached and read records.
   const limit = 150 * (64 + 60 + OVERHEAD);
-  const { daemon, mqttUrl } = await startDaemon(t, { persistence: { queueCacheBytes: limit } });
-  await subscribeAndLeave(t, mqttUrl, 'cache-sub');
-  await publishBacklog(t, mqttUrl, MESSAGES);
+  const { daemon, mqttUrl } = await offlineBacklog(t, { persistence: { queueCacheBytes: limit } }, MESSAGES);
 
   const queued = daemon.storeStats();
   t.equal(queued.queuedEntries, MESSAGES, 'the whole backlog is queued (on disk)');
@@ -80,9 +86,7 @@ t.test('a backlog larger than the cache arrives whole and in order, from memory 
 
 t.test('the cache counts each record it holds, and lets go of those the queue limit drops', async (t) => {
   const LIMIT = 40;
-  const { daemon, mqttUrl } = await startDaemon(t, { persistence: { maxQueuedMessagesPerClient: LIMIT } });
-  await subscribeAndLeave(t, mqttUrl, 'cache-sub');
-  await publishBacklog(t, mqttUrl, 100);
+  const { daemon, mqttUrl } = await offlineBacklog(t, { persistence: { maxQueuedMessagesPerClient: LIMIT } }, 100);
 
   const stats = daemon.storeStats();
   t.equal(stats.queuedEntries, LIMIT, 'the oldest 60 were dropped');
@@ -95,9 +99,7 @@ t.test('the cache counts each record it holds, and lets go of those the queue li
 });
 
 t.test('a discarded session gives its cached messages back', async (t) => {
-  const { daemon, mqttUrl } = await startDaemon(t);
-  await subscribeAndLeave(t, mqttUrl, 'cache-sub');
-  await publishBacklog(t, mqttUrl, 50);
+  const { daemon, mqttUrl } = await offlineBacklog(t, {}, 50);
   t.ok(daemon.storeStats().queueCacheBytes > 0, 'the backlog is cached');
 
   // Clean session: the stored one, its queue included, is discarded [MQTT-3.1.2-6].
@@ -108,9 +110,7 @@ t.test('a discarded session gives its cached messages back', async (t) => {
 });
 
 t.test('queueCacheBytes 0 keeps nothing in memory; the backlog comes from disk', async (t) => {
-  const { daemon, mqttUrl } = await startDaemon(t, { persistence: { queueCacheBytes: 0 } });
-  await subscribeAndLeave(t, mqttUrl, 'cache-sub');
-  await publishBacklog(t, mqttUrl, 300);
+  const { daemon, mqttUrl } = await offlineBacklog(t, { persistence: { queueCacheBytes: 0 } }, 300);
   t.equal(daemon.storeStats().queuedEntries, 300);
   t.equal(daemon.storeStats().queueCacheBytes, 0, 'nothing cached');
 
@@ -132,9 +132,7 @@ t.test('messages queued while the client is connected are not cached (its flow c
 
 t.test('the resend takes the messages out of the cache before they are acknowledged', async (t) => {
   const WINDOW = 10;
-  const { daemon, mqttUrl } = await startDaemon(t, { limits: { maxInflightMessages: WINDOW } });
-  await subscribeAndLeave(t, mqttUrl, 'cache-sub');
-  await publishBacklog(t, mqttUrl, 50);
+  const { daemon, mqttUrl } = await offlineBacklog(t, { limits: { maxInflightMessages: WINDOW } }, 50);
   const before = daemon.storeStats();
   const perRecord = before.queuedBytes / before.queuedEntries + OVERHEAD;
   t.equal(before.queueCacheBytes, 50 * perRecord, 'all 50 cached');
