@@ -91,7 +91,7 @@ export class QueueStore {
     let asPublished: QueuedRecord | undefined;
     let downgraded: Array<QueuedRecord | undefined> | undefined;
     let adjusted: Map<string, QueuedRecord> | undefined;
-    // Entries queued for offline clients and their records, in pairs, for the queue cache.
+    // Entries queued for offline clients, with their records, for the queue cache.
     let toCache: ToCache[] | undefined;
     for (const recipient of recipients) {
       const { clientId, qos } = recipient;
