@@ -60,6 +60,28 @@ export interface QueueEntry {
 export type EntryFields = Pick<QueueEntry, 'cmd' | 'brokerId' | 'brokerCounter' | 'messageId' | 'bytes'>;
 
 /**
+ * A queue entry as stored, nothing kept in memory yet. Every entry is made
+ * here, with all its fields from the start: entries that gained one later
+ * had another object shape, and V8's optimized code for the queue index was
+ * thrown away when it met both.
+ */
+export function newQueueEntry(fields: Pick<QueueEntry, 'seq' | 'expiresAt'> & EntryFields): QueueEntry {
+  return {
+    seq: fields.seq,
+    cmd: fields.cmd,
+    brokerId: fields.brokerId,
+    brokerCounter: fields.brokerCounter,
+    messageId: fields.messageId,
+    bytes: fields.bytes,
+    expiresAt: fields.expiresAt,
+    value: undefined,
+    cached: undefined,
+    sentOn: undefined,
+    sent: undefined,
+  };
+}
+
+/**
  * One entry, or several under the same key (rare: the same message queued
  * twice, a reused identifier): no Set is made for the usual single entry,
  * which for a persistent session's QoS 1 flow would be two per message.

@@ -9,7 +9,7 @@ import type { BatchOp } from './group-commit.js';
 import { Connections, dropEntry, expireEntry, isExpired, numberEntry, removeEntry } from './queue-entries.js';
 import { QueueStreams, type QueueChunks } from './queue-streams.js';
 import type { LevelStore } from './store.js';
-import type { QueueEntry } from './outgoing-queues.js';
+import { newQueueEntry, type QueueEntry } from './outgoing-queues.js';
 import type { ClientLike, OutgoingClaim } from './types.js';
 
 /** Who a message is queued for, and the QoS granted to them (the published QoS when absent). */
@@ -136,7 +136,11 @@ export class QueueStore {
     const online = store.isOnline(clientId);
     const queue = store.queues.getOrCreate(clientId);
     const seq = store.nextSeq();
-    const entry: QueueEntry = {
+    // Not kept in memory even for a connected client: aedes sends it under a
+    // new packet identifier, and record() keeps that record instead. A
+    // stalled client's backlog thus stays on disk, not in RAM (an offline
+    // one's goes to the queue cache while it has room, see #cache).
+    const entry = newQueueEntry({
       seq,
       cmd,
       brokerId,
@@ -145,16 +149,7 @@ export class QueueStore {
       messageId: undefined,
       bytes: value.length,
       expiresAt: messageExpiry,
-      // Not kept for a connected client: aedes sends it under a new packet
-      // identifier, and record() keeps that record instead. A stalled
-      // client's backlog thus stays on disk, not in RAM (an offline one's
-      // goes to the queue cache while it has room, see #cache).
-      value: undefined,
-      // Every entry with all its fields from the start: one object shape (hidden class) for all, which V8's optimized code relies on.
-      cached: undefined,
-      sentOn: undefined,
-      sent: undefined,
-    };
+    });
     queue.append(entry);
     ops.push({ type: 'put', key: queue.keyOf(clientId, seq), value });
     store.sessions.start(clientId, store.now(), ops);
