@@ -66,6 +66,16 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
   return { name: 'edgemqtt', port: ready.port, pid: child.pid!, startMs, recovery, stop: () => stopChild(child, 20_000) };
 }
 
+/**
+ * edgemqtt's persistence.queueCacheBytes as BENCH_QUEUE_CACHE sets it, for
+ * the benchmarks' `persistence` config: `{}` (the product's default) when
+ * unset; 0 reads every backlog back from disk.
+ */
+export function queueCacheFromEnv(): { queueCacheBytes?: number } {
+  const bytes = process.env.BENCH_QUEUE_CACHE;
+  return bytes === undefined ? {} : { queueCacheBytes: Number(bytes) };
+}
+
 export interface MosquittoOptions {
   /**
    * `persistence true`: Mosquitto keeps its state in a file in `dir`, written

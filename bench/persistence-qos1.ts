@@ -53,6 +53,7 @@ import {
   startAedesLevel,
   startEdgemqtt,
   startMosquitto,
+  queueCacheFromEnv,
   type BenchBroker,
 } from './persistence-load.js';
 import { processCpuMs as cpuMs, threadCpuMs } from './common.js';
@@ -73,8 +74,6 @@ const BROKERS = process.env.BENCH_BROKERS?.split(',');
 const TIMEOUT_SEC = env('BENCH_TIMEOUT_SEC', 120);
 /** edgemqtt's persistence.sync: `batch` (the measured row: fsync before each PUBACK); `os` to see what the fsyncs cost. */
 const SYNC = process.env.BENCH_SYNC ?? 'batch';
-// edgemqtt's persistence.queueCacheBytes (default: the product's); what the offline subscriber's copies cost.
-const QUEUE_CACHE = process.env.BENCH_QUEUE_CACHE === undefined ? undefined : Number(process.env.BENCH_QUEUE_CACHE);
 const TOPIC = 'bench/qos1';
 /** The clock a V8 profile's timestamps are on (see profile.ts summarizeProfile). */
 const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
@@ -215,7 +214,7 @@ function candidates(mode: Mode, mosquitto: string | null): Array<[string, (dir: 
       (dir) =>
         startEdgemqtt(dir, {
           // Queue limits off: every message is kept, as by the others here.
-          persistence: { sync: SYNC, maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0, ...(QUEUE_CACHE === undefined ? {} : { queueCacheBytes: QUEUE_CACHE }) },
+          persistence: { sync: SYNC, maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0, ...queueCacheFromEnv() },
           limits: { maxInflightMessages: INFLIGHT },
         }),
     ],

@@ -43,7 +43,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { PACKET_PUBLISH, processCpuMs, threadCpuMs } from './common.js';
-import { findMosquitto, LoadClient, median, ratio, RawConnection, startEdgemqtt, startMosquitto, type BenchBroker } from './persistence-load.js';
+import { findMosquitto, LoadClient, median, ratio, RawConnection, startEdgemqtt, startMosquitto, queueCacheFromEnv, type BenchBroker } from './persistence-load.js';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const BACKLOG = env('BENCH_BACKLOG', 20_000);
@@ -53,8 +53,6 @@ const PAYLOAD = Buffer.alloc(env('BENCH_PAYLOAD_BYTES', 64), 0x61);
 const INFLIGHT = env('BENCH_INFLIGHT', 20);
 const BROKERS = process.env.BENCH_BROKERS?.split(',');
 const TIMEOUT_SEC = env('BENCH_TIMEOUT_SEC', 60);
-// edgemqtt's persistence.queueCacheBytes (default: the product's, 8 MiB); 0 reads every backlog back from disk.
-const QUEUE_CACHE = process.env.BENCH_QUEUE_CACHE === undefined ? undefined : Number(process.env.BENCH_QUEUE_CACHE);
 const TOPIC = 'bench/resend';
 const PUBLISHERS = 4;
 const PACKET_PUBREL = 6;
@@ -184,7 +182,7 @@ async function main(): Promise<void> {
       'edgemqtt',
       (dir) =>
         startEdgemqtt(dir, {
-          persistence: { sync: 'batch', maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0, ...(QUEUE_CACHE === undefined ? {} : { queueCacheBytes: QUEUE_CACHE }) },
+          persistence: { sync: 'batch', maxQueuedMessagesPerClient: 0, maxQueuedBytesPerClient: 0, ...queueCacheFromEnv() },
           limits: { maxInflightMessages: INFLIGHT },
         }),
     ],
