@@ -245,3 +245,39 @@ t.test('a lightened 3.1.1 client still subscribes and receives, and a v5 client 
     ],
   );
 });
+
+t.test(`aedes ${V} counts a 3.1.1 QoS 1 PUBLISH in the client's batch, writes its PUBACK, then calls the batch back in a later turn (relied on by src/broker/aedes-seam/wire-qos1.ts)`, async (t) => {
+  // lib/client.js enqueue (_parsingBatch, handle(client, packet, client._nextBatch)), handlers/publish.js
+  // enqueuePublish (write PubAck, then broker.publish) and lib/write.js (setImmediate(done)): the steps
+  // wire-qos1.ts takes in their order. If this fails after an aedes upgrade, compare wire-qos1.ts with aedes again.
+  const events: string[] = [];
+  let publishing = false;
+  const { aedes, port } = await startPlainAedes(t);
+  aedes.on('client', (client) => {
+    const internals = client as unknown as { _nextBatch: (error?: Error | null) => void; _parsingBatch: number; conn: Duplex };
+    const next = internals._nextBatch;
+    internals._nextBatch = function (this: unknown, error?: Error | null) {
+      // The CONNECT's own batch is called back after 'client': only the PUBLISH's counts here.
+      if (publishing) events.push(`batch called back, ${internals._parsingBatch} counted`);
+      return next.call(this, error);
+    };
+    const conn = internals.conn as Duplex & { write(chunk: unknown, ...rest: unknown[]): boolean };
+    const write = conn.write;
+    conn.write = function (this: Duplex, chunk: unknown, ...rest: unknown[]) {
+      if (chunk instanceof Uint8Array && chunk[0] === 0x40) {
+        events.push('PUBACK written');
+        setImmediate(() => events.push('the turn after the PUBACK'));
+      }
+      return write.call(this, chunk, ...rest);
+    } as typeof conn.write;
+  });
+  const raw = await rawConnected(t, port, 'batch');
+  // After the CONNACK the CONNECT's batch may still be called back: a PINGRESP comes after it.
+  raw.send({ cmd: 'pingreq' });
+  await raw.next('pingresp');
+  publishing = true;
+  raw.send({ cmd: 'publish', topic: 'batch/t', payload: Buffer.from('x'), qos: 1, messageId: 9, dup: false, retain: false });
+  await raw.next('puback');
+  await until(() => events.length >= 3, 5000, 'the batch to be called back');
+  t.same(events, ['PUBACK written', 'the turn after the PUBACK', 'batch called back, 1 counted']);
+});

@@ -3,6 +3,7 @@
  * own path as the reference (broker.fastPublish: false): the same clients,
  * the same messages, the same deliveries, message for message.
  */
+import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import t from 'tap';
 import type { Test } from 'tap';
@@ -11,6 +12,7 @@ import * as mqttPacket from 'mqtt-packet';
 import { connectClient, MessageLog } from './helpers/mqtt.js';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
 import { parsedInPlace, plainTopic } from '../src/broker/aedes-seam/publish-frames.js';
+import { emitPacket } from '../src/broker/aedes-seam/fast-publish.js';
 
 type Delivery = [payload: string, qos: number, retain: boolean, properties: string];
 
@@ -254,4 +256,35 @@ t.test('a PUBACK, PUBREC or PUBCOMP read in place is the packet mqtt-packet pars
       t.equal(parsedInPlace(withReason, 0, 2, withReason.length, true), undefined, `${cmd} with a Reason Code`);
     }
   }
+});
+
+t.test("a packet read in place reaches the parser's listeners as EventEmitter's emit would deliver it, without its copy of the list", (t) => {
+  // emit reads the listener list once per event: a listener removed or added by an earlier one still
+  // runs, or does not, for this event; every later event sees the change.
+  const run = (deliver: (parser: EventEmitter, packet: object) => void, listenerCount: number): string[] => {
+    const parser = new EventEmitter();
+    const heard: string[] = [];
+    const listeners = Array.from({ length: listenerCount }, (_, i) =>
+      function (this: unknown, packet: object) {
+        heard.push(`${i}:${(packet as { n: number }).n}:${this === parser}`);
+        // The first listener takes the last one off during the first event.
+        if (i === 0 && (packet as { n: number }).n === 1) parser.removeListener('packet', listeners[listenerCount - 1]!);
+      },
+    );
+    for (const listener of listeners) parser.on('packet', listener);
+    deliver(parser, { n: 1 });
+    deliver(parser, { n: 2 });
+    return heard;
+  };
+  for (const count of [1, 2, 3]) {
+    const viaEmit = run((parser, packet) => parser.emit('packet', packet), count);
+    const inPlace = run((parser, packet) => emitPacket(parser as never, packet), count);
+    t.same(inPlace, viaEmit, `${count} listener(s)`);
+  }
+  t.same(
+    run((parser, packet) => emitPacket(parser as never, packet), 2),
+    ['0:1:true', '1:1:true', '0:2:true'],
+    'two listeners: both hear the first packet, the one taken off does not hear the second',
+  );
+  t.end();
 });

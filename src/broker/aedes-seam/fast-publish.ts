@@ -59,6 +59,7 @@ import { publishRewrite, publishTap } from './packet-writes.js';
 import { encodePlainPublish, isDeliveryAck, parsedInPlace, PLAIN_PUBLISH, plainTopic, PUBLISH, remainingLength, variableByteIntegerBytes } from './publish-frames.js';
 import type { AedesSeam } from './seam.js';
 import { loadAedesPacket } from './aedes-lib.js';
+import { WireQoS1, type WireQoS1Client } from './wire-qos1.js';
 
 type Handler = (packet: object, callback: () => void) => void;
 
@@ -67,17 +68,40 @@ const MAX_HELD_FRAME_BYTES = 64 * 1024;
 /** Topics whose matches are remembered at once; past it the memory starts over. */
 const MAX_CACHED_TOPICS = 10_000;
 
-interface FastClient {
+interface FastClient extends WireQoS1Client {
   connackSent?: boolean;
-  connected: boolean;
   closed: boolean;
-  version: number | null;
-  id: string;
-  conn: Duplex;
-  _parser: { emit(event: 'packet', packet: object): boolean };
-  _keepaliveInterval: number;
-  _keepaliveTimer: { refresh(): void } | null;
+  _parser: PacketParser;
   subscriptions: Record<string, ClientSubscription & { func?: Handler }>;
+}
+
+type PacketListener = (this: PacketParser, packet: object) => void;
+
+/** The client's parser as an EventEmitter of parsed packets (lib/client.js listens with `enqueue`). */
+interface PacketParser {
+  _events: { packet?: PacketListener | PacketListener[] };
+  emit(event: 'packet', packet: object): boolean;
+}
+
+/**
+ * The parser's 'packet' event as EventEmitter's emit delivers it (every
+ * listener in order, each called on the parser, the list as it was when the
+ * event began), without the copy of the list emit makes per event when there
+ * are several (node:events arrayClone). There are two, the shared
+ * subscriptions' and aedes' (shared.ts): that copy was ~120 B of garbage for
+ * each QoS 1 PUBLISH and PUBACK read in place.
+ */
+export function emitPacket(parser: PacketParser, packet: object): void {
+  const listeners = parser._events.packet;
+  if (Array.isArray(listeners) && listeners.length === 2) {
+    // Both read before the first runs: one that removes or replaces a listener changes only later events, as with emit's copy.
+    const first = listeners[0]!;
+    const second = listeners[1]!;
+    first.call(parser, packet);
+    second.call(parser, packet);
+    return;
+  }
+  parser.emit('packet', packet);
 }
 
 interface MqEmitter {
@@ -121,6 +145,8 @@ export class FastPublish {
   readonly #seam: AedesSeam;
   readonly #mq: MqEmitter;
   readonly #options: FastPublishOptions;
+  /** A QoS 1 PUBLISH read in place, taken to its PUBACK (wire-qos1.ts). */
+  readonly wireQoS1: WireQoS1;
   /** Counts changes of subscriptions; #matches holds matches made at #cachedGeneration. */
   #generation = 0;
   #cachedGeneration = 0;
@@ -134,6 +160,7 @@ export class FastPublish {
     this.#seam = seam;
     this.#aedes = seam.aedes;
     this.#options = options;
+    this.wireQoS1 = new WireQoS1(seam);
     const mq = (seam.aedes as unknown as { mq: MqEmitter }).mq;
     this.#mq = mq;
     // Any subscription added or removed makes every remembered match stale:
@@ -226,7 +253,7 @@ export class FastPublish {
     // Counted before aedes can publish it (and count it down), which it may do at once.
     (client.conn as Reading)[READER].handedToAedes++;
     this.#seam.prejudge(packet, verdict);
-    client._parser.emit('packet', packet);
+    emitPacket(client._parser, packet);
   }
 
   /** Forgets every remembered match after a change of subscriptions (they may hold clients now gone). */
@@ -418,7 +445,8 @@ class FrameReader {
       if (packet === undefined) return this.#done(client, published, this.#toAedes(data, index, index));
       if (typeof packet.topic === 'string') this.#topic = packet.topic;
       index = end;
-      client._parser.emit('packet', packet);
+      // A QoS 1 PUBLISH of a 3.1.1 client: aedes' steps without its handler chain (wire-qos1.ts).
+      if (!this.#fast.wireQoS1.take(client, packet as { cmd: string; qos: number; topic: string })) emitPacket(client._parser, packet);
       // aedes may close the connection on it (a refused PUBLISH): nothing after it is read.
       if (client.closed) return null;
     }

@@ -65,6 +65,7 @@ export class AedesSeam {
   readonly #connectionHooks: ConnectionHook[] = [];
   readonly #policy: PublishPolicy;
   readonly #publishedListeners: Array<(client: Client) => void> = [];
+  readonly #publishQoS: (packet: object, client: Client | null, done: Callback) => void;
 
   /** Checks the installed aedes version first (checkAedesVersion). */
   constructor(options: AedesOptions, policy: PublishPolicy, version: string = installedAedesVersion()) {
@@ -123,6 +124,7 @@ export class AedesSeam {
       },
     });
     const publishQoS = qosPublisher(aedes, loadAedesPacket(), publish);
+    this.#publishQoS = publishQoS;
     this.aedes = aedes;
     const instance = aedes as unknown as AedesInternals;
     this.#instance = instance;
@@ -185,6 +187,19 @@ export class AedesSeam {
   /** `packet`, about to reach aedes, was judged already: aedes' authorizePublish uses `verdict`. */
   prejudge(packet: PublishPacket, verdict: PublishVerdict): void {
     (packet as Prejudged)[PREJUDGED] = verdict;
+  }
+
+  /**
+   * Publishes a wire QoS 1 PUBLISH the access policy allows, as the
+   * authorizePublish hook above does (the publisher's id on it, then aedes'
+   * publish steps, qos-publish.ts), for wire-qos1.ts, which takes such a
+   * PUBLISH past aedes' handler: `done` is called once the message is
+   * stored for every matching session and handed to the live subscribers,
+   * or with the error that kept it from being stored.
+   */
+  publishAllowedQoS1(client: Client, packet: PublishPacket, done: Callback): void {
+    (packet as PublishPacket & { clientId?: string }).clientId = client.id;
+    this.#publishQoS(packet, client, done);
   }
 
   /** Runs `listener` each time aedes is done publishing a client's QoS 0 PUBLISH, or dropping it. */
