@@ -58,6 +58,8 @@ export class LevelStore {
   #stopping: Promise<void> | undefined;
   #db: Store | undefined;
   #commit: GroupCommit | undefined;
+  /** What ready() answers while open: one object, not one per call (several per message). */
+  #handles: { db: Store; commit: GroupCommit } | undefined;
   readonly #onCommit: CommitObserver | undefined;
   #writes: WriteFailures | undefined;
   // Reads of values being deleted (acknowledged messages, wills); stop() waits for them.
@@ -173,6 +175,7 @@ export class LevelStore {
         { batch: (ops, options) => writes.batch(ops, options) },
         { policy: this.options.sync, maxDelayMs: this.options.commitDelayMs, onCommit: this.#onCommit },
       );
+      this.#handles = { db, commit: this.#commit };
       this.#state = 'running';
       const ops = [...recovered.repairOps];
       const now = this.now();
@@ -210,6 +213,7 @@ export class LevelStore {
       this.#db = undefined;
       await this.#commit?.close();
       this.#commit = undefined;
+      this.#handles = undefined;
       await db.close().catch(() => undefined);
       // The first write (recovery repairs, the alive stamp) on a full disk:
       // the same clear error as a full disk while opening.
@@ -334,10 +338,10 @@ export class LevelStore {
   ready(): { db: Store; commit: GroupCommit } {
     // 'stopping' still accepts: aedes' last fire-and-forget writes (wills of
     // closing clients) land before the group commit closes.
-    if ((this.#state !== 'running' && this.#state !== 'stopping') || !this.#db || !this.#commit) {
+    if ((this.#state !== 'running' && this.#state !== 'stopping') || !this.#db || !this.#commit || !this.#handles) {
       throw new StoreClosedError(`persistence (${this.#state})`);
     }
-    return { db: this.#db, commit: this.#commit };
+    return this.#handles;
   }
 
   /** The value `key` will have once queued writes land (see GroupCommit.pending); undefined also when closed. */

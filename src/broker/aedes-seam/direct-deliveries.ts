@@ -15,11 +15,12 @@
  * benchmark).
  *
  * Here the same steps run at once, with aedes' own aedes-packet, QoSPacket
- * and write: the store's outgoingUpdateNow records a QoS 1 identifier without
- * a promise (in memory, queue-store.ts record) and answers a QoS 2 one with
- * the promise of its write, which the PUBLISH waits for, as in aedes; the
- * write callback still comes from aedes' write (setImmediate, or after
- * 'drain'). Every delivery of a client takes this path, in the order handed
+ * and lib/write.js's steps (aedes-write.ts): the store's outgoingUpdateNow
+ * records a QoS 1 identifier without a promise (in memory, queue-store.ts
+ * record) and answers a QoS 2 one with the promise of its write, which the
+ * PUBLISH waits for, as in aedes; the write callback comes after the turn's
+ * I/O as from aedes' write, but from one setImmediate for all of a turn's
+ * writes (aedes-write.ts), or after 'drain'. Every delivery of a client takes this path, in the order handed
  * over, as aedes' setImmediates kept it (a QoS 2 message still waits for the
  * disk, as in aedes). Left to aedes' own functions: a message of the
  * client's own under No Local (aedes drops it, and clears it from a
@@ -35,6 +36,7 @@ import type { Client } from 'aedes';
 import { aedesDedupeDisabled, wrapDeliveries, type Deliveries, type DeliveredPacket } from './client.js';
 import { loadAedesWrites, type AedesPacket, type AedesWrites } from './aedes-lib.js';
 import type { AedesSeam } from './seam.js';
+import { writeAsAedes, type TurnCallbacks, type WritingClient } from './aedes-write.js';
 
 interface DeliveryPersistence {
   outgoingUpdateNow?(client: Client, packet: AedesPacket): Promise<unknown> | undefined;
@@ -53,16 +55,30 @@ interface DeliveringClient {
 
 function noop(): void {}
 
+/** deliver0's write callback (lib/client.js deliver0). */
+function zeroWritten(error: Error | null, client: DeliveringClient, callback: () => void): void {
+  client._onError(error);
+  callback();
+}
+
+/** writeQoS's write callback (lib/client.js writeQoS): the packet's own, called as its method. */
+function qosWritten(error: Error | null, client: DeliveringClient, packet: AedesPacket): void {
+  if (error) client.emit('error', error);
+  packet.writeCallback();
+}
+
 /** The layer (one object per client, its methods shared). */
 class DirectDeliveries implements Deliveries {
   readonly #client: Client;
   readonly #below: Deliveries;
   readonly #aedes: AedesWrites;
+  readonly #later: TurnCallbacks;
 
-  constructor(client: Client, below: Deliveries, aedes: AedesWrites) {
+  constructor(client: Client, below: Deliveries, aedes: AedesWrites, later: TurnCallbacks) {
     this.#client = client;
     this.#below = below;
     this.#aedes = aedes;
+    this.#later = later;
   }
 
   /** What aedes leaves undelivered, or does with its own dedupe: its own functions then. */
@@ -85,10 +101,7 @@ class DirectDeliveries implements Deliveries {
     }
     const sent = new this.#aedes.Packet(toForward, client.broker);
     sent.qos = 0;
-    this.#aedes.write(this.#client, sent, (error) => {
-      client._onError(error);
-      callback();
-    });
+    writeAsAedes(this.#client as unknown as WritingClient, sent, this.#later, zeroWritten, client, callback);
   }
 
   /** aedes' deliverQoS, written now (or once the store has recorded a QoS 2 identifier). */
@@ -139,10 +152,7 @@ class DirectDeliveries implements Deliveries {
       packet.writeCallback();
       return;
     }
-    this.#aedes.write(this.#client, packet, (written) => {
-      if (written) client.emit('error', written);
-      packet.writeCallback();
-    });
+    writeAsAedes(this.#client as unknown as WritingClient, packet, this.#later, qosWritten, client, packet);
   }
 }
 
@@ -158,5 +168,5 @@ export async function installDirectDeliveries(seam: AedesSeam): Promise<void> {
   const persistence = (seam.aedes as unknown as { persistence: DeliveryPersistence }).persistence;
   if (typeof persistence.outgoingUpdateNow !== 'function') return;
   const parts = await loadAedesWrites();
-  seam.onConnection(() => (client) => wrapDeliveries(client, (below) => new DirectDeliveries(client, below, parts)));
+  seam.onConnection(() => (client) => wrapDeliveries(client, (below) => new DirectDeliveries(client, below, parts, seam.turnCallbacks)));
 }

@@ -13,6 +13,7 @@ import { sweepKeepAlives } from './keepalive.js';
 import { withPlainParserList } from './parser-list.js';
 import { qosPublisher } from './qos-publish.js';
 import { loadAedesPacket } from './aedes-lib.js';
+import { TurnCallbacks } from './aedes-write.js';
 
 type Callback = (error?: Error | null) => void;
 type Publish = (packet: object, client?: Client | null | Callback, done?: Callback) => void;
@@ -61,6 +62,8 @@ const NOT_AUTHORIZED = 'not allowed by the ACL';
  */
 export class AedesSeam {
   readonly aedes: Aedes;
+  /** The callbacks of the seam's own writes, deferred as aedes defers them, one setImmediate per turn (aedes-write.ts). */
+  readonly turnCallbacks = new TurnCallbacks();
   readonly #instance: AedesInternals;
   readonly #connectionHooks: ConnectionHook[] = [];
   readonly #policy: PublishPolicy;

@@ -25,14 +25,15 @@
  *     it (seam.ts publishAllowedQoS1: stored for every matching session,
  *     then to the live subscribers); if that fails, the connection is
  *     closed without a PUBACK and the error ends the batch, as there;
- *  5. enqueuePublish, QoS 1: the PUBACK written (lib/write.js: not to a
- *     closed connection, whose batch ends with 'connection closed'; on a
- *     full socket the batch waits for 'drain' through the client's
- *     waitForDrain, so the drain timeout holds), then broker.publish, which
- *     for a message published at step 4 only calls back;
+ *  5. enqueuePublish, QoS 1: the PUBACK written with lib/write.js's steps
+ *     (aedes-write.ts: not to a closed connection, whose batch ends with
+ *     'connection closed'; on a full socket the batch waits for 'drain'
+ *     through the client's waitForDrain, so the drain timeout holds), then
+ *     broker.publish, which for a message published at step 4 only calls
+ *     back;
  *  6. the batch's callback (`_nextBatch`), which aedes calls from a
- *     setImmediate per packet: here the packets acknowledged in one turn are
- *     called back from one setImmediate, in the order acknowledged.
+ *     setImmediate per packet: here from one setImmediate for all of the
+ *     turn's callbacks (aedes-write.ts TurnCallbacks), in order.
  *
  * An MQTT 5 client's PUBLISH goes aedes' way (Topic Aliases, reason codes,
  * properties). Canary: test/aedes-canaries.test.ts holds aedes to steps 1,
@@ -41,25 +42,22 @@
  */
 import type { Duplex } from 'node:stream';
 import type { Client, PublishPacket } from 'aedes';
-import { encodePuback } from './packet-encoding.js';
+import { writeAsAedes, type WritingClient } from './aedes-write.js';
 import type { AedesSeam } from './seam.js';
 
 type BatchDone = (error?: Error | null) => void;
 
 /** The aedes Client fields the steps read (lib/client.js, handlers/index.js, lib/write.js). */
-export interface WireQoS1Client {
+export interface WireQoS1Client extends WritingClient {
   id: string;
   version: number | null;
-  connecting?: boolean;
   connected: boolean;
-  errored?: boolean;
   conn: Duplex;
   broker: { maxTopicLevels: number };
   _parsingBatch: number;
   _nextBatch: BatchDone;
   _keepaliveInterval: number;
   _keepaliveTimer: { refresh(): void } | null;
-  waitForDrain(done: (error: Error | null) => void): void;
 }
 
 /** A QoS 1 PUBLISH as parsedInPlace makes it. */
@@ -68,6 +66,11 @@ interface WirePublish {
   qos: number;
   topic: string;
   messageId?: number;
+}
+
+/** Step 6: the batch's callback once the PUBACK is written, with lib/write.js's error if it was not. */
+function batchDone(error: Error | null, client: WireQoS1Client): void {
+  client._nextBatch(error);
 }
 
 /** handlePublish's topic checks (step 3): a topic that passes them all. */
@@ -85,10 +88,6 @@ function plainPublishTopic(topic: string, maxTopicLevels: number): boolean {
 /** The steps above for one broker; one per FastPublish. */
 export class WireQoS1 {
   readonly #seam: AedesSeam;
-  /** Clients whose batch callback is due (step 6), one entry per packet, in order. */
-  #due: WireQoS1Client[] = [];
-  #scheduled = false;
-  readonly #callBack = (): void => this.#callDue();
 
   constructor(seam: AedesSeam) {
     this.#seam = seam;
@@ -123,32 +122,7 @@ export class WireQoS1 {
       client._nextBatch(error);
       return;
     }
-    // lib/write.js: nothing is written to a connection that closed meanwhile.
-    if (!(client.connecting === true || client.connected)) {
-      setImmediate(client._nextBatch, new Error('connection closed'));
-      return;
-    }
-    // [MQTT-3.4.0] The PUBACK: 4 bytes at 3.1 and 3.1.1, as mqtt-packet writes it.
-    const flowing = client.conn.write(encodePuback({ messageId }, client.version ?? 4)!);
-    if (!flowing && client.errored !== true) {
-      client.waitForDrain(client._nextBatch);
-      return;
-    }
-    this.#acknowledged(client);
-  }
-
-  /** Step 6 for a packet whose PUBACK was written. */
-  #acknowledged(client: WireQoS1Client): void {
-    this.#due.push(client);
-    if (this.#scheduled) return;
-    this.#scheduled = true;
-    setImmediate(this.#callBack);
-  }
-
-  #callDue(): void {
-    this.#scheduled = false;
-    const due = this.#due;
-    this.#due = [];
-    for (const client of due) client._nextBatch();
+    // enqueuePublish: the PUBACK [MQTT-3.4.0], through lib/write.js's steps (aedes-write.ts).
+    writeAsAedes(client, { cmd: 'puback', messageId }, this.#seam.turnCallbacks, batchDone, client, undefined);
   }
 }
