@@ -79,7 +79,8 @@
  *   recursion (emitter-depth.ts).
  * - Client `deliverQoS` again, as the lowest layer of each client's
  *   deliveries: a QoS 1 delivery is written in the call, with aedes' own
- *   lib/qos-packet.js and lib/write.js (loaded by path, aedes-lib.ts), instead
+ *   lib/qos-packet.js (loaded by path, aedes-lib.ts) and lib/write.js's
+ *   steps (aedes-write.ts), instead
  *   of in a setImmediate after a promise (direct-deliveries.ts; canary in
  *   test/aedes-canaries.test.ts); and Client `duplicates`, read to know that
  *   the delivery rules turned aedes' dedupe off.
@@ -99,6 +100,13 @@
  *   the persistence may hold one (connect.ts, the fields and files it
  *   touches typed in connect-internals.ts; canaries in
  *   test/aedes-canaries-connect.test.ts).
+ * - The parser's 'packet' event and Client `_parsingBatch`, `_nextBatch`,
+ *   `_wireVersion` (lib/client.js enqueue, handlers/index.js handle): a
+ *   QoS 1 PUBLISH of a 3.1/3.1.1 client read in place goes through
+ *   handlePublish's and enqueuePublish's steps in their order without
+ *   aedes' handler chain (wire-qos1.ts), and the seam's own writes follow
+ *   lib/write.js's steps with their callbacks from one setImmediate per
+ *   turn (aedes-write.ts; canary in test/aedes-canaries-client.test.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).
@@ -127,6 +135,8 @@
  *     writes the PUBACK (lib/write.js).
  *  5. aedes calls broker.publish(packet): `publish` below finds the mark and
  *     calls back without publishing again.
+ * A 3.1/3.1.1 QoS 1 PUBLISH read in place by the fast path takes steps 2–5
+ * in the same order without aedes' handlers in between (wire-qos1.ts).
  * A publish that fails (a store write failed) is reported to aedes as an
  * authorization error: aedes closes the connection without a PUBACK, and the
  * client resends the message on its next connection.
