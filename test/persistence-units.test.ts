@@ -139,6 +139,32 @@ t.test('queue index: each PUBREL replaces its own PUBLISH, with others in flight
   t.equal(queue.findForClear(8), second);
 });
 
+t.test('queue index: entries of several brokers are found by broker and counter, as the queue empties and fills again', async (t) => {
+  const queue = new ClientQueue();
+  const of = (seq: number, brokerId: unknown, brokerCounter: number): QueueEntry => ({ ...queuedPublish(seq, undefined), brokerId, brokerCounter });
+  for (let round = 0; round < 2; round++) {
+    const base = round * 10;
+    const own = of(base + 1, 'b1', 5);
+    const bridged = of(base + 2, 'b2', 5);
+    const orphan = of(base + 3, undefined, 5);
+    for (const entry of [own, bridged, orphan]) queue.append(entry);
+    t.equal(queue.findByCounter('b1', 5), own, `round ${round}: the first broker's`);
+    t.equal(queue.findByCounter('b2', 5), bridged, `round ${round}: another broker's, same counter`);
+    t.equal(queue.findByCounter(undefined, 5), orphan, `round ${round}: no broker id`);
+    t.equal(queue.findByCounter('b3', 5), undefined, `round ${round}: an unknown broker`);
+    queue.number(own, 40 + round);
+    t.equal(queue.findForClear(40 + round), own, `round ${round}: numbered, found by its packet identifier`);
+    queue.number(own, 50 + round);
+    t.equal(queue.findForClear(40 + round), undefined, `round ${round}: renumbered, the old identifier is free`);
+    t.equal(queue.findForClear(50 + round), own);
+    for (const entry of [bridged, own, orphan]) queue.remove(entry);
+    t.equal(queue.size, 0);
+    t.equal(queue.findByCounter('b1', 5), undefined, `round ${round}: gone once removed`);
+    t.equal(queue.findByCounter('b2', 5), undefined);
+    t.equal(queue.findForClear(50 + round), undefined);
+  }
+});
+
 t.test('queue cache: records held within the limit, as copies of their own, given back when their entry changes or leaves', async (t) => {
   const cache = new QueueCache();
   const cost = (record: Buffer) => record.length + QueueCache.OVERHEAD_BYTES;

@@ -106,15 +106,19 @@ function removeFrom<K>(map: Map<K, Slot>, key: K, entry: QueueEntry): void {
   }
 }
 
-/** oldest()'s test for the first entry of a slot, whichever it is: one function, not a closure per lookup. */
-const ANY = (): boolean => true;
+/** oldest()'s default: a broker id no entry has, so that any entry is taken. */
+const NO_BROKER = Symbol('no broker');
 
-function oldest(slot: Slot | undefined, accept: (entry: QueueEntry) => boolean): QueueEntry | undefined {
+/**
+ * The oldest entry of a slot whose broker id is not `notFrom` (any entry by
+ * default): a comparison, not a predicate closure made per lookup.
+ */
+function oldest(slot: Slot | undefined, notFrom: unknown = NO_BROKER): QueueEntry | undefined {
   if (slot === undefined) return undefined;
-  if (!(slot instanceof Set)) return accept(slot) ? slot : undefined;
+  if (!(slot instanceof Set)) return slot.brokerId !== notFrom ? slot : undefined;
   let found: QueueEntry | undefined;
   for (const entry of slot) {
-    if (accept(entry) && (!found || entry.seq < found.seq)) found = entry;
+    if (entry.brokerId !== notFrom && (!found || entry.seq < found.seq)) found = entry;
   }
   return found;
 }
@@ -125,26 +129,46 @@ function oldest(slot: Slot | undefined, accept: (entry: QueueEntry) => boolean):
  * key string built per lookup.
  */
 class CounterIndex {
-  readonly #byBroker = new Map<unknown, Map<unknown, Slot>>();
+  /**
+   * The counters of the first broker id seen, nearly always the only one
+   * (this broker's: other ids come from a bridge or another broker sharing
+   * the store): one Map lookup, and a map kept while empty rather than
+   * dropped and made again each time the queue empties.
+   */
+  #firstId: unknown;
+  #first: Map<unknown, Slot> | undefined;
+  readonly #others = new Map<unknown, Map<unknown, Slot>>();
 
   get(brokerId: unknown, brokerCounter: unknown): Slot | undefined {
-    return this.#byBroker.get(brokerId)?.get(brokerCounter);
+    return this.#countersOf(brokerId)?.get(brokerCounter);
   }
 
   add(entry: QueueEntry): void {
-    let counters = this.#byBroker.get(entry.brokerId);
+    const brokerId = entry.brokerId;
+    let counters = this.#countersOf(brokerId);
     if (!counters) {
       counters = new Map();
-      this.#byBroker.set(entry.brokerId, counters);
+      if (this.#first === undefined) {
+        this.#firstId = brokerId;
+        this.#first = counters;
+      } else {
+        this.#others.set(brokerId, counters);
+      }
     }
     addTo(counters, entry.brokerCounter, entry);
   }
 
   remove(entry: QueueEntry): void {
-    const counters = this.#byBroker.get(entry.brokerId);
+    const counters = this.#countersOf(entry.brokerId);
     if (!counters) return;
     removeFrom(counters, entry.brokerCounter, entry);
-    if (counters.size === 0) this.#byBroker.delete(entry.brokerId);
+    if (counters.size === 0 && counters !== this.#first) this.#others.delete(entry.brokerId);
+  }
+
+  #countersOf(brokerId: unknown): Map<unknown, Slot> | undefined {
+    // Map keys compare as SameValueZero; so does this, NaN aside, which no broker id is.
+    if (this.#first !== undefined && brokerId === this.#firstId) return this.#first;
+    return this.#others.size === 0 ? undefined : this.#others.get(brokerId);
   }
 }
 
@@ -275,6 +299,19 @@ export class ClientQueue {
     if (idChanged && entry.messageId !== undefined) addTo(this.#byMessageId, entry.messageId, entry);
   }
 
+  /**
+   * Gives an entry its packet identifier (update with `messageId` alone,
+   * the step every message sent takes, without a fields object): the
+   * record on disk is then no longer the one cached.
+   */
+  number(entry: QueueEntry, messageId: number): void {
+    this.uncache(entry);
+    if (entry.messageId === messageId) return;
+    if (entry.messageId !== undefined) removeFrom(this.#byMessageId, entry.messageId, entry);
+    entry.messageId = messageId;
+    addTo(this.#byMessageId, messageId, entry);
+  }
+
   findForUpdate(packet: { brokerId?: unknown; brokerCounter?: unknown; messageId?: unknown }): QueueEntry | undefined {
     // A PUBREL (no broker id or counter) replaces the entry holding its packet
     // identifier. The reference persistence (and aedes-persistence-level) also
@@ -284,17 +321,17 @@ export class ClientQueue {
     // own PUBLISH queued, which is sent again, and delivered twice, on the
     // next connection (test/crash.test.ts caught this).
     if (packet.brokerId === undefined && packet.brokerCounter === undefined) {
-      return oldest(this.#byMessageId.get(packet.messageId), ANY);
+      return oldest(this.#byMessageId.get(packet.messageId));
     }
-    const sameMessage = oldest(this.#byCounter.get(packet.brokerId, packet.brokerCounter), ANY);
-    const replaced = oldest(this.#byMessageId.get(packet.messageId), (entry) => entry.brokerId !== packet.brokerId);
+    const sameMessage = oldest(this.#byCounter.get(packet.brokerId, packet.brokerCounter));
+    const replaced = oldest(this.#byMessageId.get(packet.messageId), packet.brokerId);
     if (!sameMessage) return replaced;
     if (!replaced) return sameMessage;
     return sameMessage.seq < replaced.seq ? sameMessage : replaced;
   }
 
   findForClear(messageId: unknown): QueueEntry | undefined {
-    return oldest(this.#byMessageId.get(messageId), ANY);
+    return oldest(this.#byMessageId.get(messageId));
   }
 
   /**
@@ -336,7 +373,7 @@ export class ClientQueue {
 
   /** The entry aedes queued for a message (by broker id and counter), if still queued. */
   findByCounter(brokerId: unknown, brokerCounter: unknown): QueueEntry | undefined {
-    return oldest(this.#byCounter.get(brokerId, brokerCounter), ANY);
+    return oldest(this.#byCounter.get(brokerId, brokerCounter));
   }
 
   /**

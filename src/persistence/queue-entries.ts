@@ -33,7 +33,7 @@ export function numberEntry(store: LevelStore, clientId: string, queue: ClientQu
     store.log.warn({ clientId }, 'all 65535 packet identifiers of this session are in use: the message waits for the next connection');
     return false;
   }
-  queue.update(entry, { messageId });
+  queue.number(entry, messageId);
   return true;
 }
 
