@@ -107,7 +107,7 @@ export class ClientFlow implements Deliveries {
     // A client acking what it never got only widens its own window, still
     // bounded by its outgoing buffer.
     if (this.#inflight > 0) this.#inflight--;
-    this.#resendWaiter?.();
+    this.#wakeResend();
     this.#pump();
   }
 
@@ -127,16 +127,20 @@ export class ClientFlow implements Deliveries {
 
   /** Resolves at the client's next acknowledgement, or once its connection has closed. */
   roomForResend(): Promise<void> {
-    if (this.#conn.destroyed) return Promise.resolve();
+    if (this.#closed || this.#conn.destroyed) return Promise.resolve();
+    // The close is heard by #watch's one listener (#close), not by a listener added and removed per wait.
+    this.#watch();
     return new Promise((resolve) => {
-      const done = (): void => {
-        this.#conn.off('close', done);
-        if (this.#resendWaiter === done) this.#resendWaiter = undefined;
-        resolve();
-      };
-      this.#resendWaiter = done;
-      this.#conn.once('close', done);
+      this.#resendWaiter = resolve;
     });
+  }
+
+  /** Ends the resend's wait for room, if it waits. */
+  #wakeResend(): void {
+    const waiter = this.#resendWaiter;
+    if (waiter === undefined) return;
+    this.#resendWaiter = undefined;
+    waiter();
   }
 
   /**
@@ -353,6 +357,7 @@ export class ClientFlow implements Deliveries {
   #close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#wakeResend();
     while (this.#queue.length > this.#head) {
       const entry = this.#shift();
       // Paced streams must finish; the message goes nowhere, like any other for a closed client.
