@@ -165,13 +165,13 @@ t.test('queue index: entries of several brokers are found by broker and counter,
   }
 });
 
-t.test('queue cache: records held within the limit, as copies of their own, given back when their entry changes or leaves', async (t) => {
+t.test('queue cache: records held within the limit, as copies of their own, a shared copy counted once, given back when the last entry holding it changes or leaves', async (t) => {
   const cache = new QueueCache();
   const cost = (record: Buffer) => record.length + QueueCache.OVERHEAD_BYTES;
   // Two records from Node's shared pool, as the store's encoder makes them.
   const record = Buffer.from('a queued record');
   const other = Buffer.from('another queued record');
-  cache.limit = cost(record) * 2 + cost(other) - 1;
+  cache.limit = cost(record) + cost(other) - 1;
   const queue = new ClientQueue(cache);
   const entries = [1, 2, 3].map((seq) => queuedPublish(seq, undefined));
   for (const entry of entries) queue.append(entry);
@@ -181,18 +181,28 @@ t.test('queue cache: records held within the limit, as copies of their own, give
   t.same(entries[0]!.cached, record, 'the bytes are kept');
   t.equal(entries[0]!.cached!.buffer.byteLength, record.length, 'in memory of its own, not a slice that keeps a pool alive');
   t.equal(entries[1]!.cached, entries[0]!.cached, 'recipients of one record share the copy');
+  t.equal(cache.bytes, cost(record), 'the shared copy counted once');
   t.equal(entries[2]!.cached, undefined, 'no room for the third');
-  t.equal(cache.bytes, cost(record) * 2, 'each holder counted');
+  const firstCopy = entries[0]!.cached;
 
   queue.update(entries[0]!, { messageId: 9 });
   t.equal(entries[0]!.cached, undefined, 'numbered: the record on disk is no longer the cached one');
-  t.equal(cache.bytes, cost(record));
+  t.equal(cache.bytes, cost(record), 'still held by the other entry');
   queue.cache(entries[0]!, record);
   t.equal(entries[0]!.cached, undefined, 'an entry with a packet identifier is never cached');
   queue.remove(entries[1]!);
-  t.equal(cache.bytes, 0, 'removed: given back');
+  t.equal(cache.bytes, 0, 'its last holder removed: given back');
   queue.cache(entries[2]!, other);
   t.equal(cache.bytes, cost(other), 'room again');
+  queue.remove(entries[2]!);
+  const later = queuedPublish(5, undefined);
+  queue.append(later);
+  queue.cache(later, record);
+  t.same(later.cached, record, 'the same record cached again');
+  t.not(later.cached, firstCopy, 'in a new copy: one given back is not handed out again uncounted');
+  t.equal(cache.bytes, cost(record));
+  queue.remove(later);
+  t.equal(cache.bytes, 0, 'all given back');
   const unbounded = new ClientQueue();
   const alone = queuedPublish(4, undefined);
   unbounded.append(alone);

@@ -149,3 +149,26 @@ t.test('the resend takes the messages out of the cache before they are acknowled
   t.equal(daemon.storeStats().queueCacheBytes, 0, 'nothing cached once the resend has numbered them');
   t.equal(daemon.storeStats().queuedEntries, 50, 'all still queued until acknowledged');
 });
+
+t.test('two sessions away with the same messages: each message is cached once, and held until both have it', async (t) => {
+  const COUNT = 60;
+  const running = await startDaemon(t);
+  const { daemon, mqttUrl } = running;
+  await subscribeAndLeave(t, mqttUrl, 'cache-a');
+  await subscribeAndLeave(t, mqttUrl, 'cache-b');
+  await publishBacklog(t, mqttUrl, COUNT);
+  const queued = daemon.storeStats();
+  t.equal(queued.queuedEntries, 2 * COUNT, 'a copy queued (on disk) for each session');
+  const perRecord = queued.queuedBytes / queued.queuedEntries;
+  t.equal(queued.queueCacheBytes, COUNT * (perRecord + OVERHEAD), 'in memory once per message, not once per session');
+
+  const a = await comeBack(t, mqttUrl, 'cache-a');
+  await eventually(() => a.received.length >= COUNT, 5000, "the first session's backlog");
+  await eventually(() => daemon.storeStats().queuedEntries === COUNT, 5000, 'its acknowledgements');
+  t.equal(daemon.storeStats().queueCacheBytes, COUNT * (perRecord + OVERHEAD), 'still held for the session still away');
+
+  const b = await comeBack(t, mqttUrl, 'cache-b');
+  await eventually(() => b.received.length >= COUNT, 5000, "the second session's backlog");
+  t.same(b.received, inOrder(COUNT), 'which arrives whole and in order');
+  await eventually(() => daemon.storeStats().queueCacheBytes === 0, 5000, 'the memory to be given back');
+});

@@ -174,18 +174,21 @@ class CounterIndex {
 
 /**
  * Memory that records of queued messages may take store-wide (see the
- * header): the bytes held, each record counted with what holding it costs
- * besides its bytes. `limit` 0 caches nothing.
+ * header): the bytes held, each copy counted once with what holding it costs
+ * besides its bytes, however many sessions hold it (the recipients of one
+ * message share its copy). `limit` 0 caches nothing.
  */
 export class QueueCache {
   bytes = 0;
   limit = 0;
-  /** A record's own ArrayBuffer, its Buffer view and the allocator's header, roughly: counted on top of its bytes. */
+  /** A record's own ArrayBuffer, its Buffer view, its holders' count and the allocator's header, roughly: counted on top of its bytes. */
   static readonly OVERHEAD_BYTES = 128;
 
-  /** The last record copied and its copy: the recipients of one message share it (each still counts it whole). */
+  /** The last record copied and its copy, for the next recipient of the same message. */
   #source: Buffer | undefined;
   #copy: Buffer | undefined;
+  /** How many entries hold each copy: it is counted until the last lets go. */
+  readonly #holders = new Map<Buffer, number>();
 
   /** Whether a record of `length` bytes would fit now. */
   hasRoom(length: number): boolean {
@@ -194,22 +197,44 @@ export class QueueCache {
 
   /**
    * A copy of `record` in memory of its own (not a slice of Node's shared
-   * pool, which it would keep alive) if the cache has room, counted until
-   * release(); undefined otherwise.
+   * pool, which it would keep alive), counted until every holder has called
+   * release(): the copy made for the last record when `record` is that
+   * record again (another recipient of the same message), else a new one if
+   * the cache has room; undefined otherwise.
    */
   admit(record: Buffer): Buffer | undefined {
-    if (!this.hasRoom(record.length)) return undefined;
-    this.bytes += record.length + QueueCache.OVERHEAD_BYTES;
-    if (record !== this.#source) {
-      this.#source = record;
-      this.#copy = Buffer.allocUnsafeSlow(record.length);
-      record.copy(this.#copy);
+    const last = this.#copy;
+    if (record === this.#source && last !== undefined) {
+      const holders = this.#holders.get(last);
+      if (holders !== undefined) {
+        this.#holders.set(last, holders + 1);
+        return last;
+      }
     }
-    return this.#copy;
+    if (!this.hasRoom(record.length)) return undefined;
+    const copy = Buffer.allocUnsafeSlow(record.length);
+    record.copy(copy);
+    this.#source = record;
+    this.#copy = copy;
+    this.#holders.set(copy, 1);
+    this.bytes += record.length + QueueCache.OVERHEAD_BYTES;
+    return copy;
   }
 
-  release(record: Buffer): void {
-    this.bytes -= record.length + QueueCache.OVERHEAD_BYTES;
+  /** One holder of `copy` lets go of it; the last gives its memory back. */
+  release(copy: Buffer): void {
+    const holders = this.#holders.get(copy);
+    if (holders === undefined) return;
+    if (holders > 1) {
+      this.#holders.set(copy, holders - 1);
+      return;
+    }
+    this.#holders.delete(copy);
+    this.bytes -= copy.length + QueueCache.OVERHEAD_BYTES;
+    if (copy === this.#copy) {
+      this.#source = undefined;
+      this.#copy = undefined;
+    }
   }
 }
 
