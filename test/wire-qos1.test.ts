@@ -45,10 +45,17 @@ async function script(t: Test, fastPublish: boolean): Promise<Outcome> {
     const raw = await connectRaw(t, daemon.mqttUrl);
     raw.send(connect({ clientId: name, protocolLevel: level, protocolName: level === 3 ? 'MQIsdp' : 'MQTT' }));
     await raw.waitForPacket('connack');
-    // Many PUBLISHes in one write: the broker reads them as one batch, many to a read.
-    const frames = Array.from({ length: BURST }, (_, i) => publish(`w/${name}/${i % 3}`, { qos: 1, id: (i % 65535) + 1, payload: `${name}-${i}` }));
-    raw.send(Buffer.concat(frames));
-    await raw.waitFor((packets) => pubackIds(packets).length >= BURST, 10_000, `${BURST} PUBACKs`);
+    // Many PUBLISHes in one write: the broker reads them as one batch, many to a read. A second
+    // write after the first is acknowledged is read only once every packet of the first batch
+    // has been called back (lib/client.js nextBatch).
+    for (let half = 0; half < 2; half++) {
+      const frames = Array.from({ length: BURST / 2 }, (_, j) => {
+        const i = half * (BURST / 2) + j;
+        return publish(`w/${name}/${i % 3}`, { qos: 1, id: i + 1, payload: `${name}-${i}` });
+      });
+      raw.send(Buffer.concat(frames));
+      await raw.waitFor((packets) => pubackIds(packets).length >= (half + 1) * (BURST / 2), 10_000, `${(half + 1) * (BURST / 2)} PUBACKs`);
+    }
     pubacks[name] = pubackIds(raw.packets);
   }
   await live.log.waitForCount(2 * BURST, 10_000);
