@@ -6,9 +6,9 @@
  * runs a QoS 1 PUBLISH through lib/client.js enqueue, handlers/index.js
  * handle, handlers/publish.js handlePublish and runSeries (a bound callback
  * and a closure), authorizePublish, enqueuePublish (a PubAck object and a
- * closure) and lib/write.js (a setImmediate per packet): ~1 KB of the ~5 KB
- * allocated per message on the QoS 1 path to a persistent session
- * (bench/persistence-qos1.ts under V8's sampling heap profiler). Here:
+ * closure) and lib/write.js (a setImmediate per packet): V8's sampling heap
+ * profiler put 0.5–1 KB of the ~5 KB allocated per message on the QoS 1
+ * path to a persistent session there (bench/persistence-qos1.ts). Here:
  *
  *  1. lib/client.js enqueue: the packet counts in the client's batch
  *     (`_parsingBatch`; its next read waits for every packet of the batch);
@@ -36,7 +36,7 @@
  *     turn's callbacks (aedes-write.ts TurnCallbacks), in order.
  *
  * An MQTT 5 client's PUBLISH goes aedes' way (Topic Aliases, reason codes,
- * properties). Canary: test/aedes-canaries.test.ts holds aedes to steps 1,
+ * properties). Canary: test/aedes-canaries-client.test.ts holds aedes to steps 1,
  * 5 and 6 (a QoS 1 PUBLISH counted in `_parsingBatch`, its PUBACK written
  * before its batch's callback, which comes from a setImmediate).
  */
