@@ -67,7 +67,7 @@ function notWildcardFirst(sub: Subscription): boolean {
 }
 
 /** lib/utils.js topicLevelCount. */
-function levels(topic: string): number {
+export function topicLevelCount(topic: string): number {
   let count = 1;
   for (let i = 0; i < topic.length; i++) if (topic.charCodeAt(i) === 47) count++;
   return count;
@@ -83,7 +83,7 @@ export function qosPublisher(aedes: Aedes, Packet: PacketClass, fallback: Publis
   return function publishQoS(packet, client, done) {
     const original = packet as PublishPacket & { messageExpiry?: number };
     const persistence = broker.persistence;
-    if (original.retain || persistence.subscriptionsByTopicNow === undefined || levels(original.topic) > broker.maxTopicLevels) {
+    if (original.retain || persistence.subscriptionsByTopicNow === undefined || topicLevelCount(original.topic) > broker.maxTopicLevels) {
       fallback.call(aedes, packet, client, done);
       return;
     }

@@ -44,6 +44,7 @@ import type { Duplex } from 'node:stream';
 import type { Client, PublishPacket } from 'aedes';
 import { writeAsAedes, type WritingClient } from './aedes-write.js';
 import type { AedesSeam } from './seam.js';
+import { topicLevelCount } from './qos-publish.js';
 
 type BatchDone = (error?: Error | null) => void;
 
@@ -73,16 +74,9 @@ function batchDone(error: Error | null, client: WireQoS1Client): void {
   client._nextBatch(error);
 }
 
-/** handlePublish's topic checks (step 3): a topic that passes them all. */
+/** handlePublish's topic checks (step 3), in its words: a topic that passes them all. */
 function plainPublishTopic(topic: string, maxTopicLevels: number): boolean {
-  if (topic.length === 0) return false;
-  let levels = 1;
-  for (let i = 0; i < topic.length; i++) {
-    const code = topic.charCodeAt(i);
-    if (code === 35 || code === 43) return false; // '#', '+'
-    if (code === 47) levels++; // '/'
-  }
-  return levels <= maxTopicLevels;
+  return topic.length > 0 && topic.indexOf('#') === -1 && topic.indexOf('+') === -1 && topicLevelCount(topic) <= maxTopicLevels;
 }
 
 /** The steps above for one broker; one per FastPublish. */
