@@ -338,7 +338,8 @@ export class LevelStore {
   ready(): { db: Store; commit: GroupCommit } {
     // 'stopping' still accepts: aedes' last fire-and-forget writes (wills of
     // closing clients) land before the group commit closes.
-    if ((this.#state !== 'running' && this.#state !== 'stopping') || !this.#db || !this.#commit || !this.#handles) {
+    // #handles is set with #db and #commit, and cleared with them.
+    if ((this.#state !== 'running' && this.#state !== 'stopping') || this.#handles === undefined) {
       throw new StoreClosedError(`persistence (${this.#state})`);
     }
     return this.#handles;
