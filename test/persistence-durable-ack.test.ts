@@ -99,6 +99,33 @@ for (const version of [4, 5] as const) {
     t.same(log.messages.map((m) => m.payload), ['one'], 'and the message was queued exactly once');
   });
 
+  t.test(`${level}: a QoS 1 message reaches live subscribers while its write is in flight; the PUBACK waits for the write`, async (t) => {
+    const h = await start(t);
+    const persistent = await openClient(t, h.url, { clientId: 'live-persistent', clean: false });
+    await persistent.client.subscribeAsync('early/#', { qos: 1 });
+    const clean = await openClient(t, h.url, { clientId: 'live-clean', clean: true });
+    await clean.client.subscribeAsync('early/#', { qos: 1 });
+    const publisher = await rawSession(t, h.url, 'publisher', version);
+    const from = h.batches.length;
+    h.hold();
+    publisher.send(publishPacket('early/a', 'one', 1, 1));
+    await persistent.log.waitForCount(1);
+    await clean.log.waitForCount(1);
+    await eventually(() => h.batches.slice(from).some((ops) => ops.includes('O')), 5000, 'the queue write to reach LevelDB');
+    t.equal(count(publisher, 'puback'), 0, 'delivered to both, and no PUBACK while the write is in flight');
+    h.release();
+    const puback = await publisher.waitForPacket('puback');
+    t.equal(puback.messageId, 1, 'the PUBACK follows the durable write');
+
+    // The persistent subscriber acknowledged the message (mqtt.js does on
+    // receipt) while its record was still being written: it stays acknowledged.
+    await persistent.client.endAsync();
+    const again = await openClient(t, h.url, { clientId: 'live-persistent', clean: false });
+    publisher.send(publishPacket('early/marker', 'marker', 1, 2));
+    await again.log.waitFor((m) => m.some((x) => x.topic === 'early/marker'), 5000, 'the marker');
+    t.same(again.log.messages.map((m) => m.payload), ['marker'], 'the acknowledged message is not sent again');
+  });
+
   t.test(`${level}: a QoS 2 PUBREC waits for the batch, also for a resend on a new connection`, async (t) => {
     const h = await start(t);
     await offlineSubscriber(t, h.url, 'offline', 'hold/#', 2);

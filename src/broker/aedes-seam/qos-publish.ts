@@ -25,11 +25,23 @@
  *  5. callPublished: aedes' `published` hook, then its 'publish' event,
  *     with the packet as it came.
  *
- * One difference, on purpose: when the store cannot answer which sessions
- * match (it is closing), aedes emits 'error' and never calls back, leaving
- * the PUBLISH unanswered for ever; here the publish fails, so that the
- * seam closes the connection without a PUBACK and the client sends the
- * message again.
+ * Two differences, on purpose:
+ * - Step 4 does not wait for step 3's records to be durable: the live
+ *   subscribers get the message while its records are written, and step 5
+ *   (and so the publisher's PUBACK) waits for both. aedes runs them in
+ *   series, so that with a durable store every live delivery, to a clean
+ *   session too, waited for an fsync. At QoS 1 that wait bought nothing: a
+ *   message delivered and then lost to a crash before its write is sent
+ *   again by its publisher, which had no PUBACK, and delivered twice, which
+ *   QoS 1 allows [MQTT-4.3.2]; a failed write closes the publisher's
+ *   connection without a PUBACK as before, with the same outcome. A
+ *   persistent subscriber's copy is in its queue (in memory) before the
+ *   emit, so the flow control can claim it (queue-store.ts claim).
+ *   QoS 2 does not come here: it is delivered after its records are durable.
+ * - When the store cannot answer which sessions match (it is closing),
+ *   aedes emits 'error' and never calls back, leaving the PUBLISH
+ *   unanswered for ever; here the publish fails, so that the seam closes
+ *   the connection without a PUBACK and the client sends the message again.
  */
 import type { Aedes, Client, PublishPacket } from 'aedes';
 import type { PacketClass } from './aedes-lib.js';
@@ -98,16 +110,23 @@ export function qosPublisher(aedes: Aedes, Packet: PacketClass, fallback: Publis
       return;
     }
     if (message.topic.startsWith(SYS_PREFIX)) subs = subs.filter(notWildcardFirst);
-    persistence.outgoingEnqueueCombi(subs, message).then(() => {
-      if (client) message.clientId = client.id;
-      broker.mq.emit(message, (error) => {
-        if (error) {
-          done(error);
-          return;
-        }
-        broker.published(packet, client, done);
-        broker.emit('publish', packet, client);
-      });
-    }, done);
+    const stored = persistence.outgoingEnqueueCombi(subs, message);
+    if (client) message.clientId = client.id;
+    // Steps 3 and 4 overlap: the live subscribers get the message while its
+    // records are written (see the header), and step 5 waits for both.
+    let waiting = 2;
+    let failure: Error | undefined;
+    const settle = (error?: Error | null): void => {
+      if (error && failure === undefined) failure = error;
+      if (--waiting > 0) return;
+      if (failure !== undefined) {
+        done(failure);
+        return;
+      }
+      broker.published(packet, client, done);
+      broker.emit('publish', packet, client);
+    };
+    stored.then(() => settle(), settle);
+    broker.mq.emit(message, settle);
   };
 }
