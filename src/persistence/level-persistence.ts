@@ -15,8 +15,9 @@
  * the publisher resends, aedes finds the packet stored and acknowledges
  * without publishing, and an acknowledged message is lost. So the first two
  * resolve as soon as their ops are queued (write-behind), and
- * outgoingEnqueueCombi, the last step before anything is delivered or
- * acknowledged, waits for the batch holding all of them. The chain runs in
+ * outgoingEnqueueCombi, the last step before anything is acknowledged (and,
+ * but for a QoS 1 message's live deliveries, qos-publish.ts, delivered),
+ * waits for the batch holding all of them. The chain runs in
  * one event-loop turn (promise callbacks only, no timers or I/O between the
  * calls), and the group commit puts one turn's writes in one batch, so the
  * records of one PUBLISH become durable together or not at all

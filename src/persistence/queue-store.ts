@@ -59,7 +59,8 @@ export class QueueStore {
    * Queues `packet` for each recipient, at min(published QoS, granted QoS)
    * [MQTT-3.8.4-6], and resolves once that is durable. The publish taps see
    * the message as published, once. This is the last persistence step of a
-   * QoS 1/2 PUBLISH before anything is delivered or acknowledged, usually
+   * QoS 1/2 PUBLISH before anything is acknowledged (a QoS 1 message's live
+   * deliveries do not wait for it, src/broker/aedes-seam/qos-publish.ts), usually
    * with nobody offline: the barrier of the write-behind records of the same
    * PUBLISH (see the adapter's header). Its own write goes into the newest
    * batch, which holds them; without one, a PUBLISH that wrote something

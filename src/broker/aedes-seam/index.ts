@@ -124,13 +124,14 @@
  *     and parses the packet (lib/client.js → lib/handlers/publish.js).
  *  2. aedes calls broker.authorizePublish: `authorizePublish` below asks the
  *     access policy, which answers synchronously: allow, drop or refuse.
- *  3. Allowed: aedes' own publish (Aedes.prototype.publish) runs, once:
+ *  3. Allowed: aedes' publish steps run, once (qos-publish.ts):
  *     storeRetained; enqueueOffline, whose outgoingEnqueueCombi the
  *     persistence resolves only once the batch holding this PUBLISH's
  *     records is written per `persistence.sync`; emitPacket, which calls each
  *     matching subscriber's deliverQoS (delivery-rules.ts, then
  *     client-flow.ts, then shared subscriptions' watch, then aedes': the
- *     layers of wrapDeliveries); callPublished.
+ *     layers of wrapDeliveries) while those records are being written, not
+ *     after; callPublished, once both are done.
  *  4. Its callback marks the packet as published and lets aedes go on: aedes
  *     writes the PUBACK (lib/write.js).
  *  5. aedes calls broker.publish(packet): `publish` below finds the mark and
