@@ -11,19 +11,23 @@
  * edgemqtt runs with `persistence.sync: batch`: every message is queued in
  * the persistent session, and its PUBACK waits for that fsync'd write.
  * Mosquitto runs with `persistence true` (it writes its state file at its
- * autosave interval, never per message). So the PUBACK rows compare an
- * fsync'd acknowledgement with one that is not; the delivery rows compare
- * what a subscriber waits.
+ * autosave interval, never per message). nats-server, when installed, runs
+ * its MQTT listener, whose sessions and QoS 1 messages live in JetStream
+ * (bench/brokers.ts startNatsServer; JetStream syncs to disk on its own
+ * interval, not per message). So the PUBACK rows compare an fsync'd
+ * acknowledgement with ones that are not; the delivery rows compare what a
+ * subscriber waits.
  *
  *   npm run bench:build && node dist-bench/bench/persistence-latency.js
  *   env: BENCH_RATE=2000 BENCH_MESSAGES=20000 BENCH_WARMUP=4000 BENCH_ROUNDS=3
- *        BENCH_PAYLOAD_BYTES=64 BENCH_BROKERS=edgemqtt,mosquitto
+ *        BENCH_PAYLOAD_BYTES=64 BENCH_BROKERS=edgemqtt,mosquitto,nats-server
  *        BENCH_SYNC=batch (edgemqtt's persistence.sync; `os`: no fsync, to see what the fsyncs cost)
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { generate } from 'mqtt-packet';
+import { findNatsServer, startNatsServer } from './brokers.js';
 import { findMosquitto, median, ratio, LoadClient, startEdgemqtt, startMosquitto, type BenchBroker } from './persistence-load.js';
 import { percentile, processCpuMs } from './common.js';
 
@@ -149,6 +153,18 @@ async function main(): Promise<void> {
     ['edgemqtt', (dir) => startEdgemqtt(dir, { persistence: { sync: SYNC } })],
   ];
   if (mosquitto) brokers.push(['mosquitto', (dir) => startMosquitto(mosquitto, dir, { persistence: true })]);
+  const nats = findNatsServer();
+  if (!nats) console.log('nats-server not found (BENCH_NATS_SERVER=/path): column skipped');
+  else {
+    brokers.push([
+      'nats-server',
+      async (dir) => {
+        await mkdir(dir, { recursive: true });
+        const running = await startNatsServer(nats, dir, false);
+        return { name: 'nats-server', port: running.endpoint.tcpPort, pid: running.endpoint.pid, stop: running.stop };
+      },
+    ]);
+  }
   const results = new Map<string, Round[]>();
   try {
     for (let round = 1; round <= ROUNDS; round++) {
@@ -185,7 +201,7 @@ async function main(): Promise<void> {
       versus = `   edgemqtt/this, persistent delivery: ${ratio(ours[0], rows.persistent[0])} / ${ratio(ours[1], rows.persistent[1])}`;
     }
     console.log(
-      `  ${name.padEnd(10)} delivery persistent ${ms(rows.persistent)}   clean ${ms(rows.clean)}   PUBACK ${ms(rows.puback)}   broker ${median(rounds.map((r) => r.brokerUs)).toFixed(1)} µs/msg${versus}`,
+      `  ${name.padEnd(11)} delivery persistent ${ms(rows.persistent)}   clean ${ms(rows.clean)}   PUBACK ${ms(rows.puback)}   broker ${median(rounds.map((r) => r.brokerUs)).toFixed(1)} µs/msg${versus}`,
     );
   }
 }
