@@ -40,8 +40,11 @@ function scriptedTarget(): BatchTarget & { calls: Call[] } {
 
 const put = (key: string, value = 'v'): BatchOp => ({ type: 'put', key: Buffer.from(key), value: Buffer.from(value) });
 const del = (key: string): BatchOp => ({ type: 'del', key: Buffer.from(key) });
-/** The end of the current event-loop turn: batches scheduled in it have started. */
-const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+/**
+ * The end of the next event-loop turn: batches scheduled in this one have
+ * started (`always` at the end of this turn, `batch` and `os` a turn later).
+ */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve)));
 
 t.test('writes made in one turn share one batch, in order', async (t) => {
   const target = scriptedTarget();
@@ -158,6 +161,35 @@ t.test('os: batched like batch, without fsync', async (t) => {
   target.calls[0]!.resolve();
   await Promise.all(writes);
   t.match(commit.stats(), { batches: 1, syncs: 0 });
+});
+
+t.test('batch and os start a batch a turn after the one that filled it, with that turn\'s writes; always at the end of its own turn', async (t) => {
+  /** One setImmediate: the end of the current turn. */
+  const endOfTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+  for (const policy of ['batch', 'os'] as const) {
+    const target = scriptedTarget();
+    const commit = createGroupCommit(target, { policy });
+    const writes = [commit.write([put('a')])];
+    await endOfTurn();
+    t.equal(target.calls.length, 0, `${policy}: not started at the end of the turn that filled it`);
+    writes.push(commit.write([put('b')]));
+    await endOfTurn();
+    t.same(target.calls.map((call) => call.keys), [['put:a', 'put:b']], `${policy}: started a turn later, with the next turn's write`);
+    target.calls[0]!.resolve();
+    await Promise.all(writes);
+  }
+  const target = scriptedTarget();
+  const commit = createGroupCommit(target, { policy: 'always' });
+  const first = commit.write([put('a')]);
+  await endOfTurn();
+  t.same(target.calls.map((call) => call.keys), [['put:a']], 'always: started at the end of its turn');
+  const second = commit.write([put('b')]);
+  target.calls[0]!.resolve();
+  await first;
+  await eventually(() => target.calls.length === 2, 2000, 'the second batch');
+  t.same(target.calls.map((call) => call.keys), [['put:a'], ['put:b']], 'always: the next turn\'s write in a batch of its own');
+  target.calls[1]!.resolve();
+  await second;
 });
 
 t.test('onCommit hears each committed batch once, with its op count and write time in seconds', async (t) => {

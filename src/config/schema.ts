@@ -281,7 +281,7 @@ export const configSchema = z
           .min(0)
           .max(1000)
           .default(persistenceDefaults.commitDelayMs)
-          .describe('Extra wait for more writes before a group commit; 0 = end of the event-loop turn'),
+          .describe('Extra wait for more writes before a group commit; 0 = the end of the event-loop turn after the first write (always: of its own turn)'),
         maxQueuedMessagesPerClient: z
           .number()
           .int()

@@ -19,8 +19,9 @@ export interface LevelPersistenceOptions {
    *   rarely worth it). (Not one per write call: the records of one PUBLISH
    *   must land together; see group-commit.ts.)
    * - `batch` (default): nothing acknowledged is lost. Writes made in the same
-   *   event-loop turn (plus `commitDelayMs`) share one fsync'd batch; what a
-   *   crash can lose is only messages whose acknowledgement had not been sent.
+   *   event-loop turn and the next (or within `commitDelayMs`) share one
+   *   fsync'd batch; what a crash can lose is only messages whose
+   *   acknowledgement had not been sent.
    * - `os`: no fsync. A process crash (kill -9, OOM) loses nothing, since each
    *   batch reaches the kernel before it counts as done; a power cut or kernel
    *   panic loses what the kernel had not written back yet (on Linux up to
@@ -30,8 +31,9 @@ export interface LevelPersistenceOptions {
   sync?: SyncPolicy;
   /**
    * Extra time in ms a group commit waits for more writes after its first;
-   * 0 = commit at the end of the event-loop turn. A few ms trade latency for
-   * fewer fsyncs on slow storage (SD cards).
+   * 0 = commit after the event-loop turn that follows the first write (under
+   * `always`, at the end of that write's turn; see group-commit.ts). A few ms
+   * trade latency for fewer fsyncs on slow storage (SD cards).
    */
   commitDelayMs?: number;
   /**
