@@ -56,9 +56,7 @@ export class LevelStore {
   #state: PersistenceState = 'created';
   #starting: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
-  #db: Store | undefined;
-  #commit: GroupCommit | undefined;
-  /** What ready() answers while open: one object, not one per call (several per message). */
+  /** The open LevelDB and its group commit; what ready() answers while open: one object, not one per call (several per message). */
   #handles: { db: Store; commit: GroupCommit } | undefined;
   readonly #onCommit: CommitObserver | undefined;
   #writes: WriteFailures | undefined;
@@ -168,14 +166,13 @@ export class LevelStore {
       this.counters.recoveryRecords = recovered.records;
       this.counters.recoveryMs = recovered.durationMs;
 
-      this.#db = db;
       const writes = new WriteFailures(db, path, this.log, this.now, () => this.#state === 'running');
       this.#writes = writes;
-      this.#commit = createGroupCommit(
+      const commit = createGroupCommit(
         { batch: (ops, options) => writes.batch(ops, options) },
         { policy: this.options.sync, maxDelayMs: this.options.commitDelayMs, onCommit: this.#onCommit },
       );
-      this.#handles = { db, commit: this.#commit };
+      this.#handles = { db, commit };
       this.#state = 'running';
       const ops = [...recovered.repairOps];
       const now = this.now();
@@ -210,9 +207,7 @@ export class LevelStore {
       this.#state = 'failed';
       this.expiry.stop();
       await this.#writes?.stop();
-      this.#db = undefined;
-      await this.#commit?.close();
-      this.#commit = undefined;
+      await this.#handles?.commit.close();
       this.#handles = undefined;
       await db.close().catch(() => undefined);
       // The first write (recovery repairs, the alive stamp) on a full disk:
@@ -238,7 +233,7 @@ export class LevelStore {
     this.expiry.stop();
     await this.#writes?.stop();
     await Promise.allSettled([...this.#inflight]);
-    const commit = this.#commit!;
+    const { db, commit } = this.#handles!;
     // Clients still connected: the identifiers of their messages in flight.
     const ops: BatchOp[] = [];
     for (const [clientId] of this.queues.clients()) this.#recordSent(clientId, ops);
@@ -247,7 +242,7 @@ export class LevelStore {
       this.log.warn({ err: error }, 'could not record the stop time');
     });
     await commit.close();
-    await this.#db!.close();
+    await db.close();
     this.#state = 'stopped';
     this.log.info('store closed');
   }
@@ -338,7 +333,6 @@ export class LevelStore {
   ready(): { db: Store; commit: GroupCommit } {
     // 'stopping' still accepts: aedes' last fire-and-forget writes (wills of
     // closing clients) land before the group commit closes.
-    // #handles is set with #db and #commit, and cleared with them.
     if ((this.#state !== 'running' && this.#state !== 'stopping') || this.#handles === undefined) {
       throw new StoreClosedError(`persistence (${this.#state})`);
     }
@@ -347,7 +341,7 @@ export class LevelStore {
 
   /** The value `key` will have once queued writes land (see GroupCommit.pending); undefined also when closed. */
   pending(key: Buffer): Buffer | null | undefined {
-    return this.#commit?.pending(key);
+    return this.#handles?.commit.pending(key);
   }
 
   /** The sequence number (the key) of the next queued entry. */
@@ -468,6 +462,6 @@ export class LevelStore {
   }
 
   stats(): PersistenceStats {
-    return persistenceStats(this.#state, this, this.#commit?.stats());
+    return persistenceStats(this.#state, this, this.#handles?.commit.stats());
   }
 }
