@@ -75,28 +75,12 @@ async function measure(broker: BenchBroker): Promise<Round> {
   const latencies = { persistent: [] as number[], clean: [] as number[], puback: [] as number[] };
   let received = 0;
   const subscribe = generate({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: TOPIC, qos: 1 }] });
-  // The subscribers' PUBACKs leave at the end of the turn, not after each read (LoadClient.acknowledge):
-  // a write between the two subscribers' reads would add its system call to the latency of the one read second.
-  const acks = new Map<LoadClient, number[]>();
-  let acksDue = false;
-  const writeAcks = (): void => {
-    acksDue = false;
-    for (const [client, ids] of acks) {
-      if (ids.length === 0) continue;
-      const out = Buffer.allocUnsafe(ids.length * 4);
-      ids.forEach((id, i) => {
-        out[i * 4] = PUBACK_HEADER;
-        out[i * 4 + 1] = 2;
-        out.writeUInt16BE(id, i * 4 + 2);
-      });
-      ids.length = 0;
-      client.socket.write(out);
-    }
-  };
   const subscribers = await Promise.all(
     (['persistent', 'clean'] as const).map(async (kind) => {
       const client = await LoadClient.open(broker.port, `${kind}-${stamp}`, kind === 'clean');
       await client.request(subscribe, SUBACK);
+      // PUBACKs at the end of the turn: a write between the two subscribers' reads would add its system call to the latency of the one read second.
+      client.acksAtEndOfTurn = true;
       client.onPacket((type, buf, bodyStart) => {
         if (type !== PUBLISH) return;
         const now = performance.now();
@@ -104,13 +88,8 @@ async function measure(broker: BenchBroker): Promise<Round> {
         const seq = buf.readUInt32BE(at + 2);
         if (seq >= WARMUP) latencies[kind].push(now - sentAt[seq]!);
         received++;
-        acks.get(client)!.push(buf.readUInt16BE(at));
-        if (!acksDue) {
-          acksDue = true;
-          setImmediate(writeAcks);
-        }
+        client.acknowledge(PUBACK_HEADER, buf.readUInt16BE(at));
       });
-      acks.set(client, []);
       return client;
     }),
   );

@@ -150,10 +150,22 @@ export class LoadClient {
   readonly socket: net.Socket;
   #onPacket: PacketHandler = () => undefined;
   readonly #reader = new PacketReader((type, buf, bodyStart, bodyEnd, flags) => this.#onPacket(type, buf, bodyStart, bodyEnd, flags));
-  /** Called after each read's packets (and the write of the acknowledgements they queued). */
+  /** Called after each read's packets (and the write of the acknowledgements they queued, unless acksAtEndOfTurn). */
   afterRead: () => void = () => undefined;
   /** acknowledge()'s packets not written yet: first byte and packet identifier, in pairs. */
   readonly #acks: number[] = [];
+  /**
+   * Write acknowledge()'s packets at the end of the turn instead of after
+   * each read: with several clients in this process, a read then does not
+   * wait for the acknowledgement write of another client read before it
+   * (the latency benchmark's two subscribers).
+   */
+  acksAtEndOfTurn = false;
+  #acksDue = false;
+  readonly #writeAcksNow = (): void => {
+    this.#acksDue = false;
+    this.#writeAcks();
+  };
 
   private constructor(port: number) {
     // Reads land in one buffer per connection (`onread`), no Buffer per read.
@@ -165,7 +177,11 @@ export class LoadClient {
         buffer: Buffer.allocUnsafe(256 * 1024),
         callback: (bytes: number, buffer: Uint8Array) => {
           this.#reader.push(buffer as Buffer, 0, bytes);
-          this.#writeAcks();
+          if (!this.acksAtEndOfTurn) this.#writeAcks();
+          else if (!this.#acksDue && this.#acks.length > 0) {
+            this.#acksDue = true;
+            setImmediate(this.#writeAcksNow);
+          }
           this.afterRead();
           return true;
         },
