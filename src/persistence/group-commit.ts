@@ -220,8 +220,8 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     // LevelDB and its thread woken; and what the next poll phase brings (the
     // subscribers' acknowledgements of those deliveries, typically) shares
     // its fsync. At 2,000 QoS 1 messages a second this cut a delivery's
-    // latency by a quarter to a third and the broker's CPU by ~8%
-    // (bench/persistence-latency.ts, README ◉).
+    // latency (p50) by a sixth to a quarter and the broker's CPU per message
+    // by ~15% (bench/persistence-latency.ts, README ◉).
     else setImmediate(nextTurn, batch);
   }
 
