@@ -123,6 +123,49 @@ t.test("a persistent session's message too large for the client leaves its queue
   t.same(back.log.messages.map((m) => m.payload), ['m2'], 'the oversized message was not kept for the next connection');
 });
 
+t.test("a message queued while a v5 client was away and too large for it is not resent when it comes back: it leaves the queue [MQTT-3.1.2-25]", async (t) => {
+  const { mqttUrl, daemon } = await startDaemon(t);
+  const port = portOf(mqttUrl);
+  const maximumPacketSize = 200;
+  const session = { clean: false, properties: { sessionExpiryInterval: 300, maximumPacketSize } };
+  const away = await rawConnected(t, port, 'mps-away', 5, session);
+  away.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'mps/#', qos: 2 }] });
+  await away.next('suback');
+  away.send({ cmd: 'disconnect' });
+  await away.waitForClose();
+  const publisher = await openClient(t, mqttUrl, v5({ clientId: 'mps-publisher' }));
+  await publisher.client.publishAsync('mps/t', 'a', { qos: 1 });
+  await publisher.client.publishAsync('mps/t', Buffer.alloc(1000), { qos: 1 });
+  await publisher.client.publishAsync('mps/t', Buffer.alloc(1000), { qos: 2 });
+  // Small payload, too large with its properties: they count, as on delivery.
+  await publisher.client.publishAsync('mps/t', 'p', { qos: 1, properties: { userProperties: { k: 'v'.repeat(maximumPacketSize) } } });
+  await publisher.client.publishAsync('mps/t', 'b', { qos: 1 });
+  await eventually(() => daemon.storeStats().queuedEntries === 5, 5000, 'five messages queued for the session');
+
+  const back = await rawConnected(t, port, 'mps-away', 5, session);
+  await back.waitFor((p) => published(p).some((m) => m.payload.toString() === 'b'), 'the last small message');
+  // Everything the broker wrote before the PINGRESP has arrived.
+  await back.ping();
+  const resent = published(back.packets);
+  t.same(resent.map((m) => m.payload.toString()), ['a', 'b'], 'the two that fit, in order; the three that do not are discarded');
+  t.ok(
+    back.packets.every((p) => p.length === undefined || 1 + (p.length < 128 ? 1 : 2) + p.length <= maximumPacketSize),
+    'no packet larger than the Maximum Packet Size',
+  );
+  const stats = daemon.limitsStats();
+  t.equal(stats.flow.oversizeDrops, 3, 'each discard counted');
+  t.equal(stats.limitHits.clientMaxPacketSize, 3, 'as limit hits too');
+  for (const message of resent) back.send({ cmd: 'puback', messageId: message.messageId! });
+  await eventually(() => daemon.storeStats().queuedEntries === 0, 5000, 'the queue to empty: the discarded messages are not kept');
+  back.send({ cmd: 'disconnect' });
+  await back.waitForClose();
+
+  const again = await rawConnected(t, port, 'mps-away', 5, session);
+  await publisher.client.publishAsync('mps/t', 'marker', { qos: 1 });
+  await again.waitFor((p) => published(p).some((m) => m.payload.toString() === 'marker'), 'the marker');
+  t.same(published(again.packets).map((m) => m.payload.toString()), ['marker'], 'nothing resent on the next connection');
+});
+
 t.test('CONNACK tells a v5 client the broker limits (3.2.2.3)', async (t) => {
   const { mqttUrl } = await startDaemon(t, { broker: { maxPacketSizeBytes: 65536 }, limits: { maxIncomingAwaitingRelease: 50 } });
   const { connack } = await openClient(t, mqttUrl, v5({ clientId: 'curious' }));

@@ -254,7 +254,11 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       installDeliveryRules(started);
       installIncomingCleanup(instance, deps.logger);
       // The resend after CONNECT, many stored messages per turn (aedes-seam/resend.ts).
-      await installBatchResend(instance, { reserve: (client) => limits.reserveResend(client), room: (client) => limits.roomForResend(client) });
+      await installBatchResend(instance, {
+        reserve: (client) => limits.reserveResend(client),
+        room: (client) => limits.roomForResend(client),
+        fits: (client, packet) => limits.admitResend(client, packet),
+      });
       // 3.1/3.1.1 CONNECTs with aedes' steps but no per-CONNECT stream pipeline (aedes-seam/connect.ts).
       await installConnectPath(started, persistence?.outgoingQueued?.bind(persistence));
       // PUBLISH packets really written to each client (traffic.ts), and what its parser refuses:

@@ -125,6 +125,29 @@ export class ClientFlow implements Deliveries {
     return true;
   }
 
+  /**
+   * Whether a stored PUBLISH that the resend after CONNECT is about to write
+   * fits an MQTT 5 client's Maximum Packet Size, as a live one must
+   * (#deliver); false when it must not be sent [MQTT-3.1.2-24] (counted and
+   * reported here). The resend then discards it as if sent and acknowledged
+   * [MQTT-3.1.2-25]: left in the queue, it would be resent, and refused
+   * again, on every connection.
+   */
+  admitResend(packet: DeliveredPacket): boolean {
+    const limits = clientLimits(this.#client);
+    if (limits.maximumPacketSize === undefined) return true;
+    const bytes = publishBytes(packet, limits.version === 5);
+    if (bytes <= limits.maximumPacketSize) return true;
+    this.#tooLarge(packet.qos, bytes, limits.maximumPacketSize);
+    return false;
+  }
+
+  /** Counts and reports a message not sent for the client's Maximum Packet Size. */
+  #tooLarge(qos: QoS, bytes: number, maximumPacketSize: number): void {
+    this.#owner.count('oversizeDrops');
+    this.#owner.report('clientMaxPacketSize', this.#fields({ qos, bytes, maximumPacketSize }));
+  }
+
   /** Resolves at the client's next acknowledgement, or once its connection has closed. */
   roomForResend(): Promise<void> {
     if (this.#closed || this.#conn.destroyed) return Promise.resolve();
@@ -153,8 +176,7 @@ export class ClientFlow implements Deliveries {
     if (this.#closed || this.#client.closed) return false;
     const { maximumPacketSize } = clientLimits(this.#client);
     if (maximumPacketSize !== undefined && bytes > maximumPacketSize) {
-      this.#owner.count('oversizeDrops');
-      this.#owner.report('clientMaxPacketSize', this.#fields({ qos: 0, bytes, maximumPacketSize }));
+      this.#tooLarge(0, bytes, maximumPacketSize);
       return false;
     }
     if (this.#fits(bytes)) return true;
@@ -244,8 +266,7 @@ export class ClientFlow implements Deliveries {
    * resent, and refused again, on every connection.
    */
   #dropOversize(entry: Entry, maximumPacketSize: number): void {
-    this.#owner.count('oversizeDrops');
-    this.#owner.report('clientMaxPacketSize', this.#fields({ qos: entry.qos, bytes: entry.bytes, maximumPacketSize }));
+    this.#tooLarge(entry.qos, entry.bytes, maximumPacketSize);
     const discard = this.#owner.discardOutgoing;
     if (entry.qos === 0 || !entry.packet.brokerId || this.#client.clean || discard === undefined) return;
     if (!this.#claim(entry) || entry.packet.messageId === undefined) return;

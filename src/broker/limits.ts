@@ -19,7 +19,7 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog, type LogFields } from '../util/rate-limited-log.js';
 import { createAddressMatcher, LOOPBACK_RANGES } from '../util/address-list.js';
-import { connackAccepted, disconnectWithReason, onDrainTimeout, subscriptionsOf, type AedesSeam } from './aedes-seam/index.js';
+import { connackAccepted, disconnectWithReason, onDrainTimeout, subscriptionsOf, type AedesSeam, type DeliveredPacket } from './aedes-seam/index.js';
 import { FlowControl, type ClientFlow, type ClaimOutgoing, type DiscardOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
 import { CONNECT, DISCONNECT, guardConnection, MQTT_MAX_STRING_BYTES, PUBACK, PUBCOMP, PUBREC, type GuardOwner, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
 import { holdUntilConnack } from './connect-hold.js';
@@ -131,6 +131,8 @@ export interface Limits {
   /** The inflight window as the resend after CONNECT uses it (aedes-seam/resend.ts): see ClientFlow.reserveResend. */
   reserveResend(client: Client): boolean;
   roomForResend(client: Client): Promise<void>;
+  /** Whether a stored PUBLISH the resend after CONNECT is about to write fits the client's Maximum Packet Size: see ClientFlow.admitResend. */
+  admitResend(client: Client, packet: DeliveredPacket): boolean;
   /** The flow control's say on a QoS 0 message of `bytes` the fast path writes to `client` (ClientFlow.admitQoS0). */
   admitQoS0(client: Client, bytes: number): boolean;
 }
@@ -450,6 +452,9 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
     },
     roomForResend(client) {
       return (client as WithFlow)[FLOW]?.roomForResend() ?? Promise.resolve();
+    },
+    admitResend(client, packet) {
+      return (client as WithFlow)[FLOW]?.admitResend(packet) ?? true;
     },
     flowOf(client) {
       const clientFlow = (client as WithFlow)[FLOW];

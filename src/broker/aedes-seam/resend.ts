@@ -47,7 +47,13 @@
  * it is written, and when there is none the resend waits for the client's
  * next acknowledgement (or its close). A client that acknowledges nothing
  * gets no more than its window, and stays resuming (its live messages wait
- * behind the backlog, in order) until it acknowledges or goes.
+ * behind the backlog, in order) until it acknowledges or goes. Nor does
+ * aedes' resend heed an MQTT 5 client's Maximum Packet Size: here a stored
+ * PUBLISH larger than it is not sent but cleared, as if sent and
+ * acknowledged [MQTT-3.1.2-25], as the flow control does with a live one
+ * (queued while the client was away, it would otherwise go out on every
+ * connection, and a client that enforces its maximum would refuse it each
+ * time).
  *
  * aedes' other caller of outgoingStream, Client#emptyOutgoingQueue (a session
  * wiped on close), gets the persistence's stream unchanged: the resend is
@@ -64,6 +70,7 @@ import type { Aedes, Client } from 'aedes';
 import { publishRewrite, publishTap, type PublishTap } from './packet-writes.js';
 import { encodePublish } from './packet-encoding.js';
 import { loadAedesWrites, type AedesWrite, type QoSPacketClass } from './aedes-lib.js';
+import type { DeliveredPacket } from './client.js';
 
 /** Messages written back to back before the resend waits one turn. */
 export const RESEND_BATCH = 512;
@@ -114,10 +121,16 @@ export interface ResendWindow {
   reserve(client: Client): boolean;
   /** Resolves at the client's next acknowledgement, or once its connection has closed. */
   room(client: Client): Promise<void>;
+  /**
+   * Whether a stored PUBLISH fits the client's Maximum Packet Size; false
+   * when it must not be sent (the flow control counts and reports it), and
+   * the resend clears it from the queue instead [MQTT-3.1.2-25].
+   */
+  fits(client: Client, packet: DeliveredPacket): boolean;
 }
 
 /** No window: every message may go (plain aedes in tests, a broker without flow control). */
-const UNBOUNDED: ResendWindow = { reserve: () => true, room: () => Promise.resolve() };
+const UNBOUNDED: ResendWindow = { reserve: () => true, room: () => Promise.resolve(), fits: () => true };
 
 /**
  * Takes over the resend after CONNECT (see the header). Call after `listen()`
@@ -244,7 +257,9 @@ async function resend(
       // handlers/connect.js emptyQueueFilter.
       const authorized = packet.cmd === 'publish' ? resuming.broker.authorizeForward(client, packet) : true;
       const expired = packet.messageExpiry !== undefined && packet.messageExpiry <= Date.now();
-      if (resuming.clean || resuming._cleanStart || !authorized || expired) {
+      // Too large for the client: not sent, and cleared as if sent and acknowledged [MQTT-3.1.2-25].
+      const tooLarge = () => packet.cmd === 'publish' && !window.fits(client, packet as unknown as DeliveredPacket);
+      if (resuming.clean || resuming._cleanStart || !authorized || expired || tooLarge()) {
         await persistence.outgoingClearMessageId(client, packet);
         continue;
       }
