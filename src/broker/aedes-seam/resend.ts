@@ -257,9 +257,14 @@ async function resend(
       // handlers/connect.js emptyQueueFilter.
       const authorized = packet.cmd === 'publish' ? resuming.broker.authorizeForward(client, packet) : true;
       const expired = packet.messageExpiry !== undefined && packet.messageExpiry <= Date.now();
-      // Too large for the client: not sent, and cleared as if sent and acknowledged [MQTT-3.1.2-25].
-      const tooLarge = () => packet.cmd === 'publish' && !window.fits(client, packet as unknown as DeliveredPacket);
-      if (resuming.clean || resuming._cleanStart || !authorized || expired || tooLarge()) {
+      if (
+        resuming.clean ||
+        resuming._cleanStart ||
+        !authorized ||
+        expired ||
+        // Too large for the client: not sent, and cleared as if sent and acknowledged [MQTT-3.1.2-25].
+        (packet.cmd === 'publish' && !window.fits(client, packet as unknown as DeliveredPacket))
+      ) {
         await persistence.outgoingClearMessageId(client, packet);
         continue;
       }
