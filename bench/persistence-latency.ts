@@ -23,12 +23,11 @@
  *        BENCH_PAYLOAD_BYTES=64 BENCH_BROKERS=edgemqtt,mosquitto,nats-server
  *        BENCH_SYNC=batch (edgemqtt's persistence.sync; `os`: no fsync, to see what the fsyncs cost)
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { generate } from 'mqtt-packet';
-import { findNatsServer, startNatsServer } from './brokers.js';
-import { findMosquitto, median, ratio, LoadClient, startEdgemqtt, startMosquitto, type BenchBroker } from './persistence-load.js';
+import { findMosquitto, median, natsServerColumn, ratio, LoadClient, startEdgemqtt, startMosquitto, type BenchBroker } from './persistence-load.js';
 import { percentile, processCpuMs } from './common.js';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -155,18 +154,8 @@ async function main(): Promise<void> {
     ['edgemqtt', (dir) => startEdgemqtt(dir, { persistence: { sync: SYNC } })],
   ];
   if (mosquitto) brokers.push(['mosquitto', (dir) => startMosquitto(mosquitto, dir, { persistence: true })]);
-  const nats = findNatsServer();
-  if (!nats) console.log('nats-server not found (BENCH_NATS_SERVER=/path): column skipped');
-  else {
-    brokers.push([
-      'nats-server',
-      async (dir) => {
-        await mkdir(dir, { recursive: true });
-        const running = await startNatsServer(nats, dir, false);
-        return { name: 'nats-server', port: running.endpoint.tcpPort, pid: running.endpoint.pid, stop: running.stop };
-      },
-    ]);
-  }
+  const nats = natsServerColumn();
+  if (nats) brokers.push(['nats-server', nats]);
   const results = new Map<string, Round[]>();
   try {
     for (let round = 1; round <= ROUNDS; round++) {

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { generate, parser as packetParser, type Packet } from 'mqtt-packet';
-import { freePort, shippedNodeFlags, spawnTracked, stopChild, waitForPort } from './brokers.js';
+import { findNatsServer, freePort, shippedNodeFlags, spawnTracked, startNatsServer, stopChild, waitForPort } from './brokers.js';
 import { PACKET_CONNACK, PacketReader, type PacketHandler } from './common.js';
 
 export { findMosquitto, freePort } from './brokers.js';
@@ -26,6 +26,26 @@ export interface BenchBroker {
   port: number;
   pid: number;
   stop(): Promise<void>;
+}
+
+/**
+ * nats-server's MQTT listener (its sessions and QoS 1 messages in JetStream,
+ * which syncs to disk on its own interval, not per message) as a column of
+ * the persistence benchmarks, or undefined (and a message) when it is not
+ * installed. Its own inflight window applies (mqtt max_ack_pending, 1024 by
+ * default), not the benchmark's.
+ */
+export function natsServerColumn(): ((dir: string) => Promise<BenchBroker>) | undefined {
+  const nats = findNatsServer();
+  if (!nats) {
+    console.log('nats-server not found (BENCH_NATS_SERVER=/path): column skipped');
+    return undefined;
+  }
+  return async (dir) => {
+    await mkdir(dir, { recursive: true });
+    const running = await startNatsServer(nats, dir, false);
+    return { name: 'nats-server', port: running.endpoint.tcpPort, pid: running.endpoint.pid, stop: running.stop };
+  };
 }
 
 /** edgemqtt through its CLI (`npm run build` first) with the shipped node flags, on loopback, with `config` merged into a bench config. */

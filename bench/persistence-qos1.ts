@@ -14,6 +14,10 @@
  *            its autosave interval and on shutdown, never per message) and,
  *            when the package is installed, bare aedes 1.2 with
  *            aedes-persistence-level (PUBACK before publishing, no fsync).
+ *            nats-server's MQTT listener, when installed, runs in both modes:
+ *            it keeps every QoS 1 message in JetStream, which syncs to disk
+ *            on its own interval, and its own inflight window (mqtt
+ *            max_ack_pending, 1024) applies instead of BENCH_INFLIGHT.
  *            BENCH_OFFLINE=1 adds a second persistent subscriber that is
  *            offline, so each message is also queued for it.
  *
@@ -32,7 +36,7 @@
  *   npm run bench:build && node dist-bench/bench/persistence-qos1.js
  *   env: BENCH_MODES=memory,durable BENCH_MESSAGES=100000 BENCH_WARMUP=20000
  *        BENCH_PUBLISHERS=10 BENCH_WINDOW=64 BENCH_PAYLOAD_BYTES=64 BENCH_ROUNDS=3
- *        BENCH_INFLIGHT=20 BENCH_OFFLINE=0 BENCH_BROKERS=edgemqtt,mosquitto,aedes+level BENCH_TIMEOUT_SEC=120
+ *        BENCH_INFLIGHT=20 BENCH_OFFLINE=0 BENCH_BROKERS=edgemqtt,mosquitto,nats-server,aedes+level BENCH_TIMEOUT_SEC=120
  *        BENCH_SYNC=batch (edgemqtt's persistence.sync; `os`: no fsync, to see what the fsyncs cost)
  *        BENCH_QUEUE_CACHE=BYTES (edgemqtt's persistence.queueCacheBytes; 0: no copies in memory)
  *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof, profile in DIR; each round prints
@@ -53,6 +57,7 @@ import {
   startAedesLevel,
   startEdgemqtt,
   startMosquitto,
+  natsServerColumn,
   queueCacheFromEnv,
   type BenchBroker,
 } from './persistence-load.js';
@@ -206,9 +211,11 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
   };
 }
 
-function candidates(mode: Mode, mosquitto: string | null): Array<[string, (dir: string) => Promise<BenchBroker>]> {
+type Start = (dir: string) => Promise<BenchBroker>;
+
+function candidates(mode: Mode, mosquitto: string | null, nats: Start | undefined): Array<[string, Start]> {
   const durable = mode === 'durable';
-  const list: Array<[string, (dir: string) => Promise<BenchBroker>]> = [
+  const list: Array<[string, Start]> = [
     [
       'edgemqtt',
       (dir) =>
@@ -220,9 +227,13 @@ function candidates(mode: Mode, mosquitto: string | null): Array<[string, (dir: 
     ],
   ];
   if (mosquitto) list.push(['mosquitto', (dir) => startMosquitto(mosquitto, dir, { persistence: durable, maxInflight: INFLIGHT })]);
+  if (nats) list.push(['nats-server', nats]);
   if (durable && hasAedesPersistenceLevel()) list.push(['aedes+level', (dir) => startAedesLevel(dir)]);
   return list.filter(([name]) => !BROKERS || BROKERS.includes(name));
 }
+
+/** The main thread's share; none for nats-server, whose Go runtime spreads its work over threads of its own. */
+const mainThread = (name: string, us: number) => (name.endsWith('nats-server') ? '' : ` (main thread ${us.toFixed(1)})`);
 
 const spread = (values: number[], digits = 0) =>
   values.length > 1 ? ` (${Math.min(...values).toFixed(digits)}–${Math.max(...values).toFixed(digits)})` : '';
@@ -231,11 +242,12 @@ async function main(): Promise<void> {
   const root = await mkdtemp(path.join(tmpdir(), 'edgemqtt-bench-qos1-'));
   const mosquitto = findMosquitto();
   if (!mosquitto) console.log('mosquitto not found (BENCH_MOSQUITTO=/path): column skipped');
+  const nats = !BROKERS || BROKERS.includes('nats-server') ? natsServerColumn() : undefined;
   const results = new Map<string, Round[]>();
   try {
     for (let round = 1; round <= ROUNDS; round++) {
       for (const mode of MODES) {
-        for (const [name, start] of candidates(mode, mosquitto)) {
+        for (const [name, start] of candidates(mode, mosquitto, nats)) {
           const broker = await start(path.join(root, `${mode}-${name}-${round}`));
           try {
             const result = await measure(broker, mode).catch((error: unknown) => {
@@ -246,7 +258,7 @@ async function main(): Promise<void> {
             const key = `${mode} ${name}`;
             results.set(key, [...(results.get(key) ?? []), result]);
             console.log(
-              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg (main thread ${result.mainUs.toFixed(1)}), load generator ${result.loadUs.toFixed(1)} µs/msg`,
+              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg ${mainThread(name, result.mainUs)}, load generator ${result.loadUs.toFixed(1)} µs/msg`,
             );
           } finally {
             await broker.stop();
@@ -272,7 +284,7 @@ async function main(): Promise<void> {
       const versus = edgemqtt && key !== `${mode} edgemqtt` ? `   edgemqtt/this = ${ratio(median(edgemqtt.map((r) => r.rate)), median(rates))}` : '';
       console.log(
         `  ${key.padEnd(20)} ${String(Math.round(median(rates))).padStart(7)} msg/s${spread(rates)}` +
-          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)} (main thread ${median(main).toFixed(1)})   load gen ${median(load).toFixed(1)} µs/msg${versus}`,
+          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)}${mainThread(key, median(main))}   load gen ${median(load).toFixed(1)} µs/msg${versus}`,
       );
     }
   }
