@@ -260,7 +260,8 @@ export async function startMosquitto(binary: string, tempDir: string, noDelay = 
  * only (no MQTT 5) and treats QoS 2 as QoS 1. With `webSocket` false there is
  * no websocket listener (endpoint wsPort 0), as memory.ts measures it.
  */
-export async function startNatsServer(binary: string, tempDir: string, webSocket = true): Promise<RunningBroker> {
+/** `maxAckPending`: the MQTT listener's inflight window per subscription (nats-server's default 1024 when unset). */
+export async function startNatsServer(binary: string, tempDir: string, webSocket = true, maxAckPending?: number): Promise<RunningBroker> {
   const dir = mkdtempSync(path.join(tempDir, 'nats-'));
   const [clientPort, tcpPort] = [await freePort(), await freePort()];
   const wsPort = webSocket ? await freePort() : 0;
@@ -271,7 +272,7 @@ export async function startNatsServer(binary: string, tempDir: string, webSocket
       'server_name: bench',
       `listen: "127.0.0.1:${clientPort}"`,
       `jetstream { store_dir: ${JSON.stringify(path.join(dir, 'js'))} }`,
-      `mqtt { host: "127.0.0.1", port: ${tcpPort} }`,
+      `mqtt { host: "127.0.0.1", port: ${tcpPort}${maxAckPending ? `, max_ack_pending: ${maxAckPending}` : ''} }`,
       ...(webSocket ? [`websocket { host: "127.0.0.1", port: ${wsPort}, no_tls: true }`] : []),
       `log_file: ${JSON.stringify(path.join(dir, 'nats.log'))}`,
       '',

@@ -32,10 +32,10 @@ export interface BenchBroker {
  * nats-server's MQTT listener (its sessions and QoS 1 messages in JetStream,
  * which syncs to disk on its own interval, not per message) as a column of
  * the persistence benchmarks, or undefined (and a message) when it is not
- * installed. Its own inflight window applies (mqtt max_ack_pending, 1024 by
- * default), not the benchmark's.
+ * installed. `inflight`: its inflight window per subscription (mqtt
+ * max_ack_pending; 0 or none: its default, 1024).
  */
-export function natsServerColumn(): ((dir: string) => Promise<BenchBroker>) | undefined {
+export function natsServerColumn(inflight?: number): ((dir: string) => Promise<BenchBroker>) | undefined {
   const nats = findNatsServer();
   if (!nats) {
     console.log('nats-server not found (BENCH_NATS_SERVER=/path): column skipped');
@@ -43,7 +43,7 @@ export function natsServerColumn(): ((dir: string) => Promise<BenchBroker>) | un
   }
   return async (dir) => {
     await mkdir(dir, { recursive: true });
-    const running = await startNatsServer(nats, dir, false);
+    const running = await startNatsServer(nats, dir, false, inflight || undefined);
     return { name: 'nats-server', port: running.endpoint.tcpPort, pid: running.endpoint.pid, stop: running.stop };
   };
 }

@@ -16,8 +16,8 @@
  *            aedes-persistence-level (PUBACK before publishing, no fsync).
  *            nats-server's MQTT listener, when installed, runs in both modes:
  *            it keeps every QoS 1 message in JetStream, which syncs to disk
- *            on its own interval, and its own inflight window (mqtt
- *            max_ack_pending, 1024) applies instead of BENCH_INFLIGHT.
+ *            on its own interval; its inflight window (mqtt
+ *            max_ack_pending) is set to BENCH_INFLIGHT too.
  *            BENCH_OFFLINE=1 adds a second persistent subscriber that is
  *            offline, so each message is also queued for it.
  *
@@ -242,7 +242,7 @@ async function main(): Promise<void> {
   const root = await mkdtemp(path.join(tmpdir(), 'edgemqtt-bench-qos1-'));
   const mosquitto = findMosquitto();
   if (!mosquitto) console.log('mosquitto not found (BENCH_MOSQUITTO=/path): column skipped');
-  const nats = !BROKERS || BROKERS.includes('nats-server') ? natsServerColumn() : undefined;
+  const nats = !BROKERS || BROKERS.includes('nats-server') ? natsServerColumn(INFLIGHT) : undefined;
   const results = new Map<string, Round[]>();
   try {
     for (let round = 1; round <= ROUNDS; round++) {

@@ -10,6 +10,9 @@
  * message's packet identifier before a QoS 2 PUBLISH leaves (so it survives
  * a crash, see outgoingResendStream);
  * Mosquitto runs without persistence (its default), so it stores nothing.
+ * nats-server's MQTT listener, where installed, is a column for QoS 1 (2.9
+ * has no QoS 2): its sessions and messages live in JetStream, and its
+ * inflight window (max_ack_pending) is set to BENCH_INFLIGHT too.
  *
  * The inflight window towards the subscriber is BENCH_INFLIGHT for both
  * brokers (default 20, the default of both: edgemqtt limits.maxInflightMessages,
@@ -30,7 +33,7 @@
  * cold resend (a gateway's first reconnect after a restart).
  *
  *   env: BENCH_BACKLOG=20000 BENCH_WARMUP=20000 BENCH_ROUNDS=3 BENCH_PAYLOAD_BYTES=64 BENCH_INFLIGHT=20
- *        BENCH_BROKERS=edgemqtt,mosquitto BENCH_TIMEOUT_SEC=60 (a round not done by then is
+ *        BENCH_BROKERS=edgemqtt,mosquitto,nats-server BENCH_TIMEOUT_SEC=60 (a round not done by then is
  *        left out: Mosquitto 2.0.11 with a window stalls on a QoS 2 backlog)
  *        BENCH_THREADS=1 (the broker's CPU per message: main thread and other threads)
  *        BENCH_QUEUE_CACHE=BYTES (edgemqtt's persistence.queueCacheBytes; default the
@@ -43,7 +46,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { PACKET_PUBLISH, processCpuMs, threadCpuMs } from './common.js';
-import { findMosquitto, LoadClient, median, ratio, RawConnection, startEdgemqtt, startMosquitto, queueCacheFromEnv, type BenchBroker } from './persistence-load.js';
+import { findMosquitto, LoadClient, median, natsServerColumn, ratio, RawConnection, startEdgemqtt, startMosquitto, queueCacheFromEnv, type BenchBroker } from './persistence-load.js';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const BACKLOG = env('BENCH_BACKLOG', 20_000);
@@ -194,6 +197,8 @@ async function main(): Promise<void> {
   ];
   if (mosquitto) candidates.push(['mosquitto', (dir) => startMosquitto(mosquitto, dir, { maxInflight: INFLIGHT })]);
   else console.log('mosquitto not found (BENCH_MOSQUITTO=/path): column skipped');
+  const nats = !BROKERS || BROKERS.includes('nats-server') ? natsServerColumn(INFLIGHT) : undefined;
+  if (nats) candidates.push(['nats-server', nats]);
   if (BROKERS) candidates.splice(0, candidates.length, ...candidates.filter(([name]) => BROKERS.includes(name)));
 
   const results = new Map<string, Round[]>();
@@ -201,6 +206,8 @@ async function main(): Promise<void> {
     for (let round = 1; round <= ROUNDS; round++) {
       for (const qos of [1, 2] as const) {
         for (const [name, start] of candidates) {
+          // nats-server 2.9's MQTT listener has no QoS 2.
+          if (name === 'nats-server' && qos === 2) continue;
           const broker = await start(path.join(root, `${name}-${qos}-${round}`));
           try {
             if (WARMUP > 0 && (await measure(broker, qos, WARMUP)) === undefined) {
@@ -239,10 +246,13 @@ async function main(): Promise<void> {
   };
   for (const qos of [1, 2]) {
     const ours = results.get(`edgemqtt QoS ${qos}`);
-    const theirs = results.get(`mosquitto QoS ${qos}`);
-    if (ours) console.log(`  QoS ${qos}: edgemqtt  ${describe(ours)}`);
-    if (theirs) console.log(`  QoS ${qos}: mosquitto ${describe(theirs)}`);
-    if (ours && theirs) console.log(`  QoS ${qos}: edgemqtt/mosquitto = ${ratio(median(ours.map((r) => r.rate)), median(theirs.map((r) => r.rate)))}`);
+    if (ours) console.log(`  QoS ${qos}: edgemqtt    ${describe(ours)}`);
+    for (const peer of ['mosquitto', 'nats-server']) {
+      const theirs = results.get(`${peer} QoS ${qos}`);
+      if (!theirs) continue;
+      console.log(`  QoS ${qos}: ${peer.padEnd(11)} ${describe(theirs)}`);
+      if (ours) console.log(`  QoS ${qos}: edgemqtt/${peer} = ${ratio(median(ours.map((r) => r.rate)), median(theirs.map((r) => r.rate)))}`);
+    }
   }
 }
 
