@@ -258,7 +258,7 @@ async function main(): Promise<void> {
             const key = `${mode} ${name}`;
             results.set(key, [...(results.get(key) ?? []), result]);
             console.log(
-              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg ${mainThread(name, result.mainUs)}, load generator ${result.loadUs.toFixed(1)} µs/msg`,
+              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg${mainThread(name, result.mainUs)}, load generator ${result.loadUs.toFixed(1)} µs/msg`,
             );
           } finally {
             await broker.stop();
