@@ -149,6 +149,26 @@ t.test(`aedes ${V} still has no shared subscriptions, aedes #841 (corrected: src
   t.same((await raw.next('suback')).granted, [0x9e], 'SUBACK 0x9E Shared Subscriptions not supported');
 });
 
+t.test(`aedes ${V} still keeps a refused filter with a persistent session and answers every refusal 0x87 (corrected in src/broker/aedes-seam/subscribe-outcomes.ts)`, { skip: v5 }, async (t) => {
+  // When this fails after an aedes upgrade, installSubscribeOutcomes need not filter what is stored, or rewrite the SUBACK's codes.
+  // handlers/subscribe.js storeSubscriptions: addSubscriptions(client, packet.subscriptions) for each granted filter, the
+  // refused ones in the list too; a filter authorizeSubscribe refuses (done(null, null)) gets ReasonCodes.NOT_AUTHORIZED.
+  const session = { clean: false, properties: { sessionExpiryInterval: 300 } };
+  const { aedes, port } = await startPlainAedes(t, {
+    authorizeSubscribe: (_client: unknown, sub: { topic: string }, done: (error: Error | null, sub: unknown) => void) => done(null, sub.topic === 'refused/t' ? null : sub),
+  });
+  const first = await rawConnected(t, port, 'keeps-refused', 5, session);
+  first.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'granted/t', qos: 1 }, { topic: 'refused/t', qos: 1 }] });
+  t.same((await first.next('suback')).granted, [0x01, 0x87], 'SUBACK: the refused filter gets 0x87, the one code for any refusal');
+  first.send({ cmd: 'disconnect' });
+  await first.waitForClose();
+  await publishVia(aedes, { topic: 'refused/t', payload: 'on the refused filter', qos: 1 });
+  await publishVia(aedes, { topic: 'granted/t', payload: 'marker', qos: 1 });
+  const again = await rawClient(t, port, 5);
+  const resumed = await again.connectAndPing(connectPacket('keeps-refused', 5, session));
+  t.same(payloads(resumed), ['on the refused filter', 'marker'], 'the refused filter was stored with the session and queued a message');
+});
+
 t.test(`aedes ${V} still forgets session expiry timers across a restart, aedes #839 (corrected in src/broker/aedes-seam/sessions.ts and src/persistence/session-expiry.ts)`, { skip: v5 }, async (t) => {
   // When this fails after an aedes upgrade, edgemqtt need not re-arm session expiry (and will delay) from its store on start [MQTT-3.1.2-23].
   // aedes.js: expiringSessions and delayedWills are timers in memory, cleared by close().

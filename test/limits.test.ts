@@ -7,12 +7,15 @@
  */
 import t from 'tap';
 import net from 'node:net';
+import path from 'node:path';
+import { writeFile } from 'node:fs/promises';
 import WebSocket from 'ws';
 import type { Test } from 'tap';
-import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { hashPassword } from '../src/auth/password-file.js';
+import { startDaemon, tempDir, type RunningDaemon } from './helpers/daemon.js';
 import { connectRaw, openClient, eventually, tcpConnect } from './helpers/mqtt.js';
 import { captureLogs, WARN, type CapturedLogs } from './helpers/logs.js';
-import { connect, connect5, publish, subscribe, unsubscribe } from './helpers/packets.js';
+import { connect, connect5, disconnect, publish, subscribe, unsubscribe } from './helpers/packets.js';
 import type { LimitName } from '../src/index.js';
 
 const transports = ['tcp', 'ws'] as const;
@@ -242,6 +245,37 @@ for (const transport of transports) {
     loggedOnce(t, logs, 'connectTimeout');
   });
 }
+
+t.test('a filter refused in the SUBACK, by a limit or the ACL, is not kept with a persistent session', async (t) => {
+  const dir = tempDir(t);
+  const passwordFile = path.join(dir, 'passwd');
+  const aclFile = path.join(dir, 'acl');
+  await writeFile(passwordFile, `keeper:${await hashPassword('keeper-pw', { N: 1024, r: 8, p: 1 })}\n`);
+  // Anonymous clients publish; keeper may read all of kept/#, so only its subscriptions decide what it gets.
+  await writeFile(aclFile, 'topic write kept/#\nuser keeper\ntopic read kept/#\n');
+  const daemon = await startDaemon(t, { limits: { maxSubscriptionsPerClient: 2 }, auth: { passwordFile, aclFile } });
+  const keeperConnect = { cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: false, keepalive: 30, clientId: 'keeper', username: 'keeper', password: Buffer.from('keeper-pw') } as const;
+  const keeper = await connectRaw(t, daemon.mqttUrl);
+  keeper.send(keeperConnect);
+  keeper.send({ cmd: 'subscribe', messageId: 1, subscriptions: ['kept/a', '#', 'kept/b', 'kept/c'].map((topic) => ({ topic, qos: 1 as const })) });
+  const suback = await keeper.waitForPacket('suback');
+  t.same(suback.granted, [1, 128, 1, 128], '# refused by the ACL, kept/c by limits.maxSubscriptionsPerClient');
+  keeper.send(disconnect());
+  await keeper.waitForClose();
+
+  const publisher = await openClient(t, daemon.mqttUrl, { clientId: 'publisher' });
+  await publisher.client.publishAsync('kept/c', 'over the quota', { qos: 1 });
+  await publisher.client.publishAsync('kept/d', 'matched only by the refused #', { qos: 1 });
+  await publisher.client.publishAsync('kept/a', 'marker', { qos: 1 });
+  const back = await openClient(t, daemon.mqttUrl, { clientId: 'keeper', clean: false, username: 'keeper', password: 'keeper-pw' });
+  t.equal(back.connack.sessionPresent, true, 'the session is resumed');
+  const messages = await back.log.waitFor((m) => m.some((x) => x.topic === 'kept/a'), 5000, 'the marker');
+  t.same(
+    messages.map((m) => [m.topic, m.payload]),
+    [['kept/a', 'marker']],
+    'nothing was queued on the refused filters while the client was away; the granted one queued its message',
+  );
+});
 
 t.test('an HTTP request trickled in slower than broker.connectTimeoutSec is cut off before any upgrade', async (t) => {
   const daemon = await startDaemon(t, { broker: { connectTimeoutSec: 1 } });

@@ -36,6 +36,29 @@ t.test('reason codes: CONNACK 0x86 for a wrong password, PUBREC 0x87 for a QoS 2
   t.notOk(raw.isClosed, 'the connection stays open');
 });
 
+t.test('reason codes: SUBACK 0x8F for a filter over the topic limits, 0x97 over the subscription quota, 0x87 for the ACL (MQTT 5.0 §3.9.3)', async (t) => {
+  const dir = tempDir(t);
+  const passwordFile = path.join(dir, 'passwd');
+  const aclFile = path.join(dir, 'acl');
+  await writeFile(passwordFile, `reader:${await hashPassword('right', { N: 1024, r: 8, p: 1 })}\n`);
+  await writeFile(aclFile, 'user reader\ntopic read ro/#\n');
+  const { mqttUrl } = await startDaemon(t, { auth: { passwordFile, aclFile }, limits: { maxTopicLevels: 3, maxSubscriptionsPerClient: 3 } });
+  const { raw } = await raw5(t, mqttUrl, 'limited', { username: 'reader', password: Buffer.from('right') });
+  const filters = (...topics: string[]) => topics.map((topic) => ({ topic, qos: 1 }));
+  // Two SUBSCRIBEs back to back: each SUBACK carries its own packet's codes.
+  raw.send(encode({ cmd: 'subscribe', messageId: 1, subscriptions: filters('ro/a', 'ro/a/b/c', 'secret/x', 'ro/b', 'ro/c', 'ro/d') }));
+  raw.send(encode({ cmd: 'subscribe', messageId: 2, subscriptions: filters('ro/e', 'ro/a', 'ro/f/g/h') }));
+  await raw.waitFor((packets) => packets.filter((p) => p.cmd === 'suback').length === 2, 5000, 'both SUBACKs');
+  const codes = (id: number) => raw.packets.find((p): p is Extract<Packet, { cmd: 'suback' }> => p.cmd === 'suback' && p.messageId === id)?.granted;
+  t.same(codes(1), [0x01, 0x8f, 0x87, 0x01, 0x01, 0x97], 'levels: 0x8F; ACL: 0x87; the 4th distinct filter: 0x97; the others granted QoS 1');
+  t.same(codes(2), [0x97, 0x01, 0x8f], 'a new filter over the quota 0x97, one held already granted, a 4th level 0x8F');
+  t.notOk(raw.isClosed, 'the connection stays open');
+  const v311 = await connectRaw(t, mqttUrl);
+  v311.send(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 30, clientId: 'limited-311', username: 'reader', password: Buffer.from('right') } as Packet));
+  v311.send(generate({ cmd: 'subscribe', messageId: 3, subscriptions: filters('ro/a', 'ro/a/b/c') } as Packet));
+  t.same((await v311.waitForPacket('suback')).granted, [0x01, 0x80], 'MQTT 3.1.1 has one failure code, 0x80');
+});
+
 t.test('reason codes: UNSUBACK 0x00 Success and 0x11 No subscription existed [MQTT-3.11.3-1]', async (t) => {
   const { mqttUrl } = await startDaemon(t);
   const { raw } = await raw5(t, mqttUrl, 'unsub');

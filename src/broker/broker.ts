@@ -18,6 +18,7 @@ import {
   installDirectDeliveries,
   installIncomingCleanup,
   installSessionAuthority,
+  installSubscribeOutcomes,
   onParseError,
   onPublishWritten,
   onTakeover,
@@ -265,6 +266,8 @@ export function createBroker(config: Config, deps: BrokerDeps): Broker {
       // one function each for all clients.
       onPublishWritten(instance, (client, qos, payloadBytes) => traffic.messageOut(client, qos, payloadBytes));
       onParseError(instance, (client, error) => lifecycle.leaving(client, 'protocol_violation', { error: error.message }));
+      // A refused filter is not kept with a persistent session, and an MQTT 5 SUBACK says which limit refused it.
+      installSubscribeOutcomes(instance);
       if (isSessionAuthority(persistence)) installSessionAuthority(instance, persistence, deps.logger);
       seam = started;
       log.info({ brokerId: instance.id }, 'broker started');

@@ -19,7 +19,17 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import { RateLimitedLog, type LogFields } from '../util/rate-limited-log.js';
 import { createAddressMatcher, LOOPBACK_RANGES } from '../util/address-list.js';
-import { connackAccepted, disconnectWithReason, onDrainTimeout, subscriptionsOf, type AedesSeam, type DeliveredPacket } from './aedes-seam/index.js';
+import {
+  connackAccepted,
+  disconnectWithReason,
+  onDrainTimeout,
+  refuseFilter,
+  SUBACK_QUOTA_EXCEEDED,
+  SUBACK_TOPIC_FILTER_INVALID,
+  subscriptionsOf,
+  type AedesSeam,
+  type DeliveredPacket,
+} from './aedes-seam/index.js';
 import { FlowControl, type ClientFlow, type ClaimOutgoing, type DiscardOutgoing, type FlowControlStats, type FlowEvent } from './flow-control.js';
 import { CONNECT, DISCONNECT, guardConnection, MQTT_MAX_STRING_BYTES, PUBACK, PUBCOMP, PUBREC, type GuardOwner, type ProtocolGuard, type Violation } from './protocol-guard/index.js';
 import { holdUntilConnack } from './connect-hold.js';
@@ -404,6 +414,8 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
       const problem = filterLimit(subscription.topic);
       if (problem) {
         hit(problem.limit, { clientId: client.id, reason: problem.reason });
+        // MQTT 5: 0x8F Topic Filter invalid rather than aedes' 0x87 (3.9.3).
+        refuseFilter(subscription, SUBACK_TOPIC_FILTER_INVALID);
         done(null, null);
         return;
       }
@@ -414,6 +426,8 @@ export function createLimits(config: Config, deps: LimitsDeps): Limits {
         }
         if (!reserveSubscription(client, subscription.topic)) {
           hit('maxSubscriptions', { clientId: client.id, maxSubscriptionsPerClient: settings.maxSubscriptionsPerClient });
+          // MQTT 5: 0x97 Quota exceeded rather than aedes' 0x87 (3.9.3).
+          refuseFilter(subscription, SUBACK_QUOTA_EXCEEDED);
           done(null, null);
           return;
         }

@@ -166,4 +166,5 @@ export * from './shared.js';
 export { assignOutgoingTopicAliases } from './outgoing-aliases.js';
 export { installSessionAuthority, type SessionAuthority } from './sessions.js';
 export { onPublishWritten, type PublishTap } from './packet-writes.js';
+export { installSubscribeOutcomes, refuseFilter, SUBACK_QUOTA_EXCEEDED, SUBACK_TOPIC_FILTER_INVALID } from './subscribe-outcomes.js';
 export { onParseError, onTakeover } from './departures.js';

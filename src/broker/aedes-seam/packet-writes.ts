@@ -10,7 +10,8 @@
  * attached (the broker's Topic Aliases, outgoing-aliases.ts), the function
  * itself in a symbol-keyed field of the connection (cheaper than an entry in
  * a WeakMap); per aedes instance, a tap told of each PUBLISH written to its
- * clients (the traffic counters), found through the `client` aedes sets on
+ * clients (the traffic counters) and a rewrite of each SUBACK (its Reason
+ * Codes, subscribe-outcomes.ts), found through the `client` aedes sets on
  * each connection (lib/client.js) and its `broker`. A stream with neither
  * (and any mqtt.js client in the same process) costs a few property lookups
  * per packet.
@@ -53,10 +54,21 @@ export type PublishTap = (client: Client, qos: QoS, payloadBytes: number) => voi
 /** A connection's rewrite of each PUBLISH before it is written: a copy, the packet given never changed. */
 export type PublishRewrite = (packet: WrittenPublish) => WrittenPublish;
 
+/** A SUBACK as aedes writes it (handlers/subscribe.js SubAck). */
+export interface WrittenSuback extends Record<string, unknown> {
+  cmd: string;
+  messageId?: number;
+  granted: number[];
+}
+
+/** A broker's rewrite of each SUBACK to `client` before it is written: the packet given, or a copy. */
+export type SubackRewrite = (client: Client, packet: WrittenSuback) => WrittenSuback;
+
 const REWRITE = Symbol('edgemqtt.publishRewrite');
 const TAP = Symbol('edgemqtt.publishTap');
+const SUBACKS = Symbol('edgemqtt.subackRewrite');
 type WithRewrite = { [REWRITE]?: PublishRewrite; client?: { broker?: WithTap } };
-type WithTap = { [TAP]?: PublishTap };
+type WithTap = { [TAP]?: PublishTap; [SUBACKS]?: SubackRewrite };
 
 /** The tap of the broker whose client `stream` is, if any. */
 function tapFor(stream: object): PublishTap | undefined {
@@ -90,6 +102,11 @@ function hookWriteToStream(): void {
       // a full socket now makes aedes' write wait for 'drain', so a publisher that never reads is
       // bounded by broker.drainTimeoutSec like any other client that does not read.
       return bytes !== undefined ? (stream as WriteTarget).write(bytes) : original(packet, stream, options);
+    }
+    if (packet.cmd === 'suback') {
+      const client = (stream as WithRewrite).client;
+      const rewrite = client?.broker?.[SUBACKS];
+      return original(rewrite !== undefined ? rewrite(client as Client, packet as WrittenSuback) : packet, stream, options);
     }
     if (packet.cmd !== 'publish') return original(packet, stream, options);
     const rewrite = (stream as WithRewrite)[REWRITE];
@@ -130,4 +147,10 @@ export function publishTap(aedes: Aedes): PublishTap | undefined {
 export function onPublishWritten(aedes: Aedes, tap: PublishTap): void {
   hookWriteToStream();
   (aedes as unknown as WithTap)[TAP] = tap;
+}
+
+/** Rewrites each SUBACK `aedes` writes to its clients (subscribe-outcomes.ts). Once per aedes instance, before clients connect. */
+export function rewriteSubacks(aedes: Aedes, rewrite: SubackRewrite): void {
+  hookWriteToStream();
+  (aedes as unknown as WithTap)[SUBACKS] = rewrite;
 }

@@ -25,6 +25,7 @@
 import type { Duplex } from 'node:stream';
 import type { Aedes, Client } from 'aedes';
 import { wrapDeliveries, type Deliver, type DeliveredPacket, type Deliveries } from './client.js';
+import { rememberSubscribe } from './subscribe-outcomes.js';
 
 /** The prefix clients write [MQTT-4.8.2-1]. */
 export const SHARE_PREFIX = '$share/';
@@ -83,14 +84,16 @@ type WithListener = { [ACKNOWLEDGED]?: AcknowledgementListener };
 /**
  * The parser listener of renameSharedFilters, one function for all clients
  * (EventEmitter calls it on the parser, whose `client` aedes sets): renames
- * the shared filters of a SUBSCRIBE or UNSUBSCRIBE, and reports each PUBACK
- * and PUBREC to the broker's onAcknowledgements listener. One listener
- * rather than two keeps the parser's 'packet' list at two entries (this and
- * aedes'), an array of exactly that length.
+ * the shared filters of a SUBSCRIBE or UNSUBSCRIBE, remembers an MQTT 5
+ * SUBSCRIBE for its SUBACK's Reason Codes (subscribe-outcomes.ts), and
+ * reports each PUBACK and PUBREC to the broker's onAcknowledgements
+ * listener. One listener rather than two keeps the parser's 'packet' list at
+ * two entries (this and aedes'), an array of exactly that length.
  */
 function sharedInPacket(this: { client?: Client }, packet: WirePacket): void {
   if (packet.cmd === 'subscribe' && packet.subscriptions) {
     for (const sub of packet.subscriptions) sub.topic = renamed(sub.topic);
+    if (this.client !== undefined) rememberSubscribe(this.client, packet);
   } else if (packet.cmd === 'unsubscribe' && packet.unsubscriptions) {
     packet.unsubscriptions = packet.unsubscriptions.map(renamed);
   } else if ((packet.cmd === 'puback' || packet.cmd === 'pubrec') && typeof packet.messageId === 'number') {
