@@ -255,3 +255,55 @@ for (const clean of [true, false]) {
     t.same(payloads(busy, 'q2').sort(), expected, `every message but the one answered with PUBREC (${kept}), once`);
   });
 }
+
+/** Two persistent members of `$share/g/work/#` that are away, `own` also subscribed to work/own/# for itself. */
+async function twoAway(t: Test, url: string): Promise<void> {
+  const first = await openClient(t, url, v4({ clientId: 'own', clean: false }));
+  await first.client.subscribeAsync('$share/g/work/#', { qos: 1 });
+  await first.client.subscribeAsync('work/own/#', { qos: 1 });
+  await first.client.endAsync();
+  const second = await openClient(t, url, v5({ clientId: 'other', clean: false, properties: { sessionExpiryInterval: 300 } }));
+  await second.client.subscribeAsync('$share/g/work/#', { qos: 1 });
+  await second.client.endAsync();
+}
+
+/** Reconnects a persistent session and shows, with a non-shared marker after its resend [MQTT-4.6.0-2], what it got. */
+async function resumed(t: Test, url: string, clientId: string, publisher: OpenedClient): Promise<OpenedClient> {
+  const back = await openClient(t, url, v4({ clientId, clean: false }));
+  await back.client.subscribeAsync(`marker/${clientId}`, { qos: 1 });
+  await publisher.client.publishAsync(`marker/${clientId}`, 'm', { qos: 1 });
+  await back.log.waitFor((messages) => messages.some((m) => m.topic === `marker/${clientId}`));
+  return back;
+}
+
+t.test('a member that subscribes takes the messages waiting for members that are away; what a session gets for itself stays', async (t) => {
+  const { mqttUrl } = await startDaemon(t);
+  await twoAway(t, mqttUrl);
+  const publisher = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+  // Queued round-robin for the two absent sessions (no member connected).
+  const jobs = await publishMany(publisher, 'work/jobs', 6, 1);
+  await publisher.client.publishAsync('work/own/x', 'for own itself', { qos: 1 });
+  const newcomer = await openClient(t, mqttUrl, v5({ clientId: 'newcomer' }));
+  await newcomer.client.subscribeAsync('$share/g/work/#', { qos: 1 });
+  await eventually(() => payloads(newcomer, 'work/jobs').length >= jobs.length, 5000, 'the waiting jobs at the newcomer');
+  await newcomer.client.subscribeAsync('marker/newcomer', { qos: 1 });
+  await publisher.client.publishAsync('marker/newcomer', 'm', { qos: 1 });
+  await newcomer.log.waitFor((messages) => messages.some((m) => m.topic === 'marker/newcomer'));
+  t.same(payloads(newcomer, 'work/jobs').sort(), [...jobs].sort(), 'every job, once');
+  const own = await resumed(t, mqttUrl, 'own', publisher);
+  t.same(payloads(own, 'work/'), ['for own itself'], 'own keeps the message it has through its own subscription, and no job');
+  const other = await resumed(t, mqttUrl, 'other', publisher);
+  t.same(payloads(other, 'work/jobs'), [], 'nothing is sent again to the other member');
+});
+
+t.test('a persistent member whose session resumes takes the messages waiting for another member that is away', async (t) => {
+  const { mqttUrl } = await startDaemon(t);
+  await twoAway(t, mqttUrl);
+  const publisher = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+  const jobs = await publishMany(publisher, 'work/jobs', 4, 1);
+  const back = await openClient(t, mqttUrl, v4({ clientId: 'other', clean: false }));
+  await eventually(() => payloads(back, 'work/jobs').length >= jobs.length, 5000, "its own jobs and the other member's");
+  t.same(payloads(back, 'work/jobs').sort(), [...jobs].sort(), 'every job, once');
+  const own = await resumed(t, mqttUrl, 'own', publisher);
+  t.same(payloads(own, 'work/jobs'), [], 'nothing is sent again to the member that was away');
+});

@@ -82,7 +82,8 @@ export interface BrokerPersistence extends Partial<SharedSubscriptionStore>, Par
 const KEEP_ALIVE_TIMEOUT = 0x8d;
 
 function sharedStoreOf(persistence: BrokerPersistence | undefined): SharedSubscriptionStore | undefined {
-  if (!persistence?.subscriptionsWithPrefix || !persistence.holdsSubscription || !persistence.outgoingMove) return undefined;
+  const needed = [persistence?.subscriptionsWithPrefix, persistence?.holdsSubscription, persistence?.outgoingMove, persistence?.subscriptionsByClient, persistence?.outgoingStream, persistence?.outgoingQueued];
+  if (persistence === undefined || needed.some((method) => typeof method !== 'function')) return undefined;
   return persistence as SharedSubscriptionStore;
 }
 

@@ -56,19 +56,21 @@
  *   like any clean session's.
  *   An UNSUBSCRIBE does not move anything: the server completes the QoS 1/2
  *   deliveries it started [MQTT-3.10.4-3].
+ * - A member that connects. What waits in the sessions of members that are
+ *   away (queued while no member was connected, or kept by a member that
+ *   left) moves to the connected members (shared-backlog.ts).
  *
- * Not done: messages queued for a persistent member that stays away are
- * not moved to a member that connects later, nor when its session expires
- * (they are lost with it), nor after a restart (the in-flight record is in
- * memory). A PUBACK read before aedes reports the write (a full socket) is
- * not matched, and the message may be sent to a second member when the
- * first leaves. A member chosen by two groups for one message, or chosen for
+ * Not done: what waits in a session that expires before a member connects
+ * is lost with it. A PUBACK read before aedes reports the write (a full
+ * socket) is not matched, and the message may be sent to a second member
+ * when the first leaves. A member chosen by two groups for one message, or chosen for
  * a message it also receives through a non-shared subscription, gets one
  * copy (the delivery rules' overlap rule; §4.8.2 allows either).
  */
 import type { Aedes, AedesOptions, Client, Subscription } from 'aedes';
 import { topicMatches } from '../config/topic-filter.js';
 import type { Logger } from '../observability/logger.js';
+import { SharedBacklogs, type BacklogStore } from './shared-backlog.js';
 import {
   addQueueRecipients,
   announceSharedSubscriptions,
@@ -99,7 +101,7 @@ type AuthorizeSubscribeHandler = NonNullable<AedesOptions['authorizeSubscribe']>
 const MAX_IN_FLIGHT_PER_MEMBER = 65_535;
 
 /** What the session store offers shared subscriptions (LevelPersistence); without it, no offline queueing or moves. */
-export interface SharedSubscriptionStore {
+export interface SharedSubscriptionStore extends BacklogStore {
   subscriptionsWithPrefix(prefix: string): Array<{ clientId: string; topic: string; qos: number }>;
   holdsSubscription(clientId: string, topic: string): boolean;
   outgoingMove(from: string | undefined, to: { clientId: string; qos: number } | undefined, packet: DeliveredPacket & Record<string, unknown>): Promise<boolean>;
@@ -144,7 +146,7 @@ export interface SharedSubscriptionStats {
   members: number;
   /** Messages that matched a group with no member to take them. */
   undelivered: number;
-  /** Messages of a member that left sent to another member. */
+  /** Messages of a member that left, or that waited for a member away, sent to another member. */
   redelivered: number;
 }
 
@@ -163,6 +165,7 @@ export class SharedSubscriptions {
     watched: (packet) => this.#copies.has(packet),
     written: (client, packet, messageId) => this.#written(client, packet, messageId),
   };
+  readonly #backlogs: SharedBacklogs<Group> | undefined;
   #aedes: Aedes | undefined;
   #undelivered = 0;
   #redelivered = 0;
@@ -170,6 +173,18 @@ export class SharedSubscriptions {
   constructor(logger: Logger, store?: SharedSubscriptionStore) {
     this.#log = logger.child({ component: 'shared-subscriptions' });
     this.#store = store;
+    this.#backlogs =
+      store &&
+      new SharedBacklogs<Group>(store, {
+        absent: (group) => [...group.sessions.keys()].filter((clientId) => !this.#isConnected(group, clientId)),
+        present: (group, clientId) => this.#isConnected(group, clientId),
+        connected: (group) => this.#hasConnectedMember(group),
+        place: (group, packet, from, done) => {
+          this.#redelivered++;
+          this.#place(group, packet, from, done);
+        },
+        failed: (group, error) => this.#log.warn({ err: error, filter: wireSharedFilter(group.name) }, 'could not read a shared subscription member\'s session'),
+      });
   }
 
   /**
@@ -225,6 +240,13 @@ export class SharedSubscriptions {
     aedes.on('clientDisconnect', (client) => {
       for (const name of [...this.#groups.keys()]) this.#leave(name, client, client.clean);
       this.#redeliver(client);
+    });
+    // A member to take what waits for members that are away: a new subscription, or a session resumed.
+    aedes.on('subscribe', (subscriptions, client) => {
+      for (const { topic, qos } of subscriptions) if (qos < 0x80) this.#adopt(this.#groups.get(topic), client);
+    });
+    aedes.on('clientReady', (client) => {
+      for (const group of this.#groups.values()) this.#adopt(group, client);
     });
     addQueueRecipients(aedes, (packet) => this.#queueRecipients(packet));
   }
@@ -464,6 +486,16 @@ export class SharedSubscriptions {
       this.#redelivered++;
       this.#place(group, entry.source, entry.queued ? client.id : undefined, () => undefined);
     }
+  }
+
+  /** Moves what waits for absent members of `group` to its connected ones, if `client` is one. */
+  #adopt(group: Group | undefined, client: Client): void {
+    if (group !== undefined && group.members.get(client.id)?.client === client && !client.closed) this.#backlogs?.adopt(group);
+  }
+
+  #isConnected(group: Group, clientId: string): boolean {
+    const member = group.members.get(clientId);
+    return member !== undefined && !member.client.closed;
   }
 
   #hasConnectedMember(group: Group): boolean {
