@@ -343,6 +343,30 @@ t.test('queue limits spare messages in flight to online clients and PUBREL entri
   t.equal(queue.length, 3, 'offline, sent messages are dropped too; the PUBREL stays');
 });
 
+t.test('the expiry waits for beforeSessionsExpire; a session whose client came back meanwhile stays', async (t) => {
+  const h = harness(t);
+  const persistence = await h.open({ sessionExpirySec: 100 });
+  const broker = fakeBroker();
+  await persistence.setup(broker);
+  for (const id of ['gone', 'back']) {
+    await persistence.addSubscriptions({ id }, [{ topic: `to/${id}`, qos: 1 }]);
+    await persistence.outgoingEnqueueCombi([{ clientId: id }], publish(`to/${id}`, 'queued'));
+  }
+  h.clock.now += 110_000;
+  const told: string[][] = [];
+  persistence.beforeSessionsExpire(async (clientIds) => {
+    told.push([...clientIds].sort());
+    t.same(payloads(await collect(persistence.outgoingStream({ id: 'gone' }))), ['queued'], 'the session is whole while the handler runs');
+    // Its client reconnects meanwhile.
+    broker.clients.back = {};
+  });
+  t.equal(await persistence.sweepExpiredSessions(), 1, 'one session expired');
+  t.same(told, [['back', 'gone']], 'the handler was told of both');
+  t.same(await persistence.subscriptionsByClient({ id: 'gone' }), []);
+  t.equal((await persistence.subscriptionsByClient({ id: 'back' })).length, 1, 'the client that came back keeps its session');
+  t.match(persistence.stats(), { sessionsExpired: 1 });
+});
+
 t.test('abandoned persistent sessions expire; connected ones do not', async (t) => {
   const h = harness(t);
   const persistence = await h.open({ sessionExpirySec: 100 });

@@ -307,3 +307,21 @@ t.test('a persistent member whose session resumes takes the messages waiting for
   const own = await resumed(t, mqttUrl, 'own', publisher);
   t.same(payloads(own, 'work/jobs'), [], 'nothing is sent again to the member that was away');
 });
+
+t.test('a member whose session expires hands the messages waiting in it to another member, away or connected [MQTT-4.8.2]', async (t) => {
+  const { daemon, mqttUrl } = await startDaemon(t);
+  for (const [clientId, sessionExpiryInterval] of [['short', 1], ['long', 300]] as const) {
+    const member = await openClient(t, mqttUrl, v5({ clientId, clean: false, properties: { sessionExpiryInterval } }));
+    await member.client.subscribeAsync('$share/g/exp/#', { qos: 1 });
+    await member.client.endAsync();
+  }
+  const publisher = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+  // With no member connected, queued round-robin: two for each session.
+  const jobs = await publishMany(publisher, 'exp/jobs', 4, 1);
+  await eventually(() => daemon.storeStats().sessionsExpired === 1, 5000, "short's session to expire");
+  const back = await openClient(t, mqttUrl, v5({ clientId: 'long', clean: false, properties: { sessionExpiryInterval: 300 } }));
+  await back.client.subscribeAsync('marker/long', { qos: 1 });
+  await publisher.client.publishAsync('marker/long', 'm', { qos: 1 });
+  await back.log.waitFor((messages) => messages.some((m) => m.topic === 'marker/long'));
+  t.same(payloads(back, 'exp/jobs').sort(), [...jobs].sort(), 'every job, once: its own two and the two of the expired session');
+});

@@ -82,7 +82,7 @@ export interface BrokerPersistence extends Partial<SharedSubscriptionStore>, Par
 const KEEP_ALIVE_TIMEOUT = 0x8d;
 
 function sharedStoreOf(persistence: BrokerPersistence | undefined): SharedSubscriptionStore | undefined {
-  const needed = [persistence?.subscriptionsWithPrefix, persistence?.holdsSubscription, persistence?.outgoingMove, persistence?.subscriptionsByClient, persistence?.outgoingStream, persistence?.outgoingQueued];
+  const needed = [persistence?.subscriptionsWithPrefix, persistence?.holdsSubscription, persistence?.outgoingMove, persistence?.subscriptionsByClient, persistence?.outgoingStream, persistence?.outgoingQueued, persistence?.beforeSessionsExpire];
   if (persistence === undefined || needed.some((method) => typeof method !== 'function')) return undefined;
   return persistence as SharedSubscriptionStore;
 }

@@ -29,8 +29,11 @@
  * message moves at the QoS it was queued at, already capped at the absent
  * member's grant, and is capped again at the new member's.
  *
- * Not done: what waits in a session that expires before any member
- * connects is lost with it, as with any session.
+ * A session about to expire hands what waits in it for a group to another
+ * member (handOver), connected or, when none is, away: the store's expiry
+ * waits for that before it drops the session (beforeSessionsExpire). Not at
+ * the sweep when the store starts, before the broker runs: what waits in a
+ * session found expired then is lost with it.
  */
 import type { Readable } from 'node:stream';
 import { topicMatches } from '../config/topic-filter.js';
@@ -92,20 +95,35 @@ export class SharedBacklogs<G extends BacklogGroup> {
       });
   }
 
+  /**
+   * `clientId`'s session is about to expire: what waits in it for `group`
+   * goes to another member, connected or, when none is, away (MQTT 5.0
+   * §4.8.2: if the Client's Session terminates before it reconnects, the
+   * Server SHOULD send the message to another Client of the Shared
+   * Subscription). Resolves once each is placed, before the session goes.
+   */
+  async handOver(group: G, clientId: string): Promise<void> {
+    if (this.#store.outgoingQueued(clientId)) await this.#placeAll(group, clientId, false);
+  }
+
   async #pass(group: G): Promise<void> {
     for (const clientId of this.#owner.absent(group)) {
       if (!this.#owner.connected(group)) return;
-      if (!this.#store.outgoingQueued(clientId)) continue;
-      const waiting = await this.#waiting(group, clientId);
-      const placed: Array<Promise<void>> = [];
-      for (const packet of waiting) {
-        // Decided message by message: the absent client may be back, or the last member gone.
-        if (this.#owner.present(group, clientId) || !this.#owner.connected(group)) break;
-        placed.push(new Promise<void>((done) => this.#owner.place(group, packet, clientId, done)));
-      }
-      // Placed together: the moves share the store's batches, and reach the members in queue order.
-      await Promise.all(placed);
+      if (this.#store.outgoingQueued(clientId)) await this.#placeAll(group, clientId, true);
     }
+  }
+
+  /** Places what waits in `clientId`'s session for `group`; with `toConnected`, only while a member is connected. */
+  async #placeAll(group: G, clientId: string, toConnected: boolean): Promise<void> {
+    const waiting = await this.#waiting(group, clientId);
+    const placed: Array<Promise<void>> = [];
+    for (const packet of waiting) {
+      // Decided message by message: the absent client may be back, or the last member gone.
+      if (this.#owner.present(group, clientId) || (toConnected && !this.#owner.connected(group))) break;
+      placed.push(new Promise<void>((done) => this.#owner.place(group, packet, clientId, done)));
+    }
+    // Placed together: the moves share the store's batches, and reach the members in queue order.
+    await Promise.all(placed);
   }
 
   /** The messages in `clientId`'s session that are `group`'s alone (see the header), each as a fresh copy. */

@@ -41,12 +41,11 @@
  * - No member connected: a QoS 1/2 message is queued for one of the group's
  *   persistent sessions, round-robin (as Mosquitto does; the sessions are
  *   read from the store at start, so this holds across a restart), and sent
- *   when its client returns; a QoS 0 message is dropped (counted).
+ *   when its client returns, or to a member that connects first; a QoS 0
+ *   message is dropped (counted).
  * - A member that leaves. Each QoS 1/2 message sent to a connected member is
- *   kept (in memory) until the member acknowledges it: PUBACK, or PUBREC for
- *   QoS 2, after which the member has it [MQTT-4.3.3-1]; the packet
- *   identifier it went out under is learnt from aedes' write
- *   (watchDeliveries). When the member's connection closes, each one left is
+ *   kept (in memory, shared-in-flight.ts) until the member acknowledges it.
+ *   When the member's connection closes, each one left is
  *   sent to another connected member (MQTT 5.0 §4.8.2 allows it; the issue
  *   requires it), moved out of the leaving member's persistent session in the
  *   same batch that queues it for the next (outgoingMove), so it is neither
@@ -59,18 +58,22 @@
  * - A member that connects. What waits in the sessions of members that are
  *   away (queued while no member was connected, or kept by a member that
  *   left) moves to the connected members (shared-backlog.ts).
+ * - A session that expires. What waits in it for a group goes to another
+ *   member, connected or away, before the store drops it (shared-backlog.ts).
  *
- * Not done: what waits in a session that expires before a member connects
- * is lost with it. A PUBACK read before aedes reports the write (a full
- * socket) is not matched, and the message may be sent to a second member
- * when the first leaves. A member chosen by two groups for one message, or chosen for
- * a message it also receives through a non-shared subscription, gets one
- * copy (the delivery rules' overlap rule; §4.8.2 allows either).
+ * Not done: a session the store finds expired when it starts (before the
+ * broker runs) loses what waits in it. A PUBACK read before aedes reports
+ * the write (a full socket) is not matched, and the message may be sent to
+ * a second member when the first leaves. A member chosen by two groups for
+ * one message, or chosen for a message it also receives through a
+ * non-shared subscription, gets one copy (the delivery rules' overlap rule;
+ * §4.8.2 allows either).
  */
 import type { Aedes, AedesOptions, Client, Subscription } from 'aedes';
 import { topicMatches } from '../config/topic-filter.js';
 import type { Logger } from '../observability/logger.js';
 import { SharedBacklogs, type BacklogStore } from './shared-backlog.js';
+import { SharedInFlight } from './shared-in-flight.js';
 import {
   addQueueRecipients,
   announceSharedSubscriptions,
@@ -91,20 +94,13 @@ import {
 
 type AuthorizeSubscribeHandler = NonNullable<AedesOptions['authorizeSubscribe']>;
 
-/**
- * In-flight records kept per connection. A connection cannot hold more
- * messages awaiting acknowledgement than it has packet identifiers
- * (65535); records beyond that are of messages the flow control never sent
- * (dropped from a clean session's full queue), forgotten oldest first so a
- * stalled member cannot grow memory without bound.
- */
-const MAX_IN_FLIGHT_PER_MEMBER = 65_535;
-
 /** What the session store offers shared subscriptions (LevelPersistence); without it, no offline queueing or moves. */
 export interface SharedSubscriptionStore extends BacklogStore {
   subscriptionsWithPrefix(prefix: string): Array<{ clientId: string; topic: string; qos: number }>;
   holdsSubscription(clientId: string, topic: string): boolean;
   outgoingMove(from: string | undefined, to: { clientId: string; qos: number } | undefined, packet: DeliveredPacket & Record<string, unknown>): Promise<boolean>;
+  /** Runs `handler` on sessions about to expire, before they are dropped (the store waits for it). */
+  beforeSessionsExpire(handler: (clientIds: string[]) => Promise<void>): void;
 }
 
 interface Member {
@@ -126,21 +122,6 @@ interface Group {
   listener: (packet: DeliveredPacket, done: () => void) => void;
 }
 
-/** A QoS 1/2 message sent to a connected member and not yet acknowledged (PUBACK, or PUBREC for QoS 2). */
-interface InFlight {
-  group: string;
-  /** The message as published (shared with other subscribers: never changed). */
-  source: DeliveredPacket;
-  /** In the member's session store too. */
-  queued: boolean;
-  messageId?: number;
-}
-
-interface Ledger {
-  byKey: Map<string, InFlight>;
-  byMessageId: Map<number, string>;
-}
-
 export interface SharedSubscriptionStats {
   groups: number;
   members: number;
@@ -157,13 +138,11 @@ export class SharedSubscriptions {
   readonly #groups = new Map<string, Group>();
   /** The member chosen for a QoS 1/2 message when aedes queued it, per group, for its live delivery. */
   readonly #chosen = new WeakMap<object, Map<string, { clientId: string; queued: boolean }>>();
-  readonly #ledgers = new Map<Client, Ledger>();
-  /** A member's copy → its in-flight entry's key. */
-  readonly #copies = new WeakMap<object, string>();
+  readonly #inFlight = new SharedInFlight();
   /** What watchDeliveries reports to: one object for all clients. */
   readonly #watcher: DeliveryWatcher = {
-    watched: (packet) => this.#copies.has(packet),
-    written: (client, packet, messageId) => this.#written(client, packet, messageId),
+    watched: (packet) => this.#inFlight.follows(packet),
+    written: (client, packet, messageId) => this.#inFlight.written(client, packet, messageId),
   };
   readonly #backlogs: SharedBacklogs<Group> | undefined;
   #aedes: Aedes | undefined;
@@ -233,7 +212,7 @@ export class SharedSubscriptions {
         watchDeliveries(client, this.#watcher);
       };
     });
-    onAcknowledgements(aedes, (client, messageId) => this.#acknowledged(client, messageId));
+    onAcknowledgements(aedes, (client, messageId) => this.#inFlight.acknowledged(client, messageId));
     aedes.on('unsubscribe', (topics, client) => {
       for (const topic of topics) this.#leave(topic, client, true);
     });
@@ -249,6 +228,7 @@ export class SharedSubscriptions {
       for (const group of this.#groups.values()) this.#adopt(group, client);
     });
     addQueueRecipients(aedes, (packet) => this.#queueRecipients(packet));
+    this.#store?.beforeSessionsExpire((clientIds) => this.#expiring(clientIds));
   }
 
   stats(): SharedSubscriptionStats {
@@ -419,50 +399,11 @@ export class SharedSubscriptions {
     const copy = copyForSubscriber(packet);
     if (member.qos < copy.qos) copy.qos = member.qos;
     if (!member.rap) copy.retain = false;
-    if (copy.qos > 0) {
-      let ledger = this.#ledgers.get(member.client);
-      if (!ledger) {
-        ledger = { byKey: new Map(), byMessageId: new Map() };
-        this.#ledgers.set(member.client, ledger);
-      }
-      const key = `${group.name}\u0000${String(packet.brokerId)}\u0000${String(packet.brokerCounter)}`;
-      ledger.byKey.set(key, { group: group.name, source: packet, queued });
-      if (ledger.byKey.size > MAX_IN_FLIGHT_PER_MEMBER) this.#forgetOldest(ledger);
-      this.#copies.set(copy, key);
-    }
+    if (copy.qos > 0) this.#inFlight.track(member.client, copy, { group: group.name, source: packet, queued });
     deliverToClient(member.client, copy, () => undefined);
   }
 
   // --------------------------------------------- acknowledgements and leaving
-
-  /** aedes wrote a member's copy under `messageId`, or decided not to send it (undefined: the ACL, a duplicate). */
-  #written(client: Client, copy: DeliveredPacket, messageId: number | undefined): void {
-    const ledger = this.#ledgers.get(client);
-    const key = this.#copies.get(copy);
-    if (!ledger || key === undefined) return;
-    const entry = ledger.byKey.get(key);
-    if (!entry) return;
-    if (messageId === undefined) ledger.byKey.delete(key);
-    else {
-      entry.messageId = messageId;
-      ledger.byMessageId.set(messageId, key);
-    }
-  }
-
-  #forgetOldest(ledger: Ledger): void {
-    const [key, entry] = ledger.byKey.entries().next().value as [string, InFlight];
-    ledger.byKey.delete(key);
-    if (entry.messageId !== undefined && ledger.byMessageId.get(entry.messageId) === key) ledger.byMessageId.delete(entry.messageId);
-  }
-
-  /** PUBACK ends a QoS 1 message, PUBREC a QoS 2 one: the member has it [MQTT-4.3.3]. */
-  #acknowledged(client: Client, messageId: number): void {
-    const ledger = this.#ledgers.get(client);
-    const key = ledger?.byMessageId.get(messageId);
-    if (!ledger || key === undefined) return;
-    ledger.byMessageId.delete(messageId);
-    ledger.byKey.delete(key);
-  }
 
   /**
    * A member's connection closed with shared messages unacknowledged: each
@@ -472,10 +413,7 @@ export class SharedSubscriptions {
    * resends it, or no other member is connected: it waits there).
    */
   #redeliver(client: Client): void {
-    const ledger = this.#ledgers.get(client);
-    if (!ledger) return;
-    this.#ledgers.delete(client);
-    for (const entry of ledger.byKey.values()) {
+    for (const entry of this.#inFlight.take(client)) {
       const group = this.#groups.get(entry.group);
       if (!group) continue;
       if (entry.queued) {
@@ -486,6 +424,25 @@ export class SharedSubscriptions {
       this.#redelivered++;
       this.#place(group, entry.source, entry.queued ? client.id : undefined, () => undefined);
     }
+  }
+
+  /** Sessions about to expire: each group's messages waiting in them go to another member (shared-backlog.ts handOver). */
+  async #expiring(clientIds: string[]): Promise<void> {
+    const handOvers: Array<Promise<void>> = [];
+    for (const clientId of clientIds) {
+      for (const group of this.#groups.values()) {
+        if (!group.sessions.has(clientId) || this.#isConnected(group, clientId)) continue;
+        // Not a place for its own messages any more (#pickOffline).
+        group.sessions.delete(clientId);
+        const handOver = this.#backlogs?.handOver(group, clientId) ?? Promise.resolve();
+        handOvers.push(
+          handOver
+            .catch((error: unknown) => this.#log.warn({ err: error, clientId, filter: wireSharedFilter(group.name) }, 'could not hand over an expiring session\'s messages'))
+            .finally(() => this.#dropIfEmpty(group)),
+        );
+      }
+    }
+    await Promise.all(handOvers);
   }
 
   /** Moves what waits for absent members of `group` to its connected ones, if `client` is one. */

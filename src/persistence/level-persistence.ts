@@ -62,6 +62,7 @@ import { QueueStore } from './queue-store.js';
 import { hasOptions, recipientsOf, type MatchingSubscription } from './recipients.js';
 import type { QueueChunks } from './queue-streams.js';
 import { RetainedStore } from './retained-store.js';
+import type { BeforeExpiry } from './session-expiry.js';
 import { SessionRecords } from './session-records.js';
 import { LevelStore } from './store.js';
 import type { MatchedSubscription, SubscriptionInput } from './subscription-index.js';
@@ -173,6 +174,15 @@ export class LevelPersistence {
   /** aedes-persistence's teardown; the same as stop(). */
   async destroy(): Promise<void> {
     await this.stop();
+  }
+
+  /**
+   * Runs `handler` on the sessions about to expire before they are dropped,
+   * the expiry waiting for it (the broker's shared subscriptions hand the
+   * messages waiting in them to another member); one handler, the last given.
+   */
+  beforeSessionsExpire(handler: BeforeExpiry): void {
+    this.#store.expiry.beforeExpiry = handler;
   }
 
   /** Removes the sessions whose client has been away longer than their expiry (session-expiry.ts); returns how many. */

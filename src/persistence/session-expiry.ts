@@ -37,13 +37,24 @@ interface ExpiryStore {
   write(ops: readonly BatchOp[]): Promise<void>;
 }
 
+/** Told of the sessions about to expire, before they are dropped (LevelPersistence.beforeSessionsExpire). */
+export type BeforeExpiry = (clientIds: string[]) => Promise<void>;
+
 export class SessionExpiry {
   readonly #store: ExpiryStore;
+  /**
+   * What must happen to sessions before they expire, awaited by the sweep
+   * (the broker's shared subscriptions hand their messages to another
+   * member). The sweep at start, before the broker runs, has none.
+   */
+  beforeExpiry: BeforeExpiry | undefined;
   #interval: NodeJS.Timeout | undefined;
   /** The sweep armed for the next session to fall due, and when. */
   #timer: NodeJS.Timeout | undefined;
   #timerAt = Infinity;
   #running = false;
+  #sweeping = false;
+  #sweepAgain = false;
 
   constructor(store: ExpiryStore) {
     this.#store = store;
@@ -70,6 +81,24 @@ export class SessionExpiry {
 
   /** Removes the sessions whose client has been away longer than their expiry; returns how many. */
   async sweep(): Promise<number> {
+    // One at a time: a sweep asked for while one waits for beforeExpiry runs once that one is done.
+    if (this.#sweeping) {
+      this.#sweepAgain = true;
+      return 0;
+    }
+    this.#sweeping = true;
+    try {
+      return await this.#sweep();
+    } finally {
+      this.#sweeping = false;
+      if (this.#sweepAgain) {
+        this.#sweepAgain = false;
+        this.#sweepLogged();
+      }
+    }
+  }
+
+  async #sweep(): Promise<number> {
     const store = this.#store;
     store.ready();
     const now = store.now();
@@ -81,14 +110,22 @@ export class SessionExpiry {
       (clientId) => store.isOnline(clientId),
       ops,
     );
-    for (const [clientId, idleMs] of due) {
+    let expiring = due;
+    if (due.length > 0 && this.beforeExpiry !== undefined) {
+      await this.beforeExpiry(due.map(([clientId]) => clientId)).catch((error: unknown) =>
+        store.log.warn({ err: error }, 'could not finish what comes before a session expires'),
+      );
+      // A client back meanwhile keeps its session (also one that left again: its time starts over).
+      expiring = due.filter(([clientId]) => !store.isOnline(clientId) && store.sessions.dueAt(clientId, this.#maxMs) <= now);
+    }
+    for (const [clientId, idleMs] of expiring) {
       store.dropSession(clientId, ops);
       store.log.info({ clientId, idleSec: Math.round(idleMs / 1000) }, 'expired an abandoned persistent session');
     }
-    store.counters.sessionsExpired += due.length;
+    store.counters.sessionsExpired += expiring.length;
     this.#arm(nextAt);
     await store.write(ops);
-    return due.length;
+    return expiring.length;
   }
 
   /** A client connected or disconnected: its session's last-seen time moves on; gone, its expiry is timed. */
