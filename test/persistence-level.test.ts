@@ -360,8 +360,9 @@ t.test('the expiry waits for beforeSessionsExpire; a session whose client came b
     // Its client reconnects meanwhile.
     broker.clients.back = {};
   });
-  t.equal(await persistence.sweepExpiredSessions(), 1, 'one session expired');
-  t.same(told, [['back', 'gone']], 'the handler was told of both');
+  // A second sweep asked for during the first's wait runs after it, and answers for itself.
+  t.same(await Promise.all([persistence.sweepExpiredSessions(), persistence.sweepExpiredSessions()]), [1, 0], 'one session expired, by the first sweep');
+  t.same(told, [['back', 'gone']], 'the handler was told of both, once');
   t.same(await persistence.subscriptionsByClient({ id: 'gone' }), []);
   t.equal((await persistence.subscriptionsByClient({ id: 'back' })).length, 1, 'the client that came back keeps its session');
   t.match(persistence.stats(), { sessionsExpired: 1 });

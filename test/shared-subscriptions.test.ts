@@ -267,33 +267,62 @@ async function twoAway(t: Test, url: string): Promise<void> {
   await second.client.endAsync();
 }
 
+/** Subscribes `member` to its own marker topic and waits for a marker published after everything before: what it got by then is all it gets. */
+async function caughtUp(member: OpenedClient, clientId: string, publisher: OpenedClient): Promise<void> {
+  await member.client.subscribeAsync(`marker/${clientId}`, { qos: 1 });
+  await publisher.client.publishAsync(`marker/${clientId}`, 'm', { qos: 1 });
+  await member.log.waitFor((messages) => messages.some((m) => m.topic === `marker/${clientId}`));
+}
+
 /** Reconnects a persistent session and shows, with a non-shared marker after its resend [MQTT-4.6.0-2], what it got. */
 async function resumed(t: Test, url: string, clientId: string, publisher: OpenedClient): Promise<OpenedClient> {
   const back = await openClient(t, url, v4({ clientId, clean: false }));
-  await back.client.subscribeAsync(`marker/${clientId}`, { qos: 1 });
-  await publisher.client.publishAsync(`marker/${clientId}`, 'm', { qos: 1 });
-  await back.log.waitFor((messages) => messages.some((m) => m.topic === `marker/${clientId}`));
+  await caughtUp(back, clientId, publisher);
   return back;
 }
 
-t.test('a member that subscribes takes the messages waiting for members that are away; what a session gets for itself stays', async (t) => {
+t.test('a persistent member that subscribes takes the messages waiting for members that are away, a clean one does not; what a session gets for itself stays', async (t) => {
   const { mqttUrl } = await startDaemon(t);
   await twoAway(t, mqttUrl);
   const publisher = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
   // Queued round-robin for the two absent sessions (no member connected).
   const jobs = await publishMany(publisher, 'work/jobs', 6, 1);
   await publisher.client.publishAsync('work/own/x', 'for own itself', { qos: 1 });
-  const newcomer = await openClient(t, mqttUrl, v5({ clientId: 'newcomer' }));
+  const clean = await openClient(t, mqttUrl, v5({ clientId: 'clean-newcomer' }));
+  await clean.client.subscribeAsync('$share/g/work/#', { qos: 1 });
+  const newcomer = await openClient(t, mqttUrl, v5({ clientId: 'newcomer', clean: false, properties: { sessionExpiryInterval: 300 } }));
   await newcomer.client.subscribeAsync('$share/g/work/#', { qos: 1 });
   await eventually(() => payloads(newcomer, 'work/jobs').length >= jobs.length, 5000, 'the waiting jobs at the newcomer');
-  await newcomer.client.subscribeAsync('marker/newcomer', { qos: 1 });
-  await publisher.client.publishAsync('marker/newcomer', 'm', { qos: 1 });
-  await newcomer.log.waitFor((messages) => messages.some((m) => m.topic === 'marker/newcomer'));
-  t.same(payloads(newcomer, 'work/jobs').sort(), [...jobs].sort(), 'every job, once');
+  await caughtUp(newcomer, 'newcomer', publisher);
+  await caughtUp(clean, 'clean-newcomer', publisher);
+  t.same(payloads(newcomer, 'work/jobs').sort(), [...jobs].sort(), 'every job, once, to the member with a persistent session');
+  t.same(payloads(clean, 'work/jobs'), [], 'none to the clean member: stored messages are not moved into a queue kept in memory');
   const own = await resumed(t, mqttUrl, 'own', publisher);
   t.same(payloads(own, 'work/'), ['for own itself'], 'own keeps the message it has through its own subscription, and no job');
   const other = await resumed(t, mqttUrl, 'other', publisher);
   t.same(payloads(other, 'work/jobs'), [], 'nothing is sent again to the other member');
+});
+
+t.test('QoS 2: a message sent to a member now away stays its own [MQTT-4.8.2-4]; one never sent moves to a member that connects', async (t) => {
+  const { mqttUrl } = await startDaemon(t);
+  const lazy = await silentMember(t, mqttUrl, 'lazy-q2', false, '$share/g/q2', 2);
+  const publisher = await openClient(t, mqttUrl, v5({ clientId: 'pub' }));
+  await publisher.client.publishAsync('q2', 'sent', { qos: 2 });
+  await lazy.waitFor(() => rawPayloads(lazy).includes('sent'), 5000, 'the PUBLISH at the silent member');
+  lazy.send({ cmd: 'disconnect' } as never);
+  await lazy.waitForClose();
+  // No member connected: queued in the one session of the group.
+  await publisher.client.publishAsync('q2', 'never sent', { qos: 2 });
+  const newcomer = await openClient(t, mqttUrl, v5({ clientId: 'newcomer-q2', clean: false, properties: { sessionExpiryInterval: 300 } }));
+  await newcomer.client.subscribeAsync('$share/g/q2', { qos: 2 });
+  await eventually(() => payloads(newcomer, 'q2').includes('never sent'), 5000, 'the message never sent at the newcomer');
+  await caughtUp(newcomer, 'newcomer-q2', publisher);
+  t.same(payloads(newcomer, 'q2'), ['never sent'], 'the newcomer gets the message never sent, not the one in flight');
+  const back = await openClient(t, mqttUrl, v4({ clientId: 'lazy-q2', clean: false }));
+  // mqtt.js hands a QoS 2 message on at PUBREL, which may come after a marker.
+  await eventually(() => payloads(back, 'q2').length > 0, 5000, 'the resent message');
+  await caughtUp(back, 'lazy-q2', publisher);
+  t.same(payloads(back, 'q2'), ['sent'], 'the member that was away gets its QoS 2 message again, to complete it');
 });
 
 t.test('a persistent member whose session resumes takes the messages waiting for another member that is away', async (t) => {
@@ -320,8 +349,6 @@ t.test('a member whose session expires hands the messages waiting in it to anoth
   const jobs = await publishMany(publisher, 'exp/jobs', 4, 1);
   await eventually(() => daemon.storeStats().sessionsExpired === 1, 5000, "short's session to expire");
   const back = await openClient(t, mqttUrl, v5({ clientId: 'long', clean: false, properties: { sessionExpiryInterval: 300 } }));
-  await back.client.subscribeAsync('marker/long', { qos: 1 });
-  await publisher.client.publishAsync('marker/long', 'm', { qos: 1 });
-  await back.log.waitFor((messages) => messages.some((m) => m.topic === 'marker/long'));
+  await caughtUp(back, 'long', publisher);
   t.same(payloads(back, 'exp/jobs').sort(), [...jobs].sort(), 'every job, once: its own two and the two of the expired session');
 });

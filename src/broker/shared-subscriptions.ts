@@ -157,10 +157,10 @@ export class SharedSubscriptions {
       new SharedBacklogs<Group>(store, {
         absent: (group) => [...group.sessions.keys()].filter((clientId) => !this.#isConnected(group, clientId)),
         present: (group, clientId) => this.#isConnected(group, clientId),
-        connected: (group) => this.#hasConnectedMember(group),
-        place: (group, packet, from, done) => {
+        canAdopt: (group) => this.#hasConnectedMember(group, true),
+        place: (group, packet, from, done, adopting) => {
           this.#redelivered++;
-          this.#place(group, packet, from, done);
+          this.#place(group, packet, from, done, adopting);
         },
         failed: (group, error) => this.#log.warn({ err: error, filter: wireSharedFilter(group.name) }, 'could not read a shared subscription member\'s session'),
       });
@@ -281,6 +281,8 @@ export class SharedSubscriptions {
   }
 
   #dropIfEmpty(group: Group): void {
+    // Another object of the same name: this one was dropped, and the name made again since.
+    if (this.#groups.get(group.name) !== group) return;
     if (group.members.size > 0 || group.sessions.size > 0) return;
     this.#groups.delete(group.name);
     this.#aedes?.unsubscribe(group.filter, group.listener as never, () => undefined);
@@ -288,9 +290,9 @@ export class SharedSubscriptions {
 
   // ------------------------------------------------------------- choosing
 
-  /** The next connected member, round-robin. */
-  #pick(group: Group): Member | undefined {
-    const connected = [...group.members.values()].filter((member) => !member.client.closed);
+  /** The next connected member, round-robin; with `persistentOnly`, among those with a persistent session. */
+  #pick(group: Group, persistentOnly = false): Member | undefined {
+    const connected = [...group.members.values()].filter((member) => !member.client.closed && !(persistentOnly && member.client.clean));
     if (connected.length === 0) return undefined;
     group.turn = (group.turn + 1) % connected.length;
     return connected[group.turn];
@@ -365,11 +367,17 @@ export class SharedSubscriptions {
    * member (queued first when its session is persistent: the flow control
    * sends a persistent session nothing else), else, QoS 1/2, queues it for
    * an offline persistent session; `from` is the session it is taken from.
-   * `done` runs once it is placed (durably, where it is queued).
+   * `done` runs once it is placed (durably, where it is queued). With
+   * `persistentOnly`, only to a connected member with a persistent session,
+   * else it stays where it is.
    */
-  #place(group: Group, packet: DeliveredPacket, from: string | undefined, done: () => void): void {
-    const member = this.#pick(group);
+  #place(group: Group, packet: DeliveredPacket, from: string | undefined, done: () => void, persistentOnly = false): void {
+    const member = this.#pick(group, persistentOnly);
     const store = this.#store;
+    if (persistentOnly && !member) {
+      done();
+      return;
+    }
     if (member && (packet.qos === 0 || member.client.clean || !store) && from === undefined) {
       this.#send(group, member, packet, false);
       done();
@@ -387,7 +395,10 @@ export class SharedSubscriptions {
       .outgoingMove(from, persistentTarget ? target : undefined, packet as DeliveredPacket & Record<string, unknown>)
       .then(
         (moved) => {
-          if (moved && member) this.#send(group, member, packet, persistentTarget);
+          if (!moved || !member) return;
+          if (!member.client.closed) this.#send(group, member, packet, persistentTarget);
+          // Gone while the move was written: a persistent member has it in its session; for a clean one, placed again.
+          else if (!persistentTarget) this.#place(group, packet, undefined, () => undefined);
         },
         (error: unknown) => this.#log.warn({ err: error, filter: wireSharedFilter(group.name) }, 'could not queue a shared subscription message'),
       )
@@ -455,8 +466,8 @@ export class SharedSubscriptions {
     return member !== undefined && !member.client.closed;
   }
 
-  #hasConnectedMember(group: Group): boolean {
-    for (const member of group.members.values()) if (!member.client.closed) return true;
+  #hasConnectedMember(group: Group, persistentOnly = false): boolean {
+    for (const member of group.members.values()) if (!member.client.closed && !(persistentOnly && member.client.clean)) return true;
     return false;
   }
 }

@@ -53,8 +53,9 @@ export class SessionExpiry {
   #timer: NodeJS.Timeout | undefined;
   #timerAt = Infinity;
   #running = false;
-  #sweeping = false;
-  #sweepAgain = false;
+  /** The sweep running, and the one asked for meanwhile (see sweep). */
+  #sweep: Promise<number> | undefined;
+  #nextSweep: Promise<number> | undefined;
 
   constructor(store: ExpiryStore) {
     this.#store = store;
@@ -79,26 +80,26 @@ export class SessionExpiry {
     this.#timerAt = Infinity;
   }
 
-  /** Removes the sessions whose client has been away longer than their expiry; returns how many. */
-  async sweep(): Promise<number> {
-    // One at a time: a sweep asked for while one waits for beforeExpiry runs once that one is done.
-    if (this.#sweeping) {
-      this.#sweepAgain = true;
-      return 0;
+  /**
+   * Removes the sessions whose client has been away longer than their
+   * expiry; returns how many. One at a time: asked for while one waits for
+   * beforeExpiry, it runs once that one is done, and answers for itself.
+   */
+  sweep(): Promise<number> {
+    if (this.#sweep === undefined) {
+      this.#sweep = this.#sweepOnce().finally(() => (this.#sweep = undefined));
+      return this.#sweep;
     }
-    this.#sweeping = true;
-    try {
-      return await this.#sweep();
-    } finally {
-      this.#sweeping = false;
-      if (this.#sweepAgain) {
-        this.#sweepAgain = false;
-        this.#sweepLogged();
-      }
-    }
+    this.#nextSweep ??= this.#sweep.then(this.#followUp, this.#followUp);
+    return this.#nextSweep;
   }
 
-  async #sweep(): Promise<number> {
+  readonly #followUp = (): Promise<number> => {
+    this.#nextSweep = undefined;
+    return this.sweep();
+  };
+
+  async #sweepOnce(): Promise<number> {
     const store = this.#store;
     store.ready();
     const now = store.now();
@@ -110,22 +111,42 @@ export class SessionExpiry {
       (clientId) => store.isOnline(clientId),
       ops,
     );
+    this.#arm(nextAt);
     let expiring = due;
-    if (due.length > 0 && this.beforeExpiry !== undefined) {
-      await this.beforeExpiry(due.map(([clientId]) => clientId)).catch((error: unknown) =>
-        store.log.warn({ err: error }, 'could not finish what comes before a session expires'),
-      );
+    const before = this.beforeExpiry;
+    if (due.length > 0 && before !== undefined) {
+      // The times refreshed above are written now: a newer one written during the wait (clientSeen) must not be overwritten by them.
+      const refreshed = store.write(ops);
+      ops.length = 0;
+      await this.#bounded(before(due.map(([clientId]) => clientId)));
+      await refreshed;
+      // Stopped meanwhile: the sessions expire at the next start, their time not counting the stop.
+      if (!this.#running) return 0;
       // A client back meanwhile keeps its session (also one that left again: its time starts over).
-      expiring = due.filter(([clientId]) => !store.isOnline(clientId) && store.sessions.dueAt(clientId, this.#maxMs) <= now);
+      expiring = due.filter(([clientId]) => !store.isOnline(clientId) && store.sessions.dueAt(clientId, this.#maxMs) <= store.now());
     }
     for (const [clientId, idleMs] of expiring) {
       store.dropSession(clientId, ops);
       store.log.info({ clientId, idleSec: Math.round(idleMs / 1000) }, 'expired an abandoned persistent session');
     }
     store.counters.sessionsExpired += expiring.length;
-    this.#arm(nextAt);
-    await store.write(ops);
+    if (ops.length > 0) await store.write(ops);
     return expiring.length;
+  }
+
+  /** Waits for beforeExpiry at most one check interval: sessions go on expiring whatever it does. */
+  async #bounded(work: Promise<void>): Promise<void> {
+    const limitMs = this.#store.options.expiryCheckIntervalSec * 1000;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(resolve, limitMs, 'timeout')));
+    try {
+      const outcome = await Promise.race([work.then(() => 'done' as const), timedOut]);
+      if (outcome === 'timeout') this.#store.log.warn({ waitedSec: limitMs / 1000 }, 'sessions expire without waiting longer for what comes before');
+    } catch (error) {
+      this.#store.log.warn({ err: error }, 'could not finish what comes before a session expires');
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** A client connected or disconnected: its session's last-seen time moves on; gone, its expiry is timed. */
