@@ -7,12 +7,10 @@
  */
 import t from 'tap';
 import net from 'node:net';
-import path from 'node:path';
-import { writeFile } from 'node:fs/promises';
 import WebSocket from 'ws';
 import type { Test } from 'tap';
-import { hashPassword } from '../src/auth/password-file.js';
-import { startDaemon, tempDir, type RunningDaemon } from './helpers/daemon.js';
+import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { authFiles } from './helpers/security.js';
 import { connectRaw, openClient, eventually, tcpConnect } from './helpers/mqtt.js';
 import { captureLogs, WARN, type CapturedLogs } from './helpers/logs.js';
 import { connect, connect5, disconnect, publish, subscribe, unsubscribe } from './helpers/packets.js';
@@ -247,13 +245,9 @@ for (const transport of transports) {
 }
 
 t.test('a filter refused in the SUBACK, by a limit or the ACL, is not kept with a persistent session', async (t) => {
-  const dir = tempDir(t);
-  const passwordFile = path.join(dir, 'passwd');
-  const aclFile = path.join(dir, 'acl');
-  await writeFile(passwordFile, `keeper:${await hashPassword('keeper-pw', { N: 1024, r: 8, p: 1 })}\n`);
   // Anonymous clients publish; keeper may read all of kept/#, so only its subscriptions decide what it gets.
-  await writeFile(aclFile, 'topic write kept/#\nuser keeper\ntopic read kept/#\n');
-  const daemon = await startDaemon(t, { limits: { maxSubscriptionsPerClient: 2 }, auth: { passwordFile, aclFile } });
+  const auth = await authFiles(t, { keeper: 'keeper-pw' }, 'topic write kept/#\nuser keeper\ntopic read kept/#\n');
+  const daemon = await startDaemon(t, { limits: { maxSubscriptionsPerClient: 2 }, auth });
   const keeperConnect = { cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: false, keepalive: 30, clientId: 'keeper', username: 'keeper', password: Buffer.from('keeper-pw') } as const;
   const keeper = await connectRaw(t, daemon.mqttUrl);
   keeper.send(keeperConnect);

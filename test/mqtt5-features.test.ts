@@ -4,12 +4,10 @@
  * client parses the broker's packets as level 5). Each test names its row.
  */
 import t, { type Test } from 'tap';
-import path from 'node:path';
-import { writeFile } from 'node:fs/promises';
 import { generate, type Packet } from 'mqtt-packet';
-import { hashPassword } from '../src/auth/password-file.js';
-import { startDaemon, tempDir } from './helpers/daemon.js';
+import { startDaemon } from './helpers/daemon.js';
 import { connectRaw, openClient, type RawClient } from './helpers/mqtt.js';
+import { authFiles } from './helpers/security.js';
 
 const encode = (packet: Record<string, unknown>): Buffer => generate(packet as unknown as Packet, { protocolVersion: 5 });
 
@@ -21,12 +19,8 @@ async function raw5(t: Test, url: string, clientId: string, connect: Record<stri
 }
 
 t.test('reason codes: CONNACK 0x86 for a wrong password, PUBREC 0x87 for a QoS 2 PUBLISH the ACL denies (MQTT 5.0 §3.5.2.1)', async (t) => {
-  const dir = tempDir(t);
-  const passwordFile = path.join(dir, 'passwd');
-  const aclFile = path.join(dir, 'acl');
-  await writeFile(passwordFile, `reader:${await hashPassword('right', { N: 1024, r: 8, p: 1 })}\n`);
-  await writeFile(aclFile, 'user reader\ntopic read ro/#\n');
-  const { mqttUrl } = await startDaemon(t, { auth: { passwordFile, aclFile } });
+  const auth = await authFiles(t, { reader: 'right' }, 'user reader\ntopic read ro/#\n');
+  const { mqttUrl } = await startDaemon(t, { auth });
   const wrong = await raw5(t, mqttUrl, 'wrong', { username: 'reader', password: Buffer.from('wrong') });
   t.equal(wrong.connack.reasonCode, 0x86, 'CONNACK 0x86 Bad User Name or Password');
   const { raw } = await raw5(t, mqttUrl, 'reader', { username: 'reader', password: Buffer.from('right') });
@@ -37,12 +31,8 @@ t.test('reason codes: CONNACK 0x86 for a wrong password, PUBREC 0x87 for a QoS 2
 });
 
 t.test('reason codes: SUBACK 0x8F for a filter over the topic limits, 0x97 over the subscription quota, 0x87 for the ACL (MQTT 5.0 §3.9.3)', async (t) => {
-  const dir = tempDir(t);
-  const passwordFile = path.join(dir, 'passwd');
-  const aclFile = path.join(dir, 'acl');
-  await writeFile(passwordFile, `reader:${await hashPassword('right', { N: 1024, r: 8, p: 1 })}\n`);
-  await writeFile(aclFile, 'user reader\ntopic read ro/#\n');
-  const { mqttUrl } = await startDaemon(t, { auth: { passwordFile, aclFile }, limits: { maxTopicLevels: 3, maxSubscriptionsPerClient: 3 } });
+  const auth = await authFiles(t, { reader: 'right' }, 'user reader\ntopic read ro/#\n');
+  const { mqttUrl } = await startDaemon(t, { auth, limits: { maxTopicLevels: 3, maxSubscriptionsPerClient: 3 } });
   const { raw } = await raw5(t, mqttUrl, 'limited', { username: 'reader', password: Buffer.from('right') });
   const filters = (...topics: string[]) => topics.map((topic) => ({ topic, qos: 1 }));
   // Two SUBSCRIBEs back to back: each SUBACK carries its own packet's codes.

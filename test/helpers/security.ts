@@ -3,6 +3,8 @@
  * address and every log line it writes (to check what is and is not logged).
  */
 import net from 'node:net';
+import path from 'node:path';
+import { writeFile } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import * as mqttPacket from 'mqtt-packet';
 import type { IConnackPacket } from 'mqtt-packet';
@@ -10,7 +12,8 @@ import type { Test } from 'tap';
 import { createDaemon, type Daemon } from '../../src/index.js';
 import type { ConfigInput } from '../../src/config/schema.js';
 import { createLogger } from '../../src/observability/logger.js';
-import { testConfig } from './daemon.js';
+import { hashPassword } from '../../src/auth/password-file.js';
+import { tempDir, testConfig } from './daemon.js';
 
 export interface LogRecord {
   /** The level's name: 'info', 'warn', ... */
@@ -77,6 +80,21 @@ export async function startSecureDaemon(t: Test, overrides: Overrides = {}, opti
     tlsPort: tls?.port ?? 0,
     httpPort: http?.port ?? 0,
   };
+}
+
+/**
+ * A password file of `users` (user name → password, hashed with cheap
+ * scrypt parameters) and an ACL file of `acl`, in a temporary directory:
+ * the `auth` section of a test's config.
+ */
+export async function authFiles(t: Test, users: Record<string, string>, acl: string): Promise<{ passwordFile: string; aclFile: string }> {
+  const dir = tempDir(t);
+  const passwordFile = path.join(dir, 'passwd');
+  const aclFile = path.join(dir, 'acl');
+  const lines = await Promise.all(Object.entries(users).map(async ([user, password]) => `${user}:${await hashPassword(password, { N: 1024, r: 8, p: 1 })}\n`));
+  await writeFile(passwordFile, lines.join(''));
+  await writeFile(aclFile, acl);
+  return { passwordFile, aclFile };
 }
 
 /**
