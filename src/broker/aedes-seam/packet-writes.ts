@@ -81,6 +81,13 @@ function payloadBytes(payload: unknown): number {
   return payload instanceof Uint8Array ? payload.length : 0;
 }
 
+/** A SUBACK through its broker's rewrite, if any (rewriteSubacks). */
+function writeSuback(original: WriteToStream, packet: Record<string, unknown>, stream: object, options?: { protocolVersion?: number }): boolean {
+  const client = (stream as WithRewrite).client;
+  const rewrite = client?.broker?.[SUBACKS];
+  return original(rewrite !== undefined ? rewrite(client as Client, packet as WrittenSuback) : packet, stream, options);
+}
+
 function hookWriteToStream(): void {
   if (hooked) return;
   hooked = true;
@@ -103,12 +110,7 @@ function hookWriteToStream(): void {
       // bounded by broker.drainTimeoutSec like any other client that does not read.
       return bytes !== undefined ? (stream as WriteTarget).write(bytes) : original(packet, stream, options);
     }
-    if (packet.cmd === 'suback') {
-      const client = (stream as WithRewrite).client;
-      const rewrite = client?.broker?.[SUBACKS];
-      return original(rewrite !== undefined ? rewrite(client as Client, packet as WrittenSuback) : packet, stream, options);
-    }
-    if (packet.cmd !== 'publish') return original(packet, stream, options);
+    if (packet.cmd !== 'publish') return packet.cmd === 'suback' ? writeSuback(original, packet, stream, options) : original(packet, stream, options);
     const rewrite = (stream as WithRewrite)[REWRITE];
     const tap = tapFor(stream);
     const publish = packet as WrittenPublish;
