@@ -96,7 +96,8 @@ export class SessionExpiry {
 
   readonly #followUp = (): Promise<number> => {
     this.#nextSweep = undefined;
-    return this.sweep();
+    // Stopped meanwhile: nothing more to sweep until the next start.
+    return this.#running ? this.sweep() : Promise.resolve(0);
   };
 
   async #sweepOnce(): Promise<number> {
@@ -117,6 +118,8 @@ export class SessionExpiry {
     if (due.length > 0 && before !== undefined) {
       // The times refreshed above are written now: a newer one written during the wait (clientSeen) must not be overwritten by them.
       const refreshed = store.write(ops);
+      // Awaited after the wait; a failure meanwhile must not go unhandled (it would end the process).
+      refreshed.catch(() => undefined);
       ops.length = 0;
       await this.#bounded(before(due.map(([clientId]) => clientId)));
       await refreshed;
@@ -138,7 +141,10 @@ export class SessionExpiry {
   async #bounded(work: Promise<void>): Promise<void> {
     const limitMs = this.#store.options.expiryCheckIntervalSec * 1000;
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(resolve, limitMs, 'timeout')));
+    const timedOut = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(resolve, limitMs, 'timeout');
+      timer.unref();
+    });
     try {
       const outcome = await Promise.race([work.then(() => 'done' as const), timedOut]);
       if (outcome === 'timeout') this.#store.log.warn({ waitedSec: limitMs / 1000 }, 'sessions expire without waiting longer for what comes before');
