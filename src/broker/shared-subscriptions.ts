@@ -115,6 +115,11 @@ interface Member {
   rap: boolean;
 }
 
+/** Whether `member` can be sent messages: connected, and with `persistentOnly`, with a persistent session. */
+function takes(member: Member, persistentOnly: boolean): boolean {
+  return !member.client.closed && !(persistentOnly && member.client.clean);
+}
+
 interface Group {
   name: string;
   filter: string;
@@ -297,7 +302,7 @@ export class SharedSubscriptions {
 
   /** The next connected member, round-robin; with `persistentOnly`, among those with a persistent session. */
   #pick(group: Group, persistentOnly = false): Member | undefined {
-    const connected = [...group.members.values()].filter((member) => !member.client.closed && !(persistentOnly && member.client.clean));
+    const connected = [...group.members.values()].filter((member) => takes(member, persistentOnly));
     if (connected.length === 0) return undefined;
     group.turn = (group.turn + 1) % connected.length;
     return connected[group.turn];
@@ -472,7 +477,7 @@ export class SharedSubscriptions {
   }
 
   #hasConnectedMember(group: Group, persistentOnly = false): boolean {
-    for (const member of group.members.values()) if (!member.client.closed && !(persistentOnly && member.client.clean)) return true;
+    for (const member of group.members.values()) if (takes(member, persistentOnly)) return true;
     return false;
   }
 }

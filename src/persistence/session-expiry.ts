@@ -19,6 +19,7 @@ import type { Logger } from '../observability/logger.js';
 import type { ResolvedOptions } from './options.js';
 import { aliveOp, type RecoveredWill } from './recover.js';
 import type { SessionClock } from './session-clock.js';
+import { withDeadline } from '../util/deadline.js';
 import type { PersistenceState } from './types.js';
 
 /** What session expiry uses of the store core (store.ts, which owns it: named here, not imported, so no circle). */
@@ -140,18 +141,10 @@ export class SessionExpiry {
   /** Waits for beforeExpiry at most one check interval: sessions go on expiring whatever it does. */
   async #bounded(work: Promise<void>): Promise<void> {
     const limitMs = this.#store.options.expiryCheckIntervalSec * 1000;
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(resolve, limitMs, 'timeout');
-      timer.unref();
-    });
     try {
-      const outcome = await Promise.race([work.then(() => 'done' as const), timedOut]);
-      if (outcome === 'timeout') this.#store.log.warn({ waitedSec: limitMs / 1000 }, 'sessions expire without waiting longer for what comes before');
+      await withDeadline(work, limitMs, 'what comes before sessions expire');
     } catch (error) {
       this.#store.log.warn({ err: error }, 'could not finish what comes before a session expires');
-    } finally {
-      clearTimeout(timer);
     }
   }
 

@@ -117,7 +117,7 @@ export function installSubscribeOutcomes(aedes: Aedes): void {
   const persistence = broker.persistence;
   const addSubscriptions = persistence.addSubscriptions;
   persistence.addSubscriptions = function addGranted(client, subs) {
-    const granted = subs.every((sub) => (sub as Marked)[GRANTED] === true) ? subs : subs.filter((sub) => (sub as Marked)[GRANTED] === true);
+    const granted = subs.filter((sub) => (sub as Marked)[GRANTED] === true);
     return granted.length === 0 ? Promise.resolve() : addSubscriptions.call(this, client, granted);
   };
   rewriteSubacks(aedes, withReasonCodes);
