@@ -22,6 +22,7 @@ import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import path from 'node:path';
 import { createDaemon } from '../src/index.js';
+import { startRelayFloor } from './relay-floor.js';
 import { applyPatches, startBareAedes, variantOf, type BenchServer } from './variants.js';
 
 interface ServerOptions {
@@ -80,7 +81,12 @@ async function main(): Promise<void> {
   const options = JSON.parse(process.argv[2] ?? '{}') as ServerOptions;
   const variant = variantOf(options.variant ?? 'daemon');
   applyPatches(variant);
-  const server = variant.base === 'daemon' ? await startDaemon(options.dataDir, options.limits) : await startBareAedes();
+  const server =
+    variant.base === 'daemon'
+      ? await startDaemon(options.dataDir, options.limits)
+      : variant.base === 'aedes'
+        ? await startBareAedes()
+        : await startRelayFloor({ raw: variant.base === 'relay-raw' });
   const heapDir = process.env.BENCH_HEAP_SAMPLE;
   const stopSampling = heapDir ? sampleHeap(heapDir) : undefined;
 

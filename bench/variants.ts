@@ -22,8 +22,12 @@ export interface BenchServer {
 }
 
 export interface Variant {
-  /** What runs: edgemqtt's createDaemon, or bare aedes on net + ws as its README wires it. */
-  base: 'daemon' | 'aedes';
+  /**
+   * What runs: edgemqtt's createDaemon, bare aedes on net + ws as its README
+   * wires it, or the Node floor of relay-floor.ts (relay: WebSocket writes
+   * through ws' send; relay-raw: frames written to the socket directly).
+   */
+  base: 'daemon' | 'aedes' | 'relay' | 'relay-raw';
   /** Cork each socket on its first MQTT write in an event-loop turn and uncork once, in setImmediate. */
   batchWrites?: boolean;
   /** Serialise each outgoing packet into one buffer (mqtt-packet generate) instead of 3–5 stream writes. */
@@ -45,6 +49,14 @@ export const VARIANTS: Record<string, Variant> = {
   aedes: {
     base: 'aedes',
     description: 'bare aedes on net + ws: no protocol guard, no delivery rules, no hooks',
+  },
+  relay: {
+    base: 'relay',
+    description: 'the Node floor: QoS 0 PUBLISH bytes forwarded to every subscriber as read, no MQTT beyond the handshake (relay-floor.ts)',
+  },
+  'relay-raw': {
+    base: 'relay-raw',
+    description: 'the Node floor with WebSocket frames written to the socket directly instead of through ws (relay-floor.ts)',
   },
   batch: {
     base: 'daemon',

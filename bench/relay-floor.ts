@@ -1,0 +1,190 @@
+/**
+ * The Node floor of a QoS 0 scenario: a process that does no more with MQTT
+ * than the load generator needs to run, so that a row where edgemqtt trails a
+ * C broker can be split into what Node itself costs and what edgemqtt adds.
+ * Not a broker: no topic matching (every PUBLISH goes to every connection that
+ * has subscribed to anything), no sessions, no QoS 1/2, no checks.
+ *
+ * It answers CONNECT with CONNACK and SUBSCRIBE with a SUBACK granting QoS 0
+ * (in the connection's protocol level, 3.1.1 or 5), PINGREQ with PINGRESP,
+ * closes on DISCONNECT, and forwards each PUBLISH's bytes unchanged as soon
+ * as they are read: what one read brought, in one write per subscriber (the
+ * latency scenario's publisher sends two messages a millisecond, which
+ * often arrive in one read; edgemqtt writes them once too):
+ *  - over TCP with `socket.write`;
+ *  - over WebSocket with ws' `send` (`raw: false`), or (`raw: true`) with a
+ *    binary frame it builds itself and writes to the upgraded socket in one
+ *    `socket.write`, what a broker could do going around ws' Sender.
+ * Both listen on loopback, TCP via `net` and WebSocket via `http` + ws, as
+ * edgemqtt does.
+ */
+import { createServer as createHttpServer } from 'node:http';
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { BenchServer } from './variants.js';
+
+const CONNECT = 1;
+const PUBLISH = 3;
+const SUBSCRIBE = 8;
+const PINGREQ = 12;
+const DISCONNECT = 14;
+
+/** One connection's reader: whole packets out of a byte stream, each to `packet(type, frame, body start)`. */
+class FrameReader {
+  #pending: Buffer | undefined;
+
+  constructor(
+    private readonly packet: (type: number, frame: Buffer, bodyStart: number) => void,
+    private readonly afterRead: () => void,
+  ) {}
+
+  push(chunk: Buffer): void {
+    const buf = this.#pending ? Buffer.concat([this.#pending, chunk]) : chunk;
+    this.#pending = undefined;
+    let at = 0;
+    while (at < buf.length) {
+      // Remaining Length (MQTT 1.5.5, 2.2.3): up to four bytes of seven bits.
+      let length = 0;
+      let multiplier = 1;
+      let i = at + 1;
+      let complete = false;
+      while (i < buf.length && i < at + 5) {
+        const byte = buf[i++] as number;
+        length += (byte & 0x7f) * multiplier;
+        multiplier *= 128;
+        if ((byte & 0x80) === 0) {
+          complete = true;
+          break;
+        }
+      }
+      if (!complete || i + length > buf.length) break;
+      this.packet((buf[at] as number) >> 4, buf.subarray(at, i + length), i - at);
+      at = i + length;
+    }
+    if (at < buf.length) this.#pending = Buffer.from(buf.subarray(at));
+    this.afterRead();
+  }
+}
+
+/** A WebSocket binary frame, unmasked (server to client, RFC 6455 5.1), FIN set. */
+function binaryFrame(payload: Buffer): Buffer {
+  const n = payload.length;
+  const head = n < 126 ? 2 : n < 65536 ? 4 : 10;
+  const frame = Buffer.allocUnsafe(head + n);
+  frame[0] = 0x82;
+  if (n < 126) frame[1] = n;
+  else if (n < 65536) {
+    frame[1] = 126;
+    frame.writeUInt16BE(n, 2);
+  } else {
+    frame[1] = 127;
+    frame.writeBigUInt64BE(BigInt(n), 2);
+  }
+  payload.copy(frame, head);
+  return frame;
+}
+
+interface Peer {
+  level: number;
+  /** PUBLISH frames of the current read, written once it is done. */
+  out: Buffer[];
+  send(bytes: Buffer): void;
+  close(): void;
+}
+
+function listen(server: NetServer): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
+  });
+}
+
+export async function startRelayFloor(options: { raw: boolean }): Promise<BenchServer> {
+  const subscribers = new Set<Peer>();
+  const sockets = new Set<Socket>();
+  const written = new Set<Peer>();
+  const flush = (): void => {
+    for (const peer of written) {
+      peer.send(peer.out.length === 1 ? (peer.out[0] as Buffer) : Buffer.concat(peer.out));
+      peer.out = [];
+    }
+    written.clear();
+  };
+
+  const reader = (peer: Peer): FrameReader =>
+    new FrameReader((type, frame, body) => {
+      if (type === PUBLISH) {
+        for (const subscriber of subscribers) {
+          subscriber.out.push(frame);
+          written.add(subscriber);
+        }
+      } else if (type === CONNECT) {
+        // The protocol level follows the protocol name "MQTT" (3.1.2.2): 4 or 5.
+        peer.level = frame[body + 6] as number;
+        peer.send(Buffer.from(peer.level === 5 ? [0x20, 3, 0, 0, 0] : [0x20, 2, 0, 0]));
+      } else if (type === SUBSCRIBE) {
+        // Packet Identifier, then (v5) the properties, then filter + options pairs (3.8.3).
+        let at = body + 2;
+        if (peer.level === 5) at += 1 + (frame[at] as number);
+        let filters = 0;
+        while (at < frame.length) {
+          at += 2 + frame.readUInt16BE(at) + 1;
+          filters++;
+        }
+        const codes = Array<number>(filters).fill(0);
+        const props = peer.level === 5 ? [0] : [];
+        peer.send(Buffer.from([0x90, 2 + props.length + filters, frame[body] as number, frame[body + 1] as number, ...props, ...codes]));
+        subscribers.add(peer);
+      } else if (type === PINGREQ) {
+        peer.send(Buffer.from([0xd0, 0]));
+      } else if (type === DISCONNECT) {
+        peer.close();
+      }
+    }, flush);
+
+  const tcp = createNetServer({ noDelay: true }, (socket) => {
+    sockets.add(socket);
+    const peer: Peer = { level: 4, out: [], send: (bytes) => socket.write(bytes), close: () => socket.end() };
+    const frames = reader(peer);
+    socket.on('data', (chunk: Buffer) => frames.push(chunk));
+    socket.on('error', () => socket.destroy());
+    socket.once('close', () => {
+      sockets.delete(socket);
+      subscribers.delete(peer);
+    });
+  });
+
+  const http = createHttpServer();
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+  http.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  http.on('upgrade', (request, socket: Socket, head: Buffer) => {
+    wss.handleUpgrade(request, socket, head, (ws: WebSocket) => {
+      const peer: Peer = {
+        level: 4,
+        out: [],
+        send: options.raw ? (bytes) => socket.write(binaryFrame(bytes)) : (bytes) => ws.send(bytes, { binary: true }),
+        close: () => ws.close(),
+      };
+      const frames = reader(peer);
+      ws.on('message', (data: Buffer) => frames.push(data));
+      ws.on('error', () => ws.terminate());
+      ws.once('close', () => subscribers.delete(peer));
+    });
+  });
+
+  const tcpPort = await listen(tcp);
+  const wsPort = await listen(http);
+  return {
+    tcpPort,
+    wsPort,
+    wsPath: '/mqtt',
+    async stop() {
+      tcp.close();
+      http.close();
+      for (const socket of sockets) socket.destroy();
+    },
+  };
+}
