@@ -16,7 +16,7 @@
  *    binary frame it builds itself and writes to the upgraded socket in one
  *    `socket.write`, what a broker could do going around ws' Sender.
  * Both listen on loopback, TCP via `net` and WebSocket via `http` + ws, as
- * edgemqtt does.
+ * edgemqtt does, with edgemqtt's listen backlog.
  */
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
@@ -95,7 +95,8 @@ interface Peer {
 function listen(server: NetServer): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
+    // edgemqtt's backlog (src/transports/server-lifecycle.ts), not Node's 511: a connect storm would measure SYN retransmits.
+    server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => resolve((server.address() as AddressInfo).port));
   });
 }
 
