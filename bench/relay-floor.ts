@@ -7,7 +7,8 @@
  *
  * It answers CONNECT with CONNACK and SUBSCRIBE with a SUBACK granting QoS 0
  * (in the connection's protocol level, 3.1.1 or 5), PINGREQ with PINGRESP,
- * closes on DISCONNECT, and forwards each PUBLISH's bytes unchanged as soon
+ * closes on DISCONNECT, and forwards each PUBLISH's bytes unchanged (one
+ * copy, out of the load generator's packet reader, bench/common.ts) as soon
  * as they are read: what one read brought, in one write per subscriber (the
  * latency scenario's publisher sends two messages a millisecond, which
  * often arrive in one read; edgemqtt writes them once too):
@@ -19,9 +20,10 @@
  * edgemqtt does, with edgemqtt's listen backlog.
  */
 import { createServer as createHttpServer } from 'node:http';
-import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createNetServer, type Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import type { BenchServer } from './variants.js';
+import { PacketReader } from './common.js';
+import { listenOnLoopback, type BenchServer } from './variants.js';
 
 const CONNECT = 1;
 const PUBLISH = 3;
@@ -29,41 +31,9 @@ const SUBSCRIBE = 8;
 const PINGREQ = 12;
 const DISCONNECT = 14;
 
-/** One connection's reader: whole packets out of a byte stream, each to `packet(type, frame, body start)`. */
-class FrameReader {
-  #pending: Buffer | undefined;
-
-  constructor(
-    private readonly packet: (type: number, frame: Buffer, bodyStart: number) => void,
-    private readonly afterRead: () => void,
-  ) {}
-
-  push(chunk: Buffer): void {
-    const buf = this.#pending ? Buffer.concat([this.#pending, chunk]) : chunk;
-    this.#pending = undefined;
-    let at = 0;
-    while (at < buf.length) {
-      // Remaining Length (MQTT 1.5.5, 2.2.3): up to four bytes of seven bits.
-      let length = 0;
-      let multiplier = 1;
-      let i = at + 1;
-      let complete = false;
-      while (i < buf.length && i < at + 5) {
-        const byte = buf[i++] as number;
-        length += (byte & 0x7f) * multiplier;
-        multiplier *= 128;
-        if ((byte & 0x80) === 0) {
-          complete = true;
-          break;
-        }
-      }
-      if (!complete || i + length > buf.length) break;
-      this.packet((buf[at] as number) >> 4, buf.subarray(at, i + length), i - at);
-      at = i + length;
-    }
-    if (at < buf.length) this.#pending = Buffer.from(buf.subarray(at));
-    this.afterRead();
-  }
+/** How many bytes MQTT's Remaining Length takes for `length` (2.2.3). */
+function lengthBytes(length: number): number {
+  return length < 128 ? 1 : length < 16_384 ? 2 : length < 2_097_152 ? 3 : 4;
 }
 
 /** A WebSocket binary frame, unmasked (server to client, RFC 6455 5.1), FIN set. */
@@ -92,14 +62,6 @@ interface Peer {
   close(): void;
 }
 
-function listen(server: NetServer): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    // edgemqtt's backlog (src/transports/server-lifecycle.ts), not Node's 511: a connect storm would measure SYN retransmits.
-    server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => resolve((server.address() as AddressInfo).port));
-  });
-}
-
 export async function startRelayFloor(options: { raw: boolean }): Promise<BenchServer> {
   const subscribers = new Set<Peer>();
   const sockets = new Set<Socket>();
@@ -112,42 +74,49 @@ export async function startRelayFloor(options: { raw: boolean }): Promise<BenchS
     written.clear();
   };
 
-  const reader = (peer: Peer): FrameReader =>
-    new FrameReader((type, frame, body) => {
+  /** Reads a connection's packets; after each read, what it brought goes out. */
+  const reader = (peer: Peer): ((chunk: Buffer) => void) => {
+    const packets = new PacketReader((type, buf, body, end) => {
       if (type === PUBLISH) {
+        // The whole frame: the fixed header's type byte and Remaining Length (1-4 bytes) before the body.
+        const frame = Buffer.from(buf.subarray(body - 1 - lengthBytes(end - body), end));
         for (const subscriber of subscribers) {
           subscriber.out.push(frame);
           written.add(subscriber);
         }
       } else if (type === CONNECT) {
         // The protocol level follows the protocol name "MQTT" (3.1.2.2): 4 or 5.
-        peer.level = frame[body + 6] as number;
+        peer.level = buf[body + 6] as number;
         peer.send(Buffer.from(peer.level === 5 ? [0x20, 3, 0, 0, 0] : [0x20, 2, 0, 0]));
       } else if (type === SUBSCRIBE) {
         // Packet Identifier, then (v5) the properties, then filter + options pairs (3.8.3).
         let at = body + 2;
-        if (peer.level === 5) at += 1 + (frame[at] as number);
+        if (peer.level === 5) at += 1 + (buf[at] as number);
         let filters = 0;
-        while (at < frame.length) {
-          at += 2 + frame.readUInt16BE(at) + 1;
+        while (at < end) {
+          at += 2 + buf.readUInt16BE(at) + 1;
           filters++;
         }
         const codes = Array<number>(filters).fill(0);
         const props = peer.level === 5 ? [0] : [];
-        peer.send(Buffer.from([0x90, 2 + props.length + filters, frame[body] as number, frame[body + 1] as number, ...props, ...codes]));
+        peer.send(Buffer.from([0x90, 2 + props.length + filters, buf[body] as number, buf[body + 1] as number, ...props, ...codes]));
         subscribers.add(peer);
       } else if (type === PINGREQ) {
         peer.send(Buffer.from([0xd0, 0]));
       } else if (type === DISCONNECT) {
         peer.close();
       }
-    }, flush);
+    }, 256);
+    return (chunk) => {
+      packets.push(chunk, 0, chunk.length);
+      flush();
+    };
+  };
 
   const tcp = createNetServer({ noDelay: true }, (socket) => {
     sockets.add(socket);
     const peer: Peer = { level: 4, out: [], send: (bytes) => socket.write(bytes), close: () => socket.end() };
-    const frames = reader(peer);
-    socket.on('data', (chunk: Buffer) => frames.push(chunk));
+    socket.on('data', reader(peer));
     socket.on('error', () => socket.destroy());
     socket.once('close', () => {
       sockets.delete(socket);
@@ -169,23 +138,11 @@ export async function startRelayFloor(options: { raw: boolean }): Promise<BenchS
         send: options.raw ? (bytes) => socket.write(binaryFrame(bytes)) : (bytes) => ws.send(bytes, { binary: true }),
         close: () => ws.close(),
       };
-      const frames = reader(peer);
-      ws.on('message', (data: Buffer) => frames.push(data));
+      ws.on('message', reader(peer));
       ws.on('error', () => ws.terminate());
       ws.once('close', () => subscribers.delete(peer));
     });
   });
 
-  const tcpPort = await listen(tcp);
-  const wsPort = await listen(http);
-  return {
-    tcpPort,
-    wsPort,
-    wsPath: '/mqtt',
-    async stop() {
-      tcp.close();
-      http.close();
-      for (const socket of sockets) socket.destroy();
-    },
-  };
+  return listenOnLoopback(tcp, http, sockets);
 }

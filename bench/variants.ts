@@ -157,8 +157,30 @@ export function applyPatches(variant: Variant): void {
 function listen(server: NetServer): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
+    // edgemqtt's backlog (src/transports/server-lifecycle.ts), not Node's 511: a connect storm would measure SYN retransmits.
+    server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => resolve((server.address() as AddressInfo).port));
   });
+}
+
+/**
+ * A bench server's TCP and HTTP (WebSocket) listeners on loopback ports;
+ * stop() closes both, destroys `sockets` (every connection, tracked by the
+ * caller) and then runs `after`.
+ */
+export async function listenOnLoopback(tcp: NetServer, http: NetServer, sockets: Set<Socket>, after?: () => Promise<void>): Promise<BenchServer> {
+  const tcpPort = await listen(tcp);
+  const wsPort = await listen(http);
+  return {
+    tcpPort,
+    wsPort,
+    wsPath: '/mqtt',
+    async stop() {
+      tcp.close();
+      http.close();
+      for (const socket of sockets) socket.destroy();
+      await after?.();
+    },
+  };
 }
 
 /** Bare aedes on loopback: TCP via net, WebSocket via ws on any path. */
@@ -179,17 +201,5 @@ export async function startBareAedes(): Promise<BenchServer> {
   http.on('upgrade', (request, socket, head) => {
     wss.handleUpgrade(request, socket, head, (ws) => aedes.handle(createWebSocketStream(ws), request));
   });
-  const tcpPort = await listen(tcp);
-  const wsPort = await listen(http);
-  return {
-    tcpPort,
-    wsPort,
-    wsPath: '/mqtt',
-    async stop() {
-      tcp.close();
-      http.close();
-      for (const socket of sockets) socket.destroy();
-      await new Promise<void>((resolve) => aedes.close(() => resolve()));
-    },
-  };
+  return listenOnLoopback(tcp, http, sockets, () => new Promise<void>((resolve) => aedes.close(() => resolve())));
 }
