@@ -1,7 +1,8 @@
 /**
  * Experimental broker set-ups for `npm run bench -- --brokers=edgemqtt,NAME,mosquitto`,
- * used to measure what an optimisation would gain before anyone changes src/.
- * Each is edgemqtt (or bare aedes) with one thing changed; none is shipped.
+ * used to measure what an optimisation would gain before anyone changes src/,
+ * and what Node itself costs. Each is edgemqtt (or bare aedes) with one thing
+ * changed, or the Node floor of relay-floor.ts; none is shipped.
  * Patches act on shared module objects at run time (node_modules and src/
  * stay untouched).
  */
