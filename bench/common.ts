@@ -405,23 +405,31 @@ export function webSocketUpgradeRequest(host: string, port: number, path: string
 /** One masked binary frame, as a client must send [RFC 6455 5.3]. */
 export function webSocketFrame(payload: Buffer): Buffer {
   const mask = randomBytes(4);
-  let header: Buffer;
-  if (payload.length < 126) {
-    header = Buffer.from([0x82, 0x80 | payload.length]);
-  } else if (payload.length < 65536) {
-    header = Buffer.alloc(4);
-    header[0] = 0x82;
-    header[1] = 0x80 | 126;
-    header.writeUInt16BE(payload.length, 2);
-  } else {
-    header = Buffer.alloc(10);
-    header[0] = 0x82;
-    header[1] = 0x80 | 127;
-    header.writeBigUInt64BE(BigInt(payload.length), 2);
-  }
   const masked = Buffer.allocUnsafe(payload.length);
   for (let i = 0; i < payload.length; i++) masked[i] = (payload[i] as number) ^ (mask[i & 3] as number);
-  return Buffer.concat([header, mask, masked]);
+  return Buffer.concat([webSocketHeader(payload.length, true), mask, masked]);
+}
+
+/**
+ * A binary data frame's header, FIN set (RFC 6455 5.2): the payload length in
+ * 7, 7 + 16 or 7 + 64 bits, with the MASK bit when `masked` (a client's
+ * frames; the masking key, which follows, is the caller's).
+ */
+export function webSocketHeader(length: number, masked: boolean): Buffer {
+  const maskBit = masked ? 0x80 : 0;
+  if (length < 126) return Buffer.from([0x82, maskBit | length]);
+  if (length < 65536) {
+    const header = Buffer.alloc(4);
+    header[0] = 0x82;
+    header[1] = maskBit | 126;
+    header.writeUInt16BE(length, 2);
+    return header;
+  }
+  const header = Buffer.alloc(10);
+  header[0] = 0x82;
+  header[1] = maskBit | 127;
+  header.writeBigUInt64BE(BigInt(length), 2);
+  return header;
 }
 
 /**

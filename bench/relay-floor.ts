@@ -22,7 +22,8 @@
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createNetServer, type Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { PacketReader } from './common.js';
+import { variableByteIntegerBytes } from '../src/broker/aedes-seam/publish-frames.js';
+import { PacketReader, webSocketHeader } from './common.js';
 import { listenOnLoopback, type BenchServer } from './variants.js';
 
 const CONNECT = 1;
@@ -31,27 +32,10 @@ const SUBSCRIBE = 8;
 const PINGREQ = 12;
 const DISCONNECT = 14;
 
-/** How many bytes MQTT's Remaining Length takes for `length` (2.2.3). */
-function lengthBytes(length: number): number {
-  return length < 128 ? 1 : length < 16_384 ? 2 : length < 2_097_152 ? 3 : 4;
-}
-
-/** A WebSocket binary frame, unmasked (server to client, RFC 6455 5.1), FIN set. */
+/** A WebSocket binary frame, unmasked (server to client, RFC 6455 5.1), FIN set: one buffer. */
 function binaryFrame(payload: Buffer): Buffer {
-  const n = payload.length;
-  const head = n < 126 ? 2 : n < 65536 ? 4 : 10;
-  const frame = Buffer.allocUnsafe(head + n);
-  frame[0] = 0x82;
-  if (n < 126) frame[1] = n;
-  else if (n < 65536) {
-    frame[1] = 126;
-    frame.writeUInt16BE(n, 2);
-  } else {
-    frame[1] = 127;
-    frame.writeBigUInt64BE(BigInt(n), 2);
-  }
-  payload.copy(frame, head);
-  return frame;
+  const header = webSocketHeader(payload.length, false);
+  return Buffer.concat([header, payload], header.length + payload.length);
 }
 
 interface Peer {
@@ -79,7 +63,7 @@ export async function startRelayFloor(options: { raw: boolean }): Promise<BenchS
     const packets = new PacketReader((type, buf, body, end) => {
       if (type === PUBLISH) {
         // The whole frame: the fixed header's type byte and Remaining Length (1-4 bytes) before the body.
-        const frame = Buffer.from(buf.subarray(body - 1 - lengthBytes(end - body), end));
+        const frame = Buffer.from(buf.subarray(body - 1 - variableByteIntegerBytes(end - body), end));
         for (const subscriber of subscribers) {
           subscriber.out.push(frame);
           written.add(subscriber);

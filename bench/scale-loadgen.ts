@@ -21,7 +21,7 @@ import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { generate } from 'mqtt-packet';
-import { PACKET_CONNACK, PACKET_PUBLISH, PACKET_SUBACK, PacketReader, percentile, publishPayloadStart, subackCode, WebSocketReader, webSocketUpgradeRequest, type BrokerEndpoint, type Transport } from './common.js';
+import { PACKET_CONNACK, PACKET_PUBLISH, PACKET_SUBACK, PacketReader, percentile, publishPayloadStart, subackCode, WebSocketReader, webSocketHeader, webSocketUpgradeRequest, type BrokerEndpoint, type Transport } from './common.js';
 
 export interface ScaleSpec {
   mode: 'steady' | 'idle' | 'storm';
@@ -86,10 +86,12 @@ function packetBytes(packet: Parameters<typeof generate>[0]): Buffer {
   return generate(packet, { protocolVersion: 4 });
 }
 
-/** A client-to-server binary frame with the zero mask: 6-byte header (payload under 126 bytes) or 8. */
+/** The masking key of every frame this process sends: zero, so the payload goes unmasked (XOR with 0) and uncopied. */
+const ZERO_MASK = Buffer.alloc(4);
+
+/** A client-to-server binary frame with the zero mask. */
 function frame(payload: Buffer): Buffer {
-  const header = payload.length < 126 ? Buffer.from([0x82, 0x80 | payload.length, 0, 0, 0, 0]) : Buffer.from([0x82, 0x80 | 126, payload.length >> 8, payload.length & 0xff, 0, 0, 0, 0]);
-  return Buffer.concat([header, payload]);
+  return Buffer.concat([webSocketHeader(payload.length, true), ZERO_MASK, payload]);
 }
 
 /**
