@@ -72,6 +72,8 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
       try {
         entry = JSON.parse(line) as typeof entry;
       } catch {
+        // Not the log's JSON: node's or V8's own output (BENCH_NODE_FLAGS="... --trace-deopt"), passed on.
+        process.stderr.write(`${line}\n`);
         return;
       }
       if (entry.msg === 'store recovered') recovery = entry;
