@@ -190,7 +190,7 @@ export class ClientFlow implements Deliveries {
       // Nothing can be written any more. A persistent session's QoS 1/2
       // message stays in its store for the next connection; handed to aedes,
       // it would be numbered and "sent" to the dead connection.
-      if (qos > 0 && !this.#client.clean) setImmediate(callback);
+      if (qos > 0 && !this.#client.clean) this.#owner.later(callback);
       else this.#handDown(packet, qos, callback);
       return;
     }
@@ -203,12 +203,12 @@ export class ClientFlow implements Deliveries {
     if (qos === 0 && !paced) {
       // QoS 0 never waits, not even behind queued QoS 1/2 messages: the fast path's check, then out.
       if (this.admitQoS0(entry.bytes)) this.#send(entry);
-      setImmediate(callback);
+      this.#owner.later(callback);
       return;
     }
     if (limits.maximumPacketSize !== undefined && entry.bytes > limits.maximumPacketSize) {
       this.#dropOversize(entry, limits.maximumPacketSize);
-      setImmediate(callback);
+      this.#owner.later(callback);
       return;
     }
     if (this.#queue.length === this.#head && this.#canSend(entry)) {
@@ -216,7 +216,7 @@ export class ClientFlow implements Deliveries {
     } else {
       this.#enqueue(entry);
     }
-    if (!paced) setImmediate(callback);
+    if (!paced) this.#owner.later(callback);
   }
 
   /**
@@ -342,7 +342,7 @@ export class ClientFlow implements Deliveries {
       // A persistent session's QoS 1/2 message stays in its session store;
       // a retained one sent on SUBSCRIBE was never stored there (see #1003).
       this.#owner.count(this.#client.clean || victim.callback ? 'droppedQueuedMessages' : 'deferredQueuedMessages');
-      if (victim.callback) setImmediate(victim.callback);
+      if (victim.callback) this.#owner.later(victim.callback);
       dropped++;
     }
     if (dropped > 0) {
@@ -382,7 +382,7 @@ export class ClientFlow implements Deliveries {
     while (this.#queue.length > this.#head) {
       const entry = this.#shift();
       // Paced streams must finish; the message goes nowhere, like any other for a closed client.
-      if (entry.callback) setImmediate(entry.callback);
+      if (entry.callback) this.#owner.later(entry.callback);
     }
   }
 

@@ -54,11 +54,17 @@
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
 import type { LogFields } from '../util/rate-limited-log.js';
+import { TurnCallbacks } from '../util/turn-callbacks.js';
 import { ClientFlow } from './client-flow.js';
 import type { ClaimOutgoing, DiscardOutgoing, FlowControlOptions, FlowControlStats, FlowCounter, FlowEvent, FlowEventSink, FlowOwner } from './flow-types.js';
 
 export { ClientFlow } from './client-flow.js';
 export type { ClaimOutgoing, DiscardOutgoing, FlowControlOptions, FlowControlStats, FlowEvent, FlowEventSink } from './flow-types.js';
+
+/** later()'s deferred call: no closure per callback. */
+function call(_error: Error | null, callback: () => void): void {
+  callback();
+}
 
 export class FlowControl implements FlowOwner {
   readonly #options: FlowControlOptions;
@@ -77,6 +83,7 @@ export class FlowControl implements FlowOwner {
   #queuedBytes = 0;
   readonly #claimOutgoing: ClaimOutgoing | undefined;
   readonly #discardOutgoing: DiscardOutgoing | undefined;
+  readonly #later = new TurnCallbacks();
 
   constructor(options: FlowControlOptions, report: FlowEventSink, claimOutgoing?: ClaimOutgoing, discardOutgoing?: DiscardOutgoing) {
     this.#options = options;
@@ -122,6 +129,11 @@ export class FlowControl implements FlowOwner {
   queued(messages: 1 | -1, bytes: number): void {
     this.#queuedMessages += messages;
     this.#queuedBytes += messages * bytes;
+  }
+
+  /** For ClientFlow: `callback` after this turn's I/O, with the turn's others from one setImmediate. */
+  later(callback: () => void): void {
+    this.#later.defer(call, null, callback, undefined);
   }
 
   /** For ClientFlow: an event worth a counter and a log line. */

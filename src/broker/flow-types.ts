@@ -74,4 +74,10 @@ export interface FlowOwner {
   count(key: FlowCounter): void;
   queued(messages: 1 | -1, bytes: number): void;
   report(event: FlowEvent, fields: LogFields): void;
+  /**
+   * Calls `callback` after this turn's I/O, as setImmediate would, with the
+   * turn's other callbacks from one setImmediate (src/util/turn-callbacks.ts):
+   * a delivery's callback, due once it is handed over.
+   */
+  later(callback: () => void): void;
 }

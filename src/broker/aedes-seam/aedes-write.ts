@@ -2,17 +2,8 @@
  * aedes' lib/write.js for the seam's own writes (direct-deliveries.ts), with
  * its callback deferred as aedes defers it, to after this turn's I/O, but
  * through one setImmediate per turn for all of a broker's writes instead of
- * one per packet: an Immediate, its arguments and a closure were ~0.3 KB
- * of garbage per QoS 1 delivery (bench/persistence-qos1.ts under V8's
- * sampling heap profiler), and each a step of the event loop.
- *
- * The callbacks of one turn run in the order deferred, one after another in
- * the first one's place in the event loop's queue of immediates: ahead of
- * immediates queued after it in the same turn (the write coalescer's flush,
- * the group commit's start), where aedes' would have run among them. What
- * they do (the flow control's next message, a publisher's PUBACK) is then
- * written before the flush and stored in the batch being filled: sooner,
- * never in another order.
+ * one per packet (src/util/turn-callbacks.ts says what that saves, and why
+ * the order holds).
  *
  * What lib/write.js does (2.0.0-beta.1), kept: a packet for a client neither
  * connecting nor connected is not written, and its callback gets 'connection
@@ -27,9 +18,7 @@
  */
 import { createRequire } from 'node:module';
 import type { Duplex } from 'node:stream';
-
-/** A deferred callback: the write's error (null when written) and two arguments given with it, so that no closure is made per packet. */
-export type Deferred<A, B> = (error: Error | null, a: A, b: B) => void;
+import type { Deferred, TurnCallbacks } from '../../util/turn-callbacks.js';
 
 /** The client fields lib/write.js reads. */
 export interface WritingClient {
@@ -52,47 +41,6 @@ const WRITE_OPTS: Record<number, { protocolVersion: number }> = {
   4: Object.freeze({ protocolVersion: 4 }),
   5: Object.freeze({ protocolVersion: 5 }),
 };
-
-/** Callbacks deferred to after this turn's I/O, all from one setImmediate; one per broker. */
-export class TurnCallbacks {
-  #callbacks: Array<Deferred<unknown, unknown>> = [];
-  #errors: Array<Error | null> = [];
-  #a: unknown[] = [];
-  #b: unknown[] = [];
-  #scheduled = false;
-  readonly #run = (): void => this.#runDue();
-
-  defer<A, B>(callback: Deferred<A, B>, error: Error | null, a: A, b: B): void {
-    this.#callbacks.push(callback as Deferred<unknown, unknown>);
-    this.#errors.push(error);
-    this.#a.push(a);
-    this.#b.push(b);
-    if (this.#scheduled) return;
-    this.#scheduled = true;
-    setImmediate(this.#run);
-  }
-
-  #runDue(): void {
-    const callbacks = this.#callbacks;
-    const errors = this.#errors;
-    const a = this.#a;
-    const b = this.#b;
-    this.#callbacks = [];
-    this.#errors = [];
-    this.#a = [];
-    this.#b = [];
-    this.#scheduled = false;
-    for (let i = 0; i < callbacks.length; i++) {
-      try {
-        callbacks[i]!(errors[i]!, a[i], b[i]);
-      } catch (error) {
-        // Each was a setImmediate of its own: the ones after a callback that threw still run, a turn later.
-        for (let j = i + 1; j < callbacks.length; j++) this.defer(callbacks[j]!, errors[j]!, a[j], b[j]);
-        throw error;
-      }
-    }
-  }
-}
 
 /** lib/write.js (see the header): `done(error, a, b)` after this turn's I/O, or once the connection drains. */
 export function writeAsAedes<A, B>(client: WritingClient, packet: object, later: TurnCallbacks, done: Deferred<A, B>, a: A, b: B): void {

@@ -36,7 +36,8 @@ import type { Client } from 'aedes';
 import { aedesDedupeDisabled, wrapDeliveries, type Deliveries, type DeliveredPacket } from './client.js';
 import { loadAedesWrites, type AedesPacket, type AedesWrites } from './aedes-lib.js';
 import type { AedesSeam } from './seam.js';
-import { writeAsAedes, type TurnCallbacks, type WritingClient } from './aedes-write.js';
+import { writeAsAedes, type WritingClient } from './aedes-write.js';
+import type { TurnCallbacks } from '../../util/turn-callbacks.js';
 
 interface DeliveryPersistence {
   outgoingUpdateNow?(client: Client, packet: AedesPacket): Promise<unknown> | undefined;

@@ -13,7 +13,7 @@ import { sweepKeepAlives } from './keepalive.js';
 import { withPlainParserList } from './parser-list.js';
 import { qosPublisher } from './qos-publish.js';
 import { loadAedesPacket } from './aedes-lib.js';
-import { TurnCallbacks } from './aedes-write.js';
+import { TurnCallbacks } from '../../util/turn-callbacks.js';
 
 type Callback = (error?: Error | null) => void;
 type Publish = (packet: object, client?: Client | null | Callback, done?: Callback) => void;

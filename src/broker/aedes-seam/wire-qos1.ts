@@ -33,7 +33,7 @@
  *     back;
  *  6. the batch's callback (`_nextBatch`), which aedes calls from a
  *     setImmediate per packet: here from one setImmediate for all of the
- *     turn's callbacks (aedes-write.ts TurnCallbacks), in order.
+ *     turn's callbacks (src/util/turn-callbacks.ts), in order.
  *
  * An MQTT 5 client's PUBLISH goes aedes' way (Topic Aliases, reason codes,
  * properties). Canary: test/aedes-canaries-client.test.ts holds aedes to steps 1,
