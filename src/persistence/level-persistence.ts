@@ -309,6 +309,16 @@ export class LevelPersistence {
   }
 
   /**
+   * outgoingEnqueueCombi for the broker's QoS 1 publish path
+   * (src/broker/aedes-seam/qos-publish.ts): undefined when there is nothing
+   * to wait for, so that a message nobody persistent subscribes to makes no
+   * promise; errors are thrown.
+   */
+  outgoingEnqueueCombiNow(subs: readonly MatchingSubscription[], packet: PacketLike): Promise<void> | undefined {
+    return this.#queues.enqueueNow(packet, subs.length > 1 || hasOptions(subs[0]) ? recipientsOf(subs, packet) : subs);
+  }
+
+  /**
    * Moves a queued message from one session to another (the broker's shared
    * subscriptions, when a member leaves): removed from `from`'s queue unless
    * already acknowledged or past PUBREC (then false, and nothing is queued),

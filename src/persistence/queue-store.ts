@@ -68,17 +68,20 @@ export class QueueStore {
    */
   enqueue(packet: PacketLike, recipients: readonly Recipient[], tap = true): Promise<void> {
     try {
-      return this.#enqueue(packet, recipients, tap);
+      return this.enqueueNow(packet, recipients, tap) ?? Promise.resolve();
     } catch (error) {
       return Promise.reject(error);
     }
   }
 
   /**
-   * See enqueue. Not async: the promise is the batch's own, shared by every
-   * write in it, so queuing a message makes no promise of its own.
+   * enqueue, with undefined instead of a promise when there is nothing to
+   * wait for (no recipient and nothing else written: a QoS 1 message nobody
+   * persistent subscribes to, the usual case), and its errors thrown. Not
+   * async: the promise is the batch's own, shared by every write in it, so
+   * queuing a message makes no promise of its own.
    */
-  #enqueue(packet: PacketLike, recipients: readonly Recipient[], tap: boolean): Promise<void> {
+  enqueueNow(packet: PacketLike, recipients: readonly Recipient[], tap = true): Promise<void> | undefined {
     const store = this.#store;
     const { commit } = store.ready();
     const ops: BatchOp[] = [];

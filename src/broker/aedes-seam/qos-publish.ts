@@ -19,7 +19,8 @@
  *     way), `$SYS/` topics without the wildcard filters, and
  *     `persistence.outgoingEnqueueCombi` (the shared subscriptions' hook
  *     included, shared.ts), whose promise settles once the records are
- *     durable;
+ *     durable (the store's outgoingEnqueueCombiNow: no promise when nothing
+ *     was stored);
  *  4. emitPacket: the publisher's id on the message, and mqemitter's emit
  *     to the live subscriptions;
  *  5. callPublished: aedes' `published` hook, then its 'publish' event,
@@ -57,6 +58,8 @@ interface Subscription {
 interface QoSPublishPersistence {
   subscriptionsByTopicNow?(topic: string): readonly Subscription[];
   outgoingEnqueueCombi(subs: readonly Subscription[], packet: object): Promise<void>;
+  /** outgoingEnqueueCombi with undefined when there is nothing to wait for, and its errors thrown (the store's). */
+  outgoingEnqueueCombiNow?(subs: readonly Subscription[], packet: object): Promise<void> | undefined;
 }
 
 /** The parts of the aedes instance the steps read (aedes.js). */
@@ -110,11 +113,18 @@ export function qosPublisher(aedes: Aedes, Packet: PacketClass, fallback: Publis
       return;
     }
     if (message.topic.startsWith(SYS_PREFIX)) subs = subs.filter(notWildcardFirst);
-    const stored = persistence.outgoingEnqueueCombi(subs, message);
+    let stored: Promise<void> | undefined;
+    try {
+      stored = persistence.outgoingEnqueueCombiNow ? persistence.outgoingEnqueueCombiNow(subs, message) : persistence.outgoingEnqueueCombi(subs, message);
+    } catch (error) {
+      stored = Promise.reject(error instanceof Error ? error : new Error(String(error)));
+    }
     if (client) message.clientId = client.id;
     // Steps 3 and 4 overlap: the live subscribers get the message while its
-    // records are written (see the header), and step 5 waits for both.
-    let waiting = 2;
+    // records are written (see the header), and step 5 waits for both; for
+    // only step 4 when nothing was stored (no promise, callback or microtask
+    // then, for the usual message that no persistent session subscribes to).
+    let waiting = stored === undefined ? 1 : 2;
     let failure: Error | undefined;
     const settle = (error?: Error | null): void => {
       if (error && failure === undefined) failure = error;
@@ -126,7 +136,7 @@ export function qosPublisher(aedes: Aedes, Packet: PacketClass, fallback: Publis
       broker.published(packet, client, done);
       broker.emit('publish', packet, client);
     };
-    stored.then(() => settle(), settle);
+    if (stored !== undefined) stored.then(() => settle(), settle);
     broker.mq.emit(message, settle);
   };
 }

@@ -306,6 +306,8 @@ export interface QueueRecipient {
 }
 
 type EnqueueCombi = (subs: QueueRecipient[], packet: DeliveredPacket) => Promise<void>;
+/** The store's outgoingEnqueueCombi without a promise when nothing waits (qos-publish.ts). */
+type EnqueueCombiNow = (subs: QueueRecipient[], packet: DeliveredPacket) => Promise<void> | undefined;
 
 /**
  * Lets `add` name more recipients of each QoS 1/2 message aedes queues for
@@ -316,11 +318,17 @@ type EnqueueCombi = (subs: QueueRecipient[], packet: DeliveredPacket) => Promise
  * message's other copies. Call after listen() (the persistence exists then).
  */
 export function addQueueRecipients(aedes: unknown, add: (packet: DeliveredPacket) => QueueRecipient[]): void {
-  const persistence = (aedes as { persistence: { outgoingEnqueueCombi?: EnqueueCombi } }).persistence;
+  const persistence = (aedes as { persistence: { outgoingEnqueueCombi?: EnqueueCombi; outgoingEnqueueCombiNow?: EnqueueCombiNow } }).persistence;
   const enqueue = persistence.outgoingEnqueueCombi;
   if (typeof enqueue !== 'function') return;
   persistence.outgoingEnqueueCombi = function enqueueWithShared(subs, packet) {
     const extra = add(packet);
     return enqueue.call(persistence, extra.length > 0 ? [...subs, ...extra] : subs, packet);
+  };
+  const enqueueNow = persistence.outgoingEnqueueCombiNow;
+  if (typeof enqueueNow !== 'function') return;
+  persistence.outgoingEnqueueCombiNow = function enqueueNowWithShared(subs, packet) {
+    const extra = add(packet);
+    return enqueueNow.call(persistence, extra.length > 0 ? [...subs, ...extra] : subs, packet);
   };
 }
