@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream';
 import { createRequire } from 'node:module';
 import { createServer, type AddressInfo } from 'node:net';
 import { AedesSeam, lightenClient } from '../src/broker/aedes-seam/index.js';
-import { installedAedesVersion, payloads, published, rawConnected, startPlainAedes, until } from './helpers/plain-aedes.js';
+import { installedAedesVersion, interceptPersistence, payloads, published, publishVia, rawConnected, startPlainAedes, until } from './helpers/plain-aedes.js';
 import { publish } from './helpers/packets.js';
 
 const V = installedAedesVersion();
@@ -280,4 +280,39 @@ t.test(`aedes ${V} counts a 3.1.1 QoS 1 PUBLISH in the client's batch, writes it
   await raw.next('puback');
   await until(() => events.length >= 3, 5000, 'the batch to be called back');
   t.same(events, ['PUBACK written', 'the turn after the PUBACK', 'batch called back, 1 counted']);
+});
+
+t.test(`aedes ${V} handles a PUBACK by clearing its message, then telling 'ack', then calling the batch back (relied on by src/broker/aedes-seam/wire-acks.ts)`, async (t) => {
+  // lib/client.js enqueue, handlers/index.js handle and handlers/puback.js handlePuback
+  // (persistence.outgoingClearMessageId, then broker 'ack' with the cleared packet, then done):
+  // the steps wire-acks.ts takes in their order. If this fails after an aedes upgrade, compare wire-acks.ts with aedes again.
+  const events: string[] = [];
+  let acking = false;
+  const { aedes, port } = await startPlainAedes(t, {}, (aedes) =>
+    interceptPersistence(aedes, {
+      outgoingClearMessageId: (original, client, packet) => {
+        if (acking) events.push(`cleared #${(packet as { messageId: number }).messageId}`);
+        return original(client, packet);
+      },
+    }),
+  );
+  aedes.on('ack', (packet) => events.push(`ack ${(packet as { topic?: string } | undefined)?.topic ?? 'none'}`));
+  aedes.on('client', (client) => {
+    const internals = client as unknown as { _nextBatch: (error?: Error | null) => void; _parsingBatch: number };
+    const next = internals._nextBatch;
+    internals._nextBatch = function (this: unknown, error?: Error | null) {
+      if (acking) events.push(`batch called back, ${internals._parsingBatch} counted`);
+      return next.call(this, error);
+    };
+  });
+  // A persistent session: its copy is stored, so clearing it answers the packet.
+  const raw = await rawConnected(t, port, 'acker', 4, { clean: false });
+  raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'ack/t', qos: 1 }] });
+  await raw.next('suback');
+  await publishVia(aedes, { topic: 'ack/t', payload: 'x', qos: 1 });
+  const delivered = await raw.next('publish');
+  acking = true;
+  raw.send({ cmd: 'puback', messageId: delivered.messageId });
+  await until(() => events.length >= 3, 5000, 'the batch to be called back');
+  t.same(events, [`cleared #${delivered.messageId}`, 'ack ack/t', 'batch called back, 1 counted']);
 });

@@ -12,7 +12,7 @@ import * as mqttPacket from 'mqtt-packet';
 import { connectClient, MessageLog } from './helpers/mqtt.js';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
 import { parsedInPlace, plainTopic } from '../src/broker/aedes-seam/publish-frames.js';
-import { emitPacket } from '../src/broker/aedes-seam/fast-publish.js';
+import { emitPacket } from '../src/broker/aedes-seam/parser-events.js';
 
 type Delivery = [payload: string, qos: number, retain: boolean, properties: string];
 

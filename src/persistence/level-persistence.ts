@@ -373,6 +373,16 @@ export class LevelPersistence {
   }
 
   /**
+   * outgoingClearMessageId for the broker's own handling of a PUBACK or
+   * PUBCOMP (src/broker/aedes-seam/wire-acks.ts): the packet acknowledged (or
+   * undefined) without a promise, unless its record must be read from disk;
+   * errors are thrown.
+   */
+  outgoingClearMessageIdNow(client: ClientLike, messageId: number): PacketLike | undefined | Promise<PacketLike | undefined> {
+    return this.#queues.acknowledgeNow(client.id, messageId);
+  }
+
+  /**
    * For one of the broker's connections (an aedes client, which carries the
    * broker it belongs to), the resend after CONNECT (correction 2 in the
    * header). aedes' other caller, Client#emptyOutgoingQueue (aedes 2's

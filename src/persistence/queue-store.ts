@@ -89,7 +89,7 @@ export class QueueStore {
     if (recipients.length === 0) {
       if (ops.length > 0) return store.write(ops);
       if (packet.retain === true || packet.qos === 2) return commit.barrier();
-      return Promise.resolve();
+      return undefined;
     }
     // One encoding per outcome, shared by every recipient it applies to.
     let asPublished: QueuedRecord | undefined;
@@ -321,15 +321,25 @@ export class QueueStore {
    * durable without this delete.
    */
   acknowledge(clientId: string, messageId: unknown): Promise<PacketLike | undefined> {
-    const store = this.#store;
     try {
-      store.ready();
+      const acknowledged = this.acknowledgeNow(clientId, messageId);
+      return acknowledged instanceof Promise ? acknowledged : Promise.resolve(acknowledged);
     } catch (error) {
       return Promise.reject(error);
     }
+  }
+
+  /**
+   * acknowledge without a promise where the packet is at hand (nearly
+   * always): the packet, or undefined when no entry holds `messageId`; a
+   * promise only when the record must be read from disk. Errors are thrown.
+   */
+  acknowledgeNow(clientId: string, messageId: unknown): PacketLike | undefined | Promise<PacketLike | undefined> {
+    const store = this.#store;
+    store.ready();
     const queue = store.queues.get(clientId);
     const entry = queue?.findForClear(messageId);
-    if (!queue || !entry) return Promise.resolve(undefined);
+    if (!queue || !entry) return undefined;
     const key = queue.keyOf(clientId, entry.seq);
     dropEntry(this.#store, clientId, entry);
     // A session left without state loses its clock record: written behind, not lazily, since
@@ -345,14 +355,14 @@ export class QueueStore {
       // object it queued: aedes is done with it once acknowledged.
       entry.sent = undefined;
       store.writeLazily(ops, 'removal of an acknowledged message');
-      return Promise.resolve(sent);
+      return sent;
     }
     const known = entry.value ?? store.pending(key);
     if (known !== undefined) {
       // The record is at hand (cached while in flight, as a PUBREL's is, or
       // still to be written): decoded now, no read to wait for or track.
       store.writeLazily(ops, 'removal of an acknowledged message');
-      return Promise.resolve(known === null ? undefined : store.decode(key, known, undefined));
+      return known === null ? undefined : store.decode(key, known, undefined);
     }
     return store.track(async () => {
       // Neither cached nor pending (see above): read from the disk.

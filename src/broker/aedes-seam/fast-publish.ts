@@ -25,10 +25,12 @@
  * subscription's own handler for that one subscriber.
  *
  * The other packets of the data path, a QoS 1/2 PUBLISH with a plain topic
- * and a PUBACK, PUBREC or PUBCOMP without Reason Code, are read in place too (parsedInPlace)
- * and handed to aedes as the packet mqtt-packet would have made, in order:
- * mqtt-packet's parser, its buffer list and its debug calls were a fifth
- * of the broker's CPU on the QoS 1 path.
+ * and a PUBACK, PUBREC or PUBCOMP without Reason Code, are read in place too
+ * (parsedInPlace) and handed to aedes as the packet mqtt-packet would have
+ * made, in order (mqtt-packet's parser, its buffer list and its debug calls
+ * were a fifth of the broker's CPU on the QoS 1 path), or taken through
+ * aedes' steps here: a 3.1.1 QoS 1 PUBLISH (wire-qos1.ts), a PUBACK or
+ * PUBCOMP (wire-acks.ts).
  *
  * Kept on this path: the protocol guard (underneath: these bytes passed it),
  * the ACL on publish and on each delivery (authorizeForward), No Local
@@ -56,10 +58,12 @@ import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
 import type { ClientSubscription, PublishVerdict } from './client.js';
 import { publishRewrite, publishTap } from './packet-writes.js';
-import { encodePlainPublish, isDeliveryAck, parsedInPlace, PLAIN_PUBLISH, plainTopic, PUBLISH, remainingLength, variableByteIntegerBytes } from './publish-frames.js';
+import { encodePlainPublish, isDeliveryAck, parsedInPlace, PLAIN_PUBLISH, plainTopic, PUBACK_HEADER, PUBCOMP_HEADER, PUBLISH, remainingLength, variableByteIntegerBytes } from './publish-frames.js';
 import type { AedesSeam } from './seam.js';
 import { loadAedesPacket } from './aedes-lib.js';
 import { WireQoS1, type WireQoS1Client } from './wire-qos1.js';
+import { takeWireAck, type WireAckClient } from './wire-acks.js';
+import { emitPacket, type PacketParser } from './parser-events.js';
 
 type Handler = (packet: object, callback: () => void) => void;
 
@@ -73,35 +77,6 @@ interface FastClient extends WireQoS1Client {
   closed: boolean;
   _parser: PacketParser;
   subscriptions: Record<string, ClientSubscription & { func?: Handler }>;
-}
-
-type PacketListener = (this: PacketParser, packet: object) => void;
-
-/** The client's parser as an EventEmitter of parsed packets (lib/client.js listens with `enqueue`). */
-interface PacketParser {
-  _events: { packet?: PacketListener | PacketListener[] };
-  emit(event: 'packet', packet: object): boolean;
-}
-
-/**
- * The parser's 'packet' event as EventEmitter's emit delivers it (every
- * listener in order, each called on the parser, the list as it was when the
- * event began), without the copy of the list emit makes per event when there
- * are several (node:events arrayClone). There are two, the shared
- * subscriptions' and aedes' (shared.ts): that copy was ~120 B of garbage for
- * each QoS 1 PUBLISH and PUBACK read in place.
- */
-export function emitPacket(parser: PacketParser, packet: object): void {
-  const listeners = parser._events.packet;
-  if (Array.isArray(listeners) && listeners.length === 2) {
-    // Both read before the first runs: one that removes or replaces a listener changes only later events, as with emit's copy.
-    const first = listeners[0]!;
-    const second = listeners[1]!;
-    first.call(parser, packet);
-    second.call(parser, packet);
-    return;
-  }
-  parser.emit('packet', packet);
 }
 
 interface MqEmitter {
@@ -437,6 +412,12 @@ class FrameReader {
         const fast = this.#fast.publish(client, data, index, header.next, end, topic, level5 ? topicEnd + 1 : topicEnd);
         index = end;
         if (!fast) return this.#done(client, published, this.#toAedes(data, index, index));
+        continue;
+      }
+      // A PUBACK or PUBCOMP: aedes' steps without its handler chain (wire-acks.ts).
+      const ack = (first === PUBACK_HEADER || first === PUBCOMP_HEADER) && header.length === 2;
+      if (ack && takeWireAck(client as unknown as WireAckClient, ((data[header.next] as number) << 8) | (data[header.next + 1] as number))) {
+        index = end;
         continue;
       }
       // A QoS 1/2 PUBLISH or an acknowledgement: read in place and handed to aedes as the packet

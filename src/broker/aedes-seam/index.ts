@@ -104,9 +104,11 @@
  *   `_wireVersion` (lib/client.js enqueue, handlers/index.js handle): a
  *   QoS 1 PUBLISH of a 3.1/3.1.1 client read in place goes through
  *   handlePublish's and enqueuePublish's steps in their order without
- *   aedes' handler chain (wire-qos1.ts), and the seam's own writes follow
- *   lib/write.js's steps with their callbacks from one setImmediate per
- *   turn (aedes-write.ts; canary in test/aedes-canaries-client.test.ts).
+ *   aedes' handler chain (wire-qos1.ts), a PUBACK or PUBCOMP through
+ *   handlePuback's (wire-acks.ts, with `broker.maximumPacketSize` and the
+ *   broker's 'ack' event), and the seam's own writes follow lib/write.js's
+ *   steps with their callbacks from one setImmediate per turn
+ *   (aedes-write.ts; canaries in test/aedes-canaries-client.test.ts).
  * - `aedes.clients` (aedes.js registerClient), `aedes.counter` (aedes.js, read
  *   by aedes-packet for each new message), `aedes.persistence` (set by
  *   listen()).

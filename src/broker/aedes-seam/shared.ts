@@ -97,10 +97,19 @@ function sharedInPacket(this: { client?: Client }, packet: WirePacket): void {
   } else if (packet.cmd === 'unsubscribe' && packet.unsubscriptions) {
     packet.unsubscriptions = packet.unsubscriptions.map(renamed);
   } else if ((packet.cmd === 'puback' || packet.cmd === 'pubrec') && typeof packet.messageId === 'number') {
-    const client = this.client;
-    const listener = client === undefined ? undefined : (client as unknown as { broker: WithListener }).broker[ACKNOWLEDGED];
-    if (listener !== undefined && client !== undefined) listener(client, packet.messageId);
+    if (this.client !== undefined) reportAcknowledgement(this.client, packet.messageId);
   }
+}
+
+/** What sharedInPacket does with a PUBACK or PUBREC: tells the broker's onAcknowledgements listener. */
+export function reportAcknowledgement(client: Client, messageId: number): void {
+  const listener = (client as unknown as { broker: WithListener }).broker[ACKNOWLEDGED];
+  if (listener !== undefined) listener(client, messageId);
+}
+
+/** Whether `listener` is the parser listener renameSharedFilters adds (for wire-acks.ts, which stands in for the parser's listeners). */
+export function isSharedPacketListener(listener: unknown): boolean {
+  return listener === sharedInPacket;
 }
 
 /**
