@@ -26,6 +26,14 @@ export interface BenchBroker {
   port: number;
   pid: number;
   stop(): Promise<void>;
+  /**
+   * edgemqtt with BENCH_ALLOC=1: the bytes V8 allocated so far, as its
+   * collections reported them (`--trace-gc-nvp`, `allocated=` since the
+   * collection before): what was allocated since the last collection is
+   * counted at the next, so over a measured run the figure is short by at
+   * most one young generation (~4 MB with the shipped flags).
+   */
+  allocatedBytes?(): number;
 }
 
 /**
@@ -49,6 +57,9 @@ export function natsServerColumn(inflight?: number): ((dir: string) => Promise<B
 }
 
 /** edgemqtt through its CLI (`npm run build` first) with the shipped node flags, on loopback, with `config` merged into a bench config. */
+/** A line of `--trace-gc-nvp`: one collection, with the bytes allocated since the one before. */
+const ALLOCATED = /\bgc=\S+ .*\ballocated=(\d+)\b/;
+
 export async function startEdgemqtt(dataDir: string, config: Record<string, unknown> = {}): Promise<BenchBroker & { startMs: number; recovery?: Record<string, unknown> }> {
   await mkdir(dataDir, { recursive: true });
   const configPath = path.join(dataDir, 'edgemqtt.json.yaml');
@@ -61,6 +72,9 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
   // BENCH_CPU_PROF=DIR: the broker runs under `node --cpu-prof`, its profile
   // written to DIR when it stops (summarise with dist-bench/bench/profile.js).
   const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROF] : [];
+  // BENCH_ALLOC=1: V8 reports each collection with what was allocated since the one before (allocatedBytes).
+  if (process.env.BENCH_ALLOC) profile.push('--trace-gc-nvp');
+  let allocated = 0;
   // The node flags the systemd unit and `npm start` run it with; BENCH_NODE_FLAGS replaces them ("" for V8's defaults).
   const nodeFlags = process.env.BENCH_NODE_FLAGS?.split(/\s+/).filter(Boolean) ?? shippedNodeFlags();
   const child = spawnTracked(process.execPath, [...nodeFlags, ...profile, cli, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -72,8 +86,10 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
       try {
         entry = JSON.parse(line) as typeof entry;
       } catch {
+        const collection = ALLOCATED.exec(line);
+        if (collection !== null) allocated += Number(collection[1]);
         // Not the log's JSON: node's or V8's own output (BENCH_NODE_FLAGS="... --trace-deopt"), passed on.
-        process.stderr.write(`${line}\n`);
+        else process.stderr.write(`${line}\n`);
         return;
       }
       if (entry.msg === 'store recovered') recovery = entry;
@@ -85,7 +101,8 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
     child.once('exit', (code) => reject(new Error(`edgemqtt exited with ${code}`)));
   });
   const startMs = performance.now() - started;
-  return { name: 'edgemqtt', port: ready.port, pid: child.pid!, startMs, recovery, stop: () => stopChild(child, 20_000) };
+  const allocatedBytes = process.env.BENCH_ALLOC ? () => allocated : undefined;
+  return { name: 'edgemqtt', port: ready.port, pid: child.pid!, startMs, recovery, stop: () => stopChild(child, 20_000), allocatedBytes };
 }
 
 /**

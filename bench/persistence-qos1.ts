@@ -41,6 +41,10 @@
  *        BENCH_QUEUE_CACHE=BYTES (edgemqtt's persistence.queueCacheBytes; 0: no copies in memory)
  *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof, profile in DIR; each round prints
  *        its measured window for `node dist-bench/bench/profile.js FILE 30 FROM TO`)
+ *        BENCH_ALLOC=1 (edgemqtt's bytes allocated per message, from its collections: a figure
+ *        that, unlike msg/s on a shared VM, repeats within ~1% from run to run; with one
+ *        publisher and a window within the subscriber's, BENCH_PUBLISHERS=1 BENCH_WINDOW=16,
+ *        the subscriber keeps up and each message takes the same steps)
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
@@ -97,6 +101,20 @@ interface Round {
   mainUs: number;
   /** This process's CPU per message, µs. */
   loadUs: number;
+  /** With BENCH_ALLOC=1, the bytes edgemqtt allocated per message (BenchBroker.allocatedBytes). */
+  allocatedBytes: number | undefined;
+}
+
+/** The broker's allocation count once its reports have stopped coming in (they trail its collections on a pipe), within a second. */
+async function settledAllocation(broker: BenchBroker): Promise<number> {
+  let last = broker.allocatedBytes!();
+  for (let waited = 0; waited < 1000; waited += 50) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const now = broker.allocatedBytes!();
+    if (now === last) return now;
+    last = now;
+  }
+  return last;
 }
 
 /** The same QoS 1 PUBLISH for every message; the packet identifier is patched in at `idAt`. */
@@ -184,6 +202,7 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
 
   let brokerBefore = 0;
   let threadsBefore = { main: 0, others: 0 };
+  let allocatedBefore: number | undefined;
   let loadBefore = process.cpuUsage();
   let started = 0;
   let fromUs = 0;
@@ -191,6 +210,7 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
     await run(WARMUP);
     brokerBefore = cpuMs(broker.pid);
     threadsBefore = threadCpuMs(broker.pid);
+    allocatedBefore = broker.allocatedBytes?.();
     loadBefore = process.cpuUsage();
     started = performance.now();
     fromUs = monotonicUs();
@@ -203,11 +223,14 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
   const brokerMs = cpuMs(broker.pid) - brokerBefore;
   const mainMs = threadCpuMs(broker.pid).main - threadsBefore.main;
   const load = process.cpuUsage(loadBefore);
+  // Read once the broker's collections since the run have been reported (they come on its stdout).
+  const allocatedAfter = allocatedBefore === undefined ? undefined : await settledAllocation(broker);
   return {
     rate: MESSAGES / seconds,
     brokerUs: (brokerMs * 1000) / MESSAGES,
     mainUs: (mainMs * 1000) / MESSAGES,
     loadUs: (load.user + load.system) / MESSAGES,
+    allocatedBytes: allocatedAfter === undefined ? undefined : (allocatedAfter - allocatedBefore!) / MESSAGES,
   };
 }
 
@@ -235,6 +258,9 @@ function candidates(mode: Mode, mosquitto: string | null, nats: Start | undefine
 /** The main thread's share; none for nats-server, whose Go runtime spreads its work over threads of its own. */
 const mainThread = (name: string, us: number) => (name.endsWith('nats-server') ? '' : ` (main thread ${us.toFixed(1)})`);
 
+/** BENCH_ALLOC=1: edgemqtt's bytes allocated per message. */
+const allocation = (bytes: number | undefined) => (bytes === undefined ? '' : `, allocated ${Math.round(bytes)} B/msg`);
+
 const spread = (values: number[], digits = 0) =>
   values.length > 1 ? ` (${Math.min(...values).toFixed(digits)}–${Math.max(...values).toFixed(digits)})` : '';
 
@@ -258,7 +284,7 @@ async function main(): Promise<void> {
             const key = `${mode} ${name}`;
             results.set(key, [...(results.get(key) ?? []), result]);
             console.log(
-              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg${mainThread(name, result.mainUs)}, load generator ${result.loadUs.toFixed(1)} µs/msg`,
+              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg${mainThread(name, result.mainUs)}, load generator ${result.loadUs.toFixed(1)} µs/msg${allocation(result.allocatedBytes)}`,
             );
           } finally {
             await broker.stop();
@@ -281,10 +307,11 @@ async function main(): Promise<void> {
       const broker = rounds.map((r) => r.brokerUs);
       const main = rounds.map((r) => r.mainUs);
       const load = rounds.map((r) => r.loadUs);
+      const allocated = rounds.every((r) => r.allocatedBytes !== undefined) ? median(rounds.map((r) => r.allocatedBytes!)) : undefined;
       const versus = edgemqtt && key !== `${mode} edgemqtt` ? `   edgemqtt/this = ${ratio(median(edgemqtt.map((r) => r.rate)), median(rates))}` : '';
       console.log(
         `  ${key.padEnd(20)} ${String(Math.round(median(rates))).padStart(7)} msg/s${spread(rates)}` +
-          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)}${mainThread(key, median(main))}   load gen ${median(load).toFixed(1)} µs/msg${versus}`,
+          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)}${mainThread(key, median(main))}   load gen ${median(load).toFixed(1)} µs/msg${allocation(allocated)}${versus}`,
       );
     }
   }
