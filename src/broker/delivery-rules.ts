@@ -150,7 +150,9 @@ function applyClientRules(client: Client): void {
 class ClientRules implements Deliveries {
   readonly #client: Client;
   readonly #inner: Deliveries;
-  #lastMessage: string | undefined = undefined;
+  /** The message delivered last (its broker id and counter): a copy of it is the next delivery (see #deliver). */
+  #lastBrokerId: unknown = undefined;
+  #lastBrokerCounter: unknown = undefined;
   #inside = false;
   #gathered: Gathered | undefined = undefined;
   #grants: GrantCache | undefined = undefined;
@@ -210,13 +212,14 @@ class ClientRules implements Deliveries {
       // of one message synchronously, so a copy is always the very next
       // delivery to this client; anything else is a different message.
       // (Retained messages carry no brokerId: never copies, as in aedes.)
-      const message = `${packet.brokerId}\u0000${packet.brokerCounter}`;
-      if (message === this.#lastMessage) {
+      // Compared field by field: a key string made per delivery was ~150 B of garbage each.
+      if (packet.brokerId === this.#lastBrokerId && packet.brokerCounter === this.#lastBrokerCounter) {
         this.#gathered?.copies.push(packet);
         setImmediate(callback);
         return;
       }
-      this.#lastMessage = message;
+      this.#lastBrokerId = packet.brokerId;
+      this.#lastBrokerCounter = packet.brokerCounter;
       if (this.#client.version === 5) {
         // Rule 5: the copies still to come decide what goes out. They
         // all arrive in this synchronous emit, before any microtask.
