@@ -14,6 +14,8 @@ import type { Duplex } from 'node:stream';
 import { createRequire } from 'node:module';
 import { createServer, type AddressInfo } from 'node:net';
 import { AedesSeam, lightenClient } from '../src/broker/aedes-seam/index.js';
+import { loadAedesWrites } from '../src/broker/aedes-seam/aedes-lib.js';
+import { newQoSPacket } from '../src/broker/aedes-seam/direct-deliveries.js';
 import { installedAedesVersion, interceptPersistence, payloads, published, publishVia, rawConnected, startPlainAedes, until } from './helpers/plain-aedes.js';
 import { publish } from './helpers/packets.js';
 
@@ -315,4 +317,33 @@ t.test(`aedes ${V} handles a PUBACK by clearing its message, then telling 'ack',
   raw.send({ cmd: 'puback', messageId: delivered.messageId });
   await until(() => events.length >= 3, 5000, 'the batch to be called back');
   t.same(events, [`cleared #${delivered.messageId}`, 'ack ack/t', 'batch called back, 1 counted']);
+});
+
+t.test(`aedes ${V} makes a QoSPacket as newQoSPacket does, but for the write callback deliverQoS replaces (relied on by src/broker/aedes-seam/direct-deliveries.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, bring newQoSPacket in line with lib/qos-packet.js.
+  const parts = await loadAedesWrites();
+  const clients: Client[] = [];
+  const { port } = await startPlainAedes(t, {}, (aedes) => aedes.on('client', (client) => clients.push(client)));
+  await rawConnected(t, port, 'numbered');
+  const client = clients[0]!;
+  const numbering = client as unknown as { _nextId: number; broker: unknown };
+  const callback = () => {};
+  for (const original of [
+    { cmd: 'publish', topic: 'q/t', payload: Buffer.from('x'), qos: 1, retain: false, dup: false, brokerId: 'b', brokerCounter: 7, clientId: 'pub' },
+    { cmd: 'publish', topic: 'q/t', payload: Buffer.from('y'), qos: 2, retain: true, dup: true, brokerId: 'b', brokerCounter: 8, messageId: 42, properties: { contentType: 'c' } },
+  ]) {
+    numbering._nextId = 65535;
+    const theirs = new parts.QoSPacket(original, client);
+    const nextAfterTheirs = numbering._nextId;
+    numbering._nextId = 65535;
+    const ours = newQoSPacket(parts, original, numbering, callback);
+    t.equal(Object.getPrototypeOf(ours), Object.getPrototypeOf(theirs), 'a QoSPacket by its prototype');
+    t.same(Object.keys(ours), Object.keys(theirs), 'the same fields in the same order');
+    const { writeCallback: theirCallback, ...theirFields } = theirs;
+    const { writeCallback: ourCallback, ...ourFields } = ours;
+    t.same(ourFields, theirFields, 'the same values, the packet identifier kept or numbered alike');
+    t.equal(numbering._nextId, nextAfterTheirs, "the client's counter moved alike (wrapping after 65,535)");
+    t.match(theirCallback.name, /^bound _onError$/, "aedes' own write callback is the client's bound _onError, which deliverQoS replaces");
+    t.equal(ourCallback, callback, 'ours is the callback given');
+  }
 });
