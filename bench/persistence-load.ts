@@ -34,6 +34,8 @@ export interface BenchBroker {
    * most one young generation (~4 MB with the shipped flags).
    */
   allocatedBytes?(): number;
+  /** With BENCH_ALLOC=1: the main thread's time in V8's collections so far (their `pause=`), in ms. */
+  collectionMs?(): number;
 }
 
 /**
@@ -57,8 +59,8 @@ export function natsServerColumn(inflight?: number): ((dir: string) => Promise<B
 }
 
 /** edgemqtt through its CLI (`npm run build` first) with the shipped node flags, on loopback, with `config` merged into a bench config. */
-/** A line of `--trace-gc-nvp`: one collection, with the bytes allocated since the one before. */
-const ALLOCATED = /\bgc=\S+ .*\ballocated=(\d+)\b/;
+/** A line of `--trace-gc-nvp`: one collection, its pause of the main thread (ms) and the bytes allocated since the one before. */
+const ALLOCATED = /\bpause=([\d.]+) .*\bgc=\S+ .*\ballocated=(\d+)\b/;
 
 export async function startEdgemqtt(dataDir: string, config: Record<string, unknown> = {}): Promise<BenchBroker & { startMs: number; recovery?: Record<string, unknown> }> {
   await mkdir(dataDir, { recursive: true });
@@ -75,6 +77,7 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
   // BENCH_ALLOC=1: V8 reports each collection with what was allocated since the one before (allocatedBytes).
   if (process.env.BENCH_ALLOC) profile.push('--trace-gc-nvp');
   let allocated = 0;
+  let collectionMs = 0;
   // The node flags the systemd unit and `npm start` run it with; BENCH_NODE_FLAGS replaces them ("" for V8's defaults).
   const nodeFlags = process.env.BENCH_NODE_FLAGS?.split(/\s+/).filter(Boolean) ?? shippedNodeFlags();
   const child = spawnTracked(process.execPath, [...nodeFlags, ...profile, cli, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -87,7 +90,10 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
         entry = JSON.parse(line) as typeof entry;
       } catch {
         const collection = ALLOCATED.exec(line);
-        if (collection !== null) allocated += Number(collection[1]);
+        if (collection !== null) {
+          collectionMs += Number(collection[1]);
+          allocated += Number(collection[2]);
+        }
         // Not the log's JSON: node's or V8's own output (BENCH_NODE_FLAGS="... --trace-deopt"), passed on.
         else process.stderr.write(`${line}\n`);
         return;
@@ -102,7 +108,8 @@ export async function startEdgemqtt(dataDir: string, config: Record<string, unkn
   });
   const startMs = performance.now() - started;
   const allocatedBytes = process.env.BENCH_ALLOC ? () => allocated : undefined;
-  return { name: 'edgemqtt', port: ready.port, pid: child.pid!, startMs, recovery, stop: () => stopChild(child, 20_000), allocatedBytes };
+  const collectionTime = process.env.BENCH_ALLOC ? () => collectionMs : undefined;
+  return { name: 'edgemqtt', port: ready.port, pid: child.pid!, startMs, recovery, stop: () => stopChild(child, 20_000), allocatedBytes, collectionMs: collectionTime };
 }
 
 /**

@@ -41,8 +41,9 @@
  *        BENCH_QUEUE_CACHE=BYTES (edgemqtt's persistence.queueCacheBytes; 0: no copies in memory)
  *        BENCH_CPU_PROF=DIR (edgemqtt under node --cpu-prof, profile in DIR; each round prints
  *        its measured window for `node dist-bench/bench/profile.js FILE 30 FROM TO`)
- *        BENCH_ALLOC=1 (edgemqtt's bytes allocated per message, from its collections: a figure
- *        that, unlike msg/s on a shared VM, repeats within ~1% from run to run; with one
+ *        BENCH_ALLOC=1 (edgemqtt's bytes allocated per message, and its main thread's time in
+ *        collections, from V8's reports of them: figures
+ *        that, unlike msg/s on a shared VM, repeat within a few % from run to run; with one
  *        publisher and a window within the subscriber's, BENCH_PUBLISHERS=1 BENCH_WINDOW=16,
  *        the subscriber keeps up and each message takes the same steps)
  */
@@ -103,6 +104,8 @@ interface Round {
   loadUs: number;
   /** With BENCH_ALLOC=1, the bytes edgemqtt allocated per message (BenchBroker.allocatedBytes). */
   allocatedBytes: number | undefined;
+  /** With BENCH_ALLOC=1, edgemqtt's main thread in V8's collections per message, µs (BenchBroker.collectionMs). */
+  collectionUs: number | undefined;
 }
 
 /** The broker's allocation count once its reports have stopped coming in (they trail its collections on a pipe), within a second. */
@@ -203,6 +206,7 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
   let brokerBefore = 0;
   let threadsBefore = { main: 0, others: 0 };
   let allocatedBefore: number | undefined;
+  let collectionBefore: number | undefined;
   let loadBefore = process.cpuUsage();
   let started = 0;
   let fromUs = 0;
@@ -211,6 +215,7 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
     brokerBefore = cpuMs(broker.pid);
     threadsBefore = threadCpuMs(broker.pid);
     allocatedBefore = broker.allocatedBytes?.();
+    collectionBefore = broker.collectionMs?.();
     loadBefore = process.cpuUsage();
     started = performance.now();
     fromUs = monotonicUs();
@@ -231,6 +236,7 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
     mainUs: (mainMs * 1000) / MESSAGES,
     loadUs: (load.user + load.system) / MESSAGES,
     allocatedBytes: allocatedAfter === undefined ? undefined : (allocatedAfter - allocatedBefore!) / MESSAGES,
+    collectionUs: allocatedAfter === undefined ? undefined : ((broker.collectionMs!() - collectionBefore!) * 1000) / MESSAGES,
   };
 }
 
@@ -258,8 +264,9 @@ function candidates(mode: Mode, mosquitto: string | null, nats: Start | undefine
 /** The main thread's share; none for nats-server, whose Go runtime spreads its work over threads of its own. */
 const mainThread = (name: string, us: number) => (name.endsWith('nats-server') ? '' : ` (main thread ${us.toFixed(1)})`);
 
-/** BENCH_ALLOC=1: edgemqtt's bytes allocated per message. */
-const allocation = (bytes: number | undefined) => (bytes === undefined ? '' : `, allocated ${Math.round(bytes)} B/msg`);
+/** BENCH_ALLOC=1: edgemqtt's bytes allocated, and its main thread's time in collections, per message. */
+const allocation = (bytes: number | undefined, us: number | undefined) =>
+  bytes === undefined ? '' : `, allocated ${Math.round(bytes)} B/msg, collections ${us!.toFixed(2)} µs/msg`;
 
 const spread = (values: number[], digits = 0) =>
   values.length > 1 ? ` (${Math.min(...values).toFixed(digits)}–${Math.max(...values).toFixed(digits)})` : '';
@@ -284,7 +291,7 @@ async function main(): Promise<void> {
             const key = `${mode} ${name}`;
             results.set(key, [...(results.get(key) ?? []), result]);
             console.log(
-              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg${mainThread(name, result.mainUs)}, load generator ${result.loadUs.toFixed(1)} µs/msg${allocation(result.allocatedBytes)}`,
+              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg${mainThread(name, result.mainUs)}, load generator ${result.loadUs.toFixed(1)} µs/msg${allocation(result.allocatedBytes, result.collectionUs)}`,
             );
           } finally {
             await broker.stop();
@@ -307,11 +314,13 @@ async function main(): Promise<void> {
       const broker = rounds.map((r) => r.brokerUs);
       const main = rounds.map((r) => r.mainUs);
       const load = rounds.map((r) => r.loadUs);
-      const allocated = rounds.every((r) => r.allocatedBytes !== undefined) ? median(rounds.map((r) => r.allocatedBytes!)) : undefined;
+      const measured = rounds.every((r) => r.allocatedBytes !== undefined);
+      const allocated = measured ? median(rounds.map((r) => r.allocatedBytes!)) : undefined;
+      const collections = measured ? median(rounds.map((r) => r.collectionUs!)) : undefined;
       const versus = edgemqtt && key !== `${mode} edgemqtt` ? `   edgemqtt/this = ${ratio(median(edgemqtt.map((r) => r.rate)), median(rates))}` : '';
       console.log(
         `  ${key.padEnd(20)} ${String(Math.round(median(rates))).padStart(7)} msg/s${spread(rates)}` +
-          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)}${mainThread(key, median(main))}   load gen ${median(load).toFixed(1)} µs/msg${allocation(allocated)}${versus}`,
+          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)}${mainThread(key, median(main))}   load gen ${median(load).toFixed(1)} µs/msg${allocation(allocated, collections)}${versus}`,
       );
     }
   }
