@@ -27,7 +27,11 @@
  * /proc, the figure to compare across runs on a shared machine; of it the
  * main thread's, the rest being LevelDB's and libuv's threads) and this
  * process's CPU per message (the load generator: raw sockets, packets
- * framed by their fixed headers, writes batched per read).
+ * framed by their fixed headers, writes batched per read). Besides, the rate
+ * the publishers were acknowledged at (up to their last PUBACK) and how far
+ * the subscriber fell behind them: the subscriber takes at most its inflight
+ * window per round trip, so a broker that acknowledges faster than that
+ * ends the round draining a backlog to it, window by window.
  *
  * The inflight window towards the subscriber is BENCH_INFLIGHT for both
  * brokers (default 20, the default of both: edgemqtt limits.maxInflightMessages,
@@ -102,6 +106,14 @@ interface Round {
   mainUs: number;
   /** This process's CPU per message, µs. */
   loadUs: number;
+  /**
+   * Messages a second the publishers were acknowledged at (up to their last
+   * PUBACK): above `rate` when the subscriber fell behind them, whose
+   * deliveries end the round.
+   */
+  ackRate: number;
+  /** The most messages acknowledged to the publishers and not yet delivered to the subscriber, at any read. */
+  peakLag: number;
   /** With BENCH_ALLOC=1, the bytes edgemqtt allocated per message (BenchBroker.allocatedBytes). */
   allocatedBytes: number | undefined;
   /** With BENCH_ALLOC=1, edgemqtt's main thread in V8's collections per message, µs (BenchBroker.collectionMs). */
@@ -156,7 +168,12 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
   let sent = 0;
   let acked = 0;
   let done: (() => void) | undefined;
+  // When the publishers had their last PUBACK, and how far the subscriber fell behind them.
+  let ackedAt = 0;
+  let peakLag = 0;
   const check = () => {
+    if (acked - received > peakLag) peakLag = acked - received;
+    if (acked >= target && ackedAt === 0) ackedAt = performance.now();
     if (acked >= target && received >= target) done?.();
   };
   const senders = publishers.map((publisher) => {
@@ -219,6 +236,8 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
     loadBefore = process.cpuUsage();
     started = performance.now();
     fromUs = monotonicUs();
+    ackedAt = 0;
+    peakLag = 0;
     await run(MESSAGES);
     if (process.env.BENCH_CPU_PROF) console.log(`  profile window (pid ${broker.pid}): ${fromUs} ${monotonicUs()}`);
   } finally {
@@ -232,6 +251,8 @@ async function measure(broker: BenchBroker, mode: Mode): Promise<Round> {
   const allocatedAfter = allocatedBefore === undefined ? undefined : await settledAllocation(broker);
   return {
     rate: MESSAGES / seconds,
+    ackRate: MESSAGES / ((ackedAt - started) / 1000),
+    peakLag,
     brokerUs: (brokerMs * 1000) / MESSAGES,
     mainUs: (mainMs * 1000) / MESSAGES,
     loadUs: (load.user + load.system) / MESSAGES,
@@ -291,7 +312,8 @@ async function main(): Promise<void> {
             const key = `${mode} ${name}`;
             results.set(key, [...(results.get(key) ?? []), result]);
             console.log(
-              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg${mainThread(name, result.mainUs)}, load generator ${result.loadUs.toFixed(1)} µs/msg${allocation(result.allocatedBytes, result.collectionUs)}`,
+              `round ${round} ${key}: ${Math.round(result.rate)} msg/s, broker ${result.brokerUs.toFixed(1)} µs/msg${mainThread(name, result.mainUs)}, load generator ${result.loadUs.toFixed(1)} µs/msg${allocation(result.allocatedBytes, result.collectionUs)}; ` +
+                `PUBACKs at ${Math.round(result.ackRate)} msg/s, subscriber at most ${result.peakLag} behind`,
             );
           } finally {
             await broker.stop();
@@ -314,13 +336,14 @@ async function main(): Promise<void> {
       const broker = rounds.map((r) => r.brokerUs);
       const main = rounds.map((r) => r.mainUs);
       const load = rounds.map((r) => r.loadUs);
+      const ackRates = rounds.map((r) => r.ackRate);
       const measured = rounds.every((r) => r.allocatedBytes !== undefined);
       const allocated = measured ? median(rounds.map((r) => r.allocatedBytes!)) : undefined;
       const collections = measured ? median(rounds.map((r) => r.collectionUs!)) : undefined;
       const versus = edgemqtt && key !== `${mode} edgemqtt` ? `   edgemqtt/this = ${ratio(median(edgemqtt.map((r) => r.rate)), median(rates))}` : '';
       console.log(
         `  ${key.padEnd(20)} ${String(Math.round(median(rates))).padStart(7)} msg/s${spread(rates)}` +
-          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)}${mainThread(key, median(main))}   load gen ${median(load).toFixed(1)} µs/msg${allocation(allocated, collections)}${versus}`,
+          `   broker ${median(broker).toFixed(1)} µs/msg${spread(broker, 1)}${mainThread(key, median(main))}   load gen ${median(load).toFixed(1)} µs/msg${allocation(allocated, collections)}   PUBACKs ${Math.round(median(ackRates))} msg/s${spread(ackRates)}${versus}`,
       );
     }
   }
