@@ -13,7 +13,10 @@
  * the group commit's start), where a setImmediate each would have run among
  * them. What they do (the flow control's next message, a publisher's
  * PUBACK) is then written before the flush and stored in the batch being
- * filled: sooner, never in another order.
+ * filled: sooner, never in another order. That order is per instance: the
+ * callbacks of two instances run instance by instance, which nothing relies
+ * on between the seam's writes and the flow control's hand-overs (a
+ * delivery's hand-over completes the publish, its write paces the client).
  */
 
 /** A deferred callback: an error (or null) and two arguments given with it, so that no closure is made per call. */

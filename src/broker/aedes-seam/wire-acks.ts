@@ -7,9 +7,9 @@
  * event, lib/client.js enqueue, handlers/index.js handle and
  * handlers/puback.js handlePuback, whose clearing of the message is a
  * promise with a closure and a reaction of its own: on a QoS 1 flow that
- * was ~0.3 KB of the ~2.7 KB allocated per message
- * (bench/persistence-qos1.ts, one publisher, under V8's sampling heap
- * profiler). Here:
+ * was ~0.45 KB of the ~2.5 KB allocated per message (`BENCH_ALLOC=1
+ * BENCH_PUBLISHERS=1 BENCH_WINDOW=16 node dist-bench/bench/persistence-qos1.js`).
+ * Here:
  *
  *  1. the parser's listeners: the shared subscriptions' (shared.ts
  *     sharedInPacket: the acknowledgement reported to the broker's
