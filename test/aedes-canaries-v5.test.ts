@@ -74,7 +74,7 @@ t.test(`aedes ${V} still sends a client packets over its Maximum Packet Size (co
 
 t.test(`aedes ${V} still carries one Subscription Identifier when several subscriptions match, aedes #1090 (corrected: delivery-rules.ts rule 5)`, { skip: v5 }, async (t) => {
   // When this fails after an aedes upgrade, edgemqtt need not add the identifiers of every matching subscription [MQTT-3.3.4-3]
-  // (src/broker/delivery-rules.ts rule 5; queued copies: src/persistence/level-persistence.ts recipientsOf).
+  // (src/broker/delivery-rules.ts rule 5; queued copies: src/persistence/recipients.ts recipientsOf).
   const { aedes, port } = await startPlainAedes(t);
   const raw = await rawConnected(t, port, 'two-identifiers', 5);
   raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'si/#', qos: 0 }], properties: { subscriptionIdentifier: 1 } });

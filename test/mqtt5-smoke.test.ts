@@ -113,7 +113,7 @@ t.test('a persistent MQTT 5 session (Clean Start 0, Session Expiry) survives a r
   const messages = await back.log.waitForCount(2);
   t.equal(messages[1]?.payload, 'live', 'the restored subscription receives live messages');
   t.same(messages[1]?.packet.properties?.subscriptionIdentifier, 7, 'the restored subscription still carries its Subscription Identifier [MQTT-3.3.4-3]');
-  // aedes 2 adds it only on live delivery (handlers/subscribe.js); the store adds it to queued copies (level-persistence.ts recipientsOf).
+  // aedes 2 adds it only on live delivery (handlers/subscribe.js); the store adds it to queued copies (src/persistence/recipients.ts recipientsOf).
   t.same(queued?.packet.properties?.subscriptionIdentifier, 7, 'the queued message carries the Subscription Identifier too');
 });
 

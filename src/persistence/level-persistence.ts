@@ -59,7 +59,7 @@ import type { GroupCommit } from './group-commit.js';
 import type { Store } from './open-store.js';
 import type { LevelPersistenceDeps, LevelPersistenceOptions } from './options.js';
 import { QueueStore } from './queue-store.js';
-import { hasOptions, recipientsOf, type MatchingSubscription } from './recipients.js';
+import { queuedRecipients, type MatchingSubscription } from './recipients.js';
 import type { QueueChunks } from './queue-streams.js';
 import { RetainedStore } from './retained-store.js';
 import type { BeforeExpiry } from './session-expiry.js';
@@ -305,17 +305,12 @@ export class LevelPersistence {
    * with nobody offline: no work beyond the store's call then.
    */
   outgoingEnqueueCombi(subs: readonly MatchingSubscription[], packet: PacketLike): Promise<void> {
-    return this.#queues.enqueue(packet, subs.length > 1 || hasOptions(subs[0]) ? recipientsOf(subs, packet) : subs);
+    return this.#queues.enqueue(packet, queuedRecipients(subs, packet));
   }
 
-  /**
-   * outgoingEnqueueCombi for the broker's QoS 1 publish path
-   * (src/broker/aedes-seam/qos-publish.ts): undefined when there is nothing
-   * to wait for, so that a message nobody persistent subscribes to makes no
-   * promise; errors are thrown.
-   */
+  /** outgoingEnqueueCombi for the QoS 1 publish step (aedes-seam/qos-publish.ts): undefined when nothing waits, errors thrown. */
   outgoingEnqueueCombiNow(subs: readonly MatchingSubscription[], packet: PacketLike): Promise<void> | undefined {
-    return this.#queues.enqueueNow(packet, subs.length > 1 || hasOptions(subs[0]) ? recipientsOf(subs, packet) : subs);
+    return this.#queues.enqueueNow(packet, queuedRecipients(subs, packet));
   }
 
   /**
@@ -372,12 +367,7 @@ export class LevelPersistence {
     return this.#queues.acknowledge(client.id, messageId);
   }
 
-  /**
-   * outgoingClearMessageId for the broker's own handling of a PUBACK or
-   * PUBCOMP (src/broker/aedes-seam/wire-acks.ts): the packet acknowledged (or
-   * undefined) without a promise, unless its record must be read from disk;
-   * errors are thrown.
-   */
+  /** outgoingClearMessageId for a PUBACK or PUBCOMP taken by aedes-seam/wire-acks.ts: no promise unless it reads the disk, errors thrown. */
   outgoingClearMessageIdNow(client: ClientLike, messageId: number): PacketLike | undefined | Promise<PacketLike | undefined> {
     return this.#queues.acknowledgeNow(client.id, messageId);
   }

@@ -55,3 +55,8 @@ export function recipientsOf(subs: readonly MatchingSubscription[], packet: Pack
 function grantOf(sub: { qos?: number | undefined }): number {
   return sub.qos ?? Infinity;
 }
+
+/** The recipients of a message from its matching subscriptions: a single plain one as it is (the usual case), else recipientsOf. */
+export function queuedRecipients(subs: readonly MatchingSubscription[], packet: PacketLike): readonly Recipient[] {
+  return subs.length > 1 || hasOptions(subs[0]) ? recipientsOf(subs, packet) : subs;
+}
