@@ -328,16 +328,15 @@ type EnqueueCombiNow = (subs: QueueRecipient[], packet: DeliveredPacket) => Prom
  */
 export function addQueueRecipients(aedes: unknown, add: (packet: DeliveredPacket) => QueueRecipient[]): void {
   const persistence = (aedes as { persistence: { outgoingEnqueueCombi?: EnqueueCombi; outgoingEnqueueCombiNow?: EnqueueCombiNow } }).persistence;
+  /** aedes' recipients and `add`'s, for either way of queuing. */
+  const withAdded = (subs: QueueRecipient[], packet: DeliveredPacket): QueueRecipient[] => {
+    const extra = add(packet);
+    return extra.length > 0 ? [...subs, ...extra] : subs;
+  };
   const enqueue = persistence.outgoingEnqueueCombi;
   if (typeof enqueue !== 'function') return;
-  persistence.outgoingEnqueueCombi = function enqueueWithShared(subs, packet) {
-    const extra = add(packet);
-    return enqueue.call(persistence, extra.length > 0 ? [...subs, ...extra] : subs, packet);
-  };
+  persistence.outgoingEnqueueCombi = (subs, packet) => enqueue.call(persistence, withAdded(subs, packet), packet);
   const enqueueNow = persistence.outgoingEnqueueCombiNow;
   if (typeof enqueueNow !== 'function') return;
-  persistence.outgoingEnqueueCombiNow = function enqueueNowWithShared(subs, packet) {
-    const extra = add(packet);
-    return enqueueNow.call(persistence, extra.length > 0 ? [...subs, ...extra] : subs, packet);
-  };
+  persistence.outgoingEnqueueCombiNow = (subs, packet) => enqueueNow.call(persistence, withAdded(subs, packet), packet);
 }
