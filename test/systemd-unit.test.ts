@@ -71,7 +71,7 @@ t.test('the unit agrees with the daemon', async (t) => {
   t.equal(last('Type'), 'notify');
   t.equal(last('NotifyAccess'), 'all', 'notifications come from systemd-notify children');
   const execStart = last('ExecStart')?.split(/\s+/) ?? [];
-  // The young-generation cap is the memory/CPU trade measured in the README.
+  // The young-generation cap is the memory/CPU trade measured in docs/performance.md.
   t.same(execStart, ['/usr/bin/node', '--max-semi-space-size=4', '/usr/lib/edgemqtt/dist/bin/edgemqtt.js', 'start', '--config', '/etc/edgemqtt/edgemqtt.yaml']);
   const packageJson = JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { bin: Record<string, string> };
   t.equal(execStart[2], path.posix.join('/usr/lib/edgemqtt', packageJson.bin.edgemqtt!), 'ExecStart runs the package bin');

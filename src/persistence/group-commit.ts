@@ -221,7 +221,7 @@ export function createGroupCommit(target: BatchTarget, options: GroupCommitOptio
     // subscribers' acknowledgements of those deliveries, typically) shares
     // its fsync. At 2,000 QoS 1 messages a second this cut a delivery's
     // latency (p50) by a sixth to a quarter and the broker's CPU per message
-    // by ~15% (bench/persistence-latency.ts, README ◉).
+    // by ~15% (bench/persistence-latency.ts, docs/performance.md ◉).
     else setImmediate(nextTurn, batch);
   }
 
