@@ -103,3 +103,16 @@ t.test('a subscriber that stops reading: the retained stream waits for room in t
   t.equal(flow.droppedQueuedMessages, 0, 'no message dropped from the queue');
   t.equal(flow.droppedQos0Messages, 0, 'no QoS 0 message dropped for a full buffer');
 });
+
+t.test('a retained message that does not fit beside another writer\'s bytes still goes', async (t) => {
+  // 64 KiB payloads against a 64 KiB buffer: each PUBLISH is a little larger than the buffer, so
+  // it fits only into an empty one, and the SUBACK's bytes are still there when the first is
+  // handed over. Neither a 'drain' (the socket took everything) nor the flow's own write (nothing
+  // of its own was in flight) would come to send it: it has to go at once.
+  const daemon = await startDaemon(t, { limits: { maxOutgoingBufferBytes: 64 * 1024 } });
+  const { client } = await openClient(t, daemon.mqttUrl, { clientId: 'retainer' });
+  await Promise.all([0, 1, 2].map((i) => client.publishAsync(topicOf(i), Buffer.alloc(64 * 1024, i), { qos: 1, retain: true })));
+  const subscriber = await subscribe(t, daemon, 'large', false);
+  await eventually(() => subscriber.topics.length >= 3, 5000, '3 retained messages of 64 KiB');
+  t.same([...subscriber.topics].sort(), [topicOf(0), topicOf(1), topicOf(2)], 'all three arrived');
+});

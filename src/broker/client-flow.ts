@@ -250,7 +250,14 @@ export class ClientFlow implements Deliveries {
     const max = this.#owner.options.maxOutgoingBufferBytes;
     if (max === 0) return true;
     const used = this.#usage();
-    return used === 0 || used + bytes <= max;
+    if (used === 0 || used + bytes <= max) return true;
+    // A message left waiting is sent by #pump, on the stream's 'drain' or on
+    // the write of one of this flow's own. When neither is due (nothing of
+    // its own is being written, and the stream, below its high-water mark,
+    // awaits no 'drain'), the bytes there are another writer's (a SUBACK, a
+    // QoS 0 message from the fast path) and nothing would ever send it: it
+    // goes, as into an empty buffer.
+    return this.#reservedBytes === 0 && !this.#conn.writableNeedDrain;
   }
 
   /** The inflight window: limits.maxInflightMessages, for an MQTT 5 client at most its Receive Maximum [MQTT-3.3.4-9]; 0 = none. */
