@@ -250,13 +250,20 @@ export class ClientFlow implements Deliveries {
     const max = this.#owner.options.maxOutgoingBufferBytes;
     if (max === 0) return true;
     const used = this.#usage();
-    if (used === 0 || used + bytes <= max) return true;
-    // A message left waiting is sent by #pump, on the stream's 'drain' or on
-    // the write of one of this flow's own. When neither is due (nothing of
-    // its own is being written, and the stream, below its high-water mark,
-    // awaits no 'drain'), the bytes there are another writer's (a SUBACK, a
-    // QoS 0 message from the fast path) and nothing would ever send it: it
-    // goes, as into an empty buffer.
+    return used === 0 || used + bytes <= max;
+  }
+
+  /**
+   * Whether a QoS 1/2 or paced message that does not fit would wait for
+   * ever. One left waiting is sent by #pump, on the stream's 'drain' or on
+   * the write of one of this flow's own. When neither is due (nothing of its
+   * own is being written, and the stream, below its high-water mark, awaits
+   * no 'drain'), the bytes there are another writer's (a SUBACK, a QoS 0
+   * message from the fast path) or already taken by the stream, and nothing
+   * would ever send it: it goes, as into an empty buffer. (A QoS 0 message
+   * does not wait: admitQoS0 keeps to #fits alone.)
+   */
+  #wouldStall(): boolean {
     return this.#reservedBytes === 0 && !this.#conn.writableNeedDrain;
   }
 
@@ -293,7 +300,7 @@ export class ClientFlow implements Deliveries {
   }
 
   #canSend(entry: Entry): boolean {
-    return this.#fits(entry.bytes) && this.#windowOpen(entry) && !this.#resuming(entry);
+    return (this.#fits(entry.bytes) || this.#wouldStall()) && this.#windowOpen(entry) && !this.#resuming(entry);
   }
 
   /**
