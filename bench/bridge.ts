@@ -24,7 +24,8 @@
  *   npm run bench:build && node dist-bench/bench/bridge.js     (or npm run bench:bridge)
  *   env: BENCH_MESSAGES=20000 BENCH_PUBLISHERS=8 BENCH_WINDOW=32 BENCH_PAYLOAD_BYTES=64 BENCH_ROUNDS=3
  *        BENCH_BACKLOG=200000 (the goal is stated at 1000000) BENCH_STALL_MS=30000 (no progress → fail)
- *        BENCH_NATS_SERVER=/usr/sbin/nats-server
+ *        BENCH_NATS_SERVER=/usr/sbin/nats-server BENCH_PHASES=edgemqtt,nats-mqtt,drain,import
+ *        BENCH_CPU_PROF=DIR (edgemqtt under --cpu-prof; see profile.ts)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
@@ -51,6 +52,8 @@ const ROUNDS = env('BENCH_ROUNDS', 3);
 const BACKLOG = env('BENCH_BACKLOG', 200_000);
 const STALL_MS = env('BENCH_STALL_MS', 30_000);
 const NATS_SERVER = process.env.BENCH_NATS_SERVER ?? '/usr/sbin/nats-server';
+/** Which of the four measurements to run (BENCH_PHASES=edgemqtt,drain for a profile of one path). */
+const PHASES = new Set((process.env.BENCH_PHASES ?? 'edgemqtt,nats-mqtt,drain,import').split(','));
 const TOPIC = 'bench/bridge';
 const EDGE_STREAM = 'EDGEMQTT';
 const NATS_STREAM = 'BENCH';
@@ -397,6 +400,7 @@ async function main(): Promise<void> {
         ['drain', async (dir: string) => drains.push(await roundDrain(dir))],
         ['import', async (dir: string) => imports.push(await roundImport(dir))],
       ] as const) {
+        if (!PHASES.has(name)) continue;
         const dir = path.join(root, `${name}-${round}`);
         await run(dir);
         await rm(dir, { recursive: true, force: true });
@@ -406,16 +410,22 @@ async function main(): Promise<void> {
     await rm(root, { recursive: true, force: true });
   }
   const m = (pick: (d: DrainResult) => number) => median(drains.map(pick));
-  console.log(`\n1. QoS 1 → JetStream, ${MESSAGES} messages of ${PAYLOAD.length} B, ${PUBLISHERS} publishers × window ${WINDOW} (median of ${ROUNDS})`);
-  console.log(`  edgemqtt bridge      ${String(Math.round(median(edge))).padStart(7)} msg/s`);
-  console.log(`  nats-server MQTT     ${String(Math.round(median(natsMqtt))).padStart(7)} msg/s   edgemqtt/nats-mqtt = ${ratio(median(edge), median(natsMqtt))}`);
-  console.log(`\n2. Outbox drain after an outage, backlog ${BACKLOG} (median of ${ROUNDS})`);
-  console.log(`  ingest during outage ${String(Math.round(m((d) => d.ingest))).padStart(7)} msg/s`);
-  console.log(`  drain                ${String(Math.round(m((d) => d.drain))).padStart(7)} msg/s   (goal ≥ 50000: ${m((d) => d.drain) >= 50_000 ? 'met' : 'NOT met'})`);
-  console.log(`  reconnect delay      ${(m((d) => d.reconnectMs) / 1000).toFixed(1).padStart(7)} s (bridge backoff, not in the drain rate)`);
-  console.log(`  edgemqtt RSS         before ${m((d) => d.rssBefore).toFixed(0)} MiB, outage peak ${m((d) => d.rssOutagePeak).toFixed(0)} MiB, drain peak ${m((d) => d.rssDrainPeak).toFixed(0)} MiB`);
-  console.log(`\n3. Import, JetStream → edgemqtt → a WebSocket subscriber, ${MESSAGES} messages (median of ${ROUNDS})`);
-  console.log(`  import               ${String(Math.round(median(imports))).padStart(7)} msg/s`);
+  if (edge.length > 0 || natsMqtt.length > 0) {
+    console.log(`\n1. QoS 1 → JetStream, ${MESSAGES} messages of ${PAYLOAD.length} B, ${PUBLISHERS} publishers × window ${WINDOW} (median of ${ROUNDS})`);
+    if (edge.length > 0) console.log(`  edgemqtt bridge      ${String(Math.round(median(edge))).padStart(7)} msg/s`);
+    if (natsMqtt.length > 0) console.log(`  nats-server MQTT     ${String(Math.round(median(natsMqtt))).padStart(7)} msg/s   edgemqtt/nats-mqtt = ${ratio(median(edge), median(natsMqtt))}`);
+  }
+  if (drains.length > 0) {
+    console.log(`\n2. Outbox drain after an outage, backlog ${BACKLOG} (median of ${ROUNDS})`);
+    console.log(`  ingest during outage ${String(Math.round(m((d) => d.ingest))).padStart(7)} msg/s`);
+    console.log(`  drain                ${String(Math.round(m((d) => d.drain))).padStart(7)} msg/s   (goal ≥ 50000: ${m((d) => d.drain) >= 50_000 ? 'met' : 'NOT met'})`);
+    console.log(`  reconnect delay      ${(m((d) => d.reconnectMs) / 1000).toFixed(1).padStart(7)} s (bridge backoff, not in the drain rate)`);
+    console.log(`  edgemqtt RSS         before ${m((d) => d.rssBefore).toFixed(0)} MiB, outage peak ${m((d) => d.rssOutagePeak).toFixed(0)} MiB, drain peak ${m((d) => d.rssDrainPeak).toFixed(0)} MiB`);
+  }
+  if (imports.length > 0) {
+    console.log(`\n3. Import, JetStream → edgemqtt → a WebSocket subscriber, ${MESSAGES} messages (median of ${ROUNDS})`);
+    console.log(`  import               ${String(Math.round(median(imports))).padStart(7)} msg/s`);
+  }
 }
 
 main().catch((error: unknown) => {

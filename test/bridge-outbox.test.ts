@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import type { BatchOp } from '../src/persistence/index.js';
-import { Outbox, outboxKey } from '../src/bridge/outbox.js';
+import { Outbox, outboxKey, RECENT_MAX_BYTES } from '../src/bridge/outbox.js';
 import { outgoingKey } from '../src/persistence/keys.js';
 import { eventually } from './helpers/mqtt.js';
 import { capturingLogger, fakeBroker, harness, publish } from './helpers/store.js';
@@ -80,4 +80,86 @@ t.test('after a restart: what waits is there in order, and sequences go on witho
   await second.commit.write(again.add(publish('plant/a', 'new', { qos: 1 })));
   const [last] = (await again.read(seqs[3]! + 1, 10)).map((r) => r.seq);
   t.equal(last, seqs[5]! + 1, 'the next sequence follows the highest ever given, not the highest still waiting');
+});
+
+/** Counts the store iterators the outbox opens: a read served from memory opens none. */
+function countIterators(persistence: { db: unknown }): { readonly opened: number } {
+  const db = persistence.db as { iterator(options: unknown): unknown };
+  const iterator = db.iterator.bind(db);
+  const counter = { opened: 0 };
+  db.iterator = (options) => {
+    counter.opened++;
+    return iterator(options);
+  };
+  return counter;
+}
+
+t.test('the sender reads entries whose batch is on disk from memory, the same records the store holds', async (t) => {
+  const h = harness(t);
+  const first = await h.open();
+  const outbox = new Outbox(first, limits, { logger: capturingLogger().logger });
+  await outbox.recover();
+  const head = outbox.head;
+  for (let i = 0; i < 4; i++) await first.commit.write(outbox.add(publish(`plant/${i}`, String(i), { qos: 1, retain: i === 2 })));
+  // The outbox learns that a batch is on disk one promise reaction after the writer does.
+  await eventually(async () => (await outbox.read(head, 10)).length === 4, 2000, 'the four entries');
+  const iterators = countIterators(first);
+  const fromMemory = await outbox.read(head, 10);
+  t.equal(iterators.opened, 0, 'no store iterator for entries in memory');
+  await first.stop();
+
+  const second = await h.open();
+  const recovered = new Outbox(second, limits, { logger: capturingLogger().logger });
+  await recovered.recover();
+  const fromStore = await recovered.read(head, 10);
+  const view = (records: typeof fromStore) => records.map((r) => [r.seq, r.topic, r.payload.toString(), r.qos, r.retain, r.time]);
+  t.same(view(fromMemory), view(fromStore), 'what memory gave is what the store holds');
+  t.same(view(fromMemory).map((r) => r[2]), ['0', '1', '2', '3']);
+});
+
+t.test('an entry whose batch failed is never read, from memory or from the store', async (t) => {
+  const h = harness(t);
+  const persistence = await h.open();
+  const outbox = new Outbox(persistence, limits, { logger: capturingLogger().logger });
+  await outbox.recover();
+  const head = outbox.head;
+  await persistence.commit.write(outbox.add(publish('plant/a', 'kept', { qos: 1 })));
+  const db = persistence.db as unknown as { batch(ops: BatchOp[], options: unknown): Promise<void> };
+  const write = db.batch.bind(db);
+  db.batch = () => Promise.reject(new Error('No space left on device'));
+  await t.rejects(persistence.commit.write(outbox.add(publish('plant/a', 'lost', { qos: 1 }))));
+  db.batch = write;
+  await eventually(() => outbox.stats().failedWrites === 1, 2000, 'the failed entry to be forgotten');
+  t.same((await outbox.read(head, 10)).map((r) => r.payload.toString()), ['kept']);
+  t.equal(outbox.depth, 1);
+  // The store takes writes again once it has reopened (write-failures.ts); what comes then is read after 'kept'.
+  await eventually(
+    () => persistence.commit.write(outbox.add(publish('plant/a', 'after', { qos: 1 }))).then(() => true, () => false),
+    10_000,
+    'the store to take writes again',
+  );
+  await eventually(async () => (await outbox.read(head, 10)).length === 2, 2000, 'the entry written after');
+  t.same((await outbox.read(head, 10)).map((r) => r.payload.toString()), ['kept', 'after']);
+});
+
+t.test('beyond its memory bound the outbox reads on from the store, in order', async (t) => {
+  const h = harness(t);
+  const persistence = await h.open();
+  const outbox = new Outbox(persistence, limits, { logger: capturingLogger().logger });
+  await outbox.recover();
+  const head = outbox.head;
+  // 1 MiB each: RECENT_MAX_BYTES keeps the first few only.
+  const count = Math.ceil(RECENT_MAX_BYTES / (1024 * 1024)) + 3;
+  for (let i = 0; i < count; i++) {
+    await persistence.commit.write(outbox.add({ ...publish('plant/big', ''), payload: Buffer.alloc(1024 * 1024, i) }));
+  }
+  await eventually(async () => (await outbox.read(head, count)).length === count, 2000, 'every entry');
+  const iterators = countIterators(persistence);
+  const records = await outbox.read(head, count);
+  t.same(records.map((r) => r.payload[0]), Array.from({ length: count }, (_, i) => i), 'every entry once, in order');
+  t.ok(records.every((r) => r.payload.length === 1024 * 1024));
+  t.equal(iterators.opened, 1, 'the first ones from memory, the rest from one store iterator');
+  const fromStore = await outbox.read(records.at(-1)!.seq, 1);
+  t.equal(fromStore[0]?.payload[0], count - 1);
+  t.equal(iterators.opened, 2, 'an entry past the bound comes from the store');
 });

@@ -12,7 +12,10 @@
  *
  * Memory per entry is 12 bytes (its size and time, for the limits and the
  * age of the oldest entry); topics and payloads stay on disk, so an outage
- * of a million messages keeps the heap flat.
+ * of a million messages keeps the heap flat. Only the newest entries, up to
+ * RECENT_MAX_BYTES, are also kept as stored once their batch is on disk:
+ * while JetStream keeps up, the sender reads them from memory instead of
+ * opening a store iterator for every few messages.
  */
 import { pack, unpack } from 'msgpackr';
 import type { Logger } from '../observability/logger.js';
@@ -81,6 +84,8 @@ const PREFIX = Buffer.concat([componentPrefix('bridge'), Buffer.from('o')]);
  */
 const HIGH_WATER = Buffer.concat([componentPrefix('bridge'), Buffer.from('h')]);
 const RANGE_END = prefixRange(PREFIX).lt;
+/** Bound of the entries kept in memory for the sender (see Outbox.read); the rest is read from the store. */
+export const RECENT_MAX_BYTES = 4 * 1024 * 1024;
 
 export function outboxKey(seq: number): Buffer {
   const key = Buffer.alloc(PREFIX.length + 8);
@@ -183,6 +188,9 @@ export class Outbox {
   #bytes = 0;
   readonly #counters = { added: 0, removed: 0, droppedOldest: 0, droppedNew: 0, failedWrites: 0 };
   #removals: BatchOp[] = [];
+  /** Entries whose batch is on disk, as stored, while they fit in RECENT_MAX_BYTES; gone with the entry. */
+  readonly #recent = new Map<number, Buffer>();
+  #recentBytes = 0;
   /** Called after each add, once its batch may have landed: the sender reads from the store. */
   onAdded: () => void = () => undefined;
 
@@ -259,19 +267,33 @@ export class Outbox {
     queueMicrotask(() => {
       // The caller has queued the ops by now. A batch that fails (a full disk) leaves nothing on
       // disk: forget the entry, or head would wait for it forever (its PUBLISH was not acknowledged).
-      this.#store.commit.whenWritten(key)?.catch(() => {
-        if (this.#forget(seq)) this.#counters.failedWrites++;
-      });
+      this.#store.commit.whenWritten(key)?.then(
+        () => this.#remember(seq, value),
+        () => {
+          if (this.#forget(seq)) this.#counters.failedWrites++;
+        },
+      );
       this.onAdded();
     });
     return ops;
   }
 
-  /** Up to `limit` entries from `fromSeq` on, as stored (what the store has committed). */
+  /**
+   * Up to `limit` entries from `fromSeq` on, as stored (what the store has
+   * committed): from memory while they are there, the rest from the store.
+   */
   async read(fromSeq: number, limit: number): Promise<OutboxRecord[]> {
     const records: OutboxRecord[] = [];
-    const gte = outboxKey(Math.max(fromSeq, this.#entries.head));
-    for await (const [key, value] of this.#store.db.iterator({ gte, lt: RANGE_END, limit })) {
+    let seq = Math.max(fromSeq, this.#entries.head);
+    for (; records.length < limit && seq < this.#entries.next; seq++) {
+      if (this.#entries.sizeOf(seq) === 0) continue;
+      const value = this.#recent.get(seq);
+      if (!value) break;
+      records.push({ seq, ...decode(value) });
+    }
+    if (records.length === limit || seq >= this.#entries.next) return records;
+    const gte = outboxKey(seq);
+    for await (const [key, value] of this.#store.db.iterator({ gte, lt: RANGE_END, limit: limit - records.length })) {
       const seq = seqOf(key);
       if (this.#entries.sizeOf(seq) === 0) continue;
       records.push({ seq, ...decode(value) });
@@ -306,9 +328,20 @@ export class Outbox {
     };
   }
 
+  #remember(seq: number, value: Buffer): void {
+    if (this.#entries.sizeOf(seq) === 0 || this.#recentBytes + value.length > RECENT_MAX_BYTES) return;
+    this.#recent.set(seq, value);
+    this.#recentBytes += value.length;
+  }
+
   #forget(seq: number): boolean {
     const size = this.#entries.remove(seq);
     if (size === 0) return false;
+    const recent = this.#recent.get(seq);
+    if (recent) {
+      this.#recent.delete(seq);
+      this.#recentBytes -= recent.length;
+    }
     this.#depth--;
     this.#bytes -= size;
     return true;

@@ -6,26 +6,26 @@
  * window]. An entry leaves the outbox only on its PubAck (one flagged
  * duplicate counts: the stream has it).
  *
- * Any failure, a time-out, "no responders" while a stream elects a leader
- * (nats.js reports JetStreamNotEnabled), a dropped connection, means the
+ * Any failure, a time-out, "no responders" while a stream elects a leader,
+ * a dropped connection, means the
  * outcome is unknown: nothing is given up. The sender stops taking new
  * entries, lets what is in flight settle, then starts again from the oldest
  * entry still in the outbox after a jittered, growing pause, so order per
  * publisher holds and each unacknowledged entry goes again under its id.
  */
 import { headers, type MsgHdrs } from '@nats-io/transport-node';
-import type { JetStreamClient } from '@nats-io/jetstream';
 import type { Logger } from '../observability/logger.js';
 import type { GroupCommit } from '../persistence/index.js';
 import type { Outbox, OutboxRecord } from './outbox.js';
 import { HEADER, writeMetadataHeaders } from './metadata.js';
-import { topicToSubject } from './subjects.js';
+import type { StreamPublisher } from './stream-publisher.js';
+import type { SubjectCache } from './subjects.js';
 
 export interface SenderOptions {
   siteId: string;
-  subjectPrefix: string;
+  /** The topic → subject mapping (subjects.ts), shared with the export tap. */
+  subjects: SubjectCache;
   window: number;
-  publishTimeoutMs: number;
   /** Awaited before entries are sent again after a failure (the bridge checks the stream there). */
   beforeResend?: () => Promise<void>;
 }
@@ -48,7 +48,7 @@ export class Sender {
   readonly #commit: GroupCommit;
   readonly #options: SenderOptions;
   readonly #log: Logger;
-  #js: JetStreamClient | undefined;
+  #js: StreamPublisher | undefined;
   #cursor: number;
   /** Highest sequence ever handed to JetStream: what is at or below it is a resend. */
   #highestSent = 0;
@@ -75,7 +75,7 @@ export class Sender {
   }
 
   /** JetStream is reachable (again): send from the oldest entry on. */
-  attach(js: JetStreamClient): void {
+  attach(js: StreamPublisher): void {
     this.#generation++;
     this.#js = js;
     clearTimeout(this.#retryTimer);
@@ -157,8 +157,8 @@ export class Sender {
     if (this.#again) void this.#pump();
   }
 
-  #send(js: JetStreamClient, record: OutboxRecord): void {
-    const mapped = topicToSubject(this.#options.subjectPrefix, record.topic);
+  #send(js: StreamPublisher, record: OutboxRecord): void {
+    const mapped = this.#options.subjects.subjectOf(record.topic);
     if (!mapped.ok) {
       // Checked when the message entered; a prefix changed since would end here.
       this.#log.warn({ topic: record.topic, reason: mapped.reason }, 'outbox entry has no subject; dropped');
@@ -168,32 +168,28 @@ export class Sender {
     if (record.seq <= this.#highestSent) this.#counters.resent++;
     else this.#highestSent = record.seq;
     this.#inflight.add(record.seq);
-    js.publish(mapped.subject, record.payload, {
-      msgID: `${this.#options.siteId}:${record.seq}`,
-      headers: this.#headers(record),
-      timeout: this.#options.publishTimeoutMs,
-    }).then(
-      (ack) => {
-        this.#inflight.delete(record.seq);
-        this.#outbox.remove(record.seq);
-        this.#counters.exported++;
-        if (ack.duplicate) this.#counters.duplicates++;
-        this.#retryMs = RETRY_MIN_MS;
-        this.#settled();
-        void this.#pump();
-      },
-      (error: unknown) => {
-        this.#inflight.delete(record.seq);
+    js.publish(mapped.subject, record.payload, this.#headers(record), (error, duplicate) => {
+      this.#inflight.delete(record.seq);
+      if (error) {
         this.#counters.publishFailures++;
-        if (!this.#rewinding) this.#log.warn({ err: (error as Error).message, seq: record.seq }, 'JetStream publish failed; resending from the oldest unacknowledged message');
+        if (!this.#rewinding) this.#log.warn({ err: error.message, seq: record.seq }, 'JetStream publish failed; resending from the oldest unacknowledged message');
         this.#failed();
-      },
-    );
+        return;
+      }
+      this.#outbox.remove(record.seq);
+      this.#counters.exported++;
+      if (duplicate) this.#counters.duplicates++;
+      this.#retryMs = RETRY_MIN_MS;
+      this.#settled();
+      void this.#pump();
+    });
   }
 
   /** Who published it and how, for the importing sites (the names and their encoding: metadata.ts). */
   #headers(record: OutboxRecord): MsgHdrs {
     const h = headers();
+    // The stream drops a message whose id it has seen within its duplicate window [JetStream: Nats-Msg-Id].
+    h.set('Nats-Msg-Id', `${this.#options.siteId}:${record.seq}`);
     h.set(HEADER.origin, this.#options.siteId);
     h.set(HEADER.qos, String(record.qos));
     h.set(HEADER.retain, record.retain ? '1' : '0');

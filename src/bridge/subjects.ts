@@ -179,3 +179,35 @@ function show(value: string): string {
 function codePoint(char: string): string {
   return `U+${(char.codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0')}`;
 }
+
+/**
+ * topicToSubject for one prefix, remembering the last `max` topics it mapped:
+ * a gateway's topics repeat (a sensor publishes to the same few), and the
+ * mapping checks every character of the topic twice, once when a message
+ * enters the outbox and once when it is sent. Full, it starts over. Topics
+ * longer than MAX_CACHED_TOPIC are mapped each time, so that the cache stays
+ * within a few MB whatever clients publish.
+ */
+const MAX_CACHED_TOPIC = 256;
+
+export class SubjectCache {
+  readonly #prefix: string;
+  readonly #max: number;
+  readonly #mapped = new Map<string, Mapped>();
+
+  constructor(prefix: string, max = 4096) {
+    this.#prefix = prefix;
+    this.#max = max;
+  }
+
+  subjectOf(topic: string): Mapped {
+    if (topic.length > MAX_CACHED_TOPIC) return topicToSubject(this.#prefix, topic);
+    let mapped = this.#mapped.get(topic);
+    if (mapped === undefined) {
+      mapped = topicToSubject(this.#prefix, topic);
+      if (this.#mapped.size >= this.#max) this.#mapped.clear();
+      this.#mapped.set(topic, mapped);
+    }
+    return mapped;
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * The bridge's JetStream publisher (src/bridge/stream-publisher.ts) against a
+ * real nats-server -js: many publishes in flight, each answered by its own
+ * PubAck; a resent id comes back as a duplicate; and each way an outcome can
+ * be unknown (no stream, no answer, a refusal, a closed publisher) is an
+ * error, never a success.
+ */
+import t from 'tap';
+import { headers } from '@nats-io/transport-node';
+import { DiscardPolicy, jetstreamManager } from '@nats-io/jetstream';
+import { JetStreamPublisher, pubAck, type PublishDone } from '../src/bridge/stream-publisher.js';
+import { NatsServer, natsClient, natsUnavailable, readStream } from './helpers/nats.js';
+
+const unavailable = natsUnavailable();
+
+interface Outcome {
+  error: Error | undefined;
+  duplicate: boolean;
+}
+
+/** Publishes and resolves with what the publisher reported. */
+function publishOnce(publisher: JetStreamPublisher, subject: string, data: string, msgId: string): Promise<Outcome> {
+  const h = headers();
+  h.set('Nats-Msg-Id', msgId);
+  return new Promise((resolve) => {
+    const done: PublishDone = (error, duplicate) => resolve({ error, duplicate });
+    publisher.publish(subject, Buffer.from(data), h, done);
+  });
+}
+
+t.test('with nats-server', { skip: unavailable }, async (t) => {
+  const server = new NatsServer(t);
+  await server.start();
+  const nc = await natsClient(t, server);
+  const jsm = await jetstreamManager(nc);
+  await jsm.streams.add({ name: 'S', subjects: ['s.>'] });
+
+  t.test('500 publishes in flight at once: each acknowledged, each stored once, in order', async (t) => {
+    const publisher = new JetStreamPublisher(nc, { timeoutMs: 5000 });
+    const outcomes = await Promise.all(Array.from({ length: 500 }, (_, i) => publishOnce(publisher, 's.a', String(i), `a:${i}`)));
+    t.equal(outcomes.filter((o) => o.error === undefined && !o.duplicate).length, 500, 'every one acknowledged, none a duplicate');
+    t.equal(publisher.inflight, 0);
+    const stored = await readStream(jsm, 'S');
+    t.same(
+      stored.map((entry) => entry.data),
+      Array.from({ length: 500 }, (_, i) => String(i)),
+    );
+
+    const again = await publishOnce(publisher, 's.a', '7', 'a:7');
+    t.same(again, { error: undefined, duplicate: true }, 'a resent id is acknowledged as a duplicate');
+    t.equal((await jsm.streams.info('S')).state.messages, 500, 'and not stored twice');
+    publisher.close();
+  });
+
+  t.test('no stream takes the subject: "no responders", an error', async (t) => {
+    const publisher = new JetStreamPublisher(nc, { timeoutMs: 5000 });
+    const outcome = await publishOnce(publisher, 'nostream.a', 'x', 'n:1');
+    t.match(outcome.error?.message, /no responders/);
+    publisher.close();
+  });
+
+  t.test('nothing answers: an error after the time-out, and the publisher goes on', async (t) => {
+    // A core subscriber takes the subject (so no 503) and never replies.
+    const silent = nc.subscribe('quiet.>');
+    t.teardown(() => silent.unsubscribe());
+    const publisher = new JetStreamPublisher(nc, { timeoutMs: 300 });
+    const outcomes = await Promise.all([publishOnce(publisher, 'quiet.a', 'x', 'q:1'), publishOnce(publisher, 'quiet.a', 'y', 'q:2')]);
+    for (const outcome of outcomes) t.match(outcome.error?.message, /no JetStream acknowledgement within 300 ms/);
+    t.equal(publisher.inflight, 0);
+    // The publisher still works after its time-outs.
+    t.same(await publishOnce(publisher, 's.b', 'after', 'q:3'), { error: undefined, duplicate: false });
+    publisher.close();
+  });
+
+  t.test('the stream refuses the message: its reason, as an error', async (t) => {
+    await jsm.streams.add({ name: 'FULL', subjects: ['full.>'], max_msgs: 1, discard: DiscardPolicy.New });
+    const publisher = new JetStreamPublisher(nc, { timeoutMs: 5000 });
+    t.same(await publishOnce(publisher, 'full.a', '1', 'f:1'), { error: undefined, duplicate: false });
+    const refused = await publishOnce(publisher, 'full.a', '2', 'f:2');
+    t.match(refused.error?.message, /JetStream refused the message: maximum messages exceeded \(err_code \d+\)/);
+    publisher.close();
+  });
+
+  t.test('close(): what is in flight fails, and so does what comes after', async (t) => {
+    const silent = nc.subscribe('held.>');
+    t.teardown(() => silent.unsubscribe());
+    const publisher = new JetStreamPublisher(nc, { timeoutMs: 60_000 });
+    const waiting = publishOnce(publisher, 'held.a', 'x', 'h:1');
+    publisher.close();
+    t.match((await waiting).error?.message, /closed/);
+    t.match((await publishOnce(publisher, 's.c', 'x', 'h:2')).error?.message, /closed/);
+  });
+});
+
+t.test('pubAck: what each answer means', async (t) => {
+  const json = (value: unknown) => Buffer.from(JSON.stringify(value));
+  t.same(pubAck(0, json({ stream: 'S', seq: 3 })), { duplicate: false });
+  t.same(pubAck(0, json({ stream: 'S', seq: 3, duplicate: true })), { duplicate: true });
+  t.match(pubAck(503, Buffer.alloc(0)).error?.message, /no responders/);
+  t.match(pubAck(408, Buffer.alloc(0)).error?.message, /status 408/);
+  t.match(pubAck(0, json({ error: { code: 400, err_code: 10060, description: 'expected stream does not match' } })).error?.message, /expected stream does not match \(err_code 10060\)/);
+  t.match(pubAck(0, json({ seq: 3 })).error?.message, /without a stream/);
+  t.throws(() => pubAck(0, Buffer.from('{not json')), 'unreadable JSON throws (the publisher reports it as an error)');
+});
