@@ -36,12 +36,13 @@ import { createInterface } from 'node:readline';
 import { generate } from 'mqtt-packet';
 import { connect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
-import { headers } from '@nats-io/transport-node';
+import { headers, type MsgHdrs } from '@nats-io/transport-node';
 import mqtt from 'mqtt';
 import { freePort, median, ratio, RawConnection, rssMiB, startEdgemqtt } from './persistence-load.js';
 import { processCpuMs } from './common.js';
 import { HEADER } from '../src/bridge/metadata.js';
 import { topicToSubject } from '../src/bridge/subjects.js';
+import { JetStreamPublisher } from '../src/bridge/stream-publisher.js';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const MESSAGES = env('BENCH_MESSAGES', 20_000);
@@ -55,6 +56,8 @@ const NATS_SERVER = process.env.BENCH_NATS_SERVER ?? '/usr/sbin/nats-server';
 /** Which of the four measurements to run (BENCH_PHASES=edgemqtt,drain for a profile of one path). */
 const PHASES = new Set((process.env.BENCH_PHASES ?? 'edgemqtt,nats-mqtt,drain,import').split(','));
 const TOPIC = 'bench/bridge';
+/** JetStream publishes in flight while the import is measured. */
+const IMPORT_WINDOW = 1024;
 const EDGE_STREAM = 'EDGEMQTT';
 const NATS_STREAM = 'BENCH';
 
@@ -268,6 +271,30 @@ async function roundNatsMqtt(dir: string): Promise<number> {
  * delivered to a local MQTT-over-WebSocket subscriber (mqtt.js); msgs/s
  * from the first publish to the last delivery.
  */
+/**
+ * `count` messages into JetStream, IMPORT_WINDOW in flight, a new one per
+ * PubAck: with the bridge's own publisher, as nats.js' js.publish costs the
+ * generator more CPU than the daemon it measures spends on the message.
+ */
+async function publishWindowed(publisher: JetStreamPublisher, subject: string, h: MsgHdrs, count: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    let sent = 0;
+    let acknowledged = 0;
+    const more = () => {
+      while (sent - acknowledged < IMPORT_WINDOW && sent < count) {
+        sent++;
+        publisher.publish(subject, PAYLOAD, h, (error) => {
+          if (error) return reject(error);
+          if (++acknowledged === count) resolve();
+          else more();
+        });
+      }
+    };
+    more();
+  });
+  publisher.close();
+}
+
 async function roundImport(dir: string): Promise<number> {
   const nats = await startNats(path.join(dir, 'nats'), await freePort());
   const nc = await connect({ servers: nats.url });
@@ -314,9 +341,7 @@ async function roundImport(dir: string): Promise<number> {
       }
       const cpu = cpuMeter({ edgemqtt: broker.pid, 'nats-server': nats.pid });
       const started = performance.now();
-      for (let sent = 0; sent < MESSAGES; sent += 256) {
-        await Promise.all(Array.from({ length: Math.min(256, MESSAGES - sent) }, () => js.publish(subject, PAYLOAD, { headers: h })));
-      }
+      await publishWindowed(new JetStreamPublisher(nc, { timeoutMs: 30_000 }), subject, h, MESSAGES);
       await done;
       const seconds = (performance.now() - started) / 1000;
       console.log(`  JetStream → edgemqtt → WebSocket: ${Math.round(MESSAGES / seconds)} msg/s; ${cpu(seconds)}`);

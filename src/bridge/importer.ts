@@ -32,7 +32,7 @@ import type { BatchOp, PacketLike } from '../persistence/index.js';
 import { componentPrefix, prefixRange } from '../persistence/index.js';
 import { topicMatches } from '../config/topic-filter.js';
 import { HEADER, readMetadataHeaders, remainingExpiry, toPublishProperties, type PublishProperties } from './metadata.js';
-import { filterToSubjects, subjectToTopic } from './subjects.js';
+import { filterToSubjects, SubjectCache } from './subjects.js';
 import { u64, type QoS, type RangeReader } from './outbox.js';
 import type { RetainedVersions } from './retained.js';
 
@@ -100,6 +100,7 @@ export class Importer {
   readonly #rules: ImportRule[];
   readonly #siteId: string;
   readonly #prefix: string;
+  readonly #subjects: SubjectCache;
   readonly #stream: string;
   readonly #publish: LocalPublish;
   readonly #log: Logger;
@@ -125,6 +126,7 @@ export class Importer {
     this.#rules = options.rules;
     this.#siteId = options.siteId;
     this.#prefix = options.subjectPrefix;
+    this.#subjects = new SubjectCache(options.subjectPrefix);
     this.#stream = options.stream;
     this.#publish = deps.publish;
     this.#log = deps.logger.child({ component: 'bridge' });
@@ -242,7 +244,15 @@ export class Importer {
     // A consumer deleted meanwhile ends the iteration, and run()'s caller makes it again.
     const messages = await consumer.consume({ max_messages: PIPELINE, abort_on_missing_resource: true });
     this.#messages = messages;
-    const inflight = new Set<Promise<void>>();
+    // A count and one waiter, not Promise.race over what is in flight: that would
+    // attach PIPELINE reactions for every message once the pipeline is full.
+    let inflight = 0;
+    let room: (() => void) | undefined;
+    const settled = () => {
+      inflight--;
+      room?.();
+      room = undefined;
+    };
     for await (const message of messages) {
       if (this.#stopped) break;
       const applied = this.#apply({
@@ -254,11 +264,11 @@ export class Importer {
         nak: (ms) => message.nak(ms),
       });
       if (!applied) continue;
-      inflight.add(applied);
-      void applied.finally(() => inflight.delete(applied));
-      if (inflight.size >= PIPELINE) await Promise.race(inflight);
+      inflight++;
+      void applied.then(settled, settled);
+      if (inflight >= PIPELINE) await new Promise<void>((resolve) => (room = resolve));
     }
-    await Promise.allSettled(inflight);
+    while (inflight > 0) await new Promise<void>((resolve) => (room = resolve));
   }
 
   stop(): void {
@@ -280,7 +290,7 @@ export class Importer {
       message.ack();
       return undefined;
     }
-    const mapped = subjectToTopic(this.#prefix, message.subject);
+    const mapped = this.#subjects.topicOf(message.subject);
     const rule = mapped.ok ? this.#rules.find((r) => topicMatches(r.filter, mapped.topic)) : undefined;
     if (!mapped.ok || !rule) {
       this.#counters.skipped++;

@@ -181,19 +181,21 @@ function codePoint(char: string): string {
 }
 
 /**
- * topicToSubject for one prefix, remembering the last `max` topics it mapped:
- * a gateway's topics repeat (a sensor publishes to the same few), and the
- * mapping checks every character of the topic twice, once when a message
- * enters the outbox and once when it is sent. Full, it starts over. Topics
- * longer than MAX_CACHED_TOPIC are mapped each time, so that the cache stays
- * within a few MB whatever clients publish.
+ * topicToSubject and subjectToTopic for one prefix, remembering the last
+ * `max` topics and subjects they mapped: a gateway's topics repeat (a sensor
+ * publishes to the same few), and the mapping checks every character each
+ * time (an exported message is mapped when it enters the outbox and when it
+ * is sent). Full, a direction starts over. Topics and subjects longer than
+ * MAX_CACHED are mapped each time, so that the cache stays within a few MB
+ * whatever clients publish.
  */
-const MAX_CACHED_TOPIC = 256;
+const MAX_CACHED = 256;
 
 export class SubjectCache {
   readonly #prefix: string;
   readonly #max: number;
-  readonly #mapped = new Map<string, Mapped>();
+  readonly #subjects = new Map<string, Mapped>();
+  readonly #topics = new Map<string, ReturnType<typeof subjectToTopic>>();
 
   constructor(prefix: string, max = 4096) {
     this.#prefix = prefix;
@@ -201,13 +203,21 @@ export class SubjectCache {
   }
 
   subjectOf(topic: string): Mapped {
-    if (topic.length > MAX_CACHED_TOPIC) return topicToSubject(this.#prefix, topic);
-    let mapped = this.#mapped.get(topic);
-    if (mapped === undefined) {
-      mapped = topicToSubject(this.#prefix, topic);
-      if (this.#mapped.size >= this.#max) this.#mapped.clear();
-      this.#mapped.set(topic, mapped);
-    }
-    return mapped;
+    return remembered(this.#subjects, topic, this.#max, () => topicToSubject(this.#prefix, topic));
   }
+
+  topicOf(subject: string): ReturnType<typeof subjectToTopic> {
+    return remembered(this.#topics, subject, this.#max, () => subjectToTopic(this.#prefix, subject));
+  }
+}
+
+function remembered<T>(cache: Map<string, T>, key: string, max: number, map: () => T): T {
+  if (key.length > MAX_CACHED) return map();
+  let value = cache.get(key);
+  if (value === undefined) {
+    value = map();
+    if (cache.size >= max) cache.clear();
+    cache.set(key, value);
+  }
+  return value;
 }
