@@ -211,3 +211,25 @@ t.test('wrong NATS credentials: one clear error, the state says so, local traffi
   const jsm = await jetstreamManager(nc);
   t.same((await streamMessages(jsm)).map((m) => new TextDecoder().decode(m.data)), ['kept'], 'what waited went once the credentials were fixed');
 });
+
+t.test("a message larger than the NATS server's max_payload: dropped and counted, and it holds up nothing behind it", { skip: unavailable }, async (t) => {
+  const dir = tempDir(t);
+  const configFile = path.join(dir, 'nats.conf');
+  await writeFile(configFile, 'max_payload: 4096\n');
+  const nats = new NatsServer(t, ['-c', configFile]);
+  await nats.start();
+  const daemon = await startDaemon(t, bridgeConfig(nats));
+  await eventually(() => daemon.daemon.bridgeStats().state === 'connected', 10_000, 'the bridge to connect');
+  const publisher = await connectClient(t, daemon.mqttUrl, { clientId: 'sensor' });
+  await publisher.publishAsync('plant/a', 'before', { qos: 1 });
+  await publisher.publishAsync('plant/a', Buffer.alloc(8192, 0x61), { qos: 1 });
+  for (const payload of ['after-1', 'after-2']) await publisher.publishAsync('plant/a', payload, { qos: 1 });
+  await exported(t, daemon, 3);
+  const stats = daemon.daemon.bridgeStats();
+  t.equal(stats.refused, 1, 'the oversized one is counted');
+  t.equal(stats.outbox.depth, 0, 'and gone from the outbox');
+  const jsm = await jetstreamManager(await natsClient(t, nats));
+  t.same((await streamMessages(jsm)).map((m) => new TextDecoder().decode(m.data)), ['before', 'after-1', 'after-2'], 'the others went, in order');
+  const metrics = await (await fetch(`${daemon.httpUrl}/metrics`)).text();
+  t.match(metrics, /^edgemqtt_bridge_refused_messages_total 1$/m, 'the metric says so');
+});

@@ -9,7 +9,7 @@ import type { ImporterStats } from './importer.js';
 import type { OutboxStats } from './outbox.js';
 import type { SenderStats } from './sender.js';
 
-export const NO_SENDS: Readonly<SenderStats> = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0, inflight: 0 };
+export const NO_SENDS: Readonly<SenderStats> = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0, refused: 0, inflight: 0 };
 export const EMPTY_OUTBOX: Readonly<OutboxStats> = { depth: 0, bytes: 0, oldestAgeMs: 0, added: 0, removed: 0, droppedOldest: 0, droppedNew: 0, failedWrites: 0 };
 export const NO_IMPORTS: Readonly<ImporterStats> = { imported: 0, redeliveries: 0, loopSkipped: 0, skipped: 0, staleRetained: 0, expired: 0 };
 

@@ -12,13 +12,17 @@
  * entries, lets what is in flight settle, then starts again from the oldest
  * entry still in the outbox after a jittered, growing pause, so order per
  * publisher holds and each unacknowledged entry goes again under its id.
+ * The one exception is a message NATS refuses for good (larger than the
+ * server's max_payload): it is dropped, counted and logged, or it would hold
+ * up every entry behind it for ever.
  */
 import { headers, type MsgHdrs } from '@nats-io/transport-node';
 import type { Logger } from '../observability/logger.js';
 import type { GroupCommit } from '../persistence/index.js';
 import type { Outbox, OutboxRecord } from './outbox.js';
 import { HEADER, writeMetadataHeaders } from './metadata.js';
-import type { StreamPublisher } from './stream-publisher.js';
+import { MessageRefusedError, type StreamPublisher } from './stream-publisher.js';
+import { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { SubjectCache } from './subjects.js';
 
 export interface SenderOptions {
@@ -37,6 +41,8 @@ export interface SenderStats {
   /** Entries sent again after a failure or a reconnect. */
   resent: number;
   publishFailures: number;
+  /** Entries NATS refused for good (larger than the server's max_payload): dropped from the outbox. */
+  refused: number;
   inflight: number;
 }
 
@@ -62,7 +68,9 @@ export class Sender {
   #retryMs = RETRY_MIN_MS;
   #retryTimer: NodeJS.Timeout | undefined;
   #stopped = false;
-  readonly #counters = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0 };
+  readonly #counters = { exported: 0, duplicates: 0, resent: 0, publishFailures: 0, refused: 0 };
+  /** A client can publish oversized messages at will: one line per 10 s. */
+  readonly #rateLimited: RateLimitedLog;
   readonly #idle = new Set<() => void>();
 
   constructor(outbox: Outbox, commit: GroupCommit, options: SenderOptions, logger: Logger) {
@@ -70,6 +78,7 @@ export class Sender {
     this.#commit = commit;
     this.#options = options;
     this.#log = logger.child({ component: 'bridge' });
+    this.#rateLimited = new RateLimitedLog(this.#log);
     this.#cursor = outbox.head;
     this.#committed = outbox.lastAdded;
   }
@@ -170,6 +179,14 @@ export class Sender {
     this.#inflight.add(record.seq);
     js.publish(mapped.subject, record.payload, this.#headers(record), (error, duplicate) => {
       this.#inflight.delete(record.seq);
+      if (error instanceof MessageRefusedError) {
+        this.#outbox.remove(record.seq);
+        this.#counters.refused++;
+        this.#rateLimited.warn('refused', { err: error.message, topic: record.topic.slice(0, 200), refused: this.#counters.refused }, 'NATS refused an outbox message for good; dropped');
+        this.#settled();
+        void this.#pump();
+        return;
+      }
       if (error) {
         this.#counters.publishFailures++;
         if (!this.#rewinding) this.#log.warn({ err: error.message, seq: record.seq }, 'JetStream publish failed; resending from the oldest unacknowledged message');

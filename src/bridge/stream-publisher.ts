@@ -20,7 +20,14 @@
  * Time-outs: every publish has the same time-out, so they expire in the order
  * they were sent; one timer, armed for the oldest, covers them all.
  */
-import { createInbox, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { createInbox, InvalidArgumentError, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+
+/**
+ * NATS refused the message itself, before it left: larger than the server's
+ * max_payload (nats.js checks it against the server's INFO). Sending it again
+ * cannot work; every other error may.
+ */
+export class MessageRefusedError extends Error {}
 
 /** What a publish came to: `duplicate` when the stream already had a message with its Nats-Msg-Id. */
 export type PublishDone = (error: Error | undefined, duplicate: boolean) => void;
@@ -74,8 +81,10 @@ export class JetStreamPublisher implements StreamPublisher {
       this.#subscribe();
       this.#nc.publish(subject, payload, { reply: `${this.#inbox}.${id.toString(36)}`, headers });
     } catch (error) {
-      // A closed or draining connection, or a message over the server's max_payload: not sent.
-      queueMicrotask(() => done(error as Error, false));
+      // Not sent: a closed or draining connection (worth trying again), or the message refused.
+      const refused = error instanceof InvalidArgumentError && !this.#nc.isClosed();
+      const reported = refused ? new MessageRefusedError(`NATS refused the message (${payload.length} bytes): ${error.message}`) : (error as Error);
+      queueMicrotask(() => done(reported, false));
       return;
     }
     this.#pending.set(id, { done, deadline: performance.now() + this.#timeoutMs });
