@@ -62,9 +62,16 @@ export interface OutboxStats {
   failedWrites: number;
 }
 
+/** An iterator over a key range of the store (abstract-level's). */
+export interface RangeIterator extends AsyncIterable<[Buffer, Buffer]> {
+  /** Up to `size` entries in one call, none at the end: one promise, not one per entry. */
+  nextv(size: number): Promise<Array<[Buffer, Buffer]>>;
+  close(): Promise<void>;
+}
+
 /** A reader of a key range of the store. */
 export interface RangeReader {
-  iterator(options: { gte: Buffer; lt: Buffer; limit?: number }): AsyncIterable<[Buffer, Buffer]>;
+  iterator(options: { gte: Buffer; lt: Buffer; limit?: number }): RangeIterator;
 }
 
 /** What the outbox needs of the store: its group commit and a reader of its key range. */
@@ -86,6 +93,8 @@ const HIGH_WATER = Buffer.concat([componentPrefix('bridge'), Buffer.from('h')]);
 const RANGE_END = prefixRange(PREFIX).lt;
 /** Bound of the entries kept in memory for the sender (see Outbox.read); the rest is read from the store. */
 export const RECENT_MAX_BYTES = 4 * 1024 * 1024;
+/** Entries read a call when the outbox is rebuilt at start. */
+const RECOVER_CHUNK = 1000;
 
 export function outboxKey(seq: number): Buffer {
   const key = Buffer.alloc(PREFIX.length + 8);
@@ -204,11 +213,17 @@ export class Outbox {
 
   /** Rebuilds the index of sizes from the store (after a restart, what waits on disk). */
   async recover(): Promise<void> {
-    for await (const [key, value] of this.#store.db.iterator({ gte: PREFIX, lt: RANGE_END })) {
-      const record = decode(value);
-      this.#entries.add(seqOf(key), value.length, record.time);
-      this.#depth++;
-      this.#bytes += value.length;
+    const iterator = this.#store.db.iterator({ gte: PREFIX, lt: RANGE_END });
+    try {
+      for (let entries = await iterator.nextv(RECOVER_CHUNK); entries.length > 0; entries = await iterator.nextv(RECOVER_CHUNK)) {
+        for (const [key, value] of entries) {
+          this.#entries.add(seqOf(key), value.length, decode(value).time);
+          this.#depth++;
+          this.#bytes += value.length;
+        }
+      }
+    } finally {
+      await iterator.close();
     }
     const highWater = await this.#store.read(HIGH_WATER);
     const next = highWater ? Number(highWater.readBigUInt64BE(0)) + 1 : this.#depth > 0 ? this.#entries.next : this.#now() * 1000;
@@ -292,11 +307,17 @@ export class Outbox {
       records.push({ seq, ...decode(value) });
     }
     if (records.length === limit || seq >= this.#entries.next) return records;
-    const gte = outboxKey(seq);
-    for await (const [key, value] of this.#store.db.iterator({ gte, lt: RANGE_END, limit: limit - records.length })) {
-      const seq = seqOf(key);
-      if (this.#entries.sizeOf(seq) === 0) continue;
-      records.push({ seq, ...decode(value) });
+    const iterator = this.#store.db.iterator({ gte: outboxKey(seq), lt: RANGE_END, limit: limit - records.length });
+    try {
+      // nextv gives fewer than asked when the values are large (classic-level's highWaterMarkBytes).
+      for (let entries = await iterator.nextv(limit); entries.length > 0; entries = await iterator.nextv(limit)) {
+        for (const [key, value] of entries) {
+          const at = seqOf(key);
+          if (this.#entries.sizeOf(at) > 0) records.push({ seq: at, ...decode(value) });
+        }
+      }
+    } finally {
+      await iterator.close();
     }
     return records;
   }

@@ -16,7 +16,7 @@
  * server's max_payload): it is dropped, counted and logged, or it would hold
  * up every entry behind it for ever.
  */
-import { headers, type MsgHdrs } from '@nats-io/transport-node';
+import { MsgHdrsImpl, type MsgHdrs } from '@nats-io/transport-node';
 import type { Logger } from '../observability/logger.js';
 import type { GroupCommit } from '../persistence/index.js';
 import type { Outbox, OutboxRecord } from './outbox.js';
@@ -204,13 +204,18 @@ export class Sender {
 
   /** Who published it and how, for the importing sites (the names and their encoding: metadata.ts). */
   #headers(record: OutboxRecord): MsgHdrs {
-    const h = headers();
-    // The stream drops a message whose id it has seen within its duplicate window [JetStream: Nats-Msg-Id].
-    h.set('Nats-Msg-Id', `${this.#options.siteId}:${record.seq}`);
-    h.set(HEADER.origin, this.#options.siteId);
-    h.set(HEADER.qos, String(record.qos));
-    h.set(HEADER.retain, record.retain ? '1' : '0');
-    h.set(HEADER.time, String(record.time));
+    // fromRecord takes the values as they are: each here is digits, the id (site id and a
+    // number) or the site id, which the config schema limits to [A-Za-z0-9_-]. MsgHdrs.set
+    // would check each name and value again, for a tenth of an outbox drain's CPU.
+    const h = MsgHdrsImpl.fromRecord({
+      // The stream drops a message whose id it has seen within its duplicate window [JetStream: Nats-Msg-Id].
+      'Nats-Msg-Id': [`${this.#options.siteId}:${record.seq}`],
+      [HEADER.origin]: [this.#options.siteId],
+      [HEADER.qos]: [String(record.qos)],
+      [HEADER.retain]: [record.retain ? '1' : '0'],
+      [HEADER.time]: [String(record.time)],
+    });
+    // MQTT 5.0 properties carry what clients wrote: set() checks and encodes them.
     if (record.metadata) writeMetadataHeaders(h, record.metadata);
     return h;
   }
