@@ -333,7 +333,10 @@ export class Outbox {
   #flushRemovals(): void {
     const ops = this.#removals;
     this.#removals = [];
-    this.#store.commit.write(ops).catch((error: unknown) => {
+    // Lazily: they ride with the next write (the PUBLISHes coming in) instead of a batch and an
+    // fsync of their own each turn. A crash may lose them: what is left on disk is sent again
+    // after the restart, and the stream drops it as a duplicate (or reconcile.ts finds it).
+    this.#store.commit.writeLazily(ops).catch((error: unknown) => {
       // Left on disk: sent again after a restart, and found in the stream there (reconcile.ts).
       this.#log.warn({ err: error, entries: ops.length }, 'could not remove exported messages from the outbox');
     });
