@@ -11,6 +11,7 @@ import {
   encodeQueued,
   encodeSubscription,
   messageExpiryOf,
+  packetData,
   queuedPacket,
   RecordDecodeError,
 } from '../src/persistence/codec.js';
@@ -105,6 +106,11 @@ t.test('topic tree: MQTT 3.1.1 matching', async (t) => {
   t.equal(tree.add('a/b', 'replaced'), false, 'adding twice replaces the value');
   t.equal(tree.get('a/b'), 'replaced');
   t.equal(tree.size, 7, 'and does not count twice');
+  t.equal(tree.replace('a/b', 'again'), 'replaced', 'replace returns the value it replaces');
+  t.equal(tree.replace('a/b/d', 'new'), undefined, 'and undefined for a new topic');
+  t.equal(tree.size, 8);
+  t.equal(tree.delete('a/b/d'), true);
+  tree.replace('a/b', 'replaced');
   const pairs: string[] = [];
   tree.match('a/b', (topic, value) => pairs.push(`${topic}=${value}`));
   t.same(pairs, ['a/b=replaced'], 'matches carry their values');
@@ -372,4 +378,26 @@ t.test('keys: an outgoing key reads back to its client id (multi-byte UTF-8 too)
     t.same(queue.keyOf(clientId, seq + 1), outgoingKey(clientId, seq + 1), 'and again');
   }
   t.throws(() => outgoingKey('x'.repeat(0x10000), 1), RangeError, 'a client id longer than its u16 length');
+});
+
+t.test('packetData: the own enumerable data of a packet, as Object.entries gives it, without functions or prototype keys', async (t) => {
+  function Packet(this: Record<string, unknown>) {
+    this.cmd = 'publish';
+    this.topic = 'a/b';
+    this.payload = Buffer.from('x');
+    this.qos = 1;
+    this.messageId = undefined;
+    this.callback = () => undefined;
+  }
+  Packet.prototype.inherited = 'not own';
+  const packet = new (Packet as unknown as new () => Record<string, unknown>)();
+  Object.defineProperty(packet, 'hidden', { value: 1, enumerable: false });
+  Object.defineProperty(packet, '__proto__', { value: { polluted: true }, enumerable: true });
+  const expected = Object.fromEntries(Object.entries(packet).filter(([key, value]) => typeof value !== 'function' && key !== '__proto__'));
+  const data = packetData(packet);
+  t.same(Object.keys(data), ['cmd', 'topic', 'payload', 'qos', 'messageId'], 'in their order, and nothing else');
+  t.same(data, expected);
+  t.ok(Object.hasOwn(data, 'messageId'), 'a key whose value is undefined is kept');
+  t.equal(Object.getPrototypeOf(data), Object.prototype, 'no prototype taken from the packet');
+  t.same(encodePacket(data), encodePacket(expected), 'the same record');
 });

@@ -186,7 +186,12 @@ export const WILL_DUE_AT = 'willDueAt';
 /** Own enumerable data properties of a packet, without functions: what gets stored. */
 export function packetData(packet: object): PacketLike {
   const data: PacketLike = {};
-  for (const [key, value] of Object.entries(packet)) {
+  const source = packet as PacketLike;
+  // for…in with an own-property check: the enumerable own keys Object.entries gives, without an
+  // array per key (this runs for every retained message and will stored).
+  for (const key in source) {
+    if (!Object.hasOwn(source, key)) continue;
+    const value = source[key];
     if (typeof value !== 'function' && !FORBIDDEN_KEYS.has(key)) data[key] = value;
   }
   return data;

@@ -27,15 +27,15 @@ export class RetainedStore {
     const topic = packet.topic as string;
     const key = retainedKey(topic);
     const payload = packet.payload as { length: number } | undefined;
-    const previous = store.retained.get(topic);
     if (!payload || payload.length === 0) {
+      const previous = store.retained.get(topic);
       if (!store.retained.delete(topic)) return;
       store.retainedBytes -= previous?.length ?? 0;
       store.writeBehind([{ type: 'del', key }], 'retained message');
       return;
     }
     const value = detached(encodePacket(packetData(packet)));
-    store.retained.add(topic, value);
+    const previous = store.retained.replace(topic, value);
     store.retainedBytes += value.length - (previous?.length ?? 0);
     // The broker's own $SYS figures change every few seconds and are
     // published again at each start: kept in memory only, as mosquitto does,

@@ -40,6 +40,13 @@ export class TopicTree<V> {
 
   /** Sets the value of `topic`; false when the topic was already present (its value is replaced). */
   add(topic: string, value: V): boolean {
+    const size = this.#size;
+    this.replace(topic, value);
+    return this.#size > size;
+  }
+
+  /** Sets the value of `topic` and returns the one it replaces (undefined when new): one walk, not a get() and an add(). */
+  replace(topic: string, value: V): V | undefined {
     let node = this.#root;
     for (const level of topic.split(SEPARATOR)) {
       node.children ??= new Map();
@@ -50,11 +57,12 @@ export class TopicTree<V> {
       }
       node = child;
     }
+    const previous = node.value;
     node.value = value;
-    if (node.topic !== undefined) return false;
+    if (node.topic !== undefined) return previous;
     node.topic = topic;
     this.#size++;
-    return true;
+    return undefined;
   }
 
   /** Removes `topic` and prunes branches left empty; false when it was absent. */
