@@ -121,6 +121,16 @@ export function remainingExpiry(expiryInterval: number | undefined, time: number
   return leftMs <= 0 ? 0 : Math.ceil(leftMs / 1000);
 }
 
+/** The headers that carry metadata (writeMetadataHeaders). */
+const METADATA_HEADERS: ReadonlySet<string> = new Set([
+  HEADER.payloadFormat,
+  HEADER.expiry,
+  HEADER.contentType,
+  HEADER.responseTopic,
+  HEADER.correlationData,
+  HEADER.userProperty,
+]);
+
 /** Writes the metadata into an exported message's headers. */
 export function writeMetadataHeaders(headers: MsgHdrs, metadata: MessageMetadata): void {
   if (metadata.payloadFormat !== undefined) headers.set(HEADER.payloadFormat, String(metadata.payloadFormat));
@@ -140,6 +150,8 @@ export function writeMetadataHeaders(headers: MsgHdrs, metadata: MessageMetadata
  */
 export function readMetadataHeaders(headers: MsgHdrs | undefined): MessageMetadata | undefined {
   if (!headers) return undefined;
+  // Most messages (every MQTT 3.1.1 one) carry none of them: one look at the names, not six lookups.
+  if (!headers.keys().some((name) => METADATA_HEADERS.has(name))) return undefined;
   const metadata: MessageMetadata = {};
   const format = headers.get(HEADER.payloadFormat);
   if (format === '0' || format === '1') metadata.payloadFormat = format === '1' ? 1 : 0;
