@@ -6,7 +6,7 @@
  * error, never a success.
  */
 import t from 'tap';
-import { headers } from '@nats-io/transport-node';
+import { connect, headers } from '@nats-io/transport-node';
 import { DiscardPolicy, jetstreamManager } from '@nats-io/jetstream';
 import { JetStreamPublisher, pubAck, type PublishDone } from '../src/bridge/stream-publisher.js';
 import { NatsServer, natsClient, natsUnavailable, readStream } from './helpers/nats.js';
@@ -90,6 +90,23 @@ t.test('with nats-server', { skip: unavailable }, async (t) => {
     t.match((await waiting).error?.message, /closed/);
     t.match((await publishOnce(publisher, 's.c', 'x', 'h:2')).error?.message, /closed/);
   });
+});
+
+t.test('the connection drops: what is in flight fails at once, not at its time-out', { skip: unavailable }, async (t) => {
+  const server = new NatsServer(t);
+  await server.start();
+  const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+  t.teardown(() => nc.close());
+  const silent = nc.subscribe('held.>');
+  await nc.flush();
+  const publisher = new JetStreamPublisher(nc, { timeoutMs: 600_000 });
+  const waiting = publishOnce(publisher, 'held.a', 'x', 'd:1');
+  await nc.flush();
+  await server.kill();
+  t.match((await waiting).error?.message, /connection to NATS lost/);
+  t.equal(publisher.inflight, 0);
+  silent.unsubscribe();
+  publisher.close();
 });
 
 t.test('pubAck: what each answer means', async (t) => {

@@ -18,7 +18,10 @@
  * what this is.
  *
  * Time-outs: every publish has the same time-out, so they expire in the order
- * they were sent; one timer, armed for the oldest, covers them all.
+ * they were sent; one timer, armed for the oldest, covers them all. A
+ * dropped connection fails what is in flight at once: a PubAck sent before
+ * the drop is lost with it, and waiting out the time-out would hold the
+ * sender up for that long after every reconnect.
  */
 import { createInbox, InvalidArgumentError, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 
@@ -65,6 +68,7 @@ export class JetStreamPublisher implements StreamPublisher {
   constructor(nc: NatsConnection, options: { timeoutMs: number }) {
     this.#nc = nc;
     this.#timeoutMs = options.timeoutMs;
+    void this.#watch();
   }
 
   get inflight(): number {
@@ -125,6 +129,14 @@ export class JetStreamPublisher implements StreamPublisher {
         pending.done(outcome.error, outcome.duplicate);
       },
     });
+  }
+
+  async #watch(): Promise<void> {
+    // Ends when the connection closes.
+    for await (const status of this.#nc.status()) {
+      if (this.#closed) break;
+      if (status.type === 'disconnect') this.#failAll(new Error('connection to NATS lost'));
+    }
   }
 
   #expire(): void {
