@@ -94,12 +94,17 @@ function countIterators(persistence: { db: unknown }): { readonly opened: number
   return counter;
 }
 
-t.test('the sender reads entries whose batch is on disk from memory, the same records the store holds', async (t) => {
+/** A fresh store and an outbox on it, recovered (empty); `head` is its first sequence. */
+async function freshOutbox(t: Parameters<typeof harness>[0]) {
   const h = harness(t);
-  const first = await h.open();
-  const outbox = new Outbox(first, limits, { logger: capturingLogger().logger });
+  const persistence = await h.open();
+  const outbox = new Outbox(persistence, limits, { logger: capturingLogger().logger });
   await outbox.recover();
-  const head = outbox.head;
+  return { h, persistence, outbox, head: outbox.head };
+}
+
+t.test('the sender reads entries whose batch is on disk from memory, the same records the store holds', async (t) => {
+  const { h, persistence: first, outbox, head } = await freshOutbox(t);
   for (let i = 0; i < 4; i++) await first.commit.write(outbox.add(publish(`plant/${i}`, String(i), { qos: 1, retain: i === 2 })));
   // The outbox learns that a batch is on disk one promise reaction after the writer does.
   await eventually(async () => (await outbox.read(head, 10)).length === 4, 2000, 'the four entries');
@@ -118,11 +123,7 @@ t.test('the sender reads entries whose batch is on disk from memory, the same re
 });
 
 t.test('an entry whose batch failed is never read, from memory or from the store', async (t) => {
-  const h = harness(t);
-  const persistence = await h.open();
-  const outbox = new Outbox(persistence, limits, { logger: capturingLogger().logger });
-  await outbox.recover();
-  const head = outbox.head;
+  const { persistence, outbox, head } = await freshOutbox(t);
   await persistence.commit.write(outbox.add(publish('plant/a', 'kept', { qos: 1 })));
   const db = persistence.db as unknown as { batch(ops: BatchOp[], options: unknown): Promise<void> };
   const write = db.batch.bind(db);
@@ -143,11 +144,7 @@ t.test('an entry whose batch failed is never read, from memory or from the store
 });
 
 t.test('beyond its memory bound the outbox reads on from the store, in order', async (t) => {
-  const h = harness(t);
-  const persistence = await h.open();
-  const outbox = new Outbox(persistence, limits, { logger: capturingLogger().logger });
-  await outbox.recover();
-  const head = outbox.head;
+  const { persistence, outbox, head } = await freshOutbox(t);
   // 1 MiB each: RECENT_MAX_BYTES keeps the first few only.
   const count = Math.ceil(RECENT_MAX_BYTES / (1024 * 1024)) + 3;
   for (let i = 0; i < count; i++) {
