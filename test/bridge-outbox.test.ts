@@ -160,3 +160,15 @@ t.test('beyond its memory bound the outbox reads on from the store, in order', a
   t.equal(fromStore[0]?.payload[0], count - 1);
   t.equal(iterators.opened, 2, 'an entry past the bound comes from the store');
 });
+
+t.test('an entry kept in memory holds its own bytes, not the shared buffer it was encoded in', async (t) => {
+  const { persistence, outbox, head } = await freshOutbox(t);
+  for (let i = 0; i < 3; i++) await persistence.commit.write(outbox.add(publish('plant/a', String(i), { qos: 1 })));
+  await eventually(async () => (await outbox.read(head, 10)).length === 3, 2000, 'the entries');
+  const iterators = countIterators(persistence);
+  const records = await outbox.read(head, 10);
+  t.equal(iterators.opened, 0, 'read from memory');
+  // A record's payload is a view of the kept value: its ArrayBuffer is what the entry keeps alive.
+  // Kept as encoded, that would be msgpackr's slab (8 KiB or more) for every entry kept.
+  for (const record of records) t.ok(record.payload.buffer.byteLength < 256, `entry ${record.payload.toString()} keeps ${record.payload.buffer.byteLength} bytes`);
+});

@@ -8,8 +8,9 @@
 import t from 'tap';
 import { connect, headers } from '@nats-io/transport-node';
 import { DiscardPolicy, jetstreamManager } from '@nats-io/jetstream';
-import { JetStreamPublisher, pubAck, type PublishDone } from '../src/bridge/stream-publisher.js';
+import { JetStreamPublisher, MessageRefusedError, pubAck, type PublishDone } from '../src/bridge/stream-publisher.js';
 import { NatsServer, natsClient, natsUnavailable, readStream } from './helpers/nats.js';
+import { eventually } from './helpers/mqtt.js';
 
 const unavailable = natsUnavailable();
 
@@ -81,6 +82,18 @@ t.test('with nats-server', { skip: unavailable }, async (t) => {
     publisher.close();
   });
 
+  t.test("a message over the stream's max_msg_size: refused for good (MessageRefusedError)", async (t) => {
+    await jsm.streams.add({ name: 'SMALL', subjects: ['small.>'], max_msg_size: 100 });
+    const publisher = new JetStreamPublisher(nc, { timeoutMs: 5000 });
+    const refused = await publishOnce(publisher, 'small.a', 'x'.repeat(200), 'm:1');
+    t.ok(refused.error instanceof MessageRefusedError, 'a refusal sending again cannot change');
+    t.match(refused.error?.message, /message size exceeds maximum allowed \(err_code 10054\)/);
+    const full = await publishOnce(publisher, 'full.a', '3', 'f:3');
+    t.notOk(full.error instanceof MessageRefusedError, 'a full stream is not such a refusal: it may take it later');
+    t.same(await publishOnce(publisher, 'small.a', 'fits', 'm:2'), { error: undefined, duplicate: false });
+    publisher.close();
+  });
+
   t.test('close(): what is in flight fails, and so does what comes after', async (t) => {
     const silent = nc.subscribe('held.>');
     t.teardown(() => silent.unsubscribe());
@@ -97,14 +110,24 @@ t.test('the connection drops: what is in flight fails at once, not at its time-o
   await server.start();
   const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
   t.teardown(() => nc.close());
+  await (await jetstreamManager(nc)).streams.add({ name: 'AFTER', subjects: ['after.>'] });
   const silent = nc.subscribe('held.>');
   await nc.flush();
-  const publisher = new JetStreamPublisher(nc, { timeoutMs: 600_000 });
+  // Long enough that only the disconnect can end what waits; short enough for the attempts after the restart.
+  const publisher = new JetStreamPublisher(nc, { timeoutMs: 2000 });
   const waiting = publishOnce(publisher, 'held.a', 'x', 'd:1');
   await nc.flush();
   await server.kill();
   t.match((await waiting).error?.message, /connection to NATS lost/);
   t.equal(publisher.inflight, 0);
+  // nats.js drops what is published while it dials again: refused at once until the reconnect.
+  t.match((await publishOnce(publisher, 'held.a', 'y', 'd:2')).error?.message, /not connected to NATS/);
+  t.equal(publisher.inflight, 0, 'nothing left waiting for a time-out');
+  await server.start();
+  // The stream is on disk: it is back with the server.
+  let attempt = 0;
+  await eventually(async () => (await publishOnce(publisher, 'after.a', 'z', `d:after-${attempt++}`)).error === undefined, 15_000, 'a publish to go through after the reconnect');
+  t.pass('publishes go through again after the reconnect');
   silent.unsubscribe();
   publisher.close();
 });
@@ -117,5 +140,7 @@ t.test('pubAck: what each answer means', async (t) => {
   t.match(pubAck(408, Buffer.alloc(0)).error?.message, /status 408/);
   t.match(pubAck(0, json({ error: { code: 400, err_code: 10060, description: 'expected stream does not match' } })).error?.message, /expected stream does not match \(err_code 10060\)/);
   t.match(pubAck(0, json({ seq: 3 })).error?.message, /without a stream/);
+  t.ok(pubAck(0, json({ error: { code: 400, err_code: 10054, description: 'message size exceeds maximum allowed' } })).error instanceof MessageRefusedError);
+  t.notOk(pubAck(0, json({ error: { code: 503, err_code: 10077, description: 'maximum messages exceeded' } })).error instanceof MessageRefusedError);
   t.throws(() => pubAck(0, Buffer.from('{not json')), 'unreadable JSON throws (the publisher reports it as an error)');
 });

@@ -93,6 +93,8 @@ const HIGH_WATER = Buffer.concat([componentPrefix('bridge'), Buffer.from('h')]);
 const RANGE_END = prefixRange(PREFIX).lt;
 /** Bound of the entries kept in memory for the sender (see Outbox.read); the rest is read from the store. */
 export const RECENT_MAX_BYTES = 4 * 1024 * 1024;
+/** What a kept entry costs beside its bytes (its own ArrayBuffer, the Buffer, the Map entry), counted against the bound. */
+const RECENT_ENTRY_OVERHEAD = 200;
 /** Entries read a call when the outbox is rebuilt at start. */
 const RECOVER_CHUNK = 1000;
 
@@ -353,9 +355,16 @@ export class Outbox {
   }
 
   #remember(seq: number, value: Buffer): void {
-    if (this.#entries.sizeOf(seq) === 0 || this.#recentBytes + value.length > RECENT_MAX_BYTES) return;
-    this.#recent.set(seq, value);
-    this.#recentBytes += value.length;
+    const cost = value.length + RECENT_ENTRY_OVERHEAD;
+    if (this.#entries.sizeOf(seq) === 0 || this.#recentBytes + cost > RECENT_MAX_BYTES) return;
+    // A copy of its own: `value` is a slice of msgpackr's shared slab (8 KiB or more), and a
+    // kept slice keeps the whole slab. When JetStream is slower than the input, what is kept
+    // is one entry here and there, each holding a slab of its own, far beyond the bound.
+    // (Buffer.from would copy into Node's shared pool, the same trouble at 8 KiB.)
+    const own = Buffer.allocUnsafeSlow(value.length);
+    value.copy(own);
+    this.#recent.set(seq, own);
+    this.#recentBytes += cost;
   }
 
   #forget(seq: number): boolean {
@@ -364,7 +373,7 @@ export class Outbox {
     const recent = this.#recent.get(seq);
     if (recent) {
       this.#recent.delete(seq);
-      this.#recentBytes -= recent.length;
+      this.#recentBytes -= recent.length + RECENT_ENTRY_OVERHEAD;
     }
     this.#depth--;
     this.#bytes -= size;

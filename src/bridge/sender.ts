@@ -12,9 +12,10 @@
  * entries, lets what is in flight settle, then starts again from the oldest
  * entry still in the outbox after a jittered, growing pause, so order per
  * publisher holds and each unacknowledged entry goes again under its id.
- * The one exception is a message NATS refuses for good (larger than the
- * server's max_payload): it is dropped, counted and logged, or it would hold
- * up every entry behind it for ever.
+ * The one exception is a message refused for good (larger than the server's
+ * max_payload or the stream's max_msg_size, see MessageRefusedError): it is
+ * dropped, counted and logged, or it would hold up every entry behind it for
+ * ever.
  */
 import { MsgHdrsImpl, type MsgHdrs } from '@nats-io/transport-node';
 import type { Logger } from '../observability/logger.js';
@@ -41,7 +42,7 @@ export interface SenderStats {
   /** Entries sent again after a failure or a reconnect. */
   resent: number;
   publishFailures: number;
-  /** Entries NATS refused for good (larger than the server's max_payload): dropped from the outbox. */
+  /** Entries refused for good (larger than the server's max_payload or the stream's max_msg_size): dropped from the outbox. */
   refused: number;
   inflight: number;
 }

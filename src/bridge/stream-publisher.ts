@@ -26,11 +26,15 @@
 import { createInbox, InvalidArgumentError, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 
 /**
- * NATS refused the message itself, before it left: larger than the server's
- * max_payload (nats.js checks it against the server's INFO). Sending it again
- * cannot work; every other error may.
+ * The message itself is refused, for good: larger than the server's
+ * max_payload (nats.js checks that before it leaves, against the server's
+ * INFO) or than the stream's max_msg_size (the PubAck says so). Sending it
+ * again cannot work; every other error may.
  */
 export class MessageRefusedError extends Error {}
+
+/** JSStreamMessageExceedsMaximumErr (nats-server's errors.json): "message size exceeds maximum allowed". */
+const MESSAGE_EXCEEDS_MAXIMUM = 10054;
 
 /** What a publish came to: `duplicate` when the stream already had a message with its Nats-Msg-Id. */
 export type PublishDone = (error: Error | undefined, duplicate: boolean) => void;
@@ -64,6 +68,8 @@ export class JetStreamPublisher implements StreamPublisher {
   readonly #pending = new Map<number, Pending>();
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
+  /** Between a 'disconnect' and the 'reconnect': nats.js drops what is published meanwhile when it dials again. */
+  #disconnected = false;
 
   constructor(nc: NatsConnection, options: { timeoutMs: number }) {
     this.#nc = nc;
@@ -76,8 +82,9 @@ export class JetStreamPublisher implements StreamPublisher {
   }
 
   publish(subject: string, payload: Uint8Array, headers: MsgHdrs, done: PublishDone): void {
-    if (this.#closed) {
-      queueMicrotask(() => done(new Error('the JetStream publisher is closed'), false));
+    if (this.#closed || this.#disconnected) {
+      const why = this.#closed ? 'the JetStream publisher is closed' : 'not connected to NATS';
+      queueMicrotask(() => done(new Error(why), false));
       return;
     }
     const id = this.#next++;
@@ -135,7 +142,12 @@ export class JetStreamPublisher implements StreamPublisher {
     // Ends when the connection closes.
     for await (const status of this.#nc.status()) {
       if (this.#closed) break;
-      if (status.type === 'disconnect') this.#failAll(new Error('connection to NATS lost'));
+      if (status.type === 'disconnect') {
+        this.#disconnected = true;
+        this.#failAll(new Error('connection to NATS lost'));
+      } else if (status.type === 'reconnect') {
+        this.#disconnected = false;
+      }
     }
   }
 
@@ -166,7 +178,8 @@ export function pubAck(status: number, data: Uint8Array): { error?: Error; dupli
   const ack = JSON.parse(Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8')) as PubAckJson;
   if (ack.error) {
     const { description = 'unknown error', err_code: code } = ack.error;
-    return { error: new Error(`JetStream refused the message: ${description}${code ? ` (err_code ${code})` : ''}`), duplicate: false };
+    const message = `JetStream refused the message: ${description}${code ? ` (err_code ${code})` : ''}`;
+    return { error: code === MESSAGE_EXCEEDS_MAXIMUM ? new MessageRefusedError(message) : new Error(message), duplicate: false };
   }
   if (typeof ack.stream !== 'string' || ack.stream === '' || typeof ack.seq !== 'number') {
     return { error: new Error('JetStream answered without a stream and sequence'), duplicate: false };

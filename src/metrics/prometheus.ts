@@ -240,7 +240,7 @@ export function createMetrics(sources: MetricsSources, options: { version: strin
     ['resent_messages', 'Outbox messages sent again after a failure or a reconnect', (b) => b.resent],
     ['duplicate_messages', 'Exports JetStream acknowledged as duplicates (a resend of one it had)', (b) => b.duplicates],
     ['publish_failures', 'Exports that failed and will be retried', (b) => b.publishFailures],
-    ['refused_messages', "Outbox messages NATS refused for good (larger than the server's max_payload): dropped", (b) => b.refused],
+    ['refused_messages', "Outbox messages refused for good (larger than the NATS server's max_payload or the stream's max_msg_size): dropped", (b) => b.refused],
     ['imported_messages', 'Messages imported from JetStream and published here', (b) => b.imported],
     ['redelivered_messages', 'Imports JetStream redelivered that had been applied already', (b) => b.redeliveries],
     ['loop_skipped_messages', "This site's own messages, come back through the stream and skipped", (b) => b.loopSkipped],
