@@ -515,3 +515,20 @@ t.test('aedes on the persistence delivers a queued QoS 1 message after both rest
   })();
   t.equal(stats.queuedEntries, 0, 'the acknowledged message left the queue');
 });
+
+t.test('a retained message is kept in memory of its own, not in a shared pool slab', async (t) => {
+  const h = harness(t);
+  const persistence = await h.open();
+  await persistence.setup(fakeBroker());
+  // Small records: Buffer.from would copy them into Node's shared 8 KiB pool, where one
+  // record that stays keeps the slab alive while the records around it are replaced.
+  for (let i = 0; i < 50; i++) await persistence.storeRetained(publish(`room/${i}`, `v${i}`, { retain: true, qos: 0 }));
+  const packets = (await collect(persistence.createRetainedStreamCombi(['room/#']))) as Array<{ payload: Buffer }>;
+  t.equal(packets.length, 50);
+  // A payload read back is a view of the kept record: its ArrayBuffer is what the record keeps alive.
+  const sizes = new Set(packets.map((packet) => packet.payload.buffer.byteLength));
+  t.ok(
+    [...sizes].every((size) => size < 256),
+    `each record holds only its own bytes (${[...sizes].slice(0, 3).join(', ')} bytes)`,
+  );
+});

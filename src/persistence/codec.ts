@@ -265,6 +265,21 @@ export function detached(value: Buffer): Buffer {
   return value.byteOffset === 0 && value.byteLength === value.buffer.byteLength ? value : Buffer.from(value);
 }
 
+/**
+ * A copy in memory of its own, for a record kept long while others around it
+ * come and go (a retained message). detached() copies a small record into
+ * Node's shared 8 KiB pool (Buffer.from), and one record kept there keeps the
+ * pool slab alive after everything else in it is gone: 100,000 retained
+ * topics of which every hundredth stays while the rest are updated kept 7.8
+ * MiB of slabs for 0.07 MiB of records.
+ */
+export function owned(value: Buffer): Buffer {
+  if (value.byteOffset === 0 && value.byteLength === value.buffer.byteLength) return value;
+  const copy = Buffer.allocUnsafeSlow(value.length);
+  value.copy(copy);
+  return copy;
+}
+
 /** A stored message's absolute expiry (epoch ms, MQTT 5 Message Expiry Interval); undefined = none. */
 export function messageExpiryOf(packet: PacketLike): number | undefined {
   return typeof packet.messageExpiry === 'number' ? packet.messageExpiry : undefined;

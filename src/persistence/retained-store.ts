@@ -3,7 +3,7 @@
  * (store.ts explains why), each also a LevelDB record.
  */
 import { Readable } from 'node:stream';
-import { detached, encodePacket, packetData, type PacketLike } from './codec.js';
+import { encodePacket, owned, packetData, type PacketLike } from './codec.js';
 import { retainedKey } from './keys.js';
 import type { LevelStore } from './store.js';
 
@@ -34,7 +34,7 @@ export class RetainedStore {
       store.writeBehind([{ type: 'del', key }], 'retained message');
       return;
     }
-    const value = detached(encodePacket(packetData(packet)));
+    const value = owned(encodePacket(packetData(packet)));
     const previous = store.retained.replace(topic, value);
     store.retainedBytes += value.length - (previous?.length ?? 0);
     // The broker's own $SYS figures change every few seconds and are
