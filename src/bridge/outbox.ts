@@ -20,7 +20,7 @@
 import { pack, unpack } from 'msgpackr';
 import type { Logger } from '../observability/logger.js';
 import type { BatchOp, GroupCommit, PacketLike } from '../persistence/index.js';
-import { componentPrefix, prefixRange } from '../persistence/index.js';
+import { componentPrefix, owned, prefixRange } from '../persistence/index.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { metadataOfPacket, packMetadata, unpackMetadata, type MessageMetadata } from './metadata.js';
 
@@ -215,18 +215,11 @@ export class Outbox {
 
   /** Rebuilds the index of sizes from the store (after a restart, what waits on disk). */
   async recover(): Promise<void> {
-    const iterator = this.#store.db.iterator({ gte: PREFIX, lt: RANGE_END });
-    try {
-      for (let entries = await iterator.nextv(RECOVER_CHUNK); entries.length > 0; entries = await iterator.nextv(RECOVER_CHUNK)) {
-        for (const [key, value] of entries) {
-          this.#entries.add(seqOf(key), value.length, decode(value).time);
-          this.#depth++;
-          this.#bytes += value.length;
-        }
-      }
-    } finally {
-      await iterator.close();
-    }
+    await eachStored(this.#store.db, { gte: PREFIX, lt: RANGE_END }, RECOVER_CHUNK, (key, value) => {
+      this.#entries.add(seqOf(key), value.length, decode(value).time);
+      this.#depth++;
+      this.#bytes += value.length;
+    });
     const highWater = await this.#store.read(HIGH_WATER);
     const next = highWater ? Number(highWater.readBigUInt64BE(0)) + 1 : this.#depth > 0 ? this.#entries.next : this.#now() * 1000;
     this.#entries.startAt(Math.max(next, this.#entries.next));
@@ -309,18 +302,11 @@ export class Outbox {
       records.push({ seq, ...decode(value) });
     }
     if (records.length === limit || seq >= this.#entries.next) return records;
-    const iterator = this.#store.db.iterator({ gte: outboxKey(seq), lt: RANGE_END, limit: limit - records.length });
-    try {
-      // nextv gives fewer than asked when the values are large (classic-level's highWaterMarkBytes).
-      for (let entries = await iterator.nextv(limit); entries.length > 0; entries = await iterator.nextv(limit)) {
-        for (const [key, value] of entries) {
-          const at = seqOf(key);
-          if (this.#entries.sizeOf(at) > 0) records.push({ seq: at, ...decode(value) });
-        }
-      }
-    } finally {
-      await iterator.close();
-    }
+    const wanted = limit - records.length;
+    await eachStored(this.#store.db, { gte: outboxKey(seq), lt: RANGE_END, limit: wanted }, wanted, (key, value) => {
+      const at = seqOf(key);
+      if (this.#entries.sizeOf(at) > 0) records.push({ seq: at, ...decode(value) });
+    });
     return records;
   }
 
@@ -360,10 +346,7 @@ export class Outbox {
     // A copy of its own: `value` is a slice of msgpackr's shared slab (8 KiB or more), and a
     // kept slice keeps the whole slab. When JetStream is slower than the input, what is kept
     // is one entry here and there, each holding a slab of its own, far beyond the bound.
-    // (Buffer.from would copy into Node's shared pool, the same trouble at 8 KiB.)
-    const own = Buffer.allocUnsafeSlow(value.length);
-    value.copy(own);
-    this.#recent.set(seq, own);
+    this.#recent.set(seq, owned(value));
     this.#recentBytes += cost;
   }
 
@@ -389,6 +372,27 @@ export class Outbox {
     this.#rateLimited.warn(key, { depth: this.#depth, bytes: this.#bytes, ...this.#limits, ...this.#counters }, message);
   }
 
+}
+
+/**
+ * Calls `each` for every entry of a key range, read `chunk` at a time (nextv:
+ * one promise a chunk, not one an entry; it gives fewer than asked when the
+ * values are large, classic-level's highWaterMarkBytes).
+ */
+async function eachStored(
+  reader: RangeReader,
+  range: { gte: Buffer; lt: Buffer; limit?: number },
+  chunk: number,
+  each: (key: Buffer, value: Buffer) => void,
+): Promise<void> {
+  const iterator = reader.iterator(range);
+  try {
+    for (let entries = await iterator.nextv(chunk); entries.length > 0; entries = await iterator.nextv(chunk)) {
+      for (const [key, value] of entries) each(key, value);
+    }
+  } finally {
+    await iterator.close();
+  }
 }
 
 type StoredMessage = Omit<OutboxRecord, 'seq'>;

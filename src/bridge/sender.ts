@@ -55,7 +55,7 @@ export class Sender {
   readonly #commit: GroupCommit;
   readonly #options: SenderOptions;
   readonly #log: Logger;
-  #js: StreamPublisher | undefined;
+  #publisher: StreamPublisher | undefined;
   #cursor: number;
   /** Highest sequence ever handed to JetStream: what is at or below it is a resend. */
   #highestSent = 0;
@@ -85,9 +85,9 @@ export class Sender {
   }
 
   /** JetStream is reachable (again): send from the oldest entry on. */
-  attach(js: StreamPublisher): void {
+  attach(publisher: StreamPublisher): void {
     this.#generation++;
-    this.#js = js;
+    this.#publisher = publisher;
     clearTimeout(this.#retryTimer);
     this.#retryTimer = undefined;
     this.#rewinding = false;
@@ -97,7 +97,7 @@ export class Sender {
 
   /** The connection is gone: nothing new goes out until attach(). */
   detach(): void {
-    this.#js = undefined;
+    this.#publisher = undefined;
   }
 
   /** New entries may be in the outbox. */
@@ -111,7 +111,7 @@ export class Sender {
 
   /** Resolves once nothing is in flight and the outbox is empty, or when `deadline` (ms, performance.now()) passes. */
   async drain(deadline: number): Promise<void> {
-    while (performance.now() < deadline && (this.#inflight.size > 0 || (this.#js !== undefined && this.#outbox.depth > 0))) {
+    while (performance.now() < deadline && (this.#inflight.size > 0 || (this.#publisher !== undefined && this.#outbox.depth > 0))) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(done, Math.max(1, deadline - performance.now()));
         function done() {
@@ -125,7 +125,7 @@ export class Sender {
 
   stop(): void {
     this.#stopped = true;
-    this.#js = undefined;
+    this.#publisher = undefined;
     clearTimeout(this.#retryTimer);
   }
 
@@ -138,7 +138,7 @@ export class Sender {
     this.#reading = true;
     this.#again = false;
     try {
-      while (this.#js && !this.#rewinding && !this.#stopped && this.#inflight.size < this.#options.window) {
+      while (this.#publisher && !this.#rewinding && !this.#stopped && this.#inflight.size < this.#options.window) {
         if (this.#cursor > this.#committed) {
           // Entries added since the last look may be in a batch being written: read after it.
           const added = this.#outbox.lastAdded;
@@ -151,10 +151,10 @@ export class Sender {
         if (generation !== this.#generation) continue;
         if (records.length === 0) break;
         for (const record of records) {
-          const js = this.#js;
-          if (!js || this.#rewinding || this.#stopped) break;
+          const publisher = this.#publisher;
+          if (!publisher || this.#rewinding || this.#stopped) break;
           this.#cursor = record.seq + 1;
-          this.#send(js, record);
+          this.#send(publisher, record);
         }
       }
     } catch (error) {
@@ -167,7 +167,7 @@ export class Sender {
     if (this.#again) void this.#pump();
   }
 
-  #send(js: StreamPublisher, record: OutboxRecord): void {
+  #send(publisher: StreamPublisher, record: OutboxRecord): void {
     const mapped = this.#options.subjects.subjectOf(record.topic);
     if (!mapped.ok) {
       // Checked when the message entered; a prefix changed since would end here.
@@ -178,7 +178,7 @@ export class Sender {
     if (record.seq <= this.#highestSent) this.#counters.resent++;
     else this.#highestSent = record.seq;
     this.#inflight.add(record.seq);
-    js.publish(mapped.subject, record.payload, this.#headers(record), (error, duplicate) => {
+    publisher.publish(mapped.subject, record.payload, this.#headers(record), (error, duplicate) => {
       this.#inflight.delete(record.seq);
       if (error instanceof MessageRefusedError) {
         this.#outbox.remove(record.seq);
@@ -252,7 +252,7 @@ export class Sender {
         );
       }, delay);
     }
-    if (this.#inflight.size === 0 && (this.#outbox.depth === 0 || !this.#js)) {
+    if (this.#inflight.size === 0 && (this.#outbox.depth === 0 || !this.#publisher)) {
       for (const wake of this.#idle) wake();
       this.#idle.clear();
     }

@@ -262,19 +262,24 @@ export function encodeQueued(original: PacketLike): QueuedRecord {
  * keeping one small record alive would keep the whole slab alive.
  */
 export function detached(value: Buffer): Buffer {
-  return value.byteOffset === 0 && value.byteLength === value.buffer.byteLength ? value : Buffer.from(value);
+  return ownsItsMemory(value) ? value : Buffer.from(value);
+}
+
+/** Whether `value` spans the whole of its ArrayBuffer: keeping it keeps nothing else alive. */
+function ownsItsMemory(value: Buffer): boolean {
+  return value.byteOffset === 0 && value.byteLength === value.buffer.byteLength;
 }
 
 /**
  * A copy in memory of its own, for a record kept long while others around it
- * come and go (a retained message). detached() copies a small record into
+ * come and go (a retained message, an outbox entry the bridge keeps in memory). detached() copies a small record into
  * Node's shared 8 KiB pool (Buffer.from), and one record kept there keeps the
  * pool slab alive after everything else in it is gone: 100,000 retained
  * topics of which every hundredth stays while the rest are updated kept 7.8
  * MiB of slabs for 0.07 MiB of records.
  */
 export function owned(value: Buffer): Buffer {
-  if (value.byteOffset === 0 && value.byteLength === value.buffer.byteLength) return value;
+  if (ownsItsMemory(value)) return value;
   const copy = Buffer.allocUnsafeSlow(value.length);
   value.copy(copy);
   return copy;

@@ -6,6 +6,7 @@
 export { createLevelPersistence, LevelPersistence } from './level-persistence.js';
 export type { BrokerLike, ClientLike, PersistenceState, PersistenceStats, PublishTap, StoreWriteFailure } from './types.js';
 export type { PacketLike } from './codec.js';
+export { owned } from './codec.js';
 export { persistenceDefaults } from './options.js';
 export type { LevelPersistenceDeps, LevelPersistenceOptions, SyncPolicy } from './options.js';
 export { createGroupCommit, COMMIT_LATENCY_BUCKETS_MS } from './group-commit.js';
