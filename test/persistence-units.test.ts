@@ -9,8 +9,12 @@ import {
   decodeSubscription,
   encodePacket,
   encodeQueued,
+  encodeRetained,
+  packRetained,
   encodeSubscription,
   messageExpiryOf,
+  keptRecord,
+  keptRecordBytes,
   packetData,
   queuedPacket,
   RecordDecodeError,
@@ -323,6 +327,52 @@ t.test('codec: the direct encoding of a queued message matches msgpackr at the e
     const label = edgeLabel(packet);
     t.ok(queued.value.equals(encodePacket(queuedPacket(packet))), label);
     t.same(decodePacket(queued.value).topic, queuedPacket(packet).topic, `${label} decodes`);
+  }
+});
+
+t.test('codec: a retained message is encoded as encodePacket(packetData(...)) encodes it, byte for byte', async (t) => {
+  // aedes-packet's shape as aedes stores it: messageId present (undefined) for QoS > 0, absent for
+  // QoS 0. A counter past 32 bits is left to msgpackr, as for a queued message.
+  const [usual, wide] = [true, false].map((narrow) =>
+    edgePackets()
+      .filter((packet) => ((packet.brokerCounter as number) < 2 ** 32) === narrow)
+      .flatMap((packet): Array<Record<string, unknown>> => {
+        const retained: Record<string, unknown> = { ...packet, retain: true };
+        return (retained.qos as number) > 0 ? [{ ...retained, messageId: undefined }, retained] : [retained];
+      }),
+  ) as [Array<Record<string, unknown>>, Array<Record<string, unknown>>];
+  const other: Array<Record<string, unknown>> = [
+    ...wide,
+    { ...EDGE_BASE, retain: true, properties: { contentType: 'text/plain' } },
+    { ...EDGE_BASE, retain: true, messageExpiry: 1_900_000_000_000 },
+    { ...EDGE_BASE, retain: true, nl: true },
+    { ...EDGE_BASE, retain: true, custom: 'kept in the extras' },
+    { ...EDGE_BASE, retain: true, callback: () => undefined },
+    { ...EDGE_BASE, retain: true, messageId: 5 },
+    { ...EDGE_BASE, retain: true, messageId: () => undefined },
+    { ...EDGE_BASE, retain: true, clientId: () => undefined },
+    { ...EDGE_BASE, retain: true, clientId: undefined },
+    { ...EDGE_BASE, retain: true, payload: 'text' },
+    { ...EDGE_BASE, retain: true, brokerId: 7 },
+    { ...EDGE_BASE, retain: true, cmd: 'pubrel' },
+    { topic: 'a/b', payload: Buffer.from('x'), retain: true },
+  ];
+  for (const [packets, direct] of [[usual, true], [other, false]] as const) {
+    for (const packet of packets) {
+      const label = edgeLabel(packet);
+      const record = encodeRetained(packet);
+      t.ok(record.equals(encodePacket(packetData(packet))), label);
+      t.equal(packRetained(packet) !== undefined, direct, `${label}: ${direct ? 'written directly' : 'left to msgpackr'}`);
+    }
+  }
+});
+
+t.test('codec: a record kept as a string gives back its bytes, every byte value, one char a byte', async (t) => {
+  const every = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+  for (const record of [Buffer.alloc(0), every, Buffer.concat([every, every.reverse()]), encodeRetained({ ...EDGE_BASE, topic: 'gerät/€/😀', retain: true })]) {
+    const kept = keptRecord(record);
+    t.equal(kept.length, record.length, `${record.length} bytes: as many chars`);
+    t.ok(keptRecordBytes(kept).equals(record), `${record.length} bytes: the same bytes back`);
   }
 });
 

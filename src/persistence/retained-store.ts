@@ -1,9 +1,10 @@
 /**
  * The store's retained messages: all of them in memory, payloads included
- * (store.ts explains why), each also a LevelDB record.
+ * (store.ts explains why), each also a LevelDB record. In memory each record
+ * is a one-byte string of its bytes (codec.ts keptRecord says why).
  */
 import { Readable } from 'node:stream';
-import { encodePacket, owned, packetData, type PacketLike } from './codec.js';
+import { encodeRetained, keptRecord, keptRecordBytes, type PacketLike } from './codec.js';
 import { retainedKey } from './keys.js';
 import type { LevelStore } from './store.js';
 
@@ -34,8 +35,8 @@ export class RetainedStore {
       store.writeBehind([{ type: 'del', key }], 'retained message');
       return;
     }
-    const value = owned(encodePacket(packetData(packet)));
-    const previous = store.retained.replace(topic, value);
+    const value = encodeRetained(packet);
+    const previous = store.retained.replace(topic, keptRecord(value));
     store.retainedBytes += value.length - (previous?.length ?? 0);
     // The broker's own $SYS figures change every few seconds and are
     // published again at each start: kept in memory only, as mosquitto does,
@@ -53,12 +54,12 @@ export class RetainedStore {
     const store = this.#store;
     store.ready();
     // A Map: a topic matched by two of the filters is sent once.
-    const matches = new Map<string, Buffer>();
+    const matches = new Map<string, string>();
     for (const pattern of patterns) store.retained.match(pattern, (topic, value) => matches.set(topic, value));
     store.counters.retainedLookups++;
     function* generate(): Generator<PacketLike> {
       for (const [topic, value] of matches) {
-        const packet = store.decode(retainedKey(topic), value, () => forget(topic, value));
+        const packet = store.decode(retainedKey(topic), keptRecordBytes(value), () => forget(topic, value));
         if (!packet) continue;
         if (typeof packet.messageExpiry === 'number' && packet.messageExpiry <= store.now()) {
           // Its Message Expiry Interval has passed: no longer sent, and removed
@@ -73,13 +74,13 @@ export class RetainedStore {
       }
     }
     /** Drops `topic` from memory if `value` is still its message; whether it was. */
-    function forget(topic: string, value: Buffer): boolean {
+    function forget(topic: string, value: string): boolean {
       if (store.retained.get(topic) !== value) return false;
       store.retained.delete(topic);
       store.retainedBytes -= value.length;
       return true;
     }
-    function expire(topic: string, value: Buffer): void {
+    function expire(topic: string, value: string): void {
       if (!forget(topic, value)) return;
       store.counters.expiredRetained++;
       store.writeBehind([{ type: 'del', key: retainedKey(topic) }], 'removal of an expired retained message');

@@ -49,7 +49,7 @@ export function newStoreCounters(): StoreCounters {
 /** The store's in-memory state the figures are read from (LevelStore's members). */
 export interface StatsSources {
   readonly subscriptions: SubscriptionIndex;
-  readonly retained: TopicTree<Buffer>;
+  readonly retained: TopicTree<string>;
   readonly retainedBytes: number;
   readonly queues: OutgoingQueues;
   readonly incoming: ReadonlyMap<string, ReadonlySet<number>>;

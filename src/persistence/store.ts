@@ -70,7 +70,7 @@ export class LevelStore {
   broker: BrokerLike | undefined;
   // The in-memory state, replaced by what recovery finds on start; for the parts.
   subscriptions = new SubscriptionIndex();
-  retained = new TopicTree<Buffer>();
+  retained = new TopicTree<string>();
   retainedBytes = 0;
   queues = new OutgoingQueues();
   incoming = new Map<string, Set<number>>();
