@@ -125,6 +125,40 @@ t.test('topic tree: MQTT 3.1.1 matching', async (t) => {
   t.equal(tree.size, 6);
 });
 
+t.test('topic tree: a level goes from one child to many and back, matching the same throughout', async (t) => {
+  const tree = new TopicTree<number>();
+  const match = (filter: string) => {
+    const found: string[] = [];
+    tree.match(filter, (topic, value) => found.push(`${topic}=${value}`));
+    return found.sort();
+  };
+  tree.add('d/1/state', 1);
+  t.same(match('d/+/state'), ['d/1/state=1'], 'one child');
+  tree.add('d/2/state', 2);
+  tree.add('d/3/state', 3);
+  tree.add('d/1/battery', 4);
+  t.same(match('d/+/state'), ['d/1/state=1', 'd/2/state=2', 'd/3/state=3'], 'many children');
+  t.same(match('d/1/#'), ['d/1/battery=4', 'd/1/state=1'], 'a second child under a first');
+  t.equal(tree.delete('d/2/state'), true);
+  t.equal(tree.delete('d/3/state'), true);
+  t.same(match('d/#'), ['d/1/battery=4', 'd/1/state=1'], 'back to one child, its own still there');
+  t.equal(tree.delete('d/1/state'), true);
+  t.same(match('d/+/+'), ['d/1/battery=4'], 'back to one grandchild');
+  t.equal(tree.get('d/1/state'), undefined);
+  t.equal(tree.replace('d/1/state', 5), undefined, 'added again');
+  t.same(match('#'), ['d/1/battery=4', 'd/1/state=5']);
+  t.equal(tree.delete('d/1/battery'), true);
+  t.equal(tree.delete('d/1/state'), true);
+  t.equal(tree.size, 0);
+  t.same(match('#'), [], 'empty again');
+  t.equal(tree.delete('d/1/state'), false, 'a pruned branch is gone');
+  // $ topics at the root are left out of a leading wildcard, in either form of the root's children.
+  tree.add('$SYS/x', 1);
+  t.same(match('+/x'), [], 'a lone $ child');
+  tree.add('a/x', 2);
+  t.same(match('+/x'), ['a/x=2'], 'a $ child among others');
+});
+
 /** A queued PUBLISH of broker b1 as the queue index holds it. */
 function queuedPublish(seq: number, messageId: number | undefined): QueueEntry {
   return { seq, cmd: 'publish', brokerId: 'b1', brokerCounter: seq, messageId, bytes: 10, value: undefined };

@@ -12,11 +12,71 @@
  * wildcard does not match topics starting with `$` [MQTT-4.7.2-1].
  */
 
-interface TopicNode<V> {
-  children: Map<string, TopicNode<V>> | undefined;
+/**
+ * A level of the tree. Its children are kept by level name: none, one (the
+ * child itself, which knows its name), or a Map once there are two or more.
+ * Most nodes near the leaves have a single child (`device/42/state` has one
+ * `state`), and a Map for one entry costs ~210 bytes (the Map and its table),
+ * which was a third of what a retained message cost in memory
+ * (bench/persistence-retained.ts).
+ */
+class TopicNode<V> {
+  children: TopicNode<V> | Map<string, TopicNode<V>> | undefined = undefined;
   /** The full topic when a retained message exists at exactly this node. */
-  topic: string | undefined;
-  value: V | undefined;
+  topic: string | undefined = undefined;
+  value: V | undefined = undefined;
+
+  constructor(readonly name: string) {}
+
+  child(level: string): TopicNode<V> | undefined {
+    const children = this.children;
+    if (children === undefined || children instanceof Map) return children?.get(level);
+    return children.name === level ? children : undefined;
+  }
+
+  /** The child named `level`, created if absent. */
+  childOrNew(level: string): TopicNode<V> {
+    const children = this.children;
+    if (children === undefined) return (this.children = new TopicNode(level));
+    if (children instanceof Map) {
+      let child = children.get(level);
+      if (child === undefined) {
+        child = new TopicNode(level);
+        children.set(level, child);
+      }
+      return child;
+    }
+    if (children.name === level) return children;
+    const child = new TopicNode<V>(level);
+    this.children = new Map([
+      [children.name, children],
+      [level, child],
+    ]);
+    return child;
+  }
+
+  removeChild(level: string): void {
+    const children = this.children;
+    if (!(children instanceof Map)) {
+      if (children?.name === level) this.children = undefined;
+      return;
+    }
+    children.delete(level);
+    // Back to the single form, so churn leaves no Map behind.
+    if (children.size === 1) this.children = children.values().next().value;
+  }
+
+  hasChildren(): boolean {
+    return this.children !== undefined;
+  }
+
+  /** The children, each once, in insertion order (a single child alone). */
+  eachChild(visit: (child: TopicNode<V>) => void): void {
+    const children = this.children;
+    if (children === undefined) return;
+    if (children instanceof Map) for (const child of children.values()) visit(child);
+    else visit(children);
+  }
 }
 
 const SEPARATOR = '/';
@@ -24,7 +84,7 @@ const WILDCARD_ONE = '+';
 const WILDCARD_SOME = '#';
 
 export class TopicTree<V> {
-  readonly #root: TopicNode<V> = { children: undefined, topic: undefined, value: undefined };
+  readonly #root = new TopicNode<V>('');
   #size = 0;
   #visited = 0;
 
@@ -48,15 +108,7 @@ export class TopicTree<V> {
   /** Sets the value of `topic` and returns the one it replaces (undefined when new): one walk, not a get() and an add(). */
   replace(topic: string, value: V): V | undefined {
     let node = this.#root;
-    for (const level of topic.split(SEPARATOR)) {
-      node.children ??= new Map();
-      let child = node.children.get(level);
-      if (!child) {
-        child = { children: undefined, topic: undefined, value: undefined };
-        node.children.set(level, child);
-      }
-      node = child;
-    }
+    for (const level of topic.split(SEPARATOR)) node = node.childOrNew(level);
     const previous = node.value;
     node.value = value;
     if (node.topic !== undefined) return previous;
@@ -67,12 +119,12 @@ export class TopicTree<V> {
 
   /** Removes `topic` and prunes branches left empty; false when it was absent. */
   delete(topic: string): boolean {
-    const path: Array<[TopicNode<V>, string]> = [];
+    const path: TopicNode<V>[] = [];
     let node = this.#root;
     for (const level of topic.split(SEPARATOR)) {
-      const child = node.children?.get(level);
+      const child = node.child(level);
       if (!child) return false;
-      path.push([node, level]);
+      path.push(node);
       node = child;
     }
     if (node.topic === undefined) return false;
@@ -80,10 +132,10 @@ export class TopicTree<V> {
     node.value = undefined;
     this.#size--;
     for (let i = path.length - 1; i >= 0; i--) {
-      const [parent, level] = path[i]!;
-      const child = parent.children!.get(level)!;
-      if (child.topic !== undefined || (child.children && child.children.size > 0)) break;
-      parent.children!.delete(level);
+      if (node.topic !== undefined || node.hasChildren()) break;
+      const parent = path[i]!;
+      parent.removeChild(node.name);
+      node = parent;
     }
     return true;
   }
@@ -100,7 +152,7 @@ export class TopicTree<V> {
   #find(topic: string): TopicNode<V> | undefined {
     let node: TopicNode<V> | undefined = this.#root;
     for (const level of topic.split(SEPARATOR)) {
-      node = node.children?.get(level);
+      node = node.child(level);
       if (!node) return undefined;
     }
     return node;
@@ -125,30 +177,28 @@ export class TopicTree<V> {
       this.#emitSubtree(node, atRoot, emit);
       return;
     }
-    if (!node.children) return;
     if (level === WILDCARD_ONE) {
-      for (const [name, child] of node.children) {
-        if (atRoot && name.startsWith('$')) continue;
-        this.#walk(child, levels, depth + 1, emit);
-      }
+      node.eachChild((child) => {
+        if (!(atRoot && child.name.startsWith('$'))) this.#walk(child, levels, depth + 1, emit);
+      });
       return;
     }
-    const child = node.children.get(level);
+    const child = node.child(level);
     if (child) this.#walk(child, levels, depth + 1, emit);
   }
 
   #emitSubtree(start: TopicNode<V>, skipDollar: boolean, emit: (topic: string, value: V) => void): void {
     // Iterative so a deep topic cannot overflow the stack.
     const stack: TopicNode<V>[] = [];
-    for (const [name, child] of start.children ?? []) {
-      if (skipDollar && name.startsWith('$')) continue;
-      stack.push(child);
-    }
+    start.eachChild((child) => {
+      if (!(skipDollar && child.name.startsWith('$'))) stack.push(child);
+    });
+    const push = (child: TopicNode<V>) => stack.push(child);
     while (stack.length > 0) {
       const node = stack.pop()!;
       this.#visited++;
       if (node.topic !== undefined) emit(node.topic, node.value as V);
-      if (node.children) for (const child of node.children.values()) stack.push(child);
+      node.eachChild(push);
     }
   }
 }

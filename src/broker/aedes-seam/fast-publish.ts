@@ -69,6 +69,8 @@ type Handler = (packet: object, callback: () => void) => void;
 
 /** A frame split over reads is held back and joined up to this size; a larger one goes to aedes as it comes. */
 const MAX_HELD_FRAME_BYTES = 64 * 1024;
+/** mqemitter's match for a topic without subscribers. */
+const NO_HANDLERS: readonly Handler[] = Object.freeze([]);
 /** Topics whose matches are remembered at once; past it the memory starts over. */
 const MAX_CACHED_TOPICS = 10_000;
 
@@ -244,8 +246,10 @@ export class FastPublish {
     this.#current();
     let handlers = this.#handlers.get(topic);
     if (handlers === undefined) {
-      // A copy: qlobber may answer with a list it keeps (and changes) inside its trie.
-      handlers = Object.freeze([...match(topic)]);
+      // A copy: qlobber may answer with a list it keeps (and changes) inside its trie. A topic
+      // nobody subscribes to (a sensor's, often) shares one empty list.
+      const matched = match(topic);
+      handlers = matched.length === 0 ? NO_HANDLERS : Object.freeze([...matched]);
       if (this.#handlers.size >= MAX_CACHED_TOPICS) this.#handlers.clear();
       this.#handlers.set(topic, handlers);
     }
