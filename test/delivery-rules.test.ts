@@ -32,6 +32,46 @@ t.test('topicMatches follows MQTT 3.1.1 topic filter rules', async (t) => {
   for (const [filter, topic, matches] of cases) t.equal(topicMatches(filter, topic), matches, `${filter} vs ${topic}`);
 });
 
+t.test('topicMatches agrees with matching level by level over split strings, on every pair of a generated set', async (t) => {
+  // The plain definition [MQTT-4.7], as the function read before it matched in place.
+  const reference = (filter: string, topic: string): boolean => {
+    const filterLevels = filter.split('/');
+    const topicLevels = topic.split('/');
+    if ((filterLevels[0] === '#' || filterLevels[0] === '+') && topic.startsWith('$')) return false;
+    for (let i = 0; i < filterLevels.length; i++) {
+      if (filterLevels[i] === '#') return true;
+      if (i >= topicLevels.length) return false;
+      if (filterLevels[i] !== '+' && filterLevels[i] !== topicLevels[i]) return false;
+    }
+    return filterLevels.length === topicLevels.length;
+  };
+  const parts = ['', 'a', 'b', 'ab', '$SYS', '+', '#', 'ü'];
+  const strings = new Set<string>();
+  for (const x of parts) {
+    strings.add(x);
+    for (const y of parts) {
+      strings.add(`${x}/${y}`);
+      for (const z of parts) strings.add(`${x}/${y}/${z}`);
+    }
+  }
+  const filters = [...strings].filter((filter) => !/#./.test(filter) && !/[^/]#|#[^/]/.test(filter));
+  const topics = [...strings].filter((topic) => !/[+#]/.test(topic));
+  let disagreements = 0;
+  let matches = 0;
+  for (const filter of filters) {
+    for (const topic of topics) {
+      const expected = reference(filter, topic);
+      if (topicMatches(filter, topic) !== expected) {
+        disagreements++;
+        t.fail(`${JSON.stringify(filter)} vs ${JSON.stringify(topic)}: expected ${expected}`);
+      }
+      if (expected) matches++;
+    }
+  }
+  t.equal(disagreements, 0, `${filters.length} valid filters × ${topics.length} topics`);
+  t.ok(matches > 1000, `${matches} of the pairs match`);
+});
+
 t.test('grantedQoS is the highest grant among matching subscriptions', async (t) => {
   const subscriptions = { 'a/#': { qos: 0 as const }, 'a/b': { qos: 2 as const }, 'a/+': { qos: 1 as const } };
   t.equal(grantedQoS(subscriptions, 'a/b'), 2);
