@@ -94,6 +94,22 @@ t.test(`aedes ${V} still lets one of overlapping subscriptions decide the QoS, n
   t.equal(copies[0]?.packet.qos, 0, 'at QoS 0, though a matching subscription was granted QoS 2');
 });
 
+t.test(`aedes ${V} still sends at the QoS of a subscription to the topic itself, below an overlapping wildcard's grant (corrected in src/broker/aedes-seam/direct-deliveries.ts)`, async (t) => {
+  // When this fails after an aedes upgrade, DirectDeliveries#deliverQoS may again downgrade as aedes does.
+  // lib/client.js deliverQoS lowers the copy to subscriptions[topic].qos whatever the other matching grants [MQTT-3.3.5-1].
+  const { url } = await startPlainAedes(t);
+  const subscriber = await openClient(t, url);
+  await subscriber.client.subscribeAsync('exact/#', { qos: 1 });
+  await subscriber.client.subscribeAsync('exact/x', { qos: 0 });
+  const publisher = await openClient(t, url);
+  await publisher.client.publishAsync('exact/x', 'matches both', { qos: 2 });
+  await publisher.client.publishAsync('exact/marker', 'marker', { qos: 1 });
+  const messages = await subscriber.log.waitFor((m) => m.some((x) => x.topic === 'exact/marker'), 5000, 'the marker');
+  const copies = messages.filter((m) => m.topic === 'exact/x');
+  t.equal(copies.length, 1, 'one copy');
+  t.equal(copies[0]?.packet.qos, 0, 'at QoS 0, though exact/# was granted QoS 1');
+});
+
 t.test(`aedes ${V} still sends a persistent session's queued messages at the published QoS, not the granted one (corrected in src/persistence/level-persistence.ts)`, async (t) => {
   // When this fails after an aedes upgrade, remove outgoingEnqueueCombi's regrouping in src/persistence/level-persistence.ts.
   // handlers/connect.js emptyQueue writes the stored packet as it is [MQTT-3.8.4-6].

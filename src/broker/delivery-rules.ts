@@ -19,10 +19,15 @@
  *    replaced by one that recognises exactly that.
  * 2. Delivery QoS. aedes downgrades to the subscription's QoS only when the
  *    filter equals the topic, so `a/#` granted QoS 1 receives QoS 2
- *    [MQTT-3.8.4-6]; with overlapping subscriptions the first one matched
- *    decides the QoS, not the highest [MQTT-3.3.5-1]; offline queues keep the
- *    published QoS whatever was granted. Here every delivery, live, retained or
- *    queued, goes out once at min(published QoS, highest matching grant).
+ *    [MQTT-3.8.4-6], and then to that subscription's QoS even when an
+ *    overlapping one grants more; with overlapping subscriptions the first one
+ *    matched decides the QoS, not the highest [MQTT-3.3.5-1]; offline queues
+ *    keep the published QoS whatever was granted. Here every delivery, live,
+ *    retained or queued, goes out once at min(published QoS, highest matching
+ *    grant); the write beneath (aedes-seam/direct-deliveries.ts) leaves out
+ *    aedes' exact-topic downgrade. With `broker.fastPublish: false` deliveries
+ *    end in aedes' own deliverQoS, which still applies it: that reference
+ *    path keeps this one aedes fault.
  * 3. aedes #1003. A retained QoS 2 message sent to a persistent session is not
  *    stored in its outgoing queue, so the client's PUBREC finds nothing to
  *    update and aedes drops the connection. The PUBREL is due either way
@@ -67,33 +72,61 @@ import {
   type QoS,
 } from './aedes-seam/index.js';
 
+/** One subscription as a grant lookup reads it. */
+interface Grant {
+  readonly filter: string;
+  readonly qos: QoS;
+  readonly nl: boolean;
+}
+
+/** A client's subscriptions as a list of grants: read once per change, not per lookup (the map is a Proxy, whose for…in is slow). */
+function grantsOf(subscriptions: Readonly<Record<string, ClientSubscription>>): Grant[] {
+  const grants: Grant[] = [];
+  for (const filter in subscriptions) {
+    const subscription = subscriptions[filter];
+    grants.push({ filter, qos: subscription?.qos ?? 0, nl: subscription?.nl === true });
+  }
+  return grants;
+}
+
+function highestGrant(grants: readonly Grant[], topic: string, own: boolean): QoS | undefined {
+  let granted: QoS | undefined;
+  for (const grant of grants) {
+    if ((granted === undefined || grant.qos > granted) && !(own && grant.nl) && topicMatches(grant.filter, topic)) granted = grant.qos;
+  }
+  return granted;
+}
+
 /**
  * The highest QoS granted to any of the client's subscriptions matching
  * `topic`, if any. For the client's own message (`own`), a subscription with
  * No Local does not count [MQTT-3.8.3-3].
  */
 export function grantedQoS(subscriptions: Readonly<Record<string, ClientSubscription>>, topic: string, own = false): QoS | undefined {
-  let granted: QoS | undefined;
-  for (const filter in subscriptions) {
-    const subscription = subscriptions[filter];
-    const qos = subscription?.qos ?? 0;
-    if ((granted === undefined || qos > granted) && !(own && subscription?.nl === true) && topicMatches(filter, topic)) granted = qos;
-  }
-  return granted;
+  return highestGrant(grantsOf(subscriptions), topic, own);
 }
 
 /** Topics a client's grant cache holds at most; beyond, it starts over (topics may be unbounded: sensor/<id>/…). */
 const GRANT_CACHE_TOPICS = 1024;
+/**
+ * Up to this many subscriptions a grant is worked out each time: a few
+ * in-place topic matches cost less than a Map lookup and, for a client that
+ * gets many distinct topics (`#`, a retained burst), a Map insert.
+ */
+const DIRECT_GRANTS = 4;
 
 /**
- * grantedQoS per topic for one client, computed once per topic and kept
- * until the client's subscriptions change (SubscriptionChanges), instead of
- * a scan of all of them for every QoS 1/2 delivery. `null`: none matches.
+ * grantedQoS per topic for one client, kept until the client's subscriptions
+ * change (SubscriptionChanges): from a list of its grants taken once per
+ * change, and for a client with more than DIRECT_GRANTS subscriptions
+ * remembered per topic, instead of a scan of all of them for every QoS 1/2
+ * delivery. `null`: none matches.
  */
 class GrantCache {
   readonly #client: Client;
   readonly #changes: { readonly count: number };
   #seen = Number.NaN;
+  #grants: Grant[] | undefined = undefined;
   /** Without and with No Local applied (the client's own messages). */
   #others = new Map<string, QoS | null>();
   #own = new Map<string, QoS | null>();
@@ -106,14 +139,17 @@ class GrantCache {
   granted(topic: string, own: boolean): QoS | undefined {
     const count = this.#changes.count;
     if (count !== this.#seen) {
+      this.#grants = undefined;
       this.#others.clear();
       this.#own.clear();
       this.#seen = count;
     }
+    const grants = (this.#grants ??= grantsOf(subscriptionsOf(this.#client)));
+    if (grants.length <= DIRECT_GRANTS) return highestGrant(grants, topic, own);
     const cache = own ? this.#own : this.#others;
     let granted = cache.get(topic);
     if (granted === undefined) {
-      granted = grantedQoS(subscriptionsOf(this.#client), topic, own) ?? null;
+      granted = highestGrant(grants, topic, own) ?? null;
       if (cache.size >= GRANT_CACHE_TOPICS) cache.clear();
       cache.set(topic, granted);
     }

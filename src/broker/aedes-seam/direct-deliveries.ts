@@ -48,7 +48,6 @@ interface DeliveryPersistence {
 interface DeliveringClient {
   id: string;
   clean: boolean;
-  subscriptions: Record<string, { qos?: number } | undefined>;
   broker: { persistence: DeliveryPersistence; authorizeForward(client: Client, packet: object): object | null | undefined };
   emit(event: 'error', error: unknown): boolean;
   _onError(error: Error | null): void;
@@ -150,9 +149,10 @@ class DirectDeliveries implements Deliveries {
       return;
     }
     const sent = newQoSPacket(this.#aedes, toForward, this.#client as unknown as NumberingClient, callback);
-    // As aedes: an exact subscription to the topic with a lower QoS sends it at that QoS.
-    const subscription = client.subscriptions[sent.topic as string];
-    if (subscription && (subscription.qos || 0) < (sent.qos as number)) sent.qos = subscription.qos;
+    // Not as aedes, which sends at the QoS of a subscription whose filter is the topic itself when
+    // that is lower: the delivery rules above (delivery-rules.ts, rule 2; aedes' dedupe is off
+    // only under them, #aedesOwn) have set the QoS to the highest grant among all matching
+    // subscriptions [MQTT-3.3.5-1], and the exact one may be a lower grant among them.
     if (!client.clean && !sent.retain) {
       let recorded: Promise<unknown> | undefined;
       try {
