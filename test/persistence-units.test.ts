@@ -28,11 +28,14 @@ import {
   parseOutgoingKey,
   parseSubscriptionKey,
   prefixRange,
+  retainedKey,
   subscriptionKey,
 } from '../src/persistence/keys.js';
 import { ClientQueue, QueueCache, type QueueEntry } from '../src/persistence/outgoing-queues.js';
 import { unpackQueued } from '../src/persistence/queued-unpack.js';
 import { TopicTree } from '../src/persistence/topic-tree.js';
+import { decodeStored, type StoredPacketSource } from '../src/persistence/stored-packets.js';
+import type { BatchOp } from '../src/persistence/group-commit.js';
 
 t.test('keys: one client range never contains another client', async (t) => {
   const { gte, lt } = prefixRange(subscriptionKey('abc', ''));
@@ -157,6 +160,33 @@ t.test('topic tree: a level goes from one child to many and back, matching the s
   t.same(match('+/x'), [], 'a lone $ child');
   tree.add('a/x', 2);
   t.same(match('+/x'), ['a/x=2'], 'a $ child among others');
+});
+
+t.test('a record that fails to decode is logged and quarantined under its key, which a retained lookup makes only then', async (t) => {
+  const warnings: Array<Record<string, unknown>> = [];
+  const writes: BatchOp[][] = [];
+  const store = {
+    log: { warn: (fields: Record<string, unknown>) => void warnings.push(fields) },
+    counters: { decodeErrors: 0, quarantinedRecords: 0 },
+    pending: () => undefined,
+    write: async (ops: readonly BatchOp[]) => void writes.push([...ops]),
+  } as unknown as StoredPacketSource;
+  let keysMade = 0;
+  const keyOf = (topic: string) => () => {
+    keysMade++;
+    return retainedKey(topic);
+  };
+  const good = encodeRetained({ ...EDGE_BASE, retain: true });
+  t.equal(decodeStored(store, keyOf('r/good'), good, undefined)?.topic, 'a/b', 'a good record decodes');
+  t.equal(keysMade, 0, 'without making its key');
+  let forgotten = 0;
+  const garbage = Buffer.from([0xc1, 0xff]);
+  t.equal(decodeStored(store, keyOf('r/bad'), garbage, () => forgotten++), undefined, 'a bad one is skipped');
+  t.equal(keysMade, 1, 'its key made once');
+  t.equal(forgotten, 1, 'dropped from memory');
+  t.equal(warnings[0]?.['key'], retainedKey('r/bad').toString('hex'), 'logged with its key');
+  t.ok(writes[0]?.some((op) => op.type === 'del' && Buffer.compare(op.key, retainedKey('r/bad')) === 0), 'moved out of its place');
+  t.same(store.counters, { decodeErrors: 1, quarantinedRecords: 1 });
 });
 
 /** A queued PUBLISH of broker b1 as the queue index holds it. */

@@ -59,7 +59,7 @@ export class RetainedStore {
     store.counters.retainedLookups++;
     function* generate(): Generator<PacketLike> {
       for (const [topic, value] of matches) {
-        const packet = store.decode(retainedKey(topic), keptRecordBytes(value), () => forget(topic, value));
+        const packet = store.decode(() => retainedKey(topic), keptRecordBytes(value), () => forget(topic, value));
         if (!packet) continue;
         if (typeof packet.messageExpiry === 'number' && packet.messageExpiry <= store.now()) {
           // Its Message Expiry Interval has passed: no longer sent, and removed

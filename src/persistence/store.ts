@@ -41,7 +41,7 @@ import { QueueLimiter } from './queue-limits.js';
 import { aliveOp, recover } from './recover.js';
 import { SessionClock } from './session-clock.js';
 import { newStoreCounters, persistenceStats, type StoreCounters } from './store-stats.js';
-import { decodeStored, streamStored } from './stored-packets.js';
+import { decodeStored, streamStored, type StoredKey } from './stored-packets.js';
 import { holdWills, SessionExpiry } from './session-expiry.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { TopicTree } from './topic-tree.js';
@@ -452,7 +452,7 @@ export class LevelStore {
   }
 
   /** Decodes a stored packet; one that fails is counted, skipped and quarantined (see decodeStored). */
-  decode(key: Buffer, value: Buffer, forget: (() => void) | undefined): PacketLike | undefined {
+  decode(key: StoredKey, value: Buffer, forget: (() => void) | undefined): PacketLike | undefined {
     return decodeStored(this, key, value, forget);
   }
 

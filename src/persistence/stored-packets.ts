@@ -20,18 +20,22 @@ export interface StoredPacketSource {
   pending(key: Buffer): Buffer | null | undefined;
   write(ops: readonly BatchOp[]): Promise<void>;
   readMany(keys: readonly Buffer[]): Promise<Array<Buffer | undefined>>;
-  decode(key: Buffer, value: Buffer, forget: (() => void) | undefined): PacketLike | undefined;
+  decode(key: StoredKey, value: Buffer, forget: (() => void) | undefined): PacketLike | undefined;
 }
+
+/** A record's key, or how to make it: needed only when the record fails to decode (a retained message's is made from its topic). */
+export type StoredKey = Buffer | (() => Buffer);
 
 /**
  * Decodes a stored packet. One that fails is logged, counted and skipped:
  * `forget` drops it from the in-memory index, and unless a newer write to
  * the key is queued it moves to the quarantine range.
  */
-export function decodeStored(store: StoredPacketSource, key: Buffer, value: Buffer, forget: (() => void) | undefined): PacketLike | undefined {
+export function decodeStored(store: StoredPacketSource, storedKey: StoredKey, value: Buffer, forget: (() => void) | undefined): PacketLike | undefined {
   try {
     return decodePacket(value);
   } catch (error) {
+    const key = typeof storedKey === 'function' ? storedKey() : storedKey;
     store.counters.decodeErrors++;
     store.log.warn({ key: key.toString('hex'), err: (error as Error).message }, 'skipping a record that fails to decode');
     if (forget) {
