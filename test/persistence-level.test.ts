@@ -518,6 +518,28 @@ t.test('aedes on the persistence delivers a queued QoS 1 message after both rest
   t.equal(stats.queuedEntries, 0, 'the acknowledged message left the queue');
 });
 
+t.test('a large retained message (kept as a buffer) and a small one (kept as a string) read back whole, as stored and as recovered', async (t) => {
+  const h = harness(t);
+  const first = await h.open();
+  await first.setup(fakeBroker());
+  const large = Buffer.alloc(64 * 1024);
+  for (let i = 0; i < large.length; i++) large[i] = (i * 7) & 0xff;
+  await first.storeRetained({ ...publish('big/image', ''), payload: large, retain: true, qos: 1 });
+  await first.storeRetained(publish('big/state', 'on', { retain: true, qos: 0 }));
+  const read = async (persistence: typeof first) =>
+    Object.fromEntries(((await collect(persistence.createRetainedStreamCombi(['big/#']))) as Array<{ topic: string; payload: Buffer }>).map((p) => [p.topic, p.payload]));
+  const stored = await read(first);
+  t.ok(stored['big/image']?.equals(large), 'the 64 KiB payload, every byte');
+  t.equal(stored['big/state']?.toString(), 'on');
+  await first.stop();
+  const second = await h.open();
+  await second.setup(fakeBroker());
+  const recovered = await read(second);
+  t.ok(recovered['big/image']?.equals(large), 'recovered: the 64 KiB payload, every byte');
+  t.equal(recovered['big/state']?.toString(), 'on', 'recovered: the small one');
+  t.equal(second.stats().retainedBytes, first.stats().retainedBytes, 'the same bytes counted');
+});
+
 t.test('retained messages are kept off ArrayBuffers, as stored and as recovered: a record costs its bytes', async (t) => {
   // A Buffer a record is an ArrayBuffer with its backing store and bookkeeping (~250 bytes over
   // the data), and a small one copied into Node's shared 8 KiB pool keeps the whole slab alive

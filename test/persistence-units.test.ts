@@ -431,13 +431,23 @@ t.test('codec: a retained message is encoded as encodePacket(packetData(...)) en
   }
 });
 
-t.test('codec: a record kept as a string gives back its bytes, every byte value, one char a byte', async (t) => {
+t.test('codec: a kept record gives back its bytes: a small one kept as a string, one char a byte, a large one as a buffer of its own', async (t) => {
   const every = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
-  for (const record of [Buffer.alloc(0), every, Buffer.concat([every, every.reverse()]), encodeRetained({ ...EDGE_BASE, topic: 'gerät/€/😀', retain: true })]) {
+  const small = [Buffer.alloc(0), every, Buffer.concat([every, Buffer.from(every).reverse()]), encodeRetained({ ...EDGE_BASE, topic: 'gerät/€/😀', retain: true }), Buffer.alloc(4096, 0xfe)];
+  for (const record of small) {
     const kept = keptRecord(record);
+    t.equal(typeof kept, 'string', `${record.length} bytes: a string`);
     t.equal(kept.length, record.length, `${record.length} bytes: as many chars`);
     t.ok(keptRecordBytes(kept).equals(record), `${record.length} bytes: the same bytes back`);
   }
+  // A large record in a slice of a bigger buffer, as a pool or msgpackr slab would give it.
+  const slab = Buffer.alloc(20_000, 0x61);
+  const large = slab.subarray(100, 100 + 4097);
+  const kept = keptRecord(large);
+  t.ok(Buffer.isBuffer(kept), '4097 bytes: a buffer');
+  t.equal((kept as Buffer).buffer.byteLength, 4097, 'of its own, not a view of the slab');
+  t.ok((kept as Buffer).equals(large), 'the same bytes');
+  t.equal(keptRecordBytes(kept), kept, 'read in place, not copied');
 });
 
 t.test('codec: a queued message read back directly is the packet msgpackr reads, at the edge of every length and integer class', async (t) => {

@@ -287,22 +287,30 @@ export function packRetained(packet: PacketLike): Buffer | undefined {
   return packQueued(packet, 'publish', packet.brokerCounter, packet.payload, packet.qos, packet.retain, packet.dup, Object.hasOwn(packet, 'messageId'));
 }
 
+/** A kept record (keptRecord): a small one as a string, a large one as a buffer of its own. */
+export type KeptRecord = string | Buffer;
+
+/** Records up to this size are kept as strings; larger ones as buffers, which are sent without a copy. */
+const KEPT_AS_STRING_MAX_BYTES = 4096;
+
 /**
- * A record kept in memory for long (a retained message) as a one-byte string
- * holding its bytes (latin1: one char a byte, so the string's length is the
- * record's). A string is one object on V8's heap, ~16 bytes more than its
+ * A record kept in memory for long (a retained message). A small one is a
+ * one-byte string holding its bytes (latin1: one char a byte, so the string's
+ * length is the record's): one object on V8's heap, ~16 bytes more than its
  * data, with nothing for the collector to trace inside it. A Buffer of its
  * own is a view, an ArrayBuffer, its backing store and the allocator's and
  * V8's bookkeeping for that store, ~250 bytes more than the data for a record
  * of ~70; and a slice of a shared slab keeps the whole slab alive (owned()).
+ * A large one is a buffer of its own: the overhead is nothing beside it, and
+ * each delivery reads it in place where a string would be copied out first.
  */
-export function keptRecord(record: Buffer): string {
-  return record.toString('latin1');
+export function keptRecord(record: Buffer): KeptRecord {
+  return record.length <= KEPT_AS_STRING_MAX_BYTES ? record.toString('latin1') : owned(record);
 }
 
-/** The bytes of a kept record (keptRecord), for decoding or writing: a fresh buffer, used briefly. */
-export function keptRecordBytes(kept: string): Buffer {
-  return Buffer.from(kept, 'latin1');
+/** The bytes of a kept record (keptRecord), for decoding or writing: a fresh buffer for a small one, used briefly. */
+export function keptRecordBytes(kept: KeptRecord): Buffer {
+  return typeof kept === 'string' ? Buffer.from(kept, 'latin1') : kept;
 }
 
 /**

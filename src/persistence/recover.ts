@@ -10,7 +10,7 @@
  * on. An error from LevelDB itself (corruption, I/O) stops start-up.
  */
 import type { Logger } from '../observability/logger.js';
-import { decodePacket, decodeSubscription, keptRecord, messageExpiryOf, WILL_DUE_AT, type PacketLike } from './codec.js';
+import { decodePacket, decodeSubscription, keptRecord, messageExpiryOf, WILL_DUE_AT, type KeptRecord, type PacketLike } from './codec.js';
 import { classifyStoreError, StoreIncompatibleError } from './errors.js';
 import type { BatchOp } from './group-commit.js';
 import {
@@ -46,7 +46,7 @@ const SCAN_CHUNK = 1000;
 export interface Recovered {
   subscriptions: SubscriptionIndex;
   /** Retained topic → its encoded record. */
-  retained: TopicTree<string>;
+  retained: TopicTree<KeptRecord>;
   retainedBytes: number;
   queues: OutgoingQueues;
   /** clientId → packet identifiers of stored incoming QoS 2 packets. */
@@ -89,7 +89,7 @@ export async function recover(db: Store, location: string, log: Logger, progress
   const started = performance.now();
   const result: Recovered = {
     subscriptions: new SubscriptionIndex(),
-    retained: new TopicTree<string>(),
+    retained: new TopicTree<KeptRecord>(),
     retainedBytes: 0,
     queues: new OutgoingQueues(),
     incoming: new Map(),

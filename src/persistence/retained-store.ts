@@ -1,10 +1,10 @@
 /**
  * The store's retained messages: all of them in memory, payloads included
  * (store.ts explains why), each also a LevelDB record. In memory each record
- * is a one-byte string of its bytes (codec.ts keptRecord says why).
+ * is a one-byte string of its bytes, or a buffer when large (codec.ts keptRecord says why).
  */
 import { Readable } from 'node:stream';
-import { encodeRetained, keptRecord, keptRecordBytes, type PacketLike } from './codec.js';
+import { encodeRetained, keptRecord, keptRecordBytes, type KeptRecord, type PacketLike } from './codec.js';
 import { retainedKey } from './keys.js';
 import type { LevelStore } from './store.js';
 
@@ -54,7 +54,7 @@ export class RetainedStore {
     const store = this.#store;
     store.ready();
     // A Map: a topic matched by two of the filters is sent once.
-    const matches = new Map<string, string>();
+    const matches = new Map<string, KeptRecord>();
     for (const pattern of patterns) store.retained.match(pattern, (topic, value) => matches.set(topic, value));
     store.counters.retainedLookups++;
     function* generate(): Generator<PacketLike> {
@@ -74,13 +74,13 @@ export class RetainedStore {
       }
     }
     /** Drops `topic` from memory if `value` is still its message; whether it was. */
-    function forget(topic: string, value: string): boolean {
+    function forget(topic: string, value: KeptRecord): boolean {
       if (store.retained.get(topic) !== value) return false;
       store.retained.delete(topic);
       store.retainedBytes -= value.length;
       return true;
     }
-    function expire(topic: string, value: string): void {
+    function expire(topic: string, value: KeptRecord): void {
       if (!forget(topic, value)) return;
       store.counters.expiredRetained++;
       store.writeBehind([{ type: 'del', key: retainedKey(topic) }], 'removal of an expired retained message');

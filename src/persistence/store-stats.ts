@@ -3,6 +3,7 @@
  * for metrics and the admin API): the counters are bumped by the store and
  * its parts, the rest is read off the in-memory state when asked.
  */
+import type { KeptRecord } from './codec.js';
 import type { GroupCommitStats } from './group-commit.js';
 import type { OutgoingQueues } from './outgoing-queues.js';
 import type { QueueLimiter } from './queue-limits.js';
@@ -49,7 +50,7 @@ export function newStoreCounters(): StoreCounters {
 /** The store's in-memory state the figures are read from (LevelStore's members). */
 export interface StatsSources {
   readonly subscriptions: SubscriptionIndex;
-  readonly retained: TopicTree<string>;
+  readonly retained: TopicTree<KeptRecord>;
   readonly retainedBytes: number;
   readonly queues: OutgoingQueues;
   readonly incoming: ReadonlyMap<string, ReadonlySet<number>>;

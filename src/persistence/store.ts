@@ -30,7 +30,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger.js';
-import { encodePacket, packetData, type PacketLike } from './codec.js';
+import { encodePacket, packetData, type KeptRecord, type PacketLike } from './codec.js';
 import { isNoSpace, StoreClosedError, StoreFullError } from './errors.js';
 import { createGroupCommit, type BatchOp, type CommitObserver, type GroupCommit } from './group-commit.js';
 import { incomingKey, outgoingKey, subscriptionKey } from './keys.js';
@@ -70,7 +70,7 @@ export class LevelStore {
   broker: BrokerLike | undefined;
   // The in-memory state, replaced by what recovery finds on start; for the parts.
   subscriptions = new SubscriptionIndex();
-  retained = new TopicTree<string>();
+  retained = new TopicTree<KeptRecord>();
   retainedBytes = 0;
   queues = new OutgoingQueues();
   incoming = new Map<string, Set<number>>();
