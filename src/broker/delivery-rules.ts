@@ -25,9 +25,10 @@
  *    keep the published QoS whatever was granted. Here every delivery, live,
  *    retained or queued, goes out once at min(published QoS, highest matching
  *    grant); the write beneath (aedes-seam/direct-deliveries.ts) leaves out
- *    aedes' exact-topic downgrade. With `broker.fastPublish: false` deliveries
- *    end in aedes' own deliverQoS, which still applies it: that reference
- *    path keeps this one aedes fault.
+ *    aedes' exact-topic downgrade. Where deliveries end in aedes' own
+ *    deliverQoS (`broker.fastPublish: false`, or a persistence without
+ *    outgoingUpdateNow, which the daemon's LevelDB one has), it still applies:
+ *    that reference path keeps this one aedes fault.
  * 3. aedes #1003. A retained QoS 2 message sent to a persistent session is not
  *    stored in its outgoing queue, so the client's PUBREC finds nothing to
  *    update and aedes drops the connection. The PUBREL is due either way

@@ -263,7 +263,9 @@ const USUAL_RETAINED_KEYS = new Set(['clientId', 'messageId', 'cmd', 'brokerId',
 const REQUIRED_RETAINED_KEYS = USUAL_RETAINED_KEYS.size - 2;
 
 /**
- * encodePacket(packetData(packet)), byte for byte: a retained message's
+ * encodePacket(packetData(packet)), byte for byte for well-formed strings (a
+ * lone surrogate, which no client can send since MQTT strings are UTF-8, is
+ * written as U+FFFD here, as encodeQueued writes it): a retained message's
  * record. One in its usual shape (MQTT 3.1.1, or 5 without properties) is
  * written directly (packRetained) without the copy of the packet and
  * msgpackr's walk, which were ~10% of the broker's CPU while retained
