@@ -116,7 +116,9 @@ t.test('topic tree: MQTT 3.1.1 matching', async (t) => {
   t.equal(tree.replace('a/b', 'again'), 'replaced', 'replace returns the value it replaces');
   t.equal(tree.replace('a/b/d', 'new'), undefined, 'and undefined for a new topic');
   t.equal(tree.size, 8);
-  t.equal(tree.delete('a/b/d'), true);
+  t.equal(tree.take('a/b/d'), 'new', 'take removes a topic and returns its value');
+  t.equal(tree.take('a/b/d'), undefined, 'and undefined once it is gone');
+  t.equal(tree.size, 7);
   tree.replace('a/b', 'replaced');
   const pairs: string[] = [];
   tree.match('a/b', (topic, value) => pairs.push(`${topic}=${value}`));

@@ -29,9 +29,9 @@ export class RetainedStore {
     const key = retainedKey(topic);
     const payload = packet.payload as { length: number } | undefined;
     if (!payload || payload.length === 0) {
-      const previous = store.retained.get(topic);
-      if (!store.retained.delete(topic)) return;
-      store.retainedBytes -= previous?.length ?? 0;
+      const previous = store.retained.take(topic);
+      if (previous === undefined) return;
+      store.retainedBytes -= previous.length;
       store.writeBehind([{ type: 'del', key }], 'retained message');
       return;
     }
