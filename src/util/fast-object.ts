@@ -30,3 +30,19 @@ export function compactListeners(emitter: NodeJS.EventEmitter): void {
   const holder = emitter as unknown as { _events?: object };
   if (holder._events !== undefined) holder._events = withoutPrototype(holder._events);
 }
+
+/**
+ * Replaces each of an emitter's listener lists by an exact-size copy. A list
+ * that grew by push (a third listener and on) has room for ~20: 176 bytes
+ * for the four or five a connection's 'close' keeps for its whole life.
+ * EventEmitter only reads a list, or replaces or splices it: a copy in its
+ * place behaves the same. For an emitter whose listeners stay as they are.
+ */
+export function compactListenerLists(emitter: NodeJS.EventEmitter): void {
+  const events = (emitter as unknown as { _events?: Record<PropertyKey, unknown> })._events;
+  if (events === undefined) return;
+  for (const key of Reflect.ownKeys(events)) {
+    const listeners = events[key];
+    if (Array.isArray(listeners) && listeners.length > 2) events[key] = listeners.slice();
+  }
+}

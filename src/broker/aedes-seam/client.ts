@@ -6,7 +6,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Aedes, Client, PublishPacket } from 'aedes';
-import { compactListeners, withoutPrototype } from '../../util/fast-object.js';
+import { compactListenerLists, compactListeners, withoutPrototype } from '../../util/fast-object.js';
 import { keepAliveBySweep } from './keepalive.js';
 import { parkParserBuffers } from './parser-parking.js';
 
@@ -371,13 +371,16 @@ function stopClosingOnClose(this: ClientWeight): void {
  * aedes' own once('connected') listener has gone by then, once() removing
  * it before calling it): its listener table becomes a fast-mode copy of what
  * is left (NoPrototype), as a table from which 'connected' was deleted stays
- * a dictionary; its parser keeps a shared settings object instead of the
+ * a dictionary; its connection's listener lists become exact-size copies
+ * (compactListenerLists: its 'close' alone had room for ~20); its parser
+ * keeps a shared settings object instead of the
  * CONNECT (parserSettings); a 3.1/3.1.1 client shares one empty topic-alias
  * table; and its keep-alive goes to the broker's sweep (keepalive.ts). One
  * function for all clients.
  */
 function settleConnectedClient(this: ClientWeight): void {
   compactListeners(this as unknown as NodeJS.EventEmitter);
+  compactListenerLists(this.conn);
   this._parser.settings = parserSettings(this._parser.settings);
   if (this.version !== 5) this._topicAliases = NO_TOPIC_ALIASES;
   keepAliveBySweep(this as unknown as Client);
