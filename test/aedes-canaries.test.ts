@@ -78,18 +78,26 @@ t.test(`aedes ${V} still delivers QoS 2 to a wildcard subscription granted QoS 1
   t.equal(message?.packet.qos, 2, 'delivered at QoS 2 although granted QoS 1');
 });
 
+/**
+ * On plain aedes: a client subscribes to each of `subscriptions` in turn, a QoS 2 message goes to
+ * `topic` (which all of them match), then a marker; the copies of the message it received.
+ */
+async function overlappingCopies(t: Test, subscriptions: Array<[filter: string, qos: 0 | 1 | 2]>, topic: string) {
+  const { url } = await startPlainAedes(t);
+  const subscriber = await openClient(t, url);
+  for (const [filter, qos] of subscriptions) await subscriber.client.subscribeAsync(filter, { qos });
+  const publisher = await openClient(t, url);
+  await publisher.client.publishAsync(topic, 'matches both', { qos: 2 });
+  const marker = `${topic.split('/')[0]}/marker`;
+  await publisher.client.publishAsync(marker, 'marker', { qos: 1 });
+  const messages = await subscriber.log.waitFor((m) => m.some((x) => x.topic === marker), 5000, 'the marker');
+  return messages.filter((m) => m.topic === topic);
+}
+
 t.test(`aedes ${V} still lets one of overlapping subscriptions decide the QoS, not the highest grant (corrected in src/broker/delivery-rules.ts)`, async (t) => {
   // When this fails after an aedes upgrade, remove correction 2 (delivery QoS) in src/broker/delivery-rules.ts.
   // Each subscription delivers through its own deliver0/deliverQoS (handlers/subscribe.js); the first copy wins the dedupe [MQTT-3.3.5-1].
-  const { url } = await startPlainAedes(t);
-  const subscriber = await openClient(t, url);
-  await subscriber.client.subscribeAsync('lap/#', { qos: 0 });
-  await subscriber.client.subscribeAsync('lap/hi', { qos: 2 });
-  const publisher = await openClient(t, url);
-  await publisher.client.publishAsync('lap/hi', 'matches both', { qos: 2 });
-  await publisher.client.publishAsync('lap/marker', 'marker', { qos: 1 });
-  const messages = await subscriber.log.waitFor((m) => m.some((x) => x.topic === 'lap/marker'), 5000, 'the marker');
-  const copies = messages.filter((m) => m.topic === 'lap/hi');
+  const copies = await overlappingCopies(t, [['lap/#', 0], ['lap/hi', 2]], 'lap/hi');
   t.equal(copies.length, 1, 'one copy');
   t.equal(copies[0]?.packet.qos, 0, 'at QoS 0, though a matching subscription was granted QoS 2');
 });
@@ -97,15 +105,7 @@ t.test(`aedes ${V} still lets one of overlapping subscriptions decide the QoS, n
 t.test(`aedes ${V} still sends at the QoS of a subscription to the topic itself, below an overlapping wildcard's grant (corrected in src/broker/aedes-seam/direct-deliveries.ts)`, async (t) => {
   // When this fails after an aedes upgrade, DirectDeliveries#deliverQoS may again downgrade as aedes does.
   // lib/client.js deliverQoS lowers the copy to subscriptions[topic].qos whatever the other matching grants [MQTT-3.3.5-1].
-  const { url } = await startPlainAedes(t);
-  const subscriber = await openClient(t, url);
-  await subscriber.client.subscribeAsync('exact/#', { qos: 1 });
-  await subscriber.client.subscribeAsync('exact/x', { qos: 0 });
-  const publisher = await openClient(t, url);
-  await publisher.client.publishAsync('exact/x', 'matches both', { qos: 2 });
-  await publisher.client.publishAsync('exact/marker', 'marker', { qos: 1 });
-  const messages = await subscriber.log.waitFor((m) => m.some((x) => x.topic === 'exact/marker'), 5000, 'the marker');
-  const copies = messages.filter((m) => m.topic === 'exact/x');
+  const copies = await overlappingCopies(t, [['exact/#', 1], ['exact/x', 0]], 'exact/x');
   t.equal(copies.length, 1, 'one copy');
   t.equal(copies[0]?.packet.qos, 0, 'at QoS 0, though exact/# was granted QoS 1');
 });
